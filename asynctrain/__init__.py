@@ -1,0 +1,73 @@
+"""asynctrain: concurrent machine-learning training on asyncio.
+
+An event loop runs one lightweight task per shard of each batch; the gradient math runs on
+a thread, process or Dask executor; results come back through an ``asyncio.Queue`` and are
+reduced in shard order into one optimizer update.
+
+Example:
+    >>> import asynctrain as at
+    >>> data = at.data.synthetic("softmax", n=4000)
+    >>> model = at.models.SoftmaxRegression(128, 10)
+    >>> result = at.run(at.fit(model, data, optimizer=at.optim.adam(1e-2), epochs=2))
+    >>> result.epochs
+    2
+"""
+
+from asynctrain import backends, data, models, optim
+from asynctrain._config import TrainConfig
+from asynctrain._events import (
+    Callback,
+    EarlyStopping,
+    EpochEvent,
+    Event,
+    FitResult,
+    StepEvent,
+)
+from asynctrain._exceptions import (
+    AsyncTrainError,
+    BackendError,
+    CheckpointError,
+    ConfigError,
+    ConfigTypeError,
+    DataError,
+    DataTypeError,
+    NonFiniteError,
+    ShardFailedError,
+    StateError,
+)
+from asynctrain._fit import fit
+from asynctrain._runtime import run
+from asynctrain._trainer import Trainer
+from asynctrain._update import TrainState
+from asynctrain._work import ShardResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncTrainError",
+    "BackendError",
+    "Callback",
+    "CheckpointError",
+    "ConfigError",
+    "ConfigTypeError",
+    "DataError",
+    "DataTypeError",
+    "EarlyStopping",
+    "EpochEvent",
+    "Event",
+    "FitResult",
+    "NonFiniteError",
+    "ShardFailedError",
+    "ShardResult",
+    "StateError",
+    "StepEvent",
+    "TrainConfig",
+    "TrainState",
+    "Trainer",
+    "backends",
+    "data",
+    "fit",
+    "models",
+    "optim",
+    "run",
+]

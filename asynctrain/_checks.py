@@ -1,0 +1,85 @@
+"""Argument checks shared by every layer; each error names the value and the fix.
+
+Pure Python (no asyncio, no numpy arrays) so that ``models``, ``optim`` and ``data``
+may use it freely.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Collection
+from typing import TypeVar
+
+from asynctrain._exceptions import ConfigError, ConfigTypeError
+
+T = TypeVar("T")
+
+
+def check_int(name: str, value: object, *, minimum: int = 1) -> int:
+    """Return ``value`` as an int if it is an integer (not a bool) and ``>= minimum``.
+
+    Raises:
+        ConfigTypeError: ``value`` is a bool, a float or not a number at all.
+        ConfigError: ``value`` is below ``minimum``.
+
+    >>> check_int("epochs", 3)
+    3
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigTypeError(
+            f"{name} must be an integer, got {value!r} ({type(value).__name__}); "
+            f"pass a whole number such as {max(minimum, 1)}"
+        )
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_float(
+    name: str,
+    value: object,
+    *,
+    minimum: float = 0.0,
+    inclusive: bool = True,
+    maximum: float = math.inf,
+) -> float:
+    """Return ``value`` as a finite float within ``[minimum, maximum]``.
+
+    ``inclusive=False`` excludes ``minimum`` itself (for strictly positive settings).
+
+    Raises:
+        ConfigTypeError: ``value`` is a bool or not a real number.
+        ConfigError: ``value`` is NaN, infinite or out of range.
+
+    >>> check_float("learning_rate", 0.1, inclusive=False)
+    0.1
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigTypeError(
+            f"{name} must be a real number, got {value!r} ({type(value).__name__})"
+        )
+    result = float(value)
+    if not math.isfinite(result):
+        raise ConfigError(f"{name} must be finite, got {result}; pass a finite number")
+    too_low = result < minimum if inclusive else result <= minimum
+    if too_low or result > maximum:
+        low = "[" if inclusive else "("
+        high = "]" if math.isfinite(maximum) else ")"
+        raise ConfigError(f"{name} must be in {low}{minimum}, {maximum}{high}, got {result}")
+    return result
+
+
+def check_choice(name: str, value: T, choices: Collection[T]) -> T:
+    """Return ``value`` if it is one of ``choices``.
+
+    Raises:
+        ConfigError: naming the accepted choices.
+
+    >>> check_choice("activation", "relu", ("relu", "tanh"))
+    'relu'
+    """
+    if value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{name} must be one of {listed}; got {value!r}")
+    return value

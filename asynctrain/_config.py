@@ -1,0 +1,58 @@
+"""TrainConfig: the trainer's settings, frozen, keyword-only and validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from asynctrain._checks import check_choice, check_int
+from asynctrain._exceptions import ConfigError
+
+NONFINITE_POLICIES = ("raise", "skip")
+DEFAULT_BATCH_SIZE = 512
+DEFAULT_SHARDS = 4
+
+
+def default_shards(batch_size: int) -> int:
+    """The shard count used when none is given: 4, or fewer for a batch smaller than 4."""
+    return min(DEFAULT_SHARDS, batch_size) if batch_size >= 1 else DEFAULT_SHARDS
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How a :class:`~asynctrain.Trainer` trains; every field is checked when it is built.
+
+    The shard count is a property of the *problem*, not of the machine: the same ``seed``
+    and ``shards`` give bit-identical parameters on every backend and worker count.
+
+    Args:
+        batch_size: samples per optimizer step.
+        shards: parts each batch is split into (one task each), at most ``batch_size``.
+        seed: seeds parameter initialisation and the per-epoch shuffling.
+        nonfinite: ``"raise"`` (stop with NonFiniteError, parameters untouched) or
+            ``"skip"`` (drop that step's update and count it).
+
+    Raises:
+        ConfigError: a value out of range, e.g. ``shards > batch_size``.
+        ConfigTypeError: a value of the wrong type, e.g. ``batch_size=True``.
+
+    Example:
+        >>> TrainConfig(batch_size=256, shards=8).shards
+        8
+    """
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    shards: int = DEFAULT_SHARDS
+    seed: int = 0
+    nonfinite: str = "raise"
+
+    def __post_init__(self) -> None:
+        check_int("batch_size", self.batch_size)
+        check_int("shards", self.shards)
+        if self.shards > self.batch_size:
+            raise ConfigError(
+                f"shards={self.shards} is larger than batch_size={self.batch_size}; every "
+                f"shard needs at least one sample: use shards <= {self.batch_size} or a "
+                "larger batch_size"
+            )
+        check_int("seed", self.seed, minimum=0)
+        check_choice("nonfinite", self.nonfinite, NONFINITE_POLICIES)

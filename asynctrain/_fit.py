@@ -1,0 +1,40 @@
+"""asynctrain.fit: the one-call form of a Trainer fit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from asynctrain._events import Callback, FitResult
+from asynctrain._trainer import DataLike, Trainer
+from asynctrain.backends import Backend
+from asynctrain.models import Model
+from asynctrain.optim import GradientTransformation
+
+
+async def fit(
+    model: Model,
+    data: DataLike,
+    *,
+    optimizer: GradientTransformation | None = None,
+    epochs: int = 1,
+    backend: str | Backend = "thread",
+    validation: DataLike | None = None,
+    callbacks: Sequence[Callback] = (),
+    **options: Any,
+) -> FitResult:
+    """Train ``model`` on ``data`` with a fresh :class:`~asynctrain.Trainer` and close it.
+
+    ``options`` are the Trainer's other keyword arguments (``workers``, ``shards``,
+    ``batch_size``, ``seed``, ``nonfinite``, ``mode``).
+
+    Example:
+        >>> import asynctrain as at
+        >>> data = at.data.synthetic("logreg", n=4000)
+        >>> model = at.models.LogisticRegression(64)
+        >>> result = at.run(at.fit(model, data, optimizer=at.optim.adam(1e-2), backend="inline"))
+        >>> result.steps
+        8
+    """
+    async with Trainer(model, optimizer, backend=backend, **options) as trainer:
+        return await trainer.fit(data, epochs=epochs, validation=validation, callbacks=callbacks)

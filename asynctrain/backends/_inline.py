@@ -1,0 +1,53 @@
+"""InlineBackend: runs every shard on the event loop itself; the deterministic test double."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import numpy.typing as npt
+
+from asynctrain.backends._base import LocalShared
+from asynctrain.backends._lifecycle import Lifecycle
+
+T = TypeVar("T")
+
+
+class InlineBackend(Lifecycle):
+    """Run shard functions directly on the calling event loop, one at a time.
+
+    Use it in tests and for debugging: no threads, no processes, tracebacks point straight
+    at the model code. It blocks the loop while a shard computes, so never use it in a
+    service that must stay responsive.
+
+    Example:
+        >>> import asynctrain
+        >>> async def demo():
+        ...     async with InlineBackend() as backend:
+        ...         return await backend.run(sum, [1, 2, 3])
+        >>> asynctrain.run(demo())
+        6
+    """
+
+    name = "inline"
+    inline = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.workers = 1
+
+    async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
+        """Call ``fn(*args)`` now, on the loop, and return its result."""
+        await self._ensure_open()
+        return fn(*args)
+
+    async def share(self, arrays: Mapping[str, npt.NDArray[Any]], *, slots: int = 1) -> LocalShared:
+        """Return an in-process handle to ``arrays`` (no copy)."""
+        await self._ensure_open()
+        return LocalShared(arrays, slots)
+
+    async def release(self, shared: Any) -> None:
+        """Nothing to free: the arrays belong to their owner."""
+
+    def __repr__(self) -> str:
+        return f"<InlineBackend {self.state}>"

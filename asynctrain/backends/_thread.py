@@ -1,0 +1,102 @@
+"""ThreadBackend: a thread pool for shard math that runs in BLAS (which releases the GIL)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import numpy.typing as npt
+
+from asynctrain._checks import check_int
+from asynctrain.backends._base import LocalShared
+from asynctrain.backends._blas import BlasLimit
+from asynctrain.backends._lifecycle import Lifecycle
+
+T = TypeVar("T")
+
+
+def default_workers() -> int:
+    """The number of cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+async def await_without_orphans(future: concurrent.futures.Future[T]) -> T:
+    """Await a concurrent future; on cancellation, cancel it or wait until it has finished.
+
+    ``run_in_executor`` alone leaves work running after its awaiter is cancelled; here the
+    caller's ``CancelledError`` propagates only once the executor is no longer busy with
+    it, so a cancelled fit leaves nothing running behind it.
+    """
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        if not future.cancel():
+            await asyncio.wait([asyncio.wrap_future(future)])
+        raise
+
+
+class ThreadBackend(Lifecycle):
+    """Run shard functions on a pool of threads in this process.
+
+    Good when each shard's time goes into large numpy/BLAS calls, which release the GIL.
+    BLAS is limited to ``cores // workers`` threads (at least 1) while the backend is open,
+    so workers × BLAS threads never oversubscribe the cores.
+
+    Args:
+        workers: threads in the pool; defaults to the number of usable cores.
+
+    Raises:
+        ConfigError: ``workers`` < 1 (ConfigTypeError if it is not an int).
+
+    Example:
+        >>> import asynctrain
+        >>> async def demo():
+        ...     async with ThreadBackend(workers=2) as backend:
+        ...         return await backend.run(pow, 2, 10)
+        >>> asynctrain.run(demo())
+        1024
+    """
+
+    name = "thread"
+    inline = False
+
+    def __init__(self, workers: int | None = None) -> None:
+        super().__init__()
+        self.workers = default_workers() if workers is None else check_int("workers", workers)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._blas = BlasLimit(max(1, default_workers() // self.workers))
+
+    async def _open(self) -> None:
+        self._blas.apply()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            self.workers, thread_name_prefix="asynctrain-worker"
+        )
+
+    async def _close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        self._blas.restore()
+
+    async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
+        """Run ``fn(*args)`` on a worker thread; see :class:`~asynctrain.backends.Backend`."""
+        await self._ensure_open()
+        assert self._executor is not None
+        return await await_without_orphans(self._executor.submit(fn, *args))
+
+    async def share(self, arrays: Mapping[str, npt.NDArray[Any]], *, slots: int = 1) -> LocalShared:
+        """Threads share memory already: return an in-process handle (no copy)."""
+        await self._ensure_open()
+        return LocalShared(arrays, slots)
+
+    async def release(self, shared: Any) -> None:
+        """Nothing to free: the arrays belong to their owner."""
+
+    def __repr__(self) -> str:
+        return f"<ThreadBackend workers={self.workers} {self.state}>"

@@ -1,0 +1,204 @@
+"""Dataset: a validated, read-only pair of a feature matrix and its targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._checks import check_float, check_int
+from asynctrain._exceptions import ConfigError, DataError, DataTypeError
+from asynctrain._types import Array
+from asynctrain.data import _validate as v
+
+_SPLIT_STREAM = 0x5D17  # spawn key: keeps split() independent of epoch_order()
+
+
+class Dataset:
+    """Features ``X`` and targets ``y``, validated once so bad input fails before training.
+
+    ``X`` must be 2-D, real-valued (bool, int or float) and finite. A float32 or float64
+    ``X`` is kept as is, without a copy (a memory-mapped ``X`` stays memory-mapped); any
+    other numeric ``X`` is converted to float32. ``dtype`` forces float32 or float64,
+    copying only if the dtype changes. ``y`` is 1-D (labels or targets) or 2-D
+    (multi-output regression), finite; integer or bool ``y`` becomes int64 labels,
+    float ``y`` is kept as is.
+
+    The arrays are exposed as read-only views. They share memory with the arrays passed
+    in, so do not modify those afterwards.
+
+    Args:
+        X: features, shape ``(n_samples, n_features)``.
+        y: targets, shape ``(n_samples,)`` or ``(n_samples, n_outputs)``.
+        dtype: ``np.float32`` or ``np.float64`` to force the feature dtype; None keeps a
+            float32/float64 ``X`` and converts anything else to float32.
+
+    Raises:
+        DataTypeError: ``X`` or ``y`` is not numeric (strings, objects, complex).
+        DataError: a bad shape, different row counts, no rows, or a NaN/Inf (the
+            message names the first bad row and column).
+        ConfigError: ``dtype`` is not float32 or float64.
+
+    Example:
+        >>> ds = Dataset(np.zeros((4, 3)), np.array([0, 1, 0, 1]))
+        >>> ds
+        <Dataset n_samples=4 n_features=3 dtype=float64>
+        >>> ds.y.dtype
+        dtype('int64')
+    """
+
+    __slots__ = ("_X", "_y")
+
+    _X: Array
+    _y: npt.NDArray[Any]
+
+    def __init__(self, X: npt.ArrayLike, y: npt.ArrayLike, *, dtype: object = None) -> None:
+        target = v.resolve_dtype(dtype)
+        features, targets = v.as_array("X", X), v.as_array("y", y)
+        v.check_features_shape(features)
+        v.check_targets_shape(targets)
+        v.check_rows(features, targets)
+        converted = v.to_float(features, target)
+        note = f" (after conversion from {features.dtype})" if converted is not features else ""
+        v.check_finite("X", converted, note=note)
+        targets = v.to_targets(targets)
+        v.check_finite("y", targets)
+        self._X = v.read_only(converted)
+        self._y = v.read_only(targets)
+
+    @classmethod
+    def _trusted(cls, X: Array, y: npt.NDArray[Any]) -> Dataset:
+        """Wrap arrays already validated (rows of a valid dataset) without re-scanning."""
+        dataset = cls.__new__(cls)
+        dataset._X = v.read_only(X)
+        dataset._y = v.read_only(y)
+        return dataset
+
+    @property
+    def X(self) -> Array:
+        """Features, shape ``(n_samples, n_features)``, float32 or float64, read-only."""
+        return self._X
+
+    @property
+    def y(self) -> npt.NDArray[Any]:
+        """Targets: int64 labels, or float targets of shape ``(n,)`` or ``(n, k)``; read-only."""
+        return self._y
+
+    @property
+    def n_samples(self) -> int:
+        """Number of rows (also ``len(dataset)``)."""
+        return int(self._X.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        """Number of feature columns."""
+        return int(self._X.shape[1])
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """The feature dtype: float32 or float64."""
+        return self._X.dtype
+
+    @property
+    def memory_mapped(self) -> bool:
+        """True if ``X`` is read from a memory-mapped file rather than held in memory."""
+        return v.is_memory_mapped(self._X)
+
+    def __len__(self) -> int:
+        return self.n_samples
+
+    def __repr__(self) -> str:
+        mapped = " memory-mapped" if self.memory_mapped else ""
+        return (
+            f"<Dataset n_samples={self.n_samples} n_features={self.n_features} "
+            f"dtype={self.dtype}{mapped}>"
+        )
+
+    def subset(self, indices: npt.ArrayLike) -> Dataset:
+        """Return the rows at ``indices`` (in that order; repeats allowed) as a new Dataset.
+
+        The rows are copied into memory (fancy indexing), also from a memory-mapped X.
+
+        Args:
+            indices: 1-D non-negative integer positions, each ``< n_samples``.
+
+        Returns:
+            A Dataset with ``len(indices)`` rows.
+
+        Raises:
+            DataTypeError: ``indices`` are not integers (for a boolean mask pass
+                ``np.flatnonzero(mask)``).
+            DataError: ``indices`` are empty, not 1-D, or out of range.
+
+        Example:
+            >>> ds = Dataset(np.arange(6.0).reshape(3, 2), np.array([0, 1, 2]))
+            >>> ds.subset([2, 0]).y
+            array([2, 0])
+        """
+        return self._take(_check_indices(indices, self.n_samples))
+
+    def split(self, fraction: float, *, seed: int = 0) -> tuple[Dataset, Dataset]:
+        """Split the rows at random into ``(first, second)``; ``second`` gets ``fraction``.
+
+        ``second`` has ``round(n_samples * fraction)`` rows (Python's ``round``), ``first``
+        the rest. The choice is a pure function of ``seed`` and ``n_samples``; within each
+        part the rows keep their original relative order. Rows are copied.
+
+        Args:
+            fraction: share of rows for the second part, strictly between 0 and 1.
+            seed: non-negative seed of the random choice.
+
+        Returns:
+            ``(first, second)``, e.g. ``(train, validation)``.
+
+        Raises:
+            ConfigError: ``fraction`` is outside (0, 1) or ``seed`` is negative.
+            ConfigTypeError: ``fraction`` is not a real number or ``seed`` not an int.
+            DataError: one of the parts would be empty.
+
+        Example:
+            >>> ds = Dataset(np.zeros((10, 2)), np.zeros(10))
+            >>> train, val = ds.split(0.2, seed=0)
+            >>> len(train), len(val)
+            (8, 2)
+        """
+        share = check_float("fraction", fraction, minimum=0.0, inclusive=False, maximum=1.0)
+        if share == 1.0:
+            raise ConfigError("fraction must be < 1, got 1.0; pass e.g. fraction=0.2")
+        seed = check_int("seed", seed, minimum=0)
+        n_second = round(self.n_samples * share)
+        n_first = self.n_samples - n_second
+        if n_first == 0 or n_second == 0:
+            raise DataError(
+                f"split({fraction}) of {self.n_samples} samples gives parts of {n_first} and "
+                f"{n_second} rows; both need at least one: use more data or another fraction"
+            )
+        entropy = np.random.SeedSequence(seed, spawn_key=(_SPLIT_STREAM,))
+        order = np.random.default_rng(entropy).permutation(self.n_samples)
+        first, second = np.sort(order[:n_first]), np.sort(order[n_first:])
+        return self._take(first), self._take(second)
+
+    def _take(self, positions: npt.NDArray[np.intp]) -> Dataset:
+        return Dataset._trusted(self._X[positions], self._y[positions])
+
+
+def _check_indices(indices: npt.ArrayLike, n: int) -> npt.NDArray[np.intp]:
+    positions = np.asarray(indices)
+    if positions.size == 0:
+        raise DataError("indices is empty; a dataset needs at least one row")
+    if positions.dtype.kind not in "iu":
+        raise DataTypeError(
+            f"indices must be integers, got dtype {positions.dtype}; "
+            "for a boolean mask pass np.flatnonzero(mask)"
+        )
+    if positions.ndim != 1:
+        raise DataError(f"indices must be 1-D, got shape {positions.shape}")
+    bad = (positions < 0) | (positions >= n)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise DataError(
+            f"indices[{first}] = {positions[first]} is out of range for {n} samples; "
+            f"pass positions in 0 .. {n - 1}"
+        )
+    return positions.astype(np.intp, copy=False)

@@ -1,0 +1,199 @@
+"""load(): a Dataset from .npz, .npy (memory-mapped), a directory of .npy files, or .csv.
+
+Files are always read with ``allow_pickle=False``: loading never unpickles and so never
+runs code from a file. Every failure is a :class:`DataError` naming the path; a missing
+file is a DataError too (not FileNotFoundError), chained to the OSError.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._exceptions import ConfigError, ConfigTypeError, DataError
+from asynctrain._types import DEFAULT_DTYPE
+from asynctrain.data._csv import read_csv
+from asynctrain.data._dataset import Dataset
+from asynctrain.data._validate import resolve_dtype
+
+SUPPORTED = (".npz", ".npy (with y_path)", ".csv", "a directory holding X.npy and y.npy")
+"""What :func:`load` reads, as listed in its error messages."""
+
+_READ_ERRORS = (ValueError, EOFError, OSError, zipfile.BadZipFile)
+_NO_PICKLE = "asynctrain loads with allow_pickle=False and never unpickles"
+
+
+def load(
+    path: str | os.PathLike[str],
+    y_path: str | os.PathLike[str] | None = None,
+    *,
+    label: str | int | None = None,
+    dtype: object = None,
+) -> Dataset:
+    """Load a Dataset from disk, memory-mapping ``.npy`` files.
+
+    - ``.npz`` holding arrays ``X`` and ``y`` (read into memory).
+    - ``.npy`` of features plus ``y_path``, a ``.npy`` of targets; or a directory
+      holding ``X.npy`` and ``y.npy``. Opened with ``mmap_mode="r"``: a float32/float64
+      ``X`` is never copied into memory (pages are read on demand).
+    - ``.csv``: comma-separated numbers, with an optional header row (the first line is
+      a header when none of its cells is a number). The label column is ``label`` (a
+      header name or a column index), else the column named ``"label"``, else the last
+      column. Whole-number label columns become int64 labels. The features are parsed
+      as float64 and stored as float32 unless ``dtype=np.float64``.
+
+    The dtype rules of :class:`Dataset` apply to what is read.
+
+    Args:
+        path: the file or directory.
+        y_path: the targets ``.npy``; only with a features ``.npy``.
+        label: the CSV label column; only with ``.csv``.
+        dtype: ``np.float32`` or ``np.float64`` to force the feature dtype.
+
+    Returns:
+        The validated Dataset.
+
+    Raises:
+        DataError: the file is missing, unreadable, holds pickled objects, lacks ``X``
+            or ``y``, has an unsupported extension, or its data fails validation; the
+            message names the path.
+        ConfigError: ``y_path`` or ``label`` used with a format that takes no such
+            option, or a ``.npy`` given without ``y_path``.
+
+    Example:
+        >>> ds = load("train.npz")  # doctest: +SKIP
+        >>> ds = load("X.npy", "y.npy")  # doctest: +SKIP
+        >>> ds = load("table.csv", label="target")  # doctest: +SKIP
+    """
+    target = resolve_dtype(dtype)
+    source = _as_path("path", path)
+    _check_label(label)
+    kind = _kind(source)
+    _check_options(source, kind, y_path, label)
+    if kind == "dir":
+        X, y = (_read_npy(file) for file in _dir_files(source))
+    elif kind == ".npy":
+        X, y = _read_npy(source), _read_npy(_as_path("y_path", y_path))
+    elif kind == ".npz":
+        X, y = _read_npz(source)
+    else:
+        X, y = read_csv(source, label)
+        target = target or DEFAULT_DTYPE
+    return _dataset(source, X, y, target)
+
+
+def _as_path(name: str, value: object) -> Path:
+    if not isinstance(value, str | os.PathLike):
+        raise ConfigTypeError(
+            f"{name} must be a str or os.PathLike, got {value!r} ({type(value).__name__})"
+        )
+    return Path(value)
+
+
+def _check_label(label: object) -> None:
+    if label is not None and (isinstance(label, bool) or not isinstance(label, str | int)):
+        raise ConfigTypeError(f"label must be a column name (str) or index (int), got {label!r}")
+
+
+def _kind(path: Path) -> str:
+    """Return "dir", ".npz", ".npy" or ".csv", or raise DataError."""
+    if path.is_dir():
+        return "dir"
+    if not path.exists():
+        raise DataError(f"no such file or directory: '{path}'")
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".npy", ".csv"):
+        raise DataError(
+            f"cannot load '{path}': unsupported extension {suffix or '(none)'!r}; "
+            f"supported: {', '.join(SUPPORTED)}"
+        )
+    return suffix
+
+
+def _check_options(path: Path, kind: str, y_path: object, label: object) -> None:
+    if kind == ".npy" and y_path is None:
+        raise ConfigError(
+            f"'{path}' holds only the features; pass y_path='y.npy' with the targets, "
+            "or put X.npy and y.npy in one directory and load the directory"
+        )
+    if kind != ".npy" and y_path is not None:
+        raise ConfigError(
+            f"y_path is only used with a features .npy file, not with '{path}'; drop it"
+        )
+    if kind != ".csv" and label is not None:
+        raise ConfigError(f"label is only used with .csv files, not with '{path}'; drop it")
+
+
+def _dir_files(path: Path) -> tuple[Path, Path]:
+    files = path / "X.npy", path / "y.npy"
+    for file in files:
+        if not file.is_file():
+            found = ", ".join(sorted(child.name for child in path.iterdir())[:10]) or "nothing"
+            raise DataError(
+                f"directory '{path}' has no {file.name}; it must hold X.npy and y.npy "
+                f"(found: {found})"
+            )
+    return files
+
+
+def _read_npy(path: Path) -> npt.NDArray[Any]:
+    """Memory-map a .npy file read-only; fall back to reading it (e.g. a 0-byte array)."""
+    try:
+        try:
+            loaded = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError:  # object dtype cannot be mapped; re-read for numpy's own reason
+            loaded = np.load(path, allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise DataError(f"no such file: '{path}'") from exc
+    except _READ_ERRORS as exc:
+        raise DataError(_unreadable(path, exc)) from exc
+    if not isinstance(loaded, np.ndarray):  # an .npz archive under a .npy name
+        loaded.close()
+        raise DataError(f"'{path}' is an .npz archive, not a .npy array; rename it .npz")
+    return loaded
+
+
+def _read_npz(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise DataError(f"'{path}' is a .npy array, not an .npz archive; rename it")
+            return _array(path, archive, "X"), _array(path, archive, "y")
+    except DataError:
+        raise
+    except _READ_ERRORS as exc:
+        raise DataError(_unreadable(path, exc)) from exc
+
+
+def _array(path: Path, archive: np.lib.npyio.NpzFile, key: str) -> npt.NDArray[Any]:
+    if key not in archive.files:
+        present = ", ".join(archive.files) or "none"
+        raise DataError(
+            f"'{path}' has no array named {key!r} (arrays present: {present}); "
+            "save it with np.savez(path, X=X, y=y)"
+        )
+    array: npt.NDArray[Any] = archive[key]
+    return array
+
+
+def _unreadable(path: Path, exc: BaseException) -> str:
+    return (
+        f"cannot read '{path}' as numeric arrays ({exc}); {_NO_PICKLE}, so a file "
+        "holding Python objects must be re-saved as numbers, e.g. "
+        "np.save(path, np.asarray(values, dtype=np.float32))"
+    )
+
+
+def _dataset(
+    path: Path, X: npt.NDArray[Any], y: npt.NDArray[Any], dtype: np.dtype[Any] | None
+) -> Dataset:
+    """Build the Dataset, prefixing validation errors with the path they came from."""
+    try:
+        return Dataset(X, y, dtype=dtype)
+    except DataError as exc:
+        raise type(exc)(f"{path}: {exc}") from None

@@ -1,0 +1,144 @@
+"""Numerics shared by the built-in models: dtype checks, stable losses, the L2 penalty.
+
+Functions whose names end in ``_`` overwrite their first argument; callers pass only
+arrays they created themselves (logits, residuals), never the caller's params or data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._exceptions import ConfigError, ConfigTypeError
+from asynctrain._types import Grads, Params
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(value: object) -> np.dtype[Any]:
+    """Return ``value`` as a numpy dtype if it is float32 or float64.
+
+    Raises:
+        ConfigTypeError: ``value`` is not something numpy reads as a dtype.
+        ConfigError: ``value`` is a dtype other than float32 or float64.
+    """
+    if value is None or isinstance(value, bool):
+        raise ConfigTypeError(f"dtype must be np.float32 or np.float64, got {value!r}")
+    try:
+        dtype: np.dtype[Any] = np.dtype(value)  # type: ignore[call-overload]
+    except TypeError as exc:
+        raise ConfigTypeError(
+            f"dtype must be np.float32 or np.float64, got {value!r}; pass dtype=np.float32"
+        ) from exc
+    if dtype not in _FLOAT_DTYPES:
+        raise ConfigError(
+            f"dtype must be float32 or float64, got {dtype}; pass dtype=np.float32 (default) "
+            "or dtype=np.float64"
+        )
+    return dtype
+
+
+def set_fields(obj: object, **values: object) -> None:
+    """Set attributes on a frozen dataclass from inside its ``__init__``."""
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
+
+
+def as_input(X: npt.ArrayLike, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """Return ``X`` as an array of ``dtype``, copying only when its dtype differs."""
+    return np.asarray(X, dtype=dtype)
+
+
+def as_labels(y: npt.ArrayLike) -> npt.NDArray[Any]:
+    """Return class labels usable as indices (whole-number floats become ``intp``)."""
+    labels = np.asarray(y)
+    if labels.dtype.kind in "iu":
+        return labels
+    return labels.astype(np.intp)
+
+
+def argmax_rows(scores: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    """Return the int64 index of the largest score in each row."""
+    labels: npt.NDArray[np.int64] = scores.argmax(axis=1).astype(np.int64, copy=False)
+    return labels
+
+
+def squared_error_(residual: npt.NDArray[Any], y: npt.ArrayLike) -> float:
+    """Turn predictions into ``d loss / d prediction`` in place; return the summed loss.
+
+    The loss of a row is ``sum((prediction - y) ** 2)``, so its gradient is twice the
+    residual. ``y`` may be (n,) when the predictions are (n, 1).
+    """
+    residual -= np.asarray(y).reshape(residual.shape)
+    loss = float(np.vdot(residual, residual))
+    residual *= 2
+    return loss
+
+
+def logistic_loss_(z: npt.NDArray[Any], y: npt.ArrayLike) -> float:
+    """Turn logits into ``d loss / d logit`` in place; return the summed log-loss.
+
+    With ``t = z`` for label 0 and ``t = -z`` for label 1, a row's loss is
+    ``softplus(t)`` and its gradient ``±sigmoid(t)``; softplus is ``logaddexp(0, t)``
+    and ``sigmoid(t) = exp(t - softplus(t))``, so nothing overflows for huge logits.
+    """
+    positive = np.asarray(y) != 0
+    np.negative(z, out=z, where=positive)
+    softplus = np.logaddexp(0, z)
+    loss = float(softplus.sum())
+    np.subtract(z, softplus, out=z)
+    np.exp(z, out=z)
+    np.negative(z, out=z, where=positive)
+    return loss
+
+
+def sigmoid_(z: npt.NDArray[Any]) -> None:
+    """Replace logits by their sigmoid in place, without overflow."""
+    np.subtract(z, np.logaddexp(0, z), out=z)
+    np.exp(z, out=z)
+
+
+def softmax_(logits: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Replace (n, K) logits by row softmax in place; return the row sums before division."""
+    logits -= logits.max(axis=1, keepdims=True)
+    np.exp(logits, out=logits)
+    total: npt.NDArray[Any] = logits.sum(axis=1, keepdims=True)
+    logits /= total
+    return total
+
+
+def softmax_xent_(logits: npt.NDArray[Any], y: npt.ArrayLike) -> float:
+    """Turn (n, K) logits into ``softmax - onehot(y)`` in place; return the summed loss.
+
+    The loss of a row is ``-log softmax(z)[y] = log(sum(exp(z - max))) - (z[y] - max)``;
+    subtracting the row max first keeps every ``exp`` at most 1.
+    """
+    labels = as_labels(y)
+    rows = np.arange(logits.shape[0])
+    logits -= logits.max(axis=1, keepdims=True)
+    picked = float(logits[rows, labels].sum())
+    np.exp(logits, out=logits)
+    total = logits.sum(axis=1, keepdims=True)
+    loss = float(np.log(total).sum()) - picked
+    logits /= total
+    logits[rows, labels] -= 1
+    return loss
+
+
+def add_l2_(grads: Grads, params: Params, names: tuple[str, ...], n: int, l2: float) -> float:
+    """Add ``n * l2 * W`` to the gradient of each named weight; return the penalty.
+
+    The penalty is ``n * 0.5 * l2 * sum(W ** 2)``: charged per sample, so the sums of
+    two shards add up to the sum of the whole batch.
+    """
+    if not l2:
+        return 0.0
+    scale = n * l2
+    penalty = 0.0
+    for name in names:
+        weight = params[name]
+        penalty += float(np.vdot(weight, weight))
+        grads[name] += scale * weight
+    return 0.5 * scale * penalty

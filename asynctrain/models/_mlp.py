@@ -1,0 +1,214 @@
+"""A fully connected network with relu or tanh hidden layers, for classes or values."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._checks import check_choice, check_float
+from asynctrain._exceptions import ConfigError
+from asynctrain._types import DEFAULT_DTYPE, Grads, Params
+from asynctrain.models._common import (
+    add_l2_,
+    argmax_rows,
+    as_input,
+    check_dtype,
+    set_fields,
+    softmax_,
+    softmax_xent_,
+    squared_error_,
+)
+from asynctrain.models._layers import (
+    activate_,
+    activation_grad_,
+    check_sizes,
+    init_weight,
+    layer_keys,
+    weight_keys,
+)
+
+_ACTIVATIONS = ("relu", "tanh")
+_TASKS = ("classification", "regression")
+
+
+@dataclass(frozen=True, init=False)
+class MLP:
+    """A multi-layer perceptron: dense layers with relu or tanh between them.
+
+    ``sizes=(128, 256, 10)`` is 128 inputs, one hidden layer of 256 and 10 outputs.
+    For ``task="classification"`` the output is a softmax over ``sizes[-1]`` classes
+    with cross-entropy loss (labels int64); for ``task="regression"`` it is linear with
+    squared error, and ``y`` is (n,) when ``sizes[-1] == 1``, else (n, sizes[-1]).
+    Params are ``W0, b0, W1, b1, ...`` (``Wi`` is (sizes[i], sizes[i+1])); L2 applies to
+    every ``Wi`` as described in :class:`Model`.
+
+    Args:
+        sizes: layer widths, input first, output last; at least two entries.
+        activation: ``"relu"`` (He-normal init) or ``"tanh"`` (Glorot-uniform init).
+        task: ``"classification"`` (needs ``sizes[-1] >= 2``) or ``"regression"``.
+        l2: L2 penalty strength on the weights, a finite number >= 0.
+        dtype: compute dtype, ``np.float32`` (default) or ``np.float64``.
+
+    Raises:
+        ConfigTypeError: ``sizes`` is not a sequence of ints, or a value has the wrong type.
+        ConfigError: a value is out of range or not one of the choices.
+
+    Example:
+        >>> import numpy as np
+        >>> model = MLP((4, 8, 3))
+        >>> params = model.init(np.random.default_rng(0))
+        >>> [(k, v.shape) for k, v in params.items()]
+        [('W0', (4, 8)), ('b0', (8,)), ('W1', (8, 3)), ('b1', (3,))]
+    """
+
+    sizes: tuple[int, ...]
+    activation: str
+    task: str
+    l2: float
+    dtype: np.dtype[Any]
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        *,
+        activation: str = "relu",
+        task: str = "classification",
+        l2: float = 0.0,
+        dtype: npt.DTypeLike = DEFAULT_DTYPE,
+    ) -> None:
+        checked = check_sizes(sizes)
+        task = check_choice("task", task, _TASKS)
+        if task == "classification" and checked[-1] < 2:
+            raise ConfigError(
+                f"task='classification' needs at least 2 outputs, got sizes={checked!r}; "
+                "use task='regression' for one output"
+            )
+        set_fields(
+            self,
+            sizes=checked,
+            activation=check_choice("activation", activation, _ACTIVATIONS),
+            task=task,
+            l2=check_float("l2", l2),
+            dtype=check_dtype(dtype),
+        )
+
+    @property
+    def n_features(self) -> int:
+        """Number of inputs: ``sizes[0]``."""
+        return self.sizes[0]
+
+    @property
+    def n_classes(self) -> int | None:
+        """``sizes[-1]`` for classification, ``None`` for regression."""
+        return self.sizes[-1] if self.task == "classification" else None
+
+    @property
+    def n_outputs(self) -> int:
+        """Number of output units: ``sizes[-1]``."""
+        return self.sizes[-1]
+
+    def init(self, rng: np.random.Generator) -> Params:
+        """Return random weights (He or Glorot, by activation) and zero biases in ``dtype``.
+
+        Args:
+            rng: the source of the weights; the same seed gives the same parameters.
+        """
+        params: Params = {}
+        keys = layer_keys(len(self.sizes) - 1)
+        for (w_key, b_key), fan_in, fan_out in zip(keys, self.sizes, self.sizes[1:], strict=False):
+            params[w_key] = init_weight(rng, (fan_in, fan_out), self.activation, self.dtype)
+            params[b_key] = np.zeros(fan_out, self.dtype)
+        return params
+
+    def _forward(self, params: Params, X: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
+        """Return ``[X, h1, ..., output]``: every layer's input, then the raw output."""
+        outputs = [X]
+        keys = layer_keys(len(self.sizes) - 1)
+        for i, (w_key, b_key) in enumerate(keys, start=1):
+            z: npt.NDArray[Any] = outputs[-1] @ params[w_key]
+            z += params[b_key]
+            if i < len(keys):
+                activate_(z, self.activation)
+            outputs.append(z)
+        return outputs
+
+    def _backward(
+        self, params: Params, outputs: list[npt.NDArray[Any]], delta: npt.NDArray[Any]
+    ) -> Grads:
+        """Back-propagate ``delta = d loss / d output`` through every layer."""
+        grads: Grads = {}
+        keys = layer_keys(len(self.sizes) - 1)
+        for i in range(len(keys) - 1, -1, -1):
+            w_key, b_key = keys[i]
+            grads[w_key] = outputs[i].T @ delta
+            grads[b_key] = delta.sum(axis=0)
+            if i:
+                delta = delta @ params[w_key].T
+                activation_grad_(delta, outputs[i], self.activation)
+        return {key: grads[key] for key in params}
+
+    def loss_and_grad(
+        self, params: Params, X: npt.NDArray[Any], y: npt.NDArray[Any]
+    ) -> tuple[float, Grads]:
+        """Return the summed loss and its gradient (see :class:`Model`).
+
+        Args:
+            params: ``W0, b0, W1, b1, ...`` as returned by ``init``.
+            X: (n, sizes[0]) inputs.
+            y: (n,) int64 labels (classification); (n,) or (n, sizes[-1]) floats
+                (regression).
+
+        Returns:
+            ``(loss_sum, grads)`` with the keys of ``params``.
+        """
+        outputs = self._forward(params, as_input(X, self.dtype))
+        delta = outputs[-1]
+        if self.task == "classification":
+            loss = softmax_xent_(delta, y)
+        else:
+            loss = squared_error_(delta, y)
+        grads = self._backward(params, outputs, delta)
+        weights = weight_keys(len(self.sizes) - 1)
+        loss += add_l2_(grads, params, weights, delta.shape[0], self.l2)
+        return loss, grads
+
+    def predict(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Return int64 labels (argmax of the outputs) or regression values in ``dtype``.
+
+        Regression values are (n,) when ``sizes[-1] == 1``, else (n, sizes[-1]).
+
+        Example:
+            >>> import numpy as np
+            >>> model = MLP((3, 5, 1), task="regression")
+            >>> model.predict(model.init(np.random.default_rng(0)), np.ones((4, 3))).shape
+            (4,)
+        """
+        output = self._forward(params, as_input(X, self.dtype))[-1]
+        if self.task == "classification":
+            return argmax_rows(output)
+        return output[:, 0] if self.sizes[-1] == 1 else output
+
+    def predict_proba(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Return (n, n_classes) softmax probabilities in ``dtype``; rows sum to 1.
+
+        Raises:
+            ConfigError: the model was built with ``task="regression"``.
+
+        Example:
+            >>> import numpy as np
+            >>> model = MLP((3, 5, 2), activation="tanh")
+            >>> model.predict_proba(model.init(np.random.default_rng(0)), np.ones((4, 3))).shape
+            (4, 2)
+        """
+        if self.task != "classification":
+            raise ConfigError(
+                "predict_proba needs an MLP with task='classification'; this one has "
+                "task='regression' (use predict)"
+            )
+        output = self._forward(params, as_input(X, self.dtype))[-1]
+        softmax_(output)
+        return output

@@ -1,0 +1,108 @@
+"""The model seam: what the trainer calls, and what any user model must provide."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._types import Grads, Params
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A differentiable model as pure numpy functions of its parameters.
+
+    The model object holds only configuration (it must be picklable); the parameters
+    live in a separate ``Params`` dict that the trainer owns and updates. No method may
+    modify ``params``, ``X`` or ``y``.
+
+    **Summed loss.** ``loss_and_grad`` returns the loss *summed* over the rows of ``X``
+    and the gradient of that sum, so results of shards add up and the trainer divides by
+    the batch size once. An L2 penalty is charged per sample so the sums still add up::
+
+        loss_sum = sum_i loss_i + n * 0.5 * l2 * sum(W ** 2)   # weight matrices only
+        grad_W   = sum_i grad_i + n * l2 * W                   # biases get no penalty
+
+    where ``n = len(X)``; dividing by ``n`` gives the usual mean loss plus
+    ``0.5 * l2 * ||W||^2``.
+
+    **dtype.** Parameters from ``init`` are in ``dtype`` (float32 by default); gradients
+    have the keys, shapes and dtypes of the parameters passed in.
+
+    Attributes:
+        n_features: number of columns ``X`` must have.
+        n_classes: ``None`` for regression; the number of classes for a classifier
+            (2 for binary logistic regression).
+        dtype: the compute dtype, float32 or float64.
+
+    Example:
+        >>> import numpy as np
+        >>> from asynctrain.models import LinearRegression, Model
+        >>> isinstance(LinearRegression(3), Model)
+        True
+    """
+
+    @property
+    def n_features(self) -> int:
+        """Number of input features (columns of ``X``)."""
+        ...
+
+    @property
+    def n_classes(self) -> int | None:
+        """Number of classes, or ``None`` for a regression model."""
+        ...
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Compute dtype of parameters and results (float32 or float64)."""
+        ...
+
+    def init(self, rng: np.random.Generator) -> Params:
+        """Return fresh parameters in ``dtype``, drawn from ``rng`` where random.
+
+        Args:
+            rng: the only source of randomness, so a seed fixes the parameters.
+
+        Returns:
+            A new dict of arrays the caller owns.
+        """
+        ...
+
+    def loss_and_grad(
+        self, params: Params, X: npt.NDArray[Any], y: npt.NDArray[Any]
+    ) -> tuple[float, Grads]:
+        """Return the loss summed over the rows of ``X`` and its gradient.
+
+        Args:
+            params: parameters as returned by ``init`` (not modified).
+            X: (n, n_features) inputs, ideally already in ``dtype`` (else copied).
+            y: (n,) targets: int64 class labels or float values.
+
+        Returns:
+            ``(loss_sum, grads)``: a Python float and new arrays keyed like ``params``.
+        """
+        ...
+
+    def predict(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Return predicted values (regression) or int64 class labels (classifiers)."""
+        ...
+
+
+@runtime_checkable
+class Classifier(Model, Protocol):
+    """A :class:`Model` that also returns class probabilities.
+
+    Example:
+        >>> from asynctrain.models import Classifier, SoftmaxRegression
+        >>> isinstance(SoftmaxRegression(4, 3), Classifier)
+        True
+    """
+
+    def predict_proba(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Return (n, n_classes) probabilities in ``dtype``; each row sums to 1.
+
+        Binary models return two columns, ``P(y=0)`` and ``P(y=1)``.
+        """
+        ...

@@ -1,0 +1,147 @@
+"""Checks that a dataset fits a model, run before any training work starts."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._exceptions import ConfigTypeError, DataError, DataTypeError
+from asynctrain.models._protocol import Model
+
+
+def check_data(model: Model, X: npt.ArrayLike, y: npt.ArrayLike) -> None:
+    """Raise if ``X`` and ``y`` cannot be trained on by ``model``; never copies ``X``.
+
+    Works with any object that has ``n_features`` and ``n_classes`` (see :class:`Model`).
+    Classifiers (``n_classes`` not None) need 1-D integer labels (whole-number floats
+    pass) covering at least two classes within ``0 .. n_classes - 1``. Regression
+    targets must be finite with shape (n,) for one output or (n, k) for ``k =
+    model.n_outputs`` outputs; a model without ``n_outputs`` accepts either shape.
+    Costs a few passes over ``y`` (min, max, finiteness) and none over ``X``.
+
+    Args:
+        model: the model to train.
+        X: (n, n_features) numeric inputs.
+        y: targets for the rows of ``X``.
+
+    Raises:
+        DataError: a shape, feature count, row count or label is wrong; the message
+            names the value and the fix.
+        DataTypeError: ``X`` or ``y`` holds non-numeric values.
+        ConfigTypeError: ``model`` has no integer ``n_features``.
+
+    Example:
+        >>> import numpy as np
+        >>> from asynctrain.models import SoftmaxRegression, check_data
+        >>> X, y = np.zeros((4, 2)), np.array([0, 1, 2, 1])
+        >>> check_data(SoftmaxRegression(2, 3), X, y)
+        >>> check_data(SoftmaxRegression(3, 3), X, y)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        asynctrain._exceptions.DataError: dataset has 2 features but the model expects 3; ...
+    """
+    n_features, n_classes = _model_shape(model)
+    inputs, targets = _numeric_array("X", X), _numeric_array("y", y)
+    _check_inputs(inputs, n_features)
+    if targets.ndim == 0 or targets.shape[0] != inputs.shape[0]:
+        raise DataError(
+            f"X has {inputs.shape[0]} rows but y has shape {targets.shape}; "
+            "pass exactly one target per row of X"
+        )
+    if n_classes is None:
+        _check_targets(targets, getattr(model, "n_outputs", None))
+    else:
+        _check_labels(targets, n_classes)
+
+
+def _model_shape(model: object) -> tuple[int, int | None]:
+    """Return the model's ``(n_features, n_classes)``, read with ``getattr``."""
+    n_features = getattr(model, "n_features", None)
+    n_classes = getattr(model, "n_classes", None)
+    if isinstance(n_features, bool) or not isinstance(n_features, numbers.Integral):
+        raise ConfigTypeError(
+            f"model {model!r} has no integer n_features (got {n_features!r}); "
+            "a model must follow the asynctrain.models.Model protocol"
+        )
+    return int(n_features), None if n_classes is None else int(n_classes)
+
+
+def _numeric_array(name: str, values: npt.ArrayLike) -> npt.NDArray[Any]:
+    """Return ``values`` as an array (a view, for arrays) with a real numeric dtype."""
+    array = values if isinstance(values, np.ndarray) else np.asarray(values)
+    if array.dtype.kind not in "biuf":
+        raise DataTypeError(
+            f"{name} must hold real numbers, got dtype {array.dtype}; "
+            f"convert it with {name}.astype(np.float32) or encode non-numeric columns"
+        )
+    return array
+
+
+def _check_inputs(X: npt.NDArray[Any], n_features: int) -> None:
+    """Raise unless ``X`` is a non-empty (n, n_features) table."""
+    if X.ndim != 2:
+        raise DataError(
+            f"X must be 2-D (samples, features), got shape {X.shape}; "
+            "use X.reshape(len(X), -1) (or X.reshape(-1, 1) for a single feature)"
+        )
+    if X.shape[1] != n_features:
+        raise DataError(
+            f"dataset has {X.shape[1]} features but the model expects {n_features}; "
+            f"build the model with n_features={X.shape[1]} or select {n_features} columns"
+        )
+    if X.shape[0] == 0:
+        raise DataError("dataset has no rows; pass at least one sample")
+
+
+def _check_labels(y: npt.NDArray[Any], n_classes: int) -> None:
+    """Raise unless ``y`` holds 1-D whole-number labels of two or more valid classes."""
+    if y.ndim != 1:
+        raise DataError(
+            f"labels y must be 1-D class indices, got shape {y.shape}; "
+            "for one-hot labels pass y.argmax(axis=1)"
+        )
+    if y.dtype.kind == "b":
+        raise DataTypeError("labels y are booleans; pass y.astype(np.int64)")
+    if y.dtype.kind == "f" and not np.array_equal(y, np.floor(y)):
+        bad = y[y != np.floor(y)][0]
+        raise DataError(
+            f"labels y must be whole numbers 0..{n_classes - 1}, found {bad}; "
+            "encode classes with np.unique(y, return_inverse=True)[1]"
+        )
+    low, high = y.min(), y.max()
+    if low < 0 or high > n_classes - 1:
+        raise DataError(
+            f"labels must be in 0..{n_classes - 1} for a model with n_classes={n_classes}, "
+            f"found min {low} and max {high}; remap them with "
+            "np.unique(y, return_inverse=True)[1] or build the model with more classes"
+        )
+    if low == high:
+        raise DataError(
+            f"labels y hold only class {low}; a classifier needs at least two classes "
+            "in its training data"
+        )
+
+
+def _check_targets(y: npt.NDArray[Any], n_outputs: object) -> None:
+    """Raise unless regression targets have the model's output shape and are finite."""
+    n = y.shape[0]
+    if n_outputs is None:
+        fits = y.ndim in (1, 2)
+        expected = f"({n},) or ({n}, k)"
+    else:
+        shape = (n,) if n_outputs == 1 else (n, n_outputs)
+        fits, expected = y.shape == shape, str(shape)
+    if not fits:
+        single = y.shape == (n, 1) and n_outputs == 1
+        hint = "pass y.ravel()" if single else "reshape y to match the model"
+        raise DataError(
+            f"regression targets y must have shape {expected} for this model, "
+            f"got {y.shape}; {hint} or change the model's outputs"
+        )
+    if y.dtype.kind == "b":
+        raise DataTypeError("regression targets y are booleans; pass y.astype(np.float32)")
+    if not np.isfinite(y).all():
+        raise DataError("regression targets y must be finite numbers; drop or impute NaN/Inf")

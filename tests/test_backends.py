@@ -1,0 +1,112 @@
+"""The backend contract: one suite, run on every backend through the ``backend`` fixture."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import asynctrain as at
+from asynctrain.backends import InlineBackend, ThreadBackend, get_backend
+
+
+def _boom(message: str) -> None:
+    raise KeyError(message)
+
+
+def _slow_identity(value: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return value
+
+
+async def test_run_returns_the_result(backend: at.backends.Backend) -> None:
+    assert await backend.run(pow, 3, 4) == 81
+
+
+async def test_user_exceptions_keep_their_type(backend: at.backends.Backend) -> None:
+    with pytest.raises(KeyError, match="from user code"):
+        await backend.run(_boom, "from user code")
+
+
+async def test_share_round_trips_arrays(backend: at.backends.Backend) -> None:
+    arrays = {"X": np.arange(6.0).reshape(3, 2), "y": np.arange(3)}
+    shared = await backend.share(arrays, slots=2)
+    assert shared.slots == 2
+    for slot in range(2):
+        np.testing.assert_array_equal(shared.read(slot)["X"], arrays["X"])
+    shared.write(1, {"X": arrays["X"] * 2, "y": arrays["y"]})
+    np.testing.assert_array_equal(shared.read(1)["X"], arrays["X"] * 2)
+    np.testing.assert_array_equal(shared.read(0)["X"], arrays["X"])
+    await backend.release(shared)
+
+
+async def test_many_tasks_in_flight(backend: at.backends.Backend) -> None:
+    results = await asyncio.gather(*(backend.run(_slow_identity, i, 0.001) for i in range(20)))
+    assert results == list(range(20))
+
+
+async def test_closed_backend_refuses_work(backend_name: str) -> None:
+    backend, owned = get_backend(backend_name)
+    assert owned
+    async with backend:
+        assert backend.state == "open"
+    assert backend.state == "closed"
+    with pytest.raises(at.StateError, match="closed"):
+        await backend.run(pow, 2, 2)
+    await backend.aclose()  # idempotent
+
+
+async def test_cancelled_thread_work_is_not_left_running() -> None:
+    finished = threading.Event()
+
+    def work() -> None:
+        time.sleep(0.2)
+        finished.set()
+
+    async with ThreadBackend(workers=1) as backend:
+        task = asyncio.create_task(backend.run(work))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The awaiter got CancelledError only once the worker was no longer busy.
+        assert finished.is_set()
+
+
+async def test_thread_backend_limits_blas_threads() -> None:
+    from threadpoolctl import threadpool_info
+
+    async with ThreadBackend(workers=2):
+        blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+        cores = at.backends.default_workers()
+        assert all(p["num_threads"] * 2 <= max(cores, 2) for p in blas)
+
+
+def test_unknown_backend_name_lists_the_choices() -> None:
+    with pytest.raises(at.ConfigError, match="'inline', 'thread'"):
+        get_backend("gpu")
+
+
+def test_backend_object_is_not_owned() -> None:
+    backend = InlineBackend()
+    assert get_backend(backend) == (backend, False)
+    with pytest.raises(at.ConfigError, match="workers"):
+        get_backend(backend, workers=2)
+
+
+def test_bad_backend_type() -> None:
+    with pytest.raises(at.ConfigTypeError):
+        get_backend(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("workers", [0, -1, True, 1.5])
+def test_bad_worker_counts(workers: object) -> None:
+    with pytest.raises((at.ConfigError, at.ConfigTypeError)):
+        ThreadBackend(workers=workers)  # type: ignore[arg-type]
+
+
+def test_repr_shows_state() -> None:
+    assert repr(ThreadBackend(workers=2)) == "<ThreadBackend workers=2 unopened>"

@@ -1,0 +1,80 @@
+"""The command line, run in-process through ``main``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asynctrain._cli import main
+from asynctrain.data import synthetic
+
+
+def test_demo_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["demo", "--n", "6000", "--epochs", "2", "--json", "--workers", "2"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {"accuracy", "epochs", "seconds", "samples_per_s", "backend", "workers"} <= set(summary)
+    assert summary["epochs"] == 2
+    assert summary["workers"] == 2
+    assert summary["backend"] == "thread"
+    assert 0.5 < summary["accuracy"] <= 1.0
+
+
+def test_demo_human_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["demo", "--problem", "logreg", "--n", "4000", "--epochs", "1", "--no-progress"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "accuracy" in out
+    assert "samples_per_s" in out
+
+
+def test_train_saves_parameters_without_pickle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = synthetic("softmax", n=3000, seed=0)
+    source = tmp_path / "data.npz"
+    np.savez(source, X=data.X, y=data.y)
+    out = tmp_path / "params.npz"
+    code = main(
+        ["train", str(source), "--model", "softmax", "--epochs", "2", "--out", str(out), "--json"]
+    )
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["out"] == str(out)
+    with np.load(out, allow_pickle=False) as saved:
+        assert saved["W"].shape == (128, 10)
+
+
+def test_train_mlp_and_linear(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 5)).astype(np.float32)
+    np.savez(tmp_path / "reg.npz", X=X, y=(X @ np.arange(5.0)).astype(np.float32))
+    assert main(["train", str(tmp_path / "reg.npz"), "--model", "linear", "--no-progress"]) == 0
+    np.savez(tmp_path / "cls.npz", X=X, y=(X[:, 0] > 0).astype(np.int64))
+    assert (
+        main(
+            ["train", str(tmp_path / "cls.npz"), "--model", "mlp", "--hidden", "8", "--no-progress"]
+        )
+        == 0
+    )
+
+
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", str(tmp_path / "missing.npz"), "--model", "softmax"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("asynctrain: error:")
+    assert "missing.npz" in err
+
+
+def test_python_dash_m_works() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "asynctrain", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "demo" in done.stdout

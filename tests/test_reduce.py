@@ -1,0 +1,76 @@
+"""Ordered reduction: the same bits whatever order shard results arrive in."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import numpy as np
+
+from asynctrain._reduce import collect_in_order, mean_in_place, sum_in_order
+from asynctrain._work import ShardResult
+from asynctrain.backends import LocalShared
+
+
+def _results(shards: int) -> tuple[list[ShardResult], LocalShared]:
+    rng = np.random.default_rng(0)
+    # Values of very different magnitudes make float32 addition order-sensitive.
+    grads = [
+        {"w": (rng.standard_normal(257) * 10.0 ** rng.integers(-6, 6)).astype(np.float32)}
+        for _ in range(shards)
+    ]
+    shared = LocalShared({"w": np.zeros(257, np.float32)}, slots=shards)
+    for s, g in enumerate(grads):
+        shared.write(s, g)
+    results = [ShardResult(0, s, 0, s, 10 + s, float(s) * 1e-3) for s in range(shards)]
+    return results, shared
+
+
+async def _deliver(results: list[ShardResult], seed: int) -> list[ShardResult]:
+    queue: asyncio.Queue[ShardResult] = asyncio.Queue()
+    delays = random.Random(seed).sample(range(len(results)), len(results))
+
+    async def send(result: ShardResult, delay: int) -> None:
+        await asyncio.sleep(delay * 0.001)
+        queue.put_nowait(result)
+
+    async with asyncio.TaskGroup() as group:
+        for result, delay in zip(results, delays, strict=True):
+            group.create_task(send(result, delay))
+        ordered = await collect_in_order(queue, len(results))
+    return ordered
+
+
+async def test_arrival_order_does_not_change_the_bits() -> None:
+    results, shared = _results(8)
+    reference = {"w": np.zeros(257, np.float32)}
+    expected = sum_in_order(results, shared, reference)
+    for seed in range(10):
+        ordered = await _deliver(results, seed)
+        assert [r.shard for r in ordered] == list(range(8))
+        out = {"w": np.zeros(257, np.float32)}
+        assert sum_in_order(ordered, shared, out) == expected
+        assert out["w"].tobytes() == reference["w"].tobytes()
+
+
+def test_sum_matches_a_serial_sum_and_weights_by_samples() -> None:
+    results, shared = _results(4)
+    out = {"w": np.zeros(257, np.float32)}
+    loss, n = sum_in_order(results, shared, out)
+    manual = shared.read(0)["w"].copy()
+    for s in range(1, 4):
+        manual += shared.read(s)["w"]
+    np.testing.assert_array_equal(out["w"], manual)
+    assert n == 10 + 11 + 12 + 13
+    assert loss == sum(r.loss for r in results)
+    mean_in_place(out, n)
+    np.testing.assert_allclose(out["w"], manual / n, rtol=1e-6)
+
+
+def test_empty_shards_are_skipped() -> None:
+    results, shared = _results(3)
+    empty = results[1]._replace(n=0, loss=0.0)
+    out = {"w": np.zeros(257, np.float32)}
+    _, n = sum_in_order([results[0], empty, results[2]], shared, out)
+    np.testing.assert_array_equal(out["w"], shared.read(0)["w"] + shared.read(2)["w"])
+    assert n == results[0].n + results[2].n

@@ -1,0 +1,219 @@
+"""The sync trainer: determinism across backends, accuracy against scikit-learn, events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import numpy as np
+import pytest
+
+import asynctrain as at
+from asynctrain.data import Dataset, synthetic
+from asynctrain.models import LogisticRegression, SoftmaxRegression
+
+
+@pytest.fixture(scope="module")
+def softmax_data() -> tuple[Dataset, Dataset]:
+    return synthetic("softmax", n=6000, seed=1).split(0.25, seed=0)
+
+
+def _bits(params: dict[str, np.ndarray]) -> dict[str, bytes]:
+    return {k: v.tobytes() for k, v in params.items()}
+
+
+async def _train(
+    backend: str, workers: int | None, data: Dataset, **options: object
+) -> at.FitResult:
+    model = SoftmaxRegression(128, 10)
+    trainer = at.Trainer(
+        model,
+        at.optim.adam(1e-2),
+        backend=backend,
+        workers=workers,
+        batch_size=128,
+        shards=4,
+        seed=3,
+        **options,
+    )  # type: ignore[arg-type]
+    async with trainer:
+        return await trainer.fit(data, epochs=2)
+
+
+async def test_bit_identical_across_backends_and_workers(
+    softmax_data: tuple[Dataset, Dataset],
+) -> None:
+    train, _ = softmax_data
+    reference = _bits((await _train("inline", None, train)).params)
+    for workers in (1, 2, 4):
+        result = await _train("thread", workers, train)
+        assert _bits(result.params) == reference, f"thread backend, workers={workers}"
+
+
+async def test_bit_identical_on_a_user_backend_object(
+    softmax_data: tuple[Dataset, Dataset],
+) -> None:
+    train, _ = softmax_data
+    reference = _bits((await _train("inline", None, train)).params)
+    async with at.backends.ThreadBackend(workers=3) as backend:
+        model = SoftmaxRegression(128, 10)
+        trainer = at.Trainer(
+            model, at.optim.adam(1e-2), backend=backend, batch_size=128, shards=4, seed=3
+        )
+        result = await trainer.fit(train, epochs=2)
+        assert backend.state == "open"  # the trainer never closes what it did not create
+    assert _bits(result.params) == reference
+
+
+async def test_fit_reports_history_and_steps(softmax_data: tuple[Dataset, Dataset]) -> None:
+    train, val = softmax_data
+    model = SoftmaxRegression(128, 10)
+    async with at.Trainer(model, at.optim.adam(1e-2), backend="inline", batch_size=500) as tr:
+        result = await tr.fit(train, epochs=3, validation=val)
+    assert result.epochs == 3
+    assert result.steps == 3 * 9  # 4500 samples in batches of 500
+    assert [e.epoch for e in result.history] == [0, 1, 2]
+    assert result.history[-1].loss < result.history[0].loss
+    assert 0.5 < result.val_accuracy <= 1.0
+    assert result.samples_per_s > 0
+    assert not result.stopped_early
+
+
+async def test_steps_yield_step_and_epoch_events(softmax_data: tuple[Dataset, Dataset]) -> None:
+    train, val = softmax_data
+    model = SoftmaxRegression(128, 10)
+    trainer = at.Trainer(model, backend="thread", workers=2, batch_size=1000)
+    events = trainer.steps(train, epochs=2, validation=val)
+    async with contextlib.aclosing(events):
+        kinds = [(e.kind, e.epoch) async for e in events]
+    steps_per_epoch = 5  # 4500 samples / 1000, last batch short
+    assert kinds.count(("step", 0)) == steps_per_epoch
+    assert kinds[steps_per_epoch] == ("epoch", 0)
+    assert kinds[-1] == ("epoch", 1)
+
+
+async def test_accuracy_matches_scikit_learn_softmax() -> None:
+    from sklearn.linear_model import LogisticRegression as SkLogistic
+
+    train, test = synthetic("softmax", n=20000, seed=5).split(0.25, seed=1)
+    model = SoftmaxRegression(128, 10)
+    result = await at.fit(
+        model,
+        train,
+        optimizer=at.optim.adam(1e-2),
+        epochs=6,
+        backend="thread",
+        validation=test,
+        batch_size=256,
+    )
+    oracle = SkLogistic(max_iter=500).fit(train.X, train.y).score(test.X, test.y)
+    assert abs(result.val_accuracy - oracle) <= 0.005, (result.val_accuracy, oracle)
+
+
+async def test_accuracy_matches_scikit_learn_binary() -> None:
+    from sklearn.linear_model import LogisticRegression as SkLogistic
+
+    train, test = synthetic("logreg", n=20000, seed=2).split(0.25, seed=1)
+    model = LogisticRegression(64)
+    result = await at.fit(
+        model,
+        train,
+        optimizer=at.optim.adam(1e-2),
+        epochs=4,
+        backend="thread",
+        validation=test,
+        batch_size=256,
+    )
+    oracle = SkLogistic(max_iter=500).fit(train.X, train.y).score(test.X, test.y)
+    assert abs(result.val_accuracy - oracle) <= 0.005, (result.val_accuracy, oracle)
+
+
+async def test_early_stopping_stops(softmax_data: tuple[Dataset, Dataset]) -> None:
+    train, val = softmax_data
+    model = SoftmaxRegression(128, 10)
+    stopper = at.EarlyStopping(patience=1, min_delta=10.0)  # nothing improves by 10
+    result = await at.fit(
+        model, train, epochs=10, validation=val, callbacks=[stopper], backend="inline"
+    )
+    assert result.stopped_early
+    assert result.epochs == 2
+
+
+async def test_async_callbacks_are_awaited(softmax_data: tuple[Dataset, Dataset]) -> None:
+    seen: list[int] = []
+
+    class Record(at.Callback):
+        async def on_step(self, event: at.StepEvent) -> None:  # type: ignore[override]
+            await asyncio.sleep(0)
+            seen.append(event.step)
+
+    train, _ = softmax_data
+    await at.fit(SoftmaxRegression(128, 10), train, callbacks=[Record()], backend="inline")
+    assert seen == list(range(9))
+
+
+async def test_second_fit_continues(softmax_data: tuple[Dataset, Dataset]) -> None:
+    train, _ = softmax_data
+    async with at.Trainer(SoftmaxRegression(128, 10), backend="inline", batch_size=500) as tr:
+        first = await tr.fit(train, epochs=1)
+        second = await tr.fit(train, epochs=1)
+        assert tr.state.step == first.steps + second.steps
+        assert tr.state.epoch == 2
+    # Without a context manager each fit opens and closes its own backend.
+    tr2 = at.Trainer(SoftmaxRegression(128, 10), backend="thread", workers=2, batch_size=500)
+    await tr2.fit(train, epochs=1)
+    await tr2.fit(train, epochs=1)
+    assert _bits(tr2.params) == _bits(tr.params)
+
+
+async def test_concurrent_fit_is_refused(softmax_data: tuple[Dataset, Dataset]) -> None:
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    class Hold(at.Callback):
+        async def on_step(self, event: at.StepEvent) -> None:  # type: ignore[override]
+            started.set()
+            await gate.wait()
+
+    train, _ = softmax_data
+    async with at.Trainer(SoftmaxRegression(128, 10), backend="thread", workers=1) as tr:
+        first = asyncio.create_task(tr.fit(train, epochs=1, callbacks=[Hold()]))
+        await started.wait()
+        assert "running" in repr(tr)
+        with pytest.raises(at.StateError, match="already running"):
+            await tr.fit(train, epochs=1)
+        gate.set()
+        await first
+
+
+async def test_closed_trainer_is_refused(softmax_data: tuple[Dataset, Dataset]) -> None:
+    trainer = at.Trainer(SoftmaxRegression(128, 10), backend="inline")
+    async with trainer:
+        pass
+    with pytest.raises(at.StateError, match="closed"):
+        await trainer.fit(softmax_data[0])
+
+
+async def test_user_model_errors_keep_their_type(softmax_data: tuple[Dataset, Dataset]) -> None:
+    class Broken(SoftmaxRegression):
+        def loss_and_grad(self, params, X, y):  # type: ignore[no-untyped-def]
+            raise ZeroDivisionError("broken model")
+
+    for backend in ("inline", "thread"):
+        with pytest.raises(ZeroDivisionError, match="broken model"):
+            await at.fit(Broken(128, 10), softmax_data[0], backend=backend)
+
+
+async def test_predict_and_repr(softmax_data: tuple[Dataset, Dataset]) -> None:
+    train, val = softmax_data
+    trainer = at.Trainer(SoftmaxRegression(128, 10), backend="inline")
+    assert repr(trainer) == "<Trainer step=0 mode=sync backend=inline(1) unopened>"
+    await trainer.fit(train, epochs=1)
+    predictions = trainer.predict(val.X)
+    assert predictions.shape == (len(val),)
+    assert not trainer.params["W"].flags.writeable
+
+
+def test_params_are_seeded() -> None:
+    a = at.Trainer(LogisticRegression(8), seed=1).params
+    b = at.Trainer(LogisticRegression(8), seed=1).params
+    assert _bits(a) == _bits(b)
