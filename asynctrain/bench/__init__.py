@@ -1,1 +1,8 @@
-"""placeholder"""
+"""The benchmark suite behind ``asynctrain bench``.
+
+Each suite is an async ``run(quick) -> list[Figure]``; see :mod:`asynctrain.bench._figure`.
+"""
+
+from asynctrain.bench._figure import Figure, Spread, ratio_figure, time_async
+
+__all__ = ["Figure", "Spread", "ratio_figure", "time_async"]
