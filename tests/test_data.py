@@ -161,6 +161,14 @@ def test_properties_len_and_repr() -> None:
     assert not ds.memory_mapped
 
 
+def test_pickled_dataset_stays_read_only() -> None:
+    ds = Dataset(*_xy())
+    copy = pickle.loads(pickle.dumps(ds))
+    assert np.array_equal(copy.X, ds.X)
+    assert np.array_equal(copy.y, ds.y)
+    assert not copy.X.flags.writeable
+
+
 # --- split and subset ---------------------------------------------------------------------
 
 
@@ -375,11 +383,18 @@ def test_load_csv_defaults_to_the_last_column(tmp_path: Path) -> None:
     assert no_header.y.tolist() == [1, 0]
 
 
+def test_load_csv_tolerates_blank_lines_spaces_and_quotes(tmp_path: Path) -> None:
+    ds = load(_csv(tmp_path, '\n"a",b,label\n1, 2,0\n\n"3",4 ,1\n\n'))
+    assert ds.X.tolist() == [[1, 2], [3, 4]]
+    assert ds.y.tolist() == [0, 1]
+
+
 @pytest.mark.parametrize(
     ("text", "label", "error", "fragment"),
     [
         ("a,b\n1,2\n3,x\n", None, DataError, r"d.csv line 3, column 1: 'x' is not a number"),
         ("1,2\n3,,\n", None, DataError, r"d.csv line 2 has 3 cells, expected 2"),
+        ("1,x\n2,3\n", None, DataError, r"d.csv line 1, column 1: 'x' is not a number"),
         ("", None, DataError, "d.csv is empty"),
         ("a,b\n", None, DataError, "header row but no data rows"),
         ("a,b\n1,2\n", "c", DataError, r"no column 'c'; its columns are \['a', 'b'\]"),

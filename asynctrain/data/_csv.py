@@ -34,28 +34,32 @@ def read_csv(
             column), rows have different lengths, or ``label`` names no column.
         ConfigError: ``label`` is a name but the file has no header.
     """
-    header, n_columns = _first_row(path)
+    header, n_columns, skip = _first_row(path)
     column = _label_column(path, header, n_columns, label)
-    values = _parse(path, skip=0 if header is None else 1, n_columns=n_columns)
+    values = _parse(path, skip=skip, n_columns=n_columns)
     X = np.delete(values, column, axis=1)
     return X, _labels(values[:, column])
 
 
-def _first_row(path: Path) -> tuple[list[str] | None, int]:
-    """Return the header (None when the first row is data) and the column count."""
+def _first_row(path: Path) -> tuple[list[str] | None, int, int]:
+    """Return the header (None when the first row is data), the column count, and the
+    number of lines to skip to reach the data (0 without a header)."""
     with path.open(newline="", encoding=_ENCODING) as handle:
-        rows = (row for row in csv.reader(handle) if row)
-        first, second = next(rows, None), next(rows, None)
+        reader = csv.reader(handle)
+        first = next((row for row in reader if row), None)
+        header_lines = reader.line_num
+        second = next((row for row in reader if row), None)
     if first is None:
         raise DataError(f"{path} is empty; it needs rows of comma-separated numbers")
     if len(first) < 2:
         raise DataError(
             f"{path} has {len(first)} column; it needs at least one feature and a label"
         )
-    header = [cell.strip() for cell in first] if not any(map(_is_number, first)) else None
-    if header is not None and second is None:
+    if any(map(_is_number, first)):
+        return None, len(first), 0
+    if second is None:
         raise DataError(f"{path} has a header row but no data rows")
-    return header, len(first)
+    return [cell.strip() for cell in first], len(first), header_lines
 
 
 def _label_column(
@@ -87,7 +91,7 @@ def _parse(path: Path, *, skip: int, n_columns: int) -> npt.NDArray[np.float64]:
             quotechar='"', encoding=_ENCODING, dtype=np.float64,
         )  # fmt: skip
     except ValueError as exc:
-        raise DataError(_first_problem(path, n_columns) or f"{path}: {exc}") from None
+        raise DataError(_first_problem(path, n_columns, skip) or f"{path}: {exc}") from None
     if values.shape[1] != n_columns:
         raise DataError(
             f"{path}: the first row has {n_columns} columns but the data rows have "
@@ -96,24 +100,28 @@ def _parse(path: Path, *, skip: int, n_columns: int) -> npt.NDArray[np.float64]:
     return values
 
 
-def _first_problem(path: Path, n_columns: int) -> str | None:
-    """Describe the first row of the wrong length or non-numeric cell, or None."""
+def _first_problem(path: Path, n_columns: int, skip: int) -> str | None:
+    """Describe the first data row of the wrong length or with a non-numeric cell."""
     with path.open(newline="", encoding=_ENCODING) as handle:
         reader = csv.reader(handle)
-        for index, row in enumerate(reader):
-            if not row or (index == 0 and not any(map(_is_number, row))):
-                continue
-            if len(row) != n_columns:
-                return (
-                    f"{path} line {reader.line_num} has {len(row)} cells, expected "
-                    f"{n_columns}; every row needs the same number of cells"
-                )
-            for column, cell in enumerate(row):
-                if not _is_number(cell):
-                    return (
-                        f"{path} line {reader.line_num}, column {column}: {cell!r} is not "
-                        "a number; fix or remove that row (every cell must be numeric)"
-                    )
+        for row in reader:
+            problem = _row_problem(row, n_columns) if reader.line_num > skip else None
+            if problem:
+                return f"{path} line {reader.line_num}{problem}"
+    return None
+
+
+def _row_problem(row: list[str], n_columns: int) -> str | None:
+    if row and len(row) != n_columns:
+        return (
+            f" has {len(row)} cells, expected {n_columns}; every row needs the same number of cells"
+        )
+    for column, cell in enumerate(row):
+        if not _is_number(cell):
+            return (
+                f", column {column}: {cell!r} is not a number; "
+                "fix or remove that row (every cell must be numeric)"
+            )
     return None
 
 

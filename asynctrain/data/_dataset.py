@@ -53,7 +53,9 @@ class Dataset:
     _X: Array
     _y: npt.NDArray[Any]
 
-    def __init__(self, X: npt.ArrayLike, y: npt.ArrayLike, *, dtype: object = None) -> None:
+    def __init__(
+        self, X: npt.ArrayLike, y: npt.ArrayLike, *, dtype: npt.DTypeLike | None = None
+    ) -> None:
         target = v.resolve_dtype(dtype)
         features, targets = v.as_array("X", X), v.as_array("y", y)
         v.check_features_shape(features)
@@ -104,6 +106,11 @@ class Dataset:
     def memory_mapped(self) -> bool:
         """True if ``X`` is read from a memory-mapped file rather than held in memory."""
         return v.is_memory_mapped(self._X)
+
+    def __reduce__(self) -> tuple[Any, tuple[Array, npt.NDArray[Any]]]:
+        # Rebuild through _trusted so an unpickled copy is read-only again (pickle
+        # itself restores arrays writable) without re-scanning for NaN/Inf.
+        return Dataset._trusted, (self._X, self._y)
 
     def __len__(self) -> int:
         return self.n_samples

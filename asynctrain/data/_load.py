@@ -33,7 +33,7 @@ def load(
     y_path: str | os.PathLike[str] | None = None,
     *,
     label: str | int | None = None,
-    dtype: object = None,
+    dtype: npt.DTypeLike | None = None,
 ) -> Dataset:
     """Load a Dataset from disk, memory-mapping ``.npy`` files.
 
@@ -59,8 +59,9 @@ def load(
         The validated Dataset.
 
     Raises:
-        DataError: the file is missing, unreadable, holds pickled objects, lacks ``X``
-            or ``y``, has an unsupported extension, or its data fails validation; the
+        DataError: the file is missing (a DataError, not FileNotFoundError), unreadable,
+            holds pickled objects, lacks ``X`` or ``y``, has an unsupported extension
+            (the message lists the supported ones), or its data fails validation; the
             message names the path.
         ConfigError: ``y_path`` or ``label`` used with a format that takes no such
             option, or a ``.npy`` given without ``y_path``.
