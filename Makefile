@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SOURCES := $(wildcard asynctrain tests examples benchmarks)
 
 .PHONY: demo test lint typecheck unit clean
 
@@ -16,8 +17,8 @@ demo: $(STAMP)
 	$(BIN)/asynctrain demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check asynctrain tests examples benchmarks
-	$(BIN)/ruff format --check asynctrain tests examples benchmarks
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
