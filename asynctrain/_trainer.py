@@ -229,6 +229,9 @@ class Trainer:
         epochs = check_int("epochs", epochs)
         train = self._prepare(data, "data")
         val = None if validation is None else self._prepare(validation, "validation")
+        check_picklable = getattr(self._backend, "check_picklable", None)
+        if check_picklable is not None:  # backends whose workers are other processes
+            check_picklable(self.model)
         async with self._running_fit():
             async for event in self._run(train, val, epochs):
                 yield event
@@ -249,33 +252,45 @@ class Trainer:
                 await self._release()
 
     async def _run(self, train: Dataset, val: Dataset | None, epochs: int) -> AsyncIterator[Event]:
-        ctx = await self._context(train)
-        val_data = None if val is None else await self._backend.share({"X": val.X, "y": val.y})
-        spe = steps_per_epoch(len(train), self.config.batch_size)
-        updater = ctx.updater
-        for epoch in range(updater.state.epoch, updater.state.epoch + epochs):
-            began, seen = time.perf_counter(), ctx.samples
-            order = epoch_order(len(train), seed=self.config.seed, epoch=epoch)
-            losses = []
-            async for step_event in self.mode.run_epoch(ctx, epoch, order, updater.state.batch):
-                losses.append(step_event.loss * step_event.samples)
-                yield step_event
-            updater.state = updater.state._replace(epoch=epoch + 1, batch=0)
-            yield await self._epoch_event(ctx, epoch, val, val_data, losses, began, seen, spe)
+        async with self._shared(train, val) as (ctx, val_data):
+            spe = steps_per_epoch(len(train), self.config.batch_size)
+            updater = ctx.updater
+            for epoch in range(updater.state.epoch, updater.state.epoch + epochs):
+                began, seen = time.perf_counter(), ctx.samples
+                order = epoch_order(len(train), seed=self.config.seed, epoch=epoch)
+                losses = []
+                async for event in self.mode.run_epoch(ctx, epoch, order, updater.state.batch):
+                    losses.append(event.loss * event.samples)
+                    yield event
+                updater.state = updater.state._replace(epoch=epoch + 1, batch=0)
+                yield await self._epoch_event(ctx, epoch, val, val_data, losses, began, seen, spe)
 
-    async def _context(self, train: Dataset) -> StepContext:
+    @contextlib.asynccontextmanager
+    async def _shared(
+        self, train: Dataset, val: Dataset | None
+    ) -> AsyncIterator[tuple[StepContext, Any]]:
+        """Share the fit's data, parameters and gradient buffers once; release them after."""
         assert self._updater is not None
-        params = self._updater.state.params
-        return StepContext(
-            model=self.model,
-            backend=self._backend,
-            updater=self._updater,
-            data=await self._backend.share({"X": train.X, "y": train.y}),
-            params=await self._backend.share(params, slots=2),
-            grads=await self._backend.share(zeros_like(params), slots=self.config.shards),
-            batch_size=self.config.batch_size,
-            shards=self.config.shards,
-        )
+        backend, params = self._backend, self._updater.state.params
+        async with contextlib.AsyncExitStack() as stack:
+
+            async def share(arrays: Any, slots: int = 1) -> Any:
+                handle = await backend.share(arrays, slots=slots)
+                stack.push_async_callback(backend.release, handle)
+                return handle
+
+            ctx = StepContext(
+                model=self.model,
+                backend=backend,
+                updater=self._updater,
+                data=await share({"X": train.X, "y": train.y}),
+                params=await share(params, 2),
+                grads=await share(zeros_like(params), self.config.shards),
+                batch_size=self.config.batch_size,
+                shards=self.config.shards,
+            )
+            val_data = None if val is None else await share({"X": val.X, "y": val.y})
+            yield ctx, val_data
 
     async def _epoch_event(
         self,

@@ -217,3 +217,39 @@ def test_params_are_seeded() -> None:
     a = at.Trainer(LogisticRegression(8), seed=1).params
     b = at.Trainer(LogisticRegression(8), seed=1).params
     assert _bits(a) == _bits(b)
+
+
+class _CountingBackend(at.backends.InlineBackend):
+    """An inline backend that records what is shared and released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: list[object] = []
+
+    async def share(self, arrays, *, slots=1):  # type: ignore[no-untyped-def]
+        handle = await super().share(arrays, slots=slots)
+        self.live.append(handle)
+        return handle
+
+    async def release(self, shared: object) -> None:
+        self.live.remove(shared)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_every_shared_array_is_released(
+    softmax_data: tuple[Dataset, Dataset], fails: bool
+) -> None:
+    train, val = softmax_data
+    backend = _CountingBackend()
+
+    class Stop(at.Callback):
+        def on_step(self, event: at.StepEvent) -> None:
+            if fails:
+                raise RuntimeError("callback failed")
+
+    trainer = at.Trainer(SoftmaxRegression(128, 10), backend=backend)
+    try:
+        await trainer.fit(train, epochs=1, validation=val, callbacks=[Stop()])
+    except RuntimeError:
+        assert fails
+    assert backend.live == []
