@@ -86,7 +86,7 @@ async def test_thread_backend_limits_blas_threads() -> None:
 
 
 def test_unknown_backend_name_lists_the_choices() -> None:
-    with pytest.raises(at.ConfigError, match="'inline', 'thread'"):
+    with pytest.raises(at.ConfigError, match="'inline', 'process', 'thread'"):
         get_backend("gpu")
 
 

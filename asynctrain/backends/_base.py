@@ -59,8 +59,8 @@ class Backend(Protocol):
         """Run ``fn(*args)`` on the backend and return its result.
 
         Exceptions raised by ``fn`` propagate with their own type. Cancelling the awaiting
-        task cancels the work if it has not started and otherwise waits for it to finish
-        (work is never left running behind the caller).
+        task cancels the work if it has not started and otherwise waits for it to finish or
+        stops it (work is never left running behind the caller).
         """
         ...
 

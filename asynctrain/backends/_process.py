@@ -1,0 +1,226 @@
+"""ProcessBackend: worker processes with shared-memory arrays, crash recovery and no leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, TypeVar
+
+import numpy.typing as npt
+
+from asynctrain._checks import check_choice, check_int
+from asynctrain._exceptions import BackendError, ConfigTypeError, ShardFailedError, StateError
+from asynctrain.backends._lifecycle import Lifecycle
+from asynctrain.backends._process_pickle import check_picklable
+from asynctrain.backends._process_pool import Pool
+from asynctrain.backends._process_shared import ProcessShared, create_shared, release_shared
+from asynctrain.backends._process_worker import encode_forget, encode_task
+from asynctrain.backends._process_worker_handle import WorkerDied
+from asynctrain.backends._shm import sweep_stale_segments
+from asynctrain.backends._thread import default_workers
+
+T = TypeVar("T")
+NICENESS = 5  # workers yield the CPU to the caller's event loop when it wakes
+START_METHODS = ("forkserver", "spawn")  # never fork: the parent runs an event loop, threads
+_COPY_IN_THREAD = 1 << 20  # bytes; smaller shares are copied on the loop directly
+_PRELOAD = ["__main__", "asynctrain.backends._process_worker"]
+
+
+class ProcessStats(NamedTuple):
+    """Counters since the backend opened: tasks run, retries, bytes sent, workers started."""
+
+    tasks: int
+    retries: int
+    bytes_sent: int
+    workers_started: int
+
+
+class ProcessBackend(Lifecycle):
+    """Run shard functions in worker processes that share the data through shared memory.
+
+    Use it when shard math holds the GIL (per-sample Python code, small batches): each worker
+    is a separate interpreter. The pool starts once (on ``async with`` or first use) and
+    serves every fit and trainer until ``aclose``. Arrays given to :meth:`share` live in
+    shared memory (or stay in their memory-mapped ``.npy`` file), so a task carries only
+    indices and slot numbers. A worker that dies mid-task is replaced and the task re-run,
+    up to ``max_retries`` times. Workers run at a lower priority, with one BLAS thread
+    each, and exit when this process dies.
+
+    Args:
+        workers: worker processes; defaults to the number of usable cores.
+        max_retries: re-runs of a task whose worker died (not of a Python exception).
+        start_method: ``"forkserver"`` (default; fast starts) or ``"spawn"``.
+
+    Raises:
+        ConfigError: ``workers`` < 1, ``max_retries`` < 0 or an unknown start method.
+
+    Example:
+        >>> import asynctrain
+        >>> async def demo():
+        ...     async with ProcessBackend(workers=2) as backend:
+        ...         return await backend.run(pow, 2, 10)
+        >>> asynctrain.run(demo())  # in a script: under ``if __name__ == "__main__":``
+        1024
+    """
+
+    name = "process"
+    inline = False
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        max_retries: int = 3,
+        start_method: str = "forkserver",
+    ) -> None:
+        super().__init__()
+        self.workers = default_workers() if workers is None else check_int("workers", workers)
+        self.max_retries = check_int("max_retries", max_retries, minimum=0)
+        self.start_method = check_choice("start_method", start_method, START_METHODS)
+        # One BLAS thread per worker, even when workers < cores: a multi-threaded BLAS call
+        # whose threads wait on each other ran 4-16x slower whenever another process took a
+        # core (measured here), and the parent's updater and event loop need one too.
+        self.blas_threads = 1
+        self._pool: Pool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._owned: dict[str, ProcessShared] = {}
+        self._tasks = self._retries = self._bytes = 0
+
+    async def _open(self) -> None:
+        sweep_stale_segments()
+        context = multiprocessing.get_context(self.start_method)
+        if self.start_method == "forkserver":
+            # Imported once in the forkserver, numpy and asynctrain are ready in every fork.
+            context.set_forkserver_preload(_PRELOAD)
+        self._loop = asyncio.get_running_loop()
+        self._pool = Pool(context, self.workers, self.blas_threads, NICENESS)
+        self._pool.start()
+
+    async def _close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+        for shared in self._owned.values():
+            release_shared(shared)
+        self._owned.clear()
+
+    async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
+        """Run ``fn(*args)`` in a worker process and return its result.
+
+        Raises:
+            ConfigTypeError: ``fn`` or an argument cannot be pickled.
+            ShardFailedError: the worker died on every attempt of a shard task (an argument
+                with ``step`` and ``shard``); BackendError for any other task.
+            Exception: whatever ``fn`` raised, with the worker's traceback as a note.
+        """
+        pool = await self._opened_pool()
+        message = _encode(fn, args)
+        self._tasks += 1
+        self._bytes += len(message)
+        failures: list[str] = []
+        while True:
+            try:
+                ok, value = await pool.call(message)
+            except WorkerDied as died:
+                failures.append(str(died))
+                if pool.closing:
+                    raise StateError(f"{self!r} was closed while the task ran") from None
+                if len(failures) > self.max_retries:
+                    raise _exhausted(fn, args, failures) from None
+                self._retries += 1
+                continue
+            if ok:
+                return value  # type: ignore[no-any-return]
+            raise value
+
+    async def share(
+        self, arrays: Mapping[str, npt.NDArray[Any]], *, slots: int = 1
+    ) -> ProcessShared:
+        """Copy ``arrays`` into shared memory, once per slot, and return a handle to them.
+
+        A whole memory-mapped ``.npy`` array (``np.load(path, mmap_mode="r")``) shared with
+        one slot is not copied: workers map the same file.
+
+        Raises:
+            ConfigTypeError: an array of Python objects.
+        """
+        await self._opened_pool()
+        shared, fill = create_shared(arrays, check_int("slots", slots))
+        self._owned[shared.key] = shared
+        try:
+            if shared.nbytes >= _COPY_IN_THREAD:
+                await _in_thread(fill)
+            else:
+                fill()
+        except BaseException:
+            await self.release(shared)
+            raise
+        return shared
+
+    async def release(self, shared: Any) -> None:
+        """Unlink the shared memory of ``shared`` and unmap it in the workers; idempotent."""
+        if not isinstance(shared, ProcessShared) or self._owned.pop(shared.key, None) is None:
+            return
+        release_shared(shared)
+        if self._pool is not None:
+            self._pool.broadcast(encode_forget(shared.key))
+
+    def check_picklable(self, *objects: object) -> None:
+        """Raise ConfigTypeError if any of ``objects`` cannot be sent to a worker process."""
+        check_picklable(*objects)
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the live workers (empty until opened)."""
+        return [] if self._pool is None else self._pool.pids
+
+    @property
+    def stats(self) -> ProcessStats:
+        """Counters since the backend opened; see :class:`ProcessStats`."""
+        started = 0 if self._pool is None else self._pool.started
+        return ProcessStats(self._tasks, self._retries, self._bytes, started)
+
+    async def _opened_pool(self) -> Pool:
+        await self._ensure_open()
+        if asyncio.get_running_loop() is not self._loop:
+            raise StateError(f"{self!r} belongs to the event loop that opened it")
+        assert self._pool is not None
+        return self._pool
+
+    def __repr__(self) -> str:
+        live = "" if self._pool is None else f" live={len(self.pids)} busy={self._pool.busy}"
+        return f"<ProcessBackend workers={self.workers} {self.start_method} {self.state}{live}>"
+
+
+def _encode(fn: Callable[..., Any], args: tuple[Any, ...]) -> bytes:
+    try:
+        return encode_task(fn, args)
+    except Exception as exc:
+        check_picklable(fn, *args)  # names the culprit
+        raise ConfigTypeError(f"the task {fn!r} cannot be pickled: {exc}") from exc
+
+
+def _exhausted(fn: Callable[..., Any], args: tuple[Any, ...], failures: list[str]) -> BackendError:
+    attempts = [f"attempt {i}: {failure}" for i, failure in enumerate(failures, 1)]
+    listed = "; ".join(attempts)
+    task = next((a for a in args if hasattr(a, "step") and hasattr(a, "shard")), None)
+    if task is None:
+        name = getattr(fn, "__qualname__", repr(fn))
+        return BackendError(f"{name} lost its worker on all {len(failures)} attempts: {listed}")
+    return ShardFailedError(
+        f"shard {task.shard} of step {task.step} lost its worker on all {len(failures)} "
+        f"attempts (1 + max_retries): {listed}",
+        step=int(task.step),
+        shard=int(task.shard),
+        attempts=attempts,
+    )
+
+
+async def _in_thread(fn: Callable[[], None]) -> None:
+    """Run ``fn`` on the default executor; a cancelled caller waits for it to finish."""
+    future = asyncio.get_running_loop().run_in_executor(None, fn)
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])  # a copy cannot be interrupted: finish, then free
+        raise

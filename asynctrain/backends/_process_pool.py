@@ -1,0 +1,163 @@
+"""A small asyncio-native process pool: idle workers in a queue, dead ones replaced on demand.
+
+Unlike ``concurrent.futures.ProcessPoolExecutor``, the death of one worker breaks nothing:
+its task fails with :class:`WorkerDied` (the backend decides whether to retry), the worker
+leaves the pool, and the next task that finds no idle worker starts a replacement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from typing import Any, TypeGuard
+
+from asynctrain._exceptions import StateError
+from asynctrain.backends._process_worker import main as worker_main
+from asynctrain.backends._process_worker_handle import Outcome, Worker
+
+STOP_TIMEOUT = 2.0  # seconds an idle worker gets to exit on its own before SIGKILL
+_Item = Worker | BaseException | None  # None: "something changed (a death, a close), look again"
+
+
+class Pool:
+    """``size`` worker processes started from ``context``, reused for every task.
+
+    Args:
+        context: a forkserver or spawn multiprocessing context.
+        size: the number of workers kept running.
+        blas_threads: BLAS threads per worker.
+        niceness: added to each worker's nice value.
+    """
+
+    def __init__(self, context: BaseContext, size: int, blas_threads: int, niceness: int) -> None:
+        self.size = size
+        self.closing = False
+        self.started = 0
+        self._context = context
+        self._worker_args = (blas_threads, niceness)
+        self._workers: set[Worker] = set()
+        self._idle: asyncio.Queue[_Item] = asyncio.Queue()
+        self._starts: set[asyncio.Task[None]] = set()
+        self._start_lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the live workers."""
+        return sorted(w.pid for w in self._workers if w.alive and w.pid is not None)
+
+    @property
+    def busy(self) -> int:
+        """Workers running a task now."""
+        return sum(w.busy for w in self._workers)
+
+    def start(self) -> None:
+        """Start workers until ``size`` are running or starting (returns at once)."""
+        while self._live() < self.size:
+            self._start_one()
+
+    async def call(self, payload: bytes) -> Outcome:
+        """Run one encoded task on an idle worker; see :meth:`Worker.call`."""
+        worker = await self._acquire()
+        try:
+            return await worker.call(next(self._ids), payload)
+        finally:
+            if worker.alive:
+                self._idle.put_nowait(worker)
+
+    def broadcast(self, message: bytes) -> None:
+        """Send a no-reply message to every live worker (busy ones read it after their task)."""
+        for worker in self._workers:
+            worker.send_quietly(message)
+
+    async def close(self) -> None:
+        """Stop every worker: idle ones by end-of-file (SIGKILL after :data:`STOP_TIMEOUT`),
+        busy ones by SIGKILL at once (their callers get StateError)."""
+        self.closing = True
+        if self._starts:
+            await asyncio.wait(self._starts)
+        workers = list(self._workers)
+        for worker in workers:
+            if worker.busy:
+                worker.kill()
+            worker.stop()
+        exits = [w.exited for w in workers]
+        if exits:
+            _, late = await asyncio.wait(exits, timeout=STOP_TIMEOUT)
+            for worker in workers:
+                if worker.exited in late:
+                    worker.kill()
+            if late:
+                await asyncio.wait(late)
+        self._workers.clear()
+        self._idle.put_nowait(None)  # wake waiters: they see ``closing``
+
+    async def _acquire(self) -> Worker:
+        while True:
+            while not self._idle.empty():
+                if self._usable(item := self._idle.get_nowait()):
+                    return item
+            if self.closing:
+                raise StateError("the process backend was closed")
+            self.start()
+            if self._usable(item := await self._idle.get()):
+                return item
+
+    def _usable(self, item: _Item) -> TypeGuard[Worker]:
+        if self.closing:
+            self._idle.put_nowait(None)  # pass the wake-up on: every waiter must hear of it
+            raise StateError("the process backend was closed while a task waited for a worker")
+        if isinstance(item, BaseException):
+            raise item  # a worker failed to start: this caller hears of it
+        return item is not None and item.alive
+
+    def _live(self) -> int:
+        return sum(w.alive for w in self._workers) + len(self._starts)
+
+    def _start_one(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._spawn())
+        self._starts.add(task)
+        task.add_done_callback(self._starts.discard)
+
+    async def _spawn(self) -> None:
+        # Starting a process blocks (the first start also launches the forkserver): a thread.
+        try:
+            process, conn = await asyncio.to_thread(self._start_process)
+        except Exception as exc:
+            # One waiter gets the error; the token makes another try a fresh start.
+            self._idle.put_nowait(exc)
+            self._idle.put_nowait(None)
+            return
+        worker = Worker(process, conn)
+        self._workers.add(worker)
+        worker.exited.add_done_callback(lambda _: self._forget(worker))
+        self.started += 1
+        self._idle.put_nowait(worker)
+
+    def _start_process(self) -> tuple[BaseProcess, Connection]:
+        with self._start_lock:
+            parent, child = self._context.Pipe()
+            ctx: Any = self._context
+            process: BaseProcess = ctx.Process(
+                target=worker_main,
+                args=(child, *self._worker_args),
+                name="asynctrain-worker",
+                daemon=True,  # terminated at interpreter exit if the backend was never closed
+            )
+            try:
+                process.start()
+            finally:
+                child.close()
+            return process, parent
+
+    def _forget(self, worker: Worker) -> None:
+        self._workers.discard(worker)
+        if not self.closing:
+            self._idle.put_nowait(None)  # wake a waiter: it may start a replacement
+
+    def __repr__(self) -> str:
+        return f"<Pool size={self.size} live={len(self.pids)} busy={self.busy}>"

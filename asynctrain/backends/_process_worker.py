@@ -1,0 +1,116 @@
+"""What runs inside a worker process: the task loop, its resource limits and a parent watchdog.
+
+The wire format on each worker's pipe is one message per task: 8 bytes of task id (little
+endian, signed) then a pickle of ``(fn, args)``; the reply is a pickle of
+``(task_id, ok, value)`` where ``value`` is the result or ``(exception, traceback text)``.
+Task id :data:`CONTROL` carries a message with no reply: the key of a shared segment to
+unmap. Keeping the id outside the pickle lets a worker answer even when ``fn`` or its
+arguments fail to unpickle there.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from threadpoolctl import threadpool_limits
+
+from asynctrain.backends._process_shared import forget
+
+CONTROL = -1
+ORPHANED = 86  # exit code of a worker whose parent died while it was busy
+_THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def encode_task(fn: Any, args: tuple[Any, ...]) -> bytes:
+    """The payload that asks a worker to run ``fn(*args)`` (raises if it cannot pickle)."""
+    return pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def frame(task_id: int, payload: bytes) -> bytes:
+    """One message on the pipe: the task id, then the payload."""
+    return task_id.to_bytes(8, "little", signed=True) + payload
+
+
+def encode_forget(key: str) -> bytes:
+    """The message that tells a worker to unmap the shared segment ``key``."""
+    return frame(CONTROL, pickle.dumps(key))
+
+
+def main(conn: Connection, blas_threads: int, niceness: int) -> None:
+    """Serve tasks from ``conn`` until it reaches end-of-file (the parent closed or died)."""
+    _limit(blas_threads, niceness)
+    _watch_parent()
+    # Ctrl-C reaches the whole process group: the parent decides what to do about it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except EOFError:
+            return
+        task_id = int.from_bytes(message[:8], "little", signed=True)
+        if task_id == CONTROL:
+            forget(pickle.loads(message[8:]))
+            continue
+        try:
+            conn.send_bytes(_execute(task_id, memoryview(message)[8:]))
+        except OSError:  # the parent closed the pipe while we worked: nobody to answer
+            return
+
+
+def _execute(task_id: int, payload: memoryview) -> bytes:
+    try:
+        fn, args = pickle.loads(payload)
+        result = fn(*args)
+    except Exception as exc:
+        return _reply(task_id, False, (exc, traceback.format_exc()))
+    return _reply(task_id, True, result)
+
+
+def _reply(task_id: int, ok: bool, value: Any) -> bytes:
+    try:
+        return pickle.dumps((task_id, ok, value), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        what = "result" if ok else f"exception {value[0]!r}"
+        text = f"the task's {what} cannot be pickled ({exc!r})"
+        if not ok:
+            text += f"; its traceback in the worker:\n{value[1]}"
+        return pickle.dumps((task_id, False, (None, text)))
+
+
+def _limit(blas_threads: int, niceness: int) -> None:
+    """One BLAS thread pool of ``blas_threads`` and a lower priority than the parent."""
+    # numpy is already imported (the asynctrain package imports it), so its BLAS is limited
+    # through threadpoolctl; the variables reach libraries user code loads later.
+    for name in _THREAD_VARS:
+        os.environ[name] = str(blas_threads)
+    threadpool_limits(limits=blas_threads)
+    os.nice(niceness)
+
+
+def _watch_parent() -> None:
+    """Exit at once when the parent dies, even in the middle of a long task."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(ORPHANED)
+
+    threading.Thread(target=watch, name="asynctrain-watchdog", daemon=True).start()

@@ -1,0 +1,161 @@
+"""The parent's side of one worker process: its pipe, its exit, and the one task it runs.
+
+Replies and deaths arrive through the event loop (``add_reader`` on the pipe and on the
+process sentinel), so a worker's exit code or signal is known the moment it dies, without
+polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pickle
+import signal
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from asynctrain._exceptions import BackendError
+from asynctrain.backends._process_worker import frame
+
+Outcome = tuple[bool, Any]
+
+
+class WorkerDied(Exception):
+    """The worker running a task exited before replying (internal: the task is retried)."""
+
+    def __init__(self, pid: int | None, exitcode: int | None) -> None:
+        super().__init__(describe_exit(pid, exitcode))
+        self.pid = pid
+        self.exitcode = exitcode
+
+
+def describe_exit(pid: int | None, exitcode: int | None) -> str:
+    """``"worker pid 12 killed by SIGKILL"`` or ``"worker pid 12 exited with code 7"``."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            how = f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            how = f"killed by signal {-exitcode}"
+    else:
+        how = f"exited with code {exitcode}"
+    return f"worker pid {pid} {how}"
+
+
+class Worker:
+    """One worker process and the task it is running (at most one at a time)."""
+
+    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.conn = conn
+        self._loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[int | None] = self._loop.create_future()
+        self._reply: asyncio.Future[Outcome] | None = None
+        self._task_id = 0
+        self._loop.add_reader(conn.fileno(), self._on_readable)
+        self._loop.add_reader(process.sentinel, self._on_exit)
+
+    @property
+    def alive(self) -> bool:
+        """False once the process has exited (or is being stopped)."""
+        return not self.exited.done() and not self.conn.closed
+
+    @property
+    def busy(self) -> bool:
+        """Whether a task is in flight on this worker."""
+        return self._reply is not None
+
+    async def call(self, task_id: int, payload: bytes) -> Outcome:
+        """Send one encoded task (see ``encode_task``) and wait for its ``(ok, value)``.
+
+        Raises:
+            WorkerDied: the process exited before replying.
+            asyncio.CancelledError: after killing the worker and seeing it exit, so the
+                work never outlives its caller.
+        """
+        self._task_id = task_id
+        reply: asyncio.Future[Outcome] = self._loop.create_future()
+        self._reply = reply
+        # A broken pipe means the process is exiting: its sentinel will report how.
+        with contextlib.suppress(OSError):
+            self.conn.send_bytes(frame(task_id, payload))
+        try:
+            return await reply
+        except asyncio.CancelledError:
+            self.kill()
+            await asyncio.wait([self.exited])  # milliseconds after SIGKILL
+            raise
+        finally:
+            self._reply = None
+
+    def send_quietly(self, message: bytes) -> None:
+        """Send a message that needs no reply; a dead worker is simply skipped."""
+        if self.alive:
+            with contextlib.suppress(OSError):
+                self.conn.send_bytes(message)
+
+    def stop(self) -> None:
+        """Close the pipe: an idle worker reads end-of-file and exits by itself."""
+        if not self.conn.closed:
+            self._loop.remove_reader(self.conn.fileno())
+            self.conn.close()
+
+    def kill(self) -> None:
+        """SIGKILL the process (its exit is reported through ``exited`` as usual)."""
+        if not self.exited.done():
+            self.process.kill()
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.conn.recv_bytes()
+        except (EOFError, OSError):
+            # The process is exiting; the sentinel reports how. Stop watching the pipe.
+            self._loop.remove_reader(self.conn.fileno())
+            return
+        self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        reply = self._reply
+        try:
+            task_id, ok, value = pickle.loads(data)
+        except Exception as exc:
+            task_id, ok = self._task_id, False
+            value = (None, f"the reply of worker pid {self.pid} cannot be unpickled: {exc!r}")
+        if reply is None or reply.done() or task_id != self._task_id:
+            return  # a reply to a task whose caller has gone
+        reply.set_result((True, value) if ok else (False, _rebuild(value, self.pid)))
+
+    def _on_exit(self) -> None:
+        self._loop.remove_reader(self.process.sentinel)
+        self._drain()
+        self.process.join()  # returns at once: the sentinel said the process has ended
+        exitcode = self.process.exitcode
+        self.stop()
+        self.process.close()
+        self.exited.set_result(exitcode)
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_exception(WorkerDied(self.pid, exitcode))
+
+    def _drain(self) -> None:
+        """Deliver a reply sent just before the process died."""
+        while not self.conn.closed:
+            try:
+                if not self.conn.poll():
+                    return
+                self._deliver(self.conn.recv_bytes())
+            except (EOFError, OSError):
+                return
+
+    def __repr__(self) -> str:
+        state = "busy" if self.busy else "idle" if self.alive else "dead"
+        return f"<Worker pid={self.pid} {state}>"
+
+
+def _rebuild(value: tuple[BaseException | None, str], pid: int | None) -> BaseException:
+    """The worker's exception, with the worker's traceback attached as a note."""
+    exc, text = value
+    if exc is None:
+        return BackendError(text)
+    exc.add_note(f"Traceback in worker pid {pid}:\n{text.rstrip()}")
+    return exc
