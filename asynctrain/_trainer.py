@@ -25,7 +25,7 @@ from asynctrain._types import Params
 from asynctrain._update import TrainState, Updater
 from asynctrain.backends import Backend, get_backend
 from asynctrain.backends._base import readonly
-from asynctrain.data import Dataset, epoch_order, steps_per_epoch
+from asynctrain.data import Dataset, epoch_order
 from asynctrain.models import Model, check_data
 from asynctrain.optim import GradientTransformation, adam
 
@@ -232,8 +232,13 @@ class Trainer:
         check_picklable = getattr(self._backend, "check_picklable", None)
         if check_picklable is not None:  # backends whose workers are other processes
             check_picklable(self.model)
-        async with self._running_fit():
-            async for event in self._run(train, val, epochs):
+        # Close the inner generator as soon as this one stops, so the fit's shared arrays
+        # are released now rather than whenever the garbage collector gets to it.
+        async with (
+            self._running_fit(),
+            contextlib.aclosing(self._run(train, val, epochs)) as events,
+        ):
+            async for event in events:
                 yield event
 
     @contextlib.asynccontextmanager
@@ -251,9 +256,10 @@ class Trainer:
             if auto:
                 await self._release()
 
-    async def _run(self, train: Dataset, val: Dataset | None, epochs: int) -> AsyncIterator[Event]:
+    async def _run(
+        self, train: Dataset, val: Dataset | None, epochs: int
+    ) -> AsyncGenerator[Event, None]:
         async with self._shared(train, val) as (ctx, val_data):
-            spe = steps_per_epoch(len(train), self.config.batch_size)
             updater = ctx.updater
             for epoch in range(updater.state.epoch, updater.state.epoch + epochs):
                 began, seen = time.perf_counter(), ctx.samples
@@ -263,7 +269,7 @@ class Trainer:
                     losses.append(event.loss * event.samples)
                     yield event
                 updater.state = updater.state._replace(epoch=epoch + 1, batch=0)
-                yield await self._epoch_event(ctx, epoch, val, val_data, losses, began, seen, spe)
+                yield await self._epoch_event(ctx, epoch, val, val_data, losses, began, seen)
 
     @contextlib.asynccontextmanager
     async def _shared(
@@ -301,7 +307,6 @@ class Trainer:
         losses: list[float],
         began: float,
         seen: int,
-        spe: int,
     ) -> EpochEvent:
         val_loss = val_acc = math.nan
         if val is not None:

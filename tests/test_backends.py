@@ -79,10 +79,10 @@ async def test_cancelled_thread_work_is_not_left_running() -> None:
 async def test_thread_backend_limits_blas_threads() -> None:
     from threadpoolctl import threadpool_info
 
-    async with ThreadBackend(workers=2):
+    async with ThreadBackend(workers=1):
         blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
-        cores = at.backends.default_workers()
-        assert all(p["num_threads"] * 2 <= max(cores, 2) for p in blas)
+        assert blas
+        assert all(p["num_threads"] == 1 for p in blas)
 
 
 def test_unknown_backend_name_lists_the_choices() -> None:

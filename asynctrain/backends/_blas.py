@@ -6,21 +6,14 @@ from typing import Any
 
 from threadpoolctl import ThreadpoolController
 
-_controller: ThreadpoolController | None = None
-
-
-def _get_controller() -> ThreadpoolController:
-    # Scanning the loaded libraries costs milliseconds: do it once per process.
-    global _controller
-    if _controller is None:
-        _controller = ThreadpoolController()
-    return _controller
-
 
 class BlasLimit:
     """Set BLAS thread pools to ``threads`` on ``apply`` and restore them on ``restore``.
 
     BLAS pools are process-wide, so nested limits restore in reverse order of application.
+    The loaded libraries are scanned at each ``apply`` (a few milliseconds, once per
+    backend): a library loaded since the last scan (scipy's own OpenBLAS, say) must be
+    limited too.
     """
 
     def __init__(self, threads: int) -> None:
@@ -30,7 +23,7 @@ class BlasLimit:
     def apply(self) -> None:
         """Apply the limit (idempotent)."""
         if self._limiter is None:
-            self._limiter = _get_controller().limit(limits=self.threads, user_api="blas")
+            self._limiter = ThreadpoolController().limit(limits=self.threads, user_api="blas")
 
     def restore(self) -> None:
         """Restore the limits seen at ``apply`` (idempotent)."""
