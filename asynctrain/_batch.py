@@ -70,9 +70,9 @@ def _targets(model: Model, y: npt.NDArray[Any], like: npt.NDArray[Any] | None) -
     if like is None:
         return y if y.dtype.kind == "f" else y.astype(model.dtype)
     if y.shape[1:] != like.shape[1:]:
+        expected = str(("n", *like.shape[1:])).replace("'", "")  # (n,) or (n, k)
         raise DataError(
             f"targets y have shape {y.shape} but the stream's first batch had targets of "
-            f"shape (n, {', '.join(map(str, like.shape[1:]))}); every batch needs the same "
-            "number of outputs"
+            f"shape {expected}; every batch needs the same number of outputs"
         )
     return y.astype(like.dtype, copy=False)

@@ -9,8 +9,9 @@ metrics, so callbacks written for epochs (early stopping, checkpoints) work on s
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,9 @@ from asynctrain._events import EpochEvent, Event, StepEvent
 from asynctrain._exceptions import ConfigError, ConfigTypeError
 from asynctrain._feed import open_feed
 from asynctrain._modes import StepContext
+from asynctrain._reduce import zeros_like
 from asynctrain._update import StepStats
+from asynctrain.backends import SharedArrays
 from asynctrain.data import Dataset
 
 if TYPE_CHECKING:
@@ -98,6 +101,9 @@ async def stream_events(
 ) -> AsyncGenerator[Event, None]:
     """Train ``trainer`` (open, and marked running) on ``source``; yield its events."""
     step = _stream_step(trainer)
+    check_picklable = getattr(trainer.backend, "check_picklable", None)
+    if check_picklable is not None:  # backends whose workers are other processes
+        check_picklable(trainer.model)
     batch_size = trainer.config.batch_size
     async with open_feed(
         source,
@@ -111,10 +117,8 @@ async def stream_events(
         item = await feed.next()
         if item is None or feed.ring is None:
             return
-        ctx = await trainer._context(feed.ring, streaming=True)
-        periods = _Periods(trainer, ctx, validation, limits.validate_every)
-        try:
-            await periods.open()
+        async with _shared(trainer, feed.ring, validation) as (ctx, val_data):
+            periods = _Periods(trainer, ctx, validation, val_data, limits.validate_every)
             while item is not None:
                 slot, rows = item
                 stats = await step(ctx, range(rows), data_slot=slot)
@@ -125,8 +129,6 @@ async def stream_events(
                 item = await feed.next()
             if periods.steps:
                 yield await periods.close()
-        finally:
-            await periods.release()
 
 
 def _stream_step(trainer: Trainer) -> Any:
@@ -138,22 +140,53 @@ def _stream_step(trainer: Trainer) -> Any:
     return step
 
 
+@contextlib.asynccontextmanager
+async def _shared(
+    trainer: Trainer, ring: SharedArrays, validation: Dataset | None
+) -> AsyncIterator[tuple[StepContext, Any]]:
+    """Share parameters, gradient buffers and validation data once; release them after."""
+    backend, updater = trainer.backend, trainer._updater
+    assert updater is not None
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def share(arrays: Any, slots: int = 1) -> Any:
+            handle = await backend.share(arrays, slots=slots)
+            stack.push_async_callback(backend.release, handle)
+            return handle
+
+        params = updater.state.params
+        ctx = StepContext(
+            model=trainer.model,
+            backend=backend,
+            updater=updater,
+            data=ring,
+            params=await share(params, 2),
+            grads=await share(zeros_like(params), trainer.config.shards),
+            batch_size=trainer.config.batch_size,
+            shards=trainer.config.shards,
+            streaming=True,
+        )
+        val_data = (
+            None if validation is None else await share({"X": validation.X, "y": validation.y})
+        )
+        yield ctx, val_data
+
+
 class _Periods:
     """Step-count periods of a stream fit, each closed by an EpochEvent."""
 
     def __init__(
-        self, trainer: Trainer, ctx: StepContext, validation: Dataset | None, every: int | None
+        self,
+        trainer: Trainer,
+        ctx: StepContext,
+        validation: Dataset | None,
+        val_data: Any,
+        every: int | None,
     ) -> None:
-        self.trainer, self.ctx, self.validation, self.every = trainer, ctx, validation, every
+        self.trainer, self.ctx, self.every = trainer, ctx, every
+        self.validation, self.val_data = validation, val_data
         self.number, self.losses = 0, list[float]()
         self.began, self.seen = time.perf_counter(), ctx.samples
-        self.val_data: Any = None
-
-    async def open(self) -> None:
-        """Share the validation data with the backend once."""
-        if self.validation is not None:
-            val = self.validation
-            self.val_data = await self.trainer.backend.share({"X": val.X, "y": val.y})
 
     @property
     def steps(self) -> int:
@@ -176,10 +209,3 @@ class _Periods:
         self.number, self.losses = self.number + 1, []
         self.began, self.seen = time.perf_counter(), self.ctx.samples
         return event
-
-    async def release(self) -> None:
-        """Free what the stream fit shared with the backend (besides the feed's ring)."""
-        backend = self.trainer.backend
-        for shared in (self.val_data, self.ctx.params, self.ctx.grads):
-            if shared is not None:
-                await backend.release(shared)

@@ -24,7 +24,7 @@ from asynctrain._reduce import zeros_like
 from asynctrain._stream import DEFAULT_BUFFER, Source, StreamLimits, check_source, stream_events
 from asynctrain._types import Params
 from asynctrain._update import TrainState, Updater
-from asynctrain.backends import Backend, SharedArrays, get_backend
+from asynctrain.backends import Backend, get_backend
 from asynctrain.backends._base import readonly
 from asynctrain.data import Dataset, epoch_order, steps_per_epoch
 from asynctrain.models import Model, check_data
@@ -258,7 +258,7 @@ class Trainer:
                 await self._release()
 
     async def _run(self, train: Dataset, val: Dataset | None, epochs: int) -> AsyncIterator[Event]:
-        ctx = await self._context(await self._backend.share({"X": train.X, "y": train.y}))
+        ctx = await self._context(train)
         val_data = None if val is None else await self._backend.share({"X": val.X, "y": val.y})
         spe = steps_per_epoch(len(train), self.config.batch_size)
         updater = ctx.updater
@@ -272,19 +272,18 @@ class Trainer:
             updater.state = updater.state._replace(epoch=epoch + 1, batch=0)
             yield await self._epoch_event(ctx, epoch, val, val_data, losses, began, seen, spe)
 
-    async def _context(self, data: SharedArrays, *, streaming: bool = False) -> StepContext:
+    async def _context(self, train: Dataset) -> StepContext:
         assert self._updater is not None
         params = self._updater.state.params
         return StepContext(
             model=self.model,
             backend=self._backend,
             updater=self._updater,
-            data=data,
+            data=await self._backend.share({"X": train.X, "y": train.y}),
             params=await self._backend.share(params, slots=2),
             grads=await self._backend.share(zeros_like(params), slots=self.config.shards),
             batch_size=self.config.batch_size,
             shards=self.config.shards,
-            streaming=streaming,
         )
 
     async def _epoch_event(
@@ -379,10 +378,17 @@ class Trainer:
             Exception: whatever the source raised, unchanged.
 
         Example:
-            >>> async def batches():  # doctest: +SKIP
-            ...     async for message in queue_consumer():
-            ...         yield message.X, message.y
-            >>> result = await trainer.fit_stream(batches(), max_steps=1000)  # doctest: +SKIP
+            >>> import asynctrain as at
+            >>> data = at.data.synthetic("softmax", n=2000)
+            >>> async def batches():  # e.g. messages from a queue
+            ...     for start in range(0, len(data), 300):
+            ...         yield data.X[start : start + 300], data.y[start : start + 300]
+            >>> async def main():
+            ...     model = at.models.SoftmaxRegression(128, 10)
+            ...     async with at.Trainer(model, backend="inline", batch_size=512) as trainer:
+            ...         return await trainer.fit_stream(batches(), max_steps=3)
+            >>> at.run(main()).steps
+            3
         """
         events = self.stream_steps(
             source,
@@ -415,8 +421,10 @@ class Trainer:
         )
         source = check_source(source)
         val = None if validation is None else self._prepare(validation, "validation")
-        async with self._running_fit():
-            async for event in stream_events(self, source, limits, val):
+        # The events are closed explicitly, not at garbage collection: that stops the feed.
+        events = stream_events(self, source, limits, val)
+        async with self._running_fit(), contextlib.aclosing(events):
+            async for event in events:
                 yield event
 
     async def partial_fit(self, X: npt.ArrayLike, y: npt.ArrayLike) -> FitResult:
@@ -435,9 +443,18 @@ class Trainer:
             StateError: the trainer is closed or running a fit.
 
         Example:
-            >>> async def handler(request):  # doctest: +SKIP
-            ...     X, y = parse(request)
-            ...     return (await trainer.partial_fit(X, y)).loss
+            >>> import asyncio
+            >>> import asynctrain as at
+            >>> data = at.data.synthetic("softmax", n=1000)
+            >>> async def main():
+            ...     model = at.models.SoftmaxRegression(128, 10)
+            ...     async with at.Trainer(model, backend="inline", batch_size=64) as trainer:
+            ...         requests = [data.X[:100], data.X[100:120]], [data.y[:100], data.y[100:120]]
+            ...         updates = [trainer.partial_fit(X, y) for X, y in zip(*requests)]
+            ...         results = await asyncio.gather(*updates)  # applied in call order
+            ...         return [r.steps for r in results], trainer.state.step
+            >>> at.run(main())
+            ([2, 1], 3)
         """
         if self._running and not self._partials:
             raise StateError(f"{self!r} is running a fit; partial_fit waits for no fit")
