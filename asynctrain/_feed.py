@@ -98,6 +98,7 @@ class Feed:
         self._ready: asyncio.Queue[Ready] = asyncio.Queue()  # bounded by the ring's slots
         self._free: asyncio.Queue[int] = asyncio.Queue()
         self._buffers: list[Arrays] = []
+        self._slot: int | None = None  # the slot being filled
 
     async def next(self) -> tuple[int, int] | None:
         """The next ``(slot, rows)`` to train on, or None at the end of the stream.
@@ -156,7 +157,6 @@ class Feed:
             self._ready.put_nowait(exc)
 
     async def _fill(self) -> None:
-        slot: int | None = None
         while not self._cutter.done:
             batch = await self._batches.get()
             if batch is None:
@@ -165,18 +165,29 @@ class Feed:
                 raise batch  # the partly filled slot is dropped: no part of it is trained
             if self.ring is None:
                 await self._open_ring(batch)
-            for cut in self._cutter.plan(len(batch[0])):
-                slot = await self._free.get() if slot is None else slot
-                await self._off.call(self._copy, slot, batch, cut)
-                if cut.full:
-                    self._ready.put_nowait((slot, self._cutter.batch_size))
-                    slot = None
+            await self._cut(batch, self._cutter.plan(len(batch[0])))
         rows = self._cutter.flush()
-        if rows and slot is not None:
+        if rows and self._slot is not None:
             assert self.ring is not None
-            await self._off.call(self.ring.write, slot, self._buffers[slot])
-            self._ready.put_nowait((slot, rows))
+            await self._off.call(self.ring.write, self._slot, self._buffers[self._slot])
+            self._ready.put_nowait((self._slot, rows))
         self._ready.put_nowait(None)
+
+    async def _cut(self, batch: Batch, cuts: list[Cut]) -> None:
+        """Copy ``cuts`` of ``batch`` into ring slots, in as few trips off the loop as the
+        free slots allow, and publish each slot it fills."""
+        jobs: list[tuple[int, Cut]] = []
+        for cut in cuts:
+            if self._slot is None:
+                if jobs and self._free.empty():
+                    await self._copy(batch, jobs)
+                    jobs = []
+                self._slot = await self._free.get()
+            jobs.append((self._slot, cut))
+            if cut.full:
+                self._slot = None
+        if jobs:
+            await self._copy(batch, jobs)
 
     async def _open_ring(self, batch: Batch) -> None:
         X, y = batch
@@ -193,12 +204,19 @@ class Feed:
         for slot in range(RING_SLOTS):
             self._free.put_nowait(slot)
 
-    def _copy(self, slot: int, batch: Batch, cut: Cut) -> None:
-        """Copy ``cut`` of ``batch`` into ``slot``'s buffer; share the buffer once it is full."""
-        copy_rows(self._buffers[slot], *batch, cut)
-        if cut.full:
-            assert self.ring is not None
-            self.ring.write(slot, self._buffers[slot])
+    async def _copy(self, batch: Batch, jobs: list[tuple[int, Cut]]) -> None:
+        await self._off.call(self._copy_rows, batch, jobs)
+        for slot, cut in jobs:
+            if cut.full:
+                self._ready.put_nowait((slot, self._cutter.batch_size))
+
+    def _copy_rows(self, batch: Batch, jobs: list[tuple[int, Cut]]) -> None:
+        """Copy each ``(slot, cut)`` of ``batch`` into the slot's buffer; share full ones."""
+        assert self.ring is not None
+        for slot, cut in jobs:
+            copy_rows(self._buffers[slot], *batch, cut)
+            if cut.full:
+                self.ring.write(slot, self._buffers[slot])
 
 
 @contextlib.asynccontextmanager
