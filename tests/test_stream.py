@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Iterator
 
@@ -226,6 +227,21 @@ async def test_early_stopping_works_on_step_periods() -> None:
     assert source.closed
 
 
+async def test_stream_steps_yields_events_and_closing_it_closes_the_source() -> None:
+    source = _Endless()
+    async with _trainer("thread") as trainer:
+        events = trainer.stream_steps(source(), validate_every=2)
+        async with contextlib.aclosing(events):
+            kinds = []
+            async for event in events:
+                kinds.append((event.kind, event.epoch))
+                if len(kinds) == 5:
+                    break
+        assert kinds == [("step", 0), ("step", 0), ("epoch", 0), ("step", 1), ("step", 1)]
+        assert source.closed
+        assert "running" not in repr(trainer)
+
+
 async def test_empty_sources_and_empty_batches() -> None:
     data = _data(n=BATCH * 2)
     empty = (data.X[:0], data.y[:0])
@@ -305,6 +321,34 @@ async def test_a_raising_source_propagates_its_own_exception(backend_name: str) 
             await trainer.fit_stream(source())
         assert trainer.state.step == 2  # the batches it yielded before failing
     assert "source" in [frame.name for frame in caught.traceback]  # its own traceback
+    assert closed
+
+
+class _Fragile(SoftmaxRegression):
+    """Fails on any shard whose first feature holds the marker 42."""
+
+    def loss_and_grad(self, params, X, y):  # type: ignore[no-untyped-def]
+        if (X[:, 0] == 42).any():
+            raise ZeroDivisionError("the model broke on this batch")
+        return super().loss_and_grad(params, X, y)
+
+
+async def test_a_failing_step_stops_the_stream_with_its_own_error() -> None:
+    good, closed = list(_pieces(_data(), BATCH)), []
+    marked = good[2][0].copy()
+    marked[:, 0] = 42
+
+    async def source() -> AsyncIterator[object]:
+        try:
+            for i, (X, y) in enumerate(good):
+                yield (marked if i == 2 else X), y
+        finally:
+            closed.append(True)
+
+    async with _trainer("thread", model=_Fragile(8, 3)) as trainer:
+        with pytest.raises(ZeroDivisionError, match="broke"):
+            await trainer.fit_stream(source())
+        assert trainer.state.step == 2
     assert closed
 
 
