@@ -20,55 +20,25 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from asynctrain._batch import Batch, check_batch
+from asynctrain._sources import OffLoop, iterate
 from asynctrain._tasks import unwrap_group
 from asynctrain.backends import Backend, SharedArrays
 from asynctrain.backends._base import Arrays
-from asynctrain.backends._thread import await_without_orphans
 from asynctrain.data._stream import BatchCutter, Cut, copy_rows
 from asynctrain.models import Model
-
-T = TypeVar("T")
 
 RING_SLOTS = 3
 """Batch buffers of a stream fit: one in the step, one ready, one being filled."""
 
-_END = object()
 Ready = tuple[int, int] | BaseException | None  # (slot, rows), an error, or the end
-
-
-class OffLoop:
-    """Runs a feed's blocking work on two threads of its own, or inline for inline backends.
-
-    Two threads: a sync source blocked in ``next()`` never holds up re-cutting rows that
-    already arrived.
-    """
-
-    def __init__(self, *, inline: bool) -> None:
-        self._executor = (
-            None
-            if inline
-            else concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="asynctrain-stream")
-        )
-
-    async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` off the loop (never leaving it running if cancelled)."""
-        if self._executor is None:
-            return fn(*args, **kwargs)
-        return await await_without_orphans(self._executor.submit(fn, *args, **kwargs))
-
-    async def aclose(self) -> None:
-        """Stop the threads."""
-        if self._executor is not None:
-            await asyncio.to_thread(self._executor.shutdown, wait=True)
 
 
 class Feed:
@@ -132,7 +102,7 @@ class Feed:
     async def _consume(self) -> None:
         like: npt.NDArray[Any] | None = None
         rows, limit = 0, self._cutter.max_samples
-        async with _items(self._source, self._off) as items:
+        async with iterate(self._source, self._off) as items:
             number = 0
             async for item in items:
                 where = self._describe(number)
@@ -265,40 +235,3 @@ async def open_feed(
 def _cancelling() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-@contextlib.asynccontextmanager
-async def _items(
-    source: Iterable[Any] | AsyncIterable[Any], off: OffLoop
-) -> AsyncIterator[AsyncIterator[Any]]:
-    """Iterate ``source`` asynchronously; close it on the way out."""
-    if isinstance(source, AsyncIterable):
-        iterator: Any = aiter(source)
-        try:
-            yield iterator
-        finally:
-            if hasattr(iterator, "aclose"):
-                await iterator.aclose()
-    else:
-        sync = iter(source)
-        try:
-            yield _SyncItems(sync, off)
-        finally:
-            if hasattr(sync, "close"):
-                await off.call(sync.close)
-
-
-class _SyncItems:
-    """A sync iterator as an async one whose ``next()`` runs off the loop."""
-
-    def __init__(self, iterator: Iterator[Any], off: OffLoop) -> None:
-        self._iterator, self._off = iterator, off
-
-    def __aiter__(self) -> _SyncItems:
-        return self
-
-    async def __anext__(self) -> Any:
-        item = await self._off.call(next, self._iterator, _END)
-        if item is _END:
-            raise StopAsyncIteration
-        return item

@@ -449,15 +449,18 @@ class Trainer:
             >>> async def main():
             ...     model = at.models.SoftmaxRegression(128, 10)
             ...     async with at.Trainer(model, backend="inline", batch_size=64) as trainer:
-            ...         requests = [data.X[:100], data.X[100:120]], [data.y[:100], data.y[100:120]]
-            ...         updates = [trainer.partial_fit(X, y) for X, y in zip(*requests)]
-            ...         results = await asyncio.gather(*updates)  # applied in call order
+            ...         first = trainer.partial_fit(data.X[:100], data.y[:100])  # 2 steps
+            ...         second = trainer.partial_fit(data.X[100:120], data.y[100:120])
+            ...         results = await asyncio.gather(first, second)  # in call order
             ...         return [r.steps for r in results], trainer.state.step
             >>> at.run(main())
             ([2, 1], 3)
         """
         if self._running and not self._partials:
-            raise StateError(f"{self!r} is running a fit; partial_fit waits for no fit")
+            raise StateError(
+                f"{self!r} is running a fit; partial_fit does not wait behind a fit: "
+                "await the fit first, or feed the rows to fit_stream"
+            )
         self._partials += 1
         try:
             async with self._partial_lock, self._running_fit(partial=True):

@@ -23,12 +23,13 @@ import statistics
 import sys
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
+from asynctrain._events import FitResult
 from asynctrain._feed import RING_SLOTS
 from asynctrain._runtime import run as run_loop
 from asynctrain._stream import DEFAULT_BUFFER
@@ -45,7 +46,7 @@ _MB = 2**20
 
 def _sizes(quick: bool) -> tuple[int, int]:
     """(samples, repeats) at this size."""
-    return (50_000, 3) if quick else (200_000, 5)
+    return (50_000, 5) if quick else (200_000, 7)
 
 
 def _command(quick: bool) -> str:
@@ -67,18 +68,18 @@ async def _views(X: npt.NDArray[Any], y: npt.NDArray[Any]) -> AsyncIterator[Any]
         yield X[start : start + PIECE], y[start : start + PIECE]
 
 
-async def _in_memory(backend: str, data: Dataset) -> tuple[float, dict[str, Any]]:
-    async with _trainer(backend) as trainer:
-        result = await trainer.fit(data, epochs=1)
-    return len(data) / result.seconds, result.params
+class _Run(NamedTuple):
+    speed: float  # samples/s, wall clock
+    cpu: float  # CPU seconds of the whole process (all threads)
+    params: dict[str, Any]
 
 
-async def _streamed(
-    backend: str, rows: tuple[npt.NDArray[Any], npt.NDArray[Any]]
-) -> tuple[float, dict[str, Any]]:
+async def _measure(backend: str, n: int, fit: Callable[[Trainer], Awaitable[FitResult]]) -> _Run:
     async with _trainer(backend) as trainer:
-        result = await trainer.fit_stream(_views(*rows))
-    return len(rows[0]) / result.seconds, result.params
+        cpu = time.process_time()
+        result = await fit(trainer)
+        cpu = time.process_time() - cpu
+    return _Run(n / result.seconds, cpu, result.params)
 
 
 async def throughput(backend: str, quick: bool) -> Figure:
@@ -86,19 +87,23 @@ async def throughput(backend: str, quick: bool) -> Figure:
     n, repeats = _sizes(quick)
     data = synthetic("softmax", n=n, seed=SEED)
     rows = _in_epoch_order(data)
-    await _in_memory(backend, data)  # warm-up: page in the data, start BLAS and threads
-    streamed, in_memory, same = [], [], True
+
+    def in_memory(trainer: Trainer) -> Awaitable[FitResult]:
+        return trainer.fit(data, epochs=1)
+
+    def streamed(trainer: Trainer) -> Awaitable[FitResult]:
+        return trainer.fit_stream(_views(*rows))
+
+    await _measure(backend, n, in_memory)  # warm-up: page in the data, start BLAS, threads
+    pairs = []
     for i in range(repeats):
         if i % 2:  # alternate who goes first, so drift hits both sides alike
-            s, s_params = await _streamed(backend, rows)
-            m, m_params = await _in_memory(backend, data)
+            s = await _measure(backend, n, streamed)
+            pairs.append((s, await _measure(backend, n, in_memory)))
         else:
-            m, m_params = await _in_memory(backend, data)
-            s, s_params = await _streamed(backend, rows)
-        streamed.append(s)
-        in_memory.append(m)
-        same = same and all(np.array_equal(s_params[k], m_params[k]) for k in m_params)
-    ratios = Spread.of([s / m for s, m in zip(streamed, in_memory, strict=True)])
+            m = await _measure(backend, n, in_memory)
+            pairs.append((await _measure(backend, n, streamed), m))
+    ratios = Spread.of([s.speed / m.speed for s, m in pairs])
     return Figure(
         f"stream/softmax/{backend}/throughput",
         ratios.median,
@@ -110,13 +115,18 @@ async def throughput(backend: str, quick: bool) -> Figure:
         command=_command(quick),
         target=">= 0.90",
         details={
-            "stream_samples_per_s": statistics.median(streamed),
-            "in_memory_samples_per_s": statistics.median(in_memory),
+            "stream_samples_per_s": statistics.median(s.speed for s, _ in pairs),
+            "in_memory_samples_per_s": statistics.median(m.speed for _, m in pairs),
+            "cpu_seconds_ratio": statistics.median(s.cpu / m.cpu for s, m in pairs),
             "samples": n,
             "piece_rows": PIECE,
-            "same_params": same,
+            "same_params": all(_same(s.params, m.params) for s, m in pairs),
         },
     )
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(np.array_equal(a[key], b[key]) for key in b)
 
 
 async def _paced(
@@ -137,7 +147,7 @@ async def peak_memory(backend: str, quick: bool) -> Figure:
     n, repeats = _sizes(quick)
     data = synthetic("softmax", n=n, seed=SEED)
     rows = _in_epoch_order(data)
-    speed, _ = await _in_memory(backend, data)
+    speed = (await _measure(backend, n, lambda trainer: trainer.fit(data, epochs=1))).speed
     pause = PIECE / speed / 10  # the producer makes a batch 10× faster than it is trained
     peaks, held = [], []
     for _ in range(max(1, repeats // 2)):
