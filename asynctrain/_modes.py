@@ -21,7 +21,7 @@ from asynctrain._events import StepEvent
 from asynctrain._reduce import collect_in_order
 from asynctrain._tasks import unwrap_group
 from asynctrain._update import StepStats, Updater
-from asynctrain._work import ShardResult, ShardTask, compute_shard
+from asynctrain._work import Rows, ShardResult, ShardTask, compute_shard
 from asynctrain.backends import Backend, SharedArrays
 from asynctrain.data import batch_bounds, shard_bounds
 
@@ -38,6 +38,8 @@ class StepContext:
     grads: SharedArrays
     batch_size: int
     shards: int
+    streaming: bool = False
+    """Steps come from a stream: they leave the epoch position (TrainState.batch) alone."""
     started: float = field(default_factory=time.perf_counter)
     samples: int = 0
 
@@ -86,11 +88,13 @@ class SyncMode:
             stats = await self.step(ctx, order[start:stop])
             yield ctx.event(epoch, stats)
 
-    async def step(self, ctx: StepContext, indices: npt.NDArray[np.int64]) -> StepStats:
-        """One step on ``indices``: all shards in flight together, then one update."""
+    async def step(self, ctx: StepContext, indices: Rows, *, data_slot: int = 0) -> StepStats:
+        """One step on rows ``indices`` of data slot ``data_slot``: all shards in flight
+        together, then one update."""
         state = ctx.updater.state
+        param_slot = state.version % ctx.params.slots
         tasks = [
-            ShardTask(state.step, s, state.version, state.version % ctx.params.slots, s, part)
+            ShardTask(state.step, s, state.version, param_slot, s, part, data_slot)
             for s, part in enumerate(split_indices(indices, ctx.shards))
             if len(part)
         ]
@@ -102,7 +106,9 @@ class SyncMode:
                 results = await collect_in_order(queue, len(tasks))
         except BaseExceptionGroup as eg:
             raise unwrap_group(eg) from None
-        return await ctx.updater.apply(results, ctx.grads, ctx.params)
+        return await ctx.updater.apply(
+            results, ctx.grads, ctx.params, advance_batch=not ctx.streaming
+        )
 
 
 async def run_shard(ctx: StepContext, task: ShardTask, queue: asyncio.Queue[ShardResult]) -> None:
@@ -111,8 +117,8 @@ async def run_shard(ctx: StepContext, task: ShardTask, queue: asyncio.Queue[Shar
     queue.put_nowait(result)
 
 
-def split_indices(indices: npt.NDArray[np.int64], shards: int) -> list[npt.NDArray[np.int64]]:
-    """Split a batch's indices into ``shards`` contiguous parts (trailing ones may be empty)."""
+def split_indices(indices: Rows, shards: int) -> list[Rows]:
+    """Split a batch's rows into ``shards`` contiguous parts (trailing ones may be empty)."""
     return [indices[start:stop] for start, stop in shard_bounds(len(indices), shards)]
 
 

@@ -7,7 +7,7 @@ import contextlib
 import inspect
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -21,6 +21,7 @@ from asynctrain._events import Callback, EpochEvent, Event, FitResult, StepEvent
 from asynctrain._exceptions import ConfigTypeError, StateError
 from asynctrain._modes import MODES, StepContext
 from asynctrain._reduce import zeros_like
+from asynctrain._stream import DEFAULT_BUFFER, Source, StreamLimits, check_source, stream_events
 from asynctrain._types import Params
 from asynctrain._update import TrainState, Updater
 from asynctrain.backends import Backend, get_backend
@@ -103,6 +104,8 @@ class Trainer:
         self._updater: Updater | None = None
         self._state = "unopened"
         self._running = False
+        self._partial_lock = asyncio.Lock()  # FIFO: partial_fit calls apply in call order
+        self._partials = 0  # partial_fit calls waiting or running
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -187,10 +190,16 @@ class Trainer:
             NonFiniteError: a non-finite loss or gradient with ``nonfinite="raise"``.
             StateError: the trainer is closed or already running a fit.
         """
+        events = self.steps(data, epochs=epochs, validation=validation)
+        return await self._collect(events, callbacks)
+
+    async def _collect(
+        self, events: AsyncGenerator[Event, None], callbacks: Sequence[Callback]
+    ) -> FitResult:
+        """Run ``events`` to the end (or until a callback stops it) into a FitResult."""
         started, first = time.perf_counter(), self.state
         history: list[EpochEvent] = []
         samples, stopped = 0, False
-        events = self.steps(data, epochs=epochs, validation=validation)
         async with contextlib.aclosing(events):
             async for event in events:
                 if isinstance(event, EpochEvent):
@@ -242,10 +251,10 @@ class Trainer:
                 yield event
 
     @contextlib.asynccontextmanager
-    async def _running_fit(self) -> AsyncIterator[None]:
+    async def _running_fit(self, *, partial: bool = False) -> AsyncIterator[None]:
         if self._state == "closed":
             raise StateError(f"{self!r} is closed; create a new Trainer")
-        if self._running:
+        if self._running or (self._partials and not partial):
             raise StateError(f"{self!r} is already running a fit; await it first")
         self._running, auto = True, self._state == "unopened"
         try:
@@ -334,6 +343,11 @@ class Trainer:
     def _prepare(self, data: DataLike, name: str) -> Dataset:
         if isinstance(data, tuple) and len(data) == 2:
             data = Dataset(data[0], data[1])
+        if isinstance(data, AsyncIterable) or inspect.isgenerator(data):
+            raise ConfigTypeError(
+                f"{name} is a stream ({type(data).__name__}); fit() and steps() take a "
+                "Dataset or an (X, y) pair: train on a stream of batches with fit_stream()"
+            )
         if not isinstance(data, Dataset):
             raise ConfigTypeError(
                 f"{name} must be a Dataset or an (X, y) pair, got {type(data).__name__}"
@@ -342,6 +356,140 @@ class Trainer:
         if data.dtype != np.dtype(self.model.dtype):
             data = Dataset(data.X, data.y, dtype=self.model.dtype)
         return data
+
+    # -- streams and online updates ----------------------------------------------------
+
+    async def fit_stream(
+        self,
+        source: Source,
+        *,
+        max_steps: int | None = None,
+        max_samples: int | None = None,
+        validate_every: int | None = None,
+        validation: DataLike | None = None,
+        callbacks: Sequence[Callback] = (),
+        buffer: int = DEFAULT_BUFFER,
+    ) -> FitResult:
+        """Train on a stream of ``(X, y)`` batches until it ends; return a FitResult.
+
+        Batches of any size are validated as they arrive, re-cut into ``batch_size``
+        rows in stream order and trained on one step per batch (the stream's last, short
+        batch included). A bounded queue of ``buffer`` batches sits between the source
+        and the trainer: a producer faster than training waits. ``history`` holds one
+        :class:`EpochEvent` per period of ``validate_every`` steps (and one for the last,
+        partial period); see ``docs/streaming.md``.
+
+        Args:
+            source: an iterable or async iterable (e.g. an async generator) of ``(X, y)``
+                pairs of arrays or Datasets. A sync source's ``next()`` runs off the loop.
+            max_steps: stop after this many steps (None: no limit).
+            max_samples: train on at most the stream's first ``max_samples`` rows.
+            validate_every: close a period (validate, report an EpochEvent, call
+                ``on_epoch`` callbacks) every this many steps; None: once, at the end.
+            validation: data to evaluate at the end of each period.
+            callbacks: :class:`Callback` objects; one returning True stops the fit.
+            buffer: validated batches held before the producer waits, >= 1.
+
+        Raises:
+            DataError: a bad batch, naming its number (counting from 0); no part of it is
+                trained, and the parameters are those after every full batch before it.
+            ConfigError, ConfigTypeError: a bad setting, or a source that is not a stream.
+            StateError: the trainer is closed or already running a fit.
+            Exception: whatever the source raised, unchanged.
+
+        Example:
+            >>> import asynctrain as at
+            >>> data = at.data.synthetic("softmax", n=2000)
+            >>> async def batches():  # e.g. messages from a queue
+            ...     for start in range(0, len(data), 300):
+            ...         yield data.X[start : start + 300], data.y[start : start + 300]
+            >>> async def main():
+            ...     model = at.models.SoftmaxRegression(128, 10)
+            ...     async with at.Trainer(model, backend="inline", batch_size=512) as trainer:
+            ...         return await trainer.fit_stream(batches(), max_steps=3)
+            >>> at.run(main()).steps
+            3
+        """
+        events = self.stream_steps(
+            source,
+            max_steps=max_steps,
+            max_samples=max_samples,
+            validate_every=validate_every,
+            validation=validation,
+            buffer=buffer,
+        )
+        return await self._collect(events, callbacks)
+
+    async def stream_steps(
+        self,
+        source: Source,
+        *,
+        max_steps: int | None = None,
+        max_samples: int | None = None,
+        validate_every: int | None = None,
+        validation: DataLike | None = None,
+        buffer: int = DEFAULT_BUFFER,
+    ) -> AsyncGenerator[Event, None]:
+        """Train like :meth:`fit_stream`, yielding a :class:`StepEvent` per step and an
+        :class:`EpochEvent` per period. Close it when you stop early
+        (``contextlib.aclosing``): that stops consuming the source and closes it."""
+        limits = StreamLimits(
+            max_steps=max_steps,
+            max_samples=max_samples,
+            validate_every=validate_every,
+            buffer=buffer,
+        )
+        source = check_source(source)
+        val = None if validation is None else self._prepare(validation, "validation")
+        # The events are closed explicitly, not at garbage collection: that stops the feed.
+        events = stream_events(self, source, limits, val)
+        async with self._running_fit(), contextlib.aclosing(events):
+            async for event in events:
+                yield event
+
+    async def partial_fit(self, X: npt.ArrayLike, y: npt.ArrayLike) -> FitResult:
+        """One update pass over ``(X, y)``: ``ceil(len(X) / batch_size)`` steps, in order.
+
+        Safe to call from many request handlers at once: calls are applied one at a time,
+        whole, in the order they were made (FIFO), each exactly once. It refuses to run
+        while a fit is running, and a fit refuses to start while calls are pending.
+        Keep the trainer open (``async with``) so calls share one backend.
+
+        Returns:
+            A FitResult of this call (``steps``, ``loss``, ``params`` after it).
+
+        Raises:
+            DataError, DataTypeError: ``(X, y)`` is unusable; nothing of it is applied.
+            StateError: the trainer is closed or running a fit.
+
+        Example:
+            >>> import asyncio
+            >>> import asynctrain as at
+            >>> data = at.data.synthetic("softmax", n=1000)
+            >>> async def main():
+            ...     model = at.models.SoftmaxRegression(128, 10)
+            ...     async with at.Trainer(model, backend="inline", batch_size=64) as trainer:
+            ...         first = trainer.partial_fit(data.X[:100], data.y[:100])  # 2 steps
+            ...         second = trainer.partial_fit(data.X[100:120], data.y[100:120])
+            ...         results = await asyncio.gather(first, second)  # in call order
+            ...         return [r.steps for r in results], trainer.state.step
+            >>> at.run(main())
+            ([2, 1], 3)
+        """
+        if self._running and not self._partials:
+            raise StateError(
+                f"{self!r} is running a fit; partial_fit does not wait behind a fit: "
+                "await the fit first, or feed the rows to fit_stream"
+            )
+        self._partials += 1
+        try:
+            async with self._partial_lock, self._running_fit(partial=True):
+                events = stream_events(
+                    self, [(X, y)], StreamLimits(), None, describe=lambda _: "partial_fit data"
+                )
+                return await self._collect(events, ())
+        finally:
+            self._partials -= 1
 
     # -- results -------------------------------------------------------------------------
 

@@ -80,10 +80,19 @@ class Updater:
         return await await_without_orphans(self._executor.submit(fn, *args))
 
     async def apply(
-        self, results: Sequence[ShardResult], grads: SharedArrays, publish: SharedArrays
+        self,
+        results: Sequence[ShardResult],
+        grads: SharedArrays,
+        publish: SharedArrays,
+        *,
+        advance_batch: bool = True,
     ) -> StepStats:
-        """Apply one step from ``results`` (in shard order); publish the new version."""
-        return await self.call(self._apply, results, grads, publish)
+        """Apply one step from ``results`` (in shard order); publish the new version.
+
+        ``advance_batch=False`` (a step on streamed data) leaves ``TrainState.batch``, the
+        position within the current epoch of an in-memory dataset, as it was.
+        """
+        return await self.call(self._apply, results, grads, publish, int(advance_batch))
 
     def close(self) -> None:
         """Stop the update thread (waits for an update in progress)."""
@@ -91,7 +100,11 @@ class Updater:
             self._executor.shutdown(wait=True)
 
     def _apply(
-        self, results: Sequence[ShardResult], grads: SharedArrays, publish: SharedArrays
+        self,
+        results: Sequence[ShardResult],
+        grads: SharedArrays,
+        publish: SharedArrays,
+        advance: int,
     ) -> StepStats:
         state, acc = self.state, self._scratch
         loss_sum, n = sum_in_order(results, grads, acc)
@@ -103,7 +116,7 @@ class Updater:
             params = apply_updates(state.params, updates)
             problem = _first_nonfinite(0.0, params)
         if problem is not None:
-            return self._refuse(results, grads, loss_sum / max(n, 1), n, problem)
+            return self._refuse(results, grads, loss_sum / max(n, 1), n, problem, advance)
         version = state.version + 1
         params = readonly(params)
         publish.write(version % publish.slots, params)
@@ -112,7 +125,7 @@ class Updater:
             version=version,
             params=params,
             opt_state=opt_state,
-            batch=state.batch + 1,
+            batch=state.batch + advance,
         )
         return StepStats(loss_sum / n, norm, n, skipped=False)
 
@@ -123,6 +136,7 @@ class Updater:
         loss: float,
         n: int,
         parameter: str | None,
+        advance: int,
     ) -> StepStats:
         state = self.state
         if self.nonfinite == "raise":
@@ -137,7 +151,7 @@ class Updater:
                 parameter=parameter or None,
             )
         self.state = state._replace(
-            step=state.step + 1, skipped=state.skipped + 1, batch=state.batch + 1
+            step=state.step + 1, skipped=state.skipped + 1, batch=state.batch + advance
         )
         return StepStats(loss, math.nan, n, skipped=True)
 

@@ -2,7 +2,8 @@
 
 These functions are module-level (picklable) and reach the data, parameters and gradient
 buffers through :class:`~asynctrain.backends.SharedArrays` handles, so a task carries only
-small values: the step, the shard, the parameter slot and the sample indices.
+small values: the step, the shard, the parameter slot and the sample indices (or, for a
+batch assembled from a stream, a data slot and a contiguous row range).
 """
 
 from __future__ import annotations
@@ -14,16 +15,21 @@ import numpy.typing as npt
 
 from asynctrain.backends import SharedArrays
 
+Rows = npt.NDArray[np.int64] | range
+"""Rows of a shard: sample indices into the data, or a contiguous range of one data slot."""
+
 
 class ShardTask(NamedTuple):
-    """One shard of one step: which samples, on which parameter version."""
+    """One shard of one step: which samples (rows of data slot ``data_slot``), on which
+    parameter version."""
 
     step: int
     shard: int
     version: int
     param_slot: int
     grad_slot: int
-    indices: npt.NDArray[np.int64]
+    indices: Rows
+    data_slot: int = 0
 
 
 class ShardResult(NamedTuple):
@@ -45,12 +51,19 @@ def compute_shard(
     task: ShardTask,
 ) -> ShardResult:
     """Compute the summed loss and gradient of ``task``'s samples into its gradient slot."""
-    arrays = data.read(0)
-    X = np.take(arrays["X"], task.indices, axis=0)
-    y = np.take(arrays["y"], task.indices, axis=0)
+    arrays = data.read(task.data_slot)
+    X, y = _rows(arrays["X"], task.indices), _rows(arrays["y"], task.indices)
     loss, shard_grads = model.loss_and_grad(params.read(task.param_slot), X, y)
     grads.write(task.grad_slot, shard_grads)
     return ShardResult(task.step, task.shard, task.version, task.grad_slot, len(y), float(loss))
+
+
+def _rows(array: npt.NDArray[Any], rows: Rows) -> npt.NDArray[Any]:
+    # A range is copied too, not viewed: the shard then computes on a fresh array exactly
+    # as with gathered indices, so a stream gives the same bits as the in-memory dataset.
+    if isinstance(rows, range):
+        return array[rows.start : rows.stop].copy()
+    return np.take(array, rows, axis=0)
 
 
 class EvalResult(NamedTuple):

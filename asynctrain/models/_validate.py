@@ -12,12 +12,15 @@ from asynctrain._exceptions import ConfigTypeError, DataError, DataTypeError
 from asynctrain.models._protocol import Model
 
 
-def check_data(model: Model, X: npt.ArrayLike, y: npt.ArrayLike) -> None:
+def check_data(
+    model: Model, X: npt.ArrayLike, y: npt.ArrayLike, *, single_class: bool = False
+) -> None:
     """Raise if ``X`` and ``y`` cannot be trained on by ``model``; never copies ``X``.
 
     Works with any object that has ``n_features`` and ``n_classes`` (see :class:`Model`).
     Classifiers (``n_classes`` not None) need 1-D integer labels (whole-number floats
-    pass) covering at least two classes within ``0 .. n_classes - 1``. Regression
+    pass) covering at least two classes within ``0 .. n_classes - 1`` (one class is
+    enough with ``single_class=True``, for one batch of a stream). Regression
     targets must be finite with shape (n,) for one output or (n, k) for ``k =
     model.n_outputs`` outputs; a model without ``n_outputs`` accepts either shape.
     Costs a few passes over ``y`` (min, max, finiteness) and none over ``X``.
@@ -26,6 +29,7 @@ def check_data(model: Model, X: npt.ArrayLike, y: npt.ArrayLike) -> None:
         model: the model to train.
         X: (n, n_features) numeric inputs.
         y: targets for the rows of ``X``.
+        single_class: accept labels of a single class (a batch, not a whole dataset).
 
     Raises:
         DataError: a shape, feature count, row count or label is wrong; the message
@@ -54,7 +58,7 @@ def check_data(model: Model, X: npt.ArrayLike, y: npt.ArrayLike) -> None:
     if n_classes is None:
         _check_targets(targets, getattr(model, "n_outputs", None))
     else:
-        _check_labels(targets, n_classes)
+        _check_labels(targets, n_classes, single_class=single_class)
 
 
 def _model_shape(model: object) -> tuple[int, int | None]:
@@ -96,8 +100,9 @@ def _check_inputs(X: npt.NDArray[Any], n_features: int) -> None:
         raise DataError("dataset has no rows; pass at least one sample")
 
 
-def _check_labels(y: npt.NDArray[Any], n_classes: int) -> None:
-    """Raise unless ``y`` holds 1-D whole-number labels of two or more valid classes."""
+def _check_labels(y: npt.NDArray[Any], n_classes: int, *, single_class: bool) -> None:
+    """Raise unless ``y`` holds 1-D whole-number labels of valid classes (two or more,
+    unless ``single_class``)."""
     if y.ndim != 1:
         raise DataError(
             f"labels y must be 1-D class indices, got shape {y.shape}; "
@@ -118,7 +123,7 @@ def _check_labels(y: npt.NDArray[Any], n_classes: int) -> None:
             f"found min {low} and max {high}; remap them with "
             "np.unique(y, return_inverse=True)[1] or build the model with more classes"
         )
-    if low == high:
+    if low == high and not single_class:
         raise DataError(
             f"labels y hold only class {low}; a classifier needs at least two classes "
             "in its training data"

@@ -1,0 +1,78 @@
+"""Validation of one batch of a stream, as it arrives: numpy code, run off the event loop.
+
+A stream batch passes the same checks as a whole dataset (:class:`~asynctrain.data.Dataset`
+for shape, dtype and NaN/Inf, :func:`~asynctrain.models.check_data` for the feature count
+and the labels), except that one batch may hold a single class. Its errors name the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._exceptions import DataError, DataTypeError
+from asynctrain._types import Array
+from asynctrain.data import Dataset
+from asynctrain.models import Model, check_data
+
+Batch = tuple[Array, npt.NDArray[Any]]
+
+
+def check_batch(
+    model: Model, item: object, *, where: str, like: npt.NDArray[Any] | None = None
+) -> Batch | None:
+    """Validate ``item``, an ``(X, y)`` pair or a Dataset, as training data for ``model``.
+
+    Args:
+        model: the model being trained.
+        item: what the stream yielded.
+        where: how errors name the batch, e.g. ``"stream batch 3"``.
+        like: targets of the stream's first batch (rows do not matter): a later batch's
+            targets must have their trailing shape and are cast to their dtype, so every
+            batch fits one buffer.
+
+    Returns:
+        ``(X, y)`` with ``X`` in the model's dtype and ``y`` as int64 labels (classifiers)
+        or float targets; None for a batch with no rows (streams may yield empty polls).
+
+    Raises:
+        DataError, DataTypeError: the batch is unusable; the message starts with ``where``.
+    """
+    try:
+        X, y = _unpack(item)
+        if np.shape(X)[:1] == (0,) and np.shape(y)[:1] == (0,):
+            return None
+        data = item if isinstance(item, Dataset) else Dataset(X, y, dtype=model.dtype)
+        check_data(model, data.X, data.y, single_class=True)
+        features = data.X if data.dtype == model.dtype else data.X.astype(model.dtype)
+        return features, _targets(model, data.y, like)
+    except DataError as exc:
+        raise type(exc)(f"{where}: {exc}") from exc
+
+
+def _unpack(item: object) -> tuple[Any, Any]:
+    if isinstance(item, Dataset):
+        return item.X, item.y
+    if isinstance(item, tuple | list) and len(item) == 2:
+        return item[0], item[1]
+    raise DataTypeError(
+        f"got {type(item).__name__}, not an (X, y) pair; a stream must yield (X, y) tuples "
+        "of arrays (or Datasets)"
+    )
+
+
+def _targets(model: Model, y: npt.NDArray[Any], like: npt.NDArray[Any] | None) -> npt.NDArray[Any]:
+    """``y`` in the dtype every batch of the stream shares."""
+    if model.n_classes is not None:
+        return y.astype(np.int64, copy=False)  # whole numbers, checked by check_data
+    if like is None:
+        return y if y.dtype.kind == "f" else y.astype(model.dtype)
+    if y.shape[1:] != like.shape[1:]:
+        expected = str(("n", *like.shape[1:])).replace("'", "")  # (n,) or (n, k)
+        raise DataError(
+            f"targets y have shape {y.shape} but the stream's first batch had targets of "
+            f"shape {expected}; every batch needs the same number of outputs"
+        )
+    return y.astype(like.dtype, copy=False)

@@ -1,0 +1,487 @@
+"""Streaming and online training: fit_stream, stream_steps and partial_fit on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Iterator
+
+import numpy as np
+import pytest
+
+import asynctrain as at
+from asynctrain._feed import RING_SLOTS
+from asynctrain.data import Dataset, epoch_order
+from asynctrain.models import LinearRegression, SoftmaxRegression
+
+BATCH = 64
+
+
+@pytest.fixture
+def backend_name(backend_name: str) -> str:
+    """Every backend of conftest.BACKENDS that this checkout has (process lands separately)."""
+    if backend_name == "process":
+        pytest.importorskip("asynctrain.backends._process")
+    return backend_name
+
+
+def _data(n: int = 1000, d: int = 8, k: int = 3, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    y = (X[:, :k] + 0.3 * rng.standard_normal((n, k))).argmax(axis=1)
+    return Dataset(X, y)
+
+
+def _trainer(backend: str, model: at.models.Model | None = None) -> at.Trainer:
+    return at.Trainer(
+        model or SoftmaxRegression(8, 3),
+        at.optim.adam(1e-2),
+        backend=backend,
+        workers=None if backend == "inline" else 2,
+        batch_size=BATCH,
+        shards=4,
+        seed=3,
+    )
+
+
+def _bits(params: dict[str, np.ndarray]) -> dict[str, bytes]:
+    return {k: v.tobytes() for k, v in params.items()}
+
+
+def _pieces(data: Dataset, size: int, epochs: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The dataset's rows in the trainer's epoch order (seed 3), in batches of ``size``."""
+    for epoch in range(epochs):
+        order = epoch_order(len(data), seed=3, epoch=epoch)
+        for start in range(0, len(data), size):
+            rows = order[start : start + size]
+            yield data.X[rows], data.y[rows]
+
+
+async def _agen(items: Iterator[tuple[np.ndarray, np.ndarray]]) -> AsyncIterator[object]:
+    for item in items:
+        yield item
+
+
+async def _reference(backend: str, data: Dataset, epochs: int = 1) -> dict[str, np.ndarray]:
+    async with _trainer(backend) as trainer:
+        return (await trainer.fit(data, epochs=epochs)).params
+
+
+# -- same bits as the in-memory dataset ------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_stream_of_a_datasets_batches_equals_fitting_it(backend_name: str, kind: str) -> None:
+    data = _data()  # 1000 rows: 15 full batches of 64 and a short last one of 40
+    reference = await _reference("inline", data)
+    pieces = _pieces(data, 100)  # re-cut from 100-row pieces into 64-row batches
+    source = _agen(pieces) if kind == "async" else list(pieces)
+    async with _trainer(backend_name) as trainer:
+        result = await trainer.fit_stream(source)
+        assert trainer.state.step == result.steps == 16
+        assert (trainer.state.epoch, trainer.state.batch) == (0, 0)  # no epoch position moved
+    assert _bits(result.params) == _bits(reference)
+
+
+async def test_two_epochs_streamed_equal_two_epochs_fitted() -> None:
+    data = _data(n=1024)  # batches never straddle an epoch boundary
+    reference = await _reference("inline", data, epochs=2)
+    async with _trainer("thread") as trainer:
+        result = await trainer.fit_stream(_agen(_pieces(data, 37, epochs=2)))
+    assert result.steps == 32
+    assert _bits(result.params) == _bits(reference)
+
+
+async def test_regression_targets_keep_their_dtype() -> None:
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((300, 8)).astype(np.float32)
+    y = X @ rng.standard_normal(8) + 0.1  # float64 targets on a float32 model
+    data = Dataset(X, y)
+    model = LinearRegression(8)
+    async with _trainer("inline", model=model) as trainer:
+        reference = (await trainer.fit(data, epochs=1)).params
+    async with _trainer("inline", model=model) as trainer:
+        result = await trainer.fit_stream(_agen(_pieces(data, 50)))
+    assert _bits(result.params) == _bits(reference)
+
+
+# -- backpressure ------------------------------------------------------------------------
+
+
+async def test_a_fast_producer_is_held_back(backend_name: str) -> None:
+    data, buffer, steps = _data(n=BATCH * 40), 2, 0
+    ahead: list[int] = []
+
+    async def producer() -> AsyncIterator[object]:
+        for produced, item in enumerate(_pieces(data, BATCH)):
+            ahead.append(produced - steps)  # batches handed over but not yet trained on
+            yield item
+
+    class Count(at.Callback):
+        def on_step(self, event: at.StepEvent) -> None:
+            nonlocal steps
+            steps += 1
+
+    async with _trainer(backend_name) as trainer:
+        await trainer.fit_stream(producer(), buffer=buffer, callbacks=[Count()])
+    # queue + one being validated + one being cut + the ring's slots (docs/streaming.md)
+    bound = buffer + 2 + RING_SLOTS
+    assert max(ahead) <= bound, ahead
+    assert max(ahead) >= buffer, "the producer never got ahead: backpressure was not tested"
+
+
+async def test_a_slow_producer_never_makes_the_trainer_spin() -> None:
+    loop = asyncio.get_running_loop()
+    if not hasattr(loop, "_run_once"):
+        pytest.skip("counts iterations of asyncio's own event loop")
+    iterations, batches = 0, 12
+    original = loop._run_once
+
+    def counting() -> None:
+        nonlocal iterations
+        iterations += 1
+        original()
+
+    async def slow() -> AsyncIterator[object]:
+        for item in _pieces(_data(n=BATCH * batches), BATCH):
+            await asyncio.sleep(0.02)  # long enough for a polling trainer to spin thousands
+            yield item
+
+    loop._run_once = counting  # type: ignore[method-assign]
+    try:
+        async with _trainer("thread") as trainer:
+            result = await trainer.fit_stream(slow())
+    finally:
+        loop._run_once = original  # type: ignore[method-assign]
+    assert result.steps == batches
+    assert iterations < 40 * batches, iterations  # a few wake-ups per batch, not per ms
+
+
+# -- stopping: max_steps, max_samples, the source's end, callbacks ------------------------
+
+
+class _Endless:
+    """An endless async generator that records how far it was pulled and whether it closed."""
+
+    def __init__(self, size: int = BATCH) -> None:
+        self.size, self.pulled, self.closed = size, 0, False
+        self._data = _data(n=size * 4)
+
+    async def __call__(self) -> AsyncIterator[object]:
+        try:
+            while True:
+                start = (self.pulled % 4) * self.size
+                self.pulled += 1
+                yield (
+                    self._data.X[start : start + self.size],
+                    self._data.y[start : start + self.size],
+                )
+        finally:
+            self.closed = True
+
+
+async def test_max_steps_stops_an_endless_stream_and_closes_it(backend_name: str) -> None:
+    source = _Endless()
+    async with _trainer(backend_name) as trainer:
+        result = await trainer.fit_stream(source(), max_steps=5)
+    assert result.steps == 5
+    assert source.pulled == 5  # nothing read beyond what the steps needed
+    assert source.closed
+
+
+async def test_max_samples_trains_on_exactly_that_many_rows() -> None:
+    source, samples = _Endless(size=50), 0
+
+    class Count(at.Callback):
+        def on_step(self, event: at.StepEvent) -> None:
+            nonlocal samples
+            samples += event.samples
+
+    async with _trainer("inline") as trainer:
+        result = await trainer.fit_stream(source(), max_samples=300, callbacks=[Count()])
+    assert (samples, result.steps, source.pulled) == (300, 5, 6)  # 64 * 4 + 44
+    assert source.closed
+
+
+async def test_periods_report_validation_every_n_steps() -> None:
+    data, val = _data(n=BATCH * 10), _data(n=200, seed=1)
+    async with _trainer("inline") as trainer:
+        result = await trainer.fit_stream(
+            _agen(_pieces(data, BATCH)), validate_every=4, validation=val
+        )
+    assert [(e.epoch, e.steps) for e in result.history] == [(0, 4), (1, 4), (2, 2)]
+    assert all(0.0 <= e.val_accuracy <= 1.0 for e in result.history)
+    assert result.history[-1].val_loss < result.history[0].val_loss
+
+
+async def test_early_stopping_works_on_step_periods() -> None:
+    source = _Endless()
+    trainer = at.Trainer(
+        SoftmaxRegression(8, 3), at.optim.sgd(0.0), backend="inline", batch_size=BATCH
+    )
+    stopper = at.EarlyStopping(patience=2, monitor="loss")  # a zero step size never improves
+    result = await trainer.fit_stream(source(), validate_every=3, callbacks=[stopper])
+    assert result.stopped_early
+    assert (result.epochs, result.steps) == (3, 9)
+    assert source.closed
+
+
+async def test_stream_steps_yields_events_and_closing_it_closes_the_source() -> None:
+    source = _Endless()
+    async with _trainer("thread") as trainer:
+        events = trainer.stream_steps(source(), validate_every=2)
+        async with contextlib.aclosing(events):
+            kinds = []
+            async for event in events:
+                kinds.append((event.kind, event.epoch))
+                if len(kinds) == 5:
+                    break
+        assert kinds == [("step", 0), ("step", 0), ("epoch", 0), ("step", 1), ("step", 1)]
+        assert source.closed
+        assert "running" not in repr(trainer)
+
+
+async def test_empty_sources_and_empty_batches() -> None:
+    data = _data(n=BATCH * 2)
+    empty = (data.X[:0], data.y[:0])
+    async with _trainer("inline") as trainer:
+        nothing = await trainer.fit_stream([])
+        some = await trainer.fit_stream([empty, *list(_pieces(data, BATCH)), empty])
+    assert (nothing.steps, nothing.history) == (0, [])
+    assert some.steps == 2
+
+
+# -- bad batches, raising sources, cancellation --------------------------------------------
+
+
+def _bad_batches() -> list[tuple[object, type[Exception], str]]:
+    X, y = _data(n=BATCH).X, _data(n=BATCH).y
+    X_nan = X.copy()
+    X_nan[5, 2] = np.nan
+    return [
+        ((X_nan, y), at.DataError, r"stream batch 3: X has a non-finite value \(nan\) at row 5"),
+        ((X[:, :4], y), at.DataError, "stream batch 3: dataset has 4 features"),
+        ((np.zeros((BATCH, 8)), y + 3), at.DataError, r"stream batch 3: labels must be in 0\.\.2"),
+        ((X, y[:10]), at.DataError, "stream batch 3: X has 64 rows but y has 10"),
+        ({"X": X}, at.DataTypeError, "stream batch 3: got dict, not an"),
+    ]
+
+
+@pytest.mark.parametrize(("bad", "error", "message"), _bad_batches())
+async def test_a_bad_batch_names_itself_and_is_not_applied(
+    bad: object, error: type[Exception], message: str
+) -> None:
+    good = list(_pieces(_data(), BATCH))[:3]
+    closed = []
+
+    async def source() -> AsyncIterator[object]:
+        try:
+            for item in [*good, bad, *good]:
+                yield item
+        finally:
+            closed.append(True)
+
+    async with _trainer("inline") as trainer:
+        expected = _bits((await trainer.fit_stream(good)).params)
+    async with _trainer("inline") as trainer:
+        with pytest.raises(error, match=message):
+            await trainer.fit_stream(source())
+        assert _bits(trainer.params) == expected  # the good batches before it, nothing after
+        assert trainer.state.step == 3
+        assert closed
+        assert "running" not in repr(trainer)
+
+
+async def test_a_bad_batch_drops_the_partly_assembled_batch(backend_name: str) -> None:
+    X, y = _data(n=100).X, _data(n=100).y
+    bad = (X[:10] * np.inf, y[:10])
+    async with _trainer(backend_name) as trainer:
+        with pytest.raises(at.DataError, match="stream batch 1: X has a non-finite value"):
+            await trainer.fit_stream([(X, y), bad])  # 64 rows trained; 36 pending, dropped
+        assert trainer.state.step == 1
+
+
+async def test_a_raising_source_propagates_its_own_exception(backend_name: str) -> None:
+    class SourceBroke(Exception):
+        pass
+
+    good, closed = list(_pieces(_data(), BATCH))[:2], []
+
+    async def source() -> AsyncIterator[object]:
+        try:
+            for item in good:
+                yield item
+            raise SourceBroke("the message queue went away")
+        finally:
+            closed.append(True)
+
+    async with _trainer(backend_name) as trainer:
+        with pytest.raises(SourceBroke, match="message queue") as caught:
+            await trainer.fit_stream(source())
+        assert trainer.state.step == 2  # the batches it yielded before failing
+    assert "source" in [frame.name for frame in caught.traceback]  # its own traceback
+    assert closed
+
+
+class _Fragile(SoftmaxRegression):
+    """Fails on any shard whose first feature holds the marker 42."""
+
+    def loss_and_grad(self, params, X, y):  # type: ignore[no-untyped-def]
+        if (X[:, 0] == 42).any():
+            raise ZeroDivisionError("the model broke on this batch")
+        return super().loss_and_grad(params, X, y)
+
+
+async def test_a_failing_step_stops_the_stream_with_its_own_error() -> None:
+    good, closed = list(_pieces(_data(), BATCH)), []
+    marked = good[2][0].copy()
+    marked[:, 0] = 42
+
+    async def source() -> AsyncIterator[object]:
+        try:
+            for i, (X, y) in enumerate(good):
+                yield (marked if i == 2 else X), y
+        finally:
+            closed.append(True)
+
+    async with _trainer("thread", model=_Fragile(8, 3)) as trainer:
+        with pytest.raises(ZeroDivisionError, match="broke"):
+            await trainer.fit_stream(source())
+        assert trainer.state.step == 2
+    assert closed
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_cancelling_stops_consuming_and_closes_the_source(
+    backend_name: str, kind: str
+) -> None:
+    data, pulled, closed = _data(n=BATCH * 4), [], []
+    stepped = asyncio.Event()
+
+    def rows(i: int) -> tuple[np.ndarray, np.ndarray]:
+        start = (i % 4) * BATCH
+        return data.X[start : start + BATCH], data.y[start : start + BATCH]
+
+    async def agen() -> AsyncIterator[object]:
+        try:
+            while True:
+                pulled.append(1)
+                yield rows(len(pulled))
+        finally:
+            closed.append(True)
+
+    def gen() -> Iterator[object]:
+        try:
+            while True:
+                pulled.append(1)
+                yield rows(len(pulled))
+        finally:
+            closed.append(True)
+
+    class Signal(at.Callback):
+        def on_step(self, event: at.StepEvent) -> None:
+            if event.step == 3:
+                stepped.set()
+
+    async with _trainer(backend_name) as trainer:
+        source = agen() if kind == "async" else gen()
+        fit = asyncio.ensure_future(trainer.fit_stream(source, callbacks=[Signal()]))
+        await stepped.wait()
+        fit.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fit
+        assert closed == [True]
+        so_far = len(pulled)
+        await asyncio.sleep(0.01)
+        assert len(pulled) == so_far  # nothing consumes the source any more
+        assert "running" not in repr(trainer)
+        step = trainer.state.step
+        assert step >= 4
+        assert trainer.state.version == step  # whole steps only
+        await trainer.fit_stream(list(_pieces(data, BATCH)))  # and the trainer still works
+        assert trainer.state.step == step + 4
+
+
+# -- partial_fit -------------------------------------------------------------------------
+
+
+async def test_concurrent_partial_fits_apply_once_each_in_call_order(backend_name: str) -> None:
+    data = _data(n=600)
+    sizes = [10, 64, 100, 1, 200, 33, 128, 64]  # some span several batches
+    bounds = itertools.pairwise(np.cumsum([0, *sizes]))
+    parts = [(data.X[a:b], data.y[a:b]) for a, b in bounds]
+    async with _trainer(backend_name) as trainer:
+        results = await asyncio.gather(*(trainer.partial_fit(X, y) for X, y in parts))
+        assert trainer.state.step == sum(r.steps for r in results) == 13
+    assert [r.steps for r in results] == [-(-n // BATCH) for n in sizes]
+    async with _trainer("inline") as oracle:  # the same calls one after another
+        for X, y in parts:
+            await oracle.partial_fit(X, y)
+    assert _bits(trainer.params) == _bits(oracle.params)
+    assert _bits(results[-1].params) == _bits(oracle.params)
+
+
+async def test_partial_fit_rejects_bad_data_whole() -> None:
+    X, y = _data(n=100).X, _data(n=100).y
+    async with _trainer("inline") as trainer:
+        with pytest.raises(at.DataError, match=r"partial_fit data: labels must be in 0\.\.2"):
+            await trainer.partial_fit(X, y + 1)
+        assert trainer.state.step == 0
+        one_class = await trainer.partial_fit(X[:5], np.zeros(5, dtype=np.int64))
+        assert one_class.steps == 1  # one class is fine for an online update
+
+
+async def test_partial_fit_and_fit_never_overlap() -> None:
+    data, started, gate = _data(), asyncio.Event(), asyncio.Event()
+
+    class Hold(at.Callback):
+        async def on_step(self, event: at.StepEvent) -> None:  # type: ignore[override]
+            started.set()
+            await gate.wait()
+
+    async with _trainer("thread") as trainer:
+        fit = asyncio.ensure_future(trainer.fit(data, callbacks=[Hold()]))
+        await started.wait()
+        with pytest.raises(at.StateError, match="running a fit"):
+            await trainer.partial_fit(data.X[:10], data.y[:10])
+        gate.set()
+        await fit
+        started.clear()
+        gate.clear()
+        update = asyncio.ensure_future(trainer.partial_fit(data.X, data.y))
+        await asyncio.sleep(0)
+        with pytest.raises(at.StateError, match="already running"):
+            await trainer.fit_stream([(data.X, data.y)])
+        await update
+
+
+# -- misuse --------------------------------------------------------------------------------
+
+
+async def test_streams_and_datasets_are_not_confused() -> None:
+    data = _data()
+    async with _trainer("inline") as trainer:
+        with pytest.raises(at.ConfigTypeError, match="with fit_stream"):
+            await trainer.fit(_agen(_pieces(data, BATCH)))  # type: ignore[arg-type]
+        with pytest.raises(at.ConfigTypeError, match="not a stream of batches"):
+            await trainer.fit_stream(data)  # type: ignore[arg-type]
+        with pytest.raises(at.ConfigTypeError, match="not a stream of batches"):
+            await trainer.fit_stream((data.X, data.y))
+        with pytest.raises(at.ConfigTypeError, match="iterable"):
+            await trainer.fit_stream(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_steps": 0}, "max_steps must be >= 1"),
+        ({"max_samples": 1.5}, "max_samples must be an integer"),
+        ({"validate_every": -1}, "validate_every must be >= 1"),
+        ({"buffer": 0}, "buffer must be >= 1"),
+    ],
+)
+async def test_bad_stream_settings(options: dict[str, object], message: str) -> None:
+    async with _trainer("inline") as trainer:
+        with pytest.raises((at.ConfigError, at.ConfigTypeError), match=message):
+            await trainer.fit_stream([], **options)  # type: ignore[arg-type]

@@ -1,0 +1,125 @@
+"""The synchronous parts of streaming: re-cutting batches, and validating one batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import asynctrain as at
+from asynctrain._batch import check_batch
+from asynctrain.data import Dataset
+from asynctrain.data._stream import BatchCutter, copy_rows
+from asynctrain.models import LinearRegression, SoftmaxRegression
+
+
+def _recut(sizes: list[int], batch_size: int, max_samples: int | None = None) -> list[np.ndarray]:
+    """Run row numbers through a cutter the way the feed does; return the batches made."""
+    cutter = BatchCutter(batch_size, max_samples=max_samples)
+    out = {"X": np.zeros((batch_size, 1)), "y": np.zeros(batch_size, np.int64)}
+    batches, first = [], 0
+    for size in sizes:
+        rows = np.arange(first, first + size)
+        first += size
+        for cut in cutter.plan(size):
+            copy_rows(out, rows[:, None].astype(float), rows, cut)
+            if cut.full:
+                batches.append(out["y"].copy())
+    if rest := cutter.flush():
+        batches.append(out["y"][:rest].copy())
+    return batches
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_recutting_keeps_every_row_in_order(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(0, 40, size=30).tolist()
+    batches = _recut(sizes, batch_size=16)
+    assert all(len(b) == 16 for b in batches[:-1])
+    assert 0 < len(batches[-1]) <= 16
+    np.testing.assert_array_equal(np.concatenate(batches), np.arange(sum(sizes)))
+
+
+def test_max_samples_keeps_only_the_first_rows() -> None:
+    batches = _recut([10, 10, 10, 10], batch_size=8, max_samples=25)
+    np.testing.assert_array_equal(np.concatenate(batches), np.arange(25))
+    assert [len(b) for b in batches] == [8, 8, 8, 1]
+
+
+def test_cutter_reports_when_done() -> None:
+    cutter = BatchCutter(4, max_samples=6)
+    assert [tuple(c) for c in cutter.plan(5)] == [(0, 4, 0, True), (4, 5, 0, False)]
+    assert not cutter.done
+    assert [tuple(c) for c in cutter.plan(5)] == [(0, 1, 1, False)]
+    assert cutter.done
+    assert cutter.plan(3) == []
+    assert cutter.flush() == 2
+
+
+@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"batch_size": 4, "max_samples": 0}])
+def test_cutter_settings_are_checked(bad: dict[str, int]) -> None:
+    with pytest.raises(at.ConfigError):
+        BatchCutter(**bad)
+
+
+def _xy(n: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, 3)), np.array([0, 1, 2, 1, 0, 2])[:n]
+
+
+def test_a_valid_batch_comes_back_in_the_models_dtypes() -> None:
+    X, y = _xy()
+    features, labels = check_batch(SoftmaxRegression(3, 3), (X, y.astype(float)), where="b")  # type: ignore[misc]
+    assert features.dtype == np.float32
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, y)
+
+
+def test_one_class_and_datasets_are_fine_in_a_batch() -> None:
+    X, _ = _xy()
+    model = SoftmaxRegression(3, 3)
+    assert check_batch(model, (X, np.full(6, 2)), where="b") is not None
+    assert check_batch(model, Dataset(X, np.full(6, 1)), where="b") is not None
+
+
+def test_an_empty_batch_is_skipped() -> None:
+    X, y = _xy()
+    assert check_batch(SoftmaxRegression(3, 3), (X[:0], y[:0]), where="b") is None
+
+
+@pytest.mark.parametrize(
+    ("item", "error", "message"),
+    [
+        ((np.full((2, 3), np.inf), [0, 1]), at.DataError, "batch 7: X has a non-finite value"),
+        ((np.zeros((2, 3)), [0, 3]), at.DataError, r"batch 7: labels must be in 0\.\.2"),
+        ((np.zeros((2, 3)), [0.5, 1]), at.DataError, "batch 7: labels y must be whole"),
+        ((np.zeros((2, 2)), [0, 1]), at.DataError, "batch 7: dataset has 2 features"),
+        ((np.array([["a", "b", "c"]]), [0]), at.DataTypeError, "batch 7: X has dtype <U1"),
+        ((np.zeros((2, 3)),), at.DataTypeError, "batch 7: got tuple, not an"),
+        (np.zeros((2, 3)), at.DataTypeError, "batch 7: got ndarray, not an"),
+    ],
+)
+def test_bad_batches_are_named(item: object, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message) as caught:
+        check_batch(SoftmaxRegression(3, 3), item, where="batch 7")
+    assert isinstance(caught.value.__cause__, at.DataError)  # the original check, chained
+
+
+def test_regression_batches_share_the_first_batchs_targets() -> None:
+    X, _ = _xy()
+    model = LinearRegression(3)
+    first = check_batch(model, (X, np.arange(6)), where="b")
+    assert first is not None
+    assert first[1].dtype == np.float32  # integer targets become the model's float dtype
+    later = check_batch(model, (X, np.arange(6.0)), where="b", like=first[1][:0])
+    assert later is not None
+    assert later[1].dtype == np.float32
+
+
+def test_outputs_must_not_change_mid_stream_for_a_model_that_takes_any() -> None:
+    class AnyOutputs(LinearRegression):
+        n_outputs = None  # check_data then accepts (n,) and (n, k) targets alike
+
+    X, _ = _xy()
+    like = np.zeros((0,), np.float32)
+    with pytest.raises(at.DataError, match=r"b: .* first batch had targets of shape \(n,\);"):
+        check_batch(AnyOutputs(3), (X, np.zeros((6, 2))), where="b", like=like)
