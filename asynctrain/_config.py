@@ -8,6 +8,13 @@ from asynctrain._checks import check_choice, check_int
 from asynctrain._exceptions import ConfigError
 
 NONFINITE_POLICIES = ("raise", "skip")
+MODE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "sync": (),
+    "local": ("local_steps",),
+    "ssp": ("staleness",),
+    "async": (),
+}
+"""Each training mode and the mode-specific options it accepts."""
 DEFAULT_BATCH_SIZE = 512
 DEFAULT_SHARDS = 4
 
@@ -30,9 +37,15 @@ class TrainConfig:
         seed: seeds parameter initialisation and the per-epoch shuffling.
         nonfinite: ``"raise"`` (stop with NonFiniteError, parameters untouched) or
             ``"skip"`` (drop that step's update and count it).
+        mode: ``"sync"``, ``"local"``, ``"ssp"`` or ``"async"`` (see docs/modes.md).
+        local_steps: optimizer steps each shard takes between averagings (``"local"``
+            only, >= 1; default 4).
+        staleness: how many versions old the parameters a step computes on may be
+            (``"ssp"`` only, >= 0; default 2).
 
     Raises:
-        ConfigError: a value out of range, e.g. ``shards > batch_size``.
+        ConfigError: a value out of range, e.g. ``shards > batch_size``, an unknown mode,
+            or an option given to a mode that does not use it.
         ConfigTypeError: a value of the wrong type, e.g. ``batch_size=True``.
 
     Example:
@@ -44,6 +57,9 @@ class TrainConfig:
     shards: int = DEFAULT_SHARDS
     seed: int = 0
     nonfinite: str = "raise"
+    mode: str = "sync"
+    local_steps: int | None = None
+    staleness: int | None = None
 
     def __post_init__(self) -> None:
         check_int("batch_size", self.batch_size)
@@ -56,3 +72,19 @@ class TrainConfig:
             )
         check_int("seed", self.seed, minimum=0)
         check_choice("nonfinite", self.nonfinite, NONFINITE_POLICIES)
+        check_choice("mode", self.mode, tuple(MODE_OPTIONS))
+        for option, minimum in (("local_steps", 1), ("staleness", 0)):
+            value = getattr(self, option)
+            if value is None:
+                continue
+            if option not in MODE_OPTIONS[self.mode]:
+                raise ConfigError(
+                    f"{option}={value} is not an option of mode={self.mode!r}; {_owner(option)}"
+                )
+            check_int(option, value, minimum=minimum)
+
+
+def _owner(option: str) -> str:
+    """The hint for an option given to the wrong mode: which mode it belongs to."""
+    mode = next(m for m, options in MODE_OPTIONS.items() if option in options)
+    return f"use mode={mode!r} with it, or leave {option} out"

@@ -14,12 +14,19 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
-from asynctrain._checks import check_choice, check_int
+from asynctrain._checks import check_int
 from asynctrain._config import TrainConfig, default_shards
 from asynctrain._evaluate import evaluate
-from asynctrain._events import Callback, EpochEvent, Event, FitResult, StepEvent
+from asynctrain._events import (
+    Callback,
+    EpochEvent,
+    Event,
+    FitResult,
+    StepEvent,
+    summarize_staleness,
+)
 from asynctrain._exceptions import ConfigTypeError, StateError
-from asynctrain._modes import MODES, StepContext
+from asynctrain._modes import StepContext, make_mode
 from asynctrain._reduce import zeros_like
 from asynctrain._types import Params
 from asynctrain._update import TrainState, Updater
@@ -52,7 +59,10 @@ class Trainer:
         batch_size: samples per step.
         seed: seeds initialisation and shuffling.
         nonfinite: ``"raise"`` or ``"skip"`` (see :class:`~asynctrain.TrainConfig`).
-        mode: the training mode; ``"sync"``.
+        mode: ``"sync"`` (default), ``"local"``, ``"ssp"`` or ``"async"``; see
+            docs/modes.md for what each waits for and what each guarantees.
+        local_steps: optimizer steps per shard between averagings (``mode="local"``).
+        staleness: parameter versions a step may lag behind (``mode="ssp"``).
 
     Raises:
         ConfigError, ConfigTypeError: a bad setting, before any work starts.
@@ -80,6 +90,8 @@ class Trainer:
         seed: int = 0,
         nonfinite: str = "raise",
         mode: str = "sync",
+        local_steps: int | None = None,
+        staleness: int | None = None,
     ) -> None:
         if not isinstance(model, Model):
             raise ConfigTypeError(
@@ -93,10 +105,13 @@ class Trainer:
             shards=4 if shards is None else shards,
             seed=seed,
             nonfinite=nonfinite,
+            mode=mode,
+            local_steps=local_steps,
+            staleness=staleness,
         )
         self.model = model
         self.optimizer = adam(1e-3) if optimizer is None else optimizer
-        self.mode = MODES[check_choice("mode", mode, tuple(MODES))]()
+        self.mode = make_mode(self.config)
         self._backend_spec: str | Backend = backend
         self._workers = None if workers is None else check_int("workers", workers)
         self._backend, self._owns_backend = get_backend(backend, workers=self._workers)
@@ -189,6 +204,7 @@ class Trainer:
         """
         started, first = time.perf_counter(), self.state
         history: list[EpochEvent] = []
+        staleness: list[int] = []
         samples, stopped = 0, False
         events = self.steps(data, epochs=epochs, validation=validation)
         async with contextlib.aclosing(events):
@@ -197,11 +213,13 @@ class Trainer:
                     history.append(event)
                 else:
                     samples += event.samples
+                    staleness.append(event.staleness)
                 if await _notify(callbacks, event):
                     stopped = True
                     break
         seconds = time.perf_counter() - started
         state = self.state
+        staleness_mean, staleness_max = summarize_staleness(staleness)
         return FitResult(
             params=state.params,
             history=history,
@@ -210,6 +228,8 @@ class Trainer:
             samples_per_s=samples / seconds if seconds else 0.0,
             stopped_early=stopped,
             skipped_steps=state.skipped - first.skipped,
+            staleness_mean=staleness_mean,
+            staleness_max=staleness_max,
         )
 
     async def steps(
@@ -265,14 +285,14 @@ class Trainer:
 
     async def _context(self, train: Dataset) -> StepContext:
         assert self._updater is not None
-        params = self._updater.state.params
+        params, shards = self._updater.state.params, self.config.shards
         return StepContext(
             model=self.model,
             backend=self._backend,
             updater=self._updater,
             data=await self._backend.share({"X": train.X, "y": train.y}),
-            params=await self._backend.share(params, slots=2),
-            grads=await self._backend.share(zeros_like(params), slots=self.config.shards),
+            params=await self._backend.share(params, slots=self.mode.param_slots(shards)),
+            grads=await self._backend.share(zeros_like(params), slots=self.mode.grad_slots(shards)),
             batch_size=self.config.batch_size,
             shards=self.config.shards,
         )

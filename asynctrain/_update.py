@@ -80,18 +80,44 @@ class Updater:
         return await await_without_orphans(self._executor.submit(fn, *args))
 
     async def apply(
-        self, results: Sequence[ShardResult], grads: SharedArrays, publish: SharedArrays
+        self,
+        results: Sequence[ShardResult],
+        grads: SharedArrays,
+        publish: SharedArrays,
+        *,
+        slot: int | None = None,
     ) -> StepStats:
-        """Apply one step from ``results`` (in shard order); publish the new version."""
-        return await self.call(self._apply, results, grads, publish)
+        """Apply one step from ``results`` (in shard order); publish the new version.
+
+        The new version goes to slot ``slot`` of ``publish``, by default
+        ``version % publish.slots``.
+        """
+        return await self.call(self._apply, results, grads, publish, slot)
+
+    async def commit(self, fn: Callable[..., tuple[TrainState, T]], /, *args: Any) -> T:
+        """Run ``fn(state, *args) -> (new_state, result)`` where updates run; commit
+        ``new_state`` whole and return ``result``.
+
+        For modes whose update is not one optimizer step on a summed gradient (local
+        mode averages parameter deltas). If ``fn`` raises, nothing is committed.
+        """
+        return await self.call(self._commit, fn, *args)
 
     def close(self) -> None:
         """Stop the update thread (waits for an update in progress)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
+    def _commit(self, fn: Callable[..., tuple[TrainState, T]], *args: Any) -> T:
+        self.state, result = fn(self.state, *args)
+        return result
+
     def _apply(
-        self, results: Sequence[ShardResult], grads: SharedArrays, publish: SharedArrays
+        self,
+        results: Sequence[ShardResult],
+        grads: SharedArrays,
+        publish: SharedArrays,
+        slot: int | None,
     ) -> StepStats:
         state, acc = self.state, self._scratch
         loss_sum, n = sum_in_order(results, grads, acc)
@@ -106,7 +132,7 @@ class Updater:
             return self._refuse(results, grads, loss_sum / max(n, 1), n, problem)
         version = state.version + 1
         params = readonly(params)
-        publish.write(version % publish.slots, params)
+        publish.write(version % publish.slots if slot is None else slot, params)
         self.state = state._replace(
             step=state.step + 1,
             version=version,
