@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import BACKENDS
+from copying_backend import CopyingBackend
 
 import asynctrain as at
 from asynctrain._modes import MODES
@@ -53,7 +54,11 @@ async def _fit(backend: Any, mode: str, train: Dataset, epochs: int = 1, **kw: A
 @contextlib.asynccontextmanager
 async def _open_backend(name: str, workers: int) -> AsyncIterator[at.backends.Backend]:
     try:
-        backend, _ = at.backends.get_backend(name, workers=workers)
+        backend: at.backends.Backend = (
+            CopyingBackend(workers=workers)
+            if name == "copying"
+            else at.backends.get_backend(name, workers=workers)[0]
+        )
     except ModuleNotFoundError as exc:  # the process backend lands on its own branch
         pytest.skip(f"backend {name!r} is not available here: {exc}")
     async with backend:
@@ -90,7 +95,7 @@ async def test_local_with_one_step_and_plain_sgd_is_sync(
         np.testing.assert_allclose(local.params[key], value, rtol=0, atol=16 * eps)
 
 
-@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("backend_name", [*BACKENDS, "copying"])
 @pytest.mark.parametrize(("mode", "options"), DETERMINISTIC, ids=[m for m, _ in DETERMINISTIC])
 async def test_bit_identical_across_backends_and_workers(
     data: tuple[Dataset, Dataset], backend_name: str, mode: str, options: dict[str, int]
@@ -119,13 +124,12 @@ async def test_two_fits_equal_one_of_two_epochs(
 
 
 class _Reached(at.Callback):
-    """Stop once validation accuracy reaches ``target``; remember the epoch."""
+    """Stop once validation accuracy reaches ``target``."""
 
     def __init__(self, target: float) -> None:
-        self.target, self.epochs = target, 0
+        self.target = target
 
     def on_epoch(self, event: at.EpochEvent) -> bool:
-        self.epochs = event.epoch + 1
         return event.val_accuracy >= self.target
 
 
@@ -136,13 +140,15 @@ async def _epochs_to(
     target: float,
     epochs: int,
     **options: Any,
-) -> tuple[int, at.FitResult]:
+) -> at.FitResult:
+    """Fit until validation accuracy reaches ``target``; fail if ``epochs`` do not do it."""
     train, val = data
-    reached = _Reached(target)
     async with _trainer(backend, mode, **options) as trainer:
-        result = await trainer.fit(train, epochs=epochs, validation=val, callbacks=[reached])
+        result = await trainer.fit(
+            train, epochs=epochs, validation=val, callbacks=[_Reached(target)]
+        )
     assert result.stopped_early, f"{mode} {options}: {result.val_accuracy:.4f} < {target:.4f}"
-    return reached.epochs, result
+    return result
 
 
 SYNC_EPOCHS = 3
@@ -168,19 +174,18 @@ async def _fit_with_validation(train: Dataset, val: Dataset) -> at.FitResult:
 async def test_each_mode_reaches_sync_accuracy_within_twice_the_epochs(
     data: tuple[Dataset, Dataset], sync_accuracy: float, mode: str, options: dict[str, int]
 ) -> None:
+    # On the copying double: process-backend semantics (pickled tasks, copied slots).
     assert sync_accuracy > 0.85
-    epochs, _ = await _epochs_to(
-        "thread", mode, data, sync_accuracy - 0.01, 2 * SYNC_EPOCHS, workers=2, **options
-    )
-    assert epochs <= 2 * SYNC_EPOCHS
+    async with CopyingBackend(workers=2) as backend:
+        await _epochs_to(backend, mode, data, sync_accuracy - 0.01, 2 * SYNC_EPOCHS, **options)
 
 
 async def test_async_with_a_straggler_converges_and_reports_staleness(
     data: tuple[Dataset, Dataset], sync_accuracy: float
 ) -> None:
-    async with at.backends.ThreadBackend(workers=2) as inner:
+    async with CopyingBackend(workers=2) as inner:
         slow = StragglerBackend(inner, shard=0, delay=0.005)
-        _, result = await _epochs_to(slow, "async", data, sync_accuracy - 0.01, 2 * SYNC_EPOCHS)
+        result = await _epochs_to(slow, "async", data, sync_accuracy - 0.01, 2 * SYNC_EPOCHS)
     # Lane 0 sleeps 5 ms per batch while the other lanes apply several updates each.
     assert result.staleness_max > 3
     assert result.staleness_mean > 0

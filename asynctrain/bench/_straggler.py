@@ -68,9 +68,7 @@ class StragglerBackend:
 
     async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Run ``fn(*args)`` on the wrapped backend, late if it is the straggler's task."""
-        result: T = await self.backend.run(
-            Straggle(fn, shard=self.shard, delay=self.delay), *args
-        )
+        result: T = await self.backend.run(Straggle(fn, shard=self.shard, delay=self.delay), *args)
         return result
 
     async def share(self, arrays: Mapping[str, npt.NDArray[Any]], *, slots: int = 1) -> Any:
