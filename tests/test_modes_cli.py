@@ -1,8 +1,10 @@
-"""The command line's --mode, --local-steps and --staleness."""
+"""Modes from the outside: the command line's --mode, --local-steps, --staleness; the example."""
 
 from __future__ import annotations
 
 import json
+import runpy
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +31,14 @@ def test_an_option_of_another_mode_is_a_one_line_error(capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert err.startswith("asynctrain: error: staleness=2 is not an option of mode='sync'")
     assert "use mode='ssp'" in err
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "modes.py"
+
+
+async def test_modes_example_learns_in_every_mode() -> None:
+    results = await runpy.run_path(str(EXAMPLE))["main"](6000)
+    assert set(results) == {"sync", "local", "ssp", "async"}
+    assert all(r.val_accuracy > 0.8 for r in results.values())
+    assert results["ssp"].staleness_max == 2
+    assert results["async"].staleness_max > 0
