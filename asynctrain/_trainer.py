@@ -249,8 +249,10 @@ class Trainer:
         epochs = check_int("epochs", epochs)
         train = self._prepare(data, "data")
         val = None if validation is None else self._prepare(validation, "validation")
-        async with self._running_fit():
-            async for event in self._run(train, val, epochs):
+        # Closing each inner generator at once (not when it is garbage-collected) stops a
+        # pipelined mode's in-flight shard tasks before the fit's resources are released.
+        async with self._running_fit(), contextlib.aclosing(self._run(train, val, epochs)) as run:
+            async for event in run:
                 yield event
 
     @contextlib.asynccontextmanager
@@ -268,7 +270,9 @@ class Trainer:
             if auto:
                 await self._release()
 
-    async def _run(self, train: Dataset, val: Dataset | None, epochs: int) -> AsyncIterator[Event]:
+    async def _run(
+        self, train: Dataset, val: Dataset | None, epochs: int
+    ) -> AsyncGenerator[Event, None]:
         ctx = await self._context(train)
         val_data = None if val is None else await self._backend.share({"X": val.X, "y": val.y})
         spe = steps_per_epoch(len(train), self.config.batch_size)
@@ -277,9 +281,11 @@ class Trainer:
             began, seen = time.perf_counter(), ctx.samples
             order = epoch_order(len(train), seed=self.config.seed, epoch=epoch)
             losses = []
-            async for step_event in self.mode.run_epoch(ctx, epoch, order, updater.state.batch):
-                losses.append(step_event.loss * step_event.samples)
-                yield step_event
+            epoch_steps = self.mode.run_epoch(ctx, epoch, order, updater.state.batch)
+            async with contextlib.aclosing(epoch_steps):
+                async for step_event in epoch_steps:
+                    losses.append(step_event.loss * step_event.samples)
+                    yield step_event
             updater.state = updater.state._replace(epoch=epoch + 1, batch=0)
             yield await self._epoch_event(ctx, epoch, val, val_data, losses, began, seen, spe)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 from collections.abc import AsyncIterator
@@ -320,9 +321,17 @@ async def test_local_mode_applies_the_nonfinite_policy_per_round(
 # -- closing early, and misuse -----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("mode", "options"), [("ssp", {"staleness": 3}), ("async", {})])
+@pytest.mark.parametrize(
+    ("mode", "options", "versions"),
+    [
+        ("sync", {}, 10),
+        ("local", {"local_steps": 2}, 5),
+        ("ssp", {"staleness": 3}, 10),
+        ("async", {}, 10),
+    ],
+)
 async def test_stopping_mid_epoch_leaves_the_last_applied_step(
-    data: tuple[Dataset, Dataset], mode: str, options: dict[str, int]
+    data: tuple[Dataset, Dataset], mode: str, options: dict[str, int], versions: int
 ) -> None:
     train, _ = data
     async with _trainer("thread", mode, workers=2, **options) as trainer:
@@ -331,8 +340,10 @@ async def test_stopping_mid_epoch_leaves_the_last_applied_step(
             async for event in events:
                 if event.kind == "step" and event.step == 9:
                     break
+        # Closed at once: no shard task is left running behind the trainer.
+        assert asyncio.all_tasks() == {asyncio.current_task()}
         assert trainer.state.step == 10
-        assert trainer.state.version == 10
+        assert trainer.state.version == versions
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import numpy as np
 import numpy.typing as npt
@@ -77,7 +77,7 @@ class AsyncMode:
 
     async def run_epoch(
         self, ctx: StepContext, epoch: int, order: npt.NDArray[np.int64], start_batch: int
-    ) -> AsyncIterator[StepEvent]:
+    ) -> AsyncGenerator[StepEvent, None]:
         """Run the epoch's remaining batches, applying each gradient as it arrives."""
         pending = iter(batches_of(order, ctx.batch_size, start_batch))
         pool = SlotPool(ctx.params.slots, current=ctx.updater.state.version % ctx.params.slots)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -79,7 +79,7 @@ class Mode(Protocol):
 
     def run_epoch(
         self, ctx: StepContext, epoch: int, order: npt.NDArray[np.int64], start_batch: int
-    ) -> AsyncIterator[StepEvent]:
+    ) -> AsyncGenerator[StepEvent, None]:
         """Run batches ``start_batch..`` of the epoch whose sample order is ``order``."""
         ...
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -84,7 +84,7 @@ class LocalMode:
 
     async def run_epoch(
         self, ctx: StepContext, epoch: int, order: npt.NDArray[np.int64], start_batch: int
-    ) -> AsyncIterator[StepEvent]:
+    ) -> AsyncGenerator[StepEvent, None]:
         """Run the epoch's remaining batches in rounds of ``local_steps``."""
         fit = await self._fit(ctx)
         batches = batches_of(order, ctx.batch_size, start_batch)

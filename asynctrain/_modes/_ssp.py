@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import numpy as np
 import numpy.typing as npt
@@ -55,7 +55,7 @@ class SSPMode:
 
     async def run_epoch(
         self, ctx: StepContext, epoch: int, order: npt.NDArray[np.int64], start_batch: int
-    ) -> AsyncIterator[StepEvent]:
+    ) -> AsyncGenerator[StepEvent, None]:
         """Run the epoch's remaining batches with ``staleness + 1`` steps in flight."""
         batches = batches_of(order, ctx.batch_size, start_batch)
         window, first = self.staleness + 1, ctx.updater.state.step

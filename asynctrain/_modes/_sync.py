@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +39,7 @@ class SyncMode:
 
     async def run_epoch(
         self, ctx: StepContext, epoch: int, order: npt.NDArray[np.int64], start_batch: int
-    ) -> AsyncIterator[StepEvent]:
+    ) -> AsyncGenerator[StepEvent, None]:
         """Run the epoch's remaining batches one lock-step at a time."""
         for indices in batches_of(order, ctx.batch_size, start_batch):
             stats = await self.step(ctx, indices)
