@@ -53,10 +53,6 @@ def make_mode(config: TrainConfig) -> Mode:
         >>> make_mode(TrainConfig(mode="ssp", staleness=1))
         SSPMode(staleness=1)
     """
-    options = {
-        name: getattr(config, name)
-        for name in MODE_OPTIONS[config.mode]
-        if getattr(config, name) is not None
-    }
+    options = {name: getattr(config, name) for name in MODE_OPTIONS[config.mode]}
     mode: Mode = MODES[config.mode](**options)
     return mode

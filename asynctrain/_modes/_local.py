@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._checks import check_int
+from asynctrain._config import DEFAULT_LOCAL_STEPS
 from asynctrain._events import StepEvent
 from asynctrain._exceptions import NonFiniteError
 from asynctrain._modes._base import StepContext, batches_of, split_indices
@@ -22,8 +23,6 @@ from asynctrain._update import StepStats, TrainState, _first_bad_shard, _first_n
 from asynctrain.backends import SharedArrays
 from asynctrain.backends._base import readonly
 from asynctrain.optim import apply_updates
-
-DEFAULT_LOCAL_STEPS = 4
 
 
 class LocalOptState(NamedTuple):
@@ -90,9 +89,9 @@ class LocalMode:
         batches = batches_of(order, ctx.batch_size, start_batch)
         for first in range(0, len(batches), self.local_steps):
             step = ctx.updater.state.step
-            rounds = batches[first : first + self.local_steps]
-            results = await self._round(ctx, fit, rounds)
-            all_stats = await ctx.updater.commit(_commit_round, results, ctx, fit, len(rounds))
+            in_round = batches[first : first + self.local_steps]
+            results = await self._round(ctx, fit, in_round)
+            all_stats = await ctx.updater.commit(_commit_round, results, ctx, fit, len(in_round))
             for j, stats in enumerate(all_stats):
                 yield ctx.event(epoch, stats, step=step + j)
 

@@ -9,13 +9,12 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._checks import check_int
+from asynctrain._config import DEFAULT_STALENESS
 from asynctrain._events import StepEvent
 from asynctrain._modes._base import StepContext, batches_of, run_shard, shard_tasks
 from asynctrain._reduce import collect_in_order
 from asynctrain._tasks import unwrap_group
 from asynctrain._work import ShardResult
-
-DEFAULT_STALENESS = 2
 
 
 class SSPMode:
