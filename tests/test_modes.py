@@ -318,6 +318,23 @@ async def test_local_mode_applies_the_nonfinite_policy_per_round(
     assert _bits(trainer.params) == _bits(before)
 
 
+@pytest.mark.parametrize(("mode", "options"), [("ssp", {"staleness": 2}), ("async", {})])
+async def test_pipelined_modes_stop_cleanly_on_a_nonfinite_gradient(
+    data: tuple[Dataset, Dataset], mode: str, options: dict[str, int]
+) -> None:
+    train, _ = data
+    trainer = at.Trainer(
+        _NaNGradients(128, 10), backend="thread", workers=2, batch_size=128, mode=mode, **options
+    )
+    async with trainer:
+        before = trainer.params
+        with pytest.raises(at.NonFiniteError, match="step 0: non-finite"):
+            await trainer.fit(train)
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        assert trainer.state.step == 0
+    assert _bits(trainer.params) == _bits(before)
+
+
 # -- closing early, and misuse -----------------------------------------------------------
 
 
