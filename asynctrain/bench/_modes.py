@@ -41,7 +41,7 @@ MODES: dict[str, dict[str, int]] = {
     "async": {},
 }
 SYNC_EPOCHS = 3
-TOLERANCE = 0.005  # the target: sync's accuracy after SYNC_EPOCHS, minus this
+TOLERANCE = 0.01  # the target: sync's accuracy after SYNC_EPOCHS, minus this
 STRAGGLER_DELAY = 0.005  # seconds per task of the straggling shard
 SIZES = {
     "quick": {"logreg": 200_000, "softmax": 100_000},
