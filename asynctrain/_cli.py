@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from asynctrain import models, optim
+from asynctrain._config import MODE_OPTIONS
 from asynctrain._exceptions import AsyncTrainError
 from asynctrain._progress import Progress
 from asynctrain._runtime import run
@@ -49,6 +50,15 @@ def _add_training_options(parser: argparse.ArgumentParser, *, epochs: int, lr: f
     parser.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS))
     parser.add_argument("--lr", type=float, default=lr, help="learning rate")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--mode", default="sync", choices=list(MODE_OPTIONS), help="see docs/modes.md"
+    )
+    parser.add_argument(
+        "--local-steps", type=int, default=None, help="steps per shard between averagings (local)"
+    )
+    parser.add_argument(
+        "--staleness", type=int, default=None, help="versions a step may lag behind (ssp)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -98,6 +108,9 @@ def _fit_and_report(args: argparse.Namespace, model: Any, data: Dataset) -> int:
         shards=args.shards,
         batch_size=args.batch_size,
         seed=args.seed,
+        mode=args.mode,
+        local_steps=args.local_steps,
+        staleness=args.staleness,
     )
     progress = Progress(enabled=not (args.no_progress or args.json))
     result = run(progress.follow(trainer, train, validation, args.epochs))
@@ -111,6 +124,9 @@ def _fit_and_report(args: argparse.Namespace, model: Any, data: Dataset) -> int:
         "samples_per_s": round(result.samples_per_s, 1),
         "backend": args.backend,
         "workers": trainer.workers,
+        "mode": args.mode,
+        "staleness_mean": round(result.staleness_mean, 3),
+        "staleness_max": result.staleness_max,
     }
     if getattr(args, "out", None):
         np.savez(args.out, allow_pickle=False, **result.params)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -111,12 +111,12 @@ class Callback:
         ...         print(event.epoch, round(event.loss, 3))
     """
 
-    def on_step(self, event: StepEvent) -> bool | None:
-        """Called after every step."""
+    def on_step(self, event: StepEvent) -> bool | Awaitable[bool | None] | None:
+        """Called after every step (may be a coroutine: the trainer awaits it)."""
         return None
 
-    def on_epoch(self, event: EpochEvent) -> bool | None:
-        """Called after every epoch (after validation)."""
+    def on_epoch(self, event: EpochEvent) -> bool | Awaitable[bool | None] | None:
+        """Called after every epoch, after validation (may be a coroutine)."""
         return None
 
 

@@ -26,7 +26,7 @@ async def fit(
     """Train ``model`` on ``data`` with a fresh :class:`~asynctrain.Trainer` and close it.
 
     ``options`` are the Trainer's other keyword arguments (``workers``, ``shards``,
-    ``batch_size``, ``seed``, ``nonfinite``, ``mode``).
+    ``batch_size``, ``seed``, ``nonfinite``, ``mode``, ``local_steps``, ``staleness``).
 
     Example:
         >>> import asynctrain as at

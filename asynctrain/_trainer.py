@@ -14,12 +14,19 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
-from asynctrain._checks import check_choice, check_int
+from asynctrain._checks import check_int
 from asynctrain._config import TrainConfig, default_shards
 from asynctrain._evaluate import evaluate
-from asynctrain._events import Callback, EpochEvent, Event, FitResult, StepEvent
+from asynctrain._events import (
+    Callback,
+    EpochEvent,
+    Event,
+    FitResult,
+    StepEvent,
+    summarize_staleness,
+)
 from asynctrain._exceptions import ConfigTypeError, StateError
-from asynctrain._modes import MODES, StepContext
+from asynctrain._modes import StepContext, make_mode
 from asynctrain._reduce import zeros_like
 from asynctrain._stream import DEFAULT_BUFFER, Source, StreamLimits, check_source, stream_events
 from asynctrain._types import Params
@@ -53,7 +60,10 @@ class Trainer:
         batch_size: samples per step.
         seed: seeds initialisation and shuffling.
         nonfinite: ``"raise"`` or ``"skip"`` (see :class:`~asynctrain.TrainConfig`).
-        mode: the training mode; ``"sync"``.
+        mode: ``"sync"`` (default), ``"local"``, ``"ssp"`` or ``"async"``; see
+            docs/modes.md for what each waits for and what each guarantees.
+        local_steps: optimizer steps per shard between averagings (``mode="local"``).
+        staleness: parameter versions a step may lag behind (``mode="ssp"``).
 
     Raises:
         ConfigError, ConfigTypeError: a bad setting, before any work starts.
@@ -81,6 +91,8 @@ class Trainer:
         seed: int = 0,
         nonfinite: str = "raise",
         mode: str = "sync",
+        local_steps: int | None = None,
+        staleness: int | None = None,
     ) -> None:
         if not isinstance(model, Model):
             raise ConfigTypeError(
@@ -94,10 +106,13 @@ class Trainer:
             shards=4 if shards is None else shards,
             seed=seed,
             nonfinite=nonfinite,
+            mode=mode,
+            local_steps=local_steps,
+            staleness=staleness,
         )
         self.model = model
         self.optimizer = adam(1e-3) if optimizer is None else optimizer
-        self.mode = MODES[check_choice("mode", mode, tuple(MODES))]()
+        self.mode = make_mode(self.config)
         self._backend_spec: str | Backend = backend
         self._workers = None if workers is None else check_int("workers", workers)
         self._backend, self._owns_backend = get_backend(backend, workers=self._workers)
@@ -199,6 +214,7 @@ class Trainer:
         """Run ``events`` to the end (or until a callback stops it) into a FitResult."""
         started, first = time.perf_counter(), self.state
         history: list[EpochEvent] = []
+        staleness: list[int] = []
         samples, stopped = 0, False
         async with contextlib.aclosing(events):
             async for event in events:
@@ -206,11 +222,13 @@ class Trainer:
                     history.append(event)
                 else:
                     samples += event.samples
+                    staleness.append(event.staleness)
                 if await _notify(callbacks, event):
                     stopped = True
                     break
         seconds = time.perf_counter() - started
         state = self.state
+        staleness_mean, staleness_max = summarize_staleness(staleness)
         return FitResult(
             params=state.params,
             history=history,
@@ -219,6 +237,8 @@ class Trainer:
             samples_per_s=samples / seconds if seconds else 0.0,
             stopped_early=stopped,
             skipped_steps=state.skipped - first.skipped,
+            staleness_mean=staleness_mean,
+            staleness_max=staleness_max,
         )
 
     async def steps(
@@ -274,9 +294,13 @@ class Trainer:
                 began, seen = time.perf_counter(), ctx.samples
                 order = epoch_order(len(train), seed=self.config.seed, epoch=epoch)
                 losses = []
-                async for event in self.mode.run_epoch(ctx, epoch, order, updater.state.batch):
-                    losses.append(event.loss * event.samples)
-                    yield event
+                # Closed at once, not when garbage-collected: a pipelined mode's in-flight
+                # shard tasks stop before the fit's resources are released.
+                epoch_steps = self.mode.run_epoch(ctx, epoch, order, updater.state.batch)
+                async with contextlib.aclosing(epoch_steps):
+                    async for event in epoch_steps:
+                        losses.append(event.loss * event.samples)
+                        yield event
                 updater.state = updater.state._replace(epoch=epoch + 1, batch=0)
                 yield await self._epoch_event(ctx, epoch, val, val_data, losses, began, seen)
 
@@ -287,6 +311,7 @@ class Trainer:
         """Share the fit's data, parameters and gradient buffers once; release them after."""
         assert self._updater is not None
         backend, params = self._backend, self._updater.state.params
+        shards = self.config.shards
         async with contextlib.AsyncExitStack() as stack:
 
             async def share(arrays: Any, slots: int = 1) -> Any:
@@ -299,8 +324,8 @@ class Trainer:
                 backend=backend,
                 updater=self._updater,
                 data=await share({"X": train.X, "y": train.y}),
-                params=await share(params, 2),
-                grads=await share(zeros_like(params), self.config.shards),
+                params=await share(params, self.mode.param_slots(shards)),
+                grads=await share(zeros_like(params), self.mode.grad_slots(shards)),
                 batch_size=self.config.batch_size,
                 shards=self.config.shards,
             )

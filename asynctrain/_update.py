@@ -85,25 +85,42 @@ class Updater:
         grads: SharedArrays,
         publish: SharedArrays,
         *,
+        slot: int | None = None,
         advance_batch: bool = True,
     ) -> StepStats:
         """Apply one step from ``results`` (in shard order); publish the new version.
 
-        ``advance_batch=False`` (a step on streamed data) leaves ``TrainState.batch``, the
-        position within the current epoch of an in-memory dataset, as it was.
+        The new version goes to slot ``slot`` of ``publish``, by default
+        ``version % publish.slots``. ``advance_batch=False`` (a step on streamed data)
+        leaves ``TrainState.batch``, the position within the current epoch of an
+        in-memory dataset, as it was.
         """
-        return await self.call(self._apply, results, grads, publish, int(advance_batch))
+        return await self.call(self._apply, results, grads, publish, slot, int(advance_batch))
+
+    async def commit(self, fn: Callable[..., tuple[TrainState, T]], /, *args: Any) -> T:
+        """Run ``fn(state, *args) -> (new_state, result)`` where updates run; commit
+        ``new_state`` whole and return ``result``.
+
+        For modes whose update is not one optimizer step on a summed gradient (local
+        mode averages parameter deltas). If ``fn`` raises, nothing is committed.
+        """
+        return await self.call(self._commit, fn, *args)
 
     def close(self) -> None:
         """Stop the update thread (waits for an update in progress)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
+    def _commit(self, fn: Callable[..., tuple[TrainState, T]], *args: Any) -> T:
+        self.state, result = fn(self.state, *args)
+        return result
+
     def _apply(
         self,
         results: Sequence[ShardResult],
         grads: SharedArrays,
         publish: SharedArrays,
+        slot: int | None,
         advance: int,
     ) -> StepStats:
         state, acc = self.state, self._scratch
@@ -119,7 +136,7 @@ class Updater:
             return self._refuse(results, grads, loss_sum / max(n, 1), n, problem, advance)
         version = state.version + 1
         params = readonly(params)
-        publish.write(version % publish.slots, params)
+        publish.write(version % publish.slots if slot is None else slot, params)
         self.state = state._replace(
             step=state.step + 1,
             version=version,

@@ -4,5 +4,6 @@ Each suite is an async ``run(quick) -> list[Figure]``; see :mod:`asynctrain.benc
 """
 
 from asynctrain.bench._figure import Figure, Spread, ratio_figure, time_async
+from asynctrain.bench._straggler import StragglerBackend
 
-__all__ = ["Figure", "Spread", "ratio_figure", "time_async"]
+__all__ = ["Figure", "Spread", "StragglerBackend", "ratio_figure", "time_async"]

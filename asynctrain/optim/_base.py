@@ -2,15 +2,17 @@
 
 An optimizer is a pair of functions ``(init, update)`` whose state is a NamedTuple of
 plain data (ints, floats, arrays, dicts of arrays, tuples of states), so a checkpoint can
-store it as arrays plus JSON. Hyper-parameters live in the closures, never in the state.
+store it as arrays plus JSON. Hyper-parameters live in the functions, never in the state:
+each ``init``/``update`` is a :func:`functools.partial` of a module-level function, so an
+optimizer pickles (the process backend sends it to its workers in local mode).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, Protocol, TypeAlias, TypeVar, cast
+from typing import Any, NamedTuple, Protocol, TypeAlias, TypeVar
 
 import numpy as np
 
@@ -82,19 +84,18 @@ class EmptyState(NamedTuple):
     """The state of a transformation that keeps none (e.g. :func:`scale`)."""
 
 
-# Human-readable labels ("adam(0.001, b1=0.9, ...)") for reprs, keyed weakly by
-# the update function or schedule, so that no label lives in any optimizer state.
-_LABELS: weakref.WeakKeyDictionary[Callable[..., Any], str] = weakref.WeakKeyDictionary()
+# Human-readable labels ("adam(0.001, b1=0.9, ...)") for reprs, kept as an attribute of
+# the update function or schedule (a functools.partial): never in any optimizer state, and
+# pickled along with the function.
+_LABEL = "_asynctrain_label"
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _label_of(fn: object) -> str | None:
     """Return the label attached to ``fn``, or None."""
-    try:
-        return _LABELS.get(cast("Callable[..., Any]", fn))
-    except TypeError:  # not weakly referenceable (a builtin, a slotted object, a number)
-        return None
+    label = getattr(fn, _LABEL, None)
+    return label if isinstance(label, str) else None
 
 
 def _describe(value: object) -> str:
@@ -112,13 +113,13 @@ def _call_label(name: str, *args: object, **kwargs: object) -> str:
 
 def _labelled(label: str, transform: GradientTransformation) -> GradientTransformation:
     """Attach ``label`` to ``transform`` for its repr and return ``transform``."""
-    _LABELS[transform.update] = label
+    setattr(transform.update, _LABEL, label)
     return transform
 
 
 def _labelled_fn(label: str, fn: _F) -> _F:
     """Attach ``label`` to a schedule (or any function) for reprs and return it."""
-    _LABELS[fn] = label
+    setattr(fn, _LABEL, label)
     return fn
 
 
@@ -145,21 +146,26 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
                 f"chain part {i} must be a GradientTransformation, got {part!r}; "
                 "build one with e.g. scale(...) or sgd(...)"
             )
-    parts = transforms
+    init = functools.partial(_chain_init, transforms)
+    update = functools.partial(_chain_update, transforms)
+    return _labelled(_call_label("chain", *transforms), GradientTransformation(init, update))
 
-    def init(params: Params) -> tuple[OptState, ...]:
-        return tuple(t.init(params) for t in parts)
 
-    def update(
-        grads: Grads, state: tuple[OptState, ...], params: Params | None = None
-    ) -> tuple[Grads, tuple[OptState, ...]]:
-        new_states = []
-        for part, part_state in zip(parts, state, strict=True):
-            grads, new_state = part.update(grads, part_state, params)
-            new_states.append(new_state)
-        return grads, tuple(new_states)
+def _chain_init(parts: tuple[GradientTransformation, ...], params: Params) -> tuple[OptState, ...]:
+    return tuple(t.init(params) for t in parts)
 
-    return _labelled(_call_label("chain", *parts), GradientTransformation(init, update))
+
+def _chain_update(
+    parts: tuple[GradientTransformation, ...],
+    grads: Grads,
+    state: tuple[OptState, ...],
+    params: Params | None = None,
+) -> tuple[Grads, tuple[OptState, ...]]:
+    new_states = []
+    for part, part_state in zip(parts, state, strict=True):
+        grads, new_state = part.update(grads, part_state, params)
+        new_states.append(new_state)
+    return grads, tuple(new_states)
 
 
 def apply_updates(params: Params, updates: Grads) -> Params:

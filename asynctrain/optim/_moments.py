@@ -8,6 +8,7 @@ after its square has been accumulated and numpy has no fused multiply-add.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -67,37 +68,44 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
     b1 = check_fraction("b1", b1)
     b2 = check_fraction("b2", b2)
     eps = check_positive("eps", eps)
+    update = functools.partial(_adam_update, b1, b2, eps)
+    label = _call_label("scale_by_adam", b1=b1, b2=b2, eps=eps)
+    return _labelled(label, GradientTransformation(_adam_init, update))
+
+
+def _adam_init(params: Params) -> ScaleByAdamState:
+    return ScaleByAdamState(count=0, mu=full_like(params), nu=full_like(params))
+
+
+def _adam_update(
+    b1: float,
+    b2: float,
+    eps: float,
+    grads: Grads,
+    state: ScaleByAdamState,
+    params: Params | None = None,
+) -> tuple[Grads, ScaleByAdamState]:
+    check_same_keys("gradient", grads, state.mu)
+    count = state.count + 1
+    correction1, correction2 = 1.0 - b1**count, 1.0 - b2**count
     # g is scaled by (1 - b1) for the first moment; this turns its square into (1-b2)*g**2.
     square_factor = (1.0 - b2) / (1.0 - b1) ** 2
-
-    def init(params: Params) -> ScaleByAdamState:
-        return ScaleByAdamState(count=0, mu=full_like(params), nu=full_like(params))
-
-    def update(
-        grads: Grads, state: ScaleByAdamState, params: Params | None = None
-    ) -> tuple[Grads, ScaleByAdamState]:
-        check_same_keys("gradient", grads, state.mu)
-        count = state.count + 1
-        correction1, correction2 = 1.0 - b1**count, 1.0 - b2**count
-        for key, g in grads.items():
-            mu, nu = state.mu[key], state.nu[key]
-            np.multiply(mu, b1, out=mu)
-            np.multiply(g, 1.0 - b1, out=g)
-            np.add(mu, g, out=mu)
-            np.square(g, out=g)
-            np.multiply(g, square_factor, out=g)
-            np.multiply(nu, b2, out=nu)
-            np.add(nu, g, out=nu)
-            np.divide(nu, correction2, out=g)
-            np.sqrt(g, out=g)
-            np.add(g, eps, out=g)
-            np.divide(mu, g, out=g)
-            np.divide(g, correction1, out=g)
-        # Built directly: _replace leaves one tuple per step on CPython's free list.
-        return grads, ScaleByAdamState(count, state.mu, state.nu)
-
-    label = _call_label("scale_by_adam", b1=b1, b2=b2, eps=eps)
-    return _labelled(label, GradientTransformation(init, update))
+    for key, g in grads.items():
+        mu, nu = state.mu[key], state.nu[key]
+        np.multiply(mu, b1, out=mu)
+        np.multiply(g, 1.0 - b1, out=g)
+        np.add(mu, g, out=mu)
+        np.square(g, out=g)
+        np.multiply(g, square_factor, out=g)
+        np.multiply(nu, b2, out=nu)
+        np.add(nu, g, out=nu)
+        np.divide(nu, correction2, out=g)
+        np.sqrt(g, out=g)
+        np.add(g, eps, out=g)
+        np.divide(mu, g, out=g)
+        np.divide(g, correction1, out=g)
+    # Built directly: _replace leaves one tuple per step on CPython's free list.
+    return grads, ScaleByAdamState(count, state.mu, state.nu)
 
 
 def scale_by_rms(decay: float = 0.9, eps: float = 1e-8) -> GradientTransformation:
@@ -126,25 +134,27 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8) -> GradientTransformatio
     """
     decay = check_fraction("decay", decay)
     eps = check_positive("eps", eps)
-
-    def init(params: Params) -> ScaleByRmsState:
-        return ScaleByRmsState(nu=full_like(params))
-
-    def update(
-        grads: Grads, state: ScaleByRmsState, params: Params | None = None
-    ) -> tuple[Grads, ScaleByRmsState]:
-        check_same_keys("gradient", grads, state.nu)
-        for key, g in grads.items():
-            nu = state.nu[key]
-            scratch = np.square(g)
-            np.multiply(scratch, 1.0 - decay, out=scratch)
-            np.multiply(nu, decay, out=nu)
-            np.add(nu, scratch, out=nu)
-            _divide_by_root(g, nu, eps, scratch)
-        return grads, state
-
+    update = functools.partial(_rms_update, decay, eps)
     label = _call_label("scale_by_rms", decay=decay, eps=eps)
-    return _labelled(label, GradientTransformation(init, update))
+    return _labelled(label, GradientTransformation(_rms_init, update))
+
+
+def _rms_init(params: Params) -> ScaleByRmsState:
+    return ScaleByRmsState(nu=full_like(params))
+
+
+def _rms_update(
+    decay: float, eps: float, grads: Grads, state: ScaleByRmsState, params: Params | None = None
+) -> tuple[Grads, ScaleByRmsState]:
+    check_same_keys("gradient", grads, state.nu)
+    for key, g in grads.items():
+        nu = state.nu[key]
+        scratch = np.square(g)
+        np.multiply(scratch, 1.0 - decay, out=scratch)
+        np.multiply(nu, decay, out=nu)
+        np.add(nu, scratch, out=nu)
+        _divide_by_root(g, nu, eps, scratch)
+    return grads, state
 
 
 def scale_by_adagrad(
@@ -175,23 +185,26 @@ def scale_by_adagrad(
     """
     initial = check_float("initial_accumulator_value", initial_accumulator_value)
     eps = check_positive("eps", eps)
-
-    def init(params: Params) -> ScaleByAdagradState:
-        return ScaleByAdagradState(sum_of_squares=full_like(params, initial))
-
-    def update(
-        grads: Grads, state: ScaleByAdagradState, params: Params | None = None
-    ) -> tuple[Grads, ScaleByAdagradState]:
-        check_same_keys("gradient", grads, state.sum_of_squares)
-        for key, g in grads.items():
-            total = state.sum_of_squares[key]
-            scratch = np.square(g)
-            np.add(total, scratch, out=total)
-            _divide_by_root(g, total, eps, scratch)
-        return grads, state
-
+    init = functools.partial(_adagrad_init, initial)
+    update = functools.partial(_adagrad_update, eps)
     label = _call_label("scale_by_adagrad", initial_accumulator_value=initial, eps=eps)
     return _labelled(label, GradientTransformation(init, update))
+
+
+def _adagrad_init(initial: float, params: Params) -> ScaleByAdagradState:
+    return ScaleByAdagradState(sum_of_squares=full_like(params, initial))
+
+
+def _adagrad_update(
+    eps: float, grads: Grads, state: ScaleByAdagradState, params: Params | None = None
+) -> tuple[Grads, ScaleByAdagradState]:
+    check_same_keys("gradient", grads, state.sum_of_squares)
+    for key, g in grads.items():
+        total = state.sum_of_squares[key]
+        scratch = np.square(g)
+        np.add(total, scratch, out=total)
+        _divide_by_root(g, total, eps, scratch)
+    return grads, state
 
 
 def _divide_by_root(g: Array, v: Array, eps: float, scratch: Array) -> None:

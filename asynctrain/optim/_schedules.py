@@ -1,11 +1,13 @@
 """Learning-rate schedules: pure functions from the step count (0, 1, ...) to a value.
 
 Any of them can be passed wherever a learning rate goes; the optimizer keeps the step
-count in its state and evaluates the schedule once per step.
+count in its state and evaluates the schedule once per step. Each is a
+:func:`functools.partial` of a module-level function, so it pickles.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 from asynctrain._checks import check_float, check_int
@@ -31,11 +33,12 @@ def constant_schedule(value: float) -> Schedule:
         0.1
     """
     value = check_float("value", value)
-
-    def schedule(step: int) -> float:
-        return value
-
+    schedule = functools.partial(_constant, value)
     return _labelled_fn(_call_label("constant_schedule", value), schedule)
+
+
+def _constant(value: float, step: int) -> float:
+    return value
 
 
 def step_decay(init_value: float, *, every: int, factor: float) -> Schedule:
@@ -63,12 +66,13 @@ def step_decay(init_value: float, *, every: int, factor: float) -> Schedule:
     init_value = check_float("init_value", init_value)
     every = check_int("every", every)
     factor = check_float("factor", factor, inclusive=False, maximum=1.0)
-
-    def schedule(step: int) -> float:
-        return init_value * factor ** (max(step, 0) // every)
-
+    schedule = functools.partial(_step_decay, init_value, every, factor)
     label = _call_label("step_decay", init_value, every=every, factor=factor)
     return _labelled_fn(label, schedule)
+
+
+def _step_decay(init_value: float, every: int, factor: float, step: int) -> float:
+    return init_value * factor ** (max(step, 0) // every)
 
 
 def cosine_decay(init_value: float, *, decay_steps: int, alpha: float = 0.0) -> Schedule:
@@ -98,12 +102,13 @@ def cosine_decay(init_value: float, *, decay_steps: int, alpha: float = 0.0) -> 
     init_value = check_float("init_value", init_value)
     decay_steps = check_int("decay_steps", decay_steps)
     alpha = check_float("alpha", alpha, maximum=1.0)
-
-    def schedule(step: int) -> float:
-        return init_value * ((1.0 - alpha) * _half_cosine(step, decay_steps) + alpha)
-
+    schedule = functools.partial(_cosine_decay, init_value, decay_steps, alpha)
     label = _call_label("cosine_decay", init_value, decay_steps=decay_steps, alpha=alpha)
     return _labelled_fn(label, schedule)
+
+
+def _cosine_decay(init_value: float, decay_steps: int, alpha: float, step: int) -> float:
+    return init_value * ((1.0 - alpha) * _half_cosine(step, decay_steps) + alpha)
 
 
 def linear_warmup(
@@ -145,16 +150,19 @@ def linear_warmup(
     init_value = check_float("init_value", init_value)
     if then is not None and not callable(then):
         raise ConfigTypeError(f"then must be a schedule (step -> value) or None, got {then!r}")
-
-    def schedule(step: int) -> float:
-        if step >= warmup_steps:
-            return peak_value if then is None else then(step - warmup_steps)
-        return init_value + (peak_value - init_value) * max(step, 0) / warmup_steps
-
+    schedule = functools.partial(_linear_warmup, peak_value, warmup_steps, init_value, then)
     label = _call_label(
         "linear_warmup", peak_value, warmup_steps=warmup_steps, init_value=init_value, then=then
     )
     return _labelled_fn(label, schedule)
+
+
+def _linear_warmup(
+    peak_value: float, warmup_steps: int, init_value: float, then: Schedule | None, step: int
+) -> float:
+    if step >= warmup_steps:
+        return peak_value if then is None else then(step - warmup_steps)
+    return init_value + (peak_value - init_value) * max(step, 0) / warmup_steps
 
 
 def warmup_cosine_decay(
@@ -194,10 +202,7 @@ def warmup_cosine_decay(
     warmup_steps = check_int("warmup_steps", warmup_steps)
     cosine_steps = check_int("decay_steps", decay_steps, minimum=warmup_steps + 1) - warmup_steps
     end_value = check_float("end_value", end_value)
-
-    def cosine(step: int) -> float:
-        return end_value + (peak_value - end_value) * _half_cosine(step, cosine_steps)
-
+    cosine = functools.partial(_cosine_to, peak_value, end_value, cosine_steps)
     schedule = linear_warmup(
         peak_value, warmup_steps=warmup_steps, init_value=init_value, then=cosine
     )
@@ -210,6 +215,10 @@ def warmup_cosine_decay(
         end_value=end_value,
     )
     return _labelled_fn(label, schedule)
+
+
+def _cosine_to(peak_value: float, end_value: float, steps: int, step: int) -> float:
+    return end_value + (peak_value - end_value) * _half_cosine(step, steps)
 
 
 def _half_cosine(step: int, steps: int) -> float:

@@ -7,6 +7,7 @@ Every ``update`` here follows the in-place contract of
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -18,6 +19,7 @@ from asynctrain.optim._base import (
     EmptyState,
     GradientTransformation,
     LearningRate,
+    Schedule,
     _call_label,
     _labelled,
     check_same_keys,
@@ -74,15 +76,16 @@ def scale(factor: float) -> GradientTransformation:
         [-2.0]
     """
     factor = check_float("factor", factor, minimum=-np.inf)
-
-    def update(
-        grads: Grads, state: EmptyState, params: Params | None = None
-    ) -> tuple[Grads, EmptyState]:
-        for g in grads.values():
-            np.multiply(g, factor, out=g)
-        return grads, state
-
+    update = functools.partial(_scale_update, factor)
     return _labelled(_call_label("scale", factor), GradientTransformation(_empty_init, update))
+
+
+def _scale_update(
+    factor: float, grads: Grads, state: EmptyState, params: Params | None = None
+) -> tuple[Grads, EmptyState]:
+    for g in grads.values():
+        np.multiply(g, factor, out=g)
+    return grads, state
 
 
 def scale_by_learning_rate(learning_rate: LearningRate) -> GradientTransformation:
@@ -110,20 +113,21 @@ def scale_by_learning_rate(learning_rate: LearningRate) -> GradientTransformatio
     label = _call_label("scale_by_learning_rate", lr)
     if not callable(lr):
         return _labelled(label, scale(-lr))
-    schedule = lr
+    update = functools.partial(_scheduled_update, lr)
+    return _labelled(label, GradientTransformation(_schedule_init, update))
 
-    def init(params: Params) -> ScaleByScheduleState:
-        return ScaleByScheduleState(count=0)
 
-    def update(
-        grads: Grads, state: ScaleByScheduleState, params: Params | None = None
-    ) -> tuple[Grads, ScaleByScheduleState]:
-        factor = -scheduled_value(schedule, state.count)
-        for g in grads.values():
-            np.multiply(g, factor, out=g)
-        return grads, ScaleByScheduleState(state.count + 1)
+def _schedule_init(params: Params) -> ScaleByScheduleState:
+    return ScaleByScheduleState(count=0)
 
-    return _labelled(label, GradientTransformation(init, update))
+
+def _scheduled_update(
+    schedule: Schedule, grads: Grads, state: ScaleByScheduleState, params: Params | None = None
+) -> tuple[Grads, ScaleByScheduleState]:
+    factor = -scheduled_value(schedule, state.count)
+    for g in grads.values():
+        np.multiply(g, factor, out=g)
+    return grads, ScaleByScheduleState(state.count + 1)
 
 
 def trace(decay: float, *, nesterov: bool = False) -> GradientTransformation:
@@ -152,26 +156,28 @@ def trace(decay: float, *, nesterov: bool = False) -> GradientTransformation:
     """
     decay = check_fraction("decay", decay)
     nesterov = check_bool("nesterov", nesterov)
-
-    def init(params: Params) -> TraceState:
-        return TraceState(trace=full_like(params))
-
-    def update(
-        grads: Grads, state: TraceState, params: Params | None = None
-    ) -> tuple[Grads, TraceState]:
-        check_same_keys("gradient", grads, state.trace)
-        for key, g in grads.items():
-            t = state.trace[key]
-            np.multiply(t, decay, out=t)
-            np.add(t, g, out=t)
-            if nesterov:
-                g += decay * t
-            else:
-                np.copyto(g, t)
-        return grads, state
-
+    update = functools.partial(_trace_update, decay, nesterov)
     label = _call_label("trace", decay, nesterov=nesterov)
-    return _labelled(label, GradientTransformation(init, update))
+    return _labelled(label, GradientTransformation(_trace_init, update))
+
+
+def _trace_init(params: Params) -> TraceState:
+    return TraceState(trace=full_like(params))
+
+
+def _trace_update(
+    decay: float, nesterov: bool, grads: Grads, state: TraceState, params: Params | None = None
+) -> tuple[Grads, TraceState]:
+    check_same_keys("gradient", grads, state.trace)
+    for key, g in grads.items():
+        t = state.trace[key]
+        np.multiply(t, decay, out=t)
+        np.add(t, g, out=t)
+        if nesterov:
+            g += decay * t
+        else:
+            np.copyto(g, t)
+    return grads, state
 
 
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:
@@ -200,22 +206,23 @@ def add_decayed_weights(weight_decay: float) -> GradientTransformation:
         {'w': array([2.])}
     """
     weight_decay = check_float("weight_decay", weight_decay)
-
-    def update(
-        grads: Grads, state: EmptyState, params: Params | None = None
-    ) -> tuple[Grads, EmptyState]:
-        if params is None:
-            raise ConfigError(
-                "add_decayed_weights needs the parameters: call update(grads, state, params)"
-            )
-        check_same_keys("gradient", grads, params)
-        if weight_decay:
-            for key, g in grads.items():
-                g += weight_decay * params[key]
-        return grads, state
-
+    update = functools.partial(_decay_update, weight_decay)
     label = _call_label("add_decayed_weights", weight_decay)
     return _labelled(label, GradientTransformation(_empty_init, update))
+
+
+def _decay_update(
+    weight_decay: float, grads: Grads, state: EmptyState, params: Params | None = None
+) -> tuple[Grads, EmptyState]:
+    if params is None:
+        raise ConfigError(
+            "add_decayed_weights needs the parameters: call update(grads, state, params)"
+        )
+    check_same_keys("gradient", grads, params)
+    if weight_decay:
+        for key, g in grads.items():
+            g += weight_decay * params[key]
+    return grads, state
 
 
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
@@ -240,16 +247,17 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         [0.6000000000000001, 0.8]
     """
     max_norm = check_positive("max_norm", max_norm)
-
-    def update(
-        grads: Grads, state: EmptyState, params: Params | None = None
-    ) -> tuple[Grads, EmptyState]:
-        norm = global_norm(grads)
-        if norm > max_norm:
-            factor = max_norm / norm
-            for g in grads.values():
-                np.multiply(g, factor, out=g)
-        return grads, state
-
+    update = functools.partial(_clip_update, max_norm)
     label = _call_label("clip_by_global_norm", max_norm)
     return _labelled(label, GradientTransformation(_empty_init, update))
+
+
+def _clip_update(
+    max_norm: float, grads: Grads, state: EmptyState, params: Params | None = None
+) -> tuple[Grads, EmptyState]:
+    norm = global_norm(grads)
+    if norm > max_norm:
+        factor = max_norm / norm
+        for g in grads.values():
+            np.multiply(g, factor, out=g)
+    return grads, state
