@@ -36,6 +36,7 @@ from asynctrain._exceptions import (
     StateError,
 )
 from asynctrain._fit import fit
+from asynctrain._monitor import LagStats, LoopLagMonitor
 from asynctrain._runtime import run
 from asynctrain._trainer import Trainer
 from asynctrain._update import TrainState
@@ -56,6 +57,8 @@ __all__ = [
     "EpochEvent",
     "Event",
     "FitResult",
+    "LagStats",
+    "LoopLagMonitor",
     "NonFiniteError",
     "ShardFailedError",
     "ShardResult",

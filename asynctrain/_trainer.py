@@ -20,6 +20,7 @@ from asynctrain._evaluate import evaluate
 from asynctrain._events import Callback, EpochEvent, Event, FitResult, StepEvent
 from asynctrain._exceptions import ConfigTypeError, StateError
 from asynctrain._modes import MODES, StepContext
+from asynctrain._monitor import LoopLagMonitor
 from asynctrain._reduce import zeros_like
 from asynctrain._types import Params
 from asynctrain._update import TrainState, Updater
@@ -173,6 +174,7 @@ class Trainer:
         epochs: int = 1,
         validation: DataLike | None = None,
         callbacks: Sequence[Callback] = (),
+        monitor_lag: bool = False,
     ) -> FitResult:
         """Train for ``epochs`` epochs and return a :class:`FitResult`.
 
@@ -181,6 +183,10 @@ class Trainer:
             epochs: epochs to train (an interrupted epoch counts as the first).
             validation: data to evaluate after every epoch (loss and accuracy).
             callbacks: :class:`Callback` objects; one returning True stops the fit.
+            monitor_lag: measure the event loop's lag during the fit with a
+                :class:`~asynctrain.LoopLagMonitor`; its p50/p99/max (ms) go into
+                ``FitResult.extra`` as ``loop_lag_p50_ms``, ``loop_lag_p99_ms`` and
+                ``loop_lag_max_ms``.
 
         Raises:
             DataError, ConfigError: bad data or settings, before any work starts.
@@ -191,7 +197,8 @@ class Trainer:
         history: list[EpochEvent] = []
         samples, stopped = 0, False
         events = self.steps(data, epochs=epochs, validation=validation)
-        async with contextlib.aclosing(events):
+        lag = LoopLagMonitor() if monitor_lag else None
+        async with contextlib.aclosing(events), lag or contextlib.nullcontext():
             async for event in events:
                 if isinstance(event, EpochEvent):
                     history.append(event)
@@ -210,6 +217,7 @@ class Trainer:
             samples_per_s=samples / seconds if seconds else 0.0,
             stopped_early=stopped,
             skipped_steps=state.skipped - first.skipped,
+            extra={} if lag is None else lag.stats().as_dict("loop_lag_"),
         )
 
     async def steps(

@@ -19,6 +19,8 @@ PUBLIC = [
     "EpochEvent",
     "Event",
     "FitResult",
+    "LagStats",
+    "LoopLagMonitor",
     "NonFiniteError",
     "ShardFailedError",
     "ShardResult",
