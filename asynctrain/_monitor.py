@@ -55,7 +55,8 @@ class LoopLagMonitor:
 
     Args:
         interval: seconds between heartbeats (default 1 ms).
-        window: the newest lag samples kept for the statistics (memory stays bounded).
+        window: the newest lag samples kept for the statistics (memory stays bounded);
+            the default, 1000, is the last second at 1 ms and sorts in ~30 µs.
 
     Raises:
         ConfigError: ``interval`` not in (0, 1] or ``window < 1``.
@@ -70,7 +71,7 @@ class LoopLagMonitor:
         True
     """
 
-    def __init__(self, *, interval: float = 0.001, window: int = 4096) -> None:
+    def __init__(self, *, interval: float = 0.001, window: int = 1000) -> None:
         self.interval = check_float("interval", interval, inclusive=False, maximum=1.0)
         self.window = check_int("window", window)
         self._lags: deque[float] = deque(maxlen=self.window)
