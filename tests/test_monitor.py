@@ -1,10 +1,14 @@
-"""LoopLagMonitor: lag samples against a deliberately blocked loop, percentiles against numpy."""
+"""Loop latency: the lag monitor (against a deliberately blocked loop and numpy's percentiles),
+its reports, and thread workers running below the loop's priority."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import math
+import os
+import sys
+import threading
 import time
 
 import numpy as np
@@ -13,6 +17,7 @@ import pytest
 import asynctrain as at
 from asynctrain._cli import main
 from asynctrain._monitor import _nearest_rank
+from asynctrain.backends._thread import NICENESS
 
 
 async def test_a_free_loop_has_small_lag() -> None:
@@ -87,3 +92,13 @@ def test_demo_summary_reports_loop_lag(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["demo", "--n", "4000", "--epochs", "1", "--json", "--workers", "2"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["loop_lag_p99_ms"] <= summary["loop_lag_max_ms"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+async def test_thread_workers_run_below_the_loops_priority() -> None:
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    async with at.backends.ThreadBackend(workers=2) as backend:
+        worker = await backend.run(niceness)
+    assert worker == min(19, niceness() + NICENESS)
