@@ -238,10 +238,15 @@ class TrainingService:
 
 
 def _validated(model: Model, data: DataLike) -> Dataset:
-    """``data`` as a Dataset that fits ``model`` (scans the arrays: call off the loop)."""
+    """``data`` as a Dataset that fits ``model``, in its dtype (scans and copies: off the loop).
+
+    Converting here spares the trainer the copy it would otherwise make on the loop.
+    """
     if isinstance(data, tuple) and len(data) == 2:
-        data = Dataset(data[0], data[1])
+        data = Dataset(data[0], data[1], dtype=model.dtype)
     if not isinstance(data, Dataset):
         raise ConfigTypeError(f"data must be a Dataset or an (X, y) pair, got {type(data)!r}")
     check_data(model, data.X, data.y)
+    if data.dtype != model.dtype:
+        data = Dataset(data.X, data.y, dtype=model.dtype)
     return data

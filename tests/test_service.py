@@ -231,3 +231,13 @@ async def test_finished_jobs_beyond_keep_finished_are_forgotten(data: Dataset) -
             await (await service.start(f"j{i}", _model(), small, **OPTIONS)).wait()
         assert list(service.jobs) == ["j2", "j3"]
         assert "running=0" in repr(service)
+
+
+async def test_data_arrives_in_the_models_dtype_and_as_pairs(data: Dataset) -> None:
+    X64, y = data.X.astype(np.float64), np.asarray(data.y)
+    async with at.TrainingService(workers=2) as service:
+        pair = await service.start("pair", _model(), (X64, y), **OPTIONS)
+        wide = await service.start("wide", _model(), Dataset(X64, y), **OPTIONS)
+        results = [await pair.result(), await wide.result()]
+    oracle = await _replay(data)
+    assert all(_same(r.params, oracle.params[47]) for r in results)

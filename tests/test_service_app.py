@@ -109,8 +109,10 @@ async def test_a_job_streams_its_events_to_the_end(http: Any) -> None:
     steps = [e["step"] for e in events if e["event"] == "step"]
     assert steps == list(range(2 * 29))  # 3600 training rows in batches of 128
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [0, 1]
+    lag = events[-1].pop("loop_lag_ms")
     assert events[-1] == {"event": "status", "kind": "status", "job": job_id, "status": "done",
                           "step": 58, "error": None}  # fmt: skip
+    assert set(lag) == {"p50_ms", "p99_ms", "max_ms"}
     status, body = await _call(http, "GET", f"/jobs/{job_id}")
     assert status == 200
     assert body["status"] == "done"

@@ -153,13 +153,16 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
-    events = job.events()
+    service, events = request.app[SERVICE], job.events()
     # A client that leaves unsubscribes at once: its write fails, the stream is closed.
     with contextlib.suppress(ConnectionResetError):
         async with contextlib.aclosing(events):
             async for event in events:
-                payload = json.dumps(finite(dataclasses.asdict(event)))
-                await response.write(f"event: {event.kind}\ndata: {payload}\n\n".encode())
+                payload = dataclasses.asdict(event)
+                if event.kind in ("epoch", "status"):  # how the service's loop is doing
+                    payload["loop_lag_ms"] = service.loop_lag().as_dict()
+                data = json.dumps(finite(payload))
+                await response.write(f"event: {event.kind}\ndata: {data}\n\n".encode())
         await response.write_eof()
     return response
 
