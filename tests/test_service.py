@@ -241,3 +241,17 @@ async def test_data_arrives_in_the_models_dtype_and_as_pairs(data: Dataset) -> N
         results = [await pair.result(), await wide.result()]
     oracle = await _replay(data)
     assert all(_same(r.params, oracle.params[47]) for r in results)
+
+
+async def test_jobs_share_one_process_pool(data: Dataset) -> None:
+    try:
+        service = at.TrainingService(backend="process", workers=2, max_running=2)
+    except ImportError as exc:
+        pytest.skip(f"no process backend here: {exc}")
+    async with service:
+        jobs = [await service.start(n, _model(), data, **OPTIONS) for n in ("a", "b")]
+        results = [await job.result() for job in jobs]
+        predicted = await jobs[0].predict(data.X[:10])
+    oracle = await _replay(data)
+    assert all(_same(r.params, oracle.params[47]) for r in results)
+    assert np.array_equal(predicted.values, _model().predict(oracle.params[47], data.X[:10]))
