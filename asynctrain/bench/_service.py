@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import sys
 import time
@@ -41,8 +42,11 @@ COMMAND = "python -m asynctrain.bench._service"
 async def run(quick: bool) -> list[Figure]:
     """Measure every scenario; see the module docstring."""
     seconds, repeats = (2.0, 1) if quick else (5.0, 3)
-    data = await asyncio.to_thread(synthetic, "mlp", n=50_000 if quick else 200_000)
     command = f"{COMMAND}{' --quick' if quick else ''}"
+    if importlib.util.find_spec("aiohttp") is None:
+        reason = "the HTTP server needs aiohttp: pip install 'asynctrain[service]'"
+        return [_not_available("http", reason, command)]
+    data = await asyncio.to_thread(synthetic, "mlp", n=50_000 if quick else 200_000)
     figures = _latency_figures("idle", [await _measure(data, None, seconds)], command)
     for backend in ("thread", "process"):
         missing = _unavailable(backend)
