@@ -214,6 +214,17 @@ class Job:
         self.status = "running"
         self._announce()
 
+    def _settle_outcome(self) -> None:
+        """Settle a job whose task ended: failed, done, or else cancelled.
+
+        A task cancelled before it ever ran recorded nothing and counts as cancelled; one
+        cancelled after its fit returned (while closing the trainer) still counts as done.
+        """
+        if self._error is not None:
+            self._settle("failed")
+        else:
+            self._settle("cancelled" if self._result is None else "done")
+
     def _settle(self, status: JobStatus) -> None:
         if self.done:
             return

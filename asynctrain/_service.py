@@ -216,10 +216,7 @@ class TrainingService:
 
     def _finished(self, job: Job, task: asyncio.Task[None]) -> None:
         self._running.discard(job)
-        if task.cancelled():
-            job._settle("cancelled")
-        else:
-            job._settle("failed" if job.error is not None else "done")
+        job._settle_outcome()
         self._forget_old()
         self._dispatch()
 

@@ -255,3 +255,15 @@ async def test_jobs_share_one_process_pool(data: Dataset) -> None:
     oracle = await _replay(data)
     assert all(_same(r.params, oracle.params[47]) for r in results)
     assert np.array_equal(predicted.values, _model().predict(oracle.params[47], data.X[:10]))
+
+
+async def test_a_job_cancelled_before_its_task_ran_is_settled(
+    service: at.TrainingService, data: Dataset
+) -> None:
+    job = await service.start("early", _model(), data, **OPTIONS)
+    assert job.status == "running"
+    assert job.cancel()  # its task has not had a turn on the loop yet
+    assert await job.wait() == "cancelled"
+    assert job.step == 0
+    with pytest.raises(at.StateError, match="no parameters"):
+        job.params  # noqa: B018
