@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
@@ -91,7 +91,7 @@ class Broadcast(Generic[T]):
         for subscriber in self._subscribers:
             subscriber.wakeup.set()
 
-    async def subscribe(self) -> AsyncIterator[T | Lagged]:
+    async def subscribe(self) -> AsyncGenerator[T | Lagged, None]:
         """Iterate over the recent history, then live items, until the stream closes.
 
         The subscriber joins when iteration starts; it yields a :class:`Lagged` marker

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -135,12 +135,13 @@ class Job:
         """Steps applied so far (0 before training starts)."""
         return self.state.step if self._live or self._final is not None else 0
 
-    def events(self) -> AsyncIterator[JobEvent]:
+    def events(self) -> AsyncGenerator[JobEvent, None]:
         """Iterate over the job's recent events, then live ones, until it finishes.
 
         A subscriber joining late first receives the recent history. A slow one never
         holds training back: it loses its oldest unread events and receives a
-        :class:`~asynctrain.Lagged` marker instead.
+        :class:`~asynctrain.Lagged` marker instead. Close it when you stop early
+        (``contextlib.aclosing``) to unsubscribe at once.
         """
         return self._stream.subscribe()
 

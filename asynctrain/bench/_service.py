@@ -20,7 +20,7 @@ import importlib.util
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from asynctrain._events import Callback, StepEvent
@@ -112,8 +112,8 @@ class _Warm(Callback):
             self.reached.set()
 
 
-async def _reach(events: AsyncIterator[Any], steps: int) -> None:
-    async with contextlib.aclosing(events):  # type: ignore[type-var]
+async def _reach(events: AsyncGenerator[Any, None], steps: int) -> None:
+    async with contextlib.aclosing(events):
         async for event in events:
             if event.kind == "step" and event.step + 1 >= steps:
                 return

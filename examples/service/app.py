@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import tempfile
 import uuid
 from collections import Counter
@@ -241,7 +240,7 @@ def _remove(path: str) -> None:
 def describe(job: at.Job) -> dict[str, Any]:
     """A job's status and metrics as JSON-ready values."""
     last = job.last_step
-    return finite(
+    described: dict[str, Any] = finite(
         {
             "id": job.name,
             "status": job.status,
@@ -252,6 +251,7 @@ def describe(job: at.Job) -> dict[str, Any]:
             "error": None if job.error is None else f"{type(job.error).__name__}: {job.error}",
         }
     )
+    return described
 
 
 def finite(value: Any) -> Any:
@@ -300,4 +300,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
