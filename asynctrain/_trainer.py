@@ -194,12 +194,18 @@ class Trainer:
             NonFiniteError: a non-finite loss or gradient with ``nonfinite="raise"``.
             StateError: the trainer is closed or already running a fit.
         """
+        if monitor_lag:
+            async with LoopLagMonitor(window=FIT_LAG_WINDOW) as lag:
+                result = await self.fit(
+                    data, epochs=epochs, validation=validation, callbacks=callbacks
+                )
+            result.extra.update(lag.stats().as_dict("loop_lag_"))
+            return result
         started, first = time.perf_counter(), self.state
         history: list[EpochEvent] = []
         samples, stopped = 0, False
         events = self.steps(data, epochs=epochs, validation=validation)
-        lag = LoopLagMonitor(window=FIT_LAG_WINDOW) if monitor_lag else None
-        async with contextlib.aclosing(events), lag or contextlib.nullcontext():
+        async with contextlib.aclosing(events):
             async for event in events:
                 if isinstance(event, EpochEvent):
                     history.append(event)
@@ -218,7 +224,6 @@ class Trainer:
             samples_per_s=samples / seconds if seconds else 0.0,
             stopped_early=stopped,
             skipped_steps=state.skipped - first.skipped,
-            extra={} if lag is None else lag.stats().as_dict("loop_lag_"),
         )
 
     async def steps(
