@@ -47,7 +47,8 @@ async def run(quick: bool) -> list[Figure]:
         reason = "the HTTP server needs aiohttp: pip install 'asynctrain[service]'"
         return [_not_available("http", reason, command)]
     data = await asyncio.to_thread(synthetic, "mlp", n=50_000 if quick else 200_000)
-    figures = _latency_figures("idle", [await _measure(data, None, seconds)], command)
+    idle = [await _measure(data, None, seconds) for _ in range(repeats)]
+    figures = _latency_figures("idle", idle, command)
     for backend in ("thread", "process"):
         missing = _unavailable(backend)
         if missing:
