@@ -269,7 +269,8 @@ class Trainer:
         updater = ctx.updater
         for epoch in range(updater.state.epoch, updater.state.epoch + epochs):
             began, seen = time.perf_counter(), ctx.samples
-            order = epoch_order(len(train), seed=self.config.seed, epoch=epoch)
+            # A permutation of every sample (~6 ms for 200,000): off the loop, like updates.
+            order = await updater.call(shuffle, len(train), self.config.seed, epoch)
             losses = []
             async for step_event in self.mode.run_epoch(ctx, epoch, order, updater.state.batch):
                 losses.append(step_event.loss * step_event.samples)
@@ -365,6 +366,11 @@ class Trainer:
             f"<Trainer step={self.state.step} mode={self.mode.name} backend={backend} "
             f"{self._state}{running}>"
         )
+
+
+def shuffle(n: int, seed: int, epoch: int) -> npt.NDArray[np.int64]:
+    """:func:`~asynctrain.data.epoch_order` with positional arguments, for ``Updater.call``."""
+    return epoch_order(n, seed=seed, epoch=epoch)
 
 
 async def _notify(callbacks: Sequence[Callback], event: Event) -> bool:

@@ -102,3 +102,23 @@ async def test_thread_workers_run_below_the_loops_priority() -> None:
     async with at.backends.ThreadBackend(workers=2) as backend:
         worker = await backend.run(niceness)
     assert worker == min(19, niceness() + NICENESS)
+
+
+async def test_the_epoch_permutation_is_drawn_off_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asynctrain._trainer as trainer_module
+
+    threads: list[str] = []
+    original = trainer_module.epoch_order
+
+    def recording(n: int, *, seed: int, epoch: int) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return original(n, seed=seed, epoch=epoch)
+
+    monkeypatch.setattr(trainer_module, "epoch_order", recording)
+    data = at.data.synthetic("softmax", n=1000)
+    model = at.models.SoftmaxRegression(128, 10)
+    await at.fit(model, data, backend="thread", workers=2, epochs=2, batch_size=250)
+    assert len(threads) == 2
+    assert all(name.startswith("asynctrain-update") for name in threads)
