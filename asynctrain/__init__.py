@@ -14,6 +14,7 @@ Example:
 """
 
 from asynctrain import backends, data, models, optim
+from asynctrain._broadcast import Lagged
 from asynctrain._config import TrainConfig
 from asynctrain._events import (
     Callback,
@@ -36,7 +37,10 @@ from asynctrain._exceptions import (
     StateError,
 )
 from asynctrain._fit import fit
+from asynctrain._job import Job, JobEvent, Prediction, StatusEvent
+from asynctrain._monitor import LagStats, LoopLagMonitor
 from asynctrain._runtime import run
+from asynctrain._service import TrainingService
 from asynctrain._trainer import Trainer
 from asynctrain._update import TrainState
 from asynctrain._work import ShardResult
@@ -56,14 +60,22 @@ __all__ = [
     "EpochEvent",
     "Event",
     "FitResult",
+    "Job",
+    "JobEvent",
+    "LagStats",
+    "Lagged",
+    "LoopLagMonitor",
     "NonFiniteError",
+    "Prediction",
     "ShardFailedError",
     "ShardResult",
     "StateError",
+    "StatusEvent",
     "StepEvent",
     "TrainConfig",
     "TrainState",
     "Trainer",
+    "TrainingService",
     "backends",
     "data",
     "fit",

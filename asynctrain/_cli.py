@@ -127,6 +127,8 @@ def _fit_and_report(args: argparse.Namespace, model: Any, data: Dataset) -> int:
         "mode": args.mode,
         "staleness_mean": round(result.staleness_mean, 3),
         "staleness_max": result.staleness_max,
+        "loop_lag_p99_ms": round(result.extra.get("loop_lag_p99_ms", float("nan")), 3),
+        "loop_lag_max_ms": round(result.extra.get("loop_lag_max_ms", float("nan")), 3),
     }
     if getattr(args, "out", None):
         np.savez(args.out, allow_pickle=False, **result.params)
@@ -145,7 +147,7 @@ def _print_summary(summary: dict[str, Any], *, as_json: bool) -> None:
             if isinstance(value, float) and key in ("accuracy", "val_loss")
             else value
         )
-        print(f"{key:>14}: {shown}")
+        print(f"{key:>15}: {shown}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,12 +21,14 @@ async def fit(
     backend: str | Backend = "thread",
     validation: DataLike | None = None,
     callbacks: Sequence[Callback] = (),
+    monitor_lag: bool = False,
     **options: Any,
 ) -> FitResult:
     """Train ``model`` on ``data`` with a fresh :class:`~asynctrain.Trainer` and close it.
 
     ``options`` are the Trainer's other keyword arguments (``workers``, ``shards``,
-    ``batch_size``, ``seed``, ``nonfinite``, ``mode``, ``local_steps``, ``staleness``).
+    ``batch_size``, ``seed``, ``nonfinite``, ``mode``, ``local_steps``, ``staleness``);
+    ``monitor_lag`` is :meth:`Trainer.fit`'s.
 
     Example:
         >>> import asynctrain as at
@@ -37,4 +39,10 @@ async def fit(
         8
     """
     async with Trainer(model, optimizer, backend=backend, **options) as trainer:
-        return await trainer.fit(data, epochs=epochs, validation=validation, callbacks=callbacks)
+        return await trainer.fit(
+            data,
+            epochs=epochs,
+            validation=validation,
+            callbacks=callbacks,
+            monitor_lag=monitor_lag,
+        )

@@ -18,14 +18,21 @@ class Progress:
     async def follow(
         self, trainer: Trainer, train: Dataset, validation: Dataset | None, epochs: int
     ) -> FitResult:
-        """Fit ``trainer`` on ``train`` for ``epochs`` epochs, updating the bar per step."""
+        """Fit ``trainer`` on ``train`` for ``epochs`` epochs, updating the bar per step.
+
+        The fit measures the event loop's lag (reported in ``FitResult.extra``).
+        """
         total = steps_per_epoch(len(train), trainer.config.batch_size) * epochs
         bar = self._bar(total)
         callbacks = [] if bar is None else [_BarCallback(bar)]
         try:
             async with trainer:
                 return await trainer.fit(
-                    train, epochs=epochs, validation=validation, callbacks=callbacks
+                    train,
+                    epochs=epochs,
+                    validation=validation,
+                    callbacks=callbacks,
+                    monitor_lag=True,
                 )
         finally:
             if bar is not None:

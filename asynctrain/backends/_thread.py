@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -16,6 +18,7 @@ from asynctrain.backends._blas import BlasLimit
 from asynctrain.backends._lifecycle import Lifecycle
 
 T = TypeVar("T")
+NICENESS = 5  # worker threads yield the CPU to the event loop's thread when it wakes
 
 
 def default_workers() -> int:
@@ -41,6 +44,17 @@ async def await_without_orphans(future: concurrent.futures.Future[T]) -> T:
         raise
 
 
+def lower_priority() -> None:
+    """Lower the calling thread's CPU priority by :data:`NICENESS` (Linux only).
+
+    Linux keeps a nice value per thread, so this affects the worker alone; elsewhere it
+    would lower the whole process, event loop included, so it does nothing.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.nice(NICENESS)
+
+
 class ThreadBackend(Lifecycle):
     """Run shard functions on a pool of threads in this process.
 
@@ -49,6 +63,9 @@ class ThreadBackend(Lifecycle):
     never exceed the cores asked for, and a multi-threaded BLAS call never competes with
     another busy process for the same cores (measured here: 2-thread BLAS ran 10–30×
     slower beside another busy process, one thread per worker did not).
+    On Linux the worker threads run at a lower priority (nice +5) than the event loop's
+    thread, so a loop that wakes gets a core at once; the GIL still binds them (see
+    ``docs/service.md``).
 
     Args:
         workers: threads in the pool; defaults to the number of usable cores.
@@ -77,7 +94,7 @@ class ThreadBackend(Lifecycle):
     async def _open(self) -> None:
         self._blas.apply()
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            self.workers, thread_name_prefix="asynctrain-worker"
+            self.workers, thread_name_prefix="asynctrain-worker", initializer=lower_priority
         )
 
     async def _close(self) -> None:

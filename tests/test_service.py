@@ -1,0 +1,269 @@
+"""TrainingService and Job, checked against a plain inline Trainer replaying the same run.
+
+Training is bit-reproducible (same seed and shards on any backend), so an inline replay
+is an independent oracle for a job's final parameters, for the parameters a cancelled
+job kept, and for every prediction served while a job trained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+import asynctrain as at
+from asynctrain.data import Dataset
+from asynctrain.models import SoftmaxRegression
+
+OPTIONS: dict[str, Any] = {"batch_size": 64, "shards": 4, "seed": 5}
+
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    return at.data.synthetic("softmax", n=3000, seed=2)
+
+
+@pytest.fixture
+async def service(no_task_leaks: None) -> AsyncIterator[at.TrainingService]:
+    # Depends on the task-leak check so that it is closed before that check runs.
+    async with at.TrainingService(backend="thread", workers=2, max_running=2) as service:
+        yield service
+
+
+def _model() -> SoftmaxRegression:
+    return SoftmaxRegression(128, 10)
+
+
+class _Versions(at.Callback):
+    """Keeps every parameter version a trainer publishes; stops after ``stop_at`` steps."""
+
+    def __init__(self, trainer: at.Trainer, stop_at: int | None = None) -> None:
+        self.trainer, self.stop_at = trainer, stop_at
+        self.params = {0: trainer.state.params}
+
+    def on_step(self, event: at.StepEvent) -> bool:
+        state = self.trainer.state
+        self.params[state.version] = state.params
+        return self.stop_at is not None and state.step >= self.stop_at
+
+
+async def _replay(data: Dataset, *, epochs: int = 1, steps: int | None = None) -> _Versions:
+    """The oracle: the same training on the inline backend, every version recorded."""
+    async with at.Trainer(_model(), backend="inline", **OPTIONS) as trainer:
+        versions = _Versions(trainer, stop_at=steps)
+        await trainer.fit(data, epochs=epochs, callbacks=[versions])
+    return versions
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+async def _first_steps(job: at.Job, count: int) -> None:
+    async for event in job.events():
+        if event.kind == "step" and event.step + 1 >= count:
+            return
+
+
+async def test_a_job_trains_like_a_plain_trainer(
+    service: at.TrainingService, data: Dataset
+) -> None:
+    job = await service.start("a", _model(), data, epochs=2, **OPTIONS)
+    result = await job.result()
+    oracle = await _replay(data, epochs=2)
+    assert job.status == "done"
+    assert result.steps == 2 * 47
+    assert _same(result.params, oracle.params[result.steps])
+    assert _same(job.params, result.params)
+    assert [e.epoch for e in job.epochs] == [0, 1]
+
+
+async def test_events_stream_to_the_end_and_late_subscribers_replay(
+    service: at.TrainingService, data: Dataset
+) -> None:
+    job = await service.start("a", _model(), data, epochs=2, **OPTIONS)
+    live = [event async for event in job.events()]
+    late = [event async for event in job.events()]
+    assert late == live
+    statuses = [e.status for e in live if isinstance(e, at.StatusEvent)]
+    assert statuses == ["queued", "running", "done"]
+    steps = [e.step for e in live if isinstance(e, at.StepEvent)]
+    assert steps == list(range(94))
+    assert [e.kind for e in live].count("epoch") == 2
+    assert live[-1] == at.StatusEvent("a", "done", 94)
+
+
+async def test_a_slow_subscriber_never_holds_training_back(data: Dataset) -> None:
+    async with at.TrainingService(workers=2, history=0, buffer=4) as service:
+        job = await service.start("a", _model(), data, epochs=2, **OPTIONS)
+        events = job.events()
+        first = await anext(events)  # subscribed; now it stops reading
+        assert await job.wait() == "done"
+        rest = [event async for event in events]
+    assert first.kind == "step"
+    assert isinstance(rest[0], at.Lagged)
+    assert rest[0].missed > 80
+    assert len(rest) == 5
+    assert rest[-1] == at.StatusEvent("a", "done", 94)
+
+
+async def test_predictions_come_from_whole_versions_and_change_as_it_learns(
+    service: at.TrainingService, data: Dataset
+) -> None:
+    X = data.X[:200]
+    job = await service.start("a", _model(), data, epochs=3, **OPTIONS)
+    await _first_steps(job, 1)
+    served: list[at.Prediction] = []
+    while not job.done:
+        served.append(await job.predict(X))
+    oracle = await _replay(data, epochs=3)
+    model = _model()
+    for prediction in served:
+        expected = model.predict(oracle.params[prediction.version], X)
+        assert np.array_equal(prediction.values, expected), f"version {prediction.version}"
+    assert len({p.version for p in served}) >= 3
+    assert len({p.values.tobytes() for p in served}) >= 2
+
+
+async def test_cancel_keeps_the_last_applied_step_while_another_job_trains(
+    service: at.TrainingService, data: Dataset
+) -> None:
+    doomed = await service.start("doomed", _model(), data, epochs=20, **OPTIONS)
+    other = await service.start("other", _model(), data, epochs=2, **OPTIONS)
+    await _first_steps(doomed, 5)
+    assert doomed.cancel()
+    assert await doomed.wait() == "cancelled"
+    assert other.status == "running"
+    oracle = await _replay(data, epochs=20, steps=doomed.step)
+    assert _same(doomed.params, oracle.params[doomed.state.version])
+    with pytest.raises(at.StateError, match="cancelled"):
+        await doomed.result()
+    assert (await other.result()).steps == 94
+    assert not doomed.cancel()  # already finished
+
+
+async def test_jobs_beyond_the_limit_queue_in_order(data: Dataset) -> None:
+    async with at.TrainingService(workers=2, max_running=1) as service:
+        jobs = [await service.start(f"j{i}", _model(), data, **OPTIONS) for i in range(3)]
+        assert [j.status for j in jobs] == ["running", "queued", "queued"]
+        with pytest.raises(at.StateError, match="no parameters"):
+            await jobs[2].predict(data.X[:2])
+        assert jobs[1].cancel()
+        assert jobs[1].status == "cancelled"
+        finished = await asyncio.gather(jobs[0].result(), jobs[2].result())
+        assert [r.steps for r in finished] == [47, 47]
+        ends = [e for e in [e async for e in jobs[2].events()] if e.kind == "status"]
+    assert [e.status for e in ends] == ["queued", "running", "done"]
+
+
+class _Flaky(SoftmaxRegression):
+    calls = itertools.count()
+
+    def loss_and_grad(self, params: Any, X: Any, y: Any) -> Any:
+        if next(self.calls) >= 12:  # 4 shards a step: fails in step 3
+            raise ZeroDivisionError("model bug")
+        return super().loss_and_grad(params, X, y)
+
+
+async def test_a_failed_job_keeps_its_error_and_its_last_parameters(
+    service: at.TrainingService, data: Dataset
+) -> None:
+    _Flaky.calls = itertools.count()
+    job = await service.start("bad", _Flaky(128, 10), data, **OPTIONS)
+    assert await job.wait() == "failed"
+    assert isinstance(job.error, ZeroDivisionError)
+    with pytest.raises(ZeroDivisionError, match="model bug"):
+        await job.result()
+    assert job.step == 3
+    oracle = await _replay(data, steps=3)
+    assert _same(job.params, oracle.params[3])
+    last = [e async for e in job.events()][-1]
+    assert last == at.StatusEvent("bad", "failed", 3, "ZeroDivisionError: model bug")
+
+
+async def test_aclose_cancels_everything(data: Dataset) -> None:
+    service = at.TrainingService(workers=2, max_running=1)
+    async with service:
+        running = await service.start("r", _model(), data, epochs=50, **OPTIONS)
+        queued = await service.start("q", _model(), data, **OPTIONS)
+        await _first_steps(running, 2)
+    assert (running.status, queued.status) == ("cancelled", "cancelled")
+    assert running.step >= 2
+    assert service.backend.state == "closed"  # type: ignore[attr-defined]
+    with pytest.raises(at.StateError, match="not open"):
+        await service.start("late", _model(), data)
+
+
+async def test_bad_requests_fail_before_a_job_exists(
+    service: at.TrainingService, data: Dataset
+) -> None:
+    await service.start("a", _model(), data, **OPTIONS)
+    with pytest.raises(at.StateError, match="already exists"):
+        await service.start("a", _model(), data)
+    with pytest.raises(at.ConfigError, match="workers= is a setting of the service"):
+        await service.start("b", _model(), data, workers=2)
+    with pytest.raises(at.DataError, match="features"):
+        await service.start("c", SoftmaxRegression(3, 10), data)
+    with pytest.raises(at.ConfigError, match="epochs"):
+        await service.start("d", _model(), data, epochs=0)
+    with pytest.raises(at.DataError, match="shape"):
+        await service["a"].predict(np.zeros((2, 5)))
+    assert list(service.jobs) == ["a"]
+    assert "b" not in service
+
+
+async def test_a_shared_backend_is_left_open(data: Dataset) -> None:
+    async with at.backends.ThreadBackend(workers=2) as backend:
+        async with at.TrainingService(backend=backend) as service:
+            await (await service.start("a", _model(), data, **OPTIONS)).result()
+            assert service.loop_lag().samples > 0
+        assert backend.state == "open"
+
+
+async def test_finished_jobs_beyond_keep_finished_are_forgotten(data: Dataset) -> None:
+    small = data.subset(np.arange(256))
+    async with at.TrainingService(workers=2, keep_finished=2) as service:
+        for i in range(4):
+            await (await service.start(f"j{i}", _model(), small, **OPTIONS)).wait()
+        assert list(service.jobs) == ["j2", "j3"]
+        assert "running=0" in repr(service)
+
+
+async def test_data_arrives_in_the_models_dtype_and_as_pairs(data: Dataset) -> None:
+    X64, y = data.X.astype(np.float64), np.asarray(data.y)
+    async with at.TrainingService(workers=2) as service:
+        pair = await service.start("pair", _model(), (X64, y), **OPTIONS)
+        wide = await service.start("wide", _model(), Dataset(X64, y), **OPTIONS)
+        results = [await pair.result(), await wide.result()]
+    oracle = await _replay(data)
+    assert all(_same(r.params, oracle.params[47]) for r in results)
+
+
+async def test_jobs_share_one_process_pool(data: Dataset) -> None:
+    try:
+        service = at.TrainingService(backend="process", workers=2, max_running=2)
+    except ImportError as exc:
+        pytest.skip(f"no process backend here: {exc}")
+    async with service:
+        jobs = [await service.start(n, _model(), data, **OPTIONS) for n in ("a", "b")]
+        results = [await job.result() for job in jobs]
+        predicted = await jobs[0].predict(data.X[:10])
+    oracle = await _replay(data)
+    assert all(_same(r.params, oracle.params[47]) for r in results)
+    assert np.array_equal(predicted.values, _model().predict(oracle.params[47], data.X[:10]))
+
+
+async def test_a_job_cancelled_before_its_task_ran_is_settled(
+    service: at.TrainingService, data: Dataset
+) -> None:
+    job = await service.start("early", _model(), data, **OPTIONS)
+    assert job.status == "running"
+    assert job.cancel()  # its task has not had a turn on the loop yet
+    assert await job.wait() == "cancelled"
+    assert job.step == 0
+    with pytest.raises(at.StateError, match="no parameters"):
+        job.params  # noqa: B018

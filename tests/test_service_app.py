@@ -1,0 +1,311 @@
+"""The example web service (examples/service/app.py), served for real on 127.0.0.1.
+
+Each test starts the aiohttp app on a free port picked by the OS and talks to it over
+loopback with aiohttp's own HTTP client. Predictions served while a job trains are
+checked against an independent oracle: the same job replayed on the inline backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import asynctrain as at
+
+aiohttp = pytest.importorskip("aiohttp")
+from aiohttp import web  # noqa: E402
+
+SERVICE_DIR = Path(__file__).resolve().parents[1] / "examples" / "service"
+sys.path.insert(0, str(SERVICE_DIR))  # app.py imports its sibling jobspec.py
+_spec = importlib.util.spec_from_file_location("service_app", SERVICE_DIR / "app.py")
+assert _spec is not None
+assert _spec.loader is not None
+app_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(app_module)
+jobspec = sys.modules["jobspec"]
+
+LONG = {"problem": "softmax", "n": 20_000, "epochs": 100, "batch_size": 64}
+
+
+def _settings(data_dir: Path) -> Any:
+    return jobspec.Settings(
+        data_dir, workers=2, max_running=2, max_body=64 << 10, max_upload=1 << 20, max_rows=100
+    )
+
+
+@pytest.fixture
+async def server(tmp_path: Path, no_task_leaks: None) -> AsyncIterator[str]:
+    runner = web.AppRunner(app_module.create_app(_settings(tmp_path)))
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def http(server: str) -> AsyncIterator[Any]:
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(server, timeout=timeout) as session:
+        yield session
+
+
+async def _call(http: Any, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async with http.request(method, path, **kwargs) as response:
+        assert response.content_type == "application/json", await response.text()
+        return response.status, await response.json()
+
+
+async def _start(http: Any, **spec: Any) -> str:
+    status, body = await _call(http, "POST", "/jobs", json=spec)
+    assert status == 201, body
+    return str(body["id"])
+
+
+async def _sse(http: Any, job_id: str, *, until_step: int | None = None) -> list[dict[str, Any]]:
+    """Read the job's event stream to its end (or until step ``until_step``)."""
+    events: list[dict[str, Any]] = []
+    async with http.get(f"/jobs/{job_id}/events") as response:
+        assert response.content_type == "text/event-stream"
+        kind = ""
+        async for raw in response.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append({"event": kind, **json.loads(line.removeprefix("data: "))})
+                if until_step is not None and events[-1].get("step", -1) >= until_step:
+                    break
+    return events
+
+
+async def test_health(http: Any) -> None:
+    status, body = await _call(http, "GET", "/health")
+    assert status == 200
+    assert body["status"] == "ok"
+    assert set(body["loop_lag_ms"]) == {"p50_ms", "p99_ms", "max_ms"}
+
+
+async def test_a_job_streams_its_events_to_the_end(http: Any) -> None:
+    job_id = await _start(http, problem="softmax", n=4000, epochs=2, batch_size=128)
+    events = await _sse(http, job_id)
+    steps = [e["step"] for e in events if e["event"] == "step"]
+    assert steps == list(range(2 * 29))  # 3600 training rows in batches of 128
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [0, 1]
+    lag = events[-1].pop("loop_lag_ms")
+    assert events[-1] == {"event": "status", "kind": "status", "job": job_id, "status": "done",
+                          "step": 58, "error": None}  # fmt: skip
+    assert set(lag) == {"p50_ms", "p99_ms", "max_ms"}
+    status, body = await _call(http, "GET", f"/jobs/{job_id}")
+    assert status == 200
+    assert body["status"] == "done"
+    assert body["epochs"][-1]["val_accuracy"] > 0.5
+    assert [e["event"] for e in await _sse(http, job_id)][-1] == "status"  # late: replayed
+
+
+async def _replay(spec: dict[str, Any], tmp_path: Path) -> tuple[Any, dict[int, Any]]:
+    """The oracle: the job's training on the inline backend, every version recorded."""
+    parsed = jobspec.parse_spec(spec, _settings(tmp_path))
+    model, train, _ = jobspec.build(parsed, _settings(tmp_path))
+    versions: dict[int, Any] = {}
+    options = {"batch_size": parsed.batch_size, "seed": parsed.seed}
+    async with at.Trainer(model, at.optim.adam(parsed.lr), backend="inline", **options) as tr:
+        versions[0] = tr.params
+
+        class Record(at.Callback):
+            def on_step(self, event: at.StepEvent) -> None:
+                versions[tr.state.version] = tr.params
+
+        await tr.fit(train, epochs=parsed.epochs, callbacks=[Record()])
+    return model, versions
+
+
+async def test_predictions_change_while_it_trains_and_use_whole_versions(
+    http: Any, tmp_path: Path
+) -> None:
+    spec = {"problem": "mlp", "n": 6000, "epochs": 4, "batch_size": 64, "hidden": 32}
+    X = at.data.synthetic("mlp", n=20, seed=9).X
+    job_id = await _start(http, **spec)
+    await _sse(http, job_id, until_step=1)
+    served = []
+    while (await _call(http, "GET", f"/jobs/{job_id}"))[1]["status"] == "running":
+        status, body = await _call(http, "POST", f"/jobs/{job_id}/predict", json={"X": X.tolist()})
+        assert status == 200, body
+        served.append(body)
+    model, versions = await _replay(spec, tmp_path)
+    for body in served:
+        expected = model.predict(versions[body["version"]], X).tolist()
+        assert body["predictions"] == expected, f"version {body['version']}"
+    assert len({body["version"] for body in served}) >= 3
+    assert len({json.dumps(body["predictions"]) for body in served}) >= 2
+
+
+async def test_cancel_one_job_while_another_keeps_training(http: Any) -> None:
+    doomed, other = await _start(http, **LONG), await _start(http, **LONG)
+    await _sse(http, doomed, until_step=3)
+    status, body = await _call(http, "DELETE", f"/jobs/{doomed}")
+    assert (status, body["status"], body["cancelled"]) == (200, "cancelled", True)
+    kept = body["step"]
+    _, running = await _call(http, "GET", f"/jobs/{other}")
+    assert running["status"] == "running"
+    events = await _sse(http, other, until_step=running["step"] + 5)  # it goes on
+    assert events[-1]["step"] >= running["step"] + 5
+    status, prediction = await _call(
+        http, "POST", f"/jobs/{doomed}/predict", json={"X": [[0.0] * 128]}
+    )
+    assert (status, prediction["step"]) == (200, kept)  # a cancelled job keeps its params
+    assert (await _call(http, "GET", f"/jobs/{doomed}"))[1]["step"] == kept
+    assert (await _call(http, "DELETE", f"/jobs/{other}"))[1]["status"] == "cancelled"
+
+
+async def test_jobs_beyond_the_limit_wait_their_turn(http: Any) -> None:
+    ids = [await _start(http, **LONG) for _ in range(3)]
+    statuses = [(await _call(http, "GET", f"/jobs/{i}"))[1]["status"] for i in ids]
+    assert statuses == ["running", "running", "queued"]
+    status, body = await _call(http, "POST", f"/jobs/{ids[2]}/predict", json={"X": [[0.0] * 128]})
+    assert status == 409
+    assert "no parameters" in body["error"]
+    await _call(http, "DELETE", f"/jobs/{ids[0]}")
+    assert (await _call(http, "GET", f"/jobs/{ids[2]}"))[1]["status"] == "running"
+    _, listed = await _call(http, "GET", "/jobs")
+    assert [job["status"] for job in listed] == ["cancelled", "running", "running"]
+    for job_id in ids[1:]:
+        await _call(http, "DELETE", f"/jobs/{job_id}")
+
+
+BAD_JOBS = [
+    ({"problem": "nope"}, "unknown problem"),
+    ({"problem": "softmax", "colour": 1}, "unknown field"),
+    ({"problem": "softmax", "epochs": "3"}, "epochs must be a JSON int"),
+    ({"problem": "softmax", "epochs": True}, "epochs must be a JSON int"),
+    ({"problem": "softmax", "n": 10**9}, "n must be in"),
+    ({"problem": "softmax", "lr": -1}, "lr must be in"),
+    ({}, "exactly one of"),
+    ({"file": "a.npz"}, 'needs a "model"'),
+    ({"file": "../outside.npz", "model": "softmax"}, "not a valid name"),
+    ({"file": "/etc/passwd", "model": "softmax"}, "not a valid name"),
+    ({"file": "missing.npz", "model": "softmax"}, "no uploaded file"),
+    ([1, 2], "must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), BAD_JOBS)
+async def test_bad_job_requests_get_400(http: Any, body: Any, message: str) -> None:
+    status, answer = await _call(http, "POST", "/jobs", json=body)
+    assert status == 400
+    assert message in answer["error"]
+
+
+async def test_bad_requests_get_json_4xx(http: Any) -> None:
+    job_id = await _start(http, problem="softmax", n=1000, epochs=1)
+    predict = f"/jobs/{job_id}/predict"
+    cases = [
+        ("POST", "/jobs", {"data": b"{not json"}, 400, "not valid JSON"),
+        ("POST", "/jobs", {"data": b"x" * (65 << 10)}, 413, "exceeded"),
+        ("POST", predict, {"json": {"X": [[0.0] * 5]}}, 400, "shape (n, 128)"),
+        ("POST", predict, {"json": {"X": [[0.0] * 128, [0.0]]}}, 400, "numeric (n, 128)"),
+        ("POST", predict, {"json": {"X": [["a"] * 128]}}, 400, "numeric"),
+        ("POST", predict, {"data": b'{"X": [[NaN]]}'}, 400, "shape"),
+        ("POST", predict, {"json": {"X": [[0.0] * 128] * 101}}, 400, "at most 100 rows"),
+        ("POST", predict, {"json": {"rows": []}}, 400, '{"X"'),
+        ("POST", "/jobs/nope/predict", {"json": {"X": [[0.0]]}}, 404, "no job 'nope'"),
+        ("GET", "/jobs/nope", {}, 404, "no job"),
+        ("GET", "/jobs/nope/events", {}, 404, "no job"),
+        ("DELETE", "/jobs/nope", {}, 404, "no job"),
+        ("PATCH", "/jobs", {}, 405, "Not Allowed"),
+    ]
+    for method, path, kwargs, code, message in cases:
+        status, body = await _call(http, method, path, **kwargs)
+        assert (status, body["status"]) == (code, code), (method, path, body)
+        assert message in body["error"], (method, path, body)
+
+
+async def test_uploads_stay_in_the_data_directory(http: Any, tmp_path: Path) -> None:
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.npz"
+    for name in ["..%2Foutside.npz", "..%2F..%2Fetc%2Fx.npz", ".hidden.npz", "a.npy"]:
+        status, _ = await _call(http, "PUT", f"/uploads/{name}", data=b"x")
+        assert status in (400, 404), name
+    os.symlink(outside, tmp_path / "link.npz")
+    status, body = await _call(http, "POST", "/jobs", json={"file": "link.npz", "model": "mlp"})
+    assert status == 400
+    assert "not inside the data directory" in body["error"]
+    assert not outside.exists()
+    assert sorted(os.listdir(tmp_path)) == ["link.npz"]
+
+
+async def test_a_job_trains_on_an_uploaded_npz(http: Any, tmp_path: Path) -> None:
+    data = at.data.synthetic("softmax", n=2000, seed=3)
+    buffer = io.BytesIO()
+    np.savez(buffer, X=data.X, y=data.y)
+    status, body = await _call(http, "PUT", "/uploads/train.npz", data=buffer.getvalue())
+    assert (status, body["file"]) == (201, "train.npz")
+    job_id = await _start(http, file="train.npz", model="softmax", epochs=2)
+    assert (await _sse(http, job_id))[-1]["status"] == "done"
+    too_big = io.BytesIO(bytes((1 << 20) + 1))
+    status, body = await _call(http, "PUT", "/uploads/big.npz", data=too_big)
+    assert status == 413
+    assert sorted(os.listdir(tmp_path)) == ["train.npz"]  # no partial file left
+
+
+async def test_an_npz_that_unpacks_too_large_is_refused(http: Any) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("X.npy", b"\0" * (4 << 20))  # 4 MiB that compresses to a few KiB
+    status, _ = await _call(http, "PUT", "/uploads/bomb.npz", data=buffer.getvalue())
+    assert status == 201
+    status, body = await _call(http, "POST", "/jobs", json={"file": "bomb.npz", "model": "mlp"})
+    assert status == 400
+    assert "unpacks to" in body["error"]
+
+
+async def test_shutdown_ends_streams_and_leaves_nothing_running(
+    tmp_path: Path, no_task_leaks: None
+) -> None:
+    runner = web.AppRunner(app_module.create_app(_settings(tmp_path)))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    async with aiohttp.ClientSession(f"http://{host}:{port}") as http:
+        job_id = await _start(http, **LONG)
+        await _sse(http, job_id, until_step=2)
+        stream = asyncio.ensure_future(_sse(http, job_id))
+        await asyncio.sleep(0.05)  # the stream is open
+        await asyncio.wait_for(runner.cleanup(), timeout=30)
+        events = await asyncio.wait_for(stream, timeout=30)
+    assert events[-1]["status"] == "cancelled"
+    threads = [t for t in threading.enumerate() if t.name.startswith("asynctrain")]
+    assert threads == []
+
+
+def test_the_script_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    command = [sys.executable, str(SERVICE_DIR / "app.py"), "--port", "0"]
+    command += ["--data-dir", str(tmp_path / "uploads"), "--workers", "1"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            assert line.startswith("listening on http://127.0.0.1:"), line
+            with urllib.request.urlopen(line.split()[-1] + "/health", timeout=30) as response:
+                assert json.load(response)["status"] == "ok"
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
