@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import math
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from types import TracebackType
@@ -14,6 +15,7 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
+from asynctrain._checkpoint import CheckpointMethods, CheckpointSession
 from asynctrain._checks import check_choice, check_int
 from asynctrain._config import TrainConfig, default_shards
 from asynctrain._evaluate import evaluate
@@ -30,9 +32,10 @@ from asynctrain.models import Model, check_data
 from asynctrain.optim import GradientTransformation, adam
 
 DataLike = Dataset | tuple[npt.ArrayLike, npt.ArrayLike]
+PathLike = str | os.PathLike[str]
 
 
-class Trainer:
+class Trainer(CheckpointMethods):
     """Train a model with data-parallel shards on an asyncio event loop.
 
     Each step splits its batch into ``shards`` shards, runs one asyncio task per shard
@@ -103,6 +106,7 @@ class Trainer:
         self._updater: Updater | None = None
         self._state = "unopened"
         self._running = False
+        self._samples: int | None = None  # rows of the data of the current or last fit
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -173,33 +177,50 @@ class Trainer:
         epochs: int = 1,
         validation: DataLike | None = None,
         callbacks: Sequence[Callback] = (),
+        checkpoint_dir: PathLike | None = None,
+        checkpoint_every: int | None = None,
+        keep: int | None = 3,
+        resume: bool = False,
     ) -> FitResult:
         """Train for ``epochs`` epochs and return a :class:`FitResult`.
 
         Args:
             data: a :class:`~asynctrain.data.Dataset` or an ``(X, y)`` pair.
-            epochs: epochs to train (an interrupted epoch counts as the first).
+            epochs: epochs to train (an interrupted epoch counts as the first); with
+                ``resume=True``, the epochs of the whole run, restored ones included.
             validation: data to evaluate after every epoch (loss and accuracy).
             callbacks: :class:`Callback` objects; one returning True stops the fit.
+            checkpoint_dir: save checkpoints (``step-<n>.ckpt``) here: every epoch, or
+                every ``checkpoint_every`` steps, and at the end; writes overlap training.
+            checkpoint_every: steps between checkpoints (None: once per epoch).
+            keep: how many of the latest checkpoints to keep (None: all).
+            resume: continue from the latest checkpoint in ``checkpoint_dir``, if any,
+                exactly where it left off (parameters, optimizer, data order).
 
         Raises:
             DataError, ConfigError: bad data or settings, before any work starts.
             NonFiniteError: a non-finite loss or gradient with ``nonfinite="raise"``.
+            CheckpointError: a checkpoint could not be written, or the one to resume
+                from is unreadable or does not match this trainer.
             StateError: the trainer is closed or already running a fit.
+
+        Example:
+            >>> result = await trainer.fit(data, epochs=10, checkpoint_dir="ckpt",
+            ...                            resume=True)  # doctest: +SKIP
         """
-        started, first = time.perf_counter(), self.state
-        history: list[EpochEvent] = []
-        samples, stopped = 0, False
-        events = self.steps(data, epochs=epochs, validation=validation)
-        async with contextlib.aclosing(events):
-            async for event in events:
-                if isinstance(event, EpochEvent):
-                    history.append(event)
-                else:
-                    samples += event.samples
-                if await _notify(callbacks, event):
-                    stopped = True
-                    break
+        session = CheckpointSession(
+            self, checkpoint_dir, every=checkpoint_every, keep=keep, resume=resume
+        )
+        started = time.perf_counter()
+        async with session:
+            epochs = await session.resume(epochs, data)
+            first = self.state
+            history: list[EpochEvent] = []
+            samples, stopped = 0, False
+            if epochs:
+                events = self.steps(data, epochs=epochs, validation=validation)
+                history, samples, stopped = await _consume(events, callbacks, session)
+            await session.finish()
         seconds = time.perf_counter() - started
         state = self.state
         return FitResult(
@@ -250,6 +271,7 @@ class Trainer:
 
     async def _run(self, train: Dataset, val: Dataset | None, epochs: int) -> AsyncIterator[Event]:
         ctx = await self._context(train)
+        self._samples = len(train)
         val_data = None if val is None else await self._backend.share({"X": val.X, "y": val.y})
         spe = steps_per_epoch(len(train), self.config.batch_size)
         updater = ctx.updater
@@ -351,6 +373,24 @@ class Trainer:
             f"<Trainer step={self.state.step} mode={self.mode.name} backend={backend} "
             f"{self._state}{running}>"
         )
+
+
+async def _consume(
+    events: AsyncGenerator[Event, None], callbacks: Sequence[Callback], session: CheckpointSession
+) -> tuple[list[EpochEvent], int, bool]:
+    """Drive a fit's events through checkpoints and callbacks: (epochs, samples, stopped)."""
+    history: list[EpochEvent] = []
+    samples = 0
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, EpochEvent):
+                history.append(event)
+            else:
+                samples += event.samples
+            await session.after(event)
+            if await _notify(callbacks, event):
+                return history, samples, True
+    return history, samples, False
 
 
 async def _notify(callbacks: Sequence[Callback], event: Event) -> bool:
