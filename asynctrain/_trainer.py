@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import inspect
 import math
-import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from types import TracebackType
@@ -15,7 +14,7 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
-from asynctrain._checkpoint import CheckpointMethods, CheckpointSession
+from asynctrain._checkpoint import CheckpointMethods, CheckpointSession, PathLike
 from asynctrain._checks import check_choice, check_int
 from asynctrain._config import TrainConfig, default_shards
 from asynctrain._evaluate import evaluate
@@ -32,7 +31,6 @@ from asynctrain.models import Model, check_data
 from asynctrain.optim import GradientTransformation, adam
 
 DataLike = Dataset | tuple[npt.ArrayLike, npt.ArrayLike]
-PathLike = str | os.PathLike[str]
 
 
 class Trainer(CheckpointMethods):
@@ -251,6 +249,7 @@ class Trainer(CheckpointMethods):
         train = self._prepare(data, "data")
         val = None if validation is None else self._prepare(validation, "validation")
         async with self._running_fit():
+            self._samples = len(train)
             async for event in self._run(train, val, epochs):
                 yield event
 
@@ -271,7 +270,6 @@ class Trainer(CheckpointMethods):
 
     async def _run(self, train: Dataset, val: Dataset | None, epochs: int) -> AsyncIterator[Event]:
         ctx = await self._context(train)
-        self._samples = len(train)
         val_data = None if val is None else await self._backend.share({"X": val.X, "y": val.y})
         spe = steps_per_epoch(len(train), self.config.batch_size)
         updater = ctx.updater

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -78,18 +77,9 @@ def _children() -> set[int]:
 
 
 def _our_segments() -> set[str]:
-    # Segments are named asynctrain_<owner pid>_...: skip those of other live processes
-    # (other test runs on a shared machine), keep ours, our children's and dead owners'.
-    ours = {os.getpid()} | _children()
-    found = set()
-    for name in _listdir("/dev/shm"):
-        match = re.match(r"asynctrain_(\d+)_", name)
-        if match is None:
-            if name.startswith("asynctrain_"):
-                found.add(name)
-        elif int(match[1]) in ours or not os.path.exists(f"/proc/{match[1]}"):
-            found.add(name)
-    return found
+    # Only this process's: other test runs on the machine own segments of their own.
+    prefix = f"asynctrain_{os.getpid()}_"
+    return {name for name in _listdir("/dev/shm") if name.startswith(prefix)}
 
 
 def _our_threads() -> set[str]:

@@ -28,3 +28,8 @@ def test_example_runs_as_a_script(path: Path) -> None:
 async def test_quickstart_learns() -> None:
     module = runpy.run_path(str(EXAMPLES[0].parent / "quickstart.py"))
     assert await module["main"](6000) > 0.8
+
+
+async def test_checkpoint_resume_is_exact() -> None:
+    module = runpy.run_path(str(EXAMPLES[0].parent / "checkpoint_resume.py"))
+    assert await module["main"](2000)

@@ -15,13 +15,14 @@ from asynctrain._checkpoint._content import Checkpoint, checkpoint_name, list_ch
 from asynctrain._checkpoint._format import sweep, temporaries
 from asynctrain._checkpoint._inspect import describe
 from asynctrain._checkpoint._methods import CheckpointMethods
-from asynctrain._checkpoint._session import CheckpointSession
+from asynctrain._checkpoint._session import CheckpointSession, PathLike
 from asynctrain._checkpoint._verify import read
 
 __all__ = [
     "Checkpoint",
     "CheckpointMethods",
     "CheckpointSession",
+    "PathLike",
     "checkpoint_name",
     "describe",
     "list_checkpoints",
