@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from asynctrain._checkpoint import PathLike
 from asynctrain._events import Callback, FitResult
 from asynctrain._trainer import DataLike, Trainer
 from asynctrain.backends import Backend
@@ -21,12 +22,17 @@ async def fit(
     backend: str | Backend = "thread",
     validation: DataLike | None = None,
     callbacks: Sequence[Callback] = (),
+    checkpoint_dir: PathLike | None = None,
+    checkpoint_every: int | None = None,
+    keep: int | None = 3,
+    resume: bool = False,
     **options: Any,
 ) -> FitResult:
     """Train ``model`` on ``data`` with a fresh :class:`~asynctrain.Trainer` and close it.
 
     ``options`` are the Trainer's other keyword arguments (``workers``, ``shards``,
-    ``batch_size``, ``seed``, ``nonfinite``, ``mode``).
+    ``batch_size``, ``seed``, ``nonfinite``, ``mode``); the checkpoint arguments are those
+    of :meth:`Trainer.fit <asynctrain.Trainer.fit>`.
 
     Example:
         >>> import asynctrain as at
@@ -37,4 +43,13 @@ async def fit(
         8
     """
     async with Trainer(model, optimizer, backend=backend, **options) as trainer:
-        return await trainer.fit(data, epochs=epochs, validation=validation, callbacks=callbacks)
+        return await trainer.fit(
+            data,
+            epochs=epochs,
+            validation=validation,
+            callbacks=callbacks,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            keep=keep,
+            resume=resume,
+        )

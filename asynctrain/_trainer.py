@@ -206,6 +206,7 @@ class Trainer(CheckpointMethods):
             >>> result = await trainer.fit(data, epochs=10, checkpoint_dir="ckpt",
             ...                            resume=True)  # doctest: +SKIP
         """
+        epochs = check_int("epochs", epochs)
         session = CheckpointSession(
             self, checkpoint_dir, every=checkpoint_every, keep=keep, resume=resume
         )

@@ -98,7 +98,7 @@ class Updater:
     ) -> StepStats:
         state, acc = self.state, self._scratch
         loss_sum, n = sum_in_order(results, grads, acc)
-        problem = _first_nonfinite(loss_sum, acc, "gradient of")
+        problem = _first_nonfinite(loss_sum, acc, "gradient of", from_shards=True)
         if problem is None:
             mean_in_place(acc, n)
             norm = global_norm(acc)
@@ -123,7 +123,8 @@ class Updater:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked below
             updates, opt_state = self.optimizer.update(acc, state.opt_state, state.params)
             params = apply_updates(state.params, updates)
-        problem = _first_nonfinite(0.0, params, "parameter") or _nonfinite_state(opt_state)
+        problem = _first_nonfinite(0.0, params, "parameter", from_shards=False)
+        problem = problem or _nonfinite_state(opt_state)
         if problem is not None:
             self._backup.restore()
         return params, opt_state, problem
@@ -188,13 +189,13 @@ class StateBackup:
             np.copyto(array, copy)
 
 
-def _first_nonfinite(loss: float, arrays: Grads, what: str) -> Problem | None:
+def _first_nonfinite(loss: float, arrays: Grads, what: str, *, from_shards: bool) -> Problem | None:
     """The loss if it is not finite, else the first non-finite array, else None."""
     if not math.isfinite(loss):
-        return Problem("loss", None, from_shards=True)
+        return Problem("loss", None, from_shards)
     for key, value in arrays.items():
         if not np.isfinite(value).all():
-            return Problem(f"{what} {key!r}", key, from_shards=what == "gradient of")
+            return Problem(f"{what} {key!r}", key, from_shards)
     return None
 
 
@@ -207,7 +208,8 @@ def _nonfinite_state(opt_state: Any) -> Problem | None:
 
 def _first_bad_shard(results: Sequence[ShardResult], grads: SharedArrays) -> int | None:
     for result in results:
-        shard_grads = grads.read(result.grad_slot)
-        if result.n and _first_nonfinite(result.loss, shard_grads, "gradient of") is not None:
+        if result.n and _first_nonfinite(
+            result.loss, grads.read(result.grad_slot), "gradient of", from_shards=True
+        ):
             return result.shard
     return None

@@ -1,9 +1,12 @@
 """Helpers shared by the reliability tests: a model that turns NaN on chosen samples,
-a recorder of the trajectory of states, and bit-level comparisons."""
+a recorder of the trajectory of states, bit-level comparisons, and a backend that fires a
+trigger at its k-th call."""
 
 from __future__ import annotations
 
 import importlib.util
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +15,7 @@ import pytest
 
 import asynctrain as at
 from asynctrain._tree import leaves
+from asynctrain._work import ShardTask
 from asynctrain.data import Dataset, batch_bounds, epoch_order, shard_bounds
 from asynctrain.models import SoftmaxRegression
 
@@ -115,3 +119,65 @@ def sample_of(
     start, stop = batch_bounds(n, batch_size)[step]
     first, _ = shard_bounds(stop - start, shards)[shard]
     return int(order[start + first])
+
+
+class Activity:
+    """Counts computations on the executor; records those started after the trigger."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.tripped = False
+        self.started_after: list[int | None] = []  # the step of each (None: validation)
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self.lock:
+            self.running += 1
+            if self.tripped:
+                self.started_after.append(
+                    args[-1].step if isinstance(args[-1], ShardTask) else None
+                )
+        try:
+            return fn(*args)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+class Tripwire:
+    """A backend that delegates to ``inner`` and fires ``trigger`` at its k-th run call."""
+
+    def __init__(self, inner: Any, k: int, when: str, trigger: Callable[[], None]) -> None:
+        self.inner, self.k, self.when, self.trigger = inner, k, when, trigger
+        self.name, self.workers, self.inline = inner.name, inner.workers, inner.inline
+        self.calls = 0
+        self.activity = Activity()
+
+    async def run(self, fn: Callable[..., Any], /, *args: Any) -> Any:
+        self.calls += 1
+        mine = self.calls == self.k
+        if mine and self.when == "before":
+            self._fire()
+        result = await self.inner.run(self.activity.run, fn, *args)
+        if mine and self.when == "after":
+            self._fire()
+        return result
+
+    def _fire(self) -> None:
+        self.activity.tripped = True
+        self.trigger()
+
+    async def share(self, arrays: Any, *, slots: int = 1) -> Any:
+        return await self.inner.share(arrays, slots=slots)
+
+    async def release(self, shared: Any) -> None:
+        await self.inner.release(shared)
+
+    async def aclose(self) -> None:
+        """The test closes the inner backend itself."""
+
+    async def __aenter__(self) -> Tripwire:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None

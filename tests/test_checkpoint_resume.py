@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from _reliability import skip_missing_backend, state_bits
 
 import asynctrain as at
 from asynctrain._checkpoint import Checkpoint, list_checkpoints, temporaries
+from asynctrain._checkpoint import _format as checkpoint_format
 from asynctrain._cli import main
 from asynctrain.data import synthetic
 from asynctrain.models import SoftmaxRegression
@@ -205,6 +207,20 @@ async def test_resume_counts_epochs_of_the_whole_run(tmp_path: Path, data: at.da
     assert done.steps == 0
 
 
+async def test_the_one_call_fit_resumes_too(tmp_path: Path, data: at.data.Dataset) -> None:
+    model, options = SoftmaxRegression(128, 10), {"backend": "inline", "batch_size": 100}
+    first = await at.fit(model, data, epochs=1, checkpoint_dir=tmp_path, **options)
+    second = await at.fit(model, data, epochs=2, checkpoint_dir=tmp_path, resume=True, **options)
+    reference = await at.fit(model, data, epochs=2, **options)
+    assert (first.steps, second.steps) == (5, 5)
+    assert all(np.array_equal(second.params[k], reference.params[k]) for k in reference.params)
+
+
+async def test_an_empty_directory_is_not_a_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(at.CheckpointError, match=f"no checkpoint .* in directory {tmp_path}"):
+        await _softmax_trainer().load(tmp_path)
+
+
 async def test_mid_epoch_resume_on_other_data_is_refused(
     tmp_path: Path, data: at.data.Dataset
 ) -> None:
@@ -236,6 +252,29 @@ async def test_a_failed_save_stops_the_fit_and_keeps_the_previous(
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000000000002.ckpt"]
     assert Checkpoint.read(tmp_path).counter("step") == 2
     assert temporaries(tmp_path) == []
+
+
+async def test_a_failing_fit_lets_its_checkpoint_write_land(
+    tmp_path: Path, data: at.data.Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    go, real_write = threading.Event(), checkpoint_format._HashingSink.write
+
+    def held_write(sink: Any, chunk: Any) -> int:
+        assert go.wait(10)
+        return int(real_write(sink, chunk))
+
+    class FailWhileSaving(at.Callback):
+        def on_step(self, event: at.StepEvent) -> None:
+            if event.step + 1 == 3:  # the save of step 2 is held in flight
+                asyncio.get_running_loop().call_later(0.1, go.set)
+                raise Interrupted("while a checkpoint was being written")
+
+    monkeypatch.setattr(checkpoint_format._HashingSink, "write", held_write)
+    with pytest.raises(Interrupted):
+        await _softmax_trainer().fit(
+            data, checkpoint_dir=tmp_path, checkpoint_every=2, callbacks=[FailWhileSaving()]
+        )
+    assert Checkpoint.read(tmp_path).counter("step") == 2
 
 
 async def test_an_optimizer_state_that_is_not_data_is_refused_before_training(

@@ -242,7 +242,7 @@ def describe_trainer(trainer: Trainer) -> dict[str, Any]:
             "dtype": np.dtype(model.dtype).name,
         },
         "optimizer": repr(trainer.optimizer),
-        "samples": getattr(trainer, "_samples", None),
+        "samples": trainer._samples,
     }
 
 

@@ -5,7 +5,8 @@ copy of the state it writes is taken where updates run (the updater), so it is a
 one whole committed step. During a fit a write overlaps the following steps; the next save
 (or the end of the fit) waits for it first, and a failed write stops the fit with its
 :class:`~asynctrain.CheckpointError`. Cancelling stops a write within one 16 MiB chunk,
-removes its temporary file and waits for the thread before ``CancelledError`` propagates.
+removes its temporary file and waits for the thread before ``CancelledError`` propagates;
+a fit that fails otherwise lets its write in flight land.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from asynctrain._checkpoint._content import (
     snapshot,
     write,
 )
-from asynctrain._checkpoint._format import sweep
+from asynctrain._checkpoint._format import SaveCancelled, sweep
 from asynctrain._checks import check_int
 from asynctrain._events import Event, StepEvent
 from asynctrain._exceptions import CheckpointError, ConfigError, ConfigTypeError
@@ -152,15 +153,27 @@ class CheckpointSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # A write in flight is abandoned when the fit is cancelled (cancelling is prompt)
+        # and otherwise lands: a fit that failed keeps its latest checkpoint.
         if self._writer is None:
             return
         try:
             if self._pending is not None:
-                if exc_type is not None:
+                if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
                     self._writer.cancel.set()
-                await settle(self._pending)
+                await self._drain_behind(exc)
         finally:
             self._writer.close()
+
+    async def _drain_behind(self, exc: BaseException | None) -> None:
+        try:
+            await self._drain()
+        except SaveCancelled:
+            pass
+        except CheckpointError as failed:
+            if exc is None:
+                raise
+            exc.add_note(f"and a checkpoint write failed: {failed}")
 
     async def resume(self, epochs: int, data: DataLike) -> int:
         """Restore the latest checkpoint if asked; return the epochs left to train.
@@ -223,7 +236,7 @@ class CheckpointSession:
             await self._writer.wait(future)
 
     def _steps_per_epoch(self) -> int:
-        samples = getattr(self.trainer, "_samples", None) or 1
+        samples = self.trainer._samples or 1
         return steps_per_epoch(samples, self.trainer.config.batch_size)
 
 

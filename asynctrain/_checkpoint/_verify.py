@@ -149,6 +149,11 @@ def _read_array(
     with archive.open(info) as raw:
         source = _HashingSource(raw, digest)
         shape, fortran, dtype = _read_header(source)
+        if dtype.str not in DTYPES:  # checked before a single data byte is interpreted
+            raise CheckpointError(
+                f"{path}: array {key!r} is stored as {dtype.str!r}, which is not allowed "
+                "(booleans, integers and floats only)"
+            )
         if dtype.str != entry["dtype"] or list(shape) != entry["shape"]:
             raise CheckpointError(f"{path}: array {key!r}'s header disagrees with the manifest")
         count = math.prod(shape)
@@ -173,8 +178,6 @@ def _read_header(source: _HashingSource) -> tuple[tuple[int, ...], bool, np.dtyp
     else:
         raise ValueError(f"unsupported .npy version {version}")
     shape, fortran, dtype = header
-    if dtype.str not in DTYPES:
-        raise ValueError(f"dtype {dtype} is not allowed (booleans, integers and floats only)")
     return tuple(shape), bool(fortran), dtype
 
 
