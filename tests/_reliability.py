@@ -145,11 +145,17 @@ class Activity:
 
 
 class Tripwire:
-    """A backend that delegates to ``inner`` and fires ``trigger`` at its k-th run call."""
+    """A backend that delegates to ``inner`` and fires ``trigger`` at its k-th run call.
+
+    On in-process backends every computation goes through an :class:`Activity`; workers
+    in other processes cannot share it, so there only the pool's busy count is seen.
+    """
 
     def __init__(self, inner: Any, k: int, when: str, trigger: Callable[[], None]) -> None:
         self.inner, self.k, self.when, self.trigger = inner, k, when, trigger
-        self.name, self.workers, self.inline = inner.name, inner.workers, inner.inline
+        self.name, self.workers = inner.name, inner.workers
+        self.inline = getattr(inner, "inline", False)
+        self.in_process = inner.name in ("inline", "thread")
         self.calls = 0
         self.activity = Activity()
 
@@ -158,10 +164,19 @@ class Tripwire:
         mine = self.calls == self.k
         if mine and self.when == "before":
             self._fire()
-        result = await self.inner.run(self.activity.run, fn, *args)
+        if self.in_process:
+            result = await self.inner.run(self.activity.run, fn, *args)
+        else:
+            result = await self.inner.run(fn, *args)
         if mine and self.when == "after":
             self._fire()
         return result
+
+    def running(self) -> int:
+        """Computations running now (for a process pool: workers busy with a task)."""
+        if self.in_process:
+            return self.activity.running
+        return int(getattr(getattr(self.inner, "_pool", None), "busy", 0))
 
     def _fire(self) -> None:
         self.activity.tripped = True
