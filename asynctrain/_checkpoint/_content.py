@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"^step-(\d+)\.ckpt$")
 _COUNTERS = ("step", "version", "skipped", "epoch", "batch")
 _MUST_MATCH = {
-    "config": ("batch_size", "shards", "seed", "mode"),
+    "config": ("batch_size", "shards", "seed", "mode", "local_steps", "staleness"),
     "model": ("class", "n_features", "n_classes", "dtype"),
 }
 
@@ -233,6 +233,9 @@ def describe_trainer(trainer: Trainer) -> dict[str, Any]:
             "seed": config.seed,
             "nonfinite": config.nonfinite,
             "mode": trainer.mode.name,
+            # Options of some modes only (None otherwise, or where the config has none).
+            "local_steps": getattr(config, "local_steps", None),
+            "staleness": getattr(config, "staleness", None),
         },
         "model": {
             "class": type(model).__name__,

@@ -73,8 +73,9 @@ class CheckpointMethods:
     ) -> Self:
         """Create a trainer that continues from the checkpoint at ``path``.
 
-        ``batch_size``, ``shards``, ``seed``, ``nonfinite`` and ``mode`` default to the
-        checkpoint's; ``options`` are the other Trainer arguments (``backend``, ...).
+        ``batch_size``, ``shards``, ``seed``, ``nonfinite``, ``mode`` and the mode's options
+        default to the checkpoint's; ``options`` are the other Trainer arguments
+        (``backend``, ...).
 
         Raises:
             CheckpointError: as :meth:`load`.

@@ -41,13 +41,22 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 PathLike = str | os.PathLike[str]
-RESTORED_SETTINGS = ("batch_size", "shards", "seed", "nonfinite", "mode")
+RESTORED_SETTINGS = (
+    "batch_size",
+    "shards",
+    "seed",
+    "nonfinite",
+    "mode",
+    "local_steps",
+    "staleness",
+)
 
 
 def restored_settings(checkpoint: Checkpoint, options: dict[str, Any]) -> dict[str, Any]:
     """``options`` completed with the checkpoint's trainer settings where not given."""
     config = checkpoint.section("config")
-    return {key: config[key] for key in RESTORED_SETTINGS if key in config} | options
+    found = {key: config[key] for key in RESTORED_SETTINGS if config.get(key) is not None}
+    return found | options
 
 
 class Writer:
