@@ -162,10 +162,7 @@ class Checkpoint:
         params = self.params
         for name in sorted(current.keys() | params.keys()):
             problems += _compare_array(f"params[{name!r}]", params.get(name), current.get(name))
-        opt_arrays = [self.arrays[f"opt_state/{i}"] for i in range(self._opt_count())]
-        template = trainer.optimizer.init(current)
-        spec = self.section("optimizer").get("state")
-        opt_state = _tree.decode(template, spec, opt_arrays, problems, "optimizer state")
+        opt_state = self._opt_state(trainer, current, problems)
         if problems:
             listed = "".join(f"\n  - {p}" for p in problems)
             raise CheckpointError(
@@ -175,6 +172,24 @@ class Checkpoint:
         counters = [self.counter(name) for name in _COUNTERS]
         step, version, skipped, epoch, batch = counters
         return TrainState(step, version, readonly(params), opt_state, skipped, epoch, batch)
+
+    def _opt_state(self, trainer: Trainer, current: Params, problems: list[str]) -> Any:
+        """Rebuild the optimizer state on a trusted template: the layout of
+        ``optimizer.init``, or the mode's own if it declares one (``checkpoint_layout``)."""
+        plain = trainer.optimizer.init(current)
+        layout = getattr(trainer.mode, "checkpoint_layout", None)
+        templates = [plain] if layout is None else [layout(plain, trainer.config.shards), plain]
+        arrays = [self.arrays[f"opt_state/{i}"] for i in range(self._opt_count())]
+        spec = self.section("optimizer").get("state")
+        first: list[str] = []
+        for template in templates:
+            found: list[str] = []
+            state = _tree.decode(template, spec, arrays, found, "optimizer state")
+            if not found:
+                return state
+            first = first or found
+        problems += first
+        return plain
 
     def check_data(self, samples: int) -> None:
         """Check that a dataset of ``samples`` rows continues this checkpoint's epoch.
