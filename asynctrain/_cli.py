@@ -1,4 +1,4 @@
-"""The ``asynctrain`` command: demo, train (and the commands other modules register)."""
+"""The ``asynctrain`` command: demo, train, inspect (and the commands other modules register)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from asynctrain import models, optim
+from asynctrain._checkpoint import describe
 from asynctrain._config import MODE_OPTIONS
 from asynctrain._exceptions import AsyncTrainError
 from asynctrain._progress import Progress
@@ -81,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default=None, help="save the parameters here (.npz)")
     _add_training_options(train, epochs=5, lr=1e-2)
     train.set_defaults(handler=_train)
+    inspect = commands.add_parser("inspect", help="verify a checkpoint and print what it holds")
+    inspect.add_argument("checkpoint", help="a .ckpt file, or a directory (its latest)")
+    inspect.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    inspect.set_defaults(handler=_inspect)
     return parser
 
 
@@ -96,6 +101,11 @@ def _train(args: argparse.Namespace) -> int:
     n_classes = int(data.y.max()) + 1 if args.model in ("softmax", "mlp") else 2
     model = build_model(args.model, data.n_features, n_classes, args.hidden)
     return _fit_and_report(args, model, data)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    print(describe(args.checkpoint, as_json=args.json))
+    return 0
 
 
 def _fit_and_report(args: argparse.Namespace, model: Any, data: Dataset) -> int:

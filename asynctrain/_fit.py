@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from asynctrain._checkpoint import PathLike
 from asynctrain._events import Callback, FitResult
 from asynctrain._trainer import DataLike, Trainer
 from asynctrain.backends import Backend
@@ -21,6 +22,10 @@ async def fit(
     backend: str | Backend = "thread",
     validation: DataLike | None = None,
     callbacks: Sequence[Callback] = (),
+    checkpoint_dir: PathLike | None = None,
+    checkpoint_every: int | None = None,
+    keep: int | None = 3,
+    resume: bool = False,
     monitor_lag: bool = False,
     **options: Any,
 ) -> FitResult:
@@ -28,7 +33,7 @@ async def fit(
 
     ``options`` are the Trainer's other keyword arguments (``workers``, ``shards``,
     ``batch_size``, ``seed``, ``nonfinite``, ``mode``, ``local_steps``, ``staleness``);
-    ``monitor_lag`` is :meth:`Trainer.fit`'s.
+    ``monitor_lag`` and the checkpoint arguments are :meth:`Trainer.fit`'s.
 
     Example:
         >>> import asynctrain as at
@@ -44,5 +49,9 @@ async def fit(
             epochs=epochs,
             validation=validation,
             callbacks=callbacks,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            keep=keep,
+            resume=resume,
             monitor_lag=monitor_lag,
         )

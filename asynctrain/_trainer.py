@@ -14,6 +14,7 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
+from asynctrain._checkpoint import CheckpointMethods, CheckpointSession, PathLike
 from asynctrain._checks import check_int
 from asynctrain._config import TrainConfig, default_shards
 from asynctrain._evaluate import evaluate
@@ -42,7 +43,7 @@ DataLike = Dataset | tuple[npt.ArrayLike, npt.ArrayLike]
 FIT_LAG_WINDOW = 10_000  # heartbeats behind fit(monitor_lag=True): ~10 s, sorted once
 
 
-class Trainer:
+class Trainer(CheckpointMethods):
     """Train a model with data-parallel shards on an asyncio event loop.
 
     Each step splits its batch into ``shards`` shards, runs one asyncio task per shard
@@ -121,6 +122,7 @@ class Trainer:
         self._updater: Updater | None = None
         self._state = "unopened"
         self._running = False
+        self._samples: int | None = None  # rows of the data of the current or last fit
         self._partial_lock = asyncio.Lock()  # FIFO: partial_fit calls apply in call order
         self._partials = 0  # partial_fit calls waiting or running
 
@@ -193,15 +195,26 @@ class Trainer:
         epochs: int = 1,
         validation: DataLike | None = None,
         callbacks: Sequence[Callback] = (),
+        checkpoint_dir: PathLike | None = None,
+        checkpoint_every: int | None = None,
+        keep: int | None = 3,
+        resume: bool = False,
         monitor_lag: bool = False,
     ) -> FitResult:
         """Train for ``epochs`` epochs and return a :class:`FitResult`.
 
         Args:
             data: a :class:`~asynctrain.data.Dataset` or an ``(X, y)`` pair.
-            epochs: epochs to train (an interrupted epoch counts as the first).
+            epochs: epochs to train (an interrupted epoch counts as the first); with
+                ``resume=True``, the epochs of the whole run, restored ones included.
             validation: data to evaluate after every epoch (loss and accuracy).
             callbacks: :class:`Callback` objects; one returning True stops the fit.
+            checkpoint_dir: save checkpoints (``step-<n>.ckpt``) here: every epoch, or
+                every ``checkpoint_every`` steps, and at the end; writes overlap training.
+            checkpoint_every: steps between checkpoints (None: once per epoch).
+            keep: how many of the latest checkpoints to keep (None: all).
+            resume: continue from the latest checkpoint in ``checkpoint_dir``, if any,
+                exactly where it left off (parameters, optimizer, data order).
             monitor_lag: measure the event loop's lag during the fit with a
                 :class:`~asynctrain.LoopLagMonitor`; its p50/p99/max (ms) go into
                 ``FitResult.extra`` as ``loop_lag_p50_ms``, ``loop_lag_p99_ms`` and
@@ -210,33 +223,62 @@ class Trainer:
         Raises:
             DataError, ConfigError: bad data or settings, before any work starts.
             NonFiniteError: a non-finite loss or gradient with ``nonfinite="raise"``.
+            CheckpointError: a checkpoint could not be written, or the one to resume
+                from is unreadable or does not match this trainer.
             StateError: the trainer is closed or already running a fit.
+
+        Example:
+            >>> result = await trainer.fit(data, epochs=10, checkpoint_dir="ckpt",
+            ...                            resume=True)  # doctest: +SKIP
         """
         if monitor_lag:
             async with LoopLagMonitor(window=FIT_LAG_WINDOW) as lag:
                 result = await self.fit(
-                    data, epochs=epochs, validation=validation, callbacks=callbacks
+                    data,
+                    epochs=epochs,
+                    validation=validation,
+                    callbacks=callbacks,
+                    checkpoint_dir=checkpoint_dir,
+                    checkpoint_every=checkpoint_every,
+                    keep=keep,
+                    resume=resume,
                 )
             result.extra.update(lag.stats().as_dict("loop_lag_"))
             return result
-        events = self.steps(data, epochs=epochs, validation=validation)
-        return await self._collect(events, callbacks)
+        epochs = check_int("epochs", epochs)
+        session = CheckpointSession(
+            self, checkpoint_dir, every=checkpoint_every, keep=keep, resume=resume
+        )
+        async with session:
+            epochs = await session.resume(epochs, data)
+            events = self.steps(data, epochs=epochs, validation=validation) if epochs else None
+            result = await self._collect(events, callbacks, session)
+            await session.finish()
+        return result
 
     async def _collect(
-        self, events: AsyncGenerator[Event, None], callbacks: Sequence[Callback]
+        self,
+        events: AsyncGenerator[Event, None] | None,
+        callbacks: Sequence[Callback],
+        checkpoints: CheckpointSession | None = None,
     ) -> FitResult:
-        """Run ``events`` to the end (or until a callback stops it) into a FitResult."""
+        """Run ``events`` to the end (or until a callback stops it) into a FitResult.
+
+        ``None`` stands for no events (a resumed run with nothing left to train).
+        """
         started, first = time.perf_counter(), self.state
         history: list[EpochEvent] = []
         staleness: list[int] = []
         samples, stopped = 0, False
-        async with contextlib.aclosing(events):
-            async for event in events:
+        async with contextlib.aclosing(events or _no_events()) as stream:
+            async for event in stream:
                 if isinstance(event, EpochEvent):
                     history.append(event)
                 else:
                     samples += event.samples
                     staleness.append(event.staleness)
+                if checkpoints is not None:
+                    await checkpoints.after(event)
                 if await _notify(callbacks, event):
                     stopped = True
                     break
@@ -281,6 +323,7 @@ class Trainer:
             self._running_fit(),
             contextlib.aclosing(self._run(train, val, epochs)) as events,
         ):
+            self._samples = len(train)
             async for event in events:
                 yield event
 
@@ -564,6 +607,11 @@ class Trainer:
 def shuffle(n: int, seed: int, epoch: int) -> npt.NDArray[np.int64]:
     """:func:`~asynctrain.data.epoch_order` with positional arguments, for ``Updater.call``."""
     return epoch_order(n, seed=seed, epoch=epoch)
+
+
+async def _no_events() -> AsyncGenerator[Event, None]:
+    return
+    yield
 
 
 async def _notify(callbacks: Sequence[Callback], event: Event) -> bool:

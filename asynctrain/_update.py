@@ -15,9 +15,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from asynctrain._exceptions import NonFiniteError
 from asynctrain._reduce import mean_in_place, sum_in_order, zeros_like
+from asynctrain._tree import leaves
 from asynctrain._types import Grads, Params
 from asynctrain._work import ShardResult
 from asynctrain.backends import SharedArrays
@@ -67,6 +69,7 @@ class Updater:
         self.state = state
         self.nonfinite = nonfinite
         self._scratch: Grads = zeros_like(state.params)
+        self._backup = StateBackup()
         self._executor = (
             None
             if inline
@@ -125,13 +128,11 @@ class Updater:
     ) -> StepStats:
         state, acc = self.state, self._scratch
         loss_sum, n = sum_in_order(results, grads, acc)
-        problem = _first_nonfinite(loss_sum, acc)
+        problem = _first_nonfinite(loss_sum, acc, "gradient of", from_shards=True)
         if problem is None:
             mean_in_place(acc, n)
             norm = global_norm(acc)
-            updates, opt_state = self.optimizer.update(acc, state.opt_state, state.params)
-            params = apply_updates(state.params, updates)
-            problem = _first_nonfinite(0.0, params)
+            params, opt_state, problem = self._update(state, acc)
         if problem is not None:
             return self._refuse(results, grads, loss_sum / max(n, 1), n, problem, advance)
         version = state.version + 1
@@ -146,26 +147,38 @@ class Updater:
         )
         return StepStats(loss_sum / n, norm, n, skipped=False)
 
+    def _update(self, state: TrainState, acc: Grads) -> tuple[Params, Any, Problem | None]:
+        """Run the optimizer; if the result is not finite, undo its in-place state changes."""
+        self._backup.save(state.opt_state)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked below
+            updates, opt_state = self.optimizer.update(acc, state.opt_state, state.params)
+            params = apply_updates(state.params, updates)
+        problem = _first_nonfinite(0.0, params, "parameter", from_shards=False)
+        problem = problem or _nonfinite_state(opt_state)
+        if problem is not None:
+            self._backup.restore()
+        return params, opt_state, problem
+
     def _refuse(
         self,
         results: Sequence[ShardResult],
         grads: SharedArrays,
         loss: float,
         n: int,
-        parameter: str | None,
+        problem: Problem,
         advance: int,
     ) -> StepStats:
         state = self.state
         if self.nonfinite == "raise":
-            shard = _first_bad_shard(results, grads)
-            where = "loss" if parameter == "" else f"parameter {parameter!r}"
+            shard = _first_bad_shard(results, grads) if problem.from_shards else None
+            where = "" if shard is None else f" (first in shard {shard})"
             raise NonFiniteError(
-                f"step {state.step}: non-finite {where} (first in shard {shard}); the "
-                "parameters were left as they were. Lower the learning rate, add "
+                f"step {state.step}: non-finite {problem.what}{where}; the parameters and the "
+                "optimizer state were left as they were. Lower the learning rate, add "
                 "clip_by_global_norm, check the data, or pass nonfinite='skip'",
                 step=state.step,
                 shard=shard,
-                parameter=parameter or None,
+                parameter=problem.parameter,
             )
         self.state = state._replace(
             step=state.step + 1, skipped=state.skipped + 1, batch=state.batch + advance
@@ -173,18 +186,61 @@ class Updater:
         return StepStats(loss, math.nan, n, skipped=True)
 
 
-def _first_nonfinite(loss: float, arrays: Grads) -> str | None:
-    """``""`` if ``loss`` is not finite, else the first non-finite array's name, else None."""
+class Problem(NamedTuple):
+    """Where a non-finite value was found, for the error message and NonFiniteError."""
+
+    what: str
+    parameter: str | None
+    from_shards: bool
+
+
+class StateBackup:
+    """Scratch copies of the optimizer state's arrays, to undo an update that is refused.
+
+    Optimizers update their state in place; copying it first (into buffers allocated once)
+    is what lets a refused step leave the state exactly as it was.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: list[npt.NDArray[Any]] = []
+        self._copies: list[npt.NDArray[Any]] = []
+
+    def save(self, opt_state: Any) -> None:
+        """Copy the arrays of ``opt_state``."""
+        self._arrays = [array for _, array in leaves(opt_state)]
+        if [(a.shape, a.dtype) for a in self._copies] != [(a.shape, a.dtype) for a in self._arrays]:
+            self._copies = [array.copy() for array in self._arrays]
+            return
+        for copy, array in zip(self._copies, self._arrays, strict=True):
+            np.copyto(copy, array)
+
+    def restore(self) -> None:
+        """Write the saved values back into the arrays they were copied from."""
+        for copy, array in zip(self._copies, self._arrays, strict=True):
+            np.copyto(array, copy)
+
+
+def _first_nonfinite(loss: float, arrays: Grads, what: str, *, from_shards: bool) -> Problem | None:
+    """The loss if it is not finite, else the first non-finite array, else None."""
     if not math.isfinite(loss):
-        return ""
+        return Problem("loss", None, from_shards)
     for key, value in arrays.items():
         if not np.isfinite(value).all():
-            return key
+            return Problem(f"{what} {key!r}", key, from_shards)
+    return None
+
+
+def _nonfinite_state(opt_state: Any) -> Problem | None:
+    for where, array in leaves(opt_state):
+        if not np.isfinite(array).all():
+            return Problem(f"optimizer state {where}", None, from_shards=False)
     return None
 
 
 def _first_bad_shard(results: Sequence[ShardResult], grads: SharedArrays) -> int | None:
     for result in results:
-        if result.n and _first_nonfinite(result.loss, grads.read(result.grad_slot)) is not None:
+        if result.n and _first_nonfinite(
+            result.loss, grads.read(result.grad_slot), "gradient of", from_shards=True
+        ):
             return result.shard
     return None

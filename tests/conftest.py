@@ -6,10 +6,12 @@ import asyncio
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 import asynctrain as at
+from asynctrain._checkpoint import temporaries
 
 # Every event loop the tests create runs in debug mode: unawaited coroutines, callbacks
 # from other threads and unclosed resources are reported (and warnings are errors).
@@ -84,11 +86,20 @@ def _our_threads() -> set[str]:
     return {t.name for t in threading.enumerate() if t.name.startswith("asynctrain")}
 
 
+def _checkpoint_temporaries(root: Path) -> set[Path]:
+    return set(temporaries(root, recursive=True))
+
+
 @pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    """Fail a test that leaves asynctrain threads, child processes, shared memory or tasks."""
+def no_leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fail a test that leaves asynctrain threads, child processes, shared memory, tasks or
+    temporary checkpoint files (under the test's temporary directories) behind."""
     threads, children, segments = _our_threads(), _children(), _our_segments()
+    temporary_root = tmp_path_factory.getbasetemp()
+    checkpoint_temporaries = _checkpoint_temporaries(temporary_root)
     yield
+    leaked_files = _checkpoint_temporaries(temporary_root) - checkpoint_temporaries
+    assert not leaked_files, f"temporary checkpoint files left: {sorted(map(str, leaked_files))}"
     leaked_threads = _our_threads() - threads
     leaked_children = _children() - children
     leaked_segments = _our_segments() - segments

@@ -30,6 +30,11 @@ async def test_quickstart_learns() -> None:
     assert await module["main"](6000) > 0.8
 
 
+async def test_checkpoint_resume_is_exact() -> None:
+    module = runpy.run_path(str(EXAMPLES[0].parent / "checkpoint_resume.py"))
+    assert await module["main"](2000)
+
+
 async def test_stream_example_learns() -> None:
     module = runpy.run_path(str(EXAMPLES[0].parent / "stream_async_generator.py"))
     assert await module["main"](10_000) > 0.85

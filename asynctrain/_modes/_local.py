@@ -19,7 +19,13 @@ from asynctrain._modes._tree import rebuild, skeleton, to_arrays
 from asynctrain._reduce import mean_in_place, sum_in_order, zeros_like
 from asynctrain._tasks import gather_ordered
 from asynctrain._types import Grads
-from asynctrain._update import StepStats, TrainState, _first_bad_shard, _first_nonfinite
+from asynctrain._update import (
+    Problem,
+    StepStats,
+    TrainState,
+    _first_bad_shard,
+    _first_nonfinite,
+)
 from asynctrain.backends import SharedArrays
 from asynctrain.backends._base import readonly
 from asynctrain.optim import apply_updates
@@ -129,6 +135,11 @@ class LocalMode:
             for task in tasks
         )
 
+    def checkpoint_layout(self, opt_state: Any, shards: int) -> LocalOptState:
+        """How this mode keeps ``opt_state``: one copy per shard (a template to load into)."""
+        skel = skeleton(opt_state)
+        return LocalOptState(tuple(rebuild(skel, to_arrays(opt_state)) for _ in range(shards)))
+
     def __repr__(self) -> str:
         return f"LocalMode(local_steps={self.local_steps})"
 
@@ -156,11 +167,11 @@ def _commit_round(
     """Average the shards' deltas into a new version (on the update thread)."""
     summed = [r.result for r in results]
     loss, n = sum_in_order(summed, ctx.grads, fit.scratch)
-    problem = _first_nonfinite(loss, fit.scratch)
+    problem = _first_nonfinite(loss, fit.scratch, "gradient of", from_shards=True)
     if problem is None:
         mean_in_place(fit.scratch, n)
         params = apply_updates(state.params, fit.scratch)
-        problem = _first_nonfinite(0.0, params)
+        problem = _first_nonfinite(0.0, params, "parameter", from_shards=False)
     if problem is not None:
         return _refuse(state, results, ctx, fit, steps, problem)
     version = state.version + 1
@@ -192,20 +203,21 @@ def _refuse(
     ctx: StepContext,
     fit: _Fit,
     steps: int,
-    parameter: str,
+    problem: Problem,
 ) -> tuple[TrainState, list[StepStats]]:
     """Apply the non-finite policy to a round: raise, or skip all of its steps."""
     if ctx.updater.nonfinite == "raise":
-        shard = _first_bad_shard([r.result for r in results], ctx.grads)
-        where = "loss" if parameter == "" else f"parameter {parameter!r}"
+        found = _first_bad_shard([r.result for r in results], ctx.grads)
+        shard = found if problem.from_shards else None
+        where = problem.what + ("" if shard is None else f" (first in shard {shard})")
         raise NonFiniteError(
             f"steps {state.step}..{state.step + steps - 1} (one local round): non-finite "
-            f"{where} (first in shard {shard}); the parameters were left as they were. "
+            f"{where}; the parameters were left as they were. "
             "Lower the learning rate or local_steps, add clip_by_global_norm, check the "
             "data, or pass nonfinite='skip'",
             step=state.step,
             shard=shard,
-            parameter=parameter or None,
+            parameter=problem.parameter,
         )
     _write_states(fit, state.opt_state)  # the workers' states went bad with the round
     new = state._replace(

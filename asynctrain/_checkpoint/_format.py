@@ -1,0 +1,190 @@
+"""Writing a checkpoint file: JSON and ``.npy`` members in one uncompressed zip.
+
+Layout: ``manifest.json`` (format, version, and per array its member, shape, dtype, size
+and SHA-256) plus one ``.npy`` member per array (``params/W.npy``, ...), so ``np.load(path)``
+can read the arrays too. Writing is atomic: a temporary file in the
+same directory (named after the host and pid of its writer, so a dead writer's leftovers
+are recognised and swept) is written, flushed and fsynced, renamed over the target, and
+the directory is fsynced; a reader sees the old file or the new one, never a torn one.
+
+Reading (:mod:`._verify`) trusts nothing in the file and never unpickles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import secrets
+import socket
+import threading
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._exceptions import CheckpointError
+
+FORMAT = "asynctrain-checkpoint"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20
+CHUNK = 16 << 20
+_NUMBERS = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
+_NUMBERS += ["float16", "float32", "float64"]
+DTYPES = frozenset(  # the allow-list, in both byte orders ("|" for single bytes)
+    {np.dtype(name).newbyteorder("<").str for name in _NUMBERS}
+    | {np.dtype(name).newbyteorder(">").str for name in _NUMBERS}
+)
+_TEMPORARY = re.compile(
+    r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$"
+)
+_MEMBER = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")  # keys usable as member names
+
+
+class SaveCancelled(Exception):
+    """Raised inside a writer thread when its save was cancelled; the file is removed."""
+
+
+def write(
+    path: Path,
+    manifest: Mapping[str, Any],
+    arrays: Mapping[str, npt.NDArray[Any]],
+    *,
+    cancel: threading.Event | None = None,
+) -> None:
+    """Write ``manifest`` and ``arrays`` to ``path`` atomically; see the module docstring.
+
+    Raises:
+        CheckpointError: the directory is missing or the write failed (``ENOSPC``,
+            ``EIO``, ...); the previous file at ``path``, if any, is left intact.
+        SaveCancelled: ``cancel`` was set while writing (nothing was left behind).
+    """
+    temporary = path.parent / f".{path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            with os.fdopen(fd, "wb", closefd=False) as out:
+                _write_zip(out, manifest, arrays, cancel)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise CheckpointError(_write_failure(path, exc)) from exc
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    try:
+        _fsync_directory(path.parent)
+    except OSError as exc:
+        raise CheckpointError(
+            f"wrote checkpoint {path} but could not fsync {path.parent}: {exc.strerror}; "
+            "it may not survive a power failure"
+        ) from exc
+
+
+def temporaries(directory: Path, *, recursive: bool = False) -> list[Path]:
+    """The temporary files of unfinished saves under ``directory`` (any writer's)."""
+    found = directory.rglob(".*.tmp") if recursive else directory.glob(".*.tmp")
+    return sorted(p for p in found if _TEMPORARY.match(p.name))
+
+
+def sweep(directory: Path) -> list[Path]:
+    """Remove temporaries left by dead writers on this host; return what was removed.
+
+    A temporary whose writer (host, pid) is still alive, or that another host wrote, is
+    left alone: it may be a save in progress.
+    """
+    removed = []
+    for path in temporaries(directory):
+        match = _TEMPORARY.match(path.name)
+        assert match is not None
+        if match["host"] == _host() and not _alive(int(match["pid"])):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _write_zip(
+    out: IO[bytes],
+    manifest: Mapping[str, Any],
+    arrays: Mapping[str, npt.NDArray[Any]],
+    cancel: threading.Event | None,
+) -> None:
+    entries = {}
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for i, (key, array) in enumerate(arrays.items()):
+            member = f"{key}.npy" if _MEMBER.fullmatch(key) else f"arrays/{i}.npy"
+            with archive.open(member, "w", force_zip64=array.nbytes > (1 << 30)) as raw:
+                sink = _HashingSink(raw, cancel)
+                np.lib.format.write_array(sink, np.asarray(array), allow_pickle=False)
+            entries[key] = {
+                "member": member,
+                "shape": list(array.shape),
+                "dtype": array.dtype.str,
+                "size": sink.size,
+                "sha256": sink.digest.hexdigest(),
+            }
+        full = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "arrays": entries}
+        archive.writestr(MANIFEST, json.dumps(full, indent=1, allow_nan=False))
+
+
+class _HashingSink:
+    """A write-only file that hashes what passes through and stops when cancelled."""
+
+    def __init__(self, raw: IO[bytes], cancel: threading.Event | None) -> None:
+        self.raw, self.cancel = raw, cancel
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self.cancel is not None and self.cancel.is_set():
+            raise SaveCancelled
+        for start in range(0, len(data), CHUNK):
+            piece = data[start : start + CHUNK]
+            self.digest.update(piece)
+            self.raw.write(piece)
+        self.size += len(data)
+        return len(data)
+
+
+def _write_failure(path: Path, exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason += "; free some space or point checkpoints elsewhere"
+    elif isinstance(exc, FileNotFoundError):
+        reason = f"the directory {path.parent} does not exist"
+    return f"could not write checkpoint {path}: {reason}; any previous file there is intact"
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,276 @@
+"""Checkpoints in a running trainer: save and load off the loop, resume and save during fit.
+
+Disk work runs on one writer thread per operation or fit (``asynctrain-checkpoint``); the
+copy of the state it writes is taken where updates run (the updater), so it is always
+one whole committed step. During a fit a write overlaps the following steps; the next save
+(or the end of the fit) waits for it first, and a failed write stops the fit with its
+:class:`~asynctrain.CheckpointError`. Cancelling stops a write within one 16 MiB chunk,
+removes its temporary file and waits for the thread before ``CancelledError`` propagates;
+a fit that fails otherwise lets its write in flight land.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from asynctrain._checkpoint._content import (
+    Checkpoint,
+    Payload,
+    checkpoint_name,
+    encode_state,
+    list_checkpoints,
+    snapshot,
+    write,
+)
+from asynctrain._checkpoint._format import SaveCancelled, sweep
+from asynctrain._checks import check_int
+from asynctrain._events import Event, StepEvent
+from asynctrain._exceptions import CheckpointError, ConfigError, ConfigTypeError
+from asynctrain.data import steps_per_epoch
+
+if TYPE_CHECKING:
+    from asynctrain._trainer import DataLike, Trainer
+
+T = TypeVar("T")
+PathLike = str | os.PathLike[str]
+RESTORED_SETTINGS = (
+    "batch_size",
+    "shards",
+    "seed",
+    "nonfinite",
+    "mode",
+    "local_steps",
+    "staleness",
+)
+
+
+def restored_settings(checkpoint: Checkpoint, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` completed with the checkpoint's trainer settings where not given."""
+    config = checkpoint.section("config")
+    found = {key: config[key] for key in RESTORED_SETTINGS if config.get(key) is not None}
+    return found | options
+
+
+class Writer:
+    """One ``asynctrain-checkpoint`` thread, awaited without orphans; see the module doc."""
+
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="asynctrain-checkpoint"
+        )
+
+    def submit(self, fn: Callable[..., T], /, *args: Any) -> concurrent.futures.Future[T]:
+        """Start ``fn(*args)`` on the writer thread."""
+        return self._executor.submit(fn, *args)
+
+    async def wait(self, future: concurrent.futures.Future[T]) -> T:
+        """Await ``future``; if cancelled, stop the write and wait for the thread first."""
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            self.cancel.set()
+            await settle(future)
+            raise
+
+    async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
+        """Run ``fn(*args)`` on the writer thread and return its result."""
+        return await self.wait(self.submit(fn, *args))
+
+    async def snapshot(self, trainer: Trainer) -> Payload:
+        """A consistent copy of ``trainer``'s committed state, taken off the loop."""
+        updater = trainer._updater
+        if updater is None:  # not open: nothing else changes the state
+            return await self.run(snapshot, trainer, trainer.state)
+        return await updater.call(lambda: snapshot(trainer, updater.state))
+
+    def close(self) -> None:
+        """Stop the thread; call once its last work is done (the join is then immediate)."""
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+async def settle(future: concurrent.futures.Future[Any]) -> None:
+    """Wait until ``future`` is done (cancelling it if it has not started); ignore its outcome."""
+    if future.cancel():
+        return
+    waiter = asyncio.wrap_future(future)
+    await asyncio.wait([waiter])
+    if not waiter.cancelled():
+        waiter.exception()  # retrieved: a failed write behind a cancellation is not logged
+
+
+class CheckpointSession:
+    """What ``fit`` does with ``checkpoint_dir``, ``checkpoint_every``, ``keep`` and ``resume``.
+
+    Saves after every ``every``-th step (a step that ends an epoch is saved after the
+    epoch's validation, so the file holds the epoch boundary), at every epoch's end when
+    ``every`` is None, and at the end of the fit; keeps the ``keep`` latest files.
+
+    Raises:
+        ConfigError, ConfigTypeError: a bad option, before any work starts.
+    """
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        directory: PathLike | None,
+        *,
+        every: int | None,
+        keep: int | None,
+        resume: bool,
+    ) -> None:
+        if directory is None and (every is not None or resume):
+            raise ConfigError(
+                "checkpoint_every and resume=True need a checkpoint_dir; pass checkpoint_dir=..."
+            )
+        if not isinstance(resume, bool):
+            raise ConfigTypeError(f"resume must be True or False, got {resume!r}")
+        self.trainer = trainer
+        self.directory = None if directory is None else Path(directory)
+        self.every = None if every is None else check_int("checkpoint_every", every)
+        self.keep = None if keep is None else check_int("keep", keep)
+        self.resume_latest = resume
+        self._writer: Writer | None = None
+        self._pending: concurrent.futures.Future[None] | None = None
+        self._due = False
+        self._saved_step = -1
+
+    async def __aenter__(self) -> Self:
+        if self.directory is not None:
+            encode_state(self.trainer, self.trainer.state.opt_state, [])  # plain data?
+            self._writer = Writer()
+            await self._writer.run(_prepare_directory, self.directory)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # A write in flight is abandoned when the fit is cancelled (cancelling is prompt)
+        # and otherwise lands: a fit that failed keeps its latest checkpoint.
+        if self._writer is None:
+            return
+        try:
+            if self._pending is not None:
+                if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+                    self._writer.cancel.set()
+                await self._drain_behind(exc)
+        finally:
+            self._writer.close()
+
+    async def _drain_behind(self, exc: BaseException | None) -> None:
+        try:
+            await self._drain()
+        except SaveCancelled:
+            pass
+        except CheckpointError as failed:
+            if exc is None:
+                raise
+            exc.add_note(f"and a checkpoint write failed: {failed}")
+
+    async def resume(self, epochs: int, data: DataLike) -> int:
+        """Restore the latest checkpoint if asked; return the epochs left to train.
+
+        With ``resume=True``, ``epochs`` counts every epoch of the run, restored or not.
+        """
+        if not self.resume_latest or self._writer is None:
+            return epochs
+        found = await self._writer.run(list_checkpoints, self.directory)
+        if found:
+            checkpoint = await self._writer.run(Checkpoint.read, found[-1])
+            samples = _samples_of(data)
+            if samples is not None:
+                await self._writer.run(checkpoint.check_data, samples)
+            await self.trainer._load(self._writer, checkpoint)
+            self._saved_step = self.trainer.state.step
+        return max(0, epochs - self.trainer.state.epoch)
+
+    async def after(self, event: Event) -> None:
+        """Save if ``event`` ends a checkpoint interval; raise a failed earlier save's error."""
+        if self._writer is None:
+            return
+        if self._pending is not None and self._pending.done():
+            await self._drain()
+        state = self.trainer.state
+        if isinstance(event, StepEvent):
+            if self.every is not None and state.step % self.every == 0:
+                if state.batch < self._steps_per_epoch():
+                    await self._save()
+                else:
+                    self._due = True
+        elif self._due or self.every is None:
+            self._due = False
+            await self._save()
+
+    async def finish(self) -> None:
+        """Save the final state (unless just saved) and wait for every write to land."""
+        if self._writer is None:
+            return
+        await self._drain()
+        if self.trainer.state.step != self._saved_step:
+            await self._save()
+            await self._drain()
+
+    async def _save(self) -> None:
+        assert self._writer is not None
+        assert self.directory is not None
+        await self._drain()
+        payload = await self._writer.snapshot(self.trainer)
+        path = self.directory / checkpoint_name(payload.state.step)
+        self._pending = self._writer.submit(
+            write_and_prune, path, payload, self._writer.cancel, self.keep
+        )
+        self._saved_step = payload.state.step
+
+    async def _drain(self) -> None:
+        future, self._pending = self._pending, None
+        if future is not None:
+            assert self._writer is not None
+            await self._writer.wait(future)
+
+    def _steps_per_epoch(self) -> int:
+        samples = self.trainer._samples or 1
+        return steps_per_epoch(samples, self.trainer.config.batch_size)
+
+
+def write_and_prune(
+    path: Path, payload: Payload, cancel: threading.Event, keep: int | None = None
+) -> None:
+    """Write ``payload`` to ``path``; then keep only the ``keep`` latest checkpoints there."""
+    write(path, payload, cancel=cancel)
+    if keep is not None:
+        for old in list_checkpoints(path.parent)[:-keep]:
+            if old != path:
+                with contextlib.suppress(FileNotFoundError):
+                    old.unlink()
+
+
+def _prepare_directory(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot create checkpoint_dir {directory}: {exc}") from exc
+    sweep(directory)
+
+
+def _samples_of(data: Any) -> int | None:
+    try:
+        return len(data) if not isinstance(data, tuple) else len(data[0])
+    except TypeError:
+        return None

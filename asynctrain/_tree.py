@@ -1,0 +1,176 @@
+"""Optimizer states as data: flatten to JSON plus arrays, and fill a trusted template back.
+
+An optimizer state is a tree of tuples (NamedTuples included), ``dict[str, ...]``,
+ndarrays and plain scalars. :func:`encode` turns it into a JSON-ready *spec* plus a list of
+arrays; :func:`decode` rebuilds a state by walking the structure of a *template*, the
+``optimizer.init(params)`` of whoever resumes, so no type named in a file is ever looked
+up or constructed. Every difference between the spec and the template is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Arrays = list[npt.NDArray[Any]]
+
+_SCALARS: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str"}
+
+
+def encode(tree: Any, arrays: Arrays, *, where: str = "") -> Any:
+    """Return the JSON spec of ``tree``, appending its arrays to ``arrays`` in order.
+
+    Floats are stored as ``float.hex`` so that every bit survives, NaN and infinities
+    included. A numpy scalar is stored as a 0-d array.
+
+    Raises:
+        TypeError: a value that is not plain data (a function, an object, ...).
+
+    Example:
+        >>> arrays = []
+        >>> encode((3, {"w": np.zeros(2)}), arrays)
+        {'tuple': [{'int': 3}, {'dict': {'w': {'array': 0}}}], 'type': 'tuple'}
+    """
+    if isinstance(tree, np.ndarray | np.generic):
+        arrays.append(np.asarray(tree))
+        return {"array": len(arrays) - 1}
+    if tree is None:
+        return {"none": None}
+    kind = _SCALARS.get(type(tree))
+    if kind is not None:
+        return {kind: tree.hex() if kind == "float" else tree}
+    if isinstance(tree, tuple):
+        children = [encode(v, arrays, where=f"{where}[{i}]") for i, v in enumerate(tree)]
+        return {"tuple": children, "type": type(tree).__name__}
+    if isinstance(tree, dict) and all(isinstance(k, str) for k in tree):
+        return {"dict": {k: encode(v, arrays, where=f"{where}[{k!r}]") for k, v in tree.items()}}
+    raise TypeError(
+        f"optimizer state{where} holds a {type(tree).__name__}, which is not plain data "
+        "(tuples, dict[str, ...], arrays, int, float, bool, str, None)"
+    )
+
+
+def decode(template: Any, spec: Any, arrays: Arrays, problems: list[str], where: str = "") -> Any:
+    """Rebuild a tree shaped like ``template`` from ``spec`` and ``arrays``.
+
+    Each mismatch (structure, length, keys, shape, dtype, scalar type) is appended to
+    ``problems`` as one line; the template's value stands in for a mismatched part, so a
+    caller checks ``problems`` before using the result.
+
+    Example:
+        >>> problems = []
+        >>> decode((0,), {"tuple": [{"int": 7}], "type": "tuple"}, [], problems)
+        (7,)
+    """
+    for kind, decoder in _DECODERS:
+        if kind(template):
+            return decoder(template, spec, arrays, problems, where or "state")
+    problems.append(f"{where or 'state'}: this optimizer holds a {type(template).__name__}")
+    return template
+
+
+def leaves(tree: Any, where: str = "") -> Iterator[tuple[str, npt.NDArray[Any]]]:
+    """Yield ``(path, array)`` for every ndarray in ``tree``, in a fixed order.
+
+    Example:
+        >>> [path for path, _ in leaves(({"w": np.zeros(1)}, np.ones(2)))]
+        ["[0]['w']", '[1]']
+    """
+    if isinstance(tree, np.ndarray):
+        yield where, tree
+    elif isinstance(tree, tuple):
+        for i, value in enumerate(tree):
+            yield from leaves(value, f"{where}[{i}]")
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from leaves(value, f"{where}[{key!r}]")
+
+
+def _decode_array(
+    template: npt.NDArray[Any], spec: Any, arrays: Arrays, problems: list[str], where: str
+) -> npt.NDArray[Any]:
+    index = spec.get("array") if isinstance(spec, dict) else None
+    if type(index) is not int or not 0 <= index < len(arrays):
+        problems.append(f"{where}: an array here, {_describe(spec)} in the checkpoint")
+        return template
+    array = arrays[index]
+    if array.shape != template.shape or array.dtype != template.dtype:
+        problems.append(
+            f"{where}: {array.dtype}{list(array.shape)} in the checkpoint, "
+            f"{template.dtype}{list(template.shape)} here"
+        )
+        return template
+    return array
+
+
+def _decode_scalar(
+    template: Any, spec: Any, arrays: Arrays, problems: list[str], where: str
+) -> Any:
+    if isinstance(template, np.generic):
+        array = _decode_array(np.asarray(template), spec, arrays, problems, where)
+        return array[()]
+    kind = "none" if template is None else _SCALARS[type(template)]
+    if not (isinstance(spec, dict) and kind in spec):
+        problems.append(f"{where}: a {kind} here, {_describe(spec)} in the checkpoint")
+        return template
+    value = spec[kind]
+    if kind == "float" and isinstance(value, str):
+        try:
+            return float.fromhex(value)
+        except (ValueError, OverflowError):
+            pass
+    elif kind == "none" or type(value) is type(template):
+        return value
+    problems.append(f"{where}: {value!r} is not a valid {kind}")
+    return template
+
+
+def _decode_tuple(template: Any, spec: Any, arrays: Arrays, problems: list[str], where: str) -> Any:
+    children = spec.get("tuple") if isinstance(spec, dict) else None
+    name = type(template).__name__
+    if not isinstance(children, list) or len(children) != len(template):
+        got = f"{len(children)} entries" if isinstance(children, list) else _describe(spec)
+        problems.append(
+            f"{where}: {name} with {len(template)} entries here, {got} in the checkpoint"
+        )
+        return template
+    if spec.get("type") != name:
+        problems.append(f"{where}: {spec.get('type')!r} in the checkpoint, {name!r} here")
+    values = [
+        decode(t, s, arrays, problems, f"{where}[{i}]")
+        for i, (t, s) in enumerate(zip(template, children, strict=True))
+    ]
+    return type(template)(*values) if hasattr(template, "_fields") else tuple(values)
+
+
+def _decode_dict(template: Any, spec: Any, arrays: Arrays, problems: list[str], where: str) -> Any:
+    children = spec.get("dict") if isinstance(spec, dict) else None
+    if not isinstance(children, dict) or children.keys() != template.keys():
+        got = sorted(children) if isinstance(children, dict) else _describe(spec)
+        problems.append(f"{where}: keys {sorted(template)} here, {got} in the checkpoint")
+        return template
+    return {
+        k: decode(v, children[k], arrays, problems, f"{where}[{k!r}]") for k, v in template.items()
+    }
+
+
+def _describe(spec: Any) -> str:
+    if isinstance(spec, dict) and len(spec) >= 1:
+        kind = next(iter(spec))
+        return "an array" if kind == "array" else f"a {kind}"
+    return repr(spec)[:40]
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or type(value) in _SCALARS or isinstance(value, np.generic)
+
+
+_DECODERS: list[tuple[Callable[[Any], bool], Callable[..., Any]]] = [
+    (lambda t: isinstance(t, np.ndarray), _decode_array),
+    (_is_scalar, _decode_scalar),
+    (lambda t: isinstance(t, tuple), _decode_tuple),
+    (lambda t: isinstance(t, dict), _decode_dict),
+]

@@ -1,0 +1,128 @@
+"""Non-finite values injected at a chosen step and shard: "raise" and "skip" as promised.
+
+The oracle is the trajectory of the same fit without poison, recorded step by step: with
+``nonfinite="raise"`` the trainer must be left exactly at the state before the poisoned
+step; with ``"skip"`` the poisoned step must change nothing but the counters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _reliability import Poisoned, Recorder, sample_of, skip_missing_backend, state_bits, with_ids
+
+import asynctrain as at
+from asynctrain._tree import leaves
+from asynctrain.data import Dataset, synthetic
+
+N, BATCH, SHARDS, SEED = 600, 100, 4, 7
+STEP, SHARD = 3, 2
+
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    return with_ids(synthetic("softmax", n=N, seed=4))
+
+
+def _trainer(model: Poisoned, backend: str, nonfinite: str, optimizer: object = None) -> at.Trainer:
+    return at.Trainer(
+        model,
+        optimizer or at.optim.adam(1e-2),  # type: ignore[arg-type]
+        backend=backend,
+        workers=None if backend == "inline" else 2,
+        batch_size=BATCH,
+        shards=SHARDS,
+        seed=SEED,
+        nonfinite=nonfinite,
+    )
+
+
+def _poison(target: str, step: int = STEP, shard: int = SHARD) -> Poisoned:
+    sample = sample_of(step, shard, n=N, batch_size=BATCH, shards=SHARDS, seed=SEED)
+    return Poisoned(poison=frozenset({sample}), target=target)
+
+
+async def _reference(backend: str, data: Dataset) -> Recorder:
+    trainer = _trainer(Poisoned(), backend, "raise")
+    recorder = Recorder(trainer)
+    await trainer.fit(data, callbacks=[recorder])
+    return recorder
+
+
+@pytest.mark.parametrize("target", ["W", "b", "loss"])
+async def test_raise_names_step_shard_and_parameter_and_leaves_state_untouched(
+    backend_name: str, data: Dataset, target: str
+) -> None:
+    skip_missing_backend(backend_name)
+    reference = await _reference(backend_name, data)
+    trainer = _trainer(_poison(target), backend_name, "raise")
+    with pytest.raises(at.NonFiniteError) as caught:
+        await trainer.fit(data)
+    error = caught.value
+    assert (error.step, error.shard) == (STEP, SHARD)
+    assert error.parameter == (None if target == "loss" else target)
+    expected = "loss" if target == "loss" else f"gradient of {target!r}"
+    assert f"step {STEP}: non-finite {expected} (first in shard {SHARD})" in str(error)
+    assert state_bits(trainer.state) == reference.states[STEP]
+
+
+async def test_skip_drops_exactly_the_poisoned_step(backend_name: str, data: Dataset) -> None:
+    skip_missing_backend(backend_name)
+    reference = await _reference(backend_name, data)
+    trainer = _trainer(_poison("W"), backend_name, "skip")
+    recorder = Recorder(trainer)
+    result = await trainer.fit(data, callbacks=[recorder])
+    assert result.skipped_steps == 1
+    assert [e.step for e in recorder.events if e.skipped] == [STEP]
+    assert np.isnan(recorder.events[STEP].grad_norm)
+    for step in range(STEP + 1):  # identical to the clean run up to the poisoned step
+        assert recorder.states[step] == reference.states[step]
+    before, after = recorder.states[STEP], recorder.states[STEP + 1]
+    assert after["counters"] == (STEP + 1, STEP, 1, 0, STEP + 1)  # step, version, skipped, ...
+    assert {k: after[k] for k in ("params", "opt", "opt_scalars")} == {
+        k: before[k] for k in ("params", "opt", "opt_scalars")
+    }
+    assert result.steps == len(recorder.events) == N // BATCH
+    assert all(np.isfinite(v).all() for v in trainer.params.values())
+
+
+@pytest.mark.parametrize("nonfinite", ["raise", "skip"])
+async def test_an_update_that_overflows_the_parameters_is_refused(nonfinite: str) -> None:
+    # The gradients are finite; the update (x 1e60, computed in float32) is not.
+    data = with_ids(synthetic("softmax", n=N, seed=4))
+    optimizer = at.optim.chain(at.optim.scale(1e30), at.optim.scale(1e30))
+    trainer = _trainer(Poisoned(), "thread", nonfinite, optimizer)
+    initial = state_bits(trainer.state)
+    if nonfinite == "raise":
+        with pytest.raises(at.NonFiniteError, match="step 0: non-finite parameter") as caught:
+            await trainer.fit(data)
+        assert caught.value.shard is None
+        assert caught.value.parameter in ("W", "b")
+        assert state_bits(trainer.state) == initial
+    else:
+        result = await trainer.fit(data)
+        assert result.skipped_steps == result.steps == N // BATCH
+        assert state_bits(trainer.state)["params"] == initial["params"]
+
+
+@pytest.mark.parametrize("nonfinite", ["raise", "skip"])
+async def test_an_optimizer_state_that_would_overflow_is_refused(nonfinite: str) -> None:
+    # A finite gradient of 1e30 squares to inf in Adam's float32 second moment: the
+    # parameters stay finite (the update is 0), but the moment would stay inf for ever.
+    data = with_ids(synthetic("softmax", n=N, seed=4))
+    reference = await _reference("inline", data)
+    trainer = _trainer(_poison("huge"), "inline", nonfinite)
+    recorder = Recorder(trainer)
+    if nonfinite == "raise":
+        with pytest.raises(at.NonFiniteError, match=f"step {STEP}: non-finite optimizer state"):
+            await trainer.fit(data, callbacks=[recorder])
+        assert state_bits(trainer.state) == reference.states[STEP]
+    else:
+        await trainer.fit(data, callbacks=[recorder])
+        assert recorder.states[STEP + 1]["opt"] == reference.states[STEP]["opt"]
+    assert all(np.isfinite(a).all() for _, a in leaves(trainer.state.opt_state))
+
+
+async def test_nonfinite_setting_is_checked() -> None:
+    with pytest.raises(at.ConfigError, match="nonfinite must be one of"):
+        at.Trainer(Poisoned(), nonfinite="ignore")
