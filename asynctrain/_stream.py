@@ -9,26 +9,25 @@ metrics, so callbacks written for epochs (early stopping, checkpoints) work on s
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from asynctrain._checks import check_int
+from asynctrain._context import open_context
+from asynctrain._epochs import epoch_event
 from asynctrain._events import EpochEvent, Event, StepEvent
 from asynctrain._exceptions import ConfigError, ConfigTypeError
 from asynctrain._feed import open_feed
 from asynctrain._modes import StepContext
-from asynctrain._reduce import zeros_like
 from asynctrain._update import StepStats
-from asynctrain.backends import SharedArrays
 from asynctrain.data import Dataset
 
 if TYPE_CHECKING:
-    from asynctrain._trainer import Trainer
+    from asynctrain._trainer_base import TrainerBase as Trainer
 
 DEFAULT_BUFFER = 4
 """Validated source batches a stream fit holds in its queue before the producer waits."""
@@ -101,9 +100,7 @@ async def stream_events(
 ) -> AsyncGenerator[Event, None]:
     """Train ``trainer`` (open, and marked running) on ``source``; yield its events."""
     step = _stream_step(trainer)
-    check_picklable = getattr(trainer.backend, "check_picklable", None)
-    if check_picklable is not None:  # backends whose workers are other processes
-        check_picklable(trainer.model)
+    trainer._check_picklable()
     batch_size = trainer.config.batch_size
     async with open_feed(
         source,
@@ -117,7 +114,10 @@ async def stream_events(
         item = await feed.next()
         if item is None or feed.ring is None:
             return
-        async with _shared(trainer, feed.ring, validation) as (ctx, val_data):
+        async with open_context(trainer, feed.ring, validation, streaming=True) as (
+            ctx,
+            val_data,
+        ):
             periods = _Periods(trainer, ctx, validation, val_data, limits.validate_every)
             while item is not None:
                 slot, rows = item
@@ -138,38 +138,6 @@ def _stream_step(trainer: Trainer) -> Any:
             f"mode {trainer.mode.name!r} cannot train on a stream yet; use mode='sync'"
         )
     return step
-
-
-@contextlib.asynccontextmanager
-async def _shared(
-    trainer: Trainer, ring: SharedArrays, validation: Dataset | None
-) -> AsyncIterator[tuple[StepContext, Any]]:
-    """Share parameters, gradient buffers and validation data once; release them after."""
-    backend, updater = trainer.backend, trainer._updater
-    assert updater is not None
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def share(arrays: Any, slots: int = 1) -> Any:
-            handle = await backend.share(arrays, slots=slots)
-            stack.push_async_callback(backend.release, handle)
-            return handle
-
-        params = updater.state.params
-        ctx = StepContext(
-            model=trainer.model,
-            backend=backend,
-            updater=updater,
-            data=ring,
-            params=await share(params, 2),
-            grads=await share(zeros_like(params), trainer.config.shards),
-            batch_size=trainer.config.batch_size,
-            shards=trainer.config.shards,
-            streaming=True,
-        )
-        val_data = (
-            None if validation is None else await share({"X": validation.X, "y": validation.y})
-        )
-        yield ctx, val_data
 
 
 class _Periods:
@@ -205,7 +173,7 @@ class _Periods:
     async def close(self) -> EpochEvent:
         """Validate, report the open period and start the next one."""
         args = (self.validation, self.val_data, self.losses, self.began, self.seen)
-        event = await self.trainer._epoch_event(self.ctx, self.number, *args)
+        event = await epoch_event(self.ctx, self.number, *args)
         self.number, self.losses = self.number + 1, []
         self.began, self.seen = time.perf_counter(), self.ctx.samples
         return event

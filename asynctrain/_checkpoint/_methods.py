@@ -26,7 +26,7 @@ class CheckpointMethods:
 
     _running: bool
     _updater: Updater | None
-    _saved_state: TrainState
+    _saved_state: TrainState | None
 
     async def save(self, path: PathLike) -> Path:
         """Save a checkpoint of the last fully applied step; return the file written.

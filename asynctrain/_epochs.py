@@ -1,0 +1,152 @@
+"""Epochs of an in-memory fit, the events that close them, and a fit's result."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import time
+from collections.abc import AsyncGenerator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._context import arrays_of, open_context
+from asynctrain._evaluate import evaluate
+from asynctrain._events import (
+    Callback,
+    EpochEvent,
+    Event,
+    FitResult,
+    StepEvent,
+    summarize_staleness,
+)
+from asynctrain._modes import StepContext
+from asynctrain.backends import SharedArrays
+from asynctrain.data import Dataset, epoch_order
+
+if TYPE_CHECKING:
+    from asynctrain._checkpoint import CheckpointSession
+    from asynctrain._trainer_base import TrainerBase as Trainer
+
+
+async def run_epochs(
+    trainer: Trainer, train: Dataset, val: Dataset | None, epochs: int
+) -> AsyncGenerator[Event, None]:
+    """Train ``epochs`` epochs from the trainer's epoch position; yield every event."""
+    async with open_context(trainer, arrays_of(train), val) as (ctx, val_data):
+        updater, seed = ctx.updater, trainer.config.seed
+        for epoch in range(updater.state.epoch, updater.state.epoch + epochs):
+            began, seen = time.perf_counter(), ctx.samples
+            # A permutation of every sample (~6 ms for 200,000): off the loop.
+            order = await updater.call(shuffle, len(train), seed, epoch)
+            losses = []
+            # Closed at once, not when garbage-collected: a pipelined mode's in-flight
+            # shard tasks stop before the fit's resources are released.
+            epoch_steps = trainer.mode.run_epoch(ctx, epoch, order, updater.state.batch)
+            async with contextlib.aclosing(epoch_steps):
+                async for event in epoch_steps:
+                    losses.append(event.loss * event.samples)
+                    yield event
+            updater.state = updater.state._replace(epoch=epoch + 1, batch=0)
+            yield await epoch_event(ctx, epoch, val, val_data, losses, began, seen)
+
+
+async def epoch_event(
+    ctx: StepContext,
+    epoch: int,
+    val: Dataset | None,
+    val_data: SharedArrays | None,
+    losses: list[float],
+    began: float,
+    seen: int,
+) -> EpochEvent:
+    """Close an epoch (or a stream's period): validate, and report loss and speed.
+
+    ``losses`` are the period's per-step loss sums; ``began`` and ``seen`` the time and
+    ``ctx.samples`` when it opened.
+    """
+    val_loss = val_acc = math.nan
+    if val is not None and val_data is not None:
+        slot = ctx.updater.state.version % ctx.params.slots
+        val_loss, val_acc = await evaluate(
+            ctx.model, ctx.backend, val_data, len(val), ctx.params, slot
+        )
+    seconds = time.perf_counter() - began
+    samples = ctx.samples - seen
+    return EpochEvent(
+        epoch=epoch,
+        loss=sum(losses) / max(samples, 1),
+        val_loss=val_loss,
+        val_accuracy=val_acc,
+        seconds=seconds,
+        samples_per_s=samples / seconds if seconds else 0.0,
+        steps=len(losses),
+    )
+
+
+def shuffle(n: int, seed: int, epoch: int) -> npt.NDArray[np.int64]:
+    """:func:`~asynctrain.data.epoch_order` with positional arguments, for ``Updater.call``."""
+    return epoch_order(n, seed=seed, epoch=epoch)
+
+
+async def collect(
+    trainer: Trainer,
+    events: AsyncGenerator[Event, None] | None,
+    callbacks: Sequence[Callback],
+    checkpoints: CheckpointSession | None = None,
+) -> FitResult:
+    """Run ``events`` to the end (or until a callback stops it) into a FitResult.
+
+    ``None`` stands for no events (a resumed run with nothing left to train).
+    """
+    started, first = time.perf_counter(), trainer.state
+    history: list[EpochEvent] = []
+    staleness: list[int] = []
+    samples, stopped = 0, False
+    async with contextlib.aclosing(events or _no_events()) as stream:
+        async for event in stream:
+            if isinstance(event, EpochEvent):
+                history.append(event)
+            else:
+                samples += event.samples
+                staleness.append(event.staleness)
+            if checkpoints is not None:
+                await checkpoints.after(event)
+            if await notify(callbacks, event):
+                stopped = True
+                break
+    seconds = time.perf_counter() - started
+    state = trainer.state
+    staleness_mean, staleness_max = summarize_staleness(staleness)
+    return FitResult(
+        params=state.params,
+        history=history,
+        steps=state.step - first.step,
+        seconds=seconds,
+        samples_per_s=samples / seconds if seconds else 0.0,
+        stopped_early=stopped,
+        skipped_steps=state.skipped - first.skipped,
+        staleness_mean=staleness_mean,
+        staleness_max=staleness_max,
+    )
+
+
+async def _no_events() -> AsyncGenerator[Event, None]:
+    return
+    yield
+
+
+async def notify(callbacks: Sequence[Callback], event: Event) -> bool:
+    """Give ``event`` to every callback (sync or async hooks); True if any asks to stop."""
+    stop = False
+    for callback in callbacks:
+        if isinstance(event, StepEvent):
+            answer: Any = callback.on_step(event)
+        else:
+            answer = callback.on_epoch(event)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        stop = stop or bool(answer)
+    return stop
