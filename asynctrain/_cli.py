@@ -1,4 +1,4 @@
-"""The ``asynctrain`` command: demo, train (and the commands other modules register)."""
+"""The ``asynctrain`` command: demo, train, bench (and the commands other modules register)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from asynctrain._progress import Progress
 from asynctrain._runtime import run
 from asynctrain._trainer import Trainer
 from asynctrain.backends import backend_names
+from asynctrain.bench import _command as bench
 from asynctrain.data import Dataset, load, synthetic
 
 Handler = Callable[[argparse.Namespace], int]
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default=None, help="save the parameters here (.npz)")
     _add_training_options(train, epochs=5, lr=1e-2)
     train.set_defaults(handler=_train)
+    bench.add_parser(commands)
     return parser
 
 
