@@ -9,6 +9,7 @@ validation or callbacks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -94,6 +95,10 @@ class SyncMode:
             for s, part in enumerate(split_indices(indices, ctx.shards))
             if len(part)
         ]
+        if getattr(ctx.backend, "inline", False):
+            # Shards run on the loop one by one anyway: in order, with no tasks or queue.
+            results = [await _call_shard(ctx, task) for task in tasks]
+            return await ctx.updater.apply(results, ctx.grads, ctx.params)
         queue: asyncio.Queue[ShardResult] = asyncio.Queue()
         try:
             async with asyncio.TaskGroup() as group:
@@ -107,13 +112,22 @@ class SyncMode:
 
 async def run_shard(ctx: StepContext, task: ShardTask, queue: asyncio.Queue[ShardResult]) -> None:
     """Compute one shard on the backend and put its result on ``queue``."""
-    result = await ctx.backend.run(compute_shard, ctx.model, ctx.data, ctx.params, ctx.grads, task)
-    queue.put_nowait(result)
+    queue.put_nowait(await _call_shard(ctx, task))
+
+
+async def _call_shard(ctx: StepContext, task: ShardTask) -> ShardResult:
+    return await ctx.backend.run(compute_shard, ctx.model, ctx.data, ctx.params, ctx.grads, task)
 
 
 def split_indices(indices: npt.NDArray[np.int64], shards: int) -> list[npt.NDArray[np.int64]]:
     """Split a batch's indices into ``shards`` contiguous parts (trailing ones may be empty)."""
-    return [indices[start:stop] for start, stop in shard_bounds(len(indices), shards)]
+    return [indices[start:stop] for start, stop in _shard_bounds(len(indices), shards)]
+
+
+@functools.lru_cache(maxsize=64)
+def _shard_bounds(length: int, shards: int) -> tuple[tuple[int, int], ...]:
+    # Every full batch has the same bounds: compute (and check) them once, not every step.
+    return tuple(shard_bounds(length, shards))
 
 
 MODES: dict[str, type[SyncMode]] = {"sync": SyncMode}

@@ -95,10 +95,12 @@ class Updater:
     ) -> StepStats:
         state, acc = self.state, self._scratch
         loss_sum, n = sum_in_order(results, grads, acc)
-        problem = _first_nonfinite(loss_sum, acc)
+        mean_in_place(acc, n)
+        norm = global_norm(acc)
+        # A finite norm means every gradient is finite: one pass instead of a scan per array.
+        finite = math.isfinite(loss_sum) and math.isfinite(norm)
+        problem = None if finite else _first_nonfinite(loss_sum, acc)
         if problem is None:
-            mean_in_place(acc, n)
-            norm = global_norm(acc)
             updates, opt_state = self.optimizer.update(acc, state.opt_state, state.params)
             params = apply_updates(state.params, updates)
             problem = _first_nonfinite(0.0, params)
