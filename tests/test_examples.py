@@ -6,6 +6,7 @@ import runpy
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,3 +29,20 @@ def test_example_runs_as_a_script(path: Path) -> None:
 async def test_quickstart_learns() -> None:
     module = runpy.run_path(str(EXAMPLES[0].parent / "quickstart.py"))
     assert await module["main"](6000) > 0.8
+
+
+def _example(name: str) -> dict[str, Any]:
+    return runpy.run_path(str(EXAMPLES[0].parent / f"{name}.py"))
+
+
+async def test_stream_events_stops_where_the_caller_says() -> None:
+    steps = await _example("stream_events")["main"](4000, target_loss=0.6)
+    assert 0 < steps < 5 * 13  # stopped before the 5 epochs of 13 steps were done
+
+
+async def test_custom_model_passes_its_gradient_check_and_learns() -> None:
+    assert await _example("custom_model")["main"](6000) > 0.85
+
+
+async def test_custom_optimizer_chain_learns() -> None:
+    assert await _example("custom_optimizer")["main"](6000, epochs=2) > 0.8
