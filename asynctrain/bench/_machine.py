@@ -63,7 +63,16 @@ def machine() -> dict[str, Any]:
         "numpy": np.__version__,
         "blas": blas(),
         "blas_env": {name: os.environ[name] for name in _BLAS_ENV if name in os.environ},
+        "load_average": load_average(),
     }
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages: how busy the machine was (Unix only)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def describe(info: dict[str, Any]) -> str:
@@ -73,8 +82,10 @@ def describe(info: dict[str, Any]) -> str:
         for b in info["blas"]
     )
     env = " ".join(f"{k}={v}" for k, v in info["blas_env"].items())
+    load = info.get("load_average")
     return (
         f"{info['cpu']}, {info['usable_cores']} cores, {info['memory_gib']} GiB; "
         f"Python {info['python']}, numpy {info['numpy']} ({kernels or 'no BLAS found'})"
         + (f"; {env}" if env else "")
+        + (f"; load average {load[0]}" if load else "")
     )

@@ -66,7 +66,7 @@ def _time_to_accuracy(ax: Any, figures: Sequence[Figure]) -> None:
 def _scaling(ax: Any, figures: Sequence[Figure]) -> None:
     for f in figures:
         times = f.details.get("epoch_seconds")
-        if not times:
+        if not times or f.name.count("/") != 2:
             continue
         workers = sorted(times, key=int)
         base = times[workers[0]]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from asynctrain.bench._figure import Figure
+from asynctrain.bench._machine import load_average
 from asynctrain.bench._suites import SuiteOutcome
 
 COLUMNS = ("name", "value", "min–max", "unit", "reference", "target", "met?")
@@ -74,6 +75,7 @@ def document(
         "command": command,
         "seconds": round(seconds, 3),
         "machine": machine,
+        "load_average_after": load_average(),
         "suites": {o.name: o.as_dict() for o in outcomes},
         "figures": [f.as_dict() for o in outcomes for f in o.figures],
     }
