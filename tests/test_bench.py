@@ -54,8 +54,10 @@ def test_every_suite_module_is_discovered() -> None:
 def test_smoke_run_writes_every_figure_with_its_command(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "out.json"
-    code = main(["bench", "--smoke", "--only", ",".join(OURS), "--json", str(out)])
+    out, table = tmp_path / "out.json", tmp_path / "table.md"
+    code = main(
+        ["bench", "--smoke", "--only", ",".join(OURS), "--json", str(out), "--markdown", str(table)]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     doc = json.loads(out.read_text())
@@ -69,6 +71,7 @@ def test_smoke_run_writes_every_figure_with_its_command(
     assert doc["machine"]["blas"], "threadpoolctl should see numpy's BLAS"
     assert doc["command"].startswith("asynctrain bench --smoke")
     assert "overhead/mlp" in printed
+    assert "| overhead/mlp |" in table.read_text()
 
 
 def test_a_failing_suite_is_reported_not_raised(

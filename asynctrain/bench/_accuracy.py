@@ -37,11 +37,12 @@ class Setting(NamedTuple):
     backend: str = "thread"
 
 
-# Tuned on these problems over batch {256, 512, 1024, 2048} x lr {1e-3, 3e-3, 1e-2, 3e-2}.
+# Tuned on the full problems; asynctrain and PyTorch got the same grid (batch x learning
+# rate, docs/benchmarks.md): the best of each is used.
 BEST = {
     "logreg": Setting(1024, 2, 1e-2),
     "softmax": Setting(512, 2, 1e-2),
-    "mlp": Setting(256, 2, 2e-3),
+    "mlp": Setting(1024, 2, 4e-3),
 }
 # Test accuracy to reach (the noise ceiling is 0.95): what the full problems allow within a
 # few epochs; the smaller quick and smoke training sets generalise less (the MLP's most).
@@ -50,7 +51,7 @@ TARGETS = {
     "quick": {"logreg": 0.93, "softmax": 0.92, "mlp": 0.60},
     "smoke": {"logreg": 0.75, "softmax": 0.40, "mlp": 0.25},
 }
-BUDGET = {"full": 40.0, "quick": 5.0, "smoke": 1.0}
+BUDGET = {"full": 15.0, "quick": 5.0, "smoke": 1.0}
 ROUNDS = {"full": 2, "quick": 1, "smoke": 1}
 TEST_SAMPLES = {"full": 20_000, "quick": 10_000, "smoke": 1_000}
 
@@ -104,14 +105,14 @@ async def _problem(problem: str, quick: bool) -> list[Figure]:
     for _ in range(ROUNDS[size]):
         ours.append(await race_asynctrain(problem, train, test, target, budget))
         for name, peer in peers_for(problem).items():
-            if name in missing or any(o.seconds is None for o in theirs.get(name, [])):
-                continue  # not installed, or already out of the race
+            if name in missing or not _again(theirs.get(name, []), budget):
+                continue
             try:
                 theirs.setdefault(name, []).append(peer(problem, train, test, target, budget))
             except PeerMissing as exc:
                 missing[name] = str(exc)
-    figures = [_system_figure(problem, "asynctrain", ours, target, cmd)]
-    figures += [_system_figure(problem, n, o, target, cmd) for n, o in theirs.items()]
+    figures = [_system_figure(problem, "asynctrain", ours, target, cmd, budget)]
+    figures += [_system_figure(problem, n, o, target, cmd, budget) for n, o in theirs.items()]
     figures += [
         skipped_figure(
             f"time_to_accuracy/{problem}/{n}",
@@ -125,13 +126,18 @@ async def _problem(problem: str, quick: bool) -> list[Figure]:
     return [_headline(problem, ours, theirs, target, cmd), *figures]
 
 
+def _again(outcomes: list[Outcome], budget: float) -> bool:
+    """Race once more unless out of the race already, or too slow to repeat in the budget."""
+    return all(o.seconds is not None and o.seconds < budget / 3 for o in outcomes)
+
+
 def _seconds(outcomes: list[Outcome]) -> float | None:
     times = [o.seconds for o in outcomes]
     return None if any(t is None for t in times) else float(np.median(times))  # type: ignore[arg-type]
 
 
 def _system_figure(
-    problem: str, system: str, outcomes: list[Outcome], target: float, cmd: str
+    problem: str, system: str, outcomes: list[Outcome], target: float, cmd: str, budget: float
 ) -> Figure:
     name, reference = f"time_to_accuracy/{problem}/{system}", f"test accuracy {target}"
     details = {
@@ -144,7 +150,7 @@ def _system_figure(
         best = max(o.accuracy for o in outcomes)
         return skipped_figure(
             name,
-            f"did not reach {target} (best {best:.4f})",
+            f"did not reach {target} within {budget:.0f} s (best {best:.4f})",
             unit="s",
             reference=reference,
             command=cmd,
@@ -187,10 +193,11 @@ def _headline(
             details=details,
         )
     best = min(reached, key=lambda n: _seconds(reached[n]) or 0.0)
+    rounds = min(len(ours), len(reached[best]))  # a slow peer races only once
     return ratio_figure(
         name,
-        [o.seconds or 0.0 for o in ours],
-        [o.seconds or 0.0 for o in reached[best]],
+        [o.seconds or 0.0 for o in ours[:rounds]],
+        [o.seconds or 0.0 for o in reached[best][:rounds]],
         reference=f"best peer: {best}",
         target="<= 1.0",
         command=cmd,

@@ -8,10 +8,11 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from asynctrain._runtime import run
 from asynctrain.bench._machine import describe, machine
-from asynctrain.bench._report import document, text_table, write_json
+from asynctrain.bench._report import document, markdown_table, text_table, write_json
 from asynctrain.bench._scale import smoke
 from asynctrain.bench._suites import SuiteFn, SuiteOutcome, discover, run_suite, select
 
@@ -33,6 +34,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--only", default="", help="comma-separated suites, e.g. overhead,scaling")
     bench.add_argument("--json", dest="json_path", metavar="PATH", help="write every figure here")
     bench.add_argument("--plot", metavar="DIR", help="write PNG charts here (needs matplotlib)")
+    bench.add_argument("--markdown", metavar="PATH", help="write the table as Markdown here")
     bench.add_argument("--list", action="store_true", help="list the suites and exit")
     bench.set_defaults(handler=bench_command)
 
@@ -60,6 +62,9 @@ def bench_command(args: argparse.Namespace) -> int:
         write_json(
             args.json_path, document(outcomes, machine=info, command=command, seconds=seconds)
         )
+    if args.markdown:
+        header = f"`{_command_line(args)}` on {describe(info)}\n\n"
+        Path(args.markdown).write_text(header + markdown_table(outcomes) + "\n")
     if args.plot:
         _plot(outcomes, args.plot)
     return 0 if all(o.ok for o in outcomes) else 1
@@ -72,6 +77,7 @@ def _command_line(args: argparse.Namespace) -> str:
     words += ["--only", args.only] if args.only else []
     words += ["--json", args.json_path] if args.json_path else []
     words += ["--plot", args.plot] if args.plot else []
+    words += ["--markdown", args.markdown] if args.markdown else []
     return shlex.join(words)
 
 

@@ -7,21 +7,28 @@ worker's BLAS use every core; that epoch time is in ``details["epoch_seconds_bla
 and makes the informational figure ``.../vs_blas_threads``.) The process backend is
 measured when it is available; its workers set their own BLAS threads.
 
+``scaling/ceiling`` is what the machine itself allows at that moment: the speed-up of
+pure float32 matmuls (no framework, one BLAS thread each) on 2 threads over 1. On a
+dedicated 2-core machine it is close to 2; on a shared one, whatever the neighbours leave.
+
 Run alone: ``python -m asynctrain.bench._scaling [--quick]``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 
+import numpy as np
+import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
 from asynctrain._config import DEFAULT_BATCH_SIZE, DEFAULT_SHARDS
 from asynctrain.backends import get_backend
 from asynctrain.bench._command import run_alone
-from asynctrain.bench._figure import Figure, ratio_figure, skipped_figure
-from asynctrain.bench._scale import command, dataset, repeats, samples
+from asynctrain.bench._figure import Figure, ratio_figure, skipped_figure, time_async
+from asynctrain.bench._scale import command, dataset, level, repeats, samples
 from asynctrain.bench._workloads import backend_available, timed_epochs
 from asynctrain.data import Dataset
 
@@ -89,9 +96,36 @@ async def _figures(problem: str, backend: str, quick: bool) -> list[Figure]:
     return figures
 
 
+def _matmuls(a: npt.NDArray[np.float32], count: int) -> None:
+    for _ in range(count):
+        a @ a
+
+
+async def ceiling(quick: bool) -> Figure:
+    """Speed-up of plain matmuls on 2 threads over 1: the machine's own limit right now."""
+    a = np.random.default_rng(0).random((256, 256), dtype=np.float32)
+    count = {"full": 400, "quick": 200, "smoke": 20}[level(quick)]
+    one, two = [], []
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(repeats(quick)):
+            one.append(await time_async(lambda: asyncio.to_thread(_matmuls, a, 2 * count)))
+            two.append(
+                await time_async(
+                    lambda: asyncio.gather(*(asyncio.to_thread(_matmuls, a, count) for _ in "ab"))
+                )
+            )
+    return ratio_figure(
+        "scaling/ceiling",
+        one,
+        two,
+        command=command("scaling", quick),
+        reference="the same matmuls on 1 thread (no framework)",
+    )
+
+
 async def run(quick: bool) -> list[Figure]:
     """Speed-up from 1 to 2 workers on each backend, for the MLP and softmax problems."""
-    figures: list[Figure] = []
+    figures: list[Figure] = [await ceiling(quick)]
     for problem in PROBLEMS:
         for backend in BACKENDS:
             figures += await _figures(problem, backend, quick)
