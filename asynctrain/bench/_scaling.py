@@ -4,7 +4,7 @@ Same problem, seed, batch size and shard count on every side (so the same bits);
 the workers change. A worker is a core: with 1 worker, BLAS is held to one thread, so the
 figure is the speed-up from one core to two. (Left alone, the thread backend lets a lone
 worker's BLAS use every core; that epoch time is in ``details["epoch_seconds_blas_all"]``
-and makes the informational figure ``.../vs_blas_threads``.) The process backend is
+and makes the informational figure ``.../vs_blas_threads`` of the full run.) The process backend is
 measured when it is available; its workers set their own BLAS threads.
 
 ``scaling/ceiling`` is what the machine itself allows at that moment: the speed-up of
@@ -80,7 +80,7 @@ async def _figures(problem: str, backend: str, quick: bool) -> list[Figure]:
             details=details,
         )
     ]
-    if backend == "thread":
+    if backend == "thread" and level(quick) == "full":
         blas_all = await epoch_times(problem, data, backend, 1, times=r, one_core=False)
         details["epoch_seconds_blas_all"] = min(blas_all)
         figures.append(
