@@ -46,8 +46,8 @@ def compute_shard(
 ) -> ShardResult:
     """Compute the summed loss and gradient of ``task``'s samples into its gradient slot."""
     arrays = data.read(0)
-    X = arrays["X"].take(task.indices, axis=0)
-    y = arrays["y"].take(task.indices, axis=0)
+    X = np.take(arrays["X"], task.indices, axis=0)
+    y = np.take(arrays["y"], task.indices, axis=0)
     loss, shard_grads = model.loss_and_grad(params.read(task.param_slot), X, y)
     grads.write(task.grad_slot, shard_grads)
     return ShardResult(task.step, task.shard, task.version, task.grad_slot, len(y), float(loss))

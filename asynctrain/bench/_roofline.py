@@ -5,7 +5,8 @@ its minimum is their size over the measured read bandwidth (numpy ``sum`` over a
 array on 1 and on all cores; the faster counts). The MLP is bound by arithmetic: an epoch
 needs ``n * (4*d*h + 6*h*k)`` float32 FLOPs (forward, weight gradients, hidden delta), so
 its minimum is that over the measured float32 matmul rate (a large square product on all
-cores). Epochs run the throughput setting :data:`THROUGHPUT` (large batches keep BLAS
+cores). Each epoch is paired with a limit measured just before it, since the load of a
+shared machine drifts. Epochs run the throughput setting :data:`THROUGHPUT` (large batches keep BLAS
 busy; the time-to-accuracy race tunes batches for accuracy per second instead).
 
 Run alone: ``python -m asynctrain.bench._roofline [--quick]``.
@@ -14,17 +15,20 @@ Run alone: ``python -m asynctrain.bench._roofline [--quick]``.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
 from asynctrain.backends import default_workers, get_backend
 from asynctrain.bench._accuracy import Setting
 from asynctrain.bench._command import run_alone
-from asynctrain.bench._figure import Figure, Spread, ratio_figure
+from asynctrain.bench._figure import Figure, ratio_figure
 from asynctrain.bench._scale import command, dataset, level, repeats, samples
 from asynctrain.bench._workloads import MLP_HIDDEN, PROBLEM_NAMES, timed_epochs
 from asynctrain.data import PROBLEMS, Dataset
@@ -44,29 +48,24 @@ def _best_of(fn: Callable[[], object], times: int = 5) -> float:
     return best
 
 
-async def read_bandwidth(megabytes: int) -> float:
-    """Bytes per second numpy reads (``sum``) on 1 core and on all cores; the faster."""
-    array = np.ones(megabytes * 2**18, dtype=np.float32)
-    one = _best_of(array.sum)
+async def read_bandwidth(array: npt.NDArray[np.float32]) -> float:
+    """Bytes per second numpy reads (``sum`` of ``array``) on 1 core and on all; the faster."""
+    one = _best_of(array.sum, 3)
     parts = np.array_split(array, default_workers())
-
-    async def together() -> None:
-        await asyncio.gather(*(asyncio.to_thread(p.sum) for p in parts))
-
-    began, best = 0.0, float("inf")
-    for _ in range(5):
+    best = float("inf")
+    for _ in range(3):
         began = time.perf_counter()
-        await together()
+        await asyncio.gather(*(asyncio.to_thread(p.sum) for p in parts))
         best = min(best, time.perf_counter() - began)
     return array.nbytes / min(one, best)
 
 
-def matmul_rate(n: int) -> float:
-    """float32 FLOP/s of an ``n x n`` matrix product with BLAS on all cores."""
-    rng = np.random.default_rng(0)
-    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
-    out = np.empty_like(a)
-    return 2.0 * n**3 / _best_of(lambda: np.matmul(a, b, out=out))
+def matmul_rate(a: npt.NDArray[np.float32]) -> float:
+    """float32 FLOP/s of the square product ``a @ a`` with BLAS on all cores."""
+    out, side = np.empty_like(a), int(a.shape[0])
+    with threadpool_limits(default_workers(), user_api="blas"):
+        seconds = _best_of(lambda: np.matmul(a, a, out=out), 3)
+    return 2.0 * side**3 / seconds
 
 
 def shard_matmul_rate(rows: int) -> float:
@@ -86,41 +85,62 @@ def mlp_flops(n: int) -> float:
     return float(n) * (4 * d * h + 6 * h * k)
 
 
-async def _epoch_times(problem: str, data: Dataset, quick: bool) -> list[float]:
-    s = THROUGHPUT
+class _Limit(NamedTuple):
+    seconds: float
+    rate: float  # bytes/s (linear) or FLOP/s (MLP)
+
+
+async def _limit(problem: str, data: Dataset, probe: npt.NDArray[np.float32]) -> _Limit:
+    """The epoch's minimum time, from a rate measured now (the machine's load drifts)."""
+    if problem == "mlp":
+        rate = matmul_rate(probe)
+        return _Limit(mlp_flops(len(data)) / rate, rate)
+    rate = await read_bandwidth(probe)
+    return _Limit((data.X.nbytes + data.y.nbytes) / rate, rate)
+
+
+async def _measure(problem: str, data: Dataset, quick: bool) -> tuple[list[float], list[_Limit]]:
+    """Epoch times, each paired with the limit measured just before it."""
+    size, s = level(quick), THROUGHPUT
+    side = _MATMUL_N[size]
+    probe = (
+        np.random.default_rng(0).random((side, side), dtype=np.float32)
+        if problem == "mlp"
+        else np.ones(_BANDWIDTH_MB[size] * 2**18, dtype=np.float32)
+    )
     backend, _ = get_backend(s.backend, workers=s.workers)
-    times = []
+    times, limits = [], []
     async with backend:
-        await timed_epochs(problem, data, backend=backend, shards=s.shards, batch_size=s.batch_size)
+
+        async def epoch() -> float:
+            options = {"shards": s.shards, "batch_size": s.batch_size}
+            return (await timed_epochs(problem, data, backend=backend, **options))[0]
+
+        await epoch()  # warm-up
         for _ in range(repeats(quick)):
-            seconds, _ = await timed_epochs(
-                problem, data, backend=backend, shards=s.shards, batch_size=s.batch_size
-            )
-            times.append(seconds)
-    return times
+            limits.append(await _limit(problem, data, probe))
+            times.append(await epoch())
+    return times, limits
 
 
 async def run(quick: bool) -> list[Figure]:
     """Epoch time over the bandwidth (linear) or FLOP-rate (MLP) minimum, per problem."""
-    size = level(quick)
-    bandwidth = await read_bandwidth(_BANDWIDTH_MB[size])
-    flop_rate = matmul_rate(_MATMUL_N[size])
     shard_rate = shard_matmul_rate(THROUGHPUT.batch_size // THROUGHPUT.shards)
     figures = []
     for problem in PROBLEM_NAMES:
         data = dataset(problem, samples(problem, quick))
-        times = await _epoch_times(problem, data, quick)
-        if problem == "mlp":
-            minimum = mlp_flops(len(data)) / flop_rate
-            reference = f"FLOP-rate minimum {minimum * 1e3:.1f} ms ({flop_rate / 1e9:.0f} GFLOP/s)"
-        else:
-            minimum = (data.X.nbytes + data.y.nbytes) / bandwidth
-            reference = f"bandwidth minimum {minimum * 1e3:.1f} ms ({bandwidth / 1e9:.1f} GB/s)"
+        times, limits = await _measure(problem, data, quick)
+        rate = statistics.median(limit.rate for limit in limits)
+        minimum = statistics.median(limit.seconds for limit in limits)
+        reference = (
+            f"FLOP-rate minimum {minimum * 1e3:.1f} ms ({rate / 1e9:.0f} GFLOP/s)"
+            if problem == "mlp"
+            else f"bandwidth minimum {minimum * 1e3:.1f} ms ({rate / 1e9:.1f} GB/s)"
+        )
         details = {
-            "epoch_seconds": Spread.of(times).median,
-            "minimum_seconds": minimum,
-            "read_bandwidth_gbs": bandwidth / 1e9,
-            "matmul_gflops": flop_rate / 1e9,
+            "epoch_seconds": statistics.median(times),
+            "minimum_seconds": [limit.seconds for limit in limits],
+            "rate": [limit.rate for limit in limits],
             "shard_matmul_gflops_1_thread": shard_rate / 1e9,
             "setting": THROUGHPUT._asdict(),
             "samples": len(data),
@@ -129,7 +149,7 @@ async def run(quick: bool) -> list[Figure]:
             ratio_figure(
                 f"roofline/{problem}",
                 times,
-                [minimum] * len(times),
+                [limit.seconds for limit in limits],
                 reference=reference,
                 target=TARGETS.get(problem, ""),
                 command=command("roofline", quick),
