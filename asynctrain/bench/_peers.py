@@ -92,7 +92,7 @@ def mlp_classifier(
         n=len(train),
         target=target,
         budget=budget,
-        setting="adam, lr=2e-3, batch 256",
+        setting=f"adam, lr={lr}, batch {batch}",
     )
 
 
