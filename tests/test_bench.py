@@ -173,3 +173,12 @@ def test_relative_difference() -> None:
     assert relative_difference(a, a) == 0.0
     moved = relative_difference({"w": np.array([1.0, 2.0 + 1e-3])}, a)
     assert math.isclose(moved, 1e-3 / math.sqrt(5), rel_tol=1e-5)
+
+
+def test_every_public_bench_name_has_a_docstring() -> None:
+    import inspect
+
+    import asynctrain.bench as bench
+
+    for name in bench.__all__:
+        assert inspect.getdoc(getattr(bench, name)), name
