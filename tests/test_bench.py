@@ -6,6 +6,7 @@ Nothing here checks a speed: these tests check that every figure is produced and
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asynctrain import run
+from asynctrain import bench, run
 from asynctrain._cli import main
 from asynctrain.bench import Figure, ratio_figure, skipped_figure
 from asynctrain.bench import _suites as suites
@@ -176,9 +177,5 @@ def test_relative_difference() -> None:
 
 
 def test_every_public_bench_name_has_a_docstring() -> None:
-    import inspect
-
-    import asynctrain.bench as bench
-
     for name in bench.__all__:
         assert inspect.getdoc(getattr(bench, name)), name
