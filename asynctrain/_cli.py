@@ -1,4 +1,5 @@
-"""The ``asynctrain`` command: demo, train, inspect (and the commands other modules register)."""
+"""The ``asynctrain`` command: demo, train, inspect, bench (and the commands other modules
+register)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from asynctrain._progress import Progress
 from asynctrain._runtime import run
 from asynctrain._trainer import Trainer
 from asynctrain.backends import backend_names
+from asynctrain.bench import _command as bench
 from asynctrain.data import Dataset, load, synthetic
 
 Handler = Callable[[argparse.Namespace], int]
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("checkpoint", help="a .ckpt file, or a directory (its latest)")
     inspect.add_argument("--json", action="store_true", help="print the manifest as JSON")
     inspect.set_defaults(handler=_inspect)
+    bench.add_parser(commands)
     return parser
 
 

@@ -128,10 +128,15 @@ class Updater:
     ) -> StepStats:
         state, acc = self.state, self._scratch
         loss_sum, n = sum_in_order(results, grads, acc)
-        problem = _first_nonfinite(loss_sum, acc, "gradient of", from_shards=True)
-        if problem is None:
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below
             mean_in_place(acc, n)
             norm = global_norm(acc)
+        # A finite norm means every gradient is finite: one pass instead of a scan per array.
+        finite = math.isfinite(loss_sum) and math.isfinite(norm)
+        problem = (
+            None if finite else _first_nonfinite(loss_sum, acc, "gradient of", from_shards=True)
+        )
+        if problem is None:
             params, opt_state, problem = self._update(state, acc)
         if problem is not None:
             return self._refuse(results, grads, loss_sum / max(n, 1), n, problem, advance)

@@ -6,6 +6,7 @@ import runpy
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,11 +31,26 @@ async def test_quickstart_learns() -> None:
     assert await module["main"](6000) > 0.8
 
 
+def _example(name: str) -> dict[str, Any]:
+    return runpy.run_path(str(EXAMPLES[0].parent / f"{name}.py"))
+
+
+async def test_stream_events_stops_where_the_caller_says() -> None:
+    steps = await _example("stream_events")["main"](4000, target_loss=0.6)
+    assert 0 < steps < 5 * 13  # stopped before the 5 epochs of 13 steps were done
+
+
+async def test_custom_model_passes_its_gradient_check_and_learns() -> None:
+    assert await _example("custom_model")["main"](6000) > 0.85
+
+
+async def test_custom_optimizer_chain_learns() -> None:
+    assert await _example("custom_optimizer")["main"](6000, epochs=2) > 0.8
+
+
 async def test_checkpoint_resume_is_exact() -> None:
-    module = runpy.run_path(str(EXAMPLES[0].parent / "checkpoint_resume.py"))
-    assert await module["main"](2000)
+    assert await _example("checkpoint_resume")["main"](2000)
 
 
 async def test_stream_example_learns() -> None:
-    module = runpy.run_path(str(EXAMPLES[0].parent / "stream_async_generator.py"))
-    assert await module["main"](10_000) > 0.85
+    assert await _example("stream_async_generator")["main"](10_000) > 0.85

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -110,7 +111,13 @@ async def run_shard(ctx: StepContext, task: ShardTask, queue: asyncio.Queue[Shar
 
 def split_indices(indices: Rows, shards: int) -> list[Rows]:
     """Split a batch's rows into ``shards`` contiguous parts (trailing ones may be empty)."""
-    return [indices[start:stop] for start, stop in shard_bounds(len(indices), shards)]
+    return [indices[start:stop] for start, stop in _bounds(len(indices), shards)]
+
+
+@functools.lru_cache(maxsize=64)
+def _bounds(length: int, shards: int) -> tuple[tuple[int, int], ...]:
+    # Every full batch of a fit has the same length: compute its shard bounds once.
+    return tuple(shard_bounds(length, shards))
 
 
 def batches_of(

@@ -9,7 +9,12 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._events import StepEvent
-from asynctrain._modes._base import StepContext, batches_of, run_shard, shard_tasks
+from asynctrain._modes._base import (
+    StepContext,
+    batches_of,
+    run_shard,
+    shard_tasks,
+)
 from asynctrain._reduce import collect_in_order
 from asynctrain._tasks import unwrap_group
 from asynctrain._update import StepStats

@@ -1,0 +1,181 @@
+"""``asynctrain bench``: discovery, the table and JSON, failing suites; run at smoke size.
+
+Nothing here checks a speed: these tests check that every figure is produced and reported
+(performance claims come from the full bench, see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asynctrain import bench, run
+from asynctrain._cli import main
+from asynctrain.bench import Figure, ratio_figure, skipped_figure
+from asynctrain.bench import _suites as suites
+from asynctrain.bench._handwritten import train_epochs
+from asynctrain.bench._overhead import relative_difference
+from asynctrain.bench._report import text_table
+from asynctrain.bench._workloads import initial_params, timed_epochs
+from asynctrain.data import synthetic
+
+OURS = ("overhead", "scaling", "accuracy", "roofline", "latency")
+EXPECTED = [
+    *(f"overhead/{p}" for p in ("logreg", "softmax", "mlp")),
+    *(f"scaling/mlp/{b}" for b in ("thread", "process")),
+    *(f"time_to_accuracy/{p}" for p in ("logreg", "softmax", "mlp")),
+    *(f"time_to_accuracy/{p}/asynctrain" for p in ("logreg", "softmax", "mlp")),
+    "time_to_accuracy/mlp/torch-1t",
+    "time_to_accuracy/mlp/torch-2t",
+    "time_to_accuracy/logreg/sklearn-sgd",
+    "time_to_accuracy/softmax/sklearn-logreg",
+    "time_to_accuracy/mlp/sklearn-mlp",
+    *(f"roofline/{p}" for p in ("logreg", "softmax", "mlp")),
+    *(f"loop_lag/{s}" for s in ("idle", "thread", "process")),
+    *(
+        f"task_cost/{b}/{how}"
+        for b in ("inline", "thread", "process")
+        for how in ("in_flight", "single")
+    ),
+]
+
+
+def test_every_suite_module_is_discovered() -> None:
+    found = suites.discover()
+    assert set(OURS) <= set(found)
+    assert not {"figure", "scale", "report", "command", "peers", "race"} & set(found)
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_figure_with_its_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, table = tmp_path / "out.json", tmp_path / "table.md"
+    code = main(
+        ["bench", "--smoke", "--only", ",".join(OURS), "--json", str(out), "--markdown", str(table)]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    doc = json.loads(out.read_text())
+    assert {s["status"] for s in doc["suites"].values()} == {"ok"}
+    names = {f["name"] for f in doc["figures"]}
+    assert set(EXPECTED) <= names, set(EXPECTED) - names
+    for figure in doc["figures"]:
+        assert figure["command"].startswith("asynctrain bench --only "), figure
+        assert figure["value"] is not None or figure["note"], figure
+    assert doc["machine"]["cores"] >= 1
+    assert doc["machine"]["blas"], "threadpoolctl should see numpy's BLAS"
+    assert doc["command"].startswith("asynctrain bench --smoke")
+    assert "overhead/mlp" in printed
+    assert "| overhead/mlp |" in table.read_text()
+
+
+def test_a_failing_suite_is_reported_not_raised(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def broken(quick: bool) -> list[Figure]:
+        raise RuntimeError("the suite broke")
+
+    async def fine(quick: bool) -> list[Figure]:
+        return [ratio_figure("fine/x", [2.0], [1.0], reference="r", command="c", target="<= 3")]
+
+    monkeypatch.setattr(suites, "discover", lambda: {"broken": broken, "fine": fine})
+    from asynctrain.bench import _command
+
+    monkeypatch.setattr(_command, "discover", suites.discover)
+    out = tmp_path / "out.json"
+    assert main(["bench", "--json", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "FAILED" in printed
+    assert "the suite broke" in printed
+    doc = json.loads(out.read_text())
+    assert doc["suites"]["broken"]["status"] == "failed"
+    assert "RuntimeError: the suite broke" in doc["suites"]["broken"]["error"]
+    assert doc["figures"][0]["met"] is True
+
+
+def test_unknown_suite_names_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--only", "nope"]) == 2
+    assert "choose from" in capsys.readouterr().err
+
+
+def test_figure_targets_and_skips() -> None:
+    ok = ratio_figure(
+        "a", [1.0, 1.2, 1.1], [1.0, 1.0, 1.0], reference="r", command="c", target="<= 1.10"
+    )
+    assert ok.value == pytest.approx(1.1)
+    assert ok.met() is True
+    assert ratio_figure("b", [2.0], [1.0], reference="r", command="c", target=">= 1.7").met()
+    assert ratio_figure("c", [2.0], [1.0], reference="r", command="c").met() is None
+    skipped = skipped_figure("d", "torch is not installed", unit="s", reference="r", command="c")
+    assert skipped.skipped
+    assert skipped.met() is None
+    assert skipped.as_dict()["value"] is None
+    assert "torch is not installed" in text_table([suites.SuiteOutcome("s", [skipped, ok])])
+
+
+def test_the_numpy_loop_is_the_same_math_as_asynctrain() -> None:
+    for problem in ("logreg", "softmax", "mlp"):
+        data = synthetic(problem, n=1500)
+        ours = run(timed_epochs(problem, data))[1]
+        theirs = train_epochs(problem, initial_params(problem), data, lr=1e-3, batch_size=512)
+        assert relative_difference(ours, theirs) < 1e-4, problem
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from asynctrain.bench._plot import plot
+
+    figures = [
+        ratio_figure(
+            "time_to_accuracy/mlp",
+            [1.0],
+            [2.0],
+            reference="r",
+            command="c",
+            details={"systems": {"asynctrain": 1.0, "torch-1t": 2.0, "x": None}},
+        ),
+        ratio_figure(
+            "scaling/mlp/thread",
+            [2.0],
+            [1.0],
+            reference="r",
+            command="c",
+            details={"epoch_seconds": {"1": 2.0, "2": 1.1}},
+        ),
+        Figure(
+            "loop_lag/thread",
+            1.0,
+            1.0,
+            1.0,
+            "ms",
+            "r",
+            1,
+            "c",
+            details={"p50_ms": 0.1, "p99_ms": 1.0, "max_ms": 3.0},
+        ),
+    ]
+    written = plot(figures, tmp_path)
+    assert sorted(p.name for p in written) == [
+        "loop_lag.png",
+        "scaling.png",
+        "time_to_accuracy.png",
+    ]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+
+
+def test_relative_difference() -> None:
+    a = {"w": np.array([1.0, 2.0], np.float32)}
+    assert relative_difference(a, a) == 0.0
+    moved = relative_difference({"w": np.array([1.0, 2.0 + 1e-3])}, a)
+    assert math.isclose(moved, 1e-3 / math.sqrt(5), rel_tol=1e-5)
+
+
+def test_every_public_bench_name_has_a_docstring() -> None:
+    for name in bench.__all__:
+        assert inspect.getdoc(getattr(bench, name)), name
