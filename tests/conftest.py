@@ -80,7 +80,9 @@ def _children() -> set[int]:
 
 
 def _our_segments() -> set[str]:
-    return {name for name in _listdir("/dev/shm") if name.startswith("asynctrain_")}
+    # Only this process's: other test runs on the machine own segments of their own.
+    prefix = f"asynctrain_{os.getpid()}_"
+    return {name for name in _listdir("/dev/shm") if name.startswith(prefix)}
 
 
 def _our_threads() -> set[str]:
