@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import inspect
 import pickle
 import subprocess
@@ -151,13 +152,28 @@ async def test_afit_keeps_the_loop_responsive() -> None:
     assert ticks >= clf.n_iter_  # the loop ran other tasks all along
 
 
-def test_inline_and_thread_backends_give_the_same_bits() -> None:
+HAS_PROCESS = importlib.util.find_spec("asynctrain.backends._process") is not None
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "thread",
+        pytest.param(
+            "process", marks=pytest.mark.skipif(not HAS_PROCESS, reason="no process backend")
+        ),
+    ],
+)
+def test_every_backend_gives_the_same_bits(backend: str) -> None:
     X, y = blobs()
     models = [
         ask.AsyncMLPClassifier((8,), random_state=3, max_iter=5, backend=b, shards=2).fit(X, y)
-        for b in ("inline", "thread")
+        for b in ("inline", backend)
     ]
-    assert models[1].plan_.backend == "thread"
+    assert models[1].plan_.backend == backend
+    assert same_params(*models)
+    for model in models:
+        model.partial_fit(X, y)
     assert same_params(*models)
 
 

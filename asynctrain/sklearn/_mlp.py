@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -41,8 +42,8 @@ class _MLPParams:
         """scikit-learn's MLP initialisation: weights and biases of a layer uniform in
         ``±sqrt(6 / (fan_in + fan_out))`` (on small data it learns faster than He's)."""
         params: Params = {}
-        shapes = [value.shape for value in model.init(rng).values()][::2]
-        for i, (fan_in, fan_out) in enumerate(shapes):
+        sizes = cast(MLP, model).sizes
+        for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
             bound = np.sqrt(6.0 / (fan_in + fan_out))
             params[f"W{i}"] = rng.uniform(-bound, bound, (fan_in, fan_out)).astype(model.dtype)
             params[f"b{i}"] = rng.uniform(-bound, bound, fan_out).astype(model.dtype)
