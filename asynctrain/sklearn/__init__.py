@@ -15,12 +15,14 @@ of its own, so parallel model selection never oversubscribes the cores. See
 ``docs/sklearn.md``.
 
 Example:
-    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.datasets import load_wine
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import StandardScaler
     >>> from asynctrain.sklearn import AsyncLogisticRegression
-    >>> X, y = load_iris(return_X_y=True)
-    >>> clf = AsyncLogisticRegression(random_state=0).fit(X, y)
-    >>> clf.coef_.shape, clf.score(X, y) > 0.9
-    ((3, 4), True)
+    >>> X, y = load_wine(return_X_y=True)
+    >>> clf = make_pipeline(StandardScaler(), AsyncLogisticRegression(random_state=0))
+    >>> clf.fit(X, y)[-1].coef_.shape, clf.score(X, y) > 0.95
+    ((3, 13), True)
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 import numbers
 import warnings
 from typing import Any, Self
@@ -36,12 +37,17 @@ from asynctrain.sklearn._runner import run_blocking
 from asynctrain.sklearn._state import Resumed, resumed_optimizer, same_structure
 from asynctrain.sklearn._training import OPTIMIZERS, Job, Trained, train
 
-AUTO_BATCH = 200  # scikit-learn's MLP default: min(200, n_samples)
+AUTO_BATCH = 200  # batch_size="auto" is at most this (scikit-learn's MLPs: min(200, n))
+AUTO_MIN_BATCH = 16  # and at least this, when it aims at several steps an epoch
 _SEED_RANGE = 2**31 - 1
 
 
 class AsyncEstimator(BaseEstimator):  # type: ignore[misc]
     """Shared machinery; subclasses define targets, the model and predictions."""
+
+    # batch_size="auto" aims at this many steps an epoch (batches of AUTO_MIN_BATCH to
+    # AUTO_BATCH rows), so that small data still takes enough steps to converge.
+    _auto_steps = 1
 
     def __sklearn_is_fitted__(self) -> bool:
         return "params_" in self.__dict__
@@ -180,7 +186,9 @@ class AsyncEstimator(BaseEstimator):  # type: ignore[misc]
 
     def _batch_size(self, n: int) -> int:
         if isinstance(self.batch_size, str) and self.batch_size == "auto":
-            return min(AUTO_BATCH, n)
+            if self._auto_steps == 1:
+                return min(AUTO_BATCH, n)
+            return min(AUTO_BATCH, n, max(AUTO_MIN_BATCH, math.ceil(n / self._auto_steps)))
         return min(check_int("batch_size", self.batch_size), n)
 
     def _seed(self, partial: bool) -> int:

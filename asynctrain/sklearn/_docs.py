@@ -18,7 +18,9 @@ MLP_ARGS = """
 TRAINING_ARGS = """
         optimizer: ``"adam"``, ``"adamw"``, ``"sgd"``, ``"rmsprop"`` or ``"adagrad"``.
         learning_rate: the optimizer's step size.
-        batch_size: rows per step; ``"auto"`` is ``min(200, n_samples)``.
+        batch_size: rows per step; ``"auto"`` is ``min(200, n_samples)`` for the MLPs
+            (as in scikit-learn) and about a tenth of the data for the linear models
+            (16 to 200 rows), so an epoch of small data still takes several steps.
         max_iter: most epochs of :meth:`fit`.
         tol, n_iter_no_change: :meth:`fit` stops once the monitored value has not beaten
             its best by ``tol`` for more than ``n_iter_no_change`` epochs in a row, as

@@ -34,6 +34,7 @@ class AsyncLogisticRegression(AsyncClassifier):
     """
 
     __doc__ = linear_doc(__doc__)
+    _auto_steps = 10
 
     def __init__(
         self,
@@ -136,6 +137,7 @@ class AsyncLinearRegression(AsyncRegressor):
     """
 
     __doc__ = linear_doc(__doc__)
+    _auto_steps = 10
 
     def __init__(
         self,
