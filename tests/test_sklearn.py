@@ -149,6 +149,7 @@ async def test_afit_keeps_the_loop_responsive() -> None:
         ticker = group.create_task(tick())
         await clf.afit(X, y)
         ticker.cancel()
+    assert clf.plan_.backend == "thread"  # small, but off the loop
     assert ticks >= clf.n_iter_  # the loop ran other tasks all along
 
 

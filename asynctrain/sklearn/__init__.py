@@ -8,7 +8,7 @@ cross-validation. Each also has async twins, ``afit`` and ``apartial_fit``, for 
 an event loop.
 
 Where training runs (``backend="auto"``): a small step (rows per step × parameters below
-about two million) trains on the event loop itself, because handing tens of microseconds
+about eight million) trains on the event loop itself, because handing tens of microseconds
 of numpy to a thread costs more than it saves; larger steps use the thread backend on all
 cores. Inside a joblib worker (``GridSearchCV(n_jobs=2)``) an estimator starts no threads
 of its own, so parallel model selection never oversubscribes the cores. See

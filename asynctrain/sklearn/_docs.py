@@ -12,8 +12,8 @@ MLP_ARGS = """
     Args:
         hidden_layer_sizes: widths of the hidden layers, e.g. ``(100,)`` or ``(64, 32)``.
         activation: ``"relu"`` or ``"tanh"``.
-        alpha: L2 penalty on the weights (not the biases), added to the mean loss as
-            ``0.5 * alpha * sum(W**2)``."""
+        alpha: L2 penalty on the weights (not the biases), as in scikit-learn's MLPs:
+            ``0.5 * alpha * sum(W**2) / batch_size`` is added to a batch's mean loss."""
 
 TRAINING_ARGS = """
         optimizer: ``"adam"``, ``"adamw"``, ``"sgd"``, ``"rmsprop"`` or ``"adagrad"``.
@@ -36,7 +36,8 @@ TRAINING_ARGS = """
         workers: workers of a thread or process backend; None: the cores, or 1 inside a
             joblib worker.
         shards: shards per step; ``"auto"``: 1 for small steps, else 4.
-        mode: the training mode (``"sync"``).
+        mode: the training mode: ``"sync"`` (bit-reproducible), or another mode name
+            the :class:`~asynctrain.Trainer` accepts.
         dtype: compute dtype of training, ``np.float32`` or ``np.float64``; predictions
             are computed in the dtype of their input (float32 or float64).
 """
@@ -46,6 +47,7 @@ FITTED = """
         params_: the asynctrain parameters (``model_.predict(params_, X)`` works too).
         model_: the :mod:`asynctrain.models` model that was trained.
         optimizer_state_: optimizer state carried between ``partial_fit`` calls.
+        plan_: the ``(backend, workers, shards)`` the last fit or ``partial_fit`` used.
         n_iter_: epochs trained (summed over ``partial_fit`` calls).
         t_: training samples seen.
         loss_curve_: training loss of each epoch.

@@ -123,9 +123,11 @@ class AsyncLinearRegression(AsyncRegressor):
 
     Trains :class:`asynctrain.models.LinearRegression` on the mean squared error.
     ``coef_`` has shape (n_features,) and ``intercept_`` is a float, as in
-    scikit-learn's ``LinearRegression``. Standardise the features (``StandardScaler``)
-    for a gradient method to converge quickly.
+    scikit-learn's ``LinearRegression``. Targets are standardised for training (any units
+    of ``y`` work with one learning rate); standardise the features too
+    (``StandardScaler``) for a gradient method to converge quickly.
     {args}{fitted}        coef_, intercept_: the weights, as described above.
+        target_mean_, target_scale_: the standardisation of the targets for training.
 
     Example:
         >>> import numpy as np

@@ -155,6 +155,7 @@ class AsyncMLPRegressor(_MLPParams, AsyncRegressor):
     error; ``y`` may have several columns (one output unit each). Defaults follow
     scikit-learn's ``MLPRegressor``.
     {args}{fitted}        n_outputs_: number of targets per row.
+        target_mean_, target_scale_: the standardisation of the targets for training.
         coefs_, intercepts_: the weights and biases of each layer.
 
     Example:

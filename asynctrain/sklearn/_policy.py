@@ -11,8 +11,8 @@ process backend without explicit ``workers`` gets one worker.
 
 Inline training runs BLAS on one thread (one BLAS thread per worker, as the thread backend
 does): small matrix products gain nothing from more, and a multi-threaded BLAS next to
-other busy threads or processes (joblib's, or anyone's on a shared machine) slows them by
-10x and more.
+other busy threads or processes (joblib's, or anyone's on a shared machine) slowed
+mid-sized MLP steps 3x in ``python -m asynctrain.bench._sklearn`` (docs/sklearn.md).
 
 The shard count depends only on the problem, never on the machine or on joblib, so the
 same ``random_state`` gives the same model with ``n_jobs=1`` and ``n_jobs=2``, in ``fit``
@@ -33,8 +33,8 @@ from asynctrain.backends._blas import BlasLimit
 
 # Rows per step × model parameters below which a step is "small" and trains inline (about
 # 3 flops per row and parameter: 2**23 is ~25 Mflop a step). `python -m
-# asynctrain.bench._sklearn` measures the boundary: on 2 shared cores the thread backend
-# was 1.3-2.8x slower than inline up to 5e6 and about even at 1.3e7.
+# asynctrain.bench._sklearn` measures the boundary: on 2 busy shared cores the thread
+# backend was ~1.9x slower than inline up to 5e6 and ~1.15x at 1.3e7 (docs/sklearn.md).
 SMALL_STEP = 2**23
 
 
@@ -91,17 +91,15 @@ def plan(
             f"backend must be a backend name such as 'auto', 'inline' or 'thread', got "
             f"{backend!r}; an estimator holds names only so it can be cloned and pickled"
         )
+    nested = in_joblib_worker()
     if workers is not None:
         workers = check_int("workers", workers)
-    nested = in_joblib_worker()
+    elif nested:
+        workers = 1  # the cores belong to joblib's workers
     if backend == "auto":
         if on_loop:  # the caller's loop must stay free: the work goes to threads
-            return Plan("thread", 1 if nested else workers, n_shards)
-        if small or nested:
-            return Plan("inline", None, n_shards)
-        return Plan("thread", workers, n_shards)
-    if backend != "inline" and workers is None and nested:
-        workers = 1
+            return Plan("thread", workers, n_shards)
+        backend = "inline" if small or nested else "thread"
     return Plan(backend, None if backend == "inline" else workers, n_shards)
 
 
