@@ -13,6 +13,9 @@ Example:
     2
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from asynctrain import backends, data, models, optim
 from asynctrain._broadcast import Lagged
 from asynctrain._config import TrainConfig
@@ -44,6 +47,9 @@ from asynctrain._service import TrainingService
 from asynctrain._trainer import Trainer
 from asynctrain._update import TrainState
 from asynctrain._work import ShardResult
+
+if TYPE_CHECKING:
+    from asynctrain import sklearn as sklearn
 
 __version__ = "0.1.0"
 
@@ -83,3 +89,10 @@ __all__ = [
     "optim",
     "run",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # asynctrain.sklearn needs scikit-learn (an optional extra): imported on first use only.
+    if name == "sklearn":
+        return importlib.import_module("asynctrain.sklearn")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

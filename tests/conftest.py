@@ -55,13 +55,18 @@ def _listdir(path: str) -> list[str]:
 
 
 def _is_mp_helper(pid: int) -> bool:
-    """The forkserver and resource tracker: started once per process by multiprocessing."""
+    """Forkserver and resource trackers: started once per process by multiprocessing (and
+    by joblib's loky, which scikit-learn's n_jobs uses)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             cmdline = handle.read()
     except OSError:
         return False
-    helpers = (b"multiprocessing.forkserver", b"multiprocessing.resource_tracker")
+    helpers = (
+        b"multiprocessing.forkserver",
+        b"multiprocessing.resource_tracker",
+        b"loky.backend.resource_tracker",
+    )
     return any(helper in cmdline for helper in helpers)
 
 

@@ -1,0 +1,294 @@
+"""AsyncEstimator: the scikit-learn machinery every asynctrain estimator shares.
+
+A fit runs in three parts. ``_prepare`` validates the data the scikit-learn way and
+builds everything training needs into a :class:`Job`, touching nothing on the estimator.
+``_training.train`` runs it on a fresh :class:`~asynctrain.Trainer`. ``_commit`` then sets every
+fitted attribute in one step, so a failed or cancelled fit leaves the estimator as it was,
+and a reader (``predict`` from another task while ``afit`` runs) sees the old model or the
+new one, never a mix. Between fits the estimator holds plain arrays only: it pickles and
+clones with no backend, pool or loop inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import math
+import numbers
+import warnings
+from typing import Any, Self
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.base import BaseEstimator, is_classifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from asynctrain import optim
+from asynctrain._checks import check_choice, check_float, check_int
+from asynctrain._events import FitResult
+from asynctrain._types import Params
+from asynctrain.data import Dataset
+from asynctrain.models import Model
+from asynctrain.sklearn._policy import plan
+from asynctrain.sklearn._runner import run_blocking
+from asynctrain.sklearn._state import Resumed, resumed_optimizer, same_structure
+from asynctrain.sklearn._training import OPTIMIZERS, Job, Trained, train
+
+AUTO_BATCH = 200  # batch_size="auto" is at most this (scikit-learn's MLPs: min(200, n))
+AUTO_MIN_BATCH = 16  # and at least this, when it aims at several steps an epoch
+_SEED_RANGE = 2**31 - 1
+
+
+class AsyncEstimator(BaseEstimator):  # type: ignore[misc]
+    """Shared machinery; subclasses define targets, the model and predictions."""
+
+    # batch_size="auto" aims at this many steps an epoch (batches of AUTO_MIN_BATCH to
+    # AUTO_BATCH rows), so that small data still takes enough steps to converge.
+    _auto_steps = 1
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return "params_" in self.__dict__
+
+    # -- fitting ---------------------------------------------------------------------
+
+    def fit(self, X: npt.ArrayLike, y: npt.ArrayLike) -> Self:
+        """Train from scratch for up to ``max_iter`` epochs and return the estimator.
+
+        Blocks until training ends, with or without an event loop running in this
+        thread (with one, training runs on a helper thread and the loop waits); on a
+        loop, ``await afit(X, y)`` keeps it free instead.
+
+        Raises:
+            ValueError: bad input (shape, NaN, labels) or hyper-parameters, before any
+                training starts.
+        """
+        job = self._prepare(X, y, partial=False, on_loop=False)
+        self._warn_unless_converged(run_blocking(lambda: self._train(job)))
+        return self
+
+    async def afit(self, X: npt.ArrayLike, y: npt.ArrayLike) -> Self:
+        """Like :meth:`fit`, on the caller's event loop, which stays responsive.
+
+        Validation and all array math run off the loop (a worker thread), and training
+        uses a thread backend even when ``backend="auto"`` would train a small problem
+        inline; the result is the same model bit for bit.
+        """
+        job = await asyncio.to_thread(self._prepare, X, y, partial=False, on_loop=True)
+        self._warn_unless_converged(await self._train(job))
+        return self
+
+    def _partial_fit(self, X: npt.ArrayLike, y: npt.ArrayLike, classes: Any = None) -> Self:
+        job = self._prepare(X, y, partial=True, on_loop=False, classes=classes)
+        run_blocking(lambda: self._train(job))
+        return self
+
+    async def _apartial_fit(self, X: npt.ArrayLike, y: npt.ArrayLike, classes: Any = None) -> Self:
+        job = await asyncio.to_thread(
+            self._prepare, X, y, partial=True, on_loop=True, classes=classes
+        )
+        await self._train(job)
+        return self
+
+    # -- preparing ---------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        X: npt.ArrayLike,
+        y: npt.ArrayLike,
+        *,
+        partial: bool,
+        on_loop: bool,
+        classes: Any = None,
+    ) -> Job:
+        resume = partial and self.__sklearn_is_fitted__()
+        X_arr, y_arr, attrs = self._validate(X, y, reset=not resume)
+        y_arr, target_attrs = self._targets(y_arr, partial=partial, resume=resume, classes=classes)
+        attrs.update(target_attrs)
+        seed = self._seed(partial)
+        train, validation = self._datasets(X_arr, y_arr, partial, seed)
+        batch_size = self._batch_size(len(train))
+        model = self._build_model(attrs, batch_size)
+        start = self._start(model, attrs, resume=resume, seed=seed)
+        return Job(
+            data=train,
+            validation=validation,
+            model=Resumed(model, start, n_classes=None if partial else model.n_classes),
+            trained=model,
+            optimizer=self._optimizer(start, resume),
+            plan=plan(
+                self.backend,
+                self.workers,
+                self.shards,
+                batch_size=batch_size,
+                n_params=sum(value.size for value in start.values()),
+                on_loop=on_loop,
+            ),
+            batch_size=batch_size,
+            seed=seed,
+            epochs=1 if partial else check_int("max_iter", self.max_iter),
+            mode=self.mode,
+            patience=None if partial else check_int("n_iter_no_change", self.n_iter_no_change),
+            monitor=_monitor(validation is not None, is_classifier(self)),
+            tol=check_float("tol", self.tol),
+            resume=resume,
+            attrs=attrs,
+        )
+
+    def _start(self, model: Model, attrs: dict[str, Any], *, resume: bool, seed: int) -> Params:
+        """The parameters training starts from: fresh, or those of the earlier fit."""
+        if not resume:
+            return self._init_params(model, np.random.default_rng(seed))
+        if not same_structure(self.params_, model.init(np.random.default_rng(0))):
+            raise ValueError(
+                f"{type(self).__name__}: the model's shape changed since the last fit "
+                "(a hyper-parameter such as hidden_layer_sizes was set); call fit to start over"
+            )
+        return self._to_training(self.params_, attrs)
+
+    def _validate(
+        self, X: npt.ArrayLike, y: npt.ArrayLike, *, reset: bool
+    ) -> tuple[npt.NDArray[Any], npt.NDArray[Any], dict[str, Any]]:
+        # With reset=True, validate_data records n_features_in_ (and feature names) on the
+        # estimator it is given: give it a copy, and commit those with the rest at the end.
+        target = copy.copy(self) if reset else self
+        X_arr, y_arr = validate_data(
+            target, X, y, reset=reset, dtype=(np.float64, np.float32), **self._y_checks()
+        )
+        if not reset:
+            return X_arr, y_arr, {"n_features_in_": self.n_features_in_}
+        names = ("n_features_in_", "feature_names_in_")
+        return X_arr, y_arr, {k: target.__dict__[k] for k in names if k in target.__dict__}
+
+    def _datasets(
+        self, X: npt.NDArray[Any], y: npt.NDArray[Any], partial: bool, seed: int
+    ) -> tuple[Dataset, Dataset | None]:
+        if partial or not self.early_stopping:
+            return Dataset(X, y, dtype=self.dtype), None
+        fraction = check_float("validation_fraction", self.validation_fraction, inclusive=False)
+        try:
+            X_tr, X_val, y_tr, y_val = train_test_split(
+                X,
+                y,
+                test_size=fraction,
+                random_state=seed,
+                stratify=y if is_classifier(self) else None,
+            )
+        except ValueError as exc:
+            raise ValueError(
+                f"early_stopping holds out validation_fraction={fraction} of "
+                f"{len(X)} samples, which is too few: {exc}. Raise validation_fraction, "
+                "use more data or pass early_stopping=False"
+            ) from exc
+        return Dataset(X_tr, y_tr, dtype=self.dtype), Dataset(X_val, y_val, dtype=self.dtype)
+
+    def _batch_size(self, n: int) -> int:
+        if isinstance(self.batch_size, str) and self.batch_size == "auto":
+            if self._auto_steps == 1:
+                return min(AUTO_BATCH, n)
+            return min(AUTO_BATCH, n, max(AUTO_MIN_BATCH, math.ceil(n / self._auto_steps)))
+        return min(check_int("batch_size", self.batch_size), n)
+
+    def _seed(self, partial: bool) -> int:
+        state = self.random_state
+        if isinstance(state, numbers.Integral) and not isinstance(state, bool) and int(state) >= 0:
+            base = int(state)
+        else:
+            base = int(check_random_state(state).randint(_SEED_RANGE))
+        if not partial:
+            return base
+        # Each partial_fit call shuffles its batch differently, reproducibly.
+        seen = int(self.__dict__.get("t_", 0))
+        return int(np.random.SeedSequence([base, seen]).generate_state(1)[0])
+
+    def _optimizer(self, start: Params, resume: bool) -> optim.GradientTransformation:
+        name = check_choice("optimizer", self.optimizer, tuple(OPTIMIZERS))
+        rate = check_float("learning_rate", self.learning_rate, inclusive=False)
+        transform = OPTIMIZERS[name](rate)
+        saved = self.__dict__.get("optimizer_state_")
+        if resume and same_structure(saved, transform.init(start)):
+            return resumed_optimizer(transform, saved)
+        return transform  # a new optimizer (another name) starts with a fresh state
+
+    # -- training ----------------------------------------------------------------------
+
+    async def _train(self, job: Job) -> FitResult:
+        trained = await train(job)
+        self._commit(job, trained)
+        return trained.result
+
+    def _commit(self, job: Job, trained: Trained) -> None:
+        history = trained.result.history
+        attrs = dict(job.attrs)
+        attrs.update(
+            model_=job.trained,
+            params_=self._from_training(trained.params, attrs),
+            optimizer_state_=trained.opt_state,
+            plan_=trained.plan,
+        )
+        previous = self.__dict__ if job.resume else {}
+        attrs["n_iter_"] = previous.get("n_iter_", 0) + len(history)
+        attrs["t_"] = previous.get("t_", 0) + len(job.data) * len(history)
+        attrs["loss_curve_"] = [*previous.get("loss_curve_", []), *(e.loss for e in history)]
+        if job.validation is not None:
+            attrs["validation_loss_curve_"] = [event.val_loss for event in history]
+            if is_classifier(self):
+                attrs["validation_scores_"] = [event.val_accuracy for event in history]
+        if not job.resume:
+            for name in [k for k in self.__dict__ if k.endswith("_") and not k.startswith("_")]:
+                del self.__dict__[name]
+        self.__dict__.update(attrs)
+
+    def _warn_unless_converged(self, result: FitResult) -> None:
+        if not result.stopped_early:
+            warnings.warn(
+                f"{type(self).__name__} stopped after max_iter={result.epochs} epochs "
+                f"before the loss stopped improving by tol={self.tol}; raise max_iter or "
+                "learning_rate",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+    # -- predicting --------------------------------------------------------------------
+
+    def _inputs(self, X: npt.ArrayLike) -> tuple[npt.NDArray[Any], Params]:
+        """Validated ``X`` (float64 or float32) and the parameters in its dtype."""
+        check_is_fitted(self)
+        X_arr = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        params = {k: v.astype(X_arr.dtype, copy=False) for k, v in self.params_.items()}
+        return X_arr, params
+
+    # -- subclass hooks ----------------------------------------------------------------
+
+    def _y_checks(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _targets(
+        self, y: npt.NDArray[Any], *, partial: bool, resume: bool, classes: Any
+    ) -> tuple[npt.NDArray[Any], dict[str, Any]]:
+        raise NotImplementedError
+
+    def _build_model(self, attrs: dict[str, Any], batch_size: int) -> Model:
+        raise NotImplementedError
+
+    def _init_params(self, model: Model, rng: np.random.Generator) -> Params:
+        """Fresh parameters (the model's own initialisation; see the MLPs)."""
+        return model.init(rng)
+
+    def _to_training(self, params: Params, attrs: dict[str, Any]) -> Params:
+        """Fitted parameters → those training works with (identity; see AsyncRegressor)."""
+        return params
+
+    def _from_training(self, params: Params, attrs: dict[str, Any]) -> Params:
+        """Trained parameters → fitted ones (identity; see AsyncRegressor)."""
+        return params
+
+
+def _monitor(validating: bool, classifier: bool) -> str:
+    """What early stopping watches: as in scikit-learn's MLPs, validation accuracy for a
+    classifier (a regressor's validation loss moves with its r2), else the training loss."""
+    if not validating:
+        return "loss"
+    return "val_accuracy" if classifier else "val_loss"
