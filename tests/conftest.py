@@ -40,12 +40,13 @@ async def backend(
         yield opened
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dask_cluster() -> Iterator[Any]:
-    """One Dask LocalCluster (2 worker processes, loopback only) for the whole session.
+    """One Dask LocalCluster (2 worker processes, loopback only) per test module.
 
     It runs on its own loop in a thread, so each test's DaskBackend connects to it by
-    address from the test's own loop.
+    address from the test's own loop. Module scope: its threads stop before other
+    modules run (their allocation checks see the whole process).
     """
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(

@@ -233,6 +233,8 @@ class DaskBackend(Lifecycle):
 
         Shared handles among ``args`` reach the worker as views of their slots; slots the
         task writes come back with its result. A user exception keeps its type.
+        Cancelling the caller cancels the Dask future: a queued task never starts; one
+        already running finishes on its worker (Dask cannot interrupt it), unawaited.
 
         Raises:
             BackendError: the task killed every worker Dask allowed it, or the cluster

@@ -64,7 +64,7 @@ class Spread:
 
 
 def ratio_figure(
-    name: str, measured: Sequence[float], reference: Sequence[float], **fields: Any
+    name: str, measured: Sequence[float], reference: Sequence[float], /, **fields: Any
 ) -> Figure:
     """A ratio figure from paired repeats: each repeat's ``measured / reference``.
 
