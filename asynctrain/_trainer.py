@@ -253,21 +253,15 @@ class Trainer:
         val_data = None if val is None else await self._backend.share({"X": val.X, "y": val.y})
         spe = steps_per_epoch(len(train), self.config.batch_size)
         updater = ctx.updater
-        try:
-            for epoch in range(updater.state.epoch, updater.state.epoch + epochs):
-                began, seen = time.perf_counter(), ctx.samples
-                order = epoch_order(len(train), seed=self.config.seed, epoch=epoch)
-                losses = []
-                async for step_event in self.mode.run_epoch(ctx, epoch, order, updater.state.batch):
-                    losses.append(step_event.loss * step_event.samples)
-                    yield step_event
-                updater.state = updater.state._replace(epoch=epoch + 1, batch=0)
-                yield await self._epoch_event(ctx, epoch, val, val_data, losses, began, seen, spe)
-        finally:
-            # Shared arrays live as long as the fit: scattered data on a cluster, segments.
-            for shared in (ctx.data, ctx.params, ctx.grads, val_data):
-                if shared is not None:
-                    await self._backend.release(shared)
+        for epoch in range(updater.state.epoch, updater.state.epoch + epochs):
+            began, seen = time.perf_counter(), ctx.samples
+            order = epoch_order(len(train), seed=self.config.seed, epoch=epoch)
+            losses = []
+            async for step_event in self.mode.run_epoch(ctx, epoch, order, updater.state.batch):
+                losses.append(step_event.loss * step_event.samples)
+                yield step_event
+            updater.state = updater.state._replace(epoch=epoch + 1, batch=0)
+            yield await self._epoch_event(ctx, epoch, val, val_data, losses, began, seen, spe)
 
     async def _context(self, train: Dataset) -> StepContext:
         assert self._updater is not None

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,13 @@ def test_insecure_opt_in_warns_naming_the_address(caplog: pytest.LogCaptureFixtu
 @pytest.mark.parametrize("address", ["tls://10.1.2.3:8786", "tcp://127.0.0.1:8786", "[::1]:1"])
 def test_tls_and_loopback_addresses_are_accepted(address: str) -> None:
     assert DaskBackend(address).state == "unopened"
+
+
+def test_unpicklable_objects_are_named() -> None:
+    backend = DaskBackend("tcp://127.0.0.1:1")
+    backend.check_picklable(lambda x: x, SoftmaxRegression(4, 2))  # cloudpickle takes these
+    with pytest.raises(at.ConfigTypeError, match="Dask worker"):
+        backend.check_picklable(threading.Lock())
 
 
 def test_bad_arguments_are_refused() -> None:

@@ -22,6 +22,7 @@ try:
     import distributed
     from distributed.client import FutureCancelledError
     from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.protocol.pickle import dumps as dask_dumps
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("DaskBackend needs Dask distributed: pip install 'asynctrain[dask]'") from exc
 
@@ -266,6 +267,21 @@ class DaskBackend(Lifecycle):
             ) from exc
         except FutureCancelledError as exc:
             raise BackendError(f"the cluster cancelled Dask task {future.key}: {exc}") from exc
+
+    def check_picklable(self, *objects: object) -> None:
+        """Raise ConfigTypeError if any of ``objects`` cannot be sent to a Dask worker.
+
+        Dask falls back to cloudpickle, so lambdas and closures travel; locks, open files,
+        sockets and the like do not.
+        """
+        for obj in objects:
+            try:
+                dask_dumps(obj)
+            except Exception as exc:
+                raise ConfigTypeError(
+                    f"{obj!r:.120} cannot be sent to a Dask worker ({exc}); keep locks, open "
+                    "files and connections out of it, or use backend='thread'"
+                ) from exc
 
     async def _scatter(self, payload: Payload) -> Any:
         return await self._client.scatter(payload, broadcast=True, hash=False)
