@@ -29,7 +29,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from asynctrain._checks import check_int
 from asynctrain._exceptions import BackendError, ConfigError, ConfigTypeError, StateError
 from asynctrain.backends._base import readonly
-from asynctrain.backends._dask_shared import DaskShared, Payload, pack, run_on_worker
+from asynctrain.backends._dask_shared import Call, DaskShared, Payload, pack, run_on_worker
 from asynctrain.backends._lifecycle import Lifecycle
 from asynctrain.backends._thread import default_workers
 
@@ -39,6 +39,7 @@ logger = logging.getLogger("asynctrain.dask")
 # distributed is only partly typed: its constructors are untyped calls to mypy.
 _Client: Any = distributed.Client
 _LocalCluster: Any = distributed.LocalCluster
+_dumps: Any = dask_dumps
 
 _SECURE_SCHEMES = {"tls", "wss", "inproc"}
 
@@ -243,14 +244,22 @@ class DaskBackend(Lifecycle):
         """
         await self._ensure_open()
         call, handles = pack(fn, args)
-        async with self._in_flight:
-            carried = [await handle.carried(self._scatter) for handle in handles]
-            future = self._client.submit(run_on_worker, call, carried, key=_key(fn), pure=False)
-            envelope = await self._outcome(future)
+        for _ in range(len(handles) + 1):  # each re-run sends one more handle's slots
+            envelope = await self._submit(fn, call, handles)
+            if not envelope.missed:
+                break
+            for position in envelope.missed:  # it read slots that tasks wrote
+                handles[position].carry_returned()
         for handle, written in zip(handles, envelope.writes, strict=True):
             handle.receive(written)
         result: T = envelope.result
         return result
+
+    async def _submit(self, fn: Callable[..., Any], call: Call, handles: list[DaskShared]) -> Any:
+        async with self._in_flight:
+            carried = [await handle.carried(self._scatter) for handle in handles]
+            future = self._client.submit(run_on_worker, call, carried, key=_key(fn), pure=False)
+            return await self._outcome(future)
 
     async def _outcome(self, future: Any) -> Any:
         try:
@@ -276,7 +285,7 @@ class DaskBackend(Lifecycle):
         """
         for obj in objects:
             try:
-                dask_dumps(obj)
+                _dumps(obj)
             except Exception as exc:
                 raise ConfigTypeError(
                     f"{obj!r:.120} cannot be sent to a Dask worker ({exc}); keep locks, open "

@@ -9,12 +9,12 @@ memory. Instead each slot's contents travel in the way that suits how often they
   task when small, or scattered to every worker once per write when large
   (``>= INLINE_LIMIT`` bytes), so no task pickles a megabyte of arrays;
 * contents a task ``write``s (a shard's gradient) return to the owner inside the task's
-  result envelope and are stored in the owner's slot; they are not sent out again.
+  result envelope and are stored in the owner's slot. They are not sent out again until a
+  task reads such a slot (local mode's per-shard optimizer state): that task is re-run
+  once, and from then on the handle's task-written slots travel like owner writes.
 
-So a task sees what the owner shared or wrote, and what a task writes reaches the owner.
-That is everything the trainer's protocol needs (the owner writes parameters, tasks write
-gradients the owner reads). A slot last written by a task has no copy on the cluster:
-reading it in another task raises :class:`~asynctrain.StateError`.
+So sync training never ships gradients back out, and every protocol still sees, in each
+task, what the owner or an earlier task last wrote.
 
 This module never imports ``distributed``: the worker side only needs numpy.
 """
@@ -76,6 +76,11 @@ class _Pending:
         self.payload = Payload(arrays)
 
 
+def carry_form(arrays: Arrays) -> Payload | _Pending:
+    """How owner-held ``arrays`` travel: inside each task, or scattered once if large."""
+    return Payload(arrays) if nbytes(arrays) < INLINE_LIMIT else _Pending(arrays)
+
+
 class DaskShared:
     """:class:`~asynctrain.backends.SharedArrays` for :class:`DaskBackend`; see the module.
 
@@ -90,6 +95,7 @@ class DaskShared:
         self._carry: list[Any] = [initial] * slots  # Future | Payload | _Pending | None
         self._lock = asyncio.Lock()
         self._released = False
+        self._carry_returned = False  # do tasks read slots that tasks wrote?
 
     def read(self, slot: int = 0) -> Arrays:
         """The arrays last written to ``slot`` (by the owner, or returned by a task)."""
@@ -102,13 +108,20 @@ class DaskShared:
         """Make ``arrays`` the contents of ``slot``; tasks started afterwards see them."""
         owned = readonly(arrays)
         self._local[slot] = owned
-        self._carry[slot] = Payload(owned) if nbytes(owned) < INLINE_LIMIT else _Pending(owned)
+        self._carry[slot] = carry_form(owned)
 
     def receive(self, written: Mapping[int, Arrays]) -> None:
         """Store the slots a task wrote (its result envelope's ``writes``)."""
         for slot, arrays in written.items():
             self._local[slot] = arrays
-            self._carry[slot] = None
+            self._carry[slot] = carry_form(aligned(arrays)) if self._carry_returned else None
+
+    def carry_returned(self) -> None:
+        """From now on, send task-written slots to later tasks (a task needed one)."""
+        self._carry_returned = True
+        for slot, carry in enumerate(self._carry):
+            if carry is None:
+                self._carry[slot] = carry_form(self.read(slot))
 
     async def carried(self, scatter: Scatter) -> list[Any]:
         """What a task carries per slot, scattering large owner writes first (once each)."""
@@ -130,7 +143,6 @@ class DaskShared:
     def release(self) -> list[Any]:
         """Forget the cluster's copies; return the futures to release."""
         futures = self.futures()
-        self._carry = [None] * self.slots
         self._released = True
         return futures
 
@@ -146,10 +158,23 @@ class DaskShared:
         return f"<DaskShared slots={self.slots} arrays={shapes}{state}>"
 
 
-class HandleRef(NamedTuple):
-    """Stands in a task's arguments for the ``position``-th shared handle."""
+class HandleRef:
+    """Stands in a task's arguments for the ``position``-th shared handle.
 
-    position: int
+    A plain object, not a tuple: Dask looks for its own references inside containers.
+    """
+
+    __slots__ = ("position",)
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+
+
+class SlotNotCarried(BaseException):
+    """A task read a slot its handle does not send yet; the backend re-runs the task.
+
+    A BaseException so that user code catching ``Exception`` does not swallow it.
+    """
 
 
 class WorkerShared:
@@ -159,17 +184,16 @@ class WorkerShared:
         self.slots = len(carried)
         self._carried = carried
         self.written: dict[int, Arrays] = {}
+        self.missed = False
 
     def read(self, slot: int = 0) -> Arrays:
-        """The slot's arrays as the owner last shared or wrote them (or this task wrote)."""
+        """The slot's arrays as last written by the owner, an earlier task or this one."""
         if slot in self.written:
             return self.written[slot]
         payload = self._carried[slot]
         if payload is None:
-            raise StateError(
-                f"slot {slot} was last written by a Dask task: its contents went back to "
-                "the owner only. Have the owner write() them to make them visible to tasks"
-            )
+            self.missed = True
+            raise SlotNotCarried(slot)
         return payload.arrays
 
     def write(self, slot: int, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
@@ -177,18 +201,26 @@ class WorkerShared:
         self.written[slot] = dict(arrays)
 
 
-class Call(NamedTuple):
-    """A function and its arguments, with shared handles replaced by :class:`HandleRef`."""
+class Call:
+    """A function and its arguments, with shared handles replaced by :class:`HandleRef`.
 
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
+    A plain object, so Dask sends it as one opaque value and never looks inside.
+    """
+
+    __slots__ = ("args", "fn")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
 
 
 class Envelope(NamedTuple):
-    """A task's result and the slots it wrote, per shared handle."""
+    """A task's result and the slots it wrote per shared handle, or, when the task read
+    slots its handles did not send, the positions of those handles."""
 
     result: Any
     writes: list[dict[int, Arrays]]
+    missed: list[int]
 
 
 def run_on_worker(call: Call, carried: list[list[Payload | None]]) -> Envelope:
@@ -196,8 +228,11 @@ def run_on_worker(call: Call, carried: list[list[Payload | None]]) -> Envelope:
     the scattered references in ``carried`` to their payloads)."""
     views = [WorkerShared(slots) for slots in carried]
     args = [views[a.position] if isinstance(a, HandleRef) else a for a in call.args]
-    result = call.fn(*args)
-    return Envelope(result, [view.written for view in views])
+    try:
+        result = call.fn(*args)
+    except SlotNotCarried:
+        return Envelope(None, [], [i for i, view in enumerate(views) if view.missed])
+    return Envelope(result, [view.written for view in views], [])
 
 
 def pack(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Call, list[DaskShared]]:

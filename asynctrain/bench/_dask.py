@@ -19,6 +19,7 @@ Run alone: ``python -m asynctrain.bench._dask [--quick]``.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import statistics
 import sys
 import time
@@ -47,11 +48,7 @@ def command(quick: bool) -> str:
 
 def reference_backend() -> str:
     """``"process"`` when the process backend is installed, else ``"thread"``."""
-    try:
-        import asynctrain.backends._process  # noqa: F401
-    except ImportError:
-        return "thread"
-    return "process"
+    return "process" if importlib.util.find_spec("asynctrain.backends._process") else "thread"
 
 
 def nothing() -> None:
