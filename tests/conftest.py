@@ -16,7 +16,7 @@ import asynctrain as at
 # from other threads and unclosed resources are reported (and warnings are errors).
 os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
 
-BACKENDS = ["inline", "thread", "process", pytest.param("dask", marks=pytest.mark.dask)]
+BACKENDS = ["inline", "thread", "process"]
 
 
 @pytest.fixture(params=BACKENDS)
