@@ -179,6 +179,12 @@ def test_unpicklable_objects_are_named() -> None:
         backend.check_picklable(threading.Lock())
 
 
+@pytest.mark.parametrize("address", ["tcp://", "tcp://host", "", 8786])
+def test_malformed_addresses_are_refused(address: object) -> None:
+    with pytest.raises(at.ConfigError, match="address"):
+        DaskBackend(address)  # type: ignore[arg-type]
+
+
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(at.ConfigError, match="not both"):
         DaskBackend("tcp://127.0.0.1:1", client=object())  # type: ignore[arg-type]

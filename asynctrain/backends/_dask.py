@@ -9,8 +9,6 @@ by tasks when small, returned inside each task's result.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import logging
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
@@ -21,7 +19,6 @@ import numpy.typing as npt
 try:
     import distributed
     from distributed.client import FutureCancelledError
-    from distributed.comm.addressing import parse_address, parse_host_port
     from distributed.protocol.pickle import dumps as dask_dumps
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("DaskBackend needs Dask distributed: pip install 'asynctrain[dask]'") from exc
@@ -29,60 +26,17 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from asynctrain._checks import check_int
 from asynctrain._exceptions import BackendError, ConfigError, ConfigTypeError, StateError
 from asynctrain.backends._base import readonly
+from asynctrain.backends._dask_address import check_address
 from asynctrain.backends._dask_shared import Call, DaskShared, Payload, pack, run_on_worker
 from asynctrain.backends._lifecycle import Lifecycle
 from asynctrain.backends._thread import default_workers
 
 T = TypeVar("T")
-logger = logging.getLogger("asynctrain.dask")
 
 # distributed is only partly typed: its constructors are untyped calls to mypy.
 _Client: Any = distributed.Client
 _LocalCluster: Any = distributed.LocalCluster
 _dumps: Any = dask_dumps
-
-_SECURE_SCHEMES = {"tls", "wss", "inproc"}
-
-
-def check_address(address: str, *, allow_insecure: bool) -> None:
-    """Refuse a plain-text scheduler address off this machine unless explicitly allowed.
-
-    A Dask scheduler runs whatever code its clients send, and plain TCP lets anyone on the
-    path read or forge that traffic. Loopback addresses and ``tls://`` are accepted;
-    anything else needs ``allow_insecure=True``, which logs a warning naming the address.
-
-    Raises:
-        ConfigError: a plain-TCP, non-loopback address without ``allow_insecure``.
-    """
-    if not isinstance(address, str):
-        raise ConfigTypeError(
-            f"address must be a string such as 'tls://host:8786', got {address!r}"
-        )
-    scheme, location = parse_address(address)
-    if scheme in _SECURE_SCHEMES or _is_loopback(parse_host_port(location)[0]):
-        return
-    if not allow_insecure:
-        raise ConfigError(
-            f"refusing to connect to the Dask scheduler at {address!r} over plain {scheme}: "
-            "anyone who can reach that port can run code on the cluster and read the data. "
-            "Use 'tls://...' with security=distributed.Security(...), or pass "
-            "allow_insecure=True on a network you trust"
-        )
-    logger.warning(
-        "connecting to the Dask scheduler at %s over plain %s (allow_insecure=True): anyone "
-        "who can reach it can run code on the cluster; prefer tls:// with Security",
-        address,
-        scheme,
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve anywhere
-        return False
 
 
 class DaskBackend(Lifecycle):
@@ -178,8 +132,8 @@ class DaskBackend(Lifecycle):
         return str(self._cluster.dashboard_link)
 
     async def _open(self) -> None:
-        self._client = await self._connect()
         try:
+            self._client = await self._connect()
             if self._wanted is not None and self._cluster is None:
                 await self._client.wait_for_workers(self._wanted)
             threads: dict[str, int] = await self._client.nthreads()
@@ -250,6 +204,8 @@ class DaskBackend(Lifecycle):
                 break
             for position in envelope.missed:  # it read slots that tasks wrote
                 handles[position].carry_returned()
+        else:
+            raise BackendError(f"Dask task {fn!r} kept reading slots no task was sent")
         for handle, written in zip(handles, envelope.writes, strict=True):
             handle.receive(written)
         result: T = envelope.result

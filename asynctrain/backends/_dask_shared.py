@@ -143,6 +143,7 @@ class DaskShared:
     def release(self) -> list[Any]:
         """Forget the cluster's copies; return the futures to release."""
         futures = self.futures()
+        self._carry = [None] * self.slots
         self._released = True
         return futures
 
