@@ -10,21 +10,24 @@ the thread backend, named in every figure):
 * ``dask/epoch/mlp/<mode>/b<batch>``: epoch time on the ``"mlp"`` reference problem as a
   ratio to the reference backend (paired repeats), in ``sync`` and ``local`` mode (when
   this checkout has it), with batches of 512 and 8192 in 4 shards;
-* ``dask/loop_lag/{fit,2000_tasks,2000_tasks_unbounded}``: p99 lateness (ms) of a 1 ms
-  heartbeat while an MLP epoch trains on Dask, and while 2,000 trivial tasks go through
-  the backend with its default bound on tasks in flight and with no bound.
+* ``dask/loop_lag/{fit,2000_tasks,2000_tasks_unbounded,2000_tasks_scheduler_elsewhere}``:
+  p99 lateness (ms) of a 1 ms heartbeat while an MLP epoch trains on Dask, and while 2,000
+  trivial tasks go through the backend with its default bound on tasks in flight, with
+  no bound, and with the bound but the scheduler on another loop (a LocalCluster the
+  backend starts runs its scheduler on the caller's loop).
 
-Run alone: ``python -m asynctrain.bench._dask [--quick]``.
+Run alone: ``python -m asynctrain.bench._dask [--quick] [startup|task_cost|epoch|loop_lag]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -56,10 +59,10 @@ def nothing() -> None:
     """A task with no work: what remains is the backend's own cost."""
 
 
-def _dask(**options: Any) -> Backend:
-    from asynctrain.backends import DaskBackend
+def _dask(address: str | None = None, **options: Any) -> Backend:
+    from asynctrain.backends import DaskBackend  # distributed: only when this suite runs
 
-    return DaskBackend(workers=WORKERS, **options)
+    return DaskBackend(address, workers=WORKERS, **options)
 
 
 def _backend(name: str) -> Backend:
@@ -211,24 +214,55 @@ async def loop_lag(quick: bool) -> list[Figure]:
         figures.append(_lag_figure("dask/loop_lag/fit", runs, "an MLP epoch trains", quick))
     for label, limit in (("2000_tasks", None), ("2000_tasks_unbounded", 2000)):
         async with _dask(max_in_flight=limit) as backend:
-            await backend.run(nothing)
-
-            async def burst(backend: Backend = backend) -> None:
-                await asyncio.gather(*(backend.run(nothing) for _ in range(2000)))
-
-            runs = [await lag_while(burst) for _ in range(repeats)]
+            runs = [await lag_while(_burst(backend)) for _ in range(repeats)]
         what = "2,000 trivial tasks run" + (" with no bound" if limit else "")
         figures.append(_lag_figure(f"dask/loop_lag/{label}", runs, what, quick))
+    async with _cluster_in_a_thread() as address, _dask(address) as backend:
+        runs = [await lag_while(_burst(backend)) for _ in range(repeats)]
+    what = "2,000 trivial tasks run, the scheduler on another thread's loop"
+    figures.append(_lag_figure("dask/loop_lag/2000_tasks_scheduler_elsewhere", runs, what, quick))
     return figures
 
 
-async def run(quick: bool) -> list[Figure]:
-    """Every figure of this suite; see the module docstring."""
+def _burst(backend: Backend) -> Callable[[], Awaitable[Any]]:
+    async def burst() -> None:
+        await asyncio.gather(*(backend.run(nothing) for _ in range(2000)))
+
+    return burst
+
+
+@contextlib.asynccontextmanager
+async def _cluster_in_a_thread() -> AsyncIterator[str]:
+    """A LocalCluster whose scheduler runs on its own loop (Dask's thread), not this one."""
+    import distributed
+
+    cluster = await asyncio.to_thread(
+        distributed.LocalCluster,
+        n_workers=WORKERS,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+    )
+    try:
+        yield str(cluster.scheduler_address)
+    finally:
+        await asyncio.to_thread(cluster.close)
+
+
+PARTS = ("startup", "task_cost", "epoch", "loop_lag")
+
+
+async def run(quick: bool, parts: tuple[str, ...] = PARTS) -> list[Figure]:
+    """The figures of ``parts`` (default: all); see the module docstring."""
     reference = reference_backend()
-    figures = [await startup(quick, reference)]
-    figures += await task_costs(quick, reference)
-    figures += await epochs(quick, reference)
-    figures += await loop_lag(quick)
+    figures = [await startup(quick, reference)] if "startup" in parts else []
+    if "task_cost" in parts:
+        figures += await task_costs(quick, reference)
+    if "epoch" in parts:
+        figures += await epochs(quick, reference)
+    if "loop_lag" in parts:
+        figures += await loop_lag(quick)
     return figures
 
 
@@ -240,5 +274,6 @@ def _print(figures: list[Figure]) -> None:
     print(f"reference backend: {reference_backend()}; command: {figures[0].command}")
 
 
-if __name__ == "__main__":
-    _print(run_loop(run("--quick" in sys.argv[1:])))
+if __name__ == "__main__":  # [--quick] [PART ...] with PART in PARTS
+    chosen = tuple(arg for arg in sys.argv[1:] if arg in PARTS) or PARTS
+    _print(run_loop(run("--quick" in sys.argv[1:], chosen)))
