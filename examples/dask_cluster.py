@@ -28,7 +28,9 @@ async def main(address: str | None = None) -> bool:
         on_dask = await fit(backend, data)
     in_process = await fit("inline", data)
     same = all((on_dask.params[k] == in_process.params[k]).all() for k in in_process.params)
-    print(f"{on_dask.steps} steps, loss {on_dask.history[-1].loss:.3f}; same bits as inline: {same}")
+    print(
+        f"{on_dask.steps} steps, loss {on_dask.history[-1].loss:.3f}; same bits as inline: {same}"
+    )
     return same
 
 
