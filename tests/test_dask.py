@@ -265,6 +265,16 @@ async def test_slots_travel_both_ways(dask_cluster: Any) -> None:
             await backend.run(_read_slot, shared, 0)
 
 
+async def test_shared_data_lost_by_the_cluster_is_sent_again(dask_cluster: Any) -> None:
+    async with DaskBackend(dask_cluster.scheduler_address) as backend:
+        shared = await backend.share({"v": np.full(3, 4.0)}, slots=2)
+        lost = shared.futures()
+        await backend.client.cancel(lost)  # as if every worker holding it had died
+        assert await backend.run(_read_slot, shared, 1) == 4.0
+        assert shared.futures() != lost  # scattered again from the owner's arrays
+        await backend.release(shared)
+
+
 async def test_an_existing_client_is_used_and_left_open(dask_cluster: Any) -> None:
     async with distributed.Client(
         dask_cluster.scheduler_address, asynchronous=True, set_as_default=False

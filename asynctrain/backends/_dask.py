@@ -32,6 +32,7 @@ from asynctrain.backends._lifecycle import Lifecycle
 from asynctrain.backends._thread import default_workers
 
 T = TypeVar("T")
+LOST_DATA_RETRIES = 3  # times a task may find its shared data lost with the workers
 
 # distributed is only partly typed: its constructors are untyped calls to mypy.
 _Client: Any = distributed.Client
@@ -198,24 +199,42 @@ class DaskBackend(Lifecycle):
         """
         await self._ensure_open()
         call, handles = pack(fn, args)
-        for _ in range(len(handles) + 1):  # each re-run sends one more handle's slots
+        for _ in range(len(handles) + LOST_DATA_RETRIES + 1):
             envelope = await self._submit(fn, call, handles)
+            if envelope is None:  # the cluster lost shared data: sent again, run again
+                continue
             if not envelope.missed:
                 break
             for position in envelope.missed:  # it read slots that tasks wrote
                 handles[position].carry_returned()
         else:
-            raise BackendError(f"Dask task {fn!r} kept reading slots no task was sent")
+            raise BackendError(f"Dask task {fn!r} could not get its shared data to a worker")
         for handle, written in zip(handles, envelope.writes, strict=True):
             handle.receive(written)
         result: T = envelope.result
         return result
 
     async def _submit(self, fn: Callable[..., Any], call: Call, handles: list[DaskShared]) -> Any:
+        """The task's envelope, or None if it lost shared data (now scattered again)."""
         async with self._in_flight:
             carried = [await handle.carried(self._scatter) for handle in handles]
             future = self._client.submit(run_on_worker, call, carried, key=_key(fn), pure=False)
-            return await self._outcome(future)
+            try:
+                return await self._outcome(future)
+            except _CancelledByCluster:
+                sent = [c for slots in carried for c in slots if not isinstance(c, Payload | None)]
+                if await self._reshare_lost(handles, sent):
+                    return None
+                raise
+
+    async def _reshare_lost(self, handles: list[DaskShared], sent: list[Any]) -> bool:
+        """Scatter again whatever of ``sent`` the cluster lost; True if anything was lost."""
+        live = [future for future in sent if future.status == "finished"]
+        held = await self._client.who_has(live) if live else {}
+        lost = {future.key for future in sent if not held.get(future.key)}
+        for handle in handles:  # a concurrent task may have done it already: no-op then
+            handle.reshare(lost)
+        return bool(lost)
 
     async def _outcome(self, future: Any) -> Any:
         try:
@@ -231,7 +250,9 @@ class DaskBackend(Lifecycle):
                 "distributed.scheduler.allowed-failures or look at the workers' logs"
             ) from exc
         except FutureCancelledError as exc:
-            raise BackendError(f"the cluster cancelled Dask task {future.key}: {exc}") from exc
+            raise _CancelledByCluster(
+                f"the cluster cancelled Dask task {future.key}: {exc}"
+            ) from exc
 
     def check_picklable(self, *objects: object) -> None:
         """Raise ConfigTypeError if any of ``objects`` cannot be sent to a Dask worker.
@@ -270,6 +291,10 @@ class DaskBackend(Lifecycle):
     def __repr__(self) -> str:
         where = self.address or ("client" if self._given is not None else "local")
         return f"<DaskBackend {where} workers={self.workers} {self.state}>"
+
+
+class _CancelledByCluster(BackendError):
+    """Dask cancelled a task itself, e.g. because shared data it needed was lost."""
 
 
 def _key(fn: Callable[..., Any]) -> str:

@@ -114,35 +114,52 @@ class DaskShared:
         """Store the slots a task wrote (its result envelope's ``writes``)."""
         for slot, arrays in written.items():
             self._local[slot] = arrays
-            self._carry[slot] = carry_form(aligned(arrays)) if self._carry_returned else None
+            # Payloads align on the receiving side: no copy here, on the event loop.
+            self._carry[slot] = carry_form(arrays) if self._carry_returned else None
 
     def carry_returned(self) -> None:
         """From now on, send task-written slots to later tasks (a task needed one)."""
         self._carry_returned = True
         for slot, carry in enumerate(self._carry):
             if carry is None:
-                self._carry[slot] = carry_form(self.read(slot))
+                self._carry[slot] = carry_form(self._local[slot])
 
     async def carried(self, scatter: Scatter) -> list[Any]:
         """What a task carries per slot, scattering large owner writes first (once each)."""
         if self._released:
             raise StateError(f"{self!r} was released; share the arrays again")
         async with self._lock:
+            scattered: dict[int, Any] = {}  # slots sharing one pending payload share a scatter
             for slot, carry in enumerate(self._carry):
                 if isinstance(carry, _Pending):
-                    future = await scatter(carry.payload)
+                    if id(carry) not in scattered:
+                        scattered[id(carry)] = await scatter(carry.payload)
                     if self._carry[slot] is carry:  # not overwritten meanwhile
-                        self._carry[slot] = future
+                        self._carry[slot] = scattered[id(carry)]
         return list(self._carry)
 
     def futures(self) -> list[Any]:
+        """The scattered data this handle holds on the cluster."""
+        return self._futures()
+
+    def reshare(self, lost: set[str]) -> None:
+        """Scatter again, from the owner's arrays, the data with ``lost`` keys (next run).
+
+        Scattered data has no task to recompute it from: if every worker holding it dies
+        (Dask may keep a single replica), the owner's copy is the only one left.
+        """
+        gone = {id(c): c for c in self._futures() if c.key in lost}
+        again = {key: _Pending(self._local[self._carry.index(c)]) for key, c in gone.items()}
+        self._carry = [again.get(id(c), c) for c in self._carry]
+
+    def _futures(self) -> list[Any]:
         """The scattered data this handle holds on the cluster (to release)."""
         kinds = (Payload, _Pending, type(None))
         return [c for c in {id(c): c for c in self._carry}.values() if not isinstance(c, kinds)]
 
     def release(self) -> list[Any]:
         """Forget the cluster's copies; return the futures to release."""
-        futures = self.futures()
+        futures = self._futures()
         self._carry = [None] * self.slots
         self._released = True
         return futures
