@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,11 +14,12 @@ import numpy as np
 from asynctrain import models, optim
 from asynctrain._checkpoint import describe
 from asynctrain._config import MODE_OPTIONS
-from asynctrain._exceptions import AsyncTrainError
+from asynctrain._events import FitResult
+from asynctrain._exceptions import AsyncTrainError, ConfigError
 from asynctrain._progress import Progress
 from asynctrain._runtime import run
 from asynctrain._trainer import Trainer
-from asynctrain.backends import backend_names
+from asynctrain.backends import Backend, backend_names
 from asynctrain.bench import _command as bench
 from asynctrain.data import Dataset, load, synthetic
 
@@ -50,6 +51,14 @@ def _add_training_options(parser: argparse.ArgumentParser, *, epochs: int, lr: f
     parser.add_argument("--shards", type=int, default=None)
     parser.add_argument("--backend", default="thread", choices=backend_names())
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument(
+        "--scheduler", default=None, help="with --backend dask: a scheduler address (tls://...)"
+    )
+    parser.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        help="accept a plain-TCP --scheduler off this machine (anyone reaching it runs code)",
+    )
     parser.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS))
     parser.add_argument("--lr", type=float, default=lr, help="learning rate")
     parser.add_argument("--seed", type=int, default=0)
@@ -111,13 +120,32 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backend(args: argparse.Namespace) -> str | Backend:
+    """The backend name, or a DaskBackend for ``--scheduler`` (which the CLI closes)."""
+    if args.scheduler is None:
+        return str(args.backend)
+    if args.backend != "dask":
+        raise ConfigError(f"--scheduler needs --backend dask, not --backend {args.backend}")
+    from asynctrain.backends import DaskBackend
+
+    return DaskBackend(args.scheduler, workers=args.workers, allow_insecure=args.allow_insecure)
+
+
+async def _closing(backend: str | Backend, fit: Callable[[], Awaitable[FitResult]]) -> FitResult:
+    if isinstance(backend, str):
+        return await fit()
+    async with backend:
+        return await fit()
+
+
 def _fit_and_report(args: argparse.Namespace, model: Any, data: Dataset) -> int:
     train, validation = data.split(getattr(args, "validation_split", 0.1), seed=args.seed)
+    backend = _backend(args)
     trainer = Trainer(
         model,
         OPTIMIZERS[args.optimizer](args.lr),
-        backend=args.backend,
-        workers=args.workers,
+        backend=backend,
+        workers=args.workers if isinstance(backend, str) else None,
         shards=args.shards,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -126,7 +154,8 @@ def _fit_and_report(args: argparse.Namespace, model: Any, data: Dataset) -> int:
         staleness=args.staleness,
     )
     progress = Progress(enabled=not (args.no_progress or args.json))
-    result = run(progress.follow(trainer, train, validation, args.epochs))
+    fit = lambda: progress.follow(trainer, train, validation, args.epochs)  # noqa: E731
+    result = run(_closing(backend, fit))
     summary = {
         "model": type(model).__name__,
         "accuracy": result.val_accuracy,

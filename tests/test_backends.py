@@ -8,9 +8,17 @@ import time
 
 import numpy as np
 import pytest
+from conftest import BACKENDS
 
 import asynctrain as at
 from asynctrain.backends import InlineBackend, ThreadBackend, get_backend
+
+
+@pytest.fixture(params=[*BACKENDS, pytest.param("dask", marks=pytest.mark.dask)])
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """The contract suite also runs on Dask (on the module's shared cluster); other suites
+    keep to conftest.BACKENDS, whose names start a backend per test."""
+    return str(request.param)
 
 
 def _boom(message: str) -> None:

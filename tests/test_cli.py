@@ -78,3 +78,27 @@ def test_python_dash_m_works() -> None:
         [sys.executable, "-m", "asynctrain", "--help"], capture_output=True, text=True, check=True
     )
     assert "demo" in done.stdout
+
+
+@pytest.mark.dask
+def test_demo_on_a_dask_scheduler(dask_cluster: object, capsys: pytest.CaptureFixture[str]) -> None:
+    address = dask_cluster.scheduler_address  # type: ignore[attr-defined]
+    argv = ["demo", "--n", "3000", "--epochs", "1", "--json", "--backend", "dask"]
+    assert main([*argv, "--scheduler", address]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["backend"] == "dask"
+    assert summary["workers"] == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--backend", "dask", "--scheduler", "tcp://10.1.2.3:8786"], "allow_insecure"),
+        (["--backend", "thread", "--scheduler", "tls://10.1.2.3:8786"], "--backend dask"),
+    ],
+)
+def test_scheduler_option_is_checked(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--n", "1000", "--epochs", "1", *extra]) == 2
+    assert message in capsys.readouterr().err

@@ -9,6 +9,7 @@ from asynctrain.backends._thread import ThreadBackend, default_workers
 
 __all__ = [
     "Backend",
+    "DaskBackend",
     "InlineBackend",
     "LocalShared",
     "ProcessBackend",
@@ -21,13 +22,19 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from asynctrain.backends._dask import DaskBackend
     from asynctrain.backends._process import ProcessBackend
 
 
 def __getattr__(name: str) -> Any:
-    # The process backend pulls in multiprocessing: imported on first use only.
+    # The process and Dask backends pull in multiprocessing or distributed: imported on
+    # first use only.
     if name == "ProcessBackend":
         from asynctrain.backends._process import ProcessBackend
 
         return ProcessBackend
+    if name == "DaskBackend":
+        from asynctrain.backends._dask import DaskBackend
+
+        return DaskBackend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

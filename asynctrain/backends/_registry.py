@@ -11,6 +11,7 @@ from asynctrain.backends._base import Backend
 # name -> (module, class). Process and Dask backends pull in heavier machinery, so their
 # modules load lazily, as anyio does with its backends.
 _BACKENDS: dict[str, tuple[str, str]] = {
+    "dask": ("asynctrain.backends._dask", "DaskBackend"),
     "inline": ("asynctrain.backends._inline", "InlineBackend"),
     "process": ("asynctrain.backends._process", "ProcessBackend"),
     "thread": ("asynctrain.backends._thread", "ThreadBackend"),

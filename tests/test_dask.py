@@ -1,0 +1,285 @@
+"""DaskBackend on real clusters: bit-identity, a killed worker, cancellation, security.
+
+Most tests connect to the session's shared LocalCluster (conftest ``dask_cluster``); the
+ones about a cluster the backend starts itself start their own, on the test's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import asynctrain as at
+from asynctrain._modes import MODES
+from asynctrain.data import Dataset, synthetic
+from asynctrain.models import SoftmaxRegression
+
+distributed = pytest.importorskip("distributed")
+psutil = pytest.importorskip("psutil")
+
+from asynctrain.backends import DaskBackend  # noqa: E402
+
+pytestmark = pytest.mark.dask
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[Dataset, Dataset]:
+    return synthetic("softmax", n=2400, seed=1).split(0.25, seed=0)
+
+
+def _bits(params: dict[str, np.ndarray]) -> dict[str, bytes]:
+    return {k: v.tobytes() for k, v in params.items()}
+
+
+async def _fit(
+    backend: str | at.backends.Backend,
+    data: tuple[Dataset, Dataset],
+    *,
+    model: Any = None,
+    mode: str = "sync",
+    callbacks: list[at.Callback] | None = None,
+) -> at.FitResult:
+    model = SoftmaxRegression(128, 10) if model is None else model
+    trainer = at.Trainer(
+        model, at.optim.adam(1e-2), backend=backend, batch_size=100, shards=4, seed=3, mode=mode
+    )
+    async with trainer:
+        return await trainer.fit(data[0], epochs=2, validation=data[1], callbacks=callbacks or [])
+
+
+def _reference_backends() -> list[str]:
+    names = ["inline", "thread"]
+    with contextlib.suppress(ImportError):
+        from asynctrain.backends import ProcessBackend  # noqa: F401
+
+        names.append("process")
+    return names
+
+
+UNORDERED = {"async"}  # modes that apply results in arrival order: no bit-identity
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+async def test_bit_identical_to_the_other_backends(
+    mode: str, data: tuple[Dataset, Dataset], dask_cluster: Any
+) -> None:
+    async with DaskBackend(dask_cluster.scheduler_address) as backend:
+        result = await _fit(backend, data, mode=mode)
+    if mode in UNORDERED:
+        assert result.history[-1].loss < result.history[0].loss
+        assert result.steps == (await _fit("inline", data, mode=mode)).steps
+        return
+    for name in _reference_backends():
+        reference = await _fit(name, data, mode=mode)
+        assert _bits(result.params) == _bits(reference.params), f"{mode}: dask vs {name}"
+        assert result.history[-1].val_loss == reference.history[-1].val_loss
+
+
+class KillOnce:
+    """A softmax model whose first shard after ``armed`` appears SIGKILLs its worker."""
+
+    def __init__(self, armed: Path, fired: Path) -> None:
+        self.inner = SoftmaxRegression(128, 10)
+        self.n_features, self.n_classes, self.dtype = 128, 10, self.inner.dtype
+        self.armed, self.fired = str(armed), str(fired)
+
+    def init(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return self.inner.init(rng)
+
+    def loss_and_grad(self, params: Any, X: np.ndarray, y: np.ndarray) -> Any:
+        if os.path.exists(self.armed):
+            with contextlib.suppress(FileExistsError):
+                open(self.fired, "x").close()  # exactly one task, on one worker, dies
+                os.kill(os.getpid(), signal.SIGKILL)
+        return self.inner.loss_and_grad(params, X, y)
+
+    def predict(self, params: Any, X: np.ndarray) -> np.ndarray:
+        return self.inner.predict(params, X)
+
+
+class ArmAt(at.Callback):
+    def __init__(self, step: int, armed: Path) -> None:
+        self.step, self.armed = step, armed
+
+    def on_step(self, event: at.StepEvent) -> None:
+        if event.step == self.step:
+            self.armed.touch()
+
+
+async def test_a_killed_worker_costs_a_retried_shard_not_the_fit(
+    data: tuple[Dataset, Dataset], tmp_path: Path
+) -> None:
+    armed, fired = tmp_path / "armed", tmp_path / "fired"
+    reference = await _fit("inline", data)
+    async with DaskBackend(workers=2) as backend:
+        pids = set((await backend.client.run(os.getpid)).values())
+        result = await _fit(
+            backend, data, model=KillOnce(armed, fired), callbacks=[ArmAt(3, armed)]
+        )
+        assert fired.exists(), "no worker was killed"
+        after = set((await backend.client.run(os.getpid)).values())
+    assert len(pids - after) == 1  # one worker died mid-task and was replaced
+    assert _bits(result.params) == _bits(reference.params)
+
+
+def _listening(pid: int) -> list[str]:
+    process = psutil.Process(pid)
+    found = []
+    for proc in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found += [c.laddr.ip for c in proc.net_connections("inet") if c.status == "LISTEN"]
+    return found
+
+
+async def test_own_cluster_listens_on_loopback_only_and_stops() -> None:
+    async with DaskBackend(workers=1) as backend:
+        assert backend.dashboard_link is None
+        assert await backend.run(pow, 2, 5) == 32
+        bound = _listening(os.getpid())
+        assert bound, "the cluster listens somewhere"
+        assert set(bound) == {"127.0.0.1"}, bound
+        workers = backend.client.scheduler_info()["workers"]
+    assert all(address.startswith("tcp://127.0.0.1:") for address in workers)
+    assert backend.state == "closed"
+
+
+@pytest.mark.parametrize(
+    "address", ["tcp://10.1.2.3:8786", "10.1.2.3:8786", "scheduler.example.com:8786"]
+)
+def test_plain_tcp_remote_address_is_refused(address: str) -> None:
+    with pytest.raises(at.ConfigError, match="allow_insecure"):
+        DaskBackend(address)
+
+
+def test_insecure_opt_in_warns_naming_the_address(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="asynctrain.dask"):
+        DaskBackend("tcp://10.1.2.3:8786", allow_insecure=True)
+    assert "tcp://10.1.2.3:8786" in caplog.text
+
+
+@pytest.mark.parametrize("address", ["tls://10.1.2.3:8786", "tcp://127.0.0.1:8786", "[::1]:1"])
+def test_tls_and_loopback_addresses_are_accepted(address: str) -> None:
+    assert DaskBackend(address).state == "unopened"
+
+
+def test_unpicklable_objects_are_named() -> None:
+    backend = DaskBackend("tcp://127.0.0.1:1")
+    backend.check_picklable(lambda x: x, SoftmaxRegression(4, 2))  # cloudpickle takes these
+    with pytest.raises(at.ConfigTypeError, match="Dask worker"):
+        backend.check_picklable(threading.Lock())
+
+
+@pytest.mark.parametrize("address", ["tcp://", "tcp://host", "", 8786])
+def test_malformed_addresses_are_refused(address: object) -> None:
+    with pytest.raises(at.ConfigError, match="address"):
+        DaskBackend(address)  # type: ignore[arg-type]
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(at.ConfigError, match="not both"):
+        DaskBackend("tcp://127.0.0.1:1", client=object())  # type: ignore[arg-type]
+    with pytest.raises(at.ConfigError, match="asynchronous"):
+        DaskBackend(client=object())  # type: ignore[arg-type]
+    with pytest.raises(at.ConfigError):
+        DaskBackend(max_in_flight=0)
+
+
+class Slow(SoftmaxRegression):
+    def loss_and_grad(self, params: Any, X: np.ndarray, y: np.ndarray) -> Any:
+        time.sleep(0.2)
+        return super().loss_and_grad(params, X, y)
+
+
+class StepSeen(at.Callback):
+    """Sets ``seen`` once the first step has been applied."""
+
+    def __init__(self) -> None:
+        self.seen = asyncio.Event()
+
+    def on_step(self, event: at.StepEvent) -> None:
+        self.seen.set()
+
+
+async def _scheduler_tasks(client: Any) -> list[str]:
+    def keys(dask_scheduler: Any) -> list[str]:
+        return [str(key) for key in dask_scheduler.tasks]
+
+    return list(await client.run_on_scheduler(keys))
+
+
+async def test_cancelling_a_fit_releases_the_cluster_futures(
+    data: tuple[Dataset, Dataset], dask_cluster: Any
+) -> None:
+    async with DaskBackend(dask_cluster.scheduler_address) as backend:
+        trainer = at.Trainer(Slow(128, 10), backend=backend, batch_size=100, shards=8)
+        stepped = StepSeen()
+        fit = asyncio.create_task(trainer.fit(data[0], epochs=5, callbacks=[stepped]))
+        await stepped.seen.wait()
+        fit.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fit
+        assert trainer.state.step >= 1
+        assert not backend.client.futures
+        # The scheduler forgets released keys asynchronously; it must get to none.
+        deadline = time.monotonic() + 5
+        # The scheduler has no event for this: ask again until it answers or time is up.
+        while (left := await _scheduler_tasks(backend.client)) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        assert left == []
+
+
+def _write_slot(shared: Any, slot: int, value: float) -> None:
+    shared.write(slot, {"v": np.full(3, value)})
+
+
+def _read_slot(shared: Any, slot: int) -> float:
+    return float(shared.read(slot)["v"][0])
+
+
+async def test_slots_travel_both_ways(dask_cluster: Any) -> None:
+    async with DaskBackend(dask_cluster.scheduler_address) as backend:
+        shared = await backend.share({"v": np.zeros(3)}, slots=3)
+        big = {"v": np.full(300_000, 2.0)}  # 2.4 MB: scattered once, not carried
+        shared_big = await backend.share({"v": np.zeros(300_000)}, slots=1)
+        shared_big.write(0, big)
+        assert await backend.run(_read_slot, shared_big, 0) == 2.0
+        shared.write(1, {"v": np.full(3, 5.0)})  # the owner's write reaches tasks
+        assert await backend.run(_read_slot, shared, 1) == 5.0
+        await backend.run(_write_slot, shared, 2, 7.0)  # a task's write reaches the owner
+        assert shared.read(2)["v"][0] == 7.0
+        assert await backend.run(_read_slot, shared, 2) == 7.0  # ... and later tasks
+        await backend.run(_write_slot, shared, 2, 8.0)
+        assert await backend.run(_read_slot, shared, 2) == 8.0
+        await backend.release(shared)
+        with pytest.raises(at.StateError, match="released"):
+            await backend.run(_read_slot, shared, 0)
+
+
+async def test_shared_data_lost_by_the_cluster_is_sent_again(dask_cluster: Any) -> None:
+    async with DaskBackend(dask_cluster.scheduler_address) as backend:
+        shared = await backend.share({"v": np.full(3, 4.0)}, slots=2)
+        lost = shared.futures()
+        await backend.client.cancel(lost)  # as if every worker holding it had died
+        assert await backend.run(_read_slot, shared, 1) == 4.0
+        assert shared.futures() != lost  # scattered again from the owner's arrays
+        await backend.release(shared)
+
+
+async def test_an_existing_client_is_used_and_left_open(dask_cluster: Any) -> None:
+    async with distributed.Client(
+        dask_cluster.scheduler_address, asynchronous=True, set_as_default=False
+    ) as client:
+        async with DaskBackend(client=client) as backend:
+            assert backend.workers == 2
+            assert await backend.run(pow, 2, 3) == 8
+        assert client.status == "running"
