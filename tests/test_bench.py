@@ -179,3 +179,17 @@ def test_relative_difference() -> None:
 def test_every_public_bench_name_has_a_docstring() -> None:
     for name in bench.__all__:
         assert inspect.getdoc(getattr(bench, name)), name
+
+
+def test_a_missing_peer_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that is not installed becomes a skipped figure, never a failed suite."""
+    from asynctrain.bench import _accuracy, _peers
+
+    def missing(*args: object) -> object:
+        raise _peers.PeerMissing("torch is not installed")
+
+    monkeypatch.setattr(_accuracy, "peers_for", lambda problem: {"torch-1t": missing})
+    monkeypatch.setattr(_accuracy, "level", lambda quick: "smoke")
+    figures = run(_accuracy._problem("logreg", quick=True))
+    skipped = {f.name: f.note for f in figures if f.skipped}
+    assert skipped["time_to_accuracy/logreg/torch-1t"] == "torch is not installed"

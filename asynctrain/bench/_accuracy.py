@@ -108,9 +108,11 @@ async def _problem(problem: str, quick: bool) -> list[Figure]:
             if name in missing or not _again(theirs.get(name, []), budget):
                 continue
             try:
-                theirs.setdefault(name, []).append(peer(problem, train, test, target, budget))
+                outcome = peer(problem, train, test, target, budget)
             except PeerMissing as exc:
                 missing[name] = str(exc)
+                continue
+            theirs.setdefault(name, []).append(outcome)
     figures = [_system_figure(problem, "asynctrain", ours, target, cmd, budget)]
     figures += [_system_figure(problem, n, o, target, cmd, budget) for n, o in theirs.items()]
     figures += [
