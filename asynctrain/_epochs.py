@@ -23,6 +23,7 @@ from asynctrain._events import (
     summarize_staleness,
 )
 from asynctrain._modes import StepContext
+from asynctrain._monitor import LoopLagMonitor
 from asynctrain.backends import SharedArrays
 from asynctrain.data import Dataset, epoch_order
 
@@ -50,7 +51,7 @@ async def run_epochs(
                     losses.append(event.loss * event.samples)
                     yield event
             updater.state = updater.state._replace(epoch=epoch + 1, batch=0)
-            yield await epoch_event(ctx, epoch, val, val_data, losses, began, seen)
+            yield await epoch_event(ctx, epoch, val, val_data, losses, began, seen, trainer.lag)
 
 
 async def epoch_event(
@@ -61,11 +62,12 @@ async def epoch_event(
     losses: list[float],
     began: float,
     seen: int,
+    lag: LoopLagMonitor | None = None,
 ) -> EpochEvent:
     """Close an epoch (or a stream's period): validate, and report loss and speed.
 
     ``losses`` are the period's per-step loss sums; ``began`` and ``seen`` the time and
-    ``ctx.samples`` when it opened.
+    ``ctx.samples`` when it opened; ``lag`` the fit's loop-lag monitor, if it has one.
     """
     val_loss = val_acc = math.nan
     if val is not None and val_data is not None:
@@ -83,6 +85,7 @@ async def epoch_event(
         seconds=seconds,
         samples_per_s=samples / seconds if seconds else 0.0,
         steps=len(losses),
+        loop_lag_p99_ms=math.nan if lag is None else lag.stats().p99_ms,
     )
 
 

@@ -43,7 +43,8 @@ class EpochEvent:
     """The end of one epoch: training loss, validation metrics and speed.
 
     ``val_loss`` and ``val_accuracy`` are NaN without validation data (accuracy also for
-    regression models).
+    regression models). ``loop_lag_p99_ms`` is the event loop's p99 lag so far (over the
+    monitor's window) when the fit measures it (``fit(monitor_lag=True)``), else NaN.
     """
 
     epoch: int
@@ -53,6 +54,7 @@ class EpochEvent:
     seconds: float
     samples_per_s: float
     steps: int
+    loop_lag_p99_ms: float = math.nan
     kind: Literal["epoch"] = "epoch"
 
 

@@ -173,7 +173,7 @@ class _Periods:
     async def close(self) -> EpochEvent:
         """Validate, report the open period and start the next one."""
         args = (self.validation, self.val_data, self.losses, self.began, self.seen)
-        event = await epoch_event(self.ctx, self.number, *args)
+        event = await epoch_event(self.ctx, self.number, *args, self.trainer.lag)
         self.number, self.losses = self.number + 1, []
         self.began, self.seen = time.perf_counter(), self.ctx.samples
         return event

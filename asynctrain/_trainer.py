@@ -136,7 +136,8 @@ class Trainer(StreamMethods, CheckpointMethods):
             monitor_lag: measure the event loop's lag during the fit with a
                 :class:`~asynctrain.LoopLagMonitor`; its p50/p99/max (ms) go into
                 ``FitResult.extra`` as ``loop_lag_p50_ms``, ``loop_lag_p99_ms`` and
-                ``loop_lag_max_ms`` (over the fit's last 10,000 heartbeats, ~10 s).
+                ``loop_lag_max_ms`` (over the fit's last 10,000 heartbeats, ~10 s), and
+                each EpochEvent carries the p99 so far (``loop_lag_p99_ms``).
 
         Raises:
             DataError, ConfigError: bad data or settings, before any work starts.
@@ -151,16 +152,20 @@ class Trainer(StreamMethods, CheckpointMethods):
         """
         if monitor_lag:
             async with LoopLagMonitor(window=FIT_LAG_WINDOW) as lag:
-                result = await self.fit(
-                    data,
-                    epochs=epochs,
-                    validation=validation,
-                    callbacks=callbacks,
-                    checkpoint_dir=checkpoint_dir,
-                    checkpoint_every=checkpoint_every,
-                    keep=keep,
-                    resume=resume,
-                )
+                self.lag = lag  # epoch events report it too
+                try:
+                    result = await self.fit(
+                        data,
+                        epochs=epochs,
+                        validation=validation,
+                        callbacks=callbacks,
+                        checkpoint_dir=checkpoint_dir,
+                        checkpoint_every=checkpoint_every,
+                        keep=keep,
+                        resume=resume,
+                    )
+                finally:
+                    self.lag = None
             result.extra.update(lag.stats().as_dict("loop_lag_"))
             return result
         epochs = check_int("epochs", epochs)

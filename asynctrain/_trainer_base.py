@@ -15,6 +15,7 @@ import numpy.typing as npt
 from asynctrain._config import TrainConfig
 from asynctrain._exceptions import ConfigTypeError, StateError
 from asynctrain._modes import Mode
+from asynctrain._monitor import LoopLagMonitor
 from asynctrain._types import Params
 from asynctrain._update import TrainState, Updater
 from asynctrain.backends import Backend, get_backend
@@ -52,6 +53,8 @@ class TrainerBase:
         self._samples: int | None = None  # rows of the data of the current or last fit
         self._partial_lock = asyncio.Lock()  # FIFO: partial_fit calls apply in call order
         self._partials = 0  # partial_fit calls waiting or running
+        self.lag: LoopLagMonitor | None = None
+        """The loop-lag monitor of the running fit (``fit(monitor_lag=True)``), else None."""
 
     async def __aenter__(self) -> Self:
         if self._state == "closed":

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from asynctrain._exceptions import NonFiniteError
 from asynctrain._reduce import mean_in_place, sum_in_order, zeros_like
-from asynctrain._tree import leaves
+from asynctrain._tree import arrays_in, leaves
 from asynctrain._types import Grads, Params
 from asynctrain._work import ShardResult
 from asynctrain.backends import SharedArrays
@@ -212,7 +212,7 @@ class StateBackup:
 
     def save(self, opt_state: Any) -> None:
         """Copy the arrays of ``opt_state``."""
-        self._arrays = [array for _, array in leaves(opt_state)]
+        self._arrays = arrays_in(opt_state)
         if [(a.shape, a.dtype) for a in self._copies] != [(a.shape, a.dtype) for a in self._arrays]:
             self._copies = [array.copy() for array in self._arrays]
             return
@@ -236,6 +236,8 @@ def _first_nonfinite(loss: float, arrays: Grads, what: str, *, from_shards: bool
 
 
 def _nonfinite_state(opt_state: Any) -> Problem | None:
+    if all(np.isfinite(array).all() for array in arrays_in(opt_state)):
+        return None  # the common case, without building the paths
     for where, array in leaves(opt_state):
         if not np.isfinite(array).all():
             return Problem(f"optimizer state {where}", None, from_shards=False)

@@ -86,6 +86,12 @@ async def test_fit_reports_loop_lag_when_asked() -> None:
     assert plain.extra == {}
     assert set(watched.extra) == {"loop_lag_p50_ms", "loop_lag_p99_ms", "loop_lag_max_ms"}
     assert watched.extra["loop_lag_p99_ms"] <= watched.extra["loop_lag_max_ms"]
+    # Epoch events carry the p99 so far only while the fit measures it.
+    assert all(math.isnan(e.loop_lag_p99_ms) for e in plain.history)
+    assert all(
+        0.0 <= e.loop_lag_p99_ms <= watched.extra["loop_lag_max_ms"] for e in watched.history
+    )
+    assert trainer.lag is None
 
 
 def test_demo_summary_reports_loop_lag(capsys: pytest.CaptureFixture[str]) -> None:
