@@ -297,7 +297,9 @@ async def test_shutdown_ends_streams_and_leaves_nothing_running(
 def test_the_script_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     command = [sys.executable, str(SERVICE_DIR / "app.py"), "--port", "0"]
     command += ["--data-dir", str(tmp_path / "uploads"), "--workers", "1"]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, text=True, preexec_fn=_default_sigint
+    ) as process:
         try:
             assert process.stdout is not None
             line = process.stdout.readline()
@@ -309,3 +311,9 @@ def test_the_script_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def _default_sigint() -> None:
+    """In the child before exec: Ctrl-C as a terminal delivers it, even when this test run
+    inherited SIGINT ignored (a background job of a shell without job control)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -6,6 +6,7 @@ import asyncio
 import importlib.util
 import inspect
 import pickle
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -201,7 +202,13 @@ loop = asyncio.new_event_loop()  # a plain loop, as in a notebook: no SIGINT han
 loop.run_until_complete(main())
 loop.close()
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_default_sigint,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.split()[-1]) < 10
 
@@ -413,3 +420,9 @@ def test_plan_policy(
     assert (
         Parallel(n_jobs=2, backend="threading")(delayed(decide)() for _ in "ab") == [in_worker] * 2
     )
+
+
+def _default_sigint() -> None:
+    """In the child before exec: Ctrl-C as a terminal delivers it, even when this test run
+    inherited SIGINT ignored (a background job of a shell without job control)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
