@@ -81,13 +81,25 @@ class KillOnce:
         return self.model.predict(params, X)
 
     def loss_and_grad(self, params: Any, X: Any, y: Any) -> Any:
-        with open(self.counter, "ab") as handle:  # O_APPEND: one byte per call, any process
-            handle.write(b".")
-        calls = os.path.getsize(self.counter)
-        if calls == self.at_call and not os.path.exists(self.marker):
-            Path(self.marker).touch()
+        if self._is_the_call():
             os.kill(os.getpid(), signal.SIGKILL)
         return self.model.loss_and_grad(params, X, y)
+
+    def _is_the_call(self) -> bool:
+        """True in exactly one call, the ``at_call``-th, whichever processes race."""
+        fd = os.open(self.counter, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            os.write(fd, b".")  # O_APPEND: atomic; our own offset is our call number
+            calls = os.lseek(fd, 0, os.SEEK_CUR)
+        finally:
+            os.close(fd)
+        if calls != self.at_call:
+            return False
+        try:  # claim it: O_EXCL lets exactly one process create the marker
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
 
 
 class FailOnce(KillOnce):
@@ -95,10 +107,7 @@ class FailOnce(KillOnce):
     sibling shards are still running slowly."""
 
     def loss_and_grad(self, params: Any, X: Any, y: Any) -> Any:
-        with open(self.counter, "ab") as handle:
-            handle.write(b".")
-        if os.path.getsize(self.counter) == self.at_call and not os.path.exists(self.marker):
-            Path(self.marker).touch()
+        if self._is_the_call():
             raise UserProblem("shard failed in user code")
         time.sleep(0.05)
         return self.model.loss_and_grad(params, X, y)
