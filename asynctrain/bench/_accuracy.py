@@ -23,7 +23,7 @@ from asynctrain.bench._figure import Figure, ratio_figure, skipped_figure
 from asynctrain.bench._peers import PeerMissing, peers_for
 from asynctrain.bench._race import CHECKS_PER_EPOCH, Outcome, Stopwatch
 from asynctrain.bench._scale import command, dataset, level, samples
-from asynctrain.bench._workloads import PROBLEM_NAMES, model_for
+from asynctrain.bench._workloads import model_for, per_problem
 from asynctrain.data import Dataset, steps_per_epoch
 
 
@@ -209,10 +209,7 @@ def _headline(
 
 async def run(quick: bool) -> list[Figure]:
     """Time-to-accuracy figures for the three reference problems."""
-    figures = []
-    for problem in PROBLEM_NAMES:
-        figures += await _problem(problem, quick)
-    return figures
+    return await per_problem(_problem, quick)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from asynctrain.bench._handwritten import Arrays, train_epochs
 from asynctrain.bench._scale import command, dataset, repeats, samples
 from asynctrain.bench._workloads import (
     LEARNING_RATE,
-    PROBLEM_NAMES,
     initial_params,
+    per_problem,
     timed_epochs,
 )
 from asynctrain.data import Dataset
@@ -105,10 +105,7 @@ async def _problem(problem: str, quick: bool) -> list[Figure]:
 
 async def run(quick: bool) -> list[Figure]:
     """Overhead figures for the three reference problems."""
-    figures = []
-    for problem in PROBLEM_NAMES:
-        figures += await _problem(problem, quick)
-    return figures
+    return await per_problem(_problem, quick)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -12,9 +13,22 @@ from asynctrain import models, optim
 from asynctrain._config import DEFAULT_BATCH_SIZE
 from asynctrain._trainer import Trainer
 from asynctrain.backends import Backend, get_backend
+from asynctrain.bench._figure import Figure
 from asynctrain.data import PROBLEMS, Dataset
 
 PROBLEM_NAMES = tuple(PROBLEMS)
+
+
+async def per_problem(
+    figures_of: Callable[[str, bool], Awaitable[list[Figure]]], quick: bool
+) -> list[Figure]:
+    """The figures of ``figures_of(problem, quick)`` for every reference problem, in order."""
+    figures: list[Figure] = []
+    for problem in PROBLEM_NAMES:
+        figures += await figures_of(problem, quick)
+    return figures
+
+
 MLP_HIDDEN = 256
 LEARNING_RATE = 1e-3
 
