@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
@@ -23,7 +23,6 @@ from asynctrain._tree import arrays_in, leaves
 from asynctrain._types import Grads, Params
 from asynctrain._work import ShardResult
 from asynctrain.backends import SharedArrays
-from asynctrain.backends._base import readonly
 from asynctrain.backends._thread import await_without_orphans
 from asynctrain.optim import apply_updates, global_norm
 
@@ -127,40 +126,42 @@ class Updater:
         advance: int,
     ) -> StepStats:
         state, acc = self.state, self._scratch
-        loss_sum, n = sum_in_order(results, grads, acc)
-        with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+        # Overflow and NaN are looked for explicitly below, not reported as they happen.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            loss_sum, n = sum_in_order(results, grads, acc)
             mean_in_place(acc, n)
             norm = global_norm(acc)
-        # A finite norm means every gradient is finite: one pass instead of a scan per array.
-        finite = math.isfinite(loss_sum) and math.isfinite(norm)
-        problem = (
-            None if finite else _first_nonfinite(loss_sum, acc, "gradient of", from_shards=True)
-        )
-        if problem is None:
-            params, opt_state, problem = self._update(state, acc)
+            # A finite norm means every gradient is finite: one pass, not a scan per array.
+            if math.isfinite(loss_sum) and math.isfinite(norm):
+                params, opt_state, problem = self._update(state, acc)
+            else:
+                problem = _first_nonfinite(loss_sum, acc, "gradient of", from_shards=True)
         if problem is not None:
             return self._refuse(results, grads, loss_sum / max(n, 1), n, problem, advance)
         version = state.version + 1
-        params = readonly(params)
+        for value in params.values():  # fresh arrays from apply_updates: freeze, no views
+            value.flags.writeable = False
         publish.write(version % publish.slots if slot is None else slot, params)
-        self.state = state._replace(
-            step=state.step + 1,
-            version=version,
-            params=params,
-            opt_state=opt_state,
-            batch=state.batch + advance,
+        self.state = TrainState(
+            state.step + 1,
+            version,
+            params,
+            opt_state,
+            state.skipped,
+            state.epoch,
+            state.batch + advance,
         )
         return StepStats(loss_sum / n, norm, n, skipped=False)
 
     def _update(self, state: TrainState, acc: Grads) -> tuple[Params, Any, Problem | None]:
         """Run the optimizer; if the result is not finite, undo its in-place state changes."""
         self._backup.save(state.opt_state)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked below
-            updates, opt_state = self.optimizer.update(acc, state.opt_state, state.params)
-            params = apply_updates(state.params, updates)
-        problem = _first_nonfinite(0.0, params, "parameter", from_shards=False)
-        problem = problem or _nonfinite_state(opt_state)
-        if problem is not None:
+        updates, opt_state = self.optimizer.update(acc, state.opt_state, state.params)
+        params = apply_updates(state.params, updates)
+        problem = None
+        if not (all_finite(params.values()) and all_finite(arrays_in(opt_state))):
+            problem = _first_nonfinite(0.0, params, "parameter", from_shards=False)
+            problem = problem or _nonfinite_state(opt_state)
             self._backup.restore()
         return params, opt_state, problem
 
@@ -212,17 +213,39 @@ class StateBackup:
 
     def save(self, opt_state: Any) -> None:
         """Copy the arrays of ``opt_state``."""
-        self._arrays = arrays_in(opt_state)
-        if [(a.shape, a.dtype) for a in self._copies] != [(a.shape, a.dtype) for a in self._arrays]:
-            self._copies = [array.copy() for array in self._arrays]
+        self._arrays = arrays = arrays_in(opt_state)
+        copies = self._copies
+        if len(copies) != len(arrays) or any(
+            c.shape != a.shape or c.dtype != a.dtype for c, a in zip(copies, arrays, strict=False)
+        ):
+            self._copies = [array.copy() for array in arrays]
             return
-        for copy, array in zip(self._copies, self._arrays, strict=True):
+        for copy, array in zip(copies, arrays, strict=True):
             np.copyto(copy, array)
 
     def restore(self) -> None:
         """Write the saved values back into the arrays they were copied from."""
         for copy, array in zip(self._copies, self._arrays, strict=True):
             np.copyto(array, copy)
+
+
+def all_finite(arrays: Iterable[npt.NDArray[Any]]) -> bool:
+    """Whether every element of every array is finite (int and bool arrays always are).
+
+    One read of each float array, with no temporary: the sum of squares (``vdot``) is
+    finite only if every element is. A sum that overflows although every element is
+    finite (values near 1e19 in float32) is settled by an exact element-wise check.
+
+    Example:
+        >>> all_finite([np.ones(3), np.array([1, 2])]), all_finite([np.array([0.0, np.inf])])
+        (True, False)
+    """
+    for array in arrays:
+        if array.dtype.kind not in "fc":
+            continue
+        if not math.isfinite(abs(np.vdot(array, array))) and not np.isfinite(array).all():
+            return False
+    return True
 
 
 def _first_nonfinite(loss: float, arrays: Grads, what: str, *, from_shards: bool) -> Problem | None:
@@ -236,8 +259,6 @@ def _first_nonfinite(loss: float, arrays: Grads, what: str, *, from_shards: bool
 
 
 def _nonfinite_state(opt_state: Any) -> Problem | None:
-    if all(np.isfinite(array).all() for array in arrays_in(opt_state)):
-        return None  # the common case, without building the paths
     for where, array in leaves(opt_state):
         if not np.isfinite(array).all():
             return Problem(f"optimizer state {where}", None, from_shards=False)

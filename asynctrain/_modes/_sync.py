@@ -12,13 +12,14 @@ from asynctrain._events import StepEvent
 from asynctrain._modes._base import (
     StepContext,
     batches_of,
+    run_alone,
     run_shard,
     shard_tasks,
 )
 from asynctrain._reduce import collect_in_order
 from asynctrain._tasks import unwrap_group
 from asynctrain._update import StepStats
-from asynctrain._work import Rows, ShardResult
+from asynctrain._work import Rows, ShardResult, ShardTask
 
 
 class SyncMode:
@@ -54,17 +55,25 @@ class SyncMode:
         """One step on rows ``indices`` of data slot ``data_slot``: all shards in flight
         together, then one update."""
         tasks = shard_tasks(ctx, indices, step=ctx.updater.state.step, data_slot=data_slot)
-        queue: asyncio.Queue[ShardResult] = asyncio.Queue()
-        try:
-            async with asyncio.TaskGroup() as group:
-                for task in tasks:
-                    group.create_task(run_shard(ctx, task, queue))
-                results = await collect_in_order(queue, len(tasks))
-        except BaseExceptionGroup as eg:
-            raise unwrap_group(eg) from None
+        if len(tasks) == 1:
+            results = [await run_alone(ctx, tasks[0])]
+        else:
+            results = await _run_together(ctx, tasks)
         return await ctx.updater.apply(
             results, ctx.grads, ctx.params, advance_batch=not ctx.streaming
         )
 
     def __repr__(self) -> str:
         return "SyncMode()"
+
+
+async def _run_together(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardResult]:
+    """Run every shard task of a step at once; their results in shard order."""
+    queue: asyncio.Queue[ShardResult] = asyncio.Queue()
+    try:
+        async with asyncio.TaskGroup() as group:
+            for task in tasks:
+                group.create_task(run_shard(ctx, task, queue))
+            return await collect_in_order(queue, len(tasks))
+    except BaseExceptionGroup as eg:
+        raise unwrap_group(eg) from None
