@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -32,27 +33,50 @@ from asynctrain.bench._scale import command, dataset, level, repeats, samples
 from asynctrain.bench._workloads import backend_available, timed_epochs
 from asynctrain.data import Dataset
 
-PROBLEMS = {"mlp": ">= 1.7", "softmax": ""}
+
+class Config(NamedTuple):
+    """One scaling figure: a problem at a batch size, and its target ("" for none)."""
+
+    problem: str
+    batch_size: int
+    target: str
+    suffix: str = ""
+
+
+# The MLP's headline runs shards of 1,024 samples (about 2.5 ms of math on one core), the
+# task size docs/backends.md recommends; its default-batch figure (128-sample shards,
+# where per-task and per-step costs dominate) is reported beside it.
+CONFIGS = (
+    Config("mlp", 4096, ">= 1.7"),
+    Config("mlp", DEFAULT_BATCH_SIZE, "", "/b512"),
+    Config("softmax", DEFAULT_BATCH_SIZE, ""),
+)
 BACKENDS = ("thread", "process")
 
 
 async def epoch_times(
-    problem: str, data: Dataset, backend_name: str, workers: int, *, times: int, one_core: bool
+    problem: str,
+    data: Dataset,
+    backend_name: str,
+    workers: int,
+    *,
+    times: int,
+    one_core: bool,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[float]:
     """``times`` epoch times on an open backend (after a warm-up epoch)."""
     backend, _ = get_backend(backend_name, workers=workers)
+    options = {"backend": backend, "shards": DEFAULT_SHARDS, "batch_size": batch_size}
     async with backend:
         limit = threadpool_limits(1, user_api="blas") if one_core else contextlib.nullcontext()
         with limit:
-            await timed_epochs(problem, data, backend=backend, shards=DEFAULT_SHARDS)
-            return [
-                (await timed_epochs(problem, data, backend=backend, shards=DEFAULT_SHARDS))[0]
-                for _ in range(times)
-            ]
+            await timed_epochs(problem, data, **options)
+            return [(await timed_epochs(problem, data, **options))[0] for _ in range(times)]
 
 
-async def _figures(problem: str, backend: str, quick: bool) -> list[Figure]:
-    name, cmd, target = f"scaling/{problem}/{backend}", command("scaling", quick), PROBLEMS[problem]
+async def _figures(config: Config, backend: str, quick: bool) -> list[Figure]:
+    problem, batch, target = config.problem, config.batch_size, config.target
+    name, cmd = f"scaling/{problem}/{backend}{config.suffix}", command("scaling", quick)
     missing = backend_available(backend)
     if missing:
         return [
@@ -61,11 +85,12 @@ async def _figures(problem: str, backend: str, quick: bool) -> list[Figure]:
             )
         ]
     data, r = dataset(problem, samples(problem, quick)), repeats(quick)
-    one = await epoch_times(problem, data, backend, 1, times=r, one_core=backend == "thread")
-    two = await epoch_times(problem, data, backend, 2, times=r, one_core=False)
+    thread = backend == "thread"
+    one = await epoch_times(problem, data, backend, 1, times=r, one_core=thread, batch_size=batch)
+    two = await epoch_times(problem, data, backend, 2, times=r, one_core=False, batch_size=batch)
     details = {
         "epoch_seconds": {"1": min(one), "2": min(two)},
-        "batch_size": DEFAULT_BATCH_SIZE,
+        "batch_size": batch,
         "shards": DEFAULT_SHARDS,
         "samples": len(data),
     }
@@ -74,14 +99,16 @@ async def _figures(problem: str, backend: str, quick: bool) -> list[Figure]:
             name,
             one,
             two,
-            reference=f"1 worker (1 core), {backend} backend",
+            reference=f"1 worker (1 core), {backend} backend, batch {batch}",
             target=target,
             command=cmd,
             details=details,
         )
     ]
-    if backend == "thread" and level(quick) == "full":
-        blas_all = await epoch_times(problem, data, backend, 1, times=r, one_core=False)
+    if thread and level(quick) == "full" and not config.suffix:
+        blas_all = await epoch_times(
+            problem, data, backend, 1, times=r, one_core=False, batch_size=batch
+        )
         details["epoch_seconds_blas_all"] = min(blas_all)
         figures.append(
             ratio_figure(
@@ -126,9 +153,9 @@ async def ceiling(quick: bool) -> Figure:
 async def run(quick: bool) -> list[Figure]:
     """Speed-up from 1 to 2 workers on each backend, for the MLP and softmax problems."""
     figures: list[Figure] = [await ceiling(quick)]
-    for problem in PROBLEMS:
+    for config in CONFIGS:
         for backend in BACKENDS:
-            figures += await _figures(problem, backend, quick)
+            figures += await _figures(config, backend, quick)
     return figures
 
 
