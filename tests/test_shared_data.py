@@ -31,6 +31,11 @@ def _files(array: Any) -> set[str]:
     return set() if base is None else {Path(base.filename).name}
 
 
+def _ours() -> set[str]:
+    """This process's files in /dev/shm (other processes on the machine make their own)."""
+    return {name for name in os.listdir(SHM) if name.startswith(f"asynctrain_{os.getpid()}_")}
+
+
 def _private(X: np.ndarray, y: np.ndarray) -> Dataset:
     return Dataset(np.array(X), np.array(y))
 
@@ -86,13 +91,13 @@ def test_synthetic_holds_the_same_values_as_private_arrays(
 
 
 def test_small_arrays_stay_private() -> None:
-    before = set(os.listdir(SHM))
+    before = _ours()
     data = at.data.synthetic("softmax", n=1000)  # 512 KB
     assert not data.shared
     assert not _files(data.X)
     just_under = _shared.empty((_shared.MIN_BYTES // 8 - 1,), np.float64)
     assert not _files(just_under)
-    assert set(os.listdir(SHM)) == before
+    assert _ours() == before
     at_threshold = _shared.empty((_shared.MIN_BYTES // 8,), np.float64)
     assert _files(at_threshold)
 
@@ -131,6 +136,17 @@ def test_to_shared_copies_once_and_keeps_what_is_shared() -> None:
     clone = pickle.loads(pickle.dumps(data))  # a pickle carries values, not the file
     assert not clone.shared
     np.testing.assert_array_equal(clone.X, data.X)
+
+
+@pytest.mark.usefixtures("small_threshold")
+def test_a_slice_of_a_shared_array_is_neither_shared_nor_memory_mapped() -> None:
+    data = Dataset(np.arange(1200.0).reshape(300, 4), np.arange(300)).to_shared()
+    part = Dataset(data.X[:200], data.y[:200])  # the backend could not map just these rows
+    assert not part.shared
+    assert not part.memory_mapped
+    moved = part.to_shared()
+    assert moved.shared
+    np.testing.assert_array_equal(moved.X, data.X[:200])
 
 
 def test_to_shared_leaves_small_datasets_alone() -> None:
@@ -177,14 +193,14 @@ def test_a_full_dev_shm_falls_back_and_leaves_no_file(monkeypatch: pytest.Monkey
     def full(fd: int, offset: int, size: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    before = set(os.listdir(SHM))
+    before = _ours()
     monkeypatch.setattr(os, "posix_fallocate", full)
     data = at.data.synthetic("softmax", n=500)
     assert not data.shared
-    assert set(os.listdir(SHM)) == before
+    assert _ours() == before
     with pytest.raises(OSError, match=r"cannot reserve 64 bytes of shared memory in /dev/shm"):
         _shm.Segment.create(64)  # the process backend's segments: a clean error, no SIGBUS
-    assert set(os.listdir(SHM)) == before
+    assert _ours() == before
 
 
 def test_a_forked_child_never_unlinks_the_parents_file() -> None:
@@ -243,7 +259,7 @@ async def test_a_fit_on_a_shared_dataset_equals_one_on_a_private_copy() -> None:
 def test_the_leak_check_tolerates_live_arrays_and_catches_the_rest() -> None:
     from conftest import _leaked_segments
 
-    before = set(os.listdir(SHM))
+    before = _ours()
     alive = _shared.empty((_shared.MIN_BYTES,), np.uint8)
     segment = _shm.Segment.create(16)
     try:

@@ -11,7 +11,7 @@ from asynctrain._checks import check_float, check_int
 from asynctrain._exceptions import ConfigError, DataError, DataTypeError
 from asynctrain._types import Array
 from asynctrain.data import _validate as v
-from asynctrain.data._shared import empty, is_shared, shared_copy
+from asynctrain.data._shared import empty, is_shared, shared_copy, shared_map
 
 _SPLIT_STREAM = 0x5D17  # spawn key: keeps split() independent of epoch_order()
 
@@ -110,15 +110,16 @@ class Dataset:
         False for a dataset in asynctrain's shared memory (see :attr:`shared`): that is
         memory, not a file of yours.
         """
-        return v.is_memory_mapped(self._X) and not self.shared
+        return v.is_memory_mapped(self._X) and shared_map(self._X) is None
 
     @property
     def shared(self) -> bool:
-        """True if ``X`` lives in asynctrain's shared memory (see :meth:`to_shared`).
+        """True if ``X`` is an array in asynctrain's shared memory (see :meth:`to_shared`).
 
         The process backend's workers then map the same memory: no copy is made, whatever
         the number of workers. It does the same for a whole memory-mapped ``.npy`` file;
-        a dataset that is neither is copied into shared memory once per fit.
+        a dataset that is neither (a slice of a shared array counts as neither) is copied
+        into shared memory once per fit.
         """
         return is_shared(self._X)
 

@@ -60,14 +60,23 @@ def shared_copy(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
 
 
 def is_shared(array: npt.NDArray[Any]) -> bool:
-    """Whether ``array`` (or the array it views) lives in a file of this module."""
+    """Whether ``array`` is all of an array of this module (what workers map as a file)."""
+    mapped = shared_map(array)
+    if mapped is None:
+        return False
+    whole = array.ctypes.data == mapped.ctypes.data and array.shape == mapped.shape
+    return whole and array.dtype == mapped.dtype and array.flags.c_contiguous
+
+
+def shared_map(array: npt.NDArray[Any]) -> np.memmap[Any, Any] | None:
+    """The map of this module's file that ``array`` views (any part of it), or None."""
     base: Any = array
     while base is not None and not isinstance(base, np.memmap):
         base = getattr(base, "base", None)
     if base is None or base.filename is None:
-        return False
+        return None
     folder, name = os.path.split(str(base.filename))
-    return folder == SHM_DIR and name in _held
+    return base if folder == SHM_DIR and name in _held else None
 
 
 def held() -> frozenset[str]:
