@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -118,13 +117,10 @@ def _our_segments() -> set[str]:
 
 
 def _leaked_segments(before: set[str]) -> set[str]:
-    """New files of ours in /dev/shm, less the shared arrays still alive (a dataset a
-    module or a fixture keeps); collecting garbage first frees those nobody holds."""
-    new = _our_segments() - before
-    if new:
-        gc.collect()
-        new = _our_segments() - before - _shared.held()
-    return new
+    """New files of ours in /dev/shm, less those of shared arrays not yet freed (a dataset
+    a fixture still holds). No gc.collect(): it would only unlink files of arrays already
+    garbage, which are no leak either, and it cost seconds over the suite."""
+    return _our_segments() - before - _shared.held()
 
 
 def _our_threads() -> set[str]:
