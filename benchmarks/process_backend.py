@@ -4,6 +4,7 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/process_backend.py            # full: about 3 minutes
     .venv/bin/python benchmarks/process_backend.py --quick    # smaller, about 40 s
+    .venv/bin/python benchmarks/process_backend.py --memory-only  # table 3, about 20 s
 
 It prints the command, then three markdown tables:
 
@@ -12,9 +13,11 @@ It prints the command, then three markdown tables:
    a warm-up epoch, at the default batch of 512 and at 4096 (bigger shard tasks);
 2. per-task cost of a trivial task, awaited one at a time and with all tasks in flight;
 3. peak memory of all processes (sum of PSS from /proc/<pid>/smaps_rollup over the
-   benchmark process and all its descendants) while fitting one epoch, each configuration
-   in a fresh subprocess that loads the same saved dataset (in memory, or memory-mapped
-   for ``-npy``), against the size of the dataset.
+   benchmark process and all its descendants) while loading the dataset and while fitting
+   one epoch, each configuration in a fresh subprocess that loads the same saved dataset,
+   against the size of the dataset: into plain numpy arrays (which the process backend
+   copies into shared memory), memory-mapped for ``-npy``, or into plain arrays moved
+   into asynctrain's shared memory with ``Dataset.to_shared()`` for ``-shared``.
 
 The machine's load average is printed before and after: on a shared machine, compare
 rows of one run, not runs.
@@ -47,7 +50,14 @@ BACKENDS = {
     "process-1": lambda: ProcessBackend(workers=1),
     "process-2": lambda: ProcessBackend(workers=2),
 }
-MEMORY_CONFIGS = ["thread-2", "process-1", "process-2", "process-2-npy"]
+MEMORY_CONFIGS = [
+    "thread-2",
+    "process-1",
+    "process-2",
+    "process-2-npy",
+    "process-1-shared",
+    "process-2-shared",
+]
 
 
 def noop() -> None:
@@ -146,32 +156,47 @@ class PeakSampler:
         self._thread.join()
 
 
+def load_dataset(kind: str, folder: Path) -> at.data.Dataset:
+    """The saved dataset: plain arrays (``""``), memory-mapped (``"npy"``) or shared."""
+    mode = "r" if kind == "npy" else None
+    data = at.data.Dataset(np.load(folder / "X.npy", mmap_mode=mode), np.load(folder / "y.npy"))
+    return data.to_shared() if kind == "shared" else data  # the plain arrays are dropped
+
+
 async def memory_child(config: str, folder: Path) -> dict[str, float]:
-    name = config.removesuffix("-npy")
+    kind, name = "", config
+    if config.endswith(("-npy", "-shared")):
+        name, kind = config.rsplit("-", 1)
     async with BACKENDS[name]() as backend:
         await asyncio.gather(*(backend.run(noop) for _ in range(8)))  # workers up
         gc.collect()
         baseline = tree_pss_bytes(os.getpid())
         # Loaded, not generated: the generator's freed temporaries would stay in the heap.
-        mode = "r" if config.endswith("-npy") else None
-        data = at.data.Dataset(np.load(folder / "X.npy", mmap_mode=mode), np.load(folder / "y.npy"))
+        with PeakSampler() as loading:
+            data = load_dataset(kind, folder)
         model = at.models.MLP((128, 256, 10))
-        with PeakSampler() as sampler:
+        with PeakSampler() as fitting:
             async with at.Trainer(model, backend=backend, batch_size=4096, shards=4) as trainer:
                 await trainer.fit(data, epochs=1)
-    return {"dataset": data.X.nbytes + data.y.nbytes, "baseline": baseline, "peak": sampler.peak}
+    return {
+        "dataset": data.X.nbytes + data.y.nbytes,
+        "baseline": baseline,
+        "loading": loading.peak,
+        "peak": fitting.peak,
+    }
 
 
 def memory_table(n: int) -> list[str]:
     rows = [
-        "| config | dataset MB | peak PSS MB (all processes) | before loading MB | "
-        "(peak - before) / dataset |",
-        "| --- | --- | --- | --- | --- |",
+        "| config | dataset MB | before loading MB | peak while loading MB | "
+        "peak while fitting MB | (fitting peak - before) / dataset |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         data = at.data.synthetic("mlp", n=n)
         np.save(Path(tmp) / "X.npy", data.X)
         np.save(Path(tmp) / "y.npy", data.y)
+        del data
         for config in MEMORY_CONFIGS:
             cmd = [sys.executable, __file__, "--memory-child", config, "--data", tmp]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -179,8 +204,8 @@ def memory_table(n: int) -> list[str]:
             mb = {k: v / 2**20 for k, v in m.items()}
             ratio = (m["peak"] - m["baseline"]) / m["dataset"]
             rows.append(
-                f"| {config} | {mb['dataset']:.0f} | {mb['peak']:.0f} | {mb['baseline']:.0f} | "
-                f"{ratio:.2f} |"
+                f"| {config} | {mb['dataset']:.0f} | {mb['baseline']:.0f} | "
+                f"{mb['loading']:.0f} | {mb['peak']:.0f} | {ratio:.2f} |"
             )
     return rows
 
@@ -192,11 +217,12 @@ async def main(args: argparse.Namespace) -> None:
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, numpy {np.__version__}")
     print("load average before: {:.2f} {:.2f} {:.2f}\n".format(*os.getloadavg()))
-    print(f"## epoch time, synthetic('mlp', n={args.n}), {args.epochs} timed epochs\n")
-    print("\n".join(await epoch_table(args.n, args.epochs)), "\n")
-    print(f"## per-task cost, trivial task, {args.tasks} tasks, median of {args.repeats}\n")
-    print("\n".join(await task_table(args.tasks, args.repeats)), "\n")
-    print(f"## peak memory while fitting one epoch of synthetic('mlp', n={args.n})\n")
+    if not args.memory_only:
+        print(f"## epoch time, synthetic('mlp', n={args.n}), {args.epochs} timed epochs\n")
+        print("\n".join(await epoch_table(args.n, args.epochs)), "\n")
+        print(f"## per-task cost, trivial task, {args.tasks} tasks, median of {args.repeats}\n")
+        print("\n".join(await task_table(args.tasks, args.repeats)), "\n")
+    print(f"## peak memory, loading and fitting one epoch of synthetic('mlp', n={args.n})\n")
     print("\n".join(await asyncio.to_thread(memory_table, args.n)))
     print("\nload average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
@@ -208,6 +234,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per backend")
     parser.add_argument("--tasks", type=int, default=2000, help="trivial tasks per repeat")
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the task timing")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory table")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -250,7 +250,7 @@ def _make_segment(name: str) -> Path:
 
 
 def test_a_zombie_owner_counts_as_dead() -> None:
-    from asynctrain.backends._shm import pid_alive
+    from asynctrain._shm import pid_alive
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, not yet reaped
@@ -263,17 +263,21 @@ def test_a_zombie_owner_counts_as_dead() -> None:
 
 
 async def test_stale_segments_of_dead_owners_are_swept() -> None:
-    dead = _make_segment(f"asynctrain_{_dead_pid()}_0")
-    live = _make_segment(f"asynctrain_{os.getppid()}_999999")
-    other = _make_segment("someone_elses_segment_1_2")
+    # Segments, and the .npy files of asynctrain.data's shared arrays; nothing else.
+    dead_pid, live_pid = _dead_pid(), os.getppid()
+    dead = [_make_segment(f"asynctrain_{dead_pid}_0{s}") for s in ("", ".npy")]
+    live = [_make_segment(f"asynctrain_{live_pid}_999999{s}") for s in ("", ".npy")]
+    others = [
+        _make_segment(name)
+        for name in ("someone_elses_segment_1_2", f"asynctrain_{dead_pid}_1.npz", "x.npy")
+    ]
     try:
         async with ProcessBackend(workers=1):
             pass
-        assert not dead.exists()
-        assert live.exists()
-        assert other.exists()
+        assert not any(path.exists() for path in dead)
+        assert all(path.exists() for path in live + others)
     finally:
-        for path in (dead, live, other):
+        for path in dead + live + others:
             path.unlink(missing_ok=True)
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import asynctrain as at
+from asynctrain._shm import our_segments, sweep_stale_segments
 from asynctrain.backends import ProcessBackend
-from asynctrain.backends._shm import our_segments, sweep_stale_segments
 
 # -- functions the workers run ------------------------------------------------------------
 

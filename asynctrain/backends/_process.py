@@ -11,13 +11,13 @@ import numpy.typing as npt
 
 from asynctrain._checks import check_choice, check_int
 from asynctrain._exceptions import BackendError, ConfigTypeError, ShardFailedError, StateError
+from asynctrain._shm import sweep_stale_segments
 from asynctrain.backends._lifecycle import Lifecycle
 from asynctrain.backends._process_pickle import check_picklable
 from asynctrain.backends._process_pool import Pool
 from asynctrain.backends._process_shared import ProcessShared, create_shared, release_shared
 from asynctrain.backends._process_worker import encode_forget, encode_task
 from asynctrain.backends._process_worker_handle import WorkerDied
-from asynctrain.backends._shm import sweep_stale_segments
 from asynctrain.backends._thread import default_workers
 
 T = TypeVar("T")
@@ -139,7 +139,8 @@ class ProcessBackend(Lifecycle):
         """Copy ``arrays`` into shared memory, once per slot, and return a handle to them.
 
         A whole memory-mapped ``.npy`` array (``np.load(path, mmap_mode="r")``) shared with
-        one slot is not copied: workers map the same file.
+        one slot is not copied: workers map the same file. The same goes for an array in
+        asynctrain's shared memory (``Dataset.to_shared()``, ``synthetic``, ``load``).
 
         Raises:
             ConfigTypeError: an array of Python objects.

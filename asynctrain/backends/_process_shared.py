@@ -1,9 +1,12 @@
 """Shared arrays for worker processes: a small picklable layout over one shared-memory segment.
 
-The owner lays the arrays of every slot out in one :class:`~._shm.Segment`. A handle pickles
-as that layout only (names, shapes, dtypes, offsets); in a worker, ``read`` maps the segment
-once per process and returns numpy views on it. An array that is a read-only memory map of a
-``.npy`` file is shared as the file itself: workers map the file, nothing is copied.
+The owner lays the arrays of every slot out in one :class:`~asynctrain._shm.Segment`. A
+handle pickles as that layout only (names, shapes, dtypes, offsets); in a worker, ``read``
+maps the segment once per process and returns numpy views on it. An array that is a whole
+memory map of a ``.npy`` file (``np.load(path, mmap_mode="r")``, or an array in
+``asynctrain.data``'s shared memory, which is such a file in /dev/shm) is shared as the
+file itself: workers map the file, nothing is copied, and the owner's handle keeps the
+array alive (and so the file's name) until it is released.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import ConfigError, ConfigTypeError, StateError
+from asynctrain._shm import Segment
 from asynctrain.backends._base import Arrays
-from asynctrain.backends._shm import Segment
 
 _ALIGN = 64  # cache-line (and AVX-512) alignment for every array
 _HEADER_READERS = {
@@ -38,13 +41,17 @@ class Field(NamedTuple):
 class _Mapped:
     """A segment mapped into this process, with its views per slot built once."""
 
-    def __init__(self, segment: Segment, shared: ProcessShared) -> None:
+    def __init__(
+        self, segment: Segment, shared: ProcessShared, files: tuple[Any, ...] = ()
+    ) -> None:
         self.segment = segment
+        self.files = files  # the owner's arrays shared as their files: alive until release
         self.writable = [_views(segment, shared, s) for s in range(shared.slots)]
         self.readonly = [_frozen(views) for views in self.writable]
 
     def close(self) -> None:
         self.writable = self.readonly = []
+        self.files = ()
         self.segment.close()
 
 
@@ -137,7 +144,8 @@ def create_shared(
     fields, slot_bytes = _layout(values, slots)
     segment = Segment.create(slot_bytes * slots)
     shared = ProcessShared(segment.name, fields, slots, slot_bytes)
-    shared._mapped = _Mapped(segment, shared)
+    files = tuple(values[field.key] for field in fields if field.path is not None)
+    shared._mapped = _Mapped(segment, shared, files)
     mapped = shared._mapped
 
     def fill() -> None:

@@ -11,6 +11,7 @@ from asynctrain._checks import check_float, check_int
 from asynctrain._exceptions import ConfigError, DataError, DataTypeError
 from asynctrain._types import Array
 from asynctrain.data import _validate as v
+from asynctrain.data._shared import empty, is_shared, shared_copy, shared_map
 
 _SPLIT_STREAM = 0x5D17  # spawn key: keeps split() independent of epoch_order()
 
@@ -104,8 +105,23 @@ class Dataset:
 
     @property
     def memory_mapped(self) -> bool:
-        """True if ``X`` is read from a memory-mapped file rather than held in memory."""
-        return v.is_memory_mapped(self._X)
+        """True if ``X`` is read from a memory-mapped file (e.g. a ``.npy`` given to ``load``).
+
+        False for a dataset in asynctrain's shared memory (see :attr:`shared`): that is
+        memory, not a file of yours.
+        """
+        return v.is_memory_mapped(self._X) and shared_map(self._X) is None
+
+    @property
+    def shared(self) -> bool:
+        """True if ``X`` is an array in asynctrain's shared memory (see :meth:`to_shared`).
+
+        The process backend's workers then map the same memory: no copy is made, whatever
+        the number of workers. It does the same for a whole memory-mapped ``.npy`` file;
+        a dataset that is neither (a slice of a shared array counts as neither) is copied
+        into shared memory once per fit.
+        """
+        return is_shared(self._X)
 
     def __reduce__(self) -> tuple[Any, tuple[Array, npt.NDArray[Any]]]:
         # Rebuild through _trusted so an unpickled copy is read-only again (pickle
@@ -116,16 +132,48 @@ class Dataset:
         return self.n_samples
 
     def __repr__(self) -> str:
-        mapped = " memory-mapped" if self.memory_mapped else ""
+        where = " shared" if self.shared else " memory-mapped" if self.memory_mapped else ""
         return (
             f"<Dataset n_samples={self.n_samples} n_features={self.n_features} "
-            f"dtype={self.dtype}{mapped}>"
+            f"dtype={self.dtype}{where}>"
         )
+
+    def to_shared(self) -> Dataset:
+        """Return the same data with its arrays in shared memory, mapped by process workers.
+
+        The process backend copies an in-memory dataset into shared memory for each fit,
+        so the caller's arrays plus that copy make two. A shared dataset is mapped by the
+        workers in place: after ``data = data.to_shared()``, drop every other reference to
+        the original arrays (``del X, y``) and one copy remains, whatever the number of
+        workers. The memory is freed when the last array of the dataset is garbage.
+
+        :func:`~asynctrain.data.synthetic`, :func:`~asynctrain.data.load` of ``.npz`` and
+        ``.csv``, :meth:`subset` and :meth:`split` already return shared datasets. Arrays
+        under 1 MiB stay private (copying them costs next to nothing), and so does
+        everything where /dev/shm is missing or full: :attr:`shared` tells which happened.
+        A memory-mapped ``X`` is copied too; a whole ``.npy`` file needs no such step, as
+        the process backend maps the file itself.
+
+        Returns:
+            A Dataset with the same values; ``self`` when no array needed moving.
+
+        Example:
+            >>> X = np.random.default_rng(0).standard_normal((4096, 64))  # 2 MiB
+            >>> data = Dataset(X, X[:, 0] > 0).to_shared()
+            >>> del X  # one copy left, in shared memory
+            >>> data
+            <Dataset n_samples=4096 n_features=64 dtype=float64 shared>
+        """
+        X, y = shared_copy(self._X), shared_copy(self._y)
+        if X is self._X and y is self._y:
+            return self
+        return Dataset._trusted(X, y)
 
     def subset(self, indices: npt.ArrayLike) -> Dataset:
         """Return the rows at ``indices`` (in that order; repeats allowed) as a new Dataset.
 
-        The rows are copied into memory (fancy indexing), also from a memory-mapped X.
+        The rows are copied, also from a memory-mapped X, into shared memory when large
+        (see :meth:`to_shared`).
 
         Args:
             indices: 1-D non-negative integer positions, each ``< n_samples``.
@@ -150,7 +198,8 @@ class Dataset:
 
         ``second`` has ``round(n_samples * fraction)`` rows (Python's ``round``), ``first``
         the rest. The choice is a pure function of ``seed`` and ``n_samples``; within each
-        part the rows keep their original relative order. Rows are copied.
+        part the rows keep their original relative order. Rows are copied, into shared
+        memory when large (see :meth:`to_shared`).
 
         Args:
             fraction: share of rows for the second part, strictly between 0 and 1.
@@ -187,7 +236,15 @@ class Dataset:
         return self._take(first), self._take(second)
 
     def _take(self, positions: npt.NDArray[np.intp]) -> Dataset:
-        return Dataset._trusted(self._X[positions], self._y[positions])
+        return Dataset._trusted(_rows(self._X, positions), _rows(self._y, positions))
+
+
+def _rows(array: npt.NDArray[Any], positions: npt.NDArray[np.intp]) -> npt.NDArray[Any]:
+    """``array[positions]``, written straight into (shared) memory of its own."""
+    out = empty((len(positions), *array.shape[1:]), array.dtype)
+    # mode="clip": the positions are checked already, and mode="raise" would first take
+    # into a temporary buffer as large as ``out``.
+    return np.take(array, positions, axis=0, out=out, mode="clip")
 
 
 def _check_indices(indices: npt.ArrayLike, n: int) -> npt.NDArray[np.intp]:

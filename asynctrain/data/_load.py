@@ -37,7 +37,8 @@ def load(
 ) -> Dataset:
     """Load a Dataset from disk, memory-mapping ``.npy`` files.
 
-    - ``.npz`` holding arrays ``X`` and ``y`` (read into memory).
+    - ``.npz`` holding arrays ``X`` and ``y`` (read into memory, then moved into shared
+      memory: see :meth:`Dataset.to_shared`).
     - ``.npy`` of features plus ``y_path``, a ``.npy`` of targets; or a directory
       holding ``X.npy`` and ``y.npy``. Opened with ``mmap_mode="r"``: a float32/float64
       ``X`` is never copied into memory (pages are read on demand).
@@ -45,7 +46,8 @@ def load(
       a header when none of its cells is a number). The label column is ``label`` (a
       header name or a column index), else the column named ``"label"``, else the last
       column. Whole-number label columns become int64 labels. The features are parsed
-      as float64 and stored as float32 unless ``dtype=np.float64``.
+      as float64 and stored as float32 unless ``dtype=np.float64``, in shared memory
+      like ``.npz``.
 
     The dtype rules of :class:`Dataset` apply to what is read.
 
@@ -85,7 +87,9 @@ def load(
     else:
         X, y = read_csv(source, label)
         target = target or DEFAULT_DTYPE
-    return _dataset(source, X, y, target)
+    dataset = _dataset(source, X, y, target)
+    # Parsed into private memory: move it where process workers map it without a copy.
+    return dataset if kind in ("dir", ".npy") else dataset.to_shared()
 
 
 def _as_path(name: str, value: object) -> Path:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +24,7 @@ import numpy.typing as npt
 from asynctrain._checks import check_choice, check_int
 from asynctrain._types import DEFAULT_DTYPE
 from asynctrain.data._dataset import Dataset
+from asynctrain.data._shared import empty
 from asynctrain.data._validate import resolve_dtype
 
 Teacher = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
@@ -88,7 +89,8 @@ def synthetic(
             values as float32, upcast).
 
     Returns:
-        A Dataset with int64 labels in ``0 .. n_classes - 1``.
+        A Dataset with int64 labels in ``0 .. n_classes - 1``, generated straight into
+        shared memory when large (see :meth:`Dataset.to_shared`).
 
     Raises:
         ConfigError: unknown ``name`` (the message lists the problems), ``n < 2``,
@@ -105,17 +107,23 @@ def synthetic(
     seed = check_int("seed", seed, minimum=0)
     target = resolve_dtype(dtype) or DEFAULT_DTYPE
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SAMPLE_STREAM,)))
-    X, y = _draw(rng, n, info.n_features, _teacher(name), _MARGINS[name])
+    X = empty((n, info.n_features), target)  # float32 draws, upcast exactly for float64
+    y = empty((n,), np.int64)
+    _draw(rng, X, y, _teacher(name), _MARGINS[name])
     _add_label_noise(rng, y, info.n_classes, info.label_noise)
-    return Dataset._trusted(X if target == X.dtype else X.astype(target), y)
+    return Dataset._trusted(X, y)
 
 
 def _draw(
-    rng: np.random.Generator, n: int, n_features: int, teacher: Teacher, margin: float
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    """Fill ``n`` rows with candidates whose top-two teacher logits differ by ``margin``."""
-    X = np.empty((n, n_features), dtype=np.float32)
-    y = np.empty(n, dtype=np.int64)
+    rng: np.random.Generator,
+    X: npt.NDArray[np.floating[Any]],
+    y: npt.NDArray[np.int64],
+    teacher: Teacher,
+    margin: float,
+) -> None:
+    """Fill the rows of ``X`` and ``y`` with candidates whose top-two teacher logits
+    differ by ``margin``."""
+    n, n_features = X.shape
     rows, filled = min(_CHUNK_ROWS, 2 * n + 16), 0
     while filled < n:
         candidates = rng.standard_normal((rows, n_features), dtype=np.float32)
@@ -125,7 +133,6 @@ def _draw(
         X[filled : filled + len(keep)] = candidates[keep]
         y[filled : filled + len(keep)] = np.argmax(logits[keep], axis=1)
         filled += len(keep)
-    return X, y
 
 
 def _add_label_noise(

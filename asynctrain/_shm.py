@@ -1,12 +1,15 @@
-"""POSIX shared-memory segments of asynctrain: private, named after their owner, swept when stale.
+"""POSIX shared memory of asynctrain: private files named after their owner, swept when stale.
 
-A segment is named ``asynctrain_<owner pid>_<counter>`` and created with mode 0o600. Only its
-owner unlinks it. The owner registers it with ``multiprocessing``'s resource tracker, so a
-segment that outlives its owner is unlinked by the tracker; workers attach without
-telling the tracker (on Python 3.11 ``SharedMemory(name)`` registers every attachment, and a
-worker's tracker would then unlink the owner's segment when the worker exits). Segments of
-owners that died without their tracker (SIGKILL of the whole group) are removed by
-:func:`sweep_stale_segments` at the next start.
+Two kinds of file live in /dev/shm: the process backend's segments,
+``asynctrain_<owner pid>_<counter>``, and ``asynctrain.data``'s shared arrays,
+``asynctrain_<owner pid>_<counter>.npy``. Each is created with mode 0o600 and its space is
+reserved up front, so a full /dev/shm raises OSError at once rather than SIGBUS at the
+first write. Only its owner unlinks it. The owner registers it with ``multiprocessing``'s
+resource tracker, so a file that outlives its owner is unlinked by the tracker; workers
+attach without telling the tracker (on Python 3.11 ``SharedMemory(name)`` registers every
+attachment, and a worker's tracker would then unlink the owner's segment when the worker
+exits). Files of owners that died without their tracker (SIGKILL of the whole group) are
+removed by :func:`sweep_stale_segments` at the next start.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import itertools
 import mmap
 import os
 import re
+from collections.abc import Iterator
 from multiprocessing import resource_tracker
 
 PREFIX = "asynctrain_"
 SHM_DIR = "/dev/shm"
-_NAME = re.compile(r"asynctrain_(\d+)_(\d+)\Z")
+_NAME = re.compile(r"asynctrain_(\d+)_(\d+)(?:\.npy)?\Z")
 _counter = itertools.count()
 
 
@@ -47,25 +51,15 @@ class Segment:
 
     @classmethod
     def create(cls, size: int) -> Segment:
-        """Create and map a new segment of at least ``size`` bytes, owned by this process."""
+        """Create and map a new segment of at least ``size`` bytes, owned by this process.
+
+        Raises:
+            OSError: /dev/shm is missing or has no room for ``size`` bytes.
+        """
         size = max(size, 1)  # a zero-length mapping is an error
-        while True:
-            name = f"{PREFIX}{os.getpid()}_{next(_counter)}"
-            try:
-                fd = _open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR)
-            except FileExistsError:  # left by an earlier process that had our pid
-                continue
-            break
-        try:
-            os.fchmod(fd, 0o600)  # shm_open applies the umask; make the mode exact
-            os.ftruncate(fd, size)
+        with new_file() as (name, fd):
+            reserve(fd, size)
             buffer = mmap.mmap(fd, size)
-        except BaseException:
-            _unlink(name)
-            raise
-        finally:
-            os.close(fd)
-        resource_tracker.register("/" + name, "shared_memory")
         return cls(name, buffer, owner=True)
 
     @classmethod
@@ -82,8 +76,7 @@ class Segment:
         """Remove the segment's name (owner only) and unmap it when no view uses it."""
         if self.owner:
             self.owner = False
-            _unlink(self.name)
-            resource_tracker.unregister("/" + self.name, "shared_memory")
+            remove(self.name)
         self.close()
 
     def close(self) -> None:
@@ -97,10 +90,62 @@ class Segment:
         return f"<Segment {self.name} {len(self.buffer)} bytes {role}>"
 
 
-def sweep_stale_segments() -> list[str]:
-    """Remove segments named ``asynctrain_<pid>_*`` whose owner ``pid`` no longer runs.
+@contextlib.contextmanager
+def new_file(suffix: str = "") -> Iterator[tuple[str, int]]:
+    """Create an empty file ``asynctrain_<pid>_<counter><suffix>`` in /dev/shm, mode 0o600.
 
-    Segments of live processes, and every other file, are left alone.
+    Yields ``(name, fd)`` to the block that sizes and maps it. The descriptor is closed when
+    the block ends; if the block raises, the file is unlinked, otherwise it is registered
+    with the resource tracker and belongs to the caller, who removes it with :func:`remove`.
+
+    Raises:
+        OSError: /dev/shm is missing or not writable.
+    """
+    while True:
+        name = f"{PREFIX}{os.getpid()}_{next(_counter)}{suffix}"
+        try:
+            fd = _open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR)
+        except FileExistsError:  # left by an earlier process that had our pid
+            continue
+        break
+    try:
+        os.fchmod(fd, 0o600)  # shm_open applies the umask; make the mode exact
+        yield name, fd
+    except BaseException:
+        _unlink(name)
+        raise
+    finally:
+        os.close(fd)
+    resource_tracker.register("/" + name, "shared_memory")
+
+
+def reserve(fd: int, size: int) -> None:
+    """Allocate ``size`` bytes of the file ``fd`` now (a full tmpfs fails here, not later).
+
+    Raises:
+        OSError: no room for ``size`` bytes; the message names the size and /dev/shm.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"cannot reserve {size} bytes of shared memory in {SHM_DIR} ({exc.strerror}); "
+            "free space there or enlarge it",
+        ) from exc
+
+
+def remove(name: str) -> None:
+    """Unlink the file ``name`` made by :func:`new_file` and stop tracking it (once)."""
+    with contextlib.suppress(FileNotFoundError):
+        _unlink(name)
+    resource_tracker.unregister("/" + name, "shared_memory")
+
+
+def sweep_stale_segments() -> list[str]:
+    """Remove files named ``asynctrain_<pid>_<n>[.npy]`` whose owner ``pid`` no longer runs.
+
+    Files of live processes, and every other file, are left alone.
 
     Returns:
         The names removed.
@@ -122,7 +167,7 @@ def sweep_stale_segments() -> list[str]:
 
 
 def our_segments() -> set[str]:
-    """Names of every ``asynctrain_*`` segment in /dev/shm (any owner)."""
+    """Names of every ``asynctrain_<pid>_<n>[.npy]`` file in /dev/shm (any owner)."""
     try:
         return {e for e in os.listdir(SHM_DIR) if _NAME.match(e)}
     except OSError:
