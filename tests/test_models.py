@@ -330,10 +330,30 @@ def test_init_is_seeded_and_scaled() -> None:
     assert LinearRegression(3).init(np.random.default_rng(0))["b"].shape == (1,)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_uniform_init_draws_every_parameter_within_one_over_sqrt_fan_in(activation: str) -> None:
+    # The oracle is the distribution PyTorch's nn.Linear documents: U(-1/sqrt(fan_in),
+    # 1/sqrt(fan_in)) for weights and biases alike; its mean is 0 and its std limit/sqrt(3).
+    model = MLP((400, 300, 10), activation=activation, initializer="uniform")
+    params = model.init(np.random.default_rng(3))
+    again = model.init(np.random.default_rng(3))
+    for name, fan_in in (("W0", 400), ("b0", 400), ("W1", 300), ("b1", 300)):
+        limit, value = 1 / np.sqrt(fan_in), params[name]
+        np.testing.assert_array_equal(value, again[name])
+        assert value.dtype == np.float32
+        assert -limit <= value.min() and value.max() <= limit
+        if value.size >= 1000:
+            assert np.std(value) == pytest.approx(limit / np.sqrt(3), rel=0.05)
+            assert abs(np.mean(value)) < 0.05 * limit
+    assert params["b0"].any()
+    assert MLP((4, 3)).initializer == "auto"
+
+
 @pytest.mark.parametrize(
     ("build", "error", "match"),
     [
         (lambda: LinearRegression(0), ConfigError, "n_features"),
+        (lambda: MLP((4, 3), initializer="xavier"), ConfigError, "initializer"),
         (lambda: LinearRegression(True), ConfigTypeError, "n_features"),
         (lambda: LinearRegression(3.0), ConfigTypeError, "n_features"),  # type: ignore[arg-type]
         (lambda: LogisticRegression(3, l2=-0.1), ConfigError, "l2"),

@@ -22,6 +22,7 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
+from asynctrain.backends._malloc import keep_freed_memory
 from asynctrain.backends._process_shared import forget
 
 CONTROL = -1
@@ -54,6 +55,7 @@ def encode_forget(key: str) -> bytes:
 def main(conn: Connection, blas_threads: int, niceness: int) -> None:
     """Serve tasks from ``conn`` until it reaches end-of-file (the parent closed or died)."""
     _limit(blas_threads, niceness)
+    keep_freed_memory()
     _watch_parent()
     # Ctrl-C reaches the whole process group: the parent decides what to do about it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -67,8 +67,14 @@ def init_weight(
         weight: npt.NDArray[Any] = rng.standard_normal(shape, dtype=dtype)
         weight *= math.sqrt(2.0 / fan_in)
         return weight
-    limit = math.sqrt(6.0 / (fan_in + fan_out))
-    weight = rng.random(shape, dtype=dtype)
-    weight *= 2.0 * limit
-    weight -= limit
-    return weight
+    return init_uniform(rng, shape, math.sqrt(6.0 / (fan_in + fan_out)), dtype)
+
+
+def init_uniform(
+    rng: np.random.Generator, shape: tuple[int, ...], limit: float, dtype: np.dtype[Any]
+) -> npt.NDArray[Any]:
+    """Draw an array of ``shape`` in ``dtype`` from the uniform distribution on [-limit, limit)."""
+    values: npt.NDArray[Any] = rng.random(shape, dtype=dtype)
+    values *= 2.0 * limit
+    values -= limit
+    return values

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +27,14 @@ from asynctrain.models._layers import (
     activate_,
     activation_grad_,
     check_sizes,
+    init_uniform,
     init_weight,
     layer_keys,
     weight_keys,
 )
 
 _ACTIVATIONS = ("relu", "tanh")
+_INITIALIZERS = ("auto", "uniform")
 _TASKS = ("classification", "regression")
 
 
@@ -48,7 +51,12 @@ class MLP:
 
     Args:
         sizes: layer widths, input first, output last; at least two entries.
-        activation: ``"relu"`` (He-normal init) or ``"tanh"`` (Glorot-uniform init).
+        activation: ``"relu"`` or ``"tanh"``.
+        initializer: how ``init`` draws the parameters. ``"auto"``: He-normal weights for
+            relu, Glorot-uniform for tanh, zero biases. ``"uniform"``: weights and biases
+            of a layer with ``fan_in`` inputs from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the
+            default of PyTorch's ``nn.Linear`` (see docs/benchmarks.md for what it changed
+            on the reference ``"mlp"`` problem).
         task: ``"classification"`` (needs ``sizes[-1] >= 2``) or ``"regression"``.
         l2: L2 penalty strength on the weights, a finite number >= 0.
         dtype: compute dtype, ``np.float32`` (default) or ``np.float64``.
@@ -67,6 +75,7 @@ class MLP:
 
     sizes: tuple[int, ...]
     activation: str
+    initializer: str
     task: str
     l2: float
     dtype: np.dtype[Any]
@@ -76,6 +85,7 @@ class MLP:
         sizes: Sequence[int],
         *,
         activation: str = "relu",
+        initializer: str = "auto",
         task: str = "classification",
         l2: float = 0.0,
         dtype: npt.DTypeLike = DEFAULT_DTYPE,
@@ -91,6 +101,7 @@ class MLP:
             self,
             sizes=checked,
             activation=check_choice("activation", activation, _ACTIVATIONS),
+            initializer=check_choice("initializer", initializer, _INITIALIZERS),
             task=task,
             l2=check_float("l2", l2),
             dtype=check_dtype(dtype),
@@ -112,7 +123,7 @@ class MLP:
         return self.sizes[-1]
 
     def init(self, rng: np.random.Generator) -> Params:
-        """Return random weights (He or Glorot, by activation) and zero biases in ``dtype``.
+        """Return random parameters in ``dtype``, drawn as ``initializer`` says.
 
         Args:
             rng: the source of the weights; the same seed gives the same parameters.
@@ -120,6 +131,11 @@ class MLP:
         params: Params = {}
         keys = layer_keys(len(self.sizes) - 1)
         for (w_key, b_key), fan_in, fan_out in zip(keys, self.sizes, self.sizes[1:], strict=False):
+            if self.initializer == "uniform":
+                limit = 1.0 / math.sqrt(fan_in)
+                params[w_key] = init_uniform(rng, (fan_in, fan_out), limit, self.dtype)
+                params[b_key] = init_uniform(rng, (fan_out,), limit, self.dtype)
+                continue
             params[w_key] = init_weight(rng, (fan_in, fan_out), self.activation, self.dtype)
             params[b_key] = np.zeros(fan_out, self.dtype)
         return params

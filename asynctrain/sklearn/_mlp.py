@@ -67,7 +67,13 @@ class _MLPParams:
     def _network(self, dtype: np.dtype[Any]) -> MLP:
         """The trained network, computing in ``dtype`` (that of the input to predict)."""
         model: MLP = self.model_
-        return MLP(model.sizes, activation=model.activation, task=model.task, dtype=dtype)
+        return MLP(
+            model.sizes,
+            activation=model.activation,
+            initializer=model.initializer,
+            task=model.task,
+            dtype=dtype,
+        )
 
 
 class AsyncMLPClassifier(_MLPParams, AsyncClassifier):
