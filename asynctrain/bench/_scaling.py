@@ -29,7 +29,7 @@ from asynctrain.backends import get_backend
 from asynctrain.bench._command import run_alone
 from asynctrain.bench._figure import Figure, ratio_figure, skipped_figure, time_async
 from asynctrain.bench._scale import command, dataset, level, repeats, samples
-from asynctrain.bench._workloads import backend_available, timed_epochs
+from asynctrain.bench._workloads import backend_available, head, timed_epochs
 from asynctrain.data import Dataset
 
 PROBLEMS = {"mlp": ">= 1.7", "softmax": ""}
@@ -39,12 +39,12 @@ BACKENDS = ("thread", "process")
 async def epoch_times(
     problem: str, data: Dataset, backend_name: str, workers: int, *, times: int, one_core: bool
 ) -> list[float]:
-    """``times`` epoch times on an open backend (after a warm-up epoch)."""
+    """``times`` epoch times on an open backend (after a few warm-up steps)."""
     backend, _ = get_backend(backend_name, workers=workers)
     async with backend:
         limit = threadpool_limits(1, user_api="blas") if one_core else contextlib.nullcontext()
         with limit:
-            await timed_epochs(problem, data, backend=backend, shards=DEFAULT_SHARDS)
+            await timed_epochs(problem, head(data), backend=backend, shards=DEFAULT_SHARDS)
             return [
                 (await timed_epochs(problem, data, backend=backend, shards=DEFAULT_SHARDS))[0]
                 for _ in range(times)
