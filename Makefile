@@ -38,7 +38,7 @@ $(DOCS_STAMP): pyproject.toml $(STAMP)
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
-# The full benchmark (about 10 minutes on 2 cores); peers need `pip install -e '.[bench]'`.
+# The full benchmark (about 8 minutes on 2 cores); peers need `pip install -e '.[bench]'`.
 bench: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/asynctrain bench --json bench.json --plot bench-plots
 

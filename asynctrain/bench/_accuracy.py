@@ -51,7 +51,7 @@ TARGETS = {
     "quick": {"logreg": 0.93, "softmax": 0.92, "mlp": 0.60},
     "smoke": {"logreg": 0.75, "softmax": 0.40, "mlp": 0.25},
 }
-BUDGET = {"full": 15.0, "quick": 3.0, "smoke": 1.0}
+BUDGET = {"full": 15.0, "quick": 2.0, "smoke": 1.0}
 ROUNDS = {"full": 2, "quick": 1, "smoke": 1}
 TEST_SAMPLES = {"full": 20_000, "quick": 10_000, "smoke": 1_000}
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from asynctrain._runtime import run as run_loop
 from asynctrain._trainer import Trainer
 from asynctrain.bench._figure import Figure, Spread
-from asynctrain.data import Dataset, synthetic
+from asynctrain.bench._scale import dataset
+from asynctrain.data import Dataset
 from asynctrain.models import MLP, SoftmaxRegression
 from asynctrain.optim import adam
 
@@ -31,9 +32,9 @@ EVERY = 50
 
 async def run(quick: bool) -> list[Figure]:
     """Measure the figures of this suite (``quick``: smaller data, fewer repeats)."""
-    repeats = 3 if quick else 5
+    repeats = 2 if quick else 5
     command = f"{COMMAND}{' --quick' if quick else ''}"
-    data = synthetic("softmax", n=50_000 if quick else 200_000, seed=0)
+    data = dataset("softmax", 50_000 if quick else 200_000)
     with tempfile.TemporaryDirectory() as directory:
         plain, saving = [], []
         for repeat in range(repeats):

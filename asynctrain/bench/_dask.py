@@ -10,11 +10,20 @@ the thread backend, named in every figure):
 * ``dask/epoch/mlp/<mode>/b<batch>``: epoch time on the ``"mlp"`` reference problem as a
   ratio to the reference backend (paired repeats), in ``sync`` and ``local`` mode (when
   this checkout has it), with batches of 512 and 8192 in 4 shards;
-* ``dask/loop_lag/{fit,2000_tasks,2000_tasks_unbounded,2000_tasks_scheduler_elsewhere}``:
-  p99 lateness (ms) of a 1 ms heartbeat while an MLP epoch trains on Dask, and while 2,000
-  trivial tasks go through the backend with its default bound on tasks in flight, with
-  no bound, and with the bound but the scheduler on another loop (a LocalCluster the
+* ``dask/loop_lag/fit``: p99 lateness (ms) of a 1 ms heartbeat while an MLP epoch trains
+  on Dask (``sync``, batch 512). Every epoch above is timed with that heartbeat on the
+  loop, on both backends alike, so these are the same epochs (the reference backend's
+  lateness is in ``details``);
+* ``dask/loop_lag/2000_tasks{,_unbounded,_scheduler_elsewhere}``: the same lateness while
+  2,000 trivial tasks go through the backend with its default bound on tasks in flight,
+  with no bound, and with the bound but the scheduler on another loop (a LocalCluster the
   backend starts runs its scheduler on the caller's loop).
+
+Every figure but the start-up runs on one cluster, started once and warmed up by a few
+steps in each mode. ``--quick`` measures smaller and fewer configurations: 10,000 rows,
+``local`` mode only (``dask/loop_lag/fit`` then comes from its epochs), bursts of 150
+tasks (``dask/loop_lag/150_tasks{,_unbounded}``: the name says how many), and no
+scheduler elsewhere, which needs a cluster of its own.
 
 Run alone: ``python -m asynctrain.bench._dask [--quick] [startup|task_cost|epoch|loop_lag]``.
 """
@@ -23,14 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from asynctrain import optim
 from asynctrain._modes import MODES
@@ -38,11 +46,21 @@ from asynctrain._runtime import run as run_loop
 from asynctrain._trainer import Trainer
 from asynctrain.backends import Backend, get_backend
 from asynctrain.bench._figure import Figure, Spread, ratio_figure
-from asynctrain.data import Dataset, synthetic
+from asynctrain.bench._latency import lag_while
+from asynctrain.bench._scale import dataset
+from asynctrain.bench._workloads import head
+from asynctrain.data import Dataset
 from asynctrain.models import MLP
 
+if TYPE_CHECKING:
+    from asynctrain.backends import DaskBackend
+
 WORKERS = 2
-HEARTBEAT = 0.001
+BATCHES = (512, 8192)
+# Tasks awaited together, and tasks per repeat (quick, full): about a second a repeat.
+TASK_COSTS = {"single": (1, 32, 128), "step": (4, 64, 256), "in_flight": (64, 128, 512)}
+BURST = {True: 150, False: 2000}  # trivial tasks per loop-lag burst, by ``quick``
+Timed = tuple[float, dict[str, float]]  # seconds of an epoch, heartbeat lateness meanwhile
 
 
 def command(quick: bool) -> str:
@@ -59,7 +77,7 @@ def nothing() -> None:
     """A task with no work: what remains is the backend's own cost."""
 
 
-def _dask(address: str | None = None, **options: Any) -> Backend:
+def _dask(address: str | None = None, **options: Any) -> DaskBackend:
     from asynctrain.backends import DaskBackend  # distributed: only when this suite runs
 
     return DaskBackend(address, workers=WORKERS, **options)
@@ -76,22 +94,32 @@ async def _startup_seconds(name: str) -> float:
     return time.perf_counter() - began
 
 
+def _figure(
+    name: str, values: list[float], unit: str, reference: str, quick: bool, **details: Any
+) -> Figure:
+    """Median and min-max of ``values``, with this suite's command."""
+    spread = Spread.of(values)
+    return Figure(
+        name,
+        spread.median,
+        spread.low,
+        spread.high,
+        unit,
+        reference,
+        spread.n,
+        command(quick),
+        details=details,
+    )
+
+
 async def startup(quick: bool, reference: str) -> Figure:
     """Seconds to start, use once and stop a Dask backend; the reference's in details."""
     repeats = 2 if quick else 5
     dask = [await _startup_seconds("dask") for _ in range(repeats)]
     other = [await _startup_seconds(reference) for _ in range(repeats)]
-    spread = Spread.of(dask)
-    return Figure(
-        "dask/startup",
-        spread.median,
-        spread.low,
-        spread.high,
-        "s",
-        f"open + one task + close, {WORKERS} workers",
-        spread.n,
-        command(quick),
-        details={f"{reference}_median_s": statistics.median(other)},
+    details = {f"{reference}_median_s": statistics.median(other)}
+    return _figure(
+        "dask/startup", dask, "s", f"open + one task + close, {WORKERS} workers", quick, **details
     )
 
 
@@ -102,36 +130,25 @@ async def _per_task(backend: Backend, batch: int, tasks: int) -> float:
     return (time.perf_counter() - began) / (tasks // batch * batch) * 1e3
 
 
-async def task_costs(quick: bool, reference: str) -> list[Figure]:
+async def task_costs(quick: bool, dask: Backend, other: Backend) -> list[Figure]:
     """Milliseconds per trivial task awaited singly, per step of 4, and 64 in flight."""
-    tasks, repeats = (128, 3) if quick else (512, 5)
+    repeats = 2 if quick else 5
     figures = []
-    async with _backend("dask") as dask, _backend(reference) as other:
-        await dask.run(nothing)
-        await other.run(nothing)
-        for label, batch in (("single", 1), ("step", 4), ("in_flight", 64)):
-            ours = [await _per_task(dask, batch, tasks) for _ in range(repeats)]
-            theirs = [await _per_task(other, batch, tasks) for _ in range(repeats)]
-            spread = Spread.of(ours)
-            figures.append(
-                Figure(
-                    f"dask/task_cost/{label}",
-                    spread.median,
-                    spread.low,
-                    spread.high,
-                    "ms",
-                    f"a task that does nothing, {batch} awaited together",
-                    spread.n,
-                    command(quick),
-                    details={f"{reference}_median_ms": statistics.median(theirs)},
-                )
-            )
+    await dask.run(nothing)
+    await other.run(nothing)
+    for label, (batch, quick_tasks, full_tasks) in TASK_COSTS.items():
+        tasks = quick_tasks if quick else full_tasks
+        ours = [await _per_task(dask, batch, tasks) for _ in range(repeats)]
+        theirs = [await _per_task(other, batch, tasks) for _ in range(repeats)]
+        what = f"a task that does nothing, {batch} awaited together"
+        details = {f"{other.name}_median_ms": statistics.median(theirs), "tasks": tasks}
+        figures.append(_figure(f"dask/task_cost/{label}", ours, "ms", what, quick, **details))
     return figures
 
 
 def mlp_data(quick: bool) -> Dataset:
-    """The ``"mlp"`` reference problem (200,000 samples; 20,000 with ``quick``)."""
-    return synthetic("mlp", n=20_000 if quick else 200_000, seed=0)
+    """The ``"mlp"`` reference problem (200,000 samples; 10,000 with ``quick``)."""
+    return dataset("mlp", 10_000 if quick else 200_000)
 
 
 async def epoch_seconds(backend: Backend, data: Dataset, mode: str, batch: int) -> float:
@@ -145,88 +162,81 @@ async def epoch_seconds(backend: Backend, data: Dataset, mode: str, batch: int) 
     return time.perf_counter() - began
 
 
-async def epochs(quick: bool, reference: str) -> list[Figure]:
-    """Epoch time on Dask as a ratio to the reference backend, per mode and batch size."""
+async def epochs(quick: bool, dask: Backend, other: Backend) -> list[Figure]:
+    """Epoch time on Dask over the reference backend per mode and batch; loop lag meanwhile."""
     data, repeats = mlp_data(quick), (2 if quick else 3)
-    figures = []
-    async with _backend("dask") as dask, _backend(reference) as other:
-        for mode in [m for m in ("sync", "local") if m in MODES]:
-            for batch in (512, 8192):
-                await epoch_seconds(dask, data, mode, batch)  # warm-up: imports, data
-                ours, theirs = [], []
-                for _ in range(repeats):
-                    ours.append(await epoch_seconds(dask, data, mode, batch))
-                    theirs.append(await epoch_seconds(other, data, mode, batch))
-                figures.append(
-                    ratio_figure(
-                        f"dask/epoch/mlp/{mode}/b{batch}",
-                        ours,
-                        theirs,
-                        reference=f"{reference} backend, same mode, 4 shards, {len(data)} rows",
-                        command=command(quick),
-                    )
+    modes = [m for m in ("sync", "local") if m in MODES]
+    modes = modes[-1:] if quick else modes  # quick: local mode only (sync if it is missing)
+    for mode in modes:  # warm-up: imports on the workers, for each mode's tasks
+        await epoch_seconds(dask, head(data), mode, BATCHES[0])
+        await epoch_seconds(other, head(data), mode, BATCHES[0])
+    figures: list[Figure] = []
+    lags: list[list[Timed]] = []
+    for mode in modes:
+        for batch in BATCHES:
+            runs = [
+                [await _epoch_and_lag(backend, data, mode, batch) for backend in (dask, other)]
+                for _ in range(repeats)
+            ]
+            figures.append(
+                ratio_figure(
+                    f"dask/epoch/mlp/{mode}/b{batch}",
+                    [ours[0] for ours, _ in runs],
+                    [theirs[0] for _, theirs in runs],
+                    reference=f"{other.name} backend, same mode, 4 shards, {len(data)} rows",
+                    command=command(quick),
                 )
-    return figures
+            )
+            if (mode, batch) == (modes[0], BATCHES[0]):
+                lags = runs
+    return [*figures, _fit_lag(lags, modes[0], other.name, quick)]
 
 
-async def _heartbeat(stop: asyncio.Event, lateness: list[float]) -> None:
-    while not stop.is_set():
-        due = time.perf_counter() + HEARTBEAT
-        await asyncio.sleep(HEARTBEAT)
-        lateness.append(max(0.0, time.perf_counter() - due))
+async def _epoch_and_lag(backend: Backend, data: Dataset, mode: str, batch: int) -> Timed:
+    """:func:`epoch_seconds`, and the lateness of a 1 ms heartbeat on the loop meanwhile."""
+    return await lag_while(functools.partial(epoch_seconds, backend, data, mode, batch))
 
 
-async def lag_while(work: Callable[[], Awaitable[Any]]) -> dict[str, float]:
-    """p50, p99 and max lateness (ms) of a 1 ms heartbeat while ``work()`` runs."""
-    stop, lateness = asyncio.Event(), list[float]()
-    async with asyncio.TaskGroup() as group:
-        group.create_task(_heartbeat(stop, lateness))
-        try:
-            await work()
-        finally:
-            stop.set()
-    ms = np.asarray(lateness) * 1e3
-    return {
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "max_ms": float(ms.max()),
-    }
+def _fit_lag(runs: list[list[Timed]], mode: str, other: str, quick: bool) -> Figure:
+    """``dask/loop_lag/fit`` from the paired epochs of ``mode`` at batch 512."""
+    ours, theirs = [dask[1] for dask, _ in runs], [reference[1] for _, reference in runs]
+    details = {f"{other}_p99_ms": statistics.median(r["p99_ms"] for r in theirs)}
+    what = f"an MLP epoch trains ({mode}, batch {BATCHES[0]})"
+    return _lag_figure("dask/loop_lag/fit", ours, what, quick, **details)
 
 
-def _lag_figure(name: str, runs: list[dict[str, float]], what: str, quick: bool) -> Figure:
-    p99 = Spread.of([r["p99_ms"] for r in runs])
-    details = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+def _lag_figure(
+    name: str, runs: list[dict[str, float]], what: str, quick: bool, **details: Any
+) -> Figure:
+    details |= {key: statistics.median(r[key] for r in runs) for key in runs[0]}
     reference = f"p99 lateness of a 1 ms heartbeat while {what}"
-    return Figure(
-        name, p99.median, p99.low, p99.high, "ms", reference, p99.n, command(quick), details=details
-    )
+    return _figure(name, [r["p99_ms"] for r in runs], "ms", reference, quick, **details)
 
 
-async def loop_lag(quick: bool) -> list[Figure]:
-    """Heartbeat lateness during an MLP epoch on Dask and during 2,000 trivial tasks."""
-    data, repeats = mlp_data(quick), (2 if quick else 3)
-    figures = []
-    async with _backend("dask") as dask:
-        await epoch_seconds(dask, data, "sync", 512)
-        runs = [
-            await lag_while(lambda: epoch_seconds(dask, data, "sync", 512)) for _ in range(repeats)
-        ]
-        figures.append(_lag_figure("dask/loop_lag/fit", runs, "an MLP epoch trains", quick))
-    for label, limit in (("2000_tasks", None), ("2000_tasks_unbounded", 2000)):
-        async with _dask(max_in_flight=limit) as backend:
-            runs = [await lag_while(_burst(backend)) for _ in range(repeats)]
-        what = "2,000 trivial tasks run" + (" with no bound" if limit else "")
-        figures.append(_lag_figure(f"dask/loop_lag/{label}", runs, what, quick))
-    async with _cluster_in_a_thread() as address, _dask(address) as backend:
-        runs = [await lag_while(_burst(backend)) for _ in range(repeats)]
-    what = "2,000 trivial tasks run, the scheduler on another thread's loop"
-    figures.append(_lag_figure("dask/loop_lag/2000_tasks_scheduler_elsewhere", runs, what, quick))
-    return figures
+async def loop_lag(quick: bool, dask: DaskBackend) -> list[Figure]:
+    """Heartbeat lateness while a burst of trivial tasks goes through Dask, three ways
+    (two with ``quick``: not with the scheduler elsewhere, which needs a cluster of its own)."""
+    tasks, repeats = BURST[quick], (2 if quick else 3)
+
+    async def runs(backend: Backend) -> list[dict[str, float]]:
+        return [(await lag_while(_burst(backend, tasks)))[1] for _ in range(repeats)]
+
+    name, what = f"dask/loop_lag/{tasks}_tasks", f"{tasks:,} trivial tasks run"
+    figures = [_lag_figure(name, await runs(dask), what, quick)]
+    async with _dask(client=dask.client, max_in_flight=tasks) as unbounded:  # same cluster
+        no_bound = await runs(unbounded)
+    figures.append(_lag_figure(f"{name}_unbounded", no_bound, f"{what} with no bound", quick))
+    if quick:
+        return figures
+    async with _cluster_in_a_thread() as address, _dask(address) as elsewhere:
+        elsewhere_runs = await runs(elsewhere)
+    what = f"{what}, the scheduler on another thread's loop"
+    return [*figures, _lag_figure(f"{name}_scheduler_elsewhere", elsewhere_runs, what, quick)]
 
 
-def _burst(backend: Backend) -> Callable[[], Awaitable[Any]]:
+def _burst(backend: Backend, tasks: int) -> Callable[[], Awaitable[Any]]:
     async def burst() -> None:
-        await asyncio.gather(*(backend.run(nothing) for _ in range(2000)))
+        await asyncio.gather(*(backend.run(nothing) for _ in range(tasks)))
 
     return burst
 
@@ -257,12 +267,15 @@ async def run(quick: bool, parts: tuple[str, ...] = PARTS) -> list[Figure]:
     """The figures of ``parts`` (default: all); see the module docstring."""
     reference = reference_backend()
     figures = [await startup(quick, reference)] if "startup" in parts else []
-    if "task_cost" in parts:
-        figures += await task_costs(quick, reference)
-    if "epoch" in parts:
-        figures += await epochs(quick, reference)
-    if "loop_lag" in parts:
-        figures += await loop_lag(quick)
+    if not set(parts) - {"startup"}:
+        return figures
+    async with _dask() as dask, _backend(reference) as other:
+        if "task_cost" in parts:
+            figures += await task_costs(quick, dask, other)
+        if "epoch" in parts:
+            figures += await epochs(quick, dask, other)
+        if "loop_lag" in parts:
+            figures += await loop_lag(quick, dask)
     return figures
 
 

@@ -17,7 +17,8 @@ import asyncio
 import statistics
 import sys
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import numpy as np
 
@@ -25,8 +26,10 @@ from asynctrain.backends import Backend, get_backend
 from asynctrain.bench._command import run_alone
 from asynctrain.bench._figure import Figure, Spread, skipped_figure
 from asynctrain.bench._scale import command, dataset, level, repeats, samples
-from asynctrain.bench._workloads import backend_available, timed_epochs
+from asynctrain.bench._workloads import backend_available, head, timed_epochs
+from asynctrain.data import Dataset
 
+T = TypeVar("T")
 HEARTBEAT = 0.001
 BACKENDS = ("inline", "thread", "process")
 _TASKS = {"full": 4000, "quick": 1000, "smoke": 100}
@@ -56,15 +59,16 @@ def percentiles(lateness: list[float]) -> dict[str, float]:
     }
 
 
-async def _lag_while(work: Any) -> dict[str, float]:
+async def lag_while(work: Callable[[], Awaitable[T]]) -> tuple[T, dict[str, float]]:
+    """``await work()`` with the heartbeat on the loop: its result, and :func:`percentiles`."""
     stop, lateness = asyncio.Event(), list[float]()
     async with asyncio.TaskGroup() as group:
         group.create_task(heartbeat(stop, lateness))
         try:
-            await work()
+            result = await work()
         finally:
             stop.set()
-    return percentiles(lateness)
+    return result, percentiles(lateness)
 
 
 async def _lag_figure(state: str, quick: bool) -> Figure:
@@ -73,24 +77,26 @@ async def _lag_figure(state: str, quick: bool) -> Figure:
     missing = "" if state == "idle" else backend_available(state)
     if missing:
         return skipped_figure(name, missing, unit="ms", reference=reference, command=cmd)
-    data = dataset("mlp", samples("mlp", quick))
-    idle_seconds = {"full": 1.0, "quick": 0.5, "smoke": 0.1}[level(quick)]
-    runs = []
-    for _ in range(repeats(quick)):
-        if state == "idle":
-            runs.append(await _lag_while(lambda: asyncio.sleep(idle_seconds)))
-            continue
-        backend, _ = get_backend(state, workers=2)
-        async with backend:
-            await timed_epochs("mlp", data, backend=backend, shards=2)  # warm-up
-
-            async def work(backend: Backend = backend) -> None:
-                await timed_epochs("mlp", data, backend=backend, shards=2)
-
-            runs.append(await _lag_while(work))
+    if state == "idle":
+        idle_seconds = {"full": 1.0, "quick": 0.5, "smoke": 0.1}[level(quick)]
+        runs = [
+            (await lag_while(lambda: asyncio.sleep(idle_seconds)))[1] for _ in range(repeats(quick))
+        ]
+    else:
+        runs = await _training_lag(state, dataset("mlp", samples("mlp", quick)), repeats(quick))
     p99 = Spread.of([r["p99_ms"] for r in runs])
     details = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
     return Figure(name, p99.median, p99.low, p99.high, "ms", reference, p99.n, cmd, details=details)
+
+
+async def _training_lag(state: str, data: Dataset, times: int) -> list[dict[str, float]]:
+    """Heartbeat lateness during each of ``times`` MLP epochs on one open ``state`` backend."""
+    async with get_backend(state, workers=2)[0] as backend:
+        await timed_epochs("mlp", head(data), backend=backend, shards=2)  # warm-up
+        return [
+            (await lag_while(lambda: timed_epochs("mlp", data, backend=backend, shards=2)))[1]
+            for _ in range(times)
+        ]
 
 
 async def _task_cost(backend: Backend, tasks: int) -> tuple[float, float]:

@@ -27,6 +27,7 @@ from asynctrain.bench._handwritten import Arrays, train_epochs
 from asynctrain.bench._scale import command, dataset, repeats, samples
 from asynctrain.bench._workloads import (
     LEARNING_RATE,
+    head,
     initial_params,
     per_problem,
     timed_epochs,
@@ -67,7 +68,7 @@ async def _problem(problem: str, quick: bool) -> list[Figure]:
     start = initial_params(problem)
     ours, theirs, threads, diff = [], [], [], 0.0
     with _one_blas_thread():
-        await timed_epochs(problem, data)  # warm-up: page in the data
+        await timed_epochs(problem, head(data))  # warm-up
         for i in range(repeats(quick)):
             if i % 2:  # alternate who goes first, so drift hits both sides alike
                 hand, ref = _numpy_epoch(problem, data, start)

@@ -30,7 +30,7 @@ from asynctrain.bench._accuracy import Setting
 from asynctrain.bench._command import run_alone
 from asynctrain.bench._figure import Figure, ratio_figure
 from asynctrain.bench._scale import command, dataset, level, repeats, samples
-from asynctrain.bench._workloads import MLP_HIDDEN, PROBLEM_NAMES, timed_epochs
+from asynctrain.bench._workloads import MLP_HIDDEN, PROBLEM_NAMES, head, timed_epochs
 from asynctrain.data import PROBLEMS, Dataset
 
 TARGETS = {"mlp": "<= 1.5"}
@@ -112,11 +112,11 @@ async def _measure(problem: str, data: Dataset, quick: bool) -> tuple[list[float
     times, limits = [], []
     async with backend:
 
-        async def epoch() -> float:
+        async def epoch(data: Dataset = data) -> float:
             options = {"shards": s.shards, "batch_size": s.batch_size}
             return (await timed_epochs(problem, data, backend=backend, **options))[0]
 
-        await epoch()  # warm-up
+        await epoch(head(data))  # warm-up
         for _ in range(repeats(quick)):
             limits.append(await _limit(problem, data, probe))
             times.append(await epoch())

@@ -27,7 +27,7 @@ _SAMPLES: dict[Level, dict[str, int]] = {
     "quick": {"logreg": 200_000, "softmax": 50_000, "mlp": 50_000},
     "smoke": {"logreg": 4_000, "softmax": 2_000, "mlp": 2_000},
 }
-_REPEATS: dict[Level, int] = {"full": 5, "quick": 3, "smoke": 1}
+_REPEATS: dict[Level, int] = {"full": 5, "quick": 2, "smoke": 1}
 
 
 @contextlib.contextmanager

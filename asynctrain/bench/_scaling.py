@@ -30,7 +30,7 @@ from asynctrain.backends import get_backend
 from asynctrain.bench._command import run_alone
 from asynctrain.bench._figure import Figure, ratio_figure, skipped_figure, time_async
 from asynctrain.bench._scale import command, dataset, level, repeats, samples
-from asynctrain.bench._workloads import backend_available, timed_epochs
+from asynctrain.bench._workloads import backend_available, head, timed_epochs
 from asynctrain.data import Dataset
 
 
@@ -64,13 +64,13 @@ async def epoch_times(
     one_core: bool,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[float]:
-    """``times`` epoch times on an open backend (after a warm-up epoch)."""
+    """``times`` epoch times on an open backend (after a few warm-up steps)."""
     backend, _ = get_backend(backend_name, workers=workers)
     options = {"backend": backend, "shards": DEFAULT_SHARDS, "batch_size": batch_size}
     async with backend:
         limit = threadpool_limits(1, user_api="blas") if one_core else contextlib.nullcontext()
         with limit:
-            await timed_epochs(problem, data, **options)
+            await timed_epochs(problem, head(data), **options)
             return [(await timed_epochs(problem, data, **options))[0] for _ in range(times)]
 
 

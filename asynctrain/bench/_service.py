@@ -2,11 +2,11 @@
 
 For each scenario (idle; training the ``"mlp"`` reference problem on the thread backend;
 on the process backend when it is available) an aiohttp server with ``GET /health``
-runs on the service's loop on 127.0.0.1. A client in a separate process sends ``GET
-/health`` at a steady rate over one keep-alive connection for a fixed time, while a
-1 ms :class:`~asynctrain.LoopLagMonitor` measures the loop. Training throughput in the
-same window is compared with the same training run by a bare Trainer (no service, no
-HTTP, no monitor), repeat by repeat.
+runs on the service's loop on 127.0.0.1. A client in a separate process
+(:mod:`~asynctrain.bench._http_client`) sends ``GET /health`` at a steady rate over one
+keep-alive connection for a fixed time, while a 1 ms :class:`~asynctrain.LoopLagMonitor`
+measures the loop. Training throughput in the same window is compared with the same
+training run by a bare Trainer (no service, no HTTP, no monitor), repeat by repeat.
 
 Run: python -m asynctrain.bench._service [--quick]
 """
@@ -29,11 +29,13 @@ from asynctrain._runtime import run as run_loop
 from asynctrain._service import TrainingService
 from asynctrain._trainer import Trainer
 from asynctrain.backends import get_backend
+from asynctrain.bench import _http_client
 from asynctrain.bench._figure import Figure, Spread
-from asynctrain.data import Dataset, synthetic
+from asynctrain.bench._http_client import RATE
+from asynctrain.bench._scale import dataset
+from asynctrain.data import Dataset
 from asynctrain.models import MLP
 
-RATE = 100  # GET /health per second
 BATCH, SHARDS = 4096, 4  # ~1024 rows per shard: several ms of work, worth a process task
 WARM_STEPS = 3
 COMMAND = "python -m asynctrain.bench._service"
@@ -41,12 +43,12 @@ COMMAND = "python -m asynctrain.bench._service"
 
 async def run(quick: bool) -> list[Figure]:
     """Measure every scenario; see the module docstring."""
-    seconds, repeats = (2.0, 1) if quick else (5.0, 3)
+    seconds, repeats = (1.0, 1) if quick else (3.0, 3)
     command = f"{COMMAND}{' --quick' if quick else ''}"
     if importlib.util.find_spec("aiohttp") is None:
         reason = "the HTTP server needs aiohttp: pip install 'asynctrain[service]'"
         return [_not_available("http", reason, command)]
-    data = await asyncio.to_thread(synthetic, "mlp", n=50_000 if quick else 200_000)
+    data = await asyncio.to_thread(dataset, "mlp", 50_000 if quick else 200_000)
     idle = [await _measure(data, None, seconds) for _ in range(repeats)]
     figures = _latency_figures("idle", idle, command)
     for backend in ("thread", "process"):
@@ -148,9 +150,8 @@ async def _client(url: str, seconds: float) -> list[float]:
     """Run the paced HTTP client in its own process; return its latencies (ms)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "asynctrain.bench._service",
-        "--client",
+        "-I",
+        _http_client.__file__,
         url,
         str(seconds),
         stdout=asyncio.subprocess.PIPE,
@@ -159,31 +160,6 @@ async def _client(url: str, seconds: float) -> list[float]:
     if process.returncode != 0:
         raise RuntimeError(f"the HTTP client failed with exit code {process.returncode}")
     latencies: list[float] = json.loads(out)
-    return latencies
-
-
-def paced_client(url: str, seconds: float, rate: int = RATE) -> list[float]:
-    """GET ``url`` ``rate`` times a second for ``seconds`` on one keep-alive connection.
-
-    Latency counts from the moment a request was due, so a stalled server is charged
-    for the requests it delayed (no coordinated omission).
-    """
-    import http.client
-    import urllib.parse
-
-    parts = urllib.parse.urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
-    latencies, start = [], time.perf_counter()
-    for i in range(int(seconds * rate)):
-        due = start + i / rate
-        time.sleep(max(0.0, due - time.perf_counter()))
-        connection.request("GET", parts.path)
-        response = connection.getresponse()
-        response.read()
-        if response.status != 200:
-            raise RuntimeError(f"GET {url} answered {response.status}")
-        latencies.append((time.perf_counter() - due) * 1e3)
-    connection.close()
     return latencies
 
 
@@ -271,9 +247,4 @@ async def _main(quick: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="service latency benchmark")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--client", nargs=2, metavar=("URL", "SECONDS"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.client:
-        print(json.dumps(paced_client(args.client[0], float(args.client[1]))))
-    else:
-        run_loop(_main(args.quick))
+    run_loop(_main(parser.parse_args().quick))

@@ -34,8 +34,10 @@ from asynctrain._feed import RING_SLOTS
 from asynctrain._runtime import run as run_loop
 from asynctrain._stream import DEFAULT_BUFFER
 from asynctrain._trainer import Trainer
+from asynctrain.backends import Backend, get_backend
 from asynctrain.bench._figure import Figure, Spread
-from asynctrain.data import Dataset, epoch_order, synthetic
+from asynctrain.bench._scale import dataset
+from asynctrain.data import Dataset, epoch_order
 from asynctrain.models import SoftmaxRegression
 from asynctrain.optim import adam
 
@@ -46,14 +48,14 @@ _MB = 2**20
 
 def _sizes(quick: bool) -> tuple[int, int]:
     """(samples, repeats) at this size."""
-    return (50_000, 5) if quick else (200_000, 7)
+    return (50_000, 3) if quick else (200_000, 7)
 
 
 def _command(quick: bool) -> str:
     return "asynctrain bench --only stream" + (" --quick" if quick else "")
 
 
-def _trainer(backend: str) -> Trainer:
+def _trainer(backend: str | Backend) -> Trainer:
     return Trainer(SoftmaxRegression(128, 10), adam(1e-3), backend=backend, seed=SEED)
 
 
@@ -74,7 +76,9 @@ class _Run(NamedTuple):
     params: dict[str, Any]
 
 
-async def _measure(backend: str, n: int, fit: Callable[[Trainer], Awaitable[FitResult]]) -> _Run:
+async def _measure(
+    backend: str | Backend, n: int, fit: Callable[[Trainer], Awaitable[FitResult]]
+) -> _Run:
     async with _trainer(backend) as trainer:
         cpu = time.process_time()
         result = await fit(trainer)
@@ -85,24 +89,9 @@ async def _measure(backend: str, n: int, fit: Callable[[Trainer], Awaitable[FitR
 async def throughput(backend: str, quick: bool) -> Figure:
     """Streaming vs in-memory samples/s on one epoch of ``"softmax"``."""
     n, repeats = _sizes(quick)
-    data = synthetic("softmax", n=n, seed=SEED)
-    rows = _in_epoch_order(data)
-
-    def in_memory(trainer: Trainer) -> Awaitable[FitResult]:
-        return trainer.fit(data, epochs=1)
-
-    def streamed(trainer: Trainer) -> Awaitable[FitResult]:
-        return trainer.fit_stream(_views(*rows))
-
-    await _measure(backend, n, in_memory)  # warm-up: page in the data, start BLAS, threads
-    pairs = []
-    for i in range(repeats):
-        if i % 2:  # alternate who goes first, so drift hits both sides alike
-            s = await _measure(backend, n, streamed)
-            pairs.append((s, await _measure(backend, n, in_memory)))
-        else:
-            m = await _measure(backend, n, in_memory)
-            pairs.append((await _measure(backend, n, streamed), m))
+    data = dataset("softmax", n, seed=SEED)
+    async with get_backend(backend)[0] as opened:  # one pool for every fit
+        pairs = await _paired_runs(opened, data, repeats)
     ratios = Spread.of([s.speed / m.speed for s, m in pairs])
     return Figure(
         f"stream/softmax/{backend}/throughput",
@@ -125,6 +114,28 @@ async def throughput(backend: str, quick: bool) -> Figure:
     )
 
 
+async def _paired_runs(backend: Backend, data: Dataset, repeats: int) -> list[tuple[_Run, _Run]]:
+    """(streamed, in memory) runs of one epoch each, ``repeats`` times, after a warm-up."""
+    n, rows = len(data), _in_epoch_order(data)
+
+    def in_memory(trainer: Trainer) -> Awaitable[FitResult]:
+        return trainer.fit(data, epochs=1)
+
+    def streamed(trainer: Trainer) -> Awaitable[FitResult]:
+        return trainer.fit_stream(_views(*rows))
+
+    await _measure(backend, n, in_memory)  # warm-up: start BLAS, threads, workers
+    pairs = []
+    for i in range(repeats):
+        if i % 2:  # alternate who goes first, so drift hits both sides alike
+            s = await _measure(backend, n, streamed)
+            pairs.append((s, await _measure(backend, n, in_memory)))
+        else:
+            m = await _measure(backend, n, in_memory)
+            pairs.append((await _measure(backend, n, streamed), m))
+    return pairs
+
+
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(np.array_equal(a[key], b[key]) for key in b)
 
@@ -145,7 +156,7 @@ async def _paced(
 async def peak_memory(backend: str, quick: bool) -> Figure:
     """Peak allocated memory of a stream fit fed by a producer 10× faster than training."""
     n, repeats = _sizes(quick)
-    data = synthetic("softmax", n=n, seed=SEED)
+    data = dataset("softmax", n, seed=SEED)
     rows = _in_epoch_order(data)
     speed = (await _measure(backend, n, lambda trainer: trainer.fit(data, epochs=1))).speed
     pause = PIECE / speed / 10  # the producer makes a batch 10× faster than it is trained

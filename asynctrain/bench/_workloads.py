@@ -31,6 +31,16 @@ async def per_problem(
 
 MLP_HIDDEN = 256
 LEARNING_RATE = 1e-3
+WARM_UP_ROWS = 4096  # a few steps: enough to start the workers and import what tasks need
+
+
+def head(data: Dataset, rows: int = WARM_UP_ROWS) -> Dataset:
+    """The first ``rows`` samples of ``data``: what a warm-up fit trains on.
+
+    Every fit shares its data with the backend anew, so a warm-up needs no more than a few
+    steps to start the workers and import what their tasks need.
+    """
+    return data if len(data) <= rows else Dataset(data.X[:rows], data.y[:rows])
 
 
 def model_for(problem: str) -> Any:
