@@ -116,7 +116,7 @@ def torch_peer(threads: int) -> Peer:
 
 
 # Tuned on the same grid as asynctrain's settings (the MLP's serves scikit-learn's too).
-TORCH_SETTINGS = {"logreg": (512, 1e-2), "softmax": (512, 1e-2), "mlp": (1024, 4e-3)}
+TORCH_SETTINGS = {"logreg": (4096, 8e-2), "softmax": (4096, 8e-2), "mlp": (2048, 1e-2)}
 
 
 def _torch_race(

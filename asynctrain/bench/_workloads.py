@@ -50,7 +50,8 @@ def model_for(problem: str) -> Any:
         return models.LogisticRegression(info.n_features)
     if problem == "softmax":
         return models.SoftmaxRegression(info.n_features, info.n_classes)
-    return models.MLP((info.n_features, MLP_HIDDEN, info.n_classes))
+    # PyTorch's nn.Linear init, as in the PyTorch peer: the race compares the same model.
+    return models.MLP((info.n_features, MLP_HIDDEN, info.n_classes), initializer="uniform")
 
 
 def initial_params(problem: str, seed: int = 0) -> dict[str, Any]:
