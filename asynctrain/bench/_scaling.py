@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sys
 from typing import NamedTuple
 
@@ -35,21 +36,23 @@ from asynctrain.data import Dataset
 
 
 class Config(NamedTuple):
-    """One scaling figure: a problem at a batch size, and its target ("" for none)."""
+    """One scaling figure: a problem at a batch size and shard count, and its target."""
 
     problem: str
     batch_size: int
+    shards: int
     target: str
     suffix: str = ""
 
 
-# The MLP's headline runs shards of 1,024 samples (about 2.5 ms of math on one core), the
-# task size docs/backends.md recommends; its default-batch figure (128-sample shards,
-# where per-task and per-step costs dominate) is reported beside it.
+# The MLP's headline gives each of the 2 workers one task per step, of 2,048 samples (about
+# 5 ms of math on one core, within the task sizes docs/backends.md recommends); the
+# default batch and shard count (128-sample tasks, where per-task and per-step costs
+# dominate) are reported beside it.
 CONFIGS = (
-    Config("mlp", 4096, ">= 1.7"),
-    Config("mlp", DEFAULT_BATCH_SIZE, "", "/b512"),
-    Config("softmax", DEFAULT_BATCH_SIZE, ""),
+    Config("mlp", 4096, 2, ">= 1.7"),
+    Config("mlp", DEFAULT_BATCH_SIZE, DEFAULT_SHARDS, "", "/b512"),
+    Config("softmax", DEFAULT_BATCH_SIZE, DEFAULT_SHARDS, ""),
 )
 BACKENDS = ("thread", "process")
 
@@ -63,15 +66,18 @@ async def epoch_times(
     times: int,
     one_core: bool,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    shards: int = DEFAULT_SHARDS,
 ) -> list[float]:
     """``times`` epoch times on an open backend (after a few warm-up steps)."""
     backend, _ = get_backend(backend_name, workers=workers)
-    options = {"backend": backend, "shards": DEFAULT_SHARDS, "batch_size": batch_size}
+    epoch = functools.partial(
+        timed_epochs, problem, backend=backend, shards=shards, batch_size=batch_size
+    )
     async with backend:
         limit = threadpool_limits(1, user_api="blas") if one_core else contextlib.nullcontext()
         with limit:
-            await timed_epochs(problem, head(data), **options)
-            return [(await timed_epochs(problem, data, **options))[0] for _ in range(times)]
+            await epoch(head(data))
+            return [(await epoch(data))[0] for _ in range(times)]
 
 
 async def _figures(config: Config, backend: str, quick: bool) -> list[Figure]:
@@ -85,13 +91,12 @@ async def _figures(config: Config, backend: str, quick: bool) -> list[Figure]:
             )
         ]
     data, r = dataset(problem, samples(problem, quick)), repeats(quick)
-    thread = backend == "thread"
-    one = await epoch_times(problem, data, backend, 1, times=r, one_core=thread, batch_size=batch)
-    two = await epoch_times(problem, data, backend, 2, times=r, one_core=False, batch_size=batch)
+    thread, size = backend == "thread", {"batch_size": batch, "shards": config.shards}
+    one = await epoch_times(problem, data, backend, 1, times=r, one_core=thread, **size)
+    two = await epoch_times(problem, data, backend, 2, times=r, one_core=False, **size)
     details = {
         "epoch_seconds": {"1": min(one), "2": min(two)},
-        "batch_size": batch,
-        "shards": DEFAULT_SHARDS,
+        **size,
         "samples": len(data),
     }
     figures = [
@@ -99,16 +104,14 @@ async def _figures(config: Config, backend: str, quick: bool) -> list[Figure]:
             name,
             one,
             two,
-            reference=f"1 worker (1 core), {backend} backend, batch {batch}",
+            reference=f"1 worker (1 core), {backend}, batch {batch} in {config.shards} shards",
             target=target,
             command=cmd,
             details=details,
         )
     ]
     if thread and level(quick) == "full" and not config.suffix:
-        blas_all = await epoch_times(
-            problem, data, backend, 1, times=r, one_core=False, batch_size=batch
-        )
+        blas_all = await epoch_times(problem, data, backend, 1, times=r, one_core=False, **size)
         details["epoch_seconds_blas_all"] = min(blas_all)
         figures.append(
             ratio_figure(
