@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import CheckpointError
+from asynctrain._shm import pid_alive
 
 FORMAT = "asynctrain-checkpoint"
 FORMAT_VERSION = 1
@@ -109,7 +110,7 @@ def sweep(directory: Path) -> list[Path]:
     for path in temporaries(directory):
         match = _TEMPORARY.match(path.name)
         assert match is not None
-        if match["host"] == _host() and not _alive(int(match["pid"])):
+        if match["host"] == _host() and not pid_alive(int(match["pid"])):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             removed.append(path)
@@ -178,13 +179,3 @@ def _fsync_directory(directory: Path) -> None:
 
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
