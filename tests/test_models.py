@@ -341,7 +341,8 @@ def test_uniform_init_draws_every_parameter_within_one_over_sqrt_fan_in(activati
         limit, value = 1 / np.sqrt(fan_in), params[name]
         np.testing.assert_array_equal(value, again[name])
         assert value.dtype == np.float32
-        assert -limit <= value.min() and value.max() <= limit
+        assert -limit <= value.min()
+        assert value.max() <= limit
         if value.size >= 1000:
             assert np.std(value) == pytest.approx(limit / np.sqrt(3), rel=0.05)
             assert abs(np.mean(value)) < 0.05 * limit
