@@ -259,6 +259,12 @@ def test_apply_updates_returns_new_arrays_and_leaves_params_alone() -> None:
     assert apply_updates(params, {"w": updates["w"].astype(np.float64)})["w"].dtype == np.float32
 
 
+def test_apply_updates_keeps_a_zero_dimensional_parameter_an_array() -> None:
+    new = apply_updates({"c": np.array(1.0, np.float32)}, {"c": np.array(0.25, np.float64)})
+    assert isinstance(new["c"], np.ndarray)
+    assert (new["c"].shape, new["c"].dtype, float(new["c"])) == ((), np.float32, 1.25)
+
+
 @pytest.mark.parametrize(
     "updates",
     [{"v": np.zeros(2)}, {"w": np.zeros(2), "v": np.zeros(2)}, {}, {"w": np.zeros(1)}],

@@ -253,3 +253,32 @@ async def test_every_shared_array_is_released(
     except RuntimeError:
         assert fails
     assert backend.live == []
+
+
+class MeanModel:
+    """One 0-d parameter ``c`` fitted to the targets by squared error: its optimum is mean(y)."""
+
+    n_features, n_classes, dtype = 1, None, np.dtype(np.float64)
+
+    def init(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {"c": np.array(0.0)}
+
+    def loss_and_grad(
+        self, params: dict[str, np.ndarray], X: np.ndarray, y: np.ndarray
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        residual = y - params["c"]
+        return float(residual @ residual), {"c": np.array(-2.0 * residual.sum())}
+
+    def predict(self, params: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
+        return np.full(len(X), float(params["c"]))
+
+
+async def test_a_zero_dimensional_parameter_trains_and_is_published_read_only() -> None:
+    y = np.random.default_rng(0).normal(3.0, 1.0, 256)
+    data = Dataset(np.zeros((256, 1)), y)
+    async with at.Trainer(MeanModel(), at.optim.sgd(0.2), backend="inline", batch_size=256) as tr:
+        await tr.fit(data, epochs=30)
+        c = tr.params["c"]
+    assert c.shape == ()
+    assert not c.flags.writeable
+    assert float(c) == pytest.approx(y.mean(), rel=1e-6)  # the oracle: the least-squares optimum

@@ -197,7 +197,8 @@ def apply_updates(params: Params, updates: Grads) -> Params:
             raise ConfigError(
                 f"update {key!r} has shape {update.shape}, parameter has {value.shape}"
             )
-        new[key] = np.add(value, update, dtype=value.dtype)
+        # out=: a 0-d parameter stays an array (np.add alone returns a numpy scalar).
+        new[key] = np.add(value, update, out=np.empty_like(value), dtype=value.dtype)
     return new
 
 
