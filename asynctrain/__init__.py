@@ -17,8 +17,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from asynctrain import backends, data, models, optim
-from asynctrain._broadcast import Lagged
 from asynctrain._config import TrainConfig
+from asynctrain._engine._update import TrainState
+from asynctrain._engine._work import ShardResult
 from asynctrain._events import (
     Callback,
     EarlyStopping,
@@ -40,13 +41,12 @@ from asynctrain._exceptions import (
     StateError,
 )
 from asynctrain._fit import fit
-from asynctrain._job import Job, JobEvent, Prediction, StatusEvent
 from asynctrain._monitor import LagStats, LoopLagMonitor
 from asynctrain._runtime import run
-from asynctrain._service import TrainingService
+from asynctrain._serving._broadcast import Lagged
+from asynctrain._serving._job import Job, JobEvent, Prediction, StatusEvent
+from asynctrain._serving._service import TrainingService
 from asynctrain._trainer import Trainer
-from asynctrain._update import TrainState
-from asynctrain._work import ShardResult
 
 if TYPE_CHECKING:
     from asynctrain import sklearn as sklearn

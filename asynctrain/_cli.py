@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,6 @@ from asynctrain._progress import Progress
 from asynctrain._runtime import run
 from asynctrain._trainer import Trainer
 from asynctrain.backends import Backend, backend_names
-from asynctrain.bench import _command as bench
 from asynctrain.data import Dataset, load, synthetic
 
 Handler = Callable[[argparse.Namespace], int]
@@ -97,8 +97,44 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("checkpoint", help="a .ckpt file, or a directory (its latest)")
     inspect.add_argument("--json", action="store_true", help="print the manifest as JSON")
     inspect.set_defaults(handler=_inspect)
-    bench.add_parser(commands)
+    _add_bench_parser(commands)
     return parser
+
+
+def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the ``bench`` subcommand on the ``asynctrain`` parser."""
+    bench = commands.add_parser(
+        "bench",
+        help="measure asynctrain against the hardware limit and its peers",
+        description="Run the benchmark suites; print a table (name, median, min–max, unit, "
+        "reference, target, met?). Unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for this command "
+        "if your environment sets them.",
+    )
+    size = bench.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smaller sizes (under a minute)")
+    size.add_argument(
+        "--smoke", action="store_true", help="tiny sizes: checks every figure runs (for CI)"
+    )
+    bench.add_argument("--only", default="", help="comma-separated suites, e.g. overhead,scaling")
+    bench.add_argument("--json", dest="json_path", metavar="PATH", help="write every figure here")
+    bench.add_argument("--plot", metavar="DIR", help="write PNG charts here (needs matplotlib)")
+    bench.add_argument("--markdown", metavar="PATH", help="write the table as Markdown here")
+    bench.add_argument("--list", action="store_true", help="list the suites and exit")
+    bench.set_defaults(handler=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Run ``benchmarks/`` of the source checkout this package was installed from."""
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "benchmarks" / "__init__.py").is_file():
+        print("asynctrain bench runs the benchmarks/ of a source checkout", file=sys.stderr)
+        return 2
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    from benchmarks._command import bench_command
+
+    result: int = bench_command(args)
+    return result
 
 
 def _demo(args: argparse.Namespace) -> int:

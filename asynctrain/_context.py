@@ -6,8 +6,8 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from asynctrain._modes import StepContext
-from asynctrain._reduce import zeros_like
+from asynctrain._engine import StepContext
+from asynctrain._engine._reduce import zeros_like
 from asynctrain.backends import SharedArrays
 from asynctrain.data import Dataset
 

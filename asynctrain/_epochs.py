@@ -13,7 +13,8 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._context import arrays_of, open_context
-from asynctrain._evaluate import evaluate
+from asynctrain._engine import StepContext
+from asynctrain._engine._evaluate import evaluate
 from asynctrain._events import (
     Callback,
     EpochEvent,
@@ -22,7 +23,6 @@ from asynctrain._events import (
     StepEvent,
     summarize_staleness,
 )
-from asynctrain._modes import StepContext
 from asynctrain._monitor import LoopLagMonitor
 from asynctrain.backends import SharedArrays
 from asynctrain.data import Dataset, epoch_order

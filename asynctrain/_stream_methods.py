@@ -11,7 +11,13 @@ import numpy.typing as npt
 from asynctrain._epochs import collect
 from asynctrain._events import Callback, Event, FitResult
 from asynctrain._exceptions import StateError
-from asynctrain._stream import DEFAULT_BUFFER, Source, StreamLimits, check_source, stream_events
+from asynctrain._streaming._stream import (
+    DEFAULT_BUFFER,
+    Source,
+    StreamLimits,
+    check_source,
+    stream_events,
+)
 from asynctrain._trainer_base import DataLike, TrainerBase
 
 

@@ -13,10 +13,10 @@ from collections.abc import AsyncGenerator, Sequence
 from asynctrain._checkpoint import CheckpointMethods, CheckpointSession, PathLike
 from asynctrain._checks import check_int
 from asynctrain._config import TrainConfig, default_shards
+from asynctrain._engine import make_mode
 from asynctrain._epochs import collect, run_epochs
 from asynctrain._events import Callback, Event, FitResult
 from asynctrain._exceptions import ConfigTypeError
-from asynctrain._modes import make_mode
 from asynctrain._monitor import LoopLagMonitor
 from asynctrain._stream_methods import StreamMethods
 from asynctrain._trainer_base import DataLike

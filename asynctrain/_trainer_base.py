@@ -13,11 +13,11 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._config import TrainConfig
+from asynctrain._engine import Mode
+from asynctrain._engine._update import TrainState, Updater
 from asynctrain._exceptions import ConfigTypeError, StateError
-from asynctrain._modes import Mode
 from asynctrain._monitor import LoopLagMonitor
 from asynctrain._types import Params
-from asynctrain._update import TrainState, Updater
 from asynctrain.backends import Backend, get_backend
 from asynctrain.backends._base import readonly
 from asynctrain.data import Dataset

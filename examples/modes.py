@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 import asynctrain as at
-from asynctrain.bench import StragglerBackend
+from asynctrain.backends import StragglerBackend
 
 SETTINGS: list[tuple[str, dict[str, Any]]] = [
     ("sync", {}),

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import asynctrain as at
-from asynctrain._tree import leaves
-from asynctrain._work import ShardTask
+from asynctrain._engine._work import ShardTask
 from asynctrain.data import Dataset, batch_bounds, epoch_order, shard_bounds
 from asynctrain.models import SoftmaxRegression
+from asynctrain.optim._tree import leaves
 
 
 def skip_missing_backend(name: str) -> None:

@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asynctrain import bench, run
+import benchmarks as bench
+from asynctrain import run
 from asynctrain._cli import main
-from asynctrain.bench import Figure, ratio_figure, skipped_figure
-from asynctrain.bench import _suites as suites
-from asynctrain.bench._handwritten import train_epochs
-from asynctrain.bench._overhead import relative_difference
-from asynctrain.bench._report import text_table
-from asynctrain.bench._workloads import initial_params, timed_epochs
 from asynctrain.data import synthetic
+from benchmarks import Figure, ratio_figure, skipped_figure
+from benchmarks import _suites as suites
+from benchmarks._handwritten import train_epochs
+from benchmarks._overhead import relative_difference
+from benchmarks._report import text_table
+from benchmarks._workloads import initial_params, timed_epochs
 
 OURS = ("overhead", "scaling", "accuracy", "roofline", "latency")
 EXPECTED = [
@@ -85,7 +86,7 @@ def test_a_failing_suite_is_reported_not_raised(
         return [ratio_figure("fine/x", [2.0], [1.0], reference="r", command="c", target="<= 3")]
 
     monkeypatch.setattr(suites, "discover", lambda: {"broken": broken, "fine": fine})
-    from asynctrain.bench import _command
+    from benchmarks import _command
 
     monkeypatch.setattr(_command, "discover", suites.discover)
     out = tmp_path / "out.json"
@@ -129,7 +130,7 @@ def test_the_numpy_loop_is_the_same_math_as_asynctrain() -> None:
 
 def test_plots_are_written(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from asynctrain.bench._plot import plot
+    from benchmarks._plot import plot
 
     figures = [
         ratio_figure(
@@ -183,7 +184,7 @@ def test_every_public_bench_name_has_a_docstring() -> None:
 
 def test_a_missing_peer_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
     """A peer that is not installed becomes a skipped figure, never a failed suite."""
-    from asynctrain.bench import _accuracy, _peers
+    from benchmarks import _accuracy, _peers
 
     def missing(*args: object) -> object:
         raise _peers.PeerMissing("torch is not installed")

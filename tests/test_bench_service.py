@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import asynctrain as at
-from asynctrain.bench import _service as bench
+from benchmarks import _service as bench
 
 pytest.importorskip("aiohttp")
 

@@ -8,7 +8,7 @@ import contextlib
 import pytest
 
 import asynctrain as at
-from asynctrain._broadcast import Broadcast
+from asynctrain._serving._broadcast import Broadcast
 
 
 async def _all(stream: Broadcast[int]) -> list[int | at.Lagged]:

@@ -29,7 +29,7 @@ from _reliability import Recorder, Tripwire, skip_missing_backend, state_bits
 import asynctrain as at
 from asynctrain._checkpoint import Checkpoint, list_checkpoints, temporaries
 from asynctrain._checkpoint import _format as checkpoint_format
-from asynctrain._update import Updater
+from asynctrain._engine._update import Updater
 from asynctrain.data import Dataset, synthetic
 from asynctrain.models import SoftmaxRegression
 

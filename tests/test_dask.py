@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import asynctrain as at
-from asynctrain._modes import MODES
+from asynctrain._engine import MODES
 from asynctrain.data import Dataset, synthetic
 from asynctrain.models import SoftmaxRegression
 

@@ -14,10 +14,10 @@ from copying_backend import CopyingBackend
 
 import asynctrain as at
 from asynctrain._config import MODE_OPTIONS
-from asynctrain._modes import MODES
-from asynctrain._modes._async import SlotPool
-from asynctrain._modes._local import LocalOptState
-from asynctrain.bench._straggler import StragglerBackend
+from asynctrain._engine import MODES
+from asynctrain._engine._async import SlotPool
+from asynctrain._engine._local import LocalOptState
+from asynctrain.backends import StragglerBackend
 from asynctrain.data import Dataset, synthetic
 from asynctrain.models import SoftmaxRegression
 

@@ -12,8 +12,8 @@ import pytest
 from _reliability import Poisoned, Recorder, sample_of, skip_missing_backend, state_bits, with_ids
 
 import asynctrain as at
-from asynctrain._tree import leaves
 from asynctrain.data import Dataset, synthetic
+from asynctrain.optim._tree import leaves
 
 N, BATCH, SHARDS, SEED = 600, 100, 4, 7
 STEP, SHARD = 3, 2

@@ -18,7 +18,7 @@ import pytest
 from _reliability import Recorder, state_bits
 
 import asynctrain as at
-from asynctrain._update import all_finite
+from asynctrain._engine._update import all_finite
 from asynctrain.data import Dataset, synthetic
 from asynctrain.models import SoftmaxRegression
 

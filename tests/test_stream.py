@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import asynctrain as at
-from asynctrain._feed import RING_SLOTS
+from asynctrain._streaming._feed import RING_SLOTS
 from asynctrain.data import Dataset, epoch_order
 from asynctrain.models import LinearRegression, SoftmaxRegression
 

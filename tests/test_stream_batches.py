@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import asynctrain as at
-from asynctrain._batch import check_batch
+from asynctrain._streaming._batch import check_batch
 from asynctrain.data import Dataset
 from asynctrain.data._stream import BatchCutter, copy_rows
 from asynctrain.models import LinearRegression, SoftmaxRegression

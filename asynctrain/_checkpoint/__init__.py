@@ -8,7 +8,7 @@
   :mod:`._methods` gives the trainer ``save``, ``load`` and ``restore``.
 * :mod:`._inspect` describes a checkpoint for ``asynctrain inspect``.
 
-The optimizer state travels as arrays plus a JSON spec (:mod:`asynctrain._tree`).
+The optimizer state travels as arrays plus a JSON spec (:mod:`asynctrain.optim._tree`).
 """
 
 from asynctrain._checkpoint._content import Checkpoint, checkpoint_name, list_checkpoints

@@ -1,7 +1,7 @@
 """What a trainer's checkpoint holds, and how a trainer's state goes in and comes back out.
 
 A checkpoint holds the parameters, the optimizer state (as arrays plus a JSON spec, see
-:mod:`asynctrain._tree`), the step/epoch/batch counters, the RNG state the epoch order is
+:mod:`asynctrain.optim._tree`), the step/epoch/batch counters, the RNG state the epoch order is
 drawn from, and the settings a resuming trainer must share (shards, batch size, seed,
 mode, model shape and dtype). The file format is in :mod:`._format` and :mod:`._verify`.
 """
@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from asynctrain import _tree
 from asynctrain._checkpoint import _format, _verify
+from asynctrain._engine._update import TrainState
 from asynctrain._exceptions import CheckpointError
 from asynctrain._types import Params
-from asynctrain._update import TrainState
 from asynctrain.backends._base import readonly
 from asynctrain.data import epoch_order
+from asynctrain.optim import _tree
 
 if TYPE_CHECKING:
     from asynctrain._trainer import Trainer

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Self, cast
 
 from asynctrain._checkpoint._content import Checkpoint, Payload, checkpoint_name
 from asynctrain._checkpoint._session import PathLike, Writer, restored_settings, write_and_prune
+from asynctrain._engine._update import TrainState, Updater
 from asynctrain._exceptions import StateError
-from asynctrain._update import TrainState, Updater
 
 if TYPE_CHECKING:
     from asynctrain._trainer import Trainer

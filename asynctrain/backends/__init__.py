@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 from asynctrain.backends._base import Backend, LocalShared, SharedArrays
 from asynctrain.backends._inline import InlineBackend
 from asynctrain.backends._registry import backend_names, get_backend, register_backend
+from asynctrain.backends._straggler import StragglerBackend
 from asynctrain.backends._thread import ThreadBackend, default_workers
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "LocalShared",
     "ProcessBackend",
     "SharedArrays",
+    "StragglerBackend",
     "ThreadBackend",
     "backend_names",
     "default_workers",

@@ -12,7 +12,7 @@ process backend without explicit ``workers`` gets one worker.
 Inline training runs BLAS on one thread (one BLAS thread per worker, as the thread backend
 does): small matrix products gain nothing from more, and a multi-threaded BLAS next to
 other busy threads or processes (joblib's, or anyone's on a shared machine) slowed
-mid-sized MLP steps 3x in ``python -m asynctrain.bench._sklearn`` (docs/sklearn.md).
+mid-sized MLP steps 3x in ``python -m benchmarks._sklearn`` (docs/sklearn.md).
 
 The shard count depends only on the problem, never on the machine or on joblib, so the
 same ``random_state`` gives the same model with ``n_jobs=1`` and ``n_jobs=2``, in ``fit``
@@ -33,7 +33,7 @@ from asynctrain.backends._blas import BlasLimit
 
 # Rows per step × model parameters below which a step is "small" and trains inline (about
 # 3 flops per row and parameter: 2**23 is ~25 Mflop a step). `python -m
-# asynctrain.bench._sklearn` measures the boundary: on 2 busy shared cores the thread
+# benchmarks._sklearn` measures the boundary: on 2 busy shared cores the thread
 # backend was ~1.9x slower than inline up to 5e6 and ~1.15x at 1.3e7 (docs/sklearn.md).
 SMALL_STEP = 2**23
 

@@ -1,0 +1,148 @@
+"""What every training mode shares: the step context, the Mode protocol, shard helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._engine._update import StepStats, Updater
+from asynctrain._engine._work import Rows, ShardResult, ShardTask, compute_shard
+from asynctrain._events import StepEvent
+from asynctrain.backends import Backend, SharedArrays
+from asynctrain.data import batch_bounds, shard_bounds
+
+
+@dataclass
+class StepContext:
+    """What a mode needs to run steps: the work's ingredients, shared once per fit.
+
+    ``params`` has ``mode.param_slots(shards)`` slots and ``grads``
+    ``mode.grad_slots(shards)``; ``extra`` is a mode's own per-fit storage (e.g. the
+    per-shard optimizer states of local mode).
+    """
+
+    model: Any
+    backend: Backend
+    updater: Updater
+    data: SharedArrays
+    params: SharedArrays
+    grads: SharedArrays
+    batch_size: int
+    shards: int
+    streaming: bool = False
+    """Steps come from a stream: they leave the epoch position (TrainState.batch) alone."""
+    started: float = field(default_factory=time.perf_counter)
+    samples: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def event(
+        self, epoch: int, stats: StepStats, staleness: int = 0, *, step: int | None = None
+    ) -> StepEvent:
+        """Record ``stats`` of a step just applied and describe it as an event.
+
+        ``step`` defaults to the last step the updater committed.
+        """
+        self.samples += stats.n
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        return StepEvent(
+            step=self.updater.state.step - 1 if step is None else step,
+            epoch=epoch,
+            loss=stats.loss,
+            grad_norm=stats.grad_norm,
+            samples=stats.n,
+            samples_per_s=self.samples / elapsed,
+            staleness=staleness,
+            skipped=stats.skipped,
+        )
+
+
+class Mode(Protocol):
+    """A training mode: how a step's shard tasks are scheduled and their results applied.
+
+    Invariant: when ``run_epoch`` finishes, the current parameter version is readable
+    in slot ``version % ctx.params.slots`` (the trainer evaluates it there).
+    """
+
+    name: str
+
+    def param_slots(self, shards: int) -> int:
+        """Parameter slots the mode needs, so a version being read is never overwritten."""
+        ...
+
+    def grad_slots(self, shards: int) -> int:
+        """Gradient (or delta) slots the mode needs."""
+        ...
+
+    def run_epoch(
+        self, ctx: StepContext, epoch: int, order: npt.NDArray[np.int64], start_batch: int
+    ) -> AsyncGenerator[StepEvent, None]:
+        """Run batches ``start_batch..`` of the epoch whose sample order is ``order``."""
+        ...
+
+
+def shard_tasks(
+    ctx: StepContext, indices: Rows, *, step: int, grad_base: int = 0, data_slot: int = 0
+) -> list[ShardTask]:
+    """The shard tasks of one step on the current parameters; shard s reads rows of data
+    slot ``data_slot`` and writes gradient slot ``grad_base + s``. Empty shards (a batch
+    smaller than the shard count) get none.
+    """
+    state = ctx.updater.state
+    slot = state.version % ctx.params.slots
+    return [
+        ShardTask(step, s, state.version, slot, grad_base + s, part, data_slot)
+        for s, part in enumerate(split_indices(indices, ctx.shards))
+        if len(part)
+    ]
+
+
+async def run_shard(ctx: StepContext, task: ShardTask, queue: asyncio.Queue[ShardResult]) -> None:
+    """Compute one shard on the backend and put its result on ``queue``."""
+    result = await ctx.backend.run(compute_shard, ctx.model, ctx.data, ctx.params, ctx.grads, task)
+    queue.put_nowait(result)
+
+
+async def run_alone(ctx: StepContext, task: ShardTask) -> ShardResult:
+    """Compute a step's only shard task, awaited directly: no task group, no queue.
+
+    On an inline backend, where ``backend.run`` never suspends, the step still passes
+    through the loop once before it computes (other tasks run, a pending cancellation
+    lands), and a cancellation requested while it computed stops it before its update:
+    the same points a step of several shard tasks gives.
+    """
+    if not getattr(ctx.backend, "inline", False):
+        return await ctx.backend.run(
+            compute_shard, ctx.model, ctx.data, ctx.params, ctx.grads, task
+        )
+    await asyncio.sleep(0)
+    current = asyncio.current_task()
+    requested = current.cancelling() if current is not None else 0
+    result = await ctx.backend.run(compute_shard, ctx.model, ctx.data, ctx.params, ctx.grads, task)
+    if current is not None and current.cancelling() > requested:
+        await asyncio.sleep(0)  # raises the CancelledError requested meanwhile
+    return result
+
+
+def split_indices(indices: Rows, shards: int) -> list[Rows]:
+    """Split a batch's rows into ``shards`` contiguous parts (trailing ones may be empty)."""
+    return [indices[start:stop] for start, stop in _bounds(len(indices), shards)]
+
+
+@functools.lru_cache(maxsize=64)
+def _bounds(length: int, shards: int) -> tuple[tuple[int, int], ...]:
+    # Every full batch of a fit has the same length: compute its shard bounds once.
+    return tuple(shard_bounds(length, shards))
+
+
+def batches_of(
+    order: npt.NDArray[np.int64], batch_size: int, start_batch: int
+) -> list[npt.NDArray[np.int64]]:
+    """The sample indices of the epoch's batches from ``start_batch`` on."""
+    return [order[a:b] for a, b in batch_bounds(len(order), batch_size)[start_batch:]]

@@ -1,0 +1,236 @@
+"""Local mode: each shard takes k optimizer steps on its own stream, then deltas are averaged."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._checks import check_int
+from asynctrain._config import DEFAULT_LOCAL_STEPS
+from asynctrain._engine._base import StepContext, batches_of, split_indices
+from asynctrain._engine._local_work import LocalResult, LocalTask, local_shard
+from asynctrain._engine._reduce import mean_in_place, sum_in_order, zeros_like
+from asynctrain._engine._tasks import gather_ordered
+from asynctrain._engine._tree import rebuild, skeleton, to_arrays
+from asynctrain._engine._update import (
+    Problem,
+    StepStats,
+    TrainState,
+    _first_bad_shard,
+    _first_nonfinite,
+)
+from asynctrain._events import StepEvent
+from asynctrain._exceptions import NonFiniteError
+from asynctrain._types import Grads
+from asynctrain.backends import SharedArrays
+from asynctrain.backends._base import readonly
+from asynctrain.optim import apply_updates
+
+
+class LocalOptState(NamedTuple):
+    """The optimizer state in local mode: one optimizer state per shard, in shard order."""
+
+    shards: tuple[Any, ...]
+
+
+class _Fit(NamedTuple):
+    """What local mode shares once per fit: the shards' optimizer states and scratch."""
+
+    skeleton: Any
+    states: SharedArrays | None  # slot s: shard s's optimizer state (None: stateless)
+    scratch: Grads
+
+
+class LocalMode:
+    """Local SGD / model averaging (McMahan et al. 2017; PyTorch's post-local SGD).
+
+    Every round covers ``local_steps`` batches: shard ``s`` starts from the current
+    parameters and takes one optimizer step on its part of each batch (on the worker),
+    then the shards' parameter deltas are averaged, weighted by samples and summed in
+    shard order, into one new version. One task per shard per round instead of per step.
+
+    Optimizer state: each shard keeps its own state from round to round (momentum,
+    Adam's moments, a schedule's step count), as in post-local SGD. They live in the
+    :class:`~asynctrain.TrainState` as a :class:`LocalOptState`, committed with the
+    parameters after every round, so a cancelled fit keeps a matching pair. The first
+    round copies the trainer's optimizer state to every shard.
+
+    Deterministic: the same seed gives the same bits on every backend and worker count.
+    With ``local_steps=1`` and plain SGD it computes sync mode's update up to rounding
+    (averaging ``n_s * ((p - lr * g_s / n_s) - p)`` instead of summing gradients).
+
+    Steps and events count batches: a round of k batches adds k steps and yields k
+    StepEvents (their ``grad_norm`` is NaN: no mean gradient is ever formed).
+
+    Args:
+        local_steps: optimizer steps each shard takes between averagings (>= 1).
+
+    Example:
+        >>> LocalMode(local_steps=8).grad_slots(4)
+        4
+    """
+
+    name = "local"
+
+    def __init__(self, *, local_steps: int = DEFAULT_LOCAL_STEPS) -> None:
+        self.local_steps = check_int("local_steps", local_steps, minimum=1)
+
+    def param_slots(self, shards: int) -> int:
+        """Two: every round reads one version and writes the next."""
+        return 2
+
+    def grad_slots(self, shards: int) -> int:
+        """One parameter-delta slot per shard."""
+        return shards
+
+    async def run_epoch(
+        self, ctx: StepContext, epoch: int, order: npt.NDArray[np.int64], start_batch: int
+    ) -> AsyncGenerator[StepEvent, None]:
+        """Run the epoch's remaining batches in rounds of ``local_steps``."""
+        fit = await self._fit(ctx)
+        batches = batches_of(order, ctx.batch_size, start_batch)
+        for first in range(0, len(batches), self.local_steps):
+            step = ctx.updater.state.step
+            in_round = batches[first : first + self.local_steps]
+            results = await self._round(ctx, fit, in_round)
+            all_stats = await ctx.updater.commit(_commit_round, results, ctx, fit, len(in_round))
+            for j, stats in enumerate(all_stats):
+                yield ctx.event(epoch, stats, step=step + j)
+
+    async def _fit(self, ctx: StepContext) -> _Fit:
+        """Give each shard its optimizer state in shared slots (once per fit)."""
+        if "local" not in ctx.extra:
+            await ctx.updater.commit(_per_shard, ctx.shards)
+            per_shard: LocalOptState = ctx.updater.state.opt_state
+            arrays = to_arrays(per_shard.shards[0])
+            states = await ctx.backend.share(arrays, slots=ctx.shards) if arrays else None
+            fit = _Fit(skeleton(per_shard.shards[0]), states, zeros_like(ctx.updater.state.params))
+            await ctx.updater.call(_write_states, fit, per_shard)
+            ctx.extra["local"] = fit
+        result: _Fit = ctx.extra["local"]
+        return result
+
+    async def _round(
+        self, ctx: StepContext, fit: _Fit, batches: list[npt.NDArray[np.int64]]
+    ) -> list[LocalResult]:
+        """Run every shard's part of a round on the backend; results in shard order."""
+        state = ctx.updater.state
+        slot = state.version % ctx.params.slots
+        parts = [split_indices(batch, ctx.shards) for batch in batches]
+        streams = [tuple(batch[s] for batch in parts) for s in range(ctx.shards)]
+        tasks = [
+            LocalTask(state.step, s, state.version, slot, s, own, fit.skeleton)
+            for s, own in enumerate(streams)
+            if any(len(part) for part in own)
+        ]
+        optimizer = ctx.updater.optimizer
+        return await gather_ordered(
+            ctx.backend.run(
+                local_shard, ctx.model, optimizer, ctx.data, ctx.params, ctx.grads, fit.states, task
+            )
+            for task in tasks
+        )
+
+    def checkpoint_layout(self, opt_state: Any, shards: int) -> LocalOptState:
+        """How this mode keeps ``opt_state``: one copy per shard (a template to load into)."""
+        skel = skeleton(opt_state)
+        return LocalOptState(tuple(rebuild(skel, to_arrays(opt_state)) for _ in range(shards)))
+
+    def __repr__(self) -> str:
+        return f"LocalMode(local_steps={self.local_steps})"
+
+
+def _per_shard(state: TrainState, shards: int) -> tuple[TrainState, None]:
+    """Turn the trainer's optimizer state into one copy per shard (if not already)."""
+    opt = state.opt_state
+    if isinstance(opt, LocalOptState) and len(opt.shards) == shards:
+        return state, None
+    skel = skeleton(opt)
+    copies = tuple(rebuild(skel, to_arrays(opt)) for _ in range(shards))
+    return state._replace(opt_state=LocalOptState(copies)), None
+
+
+def _write_states(fit: _Fit, per_shard: LocalOptState) -> None:
+    """Publish each shard's committed optimizer state to its slot."""
+    if fit.states is not None:
+        for s, shard_state in enumerate(per_shard.shards):
+            fit.states.write(s, to_arrays(shard_state))
+
+
+def _commit_round(
+    state: TrainState, results: Sequence[LocalResult], ctx: StepContext, fit: _Fit, steps: int
+) -> tuple[TrainState, list[StepStats]]:
+    """Average the shards' deltas into a new version (on the update thread)."""
+    summed = [r.result for r in results]
+    loss, n = sum_in_order(summed, ctx.grads, fit.scratch)
+    problem = _first_nonfinite(loss, fit.scratch, "gradient of", from_shards=True)
+    if problem is None:
+        mean_in_place(fit.scratch, n)
+        params = apply_updates(state.params, fit.scratch)
+        problem = _first_nonfinite(0.0, params, "parameter", from_shards=False)
+    if problem is not None:
+        return _refuse(state, results, ctx, fit, steps, problem)
+    version = state.version + 1
+    params = readonly(params)
+    ctx.params.write(version % ctx.params.slots, params)
+    new = state._replace(
+        step=state.step + steps,
+        version=version,
+        params=params,
+        opt_state=_read_states(state.opt_state, fit, results),
+        batch=state.batch + steps,
+    )
+    return new, _batch_stats(results, steps, skipped=False)
+
+
+def _read_states(old: LocalOptState, fit: _Fit, results: Sequence[LocalResult]) -> LocalOptState:
+    """The shards' optimizer states after a round (unchanged for shards that sat out)."""
+    if fit.states is None:
+        return old
+    shards = list(old.shards)
+    for r in results:
+        shards[r.result.shard] = rebuild(fit.skeleton, fit.states.read(r.result.shard))
+    return LocalOptState(tuple(shards))
+
+
+def _refuse(
+    state: TrainState,
+    results: Sequence[LocalResult],
+    ctx: StepContext,
+    fit: _Fit,
+    steps: int,
+    problem: Problem,
+) -> tuple[TrainState, list[StepStats]]:
+    """Apply the non-finite policy to a round: raise, or skip all of its steps."""
+    if ctx.updater.nonfinite == "raise":
+        found = _first_bad_shard([r.result for r in results], ctx.grads)
+        shard = found if problem.from_shards else None
+        where = problem.what + ("" if shard is None else f" (first in shard {shard})")
+        raise NonFiniteError(
+            f"steps {state.step}..{state.step + steps - 1} (one local round): non-finite "
+            f"{where}; the parameters were left as they were. "
+            "Lower the learning rate or local_steps, add clip_by_global_norm, check the "
+            "data, or pass nonfinite='skip'",
+            step=state.step,
+            shard=shard,
+            parameter=problem.parameter,
+        )
+    _write_states(fit, state.opt_state)  # the workers' states went bad with the round
+    new = state._replace(
+        step=state.step + steps, skipped=state.skipped + steps, batch=state.batch + steps
+    )
+    return new, _batch_stats(results, steps, skipped=True)
+
+
+def _batch_stats(results: Sequence[LocalResult], steps: int, *, skipped: bool) -> list[StepStats]:
+    """Mean loss and samples of each batch of a round, over all shards."""
+    stats = []
+    for j in range(steps):
+        n = sum(r.counts[j] for r in results)
+        loss = sum(r.losses[j] for r in results) / max(n, 1)
+        stats.append(StepStats(loss, math.nan, n, skipped=skipped))
+    return stats

@@ -1,0 +1,77 @@
+"""What runs on a worker in local mode: k optimizer steps on one shard's stream.
+
+Module-level and picklable like :mod:`asynctrain._engine._work`: a task carries indices, slot
+numbers and the optimizer state's skeleton; the parameters, the shard's optimizer state
+and its parameter delta travel through shared slots.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from asynctrain._engine._reduce import mean_in_place
+from asynctrain._engine._tree import rebuild, to_arrays
+from asynctrain._engine._work import Rows, ShardResult
+from asynctrain.backends import SharedArrays
+from asynctrain.optim import GradientTransformation, apply_updates
+
+
+class LocalTask(NamedTuple):
+    """One shard's part of a local round: its indices for each of the round's steps."""
+
+    step: int
+    shard: int
+    version: int
+    param_slot: int
+    grad_slot: int
+    parts: tuple[Rows, ...]
+    skeleton: Any
+
+
+class LocalResult(NamedTuple):
+    """A shard's round: its summed result (the delta waits in ``result.grad_slot``) and
+    the loss sum and sample count of each local step."""
+
+    result: ShardResult
+    losses: tuple[float, ...]
+    counts: tuple[int, ...]
+
+
+def local_shard(
+    model: Any,
+    optimizer: GradientTransformation,
+    data: SharedArrays,
+    params: SharedArrays,
+    deltas: SharedArrays,
+    states: SharedArrays | None,
+    task: LocalTask,
+) -> LocalResult:
+    """Take one optimizer step per part of ``task`` from the published parameters, with
+    the shard's own optimizer state; write ``n * (new - old)`` to the delta slot.
+
+    Weighting the delta by the shard's sample count ``n`` lets the trainer average the
+    shards' deltas with the same ordered sum it uses for gradients.
+    """
+    arrays = data.read(0)
+    start = params.read(task.param_slot)
+    state = rebuild(task.skeleton, {} if states is None else states.read(task.shard))
+    current, losses, counts = start, [], []
+    for part in task.parts:
+        loss = 0.0
+        if len(part):
+            X = np.take(arrays["X"], part, axis=0)
+            y = np.take(arrays["y"], part, axis=0)
+            loss, grads = model.loss_and_grad(current, X, y)
+            mean_in_place(grads, len(part))
+            updates, state = optimizer.update(grads, state, current)
+            current = apply_updates(current, updates)
+        losses.append(float(loss))
+        counts.append(len(part))
+    n = sum(counts)
+    deltas.write(task.grad_slot, {key: (current[key] - start[key]) * n for key in start})
+    if states is not None:
+        states.write(task.shard, to_arrays(state))
+    result = ShardResult(task.step, task.shard, task.version, task.grad_slot, n, sum(losses))
+    return LocalResult(result, tuple(losses), tuple(counts))

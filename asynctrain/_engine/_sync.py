@@ -1,0 +1,79 @@
+"""Sync mode: lock-step data parallelism, the default."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._engine._base import (
+    StepContext,
+    batches_of,
+    run_alone,
+    run_shard,
+    shard_tasks,
+)
+from asynctrain._engine._reduce import collect_in_order
+from asynctrain._engine._tasks import unwrap_group
+from asynctrain._engine._update import StepStats
+from asynctrain._engine._work import Rows, ShardResult, ShardTask
+from asynctrain._events import StepEvent
+
+
+class SyncMode:
+    """Lock-step data parallelism: every step waits for all shards, reduced in shard order.
+
+    The default. Reproducible: the same seed and shard count give bit-identical parameters
+    on every backend and worker count.
+
+    Example:
+        >>> SyncMode().param_slots(4)
+        2
+    """
+
+    name = "sync"
+
+    def param_slots(self, shards: int) -> int:
+        """Two: the version being read and the one being written (double buffering)."""
+        return 2
+
+    def grad_slots(self, shards: int) -> int:
+        """One gradient slot per shard."""
+        return shards
+
+    async def run_epoch(
+        self, ctx: StepContext, epoch: int, order: npt.NDArray[np.int64], start_batch: int
+    ) -> AsyncGenerator[StepEvent, None]:
+        """Run the epoch's remaining batches one lock-step at a time."""
+        for indices in batches_of(order, ctx.batch_size, start_batch):
+            stats = await self.step(ctx, indices)
+            yield ctx.event(epoch, stats)
+
+    async def step(self, ctx: StepContext, indices: Rows, *, data_slot: int = 0) -> StepStats:
+        """One step on rows ``indices`` of data slot ``data_slot``: all shards in flight
+        together, then one update."""
+        tasks = shard_tasks(ctx, indices, step=ctx.updater.state.step, data_slot=data_slot)
+        if len(tasks) == 1:
+            results = [await run_alone(ctx, tasks[0])]
+        else:
+            results = await _run_together(ctx, tasks)
+        return await ctx.updater.apply(
+            results, ctx.grads, ctx.params, advance_batch=not ctx.streaming
+        )
+
+    def __repr__(self) -> str:
+        return "SyncMode()"
+
+
+async def _run_together(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardResult]:
+    """Run every shard task of a step at once; their results in shard order."""
+    queue: asyncio.Queue[ShardResult] = asyncio.Queue()
+    try:
+        async with asyncio.TaskGroup() as group:
+            for task in tasks:
+                group.create_task(run_shard(ctx, task, queue))
+            return await collect_in_order(queue, len(tasks))
+    except BaseExceptionGroup as eg:
+        raise unwrap_group(eg) from None

@@ -1,0 +1,274 @@
+"""The updater: the one writer of parameters and optimizer state.
+
+It sums a step's shard gradients in shard order, applies the non-finite policy, runs the
+optimizer and publishes the new parameter version, all off the event loop (on one
+dedicated thread; inline for the inline backend). Because it is a single thread, updates
+are serialised, and because it commits a whole new :class:`TrainState` at once, a reader
+(``trainer.params``, ``predict``) always sees one complete version, never half an update.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._engine._reduce import mean_in_place, sum_in_order, zeros_like
+from asynctrain._engine._work import ShardResult
+from asynctrain._exceptions import NonFiniteError
+from asynctrain._types import Grads, Params
+from asynctrain.backends import SharedArrays
+from asynctrain.backends._thread import await_without_orphans
+from asynctrain.optim import apply_updates, global_norm
+from asynctrain.optim._tree import arrays_in, leaves
+
+T = TypeVar("T")
+
+
+class TrainState(NamedTuple):
+    """Everything a step changes, committed together.
+
+    Attributes:
+        step: steps taken so far (applied or skipped); the next step's number.
+        version: parameter versions published so far (applied steps).
+        params: the current parameters (read-only arrays).
+        opt_state: the optimizer state.
+        skipped: steps skipped by ``nonfinite="skip"``.
+        epoch: the epoch in progress (completed epochs).
+        batch: the next batch within that epoch.
+    """
+
+    step: int
+    version: int
+    params: Params
+    opt_state: Any
+    skipped: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+
+class StepStats(NamedTuple):
+    """What one step did: mean loss, gradient norm, samples, and whether it was skipped."""
+
+    loss: float
+    grad_norm: float
+    n: int
+    skipped: bool
+
+
+class Updater:
+    """Applies optimizer steps from ordered shard results; see the module docstring."""
+
+    def __init__(self, optimizer: Any, state: TrainState, *, nonfinite: str, inline: bool) -> None:
+        self.optimizer = optimizer
+        self.state = state
+        self.nonfinite = nonfinite
+        self._scratch: Grads = zeros_like(state.params)
+        self._backup = StateBackup()
+        self._executor = (
+            None
+            if inline
+            else concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="asynctrain-update")
+        )
+
+    async def call(self, fn: Callable[..., T], /, *args: Any) -> T:
+        """Run ``fn(*args)`` where updates run (the update thread, or inline)."""
+        if self._executor is None:
+            return fn(*args)
+        return await await_without_orphans(self._executor.submit(fn, *args))
+
+    async def apply(
+        self,
+        results: Sequence[ShardResult],
+        grads: SharedArrays,
+        publish: SharedArrays,
+        *,
+        slot: int | None = None,
+        advance_batch: bool = True,
+    ) -> StepStats:
+        """Apply one step from ``results`` (in shard order); publish the new version.
+
+        The new version goes to slot ``slot`` of ``publish``, by default
+        ``version % publish.slots``. ``advance_batch=False`` (a step on streamed data)
+        leaves ``TrainState.batch``, the position within the current epoch of an
+        in-memory dataset, as it was.
+        """
+        return await self.call(self._apply, results, grads, publish, slot, int(advance_batch))
+
+    async def commit(self, fn: Callable[..., tuple[TrainState, T]], /, *args: Any) -> T:
+        """Run ``fn(state, *args) -> (new_state, result)`` where updates run; commit
+        ``new_state`` whole and return ``result``.
+
+        For modes whose update is not one optimizer step on a summed gradient (local
+        mode averages parameter deltas). If ``fn`` raises, nothing is committed.
+        """
+        return await self.call(self._commit, fn, *args)
+
+    def close(self) -> None:
+        """Stop the update thread (waits for an update in progress)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def _commit(self, fn: Callable[..., tuple[TrainState, T]], *args: Any) -> T:
+        self.state, result = fn(self.state, *args)
+        return result
+
+    def _apply(
+        self,
+        results: Sequence[ShardResult],
+        grads: SharedArrays,
+        publish: SharedArrays,
+        slot: int | None,
+        advance: int,
+    ) -> StepStats:
+        state, acc = self.state, self._scratch
+        # Overflow and NaN are looked for explicitly below, not reported as they happen.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            loss_sum, n = sum_in_order(results, grads, acc)
+            mean_in_place(acc, n)
+            norm = global_norm(acc)
+            # A finite norm means every gradient is finite: one pass, not a scan per array.
+            if math.isfinite(loss_sum) and math.isfinite(norm):
+                params, opt_state, problem = self._update(state, acc)
+            else:
+                problem = _first_nonfinite(loss_sum, acc, "gradient of", from_shards=True)
+        if problem is not None:
+            return self._refuse(results, grads, loss_sum / max(n, 1), n, problem, advance)
+        version = state.version + 1
+        for value in params.values():  # fresh arrays from apply_updates: freeze, no views
+            value.flags.writeable = False
+        publish.write(version % publish.slots if slot is None else slot, params)
+        self.state = TrainState(
+            state.step + 1,
+            version,
+            params,
+            opt_state,
+            state.skipped,
+            state.epoch,
+            state.batch + advance,
+        )
+        return StepStats(loss_sum / n, norm, n, skipped=False)
+
+    def _update(self, state: TrainState, acc: Grads) -> tuple[Params, Any, Problem | None]:
+        """Run the optimizer; if the result is not finite, undo its in-place state changes."""
+        self._backup.save(state.opt_state)
+        updates, opt_state = self.optimizer.update(acc, state.opt_state, state.params)
+        params = apply_updates(state.params, updates)
+        problem = None
+        if not (all_finite(params.values()) and all_finite(arrays_in(opt_state))):
+            problem = _first_nonfinite(0.0, params, "parameter", from_shards=False)
+            problem = problem or _nonfinite_state(opt_state)
+            self._backup.restore()
+        return params, opt_state, problem
+
+    def _refuse(
+        self,
+        results: Sequence[ShardResult],
+        grads: SharedArrays,
+        loss: float,
+        n: int,
+        problem: Problem,
+        advance: int,
+    ) -> StepStats:
+        state = self.state
+        if self.nonfinite == "raise":
+            shard = _first_bad_shard(results, grads) if problem.from_shards else None
+            where = "" if shard is None else f" (first in shard {shard})"
+            raise NonFiniteError(
+                f"step {state.step}: non-finite {problem.what}{where}; the parameters and the "
+                "optimizer state were left as they were. Lower the learning rate, add "
+                "clip_by_global_norm, check the data, or pass nonfinite='skip'",
+                step=state.step,
+                shard=shard,
+                parameter=problem.parameter,
+            )
+        self.state = state._replace(
+            step=state.step + 1, skipped=state.skipped + 1, batch=state.batch + advance
+        )
+        return StepStats(loss, math.nan, n, skipped=True)
+
+
+class Problem(NamedTuple):
+    """Where a non-finite value was found, for the error message and NonFiniteError."""
+
+    what: str
+    parameter: str | None
+    from_shards: bool
+
+
+class StateBackup:
+    """Scratch copies of the optimizer state's arrays, to undo an update that is refused.
+
+    Optimizers update their state in place; copying it first (into buffers allocated once)
+    is what lets a refused step leave the state exactly as it was.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: list[npt.NDArray[Any]] = []
+        self._copies: list[npt.NDArray[Any]] = []
+
+    def save(self, opt_state: Any) -> None:
+        """Copy the arrays of ``opt_state``."""
+        self._arrays = arrays = arrays_in(opt_state)
+        copies = self._copies
+        if len(copies) != len(arrays) or any(
+            c.shape != a.shape or c.dtype != a.dtype for c, a in zip(copies, arrays, strict=False)
+        ):
+            self._copies = [array.copy() for array in arrays]
+            return
+        for copy, array in zip(copies, arrays, strict=True):
+            np.copyto(copy, array)
+
+    def restore(self) -> None:
+        """Write the saved values back into the arrays they were copied from."""
+        for copy, array in zip(self._copies, self._arrays, strict=True):
+            np.copyto(array, copy)
+
+
+def all_finite(arrays: Iterable[npt.NDArray[Any]]) -> bool:
+    """Whether every element of every array is finite (int and bool arrays always are).
+
+    One read of each float array, with no temporary: the sum of squares (``vdot``) is
+    finite only if every element is. A sum that overflows although every element is
+    finite (values near 1e19 in float32) is settled by an exact element-wise check.
+
+    Example:
+        >>> all_finite([np.ones(3), np.array([1, 2])]), all_finite([np.array([0.0, np.inf])])
+        (True, False)
+    """
+    for array in arrays:
+        if array.dtype.kind not in "fc":
+            continue
+        if not math.isfinite(abs(np.vdot(array, array))) and not np.isfinite(array).all():
+            return False
+    return True
+
+
+def _first_nonfinite(loss: float, arrays: Grads, what: str, *, from_shards: bool) -> Problem | None:
+    """The loss if it is not finite, else the first non-finite array, else None."""
+    if not math.isfinite(loss):
+        return Problem("loss", None, from_shards)
+    for key, value in arrays.items():
+        if not np.isfinite(value).all():
+            return Problem(f"{what} {key!r}", key, from_shards)
+    return None
+
+
+def _nonfinite_state(opt_state: Any) -> Problem | None:
+    for where, array in leaves(opt_state):
+        if not np.isfinite(array).all():
+            return Problem(f"optimizer state {where}", None, from_shards=False)
+    return None
+
+
+def _first_bad_shard(results: Sequence[ShardResult], grads: SharedArrays) -> int | None:
+    for result in results:
+        if result.n and _first_nonfinite(
+            result.loss, grads.read(result.grad_slot), "gradient of", from_shards=True
+        ):
+            return result.shard
+    return None

@@ -1,0 +1,1 @@
+"""Serving: TrainingService, its jobs and their progress broadcasts."""

@@ -1,0 +1,275 @@
+"""Job: one named training run inside a :class:`~asynctrain.TrainingService`.
+
+A job owns a :class:`~asynctrain.Trainer` on the service's shared backend, its event
+stream and its outcome (result, error, or the parameters it had when cancelled). The
+service owns the job's task: it creates it when a running slot is free and settles the
+job when the task ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._engine._update import TrainState
+from asynctrain._events import Callback, EpochEvent, FitResult, StepEvent
+from asynctrain._exceptions import DataError, StateError
+from asynctrain._serving._broadcast import Broadcast, Lagged
+from asynctrain._trainer import Trainer
+from asynctrain._types import Params
+from asynctrain.data import Dataset
+
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+FINISHED: tuple[JobStatus, ...] = ("done", "failed", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEvent:
+    """A job changed status; the last event of every job's stream is a finished status.
+
+    Attributes:
+        job: the job's name.
+        status: ``"queued"``, ``"running"``, ``"done"``, ``"failed"`` or ``"cancelled"``.
+        step: steps the job had applied when its status changed.
+        error: ``"Type: message"`` of a failed job's error, else None.
+    """
+
+    job: str
+    status: JobStatus
+    step: int
+    error: str | None = None
+    kind: Literal["status"] = "status"
+
+
+JobEvent = StepEvent | EpochEvent | StatusEvent | Lagged
+"""What :meth:`Job.events` yields; tell them apart by ``event.kind``."""
+
+
+class Prediction(NamedTuple):
+    """Predictions and the parameter version they were computed from (one whole version)."""
+
+    values: npt.NDArray[Any]
+    step: int
+    version: int
+
+
+class Job:
+    """A training job: its status, live events, parameters, predictions and outcome.
+
+    Created by :meth:`TrainingService.start <asynctrain.TrainingService.start>`, never
+    directly. ``status`` moves ``queued → running → done | failed | cancelled`` (or
+    straight from ``queued`` to ``cancelled``).
+
+    Example:
+        >>> job = await service.start("a", model, data, epochs=3)  # doctest: +SKIP
+        >>> async for event in job.events():  # doctest: +SKIP
+        ...     print(event.kind)
+        >>> (await job.predict(X)).values  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        name: str,
+        trainer: Trainer,
+        data: Dataset,
+        fit: dict[str, Any],
+        *,
+        history: int,
+        buffer: int,
+    ) -> None:
+        self.name = name
+        self.status: JobStatus = "queued"
+        self.created = time.time()
+        self.epochs: list[EpochEvent] = []
+        self.last_step: StepEvent | None = None
+        self._trainer = trainer
+        self._data: Dataset | None = data
+        self._fit = fit
+        self._stream: Broadcast[JobEvent] = Broadcast(history=history, buffer=buffer)
+        self._done = asyncio.Event()
+        self._live = False  # the trainer is open: its state is the job's state
+        self._final: TrainState | None = None
+        self._result: FitResult | None = None
+        self._error: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._announce()
+
+    # -- what a caller reads -------------------------------------------------------------
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception a failed job raised (kept with its traceback), else None."""
+        return self._error
+
+    @property
+    def done(self) -> bool:
+        """True once the job is done, failed or cancelled."""
+        return self.status in FINISHED
+
+    @property
+    def state(self) -> TrainState:
+        """The last fully applied :class:`~asynctrain.TrainState` (one whole version).
+
+        Raises:
+            StateError: the job has not started training (queued, or failed to start).
+        """
+        if self._live:
+            return self._trainer.state
+        if self._final is None:
+            raise StateError(f"job {self.name!r} is {self.status} and has no parameters yet")
+        return self._final
+
+    @property
+    def params(self) -> Params:
+        """The latest parameters; a cancelled job keeps those of its last applied step."""
+        return self.state.params
+
+    @property
+    def step(self) -> int:
+        """Steps applied so far (0 before training starts)."""
+        return self.state.step if self._live or self._final is not None else 0
+
+    def events(self) -> AsyncGenerator[JobEvent, None]:
+        """Iterate over the job's recent events, then live ones, until it finishes.
+
+        A subscriber joining late first receives the recent history. A slow one never
+        holds training back: it loses its oldest unread events and receives a
+        :class:`~asynctrain.Lagged` marker instead. Close it when you stop early
+        (``contextlib.aclosing``) to unsubscribe at once.
+        """
+        return self._stream.subscribe()
+
+    async def wait(self) -> JobStatus:
+        """Wait until the job finishes, whatever the outcome; return its status."""
+        await self._done.wait()
+        return self.status
+
+    async def result(self) -> FitResult:
+        """Wait for the job and return its :class:`~asynctrain.FitResult`.
+
+        Raises:
+            Exception: a failed job's own error (type and traceback kept).
+            StateError: the job was cancelled (its parameters stay in ``job.params``).
+        """
+        await self.wait()
+        if self._error is not None:
+            raise self._error
+        if self._result is None:
+            raise StateError(
+                f"job {self.name!r} was cancelled at step {self.step}; "
+                "its last parameters are in job.params"
+            )
+        return self._result
+
+    def cancel(self) -> bool:
+        """Ask the job to stop; False if it had already finished.
+
+        A queued job is cancelled at once; a running one stops after the step in
+        progress (await :meth:`wait`), keeping the parameters of its last applied step.
+        """
+        if self.status == "queued":
+            self._settle("cancelled")
+            return True
+        if self._task is not None and not self._task.done():
+            return self._task.cancel()
+        return False
+
+    async def predict(self, X: npt.ArrayLike) -> Prediction:
+        """Predict ``X`` from one consistent snapshot of the latest parameters.
+
+        The snapshot is taken once, on the loop; the math runs in a thread.
+
+        Raises:
+            StateError: the job has no parameters yet (queued).
+            DataError: ``X`` is not a finite (n, n_features) table.
+        """
+        state = self.state
+        model = self._trainer.model
+        values = await asyncio.to_thread(_predict, model, state.params, X)
+        return Prediction(values, state.step, state.version)
+
+    # -- what the service drives ---------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Train to the end; record the outcome (the service settles the status)."""
+        assert self._data is not None
+        try:
+            async with self._trainer as trainer:
+                self._live = True
+                try:
+                    callbacks = [*self._fit.pop("callbacks", ()), _Publish(self)]
+                    self._result = await trainer.fit(self._data, callbacks=callbacks, **self._fit)
+                finally:
+                    self._final, self._live = trainer.state, False
+        except Exception as exc:  # the job's outcome, kept for result(); not the service's
+            self._error = exc
+
+    def _begin(self, task: asyncio.Task[None]) -> None:
+        self._task = task
+        self.status = "running"
+        self._announce()
+
+    def _settle_outcome(self) -> None:
+        """Settle a job whose task ended: failed, done, or else cancelled.
+
+        A task cancelled before it ever ran recorded nothing and counts as cancelled; one
+        cancelled after its fit returned (while closing the trainer) still counts as done.
+        """
+        if self._error is not None:
+            self._settle("failed")
+        else:
+            self._settle("cancelled" if self._result is None else "done")
+
+    def _settle(self, status: JobStatus) -> None:
+        if self.done:
+            return
+        self.status = status
+        self._data, self._fit = None, {}  # a finished job holds parameters, not the dataset
+        error = None if self._error is None else f"{type(self._error).__name__}: {self._error}"
+        self._stream.publish(StatusEvent(self.name, status, self.step, error))
+        self._stream.close()
+        self._done.set()
+
+    def _announce(self) -> None:
+        self._stream.publish(StatusEvent(self.name, self.status, self.step))
+
+    def __repr__(self) -> str:
+        return f"<Job {self.name!r} {self.status} step={self.step}>"
+
+
+class _Publish(Callback):
+    """Hands every training event to the job's stream and keeps its latest progress."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def on_step(self, event: StepEvent) -> None:
+        self.job.last_step = event
+        self.job._stream.publish(event)
+
+    def on_epoch(self, event: EpochEvent) -> None:
+        self.job.epochs.append(event)
+        self.job._stream.publish(event)
+
+
+def _predict(model: Any, params: Params, X: npt.ArrayLike) -> npt.NDArray[Any]:
+    """Check ``X`` against the model and predict (runs off the loop)."""
+    try:
+        rows = np.asarray(X, dtype=model.dtype)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"X must be a numeric (n, {model.n_features}) table: {exc}") from exc
+    if rows.ndim != 2 or rows.shape[1] != model.n_features or rows.shape[0] == 0:
+        raise DataError(
+            f"X must have shape (n, {model.n_features}) with n >= 1, got {rows.shape}; "
+            "send one row of features per prediction"
+        )
+    if not np.isfinite(rows).all():
+        raise DataError("X holds NaN or Inf; send finite features")
+    result: npt.NDArray[Any] = model.predict(params, rows)
+    return result

@@ -1,0 +1,249 @@
+"""TrainingService: named training jobs on one shared backend, for long-running services.
+
+The service owns everything it starts: one backend (a pool shared by every job), one task
+per running job, a FIFO queue of jobs waiting for a running slot, and a loop-lag monitor
+on its event loop. ``aclose`` cancels every job, waits for each to stop, and closes the
+backend it created, so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections import deque
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType, TracebackType
+from typing import Any, Self
+
+from asynctrain._checks import check_int
+from asynctrain._events import Callback
+from asynctrain._exceptions import ConfigError, ConfigTypeError, StateError
+from asynctrain._monitor import LagStats, LoopLagMonitor
+from asynctrain._serving._job import Job
+from asynctrain._trainer import DataLike, Trainer
+from asynctrain.backends import Backend, get_backend
+from asynctrain.data import Dataset
+from asynctrain.models import Model, check_data
+from asynctrain.optim import GradientTransformation
+
+_NOT_PER_JOB = ("backend", "workers")
+
+
+class TrainingService:
+    """Run named training jobs concurrently on one shared backend.
+
+    At most ``max_running`` jobs train at once; the others wait in a FIFO queue. Each job
+    streams its events to any number of subscribers (see :meth:`Job.events`), serves
+    predictions from its latest parameters and keeps its outcome after it finishes.
+
+    Args:
+        backend: a backend name (created, opened and closed by the service) or an open
+            :class:`~asynctrain.backends.Backend` (shared, never closed by the service).
+            Use ``"process"`` when the model's gradient holds the GIL; see
+            ``docs/service.md``.
+        workers: workers of a backend created by name (default: the usable cores).
+        max_running: jobs training at the same time.
+        history: events each job keeps for subscribers that join late.
+        buffer: unread events held per subscriber; a slower one loses its oldest.
+        keep_finished: finished jobs remembered; the oldest are forgotten beyond it.
+
+    Raises:
+        ConfigError, ConfigTypeError: a bad setting or backend name.
+
+    Example:
+        >>> import asynctrain as at
+        >>> async def main():
+        ...     data = at.data.synthetic("softmax", n=2000)
+        ...     async with at.TrainingService(backend="thread", workers=2) as service:
+        ...         job = await service.start("a", at.models.SoftmaxRegression(128, 10), data)
+        ...         return (await job.result()).steps
+        >>> at.run(main())
+        4
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: str | Backend = "thread",
+        workers: int | None = None,
+        max_running: int = 1,
+        history: int = 1024,
+        buffer: int = 256,
+        keep_finished: int = 100,
+    ) -> None:
+        self._backend, self._owns_backend = get_backend(backend, workers=workers)
+        self.max_running = check_int("max_running", max_running)
+        self.history = check_int("history", history, minimum=0)
+        self.buffer = check_int("buffer", buffer)
+        self.keep_finished = check_int("keep_finished", keep_finished, minimum=0)
+        self._jobs: dict[str, Job] = {}
+        self._reserved: set[str] = set()
+        self._queue: deque[Job] = deque()
+        self._running: set[Job] = set()
+        self._lag = LoopLagMonitor()
+        self._state = "unopened"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Open the backend and start the loop-lag monitor (idempotent)."""
+        if self._state == "closed":
+            raise StateError(f"{self!r} is closed; create a new TrainingService")
+        if self._state == "unopened":
+            await self._backend.__aenter__()
+            self._lag.start()
+            self._state = "open"
+
+    async def aclose(self) -> None:
+        """Cancel every job, wait until each has stopped, close what the service opened."""
+        if self._state == "closed":
+            return
+        was_open, self._state = self._state == "open", "closed"
+        jobs = list(self._jobs.values())
+        for job in jobs:
+            job.cancel()
+        for job in jobs:
+            await job.wait()
+        if was_open:
+            self._lag.stop()
+            if self._owns_backend:
+                await self._backend.aclose()
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    async def start(
+        self,
+        name: str,
+        model: Model,
+        data: DataLike,
+        *,
+        optimizer: GradientTransformation | None = None,
+        epochs: int = 1,
+        validation: DataLike | None = None,
+        callbacks: Sequence[Callback] = (),
+        **trainer_options: Any,
+    ) -> Job:
+        """Create job ``name``, training ``model`` on ``data``; queue it if all slots are busy.
+
+        The data is validated (in a thread: large arrays are scanned off the loop) before
+        the job exists. ``trainer_options`` are :class:`~asynctrain.Trainer`'s
+        (``batch_size``, ``shards``, ``seed``, ``nonfinite``, ``mode``), except the
+        backend, which is the service's.
+
+        Raises:
+            StateError: the service is not open, or a job named ``name`` exists.
+            ConfigError, DataError: bad settings or data, before the job exists.
+        """
+        self._check_new(name, trainer_options)
+        self._reserved.add(name)
+        try:
+            trainer = Trainer(model, optimizer, backend=self._backend, **trainer_options)
+            fit = {"epochs": check_int("epochs", epochs), "callbacks": tuple(callbacks)}
+            train = await asyncio.to_thread(_validated, model, data)
+            if validation is not None:
+                fit["validation"] = await asyncio.to_thread(_validated, model, validation)
+            if self._state != "open":
+                raise StateError(f"{self!r} closed while job {name!r} was being created")
+            job = Job(name, trainer, train, fit, history=self.history, buffer=self.buffer)
+        finally:
+            self._reserved.discard(name)
+        self._jobs[name] = job
+        self._queue.append(job)
+        self._dispatch()
+        return job
+
+    def __getitem__(self, name: str) -> Job:
+        """The job called ``name``; KeyError if there is none (or it was forgotten)."""
+        return self._jobs[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._jobs
+
+    @property
+    def jobs(self) -> Mapping[str, Job]:
+        """All remembered jobs by name, oldest first (a read-only view)."""
+        return MappingProxyType(self._jobs)
+
+    @property
+    def backend(self) -> Backend:
+        """The backend every job runs on."""
+        return self._backend
+
+    def loop_lag(self) -> LagStats:
+        """Lag of the service's event loop over the monitor's recent window (ms)."""
+        return self._lag.stats()
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def _check_new(self, name: str, options: Mapping[str, Any]) -> None:
+        if self._state != "open":
+            raise StateError(f"{self!r} is not open; use `async with TrainingService()`")
+        if not isinstance(name, str) or not name:
+            raise ConfigTypeError(f"a job name must be a non-empty string, got {name!r}")
+        if name in self._jobs or name in self._reserved:
+            raise StateError(f"a job named {name!r} already exists; pick another name")
+        shared = [key for key in _NOT_PER_JOB if key in options]
+        if shared:
+            raise ConfigError(
+                f"{shared[0]}= is a setting of the service, not of a job: every job runs "
+                "on the service's shared backend; set it on TrainingService(...)"
+            )
+
+    def _dispatch(self) -> None:
+        """Start queued jobs, oldest first, while running slots are free."""
+        while self._queue and len(self._running) < self.max_running and self._state == "open":
+            job = self._queue.popleft()
+            if job.status != "queued":  # cancelled while it waited
+                continue
+            task = asyncio.get_running_loop().create_task(
+                job._run(), name=f"asynctrain-job-{job.name}"
+            )
+            task.add_done_callback(functools.partial(self._finished, job))
+            self._running.add(job)
+            job._begin(task)
+
+    def _finished(self, job: Job, task: asyncio.Task[None]) -> None:
+        self._running.discard(job)
+        job._settle_outcome()
+        self._forget_old()
+        self._dispatch()
+
+    def _forget_old(self) -> None:
+        finished = [name for name, job in self._jobs.items() if job.done]
+        for name in finished[: max(0, len(finished) - self.keep_finished)]:
+            del self._jobs[name]
+
+    def __repr__(self) -> str:
+        backend = f"{getattr(self._backend, 'name', '?')}({self._backend.workers})"
+        return (
+            f"<TrainingService jobs={len(self._jobs)} running={len(self._running)} "
+            f"queued={sum(j.status == 'queued' for j in self._queue)} backend={backend} "
+            f"{self._state}>"
+        )
+
+
+def _validated(model: Model, data: DataLike) -> Dataset:
+    """``data`` as a Dataset that fits ``model``, in its dtype (scans and copies: off the loop).
+
+    Converting here spares the trainer the copy it would otherwise make on the loop.
+    """
+    if isinstance(data, tuple) and len(data) == 2:
+        data = Dataset(data[0], data[1], dtype=model.dtype)
+    if not isinstance(data, Dataset):
+        raise ConfigTypeError(f"data must be a Dataset or an (X, y) pair, got {type(data)!r}")
+    check_data(model, data.X, data.y)
+    if data.dtype != model.dtype:
+        data = Dataset(data.X, data.y, dtype=model.dtype)
+    return data

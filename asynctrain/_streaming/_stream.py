@@ -1,0 +1,179 @@
+"""Training on a stream: the trainer's side of a :class:`~asynctrain._streaming._feed.Feed`.
+
+A stream has no epochs. It is trained on batch by batch as the feed delivers ring slots,
+until the source ends, ``max_steps`` steps or ``max_samples`` samples. Every
+``validate_every`` steps (and once at the end) a *period* closes: it is reported as an
+:class:`~asynctrain.EpochEvent` whose ``epoch`` is the period's number, with validation
+metrics, so callbacks written for epochs (early stopping, checkpoints) work on step counts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from asynctrain._checks import check_int
+from asynctrain._context import open_context
+from asynctrain._engine import StepContext
+from asynctrain._engine._update import StepStats
+from asynctrain._epochs import epoch_event
+from asynctrain._events import EpochEvent, Event, StepEvent
+from asynctrain._exceptions import ConfigError, ConfigTypeError
+from asynctrain._streaming._feed import open_feed
+from asynctrain.data import Dataset
+
+if TYPE_CHECKING:
+    from asynctrain._trainer_base import TrainerBase as Trainer
+
+DEFAULT_BUFFER = 4
+"""Validated source batches a stream fit holds in its queue before the producer waits."""
+
+Source = Iterable[Any] | AsyncIterable[Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamLimits:
+    """When a stream fit stops and reports, and how far it reads ahead; checked on creation.
+
+    Raises:
+        ConfigError, ConfigTypeError: a limit that is not a positive integer (or None).
+    """
+
+    max_steps: int | None = None
+    max_samples: int | None = None
+    validate_every: int | None = None
+    buffer: int = DEFAULT_BUFFER
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "max_samples", "validate_every"):
+            value = getattr(self, name)
+            if value is not None:
+                check_int(name, value)
+        check_int("buffer", self.buffer)
+
+    def rows(self, batch_size: int) -> int | None:
+        """The most rows the stream may contribute: max_samples, or max_steps batches."""
+        limits = [self.max_samples, None if self.max_steps is None else self.max_steps * batch_size]
+        given = [limit for limit in limits if limit is not None]
+        return min(given) if given else None
+
+
+def check_source(source: object) -> Source:
+    """Return ``source`` if it is an (async) iterable of batches, not one dataset.
+
+    Raises:
+        ConfigTypeError: ``source`` is a Dataset, an array, an ``(X, y)`` pair or not
+            iterable at all.
+    """
+    if isinstance(source, Dataset | np.ndarray) or _is_pair(source):
+        raise ConfigTypeError(
+            f"source is one dataset ({type(source).__name__}), not a stream of batches; "
+            "use fit(data) for it, or wrap it: fit_stream([(X, y)])"
+        )
+    if not isinstance(source, Iterable | AsyncIterable):
+        raise ConfigTypeError(
+            f"source must be an iterable or async iterable of (X, y) batches, got "
+            f"{type(source).__name__}"
+        )
+    return source
+
+
+def _is_pair(source: object) -> bool:
+    return (
+        isinstance(source, tuple)
+        and len(source) == 2
+        and all(isinstance(part, np.ndarray) for part in source)
+    )
+
+
+async def stream_events(
+    trainer: Trainer,
+    source: Source,
+    limits: StreamLimits,
+    validation: Dataset | None,
+    *,
+    describe: Callable[[int], str] = "stream batch {}".format,
+) -> AsyncGenerator[Event, None]:
+    """Train ``trainer`` (open, and marked running) on ``source``; yield its events."""
+    step = _stream_step(trainer)
+    trainer._check_picklable()
+    batch_size = trainer.config.batch_size
+    async with open_feed(
+        source,
+        trainer.model,
+        trainer.backend,
+        batch_size=batch_size,
+        buffer=limits.buffer,
+        max_samples=limits.rows(batch_size),
+        describe=describe,
+    ) as feed:
+        item = await feed.next()
+        if item is None or feed.ring is None:
+            return
+        async with open_context(trainer, feed.ring, validation, streaming=True) as (
+            ctx,
+            val_data,
+        ):
+            periods = _Periods(trainer, ctx, validation, val_data, limits.validate_every)
+            while item is not None:
+                slot, rows = item
+                stats = await step(ctx, range(rows), data_slot=slot)
+                feed.release(slot)
+                yield periods.record(stats)
+                if periods.due():
+                    yield await periods.close()
+                item = await feed.next()
+            if periods.steps:
+                yield await periods.close()
+
+
+def _stream_step(trainer: Trainer) -> Any:
+    step = getattr(trainer.mode, "step", None)
+    if step is None:
+        raise ConfigError(
+            f"mode {trainer.mode.name!r} cannot train on a stream yet; use mode='sync'"
+        )
+    return step
+
+
+class _Periods:
+    """Step-count periods of a stream fit, each closed by an EpochEvent."""
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        ctx: StepContext,
+        validation: Dataset | None,
+        val_data: Any,
+        every: int | None,
+    ) -> None:
+        self.trainer, self.ctx, self.every = trainer, ctx, every
+        self.validation, self.val_data = validation, val_data
+        self.number, self.losses = 0, list[float]()
+        self.began, self.seen = time.perf_counter(), ctx.samples
+
+    @property
+    def steps(self) -> int:
+        """Steps in the open period."""
+        return len(self.losses)
+
+    def record(self, stats: StepStats) -> StepEvent:
+        """Count one applied (or skipped) step; return its StepEvent."""
+        self.losses.append(stats.loss * stats.n)
+        return self.ctx.event(self.number, stats)
+
+    def due(self) -> bool:
+        """True when the open period has reached ``validate_every`` steps."""
+        return self.every is not None and self.steps >= self.every
+
+    async def close(self) -> EpochEvent:
+        """Validate, report the open period and start the next one."""
+        args = (self.validation, self.val_data, self.losses, self.began, self.seen)
+        event = await epoch_event(self.ctx, self.number, *args, self.trainer.lag)
+        self.number, self.losses = self.number + 1, []
+        self.began, self.seen = time.perf_counter(), self.ctx.samples
+        return event
