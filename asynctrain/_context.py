@@ -12,7 +12,7 @@ from asynctrain.backends import SharedArrays
 from asynctrain.data import Dataset
 
 if TYPE_CHECKING:
-    from asynctrain._trainer_base import TrainerBase as Trainer
+    from asynctrain._trainer import Trainer
 
 
 @contextlib.asynccontextmanager

@@ -29,7 +29,7 @@ from asynctrain.data import Dataset, epoch_order
 
 if TYPE_CHECKING:
     from asynctrain._checkpoint import CheckpointSession
-    from asynctrain._trainer_base import TrainerBase as Trainer
+    from asynctrain._trainer import Trainer
 
 
 async def run_epochs(

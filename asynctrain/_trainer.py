@@ -1,35 +1,58 @@
 """Trainer: the one place that holds model, optimizer, backend and data together.
 
-The class is assembled from small parts: its lifecycle (``_trainer_base``), in-memory
-epochs (``_epochs``, driven from here), streams and partial_fit (``_stream_methods``) and
-checkpoints (``_checkpoint``).
+The whole class lives here: its lifecycle (unopened → open → closed, one fit at a time),
+in-memory fits (``fit``/``steps``), streams and ``partial_fit``, and checkpoints
+(``save``/``load``/``restore``). The helpers it drives take explicit arguments:
+epochs in ``_epochs``, streams in ``_streaming``, files in ``_checkpoint``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Sequence
+import inspect
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
 
-from asynctrain._checkpoint import CheckpointMethods, CheckpointSession, PathLike
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._checkpoint import CheckpointSession, PathLike
+from asynctrain._checkpoint._content import Checkpoint
+from asynctrain._checkpoint._session import Writer, restored_settings, save_to
 from asynctrain._checks import check_int
 from asynctrain._config import TrainConfig, default_shards
 from asynctrain._engine import make_mode
+from asynctrain._engine._update import TrainState, Updater
 from asynctrain._epochs import collect, run_epochs
 from asynctrain._events import Callback, Event, FitResult
-from asynctrain._exceptions import ConfigTypeError
+from asynctrain._exceptions import ConfigTypeError, StateError
 from asynctrain._monitor import LoopLagMonitor
-from asynctrain._stream_methods import StreamMethods
-from asynctrain._trainer_base import DataLike
-from asynctrain.backends import Backend
-from asynctrain.models import Model
+from asynctrain._streaming._stream import (
+    DEFAULT_BUFFER,
+    Source,
+    StreamLimits,
+    check_source,
+    stream_events,
+)
+from asynctrain._types import Params
+from asynctrain.backends import Backend, get_backend
+from asynctrain.backends._base import readonly
+from asynctrain.data import Dataset
+from asynctrain.models import Model, check_data
 from asynctrain.optim import GradientTransformation, adam
 
 __all__ = ["DataLike", "Trainer"]
 
+DataLike = Dataset | tuple[npt.ArrayLike, npt.ArrayLike]
+"""What ``fit`` trains on: a Dataset or an ``(X, y)`` pair of arrays."""
+
 FIT_LAG_WINDOW = 10_000  # heartbeats behind fit(monitor_lag=True): ~10 s, sorted once
 
 
-class Trainer(StreamMethods, CheckpointMethods):
+class Trainer:
     """Train a model with data-parallel shards on an asyncio event loop.
 
     Each step splits its batch into ``shards`` shards, runs one asyncio task per shard
@@ -102,9 +125,81 @@ class Trainer(StreamMethods, CheckpointMethods):
         self.model = model
         self.optimizer = adam(1e-3) if optimizer is None else optimizer
         self.mode = make_mode(self.config)
-        super().__init__(backend, None if workers is None else check_int("workers", workers))
+        self._backend_spec = backend
+        self._workers = None if workers is None else check_int("workers", workers)
+        self._backend, self._owns_backend = get_backend(backend, workers=self._workers)
+        self._updater: Updater | None = None
+        self._saved_state: TrainState | None = None
+        self._state = "unopened"
+        self._running = False
+        self._samples: int | None = None  # rows of the data of the current or last fit
+        self._partial_lock = asyncio.Lock()  # FIFO: partial_fit calls apply in call order
+        self._partials = 0  # partial_fit calls waiting or running
+        self.lag: LoopLagMonitor | None = None
+        """The loop-lag monitor of the running fit (``fit(monitor_lag=True)``), else None."""
 
-    # -- training ------------------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state == "closed":
+            raise StateError(f"{self!r} is closed; create a new Trainer")
+        await self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release the backend (if the trainer created it) and the update thread."""
+        await self._release()
+        self._state = "closed"
+
+    async def _open(self) -> None:
+        if self._state == "open":
+            return
+        if self._owns_backend and getattr(self._backend, "state", "") == "closed":
+            self._backend, _ = get_backend(self._backend_spec, workers=self._workers)
+        await self._backend.__aenter__()
+        self._updater = Updater(
+            self.optimizer,
+            self.state,
+            nonfinite=self.config.nonfinite,
+            inline=bool(getattr(self._backend, "inline", False)),
+        )
+        self._state = "open"
+
+    async def _release(self) -> None:
+        updater, self._updater = self._updater, None
+        if updater is not None:
+            self._saved_state = updater.state
+            await asyncio.to_thread(updater.close)
+        if self._owns_backend:
+            await self._backend.aclose()
+        if self._state == "open":
+            self._state = "unopened"
+
+    @contextlib.asynccontextmanager
+    async def _running_fit(self, *, partial: bool = False) -> AsyncIterator[None]:
+        """Mark the trainer running (one fit at a time), opening it if it is not."""
+        if self._state == "closed":
+            raise StateError(f"{self!r} is closed; create a new Trainer")
+        if self._running or (self._partials and not partial):
+            raise StateError(f"{self!r} is already running a fit; await it first")
+        self._running, auto = True, self._state == "unopened"
+        try:
+            await self._open()
+            yield
+        finally:
+            self._running = False
+            if auto:
+                await self._release()
+
+    # -- training --------------------------------------------------------------------------
 
     async def fit(
         self,
@@ -206,3 +301,279 @@ class Trainer(StreamMethods, CheckpointMethods):
             self._samples = len(train)
             async for event in events:
                 yield event
+
+    # -- streams and partial_fit -----------------------------------------------------------
+
+    async def fit_stream(
+        self,
+        source: Source,
+        *,
+        max_steps: int | None = None,
+        max_samples: int | None = None,
+        validate_every: int | None = None,
+        validation: DataLike | None = None,
+        callbacks: Sequence[Callback] = (),
+        buffer: int = DEFAULT_BUFFER,
+    ) -> FitResult:
+        """Train on a stream of ``(X, y)`` batches until it ends; return a FitResult.
+
+        Batches of any size are validated as they arrive, re-cut into ``batch_size``
+        rows in stream order and trained on one step per batch (the stream's last, short
+        batch included). A bounded queue of ``buffer`` batches sits between the source
+        and the trainer: a producer faster than training waits. ``history`` holds one
+        :class:`EpochEvent` per period of ``validate_every`` steps (and one for the last,
+        partial period); see ``docs/streaming.md``.
+
+        Args:
+            source: an iterable or async iterable (e.g. an async generator) of ``(X, y)``
+                pairs of arrays or Datasets. A sync source's ``next()`` runs off the loop.
+            max_steps: stop after this many steps (None: no limit).
+            max_samples: train on at most the stream's first ``max_samples`` rows.
+            validate_every: close a period (validate, report an EpochEvent, call
+                ``on_epoch`` callbacks) every this many steps; None: once, at the end.
+            validation: data to evaluate at the end of each period.
+            callbacks: :class:`Callback` objects; one returning True stops the fit.
+            buffer: validated batches held before the producer waits, >= 1.
+
+        Raises:
+            DataError: a bad batch, naming its number (counting from 0); no part of it is
+                trained, and the parameters are those after every full batch before it.
+            ConfigError, ConfigTypeError: a bad setting, or a source that is not a stream.
+            StateError: the trainer is closed or already running a fit.
+            Exception: whatever the source raised, unchanged.
+
+        Example:
+            >>> import asynctrain as at
+            >>> data = at.data.synthetic("softmax", n=2000)
+            >>> async def batches():  # e.g. messages from a queue
+            ...     for start in range(0, len(data), 300):
+            ...         yield data.X[start : start + 300], data.y[start : start + 300]
+            >>> async def main():
+            ...     model = at.models.SoftmaxRegression(128, 10)
+            ...     async with at.Trainer(model, backend="inline", batch_size=512) as trainer:
+            ...         return await trainer.fit_stream(batches(), max_steps=3)
+            >>> at.run(main()).steps
+            3
+        """
+        events = self.stream_steps(
+            source,
+            max_steps=max_steps,
+            max_samples=max_samples,
+            validate_every=validate_every,
+            validation=validation,
+            buffer=buffer,
+        )
+        return await collect(self, events, callbacks)
+
+    async def stream_steps(
+        self,
+        source: Source,
+        *,
+        max_steps: int | None = None,
+        max_samples: int | None = None,
+        validate_every: int | None = None,
+        validation: DataLike | None = None,
+        buffer: int = DEFAULT_BUFFER,
+    ) -> AsyncGenerator[Event, None]:
+        """Train like :meth:`fit_stream`, yielding a :class:`StepEvent` per step and an
+        :class:`EpochEvent` per period. Close it when you stop early
+        (``contextlib.aclosing``): that stops consuming the source and closes it."""
+        limits = StreamLimits(
+            max_steps=max_steps,
+            max_samples=max_samples,
+            validate_every=validate_every,
+            buffer=buffer,
+        )
+        source = check_source(source)
+        val = None if validation is None else self._prepare(validation, "validation")
+        # The events are closed explicitly, not at garbage collection: that stops the feed.
+        events = stream_events(self, source, limits, val)
+        async with self._running_fit(), contextlib.aclosing(events):
+            async for event in events:
+                yield event
+
+    async def partial_fit(self, X: npt.ArrayLike, y: npt.ArrayLike) -> FitResult:
+        """One update pass over ``(X, y)``: ``ceil(len(X) / batch_size)`` steps, in order.
+
+        Safe to call from many request handlers at once: calls are applied one at a time,
+        whole, in the order they were made (FIFO), each exactly once. It refuses to run
+        while a fit is running, and a fit refuses to start while calls are pending.
+        Keep the trainer open (``async with``) so calls share one backend.
+
+        Returns:
+            A FitResult of this call (``steps``, ``loss``, ``params`` after it).
+
+        Raises:
+            DataError, DataTypeError: ``(X, y)`` is unusable; nothing of it is applied.
+            StateError: the trainer is closed or running a fit.
+
+        Example:
+            >>> import asyncio
+            >>> import asynctrain as at
+            >>> data = at.data.synthetic("softmax", n=1000)
+            >>> async def main():
+            ...     model = at.models.SoftmaxRegression(128, 10)
+            ...     async with at.Trainer(model, backend="inline", batch_size=64) as trainer:
+            ...         first = trainer.partial_fit(data.X[:100], data.y[:100])  # 2 steps
+            ...         second = trainer.partial_fit(data.X[100:120], data.y[100:120])
+            ...         results = await asyncio.gather(first, second)  # in call order
+            ...         return [r.steps for r in results], trainer.state.step
+            >>> at.run(main())
+            ([2, 1], 3)
+        """
+        if self._running and not self._partials:
+            raise StateError(
+                f"{self!r} is running a fit; partial_fit does not wait behind a fit: "
+                "await the fit first, or feed the rows to fit_stream"
+            )
+        self._partials += 1
+        try:
+            async with self._partial_lock, self._running_fit(partial=True):
+                events = stream_events(
+                    self, [(X, y)], StreamLimits(), None, describe=lambda _: "partial_fit data"
+                )
+                return await collect(self, events, ())
+        finally:
+            self._partials -= 1
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    async def save(self, path: PathLike) -> Path:
+        """Save a checkpoint of the last fully applied step; return the file written.
+
+        The copy is taken between updates, so this may be awaited during a fit (from a
+        callback, or another task). The write is atomic and runs off the event loop.
+
+        Args:
+            path: the file to write, or an existing directory to write
+                ``step-<n>.ckpt`` into.
+
+        Raises:
+            CheckpointError: the write failed (the previous file at ``path`` is intact).
+
+        Example:
+            >>> await trainer.save("run/final.ckpt")  # doctest: +SKIP
+        """
+        with Writer() as writer:
+            payload = await writer.snapshot(self)
+            return await writer.run(save_to, Path(path), payload, writer.cancel)
+
+    async def load(self, path: PathLike) -> None:
+        """Continue from the checkpoint at ``path`` (a file, or a directory's latest).
+
+        Raises:
+            CheckpointError: unreadable, not a checkpoint, or not matching this trainer
+                (every mismatch of shards, batch size, seed, mode, model or optimizer).
+            StateError: a fit is running.
+
+        Example:
+            >>> await trainer.load("run/")  # doctest: +SKIP
+        """
+        self._check_idle("load a checkpoint into")
+        with Writer() as writer:
+            await self._load(writer, await writer.run(Checkpoint.read, path))
+
+    @classmethod
+    async def restore(
+        cls,
+        path: PathLike,
+        model: Model,
+        optimizer: GradientTransformation | None = None,
+        **options: Any,
+    ) -> Self:
+        """Create a trainer that continues from the checkpoint at ``path``.
+
+        ``batch_size``, ``shards``, ``seed``, ``nonfinite``, ``mode`` and the mode's options
+        default to the checkpoint's; ``options`` are the other Trainer arguments
+        (``backend``, ...).
+
+        Raises:
+            CheckpointError: as :meth:`load`.
+
+        Example:
+            >>> trainer = await Trainer.restore("run/", model, adam(1e-2))  # doctest: +SKIP
+        """
+        with Writer() as writer:
+            checkpoint = await writer.run(Checkpoint.read, path)
+            construct: Callable[..., Self] = cls  # the Trainer's constructor
+            trainer = construct(model, optimizer, **restored_settings(checkpoint, options))
+            await trainer._load(writer, checkpoint)
+        return trainer
+
+    async def _load(self, writer: Writer, checkpoint: Checkpoint) -> None:
+        current = self.state.params
+        self._set_state(await writer.run(checkpoint.train_state, self, current))
+
+    def _check_idle(self, what: str) -> None:
+        if self._running:
+            raise StateError(f"cannot {what} {self!r} while it runs a fit; await it first")
+
+    def _set_state(self, state: TrainState) -> None:
+        self._check_idle("change the state of")
+        if self._updater is not None:
+            self._updater.state = state
+        else:
+            self._saved_state = state
+
+    # -- state and inputs ------------------------------------------------------------------
+
+    def _prepare(self, data: DataLike, name: str) -> Dataset:
+        """Validate ``data`` against the model and convert it to the model's dtype."""
+        if isinstance(data, tuple) and len(data) == 2:
+            data = Dataset(data[0], data[1])
+        if isinstance(data, AsyncIterable) or inspect.isgenerator(data):
+            raise ConfigTypeError(
+                f"{name} is a stream ({type(data).__name__}); fit() and steps() take a "
+                "Dataset or an (X, y) pair: train on a stream of batches with fit_stream()"
+            )
+        if not isinstance(data, Dataset):
+            raise ConfigTypeError(
+                f"{name} must be a Dataset or an (X, y) pair, got {type(data).__name__}"
+            )
+        check_data(self.model, data.X, data.y)
+        if data.dtype != np.dtype(self.model.dtype):
+            data = Dataset(data.X, data.y, dtype=self.model.dtype)
+        return data
+
+    def _check_picklable(self) -> None:
+        """Refuse, before any work, a model the backend's workers could not receive."""
+        check = getattr(self._backend, "check_picklable", None)
+        if check is not None:  # backends whose workers are other processes
+            check(self.model)
+
+    @property
+    def state(self) -> TrainState:
+        """The current :class:`TrainState` (step, version, params, optimizer state)."""
+        if self._updater is not None:
+            return self._updater.state
+        if self._saved_state is None:
+            params = readonly(self.model.init(np.random.default_rng(self.config.seed)))
+            self._saved_state = TrainState(0, 0, params, self.optimizer.init(params))
+        return self._saved_state
+
+    @property
+    def workers(self) -> int:
+        """Workers of the backend in use."""
+        return self._backend.workers
+
+    @property
+    def backend(self) -> Backend:
+        """The backend in use (created from its name, or the one given)."""
+        return self._backend
+
+    @property
+    def params(self) -> Params:
+        """The parameters of the last fully applied step (read-only arrays)."""
+        return self.state.params
+
+    def predict(self, X: npt.ArrayLike) -> npt.NDArray[Any]:
+        """Predict with the current parameters (runs in the caller's thread)."""
+        return self.model.predict(self.params, np.asarray(X, dtype=self.model.dtype))
+
+    def __repr__(self) -> str:
+        backend = f"{getattr(self._backend, 'name', '?')}({self._backend.workers})"
+        running = " running" if self._running else ""
+        return (
+            f"<Trainer step={self.state.step} mode={self.mode.name} backend={backend} "
+            f"{self._state}{running}>"
+        )

@@ -4,8 +4,8 @@
   sweeps the temporaries of dead writers; :mod:`._verify` reads it, trusting nothing.
 * :mod:`._content` says what a checkpoint of a trainer holds and checks that a trainer can
   continue from it (every mismatch listed).
-* :mod:`._session` runs disk work on a writer thread and drives checkpoints during ``fit``;
-  :mod:`._methods` gives the trainer ``save``, ``load`` and ``restore``.
+* :mod:`._session` runs disk work on a writer thread, drives checkpoints during ``fit``
+  and gives the trainer's ``save``, ``load`` and ``restore`` their parts.
 * :mod:`._inspect` describes a checkpoint for ``asynctrain inspect``.
 
 The optimizer state travels as arrays plus a JSON spec (:mod:`asynctrain.optim._tree`).
@@ -14,13 +14,11 @@ The optimizer state travels as arrays plus a JSON spec (:mod:`asynctrain.optim._
 from asynctrain._checkpoint._content import Checkpoint, checkpoint_name, list_checkpoints
 from asynctrain._checkpoint._format import sweep, temporaries
 from asynctrain._checkpoint._inspect import describe
-from asynctrain._checkpoint._methods import CheckpointMethods
 from asynctrain._checkpoint._session import CheckpointSession, PathLike
 from asynctrain._checkpoint._verify import read
 
 __all__ = [
     "Checkpoint",
-    "CheckpointMethods",
     "CheckpointSession",
     "PathLike",
     "checkpoint_name",

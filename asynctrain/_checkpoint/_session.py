@@ -274,3 +274,11 @@ def _samples_of(data: Any) -> int | None:
         return len(data) if not isinstance(data, tuple) else len(data[0])
     except TypeError:
         return None
+
+
+def save_to(path: Path, payload: Payload, cancel: threading.Event) -> Path:
+    """Write ``payload`` to ``path``, or into it under its step's name if it is a directory."""
+    if path.is_dir():
+        path /= checkpoint_name(payload.state.step)
+    write_and_prune(path, payload, cancel)
+    return path

@@ -27,7 +27,7 @@ from asynctrain._streaming._feed import open_feed
 from asynctrain.data import Dataset
 
 if TYPE_CHECKING:
-    from asynctrain._trainer_base import TrainerBase as Trainer
+    from asynctrain._trainer import Trainer
 
 DEFAULT_BUFFER = 4
 """Validated source batches a stream fit holds in its queue before the producer waits."""
