@@ -37,7 +37,7 @@ from asynctrain._streaming._stream import (
     check_source,
     stream_events,
 )
-from asynctrain._types import Params
+from asynctrain._types import Params, State
 from asynctrain.backends import Backend, get_backend
 from asynctrain.backends._base import readonly
 from asynctrain.data import Dataset
@@ -130,7 +130,7 @@ class Trainer:
         self._backend, self._owns_backend = get_backend(backend, workers=self._workers)
         self._updater: Updater | None = None
         self._saved_state: TrainState | None = None
-        self._state = "unopened"
+        self._state = State.UNOPENED
         self._running = False
         self._samples: int | None = None  # rows of the data of the current or last fit
         self._partial_lock = asyncio.Lock()  # FIFO: partial_fit calls apply in call order
@@ -141,7 +141,7 @@ class Trainer:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._state == "closed":
+        if self._state is State.CLOSED:
             raise StateError(f"{self!r} is closed; create a new Trainer")
         await self._open()
         return self
@@ -157,21 +157,21 @@ class Trainer:
     async def aclose(self) -> None:
         """Release the backend (if the trainer created it) and the update thread."""
         await self._release()
-        self._state = "closed"
+        self._state = State.CLOSED
 
     async def _open(self) -> None:
-        if self._state == "open":
+        if self._state is State.OPEN:
             return
-        if self._owns_backend and getattr(self._backend, "state", "") == "closed":
+        if self._owns_backend and self._backend.state is State.CLOSED:
             self._backend, _ = get_backend(self._backend_spec, workers=self._workers)
         await self._backend.__aenter__()
         self._updater = Updater(
             self.optimizer,
             self.state,
             nonfinite=self.config.nonfinite,
-            inline=bool(getattr(self._backend, "inline", False)),
+            inline=self._backend.inline,
         )
-        self._state = "open"
+        self._state = State.OPEN
 
     async def _release(self) -> None:
         updater, self._updater = self._updater, None
@@ -180,17 +180,17 @@ class Trainer:
             await asyncio.to_thread(updater.close)
         if self._owns_backend:
             await self._backend.aclose()
-        if self._state == "open":
-            self._state = "unopened"
+        if self._state is State.OPEN:
+            self._state = State.UNOPENED
 
     @contextlib.asynccontextmanager
     async def _running_fit(self, *, partial: bool = False) -> AsyncIterator[None]:
         """Mark the trainer running (one fit at a time), opening it if it is not."""
-        if self._state == "closed":
+        if self._state is State.CLOSED:
             raise StateError(f"{self!r} is closed; create a new Trainer")
         if self._running or (self._partials and not partial):
             raise StateError(f"{self!r} is already running a fit; await it first")
-        self._running, auto = True, self._state == "unopened"
+        self._running, auto = True, self._state is State.UNOPENED
         try:
             await self._open()
             yield
@@ -537,9 +537,7 @@ class Trainer:
 
     def _check_picklable(self) -> None:
         """Refuse, before any work, a model the backend's workers could not receive."""
-        check = getattr(self._backend, "check_picklable", None)
-        if check is not None:  # backends whose workers are other processes
-            check(self.model)
+        self._backend.check_picklable(self.model)
 
     @property
     def state(self) -> TrainState:
@@ -571,7 +569,7 @@ class Trainer:
         return self.model.predict(self.params, np.asarray(X, dtype=self.model.dtype))
 
     def __repr__(self) -> str:
-        backend = f"{getattr(self._backend, 'name', '?')}({self._backend.workers})"
+        backend = f"{self._backend.name}({self._backend.workers})"
         running = " running" if self._running else ""
         return (
             f"<Trainer step={self.state.step} mode={self.mode.name} backend={backend} "

@@ -6,6 +6,7 @@ Kept free of asyncio and of any other asynctrain module so that ``models``, ``op
 
 from __future__ import annotations
 
+import enum
 from typing import TypeAlias
 
 import numpy as np
@@ -28,3 +29,17 @@ Step: TypeAlias = int
 
 DEFAULT_DTYPE = np.dtype(np.float32)
 """Compute dtype used when the caller does not choose one."""
+
+
+class State(enum.StrEnum):
+    """The lifecycle of every resource asynctrain opens: trainers, services and backends.
+
+    A StrEnum, so ``backend.state == "open"`` reads as before.
+    """
+
+    UNOPENED = "unopened"
+    """Created; nothing started yet. The first use (or ``async with``) opens it."""
+    OPEN = "open"
+    """Its workers, threads or jobs are running; it accepts work."""
+    CLOSED = "closed"
+    """Closed for good: everything it started has stopped; using it raises StateError."""

@@ -154,7 +154,7 @@ class Tripwire:
     def __init__(self, inner: Any, k: int, when: str, trigger: Callable[[], None]) -> None:
         self.inner, self.k, self.when, self.trigger = inner, k, when, trigger
         self.name, self.workers = inner.name, inner.workers
-        self.inline = getattr(inner, "inline", False)
+        self.inline = inner.inline
         self.in_process = inner.name in ("inline", "thread")
         self.calls = 0
         self.activity = Activity()
@@ -171,6 +171,13 @@ class Tripwire:
         if mine and self.when == "after":
             self._fire()
         return result
+
+    @property
+    def state(self) -> Any:
+        return self.inner.state
+
+    def check_picklable(self, *objects: object) -> None:
+        self.inner.check_picklable(*objects)
 
     def running(self) -> int:
         """Computations running now (for a process pool: workers busy with a task)."""

@@ -118,3 +118,28 @@ def test_bad_worker_counts(workers: object) -> None:
 
 def test_repr_shows_state() -> None:
     assert repr(ThreadBackend(workers=2)) == "<ThreadBackend workers=2 unopened>"
+
+
+async def test_trainer_service_and_backends_share_one_lifecycle() -> None:
+    from asynctrain._types import State
+
+    backend = at.backends.InlineBackend()
+    trainer = at.Trainer(at.models.LogisticRegression(2), backend=backend)
+    assert backend.state is State.UNOPENED
+    async with trainer, at.TrainingService(backend=backend):
+        assert backend.state is State.OPEN
+        assert "open" in repr(trainer)
+    await backend.aclose()
+    assert backend.state == "closed"  # a StrEnum: compares with the old strings
+
+
+async def test_inline_run_passes_through_the_loop_once() -> None:
+    ran: list[str] = []
+
+    async def other() -> None:
+        ran.append("other")
+
+    async with at.backends.InlineBackend() as backend, asyncio.TaskGroup() as group:
+        group.create_task(other())
+        await backend.run(ran.append, "work")
+    assert ran == ["other", "work"]

@@ -103,31 +103,14 @@ def shard_tasks(
     ]
 
 
+async def compute(ctx: StepContext, task: ShardTask) -> ShardResult:
+    """Compute one shard task on the backend (a step of one shard awaits this directly)."""
+    return await ctx.backend.run(compute_shard, ctx.model, ctx.data, ctx.params, ctx.grads, task)
+
+
 async def run_shard(ctx: StepContext, task: ShardTask, queue: asyncio.Queue[ShardResult]) -> None:
     """Compute one shard on the backend and put its result on ``queue``."""
-    result = await ctx.backend.run(compute_shard, ctx.model, ctx.data, ctx.params, ctx.grads, task)
-    queue.put_nowait(result)
-
-
-async def run_alone(ctx: StepContext, task: ShardTask) -> ShardResult:
-    """Compute a step's only shard task, awaited directly: no task group, no queue.
-
-    On an inline backend, where ``backend.run`` never suspends, the step still passes
-    through the loop once before it computes (other tasks run, a pending cancellation
-    lands), and a cancellation requested while it computed stops it before its update:
-    the same points a step of several shard tasks gives.
-    """
-    if not getattr(ctx.backend, "inline", False):
-        return await ctx.backend.run(
-            compute_shard, ctx.model, ctx.data, ctx.params, ctx.grads, task
-        )
-    await asyncio.sleep(0)
-    current = asyncio.current_task()
-    requested = current.cancelling() if current is not None else 0
-    result = await ctx.backend.run(compute_shard, ctx.model, ctx.data, ctx.params, ctx.grads, task)
-    if current is not None and current.cancelling() > requested:
-        await asyncio.sleep(0)  # raises the CancelledError requested meanwhile
-    return result
+    queue.put_nowait(await compute(ctx, task))
 
 
 def split_indices(indices: Rows, shards: int) -> list[Rows]:

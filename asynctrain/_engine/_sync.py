@@ -11,7 +11,7 @@ import numpy.typing as npt
 from asynctrain._engine._base import (
     StepContext,
     batches_of,
-    run_alone,
+    compute,
     run_shard,
     shard_tasks,
 )
@@ -56,7 +56,7 @@ class SyncMode:
         together, then one update."""
         tasks = shard_tasks(ctx, indices, step=ctx.updater.state.step, data_slot=data_slot)
         if len(tasks) == 1:
-            results = [await run_alone(ctx, tasks[0])]
+            results = [await compute(ctx, tasks[0])]
         else:
             results = await _run_together(ctx, tasks)
         return await ctx.updater.apply(

@@ -21,6 +21,7 @@ from asynctrain._exceptions import ConfigError, ConfigTypeError, StateError
 from asynctrain._monitor import LagStats, LoopLagMonitor
 from asynctrain._serving._job import Job
 from asynctrain._trainer import DataLike, Trainer
+from asynctrain._types import State
 from asynctrain.backends import Backend, get_backend
 from asynctrain.data import Dataset
 from asynctrain.models import Model, check_data
@@ -81,7 +82,7 @@ class TrainingService:
         self._queue: deque[Job] = deque()
         self._running: set[Job] = set()
         self._lag = LoopLagMonitor()
-        self._state = "unopened"
+        self._state = State.UNOPENED
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -99,18 +100,18 @@ class TrainingService:
 
     async def open(self) -> None:
         """Open the backend and start the loop-lag monitor (idempotent)."""
-        if self._state == "closed":
+        if self._state is State.CLOSED:
             raise StateError(f"{self!r} is closed; create a new TrainingService")
-        if self._state == "unopened":
+        if self._state is State.UNOPENED:
             await self._backend.__aenter__()
             self._lag.start()
-            self._state = "open"
+            self._state = State.OPEN
 
     async def aclose(self) -> None:
         """Cancel every job, wait until each has stopped, close what the service opened."""
-        if self._state == "closed":
+        if self._state is State.CLOSED:
             return
-        was_open, self._state = self._state == "open", "closed"
+        was_open, self._state = self._state is State.OPEN, State.CLOSED
         jobs = list(self._jobs.values())
         for job in jobs:
             job.cancel()
@@ -154,7 +155,7 @@ class TrainingService:
             train = await asyncio.to_thread(_validated, model, data)
             if validation is not None:
                 fit["validation"] = await asyncio.to_thread(_validated, model, validation)
-            if self._state != "open":
+            if self._state is not State.OPEN:
                 raise StateError(f"{self!r} closed while job {name!r} was being created")
             job = Job(name, trainer, train, fit, history=self.history, buffer=self.buffer)
         finally:
@@ -188,7 +189,7 @@ class TrainingService:
     # -- scheduling ----------------------------------------------------------------------
 
     def _check_new(self, name: str, options: Mapping[str, Any]) -> None:
-        if self._state != "open":
+        if self._state is not State.OPEN:
             raise StateError(f"{self!r} is not open; use `async with TrainingService()`")
         if not isinstance(name, str) or not name:
             raise ConfigTypeError(f"a job name must be a non-empty string, got {name!r}")
@@ -203,7 +204,7 @@ class TrainingService:
 
     def _dispatch(self) -> None:
         """Start queued jobs, oldest first, while running slots are free."""
-        while self._queue and len(self._running) < self.max_running and self._state == "open":
+        while self._queue and len(self._running) < self.max_running and self._state is State.OPEN:
             job = self._queue.popleft()
             if job.status != "queued":  # cancelled while it waited
                 continue
@@ -226,7 +227,7 @@ class TrainingService:
             del self._jobs[name]
 
     def __repr__(self) -> str:
-        backend = f"{getattr(self._backend, 'name', '?')}({self._backend.workers})"
+        backend = f"{self._backend.name}({self._backend.workers})"
         return (
             f"<TrainingService jobs={len(self._jobs)} running={len(self._running)} "
             f"queued={sum(j.status == 'queued' for j in self._queue)} backend={backend} "

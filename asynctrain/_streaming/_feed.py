@@ -205,7 +205,7 @@ async def open_feed(
     On exit the source is no longer consumed: an async generator is ``aclose``-d (its
     ``finally`` runs), a sync generator ``close``-d, and the ring is released.
     """
-    off = OffLoop(inline=bool(getattr(backend, "inline", False)))
+    off = OffLoop(inline=backend.inline)
     feed = Feed(
         source,
         model,

@@ -18,6 +18,8 @@ from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from asynctrain._types import State
+
 T = TypeVar("T")
 Arrays = dict[str, npt.NDArray[Any]]
 
@@ -53,7 +55,22 @@ class Backend(Protocol):
     """
 
     name: str
+    """A short name for reprs and reports, e.g. ``"process"``."""
     workers: int
+    """How many shard tasks it runs at once."""
+    inline: bool
+    """True when ``run`` computes on the event loop's own thread (the inline backend): the
+    trainer then applies updates there too, instead of on a thread of their own."""
+
+    @property
+    def state(self) -> State:
+        """Where the backend is in its lifecycle: unopened, open or closed."""
+        ...
+
+    def check_picklable(self, *objects: object) -> None:
+        """Raise ConfigError naming the culprit if an object cannot reach the workers
+        (workers in other processes need pickles); a no-op for in-process backends."""
+        ...
 
     async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Run ``fn(*args)`` on the backend and return its result.

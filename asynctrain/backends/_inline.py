@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -37,9 +38,21 @@ class InlineBackend(Lifecycle):
         self.workers = 1
 
     async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
-        """Call ``fn(*args)`` now, on the loop, and return its result."""
+        """Call ``fn(*args)`` on the loop and return its result.
+
+        Like every other backend's ``run``, it suspends once before the work (other tasks
+        run, a pending cancellation lands), and a cancellation requested while ``fn`` ran
+        is raised before the result is returned: callers need no path of their own for
+        this backend.
+        """
         await self._ensure_open()
-        return fn(*args)
+        await asyncio.sleep(0)
+        current = asyncio.current_task()
+        requested = current.cancelling() if current is not None else 0
+        result = fn(*args)
+        if current is not None and current.cancelling() > requested:
+            await asyncio.sleep(0)  # raises the CancelledError requested meanwhile
+        return result
 
     async def share(self, arrays: Mapping[str, npt.NDArray[Any]], *, slots: int = 1) -> LocalShared:
         """Return an in-process handle to ``arrays`` (no copy)."""

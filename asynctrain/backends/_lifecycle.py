@@ -7,6 +7,7 @@ from types import TracebackType
 from typing import Self
 
 from asynctrain._exceptions import StateError
+from asynctrain._types import State
 
 
 class Lifecycle:
@@ -17,15 +18,19 @@ class Lifecycle:
     """
 
     name = "backend"
+    inline = False
 
     def __init__(self) -> None:
-        self._state = "unopened"
+        self._state = State.UNOPENED
         self._open_lock = asyncio.Lock()
 
     @property
-    def state(self) -> str:
-        """``"unopened"``, ``"open"`` or ``"closed"``."""
+    def state(self) -> State:
+        """Where the backend is in its lifecycle: unopened, open or closed."""
         return self._state
+
+    def check_picklable(self, *objects: object) -> None:
+        """Refuse objects the workers could not receive; in-process workers take anything."""
 
     async def _open(self) -> None:
         """Start workers; called once."""
@@ -34,21 +39,21 @@ class Lifecycle:
         """Stop workers and free resources; called once, only if opened."""
 
     async def _ensure_open(self) -> None:
-        if self._state == "open":
+        if self._state is State.OPEN:
             return
         async with self._open_lock:
-            if self._state == "closed":
+            if self._state is State.CLOSED:
                 raise StateError(f"{self!r} is closed; create a new {type(self).__name__}")
-            if self._state == "unopened":
+            if self._state is State.UNOPENED:
                 await self._open()
-                self._state = "open"
+                self._state = State.OPEN
 
     async def aclose(self) -> None:
         """Stop the workers and free everything; idempotent."""
-        if self._state == "open":
-            self._state = "closed"
+        if self._state is State.OPEN:
+            self._state = State.CLOSED
             await self._close()
-        self._state = "closed"
+        self._state = State.CLOSED
 
     async def __aenter__(self) -> Self:
         await self._ensure_open()

@@ -14,7 +14,8 @@ from typing import Any, Self, TypeVar
 
 import numpy.typing as npt
 
-from asynctrain.backends import Backend
+from asynctrain._types import State
+from asynctrain.backends._base import Backend
 
 T = TypeVar("T")
 
@@ -64,7 +65,16 @@ class StragglerBackend:
         self.backend, self.shard, self.delay = backend, shard, delay
         self.name = f"{backend.name}+straggler"
         self.workers = backend.workers
-        self.inline = bool(getattr(backend, "inline", False))
+        self.inline = backend.inline
+
+    @property
+    def state(self) -> State:
+        """The wrapped backend's state."""
+        return self.backend.state
+
+    def check_picklable(self, *objects: object) -> None:
+        """As the wrapped backend."""
+        self.backend.check_picklable(*objects)
 
     async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Run ``fn(*args)`` on the wrapped backend, late if it is the straggler's task."""
