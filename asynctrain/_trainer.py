@@ -41,7 +41,7 @@ from asynctrain._types import Params, State
 from asynctrain.backends import Backend, get_backend
 from asynctrain.backends._base import readonly
 from asynctrain.data import Dataset
-from asynctrain.models import Model, check_data
+from asynctrain.models import Model, check_data, check_inputs
 from asynctrain.optim import GradientTransformation, adam
 
 __all__ = ["DataLike", "Trainer"]
@@ -132,6 +132,7 @@ class Trainer:
         self._saved_state: TrainState | None = None
         self._state = State.UNOPENED
         self._running = False
+        self._fits: dict[asyncio.Task[Any], asyncio.Future[None]] = {}  # task → fit ended
         self._samples: int | None = None  # rows of the data of the current or last fit
         self._partial_lock = asyncio.Lock()  # FIFO: partial_fit calls apply in call order
         self._partials = 0  # partial_fit calls waiting or running
@@ -155,9 +156,31 @@ class Trainer:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Release the backend (if the trainer created it) and the update thread."""
+        """Stop a fit still running, then release the backend (if the trainer created it)
+        and the update thread; idempotent.
+
+        A fit running in another task (``asyncio.create_task(trainer.fit(...))``) is
+        cancelled and awaited first: it ends with ``CancelledError``, keeping the
+        parameters of its last applied step, and nothing it started is left behind.
+
+        Raises:
+            StateError: called from inside a fit of this trainer (e.g. a callback): stop
+                the fit (a callback returning True) and close the trainer after it.
+        """
+        if asyncio.current_task() in self._fits:
+            raise StateError(
+                f"cannot close {self!r} from inside its own fit; return True from a "
+                "callback to stop the fit, and close the trainer after it"
+            )
+        self._state = State.CLOSED  # no fit starts from here on
+        fits = dict(self._fits)
+        for task in fits:
+            task.cancel()
+        for task, ended in fits.items():
+            # A task that stopped iterating a steps() generator without closing it never
+            # ends its fit: waiting for the task too keeps close from hanging on it.
+            await asyncio.wait([ended, task], return_when=asyncio.FIRST_COMPLETED)
         await self._release()
-        self._state = State.CLOSED
 
     async def _open(self) -> None:
         if self._state is State.OPEN:
@@ -191,13 +214,20 @@ class Trainer:
         if self._running or (self._partials and not partial):
             raise StateError(f"{self!r} is already running a fit; await it first")
         self._running, auto = True, self._state is State.UNOPENED
+        task, ended = asyncio.current_task(), asyncio.get_running_loop().create_future()
+        if task is not None:
+            self._fits[task] = ended
         try:
             await self._open()
             yield
         finally:
             self._running = False
-            if auto:
-                await self._release()
+            try:
+                if auto:
+                    await self._release()
+            finally:
+                self._fits.pop(task, None)  # type: ignore[arg-type]
+                ended.set_result(None)
 
     # -- training --------------------------------------------------------------------------
 
@@ -565,8 +595,27 @@ class Trainer:
         return self.state.params
 
     def predict(self, X: npt.ArrayLike) -> npt.NDArray[Any]:
-        """Predict with the current parameters (runs in the caller's thread)."""
-        return self.model.predict(self.params, np.asarray(X, dtype=self.model.dtype))
+        """Predict with the parameters of the last fully applied step.
+
+        Runs in the caller's thread; from a coroutine on a busy loop, prefer
+        ``await asyncio.to_thread(trainer.predict, X)``.
+
+        Raises:
+            StateError: the trainer has not applied a step yet (fit it, or load a
+                checkpoint), so there is nothing trained to predict with.
+            DataError, DataTypeError: ``X`` is not a finite (n, n_features) table; see
+                :func:`~asynctrain.models.check_inputs`.
+
+        Example:
+            >>> trainer.predict(X[:5])  # doctest: +SKIP
+            array([3, 1, 0, 7, 7])
+        """
+        state = self.state
+        if state.step == 0:
+            raise StateError(
+                f"{self!r} has not trained yet; fit it or load a checkpoint before predict"
+            )
+        return self.model.predict(state.params, check_inputs(self.model, X))
 
     def __repr__(self) -> str:
         backend = f"{self._backend.name}({self._backend.workers})"

@@ -282,3 +282,66 @@ async def test_a_zero_dimensional_parameter_trains_and_is_published_read_only() 
     assert c.shape == ()
     assert not c.flags.writeable
     assert float(c) == pytest.approx(y.mean(), rel=1e-6)  # the oracle: the least-squares optimum
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+async def test_leaving_async_with_cancels_a_fit_running_in_another_task(backend: str) -> None:
+    data = synthetic("softmax", n=4000, seed=0)
+    model = SoftmaxRegression(128, 10)
+    stepped = asyncio.Event()
+
+    class Started(at.Callback):
+        def on_step(self, event: at.StepEvent) -> None:
+            stepped.set()
+
+    trainer = at.Trainer(model, backend=backend, workers=2, batch_size=64)
+    async with trainer:
+        fit = asyncio.ensure_future(trainer.fit(data, epochs=1000, callbacks=[Started()]))
+        await stepped.wait()
+    # Closing waited for the fit: it is over, cancelled, and nothing it started runs on.
+    assert fit.done()
+    with pytest.raises(asyncio.CancelledError):
+        await fit
+    assert trainer.state.step > 0
+    assert trainer.backend.state == "closed"
+
+
+async def test_closing_from_inside_the_fit_is_refused() -> None:
+    data = synthetic("softmax", n=512, seed=0)
+    trainer = at.Trainer(SoftmaxRegression(128, 10), backend="inline", batch_size=64)
+    errors: list[BaseException] = []
+
+    class CloseMe(at.Callback):
+        async def on_step(self, event: at.StepEvent) -> bool:
+            try:
+                await trainer.aclose()
+            except at.StateError as exc:
+                errors.append(exc)
+            return True
+
+    async with trainer:
+        await trainer.fit(data, callbacks=[CloseMe()])
+    assert len(errors) == 1
+    assert "inside its own fit" in str(errors[0])
+
+
+BAD_ROWS = {
+    "1-D row": lambda X: X[0],
+    "wrong columns": lambda X: X[:2, :5],
+    "NaN": lambda X: np.full((1, 128), np.nan),
+    "too large": lambda X: [[10**400] + [0] * 127],
+    "float64 overflow": lambda X: np.full((1, 128), 1e300),
+    "ragged": lambda X: [[1.0, 2.0], [1.0]],
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_ROWS))
+async def test_predict_refuses_bad_rows_and_an_untrained_trainer(bad: str) -> None:
+    data = synthetic("softmax", n=512, seed=0)
+    trainer = at.Trainer(SoftmaxRegression(128, 10), backend="inline", batch_size=64)
+    with pytest.raises(at.StateError, match="has not trained"):
+        trainer.predict(data.X[:2])
+    await trainer.fit(data)
+    assert trainer.predict(data.X[:3]).shape == (3,)
+    with pytest.raises(at.DataError):
+        trainer.predict(BAD_ROWS[bad](data.X))

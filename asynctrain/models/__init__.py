@@ -20,7 +20,7 @@ from asynctrain.models._logistic import LogisticRegression
 from asynctrain.models._mlp import MLP
 from asynctrain.models._protocol import Classifier, Model
 from asynctrain.models._softmax import SoftmaxRegression
-from asynctrain.models._validate import check_data
+from asynctrain.models._validate import check_data, check_inputs
 
 __all__ = [
     "MLP",
@@ -32,4 +32,5 @@ __all__ = [
     "SoftmaxRegression",
     "check_data",
     "check_gradients",
+    "check_inputs",
 ]

@@ -61,6 +61,44 @@ def check_data(
         _check_labels(targets, n_classes, single_class=single_class)
 
 
+def check_inputs(model: Model, X: npt.ArrayLike) -> npt.NDArray[Any]:
+    """Return ``X`` as rows the model can predict: the model's dtype, finite, its shape.
+
+    The one check of inputs to predict, used by ``Trainer.predict`` and ``Job.predict``.
+
+    Args:
+        model: the model that will predict.
+        X: (n, n_features) numeric inputs, n >= 1 (a single row is ``X.reshape(1, -1)``).
+
+    Returns:
+        ``X`` in ``model.dtype`` (no copy when it already is an array of that dtype).
+
+    Raises:
+        DataError: the shape or feature count is wrong, a value is NaN or Inf, or a
+            value does not fit the model's dtype (e.g. ``10**400``).
+        DataTypeError: ``X`` holds non-numeric values.
+
+    Example:
+        >>> from asynctrain.models import LogisticRegression, check_inputs
+        >>> check_inputs(LogisticRegression(2), [[1, 2]]).dtype
+        dtype('float32')
+        >>> check_inputs(LogisticRegression(2), [1, 2])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        asynctrain._exceptions.DataError: X must be 2-D (samples, features), got shape (2,); ...
+    """
+    n_features, _ = _model_shape(model)
+    try:
+        with np.errstate(over="ignore"):  # a value too large becomes Inf, refused below
+            rows = np.asarray(_numeric_array("X", X), dtype=model.dtype)
+    except OverflowError as exc:
+        raise DataError(f"X holds a value too large for {model.dtype}: {exc}") from exc
+    _check_inputs(rows, n_features)
+    if not np.isfinite(rows).all():
+        raise DataError("X holds NaN or Inf (or values too large for the model's dtype)")
+    return rows
+
+
 def _model_shape(model: object) -> tuple[int, int | None]:
     """Return the model's ``(n_features, n_classes)``, read with ``getattr``."""
     n_features = getattr(model, "n_features", None)
@@ -75,7 +113,10 @@ def _model_shape(model: object) -> tuple[int, int | None]:
 
 def _numeric_array(name: str, values: npt.ArrayLike) -> npt.NDArray[Any]:
     """Return ``values`` as an array (a view, for arrays) with a real numeric dtype."""
-    array = values if isinstance(values, np.ndarray) else np.asarray(values)
+    try:
+        array = values if isinstance(values, np.ndarray) else np.asarray(values)
+    except (TypeError, ValueError, OverflowError) as exc:  # ragged rows, huge integers
+        raise DataError(f"{name} is not a numeric table: {exc}") from exc
     if array.dtype.kind not in "biuf":
         raise DataTypeError(
             f"{name} must hold real numbers, got dtype {array.dtype}; "
