@@ -47,11 +47,11 @@ from asynctrain._serving._broadcast import Lagged
 from asynctrain._serving._job import Job, JobEvent, Prediction, StatusEvent
 from asynctrain._serving._service import TrainingService
 from asynctrain._trainer import Trainer
+from asynctrain._version import __version__ as __version__
 
 if TYPE_CHECKING:
     from asynctrain import sklearn as sklearn
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AsyncTrainError",

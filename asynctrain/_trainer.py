@@ -25,8 +25,9 @@ from asynctrain._checkpoint._session import Writer, restored_settings, save_to
 from asynctrain._checks import check_int
 from asynctrain._config import TrainConfig, default_shards
 from asynctrain._engine import make_mode
+from asynctrain._engine._context import FitParts
+from asynctrain._engine._epochs import collect, run_epochs
 from asynctrain._engine._update import TrainState, Updater
-from asynctrain._epochs import collect, run_epochs
 from asynctrain._events import Callback, Event, FitResult
 from asynctrain._exceptions import ConfigTypeError, StateError
 from asynctrain._monitor import LoopLagMonitor
@@ -300,7 +301,7 @@ class Trainer:
         async with session:
             epochs = await session.resume(epochs, data)
             events = self.steps(data, epochs=epochs, validation=validation) if epochs else None
-            result = await collect(self, events, callbacks, session)
+            result = await collect(self._current, events, callbacks, session.after)
             await session.finish()
         return result
 
@@ -326,7 +327,7 @@ class Trainer:
         # are released now rather than whenever the garbage collector gets to it.
         async with (
             self._running_fit(),
-            contextlib.aclosing(run_epochs(self, train, val, epochs)) as events,
+            contextlib.aclosing(run_epochs(self._parts(), train, val, epochs)) as events,
         ):
             self._samples = len(train)
             async for event in events:
@@ -393,7 +394,7 @@ class Trainer:
             validation=validation,
             buffer=buffer,
         )
-        return await collect(self, events, callbacks)
+        return await collect(self._current, events, callbacks)
 
     async def stream_steps(
         self,
@@ -416,9 +417,12 @@ class Trainer:
         )
         source = check_source(source)
         val = None if validation is None else self._prepare(validation, "validation")
+        self._check_picklable()
         # The events are closed explicitly, not at garbage collection: that stops the feed.
-        events = stream_events(self, source, limits, val)
-        async with self._running_fit(), contextlib.aclosing(events):
+        async with (
+            self._running_fit(),
+            contextlib.aclosing(stream_events(self._parts(), source, limits, val)) as events,
+        ):
             async for event in events:
                 yield event
 
@@ -456,13 +460,18 @@ class Trainer:
                 f"{self!r} is running a fit; partial_fit does not wait behind a fit: "
                 "await the fit first, or feed the rows to fit_stream"
             )
+        self._check_picklable()
         self._partials += 1
         try:
             async with self._partial_lock, self._running_fit(partial=True):
                 events = stream_events(
-                    self, [(X, y)], StreamLimits(), None, describe=lambda _: "partial_fit data"
+                    self._parts(),
+                    [(X, y)],
+                    StreamLimits(),
+                    None,
+                    describe=lambda _: "partial_fit data",
                 )
-                return await collect(self, events, ())
+                return await collect(self._current, events, ())
         finally:
             self._partials -= 1
 
@@ -564,6 +573,14 @@ class Trainer:
         if data.dtype != np.dtype(self.model.dtype):
             data = Dataset(data.X, data.y, dtype=self.model.dtype)
         return data
+
+    def _parts(self) -> FitParts:
+        """What the engine needs for one fit; the trainer is open."""
+        assert self._updater is not None, "open the trainer first"
+        return FitParts(self.model, self._backend, self._updater, self.mode, self.config, self.lag)
+
+    def _current(self) -> TrainState:
+        return self.state
 
     def _check_picklable(self) -> None:
         """Refuse, before any work, a model the backend's workers could not receive."""

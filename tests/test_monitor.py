@@ -113,7 +113,7 @@ async def test_thread_workers_run_below_the_loops_priority() -> None:
 async def test_the_epoch_permutation_is_drawn_off_the_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import asynctrain._epochs as trainer_module
+    import asynctrain._engine._epochs as trainer_module
 
     threads: list[str] = []
     original = trainer_module.epoch_order

@@ -7,7 +7,8 @@ import random
 
 import numpy as np
 
-from asynctrain._engine._reduce import collect_in_order, mean_in_place, sum_in_order
+from asynctrain._engine._step import collect_in_order
+from asynctrain._engine._update import mean_in_place, sum_in_order
 from asynctrain._engine._work import ShardResult
 from asynctrain.backends import LocalShared
 

@@ -22,6 +22,7 @@ from asynctrain._checkpoint import _format, _verify
 from asynctrain._engine._update import TrainState
 from asynctrain._exceptions import CheckpointError
 from asynctrain._types import Params
+from asynctrain._version import __version__
 from asynctrain.backends._base import readonly
 from asynctrain.data import epoch_order
 from asynctrain.optim import _tree
@@ -297,6 +298,4 @@ def _compare_array(where: str, theirs: Any, ours: Any) -> list[str]:
 
 
 def _version() -> str:
-    import asynctrain
-
-    return asynctrain.__version__
+    return __version__

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from asynctrain._config import MODE_OPTIONS, TrainConfig
 from asynctrain._engine._async import AsyncMode
-from asynctrain._engine._base import Mode, StepContext, run_shard, split_indices
 from asynctrain._engine._local import LocalMode, LocalOptState
 from asynctrain._engine._ssp import SSPMode
+from asynctrain._engine._step import Mode, StepContext, run_shard, split_indices
 from asynctrain._engine._sync import SyncMode
 
 __all__ = [

@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 import numpy as np
 import numpy.typing as npt
 
-from asynctrain._engine._base import StepContext, batches_of, run_shard
+from asynctrain._engine._step import StepContext, batches_of, run_shard
 from asynctrain._engine._tasks import unwrap_group
 from asynctrain._engine._work import ShardResult, ShardTask
 from asynctrain._events import StepEvent

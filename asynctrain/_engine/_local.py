@@ -11,17 +11,18 @@ import numpy.typing as npt
 
 from asynctrain._checks import check_int
 from asynctrain._config import DEFAULT_LOCAL_STEPS
-from asynctrain._engine._base import StepContext, batches_of, split_indices
 from asynctrain._engine._local_work import LocalResult, LocalTask, local_shard
-from asynctrain._engine._reduce import mean_in_place, sum_in_order, zeros_like
+from asynctrain._engine._step import StepContext, batches_of, split_indices
 from asynctrain._engine._tasks import gather_ordered
-from asynctrain._engine._tree import rebuild, skeleton, to_arrays
 from asynctrain._engine._update import (
     Problem,
     StepStats,
     TrainState,
     _first_bad_shard,
     _first_nonfinite,
+    mean_in_place,
+    sum_in_order,
+    zeros_like,
 )
 from asynctrain._events import StepEvent
 from asynctrain._exceptions import NonFiniteError
@@ -29,6 +30,7 @@ from asynctrain._types import Grads
 from asynctrain.backends import SharedArrays
 from asynctrain.backends._base import readonly
 from asynctrain.optim import apply_updates
+from asynctrain.optim._tree import rebuild, skeleton, to_arrays
 
 
 class LocalOptState(NamedTuple):

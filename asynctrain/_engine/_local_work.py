@@ -11,11 +11,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from asynctrain._engine._reduce import mean_in_place
-from asynctrain._engine._tree import rebuild, to_arrays
+from asynctrain._engine._update import mean_in_place
 from asynctrain._engine._work import Rows, ShardResult
 from asynctrain.backends import SharedArrays
 from asynctrain.optim import GradientTransformation, apply_updates
+from asynctrain.optim._tree import rebuild, to_arrays
 
 
 class LocalTask(NamedTuple):

@@ -10,8 +10,13 @@ import numpy.typing as npt
 
 from asynctrain._checks import check_int
 from asynctrain._config import DEFAULT_STALENESS
-from asynctrain._engine._base import StepContext, batches_of, run_shard, shard_tasks
-from asynctrain._engine._reduce import collect_in_order
+from asynctrain._engine._step import (
+    StepContext,
+    batches_of,
+    collect_in_order,
+    run_shard,
+    shard_tasks,
+)
 from asynctrain._engine._tasks import unwrap_group
 from asynctrain._engine._work import ShardResult
 from asynctrain._events import StepEvent

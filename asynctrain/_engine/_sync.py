@@ -8,14 +8,14 @@ from collections.abc import AsyncGenerator
 import numpy as np
 import numpy.typing as npt
 
-from asynctrain._engine._base import (
+from asynctrain._engine._step import (
     StepContext,
     batches_of,
+    collect_in_order,
     compute,
     run_shard,
     shard_tasks,
 )
-from asynctrain._engine._reduce import collect_in_order
 from asynctrain._engine._tasks import unwrap_group
 from asynctrain._engine._update import StepStats
 from asynctrain._engine._work import Rows, ShardResult, ShardTask

@@ -17,7 +17,6 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from asynctrain._engine._reduce import mean_in_place, sum_in_order, zeros_like
 from asynctrain._engine._work import ShardResult
 from asynctrain._exceptions import NonFiniteError
 from asynctrain._types import Grads, Params
@@ -272,3 +271,39 @@ def _first_bad_shard(results: Sequence[ShardResult], grads: SharedArrays) -> int
         ):
             return result.shard
     return None
+
+
+def sum_in_order(
+    results: Sequence[ShardResult], grads: SharedArrays, out: Grads
+) -> tuple[float, int]:
+    """Sum the results' gradients into ``out`` in the given order; return (loss sum, n).
+
+    ``out`` is caller-owned scratch (overwritten). Shards with no samples are skipped. The
+    gradient is divided by the total sample count by :func:`mean_in_place` afterwards.
+    """
+    first = True
+    loss, n = 0.0, 0
+    for result in results:
+        if result.n == 0:
+            continue
+        shard_grads = grads.read(result.grad_slot)
+        for key, acc in out.items():
+            if first:
+                np.copyto(acc, shard_grads[key])
+            else:
+                np.add(acc, shard_grads[key], out=acc)
+        first = False
+        loss += result.loss
+        n += result.n
+    return loss, n
+
+
+def mean_in_place(grads: Grads, n: int) -> None:
+    """Divide summed gradients by the sample count ``n``, in place."""
+    for value in grads.values():
+        np.divide(value, n, out=value)
+
+
+def zeros_like(params: dict[str, Any]) -> Grads:
+    """Fresh zero arrays with the shapes and dtypes of ``params``."""
+    return {key: np.zeros_like(value) for key, value in params.items()}

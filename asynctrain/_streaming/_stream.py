@@ -12,22 +12,20 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from asynctrain._checks import check_int
-from asynctrain._context import open_context
-from asynctrain._engine import StepContext
+from asynctrain._engine._context import FitParts, open_context
+from asynctrain._engine._epochs import epoch_event
+from asynctrain._engine._step import Mode, StepContext
 from asynctrain._engine._update import StepStats
-from asynctrain._epochs import epoch_event
 from asynctrain._events import EpochEvent, Event, StepEvent
 from asynctrain._exceptions import ConfigError, ConfigTypeError
+from asynctrain._monitor import LoopLagMonitor
 from asynctrain._streaming._feed import open_feed
 from asynctrain.data import Dataset
-
-if TYPE_CHECKING:
-    from asynctrain._trainer import Trainer
 
 DEFAULT_BUFFER = 4
 """Validated source batches a stream fit holds in its queue before the producer waits."""
@@ -91,21 +89,20 @@ def _is_pair(source: object) -> bool:
 
 
 async def stream_events(
-    trainer: Trainer,
+    parts: FitParts,
     source: Source,
     limits: StreamLimits,
     validation: Dataset | None,
     *,
     describe: Callable[[int], str] = "stream batch {}".format,
 ) -> AsyncGenerator[Event, None]:
-    """Train ``trainer`` (open, and marked running) on ``source``; yield its events."""
-    step = _stream_step(trainer)
-    trainer._check_picklable()
-    batch_size = trainer.config.batch_size
+    """Train a fit's ``parts`` on ``source``; yield its events."""
+    step = _stream_step(parts.mode)
+    batch_size = parts.config.batch_size
     async with open_feed(
         source,
-        trainer.model,
-        trainer.backend,
+        parts.model,
+        parts.backend,
         batch_size=batch_size,
         buffer=limits.buffer,
         max_samples=limits.rows(batch_size),
@@ -114,11 +111,11 @@ async def stream_events(
         item = await feed.next()
         if item is None or feed.ring is None:
             return
-        async with open_context(trainer, feed.ring, validation, streaming=True) as (
+        async with open_context(parts, feed.ring, validation, streaming=True) as (
             ctx,
             val_data,
         ):
-            periods = _Periods(trainer, ctx, validation, val_data, limits.validate_every)
+            periods = _Periods(parts.lag, ctx, validation, val_data, limits.validate_every)
             while item is not None:
                 slot, rows = item
                 stats = await step(ctx, range(rows), data_slot=slot)
@@ -131,12 +128,10 @@ async def stream_events(
                 yield await periods.close()
 
 
-def _stream_step(trainer: Trainer) -> Any:
-    step = getattr(trainer.mode, "step", None)
+def _stream_step(mode: Mode) -> Any:
+    step = getattr(mode, "step", None)
     if step is None:
-        raise ConfigError(
-            f"mode {trainer.mode.name!r} cannot train on a stream yet; use mode='sync'"
-        )
+        raise ConfigError(f"mode {mode.name!r} cannot train on a stream yet; use mode='sync'")
     return step
 
 
@@ -145,13 +140,13 @@ class _Periods:
 
     def __init__(
         self,
-        trainer: Trainer,
+        lag: LoopLagMonitor | None,
         ctx: StepContext,
         validation: Dataset | None,
         val_data: Any,
         every: int | None,
     ) -> None:
-        self.trainer, self.ctx, self.every = trainer, ctx, every
+        self.lag, self.ctx, self.every = lag, ctx, every
         self.validation, self.val_data = validation, val_data
         self.number, self.losses = 0, list[float]()
         self.began, self.seen = time.perf_counter(), ctx.samples
@@ -173,7 +168,7 @@ class _Periods:
     async def close(self) -> EpochEvent:
         """Validate, report the open period and start the next one."""
         args = (self.validation, self.val_data, self.losses, self.began, self.seen)
-        event = await epoch_event(self.ctx, self.number, *args, self.trainer.lag)
+        event = await epoch_event(self.ctx, self.number, *args, self.lag)
         self.number, self.losses = self.number + 1, []
         self.began, self.seen = time.perf_counter(), self.ctx.samples
         return event

@@ -1,4 +1,6 @@
-"""Optimizer states as data: flatten to JSON plus arrays, and fill a trusted template back.
+"""Optimizer states as data, the one walker of their trees: to JSON plus arrays and back
+into a trusted template (checkpoints), and to flat named arrays and back (local mode's
+per-shard states in shared slots).
 
 An optimizer state is a tree of tuples (NamedTuples included), ``dict[str, ...]``,
 ndarrays and plain scalars. :func:`encode` turns it into a JSON-ready *spec* plus a list of
@@ -9,11 +11,14 @@ up or constructed. Every difference between the spec and the template is reporte
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+import numbers
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+
+from asynctrain._exceptions import ConfigTypeError
 
 Arrays = list[npt.NDArray[Any]]
 
@@ -81,20 +86,19 @@ def arrays_in(tree: Any) -> list[npt.NDArray[Any]]:
         >>> [a.shape for a in arrays_in(({"w": np.zeros(1)}, np.ones(2)))]
         [(1,), (2,)]
     """
-    found: list[npt.NDArray[Any]] = []
-    _collect(tree, found)
-    return found
+    return [leaf for leaf in _walk(tree) if isinstance(leaf, np.ndarray)]
 
 
-def _collect(tree: Any, found: list[npt.NDArray[Any]]) -> None:
-    if isinstance(tree, np.ndarray):
-        found.append(tree)
-    elif isinstance(tree, tuple):
-        for value in tree:
-            _collect(value, found)
-    elif isinstance(tree, dict):
+def _walk(tree: Any) -> Iterator[Any]:
+    """Every leaf of ``tree`` (arrays and scalars), depth first, in insertion order."""
+    if isinstance(tree, dict):
         for value in tree.values():
-            _collect(value, found)
+            yield from _walk(value)
+    elif isinstance(tree, tuple):
+        for item in tree:
+            yield from _walk(item)
+    else:
+        yield tree
 
 
 def leaves(tree: Any, where: str = "") -> Iterator[tuple[str, npt.NDArray[Any]]]:
@@ -199,3 +203,88 @@ _DECODERS: list[tuple[Callable[[Any], bool], Callable[..., Any]]] = [
     (lambda t: isinstance(t, tuple), _decode_tuple),
     (lambda t: isinstance(t, dict), _decode_dict),
 ]
+
+
+# -- flat named arrays (local mode's per-shard optimizer states) ------------------------
+
+
+class Leaf(NamedTuple):
+    """A leaf's place in a :func:`skeleton`: ``"array"``, ``"int"``, ``"float"`` or ``"bool"``."""
+
+    kind: str
+
+
+_KINDS = {"int": int, "float": float, "bool": bool}
+
+
+def skeleton(tree: Any) -> Any:
+    """The structure of ``tree`` with every leaf replaced by a :class:`Leaf`.
+
+    Raises:
+        ConfigTypeError: ``tree`` holds something other than tuples, NamedTuples, dicts,
+            numpy arrays and numbers.
+
+    Example:
+        >>> skeleton((np.zeros(2), {"count": 3}))
+        (Leaf(kind='array'), {'count': Leaf(kind='int')})
+    """
+    if isinstance(tree, np.ndarray):
+        return Leaf("array")
+    if isinstance(tree, bool | np.bool_):
+        return Leaf("bool")
+    if isinstance(tree, numbers.Integral):
+        return Leaf("int")
+    if isinstance(tree, numbers.Real):
+        return Leaf("float")
+    if isinstance(tree, dict):
+        return {key: skeleton(value) for key, value in tree.items()}
+    if isinstance(tree, tuple):
+        return _like(tree, [skeleton(item) for item in tree])
+    raise ConfigTypeError(
+        f"local mode keeps one optimizer state per shard and needs states made of tuples, "
+        f"NamedTuples, dicts, numpy arrays and numbers; found {type(tree).__name__}"
+    )
+
+
+def to_arrays(tree: Any) -> dict[str, npt.NDArray[Any]]:
+    """The leaves of ``tree`` in order, named ``"0"``, ``"1"``, ...; numbers become
+    one-element arrays. Arrays are not copied.
+
+    Example:
+        >>> to_arrays((np.zeros(2), 3))
+        {'0': array([0., 0.]), '1': array([3])}
+    """
+    return {
+        str(i): leaf if isinstance(leaf, np.ndarray) else np.array([leaf])
+        for i, leaf in enumerate(_walk(tree))
+    }
+
+
+def rebuild(skel: Any, arrays: Mapping[str, npt.NDArray[Any]]) -> Any:
+    """A state shaped like ``skel`` from ``arrays`` (as made by :func:`to_arrays`).
+
+    Arrays are copied, so the state may be updated in place whatever ``arrays`` are
+    (read-only views of a shared slot, say).
+
+    Example:
+        >>> rebuild((Leaf("array"), Leaf("int")), {"0": np.ones(2), "1": np.array([3])})
+        (array([1., 1.]), 3)
+    """
+    values = iter(arrays[str(i)] for i in range(len(arrays)))
+    return _build(skel, values)
+
+
+def _build(node: Any, values: Iterator[npt.NDArray[Any]]) -> Any:
+    if isinstance(node, Leaf):
+        value = next(values)
+        return np.array(value) if node.kind == "array" else _KINDS[node.kind](value[0])
+    if isinstance(node, dict):
+        return {key: _build(child, values) for key, child in node.items()}
+    return _like(node, [_build(child, values) for child in node])
+
+
+def _like(template: tuple[Any, ...], items: list[Any]) -> tuple[Any, ...]:
+    """A tuple of ``items`` of the same kind as ``template`` (a NamedTuple stays one)."""
+    if hasattr(template, "_fields"):
+        return type(template)(*items)
+    return tuple(items)

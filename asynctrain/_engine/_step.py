@@ -1,4 +1,6 @@
-"""What every training mode shares: the step context, the Mode protocol, shard helpers."""
+"""One data-parallel step's plumbing, shared by every mode: the step context, the Mode
+protocol, cutting a batch into shard tasks, running them on the backend, and taking their
+results off the queue in shard order (the arithmetic of the reduction is the updater's)."""
 
 from __future__ import annotations
 
@@ -129,3 +131,16 @@ def batches_of(
 ) -> list[npt.NDArray[np.int64]]:
     """The sample indices of the epoch's batches from ``start_batch`` on."""
     return [order[a:b] for a, b in batch_bounds(len(order), batch_size)[start_batch:]]
+
+
+async def collect_in_order(queue: asyncio.Queue[ShardResult], shards: int) -> list[ShardResult]:
+    """Take ``shards`` results of one step off ``queue`` and return them in shard order.
+
+    No array math happens here (this runs on the event loop); summing is
+    :func:`sum_in_order`'s job on the updater.
+    """
+    slots: list[ShardResult | None] = [None] * shards
+    for _ in range(shards):
+        result = await queue.get()
+        slots[result.shard] = result
+    return [r for r in slots if r is not None]

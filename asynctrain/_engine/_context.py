@@ -1,23 +1,39 @@
-"""A fit's step context: what it shares with the backend once, released when it ends."""
+"""A fit's parts and its step context: what it shares with the backend once, released when
+it ends."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from asynctrain._engine import StepContext
-from asynctrain._engine._reduce import zeros_like
-from asynctrain.backends import SharedArrays
+from asynctrain._config import TrainConfig
+from asynctrain._engine._step import Mode, StepContext
+from asynctrain._engine._update import Updater, zeros_like
+from asynctrain._monitor import LoopLagMonitor
+from asynctrain.backends import Backend, SharedArrays
 from asynctrain.data import Dataset
 
-if TYPE_CHECKING:
-    from asynctrain._trainer import Trainer
+
+@dataclass(frozen=True)
+class FitParts:
+    """What one fit works with: the trainer hands these to the engine, and nothing else.
+
+    ``lag`` is the fit's loop-lag monitor, if it has one (epoch events report it).
+    """
+
+    model: Any
+    backend: Backend
+    updater: Updater
+    mode: Mode
+    config: TrainConfig
+    lag: LoopLagMonitor | None = None
 
 
 @contextlib.asynccontextmanager
 async def open_context(
-    trainer: Trainer,
+    parts: FitParts,
     data: Mapping[str, Any] | SharedArrays,
     validation: Dataset | None,
     *,
@@ -28,11 +44,10 @@ async def open_context(
 
     ``data`` is either the arrays to share (``{"X": ..., "y": ...}``) or a handle someone
     else shared and releases (a stream's ring of batch buffers). Parameter and gradient
-    slot counts come from the trainer's mode.
+    slot counts come from the fit's mode.
     """
-    backend, updater, mode = trainer.backend, trainer._updater, trainer.mode
-    assert updater is not None, "open the trainer first"
-    shards, params = trainer.config.shards, updater.state.params
+    backend, updater, mode = parts.backend, parts.updater, parts.mode
+    shards, params = parts.config.shards, updater.state.params
     async with contextlib.AsyncExitStack() as stack:
 
         async def share(arrays: Mapping[str, Any], slots: int = 1) -> Any:
@@ -41,13 +56,13 @@ async def open_context(
             return handle
 
         ctx = StepContext(
-            model=trainer.model,
+            model=parts.model,
             backend=backend,
             updater=updater,
             data=data if isinstance(data, SharedArrays) else await share(data),
             params=await share(params, mode.param_slots(shards)),
             grads=await share(zeros_like(params), mode.grad_slots(shards)),
-            batch_size=trainer.config.batch_size,
+            batch_size=parts.config.batch_size,
             shards=shards,
             streaming=streaming,
         )

@@ -6,15 +6,16 @@ import contextlib
 import inspect
 import math
 import time
-from collections.abc import AsyncGenerator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from asynctrain._context import arrays_of, open_context
-from asynctrain._engine import StepContext
+from asynctrain._engine._context import FitParts, arrays_of, open_context
 from asynctrain._engine._evaluate import evaluate
+from asynctrain._engine._step import StepContext
+from asynctrain._engine._update import TrainState
 from asynctrain._events import (
     Callback,
     EpochEvent,
@@ -27,17 +28,13 @@ from asynctrain._monitor import LoopLagMonitor
 from asynctrain.backends import SharedArrays
 from asynctrain.data import Dataset, epoch_order
 
-if TYPE_CHECKING:
-    from asynctrain._checkpoint import CheckpointSession
-    from asynctrain._trainer import Trainer
-
 
 async def run_epochs(
-    trainer: Trainer, train: Dataset, val: Dataset | None, epochs: int
+    parts: FitParts, train: Dataset, val: Dataset | None, epochs: int
 ) -> AsyncGenerator[Event, None]:
-    """Train ``epochs`` epochs from the trainer's epoch position; yield every event."""
-    async with open_context(trainer, arrays_of(train), val) as (ctx, val_data):
-        updater, seed = ctx.updater, trainer.config.seed
+    """Train ``epochs`` epochs from the updater's epoch position; yield every event."""
+    async with open_context(parts, arrays_of(train), val) as (ctx, val_data):
+        updater, seed = ctx.updater, parts.config.seed
         for epoch in range(updater.state.epoch, updater.state.epoch + epochs):
             began, seen = time.perf_counter(), ctx.samples
             # A permutation of every sample (~6 ms for 200,000): off the loop.
@@ -45,13 +42,13 @@ async def run_epochs(
             losses = []
             # Closed at once, not when garbage-collected: a pipelined mode's in-flight
             # shard tasks stop before the fit's resources are released.
-            epoch_steps = trainer.mode.run_epoch(ctx, epoch, order, updater.state.batch)
+            epoch_steps = parts.mode.run_epoch(ctx, epoch, order, updater.state.batch)
             async with contextlib.aclosing(epoch_steps):
                 async for event in epoch_steps:
                     losses.append(event.loss * event.samples)
                     yield event
             updater.state = updater.state._replace(epoch=epoch + 1, batch=0)
-            yield await epoch_event(ctx, epoch, val, val_data, losses, began, seen, trainer.lag)
+            yield await epoch_event(ctx, epoch, val, val_data, losses, began, seen, parts.lag)
 
 
 async def epoch_event(
@@ -95,16 +92,18 @@ def shuffle(n: int, seed: int, epoch: int) -> npt.NDArray[np.int64]:
 
 
 async def collect(
-    trainer: Trainer,
+    current: Callable[[], TrainState],
     events: AsyncGenerator[Event, None] | None,
     callbacks: Sequence[Callback],
-    checkpoints: CheckpointSession | None = None,
+    after: Callable[[Event], Awaitable[None]] | None = None,
 ) -> FitResult:
     """Run ``events`` to the end (or until a callback stops it) into a FitResult.
 
-    ``None`` stands for no events (a resumed run with nothing left to train).
+    ``current`` reads the trainer's committed state (before and after); ``after`` runs
+    on every event before the callbacks (a fit's checkpoints). ``None`` events stand for
+    none at all (a resumed run with nothing left to train).
     """
-    started, first = time.perf_counter(), trainer.state
+    started, first = time.perf_counter(), current()
     history: list[EpochEvent] = []
     staleness: list[int] = []
     samples, stopped = 0, False
@@ -115,13 +114,13 @@ async def collect(
             else:
                 samples += event.samples
                 staleness.append(event.staleness)
-            if checkpoints is not None:
-                await checkpoints.after(event)
+            if after is not None:
+                await after(event)
             if await notify(callbacks, event):
                 stopped = True
                 break
     seconds = time.perf_counter() - started
-    state = trainer.state
+    state = current()
     staleness_mean, staleness_max = summarize_staleness(staleness)
     return FitResult(
         params=state.params,
