@@ -16,7 +16,7 @@ Example:
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from asynctrain import backends, data, models, optim
+from asynctrain import backends, data, models, modes, optim
 from asynctrain._config import TrainConfig
 from asynctrain._engine._update import TrainState
 from asynctrain._engine._work import ShardResult
@@ -86,6 +86,7 @@ __all__ = [
     "data",
     "fit",
     "models",
+    "modes",
     "optim",
     "run",
 ]

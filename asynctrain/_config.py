@@ -19,8 +19,6 @@ DEFAULT_BATCH_SIZE = 512
 DEFAULT_SHARDS = 4
 DEFAULT_LOCAL_STEPS = 4
 DEFAULT_STALENESS = 2
-_OPTION_RULES = {"local_steps": (1, DEFAULT_LOCAL_STEPS), "staleness": (0, DEFAULT_STALENESS)}
-"""Each mode-specific option's minimum and its default in the mode that uses it."""
 
 
 def default_shards(batch_size: int) -> int:
@@ -41,31 +39,20 @@ class TrainConfig:
         seed: seeds parameter initialisation and the per-epoch shuffling.
         nonfinite: ``"raise"`` (stop with NonFiniteError, parameters untouched) or
             ``"skip"`` (drop that step's update and count it).
-        mode: ``"sync"``, ``"local"``, ``"ssp"`` or ``"async"`` (see docs/modes.md).
-        local_steps: optimizer steps each shard takes between averagings (``"local"``
-            only, >= 1; default 4, None in other modes).
-        staleness: how many versions old the parameters a step computes on may be
-            (``"ssp"`` only, >= 0; default 2, None in other modes).
 
     Raises:
-        ConfigError: a value out of range, e.g. ``shards > batch_size``, an unknown mode,
-            or an option given to a mode that does not use it.
+        ConfigError: a value out of range, e.g. ``shards > batch_size``.
         ConfigTypeError: a value of the wrong type, e.g. ``batch_size=True``.
 
     Example:
         >>> TrainConfig(batch_size=256, shards=8).shards
         8
-        >>> TrainConfig(mode="ssp").staleness
-        2
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
     shards: int = DEFAULT_SHARDS
     seed: int = 0
     nonfinite: str = "raise"
-    mode: str = "sync"
-    local_steps: int | None = None
-    staleness: int | None = None
 
     def __post_init__(self) -> None:
         check_int("batch_size", self.batch_size)
@@ -78,19 +65,3 @@ class TrainConfig:
             )
         check_int("seed", self.seed, minimum=0)
         check_choice("nonfinite", self.nonfinite, NONFINITE_POLICIES)
-        check_choice("mode", self.mode, tuple(MODE_OPTIONS))
-        self._check_mode_options()
-
-    def _check_mode_options(self) -> None:
-        """Refuse another mode's option; fill in this mode's defaults."""
-        for option, (minimum, default) in _OPTION_RULES.items():
-            value = getattr(self, option)
-            if option in MODE_OPTIONS[self.mode]:
-                value = default if value is None else check_int(option, value, minimum=minimum)
-                object.__setattr__(self, option, value)  # frozen: set once, while checking
-            elif value is not None:
-                owner = next(m for m, options in MODE_OPTIONS.items() if option in options)
-                raise ConfigError(
-                    f"{option}={value} is not an option of mode={self.mode!r}; use "
-                    f"mode={owner!r} with it, or leave {option} out"
-                )

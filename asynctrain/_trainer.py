@@ -24,7 +24,7 @@ from asynctrain._checkpoint._content import Checkpoint
 from asynctrain._checkpoint._session import Writer, restored_settings, save_to
 from asynctrain._checks import check_int
 from asynctrain._config import TrainConfig, default_shards
-from asynctrain._engine import make_mode
+from asynctrain._engine import Mode, make_mode
 from asynctrain._engine._context import FitParts
 from asynctrain._engine._epochs import collect, run_epochs
 from asynctrain._engine._update import TrainState, Updater
@@ -73,8 +73,9 @@ class Trainer:
         batch_size: samples per step.
         seed: seeds initialisation and shuffling.
         nonfinite: ``"raise"`` or ``"skip"`` (see :class:`~asynctrain.TrainConfig`).
-        mode: ``"sync"`` (default), ``"local"``, ``"ssp"`` or ``"async"``; see
-            docs/modes.md for what each waits for and what each guarantees.
+        mode: a mode name, ``"sync"`` (default), ``"local"``, ``"ssp"`` or ``"async"``,
+            or a mode object (:mod:`asynctrain.modes`: ``Local(steps=8)``,
+            ``SSP(staleness=2)``); see docs/modes.md for what each waits for.
         local_steps: optimizer steps per shard between averagings (``mode="local"``).
         staleness: parameter versions a step may lag behind (``mode="ssp"``).
 
@@ -103,7 +104,7 @@ class Trainer:
         batch_size: int = 512,
         seed: int = 0,
         nonfinite: str = "raise",
-        mode: str = "sync",
+        mode: str | Mode = "sync",
         local_steps: int | None = None,
         staleness: int | None = None,
     ) -> None:
@@ -119,13 +120,10 @@ class Trainer:
             shards=4 if shards is None else shards,
             seed=seed,
             nonfinite=nonfinite,
-            mode=mode,
-            local_steps=local_steps,
-            staleness=staleness,
         )
         self.model = model
         self.optimizer = adam(1e-3) if optimizer is None else optimizer
-        self.mode = make_mode(self.config)
+        self.mode = make_mode(mode, local_steps=local_steps, staleness=staleness)
         self._backend_spec = backend
         self._workers = None if workers is None else check_int("workers", workers)
         self._backend, self._owns_backend = get_backend(backend, workers=self._workers)

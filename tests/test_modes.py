@@ -382,6 +382,46 @@ def test_bad_mode_settings_fail_before_any_work(options: dict[str, Any], fragmen
         at.Trainer(SoftmaxRegression(4, 3), backend="inline", **options)
 
 
+@pytest.mark.parametrize(
+    ("name", "options", "mode"),
+    [
+        ("local", {"local_steps": 3}, at.modes.Local(steps=3)),
+        ("ssp", {"staleness": 2}, at.modes.SSP(staleness=2)),
+    ],
+)
+async def test_a_mode_object_trains_as_its_name_and_options(
+    data: tuple[Dataset, Dataset], name: str, options: dict[str, int], mode: at.modes.Mode
+) -> None:
+    train, _ = data
+    by_name = await _fit("thread", name, train, workers=2, **options)
+    async with _trainer("thread", mode, workers=2) as trainer:  # type: ignore[arg-type]
+        by_object = await trainer.fit(train)
+        assert trainer.mode is mode
+    assert _bits(by_object.params) == _bits(by_name.params)
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "error", "fragment"),
+    [
+        (at.modes.Local(steps=2), {"local_steps": 3}, at.ConfigError, "beside the mode object"),
+        (object(), {}, at.ConfigTypeError, "a name .* or a mode object"),
+        ("local", {"local_steps": 0}, at.ConfigError, "local_steps must be >= 1"),
+    ],
+)
+def test_mode_objects_refuse_options_beside_them(
+    mode: Any, options: dict[str, int], error: type[Exception], fragment: str
+) -> None:
+    with pytest.raises(error, match=fragment):
+        at.Trainer(SoftmaxRegression(4, 3), backend="inline", mode=mode, **options)
+
+
+def test_mode_objects_check_their_own_options() -> None:
+    with pytest.raises(at.ConfigError, match="local_steps must be >= 1"):
+        at.modes.Local(steps=0)
+    with pytest.raises(at.ConfigTypeError, match="staleness must be an integer"):
+        at.modes.SSP(staleness=1.5)  # type: ignore[arg-type]
+
+
 def test_every_mode_is_configurable() -> None:
     assert list(MODES) == list(MODE_OPTIONS)
     for name in MODES:

@@ -39,6 +39,7 @@ PUBLIC = [
     "data",
     "fit",
     "models",
+    "modes",
     "optim",
     "run",
 ]

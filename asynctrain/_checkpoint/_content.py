@@ -249,9 +249,10 @@ def describe_trainer(trainer: Trainer) -> dict[str, Any]:
             "seed": config.seed,
             "nonfinite": config.nonfinite,
             "mode": trainer.mode.name,
-            # Options of some modes only (None otherwise, or where the config has none).
-            "local_steps": getattr(config, "local_steps", None),
-            "staleness": getattr(config, "staleness", None),
+            # Options of some modes only (None in the others).
+            "local_steps": None,
+            "staleness": None,
+            **trainer.mode.settings,
         },
         "model": {
             "class": type(model).__name__,

@@ -56,6 +56,8 @@ def restored_settings(checkpoint: Checkpoint, options: dict[str, Any]) -> dict[s
     """``options`` completed with the checkpoint's trainer settings where not given."""
     config = checkpoint.section("config")
     found = {key: config[key] for key in RESTORED_SETTINGS if config.get(key) is not None}
+    if not isinstance(options.get("mode", ""), str):  # a mode object holds its options
+        found = {k: v for k, v in found.items() if k not in ("mode", "local_steps", "staleness")}
     return found | options
 
 

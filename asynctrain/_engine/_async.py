@@ -46,7 +46,7 @@ class SlotPool:
         return next(s for s, n in enumerate(self.readers) if n == 0 and s != self.current)
 
 
-class AsyncMode:
+class Async:
     """Asynchronous updates (Downpour SGD, Dean et al. 2012): no barrier at all.
 
     ``shards`` lanes run at once, each computing the gradient of a whole batch on the
@@ -61,11 +61,16 @@ class AsyncMode:
     bits.
 
     Example:
-        >>> AsyncMode().param_slots(4)
+        >>> Async().param_slots(4)
         6
     """
 
     name = "async"
+
+    @property
+    def settings(self) -> dict[str, int]:
+        """The mode's options: none."""
+        return {}
 
     def param_slots(self, shards: int) -> int:
         """One slot per lane in flight, plus the newest version, plus the one written."""
@@ -126,4 +131,4 @@ class AsyncMode:
             await ctx.updater.call(ctx.params.write, home, state.params)
 
     def __repr__(self) -> str:
-        return "AsyncMode()"
+        return "Async()"

@@ -47,10 +47,10 @@ class _Fit(NamedTuple):
     scratch: Grads
 
 
-class LocalMode:
+class Local:
     """Local SGD / model averaging (McMahan et al. 2017; PyTorch's post-local SGD).
 
-    Every round covers ``local_steps`` batches: shard ``s`` starts from the current
+    Every round covers ``steps`` batches: shard ``s`` starts from the current
     parameters and takes one optimizer step on its part of each batch (on the worker),
     then the shards' parameter deltas are averaged, weighted by samples and summed in
     shard order, into one new version. One task per shard per round instead of per step.
@@ -62,24 +62,30 @@ class LocalMode:
     round copies the trainer's optimizer state to every shard.
 
     Deterministic: the same seed gives the same bits on every backend and worker count.
-    With ``local_steps=1`` and plain SGD it computes sync mode's update up to rounding
+    With ``steps=1`` and plain SGD it computes sync mode's update up to rounding
     (averaging ``n_s * ((p - lr * g_s / n_s) - p)`` instead of summing gradients).
 
     Steps and events count batches: a round of k batches adds k steps and yields k
     StepEvents (their ``grad_norm`` is NaN: no mean gradient is ever formed).
 
     Args:
-        local_steps: optimizer steps each shard takes between averagings (>= 1).
+        steps: optimizer steps each shard takes between averagings (>= 1); the
+            Trainer's ``local_steps`` option.
 
     Example:
-        >>> LocalMode(local_steps=8).grad_slots(4)
+        >>> Local(steps=8).grad_slots(4)
         4
     """
 
     name = "local"
 
-    def __init__(self, *, local_steps: int = DEFAULT_LOCAL_STEPS) -> None:
-        self.local_steps = check_int("local_steps", local_steps, minimum=1)
+    def __init__(self, *, steps: int = DEFAULT_LOCAL_STEPS) -> None:
+        self.steps = check_int("local_steps", steps, minimum=1)
+
+    @property
+    def settings(self) -> dict[str, int]:
+        """The mode's options as the Trainer and checkpoints name them."""
+        return {"local_steps": self.steps}
 
     def param_slots(self, shards: int) -> int:
         """Two: every round reads one version and writes the next."""
@@ -92,12 +98,12 @@ class LocalMode:
     async def run_epoch(
         self, ctx: StepContext, epoch: int, order: npt.NDArray[np.int64], start_batch: int
     ) -> AsyncGenerator[StepEvent, None]:
-        """Run the epoch's remaining batches in rounds of ``local_steps``."""
+        """Run the epoch's remaining batches in rounds of ``steps``."""
         fit = await self._fit(ctx)
         batches = batches_of(order, ctx.batch_size, start_batch)
-        for first in range(0, len(batches), self.local_steps):
+        for first in range(0, len(batches), self.steps):
             step = ctx.updater.state.step
-            in_round = batches[first : first + self.local_steps]
+            in_round = batches[first : first + self.steps]
             results = await self._round(ctx, fit, in_round)
             all_stats = await ctx.updater.commit(_commit_round, results, ctx, fit, len(in_round))
             for j, stats in enumerate(all_stats):
@@ -143,7 +149,7 @@ class LocalMode:
         return LocalOptState(tuple(rebuild(skel, to_arrays(opt_state)) for _ in range(shards)))
 
     def __repr__(self) -> str:
-        return f"LocalMode(local_steps={self.local_steps})"
+        return f"Local(steps={self.steps})"
 
 
 def _per_shard(state: TrainState, shards: int) -> tuple[TrainState, None]:

@@ -22,7 +22,7 @@ from asynctrain._engine._work import ShardResult
 from asynctrain._events import StepEvent
 
 
-class SSPMode:
+class SSP:
     """Stale-synchronous parallel (Ho et al. 2013), made deterministic.
 
     Up to ``staleness + 1`` steps are in flight at once: step ``i`` computes its shards
@@ -40,7 +40,7 @@ class SSPMode:
             update is applied to (>= 0).
 
     Example:
-        >>> SSPMode(staleness=2).param_slots(4)
+        >>> SSP(staleness=2).param_slots(4)
         4
     """
 
@@ -48,6 +48,11 @@ class SSPMode:
 
     def __init__(self, *, staleness: int = DEFAULT_STALENESS) -> None:
         self.staleness = check_int("staleness", staleness, minimum=0)
+
+    @property
+    def settings(self) -> dict[str, int]:
+        """The mode's options as the Trainer and checkpoints name them."""
+        return {"staleness": self.staleness}
 
     def param_slots(self, shards: int) -> int:
         """``staleness + 1`` versions may be read while the next one is written."""
@@ -86,4 +91,4 @@ class SSPMode:
             raise unwrap_group(eg) from None
 
     def __repr__(self) -> str:
-        return f"SSPMode(staleness={self.staleness})"
+        return f"SSP(staleness={self.staleness})"

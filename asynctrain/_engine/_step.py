@@ -9,7 +9,7 @@ import functools
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -65,6 +65,7 @@ class StepContext:
         )
 
 
+@runtime_checkable
 class Mode(Protocol):
     """A training mode: how a step's shard tasks are scheduled and their results applied.
 
@@ -73,6 +74,12 @@ class Mode(Protocol):
     """
 
     name: str
+
+    @property
+    def settings(self) -> dict[str, int]:
+        """The mode's options by the Trainer's names (``{"staleness": 2}``); checkpoints
+        record them, and resuming checks them."""
+        ...
 
     def param_slots(self, shards: int) -> int:
         """Parameter slots the mode needs, so a version being read is never overwritten."""

@@ -22,18 +22,23 @@ from asynctrain._engine._work import Rows, ShardResult, ShardTask
 from asynctrain._events import StepEvent
 
 
-class SyncMode:
+class Sync:
     """Lock-step data parallelism: every step waits for all shards, reduced in shard order.
 
     The default. Reproducible: the same seed and shard count give bit-identical parameters
     on every backend and worker count.
 
     Example:
-        >>> SyncMode().param_slots(4)
+        >>> Sync().param_slots(4)
         2
     """
 
     name = "sync"
+
+    @property
+    def settings(self) -> dict[str, int]:
+        """The mode's options: none."""
+        return {}
 
     def param_slots(self, shards: int) -> int:
         """Two: the version being read and the one being written (double buffering)."""
@@ -64,7 +69,7 @@ class SyncMode:
         )
 
     def __repr__(self) -> str:
-        return "SyncMode()"
+        return "Sync()"
 
 
 async def _run_together(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardResult]:
