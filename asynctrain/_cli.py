@@ -102,24 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register the ``bench`` subcommand on the ``asynctrain`` parser."""
+    """Register ``bench``: it passes every word after it on to ``benchmarks``' own parser."""
     bench = commands.add_parser(
         "bench",
-        help="measure asynctrain against the hardware limit and its peers",
-        description="Run the benchmark suites; print a table (name, median, min–max, unit, "
-        "reference, target, met?). Unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for this command "
-        "if your environment sets them.",
+        help="measure asynctrain against the hardware limit and its peers (source checkout)",
+        add_help=False,
+        # No option of its own, so none is taken from benchmarks' (--help included).
+        prefix_chars="\0",
     )
-    size = bench.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smaller sizes (under a minute)")
-    size.add_argument(
-        "--smoke", action="store_true", help="tiny sizes: checks every figure runs (for CI)"
-    )
-    bench.add_argument("--only", default="", help="comma-separated suites, e.g. overhead,scaling")
-    bench.add_argument("--json", dest="json_path", metavar="PATH", help="write every figure here")
-    bench.add_argument("--plot", metavar="DIR", help="write PNG charts here (needs matplotlib)")
-    bench.add_argument("--markdown", metavar="PATH", help="write the table as Markdown here")
-    bench.add_argument("--list", action="store_true", help="list the suites and exit")
+    bench.add_argument("options", nargs="*", help="see asynctrain bench --help")
     bench.set_defaults(handler=_bench)
 
 
@@ -131,9 +122,9 @@ def _bench(args: argparse.Namespace) -> int:
         return 2
     if str(checkout) not in sys.path:
         sys.path.insert(0, str(checkout))
-    from benchmarks._command import bench_command
+    from benchmarks import main
 
-    result: int = bench_command(args)
+    result: int = main(args.options, prog="asynctrain bench")
     return result
 
 

@@ -16,8 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from asynctrain import optim
-from asynctrain._trainer import Trainer
+from asynctrain import Trainer, optim
 from asynctrain.data import Dataset, steps_per_epoch
 from benchmarks._command import run_alone
 from benchmarks._figure import Figure, ratio_figure, skipped_figure

@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from asynctrain._runtime import run as run_loop
-from asynctrain._trainer import Trainer
+from asynctrain import Trainer
+from asynctrain import run as run_loop
 from asynctrain.data import Dataset
 from asynctrain.models import MLP, SoftmaxRegression
 from asynctrain.optim import adam

@@ -1,4 +1,5 @@
-"""``asynctrain bench``: run the suites, print the table, write JSON and charts."""
+"""The bench command: ``python -m benchmarks`` and ``asynctrain bench`` (which passes its
+words on here) run the suites, print the table, write JSON and charts."""
 
 from __future__ import annotations
 
@@ -10,11 +11,51 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from asynctrain._runtime import run
+from asynctrain import AsyncTrainError, run
 from benchmarks._machine import describe, machine
 from benchmarks._report import document, markdown_table, text_table, write_json
 from benchmarks._scale import smoke
-from benchmarks._suites import SuiteFn, SuiteOutcome, discover, run_suite, select
+from benchmarks._suites import SUITES, SuiteOutcome, run_suite, select
+
+
+def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
+    """The bench's options (``asynctrain bench`` has no others: it passes them all here)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run the benchmark suites; print a table (name, median, min–max, unit, "
+        "reference, target, met?). Unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for this command "
+        "if your environment sets them.",
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smaller sizes (under a minute)")
+    size.add_argument(
+        "--smoke", action="store_true", help="tiny sizes: checks every figure runs (for CI)"
+    )
+    parser.add_argument("--only", default="", help="comma-separated suites, e.g. overhead,scaling")
+    parser.add_argument("--json", dest="json_path", metavar="PATH", help="write every figure here")
+    parser.add_argument("--plot", metavar="DIR", help="write PNG charts here (needs matplotlib)")
+    parser.add_argument("--markdown", metavar="PATH", help="write the table as Markdown here")
+    parser.add_argument("--list", action="store_true", help="list the suites and exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m benchmarks") -> int:
+    """Parse ``argv`` (default: the command line) and run the bench; return the exit status.
+
+    asynctrain's own errors (an unknown suite name, ...) print one line and return 2.
+
+    Example:
+        >>> main(["--list"], prog="asynctrain bench")  # doctest: +ELLIPSIS
+        overhead
+        ...
+        0
+    """
+    args = build_parser(prog).parse_args(argv)
+    try:
+        return bench_command(args)
+    except AsyncTrainError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -22,16 +63,15 @@ def bench_command(args: argparse.Namespace) -> int:
 
     Missed targets do not change the exit status: they are results, shown in the table.
     """
-    found = discover()
     if args.list:
-        print("\n".join(sorted(found)))
+        print("\n".join(SUITES))
         return 0
-    names = select(found, [n.strip() for n in args.only.split(",") if n.strip()])
+    names = select([n.strip() for n in args.only.split(",") if n.strip()], list(SUITES))
     quick = bool(args.quick or args.smoke)
     info = machine()
     print(describe(info), flush=True)
     started = time.perf_counter()
-    outcomes = run(_run_all(found, names, quick, smoke_size=args.smoke))
+    outcomes = run(_run_all(names, quick, smoke_size=args.smoke))
     seconds = time.perf_counter() - started
     print(text_table(outcomes))
     print(f"{len(names)} suites in {seconds:.1f} s")
@@ -59,14 +99,12 @@ def _command_line(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
-async def _run_all(
-    found: dict[str, SuiteFn | str], names: Sequence[str], quick: bool, *, smoke_size: bool
-) -> list[SuiteOutcome]:
+async def _run_all(names: Sequence[str], quick: bool, *, smoke_size: bool) -> list[SuiteOutcome]:
     outcomes = []
     for name in names:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         with smoke() if smoke_size else contextlib.nullcontext():
-            outcomes.append(await run_suite(name, found[name], quick))
+            outcomes.append(await run_suite(name, SUITES[name], quick))
     return outcomes
 
 
@@ -83,7 +121,5 @@ def _plot(outcomes: Sequence[SuiteOutcome], directory: str) -> None:
 
 
 def run_alone(suite: str) -> int:
-    """``python -m benchmarks._<suite> [options]``: ``asynctrain bench --only suite``."""
-    from asynctrain._cli import main
-
-    return main(["bench", "--only", suite, *sys.argv[1:]])
+    """``python -m benchmarks._<suite> [options]``: ``python -m benchmarks --only suite``."""
+    return main(["--only", suite, *sys.argv[1:]], prog=f"python -m benchmarks._{suite}")

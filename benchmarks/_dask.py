@@ -8,8 +8,8 @@ the thread backend, named in every figure):
 * ``dask/task_cost/{single,step,in_flight}``: milliseconds per task that does nothing,
   awaited one at a time, 4 at a time (a step of 4 shards) and 64 at a time;
 * ``dask/epoch/mlp/<mode>/b<batch>``: epoch time on the ``"mlp"`` reference problem as a
-  ratio to the reference backend (paired repeats), in ``sync`` and ``local`` mode (when
-  this checkout has it), with batches of 512 and 8192 in 4 shards;
+  ratio to the reference backend (paired repeats), in ``sync`` and ``local`` mode,
+  with batches of 512 and 8192 in 4 shards;
 * ``dask/loop_lag/fit``: p99 lateness (ms) of a 1 ms heartbeat while an MLP epoch trains
   on Dask (``sync``, batch 512). Every epoch above is timed with that heartbeat on the
   loop, on both backends alike, so these are the same epochs (the reference backend's
@@ -33,18 +33,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib.util
 import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from asynctrain import optim
-from asynctrain._engine import MODES
-from asynctrain._runtime import run as run_loop
-from asynctrain._trainer import Trainer
-from asynctrain.backends import Backend, get_backend
+from asynctrain import Trainer, optim
+from asynctrain import run as run_loop
+from asynctrain.backends import Backend, backend_names, get_backend
 from asynctrain.data import Dataset
 from asynctrain.models import MLP
 from benchmarks._figure import Figure, Spread, ratio_figure
@@ -70,7 +67,7 @@ def command(quick: bool) -> str:
 
 def reference_backend() -> str:
     """``"process"`` when the process backend is installed, else ``"thread"``."""
-    return "process" if importlib.util.find_spec("asynctrain.backends._process") else "thread"
+    return "process" if "process" in backend_names() else "thread"
 
 
 def nothing() -> None:
@@ -165,8 +162,7 @@ async def epoch_seconds(backend: Backend, data: Dataset, mode: str, batch: int) 
 async def epochs(quick: bool, dask: Backend, other: Backend) -> list[Figure]:
     """Epoch time on Dask over the reference backend per mode and batch; loop lag meanwhile."""
     data, repeats = mlp_data(quick), (2 if quick else 3)
-    modes = [m for m in ("sync", "local") if m in MODES]
-    modes = modes[-1:] if quick else modes  # quick: local mode only (sync if it is missing)
+    modes = ["local"] if quick else ["sync", "local"]
     for mode in modes:  # warm-up: imports on the workers, for each mode's tasks
         await epoch_seconds(dask, head(data), mode, BATCHES[0])
         await epoch_seconds(other, head(data), mode, BATCHES[0])

@@ -19,7 +19,6 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from asynctrain._config import DEFAULT_BATCH_SIZE
 from asynctrain.backends import ThreadBackend
 from asynctrain.data import Dataset
 from benchmarks._command import run_alone
@@ -27,6 +26,7 @@ from benchmarks._figure import Figure, ratio_figure
 from benchmarks._handwritten import Arrays, train_epochs
 from benchmarks._scale import command, dataset, repeats, samples
 from benchmarks._workloads import (
+    DEFAULT_BATCH_SIZE,
     LEARNING_RATE,
     head,
     initial_params,

@@ -29,12 +29,14 @@ def _met(figure: Figure) -> str:
 
 
 def rows(outcomes: Sequence[SuiteOutcome]) -> list[tuple[str, ...]]:
-    """One row per figure (skipped ones say why), and one per failed suite."""
+    """One row per figure (skipped ones say why), and one per failed or skipped suite."""
     table: list[tuple[str, ...]] = []
     for outcome in outcomes:
         if not outcome.ok:
             error = outcome.error.splitlines()[-1] if outcome.error else "failed"
             table.append((f"{outcome.name} (suite)", "FAILED", "", "", error, "", ""))
+        if outcome.skipped:
+            table.append((f"{outcome.name} (suite)", "skipped", "", "", outcome.skipped, "", ""))
         for f in outcome.figures:
             if f.skipped:
                 table.append((f.name, "skipped", "", f.unit, f.note, f.target, ""))

@@ -26,13 +26,18 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
-from asynctrain._config import DEFAULT_BATCH_SIZE, DEFAULT_SHARDS
 from asynctrain.backends import get_backend
 from asynctrain.data import Dataset
 from benchmarks._command import run_alone
 from benchmarks._figure import Figure, ratio_figure, skipped_figure, time_async
 from benchmarks._scale import command, dataset, level, repeats, samples
-from benchmarks._workloads import backend_available, head, timed_epochs
+from benchmarks._workloads import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SHARDS,
+    backend_available,
+    head,
+    timed_epochs,
+)
 
 
 class Config(NamedTuple):

@@ -23,11 +23,8 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
-from asynctrain._events import Callback, StepEvent
-from asynctrain._monitor import LagStats, LoopLagMonitor
-from asynctrain._runtime import run as run_loop
-from asynctrain._serving._service import TrainingService
-from asynctrain._trainer import Trainer
+from asynctrain import Callback, LagStats, LoopLagMonitor, StepEvent, Trainer, TrainingService
+from asynctrain import run as run_loop
 from asynctrain.backends import get_backend
 from asynctrain.data import Dataset
 from asynctrain.models import MLP

@@ -1,93 +1,144 @@
-"""Find the benchmark suites and run them, so that one failing suite fails only itself.
+"""The benchmark suites, listed by name, and how one is run so that it fails only itself.
 
-A suite is any module ``benchmarks/_<name>.py`` that defines its own coroutine
-function ``run(quick: bool) -> list[Figure]``; helper modules (no ``run``) are skipped.
+``SUITES`` is the whole list, in the order ``asynctrain bench`` runs and prints them. A
+suite is a module with its own coroutine function ``run(quick: bool) -> list[Figure]``,
+imported only when it runs: a suite whose optional dependency is missing (or whose
+module this checkout lacks) is reported as skipped, and one that breaks as failed.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
-import pkgutil
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from asynctrain._exceptions import ConfigError
+from asynctrain import ConfigError
 from benchmarks._figure import Figure
 
 SuiteFn = Callable[[bool], Awaitable[list[Figure]]]
 
 
+@dataclass(frozen=True)
+class Suite:
+    """Where a suite's ``run`` lives and the optional modules it cannot run without.
+
+    Args:
+        module: the suite's module, e.g. ``"benchmarks._overhead"``.
+        needs: top-level modules that must be importable, e.g. ``("distributed",)``.
+        install: how to get them, shown when one is missing.
+    """
+
+    module: str
+    needs: tuple[str, ...] = ()
+    install: str = ""
+
+
+SUITES: dict[str, Suite] = {
+    "overhead": Suite("benchmarks._overhead"),
+    "scaling": Suite("benchmarks._scaling"),
+    "accuracy": Suite("benchmarks._accuracy"),
+    "roofline": Suite("benchmarks._roofline"),
+    "latency": Suite("benchmarks._latency"),
+    "modes": Suite("benchmarks._modes"),
+    "stream": Suite("benchmarks._stream"),
+    "checkpoint": Suite("benchmarks._checkpoint"),
+    "service": Suite("benchmarks._service"),
+    "sklearn": Suite("benchmarks._sklearn"),
+    "torch": Suite("benchmarks._torch"),
+    "dask": Suite("benchmarks._dask", ("distributed",), "pip install 'asynctrain[dask]'"),
+}
+"""Every suite, in the order they run; suites that need an extra skip themselves without it."""
+
+
 @dataclass
 class SuiteOutcome:
-    """What running one suite gave: its figures, or the error that stopped it."""
+    """What running one suite gave: its figures, the error that stopped it, or why it
+    was skipped."""
 
     name: str
     figures: list[Figure] = field(default_factory=list)
     error: str = ""
     seconds: float = 0.0
+    skipped: str = ""
 
     @property
     def ok(self) -> bool:
-        """True when the suite finished without raising."""
+        """True when the suite finished (or was skipped) without raising."""
         return not self.error
 
     def as_dict(self) -> dict[str, Any]:
-        """Status, error and duration, JSON-ready (figures are listed separately)."""
-        status = "ok" if self.ok else "failed"
-        return {"status": status, "error": self.error, "seconds": round(self.seconds, 3)}
+        """Status, error (or why skipped) and duration, JSON-ready (figures are listed
+        separately)."""
+        status = "failed" if self.error else "skipped" if self.skipped else "ok"
+        error = self.error or self.skipped
+        return {"status": status, "error": error, "seconds": round(self.seconds, 3)}
 
 
-def discover(package: str = "benchmarks") -> dict[str, SuiteFn | str]:
-    """Map each suite's name to its ``run``, or to the error that prevented importing it.
-
-    Example:
-        >>> "overhead" in discover()
-        True
-    """
-    found: dict[str, SuiteFn | str] = {}
-    path = importlib.import_module(package).__path__
-    for info in sorted(pkgutil.iter_modules(path), key=lambda i: i.name):
-        if not info.name.startswith("_") or info.name.startswith("__"):
-            continue
-        try:
-            module = importlib.import_module(f"{package}.{info.name}")
-        except Exception as exc:  # a broken suite is reported, not fatal
-            found[info.name[1:]] = f"import failed: {type(exc).__name__}: {exc}"
-            continue
-        run = getattr(module, "run", None)
-        if inspect.iscoroutinefunction(run) and run.__module__ == module.__name__:
-            found[info.name[1:]] = run
-    return found
-
-
-def select(found: dict[str, SuiteFn | str], only: Sequence[str] | None) -> list[str]:
-    """The suite names to run: all of them, or those in ``only`` (in that order).
+def select(only: Sequence[str] | None, suites: Sequence[str]) -> list[str]:
+    """The suite names to run: all of ``suites``, or those in ``only`` (in that order).
 
     Raises:
         ConfigError: a name in ``only`` is not a suite (the message lists them).
+
+    Example:
+        >>> select(["scaling", "overhead", "scaling"], list(SUITES))
+        ['scaling', 'overhead']
     """
     if not only:
-        return sorted(found)
-    unknown = [name for name in only if name not in found]
+        return list(suites)
+    unknown = [name for name in only if name not in suites]
     if unknown:
         raise ConfigError(
-            f"unknown benchmark suite(s) {', '.join(unknown)}; "
-            f"choose from {', '.join(sorted(found))}"
+            f"unknown benchmark suite(s) {', '.join(unknown)}; choose from {', '.join(suites)}"
         )
     return list(dict.fromkeys(only))
 
 
-async def run_suite(name: str, suite: SuiteFn | str, quick: bool) -> SuiteOutcome:
-    """Run one suite; an exception becomes a failed outcome carrying its traceback."""
-    if isinstance(suite, str):
-        return SuiteOutcome(name, error=suite)
+def load(name: str, suite: Suite) -> SuiteFn | SuiteOutcome:
+    """Import ``suite`` and return its ``run``, or the outcome that says why it cannot run.
+
+    Example:
+        >>> load("dask", Suite("benchmarks._dask", ("no_such_module",), "pip it")).skipped
+        'needs no_such_module: pip it'
+    """
+    missing = [m for m in suite.needs if importlib.util.find_spec(m) is None]
+    if missing:
+        return SuiteOutcome(name, skipped=_needs(missing[0], suite.install))
+    if importlib.util.find_spec(suite.module) is None:
+        return SuiteOutcome(name, skipped=f"{suite.module} is not in this checkout")
+    try:
+        module = importlib.import_module(suite.module)
+    except ModuleNotFoundError as exc:
+        if exc.name and not exc.name.startswith(("benchmarks", "asynctrain")):
+            return SuiteOutcome(name, skipped=_needs(exc.name, suite.install))
+        return SuiteOutcome(name, error=f"import failed: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # a broken suite is reported, not fatal
+        return SuiteOutcome(name, error=f"import failed: {type(exc).__name__}: {exc}")
+    run = getattr(module, "run", None)
+    if not (inspect.iscoroutinefunction(run) and run.__module__ == module.__name__):
+        return SuiteOutcome(name, error=f"{suite.module} has no coroutine function run(quick)")
+    fn: SuiteFn = run
+    return fn
+
+
+def _needs(module: str, install: str) -> str:
+    return f"needs {module}" + (f": {install}" if install else "")
+
+
+async def run_suite(name: str, suite: Suite, quick: bool) -> SuiteOutcome:
+    """Import and run one suite; an exception becomes a failed outcome carrying its
+    traceback, a missing optional module a skipped one."""
+    run = load(name, suite)
+    if isinstance(run, SuiteOutcome):
+        return run
     started = time.perf_counter()
     try:
-        figures = list(await suite(quick))
+        figures = list(await run(quick))
     except Exception as exc:
         detail = "".join(traceback.format_exception(exc)[-3:]).strip()
         return SuiteOutcome(name, error=detail, seconds=time.perf_counter() - started)

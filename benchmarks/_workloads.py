@@ -9,14 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from asynctrain import models, optim
-from asynctrain._config import DEFAULT_BATCH_SIZE
-from asynctrain._trainer import Trainer
+from asynctrain import TrainConfig, Trainer, models, optim
 from asynctrain.backends import Backend, get_backend
 from asynctrain.data import PROBLEMS, Dataset
 from benchmarks._figure import Figure
 
 PROBLEM_NAMES = tuple(PROBLEMS)
+# A Trainer's defaults, read from the public settings so the benchmarks follow them.
+DEFAULT_BATCH_SIZE = TrainConfig().batch_size
+DEFAULT_SHARDS = TrainConfig().shards
 
 
 async def per_problem(

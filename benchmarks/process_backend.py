@@ -36,15 +36,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import numpy as np
 
 import asynctrain as at
-from asynctrain.backends import InlineBackend, ProcessBackend, ThreadBackend
+from asynctrain.backends import Backend, InlineBackend, ProcessBackend, ThreadBackend
 
-BACKENDS = {
+BACKENDS: dict[str, Callable[[], Backend]] = {
     "thread-1": lambda: ThreadBackend(workers=1),
     "thread-2": lambda: ThreadBackend(workers=2),
     "process-1": lambda: ProcessBackend(workers=1),
@@ -93,7 +94,7 @@ async def epoch_table(n: int, epochs: int) -> list[str]:
 # -- 2. per-task cost -----------------------------------------------------------------------
 
 
-async def per_task_us(backend: Any, tasks: int, together: bool) -> float:
+async def per_task_us(backend: Backend, tasks: int, together: bool) -> float:
     started = time.perf_counter()
     if together:
         await asyncio.gather(*(backend.run(noop) for _ in range(tasks)))
@@ -105,7 +106,8 @@ async def per_task_us(backend: Any, tasks: int, together: bool) -> float:
 
 async def task_table(tasks: int, repeats: int) -> list[str]:
     rows = ["| backend | awaited singly, µs/task | all in flight, µs/task |", "| --- | --- | --- |"]
-    makers = {"inline": InlineBackend, **{k: v for k, v in BACKENDS.items() if k.endswith("2")}}
+    makers: dict[str, Callable[[], Backend]] = {"inline": InlineBackend}
+    makers |= {k: v for k, v in BACKENDS.items() if k.endswith("2")}
     for name, make in makers.items():
         async with make() as backend:
             await asyncio.gather(*(backend.run(noop) for _ in range(100)))  # warm up
@@ -158,7 +160,7 @@ class PeakSampler:
 
 def load_dataset(kind: str, folder: Path) -> at.data.Dataset:
     """The saved dataset: plain arrays (``""``), memory-mapped (``"npy"``) or shared."""
-    mode = "r" if kind == "npy" else None
+    mode: Literal["r"] | None = "r" if kind == "npy" else None
     data = at.data.Dataset(np.load(folder / "X.npy", mmap_mode=mode), np.load(folder / "y.npy"))
     return data.to_shared() if kind == "shared" else data  # the plain arrays are dropped
 

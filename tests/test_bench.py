@@ -1,4 +1,5 @@
-"""``asynctrain bench``: discovery, the table and JSON, failing suites; run at smoke size.
+"""``asynctrain bench``: the suite list, the table and JSON, failing and skipped suites; run
+at smoke size.
 
 Nothing here checks a speed: these tests check that every figure is produced and reported
 (performance claims come from the full bench, see docs/benchmarks.md).
@@ -6,9 +7,12 @@ Nothing here checks a speed: these tests check that every figure is produced and
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import math
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +50,36 @@ EXPECTED = [
 ]
 
 
-def test_every_suite_module_is_discovered() -> None:
-    found = suites.discover()
-    assert set(OURS) <= set(found)
-    assert not {"figure", "scale", "report", "command", "peers", "race"} & set(found)
+BENCHMARKS = Path(bench.__file__).parent
+
+
+def _defines_async_run(path: Path) -> bool:
+    tree = ast.parse(path.read_text())
+    return any(isinstance(n, ast.AsyncFunctionDef) and n.name == "run" for n in tree.body)
+
+
+def test_every_suite_module_is_listed_and_every_listed_suite_exists() -> None:
+    with_run = {f"benchmarks.{p.stem}" for p in BENCHMARKS.glob("_*.py") if _defines_async_run(p)}
+    listed = {suite.module for suite in suites.SUITES.values()}
+    assert with_run <= listed, with_run - listed
+    # torch's suite may come from another branch; every other listed module is here.
+    assert listed - with_run <= {"benchmarks._torch"}, listed - with_run
+    assert set(OURS) <= set(suites.SUITES)
+    assert {"torch", "dask"} <= set(suites.SUITES)
+
+
+def _suite_file(directory: Path, name: str, body: str) -> suites.Suite:
+    """A suite module ``name`` in ``directory`` (already on sys.path)."""
+    (directory / f"{name}.py").write_text(textwrap.dedent(body))
+    return suites.Suite(name)
+
+
+FINE = """
+    from benchmarks import Figure, ratio_figure
+
+    async def run(quick: bool) -> list[Figure]:
+        return [ratio_figure("fine/x", [2.0], [1.0], reference="r", command="c", target="<= 3")]
+"""
 
 
 @pytest.mark.slow
@@ -79,16 +109,18 @@ def test_smoke_run_writes_every_figure_with_its_command(
 def test_a_failing_suite_is_reported_not_raised(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async def broken(quick: bool) -> list[Figure]:
-        raise RuntimeError("the suite broke")
-
-    async def fine(quick: bool) -> list[Figure]:
-        return [ratio_figure("fine/x", [2.0], [1.0], reference="r", command="c", target="<= 3")]
-
-    monkeypatch.setattr(suites, "discover", lambda: {"broken": broken, "fine": fine})
     from benchmarks import _command
 
-    monkeypatch.setattr(_command, "discover", suites.discover)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    broken_body = """
+        async def run(quick: bool) -> list[object]:
+            raise RuntimeError("the suite broke")
+    """
+    registry = {
+        "broken": _suite_file(tmp_path, "at_test_broken_suite", broken_body),
+        "fine": _suite_file(tmp_path, "at_test_fine_suite", FINE),
+    }
+    monkeypatch.setattr(_command, "SUITES", registry)
     out = tmp_path / "out.json"
     assert main(["bench", "--json", str(out)]) == 1
     printed = capsys.readouterr().out
@@ -194,3 +226,65 @@ def test_a_missing_peer_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) 
     figures = run(_accuracy._problem("logreg", quick=True))
     skipped = {f.name: f.note for f in figures if f.skipped}
     assert skipped["time_to_accuracy/logreg/torch-1t"] == "torch is not installed"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ("import at_test_no_such_package\n", "skipped", "needs at_test_no_such_package"),
+        ("from asynctrain._no_such_module import x\n", "failed", "ModuleNotFoundError"),
+        ("raise ValueError('broken at import')\n", "failed", "broken at import"),
+        ("def run(quick):\n    return []\n", "failed", "no coroutine function run"),
+    ],
+)
+def test_a_suite_that_cannot_import_is_skipped_only_for_a_missing_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, body: str, status: str, says: str
+) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    suite = _suite_file(tmp_path, "at_test_suite_" + status + str(len(body)), body)
+    outcome = run(suites.run_suite("s", suite, quick=True))
+    assert outcome.as_dict()["status"] == status
+    assert says in outcome.as_dict()["error"]
+    assert outcome.ok is (status == "skipped")
+
+
+def test_a_suite_missing_from_the_checkout_is_skipped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import _command
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = {
+        "absent": suites.Suite("benchmarks._at_test_absent"),
+        "fine": _suite_file(tmp_path, "at_test_fine_suite_2", FINE),
+    }
+    monkeypatch.setattr(_command, "SUITES", registry)
+    assert main(["bench", "--quick"]) == 0
+    printed = capsys.readouterr().out
+    assert "absent (suite)" in printed
+    assert "benchmarks._at_test_absent is not in this checkout" in printed
+    assert "fine/x" in printed
+
+
+def test_bench_without_dask_skips_its_suite_and_succeeds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # None in sys.modules: "import distributed" fails and find_spec finds nothing, as
+    # when the dask extra is not installed.
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    out = tmp_path / "out.json"
+    assert main(["bench", "--quick", "--only", "dask", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "dask (suite)" in printed
+    assert "needs distributed: pip install 'asynctrain[dask]'" in printed
+    assert json.loads(out.read_text())["suites"]["dask"]["status"] == "skipped"
+
+
+def test_python_m_benchmarks_is_the_same_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--list"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert main(["bench", "--list"]) == 0
+    assert capsys.readouterr().out.split() == listed == list(suites.SUITES)
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "--only" in capsys.readouterr().out
