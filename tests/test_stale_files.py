@@ -1,0 +1,275 @@
+"""Stale-file sweeps judge by owner locks, never fail their caller, never touch others' files.
+
+Files in /dev/shm (process segments, shared ``.npy`` arrays) and checkpoint temporaries are
+swept when their owner is gone. The owner is judged by its owner lock, not by the pid in
+the name (which means another process, or none, in another PID namespace), and a file of
+another user, a directory or a FIFO is left alone without failing anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from multiprocessing import resource_tracker
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import asynctrain as at
+from asynctrain import _shm
+from asynctrain._checkpoint import sweep
+from asynctrain._ownerlock import hold
+from asynctrain.backends import ProcessBackend
+from asynctrain.data import _shared
+
+SHM = Path("/dev/shm")
+ROOT = str(Path(at.__file__).resolve().parents[1])  # where child processes import from
+OTHER_UID = 12345
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to plant others' files")
+
+HOLDER = """
+import fcntl, os, sys
+fds = [os.open(path, os.O_RDONLY) for path in sys.argv[1:]]
+for fd in fds:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.read()  # hold the locks until the test closes our stdin
+"""
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@contextlib.contextmanager
+def _planted(*paths: Path) -> Iterator[list[Path]]:
+    try:
+        yield list(paths)
+    finally:
+        for path in paths:
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _file(path: Path, *, uid: int | None = None, mode: int = 0o600) -> Path:
+    path.write_bytes(b"")
+    path.chmod(mode)
+    if uid is not None:
+        os.chown(path, uid, uid)
+    return path
+
+
+@contextlib.contextmanager
+def _locked_by_child(*paths: Path) -> Iterator[subprocess.Popen[str]]:
+    """A live process in whose hands the owner locks of ``paths`` are (like their owner's)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, *map(str, paths)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdin is not None
+    try:
+        assert child.stdout.readline() == "locked\n"
+        yield child
+    finally:
+        child.stdin.close()
+        child.wait(10)
+        child.stdout.close()
+
+
+def _all_there(paths: list[Path]) -> bool:
+    return all(os.path.lexists(path) for path in paths)
+
+
+def _sweep_first_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_shared, "_swept", False)  # the next shared array sweeps again
+
+
+# -- item: files the sweep cannot or should not remove --------------------------------------
+
+
+@as_root
+async def test_others_files_directories_and_fifos_never_fail_the_caller(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    dead = _dead_pid()
+    directory = SHM / f"asynctrain_{dead}_7"
+    fifo = SHM / f"asynctrain_{dead}_8_locked"
+    with _planted(
+        _file(SHM / "asynctrain_999999_0", uid=OTHER_UID),  # the issue's planted file
+        _file(SHM / f"asynctrain_{dead}_5_locked", uid=OTHER_UID),
+        _file(SHM / f"asynctrain_{dead}_6_locked.npy", uid=OTHER_UID, mode=0o000),
+        directory,
+        fifo,
+    ) as planted:
+        directory.mkdir()
+        os.mkfifo(fifo, 0o600)
+        np.savez(tmp_path / "d.npz", X=np.ones((20_000, 16)), y=np.zeros(20_000))
+        _sweep_first_allocation(monkeypatch)
+        assert at.data.synthetic("mlp", n=20_000).shared
+        _sweep_first_allocation(monkeypatch)
+        assert at.data.load(tmp_path / "d.npz").shared
+        async with ProcessBackend(workers=1) as backend:
+            assert await backend.run(pow, 2, 5) == 32
+        assert _all_there(planted)
+        assert not {path.name for path in planted} & set(_shm.sweep_stale_segments())
+
+
+@as_root
+def test_a_file_this_user_cannot_remove_never_fails_the_caller() -> None:
+    # The issue's case exactly: a root-owned file in /dev/shm (sticky), seen by another user.
+    planted = [_file(SHM / "asynctrain_999999_0"), _file(SHM / "asynctrain_999999_1_locked")]
+    resource_tracker.ensure_running()  # the child, another user, could not start one
+    with tempfile.TemporaryDirectory() as folder, _planted(*planted):
+        os.chmod(folder, 0o755)
+        saved = Path(folder) / "d.npz"
+        np.savez(saved, X=np.ones((20_000, 16)), y=np.zeros(20_000))
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            status = 1
+            try:
+                os.setgid(OTHER_UID)
+                os.setuid(OTHER_UID)
+                _shared._swept = False
+                first = at.data.synthetic("mlp", n=20_000)
+                _shared._swept = False
+                second = at.data.load(saved)
+                status = 0 if first.shared and second.shared else 2
+                del first, second
+            finally:
+                os._exit(status)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert all(path.exists() for path in planted)
+        assert not [name for name in _shm.our_segments() if name.startswith(f"asynctrain_{pid}_")]
+
+
+# -- item: liveness by owner lock, not by pid -----------------------------------------------
+
+
+def test_a_file_whose_lock_is_held_is_kept_whatever_its_pid_says() -> None:
+    # Owners in another PID namespace: their pid here is dead, or a different live process.
+    dead, unrelated = _dead_pid(), os.getppid()
+    names = [f"asynctrain_{dead}_0_locked", f"asynctrain_{unrelated}_1_locked"]
+    names += [name + ".npy" for name in names]
+    with _planted(*(_file(SHM / name) for name in names)) as planted:
+        with _locked_by_child(*planted):
+            assert not set(names) & set(_shm.sweep_stale_segments())
+            assert all(path.exists() for path in planted)
+        assert set(names) <= set(_shm.sweep_stale_segments())  # locks released
+        assert not any(path.exists() for path in planted)
+
+
+def test_checkpoint_temporaries_are_judged_by_their_writers_lock(tmp_path: Path) -> None:
+    host = socket.gethostname().replace(".", "-").replace("_", "-")
+    names = [f".a.ckpt.{host}.{pid}.0123abcd.tmp" for pid in (_dead_pid(), os.getppid())]
+    planted = [_file(tmp_path / name) for name in names]
+    with _locked_by_child(*planted):
+        assert sweep(tmp_path) == []
+    assert sweep(tmp_path) == sorted(planted)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_live_files_of_this_process_survive_a_sweep_by_another(tmp_path: Path) -> None:
+    # Workers open and map the owner's files, and numpy opens and closes the .npy path: the
+    # owner's lock must survive all of it (a POSIX record lock would not).
+    data = at.data.synthetic("mlp", n=20_000)
+    async with ProcessBackend(workers=1) as backend:
+        shared = await backend.share({"X": data.X, "W": np.ones((300, 300))})
+        assert await backend.run(_total, shared) == pytest.approx(_total(shared))
+        ours = {
+            name for name in _shm.our_segments() if name.startswith(f"asynctrain_{os.getpid()}_")
+        }
+        assert len(ours) >= 2  # the dataset's .npy file and the segment of W
+        swept = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", SWEEP],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": ROOT},
+        )
+        assert not ours & set(json.loads(swept.stdout))
+        assert ours <= _shm.our_segments()
+
+
+SWEEP = "import json, asynctrain._shm as s; print(json.dumps(s.sweep_stale_segments()))"
+
+
+def _total(shared: at.backends.SharedArrays) -> float:
+    arrays = shared.read()
+    return float(arrays["X"].sum() + arrays["W"].sum())
+
+
+def test_hold_yields_to_a_sweeper_that_locked_first(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR)
+    sweeper = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(sweeper, fcntl.LOCK_EX)
+        assert not hold(fd, str(path))  # the sweeper will remove it: make another
+        path.unlink()
+        fcntl.flock(sweeper, fcntl.LOCK_UN)
+        assert not hold(fd, str(path))  # removed before we locked: ours no longer
+    finally:
+        os.close(fd)
+        os.close(sweeper)
+
+
+NAMESPACED_OWNER = """
+import os, sys
+from multiprocessing import resource_tracker
+from asynctrain._shm import Segment
+segment = Segment.create(64)
+resource_tracker.unregister("/" + segment.name, "shared_memory")  # as if killed with it
+print(os.getpid(), segment.name, flush=True)
+sys.stdin.read()
+os._exit(0)  # the file stays behind, its owner lock released by the exit
+"""
+
+
+@as_root
+def test_a_segment_owned_in_another_pid_namespace() -> None:
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "--pid", "--fork", "true"]).returncode:
+        pytest.skip("no PID namespaces here")
+    owner = subprocess.Popen(
+        [unshare, "--pid", "--fork", "--kill-child", sys.executable, "-c", NAMESPACED_OWNER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    assert owner.stdout is not None
+    assert owner.stdin is not None
+    pid, name = owner.stdout.readline().split()
+    path = SHM / name
+    try:
+        assert pid == "1"
+        assert name.startswith("asynctrain_1_")
+        assert name not in _shm.sweep_stale_segments()
+        assert path.exists()
+        owner.stdin.close()
+        assert owner.wait(10) == 0
+        owner.stdout.close()
+        assert name in _shm.sweep_stale_segments()  # its pid runs here, its lock is free
+        assert not path.exists()
+    finally:
+        owner.kill()
+        owner.wait()
+        path.unlink(missing_ok=True)
