@@ -23,7 +23,7 @@ import fcntl
 import os
 import stat
 
-_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # flock unsupported
 
 
 def hold(fd: int, path: str) -> bool:
@@ -45,15 +45,14 @@ def hold(fd: int, path: str) -> bool:
         >>> os.close(fd)
         >>> remove_if_abandoned(path, pid=os.getpid())  # the pid is not asked: flock works
         True
+        >>> os.rmdir(os.path.dirname(path))
     """
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
-    except OSError as exc:
-        if exc.errno in _NO_LOCKS:  # a filesystem without flock: sweepers fall back to pids
-            return True
-        raise
+    except OSError:  # a filesystem without flock: its sweepers fall back to the pid
+        return True
     return _names(path, fd)
 
 
