@@ -210,6 +210,7 @@ def test_a_forked_child_never_unlinks_the_parents_file() -> None:
     if pid == 0:  # the child drops its copy of the array: its finalizer must not unlink
         del X
         gc.collect()
+        _shm.sweep_stale_segments()  # nor release the parent's owner lock
         os._exit(0 if (SHM / name).exists() else 1)
     assert os.waitpid(pid, 0)[1] == 0
     assert (SHM / name).exists()

@@ -105,6 +105,7 @@ def _allocate(shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any] 
 
 def _release(name: str, lock: int, owner: int) -> None:
     if os.getpid() != owner:  # a forked child's copy of the array: the file is the parent's
+        os.close(lock)  # the child's copy of the descriptor; the parent's keeps the lock
         return
     _held.discard(name)
     remove(name, lock)
