@@ -26,21 +26,21 @@ import stat
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # flock unsupported
 
 
-def hold(fd: int, path: str) -> bool:
-    """Take the owner lock of the file just created exclusively as ``fd`` at ``path``.
+def hold(fd: int) -> bool:
+    """Take the owner lock of the file just created exclusively as ``fd``.
 
     Keep ``fd`` open for as long as the file is in use; closing it releases the lock.
 
     Returns:
         True if this process owns the file now. False if a sweeper took the lock first and
         is removing (or removed) the file: close ``fd`` and create another; do not unlink
-        ``path``, which may name someone else's file by then.
+        its path, which may name someone else's file by then.
 
     Example:
         >>> import tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "file")
         >>> fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR)
-        >>> hold(fd, path), remove_if_abandoned(path, pid=os.getpid())
+        >>> hold(fd), remove_if_abandoned(path, pid=os.getpid())
         (True, False)
         >>> os.close(fd)
         >>> remove_if_abandoned(path, pid=os.getpid())  # the pid is not asked: flock works
@@ -53,7 +53,10 @@ def hold(fd: int, path: str) -> bool:
         return False
     except OSError:  # a filesystem without flock: its sweepers fall back to the pid
         return True
-    return _names(path, fd)
+    try:
+        return os.fstat(fd).st_nlink > 0  # 0: a sweeper locked and unlinked it first
+    except OSError:
+        return True
 
 
 def remove_if_abandoned(path: str, *, pid: int) -> bool:

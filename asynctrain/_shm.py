@@ -130,7 +130,7 @@ def _create(suffix: str) -> tuple[str, int]:
             fd = _open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR)
         except FileExistsError:  # left by a process that had our pid (here or elsewhere)
             continue
-        if hold(fd, os.path.join(SHM_DIR, name)):
+        if hold(fd):
             return name, fd
         os.close(fd)  # a sweeper took it in the instant before the lock: it removes it
 

@@ -251,10 +251,10 @@ def test_hold_yields_to_a_sweeper_that_locked_first(tmp_path: Path) -> None:
     sweeper = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(sweeper, fcntl.LOCK_EX)
-        assert not hold(fd, str(path))  # the sweeper will remove it: make another
+        assert not hold(fd)  # the sweeper will remove it: make another
         path.unlink()
         fcntl.flock(sweeper, fcntl.LOCK_UN)
-        assert not hold(fd, str(path))  # removed before we locked: ours no longer
+        assert not hold(fd)  # removed before we locked: ours no longer
     finally:
         os.close(fd)
         os.close(sweeper)

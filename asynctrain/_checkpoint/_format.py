@@ -102,7 +102,7 @@ def _create_temporary(path: Path) -> tuple[Path, int]:
     while True:
         temporary = path.parent / f".{path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        if hold(fd, str(temporary)):
+        if hold(fd):
             return temporary, fd
         os.close(fd)  # a sweeper took it in the instant before the lock: it removes it
 
