@@ -13,6 +13,8 @@ dropped when it closes *any* descriptor of the file (numpy's ``open_memmap`` ope
 closes the path), while an ``flock`` belongs to the one open file description, which only
 the owner (and children forked with it) holds. Workers that open the file themselves to
 map it take no lock: a segment whose owner died is stale even while they still map it.
+:func:`pid_alive` remains for what has no lock: a filesystem without ``flock``, and the
+unlocked files of older asynctrain versions.
 """
 
 from __future__ import annotations
