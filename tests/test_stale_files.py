@@ -264,6 +264,12 @@ NAMESPACED_OWNER = """
 import os, sys
 from multiprocessing import resource_tracker
 from asynctrain._shm import Segment
+if len(sys.argv) > 1:  # become that pid of this namespace (a pid dead outside it)
+    with open("/proc/sys/kernel/ns_last_pid", "w") as last:
+        last.write(str(int(sys.argv[1]) - 1))
+    child = os.fork()
+    if child:
+        os._exit(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))
 segment = Segment.create(64)
 resource_tracker.unregister("/" + segment.name, "shared_memory")  # as if killed with it
 print(os.getpid(), segment.name, flush=True)
@@ -273,12 +279,16 @@ os._exit(0)  # the file stays behind, its owner lock released by the exit
 
 
 @as_root
-def test_a_segment_owned_in_another_pid_namespace() -> None:
+@pytest.mark.parametrize("pid_here", ["alive", "dead"])
+def test_a_segment_owned_in_another_pid_namespace(pid_here: str) -> None:
+    # The owner's pid means, in our namespace, another live process (1) or none at all.
     unshare = shutil.which("unshare")
-    if unshare is None or subprocess.run([unshare, "--pid", "--fork", "true"]).returncode:
+    command = [unshare or "unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+    if unshare is None or subprocess.run([*command, "true"]).returncode:
         pytest.skip("no PID namespaces here")
+    wanted = [] if pid_here == "alive" else [str(_dead_pid())]
     owner = subprocess.Popen(
-        [unshare, "--pid", "--fork", "--kill-child", sys.executable, "-c", NAMESPACED_OWNER],
+        [*command, sys.executable, "-c", NAMESPACED_OWNER, *wanted],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -289,15 +299,16 @@ def test_a_segment_owned_in_another_pid_namespace() -> None:
     pid, name = owner.stdout.readline().split()
     path = SHM / name
     try:
-        assert pid == "1"
-        assert name.startswith("asynctrain_1_")
+        assert pid == (wanted[0] if wanted else "1")
+        assert name.startswith(f"asynctrain_{pid}_")
+        assert _shm.pid_alive(int(pid)) == (pid_here == "alive")
         assert name not in _shm.sweep_stale_segments()
-        assert path.exists()
+        assert path.exists()  # its owner lives, whatever its pid says here
         owner.stdin.close()
         assert owner.wait(10) == 0
         owner.stdout.close()
         _shm.sweep_stale_segments()
-        assert not path.exists()  # its pid runs here, but its lock is free
+        assert not path.exists()  # its owner is gone, whatever its pid says here
     finally:
         owner.kill()
         owner.wait()
