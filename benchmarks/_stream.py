@@ -9,7 +9,7 @@ in-memory samples/s, paired per repeat (goal >= 0.90).
 Memory: an async producer 10× faster than training (it sleeps a tenth of the measured
 training time per batch, then allocates a fresh batch) feeds ``fit_stream``. The figure is
 the peak of memory allocated during the fit (``tracemalloc``, which sees numpy's buffers),
-next to the documented bound (``buffer + 2`` source batches and the ring's batch buffers)
+next to the documented bound (``buffer + 3`` source batches and the ring's batch buffers)
 and the bytes of the whole stream, which an unbounded queue would approach.
 
 Run alone: ``python -m benchmarks._stream [--quick]``.
@@ -176,7 +176,7 @@ async def peak_memory(backend: str, quick: bool) -> Figure:
     batch_mb = trainer.config.batch_size * piece_mb / PIECE
     # The feed's bound (docs/streaming.md), plus working memory: one source batch's
     # validation scratch and one batch of shard copies in flight.
-    bound = (DEFAULT_BUFFER + 3) * piece_mb + (RING_SLOTS + 1) * batch_mb
+    bound = (DEFAULT_BUFFER + 4) * piece_mb + (RING_SLOTS + 1) * batch_mb
     return Figure(
         f"stream/softmax/{backend}/peak_memory",
         statistics.median(peaks),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import json
 import os
@@ -159,7 +160,14 @@ def test_sweep_removes_only_dead_writers_temporaries(tmp_path: Path) -> None:
     }
     for name in names.values():
         (tmp_path / name).write_bytes(b"partial")
-    assert sweep(tmp_path) == [tmp_path / names["dead"]]
+    locks = [os.open(tmp_path / names[k], os.O_RDONLY) for k in ("alive", "mine")]
+    for fd in locks:  # their writers' owner locks: saves in progress
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert sweep(tmp_path) == [tmp_path / names["dead"]]
+    finally:
+        for fd in locks:
+            os.close(fd)
     left = {p.name for p in tmp_path.iterdir()}
     assert left == set(names.values()) - {names["dead"]}
     for name in left:  # leave nothing for the leak fixture

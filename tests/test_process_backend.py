@@ -112,7 +112,7 @@ async def test_read_gives_read_only_views_and_write_checks_shapes(
 
 async def test_segments_are_private_and_named_after_the_owner(process2: ProcessBackend) -> None:
     shared = await process2.share({"X": np.zeros((10, 2))})
-    assert re.fullmatch(rf"asynctrain_{os.getpid()}_\d+", shared.key)
+    assert re.fullmatch(rf"asynctrain_{os.getpid()}_\d+_locked", shared.key)
     path = Path("/dev/shm") / shared.key
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     await process2.release(shared)

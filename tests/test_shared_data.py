@@ -60,7 +60,7 @@ def test_a_large_dataset_lives_in_a_private_npy_file_freed_with_its_arrays() -> 
     data = at.data.synthetic("mlp", n=20_000)  # X: 10 MB
     (name,) = _files(data.X)
     path = SHM / name
-    assert re.fullmatch(rf"asynctrain_{os.getpid()}_\d+\.npy", name)
+    assert re.fullmatch(rf"asynctrain_{os.getpid()}_\d+_locked\.npy", name)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert name in _shared.held()
     assert data.shared
@@ -210,6 +210,7 @@ def test_a_forked_child_never_unlinks_the_parents_file() -> None:
     if pid == 0:  # the child drops its copy of the array: its finalizer must not unlink
         del X
         gc.collect()
+        _shm.sweep_stale_segments()  # nor release the parent's owner lock
         os._exit(0 if (SHM / name).exists() else 1)
     assert os.waitpid(pid, 0)[1] == 0
     assert (SHM / name).exists()

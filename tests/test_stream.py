@@ -485,3 +485,39 @@ async def test_bad_stream_settings(options: dict[str, object], message: str) -> 
     async with _trainer("inline") as trainer:
         with pytest.raises((at.ConfigError, at.ConfigTypeError), match=message):
             await trainer.fit_stream([], **options)  # type: ignore[arg-type]
+
+
+# -- batches are copied when validated: the producer may reuse or change its arrays --------
+
+
+def _refilled(pieces: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[object]:
+    """Yield every piece in the same two buffers, refilled in place (a ring of one)."""
+    X, y = np.empty((100, 8), np.float32), np.empty(100, np.int64)
+    for X_piece, y_piece in pieces:
+        n = len(X_piece)
+        X[:n], y[:n] = X_piece, y_piece
+        yield X[:n], y[:n]
+
+
+def _poisoned(pieces: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[object]:
+    """Yield fresh arrays, and write a NaN into each after the trainer took it."""
+    for X_piece, y in pieces:
+        X = X_piece.copy()
+        yield X, y
+        X[0, 0] = np.nan
+
+
+@pytest.mark.parametrize("producer", [_refilled, _poisoned])
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_a_batch_is_what_the_producer_yielded_not_what_it_wrote_later(
+    backend_name: str, kind: str, producer: object
+) -> None:
+    data = _data()
+    async with _trainer("inline") as trainer:  # the oracle: fresh, untouched arrays
+        reference = (await trainer.fit_stream(list(_pieces(data, 100)))).params
+    items = producer(_pieces(data, 100))  # type: ignore[operator]
+    source = _agen(items) if kind == "async" else items
+    async with _trainer(backend_name) as trainer:
+        result = await trainer.fit_stream(source)
+    assert result.steps == 16
+    assert _bits(result.params) == _bits(reference)

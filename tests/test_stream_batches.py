@@ -123,3 +123,15 @@ def test_outputs_must_not_change_mid_stream_for_a_model_that_takes_any() -> None
     like = np.zeros((0,), np.float32)
     with pytest.raises(at.DataError, match=r"b: .* first batch had targets of shape \(n,\);"):
         check_batch(AnyOutputs(3), (X, np.zeros((6, 2))), where="b", like=like)
+
+
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_a_checked_batch_owns_its_arrays(as_dataset: bool) -> None:
+    X, y = _xy()
+    X = X.astype(np.float32)  # the model's dtype: nothing to convert, so nothing copied
+    item = Dataset(X, y) if as_dataset else (X, y)
+    checked = check_batch(SoftmaxRegression(3, 3), item, where="b")
+    assert checked is not None
+    assert not np.shares_memory(checked[0], X)
+    assert not np.shares_memory(checked[1], y)
+    np.testing.assert_array_equal(checked[0], X)

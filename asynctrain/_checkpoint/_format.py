@@ -3,8 +3,9 @@
 Layout: ``manifest.json`` (format, version, and per array its member, shape, dtype, size
 and SHA-256) plus one ``.npy`` member per array (``params/W.npy``, ...), so ``np.load(path)``
 can read the arrays too. Writing is atomic: a temporary file in the
-same directory (named after the host and pid of its writer, so a dead writer's leftovers
-are recognised and swept) is written, flushed and fsynced, renamed over the target, and
+same directory (named after the host and pid of its writer, and holding its writer's owner
+lock until renamed, so a dead writer's leftovers are recognised and swept, also across PID
+namespaces) is written, flushed and fsynced, renamed over the target, and
 the directory is fsynced; a reader sees the old file or the new one, never a torn one.
 
 Reading (:mod:`._verify`) trusts nothing in the file and never unpickles.
@@ -30,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import CheckpointError
-from asynctrain._shm import pid_alive
+from asynctrain._ownerlock import hold, remove_if_abandoned
 
 FORMAT = "asynctrain-checkpoint"
 FORMAT_VERSION = 1
@@ -67,16 +68,18 @@ def write(
             ``EIO``, ...); the previous file at ``path``, if any, is left intact.
         SaveCancelled: ``cancel`` was set while writing (nothing was left behind).
     """
-    temporary = path.parent / f".{path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        temporary, fd = _create_temporary(path)
+    except OSError as exc:
+        raise CheckpointError(_write_failure(path, exc)) from exc
+    try:
         try:
             with os.fdopen(fd, "wb", closefd=False) as out:
                 _write_zip(out, manifest, arrays, cancel)
             os.fsync(fd)
+            os.replace(temporary, path)  # still locked: a sweeper never takes it mid-rename
         finally:
             os.close(fd)
-        os.replace(temporary, path)
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
@@ -94,6 +97,16 @@ def write(
         ) from exc
 
 
+def _create_temporary(path: Path) -> tuple[Path, int]:
+    """Create the writer's temporary next to ``path`` and take its owner lock."""
+    while True:
+        temporary = path.parent / f".{path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        if hold(fd):
+            return temporary, fd
+        os.close(fd)  # a sweeper took it in the instant before the lock: it removes it
+
+
 def temporaries(directory: Path, *, recursive: bool = False) -> list[Path]:
     """The temporary files of unfinished saves under ``directory`` (any writer's)."""
     found = directory.rglob(".*.tmp") if recursive else directory.glob(".*.tmp")
@@ -103,16 +116,19 @@ def temporaries(directory: Path, *, recursive: bool = False) -> list[Path]:
 def sweep(directory: Path) -> list[Path]:
     """Remove temporaries left by dead writers on this host; return what was removed.
 
-    A temporary whose writer (host, pid) is still alive, or that another host wrote, is
-    left alone: it may be a save in progress.
+    A writer holds an owner lock on its temporary until the rename, so a temporary whose
+    lock is held is a save in progress, whatever its pid means in this PID namespace, and
+    is left alone; so is one that another host wrote (a lock may not reach across a network
+    filesystem), another user's, and one this process cannot remove. On a filesystem
+    without locks, the writer's pid on this host decides.
     """
     removed = []
     for path in temporaries(directory):
         match = _TEMPORARY.match(path.name)
         assert match is not None
-        if match["host"] == _host() and not pid_alive(int(match["pid"])):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        if match["host"] != _host():
+            continue
+        if remove_if_abandoned(str(path), pid=int(match["pid"])):
             removed.append(path)
     return removed
 

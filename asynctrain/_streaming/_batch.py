@@ -3,6 +3,10 @@
 A stream batch passes the same checks as a whole dataset (:class:`~asynctrain.data.Dataset`
 for shape, dtype and NaN/Inf, :func:`~asynctrain.models.check_data` for the feature count
 and the labels), except that one batch may hold a single class. Its errors name the batch.
+
+A checked batch owns its arrays: they are copied (or converted, which copies) before they
+are checked, because the producer runs again before the batch is trained on and may refill
+or change what it yielded. What was checked is what is trained on.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ def check_batch(
 
     Returns:
         ``(X, y)`` with ``X`` in the model's dtype and ``y`` as int64 labels (classifiers)
-        or float targets; None for a batch with no rows (streams may yield empty polls).
+        or float targets, both new arrays that share no memory with ``item``; None for a
+        batch with no rows (streams may yield empty polls).
 
     Raises:
         DataError, DataTypeError: the batch is unusable; the message starts with ``where``.
@@ -44,10 +49,9 @@ def check_batch(
         X, y = _unpack(item)
         if np.shape(X)[:1] == (0,) and np.shape(y)[:1] == (0,):
             return None
-        data = item if isinstance(item, Dataset) else Dataset(X, y, dtype=model.dtype)
+        data = Dataset(_owned(X, model.dtype), _owned(y), dtype=model.dtype)
         check_data(model, data.X, data.y, single_class=True)
-        features = data.X if data.dtype == model.dtype else data.X.astype(model.dtype)
-        return features, _targets(model, data.y, like)
+        return data.X, _targets(model, data.y, like)
     except DataError as exc:
         raise type(exc)(f"{where}: {exc}") from exc
 
@@ -61,6 +65,18 @@ def _unpack(item: object) -> tuple[Any, Any]:
         f"got {type(item).__name__}, not an (X, y) pair; a stream must yield (X, y) tuples "
         "of arrays (or Datasets)"
     )
+
+
+def _owned(value: Any, dtype: np.dtype[Any] | None = None) -> Any:
+    """``value`` copied into an array of its own, unless converting it to ``dtype`` (which
+    Dataset does, before its checks) makes that copy anyway."""
+    numeric = isinstance(value, np.ndarray) and value.dtype.kind in "biuf"
+    if numeric and dtype is not None and value.dtype != dtype:
+        return value
+    try:
+        return np.array(value)
+    except (ValueError, TypeError):
+        return value  # ragged or unreadable: Dataset says what is wrong with it
 
 
 def _targets(model: Model, y: npt.NDArray[Any], like: npt.NDArray[Any] | None) -> npt.NDArray[Any]:

@@ -4,9 +4,9 @@
 
     source ─► consumer task ─► asyncio.Queue(maxsize=buffer) ─► filler task ─► ready queue
     (sync or   pulls a batch,    validated batches; the          re-cuts rows    (slot, rows)
-     async)    validates it      producer waits while it         into a free     ─► trainer
-               off the loop      is full                         ring slot ◄──── slot freed
-                                                                                 after its step
+     async)    validates a       producer waits while it         into a free     ─► trainer
+               copy of it off    is full                         ring slot ◄──── slot freed
+               the loop                                                          after its step
 
 The ring is ``RING_SLOTS`` batch buffers shared with the backend once
 (``backend.share(..., slots=RING_SLOTS)``), so a shard task carries only a slot number and

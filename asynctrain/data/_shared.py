@@ -1,8 +1,9 @@
 """Arrays in shared memory: ``.npy`` files in /dev/shm that worker processes map in place.
 
 An array of at least :data:`MIN_BYTES` is allocated as the ``.npy`` file
-``/dev/shm/asynctrain_<pid>_<counter>.npy`` (mode 0o600, its space reserved up front) and
-mapped with ``np.lib.format.open_memmap``. The process backend shares a whole mapped
+``/dev/shm/asynctrain_<pid>_<counter>_locked.npy`` (mode 0o600, its space reserved up
+front, its owner lock held by this process until it is unlinked) and mapped with
+``np.lib.format.open_memmap``. The process backend shares a whole mapped
 ``.npy`` file by its path, so its workers map this same memory and nothing is copied.
 
 The file is unlinked when the last view of the array is garbage (or when the interpreter
@@ -98,15 +99,16 @@ def _allocate(shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any] 
         return None
     _held.add(name)
     # The memmap's mmap object outlives every view of the array, and only them.
-    weakref.finalize(mapped.base, _release, name, os.getpid())
+    weakref.finalize(mapped.base, _release, name, fd, os.getpid())
     return mapped.view(np.ndarray)
 
 
-def _release(name: str, owner: int) -> None:
+def _release(name: str, lock: int, owner: int) -> None:
     if os.getpid() != owner:  # a forked child's copy of the array: the file is the parent's
+        os.close(lock)  # the child's copy of the descriptor; the parent's keeps the lock
         return
     _held.discard(name)
-    remove(name)
+    remove(name, lock)
 
 
 def _sweep_once() -> None:
