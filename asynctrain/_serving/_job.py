@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -230,11 +231,22 @@ class Job:
         if self.done:
             return
         self.status = status
-        self._data, self._fit = None, {}  # a finished job holds parameters, not the dataset
+        self._release()
         error = None if self._error is None else f"{type(self._error).__name__}: {self._error}"
         self._stream.publish(StatusEvent(self.name, status, self.step, error))
         self._stream.close()
         self._done.set()
+
+    def _release(self) -> None:
+        """Drop everything that holds the dataset: a finished job keeps parameters only.
+
+        The ended task (its stored CancelledError) and the error's traceback frames hold
+        the fit's locals, the dataset among them; its shared memory is freed only once
+        nothing refers to it. The error keeps its type, message and traceback lines.
+        """
+        self._data, self._fit, self._task = None, {}, None
+        if self._error is not None:
+            _clear_frames(self._error)
 
     def _announce(self) -> None:
         self._stream.publish(StatusEvent(self.name, self.status, self.step))
@@ -258,11 +270,25 @@ class _Publish(Callback):
         self.job._stream.publish(event)
 
 
+def _clear_frames(error: BaseException) -> None:
+    """Clear the locals of every finished frame in ``error``'s tracebacks, causes and groups."""
+    pending, seen = [error], set()
+    while pending:
+        exc = pending.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        pending += [e for e in (exc.__cause__, exc.__context__) if e is not None]
+        if isinstance(exc, BaseExceptionGroup):
+            pending += exc.exceptions
+
+
 def _predict(model: Any, params: Params, X: npt.ArrayLike) -> npt.NDArray[Any]:
     """Check ``X`` against the model and predict (runs off the loop)."""
     try:
         rows = np.asarray(X, dtype=model.dtype)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # 10**400 overflows a float
         raise DataError(f"X must be a numeric (n, {model.n_features}) table: {exc}") from exc
     if rows.ndim != 2 or rows.shape[1] != model.n_features or rows.shape[0] == 0:
         raise DataError(
