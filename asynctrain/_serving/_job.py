@@ -92,7 +92,9 @@ class Job:
         self._trainer = trainer
         self._data: Dataset | None = data
         self._fit = fit
-        self._stream: Broadcast[JobEvent] = Broadcast(history=history, buffer=buffer)
+        self._stream: Broadcast[JobEvent] = Broadcast(
+            history=history, buffer=buffer, coalesce=_is_progress
+        )
         self._done = asyncio.Event()
         self._live = False  # the trainer is open: its state is the job's state
         self._final: TrainState | None = None
@@ -136,15 +138,29 @@ class Job:
         """Steps applied so far (0 before training starts)."""
         return self.state.step if self._live or self._final is not None else 0
 
-    def events(self) -> AsyncGenerator[JobEvent, None]:
+    def events(self, *, rate: float | None = None) -> AsyncGenerator[JobEvent, None]:
         """Iterate over the job's recent events, then live ones, until it finishes.
 
         A subscriber joining late first receives the recent history. A slow one never
         holds training back: it loses its oldest unread events and receives a
         :class:`~asynctrain.Lagged` marker instead. Close it when you stop early
         (``contextlib.aclosing``) to unsubscribe at once.
+
+        Args:
+            rate: at most this many step events a second for this subscriber (a
+                browser needs a few, a fast fit makes hundreds): of steps arriving
+                faster it receives the latest, and always the latest step before an
+                epoch or status event. Epoch and status events are never held back.
+                None (default): every step event.
+
+        Raises:
+            ConfigError, ConfigTypeError: ``rate`` is not a positive number.
+
+        Example:
+            >>> async for event in job.events(rate=4):  # doctest: +SKIP
+            ...     print(event.kind, getattr(event, "step", None))
         """
-        return self._stream.subscribe()
+        return self._stream.subscribe(rate=rate)
 
     async def wait(self) -> JobStatus:
         """Wait until the job finishes, whatever the outcome; return its status."""
@@ -253,6 +269,11 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<Job {self.name!r} {self.status} step={self.step}>"
+
+
+def _is_progress(event: JobEvent) -> bool:
+    """Step events: a rate-limited subscriber may skip one for a later one."""
+    return event.kind == "step"
 
 
 class _Publish(Callback):
