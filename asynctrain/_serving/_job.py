@@ -22,6 +22,7 @@ from asynctrain._engine._update import TrainState
 from asynctrain._events import Callback, EpochEvent, FitResult, StepEvent
 from asynctrain._exceptions import DataError, StateError
 from asynctrain._serving._broadcast import Broadcast, Lagged
+from asynctrain._serving._metrics import StepCounters
 from asynctrain._trainer import Trainer
 from asynctrain._types import Params
 from asynctrain.data import Dataset
@@ -83,6 +84,7 @@ class Job:
         *,
         history: int,
         buffer: int,
+        counters: StepCounters | None = None,
     ) -> None:
         self.name = name
         self.status: JobStatus = "queued"
@@ -101,6 +103,7 @@ class Job:
         self._result: FitResult | None = None
         self._error: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
+        self._counters = StepCounters() if counters is None else counters
         self._announce()
 
     # -- what a caller reads -------------------------------------------------------------
@@ -281,8 +284,12 @@ class _Publish(Callback):
 
     def __init__(self, job: Job) -> None:
         self.job = job
+        self.since = time.perf_counter()
 
     def on_step(self, event: StepEvent) -> None:
+        now = time.perf_counter()
+        self.job._counters.add_step(event.samples, now - self.since)
+        self.since = now
         self.job.last_step = event
         self.job._stream.publish(event)
 
