@@ -111,18 +111,13 @@ class PrometheusCollector:
     <asynctrain.TrainingService.metrics>` snapshot. Scrape from the service's event loop
     thread (an async handler): the snapshot reads the loop's state without locks.
 
-    ============================================ ========= ==================================
-    name                                         type      meaning
-    ============================================ ========= ==================================
-    ``asynctrain_jobs{state}``                   gauge     remembered jobs by status
-    ``asynctrain_steps_total``                   counter   steps run by all jobs
-    ``asynctrain_samples_total``                 counter   samples those steps trained on
-    ``asynctrain_step_seconds``                  histogram time per step
-    ``asynctrain_loop_lag_seconds{quantile}``    gauge     loop lag p50 and p99
-    ``asynctrain_queued_jobs``                   gauge     jobs waiting for a slot
-    ``asynctrain_running_jobs``                  gauge     jobs training
-    ``asynctrain_shared_memory_bytes``           gauge     /dev/shm in use by this process
-    ============================================ ========= ==================================
+    - ``asynctrain_jobs{state}`` (gauge): remembered jobs by status.
+    - ``asynctrain_steps_total``, ``asynctrain_samples_total`` (counters): steps run by
+      all jobs and the samples they trained on.
+    - ``asynctrain_step_seconds`` (histogram): time between a job's consecutive steps.
+    - ``asynctrain_loop_lag_seconds{quantile="0.5"|"0.99"}`` (gauge): the loop's lag.
+    - ``asynctrain_queued_jobs``, ``asynctrain_running_jobs`` (gauges).
+    - ``asynctrain_shared_memory_bytes`` (gauge): /dev/shm in use by this process.
 
     Args:
         service: the service to report on.
@@ -132,7 +127,7 @@ class PrometheusCollector:
             'asynctrain[metrics]'``).
 
     Example:
-        >>> from prometheus_client import CollectorRegistry, generate_latest
+        >>> from prometheus_client import CollectorRegistry, generate_latest  # doctest: +SKIP
         >>> registry = CollectorRegistry()  # doctest: +SKIP
         >>> registry.register(PrometheusCollector(service))  # doctest: +SKIP
         >>> generate_latest(registry)  # in a GET /metrics handler  # doctest: +SKIP
