@@ -9,7 +9,6 @@ the server with a signal while an event stream is open.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _sse import read_events
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -77,18 +77,9 @@ async def _start(http: Any, **spec: Any) -> str:
 
 async def _events(http: Any, job_id: str, *, until_step: int | None = None,
                   rate: str = "all") -> list[dict[str, Any]]:  # fmt: skip
-    events: list[dict[str, Any]] = []
     async with http.stream("GET", f"/jobs/{job_id}/events", params={"rate": rate}) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
-        kind = ""
-        async for line in response.aiter_lines():
-            if line.startswith("event: "):
-                kind = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                events.append({"event": kind, **json.loads(line.removeprefix("data: "))})
-                if until_step is not None and events[-1].get("step", -1) >= until_step:
-                    break
-    return events
+        return await read_events(response.aiter_lines(), until_step=until_step)
 
 
 async def _steps_counter(http: Any) -> float:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _sse import read_events
 
 import asynctrain as at
 
@@ -90,19 +91,9 @@ async def _sse(
     http: Any, job_id: str, *, until_step: int | None = None, rate: str = "all"
 ) -> list[dict[str, Any]]:
     """Read the job's event stream to its end (or until step ``until_step``)."""
-    events: list[dict[str, Any]] = []
     async with http.get(f"/jobs/{job_id}/events", params={"rate": rate}) as response:
         assert response.content_type == "text/event-stream"
-        kind = ""
-        async for raw in response.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                kind = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                events.append({"event": kind, **json.loads(line.removeprefix("data: "))})
-                if until_step is not None and events[-1].get("step", -1) >= until_step:
-                    break
-    return events
+        return await read_events(response.content, until_step=until_step)
 
 
 async def test_health(http: Any) -> None:
