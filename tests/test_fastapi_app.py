@@ -9,6 +9,7 @@ the server with a signal while an event stream is open.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import signal
@@ -18,8 +19,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from _sse import read_events
+
+import asynctrain as at
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -141,6 +145,18 @@ async def test_errors_and_limits_match_the_aiohttp_service(http: Any) -> None:
     assert refused.headers["retry-after"] == "10"
     for other in [job_id, *ids]:
         await http.delete(f"/jobs/{other}")
+
+
+async def test_a_job_trains_on_an_uploaded_npz(http: Any) -> None:
+    data = at.data.synthetic("softmax", n=2000, seed=3)
+    buffer = io.BytesIO()
+    np.savez(buffer, X=data.X, y=data.y)
+    response = await http.put("/uploads/train.npz", content=buffer.getvalue())
+    assert (response.status_code, response.json()["file"]) == (201, "train.npz")
+    job_id = await _start(http, file="train.npz", model="softmax", epochs=2)
+    assert (await _events(http, job_id))[-1]["status"] == "done"
+    epochs = (await http.get(f"/jobs/{job_id}")).json()["epochs"]
+    assert epochs[-1]["val_accuracy"] > 0.5
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
