@@ -283,8 +283,9 @@ def _exists(path: Path) -> bool:
     return path.exists()
 
 
+@pytest.mark.parametrize("backend", ["inline", "process"])
 @pytest.mark.parametrize("outcome", ["failed", "cancelled", "done"])
-async def test_a_finished_job_releases_its_shared_dataset(outcome: str) -> None:
+async def test_a_finished_job_releases_its_shared_dataset(outcome: str, backend: str) -> None:
     # The oracle is /dev/shm itself: the dataset's file is unlinked once nothing refers
     # to its arrays. A failed or cancelled job's traceback frames used to hold it.
     data = at.data.synthetic("softmax", n=4000, seed=3)
@@ -292,7 +293,7 @@ async def test_a_finished_job_releases_its_shared_dataset(outcome: str) -> None:
     assert mapped is not None
     path = Path(str(mapped.filename))
     del mapped
-    async with at.TrainingService(backend="inline") as service:
+    async with at.TrainingService(backend=backend, workers=1) as service:
         model = _Broken(128, 10) if outcome == "failed" else _model()
         epochs = 1 if outcome == "done" else 100
         job = await service.start(outcome, model, data, epochs=epochs, **OPTIONS)
