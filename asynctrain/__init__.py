@@ -45,6 +45,7 @@ from asynctrain._monitor import LagStats, LoopLagMonitor
 from asynctrain._runtime import run
 from asynctrain._serving._broadcast import Lagged
 from asynctrain._serving._job import Job, JobEvent, Prediction, StatusEvent
+from asynctrain._serving._metrics import PrometheusCollector, ServiceMetrics
 from asynctrain._serving._service import TrainingService
 from asynctrain._trainer import Trainer
 from asynctrain._version import __version__ as __version__
@@ -73,6 +74,8 @@ __all__ = [
     "LoopLagMonitor",
     "NonFiniteError",
     "Prediction",
+    "PrometheusCollector",
+    "ServiceMetrics",
     "ShardFailedError",
     "ShardResult",
     "StateError",

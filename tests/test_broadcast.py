@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 
 import pytest
 
@@ -70,3 +71,66 @@ async def test_publish_after_close_is_refused() -> None:
 def test_bad_sizes_name_the_value() -> None:
     with pytest.raises(at.ConfigError, match="buffer"):
         Broadcast(buffer=0)
+
+
+def _progress(item: int) -> bool:
+    return item >= 0  # in these tests: negative items are "epochs", never coalesced
+
+
+async def test_a_rate_limited_subscriber_gets_the_latest_progress_before_anything_else() -> None:
+    # An interval of 1000 s: after the first item nothing coalescable is due by the
+    # clock, so every later one is what the rule "the latest, before any other item and
+    # before the end" delivers; no timing is involved.
+    stream: Broadcast[int] = Broadcast(history=0, buffer=8, coalesce=_progress)
+    reader = stream.subscribe(rate=1e-3)
+    unlimited = stream.subscribe()
+    async with contextlib.aclosing(reader), contextlib.aclosing(unlimited):
+        first = asyncio.ensure_future(anext(reader))
+        everything = asyncio.ensure_future(anext(unlimited))
+        await asyncio.sleep(0)
+        stream.publish(0)
+        assert (await first, await everything) == (0, 0)
+        for i in range(1, 1000):
+            stream.publish(i)
+        stream.publish(-1)  # an epoch: flushes the latest step, then itself
+        for i in range(1000, 1500):
+            stream.publish(i)
+        stream.close()  # the end: flushes the latest step
+        received = [item async for item in reader]
+        rest = [item async for item in unlimited]
+    assert received == [999, -1, 1499]
+    assert rest[0] == at.Lagged(missed=1500 - 8)  # without a rate: a slow reader lags
+
+
+async def test_a_held_back_step_arrives_when_its_interval_ends() -> None:
+    stream: Broadcast[int] = Broadcast(history=0, buffer=8, coalesce=_progress)
+    reader = stream.subscribe(rate=50.0)
+    async with contextlib.aclosing(reader):
+        first = asyncio.ensure_future(anext(reader))
+        await asyncio.sleep(0)
+        stream.publish(0)
+        assert await first == 0
+        stream.publish(1)
+        stream.publish(2)
+        # nothing else is published: the latest step still comes, once 20 ms have passed
+        assert await asyncio.wait_for(anext(reader), timeout=30) == 2
+        stream.close()
+        assert [item async for item in reader] == []
+
+
+async def test_history_replayed_to_a_rate_limited_subscriber_is_coalesced() -> None:
+    stream: Broadcast[int] = Broadcast(history=100, buffer=5, coalesce=_progress)
+    for i in [0, 1, 2, -1, 3, 4, -2, 5]:
+        stream.publish(i)
+    stream.close()
+    assert [i async for i in stream.subscribe(rate=1e-3)] == [2, -1, 4, -2, 5]
+    everything = [i async for i in stream.subscribe(rate=math.inf)]
+    assert everything == [at.Lagged(missed=3), -1, 3, 4, -2, 5]
+
+
+@pytest.mark.parametrize(("rate", "error"), [(0, at.ConfigError), (-1.0, at.ConfigError),
+                                             ("4", at.ConfigTypeError)])  # fmt: skip
+async def test_a_bad_rate_names_the_value(rate: object, error: type[Exception]) -> None:
+    stream: Broadcast[int] = Broadcast()
+    with pytest.raises(error, match="rate"):
+        await anext(stream.subscribe(rate=rate))  # type: ignore[arg-type]

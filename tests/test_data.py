@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -309,6 +311,40 @@ def test_load_npz_of_pickled_objects_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"d.npz.*never unpickles"):
         load(tmp_path / "d.npz")
     assert not marker.exists()
+
+
+def _npz_claiming(path: Path, shape: tuple[int, ...], payload: bytes) -> None:
+    """An .npz whose X and y headers claim ``shape`` of float64 but hold ``payload``."""
+    header = io.BytesIO()
+    fields = {"descr": "<f8", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(header, fields)  # type: ignore[no-untyped-call]
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in ("X.npy", "y.npy"):
+            archive.writestr(name, header.getvalue() + payload)
+
+
+@pytest.mark.parametrize(
+    ("shape", "payload"),
+    [((2**40,), b"\0" * 16), ((4, 2), b"\0" * 16), ((2,), b"\0" * 64)],
+    ids=["2**40 elements", "short", "long"],
+)
+def test_load_npz_whose_header_lies_about_its_size_is_a_data_error(
+    tmp_path: Path, shape: tuple[int, ...], payload: bytes
+) -> None:
+    # 2**40 float64 elements in a ~480-byte file: numpy would allocate 8 TiB first
+    # (MemoryError) before finding the data missing.
+    _npz_claiming(tmp_path / "crafted.npz", shape, payload)
+    assert (tmp_path / "crafted.npz").stat().st_size < 600
+    with pytest.raises(DataError, match=r"crafted.npz.*claims shape"):
+        load(tmp_path / "crafted.npz")
+
+
+def test_load_compressed_npz(tmp_path: Path) -> None:
+    X, y = np.zeros((500, 3), np.float32), np.arange(500) % 2
+    np.savez_compressed(tmp_path / "d.npz", X=X, y=y)  # zeros: a high deflate ratio
+    ds = load(tmp_path / "d.npz")
+    assert np.array_equal(ds.X, X)
+    assert np.array_equal(ds.y, y)
 
 
 def test_load_raw_pickle_is_refused(tmp_path: Path) -> None:

@@ -26,6 +26,8 @@ PUBLIC = [
     "LoopLagMonitor",
     "NonFiniteError",
     "Prediction",
+    "PrometheusCollector",
+    "ServiceMetrics",
     "ShardFailedError",
     "ShardResult",
     "StateError",

@@ -8,15 +8,18 @@ job kept, and for every prediction served while a job trained.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
+import traceback
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 import asynctrain as at
-from asynctrain.data import Dataset
+from asynctrain.data import Dataset, _shared
 from asynctrain.models import SoftmaxRegression
 
 OPTIONS: dict[str, Any] = {"batch_size": 64, "shards": 4, "seed": 5}
@@ -212,6 +215,8 @@ async def test_bad_requests_fail_before_a_job_exists(
         await service.start("d", _model(), data, epochs=0)
     with pytest.raises(at.DataError, match="shape"):
         await service["a"].predict(np.zeros((2, 5)))
+    with pytest.raises(at.DataError, match="numeric"):  # not OverflowError
+        await service["a"].predict([[10**400] + [0.0] * 127])
     assert list(service.jobs) == ["a"]
     assert "b" not in service
 
@@ -267,3 +272,38 @@ async def test_a_job_cancelled_before_its_task_ran_is_settled(
     assert job.step == 0
     with pytest.raises(at.StateError, match="no parameters"):
         job.params  # noqa: B018
+
+
+class _Broken(SoftmaxRegression):
+    def loss_and_grad(self, params: Any, X: Any, y: Any) -> Any:
+        raise ZeroDivisionError("model bug")
+
+
+def _exists(path: Path) -> bool:
+    return path.exists()
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+@pytest.mark.parametrize("outcome", ["failed", "cancelled", "done"])
+async def test_a_finished_job_releases_its_shared_dataset(outcome: str, backend: str) -> None:
+    # The oracle is /dev/shm itself: the dataset's file is unlinked once nothing refers
+    # to its arrays. A failed or cancelled job's traceback frames used to hold it.
+    data = at.data.synthetic("softmax", n=4000, seed=3)
+    mapped = _shared.shared_map(data.X)
+    assert mapped is not None
+    path = Path(str(mapped.filename))
+    del mapped
+    async with at.TrainingService(backend=backend, workers=1) as service:
+        model = _Broken(128, 10) if outcome == "failed" else _model()
+        epochs = 1 if outcome == "done" else 100
+        job = await service.start(outcome, model, data, epochs=epochs, **OPTIONS)
+        del data
+        if outcome == "cancelled":
+            await _first_steps(job, 2)
+            job.cancel()
+        assert await job.wait() == outcome
+        gc.collect()
+        assert not _exists(path), f"a {outcome} job still holds its dataset"
+        assert outcome in service  # remembered, with its error and parameters
+        if outcome == "failed":
+            assert "model bug" in "".join(traceback.format_exception(job.error))

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _sse import read_events
 
 import asynctrain as at
 
@@ -44,7 +45,14 @@ LONG = {"problem": "softmax", "n": 20_000, "epochs": 100, "batch_size": 64}
 
 def _settings(data_dir: Path) -> Any:
     return jobspec.Settings(
-        data_dir, workers=2, max_running=2, max_body=64 << 10, max_upload=1 << 20, max_rows=100
+        data_dir,
+        workers=2,
+        max_running=2,
+        max_body=64 << 10,
+        max_upload=1 << 20,
+        max_rows=100,
+        max_queued=2,
+        max_classes=50,
     )
 
 
@@ -79,21 +87,13 @@ async def _start(http: Any, **spec: Any) -> str:
     return str(body["id"])
 
 
-async def _sse(http: Any, job_id: str, *, until_step: int | None = None) -> list[dict[str, Any]]:
+async def _sse(
+    http: Any, job_id: str, *, until_step: int | None = None, rate: str = "all"
+) -> list[dict[str, Any]]:
     """Read the job's event stream to its end (or until step ``until_step``)."""
-    events: list[dict[str, Any]] = []
-    async with http.get(f"/jobs/{job_id}/events") as response:
+    async with http.get(f"/jobs/{job_id}/events", params={"rate": rate}) as response:
         assert response.content_type == "text/event-stream"
-        kind = ""
-        async for raw in response.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                kind = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                events.append({"event": kind, **json.loads(line.removeprefix("data: "))})
-                if until_step is not None and events[-1].get("step", -1) >= until_step:
-                    break
-    return events
+        return await read_events(response.content, until_step=until_step)
 
 
 async def test_health(http: Any) -> None:
@@ -223,6 +223,7 @@ async def test_bad_requests_get_json_4xx(http: Any) -> None:
         ("POST", predict, {"json": {"X": [[0.0] * 128, [0.0]]}}, 400, "numeric (n, 128)"),
         ("POST", predict, {"json": {"X": [["a"] * 128]}}, 400, "numeric"),
         ("POST", predict, {"data": b'{"X": [[NaN]]}'}, 400, "shape"),
+        ("POST", predict, {"json": {"X": [[10**400] + [0.0] * 127]}}, 400, "numeric"),
         ("POST", predict, {"json": {"X": [[0.0] * 128] * 101}}, 400, "at most 100 rows"),
         ("POST", predict, {"json": {"rows": []}}, 400, '{"X"'),
         ("POST", "/jobs/nope/predict", {"json": {"X": [[0.0]]}}, 404, "no job 'nope'"),
@@ -235,6 +236,66 @@ async def test_bad_requests_get_json_4xx(http: Any) -> None:
         status, body = await _call(http, method, path, **kwargs)
         assert (status, body["status"]) == (code, code), (method, path, body)
         assert message in body["error"], (method, path, body)
+
+
+async def test_jobs_beyond_the_queue_limit_get_429_with_retry_after(http: Any) -> None:
+    ids = [await _start(http, **LONG) for _ in range(4)]  # 2 running, 2 queued (the limit)
+    async with http.post("/jobs", json=LONG) as response:
+        assert response.status == 429
+        assert response.headers["Retry-After"] == "10"
+        assert "waiting already" in (await response.json())["error"]
+    await _call(http, "DELETE", f"/jobs/{ids[0]}")  # a slot frees: one more may wait
+    ids.append(await _start(http, **LONG))
+    _, listed = await _call(http, "GET", "/jobs")
+    assert [job["status"] for job in listed].count("queued") == 2
+    for job_id in ids:
+        await _call(http, "DELETE", f"/jobs/{job_id}")
+
+
+async def test_labels_beyond_the_class_limit_get_400(http: Any) -> None:
+    data = at.data.synthetic("softmax", n=500, seed=3)
+    y = np.asarray(data.y).copy()
+    y[0] = 100_000  # one label of 1e5 would make a 100,001-class model
+    buffer = io.BytesIO()
+    np.savez(buffer, X=data.X, y=y)
+    assert (await _call(http, "PUT", "/uploads/wide.npz", data=buffer.getvalue()))[0] == 201
+    status, body = await _call(http, "POST", "/jobs", json={"file": "wide.npz", "model": "mlp"})
+    assert status == 400
+    assert "at most 50 classes" in body["error"]
+
+
+async def test_metrics_scrape_shows_the_step_counter_move(http: Any) -> None:
+    parser = pytest.importorskip("prometheus_client.parser")
+
+    async def steps() -> float:
+        async with http.get("/metrics") as response:
+            assert response.status == 200
+            assert response.content_type == "text/plain"
+            text = await response.text()
+        families = {f.name: f for f in parser.text_string_to_metric_families(text)}
+        assert all(name.startswith("asynctrain_") for name in families)
+        return float(families["asynctrain_steps"].samples[0].value)
+
+    job_id = await _start(http, **LONG)
+    await _sse(http, job_id, until_step=1)
+    first = await steps()
+    await _sse(http, job_id, until_step=int(first) + 3)
+    assert await steps() >= first + 3
+    await _call(http, "DELETE", f"/jobs/{job_id}")
+
+
+async def test_a_throttled_event_stream_ends_with_the_latest_step(
+    http: Any,
+) -> None:
+    job_id = await _start(http, problem="softmax", n=4000, epochs=2, batch_size=128)
+    events = await _sse(http, job_id, rate="1")  # one step a second at most
+    assert [e["event"] for e in await _sse(http, job_id, rate="all")].count("step") == 58
+    steps = [e["step"] for e in events if e["event"] == "step"]
+    assert len(steps) < 58
+    assert steps[-1] == 57  # the latest step, before the final status
+    assert [e["event"] for e in events][-1] == "status"
+    async with http.get(f"/jobs/{job_id}/events", params={"rate": "-1"}) as response:
+        assert response.status == 400
 
 
 async def test_uploads_stay_in_the_data_directory(http: Any, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -21,6 +22,7 @@ from asynctrain._engine._update import TrainState
 from asynctrain._events import Callback, EpochEvent, FitResult, StepEvent
 from asynctrain._exceptions import DataError, StateError
 from asynctrain._serving._broadcast import Broadcast, Lagged
+from asynctrain._serving._metrics import StepCounters
 from asynctrain._trainer import Trainer
 from asynctrain._types import Params
 from asynctrain.data import Dataset
@@ -82,6 +84,7 @@ class Job:
         *,
         history: int,
         buffer: int,
+        counters: StepCounters | None = None,
     ) -> None:
         self.name = name
         self.status: JobStatus = "queued"
@@ -91,13 +94,16 @@ class Job:
         self._trainer = trainer
         self._data: Dataset | None = data
         self._fit = fit
-        self._stream: Broadcast[JobEvent] = Broadcast(history=history, buffer=buffer)
+        self._stream: Broadcast[JobEvent] = Broadcast(
+            history=history, buffer=buffer, coalesce=_is_progress
+        )
         self._done = asyncio.Event()
         self._live = False  # the trainer is open: its state is the job's state
         self._final: TrainState | None = None
         self._result: FitResult | None = None
         self._error: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
+        self._counters = StepCounters() if counters is None else counters
         self._announce()
 
     # -- what a caller reads -------------------------------------------------------------
@@ -135,15 +141,29 @@ class Job:
         """Steps applied so far (0 before training starts)."""
         return self.state.step if self._live or self._final is not None else 0
 
-    def events(self) -> AsyncGenerator[JobEvent, None]:
+    def events(self, *, rate: float | None = None) -> AsyncGenerator[JobEvent, None]:
         """Iterate over the job's recent events, then live ones, until it finishes.
 
         A subscriber joining late first receives the recent history. A slow one never
         holds training back: it loses its oldest unread events and receives a
         :class:`~asynctrain.Lagged` marker instead. Close it when you stop early
         (``contextlib.aclosing``) to unsubscribe at once.
+
+        Args:
+            rate: at most this many step events a second for this subscriber (a
+                browser needs a few, a fast fit makes hundreds): of steps arriving
+                faster it receives the latest, and always the latest step before an
+                epoch or status event. Epoch and status events are never held back.
+                None (default): every step event.
+
+        Raises:
+            ConfigError, ConfigTypeError: ``rate`` is not a positive number.
+
+        Example:
+            >>> async for event in job.events(rate=4):  # doctest: +SKIP
+            ...     print(event.kind, getattr(event, "step", None))
         """
-        return self._stream.subscribe()
+        return self._stream.subscribe(rate=rate)
 
     async def wait(self) -> JobStatus:
         """Wait until the job finishes, whatever the outcome; return its status."""
@@ -230,11 +250,22 @@ class Job:
         if self.done:
             return
         self.status = status
-        self._data, self._fit = None, {}  # a finished job holds parameters, not the dataset
+        self._release()
         error = None if self._error is None else f"{type(self._error).__name__}: {self._error}"
         self._stream.publish(StatusEvent(self.name, status, self.step, error))
         self._stream.close()
         self._done.set()
+
+    def _release(self) -> None:
+        """Drop everything that holds the dataset: a finished job keeps parameters only.
+
+        The ended task (its stored CancelledError) and the error's traceback frames hold
+        the fit's locals, the dataset among them; its shared memory is freed only once
+        nothing refers to it. The error keeps its type, message and traceback lines.
+        """
+        self._data, self._fit, self._task = None, {}, None
+        if self._error is not None:
+            _clear_frames(self._error)
 
     def _announce(self) -> None:
         self._stream.publish(StatusEvent(self.name, self.status, self.step))
@@ -243,13 +274,22 @@ class Job:
         return f"<Job {self.name!r} {self.status} step={self.step}>"
 
 
+def _is_progress(event: JobEvent) -> bool:
+    """Step events: a rate-limited subscriber may skip one for a later one."""
+    return event.kind == "step"
+
+
 class _Publish(Callback):
     """Hands every training event to the job's stream and keeps its latest progress."""
 
     def __init__(self, job: Job) -> None:
         self.job = job
+        self.since = time.perf_counter()
 
     def on_step(self, event: StepEvent) -> None:
+        now = time.perf_counter()
+        self.job._counters.add_step(event.samples, now - self.since)
+        self.since = now
         self.job.last_step = event
         self.job._stream.publish(event)
 
@@ -258,11 +298,25 @@ class _Publish(Callback):
         self.job._stream.publish(event)
 
 
+def _clear_frames(error: BaseException) -> None:
+    """Clear the locals of every finished frame in ``error``'s tracebacks, causes and groups."""
+    pending, seen = [error], set()
+    while pending:
+        exc = pending.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        pending += [e for e in (exc.__cause__, exc.__context__) if e is not None]
+        if isinstance(exc, BaseExceptionGroup):
+            pending += exc.exceptions
+
+
 def _predict(model: Any, params: Params, X: npt.ArrayLike) -> npt.NDArray[Any]:
     """Check ``X`` against the model and predict (runs off the loop)."""
     try:
         rows = np.asarray(X, dtype=model.dtype)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # 10**400 overflows a float
         raise DataError(f"X must be a numeric (n, {model.n_features}) table: {exc}") from exc
     if rows.ndim != 2 or rows.shape[1] != model.n_features or rows.shape[0] == 0:
         raise DataError(

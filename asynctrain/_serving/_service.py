@@ -19,7 +19,13 @@ from asynctrain._checks import check_int
 from asynctrain._events import Callback
 from asynctrain._exceptions import ConfigError, ConfigTypeError, StateError
 from asynctrain._monitor import LagStats, LoopLagMonitor
-from asynctrain._serving._job import Job
+from asynctrain._serving._job import FINISHED, Job
+from asynctrain._serving._metrics import (
+    ServiceMetrics,
+    StepCounters,
+    cumulative_buckets,
+    shared_memory_bytes,
+)
 from asynctrain._trainer import DataLike, Trainer
 from asynctrain._types import State
 from asynctrain.backends import Backend, get_backend
@@ -82,6 +88,7 @@ class TrainingService:
         self._queue: deque[Job] = deque()
         self._running: set[Job] = set()
         self._lag = LoopLagMonitor()
+        self._counters = StepCounters()
         self._state = State.UNOPENED
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -157,7 +164,15 @@ class TrainingService:
                 fit["validation"] = await asyncio.to_thread(_validated, model, validation)
             if self._state is not State.OPEN:
                 raise StateError(f"{self!r} closed while job {name!r} was being created")
-            job = Job(name, trainer, train, fit, history=self.history, buffer=self.buffer)
+            job = Job(
+                name,
+                trainer,
+                train,
+                fit,
+                history=self.history,
+                buffer=self.buffer,
+                counters=self._counters,
+            )
         finally:
             self._reserved.discard(name)
         self._jobs[name] = job
@@ -185,6 +200,37 @@ class TrainingService:
     def loop_lag(self) -> LagStats:
         """Lag of the service's event loop over the monitor's recent window (ms)."""
         return self._lag.stats()
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a running slot."""
+        return sum(job.status == "queued" for job in self._queue)
+
+    def metrics(self) -> ServiceMetrics:
+        """A snapshot of the service's counters and gauges (see :class:`ServiceMetrics`).
+
+        Call it on the service's loop; :class:`~asynctrain.PrometheusCollector` exports it.
+
+        Example:
+            >>> service.metrics().steps  # doctest: +SKIP
+            480
+        """
+        jobs: dict[str, int] = dict.fromkeys(("queued", "running", *FINISHED), 0)
+        for job in self._jobs.values():
+            jobs[job.status] += 1
+        lag, counters = self._lag.stats(), self._counters
+        return ServiceMetrics(
+            jobs=jobs,
+            steps=counters.steps,
+            samples=counters.samples,
+            step_seconds=cumulative_buckets(counters.step_seconds_buckets),
+            step_seconds_sum=counters.step_seconds_sum,
+            loop_lag_p50_ms=lag.p50_ms,
+            loop_lag_p99_ms=lag.p99_ms,
+            queued=self.queued,
+            running=len(self._running),
+            shared_memory_bytes=shared_memory_bytes(),
+        )
 
     # -- scheduling ----------------------------------------------------------------------
 
@@ -230,7 +276,7 @@ class TrainingService:
         backend = f"{self._backend.name}({self._backend.workers})"
         return (
             f"<TrainingService jobs={len(self._jobs)} running={len(self._running)} "
-            f"queued={sum(j.status == 'queued' for j in self._queue)} backend={backend} "
+            f"queued={self.queued} backend={backend} "
             f"{self._state}>"
         )
 

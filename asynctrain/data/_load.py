@@ -7,6 +7,7 @@ file is a DataError too (not FileNotFoundError), chained to the OSError.
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -26,6 +27,7 @@ SUPPORTED = (".npz", ".npy (with y_path)", ".csv", "a directory holding X.npy an
 
 _READ_ERRORS = (ValueError, EOFError, OSError, zipfile.BadZipFile)
 _NO_PICKLE = "asynctrain loads with allow_pickle=False and never unpickles"
+_MAX_DEFLATE_RATIO = 1032  # the most zlib's deflate can compress: a longer claim is false
 
 
 def load(
@@ -182,8 +184,34 @@ def _array(path: Path, archive: np.lib.npyio.NpzFile, key: str) -> npt.NDArray[A
             f"'{path}' has no array named {key!r} (arrays present: {present}); "
             "save it with np.savez(path, X=X, y=y)"
         )
+    if archive.zip is not None:  # None only for an NpzFile already closed
+        _check_member(path, archive.zip, f"{key}.npy")
     array: npt.NDArray[Any] = archive[key]
     return array
+
+
+def _check_member(path: Path, archive: zipfile.ZipFile, name: str) -> None:
+    """Refuse a member whose header claims more data than it holds, before numpy allocates.
+
+    numpy allocates the array its header describes before reading the data, so a few
+    hundred crafted bytes claiming 2**40 elements would ask for terabytes.
+    """
+    info = archive.getinfo(name)
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        held = info.file_size - member.tell()
+    claimed = math.prod(shape) * dtype.itemsize
+    possible = info.compress_size * _MAX_DEFLATE_RATIO + (1 << 16)
+    if not dtype.hasobject and (claimed != held or info.file_size > possible):
+        raise DataError(
+            f"'{path}': array {name!r} claims shape {shape} of {dtype} ({claimed} bytes) but "
+            f"the archive holds {held} bytes for it; the file is damaged or crafted, "
+            "save it again with np.savez(path, X=X, y=y)"
+        )
 
 
 def _unreadable(path: Path, exc: BaseException) -> str:

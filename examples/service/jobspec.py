@@ -46,6 +46,11 @@ class Settings:
     max_body: int = 1 << 20  # bytes of a JSON request
     max_upload: int = 64 << 20  # bytes of an uploaded .npz, and of its arrays unpacked
     max_rows: int = 1000  # rows of one predict request
+    max_queued: int = 8  # jobs waiting for a running slot; more get 429 (each holds data)
+    retry_after: int = 10  # seconds, sent with a 429
+    keep_finished: int = 20  # finished jobs remembered (each keeps its parameters)
+    max_classes: int = 1000  # classes of a classifier: a label of 1e5 would size the model
+    event_rate: float = 4.0  # step events a second per SSE stream, unless ?rate= says
     limits: dict[str, tuple[float, float]] = field(
         default_factory=lambda: {
             "n": (100, 200_000),
@@ -131,9 +136,23 @@ def build(spec: JobSpec, settings: Settings) -> tuple[Any, at.data.Dataset, at.d
     else:
         data = _load(data_path(settings.data_dir, spec.file or ""), settings.max_upload)
         kind = spec.model or ""
+    if data.n_samples > settings.limits["n"][1]:
+        raise BadRequest(f"file {spec.file!r} has {data.n_samples} rows; at most "
+                         f"{settings.limits['n'][1]:g} per job")  # fmt: skip
+    n_classes = _classes(data, settings) if kind in ("softmax", "mlp") else 2
     train, validation = data.split(0.1, seed=spec.seed)
-    n_classes = int(data.y.max()) + 1 if kind in ("softmax", "mlp") else 2
     return model_for(kind, data.n_features, n_classes, spec.hidden), train, validation
+
+
+def _classes(data: at.data.Dataset, settings: Settings) -> int:
+    """The class count of integer labels 0..k-1, refusing more than ``max_classes``."""
+    top = float(data.y.max())
+    if top + 1 > settings.max_classes or float(data.y.min()) < 0 or not top.is_integer():
+        raise BadRequest(
+            f"a classifier needs integer labels in [0, {settings.max_classes - 1}] "
+            f"(at most {settings.max_classes} classes); the labels reach {top:g}"
+        )
+    return int(top) + 1
 
 
 def model_for(kind: str, n_features: int, n_classes: int, hidden: int) -> Any:
