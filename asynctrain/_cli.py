@@ -267,8 +267,6 @@ def _train(args: argparse.Namespace) -> int:
     _check_output(args.out, "--out")
     if args.resume and args.checkpoint_dir is None:
         raise ConfigError("--resume continues from --checkpoint-dir DIR; pass both")
-    if args.backend == "dask":
-        _check_dask()
     data = load(args.data, args.labels)
     spec, data = _encode(args, data)
     if args.no_validation:
@@ -430,11 +428,12 @@ def _read_features(path: Path, n_features: int) -> npt.NDArray[Any]:
 
 def _backend(args: argparse.Namespace) -> str | Backend:
     """The backend name, or a DaskBackend for ``--scheduler`` (which the CLI closes)."""
+    if args.backend == "dask":
+        _check_dask()
     if args.scheduler is None:
         return str(args.backend)
     if args.backend != "dask":
         raise ConfigError(f"--scheduler needs --backend dask, not --backend {args.backend}")
-    _check_dask()
     from asynctrain.backends import DaskBackend
 
     return DaskBackend(args.scheduler, workers=args.workers, allow_insecure=args.allow_insecure)
@@ -458,11 +457,11 @@ def _fit_and_report(
     if args.plot is not None:
         _check_output(args.plot, "--plot")
         check_plotting()
+    backend = _backend(args)
     checkpoint_dir = getattr(args, "checkpoint_dir", None)
     if checkpoint_dir is not None:
         _write_spec(Path(checkpoint_dir), spec, resume=args.resume)
     model = spec.build()
-    backend = _backend(args)
     trainer = Trainer(
         model,
         _optimizer(args),
