@@ -119,11 +119,6 @@ class ModelSpec:
         return spec
 
 
-def build_model(name: str, n_features: int, n_classes: int, hidden: int) -> Any:
-    """The model a CLI ``--model`` name stands for, sized for the data (a classifier)."""
-    return ModelSpec(name, n_features, n_classes, hidden).build()
-
-
 def _add_training_options(parser: argparse.ArgumentParser, *, epochs: int, lr: float) -> None:
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--batch-size", type=int, default=512)
@@ -265,8 +260,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     _check_output(args.out, "--out")
-    if args.resume and args.checkpoint_dir is None:
-        raise ConfigError("--resume continues from --checkpoint-dir DIR; pass both")
+    for option in ("resume", "checkpoint_every"):
+        if getattr(args, option) not in (None, False) and args.checkpoint_dir is None:
+            flag = "--" + option.replace("_", "-")
+            raise ConfigError(f"{flag} goes with --checkpoint-dir DIR; pass both")
     data = load(args.data, args.labels)
     spec, data = _encode(args, data)
     if args.no_validation:

@@ -282,3 +282,11 @@ def test_plot_without_matplotlib_is_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "pip install matplotlib" in err
+
+
+@pytest.mark.parametrize("option", [["--resume"], ["--checkpoint-every", "5"]])
+def test_checkpoint_options_need_a_directory(
+    softmax_file: Path, option: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", str(softmax_file), "--model", "softmax", *option]) == 2
+    assert "--checkpoint-dir" in capsys.readouterr().err
