@@ -36,6 +36,7 @@ def plot_curves(history: Sequence[EpochEvent], path: Path) -> Path:
 
     matplotlib.use("Agg")  # files only: never open a window
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [event.epoch for event in history]
     accuracy = [event.val_accuracy for event in history]
@@ -52,6 +53,8 @@ def plot_curves(history: Sequence[EpochEvent], path: Path) -> Path:
         right = axes[0][1]
         right.plot(epochs, accuracy, marker="o", color="tab:green")
         right.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
+    for axis in axes[0]:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
     figure.tight_layout()
     figure.savefig(path, format="png")
     plt.close(figure)
