@@ -184,7 +184,11 @@ def _add_train_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="auto: integer labels are classes, other targets are regressed",
     )
     train.add_argument(
-        "--max-classes", type=int, default=MAX_CLASSES, help="refuse more distinct labels"
+        "--max-classes",
+        type=int,
+        default=MAX_CLASSES,
+        metavar="K",
+        help=f"refuse more distinct labels (default {MAX_CLASSES})",
     )
     train.add_argument("--hidden", type=int, default=256, help="MLP hidden units")
     train.add_argument("--validation-split", type=float, default=0.1)
@@ -192,10 +196,18 @@ def _add_train_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--no-validation", action="store_true", help="train on all rows; no validation"
     )
     train.add_argument("--standardize", action="store_true", help="scale features to mean 0, std 1")
-    train.add_argument("--out", default=None, help="save the trained model here (.npz)")
-    train.add_argument("--checkpoint-dir", default=None, help="save checkpoints here")
     train.add_argument(
-        "--checkpoint-every", type=int, default=None, help="steps between checkpoints"
+        "--out", default=None, metavar="NPZ", help="save the trained model here (.npz)"
+    )
+    train.add_argument(
+        "--checkpoint-dir", default=None, metavar="DIR", help="save checkpoints here"
+    )
+    train.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="steps between checkpoints",
     )
     train.add_argument(
         "--resume", action="store_true", help="continue from --checkpoint-dir's latest"
@@ -207,10 +219,12 @@ def _add_train_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
 def _add_predict_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     predict = commands.add_parser("predict", help="predict with a trained model")
     predict.add_argument(
-        "model", help="a `train --out` .npz, or a checkpoint (.ckpt or its directory)"
+        "model", help="an .npz from train --out, or a checkpoint (.ckpt or its directory)"
     )
     predict.add_argument("data", help="features: X .npy, an .npz holding X, or a .csv")
-    predict.add_argument("--out", required=True, help="write the predictions here (.npy)")
+    predict.add_argument(
+        "--out", required=True, metavar="NPY", help="write the predictions here (.npy)"
+    )
     predict.set_defaults(handler=_predict)
 
 
