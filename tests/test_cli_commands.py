@@ -290,3 +290,12 @@ def test_checkpoint_options_need_a_directory(
 ) -> None:
     assert main(["train", str(softmax_file), "--model", "softmax", *option]) == 2
     assert "--checkpoint-dir" in capsys.readouterr().err
+
+
+def test_predict_from_a_checkpoint_the_library_wrote(softmax_file: Path, tmp_path: Path) -> None:
+    data = load(softmax_file)
+    trainer = at.Trainer(at.models.SoftmaxRegression(16, 10), "adam", backend="inline")
+    at.run(trainer.fit(data, epochs=1, checkpoint_dir=tmp_path / "run"))
+    pred = tmp_path / "p.npy"
+    assert main(["predict", str(tmp_path / "run"), str(softmax_file), "--out", str(pred)]) == 0
+    np.testing.assert_array_equal(np.load(pred), trainer.predict(data.X))
