@@ -1,22 +1,30 @@
-"""The ``asynctrain`` command: demo, train, inspect, bench (and the commands other modules
-register)."""
+"""The asynctrain command: demo, train, predict, inspect, bench.
+
+The parser and the commands live here; what a saved model holds besides its parameters
+(the model, the label classes, the standardization) is :class:`ModelSpec`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from asynctrain import models, optim
-from asynctrain._checkpoint import describe
+from asynctrain import __version__, models, optim
+from asynctrain._checkpoint import Checkpoint, describe
 from asynctrain._config import MODE_OPTIONS
+from asynctrain._curves import check_plotting, plot_curves
 from asynctrain._events import FitResult
-from asynctrain._exceptions import AsyncTrainError, ConfigError
+from asynctrain._exceptions import AsyncTrainError, ConfigError, DataError
 from asynctrain._progress import Progress
 from asynctrain._runtime import run
 from asynctrain._trainer import Trainer
@@ -25,24 +33,90 @@ from asynctrain.data import Dataset, load, synthetic
 
 Handler = Callable[[argparse.Namespace], int]
 
-OPTIMIZERS: dict[str, Callable[[float], optim.GradientTransformation]] = {
-    "adam": optim.adam,
-    "adamw": optim.adamw,
-    "sgd": lambda lr: optim.sgd(lr, momentum=0.9),
-    "rmsprop": optim.rmsprop,
-    "adagrad": optim.adagrad,
+DESCRIPTION = (
+    "Train models on all cores with asyncio: demo trains a reference problem, train fits "
+    "your data, predict applies a trained model, inspect verifies a checkpoint and bench "
+    "measures asynctrain. Run 'asynctrain COMMAND --help' for a command's options."
+)
+MAX_CLASSES = 100
+"""Default cap on the distinct labels of a classification target (``--max-classes``)."""
+SPEC_FILE = "asynctrain-model.json"
+"""The file in a ``--checkpoint-dir`` describing the model its checkpoints hold."""
+_SPEC_KEY = "__asynctrain_model__"  # the member of a `train --out` .npz holding the spec
+_MODELS = ("linear", "logreg", "softmax", "mlp")
+_CLASSES = {
+    "LinearRegression": "linear",
+    "LogisticRegression": "logreg",
+    "SoftmaxRegression": "softmax",
+    "MLP": "mlp",
 }
 
 
-def build_model(name: str, n_features: int, n_classes: int, hidden: int) -> Any:
-    """The model a CLI ``--model`` name stands for, sized for the data."""
-    if name == "linear":
-        return models.LinearRegression(n_features)
-    if name == "logreg":
-        return models.LogisticRegression(n_features)
-    if name == "softmax":
-        return models.SoftmaxRegression(n_features, n_classes)
-    return models.MLP((n_features, hidden, n_classes))
+@dataclass(frozen=True)
+class ModelSpec:
+    """What predicting needs besides the parameters: the model, labels and scaling.
+
+    Attributes:
+        model: a ``--model`` name (linear, logreg, softmax, mlp).
+        n_features: input columns.
+        outputs: classes (classification) or output columns (regression).
+        hidden: MLP hidden units.
+        task: ``"classification"`` or ``"regression"``.
+        classes: the label each class index stands for (classification), else None.
+        mean: per-feature mean subtracted by ``--standardize``, else None.
+        scale: per-feature divisor of ``--standardize``, else None.
+    """
+
+    model: str
+    n_features: int
+    outputs: int
+    hidden: int = 256
+    task: str = "classification"
+    classes: list[Any] | None = None
+    mean: list[float] | None = None
+    scale: list[float] | None = None
+
+    def build(self) -> Any:
+        """The (untrained) model this spec describes."""
+        if self.model == "linear":
+            return models.LinearRegression(self.n_features)
+        if self.model == "logreg":
+            return models.LogisticRegression(self.n_features)
+        if self.model == "softmax":
+            return models.SoftmaxRegression(self.n_features, self.outputs)
+        sizes = (self.n_features, self.hidden, self.outputs)
+        return models.MLP(sizes, task=self.task)
+
+    def features(self, X: npt.NDArray[Any], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+        """``X`` standardized as in training (unchanged without ``--standardize``)."""
+        if self.mean is None or self.scale is None:
+            return X
+        scaled = (np.asarray(X, dtype=np.float64) - self.mean) / self.scale
+        result: npt.NDArray[Any] = scaled.astype(dtype)
+        return result
+
+    def decode(self, predictions: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Class indices back to the labels they stand for (regression: unchanged)."""
+        if self.classes is None:
+            return predictions
+        labels: npt.NDArray[Any] = np.asarray(self.classes)[predictions]
+        return labels
+
+    def to_json(self) -> str:
+        """The spec as a JSON object."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> ModelSpec:
+        """Parse :meth:`to_json`'s output, or raise DataError naming ``where``."""
+        try:
+            fields = json.loads(text)
+            spec = cls(**fields)
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{where}: not a model description of asynctrain ({exc})") from None
+        if spec.model not in _MODELS:
+            raise DataError(f"{where}: unknown model {spec.model!r}")
+        return spec
 
 
 def _add_training_options(parser: argparse.ArgumentParser, *, epochs: int, lr: float) -> None:
@@ -59,7 +133,7 @@ def _add_training_options(parser: argparse.ArgumentParser, *, epochs: int, lr: f
         action="store_true",
         help="accept a plain-TCP --scheduler off this machine (anyone reaching it runs code)",
     )
-    parser.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS))
+    parser.add_argument("--optimizer", default="adam", choices=optim.names())
     parser.add_argument("--lr", type=float, default=lr, help="learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -73,32 +147,85 @@ def _add_training_options(parser: argparse.ArgumentParser, *, epochs: int, lr: f
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--plot", metavar="PNG", default=None, help="draw the training curves here (matplotlib)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``asynctrain`` command."""
-    parser = argparse.ArgumentParser(prog="asynctrain", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="asynctrain", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"asynctrain {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser("demo", help="train a reference problem on all cores")
     demo.add_argument("--problem", default="softmax", choices=["softmax", "mlp", "logreg"])
     demo.add_argument("--n", type=int, default=None, help="samples (default: the problem's)")
     _add_training_options(demo, epochs=5, lr=3e-3)
     demo.set_defaults(handler=_demo)
-    train = commands.add_parser("train", help="train a model on a .npz, .npy or .csv file")
-    train.add_argument("data", help="X/y .npz, X .npy (with --labels), a directory or .csv")
-    train.add_argument("--labels", default=None, help="y .npy to go with an X .npy")
-    train.add_argument("--model", required=True, choices=["linear", "logreg", "softmax", "mlp"])
-    train.add_argument("--hidden", type=int, default=256, help="MLP hidden units")
-    train.add_argument("--validation-split", type=float, default=0.1)
-    train.add_argument("--out", default=None, help="save the parameters here (.npz)")
-    _add_training_options(train, epochs=5, lr=1e-2)
-    train.set_defaults(handler=_train)
+    _add_train_parser(commands)
+    _add_predict_parser(commands)
     inspect = commands.add_parser("inspect", help="verify a checkpoint and print what it holds")
     inspect.add_argument("checkpoint", help="a .ckpt file, or a directory (its latest)")
     inspect.add_argument("--json", action="store_true", help="print the manifest as JSON")
     inspect.set_defaults(handler=_inspect)
     _add_bench_parser(commands)
     return parser
+
+
+def _add_train_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    train = commands.add_parser("train", help="train a model on a .npz, .npy or .csv file")
+    train.add_argument("data", help="X/y .npz, X .npy (with --labels), a directory or .csv")
+    train.add_argument("--labels", default=None, help="y .npy to go with an X .npy")
+    train.add_argument("--model", required=True, choices=_MODELS)
+    train.add_argument(
+        "--task",
+        default="auto",
+        choices=["auto", "classification", "regression"],
+        help="auto: integer labels are classes, other targets are regressed",
+    )
+    train.add_argument(
+        "--max-classes",
+        type=int,
+        default=MAX_CLASSES,
+        metavar="K",
+        help=f"refuse more distinct labels (default {MAX_CLASSES})",
+    )
+    train.add_argument("--hidden", type=int, default=256, help="MLP hidden units")
+    train.add_argument("--validation-split", type=float, default=0.1)
+    train.add_argument(
+        "--no-validation", action="store_true", help="train on all rows; no validation"
+    )
+    train.add_argument("--standardize", action="store_true", help="scale features to mean 0, std 1")
+    train.add_argument(
+        "--out", default=None, metavar="NPZ", help="save the trained model here (.npz)"
+    )
+    train.add_argument(
+        "--checkpoint-dir", default=None, metavar="DIR", help="save checkpoints here"
+    )
+    train.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="steps between checkpoints",
+    )
+    train.add_argument(
+        "--resume", action="store_true", help="continue from --checkpoint-dir's latest"
+    )
+    _add_training_options(train, epochs=5, lr=1e-2)
+    train.set_defaults(handler=_train)
+
+
+def _add_predict_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    predict = commands.add_parser("predict", help="predict with a trained model")
+    predict.add_argument(
+        "model", help="an .npz from train --out, or a checkpoint (.ckpt or its directory)"
+    )
+    predict.add_argument("data", help="features: X .npy, an .npz holding X, or a .csv")
+    predict.add_argument(
+        "--out", required=True, metavar="NPY", help="write the predictions here (.npy)"
+    )
+    predict.set_defaults(handler=_predict)
 
 
 def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -131,15 +258,104 @@ def _bench(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     data = synthetic(args.problem, n=args.n, seed=args.seed)
     n_classes = int(data.y.max()) + 1
-    model = build_model(args.problem, data.n_features, n_classes, hidden=256)
-    return _fit_and_report(args, model, data)
+    spec = ModelSpec(args.problem, data.n_features, n_classes)
+    train, validation = data.split(0.1, seed=args.seed)
+    return _fit_and_report(args, spec, train, validation)
 
 
 def _train(args: argparse.Namespace) -> int:
+    _check_output(args.out, "--out")
+    for option in ("resume", "checkpoint_every"):
+        if getattr(args, option) not in (None, False) and args.checkpoint_dir is None:
+            flag = "--" + option.replace("_", "-")
+            raise ConfigError(f"{flag} goes with --checkpoint-dir DIR; pass both")
     data = load(args.data, args.labels)
-    n_classes = int(data.y.max()) + 1 if args.model in ("softmax", "mlp") else 2
-    model = build_model(args.model, data.n_features, n_classes, args.hidden)
-    return _fit_and_report(args, model, data)
+    spec, data = _encode(args, data)
+    if args.no_validation:
+        train, validation = data, None
+    else:
+        train, validation = data.split(args.validation_split, seed=args.seed)
+    if args.standardize:
+        spec = _standardized(spec, train)
+        train = _scaled(spec, train)
+        validation = None if validation is None else _scaled(spec, validation)
+    return _fit_and_report(args, spec, train, validation)
+
+
+def _encode(args: argparse.Namespace, data: Dataset) -> tuple[ModelSpec, Dataset]:
+    """The model spec for ``--model``/``--task``, and the data with labels 0..k-1."""
+    task = _task(args.task, args.model, data.y)
+    if task == "regression":
+        y = data.y.astype(data.dtype, copy=False)
+        outputs = 1 if y.ndim == 1 else y.shape[1]
+        spec = ModelSpec(args.model, data.n_features, outputs, args.hidden, task)
+        return spec, data if y is data.y else Dataset(data.X, y)
+    if data.y.ndim != 1:
+        raise DataError(f"classification needs 1-D labels, got y of shape {data.y.shape}")
+    classes, codes = np.unique(data.y, return_inverse=True)
+    if len(classes) > args.max_classes:
+        raise DataError(
+            f"y has {len(classes)} distinct labels, more than --max-classes {args.max_classes}; "
+            "for a numeric target pass --task regression, else raise --max-classes"
+        )
+    if len(classes) < 2 or (args.model == "logreg" and len(classes) != 2):
+        wanted = "exactly 2" if args.model == "logreg" else "at least 2"
+        raise DataError(
+            f"--model {args.model} needs {wanted} distinct labels, y has {len(classes)} "
+            f"({classes[:5].tolist()}); use --model softmax or mlp for more classes"
+        )
+    spec = ModelSpec(args.model, data.n_features, len(classes), args.hidden, task)
+    spec = ModelSpec(**{**asdict(spec), "classes": classes.tolist()})
+    return spec, Dataset(data.X, codes.astype(np.int64))
+
+
+def _task(task: str, model: str, y: npt.NDArray[Any]) -> str:
+    """The task ``--task`` asks for, resolved for ``--model`` (auto: integer labels are
+    classes), or ConfigError for a model that cannot do it."""
+    if task == "auto":
+        fixed = {"linear": "regression", "logreg": "classification", "softmax": "classification"}
+        integers = y.dtype.kind in "iub"
+        task = fixed.get(model, "classification" if integers else "regression")
+    allowed = {"linear": "regression", "logreg": "classification", "softmax": "classification"}
+    if allowed.get(model, task) != task:
+        other = "--model mlp or softmax" if task == "classification" else "--model mlp or linear"
+        raise ConfigError(f"--model {model} cannot do {task}; use {other}")
+    return task
+
+
+def _standardized(spec: ModelSpec, train: Dataset) -> ModelSpec:
+    """``spec`` with the training features' mean and scale (a constant column keeps 1)."""
+    X = np.asarray(train.X, dtype=np.float64)
+    mean, std = X.mean(axis=0), X.std(axis=0)
+    scale = np.where(std > 0, std, 1.0)
+    return ModelSpec(**{**asdict(spec), "mean": mean.tolist(), "scale": scale.tolist()})
+
+
+def _scaled(spec: ModelSpec, data: Dataset) -> Dataset:
+    return Dataset(spec.features(data.X, data.dtype), data.y)
+
+
+def _check_dask() -> None:
+    try:
+        from asynctrain.backends import DaskBackend  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "--backend dask needs Dask distributed: pip install 'asynctrain[dask]'"
+        ) from None
+
+
+def _check_output(path: str | None, option: str) -> None:
+    """Refuse before any work an output path that cannot be written."""
+    if path is None:
+        return
+    target = Path(path)
+    parent = target.parent
+    if target.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; pass a file name")
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: directory '{parent}' does not exist; create it")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{option} {path}: directory '{parent}' is not writable")
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -147,8 +363,75 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    _check_output(args.out, "--out")
+    spec, params = _read_model(Path(args.model))
+    model = spec.build()
+    X = spec.features(_read_features(Path(args.data), spec.n_features), model.dtype)
+    predictions = spec.decode(model.predict(params, np.asarray(X, dtype=model.dtype)))
+    with open(args.out, "wb") as file:  # exactly this name (np.save would append .npy)
+        np.save(file, predictions, allow_pickle=False)
+    print(f"wrote {len(predictions)} predictions to {args.out}")
+    return 0
+
+
+def _read_model(path: Path) -> tuple[ModelSpec, dict[str, npt.NDArray[Any]]]:
+    """The spec and parameters of a `train --out` file or a checkpoint."""
+    if path.suffix == ".npz" and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                arrays = {key: saved[key] for key in saved.files}
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"cannot read {path}: {exc}") from exc
+        text = arrays.pop(_SPEC_KEY, None)
+        if text is None:
+            raise DataError(f"{path} was not written by `asynctrain train --out`")
+        return ModelSpec.from_json(str(text), str(path)), arrays
+    checkpoint = Checkpoint.read(path)
+    return _checkpoint_spec(checkpoint), checkpoint.params
+
+
+def _checkpoint_spec(checkpoint: Checkpoint) -> ModelSpec:
+    """The spec written next to a checkpoint by `train`, else the one its manifest implies
+    (class indices are then predicted as they are, and features are not scaled)."""
+    written = checkpoint.path.parent / SPEC_FILE
+    if written.is_file():
+        return ModelSpec.from_json(written.read_text(), str(written))
+    model = checkpoint.section("model")
+    name = _CLASSES.get(str(model.get("class")))
+    if name is None:
+        raise DataError(f"{checkpoint.path} holds a {model.get('class')}, not a CLI model")
+    params = checkpoint.params
+    hidden = params["W0"].shape[1] if "W0" in params else 256
+    outputs = int(model.get("n_classes") or params.get("W1", np.zeros((1, 1))).shape[1])
+    task = "regression" if model.get("n_classes") is None else "classification"
+    return ModelSpec(name, int(model["n_features"]), outputs, hidden, task)
+
+
+def _read_features(path: Path, n_features: int) -> npt.NDArray[Any]:
+    """X from an .npy, an .npz holding ``X``, or anything :func:`load` reads."""
+    if path.suffix == ".npy":
+        try:
+            X: npt.NDArray[Any] = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"cannot read {path} as a numeric .npy: {exc}") from exc
+    elif path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                X = archive["X"]
+        except (ValueError, OSError, EOFError, KeyError) as exc:
+            raise DataError(f"cannot read X from {path} ({exc}); save np.savez(path, X=X)") from exc
+    else:
+        X = load(path).X
+    if X.ndim != 2 or X.shape[1] != n_features:
+        raise DataError(f"{path}: X has shape {X.shape}; the model takes (n_samples, {n_features})")
+    return X
+
+
 def _backend(args: argparse.Namespace) -> str | Backend:
     """The backend name, or a DaskBackend for ``--scheduler`` (which the CLI closes)."""
+    if args.backend == "dask":
+        _check_dask()
     if args.scheduler is None:
         return str(args.backend)
     if args.backend != "dask":
@@ -165,12 +448,25 @@ async def _closing(backend: str | Backend, fit: Callable[[], Awaitable[FitResult
         return await fit()
 
 
-def _fit_and_report(args: argparse.Namespace, model: Any, data: Dataset) -> int:
-    train, validation = data.split(getattr(args, "validation_split", 0.1), seed=args.seed)
+def _optimizer(args: argparse.Namespace) -> optim.GradientTransformation:
+    options = {"momentum": 0.9} if args.optimizer == "sgd" else {}
+    return optim.get(args.optimizer, args.lr, **options)
+
+
+def _fit_and_report(
+    args: argparse.Namespace, spec: ModelSpec, train: Dataset, validation: Dataset | None
+) -> int:
+    if args.plot is not None:
+        _check_output(args.plot, "--plot")
+        check_plotting()
     backend = _backend(args)
+    checkpoint_dir = getattr(args, "checkpoint_dir", None)
+    if checkpoint_dir is not None:
+        _write_spec(Path(checkpoint_dir), spec, resume=args.resume)
+    model = spec.build()
     trainer = Trainer(
         model,
-        OPTIMIZERS[args.optimizer](args.lr),
+        _optimizer(args),
         backend=backend,
         workers=args.workers if isinstance(backend, str) else None,
         shards=args.shards,
@@ -181,12 +477,30 @@ def _fit_and_report(args: argparse.Namespace, model: Any, data: Dataset) -> int:
         staleness=args.staleness,
     )
     progress = Progress(enabled=not (args.no_progress or args.json))
-    fit = lambda: progress.follow(trainer, train, validation, args.epochs)  # noqa: E731
+    options: dict[str, Any] = {}
+    if checkpoint_dir is not None:
+        every = args.checkpoint_every
+        options = {"checkpoint_dir": checkpoint_dir, "checkpoint_every": every}
+        options["resume"] = args.resume
+    fit = lambda: progress.follow(trainer, train, validation, args.epochs, **options)  # noqa: E731
     result = run(_closing(backend, fit))
-    summary = {
+    summary = _summary(args, model, trainer, result)
+    if getattr(args, "out", None):
+        _save(Path(args.out), spec, result)
+        summary["out"] = args.out
+    if args.plot is not None:
+        summary["plot"] = str(plot_curves(result.history, Path(args.plot)))
+    _print_summary(summary, as_json=args.json)
+    return 0
+
+
+def _summary(
+    args: argparse.Namespace, model: Any, trainer: Trainer, result: FitResult
+) -> dict[str, Any]:
+    return {
         "model": type(model).__name__,
         "accuracy": result.val_accuracy,
-        "val_loss": result.history[-1].val_loss if result.history else float("nan"),
+        "val_loss": result.history[-1].val_loss if result.history else math.nan,
         "epochs": result.epochs,
         "steps": result.steps,
         "seconds": round(result.seconds, 3),
@@ -196,19 +510,38 @@ def _fit_and_report(args: argparse.Namespace, model: Any, data: Dataset) -> int:
         "mode": args.mode,
         "staleness_mean": round(result.staleness_mean, 3),
         "staleness_max": result.staleness_max,
-        "loop_lag_p99_ms": round(result.extra.get("loop_lag_p99_ms", float("nan")), 3),
-        "loop_lag_max_ms": round(result.extra.get("loop_lag_max_ms", float("nan")), 3),
+        "loop_lag_p99_ms": round(result.extra.get("loop_lag_p99_ms", math.nan), 3),
+        "loop_lag_max_ms": round(result.extra.get("loop_lag_max_ms", math.nan), 3),
     }
-    if getattr(args, "out", None):
-        np.savez(args.out, allow_pickle=False, **result.params)
-        summary["out"] = args.out
-    _print_summary(summary, as_json=args.json)
-    return 0
+
+
+def _write_spec(directory: Path, spec: ModelSpec, *, resume: bool) -> None:
+    """Describe the model next to its checkpoints (for `predict`); on ``--resume``, refuse
+    a spec other than the one the checkpoints were trained with."""
+    path = directory / SPEC_FILE
+    if resume and path.is_file():
+        written = ModelSpec.from_json(path.read_text(), str(path))
+        if written != spec:
+            differ = [k for k, v in asdict(spec).items() if asdict(written)[k] != v]
+            raise ConfigError(
+                f"--resume: {directory} was trained with other {', '.join(differ)}; "
+                "pass the same data and options, or another --checkpoint-dir"
+            )
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    path.write_text(spec.to_json())
+
+
+def _save(path: Path, spec: ModelSpec, result: FitResult) -> None:
+    """Write the parameters and the spec to exactly ``path`` (arrays only, no pickle)."""
+    arrays = {**result.params, _SPEC_KEY: np.array(spec.to_json())}
+    with path.open("wb") as file:  # np.savez on a name would append .npz
+        np.savez(file, allow_pickle=False, **arrays)
 
 
 def _print_summary(summary: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(summary))
+        print(json.dumps({key: _json_value(value) for key, value in summary.items()}))
         return
     for key, value in summary.items():
         shown = (
@@ -219,10 +552,16 @@ def _print_summary(summary: dict[str, Any], *, as_json: bool) -> None:
         print(f"{key:>15}: {shown}")
 
 
+def _json_value(value: Any) -> Any:
+    """JSON has no NaN: a missing figure (e.g. accuracy of a regression) is null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``asynctrain`` command; return its exit status.
 
-    Errors of asynctrain's own (bad data, bad settings) print one line and return 2.
+    Errors of asynctrain's own (bad data, bad settings) print one line and return 2;
+    Ctrl-C returns 130 (resume with ``train --checkpoint-dir DIR --resume``).
     """
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
@@ -231,3 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AsyncTrainError as exc:
         print(f"asynctrain: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resume = (
+            " (rerun with --resume to continue)" if getattr(args, "checkpoint_dir", None) else ""
+        )
+        print(f"asynctrain: interrupted{resume}", file=sys.stderr)
+        return 130

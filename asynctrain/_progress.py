@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any
 
 from asynctrain._events import Callback, EpochEvent, FitResult, StepEvent
@@ -10,21 +12,31 @@ from asynctrain.data import Dataset, steps_per_epoch
 
 
 class Progress:
-    """Fit a trainer while showing one bar over all its steps (or nothing when disabled)."""
+    """Fit a trainer while showing one bar over all its steps (or nothing when disabled).
+
+    Each epoch's line shows ``EpochEvent.epoch`` as it is (zero-based), so the CLI, the
+    events and logs written from them number epochs alike. Without tqdm only the epoch
+    lines are shown (on stderr).
+    """
 
     def __init__(self, *, enabled: bool = True) -> None:
         self.enabled = enabled
 
     async def follow(
-        self, trainer: Trainer, train: Dataset, validation: Dataset | None, epochs: int
+        self,
+        trainer: Trainer,
+        train: Dataset,
+        validation: Dataset | None,
+        epochs: int,
+        **options: Any,
     ) -> FitResult:
         """Fit ``trainer`` on ``train`` for ``epochs`` epochs, updating the bar per step.
 
-        The fit measures the event loop's lag (reported in ``FitResult.extra``).
+        The fit measures the event loop's lag (reported in ``FitResult.extra``);
+        ``options`` go to :meth:`Trainer.fit` (``checkpoint_dir``, ``resume``, ...).
         """
         total = steps_per_epoch(len(train), trainer.config.batch_size) * epochs
-        bar = self._bar(total)
-        callbacks = [] if bar is None else [_BarCallback(bar)]
+        callbacks = self.callbacks(total)
         try:
             async with trainer:
                 return await trainer.fit(
@@ -33,22 +45,49 @@ class Progress:
                     validation=validation,
                     callbacks=callbacks,
                     monitor_lag=True,
+                    **options,
                 )
         finally:
-            if bar is not None:
-                bar.close()
+            for callback in callbacks:
+                callback.close()
 
-    def _bar(self, total: int) -> Any:
+    def callbacks(self, total: int) -> list[_Lines]:
+        """The callbacks that show a fit of ``total`` steps (none when disabled)."""
         if not self.enabled:
-            return None
+            return []
         try:
             from tqdm import tqdm
         except ImportError:
-            return None
-        return tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)
+            return [_Lines()]
+        return [_Bar(tqdm(total=total, unit="step", dynamic_ncols=True, leave=False))]
 
 
-class _BarCallback(Callback):
+def epoch_line(event: EpochEvent) -> str:
+    """One line for an epoch: its number as in the event, the loss, validation figures."""
+    parts = [f"epoch {event.epoch}: loss {event.loss:.4f}"]
+    if not math.isnan(event.val_loss):
+        parts.append(f"val_loss {event.val_loss:.4f}")
+    if not math.isnan(event.val_accuracy):
+        parts.append(f"val_acc {event.val_accuracy:.4f}")
+    return " ".join(parts)
+
+
+class _Lines(Callback):
+    """One line per epoch on stderr."""
+
+    def on_epoch(self, event: EpochEvent) -> None:
+        self.write(epoch_line(event))
+
+    def write(self, line: str) -> None:
+        print(line, file=sys.stderr)
+
+    def close(self) -> None:
+        pass
+
+
+class _Bar(_Lines):
+    """A tqdm bar over the steps, with the epoch lines above it."""
+
     def __init__(self, bar: Any) -> None:
         self.bar = bar
 
@@ -56,8 +95,8 @@ class _BarCallback(Callback):
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
 
-    def on_epoch(self, event: EpochEvent) -> None:
-        self.bar.write(
-            f"epoch {event.epoch + 1}: loss {event.loss:.4f} "
-            f"val_loss {event.val_loss:.4f} val_acc {event.val_accuracy:.4f}"
-        )
+    def write(self, line: str) -> None:
+        self.bar.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from asynctrain._exceptions import StateError
+
 T = TypeVar("T")
 
 
@@ -26,7 +28,8 @@ def run(main: Coroutine[Any, Any, T], *, debug: bool | None = None) -> T:
     training coroutine instead.
 
     Raises:
-        RuntimeError: called from a thread whose event loop is already running.
+        StateError: called from a thread whose event loop is already running (a
+            :class:`RuntimeError`); ``main`` is closed unstarted.
 
     Example:
         >>> async def answer():
@@ -34,5 +37,16 @@ def run(main: Coroutine[Any, Any, T], *, debug: bool | None = None) -> T:
         >>> run(answer())
         42
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop running in this thread: the normal case
+        pass
+    else:
+        main.close()  # never started; closing it avoids "coroutine was never awaited"
+        raise StateError(
+            "asynctrain.run() was called inside a running event loop (a notebook, a "
+            "service, another coroutine); await the coroutine there instead: "
+            "`result = await main()`"
+        )
     with asyncio.Runner(debug=debug, loop_factory=loop_factory()) as runner:
         return runner.run(main)

@@ -43,7 +43,8 @@ from asynctrain.backends import Backend, get_backend
 from asynctrain.backends._base import readonly
 from asynctrain.data import Dataset
 from asynctrain.models import Model, check_data, check_inputs
-from asynctrain.optim import GradientTransformation, adam
+from asynctrain.optim import GradientTransformation
+from asynctrain.optim._alias import as_optimizer
 
 __all__ = ["DataLike", "Trainer"]
 
@@ -64,8 +65,9 @@ class Trainer:
 
     Args:
         model: any object following :class:`~asynctrain.models.Model`.
-        optimizer: a :class:`~asynctrain.optim.GradientTransformation`; default
-            ``adam(1e-3)``.
+        optimizer: a :class:`~asynctrain.optim.GradientTransformation`, or a name
+            :func:`asynctrain.optim.get` knows (``"adam"``, with its default learning
+            rate); default ``adam(1e-3)``.
         backend: ``"thread"`` (default), ``"inline"``, another registered name, or a
             :class:`~asynctrain.backends.Backend` object (which the trainer never closes).
         workers: workers of a backend created by name; default: the usable cores.
@@ -96,7 +98,7 @@ class Trainer:
     def __init__(
         self,
         model: Model,
-        optimizer: GradientTransformation | None = None,
+        optimizer: GradientTransformation | str | None = None,
         *,
         backend: str | Backend = "thread",
         workers: int | None = None,
@@ -122,7 +124,7 @@ class Trainer:
             nonfinite=nonfinite,
         )
         self.model = model
-        self.optimizer = adam(1e-3) if optimizer is None else optimizer
+        self.optimizer = as_optimizer(optimizer)
         self.mode = make_mode(mode, local_steps=local_steps, staleness=staleness)
         self._backend_spec = backend
         self._workers = None if workers is None else check_int("workers", workers)

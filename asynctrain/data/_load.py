@@ -26,6 +26,8 @@ SUPPORTED = (".npz", ".npy (with y_path)", ".csv", "a directory holding X.npy an
 """What :func:`load` reads, as listed in its error messages."""
 
 _READ_ERRORS = (ValueError, EOFError, OSError, zipfile.BadZipFile)
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # an archive; an empty archive
 _NO_PICKLE = "asynctrain loads with allow_pickle=False and never unpickles"
 _MAX_DEFLATE_RATIO = 1032  # the most zlib's deflate can compress: a longer claim is false
 
@@ -150,6 +152,7 @@ def _dir_files(path: Path) -> tuple[Path, Path]:
 
 def _read_npy(path: Path) -> npt.NDArray[Any]:
     """Memory-map a .npy file read-only; fall back to reading it (e.g. a 0-byte array)."""
+    _check_magic(path, (_NPY_MAGIC, *_ZIP_MAGIC), "a .npy array (no numpy header)")
     try:
         try:
             loaded = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -166,6 +169,7 @@ def _read_npy(path: Path) -> npt.NDArray[Any]:
 
 
 def _read_npz(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    _check_magic(path, (*_ZIP_MAGIC, _NPY_MAGIC), "an .npz archive (not a zip file)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -211,6 +215,27 @@ def _check_member(path: Path, archive: zipfile.ZipFile, name: str) -> None:
             f"'{path}': array {name!r} claims shape {shape} of {dtype} ({claimed} bytes) but "
             f"the archive holds {held} bytes for it; the file is damaged or crafted, "
             "save it again with np.savez(path, X=X, y=y)"
+        )
+
+
+def _check_magic(path: Path, magics: tuple[bytes, ...], what: str) -> None:
+    """Refuse a file that is neither format before numpy reads it: numpy takes any other
+    bytes for a pickle and advises loading it "unsafely", which asynctrain never does.
+
+    Raises:
+        DataError: the file starts with none of ``magics`` (or cannot be opened).
+    """
+    try:
+        with path.open("rb") as file:
+            head = file.read(max(len(m) for m in magics))
+    except FileNotFoundError as exc:
+        raise DataError(f"no such file: '{path}'") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read '{path}': {exc}") from exc
+    if not any(head.startswith(magic) for magic in magics):
+        raise DataError(
+            f"'{path}' is not {what}: it is damaged or another kind of file; save the "
+            "data with np.savez(path, X=X, y=y) or np.save(path, X)"
         )
 
 

@@ -69,10 +69,19 @@ def as_array(name: str, value: object) -> npt.NDArray[Any]:
     if array.dtype.kind not in _NUMERIC_KINDS:
         raise DataTypeError(
             f"{name} has dtype {array.dtype}, which is not a real number; asynctrain "
-            f"trains on bool, int or float values: convert with "
-            f"np.asarray({name}, dtype=np.float32) or drop the non-numeric columns"
+            f"trains on bool, int or float values: {_numeric_fix(name, array)}"
         )
     return array
+
+
+def _numeric_fix(name: str, array: npt.NDArray[Any]) -> str:
+    """How to make ``array`` numeric: labels (text, objects) are encoded, not cast."""
+    if name == "y" and array.dtype.kind in "USO":
+        return (
+            "encode the labels as 0 .. n_classes - 1 with "
+            "`classes, y = np.unique(y, return_inverse=True)` (classes[k] names class k)"
+        )
+    return f"convert with np.asarray({name}, dtype=np.float32) or drop the non-numeric columns"
 
 
 def check_features_shape(X: npt.NDArray[Any]) -> None:

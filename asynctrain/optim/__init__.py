@@ -3,7 +3,8 @@
 An optimizer is a :class:`GradientTransformation`; building blocks (:func:`scale_by_adam`,
 :func:`trace`, :func:`clip_by_global_norm`, ...) compose with :func:`chain`, and the
 aliases (:func:`sgd`, :func:`adam`, ...) are short chains of them. Learning rates may be
-constants or schedules (:func:`cosine_decay`, :func:`linear_warmup`, ...). ``update``
+constants or schedules (:func:`cosine_decay`, :func:`linear_warmup`, ...); :func:`get`
+builds an alias from its name (``get("adam", 1e-2)``), for settings given as text. ``update``
 works in place on the gradients and the state to avoid allocating per step.
 
 Example:
@@ -19,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from asynctrain.optim._alias import adagrad, adam, adamw, rmsprop, sgd
+from asynctrain.optim._alias import adagrad, adam, adamw, get, names, rmsprop, sgd
 from asynctrain.optim._base import (
     EmptyState,
     GradientTransformation,
@@ -75,8 +76,10 @@ __all__ = [
     "clip_by_global_norm",
     "constant_schedule",
     "cosine_decay",
+    "get",
     "global_norm",
     "linear_warmup",
+    "names",
     "rmsprop",
     "scale",
     "scale_by_adagrad",

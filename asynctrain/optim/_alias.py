@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from inspect import signature
+from typing import Any
+
+from asynctrain._exceptions import ConfigError, ConfigTypeError
 from asynctrain.optim._base import (
     GradientTransformation,
     LearningRate,
@@ -181,3 +186,87 @@ def rmsprop(
     opt = chain(scale_by_rms(decay, eps), *momentum_part, scale_by_learning_rate(learning_rate))
     label = _call_label("rmsprop", learning_rate, decay=decay, eps=eps, momentum=momentum)
     return _labelled(label, opt)
+
+
+_BY_NAME: dict[str, Callable[..., GradientTransformation]] = {
+    "adagrad": adagrad,
+    "adam": adam,
+    "adamw": adamw,
+    "rmsprop": rmsprop,
+    "sgd": sgd,
+}
+
+
+def names() -> list[str]:
+    """The optimizer names :func:`get` accepts, sorted.
+
+    Example:
+        >>> names()
+        ['adagrad', 'adam', 'adamw', 'rmsprop', 'sgd']
+    """
+    return sorted(_BY_NAME)
+
+
+def get(
+    name: str, learning_rate: LearningRate | None = None, **options: Any
+) -> GradientTransformation:
+    """The optimizer registered as ``name``, built with ``learning_rate`` and ``options``.
+
+    For settings given as text (a command line, a config file); in code, call the alias
+    (``adam(1e-2)``) itself.
+
+    Args:
+        name: one of :func:`names` (``"adam"``, ``"sgd"``, ...).
+        learning_rate: the learning rate; None: the alias' default (``sgd`` has none).
+        options: the alias' keyword options (``momentum=0.9`` for ``sgd``, ...).
+
+    Returns:
+        ``alias(learning_rate, **options)``.
+
+    Raises:
+        ConfigTypeError: ``name`` is not a str, an option is unknown, or ``sgd`` is
+            given no learning rate.
+        ConfigError: ``name`` is not registered (the message lists the names), or an
+            option is out of range.
+
+    Example:
+        >>> get("adam", 1e-2)
+        <GradientTransformation adam(0.01, b1=0.9, b2=0.999, eps=1e-08)>
+    """
+    if not isinstance(name, str):
+        raise ConfigTypeError(f"an optimizer name must be a str, got {name!r}")
+    factory = _BY_NAME.get(name.lower())
+    if factory is None:
+        raise ConfigError(
+            f"unknown optimizer {name!r}; the registered names are {', '.join(names())}, "
+            "or pass a GradientTransformation (e.g. asynctrain.optim.chain(...))"
+        )
+    args = () if learning_rate is None else (learning_rate,)
+    try:
+        signature(factory).bind(*args, **options)
+    except TypeError as exc:
+        raise ConfigTypeError(f"optimizer {name!r}: {exc}") from None
+    return factory(*args, **options)
+
+
+def as_optimizer(optimizer: object) -> GradientTransformation:
+    """``optimizer`` itself, the alias a name stands for (``"adam"``), or ``adam()`` for
+    None: what a Trainer accepts as its ``optimizer``.
+
+    Raises:
+        ConfigTypeError: neither a name nor an object with ``init`` and ``update``.
+        ConfigError: an unknown name.
+    """
+    if optimizer is None:
+        return adam()
+    if isinstance(optimizer, str):
+        return get(optimizer)
+    if not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        raise ConfigTypeError(
+            f"optimizer must be a GradientTransformation (e.g. asynctrain.optim.adam(1e-3)) "
+            f"or one of the names {', '.join(names())}, got {optimizer!r} "
+            f"({type(optimizer).__name__})"
+        )
+    return optimizer  # type: ignore[return-value]  # an (init, update) pair, duck-typed

@@ -1,0 +1,301 @@
+"""The command line's commands and options: predict, tasks and labels, resume, outputs,
+plots, --version and help (run in-process through ``main``)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import asynctrain as at
+from asynctrain import _progress
+from asynctrain._checkpoint import list_checkpoints
+from asynctrain._cli import main
+from asynctrain.data import Dataset, load, synthetic
+
+
+def _no_nan(text: str) -> Any:
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture
+def softmax_file(tmp_path: Path) -> Path:
+    data = synthetic("softmax", n=3000, seed=0)
+    path = tmp_path / "data.npz"
+    np.savez(path, X=data.X[:, :16], y=data.y)
+    return path
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"asynctrain {at.__version__}"
+
+
+def test_help_is_plain_text_and_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out
+    for command in ("demo", "train", "predict", "inspect", "bench"):
+        assert f"    {command} " in out
+
+
+def _trainer_oracle(path: Path, *, standardize: bool) -> tuple[at.Trainer, Any]:
+    """What `train --model softmax --lr 0.01 --epochs 2` computes, through the library."""
+    data = load(path)
+    train, _ = data.split(0.1, seed=0)
+    mean = scale = None
+    if standardize:
+        X64 = np.asarray(train.X, dtype=np.float64)
+        mean, scale = X64.mean(axis=0), X64.std(axis=0)
+        train = Dataset(((X64 - mean) / scale).astype(np.float32), train.y)
+    model = at.models.SoftmaxRegression(train.n_features, 10)
+    trainer = at.Trainer(model, at.optim.adam(0.01), backend="inline", seed=0)
+    at.run(trainer.fit(train, epochs=2))
+    return trainer, (mean, scale)
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_train_out_then_predict_reproduces_trainer_predict(
+    softmax_file: Path, tmp_path: Path, standardize: bool
+) -> None:
+    out, pred = tmp_path / "model.npz", tmp_path / "pred.npy"
+    argv = ["train", str(softmax_file), "--model", "softmax", "--epochs", "2", "--no-progress"]
+    argv += ["--out", str(out)] + (["--standardize"] if standardize else [])
+    assert main(argv) == 0
+    assert main(["predict", str(out), str(softmax_file), "--out", str(pred)]) == 0
+    trainer, (mean, scale) = _trainer_oracle(softmax_file, standardize=standardize)
+    X = np.load(softmax_file)["X"]
+    if standardize:
+        X = ((X.astype(np.float64) - mean) / scale).astype(np.float32)
+    np.testing.assert_array_equal(np.load(pred), trainer.predict(X))
+
+
+def test_labels_are_encoded_and_decoded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((900, 4)).astype(np.float32)
+    labels = np.array([0, 1000, 2000])[np.argmax(X[:, :3], axis=1)]
+    np.savez(tmp_path / "d.npz", X=X, y=labels)
+    out, pred = tmp_path / "m.npz", tmp_path / "p.npy"
+    argv = ["train", str(tmp_path / "d.npz"), "--model", "mlp", "--hidden", "8"]
+    assert main([*argv, "--epochs", "20", "--lr", "0.05", "--out", str(out), "--json"]) == 0
+    with np.load(out) as saved:
+        assert saved["W1"].shape == (8, 3)  # three classes, not 2001
+    assert main(["predict", str(out), str(tmp_path / "d.npz"), "--out", str(pred)]) == 0
+    predicted = np.load(pred)
+    assert set(np.unique(predicted)) <= {0, 1000, 2000}
+    assert np.mean(predicted == labels) > 0.8
+
+
+def test_a_float_target_is_regression_and_json_has_no_nan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((600, 5)).astype(np.float32)
+    np.savez(tmp_path / "r.npz", X=X, y=(X @ np.arange(5.0) + 0.5).astype(np.float32))
+    argv = ["train", str(tmp_path / "r.npz"), "--model", "mlp", "--hidden", "8", "--json"]
+    assert main([*argv, "--out", str(tmp_path / "m.npz")]) == 0
+    summary = _no_nan(capsys.readouterr().out)
+    assert summary["accuracy"] is None
+    with np.load(tmp_path / "m.npz") as saved:
+        assert saved["W1"].shape == (8, 1)
+
+
+def test_many_distinct_integer_labels_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((500, 3)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", X=X, y=rng.integers(25, 346, size=500))  # like diabetes
+    assert main(["train", str(tmp_path / "d.npz"), "--model", "mlp"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--task regression" in err
+    assert "--max-classes 100" in err
+    argv = ["train", str(tmp_path / "d.npz"), "--model", "mlp", "--task", "regression"]
+    assert main([*argv, "--epochs", "1", "--no-progress"]) == 0
+
+
+def test_a_model_that_cannot_do_the_task_is_refused(
+    softmax_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", str(softmax_file), "--model", "softmax", "--task", "regression"]) == 2
+    assert "--model mlp or linear" in capsys.readouterr().err
+    assert main(["train", str(softmax_file), "--model", "logreg"]) == 2
+    assert "exactly 2" in capsys.readouterr().err
+
+
+def test_out_in_a_missing_directory_fails_before_training(
+    softmax_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "missing" / "p.npz"
+    assert main(["train", str(softmax_file), "--model", "softmax", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1
+    assert "does not exist" in captured.err
+    assert "epoch" not in captured.err + captured.out
+
+
+def test_out_is_written_under_exactly_its_name(
+    softmax_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "p.txt"
+    argv = ["train", str(softmax_file), "--model", "softmax", "--epochs", "1", "--json"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert _no_nan(capsys.readouterr().out)["out"] == str(out)
+    assert out.is_file()
+    assert not (tmp_path / "p.txt.npz").exists()
+
+
+def test_dask_backend_without_dask_is_one_line(
+    softmax_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    monkeypatch.delitem(sys.modules, "asynctrain.backends._dask", raising=False)
+    argv = ["train", str(softmax_file), "--model", "softmax", "--backend", "dask"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "pip install 'asynctrain[dask]'" in err
+
+
+def test_no_validation_trains_on_every_row(
+    softmax_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", str(softmax_file), "--model", "softmax", "--epochs", "1", "--json"]
+    assert main([*argv, "--batch-size", "100", "--no-validation"]) == 0
+    summary = _no_nan(capsys.readouterr().out)
+    assert summary["steps"] == 30  # 3000 rows / 100 (with validation: 2700 / 100)
+    assert summary["accuracy"] is None
+
+
+def test_epochs_are_numbered_as_the_events_number_them(
+    softmax_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", str(softmax_file), "--model", "softmax", "--epochs", "2"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "epoch" in line]
+    data = load(softmax_file).split(0.1, seed=0)[0]
+    trainer = at.Trainer(at.models.SoftmaxRegression(16, 10), "adam", backend="inline")
+    history = at.run(trainer.fit(data, epochs=2)).history
+    assert [line.split(":")[0] for line in lines] == [f"epoch {e.epoch}" for e in history]
+
+
+class _Interrupt(at.Callback):
+    """Press Ctrl-C (a real SIGINT) after ``after`` steps."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.steps = after, 0
+
+    def on_step(self, event: at.StepEvent) -> None:
+        self.steps += 1
+        if self.steps == self.after:
+            signal.raise_signal(signal.SIGINT)
+
+    def close(self) -> None:
+        pass
+
+
+def test_interrupted_then_resumed_equals_one_uninterrupted_run(
+    softmax_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    base = ["train", str(softmax_file), "--model", "softmax", "--epochs", "3", "--no-progress"]
+    base += ["--batch-size", "256", "--checkpoint-every", "4"]  # 11 steps an epoch
+    whole, resumed = tmp_path / "whole.npz", tmp_path / "resumed.npz"
+    assert main([*base, "--checkpoint-dir", str(tmp_path / "a"), "--out", str(whole)]) == 0
+
+    interrupted = [*base, "--checkpoint-dir", str(tmp_path / "b"), "--out", str(resumed)]
+    monkeypatch.setattr(_progress.Progress, "callbacks", lambda self, total: [_Interrupt(15)])
+    assert main(interrupted) == 130  # in the second epoch, after the checkpoint of step 12
+    assert "--resume" in capsys.readouterr().err
+    assert not resumed.exists()
+    monkeypatch.undo()
+    saved = list_checkpoints(tmp_path / "b")[-1]
+    done = int(saved.stem.split("-")[1])
+    assert 0 < done < 33
+    assert main([*interrupted, "--resume", "--json"]) == 0
+    assert _no_nan(capsys.readouterr().out)["steps"] == 33 - done  # continued, not restarted
+
+    with np.load(whole) as a, np.load(resumed) as b:
+        assert a.files == b.files
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name])
+            assert a[name].tobytes() == b[name].tobytes()
+
+
+def test_predict_from_a_checkpoint_directory(softmax_file: Path, tmp_path: Path) -> None:
+    argv = ["train", str(softmax_file), "--model", "softmax", "--epochs", "1", "--no-progress"]
+    ckpt, out = tmp_path / "ckpt", tmp_path / "m.npz"
+    assert main([*argv, "--checkpoint-dir", str(ckpt), "--out", str(out), "--standardize"]) == 0
+    from_ckpt, from_out = tmp_path / "a.npy", tmp_path / "b.npy"
+    assert main(["predict", str(ckpt), str(softmax_file), "--out", str(from_ckpt)]) == 0
+    assert main(["predict", str(out), str(softmax_file), "--out", str(from_out)]) == 0
+    np.testing.assert_array_equal(np.load(from_ckpt), np.load(from_out))
+
+
+def test_resume_with_other_data_is_refused(
+    softmax_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", str(softmax_file), "--model", "softmax", "--epochs", "1", "--no-progress"]
+    ckpt = str(tmp_path / "ckpt")
+    assert main([*argv, "--checkpoint-dir", ckpt]) == 0
+    assert main([*argv, "--checkpoint-dir", ckpt, "--resume", "--standardize"]) == 2
+    assert "mean, scale" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_plot_writes_the_training_curves(
+    softmax_file: Path, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = tmp_path / "curves.png"
+    argv = [command, "--epochs", "2", "--json", "--plot", str(png)]
+    if command == "train":
+        argv += [str(softmax_file), "--model", "softmax"]
+    else:
+        argv += ["--n", "2000"]
+    assert main(argv) == 0
+    assert _no_nan(capsys.readouterr().out)["plot"] == str(png)
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_plot_without_matplotlib_is_one_line(
+    softmax_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    argv = ["train", str(softmax_file), "--model", "softmax", "--plot", str(tmp_path / "c.png")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "pip install matplotlib" in err
+
+
+@pytest.mark.parametrize("option", [["--resume"], ["--checkpoint-every", "5"]])
+def test_checkpoint_options_need_a_directory(
+    softmax_file: Path, option: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", str(softmax_file), "--model", "softmax", *option]) == 2
+    assert "--checkpoint-dir" in capsys.readouterr().err
+
+
+def test_predict_from_a_checkpoint_the_library_wrote(softmax_file: Path, tmp_path: Path) -> None:
+    data = load(softmax_file)
+    trainer = at.Trainer(at.models.SoftmaxRegression(16, 10), "adam", backend="inline")
+    at.run(trainer.fit(data, epochs=1, checkpoint_dir=tmp_path / "run"))
+    pred = tmp_path / "p.npy"
+    assert main(["predict", str(tmp_path / "run"), str(softmax_file), "--out", str(pred)]) == 0
+    np.testing.assert_array_equal(np.load(pred), trainer.predict(data.X))
