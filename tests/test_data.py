@@ -53,8 +53,8 @@ def test_non_numeric_y_is_a_data_type_error() -> None:
     ("X", "y", "fragment"),
     [
         (np.zeros(5), np.zeros(5), r"shape \(5,\).*reshape\(-1, 1\)"),
-        (np.zeros((5, 2, 2)), np.zeros(5), r"got shape \(5, 2, 2\)"),
-        (np.zeros((5, 0)), np.zeros(5), "no feature columns"),
+        (np.zeros((5, 2, 0)), np.zeros(5), r"rows of no values \(shape \(5, 2, 0\)\)"),
+        (np.zeros((5, 0)), np.zeros(5), "rows of no values"),
         (np.zeros((5, 2)), np.zeros((5, 2, 1)), r"y must be 1-D .* got shape \(5, 2, 1\)"),
         (np.zeros((5, 2)), np.zeros((5, 0)), "no output columns"),
         (np.zeros((5, 2)), np.zeros(4), "X has 5 rows but y has 4"),

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asynctrain._config import TrainConfig
+from asynctrain._engine._shipping import ship_model
 from asynctrain._engine._step import Mode, StepContext
 from asynctrain._engine._update import Updater, zeros_like
 from asynctrain._monitor import LoopLagMonitor
@@ -39,8 +40,9 @@ async def open_context(
     *,
     streaming: bool = False,
 ) -> AsyncIterator[tuple[StepContext, SharedArrays | None]]:
-    """Share a fit's data, parameters, gradient buffers and validation data; release them
-    when the block ends, however it ends.
+    """Share a fit's data, parameters, gradient buffers, validation data and (for workers
+    in other processes) the model's pickle; release them when the block ends, however it
+    ends.
 
     ``data`` is either the arrays to share (``{"X": ..., "y": ...}``) or a handle someone
     else shared and releases (a stream's ring of batch buffers). Parameter and gradient
@@ -65,6 +67,8 @@ async def open_context(
             batch_size=parts.config.batch_size,
             shards=shards,
             streaming=streaming,
+            seed=parts.config.seed,
+            shipped=await ship_model(parts.model, backend, share),
         )
         val = None if validation is None else await share(arrays_of(validation))
         yield ctx, val

@@ -24,6 +24,7 @@ from asynctrain._serving._broadcast import Broadcast, Lagged
 from asynctrain._trainer import Trainer
 from asynctrain._types import Params
 from asynctrain.data import Dataset
+from asynctrain.models._validate import row_shape
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 FINISHED: tuple[JobStatus, ...] = ("done", "failed", "cancelled")
@@ -187,7 +188,8 @@ class Job:
 
         Raises:
             StateError: the job has no parameters yet (queued).
-            DataError: ``X`` is not a finite (n, n_features) table.
+            DataError: ``X`` is not a finite ``(n, *row_shape)`` array (``(n, n_features)``
+                for a model of tables).
         """
         state = self.state
         model = self._trainer.model
@@ -260,14 +262,15 @@ class _Publish(Callback):
 
 def _predict(model: Any, params: Params, X: npt.ArrayLike) -> npt.NDArray[Any]:
     """Check ``X`` against the model and predict (runs off the loop)."""
+    shape = ("n", *row_shape(model))
     try:
         rows = np.asarray(X, dtype=model.dtype)
     except (TypeError, ValueError) as exc:
-        raise DataError(f"X must be a numeric (n, {model.n_features}) table: {exc}") from exc
-    if rows.ndim != 2 or rows.shape[1] != model.n_features or rows.shape[0] == 0:
+        raise DataError(f"X must be a numeric {shape} array: {exc}".replace("'", "")) from exc
+    if rows.shape[1:] != shape[1:] or rows.shape[0] == 0:
         raise DataError(
-            f"X must have shape (n, {model.n_features}) with n >= 1, got {rows.shape}; "
-            "send one row of features per prediction"
+            f"X must have shape {shape} with n >= 1, got {rows.shape}; ".replace("'", "")
+            + "send one row of features per prediction"
         )
     if not np.isfinite(rows).all():
         raise DataError("X holds NaN or Inf; send finite features")
