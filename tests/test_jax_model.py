@@ -111,8 +111,9 @@ def test_gradients_equal_the_numpy_mlp_softmax_and_logistic_models() -> None:
     for ours, theirs in names.items():
         np.testing.assert_allclose(grads[theirs], expected[ours], rtol=1e-4, atol=1e-5)
 
-    softmax = JaxModel(linear_apply, {"w": rng.standard_normal((6, 3)), "b": np.ones(3)},
-                       input_shape=(6,))  # fmt: skip
+    softmax = JaxModel(
+        linear_apply, {"w": rng.standard_normal((6, 3)), "b": np.ones(3)}, input_shape=(6,)
+    )
     params = softmax.init(rng)
     loss, grads = softmax.loss_and_grad(params, X, y)
     expected_loss, expected = SoftmaxRegression(6, 3).loss_and_grad(
@@ -121,8 +122,12 @@ def test_gradients_equal_the_numpy_mlp_softmax_and_logistic_models() -> None:
     assert loss == pytest.approx(expected_loss, rel=1e-5)
     np.testing.assert_allclose(grads["w"], expected["W"], rtol=1e-4, atol=1e-5)
 
-    binary = JaxModel(linear_apply, {"w": rng.standard_normal(6), "b": np.ones(1)},
-                      "binary_cross_entropy", input_shape=(6,))  # fmt: skip
+    binary = JaxModel(
+        linear_apply,
+        {"w": rng.standard_normal(6), "b": np.ones(1)},
+        "binary_cross_entropy",
+        input_shape=(6,),
+    )
     params, labels = binary.init(rng), y % 2
     loss, grads = binary.loss_and_grad(params, X, labels)
     expected_loss, expected = LogisticRegression(6).loss_and_grad(params, X, labels)
@@ -189,7 +194,7 @@ async def test_checkpoint_and_resume_end_bit_identical(
     assert result.steps == 4
     assert _bits(resumed.params) == references["sync"]
     other = JaxModel(linear_apply, {"w": np.zeros((6, 3)), "b": np.zeros(3)}, input_shape=(6,))
-    with pytest.raises(at.CheckpointError, match="model.architecture"):
+    with pytest.raises(at.CheckpointError, match=r"model\.architecture"):
         await at.Trainer(other, **settings).fit(table, checkpoint_dir=tmp_path, resume=True)
 
 
@@ -211,14 +216,16 @@ def test_predict_and_predict_proba() -> None:
     [
         (lambda: JaxModel(linear_apply, {}, input_shape=(6,)), "holds no arrays"),
         (
-            lambda: JaxModel(linear_apply, {"w": np.zeros((6, 3), np.int32), "b": np.zeros(3)},
-                             input_shape=(6,)),  # fmt: skip
+            lambda: JaxModel(
+                linear_apply, {"w": np.zeros((6, 3), np.int32), "b": np.zeros(3)}, input_shape=(6,)
+            ),
             "parameter 'w' has dtype int32",
         ),
         (lambda: JaxModel(mlp_apply, mlp_params(), "hinge", input_shape=(6,)), "unknown loss"),
         (
-            lambda: JaxModel(linear_apply, {"w": np.zeros((6, 1)), "b": np.zeros(1)}, summed_l1,
-                             input_shape=(6,)),  # fmt: skip
+            lambda: JaxModel(
+                linear_apply, {"w": np.zeros((6, 1)), "b": np.zeros(1)}, summed_l1, input_shape=(6,)
+            ),
             r"shape \(2,\) for 2 rows",
         ),
         (

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -55,7 +55,7 @@ class SmallCNN(nn.Module):  # type: ignore[misc]
 class GradModeProbe(nn.Module):  # type: ignore[misc]
     """Records whether autograd was on in each forward pass."""
 
-    seen: list[bool] = []
+    seen: ClassVar[list[bool]] = []
 
     def __init__(self) -> None:
         super().__init__()
@@ -244,7 +244,9 @@ def references(images: Dataset) -> dict[str, dict[str, bytes]]:
     }
 
 
-@pytest.mark.parametrize(("name", "workers"), [("thread", 1), ("thread", 2), ("process", 1), ("process", 2)])
+@pytest.mark.parametrize(
+    ("name", "workers"), [("thread", 1), ("thread", 2), ("process", 1), ("process", 2)]
+)
 async def test_bits_equal_on_every_backend_and_worker_count(
     name: str, workers: int, images: Dataset, references: dict[str, dict[str, bytes]]
 ) -> None:
@@ -328,8 +330,9 @@ async def test_resuming_into_a_different_module_is_refused(tmp_path: Path, image
     trainer = at.Trainer(cnn_model(), at.optim.adam(1e-2), **settings)
     await trainer.fit(images, checkpoint_dir=tmp_path)
     torch.manual_seed(0)
-    other = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.Flatten(),
-                          nn.Linear(256, 3))  # fmt: skip
+    other = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(256, 3)
+    )
     resumed = at.Trainer(TorchModel(other, input_shape=(1, 8, 8)), **settings)
     with pytest.raises(at.CheckpointError) as info:
         await resumed.fit(images, checkpoint_dir=tmp_path, resume=True, epochs=2)
@@ -358,8 +361,9 @@ def test_predict_runs_without_autograd_and_returns_int64_labels() -> None:
 
 async def test_images_train_stream_and_predict_through_the_service(images: Dataset) -> None:
     model = cnn_model()
-    async with at.Trainer(model, at.optim.adam(1e-2), backend="process", workers=2,
-                          batch_size=48, shards=2) as trainer:  # fmt: skip
+    async with at.Trainer(
+        model, at.optim.adam(1e-2), backend="process", workers=2, batch_size=48, shards=2
+    ) as trainer:
         batches = [(images.X[i : i + 32], images.y[i : i + 32]) for i in range(0, 192, 32)]
         await trainer.fit_stream(batches)
         assert trainer.state.step == 4

@@ -132,7 +132,14 @@ class LocalMode:
         optimizer = ctx.updater.optimizer
         return await gather_ordered(
             ctx.backend.run(
-                local_shard, ctx.carried, optimizer, ctx.data, ctx.params, ctx.grads, fit.states, task
+                local_shard,
+                ctx.carried,
+                optimizer,
+                ctx.data,
+                ctx.params,
+                ctx.grads,
+                fit.states,
+                task,
             )
             for task in tasks
         )

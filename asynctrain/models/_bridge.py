@@ -32,9 +32,7 @@ def import_framework(name: str, extra: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        raise ImportError(
-            f"this model needs {name}: pip install 'asynctrain[{extra}]'"
-        ) from exc
+        raise ImportError(f"this model needs {name}: pip install 'asynctrain[{extra}]'") from exc
 
 
 def single_threaded_xla() -> None:

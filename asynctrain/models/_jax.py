@@ -77,7 +77,9 @@ class JaxModel:
     ) -> None:
         _jax()
         if not callable(apply_fn):
-            raise ConfigTypeError(f"apply_fn must be a function (params, X) -> outputs, got {apply_fn!r}")
+            raise ConfigTypeError(
+                f"apply_fn must be a function (params, X) -> outputs, got {apply_fn!r}"
+            )
         self.apply_fn = apply_fn
         self.loss = _bridge.check_loss(loss)
         self.input_shape = _bridge.check_input_shape(input_shape)

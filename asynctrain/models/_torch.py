@@ -22,8 +22,15 @@ from asynctrain.models import _bridge
 from asynctrain.models._common import check_dtype
 
 _RNG_LOCK = threading.Lock()  # torch's CPU generator is process-wide: one seeded pass at a time
-_RANDOM_MODULES = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
-                   "FeatureAlphaDropout", "RReLU")  # fmt: skip
+_RANDOM_MODULES = (
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "AlphaDropout",
+    "FeatureAlphaDropout",
+    "RReLU",
+)
 
 
 def _torch() -> Any:
@@ -282,7 +289,9 @@ class TorchModel:
             return F.cross_entropy(outputs, targets, reduction="none")
         if self.loss == "binary_cross_entropy":
             logits = outputs.reshape(rows)
-            return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+            return F.binary_cross_entropy_with_logits(
+                logits, targets.to(logits.dtype), reduction="none"
+            )
         targets = targets.reshape(outputs.shape)
         if self.loss == "mse":
             per_value = (outputs - targets) ** 2
@@ -407,4 +416,3 @@ def _torch_dtype(torch: Any, dtype: np.dtype[Any]) -> Any:
 def _to_numpy(tensor: Any, dtype: np.dtype[Any], *, copy: bool = False) -> npt.NDArray[Any]:
     array = np.asarray(tensor.detach().cpu().numpy(), dtype)
     return array.copy() if copy else array
-
