@@ -406,6 +406,10 @@ class IntegerParameter(nn.Module):  # type: ignore[misc]
             lambda: TorchModel(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))),
             r"'1' \(BatchNorm1d\) keeps running statistics.*GroupNorm or nn.LayerNorm",
         ),
+        (
+            lambda: TorchModel(nn.Sequential(nn.Linear(3, 4), nn.RReLU(), nn.Linear(4, 2))),
+            r"'1' \(RReLU\) draws random numbers",
+        ),
         (lambda: TorchModel(nn.Conv2d(1, 2, 3)), "pass input_shape"),
         (lambda: TorchModel(nn.Linear(3, 2), input_shape=(4,)), r"fails on rows of shape \(4,\)"),
         (lambda: TorchModel(nn.Linear(3, 1)), "cross_entropy' needs outputs"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import threading
+import queue
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,16 +21,8 @@ from asynctrain._types import DEFAULT_DTYPE, Grads, Params
 from asynctrain.models import _bridge
 from asynctrain.models._common import check_dtype
 
-_RNG_LOCK = threading.Lock()  # torch's CPU generator is process-wide: one seeded pass at a time
-_RANDOM_MODULES = (
-    "Dropout",
-    "Dropout1d",
-    "Dropout2d",
-    "Dropout3d",
-    "AlphaDropout",
-    "FeatureAlphaDropout",
-    "RReLU",
-)
+_KEYED = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d")  # replaced by keyed dropout
+_UNKEYED = ("AlphaDropout", "FeatureAlphaDropout", "RReLU")  # random, but not supported
 
 
 def _torch() -> Any:
@@ -53,11 +45,13 @@ class TorchModel:
     and ``init(rng)`` re-runs every submodule's ``reset_parameters()`` from a seed drawn
     from ``rng``, so the trainer's seed alone fixes them.
 
-    Dropout (and ``RReLU``) draws from torch's generator seeded by ``(seed, step,
-    shard)`` of each shard task, so it is reproducible on every backend; evaluation,
-    ``predict`` and :func:`check_gradients` run the module in eval mode, without dropout.
-    BatchNorm running statistics are refused: they change in the forward pass, outside
-    the parameters the trainer reduces, so shards would disagree.
+    Dropout layers (``nn.Dropout``, ``Dropout1d/2d/3d``) draw their masks from a generator
+    seeded by ``(seed, step, shard)`` of each shard task, so they are reproducible on
+    every backend; evaluation, ``predict`` and :func:`check_gradients` run the module in
+    eval mode, without dropout. Other random layers (``AlphaDropout``, ``RReLU``) are
+    refused, and so are BatchNorm running statistics: they change in the forward pass,
+    outside the parameters the trainer reduces, so shards would disagree. Randomness
+    drawn in ``forward`` itself (``F.dropout``, ``torch.rand``) is not seeded per shard.
 
     Each call runs ``threads`` torch threads (``torch.set_num_threads``, process-wide;
     default 1, like BLAS in asynctrain's workers): workers × threads stay within the
@@ -80,7 +74,8 @@ class TorchModel:
 
     Raises:
         ImportError: torch is not installed (``pip install 'asynctrain[torch]'``).
-        ConfigError: no parameters, integer parameters, BatchNorm running statistics, an
+        ConfigError: no parameters, integer parameters, BatchNorm running statistics,
+            random layers other than dropout, an
             unknown loss, a loss returning the wrong shape, outputs that do not suit the
             loss, a module that fails on rows of ``input_shape``, or CUDA asked for but
             absent.
@@ -118,6 +113,7 @@ class TorchModel:
         self.threads = check_int("threads", threads)
         self.reinit = bool(reinit)
         _refuse_running_stats(torch, module)
+        _refuse_unkeyed_randomness(module)
         self._names = _parameter_names(torch, module)
         self.input_shape = (
             _bridge.check_input_shape(input_shape)
@@ -126,9 +122,9 @@ class TorchModel:
         )
         self.architecture = _bridge.qualified_name(type(module))
         self._module = copy.deepcopy(module).to(self.device, _torch_dtype(torch, self.dtype))
-        self._local = threading.local()
+        self._pools = _pools()
         self._head = self._probe(n_classes)
-        self.stochastic = any(type(m).__name__ in _RANDOM_MODULES for m in module.modules())
+        self.stochastic = any(type(m).__name__ in _KEYED for m in module.modules())
 
     # -- the Model protocol --------------------------------------------------------------
 
@@ -188,8 +184,9 @@ class TorchModel:
         dtype = np.dtype(params[self._names[0]].dtype)
         tensors = {name: self._tensor(params[name], dtype).requires_grad_() for name in self._names}
         inputs = self._tensor(np.asarray(X, dtype), dtype)
-        module = self._copy(train=key is not None)
-        with self._seeded(torch, key):
+        with self._borrowed(train=key is not None) as (module, generator):
+            if key is not None and generator is not None:
+                generator.manual_seed(_bridge.shard_seed(key))
             outputs = torch.func.functional_call(module, tensors, (inputs,))
         losses = self._losses(torch, outputs, self._targets(torch, y, dtype))
         total = losses.sum()
@@ -233,13 +230,13 @@ class TorchModel:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        del state["_local"]  # each process (and thread) makes its own copies
+        del state["_pools"]  # each process makes its own copies
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         _torch()
         self.__dict__.update(state)
-        self._local = threading.local()
+        self._pools = _pools()
 
     def __repr__(self) -> str:
         loss = self.loss if isinstance(self.loss, str) else _bridge.qualified_name(self.loss)
@@ -250,19 +247,25 @@ class TorchModel:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _copy(self, *, train: bool) -> Any:
-        """This thread's copy of the module in train or eval mode.
+    @contextlib.contextmanager
+    def _borrowed(self, *, train: bool) -> Iterator[tuple[Any, Any]]:
+        """A copy of the module in train or eval mode that no other thread uses meanwhile,
+        with the generator of its keyed dropout (None in eval mode or without dropout).
 
         ``functional_call`` swaps the parameters into the module's attributes for the
-        length of the call, and a mode flip changes dropout: neither may be seen by a
-        thread computing another shard, so each thread runs its own copies.
+        length of the call, and dropout draws from the copy's own generator: neither may
+        be shared with a thread computing another shard, so each concurrent call borrows
+        its own copy from a pool (as many copies as calls ever ran at once).
         """
-        name = "train" if train else "eval"
-        module = getattr(self._local, name, None)
-        if module is None:
-            module = copy.deepcopy(self._module).train(train)
-            setattr(self._local, name, module)
-        return module
+        pool = self._pools[train]
+        try:
+            borrowed = pool.get_nowait()
+        except queue.Empty:
+            borrowed = _copy_module(_torch(), self._module, train=train, device=self.device)
+        try:
+            yield borrowed
+        finally:
+            pool.put(borrowed)
 
     def _pin_threads(self, torch: Any) -> None:
         if torch.get_num_threads() != self.threads:
@@ -304,20 +307,9 @@ class TorchModel:
         self._pin_threads(torch)
         dtype = np.dtype(params[self._names[0]].dtype)
         tensors = {name: self._tensor(params[name], dtype) for name in self._names}
-        with torch.no_grad():
-            module = self._copy(train=False)
+        with torch.no_grad(), self._borrowed(train=False) as (module, _):
             outputs = torch.func.functional_call(module, tensors, (self._tensor(X, dtype),))
         return _to_numpy(outputs, dtype, copy=True)
-
-    @contextlib.contextmanager
-    def _seeded(self, torch: Any, key: tuple[int, int, int] | None) -> Iterator[None]:
-        if key is None or not self.stochastic:
-            yield
-            return
-        devices = [] if self.device == "cpu" else [torch.device(self.device).index or 0]
-        with _RNG_LOCK, torch.random.fork_rng(devices=devices):
-            torch.manual_seed(_bridge.shard_seed(key))
-            yield
 
     def _probe(self, n_classes: int | None) -> _bridge.Head:
         """Run rows of zeros through the module: its outputs tell the classes and check
@@ -346,6 +338,66 @@ class TorchModel:
                 )
             _bridge.check_loss_shape(tuple(losses.shape), rows)
         return head
+
+
+def _pools() -> dict[bool, queue.SimpleQueue[tuple[Any, Any]]]:
+    return {True: queue.SimpleQueue(), False: queue.SimpleQueue()}
+
+
+def _copy_module(torch: Any, module: Any, *, train: bool, device: str) -> tuple[Any, Any]:
+    """A deep copy of ``module`` in train or eval mode; in train mode its dropout layers
+    draw from a generator of their own (returned with it, None if it has none)."""
+    copied = copy.deepcopy(module).train(train)
+    if not train:
+        return copied, None
+    generator = torch.Generator(device=device)
+    keyed = _keyed_dropout_class(torch)
+    found = False
+    for _, parent in list(copied.named_modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__name__ in _KEYED:
+                setattr(parent, name, keyed(child, generator))
+                found = True
+    return copied, generator if found else None
+
+
+_KEYED_CLASS: list[Any] = []
+
+
+def _keyed_dropout_class(torch: Any) -> Any:
+    """``KeyedDropout``: nn.Dropout/Dropout1d/2d/3d drawing its mask from a given
+    generator (built once per process, when torch is loaded)."""
+    if _KEYED_CLASS:
+        return _KEYED_CLASS[0]
+
+    class KeyedDropout(torch.nn.Module):  # type: ignore[misc,name-defined]
+        def __init__(self, original: Any, generator: Any) -> None:
+            super().__init__()
+            self.p, self.generator = float(original.p), generator
+            self.channels = type(original).__name__ != "Dropout"  # Dropout1d/2d/3d
+
+        def forward(self, x: Any) -> Any:
+            if not self.training or self.p == 0.0:
+                return x
+            if self.p == 1.0:
+                return x * 0.0
+            shape = (*x.shape[:2], *([1] * (x.dim() - 2))) if self.channels else x.shape
+            keep = torch.empty(shape, dtype=x.dtype, device=x.device)
+            keep.bernoulli_(1.0 - self.p, generator=self.generator)
+            return x * keep / (1.0 - self.p)
+
+    _KEYED_CLASS.append(KeyedDropout)
+    return KeyedDropout
+
+
+def _refuse_unkeyed_randomness(module: Any) -> None:
+    for name, sub in module.named_modules():
+        if type(sub).__name__ in _UNKEYED:
+            raise ConfigError(
+                f"module {name!r} ({type(sub).__name__}) draws random numbers asynctrain "
+                "cannot seed per shard yet, so runs would not be reproducible; use "
+                "nn.Dropout (or Dropout1d/2d/3d), which asynctrain seeds by (seed, step, shard)"
+            )
 
 
 def _check_device(torch: Any, device: object) -> str:
