@@ -124,7 +124,6 @@ class TorchModel:
         self._module = copy.deepcopy(module).to(self.device, _torch_dtype(torch, self.dtype))
         self._pools = _pools()
         self._head = self._probe(n_classes)
-        self.stochastic = any(type(m).__name__ in _KEYED for m in module.modules())
 
     # -- the Model protocol --------------------------------------------------------------
 
