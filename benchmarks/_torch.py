@@ -6,8 +6,9 @@
 * ``torch/scaling/{thread,process}``: the same model at batch 4096, an epoch with 1
   worker over one with 2 (2 shards either way, so both compute the same thing).
 * ``torch/digits``: a small CNN on scikit-learn's 8x8 digits to 97 % test accuracy
-  (checked every epoch), asynctrain (thread backend, 2 workers) over the faster of plain
-  PyTorch with 1 and with 2 threads, same model, batches of 64, Adam 3e-3.
+  (checked every epoch), asynctrain (thread backend, 2 workers, 2 shards) over the faster
+  of plain PyTorch with 1 and with 2 threads; same model, and each side takes its faster
+  of the same two settings (batch 64 with Adam 3e-3, batch 256 with Adam 1e-2).
 * ``jax/overhead`` and ``jax/scaling/{thread,process}``: the same MLP as a
   ``JaxModel`` against a plain loop of the same jitted gradient and an Adam step.
 
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import copy
 import importlib.util
+import math
 import sys
 import time
 from typing import Any
@@ -37,6 +39,8 @@ SCALING_BATCH = 4096
 SAMPLES = {"full": 200_000, "quick": 50_000, "smoke": 4_096}
 DIGITS_TARGET = 0.97
 DIGITS_EPOCHS = {"full": 60, "quick": 60, "smoke": 1}
+# (batch size, Adam learning rate): both sides race with each and count their faster one.
+DIGITS_GRID = ((64, 3e-3), (256, 1e-2))
 
 
 # -- the models ---------------------------------------------------------------------------
@@ -114,7 +118,8 @@ def plain_torch_epoch(module: Any, data: at.data.Dataset, batch: int, threads: i
         X = torch.from_numpy(np.take(data.X, rows, axis=0))
         y = torch.from_numpy(np.take(data.y, rows, axis=0))
         optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(X), y).backward()
+        loss: Any = torch.nn.functional.cross_entropy(model(X), y)
+        loss.backward()
         optimizer.step()
     return time.perf_counter() - began
 
@@ -148,7 +153,8 @@ def plain_jax_epoch(params: dict[str, Any], data: at.data.Dataset, batch: int) -
         rows = order[start:stop]
         X, y = np.take(data.X, rows, axis=0), np.take(data.y, rows, axis=0)
         p, m, v = step(p, m, v, t, X, y.astype(np.int32))
-    jax.block_until_ready(p)
+    wait: Any = jax.block_until_ready
+    wait(p)
     return time.perf_counter() - began
 
 
@@ -273,13 +279,13 @@ class _StopAt(at.Callback):
         return self.reached
 
 
-async def digits_asynctrain(epochs: int) -> tuple[float, bool]:
+async def digits_asynctrain(epochs: int, batch: int, lr: float) -> tuple[float, bool]:
     """Seconds until the digits CNN reaches the target (checked every epoch)."""
     train, test = _digits()
     model = at.models.TorchModel(digits_cnn(), input_shape=(1, 8, 8))
     stop = _StopAt(DIGITS_TARGET)
     trainer = at.Trainer(
-        model, at.optim.adam(3e-3), backend="thread", workers=2, batch_size=64, shards=2
+        model, at.optim.adam(lr), backend="thread", workers=2, batch_size=batch, shards=2
     )
     async with trainer:
         await asyncio.sleep(0)
@@ -288,25 +294,26 @@ async def digits_asynctrain(epochs: int) -> tuple[float, bool]:
         return time.perf_counter() - began, stop.reached
 
 
-def digits_torch(epochs: int, threads: int) -> tuple[float, bool]:
+def digits_torch(epochs: int, threads: int, batch: int, lr: float) -> tuple[float, bool]:
     """The same race in a plain PyTorch loop with ``threads`` threads."""
     import torch
 
     train, test = _digits()
     torch.set_num_threads(threads)
     model = digits_cnn()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     X_test, y_test = torch.from_numpy(np.array(test.X)), np.asarray(test.y)
     began = time.perf_counter()
     for epoch in range(epochs):
         model.train()
         order = at.data.epoch_order(len(train), seed=0, epoch=epoch)
-        for start, stop in at.data.batch_bounds(len(train), 64):
+        for start, stop in at.data.batch_bounds(len(train), batch):
             rows = order[start:stop]
             X = torch.from_numpy(np.take(train.X, rows, axis=0))
             y = torch.from_numpy(np.take(train.y, rows, axis=0))
             optimizer.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(model(X), y).backward()
+            loss: Any = torch.nn.functional.cross_entropy(model(X), y)
+            loss.backward()
             optimizer.step()
         model.eval()
         with torch.no_grad():
@@ -323,27 +330,35 @@ async def digits(quick: bool) -> list[Figure]:
     if note := _missing("torch") or ("" if importlib.util.find_spec("sklearn") else "no sklearn"):
         return [skipped_figure(name, note, unit="x", reference="-", command=cmd)]
     epochs = DIGITS_EPOCHS[level(quick)]
-    ours, one, two, reached = [], [], [], True
+    ours: list[float] = []
+    one: list[float] = []
+    two: list[float] = []
+    reached, smoke = True, level(quick) == "smoke"  # one smoke epoch reaches nothing
     for _ in range(repeats(quick)):
-        seconds, ok = await digits_asynctrain(epochs)
-        ours.append(seconds)
-        for threads, times in ((1, one), (2, two)):
-            seconds, peer_ok = await asyncio.to_thread(digits_torch, epochs, threads)
-            times.append(seconds)
-            reached = reached and peer_ok
-        reached = reached and ok
+        best: dict[str | int, float] = {"ours": math.inf, 1: math.inf, 2: math.inf}
+        for batch, lr in DIGITS_GRID:
+            seconds, ok = await digits_asynctrain(epochs, batch, lr)
+            best["ours"] = min(best["ours"], seconds if ok or smoke else math.inf)
+            for threads in (1, 2):
+                seconds, ok = await asyncio.to_thread(digits_torch, epochs, threads, batch, lr)
+                best[threads] = min(best[threads], seconds if ok or smoke else math.inf)
+        reached = reached and all(math.isfinite(v) for v in best.values())
+        ours.append(best["ours"])
+        one.append(best[1])
+        two.append(best[2])
     faster = one if sorted(one)[len(one) // 2] <= sorted(two)[len(two) // 2] else two
-    note = "" if reached or level(quick) == "smoke" else "a side missed 97 % within the epochs"
+    note = "" if reached else "a side missed 97 % within the epochs"
     return [
         ratio_figure(
             name,
             ours,
             faster,
-            reference="plain PyTorch, faster of 1 and 2 threads, same CNN, batch 64, Adam",
+            reference="plain PyTorch, faster of 1 and 2 threads, same CNN and settings",
             target="<= 1.0",
             command=cmd,
             details={
                 "asynctrain": "thread backend, 2 workers, 2 shards",
+                "grid": [list(setting) for setting in DIGITS_GRID],
                 "torch_1_thread_s": one,
                 "torch_2_threads_s": two,
                 "asynctrain_s": ours,

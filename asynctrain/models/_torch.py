@@ -187,8 +187,7 @@ class TorchModel:
             if key is not None and generator is not None:
                 generator.manual_seed(_bridge.shard_seed(key))
             outputs = torch.func.functional_call(module, tensors, (inputs,))
-        losses = self._losses(torch, outputs, self._targets(torch, y, dtype))
-        total = losses.sum()
+        total = self._losses(torch, outputs, self._targets(torch, y, dtype))
         found = torch.autograd.grad(total, list(tensors.values()), allow_unused=True)
         grads: Grads = {}
         for name, grad in zip(self._names, found, strict=True):
@@ -281,25 +280,24 @@ class TorchModel:
         return self._tensor(values, values.dtype)
 
     def _losses(self, torch: Any, outputs: Any, targets: Any) -> Any:
+        """The loss summed over the rows (a 0-d tensor)."""
         rows = outputs.shape[0]
         F = torch.nn.functional
         if callable(self.loss):
             losses = self.loss(outputs, targets)
             _bridge.check_loss_shape(tuple(losses.shape), rows)
-            return losses
+            return losses.sum()
         if self.loss == "cross_entropy":
-            return F.cross_entropy(outputs, targets, reduction="none")
+            return F.cross_entropy(outputs, targets, reduction="sum")
         if self.loss == "binary_cross_entropy":
             logits = outputs.reshape(rows)
             return F.binary_cross_entropy_with_logits(
-                logits, targets.to(logits.dtype), reduction="none"
+                logits, targets.to(logits.dtype), reduction="sum"
             )
         targets = targets.reshape(outputs.shape)
         if self.loss == "mse":
-            per_value = (outputs - targets) ** 2
-        else:
-            per_value = F.huber_loss(outputs, targets, reduction="none")
-        return per_value.reshape(rows, -1).sum(dim=1)
+            return ((outputs - targets) ** 2).sum()
+        return F.huber_loss(outputs, targets, reduction="sum")
 
     def _outputs(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
         torch = _torch()
@@ -369,7 +367,7 @@ def _keyed_dropout_class(torch: Any) -> Any:
     if _KEYED_CLASS:
         return _KEYED_CLASS[0]
 
-    class KeyedDropout(torch.nn.Module):  # type: ignore[misc,name-defined]
+    class KeyedDropout(torch.nn.Module):  # type: ignore[misc]
         def __init__(self, original: Any, generator: Any) -> None:
             super().__init__()
             self.p, self.generator = float(original.p), generator
