@@ -438,3 +438,35 @@ def test_import_asynctrain_imports_neither_torch_nor_jax() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+class TiedHead(nn.Module):  # type: ignore[misc]
+    """An embedding-like input layer whose weight the output layer reuses (tied)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encode = nn.Linear(4, 4, bias=False)
+        self.decode = nn.Linear(4, 4, bias=False)
+        self.decode.weight = self.encode.weight
+
+    def forward(self, x: Any) -> Any:
+        return self.decode(torch.tanh(self.encode(x)))
+
+
+def test_tied_parameters_get_the_gradient_of_both_uses() -> None:
+    torch.manual_seed(0)
+    module = TiedHead()
+    model = TorchModel(module, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    params = {"encode.weight": rng.standard_normal((4, 4))}  # not the module's own values
+    X, y = rng.standard_normal((5, 4)), rng.integers(0, 4, 5)
+    reference = TiedHead().double()
+    with torch.no_grad():
+        reference.encode.weight.copy_(torch.from_numpy(params["encode.weight"]))
+    out = reference(torch.from_numpy(X))
+    expected = torch.nn.functional.cross_entropy(out, torch.from_numpy(y), reduction="sum")
+    expected.backward()
+    loss, grads = model.loss_and_grad(params, X, y)
+    assert list(model.init(rng)) == ["encode.weight"]
+    assert loss == pytest.approx(float(expected.detach()), rel=1e-12)
+    np.testing.assert_allclose(grads["encode.weight"], reference.encode.weight.grad.numpy())
