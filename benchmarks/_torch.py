@@ -104,6 +104,18 @@ def bridge(kind: str) -> Any:
 # -- plain framework loops ----------------------------------------------------------------
 
 
+def torch_step(model: Any, optimizer: Any, data: at.data.Dataset, rows: np.ndarray) -> None:
+    """One plain PyTorch step on ``rows`` of ``data``: mean cross-entropy, backward, Adam."""
+    import torch
+
+    X = torch.from_numpy(np.take(data.X, rows, axis=0))
+    y = torch.from_numpy(np.take(data.y, rows, axis=0))
+    optimizer.zero_grad(set_to_none=True)
+    loss: Any = torch.nn.functional.cross_entropy(model(X), y)
+    loss.backward()
+    optimizer.step()
+
+
 def plain_torch_epoch(module: Any, data: at.data.Dataset, batch: int, threads: int) -> float:
     """Seconds of one epoch of a plain PyTorch loop on asynctrain's batches (seed 0)."""
     import torch
@@ -115,12 +127,7 @@ def plain_torch_epoch(module: Any, data: at.data.Dataset, batch: int, threads: i
     began = time.perf_counter()
     for start, stop in at.data.batch_bounds(len(data), batch):
         rows = order[start:stop]
-        X = torch.from_numpy(np.take(data.X, rows, axis=0))
-        y = torch.from_numpy(np.take(data.y, rows, axis=0))
-        optimizer.zero_grad(set_to_none=True)
-        loss: Any = torch.nn.functional.cross_entropy(model(X), y)
-        loss.backward()
-        optimizer.step()
+        torch_step(model, optimizer, data, rows)
     return time.perf_counter() - began
 
 
@@ -309,12 +316,7 @@ def digits_torch(epochs: int, threads: int, batch: int, lr: float) -> tuple[floa
         order = at.data.epoch_order(len(train), seed=0, epoch=epoch)
         for start, stop in at.data.batch_bounds(len(train), batch):
             rows = order[start:stop]
-            X = torch.from_numpy(np.take(train.X, rows, axis=0))
-            y = torch.from_numpy(np.take(train.y, rows, axis=0))
-            optimizer.zero_grad(set_to_none=True)
-            loss: Any = torch.nn.functional.cross_entropy(model(X), y)
-            loss.backward()
-            optimizer.step()
+            torch_step(model, optimizer, train, rows)
         model.eval()
         with torch.no_grad():
             accuracy = float(np.mean(model(X_test).argmax(1).numpy() == y_test))

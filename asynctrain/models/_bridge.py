@@ -179,10 +179,29 @@ def shard_seed(key: tuple[int, int, int]) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def as_outputs(values: npt.NDArray[Any], head: Head) -> npt.NDArray[Any]:
-    """Regression values: (n,) for one output, else (n, n_outputs)."""
-    rows = values.shape[0]
-    return values.reshape(rows) if head.n_outputs == 1 else values.reshape(rows, -1)
+def predictions(outputs: npt.NDArray[Any], head: Head) -> npt.NDArray[Any]:
+    """int64 labels of a classifier's outputs, or regression values: (n,) for one output,
+    else (n, n_outputs)."""
+    rows = outputs.shape[0]
+    if head.kind == "softmax":
+        labels: npt.NDArray[Any] = outputs.argmax(axis=1).astype(np.int64)
+        return labels
+    if head.kind == "sigmoid":
+        return (outputs.reshape(rows) > 0).astype(np.int64)
+    return outputs.reshape(rows) if head.n_outputs == 1 else outputs.reshape(rows, -1)
+
+
+def probabilities(outputs: npt.NDArray[Any], head: Head, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """(n, n_classes) probabilities in ``dtype``: softmax of the scores, or ``[1 - p, p]``
+    for one logit; computed in float64."""
+    scores = outputs.astype(np.float64)
+    if head.kind == "sigmoid":
+        p = 1.0 / (1.0 + np.exp(-scores.reshape(len(scores))))
+        return np.stack([1.0 - p, p], axis=1).astype(dtype)
+    scores -= scores.max(axis=1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=1, keepdims=True)
+    return scores.astype(dtype)
 
 
 def qualified_name(obj: object) -> str:

@@ -131,13 +131,7 @@ class JaxModel:
 
     def predict(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """Return int64 labels (classifiers) or regression values in float32."""
-        outputs = self._outputs(params, X)
-        if self._head.kind == "softmax":
-            labels: npt.NDArray[Any] = outputs.argmax(axis=1).astype(np.int64)
-            return labels
-        if self._head.kind == "sigmoid":
-            return (outputs.reshape(len(outputs)) > 0).astype(np.int64)
-        return _bridge.as_outputs(outputs, self._head)
+        return _bridge.predictions(self._outputs(params, X), self._head)
 
     def predict_proba(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """Return (n, n_classes) probabilities (softmax, or ``[1 - p, p]`` for one logit).
@@ -147,14 +141,7 @@ class JaxModel:
         """
         if self._head.n_classes is None:
             raise ConfigError("predict_proba needs a classifier; this JaxModel regresses")
-        scores = self._outputs(params, X).astype(np.float64)
-        if self._head.kind == "sigmoid":
-            p = 1.0 / (1.0 + np.exp(-scores.reshape(len(scores))))
-            return np.stack([1.0 - p, p], axis=1).astype(self.dtype)
-        scores -= scores.max(axis=1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=1, keepdims=True)
-        return scores.astype(self.dtype)
+        return _bridge.probabilities(self._outputs(params, X), self._head, self.dtype)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -202,13 +202,7 @@ class TorchModel:
     def predict(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """Return int64 labels (classifiers) or regression values in ``dtype``, computed
         in eval mode under ``torch.no_grad()``."""
-        outputs = self._outputs(params, X)
-        if self._head.kind == "softmax":
-            labels: npt.NDArray[Any] = outputs.argmax(axis=1).astype(np.int64)
-            return labels
-        if self._head.kind == "sigmoid":
-            return (outputs.reshape(len(outputs)) > 0).astype(np.int64)
-        return _bridge.as_outputs(outputs, self._head)
+        return _bridge.predictions(self._outputs(params, X), self._head)
 
     def predict_proba(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """Return (n, n_classes) probabilities (softmax, or ``[1 - p, p]`` for one logit).
@@ -218,14 +212,7 @@ class TorchModel:
         """
         if self._head.n_classes is None:
             raise ConfigError("predict_proba needs a classifier; this TorchModel regresses")
-        scores = self._outputs(params, X).astype(np.float64)
-        if self._head.kind == "sigmoid":
-            p = 1.0 / (1.0 + np.exp(-scores.reshape(len(scores))))
-            return np.stack([1.0 - p, p], axis=1).astype(self.dtype)
-        scores -= scores.max(axis=1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=1, keepdims=True)
-        return scores.astype(self.dtype)
+        return _bridge.probabilities(self._outputs(params, X), self._head, self.dtype)
 
     # -- pickling: the module crosses once per fit (see asynctrain._engine._shipping) ----
 
