@@ -179,6 +179,57 @@ def shard_seed(key: tuple[int, int, int]) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
+class Bridge:
+    """What TorchModel and JaxModel share: their shape attributes and predictions.
+
+    A subclass sets ``input_shape``, ``dtype`` and ``_head`` and defines ``_outputs(params,
+    X)``, the model's raw outputs as a numpy array (no gradient, eval mode).
+    """
+
+    input_shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    _head: Head
+
+    @property
+    def n_features(self) -> int:
+        """Values per row: the product of ``input_shape``."""
+        return math.prod(self.input_shape)
+
+    @property
+    def n_classes(self) -> int | None:
+        """The number of classes, or None for regression."""
+        return self._head.n_classes
+
+    @property
+    def n_outputs(self) -> int:
+        """Output values per row (1 for one logit or one regression target)."""
+        return self._head.n_outputs
+
+    def predict(self, params: dict[str, npt.NDArray[Any]], X: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Return int64 labels (classifiers) or regression values in ``dtype``: (n,) for one
+        output, else (n, n_outputs)."""
+        return predictions(self._outputs(params, X), self._head)
+
+    def predict_proba(
+        self, params: dict[str, npt.NDArray[Any]], X: npt.NDArray[Any]
+    ) -> npt.NDArray[Any]:
+        """Return (n, n_classes) probabilities (softmax, or ``[1 - p, p]`` for one logit).
+
+        Raises:
+            ConfigError: a regression model.
+        """
+        if self._head.n_classes is None:
+            raise ConfigError(
+                f"predict_proba needs a classifier; this {type(self).__name__} regresses"
+            )
+        return probabilities(self._outputs(params, X), self._head, self.dtype)
+
+    def _outputs(
+        self, params: dict[str, npt.NDArray[Any]], X: npt.NDArray[Any]
+    ) -> npt.NDArray[Any]:
+        raise NotImplementedError
+
+
 def predictions(outputs: npt.NDArray[Any], head: Head) -> npt.NDArray[Any]:
     """int64 labels of a classifier's outputs, or regression values: (n,) for one output,
     else (n, n_outputs)."""

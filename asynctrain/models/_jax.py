@@ -25,7 +25,7 @@ def _jax() -> Any:
     return _bridge.import_framework("jax", "jax")
 
 
-class JaxModel:
+class JaxModel(_bridge.Bridge):
     """Train a JAX model with asynctrain: ``apply_fn(params, X) -> outputs``, the gradient
     of the summed loss by ``jax.grad``, and every guarantee of the numpy models
     (bit-identical results on every backend for a seed and shard count).
@@ -88,21 +88,6 @@ class JaxModel:
         self._head = self._probe(n_classes)
         self._compiled: dict[str, Any] = {}
 
-    @property
-    def n_features(self) -> int:
-        """Values per row: the product of ``input_shape``."""
-        return int(np.prod(self.input_shape))
-
-    @property
-    def n_classes(self) -> int | None:
-        """The number of classes, or None for regression."""
-        return self._head.n_classes
-
-    @property
-    def n_outputs(self) -> int:
-        """Output values per row (1 for one logit or one regression target)."""
-        return self._head.n_outputs
-
     def init(self, rng: np.random.Generator) -> Params:
         """Return float32 copies of the parameters given at construction (``rng`` unused:
         initialise them with ``jax.random`` before building the model)."""
@@ -128,20 +113,6 @@ class JaxModel:
         )
         flat = _flatten(grads, dtype=dtype)
         return float(value), {name: flat[name] for name in params}
-
-    def predict(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        """Return int64 labels (classifiers) or regression values in float32."""
-        return _bridge.predictions(self._outputs(params, X), self._head)
-
-    def predict_proba(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        """Return (n, n_classes) probabilities (softmax, or ``[1 - p, p]`` for one logit).
-
-        Raises:
-            ConfigError: a regression model.
-        """
-        if self._head.n_classes is None:
-            raise ConfigError("predict_proba needs a classifier; this JaxModel regresses")
-        return _bridge.probabilities(self._outputs(params, X), self._head, self.dtype)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

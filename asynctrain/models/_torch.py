@@ -29,7 +29,7 @@ def _torch() -> Any:
     return _bridge.import_framework("torch", "torch")
 
 
-class TorchModel:
+class TorchModel(_bridge.Bridge):
     """Train a PyTorch ``nn.Module`` with asynctrain: gradients by autograd, no hand-written
     backward pass, and every guarantee of the numpy models (bit-identical results on
     every backend for a seed and shard count, in sync, local and ssp modes).
@@ -130,21 +130,6 @@ class TorchModel:
 
     # -- the Model protocol --------------------------------------------------------------
 
-    @property
-    def n_features(self) -> int:
-        """Values per row: the product of ``input_shape``."""
-        return int(np.prod(self.input_shape))
-
-    @property
-    def n_classes(self) -> int | None:
-        """The number of classes, or None for regression."""
-        return self._head.n_classes
-
-    @property
-    def n_outputs(self) -> int:
-        """Output values per row (1 for one logit or one regression target)."""
-        return self._head.n_outputs
-
     def init(self, rng: np.random.Generator) -> Params:
         """Return copies of the module's parameters in ``dtype`` (``reinit=True``:
         re-initialised from a seed drawn from ``rng``)."""
@@ -198,21 +183,6 @@ class TorchModel:
                 np.zeros_like(params[name], dtype) if grad is None else _to_numpy(grad, dtype)
             )
         return float(total.detach()), grads
-
-    def predict(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        """Return int64 labels (classifiers) or regression values in ``dtype``, computed
-        in eval mode under ``torch.no_grad()``."""
-        return _bridge.predictions(self._outputs(params, X), self._head)
-
-    def predict_proba(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        """Return (n, n_classes) probabilities (softmax, or ``[1 - p, p]`` for one logit).
-
-        Raises:
-            ConfigError: a regression model.
-        """
-        if self._head.n_classes is None:
-            raise ConfigError("predict_proba needs a classifier; this TorchModel regresses")
-        return _bridge.probabilities(self._outputs(params, X), self._head, self.dtype)
 
     # -- pickling: the module crosses once per fit (see asynctrain._engine._shipping) ----
 
