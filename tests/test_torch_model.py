@@ -470,3 +470,11 @@ def test_tied_parameters_get_the_gradient_of_both_uses() -> None:
     assert list(model.init(rng)) == ["encode.weight"]
     assert loss == pytest.approx(float(expected.detach()), rel=1e-12)
     np.testing.assert_allclose(grads["encode.weight"], reference.encode.weight.grad.numpy())
+
+
+async def test_trainer_predict_takes_rows_of_the_input_shape(images: Dataset) -> None:
+    async with at.Trainer(cnn_model(), backend="inline", batch_size=48) as trainer:
+        await trainer.fit(images)
+        assert trainer.predict(images.X[:3]).shape == (3,)
+        with pytest.raises(at.DataError, match=r"expects rows of shape \(1, 8, 8\)"):
+            trainer.predict(images.X[:3].reshape(3, -1))

@@ -57,18 +57,19 @@ async def open_context(
             stack.push_async_callback(backend.release, handle)
             return handle
 
+        shared_data = data if isinstance(data, SharedArrays) else await share(data)
         ctx = StepContext(
             model=parts.model,
             backend=backend,
             updater=updater,
-            data=data if isinstance(data, SharedArrays) else await share(data),
+            data=shared_data,
             params=await share(params, mode.param_slots(shards)),
             grads=await share(zeros_like(params), mode.grad_slots(shards)),
             batch_size=parts.config.batch_size,
             shards=shards,
             streaming=streaming,
             seed=parts.config.seed,
-            shipped=await ship_model(parts.model, backend, share),
+            shipped=await ship_model(parts.model, shared_data, share),
         )
         val = None if validation is None else await share(arrays_of(validation))
         yield ctx, val

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from asynctrain.backends import Backend, SharedArrays
+from asynctrain.backends import LocalShared, SharedArrays
 
 _KEEP = 4  # models a worker keeps unpickled: this fit's, and a few concurrent fits'
 _cache: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
@@ -30,11 +30,13 @@ _loads = 0
 
 
 async def ship_model(
-    model: Any, backend: Backend, share: Callable[[Mapping[str, Any]], Awaitable[Any]]
+    model: Any, data: SharedArrays, share: Callable[[Mapping[str, Any]], Awaitable[Any]]
 ) -> Any:
-    """What tasks carry for ``model``: the model itself on an in-process backend, else
-    the handle of its pickle shared through ``share`` (the fit releases it)."""
-    if getattr(backend, "check_picklable", None) is None:  # threads and inline: no pickling
+    """What tasks carry for ``model``: the model itself when the backend shares by
+    reference (``data``, the fit's shared data, is a :class:`LocalShared`: its workers are
+    in this process), else the handle of its pickle shared through ``share`` (the fit
+    releases it)."""
+    if isinstance(data, LocalShared):  # threads and inline: nothing is pickled
         return model
     # Arrays that own their bytes: a view of a bytes object is not something every
     # backend's share expects.

@@ -117,9 +117,7 @@ def shard_tasks(
 
 async def compute(ctx: StepContext, task: ShardTask) -> ShardResult:
     """Compute one shard task on the backend (a step of one shard awaits this directly)."""
-    return await ctx.backend.run(
-        compute_shard, ctx.carried, ctx.data, ctx.params, ctx.grads, task
-    )
+    return await ctx.backend.run(compute_shard, ctx.carried, ctx.data, ctx.params, ctx.grads, task)
 
 
 async def run_shard(ctx: StepContext, task: ShardTask, queue: asyncio.Queue[ShardResult]) -> None:

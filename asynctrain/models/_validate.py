@@ -52,11 +52,7 @@ def check_data(
     """
     n_features, n_classes = _model_shape(model)
     inputs, targets = _numeric_array("X", X), _numeric_array("y", y)
-    declared = getattr(model, "input_shape", None)
-    if declared is None:
-        _check_inputs(inputs, n_features)
-    else:
-        check_rows_shape(inputs, tuple(declared))
+    _check_row_shape(model, inputs, n_features)
     if targets.ndim == 0 or targets.shape[0] != inputs.shape[0]:
         raise DataError(
             f"X has {inputs.shape[0]} rows but y has shape {targets.shape}; "
@@ -75,7 +71,8 @@ def check_inputs(model: Model, X: npt.ArrayLike) -> npt.NDArray[Any]:
 
     Args:
         model: the model that will predict.
-        X: (n, n_features) numeric inputs, n >= 1 (a single row is ``X.reshape(1, -1)``).
+        X: (n, n_features) numeric inputs, n >= 1 (a single row is ``X.reshape(1, -1)``);
+            (n, *model.input_shape) for a model that declares an ``input_shape``.
 
     Returns:
         ``X`` in ``model.dtype`` (no copy when it already is an array of that dtype).
@@ -100,7 +97,7 @@ def check_inputs(model: Model, X: npt.ArrayLike) -> npt.NDArray[Any]:
             rows = np.asarray(_numeric_array("X", X), dtype=model.dtype)
     except OverflowError as exc:
         raise DataError(f"X holds a value too large for {model.dtype}: {exc}") from exc
-    _check_inputs(rows, n_features)
+    _check_row_shape(model, rows, n_features)
     if not np.isfinite(rows).all():
         raise DataError("X holds NaN or Inf (or values too large for the model's dtype)")
     return rows
@@ -146,6 +143,15 @@ def _check_inputs(X: npt.NDArray[Any], n_features: int) -> None:
         )
     if X.shape[0] == 0:
         raise DataError("dataset has no rows; pass at least one sample")
+
+
+def _check_row_shape(model: object, X: npt.NDArray[Any], n_features: int) -> None:
+    """Rows of the model's ``input_shape`` if it declares one, else a 2-D table."""
+    declared = getattr(model, "input_shape", None)
+    if declared is None:
+        _check_inputs(X, n_features)
+    else:
+        check_rows_shape(X, tuple(declared))
 
 
 def row_shape(model: object) -> tuple[int, ...]:
