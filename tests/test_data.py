@@ -55,8 +55,8 @@ def test_non_numeric_y_is_a_data_type_error() -> None:
     ("X", "y", "fragment"),
     [
         (np.zeros(5), np.zeros(5), r"shape \(5,\).*reshape\(-1, 1\)"),
-        (np.zeros((5, 2, 2)), np.zeros(5), r"got shape \(5, 2, 2\)"),
-        (np.zeros((5, 0)), np.zeros(5), "no feature columns"),
+        (np.zeros((5, 2, 0)), np.zeros(5), r"rows of no values \(shape \(5, 2, 0\)\)"),
+        (np.zeros((5, 0)), np.zeros(5), "rows of no values"),
         (np.zeros((5, 2)), np.zeros((5, 2, 1)), r"y must be 1-D .* got shape \(5, 2, 1\)"),
         (np.zeros((5, 2)), np.zeros((5, 0)), "no output columns"),
         (np.zeros((5, 2)), np.zeros(4), "X has 5 rows but y has 4"),
@@ -581,3 +581,20 @@ def test_linear_model_falls_well_short_on_the_mlp_problem() -> None:
 def test_public_namespace_is_sorted_and_complete() -> None:
     assert at_data.__all__ == sorted(at_data.__all__, key=lambda name: (not name.isupper(), name))
     assert all(hasattr(at_data, name) for name in at_data.__all__)
+
+
+def test_rows_of_any_shape_keep_their_shape() -> None:
+    X = np.arange(6 * 2 * 3 * 3, dtype=np.float32).reshape(6, 2, 3, 3)
+    data = Dataset(X, np.arange(6) % 2)
+    assert (data.input_shape, data.n_features) == ((2, 3, 3), 18)
+    assert repr(data) == "<Dataset n_samples=6 input_shape=(2, 3, 3) dtype=float32>"
+    train, test = data.split(0.5, seed=0)
+    assert train.X.shape[1:] == test.X.shape[1:] == (2, 3, 3)
+    np.testing.assert_array_equal(data.subset([4, 1]).X, X[[4, 1]])
+
+
+def test_nan_in_an_image_names_its_row_and_position() -> None:
+    X = np.zeros((4, 1, 3, 3))
+    X[2, 0, 1, 2] = np.nan
+    with pytest.raises(DataError, match=r"row 2, position \(0, 1, 2\).*all\(axis=\(1, 2, 3\)\)"):
+        Dataset(X, np.zeros(4))

@@ -54,3 +54,13 @@ async def test_checkpoint_resume_is_exact() -> None:
 
 async def test_stream_example_learns() -> None:
     assert await _example("stream_async_generator")["main"](10_000) > 0.85
+
+
+async def test_torch_cnn_reaches_97_percent_on_the_digits() -> None:
+    pytest.importorskip("torch")
+    assert await _example("torch_cnn_digits")["main"]() >= 0.97
+
+
+async def test_jax_model_learns_the_digits() -> None:
+    pytest.importorskip("jax")
+    assert await _example("jax_model")["main"]() > 0.94

@@ -229,6 +229,12 @@ def test_check_picklable_accepts_module_level_objects() -> None:
     assert backend.state == "unopened"  # the check starts nothing
 
 
+def test_check_picklable_accepts_objects_holding_large_arrays() -> None:
+    # Pickle protocol 5 writes a large buffer as a PickleBuffer, not bytes: a model holding
+    # its initial parameters (a JaxModel of any size) was refused as unpicklable.
+    ProcessBackend(workers=1).check_picklable({"weights": np.zeros(1 << 17)})
+
+
 @pytest.mark.parametrize(
     "obj",
     [lambda x: x, make_closure(), type("Local", (), {})()],

@@ -34,7 +34,7 @@ _NAME = re.compile(r"^step-(\d+)\.ckpt$")
 _COUNTERS = ("step", "version", "skipped", "epoch", "batch")
 _MUST_MATCH = {
     "config": ("batch_size", "shards", "seed", "mode", "local_steps", "staleness"),
-    "model": ("class", "n_features", "n_classes", "dtype"),
+    "model": ("class", "architecture", "input_shape", "n_features", "n_classes", "dtype"),
 }
 
 
@@ -260,6 +260,10 @@ def describe_trainer(trainer: Trainer) -> dict[str, Any]:
             "n_features": int(model.n_features),
             "n_classes": None if model.n_classes is None else int(model.n_classes),
             "dtype": np.dtype(model.dtype).name,
+            # Bridged models: the module class (TorchModel) or apply_fn (JaxModel) and the
+            # row shape; None for numpy models (and in checkpoints written before them).
+            "architecture": getattr(model, "architecture", None),
+            "input_shape": _input_shape(model),
         },
         "optimizer": repr(trainer.optimizer),
         "samples": trainer._samples,
@@ -285,6 +289,11 @@ def rng_state(seed: int, epoch: int, batch: int, samples: int | None) -> dict[st
         "samples": samples,
         "order_sha256": order,
     }
+
+
+def _input_shape(model: Any) -> list[int] | None:
+    shape = getattr(model, "input_shape", None)
+    return None if shape is None else [int(size) for size in shape]
 
 
 def _compare_array(where: str, theirs: Any, ours: Any) -> list[str]:

@@ -96,7 +96,13 @@ class Async:
                     if indices is not None:
                         state, pinned[lane] = ctx.updater.state, pool.pin()
                         task = ShardTask(
-                            state.step, lane, state.version, pinned[lane], lane, indices
+                            state.step,
+                            lane,
+                            state.version,
+                            pinned[lane],
+                            lane,
+                            indices,
+                            seed=ctx.seed,
                         )
                         group.create_task(run_shard(ctx, task, queue))
 

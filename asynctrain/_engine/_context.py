@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asynctrain._config import TrainConfig
+from asynctrain._engine._shipping import ship_model
 from asynctrain._engine._step import Mode, StepContext
 from asynctrain._engine._update import Updater, zeros_like
 from asynctrain._monitor import LoopLagMonitor
@@ -39,8 +40,9 @@ async def open_context(
     *,
     streaming: bool = False,
 ) -> AsyncIterator[tuple[StepContext, SharedArrays | None]]:
-    """Share a fit's data, parameters, gradient buffers and validation data; release them
-    when the block ends, however it ends.
+    """Share a fit's data, parameters, gradient buffers, validation data and (for workers
+    in other processes) the model's pickle; release them when the block ends, however it
+    ends.
 
     ``data`` is either the arrays to share (``{"X": ..., "y": ...}``) or a handle someone
     else shared and releases (a stream's ring of batch buffers). Parameter and gradient
@@ -55,16 +57,19 @@ async def open_context(
             stack.push_async_callback(backend.release, handle)
             return handle
 
+        shared_data = data if isinstance(data, SharedArrays) else await share(data)
         ctx = StepContext(
             model=parts.model,
             backend=backend,
             updater=updater,
-            data=data if isinstance(data, SharedArrays) else await share(data),
+            data=shared_data,
             params=await share(params, mode.param_slots(shards)),
             grads=await share(zeros_like(params), mode.grad_slots(shards)),
             batch_size=parts.config.batch_size,
             shards=shards,
             streaming=streaming,
+            seed=parts.config.seed,
+            shipped=await ship_model(parts.model, shared_data, share),
         )
         val = None if validation is None else await share(arrays_of(validation))
         yield ctx, val

@@ -70,7 +70,7 @@ async def epoch_event(
     if val is not None and val_data is not None:
         slot = ctx.updater.state.version % ctx.params.slots
         val_loss, val_acc = await evaluate(
-            ctx.model, ctx.backend, val_data, len(val), ctx.params, slot
+            ctx.model, ctx.backend, val_data, len(val), ctx.params, slot, carried=ctx.carried
         )
     seconds = time.perf_counter() - began
     samples = ctx.samples - seen

@@ -19,14 +19,18 @@ async def evaluate(
     n: int,
     params: SharedArrays,
     slot: int,
+    *,
+    carried: object = None,
 ) -> tuple[float, float]:
     """Mean loss and accuracy over ``n`` rows of ``data`` (accuracy NaN for regression).
 
     The rows are split into chunks evaluated concurrently and summed in chunk order.
+    Tasks carry ``carried`` (the model's shipped handle) when given, else ``model``.
     """
+    shipped = model if carried is None else carried
     chunks = max(1, -(-n // EVAL_CHUNK))
     results: list[EvalResult] = await gather_ordered(
-        backend.run(evaluate_chunk, model, data, params, slot, start, stop)
+        backend.run(evaluate_chunk, shipped, data, params, slot, start, stop)
         for start, stop in shard_bounds(n, chunks)
     )
     loss = sum(r.loss for r in results) / n

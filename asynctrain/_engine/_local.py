@@ -131,14 +131,21 @@ class Local:
         parts = [split_indices(batch, ctx.shards) for batch in batches]
         streams = [tuple(batch[s] for batch in parts) for s in range(ctx.shards)]
         tasks = [
-            LocalTask(state.step, s, state.version, slot, s, own, fit.skeleton)
+            LocalTask(state.step, s, state.version, slot, s, own, fit.skeleton, ctx.seed)
             for s, own in enumerate(streams)
             if any(len(part) for part in own)
         ]
         optimizer = ctx.updater.optimizer
         return await gather_ordered(
             ctx.backend.run(
-                local_shard, ctx.model, optimizer, ctx.data, ctx.params, ctx.grads, fit.states, task
+                local_shard,
+                ctx.carried,
+                optimizer,
+                ctx.data,
+                ctx.params,
+                ctx.grads,
+                fit.states,
+                task,
             )
             for task in tasks
         )

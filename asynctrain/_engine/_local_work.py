@@ -11,9 +11,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from asynctrain._engine._shipping import resolve_model
 from asynctrain._engine._update import mean_in_place
 from asynctrain._engine._work import Rows, ShardResult
 from asynctrain.backends import SharedArrays
+from asynctrain.models._protocol import shard_loss_and_grad
 from asynctrain.optim import GradientTransformation, apply_updates
 from asynctrain.optim._tree import rebuild, to_arrays
 
@@ -28,6 +30,9 @@ class LocalTask(NamedTuple):
     grad_slot: int
     parts: tuple[Rows, ...]
     skeleton: Any
+    seed: int = 0
+    """The trainer's seed: local step ``i`` keys a model's randomness by
+    ``(seed, step + i, shard)``."""
 
 
 class LocalResult(NamedTuple):
@@ -54,16 +59,18 @@ def local_shard(
     Weighting the delta by the shard's sample count ``n`` lets the trainer average the
     shards' deltas with the same ordered sum it uses for gradients.
     """
+    model = resolve_model(model)
     arrays = data.read(0)
     start = params.read(task.param_slot)
     state = rebuild(task.skeleton, {} if states is None else states.read(task.shard))
     current, losses, counts = start, [], []
-    for part in task.parts:
+    for i, part in enumerate(task.parts):
         loss = 0.0
         if len(part):
             X = np.take(arrays["X"], part, axis=0)
             y = np.take(arrays["y"], part, axis=0)
-            loss, grads = model.loss_and_grad(current, X, y)
+            key = (task.seed, task.step + i, task.shard)
+            loss, grads = shard_loss_and_grad(model, current, X, y, key)
             mean_in_place(grads, len(part))
             updates, state = optimizer.update(grads, state, current)
             current = apply_updates(current, updates)

@@ -40,9 +40,19 @@ class StepContext:
     shards: int
     streaming: bool = False
     """Steps come from a stream: they leave the epoch position (TrainState.batch) alone."""
+    seed: int = 0
+    """The trainer's seed; tasks carry it so a model's randomness is keyed by
+    ``(seed, step, shard)``."""
+    shipped: Any = None
+    """What tasks carry in the model's place (see :mod:`._shipping`); None: the model."""
     started: float = field(default_factory=time.perf_counter)
     samples: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def carried(self) -> Any:
+        """The model as tasks carry it: its shipped handle, or the model itself."""
+        return self.model if self.shipped is None else self.shipped
 
     def event(
         self, epoch: int, stats: StepStats, staleness: int = 0, *, step: int | None = None
@@ -106,7 +116,7 @@ def shard_tasks(
     state = ctx.updater.state
     slot = state.version % ctx.params.slots
     return [
-        ShardTask(step, s, state.version, slot, grad_base + s, part, data_slot)
+        ShardTask(step, s, state.version, slot, grad_base + s, part, data_slot, ctx.seed)
         for s, part in enumerate(split_indices(indices, ctx.shards))
         if len(part)
     ]
@@ -114,7 +124,7 @@ def shard_tasks(
 
 async def compute(ctx: StepContext, task: ShardTask) -> ShardResult:
     """Compute one shard task on the backend (a step of one shard awaits this directly)."""
-    return await ctx.backend.run(compute_shard, ctx.model, ctx.data, ctx.params, ctx.grads, task)
+    return await ctx.backend.run(compute_shard, ctx.carried, ctx.data, ctx.params, ctx.grads, task)
 
 
 async def run_shard(ctx: StepContext, task: ShardTask, queue: asyncio.Queue[ShardResult]) -> None:

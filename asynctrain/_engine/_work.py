@@ -13,7 +13,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from asynctrain._engine._shipping import resolve_model
 from asynctrain.backends import SharedArrays
+from asynctrain.models._protocol import shard_loss_and_grad
 
 Rows = npt.NDArray[np.int64] | range
 """Rows of a shard: sample indices into the data, or a contiguous range of one data slot."""
@@ -30,6 +32,8 @@ class ShardTask(NamedTuple):
     grad_slot: int
     indices: Rows
     data_slot: int = 0
+    seed: int = 0
+    """The trainer's seed: with ``step`` and ``shard`` it keys a model's randomness."""
 
 
 class ShardResult(NamedTuple):
@@ -50,10 +54,15 @@ def compute_shard(
     grads: SharedArrays,
     task: ShardTask,
 ) -> ShardResult:
-    """Compute the summed loss and gradient of ``task``'s samples into its gradient slot."""
+    """Compute the summed loss and gradient of ``task``'s samples into its gradient slot.
+
+    ``model`` is the model or its shipped handle (see :mod:`._shipping`).
+    """
     arrays = data.read(task.data_slot)
     X, y = _rows(arrays["X"], task.indices), _rows(arrays["y"], task.indices)
-    loss, shard_grads = model.loss_and_grad(params.read(task.param_slot), X, y)
+    key = (task.seed, task.step, task.shard)
+    current = params.read(task.param_slot)
+    loss, shard_grads = shard_loss_and_grad(resolve_model(model), current, X, y, key)
     grads.write(task.grad_slot, shard_grads)
     return ShardResult(task.step, task.shard, task.version, task.grad_slot, len(y), float(loss))
 
@@ -78,6 +87,7 @@ def evaluate_chunk(
     model: Any, data: SharedArrays, params: SharedArrays, slot: int, start: int, stop: int
 ) -> EvalResult:
     """Evaluate rows ``start:stop``: loss sum and, for classifiers, correct predictions."""
+    model = resolve_model(model)
     arrays = data.read(0)
     X, y = arrays["X"][start:stop], arrays["y"][start:stop]
     current = params.read(slot)

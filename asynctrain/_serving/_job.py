@@ -15,17 +15,17 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-import numpy as np
 import numpy.typing as npt
 
 from asynctrain._engine._update import TrainState
 from asynctrain._events import Callback, EpochEvent, FitResult, StepEvent
-from asynctrain._exceptions import DataError, StateError
+from asynctrain._exceptions import StateError
 from asynctrain._serving._broadcast import Broadcast, Lagged
 from asynctrain._serving._metrics import StepCounters
 from asynctrain._trainer import Trainer
 from asynctrain._types import Params
 from asynctrain.data import Dataset
+from asynctrain.models import check_inputs
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 FINISHED: tuple[JobStatus, ...] = ("done", "failed", "cancelled")
@@ -207,7 +207,8 @@ class Job:
 
         Raises:
             StateError: the job has no parameters yet (queued).
-            DataError: ``X`` is not a finite (n, n_features) table.
+            DataError: ``X`` is not a finite ``(n, *row_shape)`` array (``(n, n_features)``
+                for a model of tables).
         """
         state = self.state
         model = self._trainer.model
@@ -313,17 +314,7 @@ def _clear_frames(error: BaseException) -> None:
 
 
 def _predict(model: Any, params: Params, X: npt.ArrayLike) -> npt.NDArray[Any]:
-    """Check ``X`` against the model and predict (runs off the loop)."""
-    try:
-        rows = np.asarray(X, dtype=model.dtype)
-    except (TypeError, ValueError, OverflowError) as exc:  # 10**400 overflows a float
-        raise DataError(f"X must be a numeric (n, {model.n_features}) table: {exc}") from exc
-    if rows.ndim != 2 or rows.shape[1] != model.n_features or rows.shape[0] == 0:
-        raise DataError(
-            f"X must have shape (n, {model.n_features}) with n >= 1, got {rows.shape}; "
-            "send one row of features per prediction"
-        )
-    if not np.isfinite(rows).all():
-        raise DataError("X holds NaN or Inf; send finite features")
-    result: npt.NDArray[Any] = model.predict(params, rows)
+    """Check ``X`` as :meth:`Trainer.predict` does (``models.check_inputs``) and predict;
+    runs off the loop."""
+    result: npt.NDArray[Any] = model.predict(params, check_inputs(model, X))
     return result

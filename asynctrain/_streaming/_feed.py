@@ -165,7 +165,7 @@ class Feed:
 
         def buffers() -> Arrays:
             return {
-                "X": np.zeros((size, X.shape[1]), X.dtype),
+                "X": np.zeros((size, *X.shape[1:]), X.dtype),
                 "y": np.zeros((size, *y.shape[1:]), y.dtype),
             }
 

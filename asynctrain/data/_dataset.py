@@ -19,7 +19,9 @@ _SPLIT_STREAM = 0x5D17  # spawn key: keeps split() independent of epoch_order()
 class Dataset:
     """Features ``X`` and targets ``y``, validated once so bad input fails before training.
 
-    ``X`` must be 2-D, real-valued (bool, int or float) and finite. A float32 or float64
+    ``X`` must be 2-D ``(n_samples, n_features)``, or hold rows of any shape
+    ``(n_samples, *input_shape)`` (images ``(n, C, H, W)``, sequences) for models that
+    declare an ``input_shape``; real-valued (bool, int or float) and finite. A float32 or float64
     ``X`` is kept as is, without a copy (a memory-mapped ``X`` stays memory-mapped); any
     other numeric ``X`` is converted to float32. ``dtype`` forces float32 or float64,
     copying only if the dtype changes. ``y`` is 1-D (labels or targets) or 2-D
@@ -30,7 +32,7 @@ class Dataset:
     in, so do not modify those afterwards.
 
     Args:
-        X: features, shape ``(n_samples, n_features)``.
+        X: features, shape ``(n_samples, n_features)`` or ``(n_samples, *input_shape)``.
         y: targets, shape ``(n_samples,)`` or ``(n_samples, n_outputs)``.
         dtype: ``np.float32`` or ``np.float64`` to force the feature dtype; None keeps a
             float32/float64 ``X`` and converts anything else to float32.
@@ -80,7 +82,7 @@ class Dataset:
 
     @property
     def X(self) -> Array:
-        """Features, shape ``(n_samples, n_features)``, float32 or float64, read-only."""
+        """Features, shape ``(n_samples, *input_shape)``, float32 or float64, read-only."""
         return self._X
 
     @property
@@ -95,8 +97,19 @@ class Dataset:
 
     @property
     def n_features(self) -> int:
-        """Number of feature columns."""
-        return int(self._X.shape[1])
+        """Number of values per row: the feature columns of a 2-D ``X``, else the
+        product of :attr:`input_shape`."""
+        return int(np.prod(self._X.shape[1:]))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one row: ``(n_features,)`` for a table, ``(C, H, W)`` for images.
+
+        Example:
+            >>> Dataset(np.zeros((5, 1, 8, 8)), np.zeros(5)).input_shape
+            (1, 8, 8)
+        """
+        return tuple(int(size) for size in self._X.shape[1:])
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -133,10 +146,10 @@ class Dataset:
 
     def __repr__(self) -> str:
         where = " shared" if self.shared else " memory-mapped" if self.memory_mapped else ""
-        return (
-            f"<Dataset n_samples={self.n_samples} n_features={self.n_features} "
-            f"dtype={self.dtype}{where}>"
-        )
+        shape = f"n_features={self.n_features}"
+        if self._X.ndim > 2:
+            shape = f"input_shape={self.input_shape}"
+        return f"<Dataset n_samples={self.n_samples} {shape} dtype={self.dtype}{where}>"
 
     def to_shared(self) -> Dataset:
         """Return the same data with its arrays in shared memory, mapped by process workers.

@@ -85,12 +85,15 @@ def _numeric_fix(name: str, array: npt.NDArray[Any]) -> str:
 
 
 def check_features_shape(X: npt.NDArray[Any]) -> None:
-    """Raise :class:`DataError` unless ``X`` is 2-D with at least one column."""
-    if X.ndim != 2:
-        fix = "X.reshape(-1, 1) for a single feature" if X.ndim == 1 else "X.reshape(len(X), -1)"
-        raise DataError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}; pass {fix}")
-    if X.shape[1] == 0:
-        raise DataError(f"X has no feature columns (shape {X.shape}); pass at least one")
+    """Raise :class:`DataError` unless ``X`` is ``(n_samples, *row_shape)`` with at least
+    one value per row: a 2-D table, or rows of any shape (images ``(n, C, H, W)``)."""
+    if X.ndim < 2:
+        raise DataError(
+            f"X must be 2-D (n_samples, n_features) or (n_samples, *row_shape), got shape "
+            f"{X.shape}; pass X.reshape(-1, 1) for a single feature"
+        )
+    if 0 in X.shape[1:]:
+        raise DataError(f"X has rows of no values (shape {X.shape}); pass at least one feature")
 
 
 def check_targets_shape(y: npt.NDArray[Any]) -> None:
@@ -161,12 +164,15 @@ def _raise_non_finite(
 ) -> NoReturn:
     position = np.unravel_index(int(np.argmax(bad)), bad.shape)
     row = start + int(position[0])
-    where = f"row {row}" + (f", column {int(position[1])}" if bad.ndim == 2 else "")
+    inner = tuple(int(i) for i in position[1:])
+    where = f"row {row}" + (f", column {inner[0]}" if bad.ndim == 2 else "")
+    where += f", position {inner}" if bad.ndim > 2 else ""
     value = array[(row, *position[1:])]
     raise DataError(
         f"{name} has a non-finite value ({value}) at {where}{note}; "
         f"drop or impute rows with NaN/Inf, e.g. keep = np.isfinite({name})"
         + (".all(axis=1)" if bad.ndim == 2 else "")
+        + (f".all(axis={tuple(range(1, bad.ndim))})" if bad.ndim > 2 else "")
     )
 
 

@@ -28,6 +28,18 @@ class Model(Protocol):
     where ``n = len(X)``; dividing by ``n`` gives the usual mean loss plus
     ``0.5 * l2 * ||W||^2``.
 
+    **Randomness (optional).** A model whose training loss draws random numbers (dropout)
+    sets the class attribute ``uses_key = True`` and accepts a keyword ``key``:
+    ``loss_and_grad(params, X, y, key=(seed, step, shard))``. The trainer passes the
+    shard task's key, so the draws depend on the trainer's seed, the step and the shard
+    only, never on the backend, the worker or timing. Called without ``key`` (evaluation,
+    :func:`check_gradients`) the loss must be deterministic. Models without the attribute
+    (every numpy model) are called exactly as above.
+
+    **Row shape (optional).** A model whose rows are not flat feature vectors declares
+    ``input_shape`` (e.g. ``(1, 8, 8)``); ``X`` is then ``(n, *input_shape)`` and
+    ``n_features`` is the product of ``input_shape``.
+
     **dtype.** Parameters from ``init`` are in ``dtype`` (float32 by default); gradients
     have the keys, shapes and dtypes of the parameters passed in.
 
@@ -106,3 +118,18 @@ class Classifier(Model, Protocol):
         Binary models return two columns, ``P(y=0)`` and ``P(y=1)``.
         """
         ...
+
+
+def shard_loss_and_grad(
+    model: Any,
+    params: Params,
+    X: npt.NDArray[Any],
+    y: npt.NDArray[Any],
+    key: tuple[int, int, int],
+) -> tuple[float, Grads]:
+    """Call ``model.loss_and_grad`` for a shard task whose randomness ``key`` is
+    ``(seed, step, shard)``; only a model with ``uses_key = True`` receives the key."""
+    if getattr(model, "uses_key", False):
+        result: tuple[float, Grads] = model.loss_and_grad(params, X, y, key=key)
+        return result
+    return model.loss_and_grad(params, X, y)  # type: ignore[no-any-return]

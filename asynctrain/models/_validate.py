@@ -18,6 +18,9 @@ def check_data(
     """Raise if ``X`` and ``y`` cannot be trained on by ``model``; never copies ``X``.
 
     Works with any object that has ``n_features`` and ``n_classes`` (see :class:`Model`).
+    A model that declares ``input_shape`` (rows that are images or sequences, as
+    :class:`TorchModel` and :class:`JaxModel` do) needs ``X`` of shape
+    ``(n, *input_shape)``; any other model needs a 2-D ``(n, n_features)`` table.
     Classifiers (``n_classes`` not None) need 1-D integer labels (whole-number floats
     pass) covering at least two classes within ``0 .. n_classes - 1`` (one class is
     enough with ``single_class=True``, for one batch of a stream). Regression
@@ -27,7 +30,7 @@ def check_data(
 
     Args:
         model: the model to train.
-        X: (n, n_features) numeric inputs.
+        X: (n, n_features) numeric inputs, or (n, *model.input_shape).
         y: targets for the rows of ``X``.
         single_class: accept labels of a single class (a batch, not a whole dataset).
 
@@ -49,7 +52,7 @@ def check_data(
     """
     n_features, n_classes = _model_shape(model)
     inputs, targets = _numeric_array("X", X), _numeric_array("y", y)
-    _check_inputs(inputs, n_features)
+    _check_row_shape(model, inputs, n_features)
     if targets.ndim == 0 or targets.shape[0] != inputs.shape[0]:
         raise DataError(
             f"X has {inputs.shape[0]} rows but y has shape {targets.shape}; "
@@ -68,7 +71,8 @@ def check_inputs(model: Model, X: npt.ArrayLike) -> npt.NDArray[Any]:
 
     Args:
         model: the model that will predict.
-        X: (n, n_features) numeric inputs, n >= 1 (a single row is ``X.reshape(1, -1)``).
+        X: (n, n_features) numeric inputs, n >= 1 (a single row is ``X.reshape(1, -1)``);
+            (n, *model.input_shape) for a model that declares an ``input_shape``.
 
     Returns:
         ``X`` in ``model.dtype`` (no copy when it already is an array of that dtype).
@@ -85,15 +89,21 @@ def check_inputs(model: Model, X: npt.ArrayLike) -> npt.NDArray[Any]:
         >>> check_inputs(LogisticRegression(2), [1, 2])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        asynctrain._exceptions.DataError: X must be 2-D (samples, features), got shape (2,); ...
+        asynctrain._exceptions.DataError: X must have shape (n, 2), got (2,): X must be 2-D ...
     """
     n_features, _ = _model_shape(model)
+    expected = "(n, " + ", ".join(str(size) for size in row_shape(model)) + ")"
     try:
         with np.errstate(over="ignore"):  # a value too large becomes Inf, refused below
             rows = np.asarray(_numeric_array("X", X), dtype=model.dtype)
-    except OverflowError as exc:
-        raise DataError(f"X holds a value too large for {model.dtype}: {exc}") from exc
-    _check_inputs(rows, n_features)
+    except DataTypeError as exc:
+        raise DataTypeError(f"X must be a numeric {expected} array: {exc}") from None
+    except (DataError, OverflowError) as exc:  # ragged rows; a value too large for a float
+        raise DataError(f"X must be a numeric {expected} array: {exc}") from None
+    try:
+        _check_row_shape(model, rows, n_features)
+    except DataError as exc:
+        raise DataError(f"X must have shape {expected}, got {rows.shape}: {exc}") from None
     if not np.isfinite(rows).all():
         raise DataError("X holds NaN or Inf (or values too large for the model's dtype)")
     return rows
@@ -136,6 +146,42 @@ def _check_inputs(X: npt.NDArray[Any], n_features: int) -> None:
         raise DataError(
             f"dataset has {X.shape[1]} features but the model expects {n_features}; "
             f"build the model with n_features={X.shape[1]} or select {n_features} columns"
+        )
+    if X.shape[0] == 0:
+        raise DataError("dataset has no rows; pass at least one sample")
+
+
+def _check_row_shape(model: object, X: npt.NDArray[Any], n_features: int) -> None:
+    """Rows of the model's ``input_shape`` if it declares one, else a 2-D table."""
+    declared = getattr(model, "input_shape", None)
+    if declared is None:
+        _check_inputs(X, n_features)
+    else:
+        check_rows_shape(X, tuple(declared))
+
+
+def row_shape(model: object) -> tuple[int, ...]:
+    """The shape of one row of ``X`` for ``model``: its ``input_shape`` if it declares
+    one, else ``(n_features,)``.
+
+    Example:
+        >>> from asynctrain.models import SoftmaxRegression
+        >>> row_shape(SoftmaxRegression(4, 3))
+        (4,)
+    """
+    declared = getattr(model, "input_shape", None)
+    if declared is not None:
+        return tuple(int(size) for size in declared)
+    return (_model_shape(model)[0],)
+
+
+def check_rows_shape(X: npt.NDArray[Any], expected: tuple[int, ...]) -> None:
+    """Raise :class:`DataError` unless ``X`` is a non-empty ``(n, *expected)`` array."""
+    if X.shape[1:] != expected:
+        raise DataError(
+            f"X has rows of shape {X.shape[1:]} (X.shape={X.shape}) but the model expects "
+            f"rows of shape {expected}; reshape X to (len(X), *{expected}) or build the "
+            f"model with input_shape={X.shape[1:]}"
         )
     if X.shape[0] == 0:
         raise DataError("dataset has no rows; pass at least one sample")

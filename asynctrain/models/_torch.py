@@ -1,0 +1,428 @@
+"""TorchModel: a PyTorch module as an asynctrain Model, with autograd's gradients.
+
+torch is imported when a TorchModel is built (or unpickled in a worker), never by
+``import asynctrain``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import queue
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._checks import check_int
+from asynctrain._exceptions import ConfigError, ConfigTypeError
+from asynctrain._types import DEFAULT_DTYPE, Grads, Params
+from asynctrain.models import _bridge
+from asynctrain.models._common import check_dtype
+
+_KEYED = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d")  # replaced by keyed dropout
+_UNKEYED = ("AlphaDropout", "FeatureAlphaDropout", "RReLU")  # random, but not supported
+
+
+def _torch() -> Any:
+    return _bridge.import_framework("torch", "torch")
+
+
+class TorchModel(_bridge.Bridge):
+    """Train a PyTorch ``nn.Module`` with asynctrain: gradients by autograd, no hand-written
+    backward pass, and every guarantee of the numpy models (bit-identical results on
+    every backend for a seed and shard count, in sync, local and ssp modes).
+
+    The module is copied at construction and only ever run functionally
+    (``torch.func.functional_call``): the parameters are numpy float arrays keyed by their
+    ``named_parameters()`` names (``"0.weight"``, ``"fc.bias"``), owned by the trainer, and
+    seen by torch through ``torch.from_numpy`` views, without copies. The loss is summed
+    over rows, so shards add up (see :class:`Model`).
+
+    ``init`` returns copies of the module's current parameters, so seed torch before
+    building the module (``torch.manual_seed(0)``) to fix them; or pass ``reinit=True``
+    and ``init(rng)`` re-runs every submodule's ``reset_parameters()`` from a seed drawn
+    from ``rng``, so the trainer's seed alone fixes them.
+
+    Dropout layers (``nn.Dropout``, ``Dropout1d/2d/3d``) draw their masks from a generator
+    seeded by ``(seed, step, shard)`` of each shard task, so they are reproducible on
+    every backend; evaluation, ``predict`` and :func:`check_gradients` run the module in
+    eval mode, without dropout. Other random layers (``AlphaDropout``, ``RReLU``) are
+    refused, and so are BatchNorm running statistics: they change in the forward pass,
+    outside the parameters the trainer reduces, so shards would disagree. Randomness
+    drawn in ``forward`` itself (``F.dropout``, ``torch.rand``) is not seeded per shard.
+
+    Each call runs ``threads`` torch threads (``torch.set_num_threads``, process-wide;
+    default 1, like BLAS in asynctrain's workers): workers × threads stay within the
+    cores, and the bits never depend on the number of threads splitting a sum.
+
+    Args:
+        module: an ``nn.Module`` with at least one floating-point parameter.
+        loss: ``"cross_entropy"`` (outputs (n, K) scores, int labels), ``"binary_cross_entropy"``
+            (one logit per row, labels 0/1), ``"mse"``, ``"huber"`` (delta 1), or a callable
+            ``(outputs, y) -> (n,)`` per-sample loss tensor.
+        n_classes: for a callable loss, the number of classes (None: regression); for the
+            named losses it is read from the outputs (and checked if given).
+        input_shape: the shape of one row, e.g. ``(1, 8, 8)``; default: ``(in_features,)``
+            of a first ``nn.Linear``.
+        device: ``"cpu"`` or ``"cuda:N"`` (the math runs there; parameters and gradients
+            cross as numpy arrays).
+        dtype: ``np.float32`` (default) or ``np.float64``.
+        threads: torch threads per call.
+        reinit: ``init(rng)`` re-initialises the parameters from ``rng``.
+
+    Raises:
+        ImportError: torch is not installed (``pip install 'asynctrain[torch]'``).
+        ConfigError: no parameters, integer parameters, BatchNorm running statistics,
+            random layers other than dropout, an
+            unknown loss, a loss returning the wrong shape, outputs that do not suit the
+            loss, a module that fails on rows of ``input_shape``, or CUDA asked for but
+            absent.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> from asynctrain.models import TorchModel
+        >>> _ = torch.manual_seed(0)
+        >>> model = TorchModel(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+        ...                                        torch.nn.Linear(8, 3)))
+        >>> model.n_features, model.n_classes, sorted(model.init(np.random.default_rng(0)))
+        (4, 3, ['0.bias', '0.weight', '2.bias', '2.weight'])
+    """
+
+    uses_key = True  # the shard task's (seed, step, shard) keys dropout
+
+    def __init__(
+        self,
+        module: Any,
+        loss: str | Callable[..., Any] = "cross_entropy",
+        *,
+        n_classes: int | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        device: str = "cpu",
+        dtype: npt.DTypeLike = DEFAULT_DTYPE,
+        threads: int = 1,
+        reinit: bool = False,
+    ) -> None:
+        torch = _torch()
+        if not isinstance(module, torch.nn.Module):
+            raise ConfigTypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+        self.loss = _bridge.check_loss(loss)
+        self.dtype = check_dtype(dtype)
+        self.device = _check_device(torch, device)
+        self.threads = check_int("threads", threads)
+        self.reinit = bool(reinit)
+        _refuse_running_stats(torch, module)
+        _refuse_unkeyed_randomness(module)
+        self._names = _parameter_names(torch, module)
+        self.input_shape = (
+            _bridge.check_input_shape(input_shape)
+            if input_shape is not None
+            else _infer_input_shape(torch, module)
+        )
+        self.architecture = _bridge.qualified_name(type(module))
+        self._module = copy.deepcopy(module).to(self.device, _torch_dtype(torch, self.dtype))
+        # Untying shared parameters costs functional_call ~10 us a call: only when needed.
+        every = list(module.named_parameters(remove_duplicate=False))
+        self._tied = len(every) != len(list(module.named_parameters()))
+        self._pools = _pools()
+        self._head = self._probe(n_classes)
+
+    # -- the Model protocol --------------------------------------------------------------
+
+    def init(self, rng: np.random.Generator) -> Params:
+        """Return copies of the module's parameters in ``dtype`` (``reinit=True``:
+        re-initialised from a seed drawn from ``rng``)."""
+        module = self._module
+        if self.reinit:
+            torch = _torch()
+            seed = int(rng.integers(2**63))
+            module = copy.deepcopy(self._module)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                for sub in module.modules():
+                    if callable(getattr(sub, "reset_parameters", None)):
+                        sub.reset_parameters()
+        found = dict(module.named_parameters())
+        return {name: _to_numpy(found[name], self.dtype, copy=True) for name in self._names}
+
+    def loss_and_grad(
+        self,
+        params: Params,
+        X: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        *,
+        key: tuple[int, int, int] | None = None,
+    ) -> tuple[float, Grads]:
+        """Return the loss summed over the rows and its gradient, by autograd.
+
+        Args:
+            params: arrays keyed like ``init``'s; the computation runs in their dtype.
+            X: (n, *input_shape) inputs.
+            y: (n,) labels, or (n,) / (n, n_outputs) regression targets.
+            key: ``(seed, step, shard)`` of a training shard: the module runs in train
+                mode with dropout drawn from that seed. None: eval mode, deterministic.
+
+        Returns:
+            ``(loss_sum, grads)``: gradients as numpy arrays keyed like ``params``.
+        """
+        torch = _torch()
+        self._pin_threads(torch)
+        dtype = np.dtype(params[self._names[0]].dtype)
+        tensors = {name: self._tensor(params[name], dtype).requires_grad_() for name in self._names}
+        inputs = self._tensor(np.asarray(X, dtype), dtype)
+        with self._borrowed(train=key is not None) as (module, generator):
+            if key is not None and generator is not None:
+                generator.manual_seed(_bridge.shard_seed(key))
+            outputs = torch.func.functional_call(module, tensors, (inputs,), tie_weights=self._tied)
+        total = self._losses(torch, outputs, self._targets(torch, y, dtype))
+        found = torch.autograd.grad(total, list(tensors.values()), allow_unused=True)
+        grads: Grads = {}
+        for name, grad in zip(self._names, found, strict=True):
+            grads[name] = (
+                np.zeros_like(params[name], dtype) if grad is None else _to_numpy(grad, dtype)
+            )
+        return float(total.detach()), grads
+
+    # -- pickling: the module crosses once per fit (see asynctrain._engine._shipping) ----
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_pools"]  # each process makes its own copies
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        _torch()
+        self.__dict__.update(state)
+        self._pools = _pools()
+
+    def __repr__(self) -> str:
+        loss = self.loss if isinstance(self.loss, str) else _bridge.qualified_name(self.loss)
+        return (
+            f"TorchModel({self.architecture}, loss={loss!r}, input_shape={self.input_shape}, "
+            f"n_classes={self.n_classes}, device={self.device!r}, dtype={self.dtype.name})"
+        )
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _borrowed(self, *, train: bool) -> Iterator[tuple[Any, Any]]:
+        """A copy of the module in train or eval mode that no other thread uses meanwhile,
+        with the generator of its keyed dropout (None in eval mode or without dropout).
+
+        ``functional_call`` swaps the parameters into the module's attributes for the
+        length of the call, and dropout draws from the copy's own generator: neither may
+        be shared with a thread computing another shard, so each concurrent call borrows
+        its own copy from a pool (as many copies as calls ever ran at once).
+        """
+        pool = self._pools[train]
+        try:
+            borrowed = pool.get_nowait()
+        except queue.Empty:
+            borrowed = _copy_module(_torch(), self._module, train=train, device=self.device)
+        try:
+            yield borrowed
+        finally:
+            pool.put(borrowed)
+
+    def _pin_threads(self, torch: Any) -> None:
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+    def _tensor(self, array: npt.NDArray[Any], dtype: np.dtype[Any]) -> Any:
+        torch = _torch()
+        tensor = torch.from_numpy(_bridge.writable(np.asarray(array, dtype)))
+        return tensor if self.device == "cpu" else tensor.to(self.device)
+
+    def _targets(self, torch: Any, y: npt.NDArray[Any], dtype: np.dtype[Any]) -> Any:
+        labels = self._head.n_classes is not None
+        values = np.asarray(y, np.int64 if labels else dtype)
+        return self._tensor(values, values.dtype)
+
+    def _losses(self, torch: Any, outputs: Any, targets: Any) -> Any:
+        """The loss summed over the rows (a 0-d tensor)."""
+        rows = outputs.shape[0]
+        F = torch.nn.functional
+        if callable(self.loss):
+            losses = self.loss(outputs, targets)
+            _bridge.check_loss_shape(tuple(losses.shape), rows)
+            return losses.sum()
+        if self.loss == "cross_entropy":
+            return F.cross_entropy(outputs, targets, reduction="sum")
+        if self.loss == "binary_cross_entropy":
+            logits = outputs.reshape(rows)
+            return F.binary_cross_entropy_with_logits(
+                logits, targets.to(logits.dtype), reduction="sum"
+            )
+        targets = targets.reshape(outputs.shape)
+        if self.loss == "mse":
+            return ((outputs - targets) ** 2).sum()
+        return F.huber_loss(outputs, targets, reduction="sum")
+
+    def _outputs(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        torch = _torch()
+        self._pin_threads(torch)
+        dtype = np.dtype(params[self._names[0]].dtype)
+        tensors = {name: self._tensor(params[name], dtype) for name in self._names}
+        with torch.no_grad(), self._borrowed(train=False) as (module, _):
+            inputs = self._tensor(X, dtype)
+            outputs = torch.func.functional_call(module, tensors, (inputs,), tie_weights=self._tied)
+        return _to_numpy(outputs, dtype, copy=True)
+
+    def _probe(self, n_classes: int | None) -> _bridge.Head:
+        """Run rows of zeros through the module: its outputs tell the classes and check
+        that it takes rows of ``input_shape``; a callable loss is checked on them."""
+        torch = _torch()
+        rows = _bridge.PROBE_ROWS
+        zeros = np.zeros((rows, *self.input_shape), self.dtype)
+        found = dict(self._module.named_parameters())
+        params = {name: _to_numpy(found[name], self.dtype, copy=True) for name in self._names}
+        try:
+            outputs = self._outputs(params, zeros)
+        except Exception as exc:
+            raise ConfigError(
+                f"the module fails on rows of shape {self.input_shape} ({type(exc).__name__}: "
+                f"{exc}); pass the shape of one row as input_shape=..."
+            ) from exc
+        head = _bridge.head_of(self.loss, outputs.shape, n_classes)
+        if callable(self.loss):
+            targets = _bridge.probe_targets(head, rows, self.dtype)
+            with torch.no_grad():
+                losses = self.loss(torch.from_numpy(outputs), torch.from_numpy(targets))
+            if not hasattr(losses, "shape"):
+                raise ConfigError(
+                    f"the loss function returned {type(losses).__name__}, not a tensor of "
+                    f"per-sample losses of shape ({rows},)"
+                )
+            _bridge.check_loss_shape(tuple(losses.shape), rows)
+        return head
+
+
+def _pools() -> dict[bool, queue.SimpleQueue[tuple[Any, Any]]]:
+    return {True: queue.SimpleQueue(), False: queue.SimpleQueue()}
+
+
+def _copy_module(torch: Any, module: Any, *, train: bool, device: str) -> tuple[Any, Any]:
+    """A deep copy of ``module`` in train or eval mode; in train mode its dropout layers
+    draw from a generator of their own (returned with it, None if it has none)."""
+    copied = copy.deepcopy(module).train(train)
+    if not train:
+        return copied, None
+    generator = torch.Generator(device=device)
+    keyed = _keyed_dropout_class(torch)
+    found = False
+    for _, parent in list(copied.named_modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__name__ in _KEYED:
+                setattr(parent, name, keyed(child, generator))
+                found = True
+    return copied, generator if found else None
+
+
+_KEYED_CLASS: list[Any] = []
+
+
+def _keyed_dropout_class(torch: Any) -> Any:
+    """``KeyedDropout``: nn.Dropout/Dropout1d/2d/3d drawing its mask from a given
+    generator (built once per process, when torch is loaded)."""
+    if _KEYED_CLASS:
+        return _KEYED_CLASS[0]
+
+    class KeyedDropout(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self, original: Any, generator: Any) -> None:
+            super().__init__()
+            self.p, self.generator = float(original.p), generator
+            self.channels = type(original).__name__ != "Dropout"  # Dropout1d/2d/3d
+
+        def forward(self, x: Any) -> Any:
+            if not self.training or self.p == 0.0:
+                return x
+            if self.p == 1.0:
+                return x * 0.0
+            shape = (*x.shape[:2], *([1] * (x.dim() - 2))) if self.channels else x.shape
+            keep = torch.empty(shape, dtype=x.dtype, device=x.device)
+            keep.bernoulli_(1.0 - self.p, generator=self.generator)
+            return x * keep / (1.0 - self.p)
+
+    _KEYED_CLASS.append(KeyedDropout)
+    return KeyedDropout
+
+
+def _refuse_unkeyed_randomness(module: Any) -> None:
+    for name, sub in module.named_modules():
+        if type(sub).__name__ in _UNKEYED:
+            raise ConfigError(
+                f"module {name!r} ({type(sub).__name__}) draws random numbers asynctrain "
+                "cannot seed per shard yet, so runs would not be reproducible; use "
+                "nn.Dropout (or Dropout1d/2d/3d), which asynctrain seeds by (seed, step, shard)"
+            )
+
+
+def _check_device(torch: Any, device: object) -> str:
+    if not isinstance(device, str):
+        raise ConfigTypeError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+    if device == "cpu":
+        return device
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {device!r} is not a device: use 'cpu' or 'cuda:N'") from exc
+    if parsed.type != "cuda":
+        raise ConfigError(f"device {device!r} is not supported; use 'cpu' or 'cuda:N'")
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = parsed.index or 0
+    if index >= available:
+        raise ConfigError(
+            f"device {device!r} asks for CUDA device {index}, but this machine has "
+            f"{available} CUDA device(s) usable by torch; use device='cpu'"
+        )
+    return f"cuda:{index}"
+
+
+def _refuse_running_stats(torch: Any, module: Any) -> None:
+    norm = torch.nn.modules.batchnorm._NormBase
+    for name, sub in module.named_modules():
+        if isinstance(sub, norm) and sub.track_running_stats:
+            where = f"{name!r} ({type(sub).__name__})" if name else type(sub).__name__
+            raise ConfigError(
+                f"module {where} keeps running statistics, which change in the forward pass "
+                "outside the parameters asynctrain reduces, so shards would disagree; use "
+                "nn.GroupNorm or nn.LayerNorm instead (or track_running_stats=False)"
+            )
+
+
+def _parameter_names(torch: Any, module: Any) -> tuple[str, ...]:
+    names = []
+    for name, parameter in module.named_parameters():
+        if not parameter.is_floating_point():
+            raise ConfigError(
+                f"parameter {name!r} has dtype {parameter.dtype}; asynctrain trains floating "
+                "point parameters only: register it as a buffer instead"
+            )
+        if parameter.requires_grad:
+            names.append(name)
+    if not names:
+        raise ConfigError(
+            f"module {type(module).__name__} has no trainable parameters (requires_grad); "
+            "there is nothing to train"
+        )
+    return tuple(names)
+
+
+def _infer_input_shape(torch: Any, module: Any) -> tuple[int, ...]:
+    leaves = [sub for sub in module.modules() if not list(sub.children())]
+    if leaves and isinstance(leaves[0], torch.nn.Linear):
+        return (int(leaves[0].in_features),)
+    raise ConfigError(
+        f"cannot tell the shape of one input row of {type(module).__name__}: pass "
+        "input_shape=..., e.g. input_shape=(1, 8, 8) for 8x8 single-channel images"
+    )
+
+
+def _torch_dtype(torch: Any, dtype: np.dtype[Any]) -> Any:
+    return torch.float64 if dtype == np.float64 else torch.float32
+
+
+def _to_numpy(tensor: Any, dtype: np.dtype[Any], *, copy: bool = False) -> npt.NDArray[Any]:
+    array = np.asarray(tensor.detach().cpu().numpy(), dtype)
+    return array.copy() if copy else array

@@ -1,0 +1,248 @@
+"""JaxModel: gradients against the numpy models and finite differences, flattened
+parameters, bit-identity on every backend, worker count and deterministic mode, one model
+crossing per fit, resume, and bad input refused before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import asynctrain as at
+from asynctrain._engine import _shipping
+from asynctrain.backends import ProcessBackend
+from asynctrain.data import Dataset
+from asynctrain.models import (
+    MLP,
+    JaxModel,
+    LogisticRegression,
+    SoftmaxRegression,
+    check_gradients,
+)
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+MODES = [("sync", {}), ("local", {"local_steps": 2}), ("ssp", {"staleness": 2})]
+
+
+# -- apply functions (module level, so worker processes can unpickle them) ---------------
+
+
+def mlp_apply(params: Any, X: Any) -> Any:
+    hidden = jnp.maximum(X @ params["hidden"]["w"] + params["hidden"]["b"], 0.0)
+    return hidden @ params["out"]["w"] + params["out"]["b"]
+
+
+def linear_apply(params: Any, X: Any) -> Any:
+    return X @ params["w"] + params["b"]
+
+
+def image_apply(params: Any, X: Any) -> Any:
+    return jnp.tanh(X.reshape(X.shape[0], -1) @ params["w"]) @ params["v"]
+
+
+def branching_apply(params: Any, X: Any) -> Any:
+    if X.sum() > 0:  # a Python branch on a traced value: not traceable
+        return X @ params["w"]
+    return -X @ params["w"]
+
+
+def per_row_l1(outputs: Any, y: Any) -> Any:
+    return jnp.abs(outputs.reshape(outputs.shape[0]) - y)
+
+
+def summed_l1(outputs: Any, y: Any) -> Any:
+    return jnp.abs(outputs.reshape(outputs.shape[0]) - y).sum()
+
+
+def mlp_params(seed: int = 0) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    return {
+        "hidden": {"w": 0.5 * rng.standard_normal((6, 8)), "b": np.zeros(8)},
+        "out": {"w": 0.5 * rng.standard_normal((8, 3)), "b": np.zeros(3)},
+    }
+
+
+@pytest.fixture(scope="module")
+def table() -> Dataset:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((192, 6)).astype(np.float32)
+    return Dataset(X, (X[:, 0] > 0).astype(np.int64) + (X[:, 1] > 0))
+
+
+def _bits(params: dict[str, np.ndarray]) -> dict[str, bytes]:
+    return {k: v.tobytes() for k, v in params.items()}
+
+
+async def _fit(backend: Any, data: Dataset, mode: str = "sync", **options: Any) -> Any:
+    model = JaxModel(mlp_apply, mlp_params(), input_shape=(6,))
+    settings = {"batch_size": 48, "shards": 4, "seed": 5, "mode": mode}
+    async with at.Trainer(model, at.optim.adam(1e-2), backend=backend, **settings, **options) as tr:
+        await tr.fit(data, epochs=2)
+        return tr.params
+
+
+# -- gradients ----------------------------------------------------------------------------
+
+
+def test_parameters_are_flattened_with_slashes_in_float32() -> None:
+    model = JaxModel(mlp_apply, mlp_params(), input_shape=(6,))
+    params = model.init(np.random.default_rng(0))
+    assert list(params) == ["hidden/w", "hidden/b", "out/w", "out/b"]
+    assert {value.dtype for value in params.values()} == {np.dtype(np.float32)}
+    assert (model.n_features, model.n_classes) == (6, 3)
+
+
+def test_gradients_equal_the_numpy_mlp_softmax_and_logistic_models() -> None:
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((12, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 12)
+    model = JaxModel(mlp_apply, mlp_params(), input_shape=(6,))
+    params = model.init(rng)
+    loss, grads = model.loss_and_grad(params, X, y)
+    names = {"W0": "hidden/w", "b0": "hidden/b", "W1": "out/w", "b1": "out/b"}
+    expected_loss, expected = MLP((6, 8, 3)).loss_and_grad(
+        {ours: params[theirs] for ours, theirs in names.items()}, X, y
+    )
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    for ours, theirs in names.items():
+        np.testing.assert_allclose(grads[theirs], expected[ours], rtol=1e-4, atol=1e-5)
+
+    softmax = JaxModel(
+        linear_apply, {"w": rng.standard_normal((6, 3)), "b": np.ones(3)}, input_shape=(6,)
+    )
+    params = softmax.init(rng)
+    loss, grads = softmax.loss_and_grad(params, X, y)
+    expected_loss, expected = SoftmaxRegression(6, 3).loss_and_grad(
+        {"W": params["w"], "b": params["b"]}, X, y
+    )
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    np.testing.assert_allclose(grads["w"], expected["W"], rtol=1e-4, atol=1e-5)
+
+    binary = JaxModel(
+        linear_apply,
+        {"w": rng.standard_normal(6), "b": np.ones(1)},
+        "binary_cross_entropy",
+        input_shape=(6,),
+    )
+    params, labels = binary.init(rng), y % 2
+    loss, grads = binary.loss_and_grad(params, X, labels)
+    expected_loss, expected = LogisticRegression(6).loss_and_grad(params, X, labels)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    np.testing.assert_allclose(grads["w"], expected["w"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grads["b"], expected["b"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("loss", "outputs"), [("mse", 2), ("huber", 2), (per_row_l1, 1)])
+def test_check_gradients_passes_in_float64(loss: Any, outputs: int) -> None:
+    rng = np.random.default_rng(2)
+    params = {"w": rng.standard_normal((16, 5)), "v": rng.standard_normal((5, outputs))}
+    X = rng.standard_normal((6, 1, 4, 4))
+    y = 3 * rng.standard_normal((6, outputs) if outputs > 1 else 6)
+    with jax.enable_x64(True):
+        model = JaxModel(image_apply, params, loss, input_shape=(1, 4, 4))
+        check = check_gradients(model, params, X, y)
+    assert check.ok, check
+
+
+# -- bit-identity -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def references(table: Dataset) -> dict[str, dict[str, bytes]]:
+    return {mode: _bits(at.run(_fit("inline", table, mode, **kw))) for mode, kw in MODES}
+
+
+@pytest.mark.parametrize(("name", "workers"), [("thread", 1), ("thread", 2), ("process", 2)])
+async def test_bits_equal_on_every_backend_and_worker_count(
+    name: str, workers: int, table: Dataset, references: dict[str, dict[str, bytes]]
+) -> None:
+    backend, _ = at.backends.get_backend(name, workers=workers)
+    async with backend:
+        for mode, options in MODES:
+            assert _bits(await _fit(backend, table, mode, **options)) == references[mode], mode
+
+
+@pytest.mark.dask
+async def test_bits_equal_on_dask(
+    dask_cluster: Any, table: Dataset, references: dict[str, dict[str, bytes]]
+) -> None:
+    async with at.backends.DaskBackend(dask_cluster.scheduler_address) as backend:
+        for mode, options in MODES:
+            assert _bits(await _fit(backend, table, mode, **options)) == references[mode], mode
+
+
+async def test_the_model_crosses_to_a_worker_once_per_fit(table: Dataset) -> None:
+    async with ProcessBackend(workers=1) as backend:
+        before = await backend.run(_shipping.loads)
+        await _fit(backend, table)
+        assert await backend.run(_shipping.loads) - before == 1
+
+
+async def test_checkpoint_and_resume_end_bit_identical(
+    tmp_path: Path, table: Dataset, references: dict[str, dict[str, bytes]]
+) -> None:
+    model = JaxModel(mlp_apply, mlp_params(), input_shape=(6,))
+    settings = {"batch_size": 48, "shards": 4, "seed": 5, "backend": "inline"}
+    first = at.Trainer(model, at.optim.adam(1e-2), **settings)
+    await first.fit(table, epochs=1, checkpoint_dir=tmp_path)
+    resumed = at.Trainer(model, at.optim.adam(1e-2), **settings)
+    result = await resumed.fit(table, epochs=2, checkpoint_dir=tmp_path, resume=True)
+    assert result.steps == 4
+    assert _bits(resumed.params) == references["sync"]
+    other = JaxModel(linear_apply, {"w": np.zeros((6, 3)), "b": np.zeros(3)}, input_shape=(6,))
+    with pytest.raises(at.CheckpointError, match=r"model\.architecture"):
+        await at.Trainer(other, **settings).fit(table, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_predict_and_predict_proba() -> None:
+    model = JaxModel(mlp_apply, mlp_params(), input_shape=(6,))
+    params = model.init(np.random.default_rng(0))
+    X = np.random.default_rng(3).standard_normal((5, 6)).astype(np.float32)
+    labels, proba = model.predict(params, X), model.predict_proba(params, X)
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, proba.argmax(axis=1))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: JaxModel(linear_apply, {}, input_shape=(6,)), "holds no arrays"),
+        (
+            lambda: JaxModel(
+                linear_apply, {"w": np.zeros((6, 3), np.int32), "b": np.zeros(3)}, input_shape=(6,)
+            ),
+            "parameter 'w' has dtype int32",
+        ),
+        (lambda: JaxModel(mlp_apply, mlp_params(), "hinge", input_shape=(6,)), "unknown loss"),
+        (
+            lambda: JaxModel(
+                linear_apply, {"w": np.zeros((6, 1)), "b": np.zeros(1)}, summed_l1, input_shape=(6,)
+            ),
+            r"shape \(2,\) for 2 rows",
+        ),
+        (
+            lambda: JaxModel(branching_apply, {"w": np.zeros((6, 3))}, input_shape=(6,)),
+            "cannot be traced by JAX",
+        ),
+        (lambda: JaxModel(mlp_apply, mlp_params(), input_shape=(5,)), "cannot be traced"),
+    ],
+)
+def test_bad_models_are_refused_at_construction(build: Any, message: str) -> None:
+    with pytest.raises(at.ConfigError, match=message):
+        build()
+
+
+async def test_rows_of_the_wrong_shape_fail_before_any_step(table: Dataset) -> None:
+    model = JaxModel(mlp_apply, mlp_params(), input_shape=(6,))
+    async with at.Trainer(model, backend="inline", batch_size=48) as trainer:
+        with pytest.raises(at.DataError, match=r"rows of shape \(5,\)"):
+            await trainer.fit((table.X[:, :5], table.y))
+        assert trainer.state.step == 0

@@ -1,0 +1,480 @@
+"""TorchModel: gradients against the numpy models and finite differences, bit-identity on
+every backend, worker count and deterministic mode, keyed dropout, one module crossing
+per fit, crash recovery, checkpoints, and bad input refused before any work."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+import asynctrain as at
+from asynctrain._engine import _shipping
+from asynctrain.backends import ProcessBackend
+from asynctrain.data import Dataset
+from asynctrain.models import (
+    MLP,
+    LogisticRegression,
+    SoftmaxRegression,
+    TorchModel,
+    check_gradients,
+)
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+MODES = [("sync", {}), ("local", {"local_steps": 2}), ("ssp", {"staleness": 2})]
+
+
+# -- modules (module level, so worker processes can unpickle them) --------------------------
+
+
+class SmallCNN(nn.Module):  # type: ignore[misc]
+    """Conv -> GroupNorm -> relu -> dropout -> linear, on (1, 8, 8) images."""
+
+    def __init__(self, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.norm = nn.GroupNorm(2, 4)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: Any) -> Any:
+        h = torch.relu(self.norm(self.conv(x)))
+        h = torch.nn.functional.max_pool2d(h, 2)
+        return self.fc(self.drop(h.flatten(1)))
+
+
+class GradModeProbe(nn.Module):  # type: ignore[misc]
+    """Records whether autograd was on in each forward pass."""
+
+    seen: ClassVar[list[bool]] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: Any) -> Any:
+        GradModeProbe.seen.append(torch.is_grad_enabled())
+        return self.fc(x)
+
+
+class KillOnce(TorchModel):
+    """A TorchModel that SIGKILLs its worker on its ``at_call``-th shard, once per run."""
+
+    def __init__(self, module: Any, marker: str, at_call: int, **options: Any) -> None:
+        super().__init__(module, **options)
+        self.marker, self.at_call, self.calls = marker, at_call, 0
+
+    def loss_and_grad(self, params: Any, X: Any, y: Any, *, key: Any = None) -> Any:
+        if key is not None and key[1] * 4 + key[2] == self.at_call:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().loss_and_grad(params, X, y, key=key)
+
+
+def per_row_l1(outputs: Any, y: Any) -> Any:
+    """A callable loss: per-sample L1 distance of one regression output."""
+    return (outputs.reshape(len(outputs)) - y).abs()
+
+
+def summed_l1(outputs: Any, y: Any) -> Any:
+    """A wrong callable loss: sums over the rows itself."""
+    return (outputs.reshape(len(outputs)) - y).abs().sum()
+
+
+# -- fixtures and helpers -----------------------------------------------------------------
+
+
+def cnn_model(dropout: float = 0.25, **options: Any) -> TorchModel:
+    torch.manual_seed(0)
+    return TorchModel(SmallCNN(dropout), input_shape=(1, 8, 8), **options)
+
+
+@pytest.fixture(scope="module")
+def images() -> Dataset:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((192, 1, 8, 8)).astype(np.float32)
+    y = (X[:, 0, :4].sum(axis=(1, 2)) > 0).astype(np.int64) + (X[:, 0, 4:, :4].sum(axis=(1, 2)) > 0)
+    return Dataset(X, y)
+
+
+def _bits(params: dict[str, np.ndarray]) -> dict[str, bytes]:
+    return {k: v.tobytes() for k, v in params.items()}
+
+
+async def _fit(backend: Any, model: Any, data: Dataset, mode: str = "sync", **options: Any) -> Any:
+    settings = {"batch_size": 48, "shards": 4, "seed": 5, "mode": mode}
+    async with at.Trainer(model, at.optim.adam(1e-2), backend=backend, **settings, **options) as tr:
+        await tr.fit(data, epochs=2)
+        return tr.params
+
+
+# -- gradients ------------------------------------------------------------------------------
+
+
+def _sample(n_features: int, classes: int, rows: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((rows, n_features)).astype(np.float32)
+    return X, rng.integers(0, classes, rows)
+
+
+def test_gradients_equal_the_numpy_mlp_on_the_same_weights() -> None:
+    torch.manual_seed(0)
+    model = TorchModel(nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3)))
+    params = model.init(np.random.default_rng(0))
+    X, y = _sample(5, 3)
+    loss, grads = model.loss_and_grad(params, X, y)
+    numpy_params = {
+        "W0": params["0.weight"].T.copy(),
+        "b0": params["0.bias"],
+        "W1": params["2.weight"].T.copy(),
+        "b1": params["2.bias"],
+    }
+    expected_loss, expected = MLP((5, 7, 3)).loss_and_grad(numpy_params, X, y)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    np.testing.assert_allclose(grads["0.weight"].T, expected["W0"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grads["0.bias"], expected["b0"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grads["2.weight"].T, expected["W1"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grads["2.bias"], expected["b1"], rtol=1e-4, atol=1e-5)
+
+
+def test_gradients_equal_softmax_and_logistic_regression() -> None:
+    X, y = _sample(4, 3)
+    softmax = TorchModel(nn.Linear(4, 3))
+    params = softmax.init(np.random.default_rng(0))
+    loss, grads = softmax.loss_and_grad(params, X, y)
+    reference = {"W": params["weight"].T.copy(), "b": params["bias"]}
+    expected_loss, expected = SoftmaxRegression(4, 3).loss_and_grad(reference, X, y)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    np.testing.assert_allclose(grads["weight"].T, expected["W"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grads["bias"], expected["b"], rtol=1e-4, atol=1e-5)
+
+    binary = TorchModel(nn.Linear(4, 1), "binary_cross_entropy")
+    params = binary.init(np.random.default_rng(0))
+    labels = y % 2
+    loss, grads = binary.loss_and_grad(params, X, labels)
+    reference = {"w": params["weight"][0].copy(), "b": params["bias"]}
+    expected_loss, expected = LogisticRegression(4).loss_and_grad(reference, X, labels)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    np.testing.assert_allclose(grads["weight"][0], expected["w"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grads["bias"], expected["b"], rtol=1e-4, atol=1e-5)
+    assert binary.n_classes == 2
+
+
+@pytest.mark.parametrize(
+    ("loss", "targets"),
+    [("cross_entropy", "labels"), ("mse", "values"), ("huber", "values"), (per_row_l1, "one")],
+)
+def test_check_gradients_passes_in_float64(loss: Any, targets: str) -> None:
+    torch.manual_seed(0)
+    outputs = 1 if targets == "one" else 3
+    module = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(8, outputs))
+    model = TorchModel(module, loss, input_shape=(1, 4, 4), dtype=np.float64)
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((6, 1, 4, 4))
+    y = {
+        "labels": rng.integers(0, 3, 6),
+        "values": 3 * rng.standard_normal((6, 3)),
+        "one": rng.standard_normal(6),
+    }[targets]
+    check = check_gradients(model, model.init(rng), X, y)
+    assert check.ok, check
+
+
+def test_check_gradients_of_a_dropout_model_runs_in_eval_mode(images: Dataset) -> None:
+    model = cnn_model(dtype=np.float64)
+    X, y = images.X[:5].astype(np.float64), images.y[:5]
+    assert check_gradients(model, model.init(np.random.default_rng(0)), X, y, max_checks=20).ok
+
+
+# -- randomness -----------------------------------------------------------------------------
+
+
+def test_dropout_is_keyed_by_seed_step_and_shard(images: Dataset) -> None:
+    model = cnn_model(dropout=0.5)
+    params = model.init(np.random.default_rng(0))
+    X, y = images.X[:16], images.y[:16]
+    first = model.loss_and_grad(params, X, y, key=(5, 3, 1))
+    again = model.loss_and_grad(params, X, y, key=(5, 3, 1))
+    other_step = model.loss_and_grad(params, X, y, key=(5, 4, 1))
+    other_shard = model.loss_and_grad(params, X, y, key=(5, 3, 2))
+    other_seed = model.loss_and_grad(params, X, y, key=(6, 3, 1))
+    evaluation = model.loss_and_grad(params, X, y)
+    assert first[0] == again[0]
+    assert _bits(first[1]) == _bits(again[1])
+    losses = {first[0], other_step[0], other_shard[0], other_seed[0], evaluation[0]}
+    assert len(losses) == 5  # every key draws its own masks; no key: no dropout
+    assert evaluation[0] == model.loss_and_grad(params, X, y)[0]
+
+
+def test_init_copies_the_module_or_reinitialises_from_the_seed() -> None:
+    torch.manual_seed(0)
+    module = nn.Linear(3, 2)
+    copied = TorchModel(module).init(np.random.default_rng(0))
+    np.testing.assert_array_equal(copied["weight"], module.weight.detach().numpy())
+    fresh = TorchModel(module, reinit=True)
+    a, b = fresh.init(np.random.default_rng(1)), fresh.init(np.random.default_rng(1))
+    c = fresh.init(np.random.default_rng(2))
+    assert _bits(a) == _bits(b)
+    assert _bits(a) != _bits(c)
+    assert not np.array_equal(a["weight"], copied["weight"])
+
+
+# -- bit-identity on every backend and worker count ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def references(images: Dataset) -> dict[str, dict[str, bytes]]:
+    """The inline result of each deterministic mode: what every backend must reproduce."""
+    return {
+        mode: _bits(at.run(_fit("inline", cnn_model(), images, mode, **options)))
+        for mode, options in MODES
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "workers"), [("thread", 1), ("thread", 2), ("process", 1), ("process", 2)]
+)
+async def test_bits_equal_on_every_backend_and_worker_count(
+    name: str, workers: int, images: Dataset, references: dict[str, dict[str, bytes]]
+) -> None:
+    backend, _ = at.backends.get_backend(name, workers=workers)
+    async with backend:
+        for mode, options in MODES:
+            params = await _fit(backend, cnn_model(), images, mode, **options)
+            assert _bits(params) == references[mode], mode
+
+
+@pytest.mark.dask
+async def test_bits_equal_on_dask(
+    dask_cluster: Any, images: Dataset, references: dict[str, dict[str, bytes]]
+) -> None:
+    async with at.backends.DaskBackend(dask_cluster.scheduler_address) as backend:
+        for mode, options in MODES:
+            params = await _fit(backend, cnn_model(), images, mode, **options)
+            assert _bits(params) == references[mode], mode
+
+
+async def test_the_module_crosses_to_a_worker_once_per_fit(images: Dataset) -> None:
+    model = cnn_model()
+    module_bytes = len(pickle.dumps(model))
+    async with ProcessBackend(workers=1) as backend:
+        before = await backend.run(_shipping.loads)
+        await _fit(backend, model, images)  # 2 epochs x 4 steps x 4 shards
+        after_one = await backend.run(_shipping.loads)
+        await _fit(backend, model, images)
+        after_two = await backend.run(_shipping.loads)
+        stats = backend.stats
+    assert (after_one - before, after_two - after_one) == (1, 1)
+    assert stats.tasks >= 64
+    assert stats.bytes_sent / stats.tasks < module_bytes / 4  # no task carried the module
+    assert module_bytes > 2000
+
+
+async def test_a_killed_worker_reruns_its_shard_bit_identically(
+    tmp_path: Path, images: Dataset, references: dict[str, dict[str, bytes]]
+) -> None:
+    torch.manual_seed(0)
+    model = KillOnce(SmallCNN(), str(tmp_path / "killed"), at_call=14, input_shape=(1, 8, 8))
+    async with ProcessBackend(workers=2) as backend:
+        params = await _fit(backend, model, images)
+        assert backend.stats.retries == 1
+    assert (tmp_path / "killed").exists()
+    assert _bits(params) == references["sync"]
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    pass
+
+
+class InterruptAt(at.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, event: at.StepEvent) -> None:
+        if event.step == self.step:
+            raise Interrupted
+
+
+async def test_checkpoint_and_resume_end_bit_identical(
+    tmp_path: Path, images: Dataset, references: dict[str, dict[str, bytes]]
+) -> None:
+    settings = {"batch_size": 48, "shards": 4, "seed": 5, "backend": "inline"}
+    options = {"epochs": 2, "checkpoint_dir": tmp_path, "checkpoint_every": 3}
+    trainer = at.Trainer(cnn_model(), at.optim.adam(1e-2), **settings)
+    with pytest.raises(Interrupted):
+        await trainer.fit(images, callbacks=[InterruptAt(4)], **options)
+    resumed = at.Trainer(cnn_model(), at.optim.adam(1e-2), **settings)
+    result = await resumed.fit(images, resume=True, **options)
+    assert 0 < result.steps < 8
+    assert _bits(resumed.params) == references["sync"]
+
+
+async def test_resuming_into_a_different_module_is_refused(tmp_path: Path, images: Dataset) -> None:
+    settings = {"batch_size": 48, "shards": 4, "backend": "inline"}
+    trainer = at.Trainer(cnn_model(), at.optim.adam(1e-2), **settings)
+    await trainer.fit(images, checkpoint_dir=tmp_path)
+    torch.manual_seed(0)
+    other = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(256, 3)
+    )
+    resumed = at.Trainer(TorchModel(other, input_shape=(1, 8, 8)), **settings)
+    with pytest.raises(at.CheckpointError) as info:
+        await resumed.fit(images, checkpoint_dir=tmp_path, resume=True, epochs=2)
+    message = str(info.value)
+    assert "model.architecture" in message
+    assert "SmallCNN" in message
+    assert "params['conv.weight']" in message
+
+
+# -- predictions, rows of any shape -------------------------------------------------------
+
+
+def test_predict_runs_without_autograd_and_returns_int64_labels() -> None:
+    model = TorchModel(GradModeProbe())
+    params = model.init(np.random.default_rng(0))
+    X = np.ones((4, 3), np.float32)
+    GradModeProbe.seen.clear()
+    labels = model.predict(params, X)
+    proba = model.predict_proba(params, X)
+    model.loss_and_grad(params, X, np.array([0, 1, 0, 1]))
+    assert GradModeProbe.seen[-3:] == [False, False, True]
+    assert labels.dtype == np.int64
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(labels, proba.argmax(axis=1))
+
+
+async def test_images_train_stream_and_predict_through_the_service(images: Dataset) -> None:
+    model = cnn_model()
+    async with at.Trainer(
+        model, at.optim.adam(1e-2), backend="process", workers=2, batch_size=48, shards=2
+    ) as trainer:
+        batches = [(images.X[i : i + 32], images.y[i : i + 32]) for i in range(0, 192, 32)]
+        await trainer.fit_stream(batches)
+        assert trainer.state.step == 4
+        async with at.TrainingService(backend="inline") as service:
+            job = await service.start("cnn", trainer.model, images, batch_size=48)
+            await job.result()
+            prediction = await job.predict(images.X[:5])
+            assert prediction.values.shape == (5,)
+            with pytest.raises(at.DataError, match=r"\(n, 1, 8, 8\)"):
+                await job.predict(images.X[:5, 0])
+
+
+# -- bad input, refused before any work --------------------------------------------------
+
+
+class NoParameters(nn.Module):  # type: ignore[misc]
+    def forward(self, x: Any) -> Any:
+        return x
+
+
+class IntegerParameter(nn.Module):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+        self.table = nn.Parameter(torch.zeros(3, dtype=torch.long), requires_grad=False)
+
+    def forward(self, x: Any) -> Any:
+        return self.fc(x)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: TorchModel(NoParameters(), input_shape=(3,)), "no trainable parameters"),
+        (lambda: TorchModel(IntegerParameter()), "parameter 'table' has dtype torch.int64"),
+        (lambda: TorchModel(nn.Linear(3, 2), "hinge"), "unknown loss 'hinge'"),
+        (lambda: TorchModel(nn.Linear(3, 1), summed_l1), r"shape \(2,\) for 2 rows"),
+        (lambda: TorchModel(nn.Linear(3, 2), device="cuda:0"), "CUDA device 0"),
+        (
+            lambda: TorchModel(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))),
+            r"'1' \(BatchNorm1d\) keeps running statistics.*GroupNorm or nn.LayerNorm",
+        ),
+        (
+            lambda: TorchModel(nn.Sequential(nn.Linear(3, 4), nn.RReLU(), nn.Linear(4, 2))),
+            r"'1' \(RReLU\) draws random numbers",
+        ),
+        (lambda: TorchModel(nn.Conv2d(1, 2, 3)), "pass input_shape"),
+        (lambda: TorchModel(nn.Linear(3, 2), input_shape=(4,)), r"fails on rows of shape \(4,\)"),
+        (lambda: TorchModel(nn.Linear(3, 1)), "cross_entropy' needs outputs"),
+        (lambda: TorchModel(nn.Linear(3, 2), n_classes=5), "n_classes=5 but"),
+    ],
+)
+def test_bad_models_are_refused_at_construction(build: Any, message: str) -> None:
+    if "cuda" in message.lower() and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(at.ConfigError, match=message):
+        build()
+
+
+async def test_rows_of_the_wrong_shape_fail_before_any_step(images: Dataset) -> None:
+    model = cnn_model()
+    flat = Dataset(images.X.reshape(len(images), -1), images.y)
+    async with at.Trainer(model, backend="inline", batch_size=48) as trainer:
+        expected = r"rows of shape \(64,\).*expects rows of shape \(1, 8, 8\)"
+        with pytest.raises(at.DataError, match=expected):
+            await trainer.fit(flat)
+        assert trainer.state.step == 0
+
+
+def test_import_asynctrain_imports_neither_torch_nor_jax() -> None:
+    code = "import sys, asynctrain; print('torch' in sys.modules, 'jax' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+class TiedHead(nn.Module):  # type: ignore[misc]
+    """An embedding-like input layer whose weight the output layer reuses (tied)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encode = nn.Linear(4, 4, bias=False)
+        self.decode = nn.Linear(4, 4, bias=False)
+        self.decode.weight = self.encode.weight
+
+    def forward(self, x: Any) -> Any:
+        return self.decode(torch.tanh(self.encode(x)))
+
+
+def test_tied_parameters_get_the_gradient_of_both_uses() -> None:
+    torch.manual_seed(0)
+    module = TiedHead()
+    model = TorchModel(module, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    params = {"encode.weight": rng.standard_normal((4, 4))}  # not the module's own values
+    X, y = rng.standard_normal((5, 4)), rng.integers(0, 4, 5)
+    reference = TiedHead().double()
+    with torch.no_grad():
+        reference.encode.weight.copy_(torch.from_numpy(params["encode.weight"]))
+    out = reference(torch.from_numpy(X))
+    expected = torch.nn.functional.cross_entropy(out, torch.from_numpy(y), reduction="sum")
+    expected.backward()
+    loss, grads = model.loss_and_grad(params, X, y)
+    assert list(model.init(rng)) == ["encode.weight"]
+    assert loss == pytest.approx(float(expected.detach()), rel=1e-12)
+    np.testing.assert_allclose(grads["encode.weight"], reference.encode.weight.grad.numpy())
+
+
+async def test_trainer_predict_takes_rows_of_the_input_shape(images: Dataset) -> None:
+    async with at.Trainer(cnn_model(), backend="inline", batch_size=48) as trainer:
+        await trainer.fit(images)
+        assert trainer.predict(images.X[:3]).shape == (3,)
+        with pytest.raises(at.DataError, match=r"expects rows of shape \(1, 8, 8\)"):
+            trainer.predict(images.X[:3].reshape(3, -1))
