@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import asynctrain as at
-from asynctrain._engine import _shipping
+from asynctrain._engine import _work as _shipping
 from asynctrain.backends import ProcessBackend
 from asynctrain.data import Dataset
 from asynctrain.models import (

@@ -1,7 +1,8 @@
 """A step of one shard task is awaited directly (no task group, no queue): its promises.
 
-On the inline backend such a step would never suspend, so ``run_alone`` passes through the
-loop once per step and stops a step whose cancellation was requested while it computed.
+On the inline backend such a step would never suspend, so ``InlineBackend.run`` passes
+through the loop once per task and stops a task whose cancellation was requested while it
+computed.
 These tests hold it to what a step of several shard tasks gives: other tasks run between
 steps, and a cancelled fit holds the exact state of its last fully applied step (the
 oracle: the same fit, uninterrupted, recorded after every step).

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from asynctrain._config import TrainConfig
-from asynctrain._engine._shipping import ship_model
 from asynctrain._engine._step import Mode, StepContext
 from asynctrain._engine._update import Updater, zeros_like
+from asynctrain._engine._work import ship_model
 from asynctrain._monitor import LoopLagMonitor
 from asynctrain.backends import Backend, SharedArrays
 from asynctrain.data import Dataset

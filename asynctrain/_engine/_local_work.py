@@ -11,9 +11,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from asynctrain._engine._shipping import resolve_model
 from asynctrain._engine._update import mean_in_place
-from asynctrain._engine._work import Rows, ShardResult
+from asynctrain._engine._work import Rows, ShardResult, resolve_model
 from asynctrain.backends import SharedArrays
 from asynctrain.models._protocol import shard_loss_and_grad
 from asynctrain.optim import GradientTransformation, apply_updates

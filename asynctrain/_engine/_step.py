@@ -44,7 +44,7 @@ class StepContext:
     """The trainer's seed; tasks carry it so a model's randomness is keyed by
     ``(seed, step, shard)``."""
     shipped: Any = None
-    """What tasks carry in the model's place (see :mod:`._shipping`); None: the model."""
+    """What tasks carry in the model's place (see :func:`._work.ship_model`); None: the model."""
     started: float = field(default_factory=time.perf_counter)
     samples: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

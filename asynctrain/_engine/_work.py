@@ -1,20 +1,33 @@
-"""What runs on a worker: one shard's loss and gradient, one chunk's evaluation.
+"""What crosses to a worker and what runs there: one shard's loss and gradient, one
+chunk's evaluation, and the model, shipped once per fit.
 
 These functions are module-level (picklable) and reach the data, parameters and gradient
 buffers through :class:`~asynctrain.backends.SharedArrays` handles, so a task carries only
 small values: the step, the shard, the parameter slot and the sample indices (or, for a
 batch assembled from a stream, a data slot and a contiguous row range).
+
+The model crosses once per fit, not with every task. Tasks on the process and Dask
+backends pickle their arguments; a numpy model is a few hundred bytes, but a bridged model
+(a PyTorch module, a JAX function) can be megabytes and costs milliseconds to unpickle. So
+a fit shares the model's pickle like its data (:func:`ship_model`), tasks carry the small
+handle in the model's place, and a worker unpickles it on the first task that needs it and
+keeps it for the rest of the fit (:func:`resolve_model`, keyed by a token in the shared
+bytes). In-process backends (inline, thread) carry the model object itself.
 """
 
 from __future__ import annotations
 
+import collections
+import pickle
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from asynctrain._engine._shipping import resolve_model
-from asynctrain.backends import SharedArrays
+from asynctrain.backends import LocalShared, SharedArrays
 from asynctrain.models._protocol import shard_loss_and_grad
 
 Rows = npt.NDArray[np.int64] | range
@@ -56,7 +69,7 @@ def compute_shard(
 ) -> ShardResult:
     """Compute the summed loss and gradient of ``task``'s samples into its gradient slot.
 
-    ``model`` is the model or its shipped handle (see :mod:`._shipping`).
+    ``model`` is the model or its shipped handle (see :func:`resolve_model`).
     """
     arrays = data.read(task.data_slot)
     X, y = _rows(arrays["X"], task.indices), _rows(arrays["y"], task.indices)
@@ -96,3 +109,53 @@ def evaluate_chunk(
     if getattr(model, "n_classes", None) is not None:
         correct = int(np.count_nonzero(model.predict(current, X) == y))
     return EvalResult(float(loss), correct, stop - start)
+
+
+# -- the model, shipped once per fit ------------------------------------------------------
+
+_KEEP = 4  # models a worker keeps unpickled: this fit's, and a few concurrent fits'
+_cache: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
+_lock = threading.Lock()
+_loads = 0
+
+
+async def ship_model(
+    model: Any, data: SharedArrays, share: Callable[[Mapping[str, Any]], Awaitable[Any]]
+) -> Any:
+    """What tasks carry for ``model``: the model itself when the backend shares by
+    reference (``data``, the fit's shared data, is a :class:`LocalShared`: its workers are
+    in this process), else the handle of its pickle shared through ``share`` (the fit
+    releases it)."""
+    if isinstance(data, LocalShared):  # threads and inline: nothing is pickled
+        return model
+    # Arrays that own their bytes: a view of a bytes object is not something every
+    # backend's share expects.
+    blob = np.frombuffer(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)
+    token = np.frombuffer(uuid.uuid4().bytes, np.uint8)
+    return await share({"model": blob.copy(), "token": token.copy()})
+
+
+def resolve_model(carried: Any) -> Any:
+    """The model a task carries: itself, or unpickled once per process from its handle."""
+    # A model has loss_and_grad, a handle has not: an attribute lookup, where an
+    # isinstance check against the runtime-checkable SharedArrays costs ~10 us a task.
+    if hasattr(carried, "loss_and_grad") or not isinstance(carried, SharedArrays):
+        return carried
+    arrays = carried.read(0)
+    token = arrays["token"].tobytes()
+    with _lock:
+        model = _cache.get(token)
+        if model is None:
+            global _loads
+            model = pickle.loads(arrays["model"].tobytes())
+            _loads += 1
+            _cache[token] = model
+            while len(_cache) > _KEEP:
+                _cache.popitem(last=False)
+        _cache.move_to_end(token)
+    return model
+
+
+def loads() -> int:
+    """How many models this process has unpickled from shared handles (for tests)."""
+    return _loads

@@ -184,7 +184,7 @@ class TorchModel(_bridge.Bridge):
             )
         return float(total.detach()), grads
 
-    # -- pickling: the module crosses once per fit (see asynctrain._engine._shipping) ----
+    # -- pickling: the module crosses once per fit (see asynctrain._engine._work) ----
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
