@@ -276,34 +276,31 @@ class Trainer:
             >>> result = await trainer.fit(data, epochs=10, checkpoint_dir="ckpt",
             ...                            resume=True)  # doctest: +SKIP
         """
-        if monitor_lag:
-            async with LoopLagMonitor(window=FIT_LAG_WINDOW) as lag:
-                self.lag = lag  # epoch events report it too
-                try:
-                    result = await self.fit(
-                        data,
-                        epochs=epochs,
-                        validation=validation,
-                        callbacks=callbacks,
-                        checkpoint_dir=checkpoint_dir,
-                        checkpoint_every=checkpoint_every,
-                        keep=keep,
-                        resume=resume,
-                    )
-                finally:
-                    self.lag = None
-            result.extra.update(lag.stats().as_dict("loop_lag_"))
-            return result
         epochs = check_int("epochs", epochs)
         session = CheckpointSession(
             self, checkpoint_dir, every=checkpoint_every, keep=keep, resume=resume
         )
-        async with session:
+        async with self._monitoring_lag(monitor_lag) as lag, session:
             epochs = await session.resume(epochs, data)
             events = self.steps(data, epochs=epochs, validation=validation) if epochs else None
             result = await collect(self._current, events, callbacks, session.after)
             await session.finish()
+        if lag is not None:
+            result.extra.update(lag.stats().as_dict("loop_lag_"))
         return result
+
+    @contextlib.asynccontextmanager
+    async def _monitoring_lag(self, on: bool) -> AsyncIterator[LoopLagMonitor | None]:
+        """A loop-lag monitor for the fit when ``on`` (its epoch events report it too)."""
+        if not on:
+            yield None
+            return
+        async with LoopLagMonitor(window=FIT_LAG_WINDOW) as lag:
+            self.lag = lag
+            try:
+                yield lag
+            finally:
+                self.lag = None
 
     async def steps(
         self, data: DataLike, *, epochs: int = 1, validation: DataLike | None = None
