@@ -18,7 +18,7 @@ from asynctrain.backends._process_pool import Pool
 from asynctrain.backends._process_shared import ProcessShared, create_shared, release_shared
 from asynctrain.backends._process_worker import encode_forget, encode_task
 from asynctrain.backends._process_worker_handle import WorkerDied
-from asynctrain.backends._thread import default_workers
+from asynctrain.backends._thread import default_workers, wait_quietly
 
 T = TypeVar("T")
 NICENESS = 5  # workers yield the CPU to the caller's event loop when it wakes
@@ -223,5 +223,5 @@ async def _in_thread(fn: Callable[[], None]) -> None:
     try:
         await asyncio.shield(future)
     except asyncio.CancelledError:
-        await asyncio.wait([future])  # a copy cannot be interrupted: finish, then free
+        await wait_quietly(future)  # a copy cannot be interrupted: finish, then free
         raise
