@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
@@ -13,6 +12,7 @@ from asynctrain._checks import check_choice, check_int
 from asynctrain._exceptions import BackendError, ConfigTypeError, ShardFailedError, StateError
 from asynctrain._shm import sweep_stale_segments
 from asynctrain.backends._lifecycle import Lifecycle
+from asynctrain.backends._process_context import get_context
 from asynctrain.backends._process_pickle import check_picklable
 from asynctrain.backends._process_pool import Pool
 from asynctrain.backends._process_shared import ProcessShared, create_shared, release_shared
@@ -24,7 +24,6 @@ T = TypeVar("T")
 NICENESS = 5  # workers yield the CPU to the caller's event loop when it wakes
 START_METHODS = ("forkserver", "spawn")  # never fork: the parent runs an event loop, threads
 _COPY_IN_THREAD = 1 << 20  # bytes; smaller shares are copied on the loop directly
-_PRELOAD = ["__main__", "asynctrain.backends._process_worker"]
 
 
 class ProcessStats(NamedTuple):
@@ -89,10 +88,7 @@ class ProcessBackend(Lifecycle):
 
     async def _open(self) -> None:
         sweep_stale_segments()
-        context = multiprocessing.get_context(self.start_method)
-        if self.start_method == "forkserver":
-            # Imported once in the forkserver, numpy and asynctrain are ready in every fork.
-            context.set_forkserver_preload(_PRELOAD)
+        context = get_context(self.start_method)
         self._loop = asyncio.get_running_loop()
         self._pool = Pool(context, self.workers, self.blas_threads, NICENESS)
         self._pool.start()
