@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 from typing import Any
 
 import numpy as np
@@ -105,3 +106,24 @@ async def test_a_stopped_worker_never_freezes_the_loop_and_a_cancel_lands() -> N
             await task
         assert pid not in backend.pids  # killed, although stopped
         np.testing.assert_array_equal(await backend.run(echo, big[:1000]), big[:1000])
+
+
+async def test_a_large_share_is_allocated_and_copied_off_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from asynctrain.backends import _process
+
+    threads: list[bool] = []
+    create = _process.create_shared
+
+    def spy(arrays: Any, slots: int) -> Any:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return create(arrays, slots)
+
+    monkeypatch.setattr(_process, "create_shared", spy)
+    async with ProcessBackend(workers=1) as backend:
+        small = await backend.share({"x": np.ones(10)})
+        large = await backend.share({"x": np.ones(1 << 18)}, slots=2)  # 4 MB: posix_fallocate
+        np.testing.assert_array_equal(large.read(1)["x"], np.ones(1 << 18))
+        await backend.release(small)
+    assert threads == [True, False]  # the small one on the loop's thread, the large one not

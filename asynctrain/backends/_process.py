@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
+import numpy as np
 import numpy.typing as npt
 
 from asynctrain._checks import check_choice, check_int
@@ -23,7 +25,7 @@ from asynctrain.backends._thread import default_workers, wait_quietly
 T = TypeVar("T")
 NICENESS = 5  # workers yield the CPU to the caller's event loop when it wakes
 START_METHODS = ("forkserver", "spawn")  # never fork: the parent runs an event loop, threads
-_COPY_IN_THREAD = 1 << 20  # bytes; smaller shares are copied on the loop directly
+_COPY_IN_THREAD = 1 << 20  # bytes; smaller shares are allocated and copied on the loop
 
 
 class ProcessStats(NamedTuple):
@@ -142,16 +144,13 @@ class ProcessBackend(Lifecycle):
             ConfigTypeError: an array of Python objects.
         """
         await self._opened_pool()
-        shared, fill = create_shared(arrays, check_int("slots", slots))
+        slots = check_int("slots", slots)
+        size = sum(np.asarray(value).nbytes for value in arrays.values()) * slots
+        # Allocating the segment (posix_fallocate) and copying into it take milliseconds
+        # per 10 MB: off the loop unless small.
+        build = functools.partial(_build_shared, arrays, slots)
+        shared = build() if size < _COPY_IN_THREAD else await _in_thread(build)
         self._owned[shared.key] = shared
-        try:
-            if shared.nbytes >= _COPY_IN_THREAD:
-                await _in_thread(fill)
-            else:
-                fill()
-        except BaseException:
-            await self.release(shared)
-            raise
         return shared
 
     async def release(self, shared: Any) -> None:
@@ -213,11 +212,24 @@ def _exhausted(fn: Callable[..., Any], args: tuple[Any, ...], failures: list[str
     )
 
 
-async def _in_thread(fn: Callable[[], None]) -> None:
-    """Run ``fn`` on the default executor; a cancelled caller waits for it to finish."""
-    future = asyncio.get_running_loop().run_in_executor(None, fn)
+def _build_shared(arrays: Mapping[str, npt.NDArray[Any]], slots: int) -> ProcessShared:
+    shared, fill = create_shared(arrays, slots)
     try:
-        await asyncio.shield(future)
+        fill()
+    except BaseException:
+        release_shared(shared)
+        raise
+    return shared
+
+
+async def _in_thread(build: Callable[[], ProcessShared]) -> ProcessShared:
+    """Run ``build`` on the default executor; a cancelled caller waits for it to finish
+    and frees what it built."""
+    future = asyncio.get_running_loop().run_in_executor(None, build)
+    try:
+        return await asyncio.shield(future)
     except asyncio.CancelledError:
         await wait_quietly(future)  # a copy cannot be interrupted: finish, then free
+        if not future.cancelled() and future.exception() is None:
+            release_shared(future.result())
         raise
