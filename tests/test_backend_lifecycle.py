@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import multiprocessing.forkserver
+import os
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -138,3 +141,33 @@ async def test_the_process_backend_leaves_the_global_forkserver_alone() -> None:
         assert server._preload_modules == ["json"]
     finally:
         server.set_forkserver_preload(before)
+
+
+UNGUARDED = """
+import asynctrain as at
+from asynctrain.backends import ProcessBackend
+
+async def main():
+    async with ProcessBackend(workers=2) as backend:
+        print(await backend.run(pow, 2, 10))
+
+{call}
+"""
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["unguarded", "guarded"])
+def test_a_script_without_the_main_guard_is_told_so_once(tmp_path: Path, guarded: bool) -> None:
+    call = 'if __name__ == "__main__":\n    at.run(main())' if guarded else "at.run(main())"
+    script = tmp_path / "script.py"
+    script.write_text(UNGUARDED.format(call=call))
+    env = {**os.environ, "PYTHONPATH": str(Path(at.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
+    )
+    if guarded:
+        assert (done.returncode, done.stdout) == (0, "1024\n"), done.stderr
+        return
+    assert done.returncode == 1
+    assert done.stderr.count("Traceback") == 1  # the parent's alone: no worker started
+    assert 'without the guard `if __name__ == "__main__":`' in done.stderr
+    assert f"{script}, line 9" in done.stderr

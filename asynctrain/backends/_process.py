@@ -15,6 +15,7 @@ from asynctrain._exceptions import BackendError, ConfigTypeError, ShardFailedErr
 from asynctrain._shm import sweep_stale_segments
 from asynctrain.backends._lifecycle import Lifecycle
 from asynctrain.backends._process_context import get_context
+from asynctrain.backends._process_main import check_main_guard
 from asynctrain.backends._process_pickle import check_picklable
 from asynctrain.backends._process_pool import Pool
 from asynctrain.backends._process_shared import ProcessShared, create_shared, release_shared
@@ -89,6 +90,7 @@ class ProcessBackend(Lifecycle):
         self._tasks = self._retries = self._bytes = 0
 
     async def _open(self) -> None:
+        check_main_guard()
         sweep_stale_segments()
         context = get_context(self.start_method)
         self._loop = asyncio.get_running_loop()
