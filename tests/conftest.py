@@ -1,15 +1,17 @@
-"""Shared fixtures: every backend through one parametrized fixture, and a leak check."""
+"""Shared fixtures: every async test on both event loops, every backend through one
+parametrized fixture, and a leak check."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 import asynctrain as at
 from asynctrain._checkpoint import temporaries
@@ -20,6 +22,22 @@ from asynctrain.data import _shared
 os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
 
 BACKENDS = ["inline", "thread", "process"]
+
+# The event loops every async test runs on: the stock one, and uvloop, which
+# ``asynctrain.run`` picks. They differ where it matters here: uvloop makes every
+# descriptor it watches non-blocking, and its ``loop.time()`` ticks in whole milliseconds.
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Run every async test (and its async fixtures) once per loop in :data:`LOOPS`; the
+    loop's name shows in the test id (``test_x[asyncio]``, ``test_x[uvloop]``)."""
+    return LOOPS
 
 
 @pytest.fixture(params=BACKENDS)

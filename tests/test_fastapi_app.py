@@ -54,7 +54,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     finally:
         if process.returncode is None:
             process.kill()
-        await process.wait()
+        await process.communicate()  # to end-of-file: uvloop keeps an unread pipe open
 
 
 async def _url(process: asyncio.subprocess.Process) -> str:

@@ -249,7 +249,7 @@ async def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
         assert len(pids) == 2
     finally:
         parent.kill()
-        await parent.wait()
+        await parent.communicate()  # to end-of-file: uvloop keeps an unread pipe open
     assert await asyncio.to_thread(wait_gone, pids, 5.0) == []
     sweep_stale_segments()
     assert not {s for s in our_segments() if s.startswith(f"asynctrain_{parent.pid}_")}

@@ -58,7 +58,7 @@ def _settings(data_dir: Path) -> Any:
 
 @pytest.fixture
 async def server(tmp_path: Path, no_task_leaks: None) -> AsyncIterator[str]:
-    runner = web.AppRunner(app_module.create_app(_settings(tmp_path)))
+    runner = web.AppRunner(app_module.create_app(_settings(tmp_path)), handler_cancellation=True)
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -339,7 +339,7 @@ async def test_an_npz_that_unpacks_too_large_is_refused(http: Any) -> None:
 async def test_shutdown_ends_streams_and_leaves_nothing_running(
     tmp_path: Path, no_task_leaks: None
 ) -> None:
-    runner = web.AppRunner(app_module.create_app(_settings(tmp_path)))
+    runner = web.AppRunner(app_module.create_app(_settings(tmp_path)), handler_cancellation=True)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]

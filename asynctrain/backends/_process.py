@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
+import numpy as np
 import numpy.typing as npt
 
 from asynctrain._checks import check_choice, check_int
 from asynctrain._exceptions import BackendError, ConfigTypeError, ShardFailedError, StateError
 from asynctrain._shm import sweep_stale_segments
 from asynctrain.backends._lifecycle import Lifecycle
+from asynctrain.backends._process_context import get_context
+from asynctrain.backends._process_main import check_main_guard
 from asynctrain.backends._process_pickle import check_picklable
 from asynctrain.backends._process_pool import Pool
 from asynctrain.backends._process_shared import ProcessShared, create_shared, release_shared
 from asynctrain.backends._process_worker import encode_forget, encode_task
 from asynctrain.backends._process_worker_handle import WorkerDied
-from asynctrain.backends._thread import default_workers
+from asynctrain.backends._thread import default_workers, wait_quietly
 
 T = TypeVar("T")
 NICENESS = 5  # workers yield the CPU to the caller's event loop when it wakes
 START_METHODS = ("forkserver", "spawn")  # never fork: the parent runs an event loop, threads
-_COPY_IN_THREAD = 1 << 20  # bytes; smaller shares are copied on the loop directly
-_PRELOAD = ["__main__", "asynctrain.backends._process_worker"]
+_COPY_IN_THREAD = 1 << 20  # bytes; smaller shares are allocated and copied on the loop
 
 
 class ProcessStats(NamedTuple):
@@ -88,11 +90,9 @@ class ProcessBackend(Lifecycle):
         self._tasks = self._retries = self._bytes = 0
 
     async def _open(self) -> None:
+        check_main_guard()
         sweep_stale_segments()
-        context = multiprocessing.get_context(self.start_method)
-        if self.start_method == "forkserver":
-            # Imported once in the forkserver, numpy and asynctrain are ready in every fork.
-            context.set_forkserver_preload(_PRELOAD)
+        context = get_context(self.start_method)
         self._loop = asyncio.get_running_loop()
         self._pool = Pool(context, self.workers, self.blas_threads, NICENESS)
         self._pool.start()
@@ -146,16 +146,13 @@ class ProcessBackend(Lifecycle):
             ConfigTypeError: an array of Python objects.
         """
         await self._opened_pool()
-        shared, fill = create_shared(arrays, check_int("slots", slots))
+        slots = check_int("slots", slots)
+        size = sum(np.asarray(value).nbytes for value in arrays.values()) * slots
+        # Allocating the segment (posix_fallocate) and copying into it take milliseconds
+        # per 10 MB: off the loop unless small.
+        build = functools.partial(_build_shared, arrays, slots)
+        shared = build() if size < _COPY_IN_THREAD else await _in_thread(build)
         self._owned[shared.key] = shared
-        try:
-            if shared.nbytes >= _COPY_IN_THREAD:
-                await _in_thread(fill)
-            else:
-                fill()
-        except BaseException:
-            await self.release(shared)
-            raise
         return shared
 
     async def release(self, shared: Any) -> None:
@@ -217,11 +214,24 @@ def _exhausted(fn: Callable[..., Any], args: tuple[Any, ...], failures: list[str
     )
 
 
-async def _in_thread(fn: Callable[[], None]) -> None:
-    """Run ``fn`` on the default executor; a cancelled caller waits for it to finish."""
-    future = asyncio.get_running_loop().run_in_executor(None, fn)
+def _build_shared(arrays: Mapping[str, npt.NDArray[Any]], slots: int) -> ProcessShared:
+    shared, fill = create_shared(arrays, slots)
     try:
-        await asyncio.shield(future)
+        fill()
+    except BaseException:
+        release_shared(shared)
+        raise
+    return shared
+
+
+async def _in_thread(build: Callable[[], ProcessShared]) -> ProcessShared:
+    """Run ``build`` on the default executor; a cancelled caller waits for it to finish
+    and frees what it built."""
+    future = asyncio.get_running_loop().run_in_executor(None, build)
+    try:
+        return await asyncio.shield(future)
     except asyncio.CancelledError:
-        await asyncio.wait([future])  # a copy cannot be interrupted: finish, then free
+        await wait_quietly(future)  # a copy cannot be interrupted: finish, then free
+        if not future.cancelled() and future.exception() is None:
+            release_shared(future.result())
         raise

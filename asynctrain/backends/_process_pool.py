@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import threading
-from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeGuard
@@ -20,6 +20,7 @@ from asynctrain.backends._process_worker import main as worker_main
 from asynctrain.backends._process_worker_handle import Outcome, Worker
 
 STOP_TIMEOUT = 2.0  # seconds an idle worker gets to exit on its own before SIGKILL
+SOCKET_BUFFER = 1 << 20  # bytes: one send on the loop copies at most this much
 _Item = Worker | BaseException | None  # None: "something changed (a death, a close), look again"
 
 
@@ -126,21 +127,23 @@ class Pool:
     async def _spawn(self) -> None:
         # Starting a process blocks (the first start also launches the forkserver): a thread.
         try:
-            process, conn = await asyncio.to_thread(self._start_process)
+            process, sock = await asyncio.to_thread(self._start_process)
         except Exception as exc:
             # One waiter gets the error; the token makes another try a fresh start.
             self._idle.put_nowait(exc)
             self._idle.put_nowait(None)
             return
-        worker = Worker(process, conn)
+        worker = Worker(process, sock)
         self._workers.add(worker)
         worker.exited.add_done_callback(lambda _: self._forget(worker))
         self.started += 1
         self._idle.put_nowait(worker)
 
-    def _start_process(self) -> tuple[BaseProcess, Connection]:
+    def _start_process(self) -> tuple[BaseProcess, socket.socket]:
         with self._start_lock:
-            parent, child = self._context.Pipe()
+            parent, child = socket.socketpair()
+            for end in (parent, child):  # fewer wake-ups per large frame; capped by the kernel
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
             ctx: Any = self._context
             process: BaseProcess = ctx.Process(
                 target=worker_main,
@@ -150,6 +153,9 @@ class Pool:
             )
             try:
                 process.start()
+            except BaseException:
+                parent.close()
+                raise
             finally:
                 child.close()
             return process, parent

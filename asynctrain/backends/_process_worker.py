@@ -1,8 +1,10 @@
 """What runs inside a worker process: the task loop, its resource limits and a parent watchdog.
 
-The wire format on each worker's pipe is one message per task: 8 bytes of task id (little
-endian, signed) then a pickle of ``(fn, args)``; the reply is a pickle of
-``(task_id, ok, value)`` where ``value`` is the result or ``(exception, traceback text)``.
+Each worker's socket carries frames (see ``_process_pipe``). A task's frame body is 8
+bytes of task id (little endian, signed) then a pickle of ``(fn, args)``; the reply is a
+pickle of ``(task_id, ok, value)`` where ``value`` is the result or
+``(pickled exception or None, traceback text)``: the exception is pickled on its own so
+that one which cannot be rebuilt in the parent still arrives with the worker's traceback.
 Task id :data:`CONTROL` carries a message with no reply: the key of a shared segment to
 unmap. Keeping the id outside the pickle lets a worker answer even when ``fn`` or its
 arguments fail to unpickle there.
@@ -15,14 +17,15 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import socket
 import threading
 import traceback
-from multiprocessing.connection import Connection
 from typing import Any
 
 from threadpoolctl import threadpool_limits
 
 from asynctrain.backends._malloc import keep_freed_memory
+from asynctrain.backends._process_pipe import recv_frame, send_frame
 from asynctrain.backends._process_shared import forget
 
 CONTROL = -1
@@ -42,18 +45,18 @@ def encode_task(fn: Any, args: tuple[Any, ...]) -> bytes:
     return pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def frame(task_id: int, payload: bytes) -> bytes:
-    """One message on the pipe: the task id, then the payload."""
-    return task_id.to_bytes(8, "little", signed=True) + payload
+def task_id_bytes(task_id: int) -> bytes:
+    """The first 8 bytes of a message body: the task id."""
+    return task_id.to_bytes(8, "little", signed=True)
 
 
 def encode_forget(key: str) -> bytes:
-    """The message that tells a worker to unmap the shared segment ``key``."""
-    return frame(CONTROL, pickle.dumps(key))
+    """The message body that tells a worker to unmap the shared segment ``key``."""
+    return task_id_bytes(CONTROL) + pickle.dumps(key)
 
 
-def main(conn: Connection, blas_threads: int, niceness: int) -> None:
-    """Serve tasks from ``conn`` until it reaches end-of-file (the parent closed or died)."""
+def main(sock: socket.socket, blas_threads: int, niceness: int) -> None:
+    """Serve tasks from ``sock`` until it reaches end-of-file (the parent closed or died)."""
     _limit(blas_threads, niceness)
     keep_freed_memory()
     _watch_parent()
@@ -61,15 +64,15 @@ def main(conn: Connection, blas_threads: int, niceness: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
-            message = conn.recv_bytes()
-        except EOFError:
+            message = recv_frame(sock)
+        except (EOFError, OSError):
             return
         task_id = int.from_bytes(message[:8], "little", signed=True)
         if task_id == CONTROL:
             forget(pickle.loads(message[8:]))
             continue
         try:
-            conn.send_bytes(_execute(task_id, memoryview(message)[8:]))
+            send_frame(sock, _execute(task_id, memoryview(message)[8:]))
         except OSError:  # the parent closed the pipe while we worked: nobody to answer
             return
 
@@ -78,20 +81,25 @@ def _execute(task_id: int, payload: memoryview) -> bytes:
     try:
         fn, args = pickle.loads(payload)
         result = fn(*args)
-    except Exception as exc:
-        return _reply(task_id, False, (exc, traceback.format_exc()))
-    return _reply(task_id, True, result)
-
-
-def _reply(task_id: int, ok: bool, value: Any) -> bytes:
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt too: user code raised them
+        return _failure(task_id, exc, traceback.format_exc())
     try:
-        return pickle.dumps((task_id, ok, value), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((task_id, True, result), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
-        what = "result" if ok else f"exception {value[0]!r}"
-        text = f"the task's {what} cannot be pickled ({exc!r})"
-        if not ok:
-            text += f"; its traceback in the worker:\n{value[1]}"
+        text = f"the task's result cannot be pickled ({exc!r})"
         return pickle.dumps((task_id, False, (None, text)))
+
+
+def _failure(task_id: int, exc: BaseException, text: str) -> bytes:
+    try:
+        pickled: bytes | None = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as problem:
+        pickled = None
+        text = (
+            f"the task's exception {exc!r} cannot be pickled ({problem!r}); its traceback "
+            f"in the worker:\n{text}"
+        )
+    return pickle.dumps((task_id, False, (pickled, text)), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _limit(blas_threads: int, niceness: int) -> None:

@@ -1,22 +1,22 @@
 """The parent's side of one worker process: its pipe, its exit, and the one task it runs.
 
-Replies and deaths arrive through the event loop (``add_reader`` on the pipe and on the
-process sentinel), so a worker's exit code or signal is known the moment it dies, without
-polling.
+Replies and deaths arrive through the event loop (the pipe's readiness callbacks and
+``add_reader`` on the process sentinel), so a worker's exit code or signal is known the
+moment it dies, without polling; tasks go out through the same never-blocking pipe.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import pickle
 import signal
-from multiprocessing.connection import Connection
+import socket
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from asynctrain._exceptions import BackendError
-from asynctrain.backends._process_worker import frame
+from asynctrain.backends._process_pipe import Pipe
+from asynctrain.backends._process_worker import task_id_bytes
 
 Outcome = tuple[bool, Any]
 
@@ -45,21 +45,20 @@ def describe_exit(pid: int | None, exitcode: int | None) -> str:
 class Worker:
     """One worker process and the task it is running (at most one at a time)."""
 
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+    def __init__(self, process: BaseProcess, sock: socket.socket) -> None:
         self.process = process
         self.pid = process.pid
-        self.conn = conn
         self._loop = asyncio.get_running_loop()
+        self.pipe = Pipe(sock, self._deliver)
         self.exited: asyncio.Future[int | None] = self._loop.create_future()
         self._reply: asyncio.Future[Outcome] | None = None
         self._task_id = 0
-        self._loop.add_reader(conn.fileno(), self._on_readable)
         self._loop.add_reader(process.sentinel, self._on_exit)
 
     @property
     def alive(self) -> bool:
         """False once the process has exited (or is being stopped)."""
-        return not self.exited.done() and not self.conn.closed
+        return not self.exited.done() and not self.pipe.closed
 
     @property
     def busy(self) -> bool:
@@ -77,9 +76,9 @@ class Worker:
         self._task_id = task_id
         reply: asyncio.Future[Outcome] = self._loop.create_future()
         self._reply = reply
-        # A broken pipe means the process is exiting: its sentinel will report how.
-        with contextlib.suppress(OSError):
-            self.conn.send_bytes(frame(task_id, payload))
+        # Never blocks: what the socket cannot take now goes out as it drains. A broken
+        # pipe means the process is exiting: its sentinel reports how.
+        self.pipe.send((task_id_bytes(task_id), payload))
         try:
             return await reply
         except asyncio.CancelledError:
@@ -92,30 +91,18 @@ class Worker:
     def send_quietly(self, message: bytes) -> None:
         """Send a message that needs no reply; a dead worker is simply skipped."""
         if self.alive:
-            with contextlib.suppress(OSError):
-                self.conn.send_bytes(message)
+            self.pipe.send((message,))
 
     def stop(self) -> None:
         """Close the pipe: an idle worker reads end-of-file and exits by itself."""
-        if not self.conn.closed:
-            self._loop.remove_reader(self.conn.fileno())
-            self.conn.close()
+        self.pipe.close()
 
     def kill(self) -> None:
         """SIGKILL the process (its exit is reported through ``exited`` as usual)."""
         if not self.exited.done():
             self.process.kill()
 
-    def _on_readable(self) -> None:
-        try:
-            data = self.conn.recv_bytes()
-        except (EOFError, OSError):
-            # The process is exiting; the sentinel reports how. Stop watching the pipe.
-            self._loop.remove_reader(self.conn.fileno())
-            return
-        self._deliver(data)
-
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: bytearray) -> None:
         reply = self._reply
         try:
             task_id, ok, value = pickle.loads(data)
@@ -128,7 +115,7 @@ class Worker:
 
     def _on_exit(self) -> None:
         self._loop.remove_reader(self.process.sentinel)
-        self._drain()
+        self.pipe.drain()  # a reply sent just before the process died
         self.process.join()  # returns at once: the sentinel said the process has ended
         exitcode = self.process.exitcode
         self.stop()
@@ -137,25 +124,25 @@ class Worker:
         if self._reply is not None and not self._reply.done():
             self._reply.set_exception(WorkerDied(self.pid, exitcode))
 
-    def _drain(self) -> None:
-        """Deliver a reply sent just before the process died."""
-        while not self.conn.closed:
-            try:
-                if not self.conn.poll():
-                    return
-                self._deliver(self.conn.recv_bytes())
-            except (EOFError, OSError):
-                return
-
     def __repr__(self) -> str:
         state = "busy" if self.busy else "idle" if self.alive else "dead"
         return f"<Worker pid={self.pid} {state}>"
 
 
-def _rebuild(value: tuple[BaseException | None, str], pid: int | None) -> BaseException:
-    """The worker's exception, with the worker's traceback attached as a note."""
-    exc, text = value
-    if exc is None:
+def _rebuild(value: tuple[bytes | None, str], pid: int | None) -> BaseException:
+    """The worker's exception, with the worker's traceback attached as a note; a
+    BackendError carrying that traceback if the exception cannot cross."""
+    pickled, text = value
+    if pickled is None:
         return BackendError(text)
+    try:
+        exc = pickle.loads(pickled)
+    except Exception as problem:
+        return BackendError(
+            f"the task raised an exception that cannot be rebuilt here ({problem!r}); its "
+            f"traceback in worker pid {pid}:\n{text.rstrip()}"
+        )
+    if not isinstance(exc, BaseException):
+        return BackendError(f"worker pid {pid} sent {exc!r} as an exception:\n{text}")
     exc.add_note(f"Traceback in worker pid {pid}:\n{text.rstrip()}")
     return exc

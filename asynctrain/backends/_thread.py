@@ -40,8 +40,19 @@ async def await_without_orphans(future: concurrent.futures.Future[T]) -> T:
         return await asyncio.wrap_future(future)
     except asyncio.CancelledError:
         if not future.cancel():
-            await asyncio.wait([asyncio.wrap_future(future)])
+            await wait_quietly(asyncio.wrap_future(future))
         raise
+
+
+async def wait_quietly(future: asyncio.Future[Any]) -> None:
+    """Wait for ``future`` to finish and drop its outcome (nobody awaits it any more).
+
+    Its exception is marked retrieved: otherwise the loop logs "Future exception was never
+    retrieved" for every sibling task that failed after the first error won.
+    """
+    await asyncio.wait([future])
+    if not future.cancelled():
+        future.exception()
 
 
 def lower_priority() -> None:

@@ -21,9 +21,6 @@ and ``afit``.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from asynctrain._checks import check_int
@@ -111,32 +108,5 @@ def _shards(shards: Any, batch_size: int, small: bool) -> int:
     return min(check_int("shards", shards), batch_size)
 
 
-class _SharedBlasLimit:
-    """A process-wide BLAS thread limit held while any of its users is inside.
-
-    BLAS thread pools belong to the process, so concurrent fits (joblib's threading
-    backend) share one limit: the first to enter applies it, the last to leave restores
-    what was there before.
-    """
-
-    def __init__(self, threads: int) -> None:
-        self._limit = BlasLimit(threads)
-        self._lock = threading.Lock()
-        self._users = 0
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        with self._lock:
-            if not self._users:
-                self._limit.apply()
-            self._users += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._users -= 1
-                if not self._users:
-                    self._limit.restore()
-
-
-ONE_BLAS_THREAD = _SharedBlasLimit(1)
+# Concurrent fits (joblib's threading backend) each hold it; the last to leave restores.
+ONE_BLAS_THREAD = BlasLimit(1)

@@ -151,7 +151,9 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def serve(settings: Settings, host: str, port: int) -> None:
     """Serve until cancelled (Ctrl-C), then shut down cleanly."""
-    runner = web.AppRunner(create_app(settings))
+    # A client that hangs up cancels its handler: after an early 413 aiohttp otherwise keeps
+    # reading the rest of the body ("lingering") for 10 s, past the runner's cleanup.
+    runner = web.AppRunner(create_app(settings), handler_cancellation=True)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

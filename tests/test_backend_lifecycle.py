@@ -1,0 +1,173 @@
+"""Backend lifecycle defects: errors of user code, process-wide state (BLAS limits, the
+forkserver) and exceptions nobody retrieved."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import multiprocessing.forkserver
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import asynctrain as at
+from asynctrain.backends import ProcessBackend, ThreadBackend
+
+
+class NeedsTwo(Exception):
+    """Pickles, but cannot be rebuilt from its args: unpickling calls ``NeedsTwo(a)``."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(a)
+        self.b = b
+
+
+def raise_needs_two() -> None:
+    raise NeedsTwo("first", "second")
+
+
+def raise_interrupt() -> None:
+    raise KeyboardInterrupt("from user code")
+
+
+@pytest.mark.parametrize(
+    ("fn", "args", "kind"),
+    [(sys.exit, (3,), SystemExit), (raise_interrupt, (), KeyboardInterrupt)],
+    ids=["SystemExit", "KeyboardInterrupt"],
+)
+async def test_system_exit_and_interrupt_in_user_code_are_user_errors(
+    fn: Any, args: tuple[Any, ...], kind: type[BaseException]
+) -> None:
+    async with ProcessBackend(workers=1) as backend:
+        await backend.run(pow, 2, 2)
+        (pid,) = backend.pids
+        with pytest.raises(kind) as info:
+            await backend.run(fn, *args)
+        assert "Traceback in worker pid" in "\n".join(getattr(info.value, "__notes__", []))
+        assert backend.stats.retries == 0  # not a worker death: never retried
+        assert backend.pids == [pid]  # the same worker serves on
+        assert await backend.run(pow, 2, 3) == 8
+
+
+async def test_an_exception_that_cannot_be_rebuilt_keeps_the_worker_traceback() -> None:
+    async with ProcessBackend(workers=1) as backend:
+        with pytest.raises(at.BackendError, match="cannot be rebuilt") as info:
+            await backend.run(raise_needs_two)
+    assert "NeedsTwo: first" in str(info.value)
+    assert "in raise_needs_two" in str(info.value)
+
+
+class Boom(ValueError):
+    pass
+
+
+class FailingModel:
+    """Its first gradient fails at once, every later one after a while: the siblings of
+    the first failing shard are still running when the fit gives up on them."""
+
+    def __init__(self) -> None:
+        self.inner = at.models.LogisticRegression(4)
+        self.n_features, self.n_classes, self.dtype = 4, 2, self.inner.dtype
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    def init(self, rng: np.random.Generator) -> Any:
+        return self.inner.init(rng)
+
+    def predict(self, params: Any, X: Any) -> Any:
+        return self.inner.predict(params, X)
+
+    def loss_and_grad(self, params: Any, X: Any, y: Any) -> Any:
+        with self._lock:
+            self._calls += 1
+            first = self._calls == 1
+        if not first:
+            time.sleep(0.05)
+        raise Boom("shard failed")
+
+
+async def test_failing_shards_on_threads_leave_no_unretrieved_exception() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context["message"]))
+    rng = np.random.default_rng(0)
+    data = at.data.Dataset(rng.normal(size=(400, 4)), (rng.random(400) > 0.5).astype(int))
+    try:
+        trainer = at.Trainer(FailingModel(), backend="thread", workers=2, shards=4)
+        async with trainer:
+            with pytest.raises(Boom):
+                await trainer.fit(data, epochs=1)
+        await asyncio.sleep(0.2)  # the sibling shards finish
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []
+
+
+def _blas_threads() -> set[int]:
+    return {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+
+
+async def test_blas_limits_are_reference_counted_across_backends() -> None:
+    if not _blas_threads():
+        pytest.skip("no BLAS library loaded")
+    with threadpool_limits(limits=2, user_api="blas"):
+        first, second = ThreadBackend(workers=1), ThreadBackend(workers=1)
+        await first.__aenter__()
+        await second.__aenter__()
+        assert _blas_threads() == {1}
+        await first.aclose()
+        assert _blas_threads() == {1}  # the second backend still runs
+        await second.aclose()
+        assert _blas_threads() == {2}  # what was there before the first
+
+
+async def test_the_process_backend_leaves_the_global_forkserver_alone() -> None:
+    server: Any = multiprocessing.forkserver._forkserver  # type: ignore[attr-defined]
+    before = list(server._preload_modules)
+    server.set_forkserver_preload(["json"])  # what some other library in the process chose
+    try:
+        async with ProcessBackend(workers=1) as backend:
+            assert await backend.run(pow, 2, 5) == 32
+        assert server._preload_modules == ["json"]
+    finally:
+        server.set_forkserver_preload(before)
+
+
+UNGUARDED = """
+import asynctrain as at
+from asynctrain.backends import ProcessBackend
+
+async def main():
+    async with ProcessBackend(workers=2) as backend:
+        print(await backend.run(pow, 2, 10))
+
+{call}
+"""
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["unguarded", "guarded"])
+def test_a_script_without_the_main_guard_is_told_so_once(tmp_path: Path, guarded: bool) -> None:
+    call = 'if __name__ == "__main__":\n    at.run(main())' if guarded else "at.run(main())"
+    script = tmp_path / "script.py"
+    script.write_text(UNGUARDED.format(call=call))
+    env = {**os.environ, "PYTHONPATH": str(Path(at.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
+    )
+    if guarded:
+        assert (done.returncode, done.stdout) == (0, "1024\n"), done.stderr
+        return
+    assert done.returncode == 1
+    assert done.stderr.count("Traceback") == 1  # the parent's alone: no worker started
+    assert 'without the guard `if __name__ == "__main__":`' in done.stderr
+    assert f"{script}, line 9" in done.stderr
