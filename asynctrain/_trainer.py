@@ -24,6 +24,7 @@ from asynctrain._checkpoint._content import Checkpoint
 from asynctrain._checkpoint._session import Writer, restored_settings, save_to
 from asynctrain._checks import check_int
 from asynctrain._config import TrainConfig, default_shards
+from asynctrain._control import FitControl
 from asynctrain._engine import Mode, make_mode
 from asynctrain._engine._context import FitParts
 from asynctrain._engine._epochs import collect, run_epochs
@@ -292,8 +293,14 @@ class Trainer:
             events = None
             if epochs:
                 events = self.steps(data, epochs=epochs, validation=validation, metrics=metrics)
-            result = await collect(self._current, events, callbacks, session.after)
-            await session.finish()
+            result = await collect(
+                self._current,
+                events,
+                callbacks,
+                session.after,
+                finish=session.finish,
+                control=FitControl(self),
+            )
         if lag is not None:
             result.extra.update(lag.stats().as_dict("loop_lag_"))
         return result
@@ -406,7 +413,7 @@ class Trainer:
             validation=validation,
             buffer=buffer,
         )
-        return await collect(self._current, events, callbacks)
+        return await collect(self._current, events, callbacks, control=FitControl(self))
 
     async def stream_steps(
         self,
