@@ -28,6 +28,22 @@ def _val_loss(model: at.models.Model, params: at.optim.OptState, val: Dataset) -
     return float(loss) / len(val)
 
 
+async def _fit_ten(
+    model: at.models.Model, train: Dataset, val: Dataset, callbacks: list[at.Callback]
+) -> at.FitResult:
+    """Ten epochs of adam(1e-2) on ``overfit``'s data."""
+    return await at.fit(
+        model,
+        train,
+        optimizer=at.optim.adam(1e-2),
+        epochs=10,
+        validation=val,
+        callbacks=callbacks,
+        backend="inline",
+        batch_size=64,
+    )
+
+
 @pytest.mark.parametrize("patience", [2, 5])
 async def test_restore_best_returns_the_best_epochs_parameters(
     overfit: tuple[Dataset, Dataset], patience: int
@@ -52,16 +68,7 @@ async def test_without_restore_best_the_last_parameters_are_returned(
     train, val = overfit
     model = at.models.SoftmaxRegression(128, 10)
     stopper = at.EarlyStopping(patience=5)
-    result = await at.fit(
-        model,
-        train,
-        optimizer=at.optim.adam(1e-2),
-        epochs=10,
-        validation=val,
-        callbacks=[stopper],
-        backend="inline",
-        batch_size=64,
-    )
+    result = await _fit_ten(model, train, val, [stopper])
     assert _val_loss(model, result.params, val) == result.history[-1].val_loss
     assert result.history[-1].val_loss > min(e.val_loss for e in result.history)
 
@@ -100,16 +107,7 @@ async def test_model_checkpoint_best_only_keeps_the_best_epoch(
     model = at.models.SoftmaxRegression(128, 10)
     saver = at.ModelCheckpoint(tmp_path / "best.ckpt", best_only=True)
     every = at.ModelCheckpoint(tmp_path / "epoch-{epoch:02d}-{val_loss:.4f}.ckpt")
-    result = await at.fit(
-        model,
-        train,
-        optimizer=at.optim.adam(1e-2),
-        epochs=10,
-        validation=val,
-        callbacks=[saver, every],
-        backend="inline",
-        batch_size=64,
-    )
+    result = await _fit_ten(model, train, val, [saver, every])
     losses = [event.val_loss for event in result.history]
     improvements = sum(1 for i, v in enumerate(losses) if v < min(losses[:i], default=math.inf))
     assert len(saver.saved) == improvements
@@ -196,18 +194,24 @@ async def test_reduce_lr_on_plateau_needs_the_scale_before_any_step() -> None:
         at.ReduceLROnPlateau(factor=1.5)
 
 
-async def test_csv_logger_writes_every_epoch_exactly(tmp_path: Path) -> None:
+async def _logged_fit(logger: at.Callback, metric: str, backend: str) -> at.FitResult:
+    """Three epochs of a small softmax fit with ``logger`` and one chosen metric."""
     data = at.data.synthetic("softmax", n=1000)
-    path = tmp_path / "log.csv"
-    result = await at.fit(
-        at.models.SoftmaxRegression(128, 10),
+    model = at.models.SoftmaxRegression(128, 10)
+    return await at.fit(
+        model,
         data,
         epochs=3,
         validation=data,
-        metrics=["auc"],
-        callbacks=[at.CSVLogger(path)],
-        backend="thread",
+        metrics=[metric],
+        callbacks=[logger],
+        backend=backend,
     )
+
+
+async def test_csv_logger_writes_every_epoch_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    result = await _logged_fit(at.CSVLogger(path), "auc", "thread")
     with path.open(newline="") as file:
         rows = list(csv.DictReader(file))
     assert list(rows[0]) == [
@@ -269,16 +273,7 @@ async def test_restore_params_only_once_the_steps_ended() -> None:
 async def test_tensorboard_logger_writes_scalars_tensorboard_reads(tmp_path: Path) -> None:
     pytest.importorskip("tensorboardX")
     accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    data = at.data.synthetic("softmax", n=1000)
-    result = await at.fit(
-        at.models.SoftmaxRegression(128, 10),
-        data,
-        epochs=3,
-        validation=data,
-        metrics=["f1"],
-        callbacks=[at.TensorBoardLogger(tmp_path)],
-        backend="inline",
-    )
+    result = await _logged_fit(at.TensorBoardLogger(tmp_path), "f1", "inline")
     reader = accumulator.EventAccumulator(str(tmp_path))
     reader.Reload()
     assert {"loss", "val_loss", "val_accuracy", "val_f1"} <= set(reader.Tags()["scalars"])

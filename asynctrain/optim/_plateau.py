@@ -82,7 +82,7 @@ def _plateau_update(
     factor = float(state.scale)
     if factor != 1.0:
         for g in grads.values():
-            np.multiply(g, factor, out=g, casting="unsafe")
+            np.multiply(g, factor, out=g)
     return grads, state
 
 
