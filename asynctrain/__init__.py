@@ -17,12 +17,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from asynctrain import backends, data, models, modes, optim
+from asynctrain._callbacks import (
+    CSVLogger,
+    EarlyStopping,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    TensorBoardLogger,
+)
 from asynctrain._config import TrainConfig
+from asynctrain._control import FitControl
 from asynctrain._engine._update import TrainState
 from asynctrain._engine._work import ShardResult
 from asynctrain._events import (
     Callback,
-    EarlyStopping,
     EpochEvent,
     Event,
     FitResult,
@@ -57,6 +64,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncTrainError",
     "BackendError",
+    "CSVLogger",
     "Callback",
     "CheckpointError",
     "ConfigError",
@@ -66,21 +74,25 @@ __all__ = [
     "EarlyStopping",
     "EpochEvent",
     "Event",
+    "FitControl",
     "FitResult",
     "Job",
     "JobEvent",
     "LagStats",
     "Lagged",
     "LoopLagMonitor",
+    "ModelCheckpoint",
     "NonFiniteError",
     "Prediction",
     "PrometheusCollector",
+    "ReduceLROnPlateau",
     "ServiceMetrics",
     "ShardFailedError",
     "ShardResult",
     "StateError",
     "StatusEvent",
     "StepEvent",
+    "TensorBoardLogger",
     "TrainConfig",
     "TrainState",
     "Trainer",

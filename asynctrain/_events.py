@@ -1,14 +1,17 @@
-"""What training reports: step and epoch events, the fit result, and callbacks."""
+"""What training reports: step and epoch events, the fit result, and the callback hooks."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from asynctrain._checks import check_choice, check_float, check_int
+from asynctrain._exceptions import ConfigError
 from asynctrain._types import Params
+
+if TYPE_CHECKING:
+    from asynctrain._control import FitControl
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,8 @@ class EpochEvent:
     ``val_loss`` and ``val_accuracy`` are NaN without validation data (accuracy also for
     regression models). ``loop_lag_p99_ms`` is the event loop's p99 lag so far (over the
     monitor's window) when the fit measures it (``fit(monitor_lag=True)``), else NaN.
+    ``metrics`` holds the validation metrics chosen with ``fit(metrics=[...])``, keyed
+    ``val_<name>`` (``{"val_f1": 0.91, "val_auc": 0.97}``); :meth:`value` reads any of them.
     """
 
     epoch: int
@@ -56,6 +61,29 @@ class EpochEvent:
     steps: int
     loop_lag_p99_ms: float = math.nan
     kind: Literal["epoch"] = "epoch"
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def value(self, name: str) -> float:
+        """The value of ``name``: ``"loss"``, ``"val_loss"``, ``"val_accuracy"`` or a key
+        of :attr:`metrics` (``"val_f1"``, ...).
+
+        Raises:
+            ConfigError: ``name`` is none of these (a metric the fit did not compute).
+
+        Example:
+            >>> EpochEvent(0, 0.5, 0.6, 0.8, 1.0, 100.0, 4, metrics={"val_f1": 0.7}).value("val_f1")
+            0.7
+        """
+        if name in ("loss", "val_loss", "val_accuracy"):
+            return float(getattr(self, name))
+        if name in self.metrics:
+            return self.metrics[name]
+        metric = name.removeprefix("val_")
+        raise ConfigError(
+            f"epoch {self.epoch} has no {name!r}: it has loss, val_loss, val_accuracy"
+            f"{''.join(', ' + key for key in self.metrics)}; pass fit(metrics=[{metric!r}]) "
+            "and validation data to compute it"
+        )
 
 
 Event = StepEvent | EpochEvent
@@ -103,15 +131,36 @@ class FitResult:
         """Training loss of the last epoch (NaN if no epoch completed)."""
         return self.history[-1].loss if self.history else math.nan
 
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The chosen validation metrics of the last epoch (``fit(metrics=[...])``), keyed
+        ``val_<name>``; empty if none were chosen or no epoch completed."""
+        return dict(self.history[-1].metrics) if self.history else {}
+
 
 class Callback:
     """Base class for callbacks; override what you need. A truthy return stops the fit.
+
+    Every hook may be a plain method or a coroutine (the trainer awaits it). A fit calls
+    ``on_fit_start`` once before its first step, ``on_step`` and ``on_epoch`` as it goes,
+    and ``on_fit_end`` once when it ends, however it ends (also after an error or a
+    cancellation: :attr:`FitControl.error` says which). The :class:`FitControl` the two
+    fit hooks receive is how a callback reaches the trainer (parameters, saving,
+    restoring, the learning-rate scale) without touching its internals.
 
     Example:
         >>> class PrintLoss(Callback):
         ...     def on_epoch(self, event):
         ...         print(event.epoch, round(event.loss, 3))
     """
+
+    def on_fit_start(self, fit: FitControl) -> Awaitable[None] | None:
+        """Called once before the fit's first step, with the fit's :class:`FitControl`."""
+        return None
+
+    def on_fit_end(self, fit: FitControl) -> Awaitable[None] | None:
+        """Called once when the fit ends (after its last event, or its error)."""
+        return None
 
     def on_step(self, event: StepEvent) -> bool | Awaitable[bool | None] | None:
         """Called after every step (may be a coroutine: the trainer awaits it)."""
@@ -120,45 +169,6 @@ class Callback:
     def on_epoch(self, event: EpochEvent) -> bool | Awaitable[bool | None] | None:
         """Called after every epoch, after validation (may be a coroutine)."""
         return None
-
-
-class EarlyStopping(Callback):
-    """Stop when a monitored metric has not improved for ``patience`` epochs.
-
-    Args:
-        patience: epochs without improvement before stopping (>= 1).
-        min_delta: smallest change that counts as an improvement (>= 0).
-        monitor: ``"val_loss"`` (lower is better), ``"val_accuracy"`` (higher is better) or
-            ``"loss"``. A validation metric falls back to ``"loss"`` when it is NaN.
-
-    Example:
-        >>> stopper = EarlyStopping(patience=2, min_delta=1e-3)
-    """
-
-    def __init__(self, *, patience: int = 3, min_delta: float = 0.0, monitor: str = "val_loss"):
-        self.patience = check_int("patience", patience)
-        self.min_delta = check_float("min_delta", min_delta)
-        self.monitor = check_choice("monitor", monitor, ("val_loss", "val_accuracy", "loss"))
-        self.best = math.inf
-        self.waited = 0
-
-    def on_epoch(self, event: EpochEvent) -> bool:
-        """Track the metric; return True once it has stalled for ``patience`` epochs."""
-        value = getattr(event, self.monitor)
-        sign = -1.0 if self.monitor == "val_accuracy" else 1.0
-        if math.isnan(value):
-            value, sign = event.loss, 1.0
-        if sign * value < self.best - self.min_delta:
-            self.best, self.waited = sign * value, 0
-            return False
-        self.waited += 1
-        return self.waited >= self.patience
-
-    def __repr__(self) -> str:
-        return (
-            f"EarlyStopping(patience={self.patience}, min_delta={self.min_delta}, "
-            f"monitor={self.monitor!r})"
-        )
 
 
 def summarize_staleness(values: Sequence[int]) -> tuple[float, int]:

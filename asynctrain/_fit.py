@@ -27,13 +27,14 @@ async def fit(
     keep: int | None = 3,
     resume: bool = False,
     monitor_lag: bool = False,
+    metrics: Sequence[str] = (),
     **options: Any,
 ) -> FitResult:
     """Train ``model`` on ``data`` with a fresh :class:`~asynctrain.Trainer` and close it.
 
     ``options`` are the Trainer's other keyword arguments (``workers``, ``shards``,
     ``batch_size``, ``seed``, ``nonfinite``, ``mode``, ``local_steps``, ``staleness``);
-    ``monitor_lag`` and the checkpoint arguments are :meth:`Trainer.fit`'s.
+    ``monitor_lag``, ``metrics`` and the checkpoint arguments are :meth:`Trainer.fit`'s.
 
     Example:
         >>> import asynctrain as at
@@ -54,4 +55,5 @@ async def fit(
             keep=keep,
             resume=resume,
             monitor_lag=monitor_lag,
+            metrics=metrics,
         )

@@ -24,9 +24,11 @@ from asynctrain._checkpoint._content import Checkpoint
 from asynctrain._checkpoint._session import Writer, restored_settings, save_to
 from asynctrain._checks import check_int
 from asynctrain._config import TrainConfig, default_shards
+from asynctrain._control import FitControl
 from asynctrain._engine import Mode, make_mode
 from asynctrain._engine._context import FitParts
 from asynctrain._engine._epochs import collect, run_epochs
+from asynctrain._engine._metrics import check_metrics
 from asynctrain._engine._update import TrainState, Updater
 from asynctrain._events import Callback, Event, FitResult
 from asynctrain._exceptions import ConfigTypeError, StateError
@@ -244,6 +246,7 @@ class Trainer:
         keep: int | None = 3,
         resume: bool = False,
         monitor_lag: bool = False,
+        metrics: Sequence[str] = (),
     ) -> FitResult:
         """Train for ``epochs`` epochs and return a :class:`FitResult`.
 
@@ -264,6 +267,11 @@ class Trainer:
                 ``FitResult.extra`` as ``loop_lag_p50_ms``, ``loop_lag_p99_ms`` and
                 ``loop_lag_max_ms`` (over the fit's last 10,000 heartbeats, ~10 s), and
                 each EpochEvent carries the p99 so far (``loop_lag_p99_ms``).
+            metrics: validation metrics to compute after every epoch besides loss and
+                accuracy, by name: ``"f1"`` (macro F1) and ``"auc"`` (ROC AUC; one-vs-rest
+                macro for more than two classes) for classifiers, ``"r2"`` and ``"mae"``
+                for regression; reported as ``val_<name>`` in ``EpochEvent.metrics``
+                (see docs/callbacks.md).
 
         Raises:
             DataError, ConfigError: bad data or settings, before any work starts.
@@ -282,9 +290,17 @@ class Trainer:
         )
         async with self._monitoring_lag(monitor_lag) as lag, session:
             epochs = await session.resume(epochs, data)
-            events = self.steps(data, epochs=epochs, validation=validation) if epochs else None
-            result = await collect(self._current, events, callbacks, session.after)
-            await session.finish()
+            events = None
+            if epochs:
+                events = self.steps(data, epochs=epochs, validation=validation, metrics=metrics)
+            result = await collect(
+                self._current,
+                events,
+                callbacks,
+                session.after,
+                finish=session.finish,
+                control=FitControl(self),
+            )
         if lag is not None:
             result.extra.update(lag.stats().as_dict("loop_lag_"))
         return result
@@ -303,7 +319,12 @@ class Trainer:
                 self.lag = None
 
     async def steps(
-        self, data: DataLike, *, epochs: int = 1, validation: DataLike | None = None
+        self,
+        data: DataLike,
+        *,
+        epochs: int = 1,
+        validation: DataLike | None = None,
+        metrics: Sequence[str] = (),
     ) -> AsyncGenerator[Event, None]:
         """Train like :meth:`fit`, yielding a :class:`StepEvent` per step and an
         :class:`EpochEvent` per epoch.
@@ -319,12 +340,13 @@ class Trainer:
         epochs = check_int("epochs", epochs)
         train = self._prepare(data, "data")
         val = None if validation is None else self._prepare(validation, "validation")
+        names = check_metrics(metrics, self.model, validation=val is not None)
         self._check_picklable()
         # Close the inner generator as soon as this one stops, so the fit's shared arrays
         # are released now rather than whenever the garbage collector gets to it.
         async with (
             self._running_fit(),
-            contextlib.aclosing(run_epochs(self._parts(), train, val, epochs)) as events,
+            contextlib.aclosing(run_epochs(self._parts(), train, val, epochs, names)) as events,
         ):
             self._samples = len(train)
             async for event in events:
@@ -391,7 +413,7 @@ class Trainer:
             validation=validation,
             buffer=buffer,
         )
-        return await collect(self._current, events, callbacks)
+        return await collect(self._current, events, callbacks, control=FitControl(self))
 
     async def stream_steps(
         self,

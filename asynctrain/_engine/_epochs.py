@@ -7,13 +7,13 @@ import inspect
 import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from asynctrain._engine._context import FitParts, arrays_of, open_context
-from asynctrain._engine._evaluate import evaluate
+from asynctrain._engine._evaluate import Evaluation, evaluate
 from asynctrain._engine._step import StepContext
 from asynctrain._engine._update import TrainState
 from asynctrain._events import (
@@ -28,11 +28,22 @@ from asynctrain._monitor import LoopLagMonitor
 from asynctrain.backends import SharedArrays
 from asynctrain.data import Dataset, epoch_order
 
+if TYPE_CHECKING:
+    from asynctrain._control import FitControl
+
 
 async def run_epochs(
-    parts: FitParts, train: Dataset, val: Dataset | None, epochs: int
+    parts: FitParts,
+    train: Dataset,
+    val: Dataset | None,
+    epochs: int,
+    metrics: tuple[str, ...] = (),
 ) -> AsyncGenerator[Event, None]:
-    """Train ``epochs`` epochs from the updater's epoch position; yield every event."""
+    """Train ``epochs`` epochs from the updater's epoch position; yield every event.
+
+    ``metrics`` are checked names (:func:`~asynctrain._engine._metrics.check_metrics`)
+    computed on ``val`` after every epoch.
+    """
     async with open_context(parts, arrays_of(train), val) as (ctx, val_data):
         updater, seed = ctx.updater, parts.config.seed
         for epoch in range(updater.state.epoch, updater.state.epoch + epochs):
@@ -48,7 +59,9 @@ async def run_epochs(
                     losses.append(event.loss * event.samples)
                     yield event
             updater.state = updater.state._replace(epoch=epoch + 1, batch=0)
-            yield await epoch_event(ctx, epoch, val, val_data, losses, began, seen, parts.lag)
+            yield await epoch_event(
+                ctx, epoch, val, val_data, losses, began, seen, parts.lag, metrics
+            )
 
 
 async def epoch_event(
@@ -60,29 +73,40 @@ async def epoch_event(
     began: float,
     seen: int,
     lag: LoopLagMonitor | None = None,
+    metrics: tuple[str, ...] = (),
 ) -> EpochEvent:
     """Close an epoch (or a stream's period): validate, and report loss and speed.
 
     ``losses`` are the period's per-step loss sums; ``began`` and ``seen`` the time and
-    ``ctx.samples`` when it opened; ``lag`` the fit's loop-lag monitor, if it has one.
+    ``ctx.samples`` when it opened; ``lag`` the fit's loop-lag monitor, if it has one;
+    ``metrics`` the validation metrics to compute besides loss and accuracy.
     """
-    val_loss = val_acc = math.nan
+    result = Evaluation(math.nan, math.nan, {})
     if val is not None and val_data is not None:
         slot = ctx.updater.state.version % ctx.params.slots
-        val_loss, val_acc = await evaluate(
-            ctx.model, ctx.backend, val_data, len(val), ctx.params, slot, carried=ctx.carried
+        result = await evaluate(
+            ctx.model,
+            ctx.backend,
+            val_data,
+            len(val),
+            ctx.params,
+            slot,
+            metrics=metrics,
+            off_loop=ctx.updater.call,
+            carried=ctx.carried,
         )
     seconds = time.perf_counter() - began
     samples = ctx.samples - seen
     return EpochEvent(
         epoch=epoch,
         loss=sum(losses) / max(samples, 1),
-        val_loss=val_loss,
-        val_accuracy=val_acc,
+        val_loss=result.loss,
+        val_accuracy=result.accuracy,
         seconds=seconds,
         samples_per_s=samples / seconds if seconds else 0.0,
         steps=len(losses),
         loop_lag_p99_ms=math.nan if lag is None else lag.stats().p99_ms,
+        metrics=result.metrics,
     )
 
 
@@ -96,29 +120,47 @@ async def collect(
     events: AsyncGenerator[Event, None] | None,
     callbacks: Sequence[Callback],
     after: Callable[[Event], Awaitable[None]] | None = None,
+    *,
+    finish: Callable[[], Awaitable[None]] | None = None,
+    control: FitControl | None = None,
 ) -> FitResult:
     """Run ``events`` to the end (or until a callback stops it) into a FitResult.
 
     ``current`` reads the trainer's committed state (before and after); ``after`` runs
-    on every event before the callbacks (a fit's checkpoints). ``None`` events stand for
-    none at all (a resumed run with nothing left to train).
+    on every event after the callbacks, so what they change between steps (the
+    learning-rate scale) is in a fit's checkpoint of that event; ``finish`` runs once the
+    events end (the final checkpoint). With ``control``, the callbacks' ``on_fit_start``
+    runs before the first event and their ``on_fit_end`` after ``finish``, however the
+    fit ends: what it changes (restored parameters) is in the result. ``None`` events
+    stand for none at all (a resumed run with nothing left to train).
     """
     started, first = time.perf_counter(), current()
     history: list[EpochEvent] = []
     staleness: list[int] = []
-    samples, stopped = 0, False
-    async with contextlib.aclosing(events or _no_events()) as stream:
-        async for event in stream:
-            if isinstance(event, EpochEvent):
-                history.append(event)
-            else:
-                samples += event.samples
-                staleness.append(event.staleness)
-            if after is not None:
-                await after(event)
-            if await notify(callbacks, event):
-                stopped = True
-                break
+    samples, stopped, error = 0, False, None
+    try:
+        async with contextlib.aclosing(events or _no_events()) as stream:
+            await call_hooks(callbacks, "on_fit_start", control)
+            async for event in stream:
+                if isinstance(event, EpochEvent):
+                    history.append(event)
+                else:
+                    samples += event.samples
+                    staleness.append(event.staleness)
+                if await notify(callbacks, event):
+                    stopped = True
+                    break
+                if after is not None:
+                    await after(event)
+        if finish is not None:
+            await finish()
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        if control is not None:
+            control._end(error)
+            await call_hooks(callbacks, "on_fit_end", control)
     seconds = time.perf_counter() - started
     state = current()
     staleness_mean, staleness_max = summarize_staleness(staleness)
@@ -133,6 +175,21 @@ async def collect(
         staleness_mean=staleness_mean,
         staleness_max=staleness_max,
     )
+
+
+async def call_hooks(callbacks: Sequence[Callback], hook: str, control: FitControl | None) -> None:
+    """Call ``hook`` (``on_fit_start`` or ``on_fit_end``) of every callback, in order.
+
+    Nothing without a ``control``. A callback that is not a :class:`Callback` subclass
+    may lack the hook: it is skipped.
+    """
+    if control is None:
+        return
+    for callback in callbacks:
+        method = getattr(callback, hook, None)
+        answer = None if method is None else method(control)
+        if inspect.isawaitable(answer):
+            await answer
 
 
 async def _no_events() -> AsyncGenerator[Event, None]:

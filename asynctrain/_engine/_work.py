@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from asynctrain._engine._metrics import chunk_parts
 from asynctrain.backends import LocalShared, SharedArrays
 from asynctrain.models._protocol import shard_loss_and_grad
 
@@ -89,26 +90,42 @@ def _rows(array: npt.NDArray[Any], rows: Rows) -> npt.NDArray[Any]:
 
 
 class EvalResult(NamedTuple):
-    """Summed loss and count of correct predictions over a chunk of a dataset."""
+    """Summed loss and count of correct predictions over a chunk of a dataset, and what
+    the chunk contributes to each requested metric (see :mod:`._metrics`)."""
 
     loss: float
     correct: int
     n: int
+    parts: dict[str, Any] | None = None
 
 
 def evaluate_chunk(
-    model: Any, data: SharedArrays, params: SharedArrays, slot: int, start: int, stop: int
+    model: Any,
+    data: SharedArrays,
+    params: SharedArrays,
+    slot: int,
+    start: int,
+    stop: int,
+    metrics: tuple[str, ...] = (),
 ) -> EvalResult:
-    """Evaluate rows ``start:stop``: loss sum and, for classifiers, correct predictions."""
+    """Evaluate rows ``start:stop``: loss sum, for classifiers correct predictions, and
+    the chunk's part of each of ``metrics``."""
     model = resolve_model(model)
     arrays = data.read(0)
     X, y = arrays["X"][start:stop], arrays["y"][start:stop]
     current = params.read(slot)
     loss, _ = model.loss_and_grad(current, X, y)
-    correct = 0
-    if getattr(model, "n_classes", None) is not None:
-        correct = int(np.count_nonzero(model.predict(current, X) == y))
-    return EvalResult(float(loss), correct, stop - start)
+    n_classes = getattr(model, "n_classes", None)
+    correct, predicted = 0, np.empty(0)
+    if n_classes is not None or metrics:
+        predicted = model.predict(current, X)
+    if n_classes is not None:
+        correct = int(np.count_nonzero(predicted == y))
+    if not metrics:
+        return EvalResult(float(loss), correct, stop - start)
+    scores = model.predict_proba(current, X) if "auc" in metrics else None
+    parts = chunk_parts(metrics, y, predicted, scores, n_classes)
+    return EvalResult(float(loss), correct, stop - start, parts)
 
 
 # -- the model, shipped once per fit ------------------------------------------------------

@@ -39,6 +39,12 @@ from asynctrain.optim._moments import (
     scale_by_adam,
     scale_by_rms,
 )
+from asynctrain.optim._plateau import (
+    PlateauRule,
+    PlateauState,
+    plateau_states,
+    scale_by_plateau,
+)
 from asynctrain.optim._schedules import (
     constant_schedule,
     cosine_decay,
@@ -61,6 +67,8 @@ __all__ = [
     "GradientTransformation",
     "LearningRate",
     "OptState",
+    "PlateauRule",
+    "PlateauState",
     "ScaleByAdagradState",
     "ScaleByAdamState",
     "ScaleByRmsState",
@@ -80,11 +88,13 @@ __all__ = [
     "global_norm",
     "linear_warmup",
     "names",
+    "plateau_states",
     "rmsprop",
     "scale",
     "scale_by_adagrad",
     "scale_by_adam",
     "scale_by_learning_rate",
+    "scale_by_plateau",
     "scale_by_rms",
     "sgd",
     "step_decay",

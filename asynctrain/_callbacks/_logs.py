@@ -1,0 +1,170 @@
+"""Training logs: every epoch's metrics to a CSV file or a TensorBoard event file.
+
+File work runs on one ``asynctrain-log`` thread per logger and fit (opened in
+``on_fit_start``, closed in ``on_fit_end``), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import importlib
+import importlib.util
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from asynctrain._control import FitControl
+from asynctrain._events import Callback, EpochEvent
+from asynctrain._exceptions import ConfigError, ConfigTypeError
+from asynctrain.backends._thread import await_without_orphans
+
+T = TypeVar("T")
+_FIELDS = ("epoch", "loss", "val_loss", "val_accuracy", "seconds", "samples_per_s", "steps")
+
+
+def epoch_values(event: EpochEvent) -> dict[str, float | int]:
+    """The logged values of ``event``: its fields, then its chosen metrics."""
+    return {name: getattr(event, name) for name in _FIELDS} | event.metrics
+
+
+class _LogThread:
+    """One thread for a logger's file work during a fit, awaited without orphans."""
+
+    def __init__(self) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="asynctrain-log"
+        )
+
+    async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
+        return await await_without_orphans(self._executor.submit(fn, *args))
+
+    def close(self) -> None:
+        # Called once the last work was awaited: the join is immediate.
+        self._executor.shutdown(wait=True)
+
+
+class _FileLogger(Callback):
+    """Opens a log at the fit's start, writes each epoch, closes it at the end."""
+
+    def __init__(self) -> None:
+        self._thread: _LogThread | None = None
+        self._log: Any = None
+
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _write(self, log: Any, event: EpochEvent) -> None:
+        raise NotImplementedError
+
+    async def on_fit_start(self, fit: FitControl) -> None:
+        """Open the log (off the loop)."""
+        self._thread = _LogThread()
+        try:
+            self._log = await self._thread.run(self._open)
+        except BaseException:
+            self._thread.close()
+            self._thread = None
+            raise
+
+    async def on_epoch(self, event: EpochEvent) -> None:
+        """Write the epoch's values (off the loop)."""
+        if self._thread is None:
+            raise ConfigError(f"{self!r} runs inside a fit: pass it in callbacks=[...]")
+        await self._thread.run(self._write, self._log, event)
+
+    async def on_fit_end(self, fit: FitControl) -> None:
+        """Close the log and its thread."""
+        thread, log, self._thread, self._log = self._thread, self._log, None, None
+        if thread is not None:
+            try:
+                await thread.run(log.close)
+            finally:
+                thread.close()
+
+
+class CSVLogger(_FileLogger):
+    """Write one CSV row per epoch: its numbers and the chosen validation metrics.
+
+    Columns: ``epoch, loss, val_loss, val_accuracy, seconds, samples_per_s, steps``, then
+    the metrics of ``fit(metrics=[...])`` (``val_f1``, ...). Floats are written exactly
+    (``repr``); a value the fit did not have is ``nan``. Each row is flushed when its
+    epoch ends, so the file can be followed while training runs.
+
+    Args:
+        path: the CSV file; its directory must exist.
+        append: add rows to an existing file (writing the header only into an empty
+            one) instead of starting it afresh at each fit.
+
+    Raises:
+        ConfigTypeError: a bad argument.
+
+    Example:
+        >>> logger = CSVLogger("run/epochs.csv")
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, append: bool = False) -> None:
+        super().__init__()
+        if not isinstance(path, str | os.PathLike):
+            raise ConfigTypeError(f"path must be a str or a path, got {path!r}")
+        if not isinstance(append, bool):
+            raise ConfigTypeError(f"append must be True or False, got {append!r}")
+        self.path, self.append = Path(path), append
+
+    def _open(self) -> IO[str]:
+        return self.path.open("a" if self.append else "w", newline="", encoding="utf-8")
+
+    def _write(self, log: IO[str], event: EpochEvent) -> None:
+        values = epoch_values(event)
+        writer = csv.writer(log)
+        if log.tell() == 0:
+            writer.writerow(values)
+        writer.writerow(repr(v) if isinstance(v, float) else v for v in values.values())
+        log.flush()
+
+    def __repr__(self) -> str:
+        return f"CSVLogger({str(self.path)!r}, append={self.append})"
+
+
+class TensorBoardLogger(_FileLogger):
+    """Write every epoch's values as TensorBoard scalars (``tensorboard --logdir ...``).
+
+    One scalar per value of :class:`CSVLogger`'s columns (``loss``, ``val_loss``, ...,
+    the chosen metrics), at step = epoch; NaN values (no validation data) are left out.
+    Writes a new event file into ``logdir`` per fit, through tensorboardX (the extra
+    ``pip install 'asynctrain[tensorboard]'``).
+
+    Args:
+        logdir: the run's directory (created if missing).
+
+    Raises:
+        ConfigError: tensorboardX is not installed.
+        ConfigTypeError: a bad argument.
+
+    Example:
+        >>> logger = TensorBoardLogger("runs/softmax")  # doctest: +SKIP
+    """
+
+    def __init__(self, logdir: str | os.PathLike[str]) -> None:
+        super().__init__()
+        if not isinstance(logdir, str | os.PathLike):
+            raise ConfigTypeError(f"logdir must be a str or a path, got {logdir!r}")
+        if importlib.util.find_spec("tensorboardX") is None:
+            raise ConfigError(
+                "TensorBoardLogger needs tensorboardX: pip install 'asynctrain[tensorboard]'"
+            )
+        self.logdir = Path(logdir)
+
+    def _open(self) -> Any:
+        return importlib.import_module("tensorboardX").SummaryWriter(str(self.logdir))
+
+    def _write(self, log: Any, event: EpochEvent) -> None:
+        for name, value in epoch_values(event).items():
+            if name != "epoch" and not math.isnan(value):
+                log.add_scalar(name, value, global_step=event.epoch)
+        log.flush()
+
+    def __repr__(self) -> str:
+        return f"TensorBoardLogger({str(self.logdir)!r})"

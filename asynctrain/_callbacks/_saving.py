@@ -1,0 +1,93 @@
+"""ModelCheckpoint: save a checkpoint after every epoch, or after each new best one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from asynctrain._callbacks._monitor import Monitored
+from asynctrain._control import FitControl
+from asynctrain._events import Callback, EpochEvent
+from asynctrain._exceptions import ConfigError, ConfigTypeError
+
+
+class ModelCheckpoint(Callback):
+    """Save a checkpoint (parameters, optimizer state, counters) at the end of epochs.
+
+    The file is a regular asynctrain checkpoint: :meth:`Trainer.load
+    <asynctrain.Trainer.load>`, :meth:`Trainer.restore <asynctrain.Trainer.restore>` and
+    ``asynctrain inspect`` read it. Each write is atomic and runs off the event loop.
+
+    Args:
+        path: the file to write. It may name values of the epoch in ``str.format``
+            style: ``{epoch}`` and any of ``loss``, ``val_loss``, ``val_accuracy`` and
+            the chosen metrics (``"ckpt/epoch-{epoch:03d}-{val_loss:.3f}.ckpt"``). A
+            fixed name is overwritten each time; an existing directory receives
+            ``step-<n>.ckpt`` files.
+        best_only: save only when the monitored value improves on the best so far.
+        monitor: what "best" means; as :class:`~asynctrain.EarlyStopping`'s ``monitor``.
+        min_delta: smallest change that counts as an improvement (>= 0).
+
+    Attributes:
+        saved: the files written by the latest fit, oldest first.
+
+    Raises:
+        ConfigError, ConfigTypeError: a bad setting.
+
+    Example:
+        >>> saver = ModelCheckpoint("run/best.ckpt", best_only=True, monitor="val_loss")
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        best_only: bool = False,
+        monitor: str = "val_loss",
+        min_delta: float = 0.0,
+    ) -> None:
+        if not isinstance(path, str | os.PathLike):
+            raise ConfigTypeError(f"path must be a str or a path, got {path!r}")
+        if not isinstance(best_only, bool):
+            raise ConfigTypeError(f"best_only must be True or False, got {best_only!r}")
+        self.path, self.best_only = os.fspath(path), best_only
+        self._monitored = Monitored(monitor, min_delta)
+        self.monitor = monitor
+        self.saved: list[Path] = []
+        self._fit: FitControl | None = None
+
+    def on_fit_start(self, fit: FitControl) -> None:
+        """Keep the fit's control for saving; forget an earlier fit's best."""
+        self._fit = fit
+        self._monitored.reset()
+        self.saved = []
+
+    async def on_epoch(self, event: EpochEvent) -> None:
+        """Save if every epoch is saved, or if this one is the best so far."""
+        improved = self._monitored.improved(event)
+        if self.best_only and not improved:
+            return
+        if self._fit is None:
+            raise ConfigError("ModelCheckpoint runs inside a fit: pass it in callbacks=[...]")
+        self.saved.append(await self._fit.save(self._format(event)))
+
+    def _format(self, event: EpochEvent) -> Path:
+        values = {
+            "epoch": event.epoch,
+            "loss": event.loss,
+            "val_loss": event.val_loss,
+            "val_accuracy": event.val_accuracy,
+            **event.metrics,
+        }
+        try:
+            return Path(self.path.format(**values))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(
+                f"ModelCheckpoint path {self.path!r} names {exc} that epoch {event.epoch} "
+                f"does not have; it has {', '.join(values)}"
+            ) from None
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelCheckpoint({self.path!r}, best_only={self.best_only}, monitor={self.monitor!r})"
+        )

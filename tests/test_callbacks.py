@@ -1,0 +1,284 @@
+"""The shipped callbacks: EarlyStopping(restore_best), ModelCheckpoint, ReduceLROnPlateau,
+CSVLogger and TensorBoardLogger, and the FitControl they use."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import asynctrain as at
+from asynctrain.data import Dataset
+from asynctrain.optim import PlateauRule, chain, plateau_states, scale_by_plateau, sgd
+
+
+@pytest.fixture
+def overfit() -> tuple[Dataset, Dataset]:
+    """A small training set whose validation loss is lowest at epoch 7 of 10 (adam 1e-2)."""
+    data = at.data.synthetic("softmax", n=2300, seed=1)
+    return data.subset(np.arange(300)), data.subset(np.arange(300, 2300))
+
+
+def _val_loss(model: at.models.Model, params: at.optim.OptState, val: Dataset) -> float:
+    # One evaluation chunk (< 8192 rows): the trainer's sum is this very call.
+    loss, _ = model.loss_and_grad(params, val.X, val.y)
+    return float(loss) / len(val)
+
+
+async def _fit_ten(
+    model: at.models.Model, train: Dataset, val: Dataset, callbacks: list[at.Callback]
+) -> at.FitResult:
+    """Ten epochs of adam(1e-2) on ``overfit``'s data."""
+    return await at.fit(
+        model,
+        train,
+        optimizer=at.optim.adam(1e-2),
+        epochs=10,
+        validation=val,
+        callbacks=callbacks,
+        backend="inline",
+        batch_size=64,
+    )
+
+
+@pytest.mark.parametrize("patience", [2, 5])
+async def test_restore_best_returns_the_best_epochs_parameters(
+    overfit: tuple[Dataset, Dataset], patience: int
+) -> None:
+    train, val = overfit
+    model = at.models.SoftmaxRegression(128, 10)
+    stopper = at.EarlyStopping(patience=patience, restore_best=True)
+    async with at.Trainer(model, at.optim.adam(1e-2), backend="inline", batch_size=64) as tr:
+        result = await tr.fit(train, epochs=10, validation=val, callbacks=[stopper])
+        held = tr.params
+    losses = [event.val_loss for event in result.history]
+    best = min(losses)
+    assert losses.index(best) != len(losses) - 1  # the last epoch is not the best one
+    assert stopper.best_epoch == losses.index(best)
+    assert _val_loss(model, result.params, val) == best
+    assert all(np.array_equal(held[k], result.params[k]) for k in held)
+
+
+async def test_without_restore_best_the_last_parameters_are_returned(
+    overfit: tuple[Dataset, Dataset],
+) -> None:
+    train, val = overfit
+    model = at.models.SoftmaxRegression(128, 10)
+    stopper = at.EarlyStopping(patience=5)
+    result = await _fit_ten(model, train, val, [stopper])
+    assert _val_loss(model, result.params, val) == result.history[-1].val_loss
+    assert result.history[-1].val_loss > min(e.val_loss for e in result.history)
+
+
+async def test_early_stopping_on_a_chosen_metric() -> None:
+    data = at.data.synthetic("softmax", n=1000)
+    stopper = at.EarlyStopping(patience=1, min_delta=2.0, monitor="val_f1")  # f1 <= 1
+    result = await at.fit(
+        at.models.SoftmaxRegression(128, 10),
+        data,
+        epochs=5,
+        validation=data,
+        metrics=["f1"],
+        callbacks=[stopper],
+        backend="inline",
+    )
+    assert result.stopped_early
+    assert result.epochs == 2
+    missing = at.EarlyStopping(monitor="val_auc")
+    with pytest.raises(at.ConfigError, match=r"metrics=\['auc'\]"):
+        await at.fit(
+            at.models.SoftmaxRegression(128, 10),
+            data,
+            validation=data,
+            callbacks=[missing],
+            backend="inline",
+        )
+    with pytest.raises(at.ConfigError, match="monitor must be one of"):
+        at.EarlyStopping(monitor="val_rmse")
+
+
+async def test_model_checkpoint_best_only_keeps_the_best_epoch(
+    overfit: tuple[Dataset, Dataset], tmp_path: Path
+) -> None:
+    train, val = overfit
+    model = at.models.SoftmaxRegression(128, 10)
+    saver = at.ModelCheckpoint(tmp_path / "best.ckpt", best_only=True)
+    every = at.ModelCheckpoint(tmp_path / "epoch-{epoch:02d}-{val_loss:.4f}.ckpt")
+    result = await _fit_ten(model, train, val, [saver, every])
+    losses = [event.val_loss for event in result.history]
+    improvements = sum(1 for i, v in enumerate(losses) if v < min(losses[:i], default=math.inf))
+    assert len(saver.saved) == improvements
+    assert set(saver.saved) == {tmp_path / "best.ckpt"}
+    restored = await at.Trainer.restore(tmp_path / "best.ckpt", model, backend="inline")
+    assert _val_loss(model, restored.params, val) == min(losses)
+    assert [p.name for p in every.saved] == [
+        f"epoch-{e.epoch:02d}-{e.val_loss:.4f}.ckpt" for e in result.history
+    ]
+    bad = at.ModelCheckpoint(tmp_path / "{val_f1}.ckpt")
+    with pytest.raises(at.ConfigError, match="'val_f1'"):
+        await at.fit(model, train, validation=val, callbacks=[bad], backend="inline")
+
+
+def test_plateau_rule_reduces_after_patience_with_cooldown_and_floor() -> None:
+    state = chain(sgd(1.0), scale_by_plateau()).init({"w": np.zeros(1)})
+    rule = PlateauRule(factor=0.5, patience=2, cooldown=1, min_scale=0.2)
+    values = [3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 1.0, 1.0, 1.0, 1.0]
+    scales = [rule.observe(plateau_states(state), v) for v in values]
+    # wait 2 -> halve; 1 epoch of cooldown; wait 2 -> halve; ...; never below 0.2.
+    assert scales == [1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.2, 0.2]
+
+
+def test_scale_by_plateau_scales_the_chain_by_hand() -> None:
+    params, grads = {"w": np.zeros(3)}, {"w": np.array([1.0, -2.0, 4.0])}
+    opt = chain(sgd(0.1), scale_by_plateau())
+    state = opt.init(params)
+    plateau_states(state)[0].scale[...] = 0.25
+    updates, _ = opt.update({"w": grads["w"].copy()}, state, params)
+    assert np.array_equal(updates["w"], -0.1 * grads["w"] * 0.25)
+
+
+async def _plateau_fit(
+    data: Dataset, epochs: int, directory: Path | None = None, *, resume: bool = False
+) -> tuple[at.FitResult, at.ReduceLROnPlateau]:
+    # min_delta=10: no epoch after the first improves, so with patience 2 the scale is
+    # halved after epochs 2 and 4; the waited count of epoch 3 crosses the checkpoint.
+    reducer = at.ReduceLROnPlateau(factor=0.5, patience=2, min_delta=10.0)
+    model = at.models.SoftmaxRegression(128, 10)
+    async with at.Trainer(
+        model, chain(at.optim.adam(1e-2), scale_by_plateau()), backend="inline", batch_size=128
+    ) as trainer:
+        result = await trainer.fit(
+            data,
+            epochs=epochs,
+            validation=data,
+            callbacks=[reducer],
+            checkpoint_dir=directory,
+            resume=resume,
+        )
+    return result, reducer
+
+
+async def test_reduce_lr_on_plateau_resumes_bit_identically(tmp_path: Path) -> None:
+    data = at.data.synthetic("softmax", n=1000, seed=2)
+    whole, reducer = await _plateau_fit(data, 6)
+    assert reducer.scale == 0.25
+    _first, early = await _plateau_fit(data, 4, tmp_path)
+    assert early.scale == 0.5  # one reduction before the checkpoint
+    resumed, late = await _plateau_fit(data, 6, tmp_path, resume=True)
+    assert late.scale == 0.25  # and one after it
+    assert resumed.epochs == 2
+    for key in whole.params:
+        assert np.array_equal(whole.params[key], resumed.params[key]), key
+    plain = await at.fit(
+        at.models.SoftmaxRegression(128, 10),
+        data,
+        optimizer=at.optim.adam(1e-2),
+        epochs=6,
+        batch_size=128,
+        backend="inline",
+    )
+    assert not np.array_equal(plain.params["W"], whole.params["W"])  # the scale mattered
+
+
+async def test_reduce_lr_on_plateau_needs_the_scale_before_any_step() -> None:
+    data = at.data.synthetic("softmax", n=600)
+    model = at.models.SoftmaxRegression(128, 10)
+    async with at.Trainer(model, at.optim.adam(1e-2), backend="inline") as trainer:
+        with pytest.raises(at.ConfigError, match="scale_by_plateau"):
+            await trainer.fit(data, callbacks=[at.ReduceLROnPlateau()])
+        assert trainer.state.step == 0
+    with pytest.raises(at.ConfigError, match="factor must be below 1"):
+        at.ReduceLROnPlateau(factor=1.5)
+
+
+async def _logged_fit(logger: at.Callback, metric: str, backend: str) -> at.FitResult:
+    """Three epochs of a small softmax fit with ``logger`` and one chosen metric."""
+    data = at.data.synthetic("softmax", n=1000)
+    model = at.models.SoftmaxRegression(128, 10)
+    return await at.fit(
+        model,
+        data,
+        epochs=3,
+        validation=data,
+        metrics=[metric],
+        callbacks=[logger],
+        backend=backend,
+    )
+
+
+async def test_csv_logger_writes_every_epoch_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    result = await _logged_fit(at.CSVLogger(path), "auc", "thread")
+    with path.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == [
+        "epoch",
+        "loss",
+        "val_loss",
+        "val_accuracy",
+        "seconds",
+        "samples_per_s",
+        "steps",
+        "val_auc",
+    ]
+    assert len(rows) == 3
+    for row, event in zip(rows, result.history, strict=True):
+        assert int(row["epoch"]) == event.epoch
+        assert int(row["steps"]) == event.steps
+        assert float(row["val_loss"]) == event.val_loss
+        assert float(row["val_auc"]) == event.metrics["val_auc"]
+        assert float(row["loss"]) == event.loss
+
+
+async def test_loggers_close_when_the_fit_fails(tmp_path: Path) -> None:
+    class Boom(at.Callback):
+        def on_epoch(self, event: at.EpochEvent) -> None:
+            raise RuntimeError("boom")
+
+    logger = at.CSVLogger(tmp_path / "log.csv")
+    data = at.data.synthetic("softmax", n=600)
+    with pytest.raises(RuntimeError, match="boom"):
+        await at.fit(
+            at.models.SoftmaxRegression(128, 10),
+            data,
+            epochs=3,
+            callbacks=[logger, Boom()],
+            backend="inline",
+        )
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 2  # header, epoch 0
+    # (the autouse leak check fails the test if the logger's thread were left running)
+
+
+async def test_restore_params_only_once_the_steps_ended() -> None:
+    errors: list[Exception] = []
+
+    class TooEarly(at.Callback):
+        def on_fit_start(self, fit: at.FitControl) -> None:
+            try:
+                fit.restore_params(fit.params)
+            except at.StateError as exc:
+                errors.append(exc)
+
+    data = at.data.synthetic("softmax", n=600)
+    await at.fit(
+        at.models.SoftmaxRegression(128, 10), data, callbacks=[TooEarly()], backend="inline"
+    )
+    assert len(errors) == 1
+    assert "on_fit_end" in str(errors[0])
+
+
+async def test_tensorboard_logger_writes_scalars_tensorboard_reads(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboardX")
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    result = await _logged_fit(at.TensorBoardLogger(tmp_path), "f1", "inline")
+    reader = accumulator.EventAccumulator(str(tmp_path))
+    reader.Reload()
+    assert {"loss", "val_loss", "val_accuracy", "val_f1"} <= set(reader.Tags()["scalars"])
+    for tag in ("loss", "val_loss", "val_f1"):
+        scalars = reader.Scalars(tag)
+        assert [s.step for s in scalars] == [0, 1, 2]
+        expected = [np.float32(e.value(tag)) for e in result.history]
+        assert [np.float32(s.value) for s in scalars] == expected
