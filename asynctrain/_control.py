@@ -5,18 +5,32 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from asynctrain._engine._update import TrainState, Updater
 from asynctrain._exceptions import ConfigError, StateError
 from asynctrain._types import Params
 from asynctrain.backends._base import readonly
 from asynctrain.optim import PlateauRule, plateau_states
 
-if TYPE_CHECKING:
-    from asynctrain._trainer import Trainer
+
+class Trainer(Protocol):
+    """What a FitControl uses of the trainer it serves (the Trainer has all of it); a
+    protocol, so this module does not import the trainer's."""
+
+    optimizer: Any
+    mode: Any
+    _updater: Updater | None
+
+    @property
+    def state(self) -> TrainState: ...
+
+    async def save(self, path: str | os.PathLike[str]) -> Path: ...
+
+    def _set_state(self, state: TrainState) -> None: ...
 
 
 class FitControl:

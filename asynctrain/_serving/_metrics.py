@@ -14,12 +14,16 @@ import bisect
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from asynctrain._shm import SHM_DIR, our_segments
 
-if TYPE_CHECKING:
-    from asynctrain._serving._service import TrainingService
+
+class TrainingService(Protocol):
+    """What the collector reads of a service (a protocol: this module is below it)."""
+
+    def metrics(self) -> ServiceMetrics: ...
+
 
 STEP_SECONDS_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
