@@ -39,7 +39,7 @@ _MUST_MATCH = {
 }
 # Settings a full resume also needs equal; resume="params" lets them differ.
 _HYPERPARAMETERS = (("model", "repr"), ("optimizer", "repr"))
-_KEY = re.compile(r"^(params/[A-Za-z0-9_.-]+|opt_state/(0|[1-9][0-9]{0,8}))$")
+_KEY = re.compile(r"params/.+|opt_state/(0|[1-9][0-9]{0,8})", re.DOTALL)
 _INT_MAX = 2**63 - 1
 _LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z: the latest time datetime can show
 
@@ -68,8 +68,12 @@ def checkpoint_name(step: int) -> str:
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
-    """The checkpoints in ``directory``, oldest (fewest steps) first."""
-    found = [(int(m[1]), p) for p in directory.glob("step-*.ckpt") if (m := _NAME.match(p.name))]
+    """The checkpoints (regular files) in ``directory``, oldest (fewest steps) first."""
+    found = [
+        (int(m[1]), p)
+        for p in directory.glob("step-*.ckpt")
+        if (m := _NAME.match(p.name)) and p.is_file()  # a FIFO or device is never one
+    ]
     return [path for _, path in sorted(found)]
 
 
@@ -410,7 +414,7 @@ def _compare_array(where: str, theirs: Any, ours: Any) -> list[str]:
 
 
 def _check_array(path: Path, key: str, array: npt.NDArray[Any]) -> None:
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):
         raise CheckpointError(f"{path}: array {key!r} is not one a checkpoint holds")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise CheckpointError(f"{path}: array {key!r} holds NaN or infinite values")
