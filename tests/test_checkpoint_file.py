@@ -11,7 +11,6 @@ import contextlib
 import errno
 import fcntl
 import io
-import json
 import os
 import pickle
 import socket
@@ -24,10 +23,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _crafting import rezip
 
 from asynctrain import CheckpointError
 from asynctrain._checkpoint import read, sweep, temporaries
-from asynctrain._checkpoint._format import FORMAT_VERSION, MANIFEST, SaveCancelled, write
+from asynctrain._checkpoint._format import FORMAT_VERSION, SaveCancelled, write
 
 
 def _arrays() -> dict[str, np.ndarray]:
@@ -226,22 +226,6 @@ def test_an_npz_holding_a_pickled_object_is_refused(tmp_path: Path) -> None:
     assert not sentinel.exists()
 
 
-def _rezip(
-    source: Path, target: Path, edit_manifest: Any = None, members: dict[str, bytes] | None = None
-) -> None:
-    """Copy a checkpoint, editing its manifest and replacing members (CRCs recomputed)."""
-    with zipfile.ZipFile(source) as archive:
-        contents = {name: archive.read(name) for name in archive.namelist()}
-    manifest = json.loads(contents[MANIFEST])
-    if edit_manifest is not None:
-        edit_manifest(manifest)
-    contents[MANIFEST] = json.dumps(manifest).encode()
-    contents |= members or {}
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in contents.items():
-            archive.writestr(name, data)
-
-
 def test_a_crafted_object_member_is_refused_without_running(saved: Path, tmp_path: Path) -> None:
     sentinel = tmp_path / "ran"
     evil = _object_npy(sentinel)
@@ -253,13 +237,13 @@ def test_a_crafted_object_member_is_refused_without_running(saved: Path, tmp_pat
         entry = manifest["arrays"]["params/W"]
         entry["size"], entry["sha256"] = len(evil), hashlib.sha256(evil).hexdigest()
 
-    _rezip(saved, path, claim_float, {"params/W.npy": evil})
+    rezip(saved, path, claim_float, {"params/W.npy": evil})
     _refused(path, "not allowed")
 
     def claim_object(manifest: dict[str, Any]) -> None:
         manifest["arrays"]["params/W"]["dtype"] = "|O"
 
-    _rezip(saved, path, claim_object)
+    rezip(saved, path, claim_object)
     _refused(path, "dtype '|O', which is not allowed")
     assert not sentinel.exists()
 
@@ -281,7 +265,7 @@ def test_a_manifest_that_lies_is_refused(
     saved: Path, tmp_path: Path, edit: Any, match: str
 ) -> None:
     path = tmp_path / "edited.ckpt"
-    _rezip(saved, path, edit)
+    rezip(saved, path, edit)
     _refused(path, match)
 
 
@@ -290,7 +274,7 @@ def test_a_flipped_data_byte_is_caught(saved: Path, tmp_path: Path) -> None:
         data = bytearray(archive.read("params/W.npy"))
     data[-1] ^= 0x01
     path = tmp_path / "flipped.ckpt"
-    _rezip(saved, path, members={"params/W.npy": bytes(data)})  # zip CRC is fine, ours is not
+    rezip(saved, path, members={"params/W.npy": bytes(data)})  # zip CRC is fine, ours is not
     _refused(path, "checksum mismatch in array 'params/W'")
     raw = bytearray(saved.read_bytes())
     raw[raw.index(b"\x93NUMPY") + 200] ^= 0x01  # inside the first array's data, CRC now stale
@@ -354,7 +338,7 @@ def test_a_fuzzed_manifest_raises_only_checkpoint_error(saved: Path, tmp_path: P
         return junk[int(rng.integers(len(junk)))]
 
     for _ in range(300):
-        _rezip(saved, path, lambda m: mutate(m, top=True))
+        rezip(saved, path, lambda m: mutate(m, top=True))
         with contextlib.suppress(CheckpointError):
             read(path)
 

@@ -321,6 +321,7 @@ class Checkpoint:
                         f"{self.path}: {name}.{key} is {section.get(key)!r}, not valid"
                     )
         self._check_position()
+        self.settings()
         for key, array in self.arrays.items():
             _check_array(self.path, key, array)
         self._opt_count()
