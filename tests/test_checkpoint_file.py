@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _crafting import rezip
+from _crafting import Payload, object_npy, rezip
 
 from asynctrain import CheckpointError
 from asynctrain._checkpoint import read, sweep, temporaries
@@ -177,26 +177,10 @@ def test_sweep_removes_only_dead_writers_temporaries(tmp_path: Path) -> None:
 # --- hostile input ------------------------------------------------------------------------
 
 
-class Payload:
-    """Unpickling this creates the file ``target``: proof that code ran."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.touch, (self.target,))
-
-
-def _object_npy(target: Path) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.array([Payload(target)], dtype=object), allow_pickle=True)
-    return buffer.getvalue()
-
-
 def test_the_payload_is_live(tmp_path: Path) -> None:
     """The malicious files below would really run code if unpickled."""
     target = tmp_path / "ran"
-    np.load(io.BytesIO(_object_npy(target)), allow_pickle=True)
+    np.load(io.BytesIO(object_npy(target)), allow_pickle=True)
     assert target.exists()
     target.unlink()
     pickle.loads(pickle.dumps(Payload(target)))
@@ -228,7 +212,7 @@ def test_an_npz_holding_a_pickled_object_is_refused(tmp_path: Path) -> None:
 
 def test_a_crafted_object_member_is_refused_without_running(saved: Path, tmp_path: Path) -> None:
     sentinel = tmp_path / "ran"
-    evil = _object_npy(sentinel)
+    evil = object_npy(sentinel)
     path = tmp_path / "crafted.ckpt"
 
     def claim_float(manifest: dict[str, Any]) -> None:  # the manifest lies, checksum included

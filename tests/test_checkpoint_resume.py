@@ -319,7 +319,7 @@ async def test_an_optimizer_state_that_is_not_data_is_refused_before_training(
         ({"resume": True}, "need a checkpoint_dir"),
         ({"checkpoint_dir": ".", "keep": 0}, "keep must be >= 1"),
         ({"checkpoint_dir": ".", "checkpoint_every": 0}, "checkpoint_every must be >= 1"),
-        ({"checkpoint_dir": ".", "resume": "yes"}, "resume must be True, False or \"params\""),
+        ({"checkpoint_dir": ".", "resume": "yes"}, 'resume must be True, False or "params"'),
         ({"resume": "params"}, "need a checkpoint_dir"),
     ],
 )

@@ -15,6 +15,7 @@ import math
 import os
 import stat
 import struct
+import tokenize
 import zipfile
 from pathlib import Path
 from typing import IO, Any
@@ -43,6 +44,8 @@ _CORRUPT = (
     OverflowError,
     RecursionError,
     RuntimeError,  # zipfile: an encrypted member, an unsupported zip version or feature
+    SyntaxError,  # numpy's .npy header parser (ast.literal_eval) on a mangled header
+    tokenize.TokenError,  # the same parser's fallback for headers written by Python 2
 )
 
 
