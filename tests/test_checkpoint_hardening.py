@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _crafting import rezip
+from _crafting import reseal, rezip, unzip, zipped
 from _reliability import state_bits
 
 import asynctrain as at
 from asynctrain._checkpoint import read
 from asynctrain._checkpoint._content import Checkpoint, checkpoint_name
+from asynctrain._checkpoint._format import MANIFEST
 from asynctrain._cli import main
 from asynctrain.data import synthetic
 from asynctrain.models import SoftmaxRegression
@@ -209,16 +211,34 @@ async def test_a_negative_adam_count_never_reaches_training(saved: Path, tmp_pat
     assert trainer.state.step == 0
 
 
-async def test_only_the_writers_array_names_are_read(saved: Path, tmp_path: Path) -> None:
+def _add_foreign_array(manifest: dict[str, Any], contents: dict[str, bytes]) -> None:
+    contents["evil/0.npy"] = contents["params/b.npy"]
+    manifest["arrays"]["evil/0"] = manifest["arrays"]["params/b"] | {"member": "evil/0.npy"}
+
+
+def _store_elsewhere(manifest: dict[str, Any], contents: dict[str, bytes]) -> None:
+    contents["arrays/1.npy"] = contents.pop("params/b.npy")
+    manifest["arrays"]["params/b"]["member"] = "arrays/1.npy"
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (_add_foreign_array, "'evil/0' is not one a checkpoint holds"),
+        (_store_elsewhere, "where asynctrain writes it"),
+    ],
+)
+async def test_only_the_writers_array_names_are_read(
+    saved: Path, tmp_path: Path, edit: Any, match: str
+) -> None:
+    contents = unzip(saved)
+    manifest = json.loads(contents[MANIFEST])
+    edit(manifest, contents)
+    reseal(manifest, contents)
+    contents[MANIFEST] = json.dumps(manifest).encode()
     crafted = tmp_path / "crafted.ckpt"
-
-    def rename(manifest: dict[str, Any]) -> None:
-        arrays = manifest["arrays"]
-        arrays["evil/0"] = arrays.pop("opt_state/0") | {"member": "evil/0.npy"}
-
-    contents = {"evil/0.npy": (read(saved)[1]["opt_state/0"]).tobytes()}
-    rezip(saved, crafted, rename, contents)
-    with pytest.raises(at.CheckpointError):
+    crafted.write_bytes(zipped(contents))
+    with pytest.raises(at.CheckpointError, match=match):
         Checkpoint.read(crafted)
 
 
