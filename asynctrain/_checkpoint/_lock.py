@@ -24,8 +24,14 @@ class DirectoryLock:
     """An exclusive, non-blocking lock on a checkpoint directory, held until released.
 
     Example:
-        >>> lock = DirectoryLock(Path("run"))  # doctest: +SKIP
-        >>> lock.acquire()  # CheckpointError if another fit holds "run"
+        >>> import tempfile
+        >>> lock = DirectoryLock(Path(tempfile.mkdtemp()))
+        >>> lock.acquire()
+        >>> try:
+        ...     DirectoryLock(lock.directory).acquire()
+        ... except CheckpointError as exc:
+        ...     print("in use by another fit" in str(exc))
+        True
         >>> lock.release()
     """
 
