@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from _crafting import reseal, rezip, unzip, zipped
+from _reliability import softmax_trainer as _trainer
 from _reliability import state_bits
 
 import asynctrain as at
@@ -22,13 +23,6 @@ from asynctrain._checkpoint._format import MANIFEST
 from asynctrain._cli import main
 from asynctrain.data import synthetic
 from asynctrain.models import SoftmaxRegression
-
-
-def _trainer(**options: Any) -> at.Trainer:
-    settings: dict[str, Any] = {"backend": "inline", "batch_size": 100, "shards": 2, "seed": 1}
-    model = options.pop("model", SoftmaxRegression(128, 10))
-    optimizer = options.pop("optimizer", at.optim.adam(1e-2))
-    return at.Trainer(model, optimizer, **(settings | options))
 
 
 @pytest.fixture(scope="module")
