@@ -276,3 +276,19 @@ async def test_resume_skips_a_fifo_named_like_the_latest_checkpoint(
         os.close(os.open(tmp_path / checkpoint_name(99), os.O_WRONLY | os.O_NONBLOCK))
         raise
     assert (result.steps, resumed.state.step) == (5, 10)
+
+
+async def test_a_repr_that_shows_only_an_address_does_not_block_resume(
+    tmp_path: Path, data: at.data.Dataset
+) -> None:
+    def optimizer() -> at.optim.GradientTransformation:  # a new object each time
+        base = at.optim.sgd(0.1)
+        return at.optim.GradientTransformation(
+            lambda params: base.init(params), lambda g, s, p=None: base.update(g, s, p)
+        )
+
+    assert " at 0x" in repr(optimizer())
+    await _trainer(optimizer=optimizer()).fit(data, epochs=1, checkpoint_dir=tmp_path)
+    resumed = _trainer(optimizer=optimizer())
+    result = await resumed.fit(data, epochs=2, checkpoint_dir=tmp_path, resume=True)
+    assert (result.steps, resumed.state.step) == (5, 10)
