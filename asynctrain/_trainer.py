@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._checkpoint import CheckpointSession, PathLike
-from asynctrain._checkpoint._content import Checkpoint
-from asynctrain._checkpoint._session import Writer, restored_settings, save_to
+from asynctrain._checkpoint._content import Checkpoint, Subject
+from asynctrain._checkpoint._session import Resume, Writer, restored_settings, save_to
 from asynctrain._checks import check_int
 from asynctrain._config import TrainConfig, default_shards
 from asynctrain._control import FitControl
@@ -244,7 +244,7 @@ class Trainer:
         checkpoint_dir: PathLike | None = None,
         checkpoint_every: int | None = None,
         keep: int | None = 3,
-        resume: bool = False,
+        resume: Resume = False,
         monitor_lag: bool = False,
         metrics: Sequence[str] = (),
     ) -> FitResult:
@@ -261,7 +261,10 @@ class Trainer:
             checkpoint_every: steps between checkpoints (None: once per epoch).
             keep: how many of the latest checkpoints to keep (None: all).
             resume: continue from the latest checkpoint in ``checkpoint_dir``, if any,
-                exactly where it left off (parameters, optimizer, data order).
+                exactly where it left off (parameters, optimizer, data order); its model
+                and optimizer settings must equal this trainer's. ``"params"``: take only
+                its parameters (and step, epoch and data position) and start the optimizer
+                afresh, so the optimizer or the model's hyperparameters may differ.
             monitor_lag: measure the event loop's lag during the fit with a
                 :class:`~asynctrain.LoopLagMonitor`; its p50/p99/max (ms) go into
                 ``FitResult.extra`` as ``loop_lag_p50_ms``, ``loop_lag_p99_ms`` and
@@ -276,8 +279,9 @@ class Trainer:
         Raises:
             DataError, ConfigError: bad data or settings, before any work starts.
             NonFiniteError: a non-finite loss or gradient with ``nonfinite="raise"``.
-            CheckpointError: a checkpoint could not be written, or the one to resume
-                from is unreadable or does not match this trainer.
+            CheckpointError: the checkpoint_dir is not writable or another fit holds it,
+                a checkpoint could not be written, or the one to resume from is
+                unreadable or does not match this trainer.
             StateError: the trainer is closed or already running a fit.
 
         Example:
@@ -286,7 +290,12 @@ class Trainer:
         """
         epochs = check_int("epochs", epochs)
         session = CheckpointSession(
-            self, checkpoint_dir, every=checkpoint_every, keep=keep, resume=resume
+            checkpoint_dir,
+            every=checkpoint_every,
+            keep=keep,
+            resume=resume,
+            subject=self._checkpoint_subject,
+            restore=self._set_state,
         )
         async with self._monitoring_lag(monitor_lag) as lag, session:
             epochs = await session.resume(epochs, data)
@@ -513,7 +522,7 @@ class Trainer:
             >>> await trainer.save("run/final.ckpt")  # doctest: +SKIP
         """
         with Writer() as writer:
-            payload = await writer.snapshot(self)
+            payload = await writer.snapshot(self._checkpoint_subject())
             return await writer.run(save_to, Path(path), payload, writer.cancel)
 
     async def load(self, path: PathLike) -> None:
@@ -559,8 +568,18 @@ class Trainer:
         return trainer
 
     async def _load(self, writer: Writer, checkpoint: Checkpoint) -> None:
-        current = self.state.params
-        self._set_state(await writer.run(checkpoint.train_state, self, current))
+        self._set_state(await writer.run(checkpoint.train_state, self._checkpoint_subject()))
+
+    def _checkpoint_subject(self) -> Subject:
+        return Subject(
+            self.model,
+            self.optimizer,
+            self.config,
+            self.mode,
+            self._samples,
+            self.state,
+            self._updater,
+        )
 
     def _check_idle(self, what: str) -> None:
         if self._running:

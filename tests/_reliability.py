@@ -203,3 +203,11 @@ class Tripwire:
 
     async def __aexit__(self, *exc: object) -> None:
         return None
+
+
+def softmax_trainer(**options: Any) -> at.Trainer:
+    """The small inline softmax trainer the checkpoint tests resume (options override)."""
+    settings: dict[str, Any] = {"backend": "inline", "batch_size": 100, "shards": 2, "seed": 1}
+    model = options.pop("model", SoftmaxRegression(128, 10))
+    optimizer = options.pop("optimizer", at.optim.adam(1e-2))
+    return at.Trainer(model, optimizer, **(settings | options))

@@ -227,7 +227,7 @@ def _check_last_checkpoint(
     saved = checkpoint.counter("step")
     assert saved <= step, where
     restored = _trainer(at.backends.InlineBackend())
-    restored._set_state(checkpoint.train_state(restored, restored.state.params))
+    restored._set_state(checkpoint.train_state(restored._checkpoint_subject()))
     assert _same_state(restored.state, reference[saved]), where
 
 

@@ -11,7 +11,6 @@ import contextlib
 import errno
 import fcntl
 import io
-import json
 import os
 import pickle
 import socket
@@ -24,10 +23,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _crafting import Payload, object_npy, rezip
 
 from asynctrain import CheckpointError
 from asynctrain._checkpoint import read, sweep, temporaries
-from asynctrain._checkpoint._format import FORMAT_VERSION, MANIFEST, SaveCancelled, write
+from asynctrain._checkpoint._format import FORMAT_VERSION, SaveCancelled, write
 
 
 def _arrays() -> dict[str, np.ndarray]:
@@ -177,26 +177,10 @@ def test_sweep_removes_only_dead_writers_temporaries(tmp_path: Path) -> None:
 # --- hostile input ------------------------------------------------------------------------
 
 
-class Payload:
-    """Unpickling this creates the file ``target``: proof that code ran."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.touch, (self.target,))
-
-
-def _object_npy(target: Path) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.array([Payload(target)], dtype=object), allow_pickle=True)
-    return buffer.getvalue()
-
-
 def test_the_payload_is_live(tmp_path: Path) -> None:
     """The malicious files below would really run code if unpickled."""
     target = tmp_path / "ran"
-    np.load(io.BytesIO(_object_npy(target)), allow_pickle=True)
+    np.load(io.BytesIO(object_npy(target)), allow_pickle=True)
     assert target.exists()
     target.unlink()
     pickle.loads(pickle.dumps(Payload(target)))
@@ -226,25 +210,9 @@ def test_an_npz_holding_a_pickled_object_is_refused(tmp_path: Path) -> None:
     assert not sentinel.exists()
 
 
-def _rezip(
-    source: Path, target: Path, edit_manifest: Any = None, members: dict[str, bytes] | None = None
-) -> None:
-    """Copy a checkpoint, editing its manifest and replacing members (CRCs recomputed)."""
-    with zipfile.ZipFile(source) as archive:
-        contents = {name: archive.read(name) for name in archive.namelist()}
-    manifest = json.loads(contents[MANIFEST])
-    if edit_manifest is not None:
-        edit_manifest(manifest)
-    contents[MANIFEST] = json.dumps(manifest).encode()
-    contents |= members or {}
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in contents.items():
-            archive.writestr(name, data)
-
-
 def test_a_crafted_object_member_is_refused_without_running(saved: Path, tmp_path: Path) -> None:
     sentinel = tmp_path / "ran"
-    evil = _object_npy(sentinel)
+    evil = object_npy(sentinel)
     path = tmp_path / "crafted.ckpt"
 
     def claim_float(manifest: dict[str, Any]) -> None:  # the manifest lies, checksum included
@@ -253,13 +221,13 @@ def test_a_crafted_object_member_is_refused_without_running(saved: Path, tmp_pat
         entry = manifest["arrays"]["params/W"]
         entry["size"], entry["sha256"] = len(evil), hashlib.sha256(evil).hexdigest()
 
-    _rezip(saved, path, claim_float, {"params/W.npy": evil})
+    rezip(saved, path, claim_float, {"params/W.npy": evil})
     _refused(path, "not allowed")
 
     def claim_object(manifest: dict[str, Any]) -> None:
         manifest["arrays"]["params/W"]["dtype"] = "|O"
 
-    _rezip(saved, path, claim_object)
+    rezip(saved, path, claim_object)
     _refused(path, "dtype '|O', which is not allowed")
     assert not sentinel.exists()
 
@@ -272,7 +240,8 @@ def test_a_crafted_object_member_is_refused_without_running(saved: Path, tmp_pat
         (lambda m: m["arrays"]["params/b"].update(dtype="<c16"), "'<c16', which is not allowed"),
         (lambda m: m["arrays"]["params/b"].update(shape=[4]), "disagrees with the manifest"),
         (lambda m: m["arrays"]["params/b"].update(sha256="0" * 64), "checksum mismatch"),
-        (lambda m: m["arrays"].pop("params/b"), "not in the manifest"),
+        (lambda m: m["arrays"].pop("odd key with spaces"), "not in the manifest"),
+        (lambda m: m["arrays"]["params/b"].update(member="x.npy"), "where asynctrain writes it"),
         (lambda m: m["arrays"]["params/b"].update(size=-1), "is 152 bytes, not -1"),
     ],
 )
@@ -280,7 +249,7 @@ def test_a_manifest_that_lies_is_refused(
     saved: Path, tmp_path: Path, edit: Any, match: str
 ) -> None:
     path = tmp_path / "edited.ckpt"
-    _rezip(saved, path, edit)
+    rezip(saved, path, edit)
     _refused(path, match)
 
 
@@ -289,7 +258,7 @@ def test_a_flipped_data_byte_is_caught(saved: Path, tmp_path: Path) -> None:
         data = bytearray(archive.read("params/W.npy"))
     data[-1] ^= 0x01
     path = tmp_path / "flipped.ckpt"
-    _rezip(saved, path, members={"params/W.npy": bytes(data)})  # zip CRC is fine, ours is not
+    rezip(saved, path, members={"params/W.npy": bytes(data)})  # zip CRC is fine, ours is not
     _refused(path, "checksum mismatch in array 'params/W'")
     raw = bytearray(saved.read_bytes())
     raw[raw.index(b"\x93NUMPY") + 200] ^= 0x01  # inside the first array's data, CRC now stale
@@ -353,7 +322,7 @@ def test_a_fuzzed_manifest_raises_only_checkpoint_error(saved: Path, tmp_path: P
         return junk[int(rng.integers(len(junk)))]
 
     for _ in range(300):
-        _rezip(saved, path, lambda m: mutate(m, top=True))
+        rezip(saved, path, lambda m: mutate(m, top=True))
         with contextlib.suppress(CheckpointError):
             read(path)
 

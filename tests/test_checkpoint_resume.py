@@ -20,6 +20,7 @@ import _resume_worker as problem
 import numpy as np
 import pytest
 from _reliability import skip_missing_backend, state_bits
+from _reliability import softmax_trainer as _softmax_trainer
 
 import asynctrain as at
 from asynctrain._checkpoint import Checkpoint, list_checkpoints, temporaries
@@ -111,13 +112,6 @@ async def test_resume_is_exact_in_the_deterministic_modes(
     result = await resumed.fit(data, resume=True, **options)
     assert 0 < result.steps < 10
     assert state_bits(resumed.state) == state_bits(reference.state)
-
-
-def _softmax_trainer(**options: Any) -> at.Trainer:
-    settings: dict[str, Any] = {"backend": "inline", "batch_size": 100, "shards": 2, "seed": 1}
-    model = options.pop("model", SoftmaxRegression(128, 10))
-    optimizer = options.pop("optimizer", at.optim.adam(1e-2))
-    return at.Trainer(model, optimizer, **(settings | options))
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +313,8 @@ async def test_an_optimizer_state_that_is_not_data_is_refused_before_training(
         ({"resume": True}, "need a checkpoint_dir"),
         ({"checkpoint_dir": ".", "keep": 0}, "keep must be >= 1"),
         ({"checkpoint_dir": ".", "checkpoint_every": 0}, "checkpoint_every must be >= 1"),
-        ({"checkpoint_dir": ".", "resume": "yes"}, "resume must be True or False"),
+        ({"checkpoint_dir": ".", "resume": "yes"}, 'resume must be True, False or "params"'),
+        ({"resume": "params"}, "need a checkpoint_dir"),
     ],
 )
 async def test_bad_checkpoint_options_fail_before_any_work(

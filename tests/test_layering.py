@@ -240,3 +240,11 @@ def test_the_cycle_finder_finds_a_cycle_and_only_cycles() -> None:
 def test_the_package_has_no_import_cycles() -> None:
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_checkpoints_never_import_the_trainer() -> None:
+    # ast.walk sees imports under `if TYPE_CHECKING:` too: the trainer hands the
+    # checkpoint helpers a Subject and callables, never itself.
+    for path in sorted((PACKAGE / "_checkpoint").rglob("*.py")):
+        inner = {n for n in _imports(path) if n.startswith("asynctrain.")}
+        assert not any(n.startswith(("asynctrain._trainer", "asynctrain._epochs")) for n in inner)

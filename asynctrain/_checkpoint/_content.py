@@ -9,26 +9,27 @@ mode, model shape and dtype). The file format is in :mod:`._format` and :mod:`._
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from asynctrain._checkpoint import _format, _verify
-from asynctrain._engine._update import TrainState
-from asynctrain._exceptions import CheckpointError
-from asynctrain._types import Params
+from asynctrain._config import TrainConfig
+from asynctrain._engine import Mode, make_mode
+from asynctrain._engine._update import TrainState, Updater
+from asynctrain._exceptions import CheckpointError, ConfigError
 from asynctrain._version import __version__
 from asynctrain.backends._base import readonly
-from asynctrain.data import epoch_order
-from asynctrain.optim import _tree
-
-if TYPE_CHECKING:
-    from asynctrain._trainer import Trainer
+from asynctrain.data import epoch_order, steps_per_epoch
+from asynctrain.models import Model
+from asynctrain.optim import GradientTransformation, _tree
 
 _NAME = re.compile(r"^step-(\d+)\.ckpt$")
 _COUNTERS = ("step", "version", "skipped", "epoch", "batch")
@@ -36,6 +37,30 @@ _MUST_MATCH = {
     "config": ("batch_size", "shards", "seed", "mode", "local_steps", "staleness"),
     "model": ("class", "architecture", "input_shape", "n_features", "n_classes", "dtype"),
 }
+# Settings a full resume also needs equal; resume="params" lets them differ.
+_HYPERPARAMETERS = (("model", "repr"), ("optimizer", "repr"))
+_KEY = re.compile(r"params/.+|opt_state/(0|[1-9][0-9]{0,8})", re.DOTALL)
+_INT_MAX = 2**63 - 1
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z: the latest time datetime can show
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What a checkpoint is taken of or restored into, built by the trainer for each
+    checkpoint operation: its settings and identity, and its state at that moment.
+
+    ``updater`` is the trainer's update thread while it is open (a consistent copy is
+    taken there), else None.
+    """
+
+    model: Model
+    optimizer: GradientTransformation
+    config: TrainConfig
+    mode: Mode
+    samples: int | None
+    state: TrainState
+    updater: Updater | None = None
 
 
 def checkpoint_name(step: int) -> str:
@@ -44,8 +69,12 @@ def checkpoint_name(step: int) -> str:
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
-    """The checkpoints in ``directory``, oldest (fewest steps) first."""
-    found = [(int(m[1]), p) for p in directory.glob("step-*.ckpt") if (m := _NAME.match(p.name))]
+    """The checkpoints (regular files) in ``directory``, oldest (fewest steps) first."""
+    found = [
+        (int(m[1]), p)
+        for p in directory.glob("step-*.ckpt")
+        if (m := _NAME.match(p.name)) and p.is_file()  # a FIFO or device is never one
+    ]
     return [path for _, path in sorted(found)]
 
 
@@ -73,7 +102,7 @@ class Payload(NamedTuple):
     info: dict[str, Any]
 
 
-def snapshot(trainer: Trainer, state: TrainState) -> Payload:
+def snapshot(subject: Subject, state: TrainState) -> Payload:
     """Copy what ``state`` shares with training (the optimizer arrays, updated in place).
 
     Parameters need no copy: each version is a new set of read-only arrays. Run this where
@@ -83,11 +112,13 @@ def snapshot(trainer: Trainer, state: TrainState) -> Payload:
         CheckpointError: the optimizer state holds something other than plain data.
     """
     arrays: list[npt.NDArray[Any]] = []
-    spec = encode_state(trainer, state.opt_state, arrays)
-    return Payload(state, spec, [a.copy() for a in arrays], describe_trainer(trainer))
+    spec = encode_state(subject.optimizer, state.opt_state, arrays)
+    return Payload(state, spec, [a.copy() for a in arrays], describe_subject(subject))
 
 
-def encode_state(trainer: Trainer, opt_state: Any, arrays: list[npt.NDArray[Any]]) -> Any:
+def encode_state(
+    optimizer: GradientTransformation, opt_state: Any, arrays: list[npt.NDArray[Any]]
+) -> Any:
     """The JSON spec of ``opt_state`` (its arrays appended to ``arrays``).
 
     Raises:
@@ -96,7 +127,7 @@ def encode_state(trainer: Trainer, opt_state: Any, arrays: list[npt.NDArray[Any]
     try:
         return _tree.encode(opt_state, arrays)
     except TypeError as exc:
-        raise CheckpointError(f"cannot checkpoint {trainer.optimizer!r}: {exc}") from None
+        raise CheckpointError(f"cannot checkpoint {optimizer!r}: {exc}") from None
 
 
 def write(path: Path, payload: Payload, **options: Any) -> None:
@@ -119,7 +150,7 @@ def write(path: Path, payload: Payload, **options: Any) -> None:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint read from disk and verified (checksums, format, dtypes)."""
+    """A checkpoint read from disk and verified (checksums, format, dtypes, manifest)."""
 
     path: Path
     manifest: dict[str, Any]
@@ -127,10 +158,19 @@ class Checkpoint:
 
     @classmethod
     def read(cls, path: str | Path) -> Checkpoint:
-        """Read ``path`` (a file, or a directory's latest checkpoint) and verify it."""
+        """Read ``path`` (a file, or a directory's latest checkpoint) and verify it.
+
+        Besides the file format (:mod:`._verify`), every value of the manifest that a
+        trainer uses is checked for its type and range, and every array for finite values.
+
+        Raises:
+            CheckpointError: naming the path and the first problem found.
+        """
         resolved = resolve(path)
         manifest, arrays = _verify.read(resolved)
-        return cls(resolved, manifest, arrays)
+        checkpoint = cls(resolved, manifest, arrays)
+        checkpoint._check()
+        return checkpoint
 
     def section(self, name: str) -> dict[str, Any]:
         """A JSON object of the manifest (``state``, ``config``, ``model``, ``rng``, ...)."""
@@ -142,7 +182,7 @@ class Checkpoint:
     def counter(self, name: str) -> int:
         """One of the step/version/skipped/epoch/batch counters, checked."""
         value = self.section("state").get(name)
-        if type(value) is not int or value < 0:
+        if type(value) is not int or not 0 <= value <= _INT_MAX:
             raise CheckpointError(f"{self.path}: counter {name!r} is {value!r}, not an int >= 0")
         return value
 
@@ -151,35 +191,65 @@ class Checkpoint:
         """The parameters, by name."""
         return {k[7:]: v for k, v in self.arrays.items() if k.startswith("params/")}
 
-    def train_state(self, trainer: Trainer, current: Params) -> TrainState:
-        """The :class:`TrainState` to continue from, for ``trainer`` (whose params are
-        ``current``).
+    def settings(self) -> dict[str, Any]:
+        """The trainer settings the checkpoint was written with (``restore``'s defaults).
 
         Raises:
-            CheckpointError: listing every difference that prevents an exact resume
-                (settings, model, parameter shapes and dtypes, optimizer structure, RNG).
+            CheckpointError: the settings are not ones a Trainer accepts.
         """
-        problems = self._mismatches(describe_trainer(trainer))
+        config = self.section("config")
+        found = {key: config[key] for key in _RESTORED if config.get(key) is not None}
+        known = {field.name for field in fields(TrainConfig)}
+        options = {key: found.get(key) for key in ("local_steps", "staleness")}
+        try:
+            TrainConfig(**{key: value for key, value in found.items() if key in known})
+            make_mode(found.get("mode", "sync"), **options)
+        except ConfigError as exc:
+            raise CheckpointError(f"{self.path}: the settings are not valid: {exc}") from None
+        return found
+
+    def train_state(self, subject: Subject, *, params_only: bool = False) -> TrainState:
+        """The :class:`TrainState` to continue from, for ``subject``.
+
+        With ``params_only``, the model's and optimizer's hyperparameters may differ and
+        the optimizer starts afresh (``optimizer.init`` of the restored parameters); the
+        counters and the data order still continue from the checkpoint.
+
+        Raises:
+            CheckpointError: listing every difference that prevents the resume
+                (settings, model, optimizer, parameter shapes and dtypes, RNG).
+        """
+        current = subject.state.params
+        problems = self._mismatches(describe_subject(subject), params_only=params_only)
         params = self.params
         for name in sorted(current.keys() | params.keys()):
             problems += _compare_array(f"params[{name!r}]", params.get(name), current.get(name))
-        opt_state = self._opt_state(trainer, current, problems)
+        opt_state = None
+        if not params_only:
+            opt_state = self._opt_state(subject, current, problems)
         if problems:
             listed = "".join(f"\n  - {p}" for p in problems)
             raise CheckpointError(
                 f"checkpoint {self.path} does not match this trainer:{listed}\nCreate the "
                 f"Trainer with the checkpoint's settings (`asynctrain inspect {self.path}`)"
+                + (
+                    ""
+                    if params_only
+                    else ', or pass resume="params" to take only its '
+                    "parameters and start the optimizer afresh"
+                )
             )
-        counters = [self.counter(name) for name in _COUNTERS]
-        step, version, skipped, epoch, batch = counters
+        if opt_state is None:
+            opt_state = subject.optimizer.init(readonly(params))
+        step, version, skipped, epoch, batch = (self.counter(name) for name in _COUNTERS)
         return TrainState(step, version, readonly(params), opt_state, skipped, epoch, batch)
 
-    def _opt_state(self, trainer: Trainer, current: Params, problems: list[str]) -> Any:
+    def _opt_state(self, subject: Subject, current: Any, problems: list[str]) -> Any:
         """Rebuild the optimizer state on a trusted template: the layout of
         ``optimizer.init``, or the mode's own if it declares one (``checkpoint_layout``)."""
-        plain = trainer.optimizer.init(current)
-        layout = getattr(trainer.mode, "checkpoint_layout", None)
-        templates = [plain] if layout is None else [layout(plain, trainer.config.shards), plain]
+        plain = subject.optimizer.init(current)
+        layout = getattr(subject.mode, "checkpoint_layout", None)
+        templates = [plain] if layout is None else [layout(plain, subject.config.shards), plain]
         arrays = [self.arrays[f"opt_state/{i}"] for i in range(self._opt_count())]
         spec = self.section("optimizer").get("state")
         first: list[str] = []
@@ -215,16 +285,18 @@ class Checkpoint:
                 f"one that wrote it (numpy {self.manifest.get('numpy_version')}); resume with it"
             )
 
-    def _mismatches(self, here: dict[str, Any]) -> list[str]:
+    def _mismatches(self, here: dict[str, Any], *, params_only: bool) -> list[str]:
+        pairs = [(section, key) for section, keys in _MUST_MATCH.items() for key in keys]
+        if not params_only:
+            pairs += _HYPERPARAMETERS
         problems = []
-        for section, keys in _MUST_MATCH.items():
-            theirs = self.section(section)
-            for key in keys:
-                if theirs.get(key) != here[section][key]:
-                    problems.append(
-                        f"{section}.{key}: {theirs.get(key)!r} in the checkpoint, "
-                        f"{here[section][key]!r} here"
-                    )
+        for section, key in pairs:
+            theirs, ours = self.section(section).get(key), here[section]
+            ours = ours[key] if isinstance(ours, dict) else ours
+            if key == "repr" and (_opaque(theirs) or _opaque(ours)):
+                continue  # object.__repr__ (an address) shows no settings to compare
+            if theirs != ours:
+                problems.append(f"{section}.{key}: {theirs!r} in the checkpoint, {ours!r} here")
         rng, seed = self.section("rng"), self.section("config").get("seed")
         if type(seed) is int and seed >= 0:
             expected = rng_state(seed, self.counter("epoch"), self.counter("batch"), None)
@@ -238,21 +310,59 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: the optimizer arrays are not numbered 0..n-1")
         return count
 
+    def _check(self) -> None:
+        """Check the manifest's values and the arrays' contents; see :meth:`read`."""
+        manifest = self.manifest
+        for key, rule in _TOP.items():
+            if not rule(manifest.get(key)):
+                raise CheckpointError(f"{self.path}: {key} is {manifest.get(key)!r}, not valid")
+        for name, rules in _SECTIONS.items():
+            section = self.section(name)
+            for key, rule in rules.items():
+                if not rule(section.get(key)):
+                    raise CheckpointError(
+                        f"{self.path}: {name}.{key} is {section.get(key)!r}, not valid"
+                    )
+        self._check_position()
+        self.settings()
+        for key, array in self.arrays.items():
+            _check_array(self.path, key, array)
+        self._opt_count()
+        bad = _hostile_scalar(self.section("optimizer")["state"])
+        if bad is not None:
+            raise CheckpointError(f"{self.path}: the optimizer state holds {bad}, not valid")
 
-def describe_trainer(trainer: Trainer) -> dict[str, Any]:
-    """The settings and identity of ``trainer`` that a checkpoint records."""
-    config, model = trainer.config, trainer.model
+    def _check_position(self) -> None:
+        state, rng, config = self.section("state"), self.section("rng"), self.section("config")
+        if rng["batch"] != state["batch"] or rng["seed_sequence"] != [
+            config["seed"],
+            state["epoch"],
+        ]:
+            raise CheckpointError(f"{self.path}: the rng section disagrees with the state")
+        if state["skipped"] > state["step"]:
+            raise CheckpointError(f"{self.path}: more steps skipped than taken")
+        samples = rng["samples"]
+        most = 0 if samples is None else steps_per_epoch(samples, config["batch_size"])
+        if state["batch"] > most:
+            raise CheckpointError(
+                f"{self.path}: batch {state['batch']} is past the end of an epoch of {most} batches"
+            )
+
+
+def describe_subject(subject: Subject) -> dict[str, Any]:
+    """The settings and identity of ``subject`` that a checkpoint records."""
+    config, model = subject.config, subject.model
     return {
         "config": {
             "batch_size": config.batch_size,
             "shards": config.shards,
             "seed": config.seed,
             "nonfinite": config.nonfinite,
-            "mode": trainer.mode.name,
+            "mode": subject.mode.name,
             # Options of some modes only (None in the others).
             "local_steps": None,
             "staleness": None,
-            **trainer.mode.settings,
+            **subject.mode.settings,
         },
         "model": {
             "class": type(model).__name__,
@@ -265,8 +375,8 @@ def describe_trainer(trainer: Trainer) -> dict[str, Any]:
             "architecture": getattr(model, "architecture", None),
             "input_shape": _input_shape(model),
         },
-        "optimizer": repr(trainer.optimizer),
-        "samples": trainer._samples,
+        "optimizer": repr(subject.optimizer),
+        "samples": subject.samples,
     }
 
 
@@ -305,6 +415,107 @@ def _compare_array(where: str, theirs: Any, ours: Any) -> list[str]:
             f"{ours.dtype}{list(ours.shape)} here"
         ]
     return []
+
+
+def _opaque(text: Any) -> bool:
+    return isinstance(text, str) and _ADDRESS.search(text) is not None
+
+
+def _check_array(path: Path, key: str, array: npt.NDArray[Any]) -> None:
+    if not _KEY.fullmatch(key):
+        raise CheckpointError(f"{path}: array {key!r} is not one a checkpoint holds")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise CheckpointError(f"{path}: array {key!r} holds NaN or infinite values")
+    if key.startswith("opt_state/") and array.dtype.kind == "i" and (array < 0).any():
+        raise CheckpointError(f"{path}: array {key!r} holds a negative count")
+
+
+def _hostile_scalar(spec: Any) -> str | None:
+    """The first negative int or non-finite float of an optimizer state's JSON spec.
+
+    An optimizer state's ints are counts and its floats finite; a count of -5 would make
+    Adam's bias correction negative and its next update NaN.
+    """
+    pending = [spec]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            pending += node
+        elif isinstance(node, dict):
+            value = node.get("int")
+            if type(value) is int and value < 0:
+                return f"the count {value}"
+            value = node.get("float")
+            if isinstance(value, str) and _not_finite(value):
+                return f"the number {value!r}"
+            pending += node.values()
+    return None
+
+
+def _not_finite(text: str) -> bool:
+    try:
+        return not math.isfinite(float.fromhex(text))
+    except (ValueError, OverflowError):
+        return False  # not a float: the decoder reports it against the template
+
+
+def _count(low: int) -> Callable[[Any], bool]:
+    return lambda value: type(value) is int and low <= value <= _INT_MAX
+
+
+def _optional(rule: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or rule(value)
+
+
+def _is_text(value: Any) -> bool:
+    return type(value) is str
+
+
+def _is_time(value: Any) -> bool:
+    return type(value) in (int, float) and 0 <= value <= _LAST_SECOND
+
+
+def _is_sha256(value: Any) -> bool:
+    return type(value) is str and re.fullmatch(r"[0-9a-f]{64}", value) is not None
+
+
+def _is_seed_sequence(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(map(_count(0), value))
+
+
+_RESTORED = ("batch_size", "shards", "seed", "nonfinite", "mode", "local_steps", "staleness")
+_TOP: dict[str, Callable[[Any], bool]] = {
+    "asynctrain_version": _is_text,
+    "numpy_version": _is_text,
+    "created_unix": _is_time,
+}
+_SECTIONS: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "state": {name: _count(0) for name in _COUNTERS},
+    "config": {
+        "batch_size": _count(1),
+        "shards": _count(1),
+        "seed": _count(0),
+        "nonfinite": _is_text,
+        "mode": _is_text,
+        "local_steps": _optional(_count(1)),
+        "staleness": _optional(_count(0)),
+    },
+    "model": {
+        "class": _is_text,
+        "repr": _is_text,
+        "n_features": _count(1),
+        "n_classes": _optional(_count(1)),
+        "dtype": _is_text,
+    },
+    "rng": {
+        "seed_sequence": _is_seed_sequence,
+        "state": lambda value: isinstance(value, dict),
+        "batch": _count(0),
+        "samples": _optional(_count(1)),
+        "order_sha256": _optional(_is_sha256),
+    },
+    "optimizer": {"repr": _is_text, "state": lambda value: isinstance(value, dict)},
+}
 
 
 def _version() -> str:

@@ -107,6 +107,11 @@ def _create_temporary(path: Path) -> tuple[Path, int]:
         os.close(fd)  # a sweeper took it in the instant before the lock: it removes it
 
 
+def member_name(key: str, index: int) -> str:
+    """The zip member the ``index``-th array, ``key``, is stored as (the only one read)."""
+    return f"{key}.npy" if _MEMBER.fullmatch(key) else f"arrays/{index}.npy"
+
+
 def temporaries(directory: Path, *, recursive: bool = False) -> list[Path]:
     """The temporary files of unfinished saves under ``directory`` (any writer's)."""
     found = directory.rglob(".*.tmp") if recursive else directory.glob(".*.tmp")
@@ -142,7 +147,7 @@ def _write_zip(
     entries = {}
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for i, (key, array) in enumerate(arrays.items()):
-            member = f"{key}.npy" if _MEMBER.fullmatch(key) else f"arrays/{i}.npy"
+            member = member_name(key, i)
             with archive.open(member, "w", force_zip64=array.nbytes > (1 << 30)) as raw:
                 sink = _HashingSink(raw, cancel)
                 np.lib.format.write_array(sink, np.asarray(array), allow_pickle=False)

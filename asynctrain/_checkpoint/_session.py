@@ -19,11 +19,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from asynctrain._checkpoint._content import (
     Checkpoint,
     Payload,
+    Subject,
     checkpoint_name,
     encode_state,
     list_checkpoints,
@@ -31,31 +32,26 @@ from asynctrain._checkpoint._content import (
     write,
 )
 from asynctrain._checkpoint._format import SaveCancelled, sweep
+from asynctrain._checkpoint._lock import DirectoryLock
 from asynctrain._checks import check_int
+from asynctrain._engine._update import TrainState
 from asynctrain._events import Event, StepEvent
 from asynctrain._exceptions import CheckpointError, ConfigError, ConfigTypeError
 from asynctrain.data import steps_per_epoch
 
-if TYPE_CHECKING:
-    from asynctrain._trainer import DataLike, Trainer
-
 T = TypeVar("T")
 PathLike = str | os.PathLike[str]
-RESTORED_SETTINGS = (
-    "batch_size",
-    "shards",
-    "seed",
-    "nonfinite",
-    "mode",
-    "local_steps",
-    "staleness",
-)
+Resume = bool | str
+"""``fit``'s ``resume``: False, True (everything) or ``"params"`` (parameters only)."""
 
 
 def restored_settings(checkpoint: Checkpoint, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` completed with the checkpoint's trainer settings where not given."""
-    config = checkpoint.section("config")
-    found = {key: config[key] for key in RESTORED_SETTINGS if config.get(key) is not None}
+    """``options`` completed with the checkpoint's trainer settings where not given.
+
+    Raises:
+        CheckpointError: the checkpoint's settings are not ones a Trainer accepts.
+    """
+    found = checkpoint.settings()
     if not isinstance(options.get("mode", ""), str):  # a mode object holds its options
         found = {k: v for k, v in found.items() if k not in ("mode", "local_steps", "staleness")}
     return found | options
@@ -87,12 +83,12 @@ class Writer:
         """Run ``fn(*args)`` on the writer thread and return its result."""
         return await self.wait(self.submit(fn, *args))
 
-    async def snapshot(self, trainer: Trainer) -> Payload:
-        """A consistent copy of ``trainer``'s committed state, taken off the loop."""
-        updater = trainer._updater
+    async def snapshot(self, subject: Subject) -> Payload:
+        """A consistent copy of ``subject``'s committed state, taken off the loop."""
+        updater = subject.updater
         if updater is None:  # not open: nothing else changes the state
-            return await self.run(snapshot, trainer, trainer.state)
-        return await updater.call(lambda: snapshot(trainer, updater.state))
+            return await self.run(snapshot, subject, subject.state)
+        return await updater.call(lambda: snapshot(subject, updater.state))
 
     def close(self) -> None:
         """Stop the thread; call once its last work is done (the join is then immediate)."""
@@ -122,40 +118,53 @@ class CheckpointSession:
     epoch's validation, so the file holds the epoch boundary), at every epoch's end when
     ``every`` is None, and at the end of the fit; keeps the ``keep`` latest files.
 
+    The trainer is reached only through ``subject`` (a fresh :class:`Subject` of it, for
+    each use) and ``restore`` (which sets its state).
+
     Raises:
         ConfigError, ConfigTypeError: a bad option, before any work starts.
     """
 
     def __init__(
         self,
-        trainer: Trainer,
         directory: PathLike | None,
         *,
         every: int | None,
         keep: int | None,
-        resume: bool,
+        resume: Resume,
+        subject: Callable[[], Subject],
+        restore: Callable[[TrainState], None],
     ) -> None:
+        if not (isinstance(resume, bool) or resume == "params"):
+            raise ConfigTypeError(f'resume must be True, False or "params", got {resume!r}')
         if directory is None and (every is not None or resume):
             raise ConfigError(
-                "checkpoint_every and resume=True need a checkpoint_dir; pass checkpoint_dir=..."
+                "checkpoint_every and resume need a checkpoint_dir; pass checkpoint_dir=..."
             )
-        if not isinstance(resume, bool):
-            raise ConfigTypeError(f"resume must be True or False, got {resume!r}")
-        self.trainer = trainer
+        self.subject, self.restore = subject, restore
         self.directory = None if directory is None else Path(directory)
         self.every = None if every is None else check_int("checkpoint_every", every)
         self.keep = None if keep is None else check_int("keep", keep)
-        self.resume_latest = resume
+        self.resume_latest = bool(resume)
+        self.params_only = resume == "params"
         self._writer: Writer | None = None
+        self._lock: DirectoryLock | None = None
         self._pending: concurrent.futures.Future[None] | None = None
         self._due = False
         self._saved_step = -1
 
     async def __aenter__(self) -> Self:
         if self.directory is not None:
-            encode_state(self.trainer, self.trainer.state.opt_state, [])  # plain data?
+            subject = self.subject()
+            encode_state(subject.optimizer, subject.state.opt_state, [])  # plain data?
+            self._lock = DirectoryLock(self.directory)
             self._writer = Writer()
-            await self._writer.run(_prepare_directory, self.directory)
+            try:
+                await self._writer.run(_prepare_directory, self._lock)
+            except BaseException:
+                self._writer.close()  # the thread is done: the lock is held or not
+                self._lock.release()
+                raise
         return self
 
     async def __aexit__(
@@ -175,6 +184,8 @@ class CheckpointSession:
                 await self._drain_behind(exc)
         finally:
             self._writer.close()
+            if self._lock is not None:
+                self._lock.release()
 
     async def _drain_behind(self, exc: BaseException | None) -> None:
         try:
@@ -186,10 +197,10 @@ class CheckpointSession:
                 raise
             exc.add_note(f"and a checkpoint write failed: {failed}")
 
-    async def resume(self, epochs: int, data: DataLike) -> int:
+    async def resume(self, epochs: int, data: object) -> int:
         """Restore the latest checkpoint if asked; return the epochs left to train.
 
-        With ``resume=True``, ``epochs`` counts every epoch of the run, restored or not.
+        With ``resume``, ``epochs`` counts every epoch of the run, restored or not.
         """
         if not self.resume_latest or self._writer is None:
             return epochs
@@ -199,9 +210,13 @@ class CheckpointSession:
             samples = _samples_of(data)
             if samples is not None:
                 await self._writer.run(checkpoint.check_data, samples)
-            await self.trainer._load(self._writer, checkpoint)
-            self._saved_step = self.trainer.state.step
-        return max(0, epochs - self.trainer.state.epoch)
+            subject, params_only = self.subject(), self.params_only
+            state = await self._writer.run(
+                lambda: checkpoint.train_state(subject, params_only=params_only)
+            )
+            self.restore(state)
+            self._saved_step = state.step
+        return max(0, epochs - self.subject().state.epoch)
 
     async def after(self, event: Event) -> None:
         """Save if ``event`` ends a checkpoint interval; raise a failed earlier save's error."""
@@ -209,7 +224,7 @@ class CheckpointSession:
             return
         if self._pending is not None and self._pending.done():
             await self._drain()
-        state = self.trainer.state
+        state = self.subject().state
         if isinstance(event, StepEvent):
             if self.every is not None and state.step % self.every == 0:
                 if state.batch < self._steps_per_epoch():
@@ -225,7 +240,7 @@ class CheckpointSession:
         if self._writer is None:
             return
         await self._drain()
-        if self.trainer.state.step != self._saved_step:
+        if self.subject().state.step != self._saved_step:
             await self._save()
             await self._drain()
 
@@ -233,7 +248,7 @@ class CheckpointSession:
         assert self._writer is not None
         assert self.directory is not None
         await self._drain()
-        payload = await self._writer.snapshot(self.trainer)
+        payload = await self._writer.snapshot(self.subject())
         path = self.directory / checkpoint_name(payload.state.step)
         self._pending = self._writer.submit(
             write_and_prune, path, payload, self._writer.cancel, self.keep
@@ -247,8 +262,8 @@ class CheckpointSession:
             await self._writer.wait(future)
 
     def _steps_per_epoch(self) -> int:
-        samples = self.trainer._samples or 1
-        return steps_per_epoch(samples, self.trainer.config.batch_size)
+        subject = self.subject()
+        return steps_per_epoch(subject.samples or 1, subject.config.batch_size)
 
 
 def write_and_prune(
@@ -263,12 +278,9 @@ def write_and_prune(
                     old.unlink()
 
 
-def _prepare_directory(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CheckpointError(f"cannot create checkpoint_dir {directory}: {exc}") from exc
-    sweep(directory)
+def _prepare_directory(lock: DirectoryLock) -> None:
+    lock.acquire()
+    sweep(lock.directory)
 
 
 def _samples_of(data: Any) -> int | None:

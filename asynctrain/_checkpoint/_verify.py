@@ -13,7 +13,9 @@ import hashlib
 import json
 import math
 import os
+import stat
 import struct
+import tokenize
 import zipfile
 from pathlib import Path
 from typing import IO, Any
@@ -28,6 +30,7 @@ from asynctrain._checkpoint._format import (
     FORMAT_VERSION,
     MANIFEST,
     MAX_MANIFEST_BYTES,
+    member_name,
 )
 from asynctrain._exceptions import CheckpointError
 
@@ -41,6 +44,8 @@ _CORRUPT = (
     OverflowError,
     RecursionError,
     RuntimeError,  # zipfile: an encrypted member, an unsupported zip version or feature
+    SyntaxError,  # numpy's .npy header parser (ast.literal_eval) on a mangled header
+    tokenize.TokenError,  # the same parser's fallback for headers written by Python 2
 )
 
 
@@ -52,7 +57,7 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
             checksum mismatch), a newer format version, or a dtype outside the allow-list.
     """
     try:
-        with open(path, "rb") as handle:
+        with _open_regular(path) as handle:
             _check_magic(path, handle.read(4))
             handle.seek(0)
             size = os.fstat(handle.fileno()).st_size
@@ -72,6 +77,26 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
     except _CORRUPT as exc:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {exc}") from exc
     return manifest, loaded
+
+
+def _open_regular(path: Path) -> IO[bytes]:
+    """Open ``path`` for reading only if it is a regular file.
+
+    The open is non-blocking, so a FIFO or device planted under a checkpoint's name is
+    refused instead of blocking the reader (and a resume) until someone writes to it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+        if not stat.S_ISREG(mode):
+            raise CheckpointError(f"{path} is not a regular file (a FIFO, device, ...)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _check_magic(path: Path, head: bytes) -> None:
@@ -104,8 +129,13 @@ def _read_manifest(path: Path, archive: zipfile.ZipFile) -> dict[str, Any]:
         )
     if not isinstance(manifest.get("arrays"), dict):
         raise CheckpointError(f"{path}: {MANIFEST} lists no arrays")
-    for key, entry in manifest["arrays"].items():
+    for index, (key, entry) in enumerate(manifest["arrays"].items()):
         _check_entry(path, key, entry)
+        if entry["member"] != member_name(key, index):
+            raise CheckpointError(
+                f"{path}: array {key!r} is stored as {entry['member']!r}, not as "
+                f"{member_name(key, index)!r}, where asynctrain writes it"
+            )
     return manifest
 
 
@@ -126,7 +156,10 @@ def _check_members(
     path: Path, archive: zipfile.ZipFile, manifest: dict[str, Any], size: int
 ) -> None:
     listed = {MANIFEST} | {e["member"] for e in manifest["arrays"].values()}
-    present = {info.filename for info in archive.infolist()}
+    names = [info.filename for info in archive.infolist()]
+    present = set(names)
+    if len(names) != len(present):
+        raise CheckpointError(f"{path}: a member name appears twice in the zip")
     if present != listed:
         raise CheckpointError(
             f"{path}: members {sorted(present - listed)} are not in the manifest and "
