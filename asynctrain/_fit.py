@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from asynctrain._checkpoint import PathLike
+from asynctrain._checkpoint._session import Resume
 from asynctrain._events import Callback, FitResult
 from asynctrain._trainer import DataLike, Trainer
 from asynctrain.backends import Backend
@@ -25,7 +26,7 @@ async def fit(
     checkpoint_dir: PathLike | None = None,
     checkpoint_every: int | None = None,
     keep: int | None = 3,
-    resume: bool = False,
+    resume: Resume = False,
     monitor_lag: bool = False,
     metrics: Sequence[str] = (),
     **options: Any,

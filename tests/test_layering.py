@@ -230,13 +230,6 @@ def test_the_cycle_finder_finds_a_cycle_and_only_cycles() -> None:
     assert find_cycles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="existing cycles, being removed: asynctrain._trainer -> _checkpoint._session -> "
-    "_trainer, _trainer -> _epochs -> _trainer, _trainer -> _streaming._stream -> _trainer "
-    "(TYPE_CHECKING imports; _context and _checkpoint/_content, _inspect with them), and "
-    "_checkpoint._content imports the root asynctrain inside a function",
-)
 def test_the_package_has_no_import_cycles() -> None:
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
