@@ -35,7 +35,7 @@ from asynctrain.models import Model
 from asynctrain.sklearn._policy import plan
 from asynctrain.sklearn._runner import run_blocking
 from asynctrain.sklearn._state import Resumed, resumed_optimizer, same_structure
-from asynctrain.sklearn._training import OPTIMIZERS, Job, Trained, train
+from asynctrain.sklearn._training import Job, Trained, train
 
 AUTO_BATCH = 200  # batch_size="auto" is at most this (scikit-learn's MLPs: min(200, n))
 AUTO_MIN_BATCH = 16  # and at least this, when it aims at several steps an epoch
@@ -209,9 +209,9 @@ class AsyncEstimator(BaseEstimator):  # type: ignore[misc]
         return int(np.random.SeedSequence([base, seen]).generate_state(1)[0])
 
     def _optimizer(self, start: Params, resume: bool) -> optim.GradientTransformation:
-        name = check_choice("optimizer", self.optimizer, tuple(OPTIMIZERS))
+        name = check_choice("optimizer", self.optimizer, optim.names())
         rate = check_float("learning_rate", self.learning_rate, inclusive=False)
-        transform = OPTIMIZERS[name](rate)
+        transform = optim.get(name, learning_rate=rate)
         saved = self.__dict__.get("optimizer_state_")
         if resume and same_structure(saved, transform.init(start)):
             return resumed_optimizer(transform, saved)
