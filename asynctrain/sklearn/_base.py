@@ -32,6 +32,7 @@ from asynctrain._events import FitResult
 from asynctrain._inputs import prepare
 from asynctrain._types import Params
 from asynctrain.models import Model
+from asynctrain.sklearn._params import TrainingParams
 from asynctrain.sklearn._policy import plan
 from asynctrain.sklearn._runner import run_blocking
 from asynctrain.sklearn._state import Resumed, resumed_optimizer, same_structure
@@ -44,8 +45,11 @@ _SEED_RANGE = 2**31 - 1
 Pair = tuple[npt.NDArray[Any], npt.NDArray[Any]]
 
 
-class AsyncEstimator(BaseEstimator):  # type: ignore[misc]
-    """Shared machinery; subclasses define targets, the model and predictions."""
+class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
+    """Shared machinery; subclasses define targets, the model and predictions.
+
+    The hyper-parameters (and so ``__init__``) come from :mod:`._params`.
+    """
 
     # batch_size="auto" aims at this many steps an epoch (batches of AUTO_MIN_BATCH to
     # AUTO_BATCH rows), so that small data still takes enough steps to converge.
