@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -32,7 +31,9 @@ from asynctrain._engine._metrics import check_metrics
 from asynctrain._engine._update import TrainState, Updater
 from asynctrain._events import Callback, Event, FitResult
 from asynctrain._exceptions import ConfigTypeError, StateError
+from asynctrain._inputs import DataLike, prepare
 from asynctrain._monitor import LoopLagMonitor
+from asynctrain._streaming._sources import OffLoop
 from asynctrain._streaming._stream import (
     DEFAULT_BUFFER,
     Source,
@@ -44,14 +45,11 @@ from asynctrain._types import Params, State
 from asynctrain.backends import Backend, get_backend
 from asynctrain.backends._base import readonly
 from asynctrain.data import Dataset
-from asynctrain.models import Model, check_data, check_inputs
+from asynctrain.models import Model, check_inputs
 from asynctrain.optim import GradientTransformation
 from asynctrain.optim._alias import as_optimizer
 
 __all__ = ["DataLike", "Trainer"]
-
-DataLike = Dataset | tuple[npt.ArrayLike, npt.ArrayLike]
-"""What ``fit`` trains on: a Dataset or an ``(X, y)`` pair of arrays."""
 
 FIT_LAG_WINDOW = 10_000  # heartbeats behind fit(monitor_lag=True): ~10 s, sorted once
 
@@ -347,8 +345,8 @@ class Trainer:
             ...         print(event.step, event.loss)
         """
         epochs = check_int("epochs", epochs)
-        train = self._prepare(data, "data")
-        val = None if validation is None else self._prepare(validation, "validation")
+        train = await self._prepare(data, "data")
+        val = None if validation is None else await self._prepare(validation, "validation")
         names = check_metrics(metrics, self.model, validation=val is not None)
         self._check_picklable()
         # Close the inner generator as soon as this one stops, so the fit's shared arrays
@@ -444,7 +442,7 @@ class Trainer:
             buffer=buffer,
         )
         source = check_source(source)
-        val = None if validation is None else self._prepare(validation, "validation")
+        val = None if validation is None else await self._prepare(validation, "validation")
         self._check_picklable()
         # The events are closed explicitly, not at garbage collection: that stops the feed.
         async with (
@@ -594,23 +592,12 @@ class Trainer:
 
     # -- state and inputs ------------------------------------------------------------------
 
-    def _prepare(self, data: DataLike, name: str) -> Dataset:
-        """Validate ``data`` against the model and convert it to the model's dtype."""
-        if isinstance(data, tuple) and len(data) == 2:
-            data = Dataset(data[0], data[1])
-        if isinstance(data, AsyncIterable) or inspect.isgenerator(data):
-            raise ConfigTypeError(
-                f"{name} is a stream ({type(data).__name__}); fit() and steps() take a "
-                "Dataset or an (X, y) pair: train on a stream of batches with fit_stream()"
-            )
-        if not isinstance(data, Dataset):
-            raise ConfigTypeError(
-                f"{name} must be a Dataset or an (X, y) pair, got {type(data).__name__}"
-            )
-        check_data(self.model, data.X, data.y)
-        if data.dtype != np.dtype(self.model.dtype):
-            data = Dataset(data.X, data.y, dtype=self.model.dtype)
-        return data
+    async def _prepare(self, data: DataLike, name: str) -> Dataset:
+        """``data`` made ready for the model by :func:`prepare`, off the loop: it scans,
+        and converting to the model's dtype copies, all of X (with the inline backend, on
+        the loop, as all that backend's work)."""
+        async with contextlib.aclosing(OffLoop(inline=self._backend.inline)) as off:
+            return await off.call(prepare, self.model, data, name=name)
 
     def _parts(self) -> FitParts:
         """What the engine needs for one fit; the trainer is open."""

@@ -128,3 +128,41 @@ async def test_the_epoch_permutation_is_drawn_off_the_loop(
     await at.fit(model, data, backend="thread", workers=2, epochs=2, batch_size=250)
     assert len(threads) == 2
     assert all(name.startswith("asynctrain-update") for name in threads)
+
+
+@pytest.mark.parametrize("method", ["fit", "fit_stream"])
+async def test_input_is_checked_and_converted_off_the_loop(
+    monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """float64 data for a float32 model: the conversion (a copy of all of X) and the
+    checks run on a thread, never on the loop, for the data and the validation data."""
+    import asynctrain.data._validate as convert_module
+    import asynctrain.models._validate as check_module
+
+    calls: list[tuple[str, threading.Thread]] = []
+    to_float, check_labels = convert_module.to_float, check_module._check_labels
+
+    def converting(X: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
+        if X.dtype == np.float64 and dtype == np.float32:
+            calls.append(("convert", threading.current_thread()))
+        return to_float(X, dtype)
+
+    def checking(y: np.ndarray, n_classes: int, *, single_class: bool) -> None:
+        calls.append(("check", threading.current_thread()))
+        check_labels(y, n_classes, single_class=single_class)
+
+    monkeypatch.setattr(convert_module, "to_float", converting)
+    monkeypatch.setattr(check_module, "_check_labels", checking)
+    data = at.data.synthetic("softmax", n=4000, dtype=np.float64)
+    train, val = (data.X[:3000], data.y[:3000]), (data.X[3000:], data.y[3000:])
+    model = at.models.SoftmaxRegression(128, 10)  # float32
+    async with at.Trainer(model, backend="thread", workers=2, batch_size=500) as trainer:
+        if method == "fit":
+            await trainer.fit(train, validation=val)
+        else:
+            await trainer.fit_stream([train], validation=val)
+    loop_thread = threading.current_thread()
+    assert [kind for kind, thread in calls if thread is loop_thread] == []
+    # the data and the validation data: each converted and its labels checked
+    assert sorted(kind for kind, _ in calls).count("convert") >= 2
+    assert sorted(kind for kind, _ in calls).count("check") >= 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -50,3 +52,26 @@ def no_asyncio_debug(monkeypatch: pytest.MonkeyPatch) -> None:
 @parametrize_with_checks(ESTIMATORS, expected_failed_checks=expected_failed_checks)
 def test_scikit_learn_estimator_checks(estimator: Any, check: Callable[[Any], None]) -> None:
     check(estimator)
+
+
+def _documented(estimator: Any) -> dict[str, str]:
+    """``name -> default`` as the ``Args:`` section of the class docstring states them."""
+    args = type(estimator).__doc__.split("Args:")[1].split("Attributes:")[0]
+    entries = re.split(r"\n        (?=\w+: )", args.strip())
+    found = [re.match(r"(\w+): .*Default: ``(.+)``\.$", " ".join(e.split()), re.S) for e in entries]
+    assert all(found), entries
+    return {match[1]: match[2] for match in found if match}
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: type(e).__name__)
+def test_every_parameter_is_documented_once_with_its_default(estimator: Any) -> None:
+    """The docstring and what scikit-learn reads from ``__init__`` (get_params) agree:
+    the same names, each documented once, with the default ``__init__`` really has."""
+    documented, params = _documented(estimator), estimator.get_params()
+    assert sorted(documented) == sorted(params)
+    for name, shown in documented.items():
+        value = params[name]
+        if isinstance(value, type):
+            assert shown == f"np.{value.__name__}", name
+        else:
+            assert ast.literal_eval(shown) == value, name

@@ -9,6 +9,7 @@ backend it created, so nothing is left running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any, Self
 from asynctrain._checks import check_int
 from asynctrain._events import Callback
 from asynctrain._exceptions import ConfigError, ConfigTypeError, StateError
+from asynctrain._inputs import DataLike, prepare
 from asynctrain._monitor import LagStats, LoopLagMonitor
 from asynctrain._serving._job import FINISHED, Job
 from asynctrain._serving._metrics import (
@@ -26,11 +28,11 @@ from asynctrain._serving._metrics import (
     cumulative_buckets,
     shared_memory_bytes,
 )
-from asynctrain._trainer import DataLike, Trainer
+from asynctrain._streaming._sources import OffLoop
+from asynctrain._trainer import Trainer
 from asynctrain._types import State
 from asynctrain.backends import Backend, get_backend
-from asynctrain.data import Dataset
-from asynctrain.models import Model, check_data
+from asynctrain.models import Model
 from asynctrain.optim import GradientTransformation
 
 _NOT_PER_JOB = ("backend", "workers")
@@ -159,9 +161,12 @@ class TrainingService:
         try:
             trainer = Trainer(model, optimizer, backend=self._backend, **trainer_options)
             fit = {"epochs": check_int("epochs", epochs), "callbacks": tuple(callbacks)}
-            train = await asyncio.to_thread(_validated, model, data)
-            if validation is not None:
-                fit["validation"] = await asyncio.to_thread(_validated, model, validation)
+            async with contextlib.aclosing(OffLoop(inline=False)) as off:
+                train = await off.call(prepare, model, data)
+                if validation is not None:
+                    fit["validation"] = await off.call(
+                        prepare, model, validation, name="validation"
+                    )
             if self._state is not State.OPEN:
                 raise StateError(f"{self!r} closed while job {name!r} was being created")
             job = Job(
@@ -279,18 +284,3 @@ class TrainingService:
             f"queued={self.queued} backend={backend} "
             f"{self._state}>"
         )
-
-
-def _validated(model: Model, data: DataLike) -> Dataset:
-    """``data`` as a Dataset that fits ``model``, in its dtype (scans and copies: off the loop).
-
-    Converting here spares the trainer the copy it would otherwise make on the loop.
-    """
-    if isinstance(data, tuple) and len(data) == 2:
-        data = Dataset(data[0], data[1], dtype=model.dtype)
-    if not isinstance(data, Dataset):
-        raise ConfigTypeError(f"data must be a Dataset or an (X, y) pair, got {type(data)!r}")
-    check_data(model, data.X, data.y)
-    if data.dtype != model.dtype:
-        data = Dataset(data.X, data.y, dtype=model.dtype)
-    return data

@@ -1,8 +1,8 @@
 """Validation of one batch of a stream, as it arrives: numpy code, run off the event loop.
 
-A stream batch passes the same checks as a whole dataset (:class:`~asynctrain.data.Dataset`
-for shape, dtype and NaN/Inf, :func:`~asynctrain.models.check_data` for the feature count
-and the labels), except that one batch may hold a single class. Its errors name the batch.
+A stream batch is made ready the way all training input is (``asynctrain._inputs.prepare``:
+shape, dtype and NaN/Inf, feature count and labels), except that one batch may hold a
+single class. Its errors name the batch.
 
 A checked batch owns its arrays: they are copied (or converted, which copies) before they
 are checked, because the producer runs again before the batch is trained on and may refill
@@ -17,9 +17,10 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import DataError, DataTypeError
+from asynctrain._inputs import prepare
 from asynctrain._types import Array
 from asynctrain.data import Dataset
-from asynctrain.models import Model, check_data
+from asynctrain.models import Model
 
 Batch = tuple[Array, npt.NDArray[Any]]
 
@@ -49,8 +50,7 @@ def check_batch(
         X, y = _unpack(item)
         if np.shape(X)[:1] == (0,) and np.shape(y)[:1] == (0,):
             return None
-        data = Dataset(_owned(X, model.dtype), _owned(y), dtype=model.dtype)
-        check_data(model, data.X, data.y, single_class=True)
+        data = prepare(model, (_owned(X, model.dtype), _owned(y)), single_class=True)
         return data.X, _targets(model, data.y, like)
     except DataError as exc:
         raise type(exc)(f"{where}: {exc}") from exc
@@ -69,7 +69,7 @@ def _unpack(item: object) -> tuple[Any, Any]:
 
 def _owned(value: Any, dtype: np.dtype[Any] | None = None) -> Any:
     """``value`` copied into an array of its own, unless converting it to ``dtype`` (which
-    Dataset does, before its checks) makes that copy anyway."""
+    ``prepare`` does, before its checks) makes that copy anyway."""
     numeric = isinstance(value, np.ndarray) and value.dtype.kind in "biuf"
     if numeric and dtype is not None and value.dtype != dtype:
         return value

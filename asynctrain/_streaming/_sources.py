@@ -21,7 +21,8 @@ _END = object()
 
 
 class OffLoop:
-    """Runs a feed's blocking work on two threads of its own, or inline for inline backends.
+    """Runs blocking work (a feed's; the trainer's input preparation) on two threads of
+    its own, or inline for inline backends.
 
     Two threads: a sync source blocked in ``next()`` never holds up re-cutting rows that
     already arrived.

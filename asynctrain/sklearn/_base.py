@@ -29,21 +29,27 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from asynctrain import optim
 from asynctrain._checks import check_choice, check_float, check_int
 from asynctrain._events import FitResult
+from asynctrain._inputs import prepare
 from asynctrain._types import Params
-from asynctrain.data import Dataset
 from asynctrain.models import Model
+from asynctrain.sklearn._params import TrainingParams
 from asynctrain.sklearn._policy import plan
 from asynctrain.sklearn._runner import run_blocking
 from asynctrain.sklearn._state import Resumed, resumed_optimizer, same_structure
-from asynctrain.sklearn._training import OPTIMIZERS, Job, Trained, train
+from asynctrain.sklearn._training import Job, Trained, train
 
 AUTO_BATCH = 200  # batch_size="auto" is at most this (scikit-learn's MLPs: min(200, n))
 AUTO_MIN_BATCH = 16  # and at least this, when it aims at several steps an epoch
 _SEED_RANGE = 2**31 - 1
 
+Pair = tuple[npt.NDArray[Any], npt.NDArray[Any]]
 
-class AsyncEstimator(BaseEstimator):  # type: ignore[misc]
-    """Shared machinery; subclasses define targets, the model and predictions."""
+
+class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
+    """Shared machinery; subclasses define targets, the model and predictions.
+
+    The hyper-parameters (and so ``__init__``) come from :mod:`._params`.
+    """
 
     # batch_size="auto" aims at this many steps an epoch (batches of AUTO_MIN_BATCH to
     # AUTO_BATCH rows), so that small data still takes enough steps to converge.
@@ -108,12 +114,14 @@ class AsyncEstimator(BaseEstimator):  # type: ignore[misc]
         y_arr, target_attrs = self._targets(y_arr, partial=partial, resume=resume, classes=classes)
         attrs.update(target_attrs)
         seed = self._seed(partial)
-        train, validation = self._datasets(X_arr, y_arr, partial, seed)
-        batch_size = self._batch_size(len(train))
+        train, held_out = self._split(X_arr, y_arr, partial, seed)
+        batch_size = self._batch_size(len(train[0]))
         model = self._build_model(attrs, batch_size)
+        data = prepare(model, train, single_class=partial)
+        validation = None if held_out is None else prepare(model, held_out, name="validation")
         start = self._start(model, attrs, resume=resume, seed=seed)
         return Job(
-            data=train,
+            data=data,
             validation=validation,
             model=Resumed(model, start, n_classes=None if partial else model.n_classes),
             trained=model,
@@ -162,11 +170,12 @@ class AsyncEstimator(BaseEstimator):  # type: ignore[misc]
         names = ("n_features_in_", "feature_names_in_")
         return X_arr, y_arr, {k: target.__dict__[k] for k in names if k in target.__dict__}
 
-    def _datasets(
+    def _split(
         self, X: npt.NDArray[Any], y: npt.NDArray[Any], partial: bool, seed: int
-    ) -> tuple[Dataset, Dataset | None]:
+    ) -> tuple[Pair, Pair | None]:
+        """``((X, y), None)``, or with ``early_stopping`` the training and held-out rows."""
         if partial or not self.early_stopping:
-            return Dataset(X, y, dtype=self.dtype), None
+            return (X, y), None
         fraction = check_float("validation_fraction", self.validation_fraction, inclusive=False)
         try:
             X_tr, X_val, y_tr, y_val = train_test_split(
@@ -182,7 +191,7 @@ class AsyncEstimator(BaseEstimator):  # type: ignore[misc]
                 f"{len(X)} samples, which is too few: {exc}. Raise validation_fraction, "
                 "use more data or pass early_stopping=False"
             ) from exc
-        return Dataset(X_tr, y_tr, dtype=self.dtype), Dataset(X_val, y_val, dtype=self.dtype)
+        return (X_tr, y_tr), (X_val, y_val)
 
     def _batch_size(self, n: int) -> int:
         if isinstance(self.batch_size, str) and self.batch_size == "auto":
@@ -204,9 +213,9 @@ class AsyncEstimator(BaseEstimator):  # type: ignore[misc]
         return int(np.random.SeedSequence([base, seen]).generate_state(1)[0])
 
     def _optimizer(self, start: Params, resume: bool) -> optim.GradientTransformation:
-        name = check_choice("optimizer", self.optimizer, tuple(OPTIMIZERS))
+        name = check_choice("optimizer", self.optimizer, optim.names())
         rate = check_float("learning_rate", self.learning_rate, inclusive=False)
-        transform = OPTIMIZERS[name](rate)
+        transform = optim.get(name, learning_rate=rate)
         saved = self.__dict__.get("optimizer_state_")
         if resume and same_structure(saved, transform.init(start)):
             return resumed_optimizer(transform, saved)

@@ -9,11 +9,12 @@ import numpy.typing as npt
 
 from asynctrain._types import Params
 from asynctrain.models import LinearRegression, LogisticRegression, Model, SoftmaxRegression
-from asynctrain.sklearn._docs import linear_doc
 from asynctrain.sklearn._kinds import AsyncClassifier, AsyncRegressor
+from asynctrain.sklearn._params import LINEAR_ALPHA, LinearParams, hyperparameters, param
 
 
-class AsyncLogisticRegression(AsyncClassifier):
+@hyperparameters
+class AsyncLogisticRegression(LinearParams, AsyncClassifier):
     """Logistic regression trained by asynctrain: binary, or multinomial for 3+ classes.
 
     Two classes train :class:`asynctrain.models.LogisticRegression`; more train
@@ -33,43 +34,7 @@ class AsyncLogisticRegression(AsyncClassifier):
         True
     """
 
-    __doc__ = linear_doc(__doc__)
     _auto_steps = 10
-
-    def __init__(
-        self,
-        *,
-        alpha: float = 1e-4,
-        optimizer: str = "adam",
-        learning_rate: float = 1e-2,
-        batch_size: int | str = "auto",
-        max_iter: int = 200,
-        tol: float = 1e-4,
-        n_iter_no_change: int = 10,
-        early_stopping: bool = False,
-        validation_fraction: float = 0.1,
-        random_state: Any = None,
-        backend: str = "auto",
-        workers: int | None = None,
-        shards: int | str = "auto",
-        mode: str = "sync",
-        dtype: Any = np.float32,
-    ) -> None:
-        self.alpha = alpha
-        self.optimizer = optimizer
-        self.learning_rate = learning_rate
-        self.batch_size = batch_size
-        self.max_iter = max_iter
-        self.tol = tol
-        self.n_iter_no_change = n_iter_no_change
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.random_state = random_state
-        self.backend = backend
-        self.workers = workers
-        self.shards = shards
-        self.mode = mode
-        self.dtype = dtype
 
     @property
     def coef_(self) -> npt.NDArray[Any]:
@@ -118,7 +83,8 @@ class AsyncLogisticRegression(AsyncClassifier):
         return SoftmaxRegression(n_features, n_classes, l2=self.alpha, dtype=self.dtype)
 
 
-class AsyncLinearRegression(AsyncRegressor):
+@hyperparameters
+class AsyncLinearRegression(LinearParams, AsyncRegressor):
     """Least-squares linear regression trained by asynctrain (optionally L2-penalised).
 
     Trains :class:`asynctrain.models.LinearRegression` on the mean squared error.
@@ -138,43 +104,8 @@ class AsyncLinearRegression(AsyncRegressor):
         ([1.0, -2.0, 0.5], 3.0, True)
     """
 
-    __doc__ = linear_doc(__doc__)
     _auto_steps = 10
-
-    def __init__(
-        self,
-        *,
-        alpha: float = 0.0,
-        optimizer: str = "adam",
-        learning_rate: float = 1e-2,
-        batch_size: int | str = "auto",
-        max_iter: int = 200,
-        tol: float = 1e-4,
-        n_iter_no_change: int = 10,
-        early_stopping: bool = False,
-        validation_fraction: float = 0.1,
-        random_state: Any = None,
-        backend: str = "auto",
-        workers: int | None = None,
-        shards: int | str = "auto",
-        mode: str = "sync",
-        dtype: Any = np.float32,
-    ) -> None:
-        self.alpha = alpha
-        self.optimizer = optimizer
-        self.learning_rate = learning_rate
-        self.batch_size = batch_size
-        self.max_iter = max_iter
-        self.tol = tol
-        self.n_iter_no_change = n_iter_no_change
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.random_state = random_state
-        self.backend = backend
-        self.workers = workers
-        self.shards = shards
-        self.mode = mode
-        self.dtype = dtype
+    alpha: float = param(default=0.0, doc=LINEAR_ALPHA)
 
     @property
     def coef_(self) -> npt.NDArray[Any]:

@@ -13,17 +13,13 @@ from asynctrain._checks import check_float
 from asynctrain._exceptions import ConfigTypeError
 from asynctrain._types import Params
 from asynctrain.models import MLP, Model
-from asynctrain.sklearn._docs import mlp_doc
 from asynctrain.sklearn._kinds import AsyncClassifier, AsyncRegressor
+from asynctrain.sklearn._params import MLPParams, hyperparameters
 
 
-class _MLPParams:
-    """Hyper-parameters and fitted views shared by the two MLP estimators."""
+class _MLP(MLPParams):
+    """Hyper-parameters, the network and fitted views shared by the two MLP estimators."""
 
-    hidden_layer_sizes: Any
-    activation: str
-    alpha: float
-    dtype: Any
     params_: dict[str, npt.NDArray[Any]]
     model_: MLP
 
@@ -76,7 +72,8 @@ class _MLPParams:
         )
 
 
-class AsyncMLPClassifier(_MLPParams, AsyncClassifier):
+@hyperparameters
+class AsyncMLPClassifier(_MLP, AsyncClassifier):
     """A multi-layer perceptron classifier trained by asynctrain (softmax output).
 
     Trains :class:`asynctrain.models.MLP` with ``task="classification"`` on the
@@ -96,47 +93,6 @@ class AsyncMLPClassifier(_MLPParams, AsyncClassifier):
         True
     """
 
-    __doc__ = mlp_doc(__doc__)
-
-    def __init__(
-        self,
-        hidden_layer_sizes: Any = (100,),
-        *,
-        activation: str = "relu",
-        alpha: float = 1e-4,
-        optimizer: str = "adam",
-        learning_rate: float = 1e-3,
-        batch_size: int | str = "auto",
-        max_iter: int = 200,
-        tol: float = 1e-4,
-        n_iter_no_change: int = 10,
-        early_stopping: bool = False,
-        validation_fraction: float = 0.1,
-        random_state: Any = None,
-        backend: str = "auto",
-        workers: int | None = None,
-        shards: int | str = "auto",
-        mode: str = "sync",
-        dtype: Any = np.float32,
-    ) -> None:
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.alpha = alpha
-        self.optimizer = optimizer
-        self.learning_rate = learning_rate
-        self.batch_size = batch_size
-        self.max_iter = max_iter
-        self.tol = tol
-        self.n_iter_no_change = n_iter_no_change
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.random_state = random_state
-        self.backend = backend
-        self.workers = workers
-        self.shards = shards
-        self.mode = mode
-        self.dtype = dtype
-
     def predict_proba(self, X: npt.ArrayLike) -> npt.NDArray[Any]:
         """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
         X_arr, params = self._inputs(X)
@@ -154,7 +110,8 @@ class AsyncMLPClassifier(_MLPParams, AsyncClassifier):
         return self._mlp(sizes, "classification", batch_size)
 
 
-class AsyncMLPRegressor(_MLPParams, AsyncRegressor):
+@hyperparameters
+class AsyncMLPRegressor(_MLP, AsyncRegressor):
     """A multi-layer perceptron regressor trained by asynctrain (linear output).
 
     Trains :class:`asynctrain.models.MLP` with ``task="regression"`` on the mean squared
@@ -172,47 +129,7 @@ class AsyncMLPRegressor(_MLPParams, AsyncRegressor):
         True
     """
 
-    __doc__ = mlp_doc(__doc__)
     _multi_output = True
-
-    def __init__(
-        self,
-        hidden_layer_sizes: Any = (100,),
-        *,
-        activation: str = "relu",
-        alpha: float = 1e-4,
-        optimizer: str = "adam",
-        learning_rate: float = 1e-3,
-        batch_size: int | str = "auto",
-        max_iter: int = 200,
-        tol: float = 1e-4,
-        n_iter_no_change: int = 10,
-        early_stopping: bool = False,
-        validation_fraction: float = 0.1,
-        random_state: Any = None,
-        backend: str = "auto",
-        workers: int | None = None,
-        shards: int | str = "auto",
-        mode: str = "sync",
-        dtype: Any = np.float32,
-    ) -> None:
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.alpha = alpha
-        self.optimizer = optimizer
-        self.learning_rate = learning_rate
-        self.batch_size = batch_size
-        self.max_iter = max_iter
-        self.tol = tol
-        self.n_iter_no_change = n_iter_no_change
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.random_state = random_state
-        self.backend = backend
-        self.workers = workers
-        self.shards = shards
-        self.mode = mode
-        self.dtype = dtype
 
     def predict(self, X: npt.ArrayLike) -> npt.NDArray[Any]:
         """Predictions: (n_samples,) for one target, else (n_samples, n_outputs_)."""

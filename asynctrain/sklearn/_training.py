@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -15,14 +14,6 @@ from asynctrain._types import Params
 from asynctrain.data import Dataset
 from asynctrain.models import Model
 from asynctrain.sklearn._policy import ONE_BLAS_THREAD, Plan
-
-OPTIMIZERS: dict[str, Callable[[float], optim.GradientTransformation]] = {
-    "adagrad": optim.adagrad,
-    "adam": optim.adam,
-    "adamw": optim.adamw,
-    "rmsprop": optim.rmsprop,
-    "sgd": optim.sgd,
-}
 
 
 @dataclass(frozen=True)
