@@ -112,7 +112,9 @@ async def test_model_checkpoint_best_only_keeps_the_best_epoch(
     improvements = sum(1 for i, v in enumerate(losses) if v < min(losses[:i], default=math.inf))
     assert len(saver.saved) == improvements
     assert set(saver.saved) == {tmp_path / "best.ckpt"}
-    restored = await at.Trainer.restore(tmp_path / "best.ckpt", model, backend="inline")
+    restored = await at.Trainer.restore(
+        tmp_path / "best.ckpt", model, at.optim.adam(1e-2), backend="inline"
+    )
     assert _val_loss(model, restored.params, val) == min(losses)
     assert [p.name for p in every.saved] == [
         f"epoch-{e.epoch:02d}-{e.val_loss:.4f}.ckpt" for e in result.history
