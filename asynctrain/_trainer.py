@@ -31,6 +31,7 @@ from asynctrain._engine._update import TrainState, Updater
 from asynctrain._events import Callback, Event, FitResult
 from asynctrain._exceptions import ConfigTypeError, StateError
 from asynctrain._monitor import LoopLagMonitor
+from asynctrain._offloop import off_loop
 from asynctrain._streaming._stream import (
     DEFAULT_BUFFER,
     Source,
@@ -201,7 +202,7 @@ class Trainer:
         updater, self._updater = self._updater, None
         if updater is not None:
             self._saved_state = updater.state
-            await asyncio.to_thread(updater.close)
+            await off_loop(updater.close)
         if self._owns_backend:
             await self._backend.aclose()
         if self._state is State.OPEN:

@@ -19,6 +19,7 @@ from asynctrain._checks import check_int
 from asynctrain._events import Callback
 from asynctrain._exceptions import ConfigError, ConfigTypeError, StateError
 from asynctrain._monitor import LagStats, LoopLagMonitor
+from asynctrain._offloop import off_loop
 from asynctrain._serving._job import FINISHED, Job
 from asynctrain._serving._metrics import (
     ServiceMetrics,
@@ -159,9 +160,9 @@ class TrainingService:
         try:
             trainer = Trainer(model, optimizer, backend=self._backend, **trainer_options)
             fit = {"epochs": check_int("epochs", epochs), "callbacks": tuple(callbacks)}
-            train = await asyncio.to_thread(_validated, model, data)
+            train = await off_loop(_validated, model, data)
             if validation is not None:
-                fit["validation"] = await asyncio.to_thread(_validated, model, validation)
+                fit["validation"] = await off_loop(_validated, model, validation)
             if self._state is not State.OPEN:
                 raise StateError(f"{self!r} closed while job {name!r} was being created")
             job = Job(
