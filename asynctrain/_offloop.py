@@ -23,7 +23,10 @@ T = TypeVar("T")
 
 
 async def await_without_orphans(
-    future: concurrent.futures.Future[T], *, on_cancel: Callable[[], object] | None = None
+    future: concurrent.futures.Future[T],
+    *,
+    on_cancel: Callable[[], object] | None = None,
+    discard: Callable[[T], object] | None = None,
 ) -> T:
     """Await ``future``; on cancellation, cancel it or wait until it has finished.
 
@@ -31,7 +34,8 @@ async def await_without_orphans(
     work to stop early, e.g. set a ``threading.Event`` it checks); then work not started
     yet is cancelled and started work is waited for, through further cancellations too,
     before ``CancelledError`` propagates. The outcome of that work is dropped (its
-    exception is marked retrieved, so the loop logs nothing).
+    exception is marked retrieved, so the loop logs nothing); a result is passed to
+    ``discard`` if given (e.g. to free what the work allocated).
     """
     try:
         return await asyncio.wrap_future(future)
@@ -39,17 +43,14 @@ async def await_without_orphans(
         if on_cancel is not None:
             on_cancel()
         if not future.cancel():
-            await _finished(asyncio.wrap_future(future))
+            waiter = asyncio.wrap_future(future)
+            while not waiter.done():
+                # A second cancel must not orphan the work either: the first is re-raised.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([waiter])
+            if not waiter.cancelled() and waiter.exception() is None and discard is not None:
+                discard(waiter.result())
         raise
-
-
-async def _finished(waiter: asyncio.Future[Any]) -> None:
-    while not waiter.done():
-        # A second cancel must not orphan the work either: the first one is re-raised.
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait([waiter])
-    if not waiter.cancelled():
-        waiter.exception()
 
 
 async def off_loop(
@@ -58,6 +59,7 @@ async def off_loop(
     *args: Any,
     executor: concurrent.futures.Executor | None = None,
     on_cancel: Callable[[], object] | None = None,
+    discard: Callable[[T], object] | None = None,
 ) -> T:
     """Run ``fn(*args)`` off the event loop and return its result (or raise its exception).
 
@@ -65,7 +67,8 @@ async def off_loop(
     that has ended when this returns or raises; with one it runs there (the owner's
     threads: the updater's, a checkpoint writer's, a feed's). Either way it runs in a copy
     of the caller's context (contextvars), like ``asyncio.to_thread``, and a cancelled
-    caller waits for it: see :func:`await_without_orphans` (``on_cancel`` is passed on).
+    caller waits for it: see :func:`await_without_orphans` (``on_cancel`` and ``discard``
+    are passed on).
 
     Example:
         >>> import asynctrain
@@ -74,14 +77,16 @@ async def off_loop(
     """
     call = functools.partial(contextvars.copy_context().run, fn, *args)
     if executor is not None:
-        return await await_without_orphans(executor.submit(call), on_cancel=on_cancel)
+        return await await_without_orphans(
+            executor.submit(call), on_cancel=on_cancel, discard=discard
+        )
     future: concurrent.futures.Future[T] = concurrent.futures.Future()
     named = fn.func if isinstance(fn, functools.partial) else fn
     name = getattr(named, "__qualname__", type(named).__qualname__)
     thread = threading.Thread(target=_run, args=(future, call), name=f"asynctrain-off-loop-{name}")
     thread.start()
     try:
-        return await await_without_orphans(future, on_cancel=on_cancel)
+        return await await_without_orphans(future, on_cancel=on_cancel, discard=discard)
     finally:
         thread.join()  # its work is over: only the thread's exit is left, so this is immediate
 

@@ -134,3 +134,24 @@ async def test_on_cancel_asks_started_work_to_stop_before_it_is_waited_for(
         assert work.finished
     finally:
         work.release.set()
+
+
+async def test_the_result_of_work_finished_for_a_cancelled_caller_goes_to_discard(
+    executor: concurrent.futures.Executor | None,
+) -> None:
+    work, discarded = _Held(), []  # e.g. the process backend frees a segment it built
+    task = asyncio.ensure_future(
+        off_loop(work, "built", executor=executor, discard=discarded.append)
+    )
+    try:
+        await asyncio.to_thread(work.started.wait)
+        task.cancel()
+        await asyncio.sleep(0)
+        work.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert discarded == ["built"]
+    finally:
+        work.release.set()
+    assert await off_loop(work, "kept", executor=executor, discard=discarded.append) == "kept"
+    assert discarded == ["built"]  # a result the caller received is not discarded

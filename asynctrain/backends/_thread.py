@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import functools
@@ -29,17 +28,6 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-async def wait_quietly(future: asyncio.Future[Any]) -> None:
-    """Wait for ``future`` to finish and drop its outcome (nobody awaits it any more).
-
-    Its exception is marked retrieved: otherwise the loop logs "Future exception was never
-    retrieved" for every sibling task that failed after the first error won.
-    """
-    await asyncio.wait([future])
-    if not future.cancelled():
-        future.exception()
 
 
 def lower_priority() -> None:
