@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -33,7 +34,7 @@ from asynctrain._events import Callback, Event, FitResult
 from asynctrain._exceptions import ConfigTypeError, StateError
 from asynctrain._inputs import DataLike, prepare
 from asynctrain._monitor import LoopLagMonitor
-from asynctrain._streaming._sources import OffLoop
+from asynctrain._offloop import off_loop
 from asynctrain._streaming._stream import (
     DEFAULT_BUFFER,
     Source,
@@ -201,7 +202,7 @@ class Trainer:
         updater, self._updater = self._updater, None
         if updater is not None:
             self._saved_state = updater.state
-            await asyncio.to_thread(updater.close)
+            await off_loop(updater.close)
         if self._owns_backend:
             await self._backend.aclose()
         if self._state is State.OPEN:
@@ -596,8 +597,10 @@ class Trainer:
         """``data`` made ready for the model by :func:`prepare`, off the loop: it scans,
         and converting to the model's dtype copies, all of X (with the inline backend, on
         the loop, as all that backend's work)."""
-        async with contextlib.aclosing(OffLoop(inline=self._backend.inline)) as off:
-            return await off.call(prepare, self.model, data, name=name)
+        work = functools.partial(prepare, self.model, data, name=name)
+        if self._backend.inline:
+            return work()
+        return await off_loop(work)
 
     def _parts(self) -> FitParts:
         """What the engine needs for one fit; the trainer is open."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import threading
 import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -196,7 +197,7 @@ async def test_aclose_cancels_everything(data: Dataset) -> None:
         await _first_steps(running, 2)
     assert (running.status, queued.status) == ("cancelled", "cancelled")
     assert running.step >= 2
-    assert service.backend.state == "closed"  # type: ignore[attr-defined]
+    assert service.backend.state == "closed"
     with pytest.raises(at.StateError, match="not open"):
         await service.start("late", _model(), data)
 
@@ -260,6 +261,49 @@ async def test_jobs_share_one_process_pool(data: Dataset) -> None:
     oracle = await _replay(data)
     assert all(_same(r.params, oracle.params[47]) for r in results)
     assert np.array_equal(predicted.values, _model().predict(oracle.params[47], data.X[:10]))
+
+
+class _HeldPredict(SoftmaxRegression):
+    """Predictions wait for ``release`` and record that they finished (training is as usual)."""
+
+    started: threading.Event
+    release: threading.Event
+    finished: list[int]
+
+    def __init__(self) -> None:
+        super().__init__(128, 10)
+        for name in ("started", "release"):
+            object.__setattr__(self, name, threading.Event())  # a frozen dataclass
+        object.__setattr__(self, "finished", [])
+
+    def predict(self, params: Any, X: Any) -> Any:
+        self.started.set()
+        self.release.wait()
+        values = super().predict(params, X)
+        self.finished.append(len(values))
+        return values
+
+
+async def test_a_cancelled_prediction_leaves_no_predict_running(
+    service: at.TrainingService, data: Dataset
+) -> None:
+    # asyncio.to_thread let CancelledError reach the caller while the model still ran.
+    model = _HeldPredict()
+    job = await service.start("held", model, data, **OPTIONS)
+    await job.result()
+    served = asyncio.ensure_future(job.predict(data.X[:5]))
+    try:
+        await asyncio.to_thread(model.started.wait)
+        served.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not served.done(), "the cancelled request returned while predict still ran"
+        model.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await served
+        assert model.finished == [5]
+    finally:
+        model.release.set()
 
 
 async def test_a_job_cancelled_before_its_task_ran_is_settled(

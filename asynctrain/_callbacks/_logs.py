@@ -19,7 +19,7 @@ from typing import IO, Any, TypeVar
 from asynctrain._control import FitControl
 from asynctrain._events import Callback, EpochEvent
 from asynctrain._exceptions import ConfigError, ConfigTypeError
-from asynctrain.backends._thread import await_without_orphans
+from asynctrain._offloop import await_without_orphans
 
 T = TypeVar("T")
 _FIELDS = ("epoch", "loss", "val_loss", "val_accuracy", "seconds", "samples_per_s", "steps")

@@ -37,6 +37,7 @@ from asynctrain._checks import check_int
 from asynctrain._engine._update import TrainState
 from asynctrain._events import Event, StepEvent
 from asynctrain._exceptions import CheckpointError, ConfigError, ConfigTypeError
+from asynctrain._offloop import await_without_orphans, off_loop
 from asynctrain.data import steps_per_epoch
 
 T = TypeVar("T")
@@ -72,16 +73,11 @@ class Writer:
 
     async def wait(self, future: concurrent.futures.Future[T]) -> T:
         """Await ``future``; if cancelled, stop the write and wait for the thread first."""
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            self.cancel.set()
-            await settle(future)
-            raise
+        return await await_without_orphans(future, on_cancel=self.cancel.set)
 
     async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Run ``fn(*args)`` on the writer thread and return its result."""
-        return await self.wait(self.submit(fn, *args))
+        return await off_loop(fn, *args, executor=self._executor, on_cancel=self.cancel.set)
 
     async def snapshot(self, subject: Subject) -> Payload:
         """A consistent copy of ``subject``'s committed state, taken off the loop."""
@@ -99,16 +95,6 @@ class Writer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-async def settle(future: concurrent.futures.Future[Any]) -> None:
-    """Wait until ``future`` is done (cancelling it if it has not started); ignore its outcome."""
-    if future.cancel():
-        return
-    waiter = asyncio.wrap_future(future)
-    await asyncio.wait([waiter])
-    if not waiter.cancelled():
-        waiter.exception()  # retrieved: a failed write behind a cancellation is not logged
 
 
 class CheckpointSession:

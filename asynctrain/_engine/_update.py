@@ -19,9 +19,9 @@ import numpy.typing as npt
 
 from asynctrain._engine._work import ShardResult
 from asynctrain._exceptions import NonFiniteError
+from asynctrain._offloop import off_loop
 from asynctrain._types import Grads, Params
 from asynctrain.backends import SharedArrays
-from asynctrain.backends._thread import await_without_orphans
 from asynctrain.optim import apply_updates, global_norm
 from asynctrain.optim._tree import arrays_in, leaves
 
@@ -78,7 +78,7 @@ class Updater:
         """Run ``fn(*args)`` where updates run (the update thread, or inline)."""
         if self._executor is None:
             return fn(*args)
-        return await await_without_orphans(self._executor.submit(fn, *args))
+        return await off_loop(fn, *args, executor=self._executor)
 
     async def apply(
         self,

@@ -20,6 +20,7 @@ import numpy.typing as npt
 from asynctrain._engine._update import TrainState
 from asynctrain._events import Callback, EpochEvent, FitResult, StepEvent
 from asynctrain._exceptions import StateError
+from asynctrain._offloop import off_loop
 from asynctrain._serving._broadcast import Broadcast, Lagged
 from asynctrain._serving._metrics import StepCounters
 from asynctrain._trainer import Trainer
@@ -212,7 +213,7 @@ class Job:
         """
         state = self.state
         model = self._trainer.model
-        values = await asyncio.to_thread(_predict, model, state.params, X)
+        values = await off_loop(_predict, model, state.params, X)
         return Prediction(values, state.step, state.version)
 
     # -- what the service drives ---------------------------------------------------------

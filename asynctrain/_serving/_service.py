@@ -9,7 +9,6 @@ backend it created, so nothing is left running.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ from asynctrain._events import Callback
 from asynctrain._exceptions import ConfigError, ConfigTypeError, StateError
 from asynctrain._inputs import DataLike, prepare
 from asynctrain._monitor import LagStats, LoopLagMonitor
+from asynctrain._offloop import off_loop
 from asynctrain._serving._job import FINISHED, Job
 from asynctrain._serving._metrics import (
     ServiceMetrics,
@@ -28,7 +28,6 @@ from asynctrain._serving._metrics import (
     cumulative_buckets,
     shared_memory_bytes,
 )
-from asynctrain._streaming._sources import OffLoop
 from asynctrain._trainer import Trainer
 from asynctrain._types import State
 from asynctrain.backends import Backend, get_backend
@@ -161,12 +160,11 @@ class TrainingService:
         try:
             trainer = Trainer(model, optimizer, backend=self._backend, **trainer_options)
             fit = {"epochs": check_int("epochs", epochs), "callbacks": tuple(callbacks)}
-            async with contextlib.aclosing(OffLoop(inline=False)) as off:
-                train = await off.call(prepare, model, data)
-                if validation is not None:
-                    fit["validation"] = await off.call(
-                        prepare, model, validation, name="validation"
-                    )
+            train = await off_loop(prepare, model, data)
+            if validation is not None:
+                fit["validation"] = await off_loop(
+                    functools.partial(prepare, name="validation"), model, validation
+                )
             if self._state is not State.OPEN:
                 raise StateError(f"{self!r} closed while job {name!r} was being created")
             job = Job(

@@ -7,13 +7,13 @@ is closed afterwards (``aclose()`` / ``close()``), so a generator's ``finally`` 
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
+import functools
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from asynctrain.backends._thread import await_without_orphans
+from asynctrain._offloop import off_loop
 
 T = TypeVar("T")
 
@@ -39,12 +39,12 @@ class OffLoop:
         """Run ``fn(*args, **kwargs)`` off the loop (never leaving it running if cancelled)."""
         if self._executor is None:
             return fn(*args, **kwargs)
-        return await await_without_orphans(self._executor.submit(fn, *args, **kwargs))
+        return await off_loop(functools.partial(fn, *args, **kwargs), executor=self._executor)
 
     async def aclose(self) -> None:
         """Stop the threads."""
         if self._executor is not None:
-            await asyncio.to_thread(self._executor.shutdown, wait=True)
+            await off_loop(self._executor.shutdown)
 
 
 @contextlib.asynccontextmanager

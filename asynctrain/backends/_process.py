@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from asynctrain._checks import check_choice, check_int
 from asynctrain._exceptions import BackendError, ConfigTypeError, ShardFailedError, StateError
+from asynctrain._offloop import off_loop
 from asynctrain._shm import sweep_stale_segments
 from asynctrain.backends._lifecycle import Lifecycle
 from asynctrain.backends._process_context import get_context
@@ -21,7 +22,7 @@ from asynctrain.backends._process_pool import Pool
 from asynctrain.backends._process_shared import ProcessShared, create_shared, release_shared
 from asynctrain.backends._process_worker import encode_forget, encode_task
 from asynctrain.backends._process_worker_handle import WorkerDied
-from asynctrain.backends._thread import default_workers, wait_quietly
+from asynctrain.backends._thread import default_workers
 
 T = TypeVar("T")
 NICENESS = 5  # workers yield the CPU to the caller's event loop when it wakes
@@ -151,7 +152,9 @@ class ProcessBackend(Lifecycle):
         # Allocating the segment (posix_fallocate) and copying into it take milliseconds
         # per 10 MB: off the loop unless small.
         build = functools.partial(_build_shared, arrays, slots)
-        shared = build() if size < _COPY_IN_THREAD else await _in_thread(build)
+        shared = (
+            build() if size < _COPY_IN_THREAD else await off_loop(build, discard=release_shared)
+        )
         self._owned[shared.key] = shared
         return shared
 
@@ -222,16 +225,3 @@ def _build_shared(arrays: Mapping[str, npt.NDArray[Any]], slots: int) -> Process
         release_shared(shared)
         raise
     return shared
-
-
-async def _in_thread(build: Callable[[], ProcessShared]) -> ProcessShared:
-    """Run ``build`` on the default executor; a cancelled caller waits for it to finish
-    and frees what it built."""
-    future = asyncio.get_running_loop().run_in_executor(None, build)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        await wait_quietly(future)  # a copy cannot be interrupted: finish, then free
-        if not future.cancelled() and future.exception() is None:
-            release_shared(future.result())
-        raise

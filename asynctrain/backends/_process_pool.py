@@ -16,6 +16,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, TypeGuard
 
 from asynctrain._exceptions import StateError
+from asynctrain._offloop import off_loop
 from asynctrain.backends._process_worker import main as worker_main
 from asynctrain.backends._process_worker_handle import Outcome, Worker
 
@@ -127,7 +128,7 @@ class Pool:
     async def _spawn(self) -> None:
         # Starting a process blocks (the first start also launches the forkserver): a thread.
         try:
-            process, sock = await asyncio.to_thread(self._start_process)
+            process, sock = await off_loop(self._start_process)
         except Exception as exc:
             # One waiter gets the error; the token makes another try a fresh start.
             self._idle.put_nowait(exc)

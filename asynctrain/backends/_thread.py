@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import numpy.typing as npt
 
 from asynctrain._checks import check_int
+from asynctrain._offloop import off_loop
 from asynctrain.backends._base import LocalShared
 from asynctrain.backends._blas import BlasLimit
 from asynctrain.backends._lifecycle import Lifecycle
@@ -27,32 +28,6 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-async def await_without_orphans(future: concurrent.futures.Future[T]) -> T:
-    """Await a concurrent future; on cancellation, cancel it or wait until it has finished.
-
-    ``run_in_executor`` alone leaves work running after its awaiter is cancelled; here the
-    caller's ``CancelledError`` propagates only once the executor is no longer busy with
-    it, so a cancelled fit leaves nothing running behind it.
-    """
-    try:
-        return await asyncio.wrap_future(future)
-    except asyncio.CancelledError:
-        if not future.cancel():
-            await wait_quietly(asyncio.wrap_future(future))
-        raise
-
-
-async def wait_quietly(future: asyncio.Future[Any]) -> None:
-    """Wait for ``future`` to finish and drop its outcome (nobody awaits it any more).
-
-    Its exception is marked retrieved: otherwise the loop logs "Future exception was never
-    retrieved" for every sibling task that failed after the first error won.
-    """
-    await asyncio.wait([future])
-    if not future.cancelled():
-        future.exception()
 
 
 def lower_priority() -> None:
@@ -111,14 +86,14 @@ class ThreadBackend(Lifecycle):
     async def _close(self) -> None:
         executor, self._executor = self._executor, None
         if executor is not None:
-            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+            await off_loop(functools.partial(executor.shutdown, cancel_futures=True))
         self._blas.restore()
 
     async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Run ``fn(*args)`` on a worker thread; see :class:`~asynctrain.backends.Backend`."""
         await self._ensure_open()
         assert self._executor is not None
-        return await await_without_orphans(self._executor.submit(fn, *args))
+        return await off_loop(fn, *args, executor=self._executor)
 
     async def share(self, arrays: Mapping[str, npt.NDArray[Any]], *, slots: int = 1) -> LocalShared:
         """Threads share memory already: return an in-process handle (no copy)."""

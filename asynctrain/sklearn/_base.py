@@ -11,8 +11,8 @@ clones with no backend, pool or loop inside.
 
 from __future__ import annotations
 
-import asyncio
 import copy
+import functools
 import math
 import numbers
 import warnings
@@ -30,6 +30,7 @@ from asynctrain import optim
 from asynctrain._checks import check_choice, check_float, check_int
 from asynctrain._events import FitResult
 from asynctrain._inputs import prepare
+from asynctrain._offloop import off_loop
 from asynctrain._types import Params
 from asynctrain.models import Model
 from asynctrain.sklearn._params import TrainingParams
@@ -82,7 +83,7 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
         uses a thread backend even when ``backend="auto"`` would train a small problem
         inline; the result is the same model bit for bit.
         """
-        job = await asyncio.to_thread(self._prepare, X, y, partial=False, on_loop=True)
+        job = await off_loop(functools.partial(self._prepare, X, y, partial=False, on_loop=True))
         self._warn_unless_converged(await self._train(job))
         return self
 
@@ -92,8 +93,8 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
         return self
 
     async def _apartial_fit(self, X: npt.ArrayLike, y: npt.ArrayLike, classes: Any = None) -> Self:
-        job = await asyncio.to_thread(
-            self._prepare, X, y, partial=True, on_loop=True, classes=classes
+        job = await off_loop(
+            functools.partial(self._prepare, X, y, partial=True, on_loop=True, classes=classes)
         )
         await self._train(job)
         return self
