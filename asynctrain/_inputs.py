@@ -28,7 +28,12 @@ pandas/polars DataFrame or a pyarrow Table, ``y`` a Series or an Arrow array).""
 
 
 def prepare(
-    model: Model, data: DataLike, *, name: str = "data", single_class: bool = False
+    model: Model,
+    data: DataLike,
+    *,
+    name: str = "data",
+    single_class: bool = False,
+    feature_names: FeatureNames | None = None,
 ) -> Dataset:
     """``data`` validated as training input for ``model``, in the model's dtype.
 
@@ -43,12 +48,16 @@ def prepare(
         data: a :class:`Dataset` or an ``(X, y)`` pair.
         name: how errors name ``data`` (``"validation"``).
         single_class: accept labels of a single class (one batch of a stream).
+        feature_names: the columns trained on so far, if known: a data frame (or a
+            Dataset with names) must have them, in that order (checked first, so a
+            missing column is named rather than counted).
 
     Returns:
         A Dataset in ``model.dtype`` that ``model`` can train on.
 
     Raises:
-        DataError, DataTypeError: the data is unusable; the message names the value.
+        DataError, DataTypeError: the data is unusable, or its columns are not
+            ``feature_names``; the message names the value.
         ConfigTypeError: ``data`` is neither a Dataset nor an ``(X, y)`` pair (a stream,
             say: that is ``fit_stream``'s).
 
@@ -69,6 +78,7 @@ def prepare(
         raise ConfigTypeError(
             f"{name} must be a Dataset or an (X, y) pair, got {type(data).__name__}"
         )
+    match_feature_names(feature_names, data.feature_names, name=name)
     check_data(model, data.X, data.y, single_class=single_class)
     if data.dtype != np.dtype(model.dtype):
         data = Dataset(data.X, data.y, dtype=model.dtype, feature_names=data.feature_names)

@@ -48,7 +48,7 @@ from asynctrain._types import Params, State
 from asynctrain.backends import Backend, get_backend
 from asynctrain.backends._base import readonly
 from asynctrain.data import Dataset
-from asynctrain.data._frames import FeatureNames, match_feature_names
+from asynctrain.data._frames import FeatureNames
 from asynctrain.models import Model
 from asynctrain.optim import GradientTransformation
 from asynctrain.optim._alias import as_optimizer
@@ -56,12 +56,6 @@ from asynctrain.optim._alias import as_optimizer
 __all__ = ["DataLike", "Trainer"]
 
 FIT_LAG_WINDOW = 10_000  # heartbeats behind fit(monitor_lag=True): ~10 s, sorted once
-
-
-def _match_validation(names: FeatureNames | None, val: Dataset | None) -> FeatureNames | None:
-    """The fit's feature names once validation data has met them."""
-    given = None if val is None else val.feature_names
-    return match_feature_names(names, given, name="validation")
 
 
 class Trainer:
@@ -356,10 +350,11 @@ class Trainer:
             ...         print(event.step, event.loss)
         """
         epochs = check_int("epochs", epochs)
-        train = await self._prepare(data, "data")
-        val = None if validation is None else await self._prepare(validation, "validation")
-        features = match_feature_names(self._feature_names, train.feature_names, name="data")
-        features = _match_validation(features, val)
+        train = await self._prepare(data, "data", self._feature_names)
+        features = train.feature_names or self._feature_names
+        val = (
+            None if validation is None else await self._prepare(validation, "validation", features)
+        )
         names = check_metrics(metrics, self.model, validation=val is not None)
         self._check_picklable()
         # Close the inner generator as soon as this one stops, so the fit's shared arrays
@@ -456,8 +451,11 @@ class Trainer:
             buffer=buffer,
         )
         source = check_source(source)
-        val = None if validation is None else await self._prepare(validation, "validation")
-        record = NameRecord(_match_validation(self._feature_names, val))
+        features = self._feature_names
+        val = (
+            None if validation is None else await self._prepare(validation, "validation", features)
+        )
+        record = NameRecord(features if val is None else val.feature_names or features)
         self._check_picklable()
         # The events are closed explicitly, not at garbage collection: that stops the feed.
         async with (
@@ -520,9 +518,10 @@ class Trainer:
                     names=record,
                 )
                 try:
-                    return self._named(await collect(self._current, events, ()))
+                    result = await collect(self._current, events, ())
                 finally:
                     self._feature_names = record.names
+                return self._named(result)
         finally:
             self._partials -= 1
 
@@ -624,11 +623,13 @@ class Trainer:
 
     # -- state and inputs ------------------------------------------------------------------
 
-    async def _prepare(self, data: DataLike, name: str) -> Dataset:
+    async def _prepare(
+        self, data: DataLike, name: str, feature_names: FeatureNames | None
+    ) -> Dataset:
         """``data`` made ready for the model by :func:`prepare`, off the loop: it scans,
         and converting to the model's dtype copies, all of X (with the inline backend, on
-        the loop, as all that backend's work)."""
-        work = functools.partial(prepare, self.model, data, name=name)
+        the loop, as all that backend's work). A frame must have ``feature_names``."""
+        work = functools.partial(prepare, self.model, data, name=name, feature_names=feature_names)
         if self._backend.inline:
             return work()
         return await off_loop(work)

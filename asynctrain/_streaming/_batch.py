@@ -85,7 +85,9 @@ def check_batch(
         X, y = _unpack(item)
         if _rows(X) == 0 and _rows(y) == 0:
             return None
-        data = prepare(model, (_owned(X, model.dtype), _owned(y)), single_class=True)
+        expected = None if names is None else names.names
+        pair = (_owned(X, model.dtype), _owned(y))
+        data = prepare(model, pair, name="X", single_class=True, feature_names=expected)
         if names is not None:
             names.meet(data.feature_names, name="X")
         return data.X, _targets(model, data.y, like)

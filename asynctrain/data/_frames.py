@@ -169,6 +169,18 @@ def check_table(table: Any, *, name: str = "X") -> FeatureNames | None:
     return names
 
 
+def batch_as_table(value: Any) -> Any:
+    """A pyarrow RecordBatch as a one-batch Table (no copy); anything else unchanged.
+
+    For readers that know Tables but not batches (scikit-learn's feature names).
+    """
+    if _kind(value, {("pyarrow", "RecordBatch")}) is None:
+        return value
+    import pyarrow  # type: ignore[import-untyped]  # loaded: value is one of its objects
+
+    return pyarrow.Table.from_batches([value])
+
+
 def refuse_lazy(value: object, name: str) -> None:
     """Raise for a lazy frame (a query, not data): it must be collected first.
 
