@@ -254,7 +254,10 @@ class Trainer:
         """Train for ``epochs`` epochs and return a :class:`FitResult`.
 
         Args:
-            data: a :class:`~asynctrain.data.Dataset` or an ``(X, y)`` pair.
+            data: a :class:`~asynctrain.data.Dataset` or an ``(X, y)`` pair; ``X`` may be
+                a pandas/polars DataFrame or a pyarrow Table (its column names become
+                :attr:`feature_names`, which a later frame must match), ``y`` a Series
+                or an Arrow array.
             epochs: epochs to train (an interrupted epoch counts as the first); with
                 ``resume=True``, the epochs of the whole run, restored ones included.
             validation: data to evaluate after every epoch (loss and accuracy).
@@ -280,7 +283,8 @@ class Trainer:
                 (see docs/callbacks.md).
 
         Raises:
-            DataError, ConfigError: bad data or settings, before any work starts.
+            DataError, ConfigError: bad data or settings, before any work starts (a
+                data frame whose columns are not :attr:`feature_names` included).
             NonFiniteError: a non-finite loss or gradient with ``nonfinite="raise"``.
             CheckpointError: the checkpoint_dir is not writable or another fit holds it,
                 a checkpoint could not be written, or the one to resume from is

@@ -115,6 +115,15 @@ async def test_a_frame_trains_the_bits_of_the_numpy_run(library: str, backend: s
     assert reference.feature_names is None
 
 
+async def test_a_frame_on_the_process_backend_trains_the_same_bits() -> None:
+    columns = _columns()
+    X, y = _matrix(columns), _labels(columns)
+    reference = await _trainer().fit((X, y), epochs=2)
+    async with _trainer(backend="process", workers=2) as trainer:
+        result = await trainer.fit((_pandas(columns), pd.Series(y)), epochs=2)
+    assert _same(result.params, reference.params)
+
+
 @pytest.mark.parametrize("library", FRAMES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_columns_are_cast_once_to_the_models_dtype(library: str, dtype: type) -> None:

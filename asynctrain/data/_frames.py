@@ -41,6 +41,7 @@ _COLUMNS = {("pandas", "Series"), ("polars", "Series"), ("pyarrow", "Array")}
 _COLUMNS |= {("pyarrow", "ChunkedArray")}
 _LAZY = {("polars", "LazyFrame")}
 _SHOWN = 5  # names listed in one message
+_BLOCK_BYTES = 1 << 22  # rows of the output converted together (4 MiB: cache-sized)
 
 
 def _kind(value: object, known: set[tuple[str, str]]) -> str | None:
@@ -93,21 +94,30 @@ def as_features(
         >>> X.dtype, names
         (dtype('float64'), ('a', 'b'))
     """
+    names = check_table(table, name=name)
     library = _kind(table, _TABLES)
-    assert library is not None, "as_features takes a table; check is_table first"
+    assert library is not None
     labels, dtypes = _schema(library, table)
-    names = _names(name, labels)
-    _check_numeric(name, library, labels, dtypes)
     if not labels:
         raise DataError(
             f"{name} is a {_what(table)} with no columns; pass at least one numeric column"
         )
     target = dtype if dtype is not None else _default_float(dtypes)
     out = np.empty((_rows(library, table), len(labels)), dtype=target)
-    with np.errstate(over="ignore", invalid="ignore"):  # too large → Inf, refused later
-        for j, values in enumerate(_values(library, table)):
-            out[:, j] = values
+    _fill(out, list(_values(library, table)))
     return out, names
+
+
+def _fill(out: npt.NDArray[Any], columns: list[npt.NDArray[Any]]) -> None:
+    """Cast ``columns`` into the columns of ``out``, a block of rows at a time: a block
+    of ``out`` stays in cache while every column writes its part (whole-column writes
+    into a C-ordered array would stream over all of it once per column)."""
+    step = max(1, _BLOCK_BYTES // max(1, out.shape[1] * out.itemsize))
+    with np.errstate(over="ignore", invalid="ignore"):  # too large → Inf, refused later
+        for start in range(0, len(out), step):
+            block = out[start : start + step]
+            for j, values in enumerate(columns):
+                block[:, j] = values[start : start + step]
 
 
 def as_targets(column: Any, *, name: str = "y") -> npt.NDArray[Any]:
@@ -144,14 +154,6 @@ def as_targets(column: Any, *, name: str = "y") -> npt.NDArray[Any]:
     return _column_values(library, column)
 
 
-def feature_names_of(value: object) -> FeatureNames | None:
-    """The feature names of a table (its string column names), else None; reads no data."""
-    library = _kind(value, _TABLES)
-    if library is None:
-        return None
-    return _names("X", _schema(library, value)[0])
-
-
 def check_table(table: Any, *, name: str = "X") -> FeatureNames | None:
     """Check ``table``'s columns (numeric, unique names of one type) without reading data.
 
@@ -162,7 +164,7 @@ def check_table(table: Any, *, name: str = "X") -> FeatureNames | None:
         DataTypeError, DataError: as :func:`as_features`.
     """
     library = _kind(table, _TABLES)
-    assert library is not None
+    assert library is not None, "check_table takes a table; check is_table first"
     labels, dtypes = _schema(library, table)
     names = _names(name, labels)
     _check_numeric(name, library, labels, dtypes)
@@ -309,7 +311,9 @@ def _dtype(library: str, column: Any) -> Any:
 def _column_values(library: str, column: Any) -> npt.NDArray[Any]:
     """A numeric column's values as numpy (a view when it can be), nulls as NaN."""
     if library == "pandas":
-        if column.hasnans:
+        # A numpy dtype holds no nulls but NaN (kept by to_numpy); pandas' nullable and
+        # Arrow-backed dtypes hold them as a mask, made NaN here.
+        if not isinstance(column.dtype, np.dtype) and column.hasnans:
             return np.asarray(column.to_numpy(dtype=np.float64, na_value=np.nan))
         return np.asarray(column.to_numpy())
     if library == "polars":
