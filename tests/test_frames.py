@@ -576,3 +576,28 @@ def test_estimators_refuse_duplicated_names() -> None:
 def test_targets_of_a_frame_keep_their_dtype() -> None:
     np.testing.assert_array_equal(as_targets(pl.DataFrame({"y": [1, 2]})), [1, 2])
     assert as_targets(pa.chunked_array([[True, False]])).dtype == np.bool_
+
+
+class _ArrowStream:
+    """A table of another library: it only exports the Arrow PyCapsule stream."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __arrow_c_stream__(self, requested_schema: object = None) -> object:
+        return self.table.__arrow_c_stream__(requested_schema)
+
+
+async def test_any_arrow_stream_is_a_table() -> None:
+    columns = _columns()
+    X, y = _matrix(columns), _labels(columns)
+    reference = await _trainer().fit((X, y))
+    trainer = _trainer()
+    result = await trainer.fit((_ArrowStream(_arrow(columns)), y))
+    assert _same(result.params, reference.params)
+    assert result.feature_names == tuple(NAMES)
+    reordered = _ArrowStream(_arrow(columns).select(NAMES[::-1]))
+    with pytest.raises(at.DataError, match="another order"):
+        trainer.predict(reordered)
+    with pytest.raises(at.DataTypeError, match="non-numeric column 'city'"):
+        Dataset(_ArrowStream(pa.table({"city": ["a", "b"]})), [0, 1])

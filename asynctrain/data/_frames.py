@@ -19,6 +19,9 @@ as ``X``; a pandas or polars ``Series``, or a pyarrow ``Array`` or ``ChunkedArra
 
 pandas, polars and pyarrow are never imported here: an object is recognised by the
 module and name of its class (or of a base class), and read through its own methods.
+Any other table that exports the Arrow PyCapsule stream (``__arrow_c_stream__``: DuckDB
+relations, and other data frame libraries) is read through ``pyarrow.table`` (pyarrow
+is then needed, and imported).
 """
 
 from __future__ import annotations
@@ -54,14 +57,33 @@ def _kind(value: object, known: set[tuple[str, str]]) -> str | None:
 
 
 def is_table(value: object) -> bool:
-    """True for a pandas/polars DataFrame or a pyarrow Table/RecordBatch.
+    """True for a pandas/polars DataFrame, a pyarrow Table/RecordBatch, or another object
+    that exports an Arrow stream (``__arrow_c_stream__``).
 
     Example:
         >>> import numpy as np
         >>> is_table(np.zeros((2, 2)))
         False
     """
-    return _kind(value, _TABLES) is not None
+    if _kind(value, _TABLES) is not None:
+        return True
+    return _kind(value, _COLUMNS) is None and hasattr(type(value), "__arrow_c_stream__")
+
+
+def _readable(table: Any) -> tuple[str, Any]:
+    """``table``'s library, and ``table`` itself or, for a foreign Arrow stream, the
+    pyarrow Table read from it."""
+    library = _kind(table, _TABLES)
+    if library is not None:
+        return library, table
+    try:
+        import pyarrow  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise DataTypeError(
+            f"{_what(table)} is an Arrow stream; reading it needs pyarrow: "
+            "pip install pyarrow, or pass a numpy array"
+        ) from exc
+    return "pyarrow", pyarrow.table(table)
 
 
 def is_column(value: object) -> bool:
@@ -94,9 +116,8 @@ def as_features(
         >>> X.dtype, names
         (dtype('float64'), ('a', 'b'))
     """
+    library, table = _readable(table)
     names = check_table(table, name=name)
-    library = _kind(table, _TABLES)
-    assert library is not None
     labels, dtypes = _schema(library, table)
     if not labels:
         raise DataError(
@@ -137,21 +158,20 @@ def as_targets(column: Any, *, name: str = "y") -> npt.NDArray[Any]:
         array([0, 1, 1])
     """
     if is_table(column):
-        library = _kind(column, _TABLES)
-        assert library is not None
+        library, column = _readable(column)
         if len(_schema(library, column)[0]) != 1:
             return as_features(column, name=name)[0]
         column = next(iter(_series(library, column)))
-    library = _kind(column, _COLUMNS)
-    assert library is not None, "as_targets takes a Series or an Arrow array"
-    dtype = _dtype(library, column)
-    if not _numeric(library, dtype):
+    kind = _kind(column, _COLUMNS)
+    assert kind is not None, "as_targets takes a Series or an Arrow array"
+    dtype = _dtype(kind, column)
+    if not _numeric(kind, dtype):
         raise DataTypeError(
             f"{name} is a {_what(column)} of {dtype}, not numbers; encode the labels as "
             f"0 .. n_classes - 1, e.g. `classes, {name} = np.unique(np.asarray({name}), "
             f"return_inverse=True)` (classes[k] names class k)"
         )
-    return _column_values(library, column)
+    return _column_values(kind, column)
 
 
 def check_table(table: Any, *, name: str = "X") -> FeatureNames | None:
@@ -163,8 +183,7 @@ def check_table(table: Any, *, name: str = "X") -> FeatureNames | None:
     Raises:
         DataTypeError, DataError: as :func:`as_features`.
     """
-    library = _kind(table, _TABLES)
-    assert library is not None, "check_table takes a table; check is_table first"
+    library, table = _readable(table)
     labels, dtypes = _schema(library, table)
     names = _names(name, labels)
     _check_numeric(name, library, labels, dtypes)
@@ -178,7 +197,7 @@ def batch_as_table(value: Any) -> Any:
     """
     if _kind(value, {("pyarrow", "RecordBatch")}) is None:
         return value
-    import pyarrow  # type: ignore[import-untyped]  # loaded: value is one of its objects
+    import pyarrow  # loaded already: value is one of its objects
 
     return pyarrow.Table.from_batches([value])
 
