@@ -103,6 +103,9 @@ class FitResult:
         skipped_steps: steps whose update was skipped (``nonfinite="skip"``).
         staleness_mean: mean staleness over the fit's steps (0 in sync mode).
         staleness_max: largest staleness seen.
+        feature_names: the names of the feature columns trained on (a data frame's
+            columns), also after this fit (see ``Trainer.feature_names``); None for
+            arrays without names.
     """
 
     params: Params
@@ -115,6 +118,7 @@ class FitResult:
     staleness_mean: float = 0.0
     staleness_max: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    feature_names: tuple[str, ...] | None = None
 
     @property
     def epochs(self) -> int:

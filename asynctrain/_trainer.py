@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -32,9 +33,10 @@ from asynctrain._engine._metrics import check_metrics
 from asynctrain._engine._update import TrainState, Updater
 from asynctrain._events import Callback, Event, FitResult
 from asynctrain._exceptions import ConfigTypeError, StateError
-from asynctrain._inputs import DataLike, prepare
+from asynctrain._inputs import DataLike, prediction_inputs, prepare
 from asynctrain._monitor import LoopLagMonitor
 from asynctrain._offloop import off_loop
+from asynctrain._streaming._batch import NameRecord
 from asynctrain._streaming._stream import (
     DEFAULT_BUFFER,
     Source,
@@ -46,7 +48,8 @@ from asynctrain._types import Params, State
 from asynctrain.backends import Backend, get_backend
 from asynctrain.backends._base import readonly
 from asynctrain.data import Dataset
-from asynctrain.models import Model, check_inputs
+from asynctrain.data._frames import FeatureNames
+from asynctrain.models import Model
 from asynctrain.optim import GradientTransformation
 from asynctrain.optim._alias import as_optimizer
 
@@ -138,6 +141,7 @@ class Trainer:
         self._samples: int | None = None  # rows of the data of the current or last fit
         self._partial_lock = asyncio.Lock()  # FIFO: partial_fit calls apply in call order
         self._partials = 0  # partial_fit calls waiting or running
+        self._feature_names: FeatureNames | None = None
         self.lag: LoopLagMonitor | None = None
         """The loop-lag monitor of the running fit (``fit(monitor_lag=True)``), else None."""
 
@@ -250,7 +254,10 @@ class Trainer:
         """Train for ``epochs`` epochs and return a :class:`FitResult`.
 
         Args:
-            data: a :class:`~asynctrain.data.Dataset` or an ``(X, y)`` pair.
+            data: a :class:`~asynctrain.data.Dataset` or an ``(X, y)`` pair; ``X`` may be
+                a pandas/polars DataFrame or a pyarrow Table (its column names become
+                :attr:`feature_names`, which a later frame must match), ``y`` a Series
+                or an Arrow array.
             epochs: epochs to train (an interrupted epoch counts as the first); with
                 ``resume=True``, the epochs of the whole run, restored ones included.
             validation: data to evaluate after every epoch (loss and accuracy).
@@ -276,7 +283,8 @@ class Trainer:
                 (see docs/callbacks.md).
 
         Raises:
-            DataError, ConfigError: bad data or settings, before any work starts.
+            DataError, ConfigError: bad data or settings, before any work starts (a
+                data frame whose columns are not :attr:`feature_names` included).
             NonFiniteError: a non-finite loss or gradient with ``nonfinite="raise"``.
             CheckpointError: the checkpoint_dir is not writable or another fit holds it,
                 a checkpoint could not be written, or the one to resume from is
@@ -294,7 +302,7 @@ class Trainer:
             keep=keep,
             resume=resume,
             subject=self._checkpoint_subject,
-            restore=self._set_state,
+            restore=self._restore,
         )
         async with self._monitoring_lag(monitor_lag) as lag, session:
             epochs = await session.resume(epochs, data)
@@ -311,7 +319,7 @@ class Trainer:
             )
         if lag is not None:
             result.extra.update(lag.stats().as_dict("loop_lag_"))
-        return result
+        return self._named(result)
 
     @contextlib.asynccontextmanager
     async def _monitoring_lag(self, on: bool) -> AsyncIterator[LoopLagMonitor | None]:
@@ -346,8 +354,11 @@ class Trainer:
             ...         print(event.step, event.loss)
         """
         epochs = check_int("epochs", epochs)
-        train = await self._prepare(data, "data")
-        val = None if validation is None else await self._prepare(validation, "validation")
+        train = await self._prepare(data, "data", self._feature_names)
+        features = train.feature_names or self._feature_names
+        val = (
+            None if validation is None else await self._prepare(validation, "validation", features)
+        )
         names = check_metrics(metrics, self.model, validation=val is not None)
         self._check_picklable()
         # Close the inner generator as soon as this one stops, so the fit's shared arrays
@@ -356,7 +367,7 @@ class Trainer:
             self._running_fit(),
             contextlib.aclosing(run_epochs(self._parts(), train, val, epochs, names)) as events,
         ):
-            self._samples = len(train)
+            self._samples, self._feature_names = len(train), features
             async for event in events:
                 yield event
 
@@ -421,7 +432,8 @@ class Trainer:
             validation=validation,
             buffer=buffer,
         )
-        return await collect(self._current, events, callbacks, control=FitControl(self))
+        result = await collect(self._current, events, callbacks, control=FitControl(self))
+        return self._named(result)
 
     async def stream_steps(
         self,
@@ -443,15 +455,24 @@ class Trainer:
             buffer=buffer,
         )
         source = check_source(source)
-        val = None if validation is None else await self._prepare(validation, "validation")
+        features = self._feature_names
+        val = (
+            None if validation is None else await self._prepare(validation, "validation", features)
+        )
+        record = NameRecord(features if val is None else val.feature_names or features)
         self._check_picklable()
         # The events are closed explicitly, not at garbage collection: that stops the feed.
         async with (
             self._running_fit(),
-            contextlib.aclosing(stream_events(self._parts(), source, limits, val)) as events,
+            contextlib.aclosing(
+                stream_events(self._parts(), source, limits, val, names=record)
+            ) as events,
         ):
-            async for event in events:
-                yield event
+            try:
+                async for event in events:
+                    yield event
+            finally:
+                self._feature_names = record.names
 
     async def partial_fit(self, X: npt.ArrayLike, y: npt.ArrayLike) -> FitResult:
         """One update pass over ``(X, y)``: ``ceil(len(X) / batch_size)`` steps, in order.
@@ -491,14 +512,20 @@ class Trainer:
         self._partials += 1
         try:
             async with self._partial_lock, self._running_fit(partial=True):
+                record = NameRecord(self._feature_names)
                 events = stream_events(
                     self._parts(),
                     [(X, y)],
                     StreamLimits(),
                     None,
                     describe=lambda _: "partial_fit data",
+                    names=record,
                 )
-                return await collect(self._current, events, ())
+                try:
+                    result = await collect(self._current, events, ())
+                finally:
+                    self._feature_names = record.names
+                return self._named(result)
         finally:
             self._partials -= 1
 
@@ -567,7 +594,13 @@ class Trainer:
         return trainer
 
     async def _load(self, writer: Writer, checkpoint: Checkpoint) -> None:
-        self._set_state(await writer.run(checkpoint.train_state, self._checkpoint_subject()))
+        state = await writer.run(checkpoint.train_state, self._checkpoint_subject())
+        self._restore(state, checkpoint.feature_names)
+
+    def _restore(self, state: TrainState, feature_names: FeatureNames | None) -> None:
+        """Continue from a checkpoint's ``state``, trained on its ``feature_names``."""
+        self._set_state(state)
+        self._feature_names = feature_names
 
     def _checkpoint_subject(self) -> Subject:
         return Subject(
@@ -578,6 +611,7 @@ class Trainer:
             self._samples,
             self.state,
             self._updater,
+            feature_names=self._feature_names,
         )
 
     def _check_idle(self, what: str) -> None:
@@ -593,11 +627,13 @@ class Trainer:
 
     # -- state and inputs ------------------------------------------------------------------
 
-    async def _prepare(self, data: DataLike, name: str) -> Dataset:
+    async def _prepare(
+        self, data: DataLike, name: str, feature_names: FeatureNames | None
+    ) -> Dataset:
         """``data`` made ready for the model by :func:`prepare`, off the loop: it scans,
         and converting to the model's dtype copies, all of X (with the inline backend, on
-        the loop, as all that backend's work)."""
-        work = functools.partial(prepare, self.model, data, name=name)
+        the loop, as all that backend's work). A frame must have ``feature_names``."""
+        work = functools.partial(prepare, self.model, data, name=name, feature_names=feature_names)
         if self._backend.inline:
             return work()
         return await off_loop(work)
@@ -609,6 +645,9 @@ class Trainer:
 
     def _current(self) -> TrainState:
         return self.state
+
+    def _named(self, result: FitResult) -> FitResult:
+        return dataclasses.replace(result, feature_names=self._feature_names)
 
     def _check_picklable(self) -> None:
         """Refuse, before any work, a model the backend's workers could not receive."""
@@ -623,6 +662,29 @@ class Trainer:
             params = readonly(self.model.init(np.random.default_rng(self.config.seed)))
             self._saved_state = TrainState(0, 0, params, self.optimizer.init(params))
         return self._saved_state
+
+    @property
+    def feature_names(self) -> FeatureNames | None:
+        """The names of the feature columns the parameters were trained on, in order.
+
+        Set by the first fit on a data frame (its column names), restored by ``load``,
+        ``restore`` and ``resume`` from a checkpoint, which saves them; None while the
+        trainer has seen only arrays. Data frames given afterwards (to fit, as
+        validation, in a stream, to predict) must have these columns in this order; a
+        plain array is taken by position.
+
+        Example:
+            >>> import pandas as pd
+            >>> import asynctrain as at
+            >>> frame = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0, 0.0]})
+            >>> async def main():
+            ...     trainer = at.Trainer(at.models.LogisticRegression(2), backend="inline")
+            ...     await trainer.fit((frame, [0, 0, 1, 1]))
+            ...     return trainer.feature_names
+            >>> at.run(main())
+            ('a', 'b')
+        """
+        return self._feature_names
 
     @property
     def workers(self) -> int:
@@ -642,14 +704,18 @@ class Trainer:
     def predict(self, X: npt.ArrayLike) -> npt.NDArray[Any]:
         """Predict with the parameters of the last fully applied step.
 
+        ``X`` may be a data frame: after a fit on one, it needs the columns of
+        :attr:`feature_names`, in that order (a plain array is taken by position).
+
         Runs in the caller's thread; from a coroutine on a busy loop, prefer
         ``await asyncio.to_thread(trainer.predict, X)``.
 
         Raises:
             StateError: the trainer has not applied a step yet (fit it, or load a
                 checkpoint), so there is nothing trained to predict with.
-            DataError, DataTypeError: ``X`` is not a finite (n, n_features) table; see
-                :func:`~asynctrain.models.check_inputs`.
+            DataError, DataTypeError: ``X`` is not a finite (n, n_features) table (see
+                :func:`~asynctrain.models.check_inputs`), or a frame whose columns are
+                not :attr:`feature_names` (named in the message).
 
         Example:
             >>> trainer.predict(X[:5])  # doctest: +SKIP
@@ -660,7 +726,8 @@ class Trainer:
             raise StateError(
                 f"{self!r} has not trained yet; fit it or load a checkpoint before predict"
             )
-        return self.model.predict(state.params, check_inputs(self.model, X))
+        rows = prediction_inputs(self.model, X, self._feature_names)
+        return self.model.predict(state.params, rows)
 
     def __repr__(self) -> str:
         backend = f"{self._backend.name}({self._backend.workers})"

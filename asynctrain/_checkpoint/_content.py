@@ -2,8 +2,10 @@
 
 A checkpoint holds the parameters, the optimizer state (as arrays plus a JSON spec, see
 :mod:`asynctrain.optim._tree`), the step/epoch/batch counters, the RNG state the epoch order is
-drawn from, and the settings a resuming trainer must share (shards, batch size, seed,
-mode, model shape and dtype). The file format is in :mod:`._format` and :mod:`._verify`.
+drawn from, the settings a resuming trainer must share (shards, batch size, seed,
+mode, model shape and dtype), and the names of the feature columns trained on (the
+model section's ``feature_names``; null for arrays, and in checkpoints older than it).
+The file format is in :mod:`._format` and :mod:`._verify`.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class Subject:
     checkpoint operation: its settings and identity, and its state at that moment.
 
     ``updater`` is the trainer's update thread while it is open (a consistent copy is
-    taken there), else None.
+    taken there), else None. ``feature_names`` are the columns the parameters were
+    trained on (None: arrays without names).
     """
 
     model: Model
@@ -61,6 +64,7 @@ class Subject:
     samples: int | None
     state: TrainState
     updater: Updater | None = None
+    feature_names: tuple[str, ...] | None = None
 
 
 def checkpoint_name(step: int) -> str:
@@ -185,6 +189,12 @@ class Checkpoint:
         if type(value) is not int or not 0 <= value <= _INT_MAX:
             raise CheckpointError(f"{self.path}: counter {name!r} is {value!r}, not an int >= 0")
         return value
+
+    @property
+    def feature_names(self) -> tuple[str, ...] | None:
+        """The names of the feature columns the parameters were trained on, or None."""
+        names = self.section("model").get("feature_names")
+        return None if names is None else tuple(names)
 
     @property
     def params(self) -> dict[str, npt.NDArray[Any]]:
@@ -324,6 +334,12 @@ class Checkpoint:
                         f"{self.path}: {name}.{key} is {section.get(key)!r}, not valid"
                     )
         self._check_position()
+        names, model = self.feature_names, self.section("model")
+        if names is not None and len(names) != model["n_features"]:
+            raise CheckpointError(
+                f"{self.path}: {len(names)} feature names for a model of "
+                f"{model['n_features']} features"
+            )
         self.settings()
         for key, array in self.arrays.items():
             _check_array(self.path, key, array)
@@ -374,6 +390,7 @@ def describe_subject(subject: Subject) -> dict[str, Any]:
             # row shape; None for numpy models (and in checkpoints written before them).
             "architecture": getattr(model, "architecture", None),
             "input_shape": _input_shape(model),
+            "feature_names": None if subject.feature_names is None else [*subject.feature_names],
         },
         "optimizer": repr(subject.optimizer),
         "samples": subject.samples,
@@ -475,6 +492,15 @@ def _is_time(value: Any) -> bool:
     return type(value) in (int, float) and 0 <= value <= _LAST_SECOND
 
 
+def _is_names(value: Any) -> bool:
+    """A JSON list of unique strings (feature names)."""
+    return (
+        isinstance(value, list)
+        and all(type(name) is str for name in value)
+        and len(set(value)) == len(value)
+    )
+
+
 def _is_sha256(value: Any) -> bool:
     return type(value) is str and re.fullmatch(r"[0-9a-f]{64}", value) is not None
 
@@ -506,6 +532,7 @@ _SECTIONS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "n_features": _count(1),
         "n_classes": _optional(_count(1)),
         "dtype": _is_text,
+        "feature_names": _optional(_is_names),
     },
     "rng": {
         "seed_sequence": _is_seed_sequence,

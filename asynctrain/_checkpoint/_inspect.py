@@ -41,6 +41,7 @@ def describe(path: str | Path, *, as_json: bool = False) -> str:
         f"({skipped} skipped, parameter version {version})",
         f"settings    {_pairs(checkpoint.section('config'))}",
         f"model       {model.get('repr')} ({model.get('dtype')})",
+        f"features    {_features(checkpoint.feature_names)}",
         f"optimizer   {checkpoint.section('optimizer').get('repr')}",
         f"rng         {_rng(checkpoint.section('rng'))}",
         "arrays",
@@ -51,6 +52,12 @@ def describe(path: str | Path, *, as_json: bool = False) -> str:
         for key, a in arrays.items()
     ]
     return "\n".join(lines)
+
+
+def _features(names: tuple[str, ...] | None) -> str:
+    if names is None:
+        return "(no names: trained on arrays)"
+    return f"{len(names)} named: " + ", ".join(names)
 
 
 def _pairs(section: dict[str, Any]) -> str:

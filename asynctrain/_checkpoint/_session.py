@@ -105,7 +105,7 @@ class CheckpointSession:
     ``every`` is None, and at the end of the fit; keeps the ``keep`` latest files.
 
     The trainer is reached only through ``subject`` (a fresh :class:`Subject` of it, for
-    each use) and ``restore`` (which sets its state).
+    each use) and ``restore`` (which sets its state and the feature names trained on).
 
     Raises:
         ConfigError, ConfigTypeError: a bad option, before any work starts.
@@ -119,7 +119,7 @@ class CheckpointSession:
         keep: int | None,
         resume: Resume,
         subject: Callable[[], Subject],
-        restore: Callable[[TrainState], None],
+        restore: Callable[[TrainState, tuple[str, ...] | None], None],
     ) -> None:
         if not (isinstance(resume, bool) or resume == "params"):
             raise ConfigTypeError(f'resume must be True, False or "params", got {resume!r}')
@@ -200,7 +200,7 @@ class CheckpointSession:
             state = await self._writer.run(
                 lambda: checkpoint.train_state(subject, params_only=params_only)
             )
-            self.restore(state)
+            self.restore(state, checkpoint.feature_names)
             self._saved_step = state.step
         return max(0, epochs - self.subject().state.epoch)
 

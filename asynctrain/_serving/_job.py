@@ -20,13 +20,13 @@ import numpy.typing as npt
 from asynctrain._engine._update import TrainState
 from asynctrain._events import Callback, EpochEvent, FitResult, StepEvent
 from asynctrain._exceptions import StateError
+from asynctrain._inputs import prediction_inputs
 from asynctrain._offloop import off_loop
 from asynctrain._serving._broadcast import Broadcast, Lagged
 from asynctrain._serving._metrics import StepCounters
 from asynctrain._trainer import Trainer
 from asynctrain._types import Params
 from asynctrain.data import Dataset
-from asynctrain.models import check_inputs
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 FINISHED: tuple[JobStatus, ...] = ("done", "failed", "cancelled")
@@ -213,7 +213,8 @@ class Job:
         """
         state = self.state
         model = self._trainer.model
-        values = await off_loop(_predict, model, state.params, X)
+        names = self._trainer.feature_names
+        values = await off_loop(_predict, model, state.params, X, names)
         return Prediction(values, state.step, state.version)
 
     # -- what the service drives ---------------------------------------------------------
@@ -314,8 +315,10 @@ def _clear_frames(error: BaseException) -> None:
             pending += exc.exceptions
 
 
-def _predict(model: Any, params: Params, X: npt.ArrayLike) -> npt.NDArray[Any]:
-    """Check ``X`` as :meth:`Trainer.predict` does (``models.check_inputs``) and predict;
-    runs off the loop."""
-    result: npt.NDArray[Any] = model.predict(params, check_inputs(model, X))
+def _predict(
+    model: Any, params: Params, X: npt.ArrayLike, names: tuple[str, ...] | None
+) -> npt.NDArray[Any]:
+    """Check ``X`` as :meth:`Trainer.predict` does (``_inputs.prediction_inputs``: a data
+    frame's columns against the feature ``names`` trained on) and predict; off the loop."""
+    result: npt.NDArray[Any] = model.predict(params, prediction_inputs(model, X, names))
     return result

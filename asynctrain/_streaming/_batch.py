@@ -7,6 +7,9 @@ single class. Its errors name the batch.
 A checked batch owns its arrays: they are copied (or converted, which copies) before they
 are checked, because the producer runs again before the batch is trained on and may refill
 or change what it yielded. What was checked is what is trained on.
+
+A batch may be a data frame with a Series (or Arrow column); every frame of a stream must
+have the columns the trainer was trained on (:class:`NameRecord`), plain arrays pass.
 """
 
 from __future__ import annotations
@@ -20,13 +23,44 @@ from asynctrain._exceptions import DataError, DataTypeError
 from asynctrain._inputs import prepare
 from asynctrain._types import Array
 from asynctrain.data import Dataset
+from asynctrain.data._frames import (
+    FeatureNames,
+    as_targets,
+    is_column,
+    is_table,
+    match_feature_names,
+)
 from asynctrain.models import Model
 
 Batch = tuple[Array, npt.NDArray[Any]]
 
 
+class NameRecord:
+    """The feature names of a stream fit: the trainer's, or the first named batch's.
+
+    Example:
+        >>> record = NameRecord(None)
+        >>> record.meet(("a", "b"), name="X")
+        >>> record.names
+        ('a', 'b')
+    """
+
+    def __init__(self, names: FeatureNames | None) -> None:
+        self.names = names
+
+    def meet(self, names: FeatureNames | None, *, name: str) -> None:
+        """Record ``names`` if none are yet; else check they match (see
+        :func:`~asynctrain.data._frames.match_feature_names`)."""
+        self.names = match_feature_names(self.names, names, name=name)
+
+
 def check_batch(
-    model: Model, item: object, *, where: str, like: npt.NDArray[Any] | None = None
+    model: Model,
+    item: object,
+    *,
+    where: str,
+    like: npt.NDArray[Any] | None = None,
+    names: NameRecord | None = None,
 ) -> Batch | None:
     """Validate ``item``, an ``(X, y)`` pair or a Dataset, as training data for ``model``.
 
@@ -37,6 +71,7 @@ def check_batch(
         like: targets of the stream's first batch (rows do not matter): a later batch's
             targets must have their trailing shape and are cast to their dtype, so every
             batch fits one buffer.
+        names: the stream's feature names, checked against a frame's columns.
 
     Returns:
         ``(X, y)`` with ``X`` in the model's dtype and ``y`` as int64 labels (classifiers)
@@ -48,9 +83,13 @@ def check_batch(
     """
     try:
         X, y = _unpack(item)
-        if np.shape(X)[:1] == (0,) and np.shape(y)[:1] == (0,):
+        if _rows(X) == 0 and _rows(y) == 0:
             return None
-        data = prepare(model, (_owned(X, model.dtype), _owned(y)), single_class=True)
+        expected = None if names is None else names.names
+        pair = (_owned(X, model.dtype), _owned(y))
+        data = prepare(model, pair, name="X", single_class=True, feature_names=expected)
+        if names is not None:
+            names.meet(data.feature_names, name="X")
         return data.X, _targets(model, data.y, like)
     except DataError as exc:
         raise type(exc)(f"{where}: {exc}") from exc
@@ -67,9 +106,21 @@ def _unpack(item: object) -> tuple[Any, Any]:
     )
 
 
+def _rows(value: Any) -> int | None:
+    if is_table(value) or is_column(value):
+        return len(value)
+    shape = np.shape(value)
+    return shape[0] if shape else None
+
+
 def _owned(value: Any, dtype: np.dtype[Any] | None = None) -> Any:
     """``value`` copied into an array of its own, unless converting it to ``dtype`` (which
-    ``prepare`` does, before its checks) makes that copy anyway."""
+    ``prepare`` does, before its checks) makes that copy anyway. A data frame is read into
+    a new array by ``prepare``; a Series is read here, then copied."""
+    if is_table(value):
+        return value
+    if is_column(value):
+        value = as_targets(value)
     numeric = isinstance(value, np.ndarray) and value.dtype.kind in "biuf"
     if numeric and dtype is not None and value.dtype != dtype:
         return value

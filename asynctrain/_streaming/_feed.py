@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._engine._tasks import unwrap_group
-from asynctrain._streaming._batch import Batch, check_batch
+from asynctrain._streaming._batch import Batch, NameRecord, check_batch
 from asynctrain._streaming._sources import OffLoop, iterate
 from asynctrain.backends import Backend, SharedArrays
 from asynctrain.backends._base import Arrays
@@ -59,10 +59,11 @@ class Feed:
         buffer: int,
         max_samples: int | None,
         describe: Callable[[int], str],
+        names: NameRecord | None = None,
     ) -> None:
         self.ring: SharedArrays | None = None
         self._source, self._model, self._backend, self._off = source, model, backend, off
-        self._describe = describe
+        self._describe, self._names = describe, names
         self._cutter = BatchCutter(batch_size, max_samples=max_samples)
         self._batches: asyncio.Queue[Batch | BaseException | None] = asyncio.Queue(buffer)
         self._ready: asyncio.Queue[Ready] = asyncio.Queue()  # bounded by the ring's slots
@@ -106,7 +107,9 @@ class Feed:
             number = 0
             async for item in items:
                 where = self._describe(number)
-                batch = await self._off.call(check_batch, self._model, item, where=where, like=like)
+                batch = await self._off.call(
+                    check_batch, self._model, item, where=where, like=like, names=self._names
+                )
                 number += 1
                 if batch is None:
                     continue
@@ -199,6 +202,7 @@ async def open_feed(
     buffer: int,
     max_samples: int | None,
     describe: Callable[[int], str],
+    names: NameRecord | None = None,
 ) -> AsyncIterator[Feed]:
     """Run a :class:`Feed`'s consumer and filler while the block runs; stop them after.
 
@@ -215,6 +219,7 @@ async def open_feed(
         buffer=buffer,
         max_samples=max_samples,
         describe=describe,
+        names=names,
     )
     try:
         async with asyncio.TaskGroup() as group:

@@ -24,8 +24,10 @@ from asynctrain._engine._update import StepStats
 from asynctrain._events import EpochEvent, Event, StepEvent
 from asynctrain._exceptions import ConfigError, ConfigTypeError
 from asynctrain._monitor import LoopLagMonitor
+from asynctrain._streaming._batch import NameRecord
 from asynctrain._streaming._feed import open_feed
 from asynctrain.data import Dataset
+from asynctrain.data._frames import is_column, is_table
 
 DEFAULT_BUFFER = 4
 """Validated source batches a stream fit holds in its queue before the producer waits."""
@@ -67,7 +69,7 @@ def check_source(source: object) -> Source:
         ConfigTypeError: ``source`` is a Dataset, an array, an ``(X, y)`` pair or not
             iterable at all.
     """
-    if isinstance(source, Dataset | np.ndarray) or _is_pair(source):
+    if isinstance(source, Dataset | np.ndarray) or is_table(source) or _is_pair(source):
         raise ConfigTypeError(
             f"source is one dataset ({type(source).__name__}), not a stream of batches; "
             "use fit(data) for it, or wrap it: fit_stream([(X, y)])"
@@ -84,7 +86,9 @@ def _is_pair(source: object) -> bool:
     return (
         isinstance(source, tuple)
         and len(source) == 2
-        and all(isinstance(part, np.ndarray) for part in source)
+        and all(
+            isinstance(part, np.ndarray) or is_table(part) or is_column(part) for part in source
+        )
     )
 
 
@@ -95,8 +99,13 @@ async def stream_events(
     validation: Dataset | None,
     *,
     describe: Callable[[int], str] = "stream batch {}".format,
+    names: NameRecord | None = None,
 ) -> AsyncGenerator[Event, None]:
-    """Train a fit's ``parts`` on ``source``; yield its events."""
+    """Train a fit's ``parts`` on ``source``; yield its events.
+
+    ``names`` holds the fit's feature names; a batch that is a data frame must match them
+    (the first named batch sets them when there are none yet).
+    """
     step = _stream_step(parts.mode)
     batch_size = parts.config.batch_size
     async with open_feed(
@@ -107,6 +116,7 @@ async def stream_events(
         buffer=limits.buffer,
         max_samples=limits.rows(batch_size),
         describe=describe,
+        names=names,
     ) as feed:
         item = await feed.next()
         if item is None or feed.ring is None:

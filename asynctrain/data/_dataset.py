@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,9 @@ import numpy.typing as npt
 from asynctrain._checks import check_float, check_int
 from asynctrain._exceptions import ConfigError, DataError, DataTypeError
 from asynctrain._types import Array
+from asynctrain.data import _frames
 from asynctrain.data import _validate as v
+from asynctrain.data._frames import FeatureNames
 from asynctrain.data._shared import empty, is_shared, shared_copy, shared_map
 
 _SPLIT_STREAM = 0x5D17  # spawn key: keeps split() independent of epoch_order()
@@ -28,6 +31,12 @@ class Dataset:
     (multi-output regression), finite; integer or bool ``y`` becomes int64 labels,
     float ``y`` is kept as is.
 
+    ``X`` may also be a data frame: a pandas or polars DataFrame, or a pyarrow Table or
+    RecordBatch, of int, float or bool columns. Its columns are converted once into one
+    new array (of ``dtype``; by default float64 if a column is float64, else float32),
+    and their names become :attr:`feature_names`. ``y`` may be a pandas or polars
+    Series, or a pyarrow Array or ChunkedArray. See docs/data.md.
+
     The arrays are exposed as read-only views. They share memory with the arrays passed
     in, so do not modify those afterwards.
 
@@ -36,12 +45,17 @@ class Dataset:
         y: targets, shape ``(n_samples,)`` or ``(n_samples, n_outputs)``.
         dtype: ``np.float32`` or ``np.float64`` to force the feature dtype; None keeps a
             float32/float64 ``X`` and converts anything else to float32.
+        feature_names: names of the columns of a 2-D array ``X`` (a frame's columns
+            name themselves).
 
     Raises:
-        DataTypeError: ``X`` or ``y`` is not numeric (strings, objects, complex).
-        DataError: a bad shape, different row counts, no rows, or a NaN/Inf (the
-            message names the first bad row and column).
-        ConfigError: ``dtype`` is not float32 or float64.
+        DataTypeError: ``X`` or ``y`` is not numeric (strings, objects, complex; a
+            frame's non-numeric columns are named), or a frame's column names mix
+            strings and other types.
+        DataError: a bad shape, different row counts, no rows, or a NaN/Inf or null
+            (the message names the first bad row and column); a repeated column name.
+        ConfigError: ``dtype`` is not float32 or float64, or ``feature_names`` is given
+            for a frame (``DataError`` if it does not name each column once).
 
     Example:
         >>> ds = Dataset(np.zeros((4, 3)), np.array([0, 1, 0, 1]))
@@ -51,33 +65,44 @@ class Dataset:
         dtype('int64')
     """
 
-    __slots__ = ("_X", "_y")
+    __slots__ = ("_X", "_names", "_y")
 
     _X: Array
     _y: npt.NDArray[Any]
+    _names: FeatureNames | None
 
     def __init__(
-        self, X: npt.ArrayLike, y: npt.ArrayLike, *, dtype: npt.DTypeLike | None = None
+        self,
+        X: npt.ArrayLike,
+        y: npt.ArrayLike,
+        *,
+        dtype: npt.DTypeLike | None = None,
+        feature_names: Sequence[str] | None = None,
     ) -> None:
         target = v.resolve_dtype(dtype)
+        X, y, names = _from_frames(X, y, target, feature_names)
         features, targets = v.as_array("X", X), v.as_array("y", y)
         v.check_features_shape(features)
+        if names is None and feature_names is not None:
+            names = _frames.check_feature_names(feature_names, _columns(features))
         v.check_targets_shape(targets)
         v.check_rows(features, targets)
         converted = v.to_float(features, target)
         note = f" (after conversion from {features.dtype})" if converted is not features else ""
-        v.check_finite("X", converted, note=note)
+        v.check_finite("X", converted, note=note, columns=names)
         targets = v.to_targets(targets)
         v.check_finite("y", targets)
         self._X = v.read_only(converted)
         self._y = v.read_only(targets)
+        self._names = names
 
     @classmethod
-    def _trusted(cls, X: Array, y: npt.NDArray[Any]) -> Dataset:
+    def _trusted(cls, X: Array, y: npt.NDArray[Any], names: FeatureNames | None = None) -> Dataset:
         """Wrap arrays already validated (rows of a valid dataset) without re-scanning."""
         dataset = cls.__new__(cls)
         dataset._X = v.read_only(X)
         dataset._y = v.read_only(y)
+        dataset._names = names
         return dataset
 
     @property
@@ -89,6 +114,18 @@ class Dataset:
     def y(self) -> npt.NDArray[Any]:
         """Targets: int64 labels, or float targets of shape ``(n,)`` or ``(n, k)``; read-only."""
         return self._y
+
+    @property
+    def feature_names(self) -> FeatureNames | None:
+        """The names of the columns of ``X``: a data frame's column names, or the
+        ``feature_names`` given; None for an array without names.
+
+        Example:
+            >>> import pandas as pd
+            >>> Dataset(pd.DataFrame({"age": [30, 40], "income": [1.5, 2.5]}), [0, 1]).feature_names
+            ('age', 'income')
+        """
+        return self._names
 
     @property
     def n_samples(self) -> int:
@@ -136,10 +173,10 @@ class Dataset:
         """
         return is_shared(self._X)
 
-    def __reduce__(self) -> tuple[Any, tuple[Array, npt.NDArray[Any]]]:
+    def __reduce__(self) -> tuple[Any, tuple[Array, npt.NDArray[Any], FeatureNames | None]]:
         # Rebuild through _trusted so an unpickled copy is read-only again (pickle
         # itself restores arrays writable) without re-scanning for NaN/Inf.
-        return Dataset._trusted, (self._X, self._y)
+        return Dataset._trusted, (self._X, self._y, self._names)
 
     def __len__(self) -> int:
         return self.n_samples
@@ -180,7 +217,7 @@ class Dataset:
         X, y = shared_copy(self._X), shared_copy(self._y)
         if X is self._X and y is self._y:
             return self
-        return Dataset._trusted(X, y)
+        return Dataset._trusted(X, y, self._names)
 
     def subset(self, indices: npt.ArrayLike) -> Dataset:
         """Return the rows at ``indices`` (in that order; repeats allowed) as a new Dataset.
@@ -249,7 +286,31 @@ class Dataset:
         return self._take(first), self._take(second)
 
     def _take(self, positions: npt.NDArray[np.intp]) -> Dataset:
-        return Dataset._trusted(_rows(self._X, positions), _rows(self._y, positions))
+        X, y = _rows(self._X, positions), _rows(self._y, positions)
+        return Dataset._trusted(X, y, self._names)
+
+
+def _from_frames(
+    X: Any, y: Any, dtype: np.dtype[Any] | None, feature_names: object
+) -> tuple[Any, Any, FeatureNames | None]:
+    """``X`` and ``y`` with data frames and Series read into arrays; X's column names."""
+    names = None
+    if _frames.is_table(X):
+        if feature_names is not None:
+            raise ConfigError(
+                "feature_names is for an array X; a data frame's columns name its features: "
+                "rename the columns instead"
+            )
+        X, names = _frames.as_features(X, name="X", dtype=dtype)
+    _frames.refuse_lazy(X, "X")
+    if _frames.is_table(y) or _frames.is_column(y):
+        y = _frames.as_targets(y)
+    _frames.refuse_lazy(y, "y")
+    return X, y, names
+
+
+def _columns(X: npt.NDArray[Any]) -> int | None:
+    return int(X.shape[1]) if X.ndim == 2 else None
 
 
 def _rows(array: npt.NDArray[Any], positions: npt.NDArray[np.intp]) -> npt.NDArray[Any]:

@@ -9,6 +9,7 @@ is never materialised whole.
 from __future__ import annotations
 
 import mmap
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import numpy as np
@@ -145,8 +146,15 @@ def to_targets(y: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return y.astype(np.int64, subok=False)
 
 
-def check_finite(name: str, array: npt.NDArray[Any], *, note: str = "") -> None:
-    """Raise :class:`DataError` naming the first NaN/Inf (row, and column when 2-D).
+def check_finite(
+    name: str,
+    array: npt.NDArray[Any],
+    *,
+    note: str = "",
+    columns: Sequence[str] | None = None,
+) -> None:
+    """Raise :class:`DataError` naming the first NaN/Inf (row, and column when 2-D, by
+    name too when ``columns`` names them: a data frame's null is a NaN here).
 
     Scans :data:`CHUNK_ROWS` rows at a time so a memory-mapped array is never loaded
     whole. Integer and bool arrays are always finite and are not scanned.
@@ -156,16 +164,23 @@ def check_finite(name: str, array: npt.NDArray[Any], *, note: str = "") -> None:
     for start in range(0, len(array), CHUNK_ROWS):
         bad = ~np.isfinite(array[start : start + CHUNK_ROWS])
         if bad.any():
-            _raise_non_finite(name, array, start, bad, note)
+            _raise_non_finite(name, array, start, bad, note, columns)
 
 
 def _raise_non_finite(
-    name: str, array: npt.NDArray[Any], start: int, bad: npt.NDArray[np.bool_], note: str
+    name: str,
+    array: npt.NDArray[Any],
+    start: int,
+    bad: npt.NDArray[np.bool_],
+    note: str,
+    columns: Sequence[str] | None,
 ) -> NoReturn:
     position = np.unravel_index(int(np.argmax(bad)), bad.shape)
     row = start + int(position[0])
     inner = tuple(int(i) for i in position[1:])
     where = f"row {row}" + (f", column {inner[0]}" if bad.ndim == 2 else "")
+    if columns is not None and bad.ndim == 2:
+        where += f" ({columns[inner[0]]!r}; a null in a data frame is NaN here)"
     where += f", position {inner}" if bad.ndim > 2 else ""
     value = array[(row, *position[1:])]
     raise DataError(

@@ -32,6 +32,7 @@ from asynctrain._events import FitResult
 from asynctrain._inputs import prepare
 from asynctrain._offloop import off_loop
 from asynctrain._types import Params
+from asynctrain.data._frames import batch_as_table, check_table, is_table
 from asynctrain.models import Model
 from asynctrain.sklearn._params import TrainingParams
 from asynctrain.sklearn._policy import plan
@@ -163,6 +164,7 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
         # With reset=True, validate_data records n_features_in_ (and feature names) on the
         # estimator it is given: give it a copy, and commit those with the rest at the end.
         target = copy.copy(self) if reset else self
+        X = _checked_frame(X)
         X_arr, y_arr = validate_data(
             target, X, y, reset=reset, dtype=(np.float64, np.float32), **self._y_checks()
         )
@@ -266,6 +268,7 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
     def _inputs(self, X: npt.ArrayLike) -> tuple[npt.NDArray[Any], Params]:
         """Validated ``X`` (float64 or float32) and the parameters in its dtype."""
         check_is_fitted(self)
+        X = _checked_frame(X)
         X_arr = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         params = {k: v.astype(X_arr.dtype, copy=False) for k, v in self.params_.items()}
         return X_arr, params
@@ -302,3 +305,13 @@ def _monitor(validating: bool, classifier: bool) -> str:
     if not validating:
         return "loss"
     return "val_accuracy" if classifier else "val_loss"
+
+
+def _checked_frame(X: Any) -> Any:
+    """``X``, a data frame refused the way ``Trainer.fit`` refuses it before scikit-learn
+    reads it: a non-numeric column by name (DataTypeError, a ValueError), a column name
+    used twice. Feature names (``feature_names_in_``) and their check at predict are
+    scikit-learn's, which reads a pyarrow Table but not a RecordBatch: one is wrapped."""
+    if is_table(X):
+        check_table(X, name="X")
+    return batch_as_table(X)
