@@ -107,8 +107,13 @@ def read_only(X: Sparse) -> Sparse:
 
 
 def map_parts(X: Sparse, fn: Any) -> Sparse:
-    """A CSR of the same kind over ``fn(array)`` of each of ``X``'s three arrays."""
-    return _build(type(X), [fn(getattr(X, part)) for part in _PARTS], X.shape)
+    """A CSR of the same kind over ``fn(array)`` of each of ``X``'s three arrays; ``X``
+    itself when ``fn`` returned every array unchanged."""
+    before = [getattr(X, part) for part in _PARTS]
+    after = [fn(array) for array in before]
+    if all(new is old for new, old in zip(after, before, strict=True)):
+        return X
+    return _build(type(X), after, X.shape)
 
 
 def take(X: Sparse, rows: npt.NDArray[Any] | range) -> Sparse:

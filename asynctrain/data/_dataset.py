@@ -305,9 +305,7 @@ def _shared_features(X: Features) -> Features:
     """``X`` in shared memory (each array of a sparse ``X``); itself if nothing moved."""
     if not _sparse.is_sparse(X):
         return shared_copy(X)
-    moved = _sparse.map_parts(X, shared_copy)
-    same = all(getattr(moved, p) is getattr(X, p) for p in ("data", "indices", "indptr"))
-    return X if same else moved
+    return _sparse.map_parts(X, shared_copy)
 
 
 def _rows(array: npt.NDArray[Any], positions: npt.NDArray[np.intp]) -> npt.NDArray[Any]:
