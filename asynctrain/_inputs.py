@@ -32,7 +32,9 @@ def prepare(
     An ``(X, y)`` pair is validated and converted in one pass (:class:`Dataset` with
     ``dtype=model.dtype``); a Dataset in another dtype is converted (a copy of ``X``),
     one already in it is returned as is. Then :func:`~asynctrain.models.check_data`
-    checks that it fits the model (shape, feature count, labels, targets).
+    checks that it fits the model (shape, feature count, labels, targets). A scipy.sparse
+    ``X`` stays sparse (CSR in the model's dtype, see :class:`Dataset`) and needs a model
+    with ``accepts_sparse = True``.
 
     Args:
         model: the model to train.

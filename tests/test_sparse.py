@@ -396,3 +396,21 @@ def test_a_large_csr_matrix_trains_in_bounded_memory(tmp_path: Any) -> None:
     assert rss_mb < 600, out.stdout
     assert pss_mb < 600, out.stdout
     assert data_mb < pss_mb  # the data was there: the sampler saw it
+
+
+@pytest.mark.slow
+def test_the_sparse_bench_suite_produces_its_figures() -> None:
+    from benchmarks import _sparse as suite
+    from benchmarks._scale import smoke
+
+    with smoke():
+        figures = at.run(suite.run(quick=True))
+    assert [f.name for f in figures] == [
+        f"sparse/rcv1-logreg/{b}-{w}w" for b in ("thread", "process") for w in (1, 2)
+    ]
+    for figure in figures:
+        assert figure.target == (">= 1.0" if figure.name.endswith("1w") else ">= 1.7")
+        accuracy = figure.details["accuracy_asynctrain"][0]
+        assert accuracy >= figure.details["accuracy_sklearn"][0] - suite.TOLERANCE or (
+            figure.skipped
+        )
