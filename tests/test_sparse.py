@@ -414,3 +414,38 @@ def test_the_sparse_bench_suite_produces_its_figures() -> None:
         assert accuracy >= figure.details["accuracy_sklearn"][0] - suite.TOLERANCE or (
             figure.skipped
         )
+
+
+def test_a_torch_model_refuses_sparse_input_before_work_starts() -> None:
+    torch = pytest.importorskip("torch")
+    from asynctrain.models import TorchModel
+
+    model = TorchModel(torch.nn.Linear(D, 2))
+    with pytest.raises(DataTypeError, match="TorchModel cannot compute on sparse input"):
+        prepare(model, (_csr(), np.arange(N) % 2))
+
+
+async def test_the_process_backend_maps_a_shared_csr_dataset_without_a_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from asynctrain._engine._context import arrays_of
+
+    monkeypatch.setattr(_shared, "MIN_BYTES", 1024)
+    data = Dataset(_csr(n=5000, d=100, density=0.02), np.arange(5000) % 2).to_shared()
+    async with at.backends.ProcessBackend(1) as backend:
+        handle = await backend.share(arrays_of(data))
+        try:
+            paths = {f.key: f.path for f in handle.fields}
+            assert all(paths[f"X.{part}"] for part in ("data", "indices", "indptr"))
+            rows = np.array([4999, 0, 17])
+            gathered = await backend.run(_gather, handle, rows)
+            np.testing.assert_array_equal(gathered.toarray(), data.X[rows].toarray())
+        finally:
+            await backend.release(handle)
+
+
+def _gather(handle: Any, rows: np.ndarray) -> Any:
+    """A worker task: the rows a shard of ``rows`` trains on, from the shared arrays."""
+    from asynctrain._engine._work import features
+
+    return features(handle.read(0), rows)
