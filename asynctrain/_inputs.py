@@ -41,7 +41,9 @@ def prepare(
     ``dtype=model.dtype``; a data frame ``X`` is read into one array of that dtype, its
     column names kept as ``feature_names``); a Dataset in another dtype is converted (a
     copy of ``X``), one already in it is returned as is. Then :func:`~asynctrain.models.check_data`
-    checks that it fits the model (shape, feature count, labels, targets).
+    checks that it fits the model (shape, feature count, labels, targets). A scipy.sparse
+    ``X`` stays sparse (CSR in the model's dtype, see :class:`Dataset`) and needs a model
+    with ``accepts_sparse = True``.
 
     Args:
         model: the model to train.

@@ -49,6 +49,7 @@ SUITES: dict[str, Suite] = {
     "checkpoint": Suite("benchmarks._checkpoint"),
     "service": Suite("benchmarks._service"),
     "sklearn": Suite("benchmarks._sklearn"),
+    "sparse": Suite("benchmarks._sparse"),
     "torch": Suite("benchmarks._torch"),
     "dask": Suite("benchmarks._dask", ("distributed",), "pip install 'asynctrain[dask]'"),
 }

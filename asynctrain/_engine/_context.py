@@ -13,6 +13,7 @@ from asynctrain._engine._step import Mode, StepContext
 from asynctrain._engine._update import Updater, zeros_like
 from asynctrain._engine._work import ship_model
 from asynctrain._monitor import LoopLagMonitor
+from asynctrain._sparse import pack
 from asynctrain.backends import Backend, SharedArrays
 from asynctrain.data import Dataset
 
@@ -76,5 +77,6 @@ async def open_context(
 
 
 def arrays_of(dataset: Dataset) -> dict[str, Any]:
-    """The arrays of ``dataset`` as the backend shares them."""
-    return {"X": dataset.X, "y": dataset.y}
+    """The arrays of ``dataset`` as the backend shares them (a sparse ``X`` as its three
+    arrays and its shape: see :func:`asynctrain._sparse.pack`)."""
+    return {**pack(dataset.X), "y": dataset.y}

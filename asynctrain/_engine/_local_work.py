@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from asynctrain._engine._update import mean_in_place
-from asynctrain._engine._work import Rows, ShardResult, resolve_model
+from asynctrain._engine._work import Rows, ShardResult, features, resolve_model
 from asynctrain.backends import SharedArrays
 from asynctrain.models._protocol import shard_loss_and_grad
 from asynctrain.optim import GradientTransformation, apply_updates
@@ -66,7 +66,7 @@ def local_shard(
     for i, part in enumerate(task.parts):
         loss = 0.0
         if len(part):
-            X = np.take(arrays["X"], part, axis=0)
+            X = features(arrays, part)
             y = np.take(arrays["y"], part, axis=0)
             key = (task.seed, task.step + i, task.shard)
             loss, grads = shard_loss_and_grad(model, current, X, y, key)

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._engine._metrics import chunk_parts
+from asynctrain._sparse import is_sparse, take, unpack
 from asynctrain.backends import LocalShared, SharedArrays
 from asynctrain.models._protocol import shard_loss_and_grad
 
@@ -73,12 +74,19 @@ def compute_shard(
     ``model`` is the model or its shipped handle (see :func:`resolve_model`).
     """
     arrays = data.read(task.data_slot)
-    X, y = _rows(arrays["X"], task.indices), _rows(arrays["y"], task.indices)
+    X, y = features(arrays, task.indices), _rows(arrays["y"], task.indices)
     key = (task.seed, task.step, task.shard)
     current = params.read(task.param_slot)
     loss, shard_grads = shard_loss_and_grad(resolve_model(model), current, X, y, key)
     grads.write(task.grad_slot, shard_grads)
     return ShardResult(task.step, task.shard, task.version, task.grad_slot, len(y), float(loss))
+
+
+def features(arrays: Mapping[str, npt.NDArray[Any]], rows: Rows) -> Any:
+    """The rows of the shared features ``X``: an array, or CSR gathered as CSR (a sparse
+    ``X`` travels as its three arrays, :func:`asynctrain._sparse.pack`)."""
+    X = unpack(arrays)
+    return take(X, rows) if is_sparse(X) else _rows(X, rows)
 
 
 def _rows(array: npt.NDArray[Any], rows: Rows) -> npt.NDArray[Any]:
@@ -112,7 +120,7 @@ def evaluate_chunk(
     the chunk's part of each of ``metrics``."""
     model = resolve_model(model)
     arrays = data.read(0)
-    X, y = arrays["X"][start:stop], arrays["y"][start:stop]
+    X, y = unpack(arrays)[start:stop], arrays["y"][start:stop]  # CSR stays CSR
     current = params.read(slot)
     loss, _ = model.loss_and_grad(current, X, y)
     n_classes = getattr(model, "n_classes", None)

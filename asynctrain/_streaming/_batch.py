@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from asynctrain._exceptions import DataError, DataTypeError
 from asynctrain._inputs import prepare
+from asynctrain._sparse import is_sparse
 from asynctrain._types import Array
 from asynctrain.data import Dataset
 from asynctrain.data._frames import (
@@ -96,6 +97,17 @@ def check_batch(
 
 
 def _unpack(item: object) -> tuple[Any, Any]:
+    X, y = _pair(item)
+    if is_sparse(X):
+        raise DataTypeError(
+            "X is a scipy.sparse matrix: stream batches are dense arrays (the stream's "
+            "buffers hold dense rows); train on sparse data with fit() on a Dataset or an "
+            "(X, y) pair, or yield X.toarray() per batch"
+        )
+    return X, y
+
+
+def _pair(item: object) -> tuple[Any, Any]:
     if isinstance(item, Dataset):
         return item.X, item.y
     if isinstance(item, tuple | list) and len(item) == 2:

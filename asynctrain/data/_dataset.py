@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
+from asynctrain import _sparse
 from asynctrain._checks import check_float, check_int
 from asynctrain._exceptions import ConfigError, DataError, DataTypeError
 from asynctrain._types import Array
@@ -15,6 +16,9 @@ from asynctrain.data import _frames
 from asynctrain.data import _validate as v
 from asynctrain.data._frames import FeatureNames
 from asynctrain.data._shared import empty, is_shared, shared_copy, shared_map
+
+Features: TypeAlias = Array | _sparse.Sparse
+"""A dataset's ``X``: a dense float array, or a scipy.sparse CSR matrix."""
 
 _SPLIT_STREAM = 0x5D17  # spawn key: keeps split() independent of epoch_order()
 
@@ -37,11 +41,17 @@ class Dataset:
     and their names become :attr:`feature_names`. ``y`` may be a pandas or polars
     Series, or a pyarrow Array or ChunkedArray. See docs/data.md.
 
+    ``X`` may also be a scipy.sparse matrix: a ``csr_matrix`` or ``csr_array`` is kept as
+    CSR (converted to ``dtype`` when it differs, never densified), any other sparse format
+    is converted to CSR once; its stored values must be finite. See :attr:`sparse` and
+    docs/data.md.
+
     The arrays are exposed as read-only views. They share memory with the arrays passed
     in, so do not modify those afterwards.
 
     Args:
-        X: features, shape ``(n_samples, n_features)`` or ``(n_samples, *input_shape)``.
+        X: features, shape ``(n_samples, n_features)`` or ``(n_samples, *input_shape)``;
+            or a scipy.sparse matrix ``(n_samples, n_features)``.
         y: targets, shape ``(n_samples,)`` or ``(n_samples, n_outputs)``.
         dtype: ``np.float32`` or ``np.float64`` to force the feature dtype; None keeps a
             float32/float64 ``X`` and converts anything else to float32.
@@ -67,7 +77,7 @@ class Dataset:
 
     __slots__ = ("_X", "_names", "_y")
 
-    _X: Array
+    _X: Features
     _y: npt.NDArray[Any]
     _names: FeatureNames | None
 
@@ -81,34 +91,58 @@ class Dataset:
     ) -> None:
         target = v.resolve_dtype(dtype)
         X, y, names = _from_frames(X, y, target, feature_names)
-        features, targets = v.as_array("X", X), v.as_array("y", y)
-        v.check_features_shape(features)
-        if names is None and feature_names is not None:
-            names = _frames.check_feature_names(feature_names, _columns(features))
-        v.check_targets_shape(targets)
-        v.check_rows(features, targets)
-        converted = v.to_float(features, target)
-        note = f" (after conversion from {features.dtype})" if converted is not features else ""
-        v.check_finite("X", converted, note=note, columns=names)
+        targets = v.as_array("y", y)
+        if _sparse.is_sparse(X):
+            source: _sparse.Sparse = X
+            converted = _sparse.as_csr("X", source, target)
+            v.check_targets_shape(targets)
+            v.check_rows(converted, targets)
+            names = _named(names, feature_names, converted)
+            changed = converted.dtype != source.dtype
+            note = f" (after conversion from {source.dtype})" if changed else ""
+            _sparse.check_finite("X", converted, note=note)
+        else:
+            features = v.as_array("X", X)
+            v.check_features_shape(features)
+            names = _named(names, feature_names, features)
+            v.check_targets_shape(targets)
+            v.check_rows(features, targets)
+            converted = v.to_float(features, target)
+            note = f" (after conversion from {features.dtype})" if converted is not features else ""
+            v.check_finite("X", converted, note=note, columns=names)
         targets = v.to_targets(targets)
         v.check_finite("y", targets)
-        self._X = v.read_only(converted)
+        self._X = _read_only(converted)
         self._y = v.read_only(targets)
         self._names = names
 
     @classmethod
-    def _trusted(cls, X: Array, y: npt.NDArray[Any], names: FeatureNames | None = None) -> Dataset:
+    def _trusted(
+        cls, X: Features, y: npt.NDArray[Any], names: FeatureNames | None = None
+    ) -> Dataset:
         """Wrap arrays already validated (rows of a valid dataset) without re-scanning."""
         dataset = cls.__new__(cls)
-        dataset._X = v.read_only(X)
+        dataset._X = _read_only(X)
         dataset._y = v.read_only(y)
         dataset._names = names
         return dataset
 
     @property
-    def X(self) -> Array:
-        """Features, shape ``(n_samples, *input_shape)``, float32 or float64, read-only."""
+    def X(self) -> Features:
+        """Features, shape ``(n_samples, *input_shape)``, float32 or float64, read-only;
+        a scipy.sparse CSR matrix (read-only arrays) when the dataset is :attr:`sparse`."""
         return self._X
+
+    @property
+    def sparse(self) -> bool:
+        """True if ``X`` is a scipy.sparse CSR matrix (``csr_matrix`` or ``csr_array``).
+
+        Example:
+            >>> import scipy.sparse
+            >>> Dataset(scipy.sparse.eye(3, format="csr"), [0, 1, 0]).sparse
+            True
+        """
+        return _sparse.is_sparse(self._X)
 
     @property
     def y(self) -> npt.NDArray[Any]:
@@ -160,6 +194,8 @@ class Dataset:
         False for a dataset in asynctrain's shared memory (see :attr:`shared`): that is
         memory, not a file of yours.
         """
+        if self.sparse:
+            return False
         return v.is_memory_mapped(self._X) and shared_map(self._X) is None
 
     @property
@@ -169,11 +205,15 @@ class Dataset:
         The process backend's workers then map the same memory: no copy is made, whatever
         the number of workers. It does the same for a whole memory-mapped ``.npy`` file;
         a dataset that is neither (a slice of a shared array counts as neither) is copied
-        into shared memory once per fit.
+        into shared memory once per fit. A sparse ``X`` counts as shared when its stored
+        values and their column indices are.
         """
+        if self.sparse:
+            X: _sparse.Sparse = self._X
+            return is_shared(X.data) and is_shared(X.indices)
         return is_shared(self._X)
 
-    def __reduce__(self) -> tuple[Any, tuple[Array, npt.NDArray[Any], FeatureNames | None]]:
+    def __reduce__(self) -> tuple[Any, tuple[Features, npt.NDArray[Any], FeatureNames | None]]:
         # Rebuild through _trusted so an unpickled copy is read-only again (pickle
         # itself restores arrays writable) without re-scanning for NaN/Inf.
         return Dataset._trusted, (self._X, self._y, self._names)
@@ -184,7 +224,10 @@ class Dataset:
     def __repr__(self) -> str:
         where = " shared" if self.shared else " memory-mapped" if self.memory_mapped else ""
         shape = f"n_features={self.n_features}"
-        if self._X.ndim > 2:
+        if self.sparse:
+            X: _sparse.Sparse = self._X
+            where = f" sparse nnz={X.nnz}{where}"
+        elif self._X.ndim > 2:
             shape = f"input_shape={self.input_shape}"
         return f"<Dataset n_samples={self.n_samples} {shape} dtype={self.dtype}{where}>"
 
@@ -214,7 +257,7 @@ class Dataset:
             >>> data
             <Dataset n_samples=4096 n_features=64 dtype=float64 shared>
         """
-        X, y = shared_copy(self._X), shared_copy(self._y)
+        X, y = _shared_features(self._X), shared_copy(self._y)
         if X is self._X and y is self._y:
             return self
         return Dataset._trusted(X, y, self._names)
@@ -286,8 +329,11 @@ class Dataset:
         return self._take(first), self._take(second)
 
     def _take(self, positions: npt.NDArray[np.intp]) -> Dataset:
-        X, y = _rows(self._X, positions), _rows(self._y, positions)
-        return Dataset._trusted(X, y, self._names)
+        if self.sparse:
+            X = _shared_features(_sparse.take(self._X, positions))
+        else:
+            X = _rows(self._X, positions)
+        return Dataset._trusted(X, _rows(self._y, positions), self._names)
 
 
 def _from_frames(
@@ -309,8 +355,25 @@ def _from_frames(
     return X, y, names
 
 
-def _columns(X: npt.NDArray[Any]) -> int | None:
-    return int(X.shape[1]) if X.ndim == 2 else None
+def _named(
+    names: FeatureNames | None, feature_names: Sequence[str] | None, X: Features
+) -> FeatureNames | None:
+    """A data frame's column names, else ``feature_names`` checked against X's columns."""
+    if names is None and feature_names is not None:
+        columns = int(X.shape[1]) if X.ndim == 2 else None
+        return _frames.check_feature_names(feature_names, columns)
+    return names
+
+
+def _read_only(X: Features) -> Features:
+    return _sparse.read_only(X) if _sparse.is_sparse(X) else v.read_only(X)
+
+
+def _shared_features(X: Features) -> Features:
+    """``X`` in shared memory (each array of a sparse ``X``); itself if nothing moved."""
+    if not _sparse.is_sparse(X):
+        return shared_copy(X)
+    return _sparse.map_parts(X, shared_copy)
 
 
 def _rows(array: npt.NDArray[Any], positions: npt.NDArray[np.intp]) -> npt.NDArray[Any]:

@@ -110,9 +110,10 @@ def check_targets_shape(y: npt.NDArray[Any]) -> None:
 
 def check_rows(X: npt.NDArray[Any], y: npt.NDArray[Any]) -> None:
     """Raise :class:`DataError` unless ``X`` and ``y`` have the same, non-zero row count."""
-    if len(X) != len(y):
-        raise DataError(f"X has {len(X)} rows but y has {len(y)}; pass one target per row of X")
-    if len(X) == 0:
+    rows = X.shape[0]  # a sparse X has a shape but no len()
+    if rows != len(y):
+        raise DataError(f"X has {rows} rows but y has {len(y)}; pass one target per row of X")
+    if rows == 0:
         raise DataError("the dataset is empty (0 rows); pass at least one sample")
 
 

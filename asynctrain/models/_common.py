@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import ConfigError, ConfigTypeError
+from asynctrain._sparse import as_csr, is_sparse
 from asynctrain._types import Grads, Params
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -47,7 +48,14 @@ def set_fields(obj: object, **values: object) -> None:
 
 
 def as_input(X: npt.ArrayLike, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
-    """Return ``X`` as an array of ``dtype``, copying only when its dtype differs."""
+    """Return ``X`` as an array of ``dtype``, copying only when its dtype differs.
+
+    A scipy.sparse ``X`` stays sparse: CSR of ``dtype`` (see :mod:`asynctrain._sparse`),
+    which the models multiply as it is (``X @ W``, ``X.T @ delta``: dense results).
+    """
+    if is_sparse(X):
+        csr: npt.NDArray[Any] = as_csr("X", X, dtype)
+        return csr
     return np.asarray(X, dtype=dtype)
 
 

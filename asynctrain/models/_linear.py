@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +18,10 @@ _WEIGHTS = ("w",)
 @dataclass(frozen=True, init=False)
 class LinearModel:
     """Configuration and helpers shared by models of the form ``z = X @ w + b``."""
+
+    accepts_sparse: ClassVar[bool] = True
+    """``X`` may be a scipy.sparse CSR matrix: the products ``X @ w`` and ``X.T @ delta``
+    are sparse, and gradients dense."""
 
     n_features: int
     l2: float

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -72,6 +72,10 @@ class MLP:
         >>> [(k, v.shape) for k, v in params.items()]
         [('W0', (4, 8)), ('b0', (8,)), ('W1', (8, 3)), ('b1', (3,))]
     """
+
+    accepts_sparse: ClassVar[bool] = True
+    """``X`` may be a scipy.sparse CSR matrix: the first layer's products ``X @ W0`` and
+    ``X.T @ delta`` are sparse; every later layer is dense."""
 
     sizes: tuple[int, ...]
     activation: str

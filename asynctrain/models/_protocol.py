@@ -40,6 +40,11 @@ class Model(Protocol):
     ``input_shape`` (e.g. ``(1, 8, 8)``); ``X`` is then ``(n, *input_shape)`` and
     ``n_features`` is the product of ``input_shape``.
 
+    **Sparse input (optional).** A model that computes on a scipy.sparse CSR ``X`` as it
+    is (without densifying it) sets the class attribute ``accepts_sparse = True``; the
+    built-in linear, logistic, softmax and MLP models do. ``fit`` refuses sparse data for
+    any other model before work starts.
+
     **dtype.** Parameters from ``init`` are in ``dtype`` (float32 by default); gradients
     have the keys, shapes and dtypes of the parameters passed in.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +49,10 @@ class SoftmaxRegression:
         >>> params["W"].shape, params["b"].shape, params["W"].dtype
         ((2, 3), (3,), dtype('float32'))
     """
+
+    accepts_sparse: ClassVar[bool] = True
+    """``X`` may be a scipy.sparse CSR matrix: the products ``X @ W`` and ``X.T @ delta``
+    are sparse, and gradients dense."""
 
     n_features: int
     n_classes: int

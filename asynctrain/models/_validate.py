@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import ConfigTypeError, DataError, DataTypeError
+from asynctrain._sparse import Sparse, as_csr, check_finite, is_sparse
 from asynctrain.models._protocol import Model
 
 
@@ -26,7 +27,9 @@ def check_data(
     enough with ``single_class=True``, for one batch of a stream). Regression
     targets must be finite with shape (n,) for one output or (n, k) for ``k =
     model.n_outputs`` outputs; a model without ``n_outputs`` accepts either shape.
-    Costs a few passes over ``y`` (min, max, finiteness) and none over ``X``.
+    Costs a few passes over ``y`` (min, max, finiteness) and none over ``X``. A
+    scipy.sparse ``X`` needs a model with ``accepts_sparse = True`` and a 2-D table
+    shape.
 
     Args:
         model: the model to train.
@@ -37,7 +40,8 @@ def check_data(
     Raises:
         DataError: a shape, feature count, row count or label is wrong; the message
             names the value and the fix.
-        DataTypeError: ``X`` or ``y`` holds non-numeric values.
+        DataTypeError: ``X`` or ``y`` holds non-numeric values, or ``X`` is sparse and
+            the model cannot compute on sparse input.
         ConfigTypeError: ``model`` has no integer ``n_features``.
 
     Example:
@@ -51,8 +55,12 @@ def check_data(
         asynctrain._exceptions.DataError: dataset has 2 features but the model expects 3; ...
     """
     n_features, n_classes = _model_shape(model)
-    inputs, targets = _numeric_array("X", X), _numeric_array("y", y)
-    _check_row_shape(model, inputs, n_features)
+    if is_sparse(X):
+        inputs = _check_sparse(model, X, n_features)
+    else:
+        inputs = _numeric_array("X", X)
+        _check_row_shape(model, inputs, n_features)
+    targets = _numeric_array("y", y)
     if targets.ndim == 0 or targets.shape[0] != inputs.shape[0]:
         raise DataError(
             f"X has {inputs.shape[0]} rows but y has shape {targets.shape}; "
@@ -72,10 +80,12 @@ def check_inputs(model: Model, X: npt.ArrayLike) -> npt.NDArray[Any]:
     Args:
         model: the model that will predict.
         X: (n, n_features) numeric inputs, n >= 1 (a single row is ``X.reshape(1, -1)``);
-            (n, *model.input_shape) for a model that declares an ``input_shape``.
+            (n, *model.input_shape) for a model that declares an ``input_shape``; or a
+            scipy.sparse matrix for a model with ``accepts_sparse = True``.
 
     Returns:
-        ``X`` in ``model.dtype`` (no copy when it already is an array of that dtype).
+        ``X`` in ``model.dtype`` (no copy when it already is an array of that dtype); a
+        sparse ``X`` as CSR in ``model.dtype``, never densified.
 
     Raises:
         DataError: the shape or feature count is wrong, a value is NaN or Inf, or a
@@ -92,6 +102,10 @@ def check_inputs(model: Model, X: npt.ArrayLike) -> npt.NDArray[Any]:
         asynctrain._exceptions.DataError: X must have shape (n, 2), got (2,): X must be 2-D ...
     """
     n_features, _ = _model_shape(model)
+    if is_sparse(X):
+        csr = as_csr("X", _check_sparse(model, X, n_features), model.dtype)
+        check_finite("X", csr)
+        return csr  # type: ignore[no-any-return]
     expected = "(n, " + ", ".join(str(size) for size in row_shape(model)) + ")"
     try:
         with np.errstate(over="ignore"):  # a value too large becomes Inf, refused below
@@ -119,6 +133,34 @@ def _model_shape(model: object) -> tuple[int, int | None]:
             "a model must follow the asynctrain.models.Model protocol"
         )
     return int(n_features), None if n_classes is None else int(n_classes)
+
+
+def _check_sparse(model: object, X: Sparse, n_features: int) -> Sparse:
+    """Raise unless ``model`` computes on sparse input and sparse ``X`` is an
+    (n, n_features) table of real numbers with a row; return ``X``."""
+    if not getattr(model, "accepts_sparse", False):
+        raise DataTypeError(
+            f"X is a scipy.sparse matrix, and {type(model).__name__} cannot compute on "
+            "sparse input (it has no accepts_sparse = True); pass X.toarray() if it fits "
+            "in memory, or train a LinearRegression, LogisticRegression, "
+            "SoftmaxRegression or MLP, which take CSR input"
+        )
+    if X.dtype.kind not in "biuf":
+        raise DataTypeError(
+            f"X must hold real numbers, got a sparse matrix of dtype {X.dtype}; "
+            "convert it with X.astype(np.float32)"
+        )
+    if len(X.shape) != 2:
+        raise DataError(f"sparse X must be 2-D (samples, features), got shape {X.shape}")
+    if X.shape[1] != n_features:
+        raise DataError(
+            f"dataset has {X.shape[1]} features but the model expects {n_features}; "
+            f"build the model with n_features={X.shape[1]} or select {n_features} columns "
+            "(X[:, columns] keeps a CSR matrix sparse)"
+        )
+    if X.shape[0] == 0:
+        raise DataError("dataset has no rows; pass at least one sample")
+    return X
 
 
 def _numeric_array(name: str, values: npt.ArrayLike) -> npt.NDArray[Any]:

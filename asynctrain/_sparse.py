@@ -1,0 +1,177 @@
+"""Sparse feature matrices: scipy.sparse CSR input, checked, converted and gathered by rows.
+
+A sparse ``X`` is held as CSR (``csr_matrix`` or ``csr_array``; any other scipy.sparse
+format is converted once) in the model's dtype, and never densified: its rows are gathered
+as CSR, and the built-in models multiply it as it is (``X @ W``, ``X.T @ delta``).
+
+scipy stays optional. :func:`is_sparse` answers without importing it (an object cannot be
+a scipy matrix unless scipy.sparse is imported already), and everything else here runs
+only once a sparse input has been seen. To reach a backend's workers, a CSR matrix travels
+as three plain arrays plus its shape (:func:`pack`), which the process backend shares like
+any other array, and workers rebuild it around those arrays without copying (:func:`unpack`).
+
+The data layer (``Dataset``) and the models layer (``check_data``, the built-in models'
+inputs) both use this module; ``tests/test_layering.py`` allows it to them by name.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._exceptions import DataError, DataTypeError
+from asynctrain._types import DEFAULT_DTYPE
+
+Sparse: TypeAlias = Any
+"""A scipy.sparse CSR matrix or array (scipy ships no type information)."""
+
+_PARTS = ("data", "indices", "indptr")
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def is_sparse(X: object) -> bool:
+    """Whether ``X`` is a scipy.sparse matrix or array, without importing scipy.
+
+    Example:
+        >>> is_sparse(np.zeros((2, 2)))
+        False
+    """
+    module = sys.modules.get("scipy.sparse")
+    return module is not None and bool(module.issparse(X))
+
+
+def as_csr(name: str, X: Sparse, dtype: np.dtype[Any] | None) -> Sparse:
+    """``X`` as CSR of ``dtype`` (None: float32/float64 kept, anything else float32).
+
+    ``csr_array`` and ``csr_matrix`` keep their kind; other formats (CSC, COO, ...) are
+    converted to CSR of the same kind (array or matrix) once. Nothing is copied when ``X``
+    is CSR of that dtype already with 32-bit indices (or indices that need 64 bits).
+
+    Raises:
+        DataTypeError: the values are not real numbers (complex, objects).
+        DataError: ``X`` is not 2-D, has no rows or no columns.
+    """
+    if X.dtype.kind not in "biuf":
+        raise DataTypeError(
+            f"{name} is a sparse matrix of dtype {X.dtype}, which is not a real number; "
+            f"pass {name}.astype(np.float32) (complex values need their real part)"
+        )
+    if len(X.shape) != 2:
+        raise DataError(f"sparse {name} must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if 0 in X.shape:
+        raise DataError(
+            f"sparse {name} has shape {X.shape}; it needs at least one row and one column"
+        )
+    csr = X if X.format == "csr" else X.tocsr()
+    target = dtype if dtype is not None else _default_float(csr.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf: reported
+        data = csr.data if csr.data.dtype == target else csr.data.astype(target)
+    indices, indptr = _small_indices(csr)
+    if data is csr.data and indices is csr.indices and indptr is csr.indptr:
+        return csr
+    return _build(type(csr), (data, indices, indptr), csr.shape)
+
+
+def check_finite(name: str, X: Sparse, *, note: str = "") -> None:
+    """Raise :class:`DataError` naming the row and column of the first NaN/Inf of ``X``.
+
+    Scans the stored values only (implicit zeros are finite).
+    """
+    bad = ~np.isfinite(X.data)
+    if bad.any():
+        _raise_non_finite(name, X, int(np.argmax(bad)), note)
+
+
+def _raise_non_finite(name: str, X: Sparse, position: int, note: str) -> NoReturn:
+    row = int(np.searchsorted(X.indptr, position, side="right")) - 1
+    column = int(X.indices[position])
+    raise DataError(
+        f"sparse {name} has a non-finite value ({X.data[position]}) at row {row}, column "
+        f"{column}{note}; drop or impute those rows, e.g. keep the rows where "
+        f"np.isfinite({name}.data) holds for every stored value"
+    )
+
+
+def read_only(X: Sparse) -> Sparse:
+    """A CSR of the same kind over read-only views of ``X``'s arrays (no copy)."""
+    views = []
+    for part in _PARTS:
+        view = getattr(X, part).view()
+        view.flags.writeable = False
+        views.append(view)
+    return _build(type(X), views, X.shape)
+
+
+def map_parts(X: Sparse, fn: Any) -> Sparse:
+    """A CSR of the same kind over ``fn(array)`` of each of ``X``'s three arrays; ``X``
+    itself when ``fn`` returned every array unchanged."""
+    before = [getattr(X, part) for part in _PARTS]
+    after = [fn(array) for array in before]
+    if all(new is old for new, old in zip(after, before, strict=True)):
+        return X
+    return _build(type(X), after, X.shape)
+
+
+def take(X: Sparse, rows: npt.NDArray[Any] | range) -> Sparse:
+    """Rows of ``X`` (indices, in their order, or a contiguous range) as a new CSR."""
+    if isinstance(rows, range):
+        return X[rows.start : rows.stop]
+    return X[rows]
+
+
+def pack(X: Sparse, key: str = "X") -> dict[str, npt.NDArray[Any]]:
+    """``X`` as plain arrays a backend can share: ``key.data``, ``.indices``, ``.indptr``
+    and ``.shape``.
+
+    Example:
+        >>> sorted(pack(np.zeros((1, 1)), "X"))
+        ['X']
+    """
+    if not is_sparse(X):
+        return {key: X}
+    arrays = {f"{key}.{part}": getattr(X, part) for part in _PARTS}
+    arrays[f"{key}.shape"] = np.array(X.shape, np.int64)
+    return arrays
+
+
+def unpack(arrays: Mapping[str, npt.NDArray[Any]], key: str = "X") -> Any:
+    """The matrix :func:`pack` turned into ``arrays``: the array itself, or a
+    ``csr_array`` rebuilt around the shared arrays (no copy)."""
+    dense = arrays.get(key)
+    if dense is not None:
+        return dense
+    from scipy import sparse
+
+    parts = [arrays[f"{key}.{part}"] for part in _PARTS]
+    shape = tuple(int(size) for size in arrays[f"{key}.shape"])
+    return _build(sparse.csr_array, parts, shape)
+
+
+def nbytes(X: Sparse) -> int:
+    """Bytes of ``X``'s three arrays."""
+    return int(sum(getattr(X, part).nbytes for part in _PARTS))
+
+
+def _build(kind: type, parts: Sequence[npt.NDArray[Any]], shape: tuple[int, ...]) -> Sparse:
+    # copy=False and matching index dtypes: scipy wraps the arrays as they are.
+    return kind(tuple(parts), shape=shape, copy=False)
+
+
+def _small_indices(X: Sparse) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """The index arrays in int32 when every value fits (half the memory of int64, and
+    the dtype scipy would pick anyway when it rebuilds the matrix)."""
+    fits = max(X.nnz, X.shape[1]) <= _INT32_MAX
+    target = np.dtype(np.int32) if fits else np.dtype(np.int64)
+    indices = X.indices if X.indices.dtype == target else X.indices.astype(target)
+    indptr = X.indptr if X.indptr.dtype == target else X.indptr.astype(target)
+    return indices, indptr
+
+
+def _default_float(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    if dtype.kind == "f" and dtype.itemsize in (4, 8):
+        return np.dtype(f"f{dtype.itemsize}")
+    return DEFAULT_DTYPE
