@@ -403,3 +403,22 @@ async def test_cancelling_mid_read_leaves_nothing_running(
             await fit
         result = await trainer.fit_stream(read_parquet(path, label="y", batch_size=BATCH))
         assert result.steps == -(-len(X) // BATCH)  # the trainer fits again afterwards
+
+
+# -- the bench suite (smoke size: every figure is produced; no speed is checked) ---------
+
+
+def test_the_bench_suite_produces_its_figures() -> None:
+    from benchmarks import _parquet
+    from benchmarks._scale import smoke
+
+    with smoke():
+        figures = at.run(_parquet.run(quick=True))
+    assert [f.name for f in figures] == [
+        "parquet/softmax/thread/throughput",
+        "parquet/mlp/thread/throughput",
+    ]
+    for figure in figures:
+        assert figure.value > 0
+        assert figure.command == "asynctrain bench --only parquet --smoke"
+        assert figure.details["read_only_samples_per_s"] > 0
