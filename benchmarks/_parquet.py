@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -36,6 +37,7 @@ from benchmarks._workloads import model_for
 
 SEED = 0
 ROW_GROUP = 10_000
+SHUFFLE_ROWS = 10_000  # read_parquet's default shuffle buffer at the default batch size
 _MB = 2**20
 
 
@@ -50,7 +52,11 @@ def write(data: Dataset, path: Path) -> None:
 
     columns = {f"x{j}": data.X[:, j] for j in range(data.X.shape[1])}
     table = pa.table({**columns, "label": data.y})
-    pq.write_table(table, path, row_group_size=min(ROW_GROUP, max(1, len(data) // 10)))
+    pq.write_table(table, path, row_group_size=_row_group(len(data)))
+
+
+def _row_group(rows: int) -> int:
+    return min(ROW_GROUP, max(1, rows // 10))
 
 
 class _Run(NamedTuple):
@@ -115,7 +121,7 @@ async def throughput(problem: str, quick: bool) -> Figure:
             "read_only_samples_per_s": n / read_s,
             "samples": n,
             "file_mb": round(file_mb, 1),
-            "row_group_rows": min(ROW_GROUP, max(1, n // 10)),
+            "row_group_rows": _row_group(n),
             "batch_size": batch,
         },
     )
@@ -141,9 +147,57 @@ async def _paired(
     return pairs
 
 
+async def peak_memory(quick: bool) -> Figure:
+    """Peak memory allocated while ``fit_stream`` trains on a Parquet file, next to the
+    file's rows: numpy's buffers (``tracemalloc``) plus pyarrow's (its memory pool)."""
+    import pyarrow as pa
+
+    n = samples("softmax", quick)
+    data = dataset("softmax", n, seed=SEED)
+    with tempfile.TemporaryDirectory(prefix="asynctrain-bench-") as directory:
+        path = Path(directory) / "softmax.parquet"
+        write(data, path)
+        previous = pa.default_memory_pool()
+        pool = pa.proxy_memory_pool(previous)
+        async with get_backend("thread")[0] as backend, _trainer(backend, "softmax") as trainer:
+            stream = read_parquet(path, label="label", batch_size=trainer.config.batch_size)
+            pa.set_memory_pool(pool)
+            tracemalloc.start()
+            try:
+                await trainer.fit_stream(stream)
+                numpy_peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+                pa.set_memory_pool(previous)
+    rows_mb = (data.X.nbytes + data.y.nbytes) / _MB
+    peak = (numpy_peak + pool.max_memory()) / _MB
+    return Figure(
+        "parquet/softmax/thread/peak_memory",
+        peak,
+        peak,
+        peak,
+        "MB",
+        reference="memory allocated during fit_stream(read_parquet(...)): tracemalloc + pyarrow",
+        repeats=1,
+        command=command("parquet", quick),
+        details={
+            "numpy_peak_mb": numpy_peak / _MB,
+            "pyarrow_peak_mb": pool.max_memory() / _MB,
+            "rows_mb": rows_mb,
+            "shuffle_buffer_mb": SHUFFLE_ROWS * _row_bytes(data) / _MB,
+            "row_group_mb": _row_group(n) * _row_bytes(data) / _MB,
+        },
+    )
+
+
+def _row_bytes(data: Dataset) -> int:
+    return int(data.X[0].nbytes + data.y[0].nbytes)
+
+
 async def run(quick: bool) -> list[Figure]:
     """Every figure of this suite."""
-    return [await throughput(problem, quick) for problem in ("softmax", "mlp")]
+    figures = [await throughput(problem, quick) for problem in ("softmax", "mlp")]
+    return [*figures, await peak_memory(quick)]
 
 
 def main(argv: list[str]) -> None:
