@@ -197,6 +197,43 @@ async def test_holdout_as_validation_of_a_stream_fit(tmp_path: Path) -> None:
     assert result.steps == -(-3 * (len(X) - len(validation)) // BATCH)
 
 
+async def test_two_fits_at_once_on_one_file_match_one_alone(tmp_path: Path) -> None:
+    X, y = _data()
+    path = _write(tmp_path / "one.parquet", X, y)
+
+    async def fit() -> dict[str, np.ndarray]:
+        async with _trainer() as trainer:
+            stream = read_parquet(path, label="y", batch_size=BATCH, epochs=2, seed=4)
+            return (await trainer.fit_stream(stream)).params
+
+    alone = await fit()
+    both = await asyncio.gather(fit(), fit())
+    for params in both:
+        assert all(params[k].tobytes() == alone[k].tobytes() for k in alone)
+
+
+def _open_files(path: Path) -> int:
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if _target(fd) == str(path))
+
+
+def _target(fd: Path) -> str:
+    try:
+        return str(fd.readlink())
+    except OSError:
+        return ""
+
+
+async def test_stopping_early_closes_the_files(tmp_path: Path) -> None:
+    X, y = _data()
+    path = _write(tmp_path / "one.parquet", X, y)
+    async with _trainer() as trainer:
+        stream = read_parquet(path, label="y", batch_size=BATCH, epochs=100)
+        result = await trainer.fit_stream(stream, max_steps=3)
+    assert result.steps == 3
+    assert _open_files(path) == 0
+
+
 # -- the held-out split -----------------------------------------------------------------
 
 
