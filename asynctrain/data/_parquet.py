@@ -127,7 +127,19 @@ def read_parquet(
 
 class ParquetStream:
     """Batches of Parquet files: made by :func:`read_parquet`, which documents the
-    arguments. Iterating it twice gives the same batches."""
+    arguments (kept as attributes of the same names; ``holdout`` as
+    ``holdout_fraction``). Iterating it twice gives the same batches.
+
+    Raises:
+        ConfigError, ConfigTypeError: a bad setting, when it is made.
+
+    Example:
+        >>> stream = read_parquet("data/*.parquet", label="y", batch_size=256, epochs=3)
+        >>> stream
+        <ParquetStream 'data/*.parquet' label='y' batch_size=256 shuffle=True seed=0 epochs=3>
+        >>> stream.features is None  # every column but the label
+        True
+    """
 
     def __init__(
         self,
@@ -213,8 +225,21 @@ holdout=0.1 subset='holdout'>
         This reads files: in async code run it off the event loop, e.g.
         ``await asyncio.to_thread(stream.holdout().to_dataset)``.
 
+        Returns:
+            A :class:`Dataset` of the subset's rows, ``X`` in the stream's ``dtype``.
+
         Raises:
             DataError, DataTypeError: as iterating; DataError when no row is selected.
+
+        Example:
+            >>> import pathlib, tempfile
+            >>> import pyarrow as pa, pyarrow.parquet as pq
+            >>> path = pathlib.Path(tempfile.mkdtemp()) / "t.parquet"
+            >>> pq.write_table(pa.table({"x": np.arange(1000.0), "y": np.arange(1000) % 2}), path)
+            >>> stream = read_parquet(path, label="y", batch_size=100, holdout=0.2)
+            >>> held, kept = stream.holdout().to_dataset(), stream.to_dataset()
+            >>> len(held) + len(kept), np.intersect1d(held.X, kept.X).size
+            (1000, 0)
         """
         parts = list(self._with(shuffle=False, shuffle_buffer=None, epochs=1, batch_size=2**16))
         if not parts:
