@@ -187,21 +187,28 @@ class ParquetStream:
             DataError, DataTypeError: a bad file (before the first batch for what the
                 footers tell; a NaN or a corrupt page when its row group is read).
         """
-        files = ParquetFiles(self.path, label=self.label, features=self.features)
         rng = np.random.default_rng(self.seed)
-        for _ in range(self.epochs):
-            order = rng.permutation(len(files.pieces)) if self.shuffle else range(len(files.pieces))
-            batcher = (
-                ShuffleBuffer(self._buffer_rows(), self.batch_size, rng)
-                if self.shuffle
-                else InOrder(self.batch_size)
-            )
-            for number in order:
-                for X, y, first in files.read(files.pieces[number], self.dtype):
-                    keep = self._keep(first, len(X))
-                    rows = (X, y) if keep is None else (X[keep], y[keep])
-                    yield from batcher.add(*rows)
-            yield from batcher.drain()
+        with ParquetFiles(self.path, label=self.label, features=self.features) as files:
+            for _ in range(self.epochs):
+                yield from self._pass(files, rng)
+
+    def _pass(
+        self, files: ParquetFiles, rng: np.random.Generator
+    ) -> Iterator[tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
+        """One pass over every row group: in a random order through the shuffle buffer,
+        or in file order."""
+        count = len(files.pieces)
+        order = rng.permutation(count) if self.shuffle else range(count)
+        batcher = (
+            ShuffleBuffer(self._buffer_rows(), self.batch_size, rng)
+            if self.shuffle
+            else InOrder(self.batch_size)
+        )
+        for number in order:
+            for X, y, first in files.read(files.pieces[number], self.dtype):
+                keep = self._keep(first, len(X))
+                yield from batcher.add(*((X, y) if keep is None else (X[keep], y[keep])))
+        yield from batcher.drain()
 
     def holdout(self) -> ParquetStream:
         """The held-out rows (``subset="holdout"``), in file order, in one pass.

@@ -57,6 +57,8 @@ class Piece(NamedTuple):
 class ParquetFiles:
     """The Parquet files at ``path``, checked: see the module docstring.
 
+    Use it as a context manager: it keeps the file it read last open until closed.
+
     Args:
         path: a file, a directory (every ``*.parquet`` file below it, skipping names that
             start with ``_`` or ``.``) or a glob pattern (``**`` recurses).
@@ -85,11 +87,29 @@ class ParquetFiles:
             _no_nulls_in_statistics(file, meta, columns)
         self._metas = metas
         self.pieces = _pieces(metas)
+        self._open: tuple[int, Any] | None = None  # (file number, handle) last read
 
-    @property
-    def rows(self) -> int:
-        """Rows in all the files."""
-        return sum(piece.rows for piece in self.pieces)
+    def __enter__(self) -> ParquetFiles:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file read last (reading opens it again)."""
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+
+    def _handle(self, number: int) -> Any:
+        """File ``number``, open; kept open for the next row group, often of the same file."""
+        if self._open is None or self._open[0] != number:
+            self.close()
+            handle = self._pq.ParquetFile(
+                self.paths[number], metadata=self._metas[number], pre_buffer=False
+            )
+            self._open = (number, handle)
+        return self._open[1]
 
     def _footer(self, file: Path) -> Any:
         try:
@@ -115,17 +135,15 @@ class ParquetFiles:
         chunk = max(1, CHUNK_BYTES // (8 * len(columns)))
         first = piece.first
         try:
-            with self._pq.ParquetFile(
-                file, metadata=self._metas[piece.file], pre_buffer=False
-            ) as handle:
-                for batch in handle.iter_batches(
-                    batch_size=chunk, row_groups=[piece.group], columns=columns, use_threads=False
-                ):
-                    where = f"{file}, row group {piece.group}"
-                    X, y = _arrays(batch, self.features, self.label, dtype, where)
-                    _check_finite(X, y, [*self.features, self.label], where, first - piece.first)
-                    yield X, y, first
-                    first += len(X)
+            batches = self._handle(piece.file).iter_batches(
+                batch_size=chunk, row_groups=[piece.group], columns=columns, use_threads=False
+            )
+            for batch in batches:
+                where = f"{file}, row group {piece.group}"
+                X, y = _arrays(batch, self.features, self.label, dtype, where)
+                _check_finite(X, y, [*self.features, self.label], where, first - piece.first)
+                yield X, y, first
+                first += len(X)
         except (self._pa.ArrowException, OSError) as exc:
             raise DataError(
                 f"cannot read row group {piece.group} of {file} ({_one_line(exc)}); the file "

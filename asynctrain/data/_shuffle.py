@@ -54,11 +54,12 @@ class InOrder:
 class ShuffleBuffer:
     """Batches drawn at random from a buffer of at most ``capacity`` rows.
 
-    Rows fill the buffer; once it is full, a seeded permutation of it picks about half
-    of its rows (a whole number of batches), which leave as batches while the other rows
-    stay for later draws. A row can so leave far from where it arrived, and memory stays
-    bounded: the buffer, plus the rows of one draw. ``rng`` alone decides the order, so
-    the same seed and the same rows give the same batches.
+    Rows fill the buffer; once it is full, a seeded permutation of its slots picks about
+    half of them (a whole number of batches), whose rows leave as batches while the other
+    rows stay for later draws; the next rows arriving take the freed slots. A row can so
+    leave far from where it arrived, and memory stays bounded: the buffer, plus the rows
+    of one draw. ``rng`` alone decides the order, so the same seed and the same rows give
+    the same batches.
 
     Args:
         capacity: rows the buffer holds, >= ``batch_size``.
@@ -79,7 +80,8 @@ class ShuffleBuffer:
         self._draw = batch_size * max(1, capacity // 2 // batch_size)
         self._X: npt.NDArray[Any] | None = None
         self._y: npt.NDArray[Any] | None = None
-        self._n = 0
+        self._free = np.arange(capacity)  # slots to fill, in this order
+        self._filled = 0  # how many of them are filled already
 
     def add(self, X: npt.NDArray[Any], y: npt.NDArray[Any]) -> Iterator[Batch]:
         """Take the rows of ``X`` and ``y``; yield the batches drawn while they go in."""
@@ -87,36 +89,30 @@ class ShuffleBuffer:
         while start < len(X):
             if self._X is None or self._y is None:
                 self._X, self._y = _empty(self._capacity, X, y).values()
-            take = min(self._capacity - self._n, len(X) - start)
-            self._X[self._n : self._n + take] = X[start : start + take]
-            self._y[self._n : self._n + take] = y[start : start + take]
-            self._n, start = self._n + take, start + take
-            if self._n == self._capacity:
-                yield from self._split(self._take(self._draw))
+            take = min(len(self._free) - self._filled, len(X) - start)
+            slots = self._free[self._filled : self._filled + take]
+            self._X[slots] = X[start : start + take]
+            self._y[slots] = y[start : start + take]
+            self._filled, start = self._filled + take, start + take
+            if self._filled == len(self._free):
+                taken = self._rng.permutation(self._capacity)[: self._draw]
+                yield from self._split(taken)
+                self._free, self._filled = taken, 0
 
     def drain(self) -> Iterator[Batch]:
         """Yield every row still in the buffer, shuffled, and free the buffer."""
-        if self._n:
-            yield from self._split(self._take(self._n))
+        if self._X is not None:
+            empty = self._free[self._filled :]
+            held = np.setdiff1d(np.arange(self._capacity), empty, assume_unique=True)
+            yield from self._split(self._rng.permutation(held))
         self._X = self._y = None
+        self._free, self._filled = np.arange(self._capacity), 0
 
-    def _take(self, rows: int) -> Batch:
-        """Remove ``rows`` random rows from the buffer and return them; the rows that
-        stay are moved into the holes, so they fill positions ``0 .. n - rows``."""
+    def _split(self, slots: npt.NDArray[np.intp]) -> Iterator[Batch]:
+        """The rows in ``slots`` (copied out), as batches in that order."""
         assert self._X is not None
         assert self._y is not None
-        order = self._rng.permutation(self._n)
-        taken, kept = order[:rows], order[rows:]
-        out = self._X[taken], self._y[taken]
-        left = self._n - rows
-        holes, movers = taken[taken < left], kept[kept >= left]
-        self._X[holes] = self._X[movers]
-        self._y[holes] = self._y[movers]
-        self._n = left
-        return out
-
-    def _split(self, rows: Batch) -> Iterator[Batch]:
-        X, y = rows
+        X, y = self._X[slots], self._y[slots]
         for start in range(0, len(X), self._batch):
             yield X[start : start + self._batch], y[start : start + self._batch]
 
