@@ -398,6 +398,18 @@ def test_bad_settings_fail_at_once(settings: dict[str, object], error: type, mat
         read_parquet("never-read.parquet", **arguments)  # type: ignore[arg-type]
 
 
+def test_files_without_rows(tmp_path: Path) -> None:
+    empty = pa.table({"a": pa.array([], pa.float64()), "y": pa.array([], pa.int64())})
+    pq.write_table(empty, tmp_path / "a.parquet")
+    pq.write_table(pa.table({"a": np.arange(5.0), "y": np.arange(5)}), tmp_path / "b.parquet")
+    stream = read_parquet(tmp_path, label="y", batch_size=2, shuffle=False)
+    assert [y.tolist() for _, y in stream] == [[0, 1], [2, 3], [4]]
+    alone = read_parquet(tmp_path / "a.parquet", label="y", batch_size=2)
+    assert list(alone) == []
+    with pytest.raises(at.DataError, match=r"a\.parquet' holds no rows; a Dataset needs one"):
+        alone.to_dataset()
+
+
 def test_holdout_of_a_stream_without_one_is_refused() -> None:
     with pytest.raises(at.ConfigError, match="holds nothing out"):
         read_parquet("x.parquet", label="y", batch_size=1).holdout()

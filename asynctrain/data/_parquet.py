@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._checks import check_choice, check_int
-from asynctrain._exceptions import ConfigError, ConfigTypeError
+from asynctrain._exceptions import ConfigError, ConfigTypeError, DataError
 from asynctrain._types import DEFAULT_DTYPE
 from asynctrain.data import _validate as v
 from asynctrain.data._dataset import Dataset
@@ -250,7 +250,8 @@ holdout=0.1 subset='holdout'>
         """
         parts = list(self._with(shuffle=False, shuffle_buffer=None, epochs=1, batch_size=2**16))
         if not parts:
-            return Dataset(np.empty((0, 0), self.dtype), np.empty(0), dtype=self.dtype)
+            which = f"rows of the {self.subset!r} subset" if self.holdout_fraction else "rows"
+            raise DataError(f"'{os.fspath(self.path)}' holds no {which}; a Dataset needs one")
         X = np.concatenate([X for X, _ in parts])
         y = np.concatenate([y for _, y in parts])
         return Dataset(X, y, dtype=self.dtype)
