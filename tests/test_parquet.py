@@ -473,3 +473,38 @@ def test_the_bench_suite_produces_its_figures() -> None:
         assert figure.command == "asynctrain bench --only parquet --smoke"
     for figure in figures[:2]:
         assert figure.details["read_only_samples_per_s"] > 0
+
+
+# -- reading columns without pyarrow's numpy conversion ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        *("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"),
+        *("float16", "float32", "float64", "bool_"),
+    ],
+)
+def test_column_values_equal_pyarrows_own_conversion(kind: str) -> None:
+    from asynctrain.data._parquet_files import _values
+
+    rng = np.random.default_rng(0)
+    array = pa.array(rng.integers(0, 100, 37).astype(np.float64), getattr(pa, kind)())
+    if kind == "bool_":
+        array = pa.array(rng.integers(0, 2, 37).astype(bool))
+    for column in (array, array.slice(5, 20), array.slice(11), array.slice(3, 0)):
+        values = _values(column, pa)
+        assert values.dtype == column.to_numpy(zero_copy_only=False).dtype
+        assert np.array_equal(values, column.to_numpy(zero_copy_only=False))
+
+
+def test_reading_does_not_import_pandas(tmp_path: Path) -> None:
+    import subprocess
+
+    path = _write(tmp_path / "one.parquet", *_data())
+    code = (
+        "import sys, asynctrain as at\n"
+        f"batches = list(at.data.read_parquet({str(path)!r}, label='y', batch_size=64))\n"
+        "assert batches and 'pandas' not in sys.modules, sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
