@@ -46,6 +46,7 @@ SUITES: dict[str, Suite] = {
     "latency": Suite("benchmarks._latency"),
     "modes": Suite("benchmarks._modes"),
     "stream": Suite("benchmarks._stream"),
+    "parquet": Suite("benchmarks._parquet", ("pyarrow",), "pip install 'asynctrain[parquet]'"),
     "checkpoint": Suite("benchmarks._checkpoint"),
     "service": Suite("benchmarks._service"),
     "sklearn": Suite("benchmarks._sklearn"),

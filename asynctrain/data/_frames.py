@@ -77,7 +77,7 @@ def _readable(table: Any) -> tuple[str, Any]:
     if library is not None:
         return library, table
     try:
-        import pyarrow  # type: ignore[import-untyped]
+        import pyarrow
     except ImportError as exc:
         raise DataTypeError(
             f"{_what(table)} is an Arrow stream; reading it needs pyarrow: "

@@ -1,0 +1,338 @@
+"""The files of a Parquet stream: found, their footers read and checked, their row groups
+read as numpy arrays.
+
+:class:`ParquetFiles` does all the checking that needs no row data (which files, label
+and feature columns present and numeric, the same schema in every file, no nulls where
+the footer's statistics tell) when it is created, so a bad source fails before anything
+is trained; :meth:`ParquetFiles.read` then reads one row group at a time, in chunks, and
+converts it. pyarrow is imported here, lazily: it is the optional extra
+``asynctrain[parquet]``.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import importlib.util
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._exceptions import DataError, DataTypeError
+
+CHUNK_BYTES = 8 * 2**20
+"""About how many bytes of row data :meth:`ParquetFiles.read` converts at a time."""
+
+_INSTALL = "reading Parquet needs pyarrow: pip install 'asynctrain[parquet]'"
+
+
+def check_pyarrow() -> None:
+    """Raise ImportError naming the extra unless pyarrow can be imported (without
+    importing it: that takes a while, and happens where the files are read)."""
+    if importlib.util.find_spec("pyarrow") is None:
+        raise ImportError(_INSTALL)
+
+
+def _pyarrow() -> tuple[Any, Any]:
+    try:
+        return importlib.import_module("pyarrow"), importlib.import_module("pyarrow.parquet")
+    except ImportError as exc:
+        raise ImportError(_INSTALL) from exc
+
+
+class Piece(NamedTuple):
+    """Row group ``group`` of file number ``file``; its first row is row ``first`` of the
+    stream (counting every file's rows, in file order)."""
+
+    file: int
+    group: int
+    first: int
+    rows: int
+
+
+class ParquetFiles:
+    """The Parquet files at ``path``, checked: see the module docstring.
+
+    Use it as a context manager: it keeps the file it read last open until closed.
+
+    Args:
+        path: a file, a directory (every ``*.parquet`` file below it, skipping names that
+            start with ``_`` or ``.``) or a glob pattern (``**`` recurses).
+        label: the label column.
+        features: the feature columns; None for every column but the label (of the
+            first file; the others must have the same columns).
+
+    Raises:
+        DataError: no file found, a file that is not Parquet, a missing column, nulls, or
+            files whose schemas differ (naming both files).
+        DataTypeError: a column that is not numeric.
+        ImportError: pyarrow is missing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, label: str, features: Sequence[str] | None):
+        self._pa, self._pq = _pyarrow()
+        self.paths = find_files(path)
+        metas = [self._footer(file) for file in self.paths]
+        self.label = label
+        self.features = _features(self.paths[0], metas[0].schema.to_arrow_schema(), label, features)
+        columns = [*self.features, label]
+        types = _types(self.paths[0], metas[0].schema.to_arrow_schema(), columns, self._pa)
+        for file, meta in zip(self.paths[1:], metas[1:], strict=True):
+            _same_schema(self.paths[0], file, types, meta.schema.to_arrow_schema(), features)
+        for file, meta in zip(self.paths, metas, strict=True):
+            _no_nulls_in_statistics(file, meta, columns)
+        self._metas = metas
+        self.pieces = _pieces(metas)
+        self._open: tuple[int, Any] | None = None  # (file number, handle) last read
+
+    def __enter__(self) -> ParquetFiles:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file read last (reading opens it again)."""
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+
+    def _handle(self, number: int) -> Any:
+        """File ``number``, open; kept open for the next row group, often of the same file."""
+        if self._open is None or self._open[0] != number:
+            self.close()
+            handle = self._pq.ParquetFile(
+                self.paths[number], metadata=self._metas[number], pre_buffer=False
+            )
+            self._open = (number, handle)
+        return self._open[1]
+
+    def _footer(self, file: Path) -> Any:
+        try:
+            return self._pq.read_metadata(file)
+        except (self._pa.ArrowException, OSError) as exc:
+            raise DataError(
+                f"cannot read {file} as Parquet ({_one_line(exc)}); the file may be corrupt, "
+                "truncated or of another format: rewrite it, or move it out of the stream's path"
+            ) from exc
+
+    def read(
+        self, piece: Piece, dtype: np.dtype[Any]
+    ) -> Iterator[tuple[npt.NDArray[Any], npt.NDArray[Any], int]]:
+        """Yield ``(X, y, first)`` chunks of ``piece``'s rows: ``X`` in ``dtype``, ``y``
+        as int64 labels (integer or bool column) or ``dtype`` targets, ``first`` the
+        stream index of the chunk's first row.
+
+        Raises:
+            DataError: the row group cannot be decoded, or holds a null, NaN or Inf
+                (naming the file, row group, column and row).
+        """
+        file, columns = self.paths[piece.file], [*self.features, self.label]
+        chunk = max(1, CHUNK_BYTES // (8 * len(columns)))
+        first = piece.first
+        try:
+            batches = self._handle(piece.file).iter_batches(
+                batch_size=chunk, row_groups=[piece.group], columns=columns, use_threads=False
+            )
+            for batch in batches:
+                where = f"{file}, row group {piece.group}"
+                X, y = _arrays(batch, self.features, self.label, dtype, where, self._pa)
+                _check_finite(X, y, [*self.features, self.label], where, first - piece.first)
+                yield X, y, first
+                first += len(X)
+        except (self._pa.ArrowException, OSError) as exc:
+            raise DataError(
+                f"cannot read row group {piece.group} of {file} ({_one_line(exc)}); the file "
+                "may be corrupt or truncated: rewrite it"
+            ) from exc
+
+
+def find_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The Parquet files ``path`` names, sorted: itself, those below a directory, or the
+    files a glob pattern matches.
+
+    Raises:
+        DataError: nothing found, naming ``path``.
+    """
+    text = os.fspath(path)
+    found = Path(text)
+    if found.is_file():
+        return [found]
+    if found.is_dir():
+        files = sorted(
+            file
+            for file in found.rglob("*.parquet")
+            if file.is_file() and not _hidden(file.relative_to(found))
+        )
+        if not files:
+            raise DataError(
+                f"no Parquet files in the directory '{text}' (looked for *.parquet below it, "
+                "skipping names that start with '_' or '.'); pass a file or a glob pattern"
+            )
+        return files
+    if glob.has_magic(text):
+        matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
+        if not matches:
+            raise DataError(f"the pattern '{text}' matches no files; check the path")
+        return matches
+    raise DataError(f"no such file or directory: '{text}'")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(("_", ".")) for part in relative.parts)
+
+
+def _features(
+    file: Path, schema: Any, label: str, features: Sequence[str] | None
+) -> tuple[str, ...]:
+    names = list(schema.names)
+    if label not in names:
+        raise DataError(
+            f"{file} has no label column {label!r}; its columns are {names}: pass label= one "
+            "of them"
+        )
+    if features is None:
+        chosen = tuple(name for name in names if name != label)
+        if not chosen:
+            raise DataError(f"{file} has only the label column {label!r}; no features to train on")
+        return chosen
+    missing = [name for name in features if name not in names]
+    if missing:
+        raise DataError(
+            f"{file} has no feature column {missing[0]!r}; its columns are {names}: fix "
+            "features=, or leave it out to use every column but the label"
+        )
+    return tuple(features)
+
+
+def _types(file: Path, schema: Any, columns: list[str], pa: Any) -> dict[str, Any]:
+    """The Arrow type of each of ``columns``, all numbers (integer, float or bool)."""
+    types = {name: schema.field(name).type for name in columns}
+    for name, kind in types.items():
+        numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind)
+        if not (numeric or pa.types.is_boolean(kind)):
+            raise DataTypeError(
+                f"column {name!r} of {file} has type {kind}, not a number; asynctrain trains "
+                "on integer, float or bool columns: encode it as numbers first, or leave it "
+                "out with features=[...]"
+            )
+    return types
+
+
+def _same_schema(
+    first: Path, file: Path, types: dict[str, Any], schema: Any, features: Sequence[str] | None
+) -> None:
+    names = list(schema.names)
+    if features is None and set(names) != {*types}:
+        extra = sorted(set(names) - {*types})
+        lacking = sorted({*types} - set(names))
+        raise DataError(
+            f"{file} and {first} have different columns ({file.name} adds {extra} and lacks "
+            f"{lacking}); every file of a stream needs the same columns, or pass features=[...]"
+        )
+    for name, kind in types.items():
+        if name not in names:
+            raise DataError(
+                f"{file} has no column {name!r}, which {first} has; every file of a stream "
+                "needs the label and feature columns"
+            )
+        if schema.field(name).type != kind:
+            raise DataError(
+                f"column {name!r} is {kind} in {first} but {schema.field(name).type} in {file}; "
+                "every file of a stream needs the same column types: rewrite one of them"
+            )
+
+
+def _no_nulls_in_statistics(file: Path, meta: Any, columns: list[str]) -> None:
+    """Refuse nulls the footer's statistics already count (rows are checked as read)."""
+    index = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+    for group in range(meta.num_row_groups):
+        row_group = meta.row_group(group)
+        for name in columns:
+            if name not in index:
+                continue
+            stats = row_group.column(index[name]).statistics
+            if stats is not None and stats.has_null_count and stats.null_count > 0:
+                _raise_nulls(name, f"{file}, row group {group}", stats.null_count)
+
+
+def _raise_nulls(name: str, where: str, count: int) -> None:
+    raise DataError(
+        f"{where}: column {name!r} has {count} null(s); asynctrain trains on complete rows: "
+        "fill them (e.g. pyarrow.compute.fill_null) or drop those rows before writing"
+    )
+
+
+def _pieces(metas: list[Any]) -> list[Piece]:
+    pieces, first = [], 0
+    for number, meta in enumerate(metas):
+        for group in range(meta.num_row_groups):
+            rows = meta.row_group(group).num_rows
+            pieces.append(Piece(number, group, first, rows))
+            first += rows
+    return pieces
+
+
+def _arrays(
+    batch: Any, features: Sequence[str], label: str, dtype: np.dtype[Any], where: str, pa: Any
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """``X`` (rows × features, ``dtype``) and ``y`` of one record batch."""
+    columns = []
+    for name in [*features, label]:
+        column = batch.column(name)
+        if column.null_count:
+            _raise_nulls(name, where, column.null_count)
+        columns.append(_values(column, pa))
+    y = columns.pop()
+    # Columns are filled in as rows of X transposed (contiguous writes, casting on the way)
+    # and transposed once: five times faster than writing them into X's columns.
+    transposed = np.empty((len(features), batch.num_rows), dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow gives Inf, refused next
+        for j, values in enumerate(columns):
+            transposed[j] = values
+        y = y.astype(np.int64) if y.dtype.kind in "biu" else y.astype(dtype)
+    return np.ascontiguousarray(transposed.T), y
+
+
+def _values(column: Any, pa: Any) -> npt.NDArray[Any]:
+    """The values of a numeric Arrow array without nulls, as a numpy view of its buffer.
+
+    Not ``column.to_numpy()``: its first call imports pandas (half a second and about
+    50 MB) when pandas is installed.
+    """
+    kind, rows = column.type, len(column)
+    data = column.buffers()[1]
+    if pa.types.is_boolean(kind):  # one bit a value, least significant first
+        bits = np.frombuffer(data, np.uint8) if rows else np.empty(0, np.uint8)
+        values = np.unpackbits(bits, bitorder="little")[column.offset : column.offset + rows]
+        return values.astype(bool)
+    letter = "f" if pa.types.is_floating(kind) else "i" if pa.types.is_signed_integer(kind) else "u"
+    dtype = np.dtype(f"<{letter}{kind.bit_width // 8}")
+    if not rows:
+        return np.empty(0, dtype)
+    return np.frombuffer(data, dtype, count=rows, offset=column.offset * dtype.itemsize)
+
+
+def _check_finite(
+    X: npt.NDArray[Any], y: npt.NDArray[Any], names: list[str], where: str, offset: int
+) -> None:
+    """Refuse a NaN or Inf in ``X`` or ``y``, naming its column and row in the row group."""
+    for values in (X, y):
+        finite = np.isfinite(values) if values.dtype.kind == "f" else None
+        if finite is None or finite.all():
+            continue
+        row, *column = np.unravel_index(int(np.argmin(finite)), finite.shape)
+        name = names[int(column[0])] if column else names[-1]
+        raise DataError(
+            f"{where}: column {name!r} has a non-finite value ({values[row, *column]}) at "
+            f"row {offset + int(row)} of the row group; drop or impute rows with NaN/Inf "
+            "before writing"
+        )

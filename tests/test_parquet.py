@@ -1,0 +1,510 @@
+"""read_parquet: Parquet files as a stream for fit_stream, against in-memory oracles, and
+every bad input we could think of."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import asynctrain as at
+from asynctrain.data import read_parquet
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+BATCH = 64
+
+
+def _data(n: int = 1000, d: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Features whose first column is the row's number (to tell rows apart), labels 0..2."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    X[:, 0] = np.arange(n)
+    y = (X[:, 1:] + 0.3 * rng.standard_normal((n, d - 1))).argmax(axis=1)
+    return X, y
+
+
+def _table(X: np.ndarray, y: np.ndarray) -> object:
+    columns = {f"f{j}": X[:, j] for j in range(X.shape[1])}
+    return pa.table({**columns, "y": y})
+
+
+def _write(path: Path, X: np.ndarray, y: np.ndarray, *, row_group: int = 50, **kw: object) -> Path:
+    pq.write_table(_table(X, y), path, row_group_size=row_group, **kw)
+    return path
+
+
+def _split_files(directory: Path, X: np.ndarray, y: np.ndarray, sizes: list[int]) -> list[Path]:
+    """The rows written in order over files of ``sizes`` rows (row groups of 50)."""
+    directory.mkdir(exist_ok=True)
+    paths, start = [], 0
+    for number, size in enumerate(sizes):
+        rows = slice(start, start + size)
+        paths.append(_write(directory / f"part-{number}.parquet", X[rows], y[rows]))
+        start += size
+    return paths
+
+
+def _batches(stream: object) -> list[tuple[np.ndarray, np.ndarray]]:
+    return list(stream)  # type: ignore[call-overload]
+
+
+def _same_batches(a: list[tuple[np.ndarray, np.ndarray]], b: list[tuple[np.ndarray, np.ndarray]]):
+    assert len(a) == len(b)
+    for (Xa, ya), (Xb, yb) in zip(a, b, strict=True):
+        assert Xa.tobytes() == Xb.tobytes()
+        assert ya.tobytes() == yb.tobytes()
+
+
+def _ids(batches: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    return np.concatenate([X[:, 0] for X, _ in batches]).astype(np.int64)
+
+
+def _trainer(backend: str = "thread", features: int = 4) -> at.Trainer:
+    return at.Trainer(
+        at.models.SoftmaxRegression(features, 3),
+        at.optim.adam(1e-2),
+        backend=backend,
+        workers=None if backend == "inline" else 2,
+        batch_size=BATCH,
+        shards=4,
+        seed=3,
+    )
+
+
+# -- the batches, against the rows in memory --------------------------------------------
+
+
+def test_unshuffled_batches_are_the_rows_in_file_order(tmp_path: Path) -> None:
+    X, y = _data()
+    _split_files(tmp_path / "parts", X, y, [300, 450, 250])
+    stream = read_parquet(tmp_path / "parts", label="y", batch_size=BATCH, shuffle=False)
+    expected = [(X[s : s + BATCH], y[s : s + BATCH]) for s in range(0, len(X), BATCH)]
+    _same_batches(_batches(stream), expected)
+
+
+def test_shuffled_passes_are_permutations_and_the_seed_decides_them(tmp_path: Path) -> None:
+    X, y = _data()
+    path = _write(tmp_path / "one.parquet", X, y)
+    stream = read_parquet(path, label="y", batch_size=BATCH, shuffle_buffer=200, epochs=2, seed=7)
+    batches = _batches(stream)
+    ids = _ids(batches)
+    first, second = ids[: len(X)], ids[len(X) :]
+    assert sorted(first) == sorted(second) == list(range(len(X)))  # each pass: every row once
+    assert not np.array_equal(first, np.arange(len(X)))  # shuffled
+    assert not np.array_equal(first, second)  # a new order each pass
+    for X_batch, y_batch in batches:  # rows keep their labels
+        assert np.array_equal(y[X_batch[:, 0].astype(int)], y_batch)
+        assert np.array_equal(X[X_batch[:, 0].astype(int)], X_batch)
+    _same_batches(batches, _batches(stream))  # iterating again: the same batches
+    other = read_parquet(path, label="y", batch_size=BATCH, shuffle_buffer=200, epochs=2, seed=8)
+    assert not np.array_equal(_ids(_batches(other)), ids)
+    assert all(len(X_batch) == BATCH for X_batch, _ in batches[: len(X) // BATCH])
+
+
+def test_the_shuffle_buffer_mixes_rows_across_row_groups(tmp_path: Path) -> None:
+    X, y = _data()
+    path = _write(tmp_path / "one.parquet", X, y, row_group=100)
+    batches = _batches(read_parquet(path, label="y", batch_size=BATCH, shuffle_buffer=400))
+    groups_per_batch = [len(set(X_batch[:, 0].astype(int) // 100)) for X_batch, _ in batches]
+    assert np.median(groups_per_batch) >= 3  # not one row group at a time
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_several_files_a_directory_and_a_glob_equal_one_file(tmp_path: Path, shuffle: bool) -> None:
+    X, y = _data()
+    one = _write(tmp_path / "one.parquet", X, y)
+    _split_files(tmp_path / "parts", X, y, [300, 450, 250])  # the same row groups of 50
+    (tmp_path / "parts" / "_SUCCESS").write_text("")  # markers Spark writes are skipped
+    settings = {"label": "y", "batch_size": BATCH, "shuffle": shuffle, "seed": 5}
+    reference = _batches(read_parquet(one, **settings))  # type: ignore[arg-type]
+    for path in (
+        tmp_path / "parts",
+        tmp_path / "parts" / "part-*",
+        str(tmp_path / "**/p*/*.parquet"),
+    ):
+        _same_batches(_batches(read_parquet(path, **settings)), reference)  # type: ignore[arg-type]
+
+
+def test_features_dtype_and_label_conversions(tmp_path: Path) -> None:
+    n = 10
+    table = pa.table(
+        {
+            "i8": pa.array(np.arange(n), pa.int8()),
+            "flag": pa.array(np.arange(n) % 2 == 0),
+            "u32": pa.array(np.arange(n), pa.uint32()),
+            "target": pa.array(np.linspace(0, 1, n)),
+        }
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    stream = read_parquet(
+        tmp_path / "t.parquet",
+        label="target",
+        features=["u32", "flag"],
+        batch_size=n,
+        shuffle=False,
+        dtype=np.float64,
+    )
+    [(X, y)] = _batches(stream)
+    assert X.dtype == y.dtype == np.float64
+    assert np.array_equal(X, np.column_stack([np.arange(n), np.arange(n) % 2 == 0]))
+    [(X, y)] = _batches(read_parquet(tmp_path / "t.parquet", label="i8", batch_size=n))
+    assert X.dtype == np.float32
+    assert X.shape == (n, 3)
+    assert y.dtype == np.int64
+
+
+# -- training on it ----------------------------------------------------------------------
+
+
+async def test_same_seed_same_parameters_and_unshuffled_equals_the_rows_in_memory(
+    backend_name: str, tmp_path: Path
+) -> None:
+    X, y = _data()
+    path = _write(tmp_path / "one.parquet", X, y)
+    runs = []
+    for _ in range(2):
+        async with _trainer(backend_name) as trainer:
+            stream = read_parquet(path, label="y", batch_size=BATCH, epochs=2, seed=1)
+            runs.append((await trainer.fit_stream(stream)).params)
+    assert all(runs[0][k].tobytes() == runs[1][k].tobytes() for k in runs[0])
+    async with _trainer(backend_name) as trainer:
+        unshuffled = read_parquet(path, label="y", batch_size=BATCH, shuffle=False)
+        from_file = (await trainer.fit_stream(unshuffled)).params
+    async with _trainer("inline") as trainer:
+        pieces = [(X[s : s + 100], y[s : s + 100]) for s in range(0, len(X), 100)]
+        in_memory = (await trainer.fit_stream(pieces)).params
+    assert all(from_file[k].tobytes() == in_memory[k].tobytes() for k in in_memory)
+    assert not all(runs[0][k].tobytes() == in_memory[k].tobytes() for k in in_memory)
+
+
+async def test_holdout_as_validation_of_a_stream_fit(tmp_path: Path) -> None:
+    X, y = _data()
+    path = _write(tmp_path / "one.parquet", X, y)
+    features = ["f1", "f2", "f3"]  # not f0, the row's number
+    train = read_parquet(
+        path, label="y", features=features, batch_size=BATCH, holdout=0.2, epochs=3
+    )
+    validation = await asyncio.to_thread(train.holdout().to_dataset)
+    async with _trainer(features=3) as trainer:
+        result = await trainer.fit_stream(train, validation=validation, validate_every=10)
+    assert result.history[-1].val_accuracy > 0.6
+    assert result.steps == -(-3 * (len(X) - len(validation)) // BATCH)
+
+
+async def test_two_fits_at_once_on_one_file_match_one_alone(tmp_path: Path) -> None:
+    X, y = _data()
+    path = _write(tmp_path / "one.parquet", X, y)
+
+    async def fit() -> dict[str, np.ndarray]:
+        async with _trainer() as trainer:
+            stream = read_parquet(path, label="y", batch_size=BATCH, epochs=2, seed=4)
+            return (await trainer.fit_stream(stream)).params
+
+    alone = await fit()
+    both = await asyncio.gather(fit(), fit())
+    for params in both:
+        assert all(params[k].tobytes() == alone[k].tobytes() for k in alone)
+
+
+def _open_files(path: Path) -> int:
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if _target(fd) == str(path))
+
+
+def _target(fd: Path) -> str:
+    try:
+        return str(fd.readlink())
+    except OSError:
+        return ""
+
+
+async def test_stopping_early_closes_the_files(tmp_path: Path) -> None:
+    X, y = _data()
+    path = _write(tmp_path / "one.parquet", X, y)
+    async with _trainer() as trainer:
+        stream = read_parquet(path, label="y", batch_size=BATCH, epochs=100)
+        result = await trainer.fit_stream(stream, max_steps=3)
+    assert result.steps == 3
+    assert _open_files(path) == 0
+
+
+# -- the held-out split -----------------------------------------------------------------
+
+
+def test_holdout_is_disjoint_covering_stable_and_independent_of_batching(tmp_path: Path) -> None:
+    X, y = _data(n=2000)
+    path = _write(tmp_path / "one.parquet", X, y, row_group=128)
+    _split_files(tmp_path / "parts", X, y, [700, 1300])
+
+    def rows(where: Path, subset: str, **kw: object) -> np.ndarray:
+        stream = read_parquet(where, label="y", holdout=0.25, subset=subset, **kw)  # type: ignore[arg-type]
+        return np.sort(_ids(_batches(stream)))
+
+    held = rows(path, "holdout", batch_size=BATCH)
+    kept = rows(path, "train", batch_size=BATCH)
+    assert np.intersect1d(held, kept).size == 0
+    assert np.array_equal(np.sort(np.concatenate([held, kept])), np.arange(len(X)))
+    assert 0.2 < len(held) / len(X) < 0.3
+    assert np.array_equal(rows(path, "holdout", batch_size=7, seed=3, shuffle=True), held)
+    assert np.array_equal(rows(tmp_path / "parts", "holdout", batch_size=500), held)
+    assert np.array_equal(rows(path, "train", batch_size=33, seed=9), kept)
+    validation = read_parquet(path, label="y", batch_size=BATCH, holdout=0.25).holdout()
+    dataset = validation.to_dataset()
+    assert np.array_equal(dataset.X[:, 0].astype(int), held)  # file order
+    assert np.array_equal(dataset.y, y[held])
+
+
+# -- memory ------------------------------------------------------------------------------
+
+
+def test_memory_is_bounded_by_the_buffer_not_the_file(tmp_path: Path) -> None:
+    n, d = 200_000, 16  # 12.8 MB of float32 features
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    path = _write(tmp_path / "big.parquet", X, rng.integers(0, 3, n), row_group=5_000)
+    stream = read_parquet(path, label="y", batch_size=256, shuffle_buffer=4_096)
+    pool = pa.proxy_memory_pool(pa.default_memory_pool())
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    tracemalloc.start()
+    try:
+        rows = sum(len(batch) for batch, _ in stream)
+        numpy_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        pa.set_memory_pool(previous)
+    file_bytes = X.nbytes
+    # the buffer (4,096 rows) twice over, one row group (5,000 rows) as Arrow and numpy,
+    # a draw of batches: about 2 MB, against 12.8 MB of rows in the file.
+    assert rows == n
+    assert numpy_peak < file_bytes / 4, numpy_peak
+    assert pool.max_memory() < file_bytes / 4, pool.max_memory()
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+def _first(path: object, **kw: object) -> object:
+    settings: dict[str, object] = {"label": "y", "batch_size": BATCH, **kw}
+    return next(iter(read_parquet(path, **settings)))  # type: ignore[arg-type]
+
+
+def test_missing_columns_are_named(tmp_path: Path) -> None:
+    path = _write(tmp_path / "a.parquet", *_data())
+    with pytest.raises(at.DataError, match=r"no label column 'label'.*'f0', 'f1'"):
+        _first(path, label="label")
+    with pytest.raises(at.DataError, match=r"a\.parquet has no feature column 'f9'"):
+        _first(path, features=["f0", "f9"])
+
+
+def test_a_non_numeric_column_is_refused_by_name(tmp_path: Path) -> None:
+    table = pa.table({"x": [1.0, 2.0], "city": ["Oslo", "Lima"], "y": [0, 1]})
+    pq.write_table(table, tmp_path / "t.parquet")
+    with pytest.raises(at.DataTypeError, match=r"column 'city' .* type string, not a number"):
+        _first(tmp_path / "t.parquet")
+    assert _first(tmp_path / "t.parquet", features=["x"])[0].shape == (2, 1)  # type: ignore[index]
+    table = pa.table({"x": [1.0, 2.0], "y": ["a", "b"]})
+    pq.write_table(table, tmp_path / "s.parquet")
+    with pytest.raises(at.DataTypeError, match="column 'y'"):
+        _first(tmp_path / "s.parquet")
+
+
+def test_no_files(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not data")
+    with pytest.raises(at.DataError, match="no Parquet files in the directory"):
+        _first(tmp_path / "empty")
+    with pytest.raises(at.DataError, match=r"pattern '.*\*\.parquet' matches no files"):
+        _first(str(tmp_path / "*.parquet"))
+    with pytest.raises(at.DataError, match="no such file or directory"):
+        _first(tmp_path / "missing.parquet")
+
+
+def test_corrupt_and_truncated_files_are_named(tmp_path: Path) -> None:
+    (tmp_path / "junk.parquet").write_bytes(b"this is not parquet at all" * 10)
+    with pytest.raises(at.DataError, match=r"cannot read .*junk\.parquet as Parquet"):
+        _first(tmp_path / "junk.parquet")
+    good = _write(tmp_path / "good.parquet", *_data())
+    data = good.read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(at.DataError, match=r"cut\.parquet"):
+        _first(tmp_path / "cut.parquet")
+    # a page damaged in the middle: the footer reads, the row group does not
+    broken = bytearray(data)
+    broken[200:260] = b"\xff" * 60
+    (tmp_path / "pages.parquet").write_bytes(bytes(broken))
+    with pytest.raises(at.DataError, match=r"pages\.parquet"):
+        list(read_parquet(tmp_path / "pages.parquet", label="y", batch_size=BATCH))
+
+
+def test_schema_mismatch_names_both_files(tmp_path: Path) -> None:
+    X, y = _data()
+    _write(tmp_path / "a.parquet", X, y)
+    pq.write_table(_table(X, y).drop_columns(["f3"]), tmp_path / "b.parquet")
+    with pytest.raises(at.DataError, match=r"b\.parquet and .*a\.parquet have different columns"):
+        _first(tmp_path)
+    pq.write_table(_table(X, y.astype(np.float64)), tmp_path / "b.parquet")
+    with pytest.raises(at.DataError, match=r"column 'y' is int64 in .*a\.parquet but double in"):
+        _first(tmp_path)
+    pq.write_table(_table(X, y).drop_columns(["f3"]), tmp_path / "b.parquet")
+    assert _first(tmp_path, features=["f0", "f1"])[0].shape == (BATCH, 2)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("statistics", [True, False])
+def test_nulls_are_refused_naming_the_column(tmp_path: Path, statistics: bool) -> None:
+    table = pa.table({"x": pa.array([1.0, None, 3.0]), "y": pa.array([0, 1, 0])})
+    pq.write_table(table, tmp_path / "n.parquet", write_statistics=statistics)
+    with pytest.raises(at.DataError, match=r"n\.parquet, row group 0: column 'x' has 1 null"):
+        _first(tmp_path / "n.parquet")
+
+
+def test_nan_is_refused_naming_the_column_and_row(tmp_path: Path) -> None:
+    X, y = _data(n=100)
+    X[77, 2] = np.nan
+    path = _write(tmp_path / "nan.parquet", X, y)
+    with pytest.raises(at.DataError, match=r"row group 1: column 'f2' .*\(nan\) at row 27"):
+        list(read_parquet(path, label="y", batch_size=BATCH, shuffle=False))
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "match"),
+    [
+        ({"batch_size": 0}, at.ConfigError, "batch_size must be >= 1"),
+        ({"batch_size": -5}, at.ConfigError, "batch_size must be >= 1"),
+        ({"batch_size": 2.5}, at.ConfigTypeError, "batch_size must be an integer"),
+        ({"epochs": 0}, at.ConfigError, "epochs must be >= 1"),
+        ({"shuffle_buffer": 10}, at.ConfigError, "shuffle_buffer=10 is smaller than batch_size"),
+        ({"shuffle": False, "shuffle_buffer": 100}, at.ConfigError, "needs shuffle=True"),
+        ({"holdout": 1.0}, at.ConfigError, r"holdout must be in \[0, 1\)"),
+        ({"holdout": float("nan")}, at.ConfigError, "holdout must be in"),
+        ({"subset": "test"}, at.ConfigError, "subset must be one of"),
+        ({"subset": "holdout"}, at.ConfigError, "needs holdout > 0"),
+        ({"features": "f0"}, at.ConfigTypeError, r"pass features=\['f0'\]"),
+        ({"features": ["f0", "y"]}, at.ConfigError, "label column 'y' is also in features"),
+        ({"features": ["f0", "f0"]}, at.ConfigError, r"\['f0'\] more than once"),
+        ({"dtype": np.int32}, at.ConfigError, "dtype must be float32 or float64"),
+        ({"seed": -1}, at.ConfigError, "seed must be >= 0"),
+    ],
+)
+def test_bad_settings_fail_at_once(settings: dict[str, object], error: type, match: str) -> None:
+    arguments: dict[str, object] = {"label": "y", "batch_size": BATCH, **settings}
+    with pytest.raises(error, match=match):
+        read_parquet("never-read.parquet", **arguments)  # type: ignore[arg-type]
+
+
+def test_files_without_rows(tmp_path: Path) -> None:
+    empty = pa.table({"a": pa.array([], pa.float64()), "y": pa.array([], pa.int64())})
+    pq.write_table(empty, tmp_path / "a.parquet")
+    pq.write_table(pa.table({"a": np.arange(5.0), "y": np.arange(5)}), tmp_path / "b.parquet")
+    stream = read_parquet(tmp_path, label="y", batch_size=2, shuffle=False)
+    assert [y.tolist() for _, y in stream] == [[0, 1], [2, 3], [4]]
+    alone = read_parquet(tmp_path / "a.parquet", label="y", batch_size=2)
+    assert list(alone) == []
+    with pytest.raises(at.DataError, match=r"a\.parquet' holds no rows; a Dataset needs one"):
+        alone.to_dataset()
+
+
+def test_holdout_of_a_stream_without_one_is_refused() -> None:
+    with pytest.raises(at.ConfigError, match="holds nothing out"):
+        read_parquet("x.parquet", label="y", batch_size=1).holdout()
+
+
+def test_without_pyarrow_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    with pytest.raises(ImportError, match=r"pip install 'asynctrain\[parquet\]'"):
+        read_parquet("x.parquet", label="y", batch_size=1)
+
+
+async def test_a_bad_file_fails_the_fit_before_any_step(tmp_path: Path) -> None:
+    X, y = _data()
+    _write(tmp_path / "a.parquet", X, y)
+    pq.write_table(_table(X, y).drop_columns(["f3"]), tmp_path / "b.parquet")
+    async with _trainer() as trainer:
+        with pytest.raises(at.DataError, match="different columns"):
+            await trainer.fit_stream(read_parquet(tmp_path, label="y", batch_size=BATCH))
+        assert trainer.state.step == 0
+
+
+async def test_cancelling_mid_read_leaves_nothing_running(
+    backend_name: str, tmp_path: Path
+) -> None:
+    X, y = _data(n=20_000)
+    path = _write(tmp_path / "one.parquet", X, y, row_group=500)
+    stepped = asyncio.Event()
+
+    class Signal(at.Callback):
+        def on_step(self, event: at.StepEvent) -> None:
+            if event.step == 3:
+                stepped.set()
+
+    stream = read_parquet(path, label="y", batch_size=BATCH, epochs=50)
+    async with _trainer(backend_name) as trainer:
+        fit = asyncio.ensure_future(trainer.fit_stream(stream, callbacks=[Signal()]))
+        await stepped.wait()
+        fit.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fit
+        result = await trainer.fit_stream(read_parquet(path, label="y", batch_size=BATCH))
+        assert result.steps == -(-len(X) // BATCH)  # the trainer fits again afterwards
+
+
+# -- the bench suite (smoke size: every figure is produced; no speed is checked) ---------
+
+
+def test_the_bench_suite_produces_its_figures() -> None:
+    from benchmarks import _parquet
+    from benchmarks._scale import smoke
+
+    with smoke():
+        figures = at.run(_parquet.run(quick=True))
+    assert [f.name for f in figures] == [
+        "parquet/softmax/thread/throughput",
+        "parquet/mlp/thread/throughput",
+        "parquet/softmax/thread/peak_memory",
+    ]
+    for figure in figures:
+        assert figure.value > 0
+        assert figure.command == "asynctrain bench --only parquet --smoke"
+    for figure in figures[:2]:
+        assert figure.details["read_only_samples_per_s"] > 0
+
+
+# -- reading columns without pyarrow's numpy conversion ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        *("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"),
+        *("float16", "float32", "float64", "bool_"),
+    ],
+)
+def test_column_values_equal_pyarrows_own_conversion(kind: str) -> None:
+    from asynctrain.data._parquet_files import _values
+
+    rng = np.random.default_rng(0)
+    array = pa.array(rng.integers(0, 100, 37).astype(np.float64), getattr(pa, kind)())
+    if kind == "bool_":
+        array = pa.array(rng.integers(0, 2, 37).astype(bool))
+    for column in (array, array.slice(5, 20), array.slice(11), array.slice(3, 0)):
+        values = _values(column, pa)
+        assert values.dtype == column.to_numpy(zero_copy_only=False).dtype
+        assert np.array_equal(values, column.to_numpy(zero_copy_only=False))
+
+
+def test_reading_does_not_import_pandas(tmp_path: Path) -> None:
+    import subprocess
+
+    path = _write(tmp_path / "one.parquet", *_data())
+    code = (
+        "import sys, asynctrain as at\n"
+        f"batches = list(at.data.read_parquet({str(path)!r}, label='y', batch_size=64))\n"
+        "assert batches and 'pandas' not in sys.modules, sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
