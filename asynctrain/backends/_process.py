@@ -121,7 +121,7 @@ class ProcessBackend(Lifecycle):
         """Grow or shrink the pool; see :meth:`Pool.resize`. Unopened: record the size."""
         self._workers = workers
         if self._pool is not None:
-            await (await self._opened_pool()).resize(workers)
+            await self._own_pool().resize(workers)
 
     async def _close(self) -> None:
         if self._pool is not None:
@@ -209,6 +209,9 @@ class ProcessBackend(Lifecycle):
 
     async def _opened_pool(self) -> Pool:
         await self._ensure_open()
+        return self._own_pool()
+
+    def _own_pool(self) -> Pool:
         if asyncio.get_running_loop() is not self._loop:
             raise StateError(f"{self!r} belongs to the event loop that opened it")
         assert self._pool is not None
