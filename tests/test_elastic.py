@@ -246,6 +246,24 @@ async def test_growing_a_process_pool_under_load(train: Dataset) -> None:
         check(backend, 4)
 
 
+async def test_a_worker_that_fails_to_start_fails_the_resize_once() -> None:
+    async with ProcessBackend(workers=1) as backend:
+        await backend.resize(1)
+        pool: Any = backend._pool
+        start = pool._start_process
+
+        def fail() -> None:
+            raise OSError(24, "Too many open files")
+
+        pool._start_process = fail
+        with pytest.raises(at.BackendError, match=r"1 of the 3 workers.*Too many open files"):
+            await backend.resize(3)
+        pool._start_process = start
+        assert await backend.run(pow, 2, 3) == 8  # no task hears of the failed starts again
+        await backend.resize(3)
+        assert len(backend.pids) == 3
+
+
 # -- lifecycle and bad input ----------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeGuard
 
-from asynctrain._exceptions import StateError
+from asynctrain._exceptions import BackendError, StateError
 from asynctrain._offloop import off_loop
 from asynctrain.backends._process_worker import main as worker_main
 from asynctrain.backends._process_worker_handle import Outcome, Worker
@@ -86,6 +86,8 @@ class Pool:
 
         Raises:
             StateError: the pool was closed meanwhile.
+            BackendError: a worker failed to start (the next task that needs one tries
+                again, and hears of the error if that fails too).
         """
         self.size = size
         self.start()
@@ -96,6 +98,14 @@ class Pool:
             await asyncio.wait([w.exited for w in self._leaving])
         if self.closing:
             raise StateError("the process backend was closed while it was resized")
+        if (live := self._live()) < size:
+            errors = self._take_start_errors()  # told here: no task hears of them again
+            cause = errors[0] if errors else None
+            why = f"a worker failed to start: {cause!r}" if cause else "workers died at start"
+            raise BackendError(
+                f"the process pool has {live} of the {size} workers asked for ({why}); "
+                "a task that needs a worker starts one again"
+            ) from cause
 
     def broadcast(self, message: bytes) -> None:
         """Send a no-reply message to every live worker (busy ones read it after their task)."""
@@ -165,6 +175,13 @@ class Pool:
             self._leaving.add(worker)
             if not worker.busy:
                 self._retire(worker)
+
+    def _take_start_errors(self) -> list[BaseException]:
+        queued = [self._idle.get_nowait() for _ in range(self._idle.qsize())]
+        for item in queued:
+            if not isinstance(item, BaseException):
+                self._idle.put_nowait(item)
+        return [item for item in queued if isinstance(item, BaseException)]
 
     def _retire(self, worker: Worker) -> None:
         """Stop ``worker`` (it exits on end-of-file); SIGKILL it after :data:`STOP_TIMEOUT`
