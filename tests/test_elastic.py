@@ -171,6 +171,21 @@ async def test_thread_pool_2_1_3_mid_fit_keeps_every_bit(
     assert worker_threads() == []
 
 
+@pytest.mark.parametrize("kind", [ThreadBackend, ProcessBackend])
+async def test_async_mode_runs_through_resizes(train: Dataset, kind: Any) -> None:
+    """Async mode is not reproducible, but its lanes must go on through every resize."""
+    sizes = {2: 1, 5: 3}
+    async with kind(workers=2) as backend:
+
+        def check(backend: Any, size: int) -> None:
+            assert backend.workers == size
+
+        result = await _fit(backend, train, "async", callbacks=[Resizer(backend, sizes, check)])
+        assert result.steps >= 5
+        assert backend.workers == 3
+        assert np.isfinite(result.loss)
+
+
 async def test_a_worker_killed_just_before_a_resize_changes_no_bit(train: Dataset) -> None:
     reference = _bits((await _fit("inline", train)).params)
     check = ProcessPoolCheck()
@@ -351,6 +366,23 @@ async def test_closing_threads_during_a_resize_waits_for_it() -> None:
     with pytest.raises(at.StateError, match="closed"):
         await late
     assert worker_threads() == []
+
+
+async def test_a_cancelled_thread_resize_completes_before_it_raises() -> None:
+    async with ThreadBackend(workers=2) as backend:
+        old = worker_threads()
+        tasks = [asyncio.ensure_future(backend.run(hang, 0.3)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        resize = asyncio.ensure_future(backend.resize(1))
+        await asyncio.sleep(0.05)
+        resize.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await resize
+        assert all(task.done() for task in tasks)  # it waited for the old pool's tasks
+        assert not [t for t in old if t.is_alive()]
+        assert backend.workers == 1
+        assert await backend.run(pow, 2, 3) == 8
+        assert len(worker_threads()) == 1
 
 
 async def test_a_cancelled_shrink_still_leaves_the_pool_that_size() -> None:
