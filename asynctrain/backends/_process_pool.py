@@ -86,26 +86,30 @@ class Pool:
 
         Raises:
             StateError: the pool was closed meanwhile.
-            BackendError: a worker failed to start (the next task that needs one tries
-                again, and hears of the error if that fails too).
+            BackendError: a worker failed to start (told here only: tasks that need a
+                worker start one again).
         """
         self.size = size
-        self.start()
-        if self._starts:
-            await asyncio.wait(set(self._starts))
+        await self._fill()
         self._choose_leaving()
         if self._leaving:
             await asyncio.wait([w.exited for w in self._leaving])
+        if self._live() < size and not self.closing:
+            await self._fill()  # a death seen meanwhile (a worker killed just before)
         if self.closing:
             raise StateError("the process backend was closed while it was resized")
-        if (live := self._live()) < size:
-            errors = self._take_start_errors()  # told here: no task hears of them again
-            cause = errors[0] if errors else None
-            why = f"a worker failed to start: {cause!r}" if cause else "workers died at start"
+        errors = self._take_start_errors() if self._live() < size else []
+        if errors:
             raise BackendError(
-                f"the process pool has {live} of the {size} workers asked for ({why}); "
-                "a task that needs a worker starts one again"
-            ) from cause
+                f"the process pool has {self._live()} of the {size} workers asked for: a "
+                f"worker failed to start ({errors[0]!r}); a task that needs one starts it again"
+            ) from errors[0]
+
+    async def _fill(self) -> None:
+        """Start workers up to ``size`` and wait until every start under way has ended."""
+        self.start()
+        if self._starts:
+            await asyncio.wait(set(self._starts))
 
     def broadcast(self, message: bytes) -> None:
         """Send a no-reply message to every live worker (busy ones read it after their task)."""
