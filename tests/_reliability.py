@@ -179,6 +179,10 @@ class Tripwire:
     def check_picklable(self, *objects: object) -> None:
         self.inner.check_picklable(*objects)
 
+    async def resize(self, workers: int) -> None:
+        await self.inner.resize(workers)
+        self.workers = self.inner.workers
+
     def running(self) -> int:
         """Computations running now (for a process pool: workers busy with a task)."""
         if self.in_process:

@@ -52,6 +52,10 @@ async def test_checkpoint_resume_is_exact() -> None:
     assert await _example("checkpoint_resume")["main"](2000)
 
 
+async def test_elastic_pool_keeps_every_bit() -> None:
+    assert await _example("elastic_pool")["main"](4000)
+
+
 async def test_stream_example_learns() -> None:
     assert await _example("stream_async_generator")["main"](10_000) > 0.85
 

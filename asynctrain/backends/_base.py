@@ -7,6 +7,10 @@ A backend knows nothing of models, optimizers or queues. It offers three things:
   executes, once, returning a small :class:`SharedArrays` handle that tasks carry instead of
   the arrays themselves (thread/inline: the arrays; process: shared memory);
 * ``await backend.aclose()``: release everything it started.
+
+Its pool may change size at any time (``await backend.resize(n)``; ``backend.workers`` is
+the current size): shard results are reduced by shard index, never by worker, so a fit
+neither knows nor cares which worker ran a shard.
 """
 
 from __future__ import annotations
@@ -56,8 +60,6 @@ class Backend(Protocol):
 
     name: str
     """A short name for reprs and reports, e.g. ``"process"``."""
-    workers: int
-    """How many shard tasks it runs at once."""
     inline: bool
     """True when ``run`` computes on the event loop's own thread (the inline backend): the
     trainer then applies updates there too, instead of on a thread of their own."""
@@ -65,6 +67,21 @@ class Backend(Protocol):
     @property
     def state(self) -> State:
         """Where the backend is in its lifecycle: unopened, open or closed."""
+        ...
+
+    @property
+    def workers(self) -> int:
+        """How many shard tasks it runs at once: the current size of its pool."""
+        ...
+
+    async def resize(self, workers: int) -> None:
+        """Make the pool ``workers`` strong, even while a fit runs; see
+        :meth:`ThreadBackend.resize <asynctrain.backends.ThreadBackend.resize>`.
+
+        Returns once the pool has that size. Leaving workers finish their task first (or
+        it re-runs elsewhere); the results of a fit stay bit-identical. An unopened backend
+        records the size; a backend that cannot resize raises ConfigError.
+        """
         ...
 
     def check_picklable(self, *objects: object) -> None:

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import numpy.typing as npt
 
+from asynctrain._exceptions import ConfigError
 from asynctrain.backends._base import LocalShared
 from asynctrain.backends._lifecycle import Lifecycle
 
@@ -19,7 +20,8 @@ class InlineBackend(Lifecycle):
 
     Use it in tests and for debugging: no threads, no processes, tracebacks point straight
     at the model code. It blocks the loop while a shard computes, so never use it in a
-    service that must stay responsive.
+    service that must stay responsive. Its one worker is the loop: ``resize(1)`` is
+    accepted (nothing changes), any other size raises ConfigError.
 
     Example:
         >>> import asynctrain
@@ -53,6 +55,13 @@ class InlineBackend(Lifecycle):
         if current is not None and current.cancelling() > requested:
             await asyncio.sleep(0)  # raises the CancelledError requested meanwhile
         return result
+
+    async def _resize(self, workers: int) -> None:
+        if workers != 1:
+            raise ConfigError(
+                f"{self!r} runs one shard at a time on the event loop, so workers must be 1, "
+                f"got {workers}; use ThreadBackend or ProcessBackend to change the pool's size"
+            )
 
     async def share(self, arrays: Mapping[str, npt.NDArray[Any]], *, slots: int = 1) -> LocalShared:
         """Return an in-process handle to ``arrays`` (no copy)."""

@@ -6,7 +6,8 @@ import asyncio
 from types import TracebackType
 from typing import Self
 
-from asynctrain._exceptions import StateError
+from asynctrain._checks import check_int
+from asynctrain._exceptions import ConfigError, StateError
 from asynctrain._types import State
 
 
@@ -14,7 +15,9 @@ class Lifecycle:
     """Base class giving a backend its explicit state and async-context-manager protocol.
 
     Subclasses implement ``_open`` and ``_close``; ``_ensure_open`` opens on first use (once,
-    even under concurrent first calls) and refuses use after close.
+    even under concurrent first calls) and refuses use after close. Backends whose pool can
+    change size implement ``_resize``; :meth:`resize` validates, serializes and refuses a
+    closed backend for them.
     """
 
     name = "backend"
@@ -22,7 +25,7 @@ class Lifecycle:
 
     def __init__(self) -> None:
         self._state = State.UNOPENED
-        self._open_lock = asyncio.Lock()
+        self._open_lock = asyncio.Lock()  # opening and resizing: one at a time
 
     @property
     def state(self) -> State:
@@ -37,6 +40,47 @@ class Lifecycle:
 
     async def _close(self) -> None:
         """Stop workers and free resources; called once, only if opened."""
+
+    async def _resize(self, workers: int) -> None:
+        """Make the pool ``workers`` strong (unopened: record it for the open); called one
+        at a time, never on a closed backend."""
+        raise ConfigError(
+            f"{self!r} cannot change its number of workers; create a new "
+            f"{type(self).__name__}(workers={workers}) instead"
+        )
+
+    async def resize(self, workers: int) -> None:
+        """Change the number of workers to ``workers``, even while a fit runs.
+
+        Returns once the pool has that size: new workers started, leaving workers done
+        with the task they were running and gone. Shard results are reduced by shard
+        index, never by worker, so a fit's parameters stay bit-identical whatever the pool
+        does in the middle of it. An unopened backend only records the size (its pool
+        starts that big); concurrent calls take effect one after another.
+
+        Args:
+            workers: the new number of workers (>= 1).
+
+        Raises:
+            ConfigTypeError: ``workers`` is not an int.
+            ConfigError: ``workers`` < 1, or the backend cannot resize (inline: 1 only).
+            StateError: the backend is closed (or was closed during the resize).
+
+        Example:
+            >>> import asynctrain
+            >>> from asynctrain.backends import ThreadBackend
+            >>> async def demo():
+            ...     async with ThreadBackend(workers=2) as backend:
+            ...         await backend.resize(3)
+            ...         return backend.workers
+            >>> asynctrain.run(demo())
+            3
+        """
+        workers = check_int("workers", workers)
+        async with self._open_lock:
+            if self._state is State.CLOSED:
+                raise StateError(f"{self!r} is closed; create a new {type(self).__name__}")
+            await self._resize(workers)
 
     async def _ensure_open(self) -> None:
         if self._state is State.OPEN:

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from asynctrain._checks import check_choice, check_int
+from asynctrain._checks import check_choice, check_float, check_int
 from asynctrain._exceptions import BackendError, ConfigTypeError, ShardFailedError, StateError
 from asynctrain._offloop import off_loop
 from asynctrain._shm import sweep_stale_segments
@@ -48,15 +48,22 @@ class ProcessBackend(Lifecycle):
     shared memory (or stay in their memory-mapped ``.npy`` file), so a task carries only
     indices and slot numbers. A worker that dies mid-task is replaced and the task re-run,
     up to ``max_retries`` times. Workers run at a lower priority, with one BLAS thread
-    each, and exit when this process dies.
+    each (whatever the pool's size), and exit when this process dies.
+
+    :meth:`resize` grows or shrinks the pool while a fit runs (see ``docs/elastic.md``).
+    With ``task_timeout``, a worker whose task runs longer (a stopped or hung process) is
+    killed and replaced and the task re-run, within the same retry budget as a crash.
 
     Args:
         workers: worker processes; defaults to the number of usable cores.
         max_retries: re-runs of a task whose worker died (not of a Python exception).
         start_method: ``"forkserver"`` (default; fast starts) or ``"spawn"``.
+        task_timeout: seconds a task may run before its worker is killed (it counts as
+            a death: the task is re-run); None (default) waits for ever.
 
     Raises:
-        ConfigError: ``workers`` < 1, ``max_retries`` < 0 or an unknown start method.
+        ConfigError: ``workers`` < 1, ``max_retries`` < 0, ``task_timeout`` not > 0 and
+            finite, or an unknown start method.
 
     Example:
         >>> import asynctrain
@@ -76,11 +83,17 @@ class ProcessBackend(Lifecycle):
         *,
         max_retries: int = 3,
         start_method: str = "forkserver",
+        task_timeout: float | None = None,
     ) -> None:
         super().__init__()
-        self.workers = default_workers() if workers is None else check_int("workers", workers)
+        self._workers = default_workers() if workers is None else check_int("workers", workers)
         self.max_retries = check_int("max_retries", max_retries, minimum=0)
         self.start_method = check_choice("start_method", start_method, START_METHODS)
+        self.task_timeout = (
+            None
+            if task_timeout is None
+            else check_float("task_timeout", task_timeout, inclusive=False)
+        )
         # One BLAS thread per worker, even when workers < cores: a multi-threaded BLAS call
         # whose threads wait on each other ran 4-16x slower whenever another process took a
         # core (measured here), and the parent's updater and event loop need one too.
@@ -95,8 +108,20 @@ class ProcessBackend(Lifecycle):
         sweep_stale_segments()
         context = get_context(self.start_method)
         self._loop = asyncio.get_running_loop()
-        self._pool = Pool(context, self.workers, self.blas_threads, NICENESS)
+        self._pool = Pool(context, self._workers, self.blas_threads, NICENESS)
         self._pool.start()
+
+    @property
+    def workers(self) -> int:
+        """Worker processes in the pool: the size given, or of the last :meth:`resize`
+        (already reported while that resize waits for leaving workers)."""
+        return self._workers
+
+    async def _resize(self, workers: int) -> None:
+        """Grow or shrink the pool; see :meth:`Pool.resize`. Unopened: record the size."""
+        self._workers = workers
+        if self._pool is not None:
+            await self._own_pool().resize(workers)
 
     async def _close(self) -> None:
         if self._pool is not None:
@@ -110,8 +135,9 @@ class ProcessBackend(Lifecycle):
 
         Raises:
             ConfigTypeError: ``fn`` or an argument cannot be pickled.
-            ShardFailedError: the worker died on every attempt of a shard task (an argument
-                with ``step`` and ``shard``); BackendError for any other task.
+            ShardFailedError: the worker died (or ran past ``task_timeout``) on every attempt
+                of a shard task (an argument with ``step`` and ``shard``); BackendError for
+                any other task.
             Exception: whatever ``fn`` raised, with the worker's traceback as a note.
         """
         pool = await self._opened_pool()
@@ -121,7 +147,7 @@ class ProcessBackend(Lifecycle):
         failures: list[str] = []
         while True:
             try:
-                ok, value = await pool.call(message)
+                ok, value = await pool.call(message, kill_after=self.task_timeout)
             except WorkerDied as died:
                 failures.append(str(died))
                 if pool.closing:
@@ -183,6 +209,9 @@ class ProcessBackend(Lifecycle):
 
     async def _opened_pool(self) -> Pool:
         await self._ensure_open()
+        return self._own_pool()
+
+    def _own_pool(self) -> Pool:
         if asyncio.get_running_loop() is not self._loop:
             raise StateError(f"{self!r} belongs to the event loop that opened it")
         assert self._pool is not None
@@ -190,7 +219,7 @@ class ProcessBackend(Lifecycle):
 
     def __repr__(self) -> str:
         live = "" if self._pool is None else f" live={len(self.pids)} busy={self._pool.busy}"
-        return f"<ProcessBackend workers={self.workers} {self.start_method} {self.state}{live}>"
+        return f"<ProcessBackend workers={self._workers} {self.start_method} {self.state}{live}>"
 
 
 def _encode(fn: Callable[..., Any], args: tuple[Any, ...]) -> bytes:

@@ -2,7 +2,9 @@
 
 Unlike ``concurrent.futures.ProcessPoolExecutor``, the death of one worker breaks nothing:
 its task fails with :class:`WorkerDied` (the backend decides whether to retry), the worker
-leaves the pool, and the next task that finds no idle worker starts a replacement.
+leaves the pool, and the next task that finds no idle worker starts a replacement. The
+pool can grow and shrink while tasks run (:meth:`Pool.resize`): a worker chosen to leave
+finishes the task it is running first.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeGuard
 
-from asynctrain._exceptions import StateError
+from asynctrain._exceptions import BackendError, StateError
 from asynctrain._offloop import off_loop
 from asynctrain.backends._process_worker import main as worker_main
 from asynctrain.backends._process_worker_handle import Outcome, Worker
@@ -42,6 +44,7 @@ class Pool:
         self._context = context
         self._worker_args = (blas_threads, niceness)
         self._workers: set[Worker] = set()
+        self._leaving: set[Worker] = set()  # chosen to leave: stopped once their task is done
         self._idle: asyncio.Queue[_Item] = asyncio.Queue()
         self._starts: set[asyncio.Task[None]] = set()
         self._start_lock = threading.Lock()
@@ -62,14 +65,51 @@ class Pool:
         while self._live() < self.size:
             self._start_one()
 
-    async def call(self, payload: bytes) -> Outcome:
+    async def call(self, payload: bytes, *, kill_after: float | None = None) -> Outcome:
         """Run one encoded task on an idle worker; see :meth:`Worker.call`."""
         worker = await self._acquire()
         try:
-            return await worker.call(next(self._ids), payload)
+            return await worker.call(next(self._ids), payload, kill_after=kill_after)
         finally:
-            if worker.alive:
+            if worker in self._leaving:
+                self._retire(worker)
+            elif worker.alive:
                 self._idle.put_nowait(worker)
+
+    async def resize(self, size: int) -> None:
+        """Grow or shrink to ``size`` workers; return once the pool is that size.
+
+        Growing starts workers (off the loop) and waits for them. Shrinking stops idle
+        workers at once and busy ones as soon as their task is done, and waits until they
+        have exited; tasks waiting for a worker take whichever remains. The same size
+        again waits for what an earlier (cancelled) resize left under way.
+
+        Raises:
+            StateError: the pool was closed meanwhile.
+            BackendError: a worker failed to start (told here only: tasks that need a
+                worker start one again).
+        """
+        self.size = size
+        await self._fill()
+        self._choose_leaving()
+        if self._leaving:
+            await asyncio.wait([w.exited for w in self._leaving])
+        if self._live() < size and not self.closing:
+            await self._fill()  # a death seen meanwhile (a worker killed just before)
+        if self.closing:
+            raise StateError("the process backend was closed while it was resized")
+        errors = self._take_start_errors() if self._live() < size else []
+        if errors:
+            raise BackendError(
+                f"the process pool has {self._live()} of the {size} workers asked for: a "
+                f"worker failed to start ({errors[0]!r}); a task that needs one starts it again"
+            ) from errors[0]
+
+    async def _fill(self) -> None:
+        """Start workers up to ``size`` and wait until every start under way has ended."""
+        self.start()
+        if self._starts:
+            await asyncio.wait(set(self._starts))
 
     def broadcast(self, message: bytes) -> None:
         """Send a no-reply message to every live worker (busy ones read it after their task)."""
@@ -118,7 +158,41 @@ class Pool:
         return item is not None and item.alive
 
     def _live(self) -> int:
-        return sum(w.alive for w in self._workers) + len(self._starts)
+        staying = sum(w.alive and w not in self._leaving for w in self._workers)
+        return staying + len(self._starts)
+
+    def _choose_leaving(self) -> None:
+        """Pick the workers beyond ``size``, idle ones first: idle ones are stopped now,
+        busy ones marked to stop after their task."""
+        excess = self._live() - self.size
+        if excess <= 0:
+            return
+        queued = [self._idle.get_nowait() for _ in range(self._idle.qsize())]
+        idle = [item for item in queued if isinstance(item, Worker) and item.alive]
+        chosen = idle[:excess]
+        for item in queued:
+            if item not in chosen:
+                self._idle.put_nowait(item)
+        busy = [w for w in self._workers if w.alive and w.busy and w not in self._leaving]
+        chosen += busy[: excess - len(chosen)]
+        for worker in chosen:
+            self._leaving.add(worker)
+            if not worker.busy:
+                self._retire(worker)
+
+    def _take_start_errors(self) -> list[BaseException]:
+        queued = [self._idle.get_nowait() for _ in range(self._idle.qsize())]
+        for item in queued:
+            if not isinstance(item, BaseException):
+                self._idle.put_nowait(item)
+        return [item for item in queued if isinstance(item, BaseException)]
+
+    def _retire(self, worker: Worker) -> None:
+        """Stop ``worker`` (it exits on end-of-file); SIGKILL it after :data:`STOP_TIMEOUT`
+        if it does not (a stopped or hung process)."""
+        worker.stop()
+        timer = asyncio.get_running_loop().call_later(STOP_TIMEOUT, worker.kill)
+        worker.exited.add_done_callback(lambda _: timer.cancel())
 
     def _start_one(self) -> None:
         task = asyncio.get_running_loop().create_task(self._spawn())
@@ -163,6 +237,7 @@ class Pool:
 
     def _forget(self, worker: Worker) -> None:
         self._workers.discard(worker)
+        self._leaving.discard(worker)
         if not self.closing:
             self._idle.put_nowait(None)  # wake a waiter: it may start a replacement
 

@@ -30,6 +30,20 @@ class WorkerDied(Exception):
         self.exitcode = exitcode
 
 
+class WorkerTimedOut(WorkerDied):
+    """The task ran longer than the backend's ``task_timeout``: its worker was killed."""
+
+    def __init__(self, pid: int | None, exitcode: int | None, timeout: float) -> None:
+        super().__init__(pid, exitcode)
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return (
+            f"worker pid {self.pid} ran the task past task_timeout={self.timeout:g}s "
+            "(stopped or hung) and was killed"
+        )
+
+
 def describe_exit(pid: int | None, exitcode: int | None) -> str:
     """``"worker pid 12 killed by SIGKILL"`` or ``"worker pid 12 exited with code 7"``."""
     if exitcode is not None and exitcode < 0:
@@ -53,6 +67,7 @@ class Worker:
         self.exited: asyncio.Future[int | None] = self._loop.create_future()
         self._reply: asyncio.Future[Outcome] | None = None
         self._task_id = 0
+        self._timed_out: float | None = None  # the timeout that killed it, if one did
         self._loop.add_reader(process.sentinel, self._on_exit)
 
     @property
@@ -65,11 +80,17 @@ class Worker:
         """Whether a task is in flight on this worker."""
         return self._reply is not None
 
-    async def call(self, task_id: int, payload: bytes) -> Outcome:
+    async def call(
+        self, task_id: int, payload: bytes, *, kill_after: float | None = None
+    ) -> Outcome:
         """Send one encoded task (see ``encode_task``) and wait for its ``(ok, value)``.
 
+        With ``kill_after`` (seconds), a task that has not replied by then has its worker
+        killed: a stopped (SIGSTOP) or hung process is as good as dead.
+
         Raises:
-            WorkerDied: the process exited before replying.
+            WorkerDied: the process exited before replying (WorkerTimedOut: killed for
+                running past ``kill_after``).
             asyncio.CancelledError: after killing the worker and seeing it exit, so the
                 work never outlives its caller.
         """
@@ -79,6 +100,9 @@ class Worker:
         # Never blocks: what the socket cannot take now goes out as it drains. A broken
         # pipe means the process is exiting: its sentinel reports how.
         self.pipe.send((task_id_bytes(task_id), payload))
+        timer = None
+        if kill_after is not None:
+            timer = self._loop.call_later(kill_after, self._time_out, kill_after)
         try:
             return await reply
         except asyncio.CancelledError:
@@ -87,6 +111,8 @@ class Worker:
             raise
         finally:
             self._reply = None
+            if timer is not None:
+                timer.cancel()
 
     def send_quietly(self, message: bytes) -> None:
         """Send a message that needs no reply; a dead worker is simply skipped."""
@@ -101,6 +127,11 @@ class Worker:
         """SIGKILL the process (its exit is reported through ``exited`` as usual)."""
         if not self.exited.done():
             self.process.kill()
+
+    def _time_out(self, timeout: float) -> None:
+        if self._reply is not None and not self._reply.done():
+            self._timed_out = timeout
+            self.kill()  # SIGKILL ends a stopped process too; its exit fails the task
 
     def _deliver(self, data: bytearray) -> None:
         reply = self._reply
@@ -122,7 +153,12 @@ class Worker:
         self.process.close()
         self.exited.set_result(exitcode)
         if self._reply is not None and not self._reply.done():
-            self._reply.set_exception(WorkerDied(self.pid, exitcode))
+            died = (
+                WorkerDied(self.pid, exitcode)
+                if self._timed_out is None
+                else WorkerTimedOut(self.pid, exitcode, self._timed_out)
+            )
+            self._reply.set_exception(died)
 
     def __repr__(self) -> str:
         state = "busy" if self.busy else "idle" if self.alive else "dead"

@@ -64,13 +64,21 @@ class StragglerBackend:
     def __init__(self, backend: Backend, *, shard: int = 0, delay: float = 0.05) -> None:
         self.backend, self.shard, self.delay = backend, shard, delay
         self.name = f"{backend.name}+straggler"
-        self.workers = backend.workers
         self.inline = backend.inline
 
     @property
     def state(self) -> State:
         """The wrapped backend's state."""
         return self.backend.state
+
+    @property
+    def workers(self) -> int:
+        """The wrapped backend's current number of workers."""
+        return self.backend.workers
+
+    async def resize(self, workers: int) -> None:
+        """Resize the wrapped backend (the straggling shard stays slow whoever runs it)."""
+        await self.backend.resize(workers)
 
     def check_picklable(self, *objects: object) -> None:
         """As the wrapped backend."""

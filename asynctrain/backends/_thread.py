@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import functools
@@ -13,7 +14,9 @@ from typing import Any, TypeVar
 import numpy.typing as npt
 
 from asynctrain._checks import check_int
+from asynctrain._exceptions import StateError
 from asynctrain._offloop import off_loop
+from asynctrain._types import State
 from asynctrain.backends._base import LocalShared
 from asynctrain.backends._blas import BlasLimit
 from asynctrain.backends._lifecycle import Lifecycle
@@ -53,6 +56,10 @@ class ThreadBackend(Lifecycle):
     thread, so a loop that wakes gets a core at once; the GIL still binds them (see
     ``docs/service.md``).
 
+    :meth:`resize` changes the number of threads between tasks, even while a fit runs:
+    tasks submitted before it finish on the old threads, later ones run on the new pool
+    (see ``docs/elastic.md``). BLAS stays at one thread per worker whatever the size.
+
     Args:
         workers: threads in the pool; defaults to the number of usable cores.
 
@@ -73,27 +80,68 @@ class ThreadBackend(Lifecycle):
 
     def __init__(self, workers: int | None = None) -> None:
         super().__init__()
-        self.workers = default_workers() if workers is None else check_int("workers", workers)
+        self._workers = default_workers() if workers is None else check_int("workers", workers)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._resized: asyncio.Event | None = None  # while a resize swaps the pool
         self._blas = BlasLimit(1)
+
+    @property
+    def workers(self) -> int:
+        """Threads in the pool: the size given, or of the last :meth:`resize` (already
+        reported while that resize waits for the old pool's tasks)."""
+        return self._workers
 
     async def _open(self) -> None:
         self._blas.apply()
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            self.workers, thread_name_prefix="asynctrain-worker", initializer=lower_priority
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        return concurrent.futures.ThreadPoolExecutor(
+            self._workers, thread_name_prefix="asynctrain-worker", initializer=lower_priority
         )
 
     async def _close(self) -> None:
+        if self._resized is not None:
+            await self._resized.wait()  # the old pool's tasks are done; no new one starts
         executor, self._executor = self._executor, None
         if executor is not None:
             await off_loop(functools.partial(executor.shutdown, cancel_futures=True))
         self._blas.restore()
 
+    async def _resize(self, workers: int) -> None:
+        """Replace the pool with one of ``workers`` threads once the old one's tasks are done.
+
+        A ThreadPoolExecutor never ends a thread before shutdown: the old pool is shut
+        down (its submitted tasks run to the end), and tasks arriving meanwhile wait for
+        the new pool, so no more than ``max(old, new)`` threads ever compute at once.
+        """
+        if workers == self._workers:
+            return
+        old, self._workers = self._executor, workers
+        if old is None:
+            return  # unopened: the pool starts this big
+        resized = self._resized = asyncio.Event()
+        self._executor = None
+        try:
+            await off_loop(old.shutdown)  # cancelled, it still waits: no thread outlives it
+        finally:
+            if self._state is State.OPEN:
+                self._executor = self._new_executor()
+            self._resized = None
+            resized.set()
+
     async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Run ``fn(*args)`` on a worker thread; see :class:`~asynctrain.backends.Backend`."""
         await self._ensure_open()
-        assert self._executor is not None
-        return await off_loop(fn, *args, executor=self._executor)
+        executor = self._executor or await self._resized_executor()
+        return await off_loop(fn, *args, executor=executor)
+
+    async def _resized_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._resized is not None:
+            await self._resized.wait()
+        if self._executor is None:
+            raise StateError(f"{self!r} was closed while the task waited for a thread")
+        return self._executor
 
     async def share(self, arrays: Mapping[str, npt.NDArray[Any]], *, slots: int = 1) -> LocalShared:
         """Threads share memory already: return an in-process handle (no copy)."""
@@ -104,4 +152,4 @@ class ThreadBackend(Lifecycle):
         """Nothing to free: the arrays belong to their owner."""
 
     def __repr__(self) -> str:
-        return f"<ThreadBackend workers={self.workers} {self.state}>"
+        return f"<ThreadBackend workers={self._workers} {self.state}>"
