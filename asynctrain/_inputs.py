@@ -3,7 +3,10 @@
 Every way data enters training goes through :func:`prepare`: ``Trainer.fit`` / ``steps``
 and their validation data, each batch of a stream (``_streaming/_batch.py``), the
 service's jobs and the scikit-learn estimators. It is synchronous numpy code that scans
-and may copy all of ``X``, so callers on an event loop run it off the loop.
+and may copy all of ``X``, so callers on an event loop run it off the loop. Sample
+weights (a Dataset's, or the third item of an ``(X, y, w)`` triple) and class weights
+are settled here too: combined into one weight per row, and refused for a model that
+cannot weigh its rows.
 """
 
 from __future__ import annotations
@@ -14,37 +17,60 @@ from collections.abc import AsyncIterable
 import numpy as np
 import numpy.typing as npt
 
-from asynctrain._exceptions import ConfigTypeError
+from asynctrain._exceptions import ConfigError, ConfigTypeError, DataError
 from asynctrain.data import Dataset
+from asynctrain.data._weights import ClassWeight, check_weighted_classes, class_weight_rows
 from asynctrain.models import Model, check_data
+from asynctrain.models._protocol import supports_sample_weight
 
-__all__ = ["DataLike", "prepare"]
+__all__ = ["ClassWeight", "DataLike", "check_class_weight", "prepare"]
 
-DataLike = Dataset | tuple[npt.ArrayLike, npt.ArrayLike]
-"""What ``fit`` trains on: a Dataset or an ``(X, y)`` pair of arrays."""
+DataLike = (
+    Dataset
+    | tuple[npt.ArrayLike, npt.ArrayLike]
+    | tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike | None]
+)
+"""What ``fit`` trains on: a Dataset, an ``(X, y)`` pair or an ``(X, y, sample_weight)``
+triple of arrays."""
 
 
 def prepare(
-    model: Model, data: DataLike, *, name: str = "data", single_class: bool = False
+    model: Model,
+    data: DataLike,
+    *,
+    name: str = "data",
+    single_class: bool = False,
+    class_weight: ClassWeight = None,
 ) -> Dataset:
     """``data`` validated as training input for ``model``, in the model's dtype.
 
-    An ``(X, y)`` pair is validated and converted in one pass (:class:`Dataset` with
-    ``dtype=model.dtype``); a Dataset in another dtype is converted (a copy of ``X``),
-    one already in it is returned as is. Then :func:`~asynctrain.models.check_data`
-    checks that it fits the model (shape, feature count, labels, targets).
+    An ``(X, y)`` pair or ``(X, y, sample_weight)`` triple is validated and converted in
+    one pass (:class:`Dataset` with ``dtype=model.dtype``); a Dataset in another dtype is
+    converted (a copy of ``X``), one already in it is returned as is. Then
+    :func:`~asynctrain.models.check_data` checks that it fits the model (shape, feature
+    count, labels, targets). ``class_weight`` multiplies each row's sample weight (1
+    without) by its class's weight. Weighted data needs a model that declares
+    ``supports_sample_weight`` and, for a classifier, rows of positive weight in at least
+    two classes (unless ``single_class``).
 
     Args:
         model: the model to train.
-        data: a :class:`Dataset` or an ``(X, y)`` pair.
+        data: a :class:`Dataset`, an ``(X, y)`` pair or an ``(X, y, sample_weight)``
+            triple (a None weight means unweighted).
         name: how errors name ``data`` (``"validation"``).
         single_class: accept labels of a single class (one batch of a stream).
+        class_weight: ``"balanced"`` (class ``c`` weighs ``total / (n_classes_present *
+            total_c)``, totals of sample weights or rows), a dict ``{label: weight}``
+            (labels left out weigh 1), or None.
 
     Returns:
         A Dataset in ``model.dtype`` that ``model`` can train on.
 
     Raises:
-        DataError, DataTypeError: the data is unusable; the message names the value.
+        DataError, DataTypeError: the data is unusable; the message names the value
+            (bad weights included: negative, NaN/Inf, all zero, wrong length).
+        ConfigError: weights for a model that does not support them, ``class_weight``
+            for a regression model, or a bad ``class_weight``.
         ConfigTypeError: ``data`` is neither a Dataset nor an ``(X, y)`` pair (a stream,
             say: that is ``fit_stream``'s).
 
@@ -54,8 +80,9 @@ def prepare(
         >>> prepare(SoftmaxRegression(2, 3), (np.zeros((4, 2)), [0, 1, 2, 1]))
         <Dataset n_samples=4 n_features=2 dtype=float32>
     """
-    if isinstance(data, tuple) and len(data) == 2:
-        data = Dataset(data[0], data[1], dtype=model.dtype)
+    if isinstance(data, tuple) and len(data) in (2, 3):
+        weights = data[2] if len(data) == 3 else None
+        data = Dataset(data[0], data[1], sample_weight=weights, dtype=model.dtype)
     if isinstance(data, AsyncIterable) or inspect.isgenerator(data):
         raise ConfigTypeError(
             f"{name} is a stream ({type(data).__name__}); fit() and steps() take a "
@@ -63,9 +90,79 @@ def prepare(
         )
     if not isinstance(data, Dataset):
         raise ConfigTypeError(
-            f"{name} must be a Dataset or an (X, y) pair, got {type(data).__name__}"
+            f"{name} must be a Dataset, an (X, y) pair or an (X, y, sample_weight) triple, "
+            f"got {type(data).__name__}"
         )
     check_data(model, data.X, data.y, single_class=single_class)
     if data.dtype != np.dtype(model.dtype):
-        data = Dataset(data.X, data.y, dtype=model.dtype)
+        data = Dataset(data.X, data.y, sample_weight=data.sample_weight, dtype=model.dtype)
+    if class_weight is not None:
+        data = _with_class_weight(model, data, class_weight, name)
+    if data.sample_weight is not None:
+        _check_weighted(model, data, name, single_class=single_class)
     return data
+
+
+def check_class_weight(model: Model, class_weight: ClassWeight, *, where: str) -> None:
+    """Refuse, before any work, a ``class_weight`` that ``where`` (a stream, a
+    ``partial_fit`` call) cannot apply batch by batch.
+
+    Raises:
+        ConfigError: ``"balanced"`` (it needs the label counts of all the data, which a
+            stream does not know in advance), a regression model, a label that is not
+            one of the model's classes, a bad weight, or a model that cannot weigh rows.
+    """
+    if class_weight is None:
+        return
+    if isinstance(class_weight, str) and class_weight == "balanced":
+        raise ConfigError(
+            f"class_weight='balanced' needs the label counts of all the data, which "
+            f"{where} does not know in advance; count the labels and pass a dict "
+            "{label: n_samples / (n_classes * count)}, e.g. from "
+            "sklearn.utils.class_weight.compute_class_weight"
+        )
+    n_classes = model.n_classes
+    if n_classes is None:
+        raise ConfigError(
+            f"class_weight={class_weight!r} weighs the classes of a classifier, but {model!r} "
+            "is a regression model; weigh its rows with sample_weight instead"
+        )
+    class_weight_rows(class_weight, np.zeros(0, np.int64), n_classes)
+    if not supports_sample_weight(model):
+        raise ConfigError(
+            f"class_weight was given, but the model {model!r} cannot weigh its rows: give "
+            "its loss_and_grad a keyword sample_weight=None and the class attribute "
+            "supports_sample_weight = True (see asynctrain.models.Model)"
+        )
+
+
+def _with_class_weight(
+    model: Model, data: Dataset, class_weight: ClassWeight, name: str
+) -> Dataset:
+    """``data`` with each row's weight multiplied by the weight of its class."""
+    n_classes = model.n_classes
+    if n_classes is None:
+        raise ConfigError(
+            f"class_weight={class_weight!r} weighs the classes of a classifier, but {model!r} "
+            "is a regression model; weigh its rows with sample_weight instead"
+        )
+    rows = class_weight_rows(class_weight, data.y, n_classes, data.sample_weight)
+    if data.sample_weight is not None:
+        rows *= data.sample_weight
+    try:
+        return data.with_weights(rows)
+    except DataError as exc:
+        raise DataError(f"{name} with class_weight={class_weight!r}: {exc}") from exc
+
+
+def _check_weighted(model: Model, data: Dataset, name: str, *, single_class: bool) -> None:
+    if not supports_sample_weight(model):
+        raise ConfigError(
+            f"{name} has sample weights (sample_weight, an (X, y, w) triple or "
+            f"class_weight), but the model {model!r} cannot weigh its rows: give its "
+            "loss_and_grad a keyword sample_weight=None (returning sum_i w_i * loss_i) "
+            "and the class attribute supports_sample_weight = True, or drop the weights"
+        )
+    if model.n_classes is not None and not single_class:
+        assert data.sample_weight is not None
+        check_weighted_classes(data.y, data.sample_weight)

@@ -76,5 +76,9 @@ async def open_context(
 
 
 def arrays_of(dataset: Dataset) -> dict[str, Any]:
-    """The arrays of ``dataset`` as the backend shares them."""
-    return {"X": dataset.X, "y": dataset.y}
+    """The arrays of ``dataset`` as the backend shares them: ``X``, ``y`` and, for a
+    weighted dataset, its sample weights ``w`` (which the workers gather with the rows)."""
+    arrays = {"X": dataset.X, "y": dataset.y}
+    if dataset.sample_weight is not None:
+        arrays["w"] = dataset.sample_weight
+    return arrays

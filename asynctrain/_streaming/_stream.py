@@ -23,6 +23,7 @@ from asynctrain._engine._step import Mode, StepContext
 from asynctrain._engine._update import StepStats
 from asynctrain._events import EpochEvent, Event, StepEvent
 from asynctrain._exceptions import ConfigError, ConfigTypeError
+from asynctrain._inputs import ClassWeight
 from asynctrain._monitor import LoopLagMonitor
 from asynctrain._streaming._feed import open_feed
 from asynctrain.data import Dataset
@@ -81,9 +82,10 @@ def check_source(source: object) -> Source:
 
 
 def _is_pair(source: object) -> bool:
+    """An ``(X, y)`` pair or ``(X, y, sample_weight)`` triple of arrays: one dataset."""
     return (
         isinstance(source, tuple)
-        and len(source) == 2
+        and len(source) in (2, 3)
         and all(isinstance(part, np.ndarray) for part in source)
     )
 
@@ -95,8 +97,12 @@ async def stream_events(
     validation: Dataset | None,
     *,
     describe: Callable[[int], str] = "stream batch {}".format,
+    class_weight: ClassWeight = None,
 ) -> AsyncGenerator[Event, None]:
-    """Train a fit's ``parts`` on ``source``; yield its events."""
+    """Train a fit's ``parts`` on ``source``; yield its events.
+
+    ``class_weight`` (a dict, checked by the caller) weighs each batch's rows by class.
+    """
     step = _stream_step(parts.mode)
     batch_size = parts.config.batch_size
     async with open_feed(
@@ -107,6 +113,7 @@ async def stream_events(
         buffer=limits.buffer,
         max_samples=limits.rows(batch_size),
         describe=describe,
+        class_weight=class_weight,
     ) as feed:
         item = await feed.next()
         if item is None or feed.ring is None:
@@ -149,7 +156,7 @@ class _Periods:
         self.lag, self.ctx, self.every = lag, ctx, every
         self.validation, self.val_data = validation, val_data
         self.number, self.losses = 0, list[float]()
-        self.began, self.seen = time.perf_counter(), ctx.samples
+        self.began, self.seen = time.perf_counter(), (ctx.samples, ctx.weight)
 
     @property
     def steps(self) -> int:
@@ -158,7 +165,7 @@ class _Periods:
 
     def record(self, stats: StepStats) -> StepEvent:
         """Count one applied (or skipped) step; return its StepEvent."""
-        self.losses.append(stats.loss * stats.n)
+        self.losses.append(stats.loss * stats.weight)
         return self.ctx.event(self.number, stats)
 
     def due(self) -> bool:
@@ -170,5 +177,5 @@ class _Periods:
         args = (self.validation, self.val_data, self.losses, self.began, self.seen)
         event = await epoch_event(self.ctx, self.number, *args, self.lag)
         self.number, self.losses = self.number + 1, []
-        self.began, self.seen = time.perf_counter(), self.ctx.samples
+        self.began, self.seen = time.perf_counter(), (self.ctx.samples, self.ctx.weight)
         return event

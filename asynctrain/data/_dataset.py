@@ -1,4 +1,5 @@
-"""Dataset: a validated, read-only pair of a feature matrix and its targets."""
+"""Dataset: a validated, read-only pair of a feature matrix and its targets, with
+optional sample weights."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from asynctrain._exceptions import ConfigError, DataError, DataTypeError
 from asynctrain._types import Array
 from asynctrain.data import _validate as v
 from asynctrain.data._shared import empty, is_shared, shared_copy, shared_map
+from asynctrain.data._weights import check_sample_weight
 
 _SPLIT_STREAM = 0x5D17  # spawn key: keeps split() independent of epoch_order()
 
@@ -28,19 +30,28 @@ class Dataset:
     (multi-output regression), finite; integer or bool ``y`` becomes int64 labels,
     float ``y`` is kept as is.
 
+    ``sample_weight`` (optional) gives each row a weight: a weight of ``k`` counts like
+    ``k`` copies of the row (a step's gradient is the weighted sum over its batch divided
+    by the batch's sum of weights; 0 drops the row). The weights are copied, in the
+    dtype of ``X``.
+
     The arrays are exposed as read-only views. They share memory with the arrays passed
-    in, so do not modify those afterwards.
+    in (except the weights), so do not modify those afterwards.
 
     Args:
         X: features, shape ``(n_samples, n_features)`` or ``(n_samples, *input_shape)``.
         y: targets, shape ``(n_samples,)`` or ``(n_samples, n_outputs)``.
+        sample_weight: one finite weight ``>= 0`` per row, not all zero; None weighs
+            every row 1.
         dtype: ``np.float32`` or ``np.float64`` to force the feature dtype; None keeps a
             float32/float64 ``X`` and converts anything else to float32.
 
     Raises:
-        DataTypeError: ``X`` or ``y`` is not numeric (strings, objects, complex).
+        DataTypeError: ``X``, ``y`` or ``sample_weight`` is not numeric (strings,
+            objects, complex).
         DataError: a bad shape, different row counts, no rows, or a NaN/Inf (the
-            message names the first bad row and column).
+            message names the first bad row and column); a negative, non-finite or
+            all-zero ``sample_weight``, or one of the wrong length.
         ConfigError: ``dtype`` is not float32 or float64.
 
     Example:
@@ -49,15 +60,23 @@ class Dataset:
         <Dataset n_samples=4 n_features=3 dtype=float64>
         >>> ds.y.dtype
         dtype('int64')
+        >>> Dataset(np.zeros((2, 3)), [0, 1], sample_weight=[1, 3]).sample_weight
+        array([1., 3.])
     """
 
-    __slots__ = ("_X", "_y")
+    __slots__ = ("_X", "_w", "_y")
 
     _X: Array
     _y: npt.NDArray[Any]
+    _w: Array | None
 
     def __init__(
-        self, X: npt.ArrayLike, y: npt.ArrayLike, *, dtype: npt.DTypeLike | None = None
+        self,
+        X: npt.ArrayLike,
+        y: npt.ArrayLike,
+        *,
+        sample_weight: npt.ArrayLike | None = None,
+        dtype: npt.DTypeLike | None = None,
     ) -> None:
         target = v.resolve_dtype(dtype)
         features, targets = v.as_array("X", X), v.as_array("y", y)
@@ -71,14 +90,40 @@ class Dataset:
         v.check_finite("y", targets)
         self._X = v.read_only(converted)
         self._y = v.read_only(targets)
+        self._w = None
+        if sample_weight is not None:
+            self._w = v.read_only(check_sample_weight(sample_weight, len(targets), converted.dtype))
 
     @classmethod
-    def _trusted(cls, X: Array, y: npt.NDArray[Any]) -> Dataset:
+    def _trusted(cls, X: Array, y: npt.NDArray[Any], sample_weight: Array | None = None) -> Dataset:
         """Wrap arrays already validated (rows of a valid dataset) without re-scanning."""
         dataset = cls.__new__(cls)
         dataset._X = v.read_only(X)
         dataset._y = v.read_only(y)
+        dataset._w = None if sample_weight is None else v.read_only(sample_weight)
         return dataset
+
+    def with_weights(self, sample_weight: npt.ArrayLike | None) -> Dataset:
+        """The same rows with ``sample_weight`` instead of this dataset's weights.
+
+        ``X`` and ``y`` are shared, not copied, and not scanned again.
+
+        Args:
+            sample_weight: one finite weight ``>= 0`` per row, not all zero; None
+                drops the weights.
+
+        Raises:
+            DataError, DataTypeError: as for the constructor's ``sample_weight``.
+
+        Example:
+            >>> ds = Dataset(np.zeros((2, 3)), [0, 1])
+            >>> ds.with_weights([2, 1]).sample_weight
+            array([2., 1.])
+        """
+        if sample_weight is None:
+            return Dataset._trusted(self._X, self._y)
+        weights = check_sample_weight(sample_weight, self.n_samples, self.dtype)
+        return Dataset._trusted(self._X, self._y, weights)
 
     @property
     def X(self) -> Array:
@@ -89,6 +134,11 @@ class Dataset:
     def y(self) -> npt.NDArray[Any]:
         """Targets: int64 labels, or float targets of shape ``(n,)`` or ``(n, k)``; read-only."""
         return self._y
+
+    @property
+    def sample_weight(self) -> Array | None:
+        """Row weights in the dtype of ``X`` (read-only), or None: every row weighs 1."""
+        return self._w
 
     @property
     def n_samples(self) -> int:
@@ -136,16 +186,17 @@ class Dataset:
         """
         return is_shared(self._X)
 
-    def __reduce__(self) -> tuple[Any, tuple[Array, npt.NDArray[Any]]]:
+    def __reduce__(self) -> tuple[Any, tuple[Array, npt.NDArray[Any], Array | None]]:
         # Rebuild through _trusted so an unpickled copy is read-only again (pickle
         # itself restores arrays writable) without re-scanning for NaN/Inf.
-        return Dataset._trusted, (self._X, self._y)
+        return Dataset._trusted, (self._X, self._y, self._w)
 
     def __len__(self) -> int:
         return self.n_samples
 
     def __repr__(self) -> str:
         where = " shared" if self.shared else " memory-mapped" if self.memory_mapped else ""
+        where += " weighted" if self._w is not None else ""
         shape = f"n_features={self.n_features}"
         if self._X.ndim > 2:
             shape = f"input_shape={self.input_shape}"
@@ -178,9 +229,10 @@ class Dataset:
             <Dataset n_samples=4096 n_features=64 dtype=float64 shared>
         """
         X, y = shared_copy(self._X), shared_copy(self._y)
-        if X is self._X and y is self._y:
+        w = None if self._w is None else shared_copy(self._w)
+        if X is self._X and y is self._y and w is self._w:
             return self
-        return Dataset._trusted(X, y)
+        return Dataset._trusted(X, y, w)
 
     def subset(self, indices: npt.ArrayLike) -> Dataset:
         """Return the rows at ``indices`` (in that order; repeats allowed) as a new Dataset.
@@ -249,7 +301,8 @@ class Dataset:
         return self._take(first), self._take(second)
 
     def _take(self, positions: npt.NDArray[np.intp]) -> Dataset:
-        return Dataset._trusted(_rows(self._X, positions), _rows(self._y, positions))
+        w = None if self._w is None else _rows(self._w, positions)
+        return Dataset._trusted(_rows(self._X, positions), _rows(self._y, positions), w)
 
 
 def _rows(array: npt.NDArray[Any], positions: npt.NDArray[np.intp]) -> npt.NDArray[Any]:
