@@ -487,3 +487,72 @@ async def test_the_service_and_fit_take_weights() -> None:
         with pytest.raises(at.ConfigError, match="regression model"):
             await service.start("r", LinearRegression(D), (X, y * 1.0), class_weight="balanced")
     assert _bits(served.params) == _bits(direct.params)
+
+
+# -- the scikit-learn estimators ---------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("name", ["AsyncLogisticRegression", "AsyncMLPClassifier"])
+def test_estimator_integer_weights_equal_repeated_rows(name: str) -> None:
+    """One full-batch epoch of plain SGD: fit(X, y, sample_weight=w) equals fit on the
+    rows repeated by their weights (what check_sample_weight_equivalence cannot see
+    through minibatches)."""
+    estimators = pytest.importorskip("asynctrain.sklearn")
+    X, y, w = _problem("classes")
+    labels = np.array(["a", "b", "c"])[y]
+    options = {"optimizer": "sgd", "batch_size": 1000, "max_iter": 1, "random_state": 0}
+    if name == "AsyncMLPClassifier":
+        options.update(hidden_layer_sizes=(5,), alpha=0.0)
+    build = getattr(estimators, name)
+    weighted = build(**options).fit(X, labels, sample_weight=w)
+    repeated = build(**options).fit(X.repeat(w, axis=0), labels.repeat(w))
+    for key, value in repeated.params_.items():
+        np.testing.assert_allclose(weighted.params_[key], value, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_estimator_class_weights_by_original_label() -> None:
+    estimators = pytest.importorskip("asynctrain.sklearn")
+    X, y, w = _problem("classes")
+    labels = np.array(["a", "b", "c"])[y]
+    options = {"optimizer": "sgd", "batch_size": 1000, "max_iter": 1, "random_state": 0}
+    by_class = estimators.AsyncLogisticRegression(class_weight={"b": 3.0}, **options)
+    by_class.fit(X, labels, sample_weight=w)
+    by_row = estimators.AsyncLogisticRegression(**options)
+    by_row.fit(X, labels, sample_weight=w * np.where(y == 1, 3.0, 1.0))
+    assert _bits(by_class.params_) == _bits(by_row.params_)
+    unknown = estimators.AsyncLogisticRegression(class_weight={"z": 3.0}, **options)
+    with pytest.raises(ValueError, match="label 'z', which is not among the classes"):
+        unknown.fit(X, labels)
+    balanced = estimators.AsyncLogisticRegression(class_weight="balanced", **options)
+    with pytest.raises(ValueError, match="'balanced' is not supported by partial_fit"):
+        balanced.partial_fit(X, labels, classes=["a", "b", "c"])
+    held_out = estimators.AsyncLogisticRegression(early_stopping=True, max_iter=3, random_state=0)
+    held_out.fit(X.repeat(3, axis=0), labels.repeat(3), sample_weight=w.repeat(3) + 1)
+    assert len(held_out.validation_scores_) == 3
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_estimator_balanced_weights_match_scikit_learn_on_digits() -> None:
+    estimators = pytest.importorskip("asynctrain.sklearn")
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression as Reference
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, digit = load_digits(return_X_y=True)
+    y = digit == 9
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    scores = []
+    for clf in (
+        Reference(class_weight="balanced", max_iter=5000),
+        estimators.AsyncLogisticRegression(
+            class_weight="balanced", alpha=1.0 / len(X_tr), random_state=0
+        ),
+    ):
+        pipe = make_pipeline(StandardScaler(), clf).fit(X_tr, y_tr)
+        scores.append(balanced_accuracy_score(y_te, pipe.predict(X_te)))
+    assert abs(scores[1] - scores[0]) <= 0.02, scores
