@@ -493,16 +493,25 @@ async def test_the_service_and_fit_take_weights() -> None:
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-@pytest.mark.parametrize("name", ["AsyncLogisticRegression", "AsyncMLPClassifier"])
+@pytest.mark.parametrize(
+    "name",
+    ["AsyncLogisticRegression", "AsyncMLPClassifier", "AsyncLinearRegression", "AsyncMLPRegressor"],
+)
 def test_estimator_integer_weights_equal_repeated_rows(name: str) -> None:
     """One full-batch epoch of plain SGD: fit(X, y, sample_weight=w) equals fit on the
     rows repeated by their weights (what check_sample_weight_equivalence cannot see
-    through minibatches)."""
+    through minibatches); regressors standardise their targets with weighted moments."""
     estimators = pytest.importorskip("asynctrain.sklearn")
-    X, y, w = _problem("classes")
-    labels = np.array(["a", "b", "c"])[y]
-    options = {"optimizer": "sgd", "batch_size": 1000, "max_iter": 1, "random_state": 0}
-    if name == "AsyncMLPClassifier":
+    regression = name in ("AsyncLinearRegression", "AsyncMLPRegressor")
+    X, y, w = _problem("values" if regression else "classes")
+    labels = y if regression else np.array(["a", "b", "c"])[y]
+    options: dict[str, Any] = {
+        "optimizer": "sgd",
+        "batch_size": 1000,
+        "max_iter": 1,
+        "random_state": 0,
+    }
+    if name.startswith("AsyncMLP"):
         options.update(hidden_layer_sizes=(5,), alpha=0.0)
     build = getattr(estimators, name)
     weighted = build(**options).fit(X, labels, sample_weight=w)

@@ -147,7 +147,9 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
             weights = _check_sample_weight(
                 sample_weight, X_arr, dtype=np.float64, ensure_non_negative=True
             )
-        y_arr, target_attrs = self._targets(y_arr, partial=partial, resume=resume, classes=classes)
+        y_arr, target_attrs = self._targets(
+            y_arr, partial=partial, resume=resume, classes=classes, weights=weights
+        )
         attrs.update(target_attrs)
         seed = self._seed(partial)
         train, held_out = self._split(X_arr, y_arr, weights, partial, seed)
@@ -319,7 +321,13 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
         raise NotImplementedError
 
     def _targets(
-        self, y: npt.NDArray[Any], *, partial: bool, resume: bool, classes: Any
+        self,
+        y: npt.NDArray[Any],
+        *,
+        partial: bool,
+        resume: bool,
+        classes: Any,
+        weights: npt.NDArray[Any] | None = None,
     ) -> tuple[npt.NDArray[Any], dict[str, Any]]:
         raise NotImplementedError
 

@@ -99,7 +99,13 @@ class AsyncClassifier(ClassifierMixin, AsyncEstimator):  # type: ignore[misc]
         return {}
 
     def _targets(
-        self, y: npt.NDArray[Any], *, partial: bool, resume: bool, classes: Any
+        self,
+        y: npt.NDArray[Any],
+        *,
+        partial: bool,
+        resume: bool,
+        classes: Any,
+        weights: npt.NDArray[Any] | None = None,
     ) -> tuple[npt.NDArray[Any], dict[str, Any]]:
         check_classification_targets(y)
         known = self._classes(y, partial=partial, resume=resume, classes=classes)
@@ -135,6 +141,15 @@ class AsyncClassifier(ClassifierMixin, AsyncEstimator):  # type: ignore[misc]
                 f"{known.tolist()}; check the labels"
             )
         return known
+
+
+def _moments(y: npt.NDArray[Any], weights: npt.NDArray[Any] | None) -> tuple[Any, Any]:
+    """Mean and standard deviation of the targets, weighted like the loss (a weight of k
+    counts like k copies of the row)."""
+    if weights is None:
+        return y.mean(axis=0), y.std(axis=0)
+    mean = np.average(y, axis=0, weights=weights)
+    return mean, np.sqrt(np.average((y - mean) ** 2, axis=0, weights=weights))
 
 
 def _index(known: npt.NDArray[Any], label: Any) -> int:
@@ -179,13 +194,19 @@ class AsyncRegressor(RegressorMixin, AsyncEstimator):  # type: ignore[misc]
         return {"y_numeric": True, "multi_output": self._multi_output}
 
     def _targets(
-        self, y: npt.NDArray[Any], *, partial: bool, resume: bool, classes: Any
+        self,
+        y: npt.NDArray[Any],
+        *,
+        partial: bool,
+        resume: bool,
+        classes: Any,
+        weights: npt.NDArray[Any] | None = None,
     ) -> tuple[npt.NDArray[Any], dict[str, Any]]:
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         outputs = 1 if y.ndim == 1 else int(y.shape[1])
         if not resume:
-            mean, scale = y.mean(axis=0), y.std(axis=0)
+            mean, scale = _moments(y, weights)
             scale = np.where(scale > 0, scale, 1.0)
             attrs = {"n_outputs_": outputs, "target_mean_": mean, "target_scale_": scale}
         elif outputs != self.n_outputs_:
