@@ -34,11 +34,12 @@ ESTIMATORS = [
 # batches (15 rows vs 30 shuffled rows, so other rows meet in other steps), take a
 # different number of steps per epoch and stop after different epochs. What does hold,
 # and is proved in tests/test_weights.py, is the step itself: one full-batch step on
-# integer weights equals the step on the repeated rows (rtol 1e-5), for every model.
+# integer weights equals the step on the repeated rows (rtol 1e-5), for every model and
+# for each of these estimators (test_estimator_integer_weights_equal_repeated_rows).
 _SGD_IS_NOT_REPETITION = (
     "minibatch SGD on weighted rows and on rows repeated by their weights cuts different "
     "batches and epochs, so the fits differ; the weighted step itself equals the repeated "
-    "one (tests/test_weights.py::test_integer_weights_equal_repeated_rows)"
+    "one (tests/test_weights.py::test_estimator_integer_weights_equal_repeated_rows)"
 )
 EXPECTED_FAILED_CHECKS: dict[str, dict[str, str]] = {
     type(estimator).__name__: {
