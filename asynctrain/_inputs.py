@@ -79,6 +79,10 @@ def prepare(
         >>> from asynctrain.models import SoftmaxRegression
         >>> prepare(SoftmaxRegression(2, 3), (np.zeros((4, 2)), [0, 1, 2, 1]))
         <Dataset n_samples=4 n_features=2 dtype=float32>
+        >>> data = prepare(SoftmaxRegression(2, 3), (np.zeros((4, 2)), [0, 1, 2, 1], [1, 1, 2, 0]),
+        ...                class_weight={1: 3.0})
+        >>> data.sample_weight
+        array([1., 3., 2., 0.], dtype=float32)
     """
     if isinstance(data, tuple) and len(data) in (2, 3):
         weights = data[2] if len(data) == 3 else None
@@ -121,18 +125,29 @@ def check_class_weight(model: Model, class_weight: ClassWeight, *, where: str) -
             "{label: n_samples / (n_classes * count)}, e.g. from "
             "sklearn.utils.class_weight.compute_class_weight"
         )
+    class_weight_rows(class_weight, np.zeros(0, np.int64), _classes(model, class_weight))
+    _check_weighable(model, "class_weight was given")
+
+
+def _classes(model: Model, class_weight: ClassWeight) -> int:
+    """The model's class count; ConfigError for a regression model."""
     n_classes = model.n_classes
     if n_classes is None:
         raise ConfigError(
             f"class_weight={class_weight!r} weighs the classes of a classifier, but {model!r} "
             "is a regression model; weigh its rows with sample_weight instead"
         )
-    class_weight_rows(class_weight, np.zeros(0, np.int64), n_classes)
+    return n_classes
+
+
+def _check_weighable(model: Model, what: str) -> None:
+    """ConfigError naming ``model`` and the fix unless it declares supports_sample_weight."""
     if not supports_sample_weight(model):
         raise ConfigError(
-            f"class_weight was given, but the model {model!r} cannot weigh its rows: give "
-            "its loss_and_grad a keyword sample_weight=None and the class attribute "
-            "supports_sample_weight = True (see asynctrain.models.Model)"
+            f"{what}, but the model {model!r} cannot weigh its rows: give its loss_and_grad "
+            "a keyword sample_weight=None (returning sum_i w_i * loss_i) and the class "
+            "attribute supports_sample_weight = True (see asynctrain.models.Model), or drop "
+            "the weights"
         )
 
 
@@ -140,12 +155,7 @@ def _with_class_weight(
     model: Model, data: Dataset, class_weight: ClassWeight, name: str
 ) -> Dataset:
     """``data`` with each row's weight multiplied by the weight of its class."""
-    n_classes = model.n_classes
-    if n_classes is None:
-        raise ConfigError(
-            f"class_weight={class_weight!r} weighs the classes of a classifier, but {model!r} "
-            "is a regression model; weigh its rows with sample_weight instead"
-        )
+    n_classes = _classes(model, class_weight)
     rows = class_weight_rows(class_weight, data.y, n_classes, data.sample_weight)
     if data.sample_weight is not None:
         rows *= data.sample_weight
@@ -156,13 +166,8 @@ def _with_class_weight(
 
 
 def _check_weighted(model: Model, data: Dataset, name: str, *, single_class: bool) -> None:
-    if not supports_sample_weight(model):
-        raise ConfigError(
-            f"{name} has sample weights (sample_weight, an (X, y, w) triple or "
-            f"class_weight), but the model {model!r} cannot weigh its rows: give its "
-            "loss_and_grad a keyword sample_weight=None (returning sum_i w_i * loss_i) "
-            "and the class attribute supports_sample_weight = True, or drop the weights"
-        )
+    what = f"{name} has sample weights (sample_weight, an (X, y, w) triple or class_weight)"
+    _check_weighable(model, what)
     if model.n_classes is not None and not single_class:
         assert data.sample_weight is not None
         check_weighted_classes(data.y, data.sample_weight)
