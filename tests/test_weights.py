@@ -313,6 +313,24 @@ async def test_a_dict_class_weight_on_a_stream_weighs_each_batch() -> None:
     assert _bits(results[0]) == _bits(results[1])
 
 
+async def test_a_weighted_stream_is_bit_identical_on_threads_and_processes(
+    weighted: Dataset,
+) -> None:
+    """A weighted stream's ring carries the weights to the workers with the rows."""
+    batches = [
+        (weighted.X[a : a + 700], weighted.y[a : a + 700], weighted.sample_weight[a : a + 700])  # type: ignore[index]
+        for a in range(0, len(weighted), 700)
+    ]
+    results = []
+    for name, workers in (("inline", 1), ("thread", 2), ("process", 2)):
+        async with _backend(name, workers) as backend:
+            trainer = at.Trainer(SoftmaxRegression(128, 10), backend=backend, batch_size=256)
+            async with trainer:
+                await trainer.fit_stream(batches, class_weight={3: 2.0})
+                results.append(_bits(trainer.params))
+    assert results[0] == results[1] == results[2]
+
+
 async def test_a_stream_mixing_weighted_and_unweighted_batches_is_refused() -> None:
     X, y, w = _problem("classes")
     async with at.Trainer(SoftmaxRegression(D, 3), backend="inline", batch_size=4) as trainer:
