@@ -21,13 +21,16 @@ class StepEvent:
     Attributes:
         step: zero-based step number (counts applied and skipped steps).
         epoch: zero-based epoch the step belongs to.
-        loss: mean training loss of the step's batch.
+        loss: mean training loss of the step's batch (weighted by the sample weights, if
+            the data has them).
         grad_norm: global L2 norm of the mean gradient (NaN if the step was skipped).
         samples: samples in the batch.
         samples_per_s: throughput of this fit so far.
         staleness: parameter versions between those the gradient was computed on and those
             it was applied to (0 in sync mode).
         skipped: the update was dropped by ``nonfinite="skip"``.
+        weight: the batch's total sample weight; equal to ``samples`` for data without
+            sample weights (NaN when not reported).
     """
 
     step: int
@@ -39,6 +42,7 @@ class StepEvent:
     staleness: int = 0
     skipped: bool = False
     kind: Literal["step"] = "step"
+    weight: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from typing import Any
 from asynctrain._checkpoint import PathLike
 from asynctrain._checkpoint._session import Resume
 from asynctrain._events import Callback, FitResult
+from asynctrain._inputs import ClassWeight
 from asynctrain._trainer import DataLike, Trainer
 from asynctrain.backends import Backend
 from asynctrain.models import Model
@@ -29,13 +30,16 @@ async def fit(
     resume: Resume = False,
     monitor_lag: bool = False,
     metrics: Sequence[str] = (),
+    class_weight: ClassWeight = None,
     **options: Any,
 ) -> FitResult:
     """Train ``model`` on ``data`` with a fresh :class:`~asynctrain.Trainer` and close it.
 
     ``options`` are the Trainer's other keyword arguments (``workers``, ``shards``,
     ``batch_size``, ``seed``, ``nonfinite``, ``mode``, ``local_steps``, ``staleness``);
-    ``monitor_lag``, ``metrics`` and the checkpoint arguments are :meth:`Trainer.fit`'s.
+    ``monitor_lag``, ``metrics``, ``class_weight`` and the checkpoint arguments are
+    :meth:`Trainer.fit`'s; ``data`` may carry sample weights (a weighted Dataset or an
+    ``(X, y, sample_weight)`` triple).
 
     Example:
         >>> import asynctrain as at
@@ -57,4 +61,5 @@ async def fit(
             resume=resume,
             monitor_lag=monitor_lag,
             metrics=metrics,
+            class_weight=class_weight,
         )

@@ -3,7 +3,10 @@
 Every way data enters training goes through :func:`prepare`: ``Trainer.fit`` / ``steps``
 and their validation data, each batch of a stream (``_streaming/_batch.py``), the
 service's jobs and the scikit-learn estimators. It is synchronous numpy code that scans
-and may copy all of ``X``, so callers on an event loop run it off the loop.
+and may copy all of ``X``, so callers on an event loop run it off the loop. Sample
+weights (a Dataset's, or the third item of an ``(X, y, w)`` triple) and class weights
+are settled here too: combined into one weight per row, and refused for a model that
+cannot weigh its rows.
 """
 
 from __future__ import annotations
@@ -15,16 +18,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from asynctrain._exceptions import ConfigTypeError
+from asynctrain._exceptions import ConfigError, ConfigTypeError, DataError
 from asynctrain.data import Dataset
 from asynctrain.data._frames import FeatureNames, as_features, is_table, match_feature_names
+from asynctrain.data._weights import ClassWeight, check_weighted_classes, class_weight_rows
 from asynctrain.models import Model, check_data, check_inputs
+from asynctrain.models._protocol import supports_sample_weight
 
-__all__ = ["DataLike", "prediction_inputs", "prepare"]
+__all__ = ["ClassWeight", "DataLike", "check_class_weight", "prediction_inputs", "prepare"]
 
-DataLike = Dataset | tuple[npt.ArrayLike, npt.ArrayLike]
-"""What ``fit`` trains on: a Dataset or an ``(X, y)`` pair of arrays (``X`` may be a
-pandas/polars DataFrame or a pyarrow Table, ``y`` a Series or an Arrow array)."""
+DataLike = (
+    Dataset
+    | tuple[npt.ArrayLike, npt.ArrayLike]
+    | tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike | None]
+)
+"""What ``fit`` trains on: a Dataset, an ``(X, y)`` pair or an ``(X, y, sample_weight)``
+triple of arrays (``X`` may be a pandas/polars DataFrame or a pyarrow Table, ``y`` a
+Series or an Arrow array)."""
 
 
 def prepare(
@@ -34,32 +44,44 @@ def prepare(
     name: str = "data",
     single_class: bool = False,
     feature_names: FeatureNames | None = None,
+    class_weight: ClassWeight = None,
 ) -> Dataset:
     """``data`` validated as training input for ``model``, in the model's dtype.
 
-    An ``(X, y)`` pair is validated and converted in one pass (:class:`Dataset` with
-    ``dtype=model.dtype``; a data frame ``X`` is read into one array of that dtype, its
-    column names kept as ``feature_names``); a Dataset in another dtype is converted (a
-    copy of ``X``), one already in it is returned as is. Then :func:`~asynctrain.models.check_data`
-    checks that it fits the model (shape, feature count, labels, targets). A scipy.sparse
-    ``X`` stays sparse (CSR in the model's dtype, see :class:`Dataset`) and needs a model
-    with ``accepts_sparse = True``.
+    An ``(X, y)`` pair or ``(X, y, sample_weight)`` triple is validated and converted in
+    one pass (:class:`Dataset` with ``dtype=model.dtype``; a data frame ``X`` is read into
+    one array of that dtype, its column names kept as ``feature_names``); a Dataset in
+    another dtype is converted (a copy of ``X``), one already in it is returned as is.
+    Then :func:`~asynctrain.models.check_data` checks that it fits the model (shape,
+    feature count, labels, targets). A scipy.sparse ``X`` stays sparse (CSR in the
+    model's dtype, see :class:`Dataset`) and needs a model with ``accepts_sparse = True``.
+    ``class_weight`` multiplies each row's sample weight (1 without) by its class's
+    weight. Weighted data needs a model that declares ``supports_sample_weight`` and, for
+    a classifier, rows of positive weight in at least two classes (unless
+    ``single_class``).
 
     Args:
         model: the model to train.
-        data: a :class:`Dataset` or an ``(X, y)`` pair.
+        data: a :class:`Dataset`, an ``(X, y)`` pair or an ``(X, y, sample_weight)``
+            triple (a None weight means unweighted).
         name: how errors name ``data`` (``"validation"``).
         single_class: accept labels of a single class (one batch of a stream).
         feature_names: the columns trained on so far, if known: a data frame (or a
             Dataset with names) must have them, in that order (checked first, so a
             missing column is named rather than counted).
+        class_weight: ``"balanced"`` (class ``c`` weighs ``total / (n_classes_present *
+            total_c)``, totals of sample weights or rows), a dict ``{label: weight}``
+            (labels left out weigh 1), or None.
 
     Returns:
         A Dataset in ``model.dtype`` that ``model`` can train on.
 
     Raises:
         DataError, DataTypeError: the data is unusable, or its columns are not
-            ``feature_names``; the message names the value.
+            ``feature_names``; the message names the value (bad weights included:
+            negative, NaN/Inf, all zero, wrong length).
+        ConfigError: weights for a model that does not support them, ``class_weight``
+            for a regression model, or a bad ``class_weight``.
         ConfigTypeError: ``data`` is neither a Dataset nor an ``(X, y)`` pair (a stream,
             say: that is ``fit_stream``'s).
 
@@ -68,9 +90,14 @@ def prepare(
         >>> from asynctrain.models import SoftmaxRegression
         >>> prepare(SoftmaxRegression(2, 3), (np.zeros((4, 2)), [0, 1, 2, 1]))
         <Dataset n_samples=4 n_features=2 dtype=float32>
+        >>> data = prepare(SoftmaxRegression(2, 3), (np.zeros((4, 2)), [0, 1, 2, 1], [1, 1, 2, 0]),
+        ...                class_weight={1: 3.0})
+        >>> data.sample_weight
+        array([1., 3., 2., 0.], dtype=float32)
     """
-    if isinstance(data, tuple) and len(data) == 2:
-        data = Dataset(data[0], data[1], dtype=model.dtype)
+    if isinstance(data, tuple) and len(data) in (2, 3):
+        weights = data[2] if len(data) == 3 else None
+        data = Dataset(data[0], data[1], sample_weight=weights, dtype=model.dtype)
     if isinstance(data, AsyncIterable) or inspect.isgenerator(data):
         raise ConfigTypeError(
             f"{name} is a stream ({type(data).__name__}); fit() and steps() take a "
@@ -78,13 +105,90 @@ def prepare(
         )
     if not isinstance(data, Dataset):
         raise ConfigTypeError(
-            f"{name} must be a Dataset or an (X, y) pair, got {type(data).__name__}"
+            f"{name} must be a Dataset, an (X, y) pair or an (X, y, sample_weight) triple, "
+            f"got {type(data).__name__}"
         )
     match_feature_names(feature_names, data.feature_names, name=name)
     check_data(model, data.X, data.y, single_class=single_class)
     if data.dtype != np.dtype(model.dtype):
-        data = Dataset(data.X, data.y, dtype=model.dtype, feature_names=data.feature_names)
+        data = Dataset(
+            data.X,
+            data.y,
+            sample_weight=data.sample_weight,
+            dtype=model.dtype,
+            feature_names=data.feature_names,
+        )
+    if class_weight is not None:
+        data = _with_class_weight(model, data, class_weight, name)
+    if data.sample_weight is not None:
+        _check_weighted(model, data, name, single_class=single_class)
     return data
+
+
+def check_class_weight(model: Model, class_weight: ClassWeight, *, where: str) -> None:
+    """Refuse, before any work, a ``class_weight`` that ``where`` (a stream, a
+    ``partial_fit`` call) cannot apply batch by batch.
+
+    Raises:
+        ConfigError: ``"balanced"`` (it needs the label counts of all the data, which a
+            stream does not know in advance), a regression model, a label that is not
+            one of the model's classes, a bad weight, or a model that cannot weigh rows.
+    """
+    if class_weight is None:
+        return
+    if isinstance(class_weight, str) and class_weight == "balanced":
+        raise ConfigError(
+            f"class_weight='balanced' needs the label counts of all the data, which "
+            f"{where} does not know in advance; count the labels and pass a dict "
+            "{label: n_samples / (n_classes * count)}, e.g. from "
+            "sklearn.utils.class_weight.compute_class_weight"
+        )
+    class_weight_rows(class_weight, np.zeros(0, np.int64), _classes(model, class_weight))
+    _check_weighable(model, "class_weight was given")
+
+
+def _classes(model: Model, class_weight: ClassWeight) -> int:
+    """The model's class count; ConfigError for a regression model."""
+    n_classes = model.n_classes
+    if n_classes is None:
+        raise ConfigError(
+            f"class_weight={class_weight!r} weighs the classes of a classifier, but {model!r} "
+            "is a regression model; weigh its rows with sample_weight instead"
+        )
+    return n_classes
+
+
+def _check_weighable(model: Model, what: str) -> None:
+    """ConfigError naming ``model`` and the fix unless it declares supports_sample_weight."""
+    if not supports_sample_weight(model):
+        raise ConfigError(
+            f"{what}, but the model {model!r} cannot weigh its rows: give its loss_and_grad "
+            "a keyword sample_weight=None (returning sum_i w_i * loss_i) and the class "
+            "attribute supports_sample_weight = True (see asynctrain.models.Model), or drop "
+            "the weights"
+        )
+
+
+def _with_class_weight(
+    model: Model, data: Dataset, class_weight: ClassWeight, name: str
+) -> Dataset:
+    """``data`` with each row's weight multiplied by the weight of its class."""
+    n_classes = _classes(model, class_weight)
+    rows = class_weight_rows(class_weight, data.y, n_classes, data.sample_weight)
+    if data.sample_weight is not None:
+        rows *= data.sample_weight
+    try:
+        return data.with_weights(rows)
+    except DataError as exc:
+        raise DataError(f"{name} with class_weight={class_weight!r}: {exc}") from exc
+
+
+def _check_weighted(model: Model, data: Dataset, name: str, *, single_class: bool) -> None:
+    what = f"{name} has sample weights (sample_weight, an (X, y, w) triple or class_weight)"
+    _check_weighable(model, what)
+    if model.n_classes is not None and not single_class:
+        assert data.sample_weight is not None
+        check_weighted_classes(data.y, data.sample_weight)
 
 
 def prediction_inputs(

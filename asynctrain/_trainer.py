@@ -33,7 +33,7 @@ from asynctrain._engine._metrics import check_metrics
 from asynctrain._engine._update import TrainState, Updater
 from asynctrain._events import Callback, Event, FitResult
 from asynctrain._exceptions import ConfigTypeError, StateError
-from asynctrain._inputs import DataLike, prediction_inputs, prepare
+from asynctrain._inputs import ClassWeight, DataLike, check_class_weight, prediction_inputs, prepare
 from asynctrain._monitor import LoopLagMonitor
 from asynctrain._offloop import off_loop
 from asynctrain._streaming._batch import NameRecord
@@ -250,14 +250,18 @@ class Trainer:
         resume: Resume = False,
         monitor_lag: bool = False,
         metrics: Sequence[str] = (),
+        class_weight: ClassWeight = None,
     ) -> FitResult:
         """Train for ``epochs`` epochs and return a :class:`FitResult`.
 
         Args:
-            data: a :class:`~asynctrain.data.Dataset` or an ``(X, y)`` pair; ``X`` may be
-                a pandas/polars DataFrame or a pyarrow Table (its column names become
-                :attr:`feature_names`, which a later frame must match), ``y`` a Series
-                or an Arrow array.
+            data: a :class:`~asynctrain.data.Dataset` (with or without
+                ``sample_weight``), an ``(X, y)`` pair or an ``(X, y, sample_weight)``
+                triple. A weight of k counts like k copies of its row: a step's gradient
+                is the weighted sum over its batch divided by the batch's sum of weights
+                (see docs/guide.md). ``X`` may be a pandas/polars DataFrame or a pyarrow
+                Table (its column names become :attr:`feature_names`, which a later frame
+                must match), ``y`` a Series or an Arrow array.
             epochs: epochs to train (an interrupted epoch counts as the first); with
                 ``resume=True``, the epochs of the whole run, restored ones included.
             validation: data to evaluate after every epoch (loss and accuracy).
@@ -281,6 +285,11 @@ class Trainer:
                 macro for more than two classes) for classifiers, ``"r2"`` and ``"mae"``
                 for regression; reported as ``val_<name>`` in ``EpochEvent.metrics``
                 (see docs/callbacks.md).
+            class_weight: classifiers only: ``"balanced"`` (class ``c`` weighs
+                ``n / (n_classes_present * n_c)``, with sums of sample weights in place of
+                counts for weighted data) or a dict ``{label: weight}`` (labels left out
+                weigh 1); multiplies the sample weights. The training data only: the
+                validation data keeps its own sample weights.
 
         Raises:
             DataError, ConfigError: bad data or settings, before any work starts (a
@@ -308,7 +317,13 @@ class Trainer:
             epochs = await session.resume(epochs, data)
             events = None
             if epochs:
-                events = self.steps(data, epochs=epochs, validation=validation, metrics=metrics)
+                events = self.steps(
+                    data,
+                    epochs=epochs,
+                    validation=validation,
+                    metrics=metrics,
+                    class_weight=class_weight,
+                )
             result = await collect(
                 self._current,
                 events,
@@ -341,6 +356,7 @@ class Trainer:
         epochs: int = 1,
         validation: DataLike | None = None,
         metrics: Sequence[str] = (),
+        class_weight: ClassWeight = None,
     ) -> AsyncGenerator[Event, None]:
         """Train like :meth:`fit`, yielding a :class:`StepEvent` per step and an
         :class:`EpochEvent` per epoch.
@@ -354,7 +370,7 @@ class Trainer:
             ...         print(event.step, event.loss)
         """
         epochs = check_int("epochs", epochs)
-        train = await self._prepare(data, "data", self._feature_names)
+        train = await self._prepare(data, "data", self._feature_names, class_weight)
         features = train.feature_names or self._feature_names
         val = (
             None if validation is None else await self._prepare(validation, "validation", features)
@@ -383,6 +399,7 @@ class Trainer:
         validation: DataLike | None = None,
         callbacks: Sequence[Callback] = (),
         buffer: int = DEFAULT_BUFFER,
+        class_weight: ClassWeight = None,
     ) -> FitResult:
         """Train on a stream of ``(X, y)`` batches until it ends; return a FitResult.
 
@@ -395,7 +412,9 @@ class Trainer:
 
         Args:
             source: an iterable or async iterable (e.g. an async generator) of ``(X, y)``
-                pairs of arrays or Datasets. A sync source's ``next()`` runs off the loop.
+                pairs or ``(X, y, sample_weight)`` triples of arrays, or Datasets; either
+                every batch has weights or none has. A sync source's ``next()`` runs off
+                the loop.
             max_steps: stop after this many steps (None: no limit).
             max_samples: train on at most the stream's first ``max_samples`` rows.
             validate_every: close a period (validate, report an EpochEvent, call
@@ -403,6 +422,9 @@ class Trainer:
             validation: data to evaluate at the end of each period.
             callbacks: :class:`Callback` objects; one returning True stops the fit.
             buffer: validated batches held before the producer waits, >= 1.
+            class_weight: a dict ``{label: weight}`` multiplying each row's weight by its
+                class's (classifiers only). ``"balanced"`` is refused: it needs the label
+                counts of the whole stream, unknown in advance.
 
         Raises:
             DataError: a bad batch, naming its number (counting from 0); no part of it is
@@ -431,6 +453,7 @@ class Trainer:
             validate_every=validate_every,
             validation=validation,
             buffer=buffer,
+            class_weight=class_weight,
         )
         result = await collect(self._current, events, callbacks, control=FitControl(self))
         return self._named(result)
@@ -444,6 +467,7 @@ class Trainer:
         validate_every: int | None = None,
         validation: DataLike | None = None,
         buffer: int = DEFAULT_BUFFER,
+        class_weight: ClassWeight = None,
     ) -> AsyncGenerator[Event, None]:
         """Train like :meth:`fit_stream`, yielding a :class:`StepEvent` per step and an
         :class:`EpochEvent` per period. Close it when you stop early
@@ -455,6 +479,7 @@ class Trainer:
             buffer=buffer,
         )
         source = check_source(source)
+        check_class_weight(self.model, class_weight, where="a stream")
         features = self._feature_names
         val = (
             None if validation is None else await self._prepare(validation, "validation", features)
@@ -465,7 +490,9 @@ class Trainer:
         async with (
             self._running_fit(),
             contextlib.aclosing(
-                stream_events(self._parts(), source, limits, val, names=record)
+                stream_events(
+                    self._parts(), source, limits, val, names=record, class_weight=class_weight
+                )
             ) as events,
         ):
             try:
@@ -474,8 +501,19 @@ class Trainer:
             finally:
                 self._feature_names = record.names
 
-    async def partial_fit(self, X: npt.ArrayLike, y: npt.ArrayLike) -> FitResult:
+    async def partial_fit(
+        self,
+        X: npt.ArrayLike,
+        y: npt.ArrayLike,
+        sample_weight: npt.ArrayLike | None = None,
+        *,
+        class_weight: ClassWeight = None,
+    ) -> FitResult:
         """One update pass over ``(X, y)``: ``ceil(len(X) / batch_size)`` steps, in order.
+
+        ``sample_weight`` weighs the rows (as in :meth:`fit`); ``class_weight`` is a dict
+        ``{label: weight}`` (``"balanced"`` is refused: one call does not know the label
+        counts of all the data).
 
         Safe to call from many request handlers at once: calls are applied one at a time,
         whole, in the order they were made (FIFO), each exactly once. It refuses to run
@@ -487,6 +525,8 @@ class Trainer:
 
         Raises:
             DataError, DataTypeError: ``(X, y)`` is unusable; nothing of it is applied.
+            ConfigError: a bad ``class_weight``, or weights for a model without
+                ``supports_sample_weight``.
             StateError: the trainer is closed or running a fit.
 
         Example:
@@ -509,17 +549,20 @@ class Trainer:
                 "await the fit first, or feed the rows to fit_stream"
             )
         self._check_picklable()
+        check_class_weight(self.model, class_weight, where="partial_fit")
+        batch = (X, y) if sample_weight is None else (X, y, sample_weight)
         self._partials += 1
         try:
             async with self._partial_lock, self._running_fit(partial=True):
                 record = NameRecord(self._feature_names)
                 events = stream_events(
                     self._parts(),
-                    [(X, y)],
+                    [batch],
                     StreamLimits(),
                     None,
                     describe=lambda _: "partial_fit data",
                     names=record,
+                    class_weight=class_weight,
                 )
                 try:
                     result = await collect(self._current, events, ())
@@ -628,12 +671,23 @@ class Trainer:
     # -- state and inputs ------------------------------------------------------------------
 
     async def _prepare(
-        self, data: DataLike, name: str, feature_names: FeatureNames | None
+        self,
+        data: DataLike,
+        name: str,
+        feature_names: FeatureNames | None,
+        class_weight: ClassWeight = None,
     ) -> Dataset:
         """``data`` made ready for the model by :func:`prepare`, off the loop: it scans,
         and converting to the model's dtype copies, all of X (with the inline backend, on
         the loop, as all that backend's work). A frame must have ``feature_names``."""
-        work = functools.partial(prepare, self.model, data, name=name, feature_names=feature_names)
+        work = functools.partial(
+            prepare,
+            self.model,
+            data,
+            name=name,
+            feature_names=feature_names,
+            class_weight=class_weight,
+        )
         if self._backend.inline:
             return work()
         return await off_loop(work)

@@ -85,6 +85,22 @@ async def test_bit_identical_to_the_other_backends(
         assert result.history[-1].val_loss == reference.history[-1].val_loss
 
 
+@pytest.mark.parametrize("mode", ["sync", "local"])
+async def test_weighted_data_travels_to_the_workers_bit_identically(
+    mode: str, data: tuple[Dataset, Dataset], dask_cluster: Any
+) -> None:
+    """Sample weights are scattered as one more array and gathered with each shard's rows."""
+    rng = np.random.default_rng(2)
+    weighted = tuple(part.with_weights(rng.uniform(0.0, 2.0, len(part))) for part in data)
+    async with DaskBackend(dask_cluster.scheduler_address) as backend:
+        result = await _fit(backend, weighted, mode=mode)  # type: ignore[arg-type]
+    reference = await _fit("inline", weighted, mode=mode)  # type: ignore[arg-type]
+    assert _bits(result.params) == _bits(reference.params)
+    assert result.history[-1].val_loss == reference.history[-1].val_loss
+    unweighted = await _fit("inline", data, mode=mode)
+    assert _bits(unweighted.params) != _bits(reference.params)
+
+
 class KillOnce:
     """A softmax model whose first shard after ``armed`` appears SIGKILLs its worker."""
 

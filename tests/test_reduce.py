@@ -23,7 +23,7 @@ def _results(shards: int) -> tuple[list[ShardResult], LocalShared]:
     shared = LocalShared({"w": np.zeros(257, np.float32)}, slots=shards)
     for s, g in enumerate(grads):
         shared.write(s, g)
-    results = [ShardResult(0, s, 0, s, 10 + s, float(s) * 1e-3) for s in range(shards)]
+    results = [ShardResult(0, s, 0, s, 10 + s, float(s) * 1e-3, 10.0 + s) for s in range(shards)]
     return results, shared
 
 
@@ -57,7 +57,8 @@ async def test_arrival_order_does_not_change_the_bits() -> None:
 def test_sum_matches_a_serial_sum_and_weights_by_samples() -> None:
     results, shared = _results(4)
     out = {"w": np.zeros(257, np.float32)}
-    loss, n = sum_in_order(results, shared, out)
+    loss, n, weight = sum_in_order(results, shared, out)
+    assert weight == float(n)
     manual = shared.read(0)["w"].copy()
     for s in range(1, 4):
         manual += shared.read(s)["w"]
@@ -70,8 +71,22 @@ def test_sum_matches_a_serial_sum_and_weights_by_samples() -> None:
 
 def test_empty_shards_are_skipped() -> None:
     results, shared = _results(3)
-    empty = results[1]._replace(n=0, loss=0.0)
+    empty = results[1]._replace(n=0, loss=0.0, weight=0.0)
     out = {"w": np.zeros(257, np.float32)}
-    _, n = sum_in_order([results[0], empty, results[2]], shared, out)
+    _, n, _ = sum_in_order([results[0], empty, results[2]], shared, out)
     np.testing.assert_array_equal(out["w"], shared.read(0)["w"] + shared.read(2)["w"])
     assert n == results[0].n + results[2].n
+
+
+def test_a_weighted_step_divides_by_the_weight_sum_and_a_weightless_one_stays_zero() -> None:
+    results, shared = _results(2)
+    weighted = [r._replace(weight=w) for r, w in zip(results, (2.5, 0.5), strict=True)]
+    out = {"w": np.zeros(257, np.float32)}
+    _, n, weight = sum_in_order(weighted, shared, out)
+    assert (n, weight) == (10 + 11, 3.0)
+    manual = shared.read(0)["w"] + shared.read(1)["w"]
+    mean_in_place(out, weight)
+    np.testing.assert_allclose(out["w"], manual / np.float32(3.0), rtol=1e-6)
+    zeros = {"w": np.zeros(257, np.float32)}
+    mean_in_place(zeros, 0.0)  # a batch whose rows all weigh 0: zero, not 0 / 0
+    assert not zeros["w"].any()

@@ -26,9 +26,27 @@ ESTIMATORS = [
 ]
 
 # Checks an estimator is known to fail, with the reason, by estimator class name.
-# Every check passes today, so none is listed; a check that starts failing must be fixed
-# or listed here with a written justification.
-EXPECTED_FAILED_CHECKS: dict[str, dict[str, str]] = {}
+# A check that starts failing must be fixed or listed here with a written justification.
+#
+# check_sample_weight_equivalence_on_dense_data fits 15 weighted rows and, separately,
+# the same rows repeated by their integer weights (about 30 rows), and wants the same
+# predictions to 1e-7. Minibatch SGD cannot give that: the two fits cut different
+# batches (15 rows vs 30 shuffled rows, so other rows meet in other steps), take a
+# different number of steps per epoch and stop after different epochs. What does hold,
+# and is proved in tests/test_weights.py, is the step itself: one full-batch step on
+# integer weights equals the step on the repeated rows (rtol 1e-5), for every model and
+# for each of these estimators (test_estimator_integer_weights_equal_repeated_rows).
+_SGD_IS_NOT_REPETITION = (
+    "minibatch SGD on weighted rows and on rows repeated by their weights cuts different "
+    "batches and epochs, so the fits differ; the weighted step itself equals the repeated "
+    "one (tests/test_weights.py::test_estimator_integer_weights_equal_repeated_rows)"
+)
+EXPECTED_FAILED_CHECKS: dict[str, dict[str, str]] = {
+    type(estimator).__name__: {
+        "check_sample_weight_equivalence_on_dense_data": _SGD_IS_NOT_REPETITION
+    }
+    for estimator in ESTIMATORS
+}
 
 
 def expected_failed_checks(estimator: Any) -> dict[str, str]:

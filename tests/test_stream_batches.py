@@ -68,7 +68,7 @@ def _xy(n: int = 6) -> tuple[np.ndarray, np.ndarray]:
 
 def test_a_valid_batch_comes_back_in_the_models_dtypes() -> None:
     X, y = _xy()
-    features, labels = check_batch(SoftmaxRegression(3, 3), (X, y.astype(float)), where="b")  # type: ignore[misc]
+    features, labels, _ = check_batch(SoftmaxRegression(3, 3), (X, y.astype(float)), where="b")  # type: ignore[misc]
     assert features.dtype == np.float32
     assert labels.dtype == np.int64
     np.testing.assert_array_equal(labels, y)

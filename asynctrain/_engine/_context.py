@@ -77,6 +77,10 @@ async def open_context(
 
 
 def arrays_of(dataset: Dataset) -> dict[str, Any]:
-    """The arrays of ``dataset`` as the backend shares them (a sparse ``X`` as its three
-    arrays and its shape: see :func:`asynctrain._sparse.pack`)."""
-    return {**pack(dataset.X), "y": dataset.y}
+    """The arrays of ``dataset`` as the backend shares them: ``X`` (a sparse ``X`` as its
+    three arrays and its shape: see :func:`asynctrain._sparse.pack`), ``y`` and, for a
+    weighted dataset, its sample weights ``w`` (which the workers gather with the rows)."""
+    arrays = {**pack(dataset.X), "y": dataset.y}
+    if dataset.sample_weight is not None:
+        arrays["w"] = dataset.sample_weight
+    return arrays

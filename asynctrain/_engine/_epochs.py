@@ -47,7 +47,7 @@ async def run_epochs(
     async with open_context(parts, arrays_of(train), val) as (ctx, val_data):
         updater, seed = ctx.updater, parts.config.seed
         for epoch in range(updater.state.epoch, updater.state.epoch + epochs):
-            began, seen = time.perf_counter(), ctx.samples
+            began, seen = time.perf_counter(), (ctx.samples, ctx.weight)
             # A permutation of every sample (~6 ms for 200,000): off the loop.
             order = await updater.call(shuffle, len(train), seed, epoch)
             losses = []
@@ -56,7 +56,7 @@ async def run_epochs(
             epoch_steps = parts.mode.run_epoch(ctx, epoch, order, updater.state.batch)
             async with contextlib.aclosing(epoch_steps):
                 async for event in epoch_steps:
-                    losses.append(event.loss * event.samples)
+                    losses.append(event.loss * event.weight)
                     yield event
             updater.state = updater.state._replace(epoch=epoch + 1, batch=0)
             yield await epoch_event(
@@ -71,14 +71,15 @@ async def epoch_event(
     val_data: SharedArrays | None,
     losses: list[float],
     began: float,
-    seen: int,
+    seen: tuple[int, float],
     lag: LoopLagMonitor | None = None,
     metrics: tuple[str, ...] = (),
 ) -> EpochEvent:
     """Close an epoch (or a stream's period): validate, and report loss and speed.
 
-    ``losses`` are the period's per-step loss sums; ``began`` and ``seen`` the time and
-    ``ctx.samples`` when it opened; ``lag`` the fit's loop-lag monitor, if it has one;
+    ``losses`` are the period's per-step loss sums (weighted, for weighted data), divided
+    by the period's total weight; ``began`` and ``seen`` the time and ``(ctx.samples,
+    ctx.weight)`` when it opened; ``lag`` the fit's loop-lag monitor, if it has one;
     ``metrics`` the validation metrics to compute besides loss and accuracy.
     """
     result = Evaluation(math.nan, math.nan, {})
@@ -96,10 +97,10 @@ async def epoch_event(
             carried=ctx.carried,
         )
     seconds = time.perf_counter() - began
-    samples = ctx.samples - seen
+    samples, weight = ctx.samples - seen[0], ctx.weight - seen[1]
     return EpochEvent(
         epoch=epoch,
-        loss=sum(losses) / max(samples, 1),
+        loss=sum(losses) / weight if weight > 0 else 0.0,
         val_loss=result.loss,
         val_accuracy=result.accuracy,
         seconds=seconds,

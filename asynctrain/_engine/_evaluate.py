@@ -19,7 +19,10 @@ OffLoop = Callable[..., Awaitable[Any]]
 
 
 class Evaluation(NamedTuple):
-    """Mean loss, accuracy (NaN for regression) and each chosen metric, by name."""
+    """Mean loss, accuracy (NaN for regression) and each chosen metric, by name.
+
+    With sample weights in the data, loss and accuracy are weighted means; the metrics
+    are not weighted."""
 
     loss: float
     accuracy: float
@@ -52,10 +55,11 @@ async def evaluate(
         backend.run(evaluate_chunk, shipped, data, params, slot, start, stop, metrics)
         for start, stop in shard_bounds(n, chunks)
     )
-    loss = sum(r.loss for r in results) / n
+    weight = sum(r.weight for r in results)
+    loss = sum(r.loss for r in results) / weight
     accuracy = math.nan
     if getattr(model, "n_classes", None) is not None:
-        accuracy = sum(r.correct for r in results) / n
+        accuracy = sum(r.correct for r in results) / weight
     values: dict[str, float] = {}
     if metrics:
         assert off_loop is not None, "metrics are combined off the loop"

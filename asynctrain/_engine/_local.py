@@ -21,6 +21,7 @@ from asynctrain._engine._update import (
     _first_bad_shard,
     _first_nonfinite,
     mean_in_place,
+    mean_loss,
     sum_in_order,
     zeros_like,
 )
@@ -52,8 +53,9 @@ class Local:
 
     Every round covers ``steps`` batches: shard ``s`` starts from the current
     parameters and takes one optimizer step on its part of each batch (on the worker),
-    then the shards' parameter deltas are averaged, weighted by samples and summed in
-    shard order, into one new version. One task per shard per round instead of per step.
+    then the shards' parameter deltas are averaged, weighted by samples (by their total
+    sample weight, for weighted data) and summed in shard order, into one new version.
+    One task per shard per round instead of per step.
 
     Optimizer state: each shard keeps its own state from round to round (momentum,
     Adam's moments, a schedule's step count), as in post-local SGD. They live in the
@@ -181,10 +183,10 @@ def _commit_round(
 ) -> tuple[TrainState, list[StepStats]]:
     """Average the shards' deltas into a new version (on the update thread)."""
     summed = [r.result for r in results]
-    loss, n = sum_in_order(summed, ctx.grads, fit.scratch)
+    loss, _, weight = sum_in_order(summed, ctx.grads, fit.scratch)
     problem = _first_nonfinite(loss, fit.scratch, "gradient of", from_shards=True)
     if problem is None:
-        mean_in_place(fit.scratch, n)
+        mean_in_place(fit.scratch, weight)
         params = apply_updates(state.params, fit.scratch)
         problem = _first_nonfinite(0.0, params, "parameter", from_shards=False)
     if problem is not None:
@@ -242,10 +244,11 @@ def _refuse(
 
 
 def _batch_stats(results: Sequence[LocalResult], steps: int, *, skipped: bool) -> list[StepStats]:
-    """Mean loss and samples of each batch of a round, over all shards."""
+    """Mean loss, samples and total weight of each batch of a round, over all shards."""
     stats = []
     for j in range(steps):
         n = sum(r.counts[j] for r in results)
-        loss = sum(r.losses[j] for r in results) / max(n, 1)
-        stats.append(StepStats(loss, math.nan, n, skipped=skipped))
+        weight = sum(r.weights[j] for r in results)
+        loss = mean_loss(sum(r.losses[j] for r in results), weight)
+        stats.append(StepStats(loss, math.nan, n, skipped, weight))
     return stats

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from asynctrain._engine._update import mean_in_place
-from asynctrain._engine._work import Rows, ShardResult, features, resolve_model
+from asynctrain._engine._work import Rows, ShardResult, features, resolve_model, weight_sum
 from asynctrain.backends import SharedArrays
 from asynctrain.models._protocol import shard_loss_and_grad
 from asynctrain.optim import GradientTransformation, apply_updates
@@ -36,11 +36,12 @@ class LocalTask(NamedTuple):
 
 class LocalResult(NamedTuple):
     """A shard's round: its summed result (the delta waits in ``result.grad_slot``) and
-    the loss sum and sample count of each local step."""
+    the loss sum, sample count and total sample weight of each local step."""
 
     result: ShardResult
     losses: tuple[float, ...]
     counts: tuple[int, ...]
+    weights: tuple[float, ...]
 
 
 def local_shard(
@@ -53,31 +54,35 @@ def local_shard(
     task: LocalTask,
 ) -> LocalResult:
     """Take one optimizer step per part of ``task`` from the published parameters, with
-    the shard's own optimizer state; write ``n * (new - old)`` to the delta slot.
+    the shard's own optimizer state; write ``W * (new - old)`` to the delta slot.
 
-    Weighting the delta by the shard's sample count ``n`` lets the trainer average the
-    shards' deltas with the same ordered sum it uses for gradients.
+    Weighting the delta by the shard's total sample weight ``W`` (its sample count
+    without sample weights) lets the trainer average the shards' deltas with the same
+    ordered sum it uses for gradients.
     """
     model = resolve_model(model)
     arrays = data.read(0)
     start = params.read(task.param_slot)
     state = rebuild(task.skeleton, {} if states is None else states.read(task.shard))
-    current, losses, counts = start, [], []
+    current, losses, counts, weights = start, [], [], []
     for i, part in enumerate(task.parts):
-        loss = 0.0
+        loss, weight = 0.0, 0.0
         if len(part):
             X = features(arrays, part)
             y = np.take(arrays["y"], part, axis=0)
+            w = None if "w" not in arrays else np.take(arrays["w"], part, axis=0)
             key = (task.seed, task.step + i, task.shard)
-            loss, grads = shard_loss_and_grad(model, current, X, y, key)
-            mean_in_place(grads, len(part))
+            loss, grads = shard_loss_and_grad(model, current, X, y, key, w)
+            weight = weight_sum(w, len(part))
+            mean_in_place(grads, weight)
             updates, state = optimizer.update(grads, state, current)
             current = apply_updates(current, updates)
         losses.append(float(loss))
         counts.append(len(part))
-    n = sum(counts)
-    deltas.write(task.grad_slot, {key: (current[key] - start[key]) * n for key in start})
+        weights.append(weight)
+    n, total = sum(counts), sum(weights)
+    deltas.write(task.grad_slot, {key: (current[key] - start[key]) * total for key in start})
     if states is not None:
         states.write(task.shard, to_arrays(state))
-    result = ShardResult(task.step, task.shard, task.version, task.grad_slot, n, sum(losses))
-    return LocalResult(result, tuple(losses), tuple(counts))
+    result = ShardResult(task.step, task.shard, task.version, task.grad_slot, n, sum(losses), total)
+    return LocalResult(result, tuple(losses), tuple(counts), tuple(weights))

@@ -47,6 +47,8 @@ class StepContext:
     """What tasks carry in the model's place (see :func:`._work.ship_model`); None: the model."""
     started: float = field(default_factory=time.perf_counter)
     samples: int = 0
+    weight: float = 0.0
+    """Total sample weight of the steps so far (``samples`` without sample weights)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -62,6 +64,7 @@ class StepContext:
         ``step`` defaults to the last step the updater committed.
         """
         self.samples += stats.n
+        self.weight += stats.weight
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         return StepEvent(
             step=self.updater.state.step - 1 if step is None else step,
@@ -72,6 +75,7 @@ class StepContext:
             samples_per_s=self.samples / elapsed,
             staleness=staleness,
             skipped=stats.skipped,
+            weight=stats.weight,
         )
 
 

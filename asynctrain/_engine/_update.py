@@ -51,12 +51,14 @@ class TrainState(NamedTuple):
 
 
 class StepStats(NamedTuple):
-    """What one step did: mean loss, gradient norm, samples, and whether it was skipped."""
+    """What one step did: mean loss, gradient norm, samples, whether it was skipped, and
+    its total sample weight (``n`` without weights)."""
 
     loss: float
     grad_norm: float
     n: int
     skipped: bool
+    weight: float
 
 
 class Updater:
@@ -127,8 +129,8 @@ class Updater:
         state, acc = self.state, self._scratch
         # Overflow and NaN are looked for explicitly below, not reported as they happen.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            loss_sum, n = sum_in_order(results, grads, acc)
-            mean_in_place(acc, n)
+            loss_sum, n, weight = sum_in_order(results, grads, acc)
+            mean_in_place(acc, weight)
             norm = global_norm(acc)
             # A finite norm means every gradient is finite: one pass, not a scan per array.
             if math.isfinite(loss_sum) and math.isfinite(norm):
@@ -136,7 +138,9 @@ class Updater:
             else:
                 problem = _first_nonfinite(loss_sum, acc, "gradient of", from_shards=True)
         if problem is not None:
-            return self._refuse(results, grads, loss_sum / max(n, 1), n, problem, advance)
+            return self._refuse(
+                results, grads, mean_loss(loss_sum, weight), n, weight, problem, advance
+            )
         version = state.version + 1
         for value in params.values():  # fresh arrays from apply_updates: freeze, no views
             value.flags.writeable = False
@@ -150,7 +154,7 @@ class Updater:
             state.epoch,
             state.batch + advance,
         )
-        return StepStats(loss_sum / n, norm, n, skipped=False)
+        return StepStats(mean_loss(loss_sum, weight), norm, n, False, weight)
 
     def _update(self, state: TrainState, acc: Grads) -> tuple[Params, Any, Problem | None]:
         """Run the optimizer; if the result is not finite, undo its in-place state changes."""
@@ -170,6 +174,7 @@ class Updater:
         grads: SharedArrays,
         loss: float,
         n: int,
+        weight: float,
         problem: Problem,
         advance: int,
     ) -> StepStats:
@@ -188,7 +193,7 @@ class Updater:
         self.state = state._replace(
             step=state.step + 1, skipped=state.skipped + 1, batch=state.batch + advance
         )
-        return StepStats(loss, math.nan, n, skipped=True)
+        return StepStats(loss, math.nan, n, True, weight)
 
 
 class Problem(NamedTuple):
@@ -275,14 +280,16 @@ def _first_bad_shard(results: Sequence[ShardResult], grads: SharedArrays) -> int
 
 def sum_in_order(
     results: Sequence[ShardResult], grads: SharedArrays, out: Grads
-) -> tuple[float, int]:
-    """Sum the results' gradients into ``out`` in the given order; return (loss sum, n).
+) -> tuple[float, int, float]:
+    """Sum the results' gradients into ``out`` in the given order; return (loss sum, n,
+    weight): the summed loss, the sample count and the total sample weight.
 
     ``out`` is caller-owned scratch (overwritten). Shards with no samples are skipped. The
-    gradient is divided by the total sample count by :func:`mean_in_place` afterwards.
+    gradient is divided by the total weight (the sample count without sample weights) by
+    :func:`mean_in_place` afterwards.
     """
     first = True
-    loss, n = 0.0, 0
+    loss, n, weight = 0.0, 0, 0.0
     for result in results:
         if result.n == 0:
             continue
@@ -295,13 +302,26 @@ def sum_in_order(
         first = False
         loss += result.loss
         n += result.n
-    return loss, n
+        weight += result.weight
+    return loss, n, weight
 
 
-def mean_in_place(grads: Grads, n: int) -> None:
-    """Divide summed gradients by the sample count ``n``, in place."""
+def mean_in_place(grads: Grads, weight: float) -> None:
+    """Divide summed gradients by the total ``weight`` (the sample count without sample
+    weights), in place.
+
+    A batch whose rows all weigh 0 has a zero gradient sum; it stays zero (the
+    optimizer still takes its step) instead of becoming 0 / 0.
+    """
+    if weight == 0:
+        return
     for value in grads.values():
-        np.divide(value, n, out=value)
+        np.divide(value, weight, out=value)
+
+
+def mean_loss(loss_sum: float, weight: float) -> float:
+    """The weighted mean loss of a step: ``loss_sum / weight``, and 0 when nothing weighs."""
+    return loss_sum / weight if weight else 0.0
 
 
 def zeros_like(params: dict[str, Any]) -> Grads:

@@ -52,7 +52,12 @@ class ShardTask(NamedTuple):
 
 
 class ShardResult(NamedTuple):
-    """What a shard sends back; its gradient waits in the gradient slot ``grad_slot``."""
+    """What a shard sends back; its gradient waits in the gradient slot ``grad_slot``.
+
+    ``loss`` and the gradient are sums over the shard's rows, weighted by the sample
+    weights if the data has them; ``weight`` is the sum of those weights (``n`` without
+    them), by which the reducer divides.
+    """
 
     step: int
     shard: int
@@ -60,6 +65,7 @@ class ShardResult(NamedTuple):
     grad_slot: int
     n: int
     loss: float
+    weight: float
 
 
 def compute_shard(
@@ -75,11 +81,26 @@ def compute_shard(
     """
     arrays = data.read(task.data_slot)
     X, y = features(arrays, task.indices), _rows(arrays["y"], task.indices)
+    w = _weights(arrays, task.indices)
     key = (task.seed, task.step, task.shard)
     current = params.read(task.param_slot)
-    loss, shard_grads = shard_loss_and_grad(resolve_model(model), current, X, y, key)
+    loss, shard_grads = shard_loss_and_grad(resolve_model(model), current, X, y, key, w)
     grads.write(task.grad_slot, shard_grads)
-    return ShardResult(task.step, task.shard, task.version, task.grad_slot, len(y), float(loss))
+    weight = weight_sum(w, len(y))
+    return ShardResult(
+        task.step, task.shard, task.version, task.grad_slot, len(y), float(loss), weight
+    )
+
+
+def _weights(arrays: Mapping[str, npt.NDArray[Any]], rows: Rows) -> npt.NDArray[Any] | None:
+    """The sample weights of ``rows`` (data shared with a ``"w"`` array), else None."""
+    weights = arrays.get("w")
+    return None if weights is None else _rows(weights, rows)
+
+
+def weight_sum(weights: npt.NDArray[Any] | None, n: int) -> float:
+    """The total weight of ``n`` rows: the sum of their weights (in float64), else ``n``."""
+    return float(n) if weights is None else float(weights.sum(dtype=np.float64))
 
 
 def features(arrays: Mapping[str, npt.NDArray[Any]], rows: Rows) -> Any:
@@ -98,12 +119,15 @@ def _rows(array: npt.NDArray[Any], rows: Rows) -> npt.NDArray[Any]:
 
 
 class EvalResult(NamedTuple):
-    """Summed loss and count of correct predictions over a chunk of a dataset, and what
-    the chunk contributes to each requested metric (see :mod:`._metrics`)."""
+    """Summed loss and correct predictions over a chunk of a dataset (weighted by the
+    sample weights, if the data has them), the chunk's total ``weight`` (its row count
+    without weights), and what the chunk contributes to each requested metric (see
+    :mod:`._metrics`; metrics are not weighted)."""
 
     loss: float
-    correct: int
+    correct: float
     n: int
+    weight: float
     parts: dict[str, Any] | None = None
 
 
@@ -116,24 +140,31 @@ def evaluate_chunk(
     stop: int,
     metrics: tuple[str, ...] = (),
 ) -> EvalResult:
-    """Evaluate rows ``start:stop``: loss sum, for classifiers correct predictions, and
-    the chunk's part of each of ``metrics``."""
+    """Evaluate rows ``start:stop``: loss sum, for classifiers correct predictions (both
+    weighted, if the data has sample weights), and the chunk's part of each of
+    ``metrics``."""
     model = resolve_model(model)
     arrays = data.read(0)
     X, y = unpack(arrays)[start:stop], arrays["y"][start:stop]  # CSR stays CSR
+    w = _weights(arrays, range(start, stop))
     current = params.read(slot)
-    loss, _ = model.loss_and_grad(current, X, y)
+    options = {} if w is None else {"sample_weight": w}
+    loss, _ = model.loss_and_grad(current, X, y, **options)
     n_classes = getattr(model, "n_classes", None)
-    correct, predicted = 0, np.empty(0)
+    correct, predicted = 0.0, np.empty(0)
     if n_classes is not None or metrics:
         predicted = model.predict(current, X)
     if n_classes is not None:
-        correct = int(np.count_nonzero(predicted == y))
+        hits = predicted == y
+        correct = float(
+            np.count_nonzero(hits) if w is None else w.sum(where=hits, dtype=np.float64)
+        )
+    weight = weight_sum(w, stop - start)
     if not metrics:
-        return EvalResult(float(loss), correct, stop - start)
+        return EvalResult(float(loss), correct, stop - start, weight)
     scores = model.predict_proba(current, X) if "auc" in metrics else None
     parts = chunk_parts(metrics, y, predicted, scores, n_classes)
-    return EvalResult(float(loss), correct, stop - start, parts)
+    return EvalResult(float(loss), correct, stop - start, weight, parts)
 
 
 # -- the model, shipped once per fit ------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any, Self
 from asynctrain._checks import check_int
 from asynctrain._events import Callback
 from asynctrain._exceptions import ConfigError, ConfigTypeError, StateError
-from asynctrain._inputs import DataLike, prepare
+from asynctrain._inputs import ClassWeight, DataLike, prepare
 from asynctrain._monitor import LagStats, LoopLagMonitor
 from asynctrain._offloop import off_loop
 from asynctrain._serving._job import FINISHED, Job
@@ -142,12 +142,16 @@ class TrainingService:
         epochs: int = 1,
         validation: DataLike | None = None,
         callbacks: Sequence[Callback] = (),
+        class_weight: ClassWeight = None,
         **trainer_options: Any,
     ) -> Job:
         """Create job ``name``, training ``model`` on ``data``; queue it if all slots are busy.
 
         The data is validated (in a thread: large arrays are scanned off the loop) before
-        the job exists. ``trainer_options`` are :class:`~asynctrain.Trainer`'s
+        the job exists. ``data`` may carry sample weights (a weighted Dataset or an
+        ``(X, y, sample_weight)`` triple), and ``class_weight`` weighs its classes, as in
+        :meth:`Trainer.fit <asynctrain.Trainer.fit>`. ``trainer_options`` are
+        :class:`~asynctrain.Trainer`'s
         (``batch_size``, ``shards``, ``seed``, ``nonfinite``, ``mode``), except the
         backend, which is the service's.
 
@@ -160,7 +164,9 @@ class TrainingService:
         try:
             trainer = Trainer(model, optimizer, backend=self._backend, **trainer_options)
             fit = {"epochs": check_int("epochs", epochs), "callbacks": tuple(callbacks)}
-            train = await off_loop(prepare, model, data)
+            train = await off_loop(
+                functools.partial(prepare, class_weight=class_weight), model, data
+            )
             if validation is not None:
                 fit["validation"] = await off_loop(
                     functools.partial(prepare, name="validation"), model, validation

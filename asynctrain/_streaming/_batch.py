@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import DataError, DataTypeError
-from asynctrain._inputs import prepare
+from asynctrain._inputs import ClassWeight, prepare
 from asynctrain._sparse import is_sparse
 from asynctrain._types import Array
 from asynctrain.data import Dataset
@@ -33,7 +33,8 @@ from asynctrain.data._frames import (
 )
 from asynctrain.models import Model
 
-Batch = tuple[Array, npt.NDArray[Any]]
+Batch = tuple[Array, npt.NDArray[Any], Array | None]
+"""A checked batch: ``(X, y, sample_weight)``, the weights None for an unweighted stream."""
 
 
 class NameRecord:
@@ -62,8 +63,11 @@ def check_batch(
     where: str,
     like: npt.NDArray[Any] | None = None,
     names: NameRecord | None = None,
+    weighted: bool | None = None,
+    class_weight: ClassWeight = None,
 ) -> Batch | None:
-    """Validate ``item``, an ``(X, y)`` pair or a Dataset, as training data for ``model``.
+    """Validate ``item``, an ``(X, y)`` pair, ``(X, y, sample_weight)`` triple or a
+    Dataset, as training data for ``model``.
 
     Args:
         model: the model being trained.
@@ -73,48 +77,60 @@ def check_batch(
             targets must have their trailing shape and are cast to their dtype, so every
             batch fits one buffer.
         names: the stream's feature names, checked against a frame's columns.
+        weighted: whether the stream's first batch had weights (None for the first):
+            every batch of a stream has weights, or none has.
+        class_weight: a dict ``{label: weight}`` multiplying each row's weight.
 
     Returns:
-        ``(X, y)`` with ``X`` in the model's dtype and ``y`` as int64 labels (classifiers)
-        or float targets, both new arrays that share no memory with ``item``; None for a
-        batch with no rows (streams may yield empty polls).
+        ``(X, y, w)`` with ``X`` in the model's dtype, ``y`` as int64 labels
+        (classifiers) or float targets and ``w`` the weights (None without), all new
+        arrays that share no memory with ``item``; None for a batch with no rows
+        (streams may yield empty polls).
 
     Raises:
         DataError, DataTypeError: the batch is unusable; the message starts with ``where``.
     """
     try:
-        X, y = _unpack(item)
+        X, y, w = _unpack(item)
         if _rows(X) == 0 and _rows(y) == 0:
             return None
         expected = None if names is None else names.names
-        pair = (_owned(X, model.dtype), _owned(y))
-        data = prepare(model, pair, name="X", single_class=True, feature_names=expected)
+        owned = (_owned(X, model.dtype), _owned(y), w)  # Dataset copies the weights
+        data = prepare(
+            model,
+            owned,
+            name="X",
+            single_class=True,
+            feature_names=expected,
+            class_weight=class_weight,
+        )
         if names is not None:
             names.meet(data.feature_names, name="X")
-        return data.X, _targets(model, data.y, like)
+        _check_weighted(data, weighted)
+        return data.X, _targets(model, data.y, like), data.sample_weight
     except DataError as exc:
         raise type(exc)(f"{where}: {exc}") from exc
 
 
-def _unpack(item: object) -> tuple[Any, Any]:
-    X, y = _pair(item)
+def _unpack(item: object) -> tuple[Any, Any, Any]:
+    X, y, w = _pair(item)
     if is_sparse(X):
         raise DataTypeError(
             "X is a scipy.sparse matrix: stream batches are dense arrays (the stream's "
             "buffers hold dense rows); train on sparse data with fit() on a Dataset or an "
             "(X, y) pair, or yield X.toarray() per batch"
         )
-    return X, y
+    return X, y, w
 
 
-def _pair(item: object) -> tuple[Any, Any]:
+def _pair(item: object) -> tuple[Any, Any, Any]:
     if isinstance(item, Dataset):
-        return item.X, item.y
-    if isinstance(item, tuple | list) and len(item) == 2:
-        return item[0], item[1]
+        return item.X, item.y, item.sample_weight
+    if isinstance(item, tuple | list) and len(item) in (2, 3):
+        return item[0], item[1], item[2] if len(item) == 3 else None
     raise DataTypeError(
-        f"got {type(item).__name__}, not an (X, y) pair; a stream must yield (X, y) tuples "
-        "of arrays (or Datasets)"
+        f"got {type(item).__name__}, not an (X, y) pair; a stream must yield (X, y) or "
+        "(X, y, sample_weight) tuples of arrays (or Datasets)"
     )
 
 
@@ -123,6 +139,19 @@ def _rows(value: Any) -> int | None:
         return len(value)
     shape = np.shape(value)
     return shape[0] if shape else None
+
+
+def _check_weighted(data: Dataset, weighted: bool | None) -> None:
+    """Every batch of a stream has sample weights, or none has: one ring layout."""
+    has = data.sample_weight is not None
+    if weighted is not None and has != weighted:
+        found = "has sample weights" if has else "has no sample weights"
+        first = "had none" if has else "had them"
+        raise DataError(
+            f"the batch {found} but the stream's first batch {first}; yield "
+            "(X, y, sample_weight) for every batch (weights of 1 for unweighted rows) "
+            "or for none"
+        )
 
 
 def _owned(value: Any, dtype: np.dtype[Any] | None = None) -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -28,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._engine._tasks import unwrap_group
+from asynctrain._inputs import ClassWeight
 from asynctrain._streaming._batch import Batch, NameRecord, check_batch
 from asynctrain._streaming._sources import OffLoop, iterate
 from asynctrain.backends import Backend, SharedArrays
@@ -60,8 +62,10 @@ class Feed:
         max_samples: int | None,
         describe: Callable[[int], str],
         names: NameRecord | None = None,
+        class_weight: ClassWeight = None,
     ) -> None:
         self.ring: SharedArrays | None = None
+        self._class_weight = class_weight
         self._source, self._model, self._backend, self._off = source, model, backend, off
         self._describe, self._names = describe, names
         self._cutter = BatchCutter(batch_size, max_samples=max_samples)
@@ -102,19 +106,22 @@ class Feed:
 
     async def _consume(self) -> None:
         like: npt.NDArray[Any] | None = None
+        weighted: bool | None = None  # whether the stream's batches carry weights
         rows, limit = 0, self._cutter.max_samples
         async with iterate(self._source, self._off) as items:
             number = 0
             async for item in items:
                 where = self._describe(number)
+                check = functools.partial(check_batch, where=where, like=like, weighted=weighted)
                 batch = await self._off.call(
-                    check_batch, self._model, item, where=where, like=like, names=self._names
+                    check, self._model, item, names=self._names, class_weight=self._class_weight
                 )
                 number += 1
                 if batch is None:
                     continue
                 if like is None:
                     like = np.empty((0, *batch[1].shape[1:]), batch[1].dtype)
+                    weighted = batch[2] is not None
                 await self._batches.put(batch)
                 rows += len(batch[0])
                 if limit is not None and rows >= limit:
@@ -163,14 +170,17 @@ class Feed:
             await self._copy(batch, jobs)
 
     async def _open_ring(self, batch: Batch) -> None:
-        X, y = batch
+        X, y, w = batch
         size = self._cutter.batch_size
 
         def buffers() -> Arrays:
-            return {
+            arrays = {
                 "X": np.zeros((size, *X.shape[1:]), X.dtype),
                 "y": np.zeros((size, *y.shape[1:]), y.dtype),
             }
+            if w is not None:  # a weighted stream: the weights travel with the rows
+                arrays["w"] = np.zeros(size, w.dtype)
+            return arrays
 
         self.ring = await self._backend.share(buffers(), slots=RING_SLOTS)
         self._buffers = [buffers() for _ in range(RING_SLOTS)]
@@ -187,7 +197,7 @@ class Feed:
         """Copy each ``(slot, cut)`` of ``batch`` into the slot's buffer; share full ones."""
         assert self.ring is not None
         for slot, cut in jobs:
-            copy_rows(self._buffers[slot], *batch, cut)
+            copy_rows(self._buffers[slot], batch[0], batch[1], cut, batch[2])
             if cut.full:
                 self.ring.write(slot, self._buffers[slot])
 
@@ -203,6 +213,7 @@ async def open_feed(
     max_samples: int | None,
     describe: Callable[[int], str],
     names: NameRecord | None = None,
+    class_weight: ClassWeight = None,
 ) -> AsyncIterator[Feed]:
     """Run a :class:`Feed`'s consumer and filler while the block runs; stop them after.
 
@@ -220,6 +231,7 @@ async def open_feed(
         max_samples=max_samples,
         describe=describe,
         names=names,
+        class_weight=class_weight,
     )
     try:
         async with asyncio.TaskGroup() as group:

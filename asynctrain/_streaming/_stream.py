@@ -23,6 +23,7 @@ from asynctrain._engine._step import Mode, StepContext
 from asynctrain._engine._update import StepStats
 from asynctrain._events import EpochEvent, Event, StepEvent
 from asynctrain._exceptions import ConfigError, ConfigTypeError
+from asynctrain._inputs import ClassWeight
 from asynctrain._monitor import LoopLagMonitor
 from asynctrain._streaming._batch import NameRecord
 from asynctrain._streaming._feed import open_feed
@@ -83,9 +84,10 @@ def check_source(source: object) -> Source:
 
 
 def _is_pair(source: object) -> bool:
+    """An ``(X, y)`` pair or ``(X, y, sample_weight)`` triple of arrays: one dataset."""
     return (
         isinstance(source, tuple)
-        and len(source) == 2
+        and len(source) in (2, 3)
         and all(
             isinstance(part, np.ndarray) or is_table(part) or is_column(part) for part in source
         )
@@ -100,11 +102,13 @@ async def stream_events(
     *,
     describe: Callable[[int], str] = "stream batch {}".format,
     names: NameRecord | None = None,
+    class_weight: ClassWeight = None,
 ) -> AsyncGenerator[Event, None]:
     """Train a fit's ``parts`` on ``source``; yield its events.
 
     ``names`` holds the fit's feature names; a batch that is a data frame must match them
-    (the first named batch sets them when there are none yet).
+    (the first named batch sets them when there are none yet). ``class_weight`` (a dict,
+    checked by the caller) weighs each batch's rows by class.
     """
     step = _stream_step(parts.mode)
     batch_size = parts.config.batch_size
@@ -117,6 +121,7 @@ async def stream_events(
         max_samples=limits.rows(batch_size),
         describe=describe,
         names=names,
+        class_weight=class_weight,
     ) as feed:
         item = await feed.next()
         if item is None or feed.ring is None:
@@ -159,7 +164,7 @@ class _Periods:
         self.lag, self.ctx, self.every = lag, ctx, every
         self.validation, self.val_data = validation, val_data
         self.number, self.losses = 0, list[float]()
-        self.began, self.seen = time.perf_counter(), ctx.samples
+        self.began, self.seen = time.perf_counter(), (ctx.samples, ctx.weight)
 
     @property
     def steps(self) -> int:
@@ -168,7 +173,7 @@ class _Periods:
 
     def record(self, stats: StepStats) -> StepEvent:
         """Count one applied (or skipped) step; return its StepEvent."""
-        self.losses.append(stats.loss * stats.n)
+        self.losses.append(stats.loss * stats.weight)
         return self.ctx.event(self.number, stats)
 
     def due(self) -> bool:
@@ -180,5 +185,5 @@ class _Periods:
         args = (self.validation, self.val_data, self.losses, self.began, self.seen)
         event = await epoch_event(self.ctx, self.number, *args, self.lag)
         self.number, self.losses = self.number + 1, []
-        self.began, self.seen = time.perf_counter(), self.ctx.samples
+        self.began, self.seen = time.perf_counter(), (self.ctx.samples, self.ctx.weight)
         return event

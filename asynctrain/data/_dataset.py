@@ -1,4 +1,5 @@
-"""Dataset: a validated, read-only pair of a feature matrix and its targets."""
+"""Dataset: a validated, read-only pair of a feature matrix and its targets, with
+optional sample weights."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from asynctrain.data import _frames
 from asynctrain.data import _validate as v
 from asynctrain.data._frames import FeatureNames
 from asynctrain.data._shared import empty, is_shared, shared_copy, shared_map
+from asynctrain.data._weights import check_sample_weight
 
 Features: TypeAlias = Array | _sparse.Sparse
 """A dataset's ``X``: a dense float array, or a scipy.sparse CSR matrix."""
@@ -46,24 +48,32 @@ class Dataset:
     is converted to CSR once; its stored values must be finite. See :attr:`sparse` and
     docs/data.md.
 
+    ``sample_weight`` (optional) gives each row a weight: a weight of ``k`` counts like
+    ``k`` copies of the row (a step's gradient is the weighted sum over its batch divided
+    by the batch's sum of weights; 0 drops the row). The weights are copied, in the
+    dtype of ``X``.
+
     The arrays are exposed as read-only views. They share memory with the arrays passed
-    in, so do not modify those afterwards.
+    in (except the weights), so do not modify those afterwards.
 
     Args:
         X: features, shape ``(n_samples, n_features)`` or ``(n_samples, *input_shape)``;
             or a scipy.sparse matrix ``(n_samples, n_features)``.
         y: targets, shape ``(n_samples,)`` or ``(n_samples, n_outputs)``.
+        sample_weight: one finite weight ``>= 0`` per row, not all zero; None weighs
+            every row 1.
         dtype: ``np.float32`` or ``np.float64`` to force the feature dtype; None keeps a
             float32/float64 ``X`` and converts anything else to float32.
         feature_names: names of the columns of a 2-D array ``X`` (a frame's columns
             name themselves).
 
     Raises:
-        DataTypeError: ``X`` or ``y`` is not numeric (strings, objects, complex; a
-            frame's non-numeric columns are named), or a frame's column names mix
-            strings and other types.
+        DataTypeError: ``X``, ``y`` or ``sample_weight`` is not numeric (strings,
+            objects, complex; a frame's non-numeric columns are named), or a frame's
+            column names mix strings and other types.
         DataError: a bad shape, different row counts, no rows, or a NaN/Inf or null
-            (the message names the first bad row and column); a repeated column name.
+            (the message names the first bad row and column); a repeated column name; a
+            negative, non-finite or all-zero ``sample_weight``, or one of the wrong length.
         ConfigError: ``dtype`` is not float32 or float64, or ``feature_names`` is given
             for a frame (``DataError`` if it does not name each column once).
 
@@ -73,19 +83,23 @@ class Dataset:
         <Dataset n_samples=4 n_features=3 dtype=float64>
         >>> ds.y.dtype
         dtype('int64')
+        >>> Dataset(np.zeros((2, 3)), [0, 1], sample_weight=[1, 3]).sample_weight
+        array([1., 3.])
     """
 
-    __slots__ = ("_X", "_names", "_y")
+    __slots__ = ("_X", "_names", "_w", "_y")
 
     _X: Features
     _y: npt.NDArray[Any]
     _names: FeatureNames | None
+    _w: Array | None
 
     def __init__(
         self,
         X: npt.ArrayLike,
         y: npt.ArrayLike,
         *,
+        sample_weight: npt.ArrayLike | None = None,
         dtype: npt.DTypeLike | None = None,
         feature_names: Sequence[str] | None = None,
     ) -> None:
@@ -115,17 +129,48 @@ class Dataset:
         self._X = _read_only(converted)
         self._y = v.read_only(targets)
         self._names = names
+        self._w = None
+        if sample_weight is not None:
+            self._w = v.read_only(check_sample_weight(sample_weight, len(targets), converted.dtype))
 
     @classmethod
     def _trusted(
-        cls, X: Features, y: npt.NDArray[Any], names: FeatureNames | None = None
+        cls,
+        X: Features,
+        y: npt.NDArray[Any],
+        *,
+        weights: Array | None = None,
+        names: FeatureNames | None = None,
     ) -> Dataset:
         """Wrap arrays already validated (rows of a valid dataset) without re-scanning."""
         dataset = cls.__new__(cls)
         dataset._X = _read_only(X)
         dataset._y = v.read_only(y)
         dataset._names = names
+        dataset._w = None if weights is None else v.read_only(weights)
         return dataset
+
+    def with_weights(self, sample_weight: npt.ArrayLike | None) -> Dataset:
+        """The same rows with ``sample_weight`` instead of this dataset's weights.
+
+        ``X`` and ``y`` are shared, not copied, and not scanned again.
+
+        Args:
+            sample_weight: one finite weight ``>= 0`` per row, not all zero; None
+                drops the weights.
+
+        Raises:
+            DataError, DataTypeError: as for the constructor's ``sample_weight``.
+
+        Example:
+            >>> ds = Dataset(np.zeros((2, 3)), [0, 1])
+            >>> ds.with_weights([2, 1]).sample_weight
+            array([2., 1.])
+        """
+        if sample_weight is None:
+            return Dataset._trusted(self._X, self._y, names=self._names)
+        weights = check_sample_weight(sample_weight, self.n_samples, self.dtype)
+        return Dataset._trusted(self._X, self._y, weights=weights, names=self._names)
 
     @property
     def X(self) -> Features:
@@ -160,6 +205,11 @@ class Dataset:
             ('age', 'income')
         """
         return self._names
+
+    @property
+    def sample_weight(self) -> Array | None:
+        """Row weights in the dtype of ``X`` (read-only), or None: every row weighs 1."""
+        return self._w
 
     @property
     def n_samples(self) -> int:
@@ -213,16 +263,17 @@ class Dataset:
             return is_shared(X.data) and is_shared(X.indices)
         return is_shared(self._X)
 
-    def __reduce__(self) -> tuple[Any, tuple[Features, npt.NDArray[Any], FeatureNames | None]]:
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Rebuild through _trusted so an unpickled copy is read-only again (pickle
         # itself restores arrays writable) without re-scanning for NaN/Inf.
-        return Dataset._trusted, (self._X, self._y, self._names)
+        return _unpickle, (self._X, self._y, self._w, self._names)
 
     def __len__(self) -> int:
         return self.n_samples
 
     def __repr__(self) -> str:
         where = " shared" if self.shared else " memory-mapped" if self.memory_mapped else ""
+        where += " weighted" if self._w is not None else ""
         shape = f"n_features={self.n_features}"
         if self.sparse:
             X: _sparse.Sparse = self._X
@@ -258,9 +309,10 @@ class Dataset:
             <Dataset n_samples=4096 n_features=64 dtype=float64 shared>
         """
         X, y = _shared_features(self._X), shared_copy(self._y)
-        if X is self._X and y is self._y:
+        w = None if self._w is None else shared_copy(self._w)
+        if X is self._X and y is self._y and w is self._w:
             return self
-        return Dataset._trusted(X, y, self._names)
+        return Dataset._trusted(X, y, weights=w, names=self._names)
 
     def subset(self, indices: npt.ArrayLike) -> Dataset:
         """Return the rows at ``indices`` (in that order; repeats allowed) as a new Dataset.
@@ -333,7 +385,14 @@ class Dataset:
             X = _shared_features(_sparse.take(self._X, positions))
         else:
             X = _rows(self._X, positions)
-        return Dataset._trusted(X, _rows(self._y, positions), self._names)
+        w = None if self._w is None else _rows(self._w, positions)
+        return Dataset._trusted(X, _rows(self._y, positions), weights=w, names=self._names)
+
+
+def _unpickle(
+    X: Features, y: npt.NDArray[Any], weights: Array | None, names: FeatureNames | None
+) -> Dataset:
+    return Dataset._trusted(X, y, weights=weights, names=names)
 
 
 def _from_frames(

@@ -91,10 +91,17 @@ class BatchCutter:
 
 
 def copy_rows(
-    out: dict[str, npt.NDArray[Any]], X: npt.NDArray[Any], y: npt.NDArray[Any], cut: Cut
+    out: dict[str, npt.NDArray[Any]],
+    X: npt.NDArray[Any],
+    y: npt.NDArray[Any],
+    cut: Cut,
+    w: npt.NDArray[Any] | None = None,
 ) -> None:
-    """Copy rows ``cut.start:cut.stop`` of ``X`` and ``y`` into ``out["X"]`` and ``out["y"]``
-    at row ``cut.at`` (casting ``y`` to the buffer's dtype)."""
+    """Copy rows ``cut.start:cut.stop`` of ``X`` and ``y`` (and of the sample weights
+    ``w``, if given) into ``out["X"]`` and ``out["y"]`` (``out["w"]``) at row ``cut.at``
+    (casting ``y`` to the buffer's dtype)."""
     end = cut.at + cut.stop - cut.start
     np.copyto(out["X"][cut.at : end], X[cut.start : cut.stop])
     np.copyto(out["y"][cut.at : end], y[cut.start : cut.stop], casting="unsafe")
+    if w is not None:
+        np.copyto(out["w"][cut.at : end], w[cut.start : cut.stop])

@@ -73,32 +73,60 @@ def argmax_rows(scores: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
     return labels
 
 
-def squared_error_(residual: npt.NDArray[Any], y: npt.ArrayLike) -> float:
+def as_weights(weight: npt.ArrayLike | None, dtype: np.dtype[Any]) -> npt.NDArray[Any] | None:
+    """Row weights as a 1-D array of ``dtype`` (no copy when they already are), or None."""
+    return None if weight is None else np.asarray(weight, dtype=dtype).reshape(-1)
+
+
+def weight_total(weight: npt.NDArray[Any] | None, n: int) -> float:
+    """The sum of the row weights (``n`` without weights): what the L2 penalty is charged on."""
+    return n if weight is None else float(weight.sum(dtype=np.float64))
+
+
+def weigh_rows_(delta: npt.NDArray[Any], weight: npt.NDArray[Any] | None) -> None:
+    """Multiply each row of ``delta`` by its weight, in place (nothing without weights)."""
+    if weight is not None:
+        delta *= weight.reshape(-1, *([1] * (delta.ndim - 1)))
+
+
+def squared_error_(
+    residual: npt.NDArray[Any], y: npt.ArrayLike, weight: npt.NDArray[Any] | None = None
+) -> float:
     """Turn predictions into ``d loss / d prediction`` in place; return the summed loss.
 
     The loss of a row is ``sum((prediction - y) ** 2)``, so its gradient is twice the
-    residual. ``y`` may be (n,) when the predictions are (n, 1).
+    residual; with ``weight``, each row's loss and gradient are multiplied by its weight.
+    ``y`` may be (n,) when the predictions are (n, 1).
     """
     residual -= np.asarray(y).reshape(residual.shape)
-    loss = float(np.vdot(residual, residual))
+    if weight is None:
+        loss = float(np.vdot(residual, residual))
+    else:
+        per_row = np.square(residual).reshape(len(residual), -1).sum(axis=1)
+        loss = float(np.dot(weight, per_row))
     residual *= 2
+    weigh_rows_(residual, weight)
     return loss
 
 
-def logistic_loss_(z: npt.NDArray[Any], y: npt.ArrayLike) -> float:
+def logistic_loss_(
+    z: npt.NDArray[Any], y: npt.ArrayLike, weight: npt.NDArray[Any] | None = None
+) -> float:
     """Turn logits into ``d loss / d logit`` in place; return the summed log-loss.
 
     With ``t = z`` for label 0 and ``t = -z`` for label 1, a row's loss is
     ``softplus(t)`` and its gradient ``±sigmoid(t)``; softplus is ``logaddexp(0, t)``
     and ``sigmoid(t) = exp(t - softplus(t))``, so nothing overflows for huge logits.
+    With ``weight``, each row's loss and gradient are multiplied by its weight.
     """
     positive = np.asarray(y) != 0
     np.negative(z, out=z, where=positive)
     softplus = np.logaddexp(0, z)
-    loss = float(softplus.sum())
+    loss = float(softplus.sum() if weight is None else np.dot(weight, softplus))
     np.subtract(z, softplus, out=z)
     np.exp(z, out=z)
     np.negative(z, out=z, where=positive)
+    weigh_rows_(z, weight)
     return loss
 
 
@@ -117,29 +145,37 @@ def softmax_(logits: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return total
 
 
-def softmax_xent_(logits: npt.NDArray[Any], y: npt.ArrayLike) -> float:
+def softmax_xent_(
+    logits: npt.NDArray[Any], y: npt.ArrayLike, weight: npt.NDArray[Any] | None = None
+) -> float:
     """Turn (n, K) logits into ``softmax - onehot(y)`` in place; return the summed loss.
 
     The loss of a row is ``-log softmax(z)[y] = log(sum(exp(z - max))) - (z[y] - max)``;
-    subtracting the row max first keeps every ``exp`` at most 1.
+    subtracting the row max first keeps every ``exp`` at most 1. With ``weight``, each
+    row's loss and gradient are multiplied by its weight.
     """
     labels = as_labels(y)
     rows = np.arange(logits.shape[0])
     logits -= logits.max(axis=1, keepdims=True)
-    picked = float(logits[rows, labels].sum())
+    picked = logits[rows, labels]
     np.exp(logits, out=logits)
     total = logits.sum(axis=1, keepdims=True)
-    loss = float(np.log(total).sum()) - picked
+    if weight is None:
+        loss = float(np.log(total).sum()) - float(picked.sum())
+    else:
+        loss = float(np.dot(weight, np.log(total[:, 0]) - picked))
     logits /= total
     logits[rows, labels] -= 1
+    weigh_rows_(logits, weight)
     return loss
 
 
-def add_l2_(grads: Grads, params: Params, names: tuple[str, ...], n: int, l2: float) -> float:
+def add_l2_(grads: Grads, params: Params, names: tuple[str, ...], n: float, l2: float) -> float:
     """Add ``n * l2 * W`` to the gradient of each named weight; return the penalty.
 
-    The penalty is ``n * 0.5 * l2 * sum(W ** 2)``: charged per sample, so the sums of
-    two shards add up to the sum of the whole batch.
+    The penalty is ``n * 0.5 * l2 * sum(W ** 2)``: charged per sample (``n`` is the row
+    count, or the sum of the row weights), so the sums of two shards add up to the sum
+    of the whole batch.
     """
     if not l2:
         return 0.0

@@ -8,8 +8,9 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._checks import check_float, check_int
+from asynctrain._exceptions import ConfigError
 from asynctrain._types import Params
-from asynctrain.models._protocol import Model
+from asynctrain.models._protocol import Model, supports_sample_weight
 
 
 class GradientCheck(NamedTuple):
@@ -51,6 +52,7 @@ def _numeric(
     coordinates: npt.NDArray[np.intp],
     data: tuple[npt.NDArray[Any], npt.NDArray[Any]],
     eps: float,
+    options: dict[str, Any],
 ) -> npt.NDArray[np.float64]:
     """Return central differences of the loss along the given coordinates of ``name``."""
     flat = point[name].reshape(-1)  # a view: ``point`` holds our own contiguous copies
@@ -58,9 +60,9 @@ def _numeric(
     for j, index in enumerate(coordinates):
         saved = flat[index]
         flat[index] = saved + eps
-        up = model.loss_and_grad(point, *data)[0]
+        up = model.loss_and_grad(point, *data, **options)[0]
         flat[index] = saved - eps
-        down = model.loss_and_grad(point, *data)[0]
+        down = model.loss_and_grad(point, *data, **options)[0]
         slopes[j] = (up - down) / ((saved + eps) - (saved - eps))
         flat[index] = saved
     return slopes
@@ -72,6 +74,7 @@ def check_gradients(
     X: npt.NDArray[Any],
     y: npt.NDArray[Any],
     *,
+    sample_weight: npt.ArrayLike | None = None,
     eps: float = 1e-6,
     rtol: float = 1e-4,
     atol: float = 1e-6,
@@ -95,6 +98,9 @@ def check_gradients(
         params: where to check (not modified), e.g. ``model.init(rng)``.
         X: inputs, e.g. a handful of rows.
         y: targets for ``X``.
+        sample_weight: row weights to check the weighted loss's gradient with (passed
+            as ``loss_and_grad(..., sample_weight=)``, in float64); the model must
+            declare ``supports_sample_weight``.
         eps: finite-difference step, > 0.
         rtol: relative tolerance, >= 0.
         atol: absolute tolerance, >= 0.
@@ -105,7 +111,8 @@ def check_gradients(
         A :class:`GradientCheck`.
 
     Raises:
-        ConfigError: an option is out of range.
+        ConfigError: an option is out of range, or ``sample_weight`` is given for a
+            model that does not declare ``supports_sample_weight``.
 
     Example:
         >>> import numpy as np
@@ -115,12 +122,15 @@ def check_gradients(
         >>> X, y = rng.standard_normal((5, 3)), rng.integers(0, 4, size=5)
         >>> check_gradients(model, model.init(rng), X, y).ok
         True
+        >>> check_gradients(model, model.init(rng), X, y, sample_weight=[1, 0, 2, 0.5, 3]).ok
+        True
     """
     eps = check_float("eps", eps, inclusive=False)
     tolerances = (check_float("rtol", rtol), check_float("atol", atol))
     max_checks = check_int("max_checks", max_checks)
+    options = _weight_option(model, sample_weight)
     point: Params = {name: np.array(value, dtype=np.float64) for name, value in params.items()}
-    grads = model.loss_and_grad(point, X, y)[1]
+    grads = model.loss_and_grad(point, X, y, **options)[1]
     rng = np.random.default_rng(seed)
     errors: dict[str, float] = {}
     ok, max_rel = True, 0.0
@@ -130,12 +140,23 @@ def check_gradients(
             ok, errors[name] = False, float("inf")
             continue
         coordinates = _coordinates(value.size, max_checks, rng)
-        numeric = _numeric(model, point, name, coordinates, (X, y), eps)
+        numeric = _numeric(model, point, name, coordinates, (X, y), eps, options)
         picked = np.asarray(analytic, dtype=np.float64).reshape(-1)[coordinates]
         passed, abs_error, rel_error = _compare(numeric, picked, *tolerances)
         ok, errors[name], max_rel = ok and passed, abs_error, max(max_rel, rel_error)
     max_abs = max(errors.values(), default=0.0)
     return GradientCheck(ok, max_abs, max_rel if np.isfinite(max_abs) else max_abs, errors)
+
+
+def _weight_option(model: Model, sample_weight: npt.ArrayLike | None) -> dict[str, Any]:
+    if sample_weight is None:
+        return {}
+    if not supports_sample_weight(model):
+        raise ConfigError(
+            f"sample_weight was given, but {model!r} does not declare "
+            "supports_sample_weight = True (see asynctrain.models.Model)"
+        )
+    return {"sample_weight": np.asarray(sample_weight, dtype=np.float64)}
 
 
 def _compare(

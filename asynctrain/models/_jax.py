@@ -65,6 +65,7 @@ class JaxModel(_bridge.Bridge):
     """
 
     dtype = DEFAULT_DTYPE
+    supports_sample_weight = True  # loss_and_grad takes sample_weight= (see Model)
 
     def __init__(
         self,
@@ -95,7 +96,12 @@ class JaxModel(_bridge.Bridge):
         return {name: value.copy() for name, value in self._params.items()}
 
     def loss_and_grad(
-        self, params: Params, X: npt.NDArray[Any], y: npt.NDArray[Any]
+        self,
+        params: Params,
+        X: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        *,
+        sample_weight: npt.NDArray[Any] | None = None,
     ) -> tuple[float, Grads]:
         """Return the loss summed over the rows and its gradient, by ``jax.grad``.
 
@@ -103,14 +109,18 @@ class JaxModel(_bridge.Bridge):
             params: flat arrays keyed like ``init``'s.
             X: (n, *input_shape) inputs.
             y: (n,) labels, or (n,) / (n, n_outputs) regression targets.
+            sample_weight: (n,) row weights; the loss is ``sum_i w_i * loss_i``.
 
         Returns:
             ``(loss_sum, grads)``: new numpy arrays keyed like ``params``.
         """
         dtype = np.dtype(params[next(iter(self._params))].dtype)
-        value, grads = self._function("value_and_grad")(
-            _unflatten(params), np.asarray(X, dtype), self._targets(y, dtype)
-        )
+        inputs = (_unflatten(params), np.asarray(X, dtype), self._targets(y, dtype))
+        if sample_weight is None:
+            value, grads = self._function("value_and_grad")(*inputs)
+        else:
+            weight = np.asarray(sample_weight, dtype).reshape(-1)
+            value, grads = self._function("weighted_value_and_grad")(*inputs, weight)
         flat = _flatten(grads, dtype=dtype)
         return float(value), {name: flat[name] for name in params}
 
@@ -147,6 +157,8 @@ class JaxModel(_bridge.Bridge):
             jax = _jax()
             if name == "apply":
                 found = jax.jit(self.apply_fn)
+            elif name == "weighted_value_and_grad":
+                found = jax.jit(jax.value_and_grad(self._weighted_loss))
             else:
                 found = jax.jit(jax.value_and_grad(self._summed_loss))
             self._compiled[name] = found
@@ -155,6 +167,10 @@ class JaxModel(_bridge.Bridge):
     def _summed_loss(self, tree: Any, X: Any, y: Any) -> Any:
         outputs = self.apply_fn(tree, X)
         return _losses(self.loss, outputs, y).sum()
+
+    def _weighted_loss(self, tree: Any, X: Any, y: Any, weight: Any) -> Any:
+        outputs = self.apply_fn(tree, X)
+        return (_losses(self.loss, outputs, y) * weight).sum()
 
     def _probe(self, n_classes: int | None) -> _bridge.Head:
         """Trace ``apply_fn`` on rows of zeros (no compilation, no math): it must be

@@ -10,7 +10,15 @@ import numpy.typing as npt
 
 from asynctrain._checks import check_float, check_int
 from asynctrain._types import DEFAULT_DTYPE, Grads, Params
-from asynctrain.models._common import add_l2_, as_input, check_dtype, set_fields, squared_error_
+from asynctrain.models._common import (
+    add_l2_,
+    as_input,
+    as_weights,
+    check_dtype,
+    set_fields,
+    squared_error_,
+    weight_total,
+)
 
 _WEIGHTS = ("w",)
 
@@ -26,6 +34,8 @@ class LinearModel:
     n_features: int
     l2: float
     dtype: np.dtype[Any]
+
+    supports_sample_weight = True  # loss_and_grad takes sample_weight= (see Model)
 
     def __init__(
         self, n_features: int, *, l2: float = 0.0, dtype: npt.DTypeLike = DEFAULT_DTYPE
@@ -53,11 +63,17 @@ class LinearModel:
         return z
 
     def _finish(
-        self, loss: float, params: Params, X: npt.NDArray[Any], delta: npt.NDArray[Any]
+        self,
+        loss: float,
+        params: Params,
+        X: npt.NDArray[Any],
+        delta: npt.NDArray[Any],
+        weight: npt.NDArray[Any] | None,
     ) -> tuple[float, Grads]:
-        """Back-propagate ``delta = d loss / d z`` to ``w`` and ``b`` and add the L2 term."""
+        """Back-propagate ``delta = d loss / d z`` to ``w`` and ``b`` and add the L2 term
+        (charged on the sum of the row weights)."""
         grads = {"w": X.T @ delta, "b": delta.sum(keepdims=True)}
-        loss += add_l2_(grads, params, _WEIGHTS, X.shape[0], self.l2)
+        loss += add_l2_(grads, params, _WEIGHTS, weight_total(weight, X.shape[0]), self.l2)
         return loss, grads
 
 
@@ -98,7 +114,12 @@ class LinearRegression(LinearModel):
         return 1
 
     def loss_and_grad(
-        self, params: Params, X: npt.NDArray[Any], y: npt.NDArray[Any]
+        self,
+        params: Params,
+        X: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        *,
+        sample_weight: npt.NDArray[Any] | None = None,
     ) -> tuple[float, Grads]:
         """Return the summed squared error and its gradient (see :class:`Model`).
 
@@ -106,14 +127,16 @@ class LinearRegression(LinearModel):
             params: ``w`` (n_features,) and ``b`` (1,).
             X: (n, n_features) inputs.
             y: (n,) float targets.
+            sample_weight: (n,) row weights; the loss is ``sum_i w_i * loss_i``.
 
         Returns:
             ``(loss_sum, {"w": ..., "b": ...})``.
         """
         X = as_input(X, self.dtype)
+        weight = as_weights(sample_weight, self.dtype)
         residual = self._scores(params, X)
-        loss = squared_error_(residual, y)
-        return self._finish(loss, params, X, residual)
+        loss = squared_error_(residual, y, weight)
+        return self._finish(loss, params, X, residual, weight)
 
     def predict(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """Return the (n,) predictions ``X @ w + b`` in ``dtype``.

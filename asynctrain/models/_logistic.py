@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._types import Grads, Params
-from asynctrain.models._common import as_input, logistic_loss_, sigmoid_
+from asynctrain.models._common import as_input, as_weights, logistic_loss_, sigmoid_
 from asynctrain.models._linear import LinearModel
 
 
@@ -45,7 +45,12 @@ class LogisticRegression(LinearModel):
         return 2
 
     def loss_and_grad(
-        self, params: Params, X: npt.NDArray[Any], y: npt.NDArray[Any]
+        self,
+        params: Params,
+        X: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        *,
+        sample_weight: npt.NDArray[Any] | None = None,
     ) -> tuple[float, Grads]:
         """Return the summed log-loss and its gradient (see :class:`Model`).
 
@@ -53,14 +58,16 @@ class LogisticRegression(LinearModel):
             params: ``w`` (n_features,) and ``b`` (1,).
             X: (n, n_features) inputs.
             y: (n,) labels in {0, 1}.
+            sample_weight: (n,) row weights; the loss is ``sum_i w_i * loss_i``.
 
         Returns:
             ``(loss_sum, {"w": ..., "b": ...})``.
         """
         X = as_input(X, self.dtype)
+        weight = as_weights(sample_weight, self.dtype)
         z = self._scores(params, X)
-        loss = logistic_loss_(z, y)
-        return self._finish(loss, params, X, z)
+        loss = logistic_loss_(z, y, weight)
+        return self._finish(loss, params, X, z, weight)
 
     def predict(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """Return (n,) int64 labels: 1 where the logit is positive, else 0.

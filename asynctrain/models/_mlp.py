@@ -17,11 +17,13 @@ from asynctrain.models._common import (
     add_l2_,
     argmax_rows,
     as_input,
+    as_weights,
     check_dtype,
     set_fields,
     softmax_,
     softmax_xent_,
     squared_error_,
+    weight_total,
 )
 from asynctrain.models._layers import (
     activate_,
@@ -83,6 +85,8 @@ class MLP:
     task: str
     l2: float
     dtype: np.dtype[Any]
+
+    supports_sample_weight = True  # loss_and_grad takes sample_weight= (see Model)
 
     def __init__(
         self,
@@ -172,7 +176,12 @@ class MLP:
         return {key: grads[key] for key in params}
 
     def loss_and_grad(
-        self, params: Params, X: npt.NDArray[Any], y: npt.NDArray[Any]
+        self,
+        params: Params,
+        X: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        *,
+        sample_weight: npt.NDArray[Any] | None = None,
     ) -> tuple[float, Grads]:
         """Return the summed loss and its gradient (see :class:`Model`).
 
@@ -181,19 +190,22 @@ class MLP:
             X: (n, sizes[0]) inputs.
             y: (n,) int64 labels (classification); (n,) or (n, sizes[-1]) floats
                 (regression).
+            sample_weight: (n,) row weights; the loss is ``sum_i w_i * loss_i``.
 
         Returns:
             ``(loss_sum, grads)`` with the keys of ``params``.
         """
         outputs = self._forward(params, as_input(X, self.dtype))
+        weight = as_weights(sample_weight, self.dtype)
         delta = outputs[-1]
         if self.task == "classification":
-            loss = softmax_xent_(delta, y)
+            loss = softmax_xent_(delta, y, weight)
         else:
-            loss = squared_error_(delta, y)
+            loss = squared_error_(delta, y, weight)
         grads = self._backward(params, outputs, delta)
         weights = weight_keys(len(self.sizes) - 1)
-        loss += add_l2_(grads, params, weights, delta.shape[0], self.l2)
+        total = weight_total(weight, delta.shape[0])
+        loss += add_l2_(grads, params, weights, total, self.l2)
         return loss, grads
 
     def predict(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:

@@ -36,6 +36,16 @@ class Model(Protocol):
     :func:`check_gradients`) the loss must be deterministic. Models without the attribute
     (every numpy model) are called exactly as above.
 
+    **Sample weights (optional).** A model that can weigh its rows sets the class
+    attribute ``supports_sample_weight = True`` and accepts a keyword ``sample_weight``:
+    ``loss_and_grad(params, X, y, sample_weight=w)`` with ``w`` an (n,) array of weights
+    ``>= 0`` in ``dtype``, returning ``sum_i w_i * loss_i`` and its gradient, with the L2
+    penalty charged on ``sum_i w_i`` instead of ``n`` (a weight of k counts like k copies
+    of the row). The trainer passes it only for data with weights (a Dataset's
+    ``sample_weight``, an ``(X, y, w)`` triple, or ``class_weight``), and refuses such data
+    before any work for a model without the attribute. Every built-in model and both
+    bridges support it.
+
     **Row shape (optional).** A model whose rows are not flat feature vectors declares
     ``input_shape`` (e.g. ``(1, 8, 8)``); ``X`` is then ``(n, *input_shape)`` and
     ``n_features`` is the product of ``input_shape``.
@@ -125,16 +135,26 @@ class Classifier(Model, Protocol):
         ...
 
 
+def supports_sample_weight(model: object) -> bool:
+    """Whether ``model`` declares ``supports_sample_weight = True`` (see :class:`Model`)."""
+    return getattr(model, "supports_sample_weight", False) is True
+
+
 def shard_loss_and_grad(
     model: Any,
     params: Params,
     X: npt.NDArray[Any],
     y: npt.NDArray[Any],
     key: tuple[int, int, int],
+    sample_weight: npt.NDArray[Any] | None = None,
 ) -> tuple[float, Grads]:
     """Call ``model.loss_and_grad`` for a shard task whose randomness ``key`` is
-    ``(seed, step, shard)``; only a model with ``uses_key = True`` receives the key."""
+    ``(seed, step, shard)``; only a model with ``uses_key = True`` receives the key, and
+    ``sample_weight`` is passed only when the data has weights (models without support
+    were refused before the fit started)."""
+    options: dict[str, Any] = {}
     if getattr(model, "uses_key", False):
-        result: tuple[float, Grads] = model.loss_and_grad(params, X, y, key=key)
-        return result
-    return model.loss_and_grad(params, X, y)  # type: ignore[no-any-return]
+        options["key"] = key
+    if sample_weight is not None:
+        options["sample_weight"] = sample_weight
+    return model.loss_and_grad(params, X, y, **options)  # type: ignore[no-any-return]

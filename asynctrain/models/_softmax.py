@@ -14,10 +14,12 @@ from asynctrain.models._common import (
     add_l2_,
     argmax_rows,
     as_input,
+    as_weights,
     check_dtype,
     set_fields,
     softmax_,
     softmax_xent_,
+    weight_total,
 )
 
 _WEIGHTS = ("W",)
@@ -59,6 +61,8 @@ class SoftmaxRegression:
     l2: float
     dtype: np.dtype[Any]
 
+    supports_sample_weight = True  # loss_and_grad takes sample_weight= (see Model)
+
     def __init__(
         self,
         n_features: int,
@@ -88,7 +92,12 @@ class SoftmaxRegression:
         return logits
 
     def loss_and_grad(
-        self, params: Params, X: npt.NDArray[Any], y: npt.NDArray[Any]
+        self,
+        params: Params,
+        X: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        *,
+        sample_weight: npt.NDArray[Any] | None = None,
     ) -> tuple[float, Grads]:
         """Return the summed cross-entropy and its gradient (see :class:`Model`).
 
@@ -96,15 +105,17 @@ class SoftmaxRegression:
             params: ``W`` (n_features, n_classes) and ``b`` (n_classes,).
             X: (n, n_features) inputs.
             y: (n,) int64 labels in ``0 .. n_classes - 1``.
+            sample_weight: (n,) row weights; the loss is ``sum_i w_i * loss_i``.
 
         Returns:
             ``(loss_sum, {"W": ..., "b": ...})``.
         """
         X = as_input(X, self.dtype)
+        weight = as_weights(sample_weight, self.dtype)
         delta = self._logits(params, X)
-        loss = softmax_xent_(delta, y)
+        loss = softmax_xent_(delta, y, weight)
         grads = {"W": X.T @ delta, "b": delta.sum(axis=0)}
-        loss += add_l2_(grads, params, _WEIGHTS, X.shape[0], self.l2)
+        loss += add_l2_(grads, params, _WEIGHTS, weight_total(weight, X.shape[0]), self.l2)
         return loss, grads
 
     def predict(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:

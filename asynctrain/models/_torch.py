@@ -91,6 +91,7 @@ class TorchModel(_bridge.Bridge):
     """
 
     uses_key = True  # the shard task's (seed, step, shard) keys dropout
+    supports_sample_weight = True  # loss_and_grad takes sample_weight= (see Model)
 
     def __init__(
         self,
@@ -153,6 +154,7 @@ class TorchModel(_bridge.Bridge):
         y: npt.NDArray[Any],
         *,
         key: tuple[int, int, int] | None = None,
+        sample_weight: npt.NDArray[Any] | None = None,
     ) -> tuple[float, Grads]:
         """Return the loss summed over the rows and its gradient, by autograd.
 
@@ -162,6 +164,7 @@ class TorchModel(_bridge.Bridge):
             y: (n,) labels, or (n,) / (n, n_outputs) regression targets.
             key: ``(seed, step, shard)`` of a training shard: the module runs in train
                 mode with dropout drawn from that seed. None: eval mode, deterministic.
+            sample_weight: (n,) row weights; the loss is ``sum_i w_i * loss_i``.
 
         Returns:
             ``(loss_sum, grads)``: gradients as numpy arrays keyed like ``params``.
@@ -175,7 +178,10 @@ class TorchModel(_bridge.Bridge):
             if key is not None and generator is not None:
                 generator.manual_seed(_bridge.shard_seed(key))
             outputs = torch.func.functional_call(module, tensors, (inputs,), tie_weights=self._tied)
-        total = self._losses(torch, outputs, self._targets(torch, y, dtype))
+        weight = None
+        if sample_weight is not None:
+            weight = self._tensor(np.asarray(sample_weight, dtype).reshape(-1), dtype)
+        total = self._losses(torch, outputs, self._targets(torch, y, dtype), weight)
         found = torch.autograd.grad(total, list(tensors.values()), allow_unused=True)
         grads: Grads = {}
         for name, grad in zip(self._names, found, strict=True):
@@ -239,8 +245,10 @@ class TorchModel(_bridge.Bridge):
         values = np.asarray(y, np.int64 if labels else dtype)
         return self._tensor(values, values.dtype)
 
-    def _losses(self, torch: Any, outputs: Any, targets: Any) -> Any:
-        """The loss summed over the rows (a 0-d tensor)."""
+    def _losses(self, torch: Any, outputs: Any, targets: Any, weight: Any = None) -> Any:
+        """The loss summed over the rows (a 0-d tensor), each row's times its ``weight``."""
+        if weight is not None:
+            return (self._per_row(torch, outputs, targets) * weight).sum()
         rows = outputs.shape[0]
         F = torch.nn.functional
         if callable(self.loss):
@@ -258,6 +266,28 @@ class TorchModel(_bridge.Bridge):
         if self.loss == "mse":
             return ((outputs - targets) ** 2).sum()
         return F.huber_loss(outputs, targets, reduction="sum")
+
+    def _per_row(self, torch: Any, outputs: Any, targets: Any) -> Any:
+        """Each row's loss, shape (n,): what ``_losses`` sums when rows are weighted."""
+        rows = outputs.shape[0]
+        F = torch.nn.functional
+        if callable(self.loss):
+            losses = self.loss(outputs, targets)
+            _bridge.check_loss_shape(tuple(losses.shape), rows)
+            return losses
+        if self.loss == "cross_entropy":
+            return F.cross_entropy(outputs, targets, reduction="none")
+        if self.loss == "binary_cross_entropy":
+            logits = outputs.reshape(rows)
+            return F.binary_cross_entropy_with_logits(
+                logits, targets.to(logits.dtype), reduction="none"
+            )
+        targets = targets.reshape(outputs.shape)
+        if self.loss == "mse":
+            per_value = (outputs - targets) ** 2
+        else:
+            per_value = F.huber_loss(outputs, targets, reduction="none")
+        return per_value.reshape(rows, -1).sum(dim=1)
 
     def _outputs(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
         torch = _torch()

@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from asynctrain import optim
 from asynctrain._checks import check_choice, check_float, check_int
@@ -44,7 +44,8 @@ AUTO_BATCH = 200  # batch_size="auto" is at most this (scikit-learn's MLPs: min(
 AUTO_MIN_BATCH = 16  # and at least this, when it aims at several steps an epoch
 _SEED_RANGE = 2**31 - 1
 
-Pair = tuple[npt.NDArray[Any], npt.NDArray[Any]]
+Triple = tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any] | None]
+"""Rows, targets and sample weights (None: unweighted)."""
 
 
 class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
@@ -62,41 +63,69 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
 
     # -- fitting ---------------------------------------------------------------------
 
-    def fit(self, X: npt.ArrayLike, y: npt.ArrayLike) -> Self:
+    def fit(
+        self, X: npt.ArrayLike, y: npt.ArrayLike, sample_weight: npt.ArrayLike | None = None
+    ) -> Self:
         """Train from scratch for up to ``max_iter`` epochs and return the estimator.
 
         Blocks until training ends, with or without an event loop running in this
         thread (with one, training runs on a helper thread and the loop waits); on a
         loop, ``await afit(X, y)`` keeps it free instead.
 
+        Args:
+            X: (n_samples, n_features) inputs.
+            y: targets.
+            sample_weight: (n_samples,) weights ``>= 0``, not all zero: a weight of k
+                counts like k copies of the row (each step's gradient is the weighted
+                sum over its batch divided by the batch's sum of weights). Multiplied by
+                ``class_weight`` for classifiers. None: every row weighs 1.
+
         Raises:
-            ValueError: bad input (shape, NaN, labels) or hyper-parameters, before any
-                training starts.
+            ValueError: bad input (shape, NaN, labels, weights) or hyper-parameters,
+                before any training starts.
         """
-        job = self._prepare(X, y, partial=False, on_loop=False)
+        job = self._prepare(X, y, partial=False, on_loop=False, sample_weight=sample_weight)
         self._warn_unless_converged(run_blocking(lambda: self._train(job)))
         return self
 
-    async def afit(self, X: npt.ArrayLike, y: npt.ArrayLike) -> Self:
+    async def afit(
+        self, X: npt.ArrayLike, y: npt.ArrayLike, sample_weight: npt.ArrayLike | None = None
+    ) -> Self:
         """Like :meth:`fit`, on the caller's event loop, which stays responsive.
 
         Validation and all array math run off the loop (a worker thread), and training
         uses a thread backend even when ``backend="auto"`` would train a small problem
         inline; the result is the same model bit for bit.
         """
-        job = await off_loop(functools.partial(self._prepare, X, y, partial=False, on_loop=True))
+        prepare_job = functools.partial(
+            self._prepare, X, y, partial=False, on_loop=True, sample_weight=sample_weight
+        )
+        job = await off_loop(prepare_job)
         self._warn_unless_converged(await self._train(job))
         return self
 
-    def _partial_fit(self, X: npt.ArrayLike, y: npt.ArrayLike, classes: Any = None) -> Self:
-        job = self._prepare(X, y, partial=True, on_loop=False, classes=classes)
+    def _partial_fit(
+        self, X: npt.ArrayLike, y: npt.ArrayLike, classes: Any, sample_weight: Any
+    ) -> Self:
+        job = self._prepare(
+            X, y, partial=True, on_loop=False, classes=classes, sample_weight=sample_weight
+        )
         run_blocking(lambda: self._train(job))
         return self
 
-    async def _apartial_fit(self, X: npt.ArrayLike, y: npt.ArrayLike, classes: Any = None) -> Self:
-        job = await off_loop(
-            functools.partial(self._prepare, X, y, partial=True, on_loop=True, classes=classes)
+    async def _apartial_fit(
+        self, X: npt.ArrayLike, y: npt.ArrayLike, classes: Any, sample_weight: Any
+    ) -> Self:
+        prepare_job = functools.partial(
+            self._prepare,
+            X,
+            y,
+            partial=True,
+            on_loop=True,
+            classes=classes,
+            sample_weight=sample_weight,
         )
+        job = await off_loop(prepare_job)
         await self._train(job)
         return self
 
@@ -110,13 +139,22 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
         partial: bool,
         on_loop: bool,
         classes: Any = None,
+        sample_weight: Any = None,
     ) -> Job:
         resume = partial and self.__sklearn_is_fitted__()
         X_arr, y_arr, attrs = self._validate(X, y, reset=not resume)
-        y_arr, target_attrs = self._targets(y_arr, partial=partial, resume=resume, classes=classes)
+        weights = None
+        if sample_weight is not None:
+            weights = _check_sample_weight(
+                sample_weight, X_arr, dtype=np.float64, ensure_non_negative=True
+            )
+        y_arr, target_attrs = self._targets(
+            y_arr, partial=partial, resume=resume, classes=classes, weights=weights
+        )
         attrs.update(target_attrs)
         seed = self._seed(partial)
-        train, held_out = self._split(X_arr, y_arr, partial, seed)
+        train, held_out = self._split(X_arr, y_arr, weights, partial, seed)
+        train = (*train[:2], self._weigh_classes(train[1], train[2], attrs, partial=partial))
         batch_size = self._batch_size(len(train[0]))
         model = self._build_model(attrs, batch_size)
         data = prepare(model, train, single_class=partial)
@@ -174,16 +212,22 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
         return X_arr, y_arr, {k: target.__dict__[k] for k in names if k in target.__dict__}
 
     def _split(
-        self, X: npt.NDArray[Any], y: npt.NDArray[Any], partial: bool, seed: int
-    ) -> tuple[Pair, Pair | None]:
-        """``((X, y), None)``, or with ``early_stopping`` the training and held-out rows."""
+        self,
+        X: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        weights: npt.NDArray[Any] | None,
+        partial: bool,
+        seed: int,
+    ) -> tuple[Triple, Triple | None]:
+        """``((X, y, w), None)``, or with ``early_stopping`` the training and held-out
+        rows (each with their sample weights)."""
         if partial or not self.early_stopping:
-            return (X, y), None
+            return (X, y, weights), None
         fraction = check_float("validation_fraction", self.validation_fraction, inclusive=False)
+        arrays = (X, y) if weights is None else (X, y, weights)
         try:
-            X_tr, X_val, y_tr, y_val = train_test_split(
-                X,
-                y,
+            parts = train_test_split(
+                *arrays,
                 test_size=fraction,
                 random_state=seed,
                 stratify=y if is_classifier(self) else None,
@@ -194,7 +238,8 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
                 f"{len(X)} samples, which is too few: {exc}. Raise validation_fraction, "
                 "use more data or pass early_stopping=False"
             ) from exc
-        return (X_tr, y_tr), (X_val, y_val)
+        w_tr, w_val = (None, None) if weights is None else (parts[4], parts[5])
+        return (parts[0], parts[2], w_tr), (parts[1], parts[3], w_val)
 
     def _batch_size(self, n: int) -> int:
         if isinstance(self.batch_size, str) and self.batch_size == "auto":
@@ -279,12 +324,29 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
         raise NotImplementedError
 
     def _targets(
-        self, y: npt.NDArray[Any], *, partial: bool, resume: bool, classes: Any
+        self,
+        y: npt.NDArray[Any],
+        *,
+        partial: bool,
+        resume: bool,
+        classes: Any,
+        weights: npt.NDArray[Any] | None = None,
     ) -> tuple[npt.NDArray[Any], dict[str, Any]]:
         raise NotImplementedError
 
     def _build_model(self, attrs: dict[str, Any], batch_size: int) -> Model:
         raise NotImplementedError
+
+    def _weigh_classes(
+        self,
+        y: npt.NDArray[Any],
+        weights: npt.NDArray[Any] | None,
+        attrs: dict[str, Any],
+        *,
+        partial: bool,
+    ) -> npt.NDArray[Any] | None:
+        """The training rows' weights with ``class_weight`` applied (classifiers)."""
+        return weights
 
     def _init_params(self, model: Model, rng: np.random.Generator) -> Params:
         """Fresh parameters (the model's own initialisation; see the MLPs)."""

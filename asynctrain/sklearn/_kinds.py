@@ -10,29 +10,80 @@ from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 
 from asynctrain._types import Params
+from asynctrain.data._weights import class_weight_rows
 from asynctrain.sklearn._base import AsyncEstimator
 
 
 class AsyncClassifier(ClassifierMixin, AsyncEstimator):  # type: ignore[misc]
     """Labels of any kind (strings, ints, ...) mapped to ``0 .. K-1`` through ``classes_``."""
 
-    def partial_fit(self, X: npt.ArrayLike, y: npt.ArrayLike, classes: Any = None) -> Self:
+    class_weight: Any  # a hyper-parameter of each classifier (see _params.CLASS_WEIGHT)
+
+    def partial_fit(
+        self,
+        X: npt.ArrayLike,
+        y: npt.ArrayLike,
+        classes: Any = None,
+        sample_weight: npt.ArrayLike | None = None,
+    ) -> Self:
         """Train one epoch over ``(X, y)``, continuing from the current state.
 
         The first call (on an unfitted estimator) needs ``classes``, every label that
         will ever be seen; a batch may hold any subset of them, even a single class.
         Parameters and optimizer state carry over between calls, so a sequence of calls
         is online learning; a call after :meth:`fit` continues that fit.
+        ``sample_weight`` weighs the rows as in :meth:`fit`; a dict ``class_weight``
+        applies, ``"balanced"`` does not (as in scikit-learn's ``SGDClassifier``).
 
         Raises:
-            ValueError: ``classes`` missing on the first call or different later, or a
-                label of ``y`` not among ``classes_``.
+            ValueError: ``classes`` missing on the first call or different later, a
+                label of ``y`` not among ``classes_``, bad weights, or
+                ``class_weight="balanced"``.
         """
-        return self._partial_fit(X, y, classes)
+        return self._partial_fit(X, y, classes, sample_weight)
 
-    async def apartial_fit(self, X: npt.ArrayLike, y: npt.ArrayLike, classes: Any = None) -> Self:
+    async def apartial_fit(
+        self,
+        X: npt.ArrayLike,
+        y: npt.ArrayLike,
+        classes: Any = None,
+        sample_weight: npt.ArrayLike | None = None,
+    ) -> Self:
         """Like :meth:`partial_fit`, on the caller's event loop (see :meth:`afit`)."""
-        return await self._apartial_fit(X, y, classes)
+        return await self._apartial_fit(X, y, classes, sample_weight)
+
+    def _weigh_classes(
+        self,
+        y: npt.NDArray[Any],
+        weights: npt.NDArray[Any] | None,
+        attrs: dict[str, Any],
+        *,
+        partial: bool,
+    ) -> npt.NDArray[Any] | None:
+        """``weights`` (ones if None) times each row's ``class_weight``; ``y`` holds the
+        encoded labels ``0 .. K-1``."""
+        class_weight = self.class_weight
+        if class_weight is None:
+            return weights
+        known = attrs["classes_"]
+        if isinstance(class_weight, str) and class_weight == "balanced":
+            if partial:
+                raise ValueError(
+                    "class_weight='balanced' is not supported by partial_fit: one call does "
+                    "not see the label counts of all the data. Pass "
+                    "class_weight=dict(zip(classes, compute_class_weight('balanced', "
+                    "classes=classes, y=y_all))) instead"
+                )
+            encoded: str | dict[int, float] = class_weight
+        elif isinstance(class_weight, dict):
+            encoded = {_index(known, label): value for label, value in class_weight.items()}
+        else:
+            raise ValueError(
+                f"class_weight must be 'balanced', a dict {{label: weight}} or None, got "
+                f"{class_weight!r}"
+            )
+        rows = class_weight_rows(encoded, y, len(known), weights)
+        return rows if weights is None else rows * weights
 
     def predict_proba(self, X: npt.ArrayLike) -> npt.NDArray[Any]:
         """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
@@ -48,7 +99,13 @@ class AsyncClassifier(ClassifierMixin, AsyncEstimator):  # type: ignore[misc]
         return {}
 
     def _targets(
-        self, y: npt.NDArray[Any], *, partial: bool, resume: bool, classes: Any
+        self,
+        y: npt.NDArray[Any],
+        *,
+        partial: bool,
+        resume: bool,
+        classes: Any,
+        weights: npt.NDArray[Any] | None = None,
     ) -> tuple[npt.NDArray[Any], dict[str, Any]]:
         check_classification_targets(y)
         known = self._classes(y, partial=partial, resume=resume, classes=classes)
@@ -86,22 +143,47 @@ class AsyncClassifier(ClassifierMixin, AsyncEstimator):  # type: ignore[misc]
         return known
 
 
+def _moments(y: npt.NDArray[Any], weights: npt.NDArray[Any] | None) -> tuple[Any, Any]:
+    """Mean and standard deviation of the targets, weighted like the loss (a weight of k
+    counts like k copies of the row)."""
+    if weights is None:
+        return y.mean(axis=0), y.std(axis=0)
+    mean = np.average(y, axis=0, weights=weights)
+    return mean, np.sqrt(np.average((y - mean) ** 2, axis=0, weights=weights))
+
+
+def _index(known: npt.NDArray[Any], label: Any) -> int:
+    """The position of ``label`` in ``classes_``; ValueError naming it if absent."""
+    found = np.flatnonzero(known == label) if np.ndim(label) == 0 else np.empty(0, np.intp)
+    if len(found) == 0:
+        raise ValueError(
+            f"class_weight names the label {label!r}, which is not among the classes "
+            f"{known.tolist()}; key class_weight by labels of y"
+        )
+    return int(found[0])
+
+
 class AsyncRegressor(RegressorMixin, AsyncEstimator):  # type: ignore[misc]
     """Float targets, one column or (when the model allows) several."""
 
     _multi_output = False
 
-    def partial_fit(self, X: npt.ArrayLike, y: npt.ArrayLike) -> Self:
+    def partial_fit(
+        self, X: npt.ArrayLike, y: npt.ArrayLike, sample_weight: npt.ArrayLike | None = None
+    ) -> Self:
         """Train one epoch over ``(X, y)``, continuing from the current state.
 
         Parameters and optimizer state carry over between calls, so a sequence of calls
         is online learning; a call after :meth:`fit` continues that fit.
+        ``sample_weight`` weighs the rows as in :meth:`fit`.
         """
-        return self._partial_fit(X, y)
+        return self._partial_fit(X, y, None, sample_weight)
 
-    async def apartial_fit(self, X: npt.ArrayLike, y: npt.ArrayLike) -> Self:
+    async def apartial_fit(
+        self, X: npt.ArrayLike, y: npt.ArrayLike, sample_weight: npt.ArrayLike | None = None
+    ) -> Self:
         """Like :meth:`partial_fit`, on the caller's event loop (see :meth:`afit`)."""
-        return await self._apartial_fit(X, y)
+        return await self._apartial_fit(X, y, None, sample_weight)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -112,13 +194,19 @@ class AsyncRegressor(RegressorMixin, AsyncEstimator):  # type: ignore[misc]
         return {"y_numeric": True, "multi_output": self._multi_output}
 
     def _targets(
-        self, y: npt.NDArray[Any], *, partial: bool, resume: bool, classes: Any
+        self,
+        y: npt.NDArray[Any],
+        *,
+        partial: bool,
+        resume: bool,
+        classes: Any,
+        weights: npt.NDArray[Any] | None = None,
     ) -> tuple[npt.NDArray[Any], dict[str, Any]]:
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         outputs = 1 if y.ndim == 1 else int(y.shape[1])
         if not resume:
-            mean, scale = y.mean(axis=0), y.std(axis=0)
+            mean, scale = _moments(y, weights)
             scale = np.where(scale > 0, scale, 1.0)
             attrs = {"n_outputs_": outputs, "target_mean_": mean, "target_scale_": scale}
         elif outputs != self.n_outputs_:

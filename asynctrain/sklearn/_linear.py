@@ -10,7 +10,13 @@ import numpy.typing as npt
 from asynctrain._types import Params
 from asynctrain.models import LinearRegression, LogisticRegression, Model, SoftmaxRegression
 from asynctrain.sklearn._kinds import AsyncClassifier, AsyncRegressor
-from asynctrain.sklearn._params import LINEAR_ALPHA, LinearParams, hyperparameters, param
+from asynctrain.sklearn._params import (
+    CLASS_WEIGHT,
+    LINEAR_ALPHA,
+    LinearParams,
+    hyperparameters,
+    param,
+)
 
 
 @hyperparameters
@@ -33,6 +39,8 @@ class AsyncLogisticRegression(LinearParams, AsyncClassifier):
         >>> clf.fit(X, y).score(X, y) > 0.97
         True
     """
+
+    class_weight: Any = param(default=None, doc=CLASS_WEIGHT)
 
     _auto_steps = 10
 

@@ -14,7 +14,7 @@ from asynctrain._exceptions import ConfigTypeError
 from asynctrain._types import Params
 from asynctrain.models import MLP, Model
 from asynctrain.sklearn._kinds import AsyncClassifier, AsyncRegressor
-from asynctrain.sklearn._params import MLPParams, hyperparameters
+from asynctrain.sklearn._params import CLASS_WEIGHT, MLPParams, hyperparameters, param
 
 
 class _MLP(MLPParams):
@@ -92,6 +92,8 @@ class AsyncMLPClassifier(_MLP, AsyncClassifier):
         >>> clf.fit(X[:1000], y[:1000]).score(X[1000:], y[1000:]) > 0.9
         True
     """
+
+    class_weight: Any = param(default=None, doc=CLASS_WEIGHT)
 
     def predict_proba(self, X: npt.ArrayLike) -> npt.NDArray[Any]:
         """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""

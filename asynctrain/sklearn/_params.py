@@ -110,6 +110,14 @@ class TrainingParams:
     )
 
 
+CLASS_WEIGHT = (
+    'weights of the classes: ``"balanced"`` (``n_samples / (n_classes * '
+    "np.bincount(y))``, with sums of ``sample_weight`` for counts when given, as in "
+    "scikit-learn), a dict ``{label: weight}`` (labels left out weigh 1), or None. "
+    "Multiplies ``sample_weight``; ``partial_fit`` takes a dict only."
+)
+
+
 LINEAR_ALPHA = (
     "L2 penalty: the loss minimised is the mean loss plus ``0.5 * alpha * ||coef_||**2`` "
     "(the intercept is not penalised). scikit-learn's ``LogisticRegression(C=C)`` on n "

@@ -29,6 +29,8 @@ class Resumed:
     starting parameters.
     """
 
+    supports_sample_weight = True  # the wrapped models are asynctrain's own
+
     def __init__(self, model: Model, params: Params, *, n_classes: int | None) -> None:
         self.model = model
         self.params = params
@@ -55,10 +57,17 @@ class Resumed:
         return {key: np.array(value, dtype=self.model.dtype) for key, value in self.params.items()}
 
     def loss_and_grad(
-        self, params: Params, X: npt.NDArray[Any], y: npt.NDArray[Any]
+        self,
+        params: Params,
+        X: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        *,
+        sample_weight: npt.NDArray[Any] | None = None,
     ) -> tuple[float, Grads]:
-        """The wrapped model's summed loss and gradient."""
-        return self.model.loss_and_grad(params, X, y)
+        """The wrapped model's summed (weighted) loss and gradient."""
+        if sample_weight is None:
+            return self.model.loss_and_grad(params, X, y)
+        return self.model.loss_and_grad(params, X, y, sample_weight=sample_weight)  # type: ignore[call-arg]
 
     def predict(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """The wrapped model's predictions."""

@@ -1,0 +1,156 @@
+"""Sample and class weights: their checks, and class weights turned into row weights.
+
+A weight of ``k`` counts like ``k`` copies of its row: a step's gradient is the weighted
+sum of its rows' gradients divided by the batch's sum of weights. Every function here
+raises before any training work starts, with a message naming the value and the fix;
+none modifies its input.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from asynctrain._exceptions import ConfigError, ConfigTypeError, DataError, DataTypeError
+
+ClassWeight = str | Mapping[int, float] | None
+"""``"balanced"``, ``{label: weight}`` or None (every class weighs 1)."""
+
+
+def check_sample_weight(weight: npt.ArrayLike, n: int, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """Return ``weight`` as a new 1-D array of ``n`` weights in ``dtype``.
+
+    Raises:
+        DataTypeError: the weights are not real numbers.
+        DataError: the shape is not ``(n,)``, or a weight is negative, NaN or Inf, or
+            every weight is zero.
+
+    Example:
+        >>> check_sample_weight([1, 2, 0], 3, np.dtype(np.float32))
+        array([1., 2., 0.], dtype=float32)
+    """
+    try:
+        values = np.asarray(weight)
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"sample_weight is not a 1-D array of numbers ({exc})") from exc
+    if values.dtype.kind not in "biuf":
+        raise DataTypeError(
+            f"sample_weight has dtype {values.dtype}; pass real numbers, e.g. "
+            "np.asarray(sample_weight, dtype=np.float64)"
+        )
+    if values.shape != (n,):
+        raise DataError(
+            f"sample_weight has shape {values.shape} but the data has {n} rows; pass one "
+            f"weight per row, shape ({n},)"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = values.astype(dtype)  # always a copy: the caller's array stays theirs
+    bad = ~np.isfinite(converted) | (converted < 0)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise DataError(
+            f"sample_weight[{row}] = {values[row]} is "
+            f"{'negative' if values[row] < 0 else 'not a finite weight for ' + str(dtype)}; "
+            "weights must be finite and >= 0 (0 drops a row)"
+        )
+    if not converted.any():
+        raise DataError(
+            "sample_weight is zero for every row, so there is nothing to train on; "
+            "give at least one row a positive weight"
+        )
+    return converted
+
+
+def check_weighted_classes(y: npt.NDArray[Any], weight: npt.NDArray[Any]) -> None:
+    """Raise unless the rows of positive weight hold at least two classes.
+
+    Raises:
+        DataError: one class is left once rows of weight 0 are dropped.
+    """
+    kept = np.unique(y[weight > 0])
+    if len(kept) < 2:
+        raise DataError(
+            f"the rows with a positive sample_weight hold only class {kept[0]}; a "
+            "classifier needs at least two classes with weight in its training data"
+        )
+
+
+def class_weight_rows(
+    class_weight: ClassWeight,
+    y: npt.NDArray[Any],
+    n_classes: int,
+    sample_weight: npt.NDArray[Any] | None = None,
+) -> npt.NDArray[np.float64]:
+    """The weight of each row's class: ``class_weight[y[i]]``, float64.
+
+    ``"balanced"`` gives class ``c`` the weight ``total / (k * total_c)``, where the totals
+    are the summed sample weights (row counts without them) of all rows and of class
+    ``c``'s, and ``k`` the number of classes present: as scikit-learn's
+    ``compute_class_weight("balanced", ..., sample_weight=...)``. A dict maps labels
+    ``0 .. n_classes - 1`` to weights; labels it leaves out weigh 1.
+
+    Raises:
+        ConfigError, ConfigTypeError: an unknown string, a label outside the model's
+            classes, or a weight that is negative or not a finite number.
+
+    Example:
+        >>> class_weight_rows("balanced", np.array([0, 0, 0, 1]), 2).tolist()
+        [0.6666666666666666, 0.6666666666666666, 0.6666666666666666, 2.0]
+        >>> class_weight_rows({1: 3.0}, np.array([0, 1]), 2).tolist()
+        [1.0, 3.0]
+    """
+    per_class = class_weights(class_weight, y, n_classes, sample_weight)
+    rows: npt.NDArray[np.float64] = per_class[y]
+    return rows
+
+
+def class_weights(
+    class_weight: ClassWeight,
+    y: npt.NDArray[Any],
+    n_classes: int,
+    sample_weight: npt.NDArray[Any] | None = None,
+) -> npt.NDArray[np.float64]:
+    """The weight of each class ``0 .. n_classes - 1``; see :func:`class_weight_rows`."""
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ConfigError(
+                f"class_weight must be 'balanced', a dict {{label: weight}} or None, got "
+                f"{class_weight!r}"
+            )
+        totals = np.bincount(y, weights=sample_weight, minlength=n_classes).astype(np.float64)
+        present = totals > 0
+        weights = np.ones(n_classes)
+        weights[present] = totals.sum() / (np.count_nonzero(present) * totals[present])
+        return weights
+    if not isinstance(class_weight, Mapping):
+        raise ConfigTypeError(
+            f"class_weight must be 'balanced', a dict {{label: weight}} or None, got "
+            f"{type(class_weight).__name__}"
+        )
+    weights = np.ones(n_classes)
+    for label, value in class_weight.items():
+        weights[_label(label, n_classes)] = _weight(label, value)
+    return weights
+
+
+def _label(label: object, n_classes: int) -> int:
+    value = int(label) if isinstance(label, numbers.Integral) else None
+    if isinstance(label, bool) or value is None or not 0 <= value < n_classes:
+        raise ConfigError(
+            f"class_weight names the label {label!r}, which is not a class of this model "
+            f"(labels 0..{n_classes - 1}); key the dict by those labels"
+        )
+    return value
+
+
+def _weight(label: object, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigTypeError(f"class_weight[{label!r}] must be a number, got {value!r}")
+    weight = float(value)
+    if not np.isfinite(weight) or weight < 0:
+        raise ConfigError(f"class_weight[{label!r}] must be finite and >= 0, got {value!r}")
+    return weight
