@@ -133,7 +133,9 @@ class DaskBackend(Lifecycle):
         if self._adaptive is not None and self._wanted is None:
             self._wanted = self._adaptive[0] or 1
         self._size = self._wanted or (default_workers() if local else 0)
-        self._limit = check_int("max_in_flight", max_in_flight or DEFAULT_IN_FLIGHT)
+        self._limit = (
+            DEFAULT_IN_FLIGHT if max_in_flight is None else check_int("max_in_flight", max_in_flight)
+        )
         self._wait = _check_seconds(wait_for_workers)
         self._security = security
         self._dashboard = dashboard
@@ -465,6 +467,24 @@ class DaskBackend(Lifecycle):
                 )
             except OSError:  # the worker is gone, and what it kept with it
                 continue
+
+    async def kept(self) -> dict[str, int]:
+        """Bytes of shared contents each worker keeps for this backend, by address.
+
+        Example:
+            >>> async def report(backend):  # doctest: +SKIP
+            ...     return await backend.kept()
+            {'tcp://127.0.0.1:40547': 1048576, 'tcp://127.0.0.1:45741': 1048576}
+        """
+        await self._ensure_open()
+        kept: dict[str, int] = {}
+        for lane in list(self._order):
+            reply = await self._client.rpc(lane.address).actor_execute(
+                actor=lane.actor, function="held", args=[], kwargs={}
+            )
+            if reply.get("status") == "OK":
+                kept[lane.address] = sum(reply["result"].values())
+        return kept
 
     def __repr__(self) -> str:
         where = self.address or ("client" if self._given is not None else "local")
