@@ -200,7 +200,7 @@ def test_bad_arguments_are_refused() -> None:
         DaskBackend(adaptive=(3, 2))
     with pytest.raises(at.ConfigTypeError, match="pair"):
         DaskBackend(adaptive=3)  # type: ignore[arg-type]
-    with pytest.raises(at.ConfigError, match="cluster.adapt"):
+    with pytest.raises(at.ConfigError, match=r"cluster\.adapt"):
         DaskBackend("tcp://127.0.0.1:1", adaptive=(1, 2))
 
 
@@ -243,7 +243,8 @@ async def test_cancelling_a_fit_releases_the_cluster_futures(
         # nothing of the backend's but its stores, one per worker.
         assert sum((await backend.kept()).values()) == 0
         stores = {str(future.key) for future in backend.client.futures.values()}
-        assert len(stores) == 2 and all(key.startswith("asynctrain-store-") for key in stores)
+        assert len(stores) == 2
+        assert all(key.startswith("asynctrain-store-") for key in stores)
         assert set(await _scheduler_tasks(backend.client)) == stores
 
 

@@ -7,7 +7,6 @@ backend, so "bit-identical" means bit-identical to a fixed-size run on any backe
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
@@ -36,8 +35,12 @@ async def _fit(
     backend: str | at.backends.Backend, data: Dataset, callbacks: list[Any] | None = None
 ) -> at.FitResult:
     trainer = at.Trainer(
-        SoftmaxRegression(128, 10), at.optim.adam(1e-2), backend=backend, batch_size=100,
-        shards=4, seed=5,
+        SoftmaxRegression(128, 10),
+        at.optim.adam(1e-2),
+        backend=backend,
+        batch_size=100,
+        shards=4,
+        seed=5,
     )
     async with trainer:
         return await trainer.fit(data, epochs=2, callbacks=callbacks or [])
@@ -78,7 +81,8 @@ async def test_resize_2_1_3_mid_fit_is_bit_identical(data: Dataset) -> None:
         result = await _fit(backend, data, [sizes])
         assert sizes.seen == {3: (1, 1), 9: (3, 3)}  # the pool really was that size
         used = {lane.address: lane.sent for lane in backend._order}
-    assert len(used) == 3 and all(sent > 0 for sent in used.values())  # all three worked
+    assert len(used) == 3
+    assert all(sent > 0 for sent in used.values())
     assert _same_bits(result.params, reference.params)
 
 
@@ -93,20 +97,24 @@ async def test_every_worker_killed_then_new_ones_join(data: Dataset) -> None:
 
         result = await _fit(backend, data, [AtStep({4: kill_all})])
         after = await _pids(backend)
-    assert before.isdisjoint(after) and len(after) == 2
+    assert before.isdisjoint(after)
+    assert len(after) == 2
     assert backend.lost_workers >= 2
     assert _same_bits(result.params, reference.params)
 
 
 async def test_no_worker_joins_within_the_wait_is_a_clear_error(data: Dataset) -> None:
-    async with distributed.LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        host="127.0.0.1",
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        asynchronous=True,
-    ) as cluster, DaskBackend(cluster.scheduler_address, wait_for_workers=1.5) as backend:
+    async with (
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            host="127.0.0.1",
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            asynchronous=True,
+        ) as cluster,
+        DaskBackend(cluster.scheduler_address, wait_for_workers=1.5) as backend,
+    ):
 
         async def leave() -> None:
             cluster.scale(0)
@@ -121,14 +129,17 @@ async def test_no_worker_joins_within_the_wait_is_a_clear_error(data: Dataset) -
 
 async def test_a_worker_that_joins_takes_shards_from_the_next_step(data: Dataset) -> None:
     reference = await _fit("inline", data)
-    async with distributed.LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        host="127.0.0.1",
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        asynchronous=True,
-    ) as cluster, DaskBackend(cluster.scheduler_address) as backend:
+    async with (
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            host="127.0.0.1",
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            asynchronous=True,
+        ) as cluster,
+        DaskBackend(cluster.scheduler_address) as backend,
+    ):
 
         async def grow() -> None:
             cluster.scale(2)

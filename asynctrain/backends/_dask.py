@@ -15,7 +15,7 @@ import asyncio
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy.typing as npt
 
@@ -30,8 +30,8 @@ from asynctrain._checks import check_int
 from asynctrain._exceptions import BackendError, ConfigError, ConfigTypeError, StateError
 from asynctrain.backends._base import readonly
 from asynctrain.backends._dask_address import check_address
-from asynctrain.backends._dask_lane import Lane, LaneLost
-from asynctrain.backends._dask_shared import DaskShared, pack
+from asynctrain.backends._dask_lane import Lane, LaneLost, Traffic
+from asynctrain.backends._dask_shared import DaskShared, nbytes, pack
 from asynctrain.backends._dask_worker import WorkerStore
 from asynctrain.backends._lifecycle import Lifecycle
 from asynctrain.backends._thread import default_workers
@@ -39,8 +39,8 @@ from asynctrain.backends._thread import default_workers
 T = TypeVar("T")
 LOST_WORKER_RETRIES = 3  # times a call may lose the worker running it before it fails
 DEFAULT_IN_FLIGHT = 256  # calls outstanding at once, by default
-DEFAULT_WAIT = 30.0
-STORE_TIMEOUT = 10.0  # seconds to place a store on a worker (one that is leaving never answers)  # seconds to wait for a worker when none is left
+DEFAULT_WAIT = 30.0  # seconds to wait for a worker when none is left
+STORE_TIMEOUT = 10.0  # seconds to place a store on a worker (one that is leaving never answers)
 
 # distributed is only partly typed: its constructors are untyped calls to mypy.
 _Client: Any = distributed.Client
@@ -134,7 +134,9 @@ class DaskBackend(Lifecycle):
             self._wanted = self._adaptive[0] or 1
         self._size = self._wanted or (default_workers() if local else 0)
         self._limit = (
-            DEFAULT_IN_FLIGHT if max_in_flight is None else check_int("max_in_flight", max_in_flight)
+            DEFAULT_IN_FLIGHT
+            if max_in_flight is None
+            else check_int("max_in_flight", max_in_flight)
         )
         self._wait = _check_seconds(wait_for_workers)
         self._security = security
@@ -151,6 +153,8 @@ class DaskBackend(Lifecycle):
         self._joined = asyncio.Event()
         self._sync_lock = asyncio.Lock()
         self._running = 0  # calls in run(), for the adaptive target
+        self.traffic = Traffic()
+        """Array bytes sent to and returned from the workers, and calls (see Traffic)."""
         self.lost_workers = 0
         """Workers that left or died while the backend used them (for reports)."""
 
@@ -158,6 +162,12 @@ class DaskBackend(Lifecycle):
     def workers(self) -> int:
         """How many workers run shard tasks now (the cluster's size, once open)."""
         return len(self._lanes) if self._client is not None else self._size
+
+    @workers.setter
+    def workers(self, value: int) -> None:
+        if self._client is not None:
+            raise StateError(f"{self!r} is open: change its size with await backend.resize(n)")
+        self._size = check_int("workers", value)
 
     @property
     def client(self) -> Any:
@@ -275,7 +285,7 @@ class DaskBackend(Lifecycle):
             for address, future in zip(new, stores, strict=True):
                 if future is not None:
                     self._actors[address] = future
-                    self._lanes[address] = Lane(address, future.key, self._client.rpc)
+                    self._lanes[address] = Lane(address, future.key, self._client.rpc, self.traffic)
             self._order = sorted(self._lanes.values(), key=lambda lane: lane.address)
 
     async def _store_on(self, address: str) -> Any:
@@ -418,6 +428,7 @@ class DaskBackend(Lifecycle):
             raise envelope.error
         for handle, written in zip(handles, envelope.writes, strict=True):
             handle.receive(written, lane.known)
+            self.traffic.returned += sum(nbytes(arrays) for _, arrays in written.values())
         result: T = envelope.result
         return result
 
@@ -455,7 +466,9 @@ class DaskBackend(Lifecycle):
             return
         self._handles.discard(shared)
         shared.release()
-        holding = [lane for lane in self._order if any(c.startswith(shared.token) for c in lane.known)]
+        holding = [
+            lane for lane in self._order if any(c.startswith(shared.token) for c in lane.known)
+        ]
         for lane in holding:
             lane.known = {c for c in lane.known if not c.startswith(shared.token)}
             actor = self._actors.get(lane.address)
@@ -495,7 +508,7 @@ class _Events:
     """One subscription per client to the scheduler's ``"all"`` events, passed on to every
     backend using that client (a client has one handler per topic)."""
 
-    _backends: weakref.WeakKeyDictionary[Any, weakref.WeakSet[DaskBackend]] = (
+    _backends: ClassVar[weakref.WeakKeyDictionary[Any, weakref.WeakSet[DaskBackend]]] = (
         weakref.WeakKeyDictionary()
     )
 
@@ -526,7 +539,7 @@ class _Events:
                 client.unsubscribe_topic("all")
 
 
-class _FollowTasks(Adaptive):  # type: ignore[misc]
+class _FollowTasks(Adaptive):
     """Adaptive scaling whose target is the backend's shard tasks in flight (Dask's own
     target counts scheduler tasks, and the backend's calls go to actors, not tasks)."""
 

@@ -11,14 +11,33 @@ them; calls made meanwhile wait and go in the next batch.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
-from distributed.protocol import to_serialize
+from distributed.protocol.serialize import to_serialize
 
 from asynctrain._exceptions import BackendError
-from asynctrain.backends._dask_shared import Call, DaskShared, Envelope
+from asynctrain.backends._dask_shared import Call, Content, DaskShared, Envelope, nbytes
 
+# distributed is only partly typed.
+_to_serialize: Any = to_serialize
 MAX_BATCH = 256  # calls per message to one worker
+
+
+@dataclass
+class Traffic:
+    """Array bytes that crossed between the owner and the workers, and calls sent.
+
+    ``sent`` counts slot contents sent to workers (the dataset once per worker, each
+    parameter version once per worker that uses it); ``returned`` counts slots that
+    tasks wrote and sent back (gradients). Arguments other than shared handles (indices,
+    ids) are not counted: they are small.
+    """
+
+    sent: int = 0
+    returned: int = 0
+    calls: int = 0
+    batches: int = 0
 
 
 class LaneLost(BackendError):
@@ -39,10 +58,12 @@ class Lane:
         address: the worker's address.
         actor: the key of its store actor (the backend holds the actor's future).
         rpc: the client's connection pool (``client.rpc``).
+        traffic: the backend's counters, which this lane adds to.
     """
 
-    def __init__(self, address: str, actor: str, rpc: Any) -> None:
+    def __init__(self, address: str, actor: str, rpc: Any, traffic: Traffic) -> None:
         self.address = address
+        self.traffic = traffic
         self.actor = actor
         self._rpc = rpc
         self.known: set[str] = set()
@@ -92,9 +113,17 @@ class Lane:
                 continue
             items.append(item)
             batch.append((item.call, carried))
+            self.traffic.sent += sum(
+                nbytes(c.payload.arrays)
+                for slots in carried
+                for c in slots
+                if isinstance(c, Content)
+            )
         if not items:
             return
         self._flying = len(items)
+        self.traffic.calls += len(items)
+        self.traffic.batches += 1
         task = asyncio.get_running_loop().create_task(self._send(items, batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -102,7 +131,7 @@ class Lane:
     async def _send(self, items: list[_Item], batch: list[tuple[Call, list[Any]]]) -> None:
         try:
             reply = await self._rpc(self.address).actor_execute(
-                actor=self.actor, function="execute", args=[to_serialize(batch)], kwargs={}
+                actor=self.actor, function="execute", args=[_to_serialize(batch)], kwargs={}
             )
             if reply.get("status") != "OK":
                 raise LaneLost(f"Dask worker {self.address} refused the batch: {reply}")

@@ -72,7 +72,9 @@ class WorkerStore:
         except Exception as exc:
             exc.add_note("raised on a Dask worker:\n" + "".join(traceback.format_exc()))
             return Envelope(None, [], [], exc)
-        writes = [{slot: self._keep(v.token, slot, a) for slot, a in v.written.items()} for v in views]
+        writes = [
+            {slot: self._keep(v.token, slot, a) for slot, a in v.written.items()} for v in views
+        ]
         return Envelope(result, writes, [])
 
     def _keep(self, token: str, slot: int, arrays: Arrays) -> tuple[str, Arrays]:
