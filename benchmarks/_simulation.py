@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from asynctrain import Trainer, optim
+from asynctrain import Callback, StepEvent, Trainer, optim
 from asynctrain import run as run_loop
 from asynctrain.backends import Backend, StragglerBackend, ThreadBackend
 from asynctrain.data import Dataset, synthetic
@@ -42,7 +42,7 @@ JITTER = 0.002  # +- seconds, uniform, keyed by (step, shard)
 LOCAL_STEPS = 8
 ROWS_PER_SHARD = 8
 SIZES = {True: (2, 8), False: (2, 4, 8, 16, 32, 64)}  # N, by ``quick``
-STEPS = {True: 8, False: 24}  # optimizer steps per measured fit
+STEPS = {True: 16, False: 32}  # optimizer steps per measured fit
 MODES = ("sync", "ssp", "local")
 
 
@@ -89,9 +89,24 @@ def _data(n: int, steps: int) -> Dataset:
     return synthetic("softmax", n=n * ROWS_PER_SHARD * steps, seed=0)
 
 
+class _Clock(Callback):
+    """When each step (local mode: each round of ``every`` steps) was applied."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.times: list[float] = []
+
+    def on_step(self, event: StepEvent) -> None:
+        if event.step % self.every == self.every - 1:
+            self.times.append(time.perf_counter())
+
+    def per_step(self) -> float:
+        return (self.times[-1] - self.times[0]) / ((len(self.times) - 1) * self.every)
+
+
 async def step_time(backend: Backend, n: int, mode: str, steps: int) -> tuple[float, float]:
-    """Seconds per optimizer step of a fit of ``steps`` steps with ``n`` shards, and the
-    loop thread's CPU seconds per step."""
+    """Seconds per optimizer step with ``n`` shards, between the first and the last step
+    (round) of a fit of ``steps`` steps, and the loop thread's CPU seconds per step."""
     data = _data(n, steps)
     scale = LOCAL_STEPS if mode == "local" else 1
     late = Simulated(backend, latency=LATENCY, jitter=JITTER, scale=scale)
@@ -99,7 +114,7 @@ async def step_time(backend: Backend, n: int, mode: str, steps: int) -> tuple[fl
     if mode == "ssp":
         options["staleness"] = 2
     trainer = Trainer(
-        SoftmaxRegression(data.n_features, 4),
+        SoftmaxRegression(data.n_features, int(data.y.max()) + 1),
         optim.sgd(0.1),
         backend=late,
         batch_size=n * ROWS_PER_SHARD,
@@ -107,11 +122,12 @@ async def step_time(backend: Backend, n: int, mode: str, steps: int) -> tuple[fl
         mode=mode,
         **options,
     )
+    clock = _Clock(scale)
     async with trainer:
         began, cpu = time.perf_counter(), time.thread_time()
-        await trainer.fit(data, epochs=1)
+        await trainer.fit(data, epochs=1, callbacks=[clock])
         wall, used = time.perf_counter() - began, time.thread_time() - cpu
-    return wall / steps, used / steps
+    return clock.per_step(), used / wall * clock.per_step()
 
 
 @contextlib.asynccontextmanager
@@ -125,6 +141,7 @@ async def _thread_cluster(n: int) -> AsyncIterator[tuple[str, int]]:
         n_workers=n,
         threads_per_worker=1,
         processes=False,
+        protocol="tcp://",  # comms over TCP, as between machines (not in-process queues)
         host="127.0.0.1",
         dashboard_address=None,
         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
@@ -148,7 +165,7 @@ async def _measure(
     label: str, backend: Backend, n: int, quick: bool, cluster_thread: int | None
 ) -> list[Figure]:
     steps = STEPS[quick]
-    await step_time(backend, n, "sync", 2)  # warm-up: imports, the workers' first tasks
+    await step_time(backend, n, "sync", 3)  # warm-up: imports, the workers' first tasks
     figures = []
     for mode in MODES:
         before = _thread_cpu(cluster_thread) if cluster_thread is not None else 0.0

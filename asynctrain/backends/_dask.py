@@ -466,20 +466,19 @@ class DaskBackend(Lifecycle):
             return
         self._handles.discard(shared)
         shared.release()
-        holding = [
-            lane for lane in self._order if any(c.startswith(shared.token) for c in lane.known)
-        ]
+        holding = [lane for lane in self._order if _holds(lane, shared.token)]
         for lane in holding:
             lane.known = {c for c in lane.known if not c.startswith(shared.token)}
-            actor = self._actors.get(lane.address)
-            if actor is None or self._client is None:
-                continue
-            try:
-                await self._client.rpc(lane.address).actor_execute(
-                    actor=actor.key, function="forget", args=[[shared.token]], kwargs={}
-                )
-            except OSError:  # the worker is gone, and what it kept with it
-                continue
+        if self._client is not None and holding:
+            await asyncio.gather(*(self._forget(lane, shared.token) for lane in holding))
+
+    async def _forget(self, lane: Lane, token: str) -> None:
+        try:
+            await self._client.rpc(lane.address).actor_execute(
+                actor=lane.actor, function="forget", args=[[token]], kwargs={}
+            )
+        except OSError:  # the worker is gone, and what it kept with it
+            return
 
     async def kept(self) -> dict[str, int]:
         """Bytes of shared contents each worker keeps for this backend, by address.
@@ -574,6 +573,10 @@ def _check_seconds(value: Any) -> float:
     if not value >= 0 or value == float("inf"):
         raise ConfigError(f"wait_for_workers must be finite and >= 0 seconds, got {value!r}")
     return float(value)
+
+
+def _holds(lane: Lane, token: str) -> bool:
+    return any(cid.startswith(token) for cid in lane.known)
 
 
 def _name(fn: Callable[..., Any]) -> str:
