@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pickle
 import signal
 import threading
 import time
@@ -296,3 +297,28 @@ async def test_an_existing_client_is_used_and_left_open(dask_cluster: Any) -> No
             assert backend.workers == 2
             assert await backend.run(pow, 2, 3) == 8
         assert client.status == "running"
+
+
+async def test_a_step_ships_ids_and_indices_not_arrays(
+    data: tuple[Dataset, Dataset], dask_cluster: Any
+) -> None:
+    """Sent: the dataset and the model once per worker, then each parameter version once
+    per worker; returned: one gradient per shard and step. Counted from the sizes alone."""
+    model = SoftmaxRegression(128, 10)
+    param_bytes = sum(v.nbytes for v in model.init(np.random.default_rng(0)).values())
+    async with DaskBackend(dask_cluster.scheduler_address) as backend:
+        trainer = at.Trainer(model, backend=backend, batch_size=100, shards=4, seed=3)
+        async with trainer:
+            result = await trainer.fit(data[0], epochs=1)
+        workers = backend.workers
+        sent, returned = backend.traffic.sent, backend.traffic.returned
+        assert sum((await backend.kept()).values()) == 0  # all dropped after the fit
+    steps = result.steps
+    dataset = data[0].X.nbytes + data[0].y.nbytes
+    model_blob = len(pickle.dumps(model, protocol=5)) + 16
+    # Each worker: the dataset, the model, the first parameters and zeroed gradients,
+    # then one parameter version per step (the last is written after the last step).
+    expected = workers * (dataset + model_blob + 2 * param_bytes + steps * param_bytes)
+    assert sent <= expected
+    assert sent >= workers * (dataset + steps * param_bytes) - 2 * param_bytes
+    assert returned == steps * 4 * param_bytes
