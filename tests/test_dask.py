@@ -322,3 +322,39 @@ async def test_a_step_ships_ids_and_indices_not_arrays(
     assert sent <= expected
     assert sent >= workers * (dataset + steps * param_bytes) - 2 * param_bytes
     assert returned == steps * 4 * param_bytes
+
+
+def _read(view: Any, slot: int) -> float:
+    return float(view.read(slot)["v"][0])
+
+
+def test_a_worker_store_keeps_one_version_per_slot_and_reports_what_it_lacks() -> None:
+    from asynctrain.backends._dask_shared import DaskShared, pack
+    from asynctrain.backends._dask_worker import WorkerStore
+
+    shared = DaskShared({"v": np.zeros(4)}, slots=2)
+    store, known = WorkerStore(), set[str]()
+
+    def run(fn: Any, *args: Any) -> Any:
+        call, handles = pack(fn, args)
+        envelope = store.execute([(call, [h.carried(known) for h in handles])])[0]
+        for handle, written in zip(handles, envelope.writes, strict=False):
+            handle.receive(written, known)  # none after a miss or an error
+        return envelope
+
+    assert run(_read, shared, 1).result == 0.0  # the first task carries the contents
+    shared.write(0, {"v": np.full(4, 3.0)})
+    assert run(_read, shared, 0).result == 3.0
+    assert store.held() == {shared.token: 2 * 32}  # the new version and the first one
+    shared.write(1, {"v": np.full(4, 4.0)})
+    assert run(_read, shared, 1).result == 4.0
+    assert store.held() == {shared.token: 2 * 32}  # the first contents were dropped
+    store.forget([shared.token])
+    missed = run(_read, shared, 1)  # the worker lost them: it names what it lacks
+    assert missed.result is None
+    assert [position for position, _ in missed.missed] == [0]
+    known.clear()
+    assert run(_read, shared, 1).result == 4.0
+    error = run(_read, shared, 5)  # a user error keeps its type and the worker's traceback
+    assert isinstance(error.error, IndexError)
+    assert "raised on a Dask worker" in "".join(error.error.__notes__)

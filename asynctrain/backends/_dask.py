@@ -261,7 +261,11 @@ class DaskBackend(Lifecycle):
             self._stale = True
             self._drop(str(msg.get("worker")), "the scheduler removed it")
 
-    def _drop(self, address: str, why: str) -> None:
+    def _drop(self, address: str, why: str, only: Lane | None = None) -> None:
+        """Stop using the worker at ``address`` (only if its lane is ``only``, if given:
+        a worker may have rejoined at that address with a new lane)."""
+        if only is not None and self._lanes.get(address) is not only:
+            return
         lane = self._lanes.pop(address, None)
         if lane is not None:
             self.lost_workers += 1
@@ -402,7 +406,7 @@ class DaskBackend(Lifecycle):
                     try:
                         envelope = await lane.submit(call, handles)
                     except LaneLost as exc:
-                        self._drop(lane.address, repr(exc))
+                        self._drop(lane.address, repr(exc), lane)
                         losses += 1
                         if losses > LOST_WORKER_RETRIES:
                             raise BackendError(

@@ -86,6 +86,12 @@ class Known(Protocol):
     def add(self, cid: str, /) -> None: ...
 
 
+class _Slot(NamedTuple):
+    cid: str
+    arrays: Arrays
+    by_task: bool
+
+
 class DaskShared:
     """:class:`~asynctrain.backends.SharedArrays` for :class:`DaskBackend`; see the module.
 
@@ -98,10 +104,9 @@ class DaskShared:
         self.slots = slots
         self.token = uuid.uuid4().hex
         self._serial = itertools.count()
-        first = self._new_id()
-        self._local: list[Arrays] = [arrays] * slots
-        self._ids: list[str] = [first] * slots
-        self._by_task = [False] * slots  # slot last written by a task (not sent unasked)
+        # Per slot: (id, arrays, written by a task?), replaced whole, so the loop never
+        # sees an id with another version's arrays while the update thread writes.
+        self._slots: list[_Slot] = [_Slot(self._new_id(), arrays, False)] * slots
         self._carry_returned = False  # do tasks read slots that tasks wrote?
         self._released = False
 
@@ -110,25 +115,21 @@ class DaskShared:
 
     def read(self, slot: int = 0) -> Arrays:
         """The arrays last written to ``slot`` (by the owner, or returned by a task)."""
-        arrays = self._local[slot]
-        if not all(value.flags.aligned for value in arrays.values()):
-            arrays = self._local[slot] = aligned(arrays)
-        return arrays
+        held = self._slots[slot]
+        if not all(value.flags.aligned for value in held.arrays.values()):
+            held = self._slots[slot] = held._replace(arrays=aligned(held.arrays))
+        return held.arrays
 
     def write(self, slot: int, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
         """Make ``arrays`` the contents of ``slot``; tasks started afterwards see them."""
-        self._local[slot] = readonly(arrays)
-        self._ids[slot] = self._new_id()
-        self._by_task[slot] = False
+        self._slots[slot] = _Slot(self._new_id(), readonly(arrays), False)
 
     def receive(self, written: Mapping[int, tuple[str, Arrays]], known: Known) -> None:
         """Store the slots a task wrote (its envelope's ``writes``) on the worker whose
         ids are ``known``: that worker keeps them."""
         for slot, (cid, arrays) in written.items():
             # Payloads align on the receiving side: no copy here, on the event loop.
-            self._local[slot] = arrays
-            self._ids[slot] = cid
-            self._by_task[slot] = True
+            self._slots[slot] = _Slot(cid, arrays, True)
             known.add(cid)
 
     def carry_returned(self) -> None:
@@ -141,14 +142,14 @@ class DaskShared:
         if self._released:
             raise StateError(f"{self!r} was released; share the arrays again")
         out: list[Carried] = []
-        for slot, cid in enumerate(self._ids):
-            if cid in known:
-                out.append(cid)
-            elif self._by_task[slot] and not self._carry_returned:
+        for held in list(self._slots):
+            if held.cid in known:
+                out.append(held.cid)
+            elif held.by_task and not self._carry_returned:
                 out.append(None)
             else:
-                out.append(Content(cid, Payload(self._local[slot])))
-                known.add(cid)
+                out.append(Content(held.cid, Payload(held.arrays)))
+                known.add(held.cid)
         return out
 
     def release(self) -> None:
@@ -162,7 +163,7 @@ class DaskShared:
         )
 
     def __repr__(self) -> str:
-        shapes = {k: v.shape for k, v in self._local[0].items()}
+        shapes = {k: v.shape for k, v in self._slots[0].arrays.items()}
         state = " released" if self._released else ""
         return f"<DaskShared slots={self.slots} arrays={shapes}{state}>"
 
