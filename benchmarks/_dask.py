@@ -55,7 +55,7 @@ from asynctrain.models import MLP
 from benchmarks._figure import Figure, Spread, ratio_figure
 from benchmarks._latency import lag_while
 from benchmarks._scale import dataset
-from benchmarks._simulation import run as simulation
+from benchmarks._simulation import measure as simulation
 from benchmarks._workloads import head
 
 if TYPE_CHECKING:

@@ -16,7 +16,8 @@ Two ways to have N workers on a 2-core machine:
 Every step has N shards (one per worker); sync, ssp (staleness 2) and local (k=8) modes.
 The ideal step time is ``LATENCY`` plus the expected largest of N jitters.
 
-Run alone: ``python -m benchmarks._simulation [--quick]``.
+Part of the dask suite (``asynctrain bench --only dask``); run alone, printing the table
+of docs/scaling-out.md: ``python -m benchmarks._simulation [--quick]``.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ async def _measure(
     return figures
 
 
-async def run(quick: bool) -> list[Figure]:
+async def measure(quick: bool) -> list[Figure]:
     """Step time and loop/scheduler shares against N, threads and Dask, three modes."""
     from asynctrain.backends import DaskBackend
 
@@ -233,4 +234,4 @@ def table(figures: list[Figure]) -> str:
 
 
 if __name__ == "__main__":
-    print(table(run_loop(run("--quick" in sys.argv[1:]))))
+    print(table(run_loop(measure("--quick" in sys.argv[1:]))))

@@ -160,7 +160,8 @@ class DaskBackend(Lifecycle):
 
     @property
     def workers(self) -> int:
-        """How many workers run shard tasks now (the cluster's size, once open)."""
+        """How many workers run shard tasks now (once open: the cluster's size; once
+        closed: the last size it had)."""
         return len(self._lanes) if self._client is not None else self._size
 
     @workers.setter
@@ -291,6 +292,7 @@ class DaskBackend(Lifecycle):
                     self._actors[address] = future
                     self._lanes[address] = Lane(address, future.key, self._client.rpc, self.traffic)
             self._order = sorted(self._lanes.values(), key=lambda lane: lane.address)
+            self._size = len(self._lanes)
 
     async def _store_on(self, address: str) -> Any:
         """A store actor on the worker at ``address`` (its future), or None if it left."""
