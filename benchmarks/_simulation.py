@@ -143,6 +143,7 @@ async def _thread_cluster(n: int) -> AsyncIterator[tuple[str, int]]:
         threads_per_worker=1,
         processes=False,
         protocol="tcp://",  # comms over TCP, as between machines (not in-process queues)
+        memory_limit=0,  # N workers share one process: a per-worker limit would pause them
         host="127.0.0.1",
         dashboard_address=None,
         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},

@@ -66,6 +66,7 @@ class AtStep(at.Callback):
             self.seen[event.step] = await self.plan[event.step]()
 
 
+@pytest.mark.slow  # a cluster of its own, changing size
 async def test_resize_2_1_3_mid_fit_is_bit_identical(data: Dataset) -> None:
     reference = await _fit("inline", data)
     async with DaskBackend(workers=2) as backend:
@@ -86,6 +87,7 @@ async def test_resize_2_1_3_mid_fit_is_bit_identical(data: Dataset) -> None:
     assert _same_bits(result.params, reference.params)
 
 
+@pytest.mark.slow  # a cluster of its own, changing size
 async def test_every_worker_killed_then_new_ones_join(data: Dataset) -> None:
     reference = await _fit("inline", data)
     async with DaskBackend(workers=2, wait_for_workers=60) as backend:
@@ -160,6 +162,7 @@ async def test_resize_refuses_a_cluster_it_did_not_start(dask_cluster: Any) -> N
             await backend.resize(0)
 
 
+@pytest.mark.slow  # a cluster of its own, changing size
 async def test_adaptive_scales_with_the_tasks_in_flight(data: Dataset) -> None:
     reference = await _fit("inline", data)
     async with DaskBackend(adaptive=(1, 2)) as backend:
