@@ -43,7 +43,7 @@ async def _fit(
         seed=5,
     )
     async with trainer:
-        return await trainer.fit(data, epochs=2, callbacks=callbacks or [])
+        return await trainer.fit(data, epochs=1, callbacks=callbacks or [])
 
 
 def _same_bits(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
