@@ -70,7 +70,9 @@ class DaskBackend(Lifecycle):
     calls of a worker that leaves or dies are re-run on the others (a call that loses
     ``LOST_WORKER_RETRIES + 1`` workers fails). With no worker left, calls wait up to
     ``wait_for_workers`` seconds for one to join. Results are reduced by shard, not by
-    worker, so none of this changes the trained parameters.
+    worker, so none of this changes the trained parameters. (The backend learns of joins
+    and departures by subscribing the client to the scheduler's ``"all"`` event topic; a
+    handler of your own on that topic is replaced.)
 
     Args:
         address: a scheduler address, e.g. ``"tls://scheduler:8786"``.
