@@ -8,8 +8,12 @@ the thread backend, named in every figure):
 * ``dask/task_cost/{single,step,in_flight}``: milliseconds per task that does nothing,
   awaited one at a time, 4 at a time (a step of 4 shards) and 64 at a time;
 * ``dask/epoch/mlp/<mode>/b<batch>``: epoch time on the ``"mlp"`` reference problem as a
-  ratio to the reference backend (paired repeats), in ``sync`` and ``local`` mode,
-  with batches of 512 and 8192 in 4 shards;
+  ratio to the reference backend (paired repeats), in ``sync`` and ``local`` mode
+  (``local_steps=8``), with batches of 512 and 8192 in 4 shards; targets: sync at batch
+  512 within 3x, local within 1.5x;
+* ``dask/bytes_per_step/mlp/<mode>/b<batch>``: array bytes (MB) that crossed between the
+  trainer and the workers per optimizer step in those epochs (``DaskBackend.traffic``:
+  parameters out, gradients back; the dataset, sent once per worker, is in ``details``);
 * ``dask/loop_lag/fit``: p99 lateness (ms) of a 1 ms heartbeat while an MLP epoch trains
   on Dask (``sync``, batch 512). Every epoch above is timed with that heartbeat on the
   loop, on both backends alike, so these are the same epochs (the reference backend's
@@ -19,19 +23,23 @@ the thread backend, named in every figure):
   with no bound, and with the bound but the scheduler on another loop (a LocalCluster the
   backend starts runs its scheduler on the caller's loop).
 
-Every figure but the start-up runs on one cluster, started once and warmed up by a few
-steps in each mode. ``--quick`` measures smaller and fewer configurations: 10,000 rows,
-``local`` mode only (``dask/loop_lag/fit`` then comes from its epochs), bursts of 150
-tasks (``dask/loop_lag/150_tasks{,_unbounded}``: the name says how many), and no
-scheduler elsewhere, which needs a cluster of its own.
+* ``simulation/...``: step time against N = 2…64 simulated workers (see
+  :mod:`benchmarks._simulation`; N = 2 and 8 with ``--quick``).
 
-Run alone: ``python -m benchmarks._dask [--quick] [startup|task_cost|epoch|loop_lag]``.
+Every figure but the start-up and the simulation runs on one cluster, started once and
+warmed up by a few steps in each mode. ``--quick`` measures smaller and fewer
+configurations: 10,000 rows, ``local`` mode only (``dask/loop_lag/fit`` then comes from
+its epochs), bursts of 150 tasks (``dask/loop_lag/150_tasks{,_unbounded}``: the name says
+how many), and no scheduler elsewhere, which needs a cluster of its own.
+
+Run alone: ``python -m benchmarks._dask [--quick] [startup|task_cost|epoch|loop_lag|simulation]``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import statistics
 import sys
@@ -47,6 +55,7 @@ from asynctrain.models import MLP
 from benchmarks._figure import Figure, Spread, ratio_figure
 from benchmarks._latency import lag_while
 from benchmarks._scale import dataset
+from benchmarks._simulation import measure as simulation
 from benchmarks._workloads import head
 
 if TYPE_CHECKING:
@@ -56,6 +65,8 @@ WORKERS = 2
 BATCHES = (512, 8192)
 # Tasks awaited together, and tasks per repeat (quick, full): about a second a repeat.
 TASK_COSTS = {"single": (1, 32, 128), "step": (4, 64, 256), "in_flight": (64, 128, 512)}
+LOCAL_STEPS = 8
+TARGETS = {"sync/b512": "<= 3", "local/b512": "<= 1.5", "local/b8192": "<= 1.5"}
 BURST = {True: 150, False: 2000}  # trivial tasks per loop-lag burst, by ``quick``
 Timed = tuple[float, dict[str, float]]  # seconds of an epoch, heartbeat lateness meanwhile
 
@@ -139,7 +150,9 @@ async def task_costs(quick: bool, dask: Backend, other: Backend) -> list[Figure]
         theirs = [await _per_task(other, batch, tasks) for _ in range(repeats)]
         what = f"a task that does nothing, {batch} awaited together"
         details = {f"{other.name}_median_ms": statistics.median(theirs), "tasks": tasks}
-        figures.append(_figure(f"dask/task_cost/{label}", ours, "ms", what, quick, **details))
+        figure = _figure(f"dask/task_cost/{label}", ours, "ms", what, quick, **details)
+        target = "<= 1" if label == "in_flight" else ""  # many in flight: the issue's goal
+        figures.append(dataclasses.replace(figure, target=target))
     return figures
 
 
@@ -152,7 +165,13 @@ async def epoch_seconds(backend: Backend, data: Dataset, mode: str, batch: int) 
     """Seconds of one epoch of the reference MLP on ``backend``."""
     model = MLP((data.n_features, 256, int(data.y.max()) + 1))
     trainer = Trainer(
-        model, optim.adam(1e-3), backend=backend, batch_size=batch, shards=4, mode=mode
+        model,
+        optim.adam(1e-3),
+        backend=backend,
+        batch_size=batch,
+        shards=4,
+        mode=mode,
+        local_steps=LOCAL_STEPS if mode == "local" else None,
     )
     began = time.perf_counter()
     await trainer.fit(data, epochs=1)
@@ -170,6 +189,7 @@ async def epochs(quick: bool, dask: Backend, other: Backend) -> list[Figure]:
     lags: list[list[Timed]] = []
     for mode in modes:
         for batch in BATCHES:
+            before = _traffic(dask)
             runs = [
                 [await _epoch_and_lag(backend, data, mode, batch) for backend in (dask, other)]
                 for _ in range(repeats)
@@ -181,11 +201,46 @@ async def epochs(quick: bool, dask: Backend, other: Backend) -> list[Figure]:
                     [theirs[0] for _, theirs in runs],
                     reference=f"{other.name} backend, same mode, 4 shards, {len(data)} rows",
                     command=command(quick),
+                    target=TARGETS.get(f"{mode}/b{batch}", ""),
                 )
             )
+            if hasattr(dask, "traffic"):  # a backend that counts what it sends
+                figures.append(_bytes_figure(dask, before, data, mode, batch, repeats, quick))
             if (mode, batch) == (modes[0], BATCHES[0]):
                 lags = runs
     return [*figures, _fit_lag(lags, modes[0], other.name, quick)]
+
+
+def _traffic(backend: Backend) -> tuple[int, int]:
+    traffic = getattr(backend, "traffic", None)
+    return (traffic.sent, traffic.returned) if traffic is not None else (0, 0)
+
+
+def _bytes_figure(
+    dask: Backend,
+    before: tuple[int, int],
+    data: Dataset,
+    mode: str,
+    batch: int,
+    epochs: int,
+    quick: bool,
+) -> Figure:
+    """MB per optimizer step that crossed between the trainer and the workers during
+    ``epochs`` epochs of ``mode`` at ``batch``, without the dataset's first sending."""
+    sent, returned = (after - was for after, was in zip(_traffic(dask), before, strict=True))
+    steps = epochs * -(-len(data) // batch)
+    dataset_bytes = epochs * dask.workers * (data.X.nbytes + data.y.nbytes)
+    per_step = (sent - dataset_bytes + returned) / steps / 1e6
+    details = {
+        "sent_MB": (sent - dataset_bytes) / steps / 1e6,
+        "returned_MB": returned / steps / 1e6,
+        "dataset_MB_per_worker_per_fit": (data.X.nbytes + data.y.nbytes) / 1e6,
+        "steps": steps,
+    }
+    what = f"array bytes per step, {mode}, batch {batch}, 4 shards, {dask.workers} workers"
+    return _figure(
+        f"dask/bytes_per_step/mlp/{mode}/b{batch}", [per_step], "MB", what, quick, **details
+    )
 
 
 async def _epoch_and_lag(backend: Backend, data: Dataset, mode: str, batch: int) -> Timed:
@@ -256,14 +311,16 @@ async def _cluster_in_a_thread() -> AsyncIterator[str]:
         await asyncio.to_thread(cluster.close)
 
 
-PARTS = ("startup", "task_cost", "epoch", "loop_lag")
+PARTS = ("startup", "task_cost", "epoch", "loop_lag", "simulation")
 
 
 async def run(quick: bool, parts: tuple[str, ...] = PARTS) -> list[Figure]:
     """The figures of ``parts`` (default: all); see the module docstring."""
     reference = reference_backend()
     figures = [await startup(quick, reference)] if "startup" in parts else []
-    if not set(parts) - {"startup"}:
+    if "simulation" in parts:
+        figures += await simulation(quick)
+    if not set(parts) - {"startup", "simulation"}:
         return figures
     async with _dask() as dask, _backend(reference) as other:
         if "task_cost" in parts:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pickle
 import signal
 import threading
 import time
@@ -208,6 +209,16 @@ def test_bad_arguments_are_refused() -> None:
         DaskBackend(client=object())  # type: ignore[arg-type]
     with pytest.raises(at.ConfigError):
         DaskBackend(max_in_flight=0)
+    with pytest.raises(at.ConfigError, match="wait_for_workers"):
+        DaskBackend(wait_for_workers=-1)
+    with pytest.raises(at.ConfigTypeError, match="wait_for_workers"):
+        DaskBackend(wait_for_workers="10")  # type: ignore[arg-type]
+    with pytest.raises(at.ConfigError, match="exceeds its maximum"):
+        DaskBackend(adaptive=(3, 2))
+    with pytest.raises(at.ConfigTypeError, match="pair"):
+        DaskBackend(adaptive=3)  # type: ignore[arg-type]
+    with pytest.raises(at.ConfigError, match=r"cluster\.adapt"):
+        DaskBackend("tcp://127.0.0.1:1", adaptive=(1, 2))
 
 
 class Slow(SoftmaxRegression):
@@ -245,13 +256,13 @@ async def test_cancelling_a_fit_releases_the_cluster_futures(
         with pytest.raises(asyncio.CancelledError):
             await fit
         assert trainer.state.step >= 1
-        assert not backend.client.futures
-        # The scheduler forgets released keys asynchronously; it must get to none.
-        deadline = time.monotonic() + 5
-        # The scheduler has no event for this: ask again until it answers or time is up.
-        while (left := await _scheduler_tasks(backend.client)) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        assert left == []
+        # The workers dropped the fit's data, parameters and gradients; the cluster holds
+        # nothing of the backend's but its stores, one per worker.
+        assert sum((await backend.kept()).values()) == 0
+        stores = {str(future.key) for future in backend.client.futures.values()}
+        assert len(stores) == 2
+        assert all(key.startswith("asynctrain-store-") for key in stores)
+        assert set(await _scheduler_tasks(backend.client)) == stores
 
 
 def _write_slot(shared: Any, slot: int, value: float) -> None:
@@ -281,13 +292,16 @@ async def test_slots_travel_both_ways(dask_cluster: Any) -> None:
             await backend.run(_read_slot, shared, 0)
 
 
-async def test_shared_data_lost_by_the_cluster_is_sent_again(dask_cluster: Any) -> None:
+async def test_a_worker_that_lost_what_it_kept_is_sent_it_again(dask_cluster: Any) -> None:
     async with DaskBackend(dask_cluster.scheduler_address) as backend:
         shared = await backend.share({"v": np.full(3, 4.0)}, slots=2)
-        lost = shared.futures()
-        await backend.client.cancel(lost)  # as if every worker holding it had died
         assert await backend.run(_read_slot, shared, 1) == 4.0
-        assert shared.futures() != lost  # scattered again from the owner's arrays
+        for lane in backend._order:  # as if each worker had been replaced at its address
+            await backend.client.rpc(lane.address).actor_execute(
+                actor=lane.actor, function="forget", args=[[shared.token]], kwargs={}
+            )
+        assert sum((await backend.kept()).values()) == 0
+        assert await backend.run(_read_slot, shared, 1) == 4.0  # sent again, run again
         await backend.release(shared)
 
 
@@ -299,3 +313,64 @@ async def test_an_existing_client_is_used_and_left_open(dask_cluster: Any) -> No
             assert backend.workers == 2
             assert await backend.run(pow, 2, 3) == 8
         assert client.status == "running"
+
+
+async def test_a_step_ships_ids_and_indices_not_arrays(
+    data: tuple[Dataset, Dataset], dask_cluster: Any
+) -> None:
+    """Sent: the dataset and the model once per worker, then each parameter version once
+    per worker; returned: one gradient per shard and step. Counted from the sizes alone."""
+    model = SoftmaxRegression(128, 10)
+    param_bytes = sum(v.nbytes for v in model.init(np.random.default_rng(0)).values())
+    async with DaskBackend(dask_cluster.scheduler_address) as backend:
+        trainer = at.Trainer(model, backend=backend, batch_size=100, shards=4, seed=3)
+        async with trainer:
+            result = await trainer.fit(data[0], epochs=1)
+        workers = backend.workers
+        sent, returned = backend.traffic.sent, backend.traffic.returned
+        assert sum((await backend.kept()).values()) == 0  # all dropped after the fit
+    steps = result.steps
+    dataset = data[0].X.nbytes + data[0].y.nbytes
+    model_blob = len(pickle.dumps(model, protocol=5)) + 16
+    # Each worker: the dataset, the model, the first parameters and zeroed gradients,
+    # then one parameter version per step (the last is written after the last step).
+    expected = workers * (dataset + model_blob + 2 * param_bytes + steps * param_bytes)
+    assert sent <= expected
+    assert sent >= workers * (dataset + steps * param_bytes) - 2 * param_bytes
+    assert returned == steps * 4 * param_bytes
+
+
+def _read(view: Any, slot: int) -> float:
+    return float(view.read(slot)["v"][0])
+
+
+def test_a_worker_store_keeps_one_version_per_slot_and_reports_what_it_lacks() -> None:
+    from asynctrain.backends._dask_shared import DaskShared, pack
+    from asynctrain.backends._dask_worker import WorkerStore
+
+    shared = DaskShared({"v": np.zeros(4)}, slots=2)
+    store, known = WorkerStore(), set[str]()
+
+    def run(fn: Any, *args: Any) -> Any:
+        call, handles = pack(fn, args)
+        envelope = store.execute([(call, [h.carried(known) for h in handles])])[0]
+        for handle, written in zip(handles, envelope.writes, strict=False):
+            handle.receive(written, known)  # none after a miss or an error
+        return envelope
+
+    assert run(_read, shared, 1).result == 0.0  # the first task carries the contents
+    shared.write(0, {"v": np.full(4, 3.0)})
+    assert run(_read, shared, 0).result == 3.0
+    assert store.held() == {shared.token: 2 * 32}  # the new version and the first one
+    shared.write(1, {"v": np.full(4, 4.0)})
+    assert run(_read, shared, 1).result == 4.0
+    assert store.held() == {shared.token: 2 * 32}  # the first contents were dropped
+    store.forget([shared.token])
+    missed = run(_read, shared, 1)  # the worker lost them: it names what it lacks
+    assert missed.result is None
+    assert [position for position, _ in missed.missed] == [0]
+    known.clear()
+    assert run(_read, shared, 1).result == 4.0
+    error = run(_read, shared, 5)  # a user error keeps its type and the worker's traceback
+    assert isinstance(error.error, IndexError)
+    assert "raised on a Dask worker" in "".join(error.error.__notes__)

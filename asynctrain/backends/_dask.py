@@ -1,9 +1,12 @@
 """DaskBackend: shard work on a Dask distributed cluster, driven from the caller's loop.
 
-``distributed``'s ``Client(asynchronous=True)`` lives on the running event loop and its
-futures are awaitable, so nothing here blocks the loop or polls. Shared arrays travel as
-:mod:`asynctrain.backends._dask_shared` describes: scattered to every worker once, carried
-by tasks when small, returned inside each task's result.
+``distributed``'s ``Client(asynchronous=True)`` lives on the running event loop, so nothing
+here blocks the loop or polls. Dask places one store actor on each worker
+(:mod:`asynctrain.backends._dask_worker`); calls go to the actors in batches
+(:mod:`asynctrain.backends._dask_lane`), carrying slot ids rather than arrays
+(:mod:`asynctrain.backends._dask_shared`). The backend follows the cluster's membership
+through the scheduler's events: a worker that joins gets a store and tasks from the next
+batch on; a worker that leaves or dies has its calls re-run on another.
 """
 
 from __future__ import annotations
@@ -12,13 +15,13 @@ import asyncio
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy.typing as npt
 
 try:
     import distributed
-    from distributed.client import FutureCancelledError
+    from distributed.deploy.adaptive import Adaptive
     from distributed.protocol.pickle import dumps as dask_dumps
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("DaskBackend needs Dask distributed: pip install 'asynctrain[dask]'") from exc
@@ -27,12 +30,17 @@ from asynctrain._checks import check_int
 from asynctrain._exceptions import BackendError, ConfigError, ConfigTypeError, StateError
 from asynctrain.backends._base import readonly
 from asynctrain.backends._dask_address import check_address
-from asynctrain.backends._dask_shared import Call, DaskShared, Payload, pack, run_on_worker
+from asynctrain.backends._dask_lane import Lane, LaneLost, Traffic
+from asynctrain.backends._dask_shared import DaskShared, nbytes, pack
+from asynctrain.backends._dask_worker import WorkerStore
 from asynctrain.backends._lifecycle import Lifecycle
 from asynctrain.backends._thread import default_workers
 
 T = TypeVar("T")
-LOST_DATA_RETRIES = 3  # times a task may find its shared data lost with the workers
+LOST_WORKER_RETRIES = 3  # times a call may lose the worker running it before it fails
+DEFAULT_IN_FLIGHT = 256  # calls outstanding at once, by default
+DEFAULT_WAIT = 30.0  # seconds to wait for a worker when none is left
+STORE_TIMEOUT = 10.0  # seconds to place a store on a worker (one that is leaving never answers)
 
 # distributed is only partly typed: its constructors are untyped calls to mypy.
 _Client: Any = distributed.Client
@@ -49,13 +57,22 @@ class DaskBackend(Lifecycle):
     that scheduler; given a ``Client`` it uses it. Either way it never closes a cluster
     (or a client) it did not create.
 
-    Arrays given to ``share`` are scattered to every worker once; each task carries its
-    indices, its step and the current parameters (scattered once per version instead when
-    they reach a megabyte). Tasks awaited together are submitted together; at most
-    ``max_in_flight`` are outstanding, because the client's bookkeeping for tasks in
-    flight runs on the caller's loop. A worker lost mid-task costs a re-run of that task
-    (Dask reschedules it, up to ``distributed.scheduler.allowed-failures`` times);
-    cancelling the awaiting task cancels the Dask future.
+    State stays on the workers between tasks: each worker keeps a store (a Dask actor)
+    holding the slot contents it was sent, by id, so the dataset reaches a worker once,
+    a new parameter version once per worker, and a step's tasks carry indices and ids.
+    A shard goes to the same worker every step (shard ``s`` to the ``s % n``-th of ``n``
+    workers), so local mode's per-shard state never moves. Calls to one worker made
+    together (a step's shards) travel in one message and their results come back in one
+    reply, straight between this client and the worker.
+
+    The backend follows the cluster: a worker that joins (``cluster.scale``, adaptive
+    scaling, a ``dask worker`` started by hand) takes shards from the next step; the
+    calls of a worker that leaves or dies are re-run on the others (a call that loses
+    ``LOST_WORKER_RETRIES + 1`` workers fails). With no worker left, calls wait up to
+    ``wait_for_workers`` seconds for one to join. Results are reduced by shard, not by
+    worker, so none of this changes the trained parameters. (The backend learns of joins
+    and departures by subscribing the client to the scheduler's ``"all"`` event topic; a
+    handler of your own on that topic is replaced.)
 
     Args:
         address: a scheduler address, e.g. ``"tls://scheduler:8786"``.
@@ -66,12 +83,16 @@ class DaskBackend(Lifecycle):
         allow_insecure: accept a plain-TCP address off this machine (logs a warning).
         dashboard: serve the local cluster's dashboard; True for 127.0.0.1:8787, or an
             address such as ``"127.0.0.1:8788"``.
-        max_in_flight: tasks outstanding at once; default twice the cluster's threads
-            (at least 8).
+        max_in_flight: calls outstanding at once (default 256).
+        wait_for_workers: seconds a call waits for a worker to join when the cluster has
+            none (default 30); then it fails with a BackendError saying so.
+        adaptive: ``(minimum, maximum)`` workers: the local cluster the backend starts
+            scales between them with the number of shard tasks in flight.
 
     Raises:
         ConfigError: both ``address`` and ``client``; a plain-TCP remote address without
-            ``allow_insecure``; a synchronous client; bad counts.
+            ``allow_insecure``; a synchronous client; bad counts; ``adaptive`` with a
+            cluster the backend did not start.
 
     Example:
         >>> import asynctrain as at
@@ -94,6 +115,8 @@ class DaskBackend(Lifecycle):
         allow_insecure: bool = False,
         dashboard: bool | str = False,
         max_in_flight: int | None = None,
+        wait_for_workers: float = DEFAULT_WAIT,
+        adaptive: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         if address is not None and client is not None:
@@ -108,15 +131,46 @@ class DaskBackend(Lifecycle):
         self.address = address
         self._wanted = None if workers is None else check_int("workers", workers)
         local = address is None and client is None
-        self.workers = self._wanted or (default_workers() if local else 0)
-        self._limit = None if max_in_flight is None else check_int("max_in_flight", max_in_flight)
+        self._adaptive = None if adaptive is None else _check_adaptive(adaptive, local)
+        if self._adaptive is not None and self._wanted is None:
+            self._wanted = self._adaptive[0] or 1
+        self._size = self._wanted or (default_workers() if local else 0)
+        self._limit = (
+            DEFAULT_IN_FLIGHT
+            if max_in_flight is None
+            else check_int("max_in_flight", max_in_flight)
+        )
+        self._wait = _check_seconds(wait_for_workers)
         self._security = security
         self._dashboard = dashboard
         self._given = client
         self._client: Any = None
         self._cluster: Any = None
-        self._in_flight = asyncio.Semaphore(8)
+        self._in_flight = asyncio.Semaphore(self._limit)
         self._handles: weakref.WeakSet[DaskShared] = weakref.WeakSet()
+        self._lanes: dict[str, Lane] = {}
+        self._actors: dict[str, Any] = {}  # worker address -> its store actor's future
+        self._order: list[Lane] = []  # lanes by address: shard s goes to _order[s % n]
+        self._stale = True  # membership changed since the lanes were last synced
+        self._joined = asyncio.Event()
+        self._sync_lock = asyncio.Lock()
+        self._running = 0  # calls in run(), for the adaptive target
+        self.traffic = Traffic()
+        """Array bytes sent to and returned from the workers, and calls (see Traffic)."""
+        self.lost_workers = 0
+        """Workers that left or died while the backend used them (for reports)."""
+
+    @property
+    def workers(self) -> int:
+        """How many workers run shard tasks now (once open: the cluster's size; once
+        closed: the last size it had)."""
+        return len(self._lanes) if self._client is not None else self._size
+
+    @workers.setter
+    def workers(self, value: int) -> None:
+        if self._client is not None:
+            raise StateError(f"{self!r} is open: change its size with await backend.resize(n)")
+        self._size = check_int("workers", value)
 
     @property
     def client(self) -> Any:
@@ -135,14 +189,19 @@ class DaskBackend(Lifecycle):
     async def _open(self) -> None:
         try:
             self._client = await self._connect()
+            _Events.attach(self._client, self)
             if self._wanted is not None and self._cluster is None:
                 await self._client.wait_for_workers(self._wanted)
-            threads: dict[str, int] = await self._client.nthreads()
+            if self._adaptive is not None:
+                low, high = self._adaptive
+                self._cluster.adapt(minimum=low, maximum=high, Adaptive=self._adaptive_policy)
+            await self._sync_lanes()
         except BaseException:
             await self._close()
             raise
-        self.workers = len(threads)
-        self._in_flight = asyncio.Semaphore(self._limit or max(8, 2 * sum(threads.values())))
+
+    def _adaptive_policy(self, cluster: Any, **options: Any) -> Adaptive:
+        return _FollowTasks(cluster, backend=self, **options)
 
     async def _connect(self) -> Any:
         if self._given is not None:
@@ -167,7 +226,7 @@ class DaskBackend(Lifecycle):
         # loopback port so two local clusters never collide.
         http = {} if address else {"dashboard_address": "127.0.0.1:0"}
         return {
-            "n_workers": self.workers,
+            "n_workers": self._size,
             "threads_per_worker": 1,
             "processes": True,
             "host": "127.0.0.1",
@@ -179,80 +238,207 @@ class DaskBackend(Lifecycle):
     async def _close(self) -> None:
         for handle in list(self._handles):
             await self.release(handle)
+        lanes, self._lanes, self._order = list(self._lanes.values()), {}, []
+        for lane in lanes:
+            await lane.close()
+        actors, self._actors = list(self._actors.values()), {}
         client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
+        if client is not None:
+            _Events.detach(client, self)
+            for actor in actors:
+                actor.release()
         if client is not None and client is not self._given:
             await client.close()
         if cluster is not None:
             await cluster.close()
 
+    # -- membership ----------------------------------------------------------------------
+
+    def _on_event(self, msg: Mapping[str, Any]) -> None:
+        """A scheduler event: a worker joined or left (see :class:`_Events`)."""
+        action = msg.get("action")
+        if action == "add-worker":
+            self._stale = True
+            self._joined.set()
+        elif action == "remove-worker":
+            self._stale = True
+            self._drop(str(msg.get("worker")), "the scheduler removed it")
+
+    def _drop(self, address: str, why: str, only: Lane | None = None) -> None:
+        """Stop using the worker at ``address`` (only if its lane is ``only``, if given:
+        a worker may have rejoined at that address with a new lane)."""
+        if only is not None and self._lanes.get(address) is not only:
+            return
+        lane = self._lanes.pop(address, None)
+        if lane is not None:
+            self.lost_workers += 1
+            lane.lose(LaneLost(f"Dask worker {address} left: {why}"))
+            self._order = sorted(self._lanes.values(), key=lambda lane: lane.address)
+        actor = self._actors.pop(address, None)
+        if actor is not None:
+            actor.release()
+
+    async def _sync_lanes(self) -> None:
+        """Give every worker of the cluster a lane (and a store); forget departed ones."""
+        async with self._sync_lock:
+            if not self._stale:
+                return
+            self._stale = False
+            present: dict[str, int] = await self._client.nthreads()
+            for address in [a for a in self._lanes if a not in present]:
+                self._drop(address, "it is no longer in the cluster")
+            new = [a for a in present if a not in self._lanes]
+            stores = await asyncio.gather(*(self._store_on(a) for a in new))
+            for address, future in zip(new, stores, strict=True):
+                if future is not None:
+                    self._actors[address] = future
+                    self._lanes[address] = Lane(address, future.key, self._client.rpc, self.traffic)
+            self._order = sorted(self._lanes.values(), key=lambda lane: lane.address)
+            self._size = len(self._lanes)
+
+    async def _store_on(self, address: str) -> Any:
+        """A store actor on the worker at ``address`` (its future), or None if it left."""
+        future = self._client.submit(
+            WorkerStore,
+            actor=True,
+            workers=[address],
+            allow_other_workers=False,
+            pure=False,
+            key=f"asynctrain-store-{uuid.uuid4().hex}",
+        )
+        try:
+            await asyncio.wait_for(asyncio.shield(future), STORE_TIMEOUT)
+        except Exception:  # the worker left while its store was being made
+            future.release()
+            return None
+        return future
+
+    async def _lane_for(self, shard: int | None) -> Lane:
+        """The lane of ``shard`` (or the least busy one), waiting for a worker if none."""
+        if self._stale:
+            await self._sync_lanes()
+        if not self._order:
+            await self._wait_for_workers()
+        lanes = self._order
+        if shard is not None:
+            return lanes[shard % len(lanes)]
+        return min(lanes, key=lambda lane: lane.outstanding)
+
+    async def _wait_for_workers(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait
+        while not self._order:
+            self._joined.clear()
+            self._stale = True
+            await self._sync_lanes()  # one may have joined before the event was cleared
+            if self._order:
+                return
+            left = deadline - loop.time()
+            if left <= 0:
+                raise BackendError(
+                    f"no Dask worker is left and none joined within wait_for_workers="
+                    f"{self._wait:g} seconds; start workers (dask worker <scheduler>, "
+                    "cluster.scale(n)) or raise DaskBackend(wait_for_workers=...)"
+                )
+            try:
+                await asyncio.wait_for(self._joined.wait(), left)
+            except TimeoutError:
+                continue
+
+    async def resize(self, workers: int) -> None:
+        """Scale the local cluster this backend started to ``workers`` processes.
+
+        Takes effect between steps while a fit runs: tasks already sent to a leaving
+        worker finish or are re-run elsewhere, and shards spread over the new pool from
+        the next step on. The parameters stay bit-identical to a fixed-size run.
+
+        Raises:
+            ConfigError: the backend did not start its cluster (scale your own cluster:
+                the backend follows it), or it adapts (``adaptive=``); a bad count.
+
+        Example:
+            >>> async def grow(backend):  # doctest: +SKIP
+            ...     await backend.resize(4)
+            ...     assert backend.workers == 4
+        """
+        size = check_int("workers", workers)
+        await self._ensure_open()
+        if self._cluster is None:
+            raise ConfigError(
+                f"{self!r} did not start its cluster, so it cannot resize it; scale the "
+                "cluster itself (cluster.scale(n), more dask workers) and the backend "
+                "follows it"
+            )
+        if self._adaptive is not None:
+            raise ConfigError(
+                f"{self!r} adapts between {self._adaptive} workers; it cannot also be "
+                "resized by hand (create it without adaptive=)"
+            )
+        self._cluster.scale(size)
+        await self._cluster  # the cluster's spec realised: workers started or retired
+        if size:
+            await self._client.wait_for_workers(size)
+        self._size = size
+        self._stale = True
+        await self._sync_lanes()
+
+    # -- running ---------------------------------------------------------------------------
+
     async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Run ``fn(*args)`` on a Dask worker; see :class:`~asynctrain.backends.Backend`.
 
-        Shared handles among ``args`` reach the worker as views of their slots; slots the
-        task writes come back with its result. A user exception keeps its type.
-        Cancelling the caller cancels the Dask future: a queued task never starts; one
-        already running finishes on its worker (Dask cannot interrupt it), unawaited.
+        Shared handles among ``args`` reach the worker as views of their slots, from what
+        the worker keeps; slots the task writes come back with its result. A user
+        exception keeps its type (the worker's traceback is in its notes). Cancelling the
+        caller drops a call not yet sent; one already sent finishes on its worker (Dask
+        cannot interrupt it), unawaited.
 
         Raises:
-            BackendError: the task killed every worker Dask allowed it, or the cluster
-                cancelled it.
+            BackendError: the call lost every worker it was sent to (up to
+                ``LOST_WORKER_RETRIES + 1``), or no worker was left for
+                ``wait_for_workers`` seconds.
         """
         await self._ensure_open()
         call, handles = pack(fn, args)
-        for _ in range(len(handles) + LOST_DATA_RETRIES + 1):
-            envelope = await self._submit(fn, call, handles)
-            if envelope is None:  # the cluster lost shared data: sent again, run again
-                continue
-            if not envelope.missed:
-                break
-            for position in envelope.missed:  # it read slots that tasks wrote
-                handles[position].carry_returned()
-        else:
-            raise BackendError(f"Dask task {fn!r} could not get its shared data to a worker")
+        shard = call.shard
+        self._running += 1
+        try:
+            async with self._in_flight:
+                losses, misses = 0, 0
+                while True:
+                    lane = await self._lane_for(shard)
+                    try:
+                        envelope = await lane.submit(call, handles)
+                    except LaneLost as exc:
+                        self._drop(lane.address, repr(exc), lane)
+                        losses += 1
+                        if losses > LOST_WORKER_RETRIES:
+                            raise BackendError(
+                                f"Dask task {_name(fn)} lost {losses} workers that ran it "
+                                f"(last: {exc}); look at the workers' logs"
+                            ) from exc
+                        continue
+                    if not envelope.missed:
+                        break
+                    misses += 1
+                    if misses > len(handles) + LOST_WORKER_RETRIES:
+                        raise BackendError(
+                            f"Dask task {_name(fn)} could not get its shared data to a worker"
+                        )
+                    for position, cid in envelope.missed:
+                        if cid is None:  # it read a slot that a task wrote: send those
+                            handles[position].carry_returned()
+                        else:  # the worker no longer holds it: send it again
+                            lane.known.discard(cid)
+        finally:
+            self._running -= 1
+        if envelope.error is not None:
+            raise envelope.error
         for handle, written in zip(handles, envelope.writes, strict=True):
-            handle.receive(written)
+            handle.receive(written, lane.known)
+            self.traffic.returned += sum(nbytes(arrays) for _, arrays in written.values())
         result: T = envelope.result
         return result
-
-    async def _submit(self, fn: Callable[..., Any], call: Call, handles: list[DaskShared]) -> Any:
-        """The task's envelope, or None if it lost shared data (now scattered again)."""
-        async with self._in_flight:
-            carried = [await handle.carried(self._scatter) for handle in handles]
-            future = self._client.submit(run_on_worker, call, carried, key=_key(fn), pure=False)
-            try:
-                return await self._outcome(future)
-            except _CancelledByCluster:
-                sent = [c for slots in carried for c in slots if not isinstance(c, Payload | None)]
-                if await self._reshare_lost(handles, sent):
-                    return None
-                raise
-
-    async def _reshare_lost(self, handles: list[DaskShared], sent: list[Any]) -> bool:
-        """Scatter again whatever of ``sent`` the cluster lost; True if anything was lost."""
-        live = [future for future in sent if future.status == "finished"]
-        held = await self._client.who_has(live) if live else {}
-        lost = {future.key for future in sent if not held.get(future.key)}
-        for handle in handles:  # a concurrent task may have done it already: no-op then
-            handle.reshare(lost)
-        return bool(lost)
-
-    async def _outcome(self, future: Any) -> Any:
-        try:
-            return await future
-        except asyncio.CancelledError:
-            # Take the task off the cluster: a queued one never starts, a running one's
-            # result is dropped.
-            await self._client.cancel([future], reason="the awaiting asyncio task was cancelled")
-            raise
-        except distributed.KilledWorker as exc:
-            raise BackendError(
-                f"Dask task {future.key} died with every worker that ran it ({exc}); raise "
-                "distributed.scheduler.allowed-failures or look at the workers' logs"
-            ) from exc
-        except FutureCancelledError as exc:
-            raise _CancelledByCluster(
-                f"the cluster cancelled Dask task {future.key}: {exc}"
-            ) from exc
 
     def check_picklable(self, *objects: object) -> None:
         """Raise ConfigTypeError if any of ``objects`` cannot be sent to a Dask worker.
@@ -269,33 +455,137 @@ class DaskBackend(Lifecycle):
                     "files and connections out of it, or use backend='thread'"
                 ) from exc
 
-    async def _scatter(self, payload: Payload) -> Any:
-        return await self._client.scatter(payload, broadcast=True, hash=False)
-
     async def share(self, arrays: Mapping[str, npt.NDArray[Any]], *, slots: int = 1) -> DaskShared:
-        """Scatter ``arrays`` to every worker once; return the handle tasks carry."""
+        """Make ``arrays`` reachable from the workers; return the handle tasks carry.
+
+        Nothing is sent yet: each worker receives the arrays with its first task that
+        uses the handle, and keeps them.
+        """
         await self._ensure_open()
         slots = check_int("slots", slots)
-        owned = readonly(arrays)
-        handle = DaskShared(owned, slots, await self._scatter(Payload(owned)))
+        handle = DaskShared(readonly(arrays), slots)
         self._handles.add(handle)
         return handle
 
     async def release(self, shared: Any) -> None:
-        """Drop the cluster's copies of ``shared`` (tasks already running keep theirs)."""
-        if isinstance(shared, DaskShared):
-            self._handles.discard(shared)
-            for future in shared.release():
-                future.release()
+        """Have the workers drop what they keep of ``shared`` (tasks already running keep
+        theirs); later tasks with it raise StateError."""
+        if not isinstance(shared, DaskShared):
+            return
+        self._handles.discard(shared)
+        shared.release()
+        holding = [lane for lane in self._order if _holds(lane, shared.token)]
+        for lane in holding:
+            lane.known = {c for c in lane.known if not c.startswith(shared.token)}
+        if self._client is not None and holding:
+            await asyncio.gather(*(self._forget(lane, shared.token) for lane in holding))
+
+    async def _forget(self, lane: Lane, token: str) -> None:
+        try:
+            await self._client.rpc(lane.address).actor_execute(
+                actor=lane.actor, function="forget", args=[[token]], kwargs={}
+            )
+        except OSError:  # the worker is gone, and what it kept with it
+            return
+
+    async def kept(self) -> dict[str, int]:
+        """Bytes of shared contents each worker keeps for this backend, by address.
+
+        Example:
+            >>> async def report(backend):  # doctest: +SKIP
+            ...     return await backend.kept()
+            {'tcp://127.0.0.1:40547': 1048576, 'tcp://127.0.0.1:45741': 1048576}
+        """
+        await self._ensure_open()
+        kept: dict[str, int] = {}
+        for lane in list(self._order):
+            reply = await self._client.rpc(lane.address).actor_execute(
+                actor=lane.actor, function="held", args=[], kwargs={}
+            )
+            if reply.get("status") == "OK":
+                kept[lane.address] = sum(reply["result"].values())
+        return kept
 
     def __repr__(self) -> str:
         where = self.address or ("client" if self._given is not None else "local")
         return f"<DaskBackend {where} workers={self.workers} {self.state}>"
 
 
-class _CancelledByCluster(BackendError):
-    """Dask cancelled a task itself, e.g. because shared data it needed was lost."""
+class _Events:
+    """One subscription per client to the scheduler's ``"all"`` events, passed on to every
+    backend using that client (a client has one handler per topic)."""
+
+    _backends: ClassVar[weakref.WeakKeyDictionary[Any, weakref.WeakSet[DaskBackend]]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    @classmethod
+    def attach(cls, client: Any, backend: DaskBackend) -> None:
+        backends = cls._backends.get(client)
+        if backends is None:
+            backends = cls._backends[client] = weakref.WeakSet()
+
+            def handler(event: tuple[float, Any]) -> None:
+                msg = event[1]
+                if isinstance(msg, Mapping):
+                    for each in list(backends):
+                        each._on_event(msg)
+
+            client.subscribe_topic("all", handler)
+        backends.add(backend)
+
+    @classmethod
+    def detach(cls, client: Any, backend: DaskBackend) -> None:
+        backends = cls._backends.get(client)
+        if backends is None:
+            return
+        backends.discard(backend)
+        if not backends:
+            del cls._backends[client]
+            if client.status == "running":
+                client.unsubscribe_topic("all")
 
 
-def _key(fn: Callable[..., Any]) -> str:
-    return f"asynctrain-{getattr(fn, '__name__', 'call')}-{uuid.uuid4().hex}"
+class _FollowTasks(Adaptive):
+    """Adaptive scaling whose target is the backend's shard tasks in flight (Dask's own
+    target counts scheduler tasks, and the backend's calls go to actors, not tasks)."""
+
+    def __init__(self, cluster: Any, *, backend: DaskBackend, **options: Any) -> None:
+        super().__init__(cluster, **options)
+        self._backend = weakref.ref(backend)
+
+    async def target(self) -> int:
+        backend = self._backend()
+        wanted = 0 if backend is None else backend._running
+        return int(max(self.minimum, min(self.maximum, wanted)))
+
+
+def _check_adaptive(adaptive: Any, local: bool) -> tuple[int, int]:
+    if not local:
+        raise ConfigError(
+            "adaptive= scales a LocalCluster the backend starts; for your own cluster call "
+            "cluster.adapt(...) on it (the backend follows it)"
+        )
+    if not isinstance(adaptive, tuple) or len(adaptive) != 2:
+        raise ConfigTypeError(f"adaptive must be a (minimum, maximum) pair, got {adaptive!r}")
+    low = check_int("adaptive minimum", adaptive[0], minimum=0)
+    high = check_int("adaptive maximum", adaptive[1])
+    if low > high:
+        raise ConfigError(f"adaptive minimum {low} exceeds its maximum {high}")
+    return low, high
+
+
+def _check_seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigTypeError(f"wait_for_workers must be a number of seconds, got {value!r}")
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"wait_for_workers must be finite and >= 0 seconds, got {value!r}")
+    return float(value)
+
+
+def _holds(lane: Lane, token: str) -> bool:
+    return any(cid.startswith(token) for cid in lane.known)
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__name__", repr(fn))

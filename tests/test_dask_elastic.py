@@ -1,0 +1,173 @@
+"""DaskBackend follows its cluster mid-fit and keeps its bits: resize, workers killed,
+workers that never come back.
+
+Each test starts its own cluster (these change its size); the reference is the inline
+backend, so "bit-identical" means bit-identical to a fixed-size run on any backend.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+import asynctrain as at
+from asynctrain.data import Dataset, synthetic
+from asynctrain.models import SoftmaxRegression
+
+distributed = pytest.importorskip("distributed")
+
+from asynctrain.backends import DaskBackend  # noqa: E402
+
+pytestmark = pytest.mark.dask
+
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    return synthetic("softmax", n=1600, seed=2)
+
+
+async def _fit(
+    backend: str | at.backends.Backend, data: Dataset, callbacks: list[Any] | None = None
+) -> at.FitResult:
+    trainer = at.Trainer(
+        SoftmaxRegression(128, 10),
+        at.optim.adam(1e-2),
+        backend=backend,
+        batch_size=100,
+        shards=4,
+        seed=5,
+    )
+    async with trainer:
+        return await trainer.fit(data, epochs=1, callbacks=callbacks or [])
+
+
+def _same_bits(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+async def _pids(backend: DaskBackend) -> set[int]:
+    return set((await backend.client.run(os.getpid)).values())
+
+
+class AtStep(at.Callback):
+    """Awaits ``action(step)`` after the steps listed in ``plan``."""
+
+    def __init__(self, plan: dict[int, Any]) -> None:
+        self.plan = plan
+        self.seen: dict[int, Any] = {}
+
+    async def on_step(self, event: at.StepEvent) -> None:
+        if event.step in self.plan:
+            self.seen[event.step] = await self.plan[event.step]()
+
+
+@pytest.mark.slow  # a cluster of its own, changing size
+async def test_resize_2_1_3_mid_fit_is_bit_identical(data: Dataset) -> None:
+    reference = await _fit("inline", data)
+    async with DaskBackend(workers=2) as backend:
+
+        def to(n: int) -> Any:
+            async def resize() -> tuple[int, int]:
+                await backend.resize(n)
+                return backend.workers, len(await _pids(backend))
+
+            return resize
+
+        sizes = AtStep({3: to(1), 9: to(3)})
+        result = await _fit(backend, data, [sizes])
+        assert sizes.seen == {3: (1, 1), 9: (3, 3)}  # the pool really was that size
+        used = {lane.address: lane.sent for lane in backend._order}
+    assert len(used) == 3
+    assert all(sent > 0 for sent in used.values())
+    assert _same_bits(result.params, reference.params)
+
+
+@pytest.mark.slow  # a cluster of its own, changing size
+async def test_every_worker_killed_then_new_ones_join(data: Dataset) -> None:
+    reference = await _fit("inline", data)
+    async with DaskBackend(workers=2, wait_for_workers=60) as backend:
+        before = await _pids(backend)
+
+        async def kill_all() -> None:
+            for pid in before:
+                os.kill(pid, signal.SIGKILL)  # the nannies start new workers
+
+        result = await _fit(backend, data, [AtStep({4: kill_all})])
+        after = await _pids(backend)
+    assert before.isdisjoint(after)
+    assert len(after) == 2
+    assert backend.lost_workers >= 2
+    assert _same_bits(result.params, reference.params)
+
+
+async def test_no_worker_joins_within_the_wait_is_a_clear_error(data: Dataset) -> None:
+    async with (
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            host="127.0.0.1",
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            asynchronous=True,
+        ) as cluster,
+        DaskBackend(cluster.scheduler_address, wait_for_workers=1.5) as backend,
+    ):
+
+        async def leave() -> None:
+            cluster.scale(0)
+            await cluster
+
+        began = time.monotonic()
+        with pytest.raises(at.BackendError, match=r"wait_for_workers=1\.5 seconds"):
+            await _fit(backend, data, [AtStep({2: leave})])
+        assert time.monotonic() - began >= 1.5
+        assert backend.workers == 0
+
+
+async def test_a_worker_that_joins_takes_shards_from_the_next_step(data: Dataset) -> None:
+    reference = await _fit("inline", data)
+    async with (
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            host="127.0.0.1",
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            asynchronous=True,
+        ) as cluster,
+        DaskBackend(cluster.scheduler_address) as backend,
+    ):
+
+        async def grow() -> None:
+            cluster.scale(2)
+            await cluster
+            await backend.client.wait_for_workers(2)
+
+        result = await _fit(backend, data, [AtStep({2: grow})])
+        assert backend.workers == 2
+        assert all(lane.sent > 0 for lane in backend._order)
+    assert _same_bits(result.params, reference.params)
+
+
+async def test_resize_refuses_a_cluster_it_did_not_start(dask_cluster: Any) -> None:
+    async with DaskBackend(dask_cluster.scheduler_address) as backend:
+        with pytest.raises(at.ConfigError, match="follows it"):
+            await backend.resize(3)
+        with pytest.raises(at.ConfigError):
+            await backend.resize(0)
+
+
+@pytest.mark.slow  # a cluster of its own, changing size
+async def test_adaptive_scales_with_the_tasks_in_flight(data: Dataset) -> None:
+    reference = await _fit("inline", data)
+    async with DaskBackend(adaptive=(1, 2)) as backend:
+        assert backend.workers == 1
+        with pytest.raises(at.ConfigError, match="adapts"):
+            await backend.resize(2)
+        result = await _fit(backend, data)
+    assert _same_bits(result.params, reference.params)
