@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from asynctrain._engine._placement import Placement
 from asynctrain._engine._update import StepStats, Updater
 from asynctrain._engine._work import Rows, ShardResult, ShardTask, compute_shard
 from asynctrain._events import StepEvent
@@ -45,6 +46,8 @@ class StepContext:
     ``(seed, step, shard)``."""
     shipped: Any = None
     """What tasks carry in the model's place (see :func:`._work.ship_model`); None: the model."""
+    placement: Placement = field(default_factory=Placement)
+    """Where sync steps run their shards (see :mod:`._placement`); learns during the fit."""
     started: float = field(default_factory=time.perf_counter)
     samples: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

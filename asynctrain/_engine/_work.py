@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import pickle
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
@@ -79,6 +80,36 @@ def compute_shard(
     loss, shard_grads = shard_loss_and_grad(resolve_model(model), current, X, y, key)
     grads.write(task.grad_slot, shard_grads)
     return ShardResult(task.step, task.shard, task.version, task.grad_slot, len(y), float(loss))
+
+
+class ShardGroup(NamedTuple):
+    """Shard tasks of one step that one worker computes one after another (see
+    :mod:`._placement`). ``step`` and ``shard`` (its first shard) name it in errors."""
+
+    step: int
+    shard: int
+    tasks: tuple[ShardTask, ...]
+
+
+class GroupResult(NamedTuple):
+    """The results of a :class:`ShardGroup`, in shard order, and the seconds their math
+    took on the worker."""
+
+    results: tuple[ShardResult, ...]
+    seconds: float
+
+
+def compute_group(
+    model: Any,
+    data: SharedArrays,
+    params: SharedArrays,
+    grads: SharedArrays,
+    group: ShardGroup,
+) -> GroupResult:
+    """:func:`compute_shard` of each task of ``group`` in turn, timed."""
+    started = time.perf_counter()
+    results = tuple(compute_shard(model, data, params, grads, task) for task in group.tasks)
+    return GroupResult(results, time.perf_counter() - started)
 
 
 def _rows(array: npt.NDArray[Any], rows: Rows) -> npt.NDArray[Any]:
