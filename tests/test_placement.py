@@ -15,41 +15,60 @@ import pytest
 from _reliability import Recorder, state_bits
 
 import asynctrain as at
-from asynctrain._engine._placement import MEASURED, WARM_UP, Placement
+from asynctrain._engine._placement import MEASURED, REPROBE, WARM_UP, Placement
 from asynctrain.backends import ProcessBackend, ThreadBackend
 from asynctrain.data import synthetic
 from asynctrain.models import SoftmaxRegression
 
 
-def _trained(placement: Placement, shard_s: float, handoff_s: float, shards: int) -> Placement:
-    for _ in range(WARM_UP + MEASURED + 4):
-        k = placement.tasks(shards, workers=shards)
-        groups = [len(g) for g in placement.split(list(range(shards)), workers=shards)]
-        assert len(groups) == k
-        assert sum(groups) == shards
-        seconds = [size * shard_s for size in groups]
-        placement.record(groups, seconds, max(seconds) + k * handoff_s)
+def _trained(grouped_s: float, spread_s: float, *, shards: int = 4, workers: int = 2) -> Placement:
+    """A placement that has seen steps take ``grouped_s`` grouped and ``spread_s`` spread."""
+    placement = Placement()
+    for _ in range(WARM_UP + MEASURED):
+        k = placement.tasks(shards, workers)
+        placement.record(k, shards, grouped_s if k == 1 else spread_s)
     return placement
 
 
-def test_tiny_shards_go_to_one_task_and_large_ones_are_spread() -> None:
-    assert _trained(Placement(), 10e-6, 200e-6, 4).tasks(4, workers=4) == 1
-    assert _trained(Placement(), 5e-3, 100e-6, 4).tasks(4, workers=4) == 4
-    assert _trained(Placement(), 5e-3, 100e-6, 4).tasks(4, workers=2) == 2
-    # In between: 4 shards of 300 us, 250 us a task: two tasks of two (1.1 ms) win.
-    assert _trained(Placement(), 300e-6, 250e-6, 4).tasks(4, workers=4) == 2
+def test_the_faster_of_grouped_and_spread_is_chosen() -> None:
+    assert _trained(100e-6, 300e-6).tasks(4, workers=2) == 1
+    assert _trained(5e-3, 3e-3).tasks(4, workers=2) == 2
+    assert _trained(5e-3, 3e-3, workers=8).tasks(4, workers=8) == 4
+    assert _trained(1e-3, 1e-3).tasks(4, workers=2) == 1  # a tie: one task
 
 
-def test_one_task_a_shard_until_measured_and_groups_are_contiguous_and_even() -> None:
+def test_one_task_a_shard_while_warming_up_then_alternating() -> None:
     placement = Placement()
-    assert placement.tasks(4, workers=2) == 4
-    assert placement.tasks(3, workers=8) == 3
-    assert placement.tasks(1, workers=0) == 1
-    for _ in range(WARM_UP + MEASURED):
-        placement.record([1] * 5, [1e-6] * 5, 1e-3)
+    for _ in range(WARM_UP):
+        assert placement.tasks(4, workers=2) == 4
+        assert placement.tasks(1, workers=0) == 1
+        placement.record(4, 4, 1.0)  # not timed: it would have made spreading look slow
+    seen = []
+    for _ in range(MEASURED):
+        seen.append(placement.tasks(4, workers=2))
+        placement.record(seen[-1], 4, 1e-3)
+    assert sorted(set(seen)) == [1, 2]
+    assert seen.count(1) == seen.count(2)
+
+
+def test_the_other_choice_is_tried_every_reprobe_steps_and_can_win() -> None:
+    placement = _trained(100e-6, 300e-6)
+    choices = []
+    for _ in range(2 * REPROBE):
+        k = placement.tasks(4, workers=2)
+        choices.append(k)
+        # The costs changed: spreading now pays.
+        placement.record(k, 4, 400e-6 if k == 1 else 50e-6)
+    assert choices[0] == 1
+    assert choices[-1] == 2
+
+
+def test_groups_are_contiguous_and_even() -> None:
+    placement = _trained(5e-3, 3e-3, shards=5)
+    assert placement.split(list(range(5)), workers=2) == [[0, 1, 2], [3, 4]]
+    placement = _trained(1e-4, 3e-3, shards=5)
     assert placement.split(list(range(5)), workers=2) == [[0, 1, 2, 3, 4]]
-    slow = _trained(Placement(), 5e-3, 100e-6, 5)
-    assert slow.split(list(range(5)), workers=2) == [[0, 1, 2], [3, 4]]
+    assert Placement().split(list(range(3)), workers=2) == [[0], [1], [2]]
 
 
 class CountingThreads(ThreadBackend):

@@ -87,11 +87,8 @@ async def _run_placed(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardRes
         ctx.backend.run(compute_group, ctx.carried, ctx.data, ctx.params, ctx.grads, group)
         for group in groups
     )
-    wall = time.perf_counter() - started
-    ctx.placement.record(
-        [len(group.tasks) for group in groups], [o.seconds for o in outcomes], wall
-    )
-    return [result for outcome in outcomes for result in outcome.results]
+    ctx.placement.record(len(groups), len(tasks), time.perf_counter() - started)
+    return [result for results in outcomes for result in results]
 
 
 async def _run_together(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardResult]:

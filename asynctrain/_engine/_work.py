@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import pickle
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
@@ -91,25 +90,15 @@ class ShardGroup(NamedTuple):
     tasks: tuple[ShardTask, ...]
 
 
-class GroupResult(NamedTuple):
-    """The results of a :class:`ShardGroup`, in shard order, and the seconds their math
-    took on the worker."""
-
-    results: tuple[ShardResult, ...]
-    seconds: float
-
-
 def compute_group(
     model: Any,
     data: SharedArrays,
     params: SharedArrays,
     grads: SharedArrays,
     group: ShardGroup,
-) -> GroupResult:
-    """:func:`compute_shard` of each task of ``group`` in turn, timed."""
-    started = time.perf_counter()
-    results = tuple(compute_shard(model, data, params, grads, task) for task in group.tasks)
-    return GroupResult(results, time.perf_counter() - started)
+) -> list[ShardResult]:
+    """:func:`compute_shard` of each task of ``group`` in turn."""
+    return [compute_shard(model, data, params, grads, task) for task in group.tasks]
 
 
 def _rows(array: npt.NDArray[Any], rows: Rows) -> npt.NDArray[Any]:
