@@ -1,6 +1,6 @@
-"""Where a sync step's shards run (``_engine/_placement.py``): grouped into fewer tasks when
-a shard's math is too small to pay for its hand-off, spread when it is not; the bits never
-depend on it (the oracle: the inline backend, one task per shard)."""
+"""Where a sync step's shards run (``Placement`` in ``_engine/_step.py``): grouped into one
+task when a shard's math is too small to pay for its hand-off, spread when it is not; the
+bits never depend on it (the oracle: the inline backend, one task per shard)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from _reliability import Recorder, state_bits
 
 import asynctrain as at
-from asynctrain._engine._placement import MEASURED, REPROBE, WARM_UP, Placement
+from asynctrain._engine._step import MEASURED, REPROBE, WARM_UP, Placement
 from asynctrain.backends import ProcessBackend, ThreadBackend
 from asynctrain.data import synthetic
 from asynctrain.models import SoftmaxRegression

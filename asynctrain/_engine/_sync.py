@@ -77,7 +77,7 @@ class Sync:
 
 async def _run_placed(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardResult]:
     """Run a step's shard tasks as the fit's placement groups them (see
-    :mod:`._placement`); their results in shard order."""
+    :class:`._step.Placement`); their results in shard order."""
     groups = [
         ShardGroup(part[0].step, part[0].shard, tuple(part))
         for part in ctx.placement.split(tasks, ctx.backend.workers)

@@ -83,7 +83,7 @@ def compute_shard(
 
 class ShardGroup(NamedTuple):
     """Shard tasks of one step that one worker computes one after another (see
-    :mod:`._placement`). ``step`` and ``shard`` (its first shard) name it in errors."""
+    :class:`._step.Placement`). ``step`` and ``shard`` (its first shard) name it in errors."""
 
     step: int
     shard: int
