@@ -5,6 +5,7 @@ bits never depend on it (the oracle: the inline backend, one task per shard)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from _reliability import Recorder, state_bits
 
 import asynctrain as at
-from asynctrain._engine._step import MEASURED, REPROBE, WARM_UP, Placement
+from asynctrain._engine._step import MAX_REPROBE, MEASURED, REPROBE, WARM_UP, Placement
 from asynctrain.backends import ProcessBackend, ThreadBackend
 from asynctrain.data import synthetic
 from asynctrain.models import SoftmaxRegression
@@ -61,6 +62,20 @@ def test_the_other_choice_is_tried_every_reprobe_steps_and_can_win() -> None:
         placement.record(k, 4, 400e-6 if k == 1 else 50e-6)
     assert choices[0] == 1
     assert choices[-1] == 2
+
+
+def test_a_choice_that_stands_is_tried_less_and_less_often() -> None:
+    placement = _trained(100e-6, 300e-6)
+    probes = []
+    for i in range(4 * MAX_REPROBE):
+        k = placement.tasks(4, workers=2)
+        if k == 2:
+            probes.append(i)
+        placement.record(k, 4, 100e-6 if k == 1 else 300e-6)
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    assert gaps == sorted(gaps)
+    assert gaps[:2] == [REPROBE, 2 * REPROBE]
+    assert gaps[-1] == MAX_REPROBE
 
 
 def test_groups_are_contiguous_and_even() -> None:

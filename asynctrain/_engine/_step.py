@@ -32,7 +32,10 @@ MEASURED = 8
 WINDOW = 16
 """Steps per choice whose times the medians are taken over."""
 REPROBE = 32
-"""Every this many steps, a step tries the choice not taken."""
+"""Steps after the first choice until a step tries the choice not taken; the interval
+doubles (up to :data:`MAX_REPROBE`) each time the choice stands, and resets when it flips."""
+MAX_REPROBE = 512
+"""The longest interval between steps that try the choice not taken."""
 
 
 class Placement:
@@ -54,8 +57,9 @@ class Placement:
     * the next :data:`MEASURED` steps alternate spread and grouped, timed on the loop's
       clock (per shard, so a short last batch counts alike);
     * from then on a step takes the choice with the lower median time over its last
-      :data:`WINDOW` steps (grouped on a tie), and every :data:`REPROBE`-th step tries the
-      other, so a choice follows a fit whose costs change.
+      :data:`WINDOW` steps (grouped on a tie), and now and then a step tries the other
+      (after :data:`REPROBE` steps, then twice as long each time the choice stands), so a
+      choice follows a fit whose costs change without paying often for the worse one.
 
     Measured, not predicted: on threads, two small tasks "in parallel" mostly wait for each
     other's GIL, which no formula of compute and hand-off times captures. Each shard still
@@ -76,9 +80,13 @@ class Placement:
     def __init__(self) -> None:
         self._steps = 0
         self._times: dict[int, collections.deque[float]] = {}
+        self._best = 0
+        self._interval = REPROBE
+        self._probe_at = MEASURED + REPROBE
 
     def tasks(self, shards: int, workers: int) -> int:
-        """How many tasks the next step of ``shards`` shards goes to on ``workers``."""
+        """How many tasks the next step of ``shards`` shards goes to on ``workers``
+        (asked once a step: it schedules the next try of the choice not taken)."""
         step = self._steps - WARM_UP
         if step < 0:
             return max(shards, 1)
@@ -88,9 +96,12 @@ class Placement:
         if step < MEASURED:
             return 1 if step % 2 else spread
         best = min((1, spread), key=self._median)
-        if step % REPROBE == 0:
-            return spread if best == 1 else 1
-        return best
+        if step < self._probe_at:
+            return best
+        stands = best == self._best
+        self._interval = min(2 * self._interval, MAX_REPROBE) if stands else REPROBE
+        self._best, self._probe_at = best, step + self._interval
+        return spread if best == 1 else 1
 
     def _median(self, k: int) -> float:
         times = self._times.get(k)
