@@ -328,7 +328,9 @@ class Trainer:
                 self._current,
                 events,
                 callbacks,
-                session.after,
+                # No checkpoint directory: nothing to do after an event, and no coroutine
+                # to create and await on every step for it.
+                session.after if session.directory is not None else None,
                 finish=session.finish,
                 control=FitControl(self),
             )

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
 
 import asynctrain as at
 from asynctrain.backends import ProcessBackend, default_workers
@@ -319,3 +320,25 @@ def test_process_shared_pickles_as_its_layout_only() -> None:
     clone = pickle.loads(pickle.dumps(shared))
     assert (clone.key, clone.slots, clone.slot_bytes) == ("asynctrain_1_1", 2, 4096)
     assert len(pickle.dumps(shared)) < 200
+
+
+def _parent_blas_threads() -> set[int]:
+    return {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+
+
+async def test_the_parent_s_blas_is_limited_while_the_backend_is_open() -> None:
+    # A BLAS call in the parent (evaluation, the caller's own math) must not spin threads
+    # on the workers' cores; the limit seen before opening comes back after closing.
+    if not _parent_blas_threads():
+        pytest.skip("no BLAS library loaded")
+    with threadpool_limits(limits=2, user_api="blas"):
+        backend = ProcessBackend(workers=1)
+        assert _parent_blas_threads() == {2}
+        async with backend:
+            assert _parent_blas_threads() == {1}
+            X = np.arange(12.0).reshape(4, 3)
+            data = await backend.share({"X": X, "y": np.zeros(4)})
+            grads = await backend.share({"g": np.zeros(3)})
+            await backend.run(shard_sum, data, grads, 0, 0, 4)
+            assert _parent_blas_threads() == {1}
+        assert _parent_blas_threads() == {2}

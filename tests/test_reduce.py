@@ -6,6 +6,7 @@ import asyncio
 import random
 
 import numpy as np
+import pytest
 
 from asynctrain._engine._step import collect_in_order
 from asynctrain._engine._update import mean_in_place, sum_in_order
@@ -90,3 +91,28 @@ def test_a_weighted_step_divides_by_the_weight_sum_and_a_weightless_one_stays_ze
     zeros = {"w": np.zeros(257, np.float32)}
     mean_in_place(zeros, 0.0)  # a batch whose rows all weigh 0: zero, not 0 / 0
     assert not zeros["w"].any()
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3, 5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_mean_has_the_bits_of_sum_then_divide(shards: int, dtype: type) -> None:
+    # The oracle is the plain two-pass reduction: copy shard 0 (cast to the slot's dtype,
+    # as a shared-memory slot does), add the others in shard order, then divide by n.
+    rng = np.random.default_rng(shards)
+    arrays = [{"w": rng.standard_normal((33, 7)).astype(dtype)} for _ in range(shards)]
+    shared = LocalShared(arrays[0], shards)
+    for s, value in enumerate(arrays):
+        shared.write(s, value)
+    results = [ShardResult(0, s, 0, s, 3 + s, float(s), float(3 + s)) for s in range(shards)]
+    expected = np.array(arrays[0]["w"], np.float32)
+    for value in arrays[1:]:
+        np.add(expected, value["w"].astype(np.float32), out=expected)
+    n = sum(r.n for r in results)
+    np.divide(expected, n, out=expected)
+    out = {"w": np.full((33, 7), np.nan, np.float32)}
+    assert sum_in_order(results, shared, out, mean=True) == (
+        sum(r.loss for r in results),
+        n,
+        float(n),
+    )
+    assert out["w"].tobytes() == expected.tobytes()

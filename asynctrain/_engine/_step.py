@@ -1,15 +1,18 @@
 """One data-parallel step's plumbing, shared by every mode: the step context, the Mode
-protocol, cutting a batch into shard tasks, running them on the backend, and taking their
-results off the queue in shard order (the arithmetic of the reduction is the updater's)."""
+protocol, cutting a batch into shard tasks, where they run (:class:`Placement`), running
+them on the backend, and taking their results off the queue in shard order (the arithmetic
+of the reduction is the updater's)."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
+import statistics
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +22,111 @@ from asynctrain._engine._work import Rows, ShardResult, ShardTask, compute_shard
 from asynctrain._events import StepEvent
 from asynctrain.backends import Backend, SharedArrays
 from asynctrain.data import batch_bounds, shard_bounds
+
+T = TypeVar("T")
+
+WARM_UP = 8
+"""Steps of a fit that run one task per shard and are not timed."""
+MEASURED = 8
+"""Timed steps, alternating spread and grouped, before the first choice."""
+WINDOW = 16
+"""Steps per choice whose times the medians are taken over."""
+REPROBE = 32
+"""Steps after the first choice until a step tries the choice not taken; the interval
+doubles (up to :data:`MAX_REPROBE`) each time the choice stands, and resets when it flips."""
+MAX_REPROBE = 512
+"""The longest interval between steps that try the choice not taken."""
+
+
+class Placement:
+    """Chooses how many tasks a sync step's shards go to.
+
+    Where a step's shards run: spread over the workers, or grouped into one task when a
+    shard's math is too small to pay for handing it to a worker.
+
+    Every shard task has a fixed cost besides its math: on threads an executor future, a
+    wake-up and GIL hand-offs; on processes a pickle, a pipe write and a reply. When a shard
+    computes for less than that, spreading a step's shards over more workers makes the step
+    slower, not faster. So a sync step on a thread, process or Dask backend hands its S
+    shards to the workers either spread (``min(S, workers)`` tasks of contiguous shards) or
+    grouped (one task that computes every shard in turn), whichever the fit has measured to
+    be faster:
+
+    * its first :data:`WARM_UP` steps run one task per shard, as a step always did, and are
+      not timed (first-touch page faults, imports on the workers);
+    * the next :data:`MEASURED` steps alternate spread and grouped, timed on the loop's
+      clock (per shard, so a short last batch counts alike);
+    * from then on a step takes the choice with the lower median time over its last
+      :data:`WINDOW` steps (grouped on a tie), and now and then a step tries the other
+      (after :data:`REPROBE` steps, then twice as long each time the choice stands), so a
+      choice follows a fit whose costs change without paying often for the worse one.
+
+    Measured, not predicted: on threads, two small tasks "in parallel" mostly wait for each
+    other's GIL, which no formula of compute and hand-off times captures. Each shard still
+    writes its own gradient slot and the updater still sums them in shard order, so the
+    parameters are bit-identical whatever is chosen: where shards run changes the time only.
+
+    Example:
+        >>> placement = Placement()
+        >>> [len(g) for g in placement.split(list(range(4)), workers=2)]  # warming up
+        [1, 1, 1, 1]
+        >>> for _ in range(WARM_UP + MEASURED):  # grouped steps take 100 us, spread 300
+        ...     k = placement.tasks(4, workers=2)
+        ...     placement.record(k, 4, 100e-6 if k == 1 else 300e-6)
+        >>> [len(g) for g in placement.split(list(range(4)), workers=2)]
+        [4]
+    """
+
+    def __init__(self) -> None:
+        self._steps = 0
+        self._times: dict[int, collections.deque[float]] = {}
+        self._best = 0
+        self._interval = REPROBE
+        self._probe_at = MEASURED + REPROBE
+
+    def tasks(self, shards: int, workers: int) -> int:
+        """How many tasks the next step of ``shards`` shards goes to on ``workers``
+        (asked once a step: it schedules the next try of the choice not taken)."""
+        step = self._steps - WARM_UP
+        if step < 0:
+            return max(shards, 1)
+        spread = max(1, min(shards, workers))
+        if spread == 1:
+            return 1
+        if step < MEASURED:
+            return 1 if step % 2 else spread
+        best = min((1, spread), key=self._median)
+        if step < self._probe_at:
+            return best
+        stands = best == self._best
+        self._interval = min(2 * self._interval, MAX_REPROBE) if stands else REPROBE
+        self._best, self._probe_at = best, step + self._interval
+        return spread if best == 1 else 1
+
+    def _median(self, k: int) -> float:
+        times = self._times.get(k)
+        return statistics.median(times) if times else float("inf")
+
+    def split(self, items: Sequence[T], workers: int) -> list[list[T]]:
+        """``items`` (a step's shard tasks, in shard order) cut into :meth:`tasks`
+        contiguous groups, as even as can be, the larger ones first."""
+        k = self.tasks(len(items), workers)
+        size, extra = divmod(len(items), k)
+        groups, start = [], 0
+        for i in range(k):
+            stop = start + size + (i < extra)
+            groups.append(list(items[start:stop]))
+            start = stop
+        return groups
+
+    def record(self, tasks: int, shards: int, seconds: float) -> None:
+        """Learn from a step that ran ``shards`` shards as ``tasks`` tasks in ``seconds``
+        (on the loop's clock, from handing them out to the last result)."""
+        self._steps += 1
+        if self._steps <= WARM_UP or shards < 1:
+            return
+        times = self._times.setdefault(tasks, collections.deque(maxlen=WINDOW))
+        times.append(seconds / shards)
 
 
 @dataclass
@@ -45,6 +153,8 @@ class StepContext:
     ``(seed, step, shard)``."""
     shipped: Any = None
     """What tasks carry in the model's place (see :func:`._work.ship_model`); None: the model."""
+    placement: Placement = field(default_factory=Placement)
+    """Where sync steps run their shards (see :class:`Placement`); learns during the fit."""
     started: float = field(default_factory=time.perf_counter)
     samples: int = 0
     weight: float = 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator
 
 import numpy as np
@@ -16,9 +17,9 @@ from asynctrain._engine._step import (
     run_shard,
     shard_tasks,
 )
-from asynctrain._engine._tasks import unwrap_group
+from asynctrain._engine._tasks import gather_ordered, unwrap_group
 from asynctrain._engine._update import StepStats
-from asynctrain._engine._work import Rows, ShardResult, ShardTask
+from asynctrain._engine._work import Rows, ShardGroup, ShardResult, ShardTask, compute_group
 from asynctrain._events import StepEvent
 
 
@@ -62,14 +63,32 @@ class Sync:
         tasks = shard_tasks(ctx, indices, step=ctx.updater.state.step, data_slot=data_slot)
         if len(tasks) == 1:
             results = [await compute(ctx, tasks[0])]
-        else:
+        elif ctx.backend.inline:
             results = await _run_together(ctx, tasks)
+        else:
+            results = await _run_placed(ctx, tasks)
         return await ctx.updater.apply(
             results, ctx.grads, ctx.params, advance_batch=not ctx.streaming
         )
 
     def __repr__(self) -> str:
         return "Sync()"
+
+
+async def _run_placed(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardResult]:
+    """Run a step's shard tasks as the fit's placement groups them (see
+    :class:`._step.Placement`); their results in shard order."""
+    groups = [
+        ShardGroup(part[0].step, part[0].shard, tuple(part))
+        for part in ctx.placement.split(tasks, ctx.backend.workers)
+    ]
+    started = time.perf_counter()
+    outcomes = await gather_ordered(
+        ctx.backend.run(compute_group, ctx.carried, ctx.data, ctx.params, ctx.grads, group)
+        for group in groups
+    )
+    ctx.placement.record(len(groups), len(tasks), time.perf_counter() - started)
+    return [result for results in outcomes for result in results]
 
 
 async def _run_together(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardResult]:

@@ -129,8 +129,7 @@ class Updater:
         state, acc = self.state, self._scratch
         # Overflow and NaN are looked for explicitly below, not reported as they happen.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            loss_sum, n, weight = sum_in_order(results, grads, acc)
-            mean_in_place(acc, weight)
+            loss_sum, n, weight = sum_in_order(results, grads, acc, mean=True)
             norm = global_norm(acc)
             # A finite norm means every gradient is finite: one pass, not a scan per array.
             if math.isfinite(loss_sum) and math.isfinite(norm):
@@ -279,30 +278,42 @@ def _first_bad_shard(results: Sequence[ShardResult], grads: SharedArrays) -> int
 
 
 def sum_in_order(
-    results: Sequence[ShardResult], grads: SharedArrays, out: Grads
+    results: Sequence[ShardResult], grads: SharedArrays, out: Grads, *, mean: bool = False
 ) -> tuple[float, int, float]:
     """Sum the results' gradients into ``out`` in the given order; return (loss sum, n,
     weight): the summed loss, the sample count and the total sample weight.
 
-    ``out`` is caller-owned scratch (overwritten). Shards with no samples are skipped. The
-    gradient is divided by the total weight (the sample count without sample weights) by
-    :func:`mean_in_place` afterwards.
+    ``out`` is caller-owned scratch (overwritten). Shards with no samples are skipped.
+    With ``mean``, ``out`` ends divided by the total weight (the sample count without
+    sample weights), with the bits of summing first and calling :func:`mean_in_place`
+    after, in fewer passes: one shard's gradient is divided straight into ``out``, and the
+    first two shards are added straight into it (no copy of the first). Each gradient is
+    cast to ``out``'s dtype as it is read, as a shared-memory gradient slot does when a
+    shard writes it.
     """
-    first = True
+    live = [result for result in results if result.n]
     loss, n, weight = 0.0, 0, 0.0
-    for result in results:
-        if result.n == 0:
-            continue
-        shard_grads = grads.read(result.grad_slot)
-        for key, acc in out.items():
-            if first:
-                np.copyto(acc, shard_grads[key])
-            else:
-                np.add(acc, shard_grads[key], out=acc)
-        first = False
+    for result in live:
         loss += result.loss
         n += result.n
         weight += result.weight
+    if not live:
+        return loss, n, weight
+    divide = mean and weight != 0  # rows that all weigh 0: the zero sum stays zero
+    shard_grads = [grads.read(result.grad_slot) for result in live]
+    first, rest = shard_grads[0], shard_grads[1:]
+    for key, acc in out.items():
+        if not rest:
+            if divide:
+                np.divide(first[key], weight, out=acc, dtype=acc.dtype)
+            else:
+                np.copyto(acc, first[key])
+            continue
+        np.add(first[key], rest[0][key], out=acc, dtype=acc.dtype)
+        for more in rest[1:]:
+            np.add(acc, more[key], out=acc, dtype=acc.dtype)
+        if divide:
+            np.divide(acc, weight, out=acc)
     return loss, n, weight
 
 

@@ -110,6 +110,26 @@ def features(arrays: Mapping[str, npt.NDArray[Any]], rows: Rows) -> Any:
     return take(X, rows) if is_sparse(X) else _rows(X, rows)
 
 
+class ShardGroup(NamedTuple):
+    """Shard tasks of one step that one worker computes one after another (see
+    :class:`._step.Placement`). ``step`` and ``shard`` (its first shard) name it in errors."""
+
+    step: int
+    shard: int
+    tasks: tuple[ShardTask, ...]
+
+
+def compute_group(
+    model: Any,
+    data: SharedArrays,
+    params: SharedArrays,
+    grads: SharedArrays,
+    group: ShardGroup,
+) -> list[ShardResult]:
+    """:func:`compute_shard` of each task of ``group`` in turn."""
+    return [compute_shard(model, data, params, grads, task) for task in group.tasks]
+
+
 def _rows(array: npt.NDArray[Any], rows: Rows) -> npt.NDArray[Any]:
     # A range is copied too, not viewed: the shard then computes on a fresh array exactly
     # as with gathered indices, so a stream gives the same bits as the in-memory dataset.

@@ -14,6 +14,7 @@ from asynctrain._checks import check_choice, check_float, check_int
 from asynctrain._exceptions import BackendError, ConfigTypeError, ShardFailedError, StateError
 from asynctrain._offloop import off_loop
 from asynctrain._shm import sweep_stale_segments
+from asynctrain.backends._blas import BlasLimit
 from asynctrain.backends._lifecycle import Lifecycle
 from asynctrain.backends._process_context import get_context
 from asynctrain.backends._process_main import check_main_guard
@@ -98,6 +99,9 @@ class ProcessBackend(Lifecycle):
         # whose threads wait on each other ran 4-16x slower whenever another process took a
         # core (measured here), and the parent's updater and event loop need one too.
         self.blas_threads = 1
+        # The parent too, while the pool is open: a BLAS call here (evaluation, the
+        # caller's own math) would otherwise spin threads on the workers' cores.
+        self._blas = BlasLimit(1)
         self._pool: Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._owned: dict[str, ProcessShared] = {}
@@ -110,6 +114,7 @@ class ProcessBackend(Lifecycle):
         self._loop = asyncio.get_running_loop()
         self._pool = Pool(context, self._workers, self.blas_threads, NICENESS)
         self._pool.start()
+        self._blas.apply()  # once started: a pool that fails to start holds nothing
 
     @property
     def workers(self) -> int:
@@ -124,11 +129,14 @@ class ProcessBackend(Lifecycle):
             await self._own_pool().resize(workers)
 
     async def _close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-        for shared in self._owned.values():
-            release_shared(shared)
-        self._owned.clear()
+        try:
+            if self._pool is not None:
+                await self._pool.close()
+            for shared in self._owned.values():
+                release_shared(shared)
+            self._owned.clear()
+        finally:
+            self._blas.restore()
 
     async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Run ``fn(*args)`` in a worker process and return its result.

@@ -86,19 +86,29 @@ def arrays_in(tree: Any) -> list[npt.NDArray[Any]]:
         >>> [a.shape for a in arrays_in(({"w": np.zeros(1)}, np.ones(2)))]
         [(1,), (2,)]
     """
-    return [leaf for leaf in _walk(tree) if isinstance(leaf, np.ndarray)]
+    found: list[Any] = []
+    _collect(tree, found, arrays_only=True)
+    return found
 
 
-def _walk(tree: Any) -> Iterator[Any]:
+def _walk(tree: Any) -> list[Any]:
     """Every leaf of ``tree`` (arrays and scalars), depth first, in insertion order."""
+    found: list[Any] = []
+    _collect(tree, found, arrays_only=False)
+    return found
+
+
+def _collect(tree: Any, found: list[Any], *, arrays_only: bool) -> None:
+    # A list filled by plain recursion, not nested generators: the updater walks the
+    # optimizer state every step, and ``yield from`` chains cost twice as much.
     if isinstance(tree, dict):
         for value in tree.values():
-            yield from _walk(value)
+            _collect(value, found, arrays_only=arrays_only)
     elif isinstance(tree, tuple):
         for item in tree:
-            yield from _walk(item)
-    else:
-        yield tree
+            _collect(item, found, arrays_only=arrays_only)
+    elif not arrays_only or isinstance(tree, np.ndarray):
+        found.append(tree)
 
 
 def leaves(tree: Any, where: str = "") -> Iterator[tuple[str, npt.NDArray[Any]]]:

@@ -1,0 +1,239 @@
+"""Where a sync step's shards run (``Placement`` in ``_engine/_step.py``): grouped into one
+task when a shard's math is too small to pay for its hand-off, spread when it is not; the
+bits never depend on it (the oracle: the inline backend, one task per shard)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from _reliability import Recorder, state_bits
+
+import asynctrain as at
+from asynctrain._engine._step import MAX_REPROBE, MEASURED, REPROBE, WARM_UP, Placement
+from asynctrain.backends import ProcessBackend, ThreadBackend
+from asynctrain.data import synthetic
+from asynctrain.models import SoftmaxRegression
+
+
+def _trained(grouped_s: float, spread_s: float, *, shards: int = 4, workers: int = 2) -> Placement:
+    """A placement that has seen steps take ``grouped_s`` grouped and ``spread_s`` spread."""
+    placement = Placement()
+    for _ in range(WARM_UP + MEASURED):
+        k = placement.tasks(shards, workers)
+        placement.record(k, shards, grouped_s if k == 1 else spread_s)
+    return placement
+
+
+def test_the_faster_of_grouped_and_spread_is_chosen() -> None:
+    assert _trained(100e-6, 300e-6).tasks(4, workers=2) == 1
+    assert _trained(5e-3, 3e-3).tasks(4, workers=2) == 2
+    assert _trained(5e-3, 3e-3, workers=8).tasks(4, workers=8) == 4
+    assert _trained(1e-3, 1e-3).tasks(4, workers=2) == 1  # a tie: one task
+
+
+def test_one_task_a_shard_while_warming_up_then_alternating() -> None:
+    placement = Placement()
+    for _ in range(WARM_UP):
+        assert placement.tasks(4, workers=2) == 4
+        assert placement.tasks(1, workers=0) == 1
+        placement.record(4, 4, 1.0)  # not timed: it would have made spreading look slow
+    seen = []
+    for _ in range(MEASURED):
+        seen.append(placement.tasks(4, workers=2))
+        placement.record(seen[-1], 4, 1e-3)
+    assert sorted(set(seen)) == [1, 2]
+    assert seen.count(1) == seen.count(2)
+
+
+def test_the_other_choice_is_tried_every_reprobe_steps_and_can_win() -> None:
+    placement = _trained(100e-6, 300e-6)
+    choices = []
+    for _ in range(2 * REPROBE):
+        k = placement.tasks(4, workers=2)
+        choices.append(k)
+        # The costs changed: spreading now pays.
+        placement.record(k, 4, 400e-6 if k == 1 else 50e-6)
+    assert choices[0] == 1
+    assert choices[-1] == 2
+
+
+def test_a_choice_that_stands_is_tried_less_and_less_often() -> None:
+    placement = _trained(100e-6, 300e-6)
+    probes = []
+    for i in range(4 * MAX_REPROBE):
+        k = placement.tasks(4, workers=2)
+        if k == 2:
+            probes.append(i)
+        placement.record(k, 4, 100e-6 if k == 1 else 300e-6)
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    assert gaps == sorted(gaps)
+    assert gaps[:2] == [REPROBE, 2 * REPROBE]
+    assert gaps[-1] == MAX_REPROBE
+
+
+def test_groups_are_contiguous_and_even() -> None:
+    placement = _trained(5e-3, 3e-3, shards=5)
+    assert placement.split(list(range(5)), workers=2) == [[0, 1, 2], [3, 4]]
+    placement = _trained(1e-4, 3e-3, shards=5)
+    assert placement.split(list(range(5)), workers=2) == [[0, 1, 2, 3, 4]]
+    assert Placement().split(list(range(3)), workers=2) == [[0], [1], [2]]
+
+
+class CountingThreads(ThreadBackend):
+    """A thread backend that counts the tasks it is handed."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers)
+        self.runs = 0
+
+    async def run(self, fn: Any, /, *args: Any) -> Any:
+        self.runs += 1
+        return await super().run(fn, *args)
+
+
+async def _fit(backend: Any, shards: int) -> dict[str, np.ndarray]:
+    data = synthetic("softmax", n=1200, seed=5)
+    model = SoftmaxRegression(data.X.shape[1], int(data.y.max()) + 1)
+    async with at.Trainer(
+        model, at.optim.adam(0.01), backend=backend, shards=shards, batch_size=60, seed=2
+    ) as trainer:
+        result = await trainer.fit(data, epochs=2)
+    return {k: np.array(v) for k, v in result.params.items()}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_grouped_steps_keep_the_bits_of_one_task_per_shard(workers: int) -> None:
+    reference = await _fit("inline", 4)
+    backend = CountingThreads(workers)
+    async with backend:
+        params = await _fit(backend, 4)
+    for key, value in reference.items():
+        assert params[key].tobytes() == value.tobytes()
+    steps = 2 * 1200 // 60
+    # Shards of 15 rows compute in microseconds: after the warm-up, one task a step.
+    assert backend.runs < steps * 4
+    spread = WARM_UP + MEASURED
+    assert backend.runs <= spread * 4 + (steps - spread) * 2
+
+
+async def test_grouped_steps_keep_the_bits_on_processes() -> None:
+    reference = await _fit("inline", 4)
+    async with ProcessBackend(workers=2) as backend:
+        params = await _fit(backend, 4)
+    for key, value in reference.items():
+        assert params[key].tobytes() == value.tobytes()
+
+
+# -- grouped steps under cancellation and killed workers ---------------------------------
+
+STEPS_PER_EPOCH = 1200 // 60
+
+
+class CancelAt:
+    """Softmax regression whose ``call``-th gradient cancels ``task`` (from the worker's
+    thread, as asyncio allows) while it computes."""
+
+    def __init__(self, call: int) -> None:
+        self.call, self.calls = call, 0
+        self.inner = SoftmaxRegression(128, 10)
+        self.task: Any = None
+        self.loop: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def loss_and_grad(self, params: Any, X: Any, y: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.call:
+            self.loop.call_soon_threadsafe(self.task.cancel)
+        return self.inner.loss_and_grad(params, X, y)
+
+
+async def _reference_states() -> dict[int, dict[str, Any]]:
+    data = synthetic("softmax", n=1200, seed=5)
+    async with at.Trainer(
+        SoftmaxRegression(128, 10),
+        at.optim.adam(0.01),
+        backend="inline",
+        shards=4,
+        batch_size=60,
+        seed=2,
+    ) as trainer:
+        recorder = Recorder(trainer)
+        await trainer.fit(data, epochs=1, callbacks=[recorder])
+    return recorder.states
+
+
+@pytest.mark.parametrize("step", [WARM_UP + MEASURED + 2, STEPS_PER_EPOCH - 1])
+async def test_cancel_during_a_grouped_step_leaves_the_last_applied_one(step: int) -> None:
+    reference = await _reference_states()
+    data = synthetic("softmax", n=1200, seed=5)
+    model = CancelAt(call=4 * step + 2)  # the third shard of ``step``
+    backend = CountingThreads(2)
+    async with (
+        backend,
+        at.Trainer(
+            model, at.optim.adam(0.01), backend=backend, shards=4, batch_size=60, seed=2
+        ) as trainer,
+    ):
+        model.loop = asyncio.get_running_loop()
+        model.task = asyncio.create_task(trainer.fit(data, epochs=1))
+        with pytest.raises(asyncio.CancelledError):
+            await model.task
+        assert backend.runs < 4 * (step + 1)  # the step's shards were grouped
+        assert trainer.state.step == step
+        assert state_bits(trainer.state) == reference[step]
+
+
+class KillOnce:
+    """Softmax regression that SIGKILLs its worker process the first time it computes
+    shard 2 of step ``step`` (``marker`` records that it did)."""
+
+    uses_key = True
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step, self.marker = step, marker
+        self.inner = SoftmaxRegression(128, 10)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def loss_and_grad(self, params: Any, X: Any, y: Any, key: Any = None) -> Any:
+        if key is not None and key[1:] == (self.step, 2) and not os.path.exists(self.marker):
+            with open(self.marker, "w"):
+                pass
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.inner.loss_and_grad(params, X, y)
+
+
+async def test_a_worker_killed_in_a_grouped_step_is_replaced_with_the_same_bits(
+    tmp_path: Path,
+) -> None:
+    reference = await _reference_states()
+    data = synthetic("softmax", n=1200, seed=5)
+    step = WARM_UP + MEASURED + 3
+    model = KillOnce(step, str(tmp_path / "killed"))
+    async with (
+        ProcessBackend(workers=2) as backend,
+        at.Trainer(
+            model, at.optim.adam(0.01), backend=backend, shards=4, batch_size=60, seed=2
+        ) as trainer,
+    ):
+        result = await trainer.fit(data, epochs=1)
+        assert (tmp_path / "killed").exists()
+        assert backend.stats.retries >= 1
+    bits, expected = state_bits(trainer.state), reference[STEPS_PER_EPOCH]
+    assert bits["counters"] == (STEPS_PER_EPOCH, STEPS_PER_EPOCH, 0, 1, 0)  # epoch closed
+    assert {k: v for k, v in bits.items() if k != "counters"} == {
+        k: v for k, v in expected.items() if k != "counters"
+    }
+    assert result.steps == STEPS_PER_EPOCH
