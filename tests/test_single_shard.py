@@ -37,6 +37,7 @@ class CancelAt:
 
     call: int
     task: asyncio.Task[Any] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
     calls: int = 0
     inner: SoftmaxRegression = field(default_factory=lambda: SoftmaxRegression(128, 10))
 
@@ -45,9 +46,21 @@ class CancelAt:
 
     def loss_and_grad(self, params: Any, X: Any, y: Any) -> Any:
         self.calls += 1
-        if self.calls == self.call and self.task is not None:
-            self.task.cancel()
+        if self.calls == self.call and self.task is not None and self.loop is not None:
+            # Task.cancel is not thread-safe: from a worker thread it goes through the loop
+            # (ahead of the shard's result, so the step is still computing when it lands).
+            if _on_loop(self.loop):
+                self.task.cancel()
+            else:
+                self.loop.call_soon_threadsafe(self.task.cancel)
         return self.inner.loss_and_grad(params, X, y)
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 def _trainer(model: Any, backend: str) -> at.Trainer:
@@ -86,6 +99,7 @@ async def test_cancel_while_the_only_shard_computes_skips_its_update(
     reference = await _reference(data)
     model = CancelAt(call)
     async with _trainer(model, backend) as trainer:
+        model.loop = asyncio.get_running_loop()
         model.task = asyncio.create_task(trainer.fit(data, epochs=EPOCHS))
         with pytest.raises(asyncio.CancelledError):
             await model.task
