@@ -333,10 +333,12 @@ async def test_a_step_ships_ids_and_indices_not_arrays(
     dataset = data[0].X.nbytes + data[0].y.nbytes
     model_blob = len(pickle.dumps(model, protocol=5)) + 16
     # Each worker: the dataset, the model, the first parameters and zeroed gradients,
-    # then one parameter version per step (the last is written after the last step).
+    # then at most one parameter version per step (the last is written after the last
+    # step). A step whose shards the placement grouped into one task sends its version to
+    # that task's worker only, so the versions reach at least one worker each.
     expected = workers * (dataset + model_blob + 2 * param_bytes + steps * param_bytes)
     assert sent <= expected
-    assert sent >= workers * (dataset + steps * param_bytes) - 2 * param_bytes
+    assert sent >= workers * dataset + (steps - 1) * param_bytes
     assert returned == steps * 4 * param_bytes
 
 

@@ -191,8 +191,16 @@ class Call:
     @property
     def shard(self) -> int | None:
         """The shard of a shard task (its last argument's ``shard``), else None: the
-        backend sends a shard to the same worker every step."""
-        shard = getattr(self.args[-1], "shard", None) if self.args else None
+        backend sends a shard to the same worker every step.
+
+        A group of a sync step's shards (its last argument has ``tasks``) is None too, so
+        it goes to the least busy worker: a sync step keeps no state on a worker, and the
+        groups' first shards (0, 2, 3 for 4 shards on 3 workers) would not spread.
+        """
+        last = self.args[-1] if self.args else None
+        if hasattr(last, "tasks"):
+            return None
+        shard = getattr(last, "shard", None)
         return shard if isinstance(shard, int) else None
 
 
