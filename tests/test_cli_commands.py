@@ -218,7 +218,14 @@ def test_interrupted_then_resumed_equals_one_uninterrupted_run(
 
     interrupted = [*base, "--checkpoint-dir", str(tmp_path / "b"), "--out", str(resumed)]
     monkeypatch.setattr(_progress.Progress, "callbacks", lambda self, total: [_Interrupt(15)])
-    assert main(interrupted) == 130  # in the second epoch, after the checkpoint of step 12
+    # Ctrl-C as a terminal delivers it, even when the test run inherited SIGINT ignored (a
+    # background job of a shell without job control): asyncio's runner then leaves it be.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code = main(interrupted)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130  # in the second epoch, after the checkpoint of step 12
     assert "--resume" in capsys.readouterr().err
     assert not resumed.exists()
     monkeypatch.undo()
