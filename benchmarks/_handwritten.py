@@ -1,10 +1,12 @@
 """The reference a user would write instead: a plain numpy training loop.
 
-The same math as asynctrain's models and ``adam`` (mean loss over the batch, Adam with
-bias correction), the same batches (``epoch_order`` and ``batch_bounds``), float32, in
-one Python loop with no framework around it. Like asynctrain, which reports every step's
-loss, each step computes its loss too (kept in ``losses``). The overhead figure divides asynctrain's
-epoch time by this loop's, and checks that both end on the same parameters.
+The same math as asynctrain's models and ``adam`` / ``sgd`` (mean loss over the batch,
+Adam with bias correction, SGD with optional momentum as in PyTorch), the same batches
+(``epoch_order`` and ``batch_bounds``), float32, in one Python loop with no framework
+around it. Like asynctrain, which reports every step's loss, each step computes its loss
+too (kept in ``losses``). The overhead figure divides asynctrain's epoch time by this
+loop's, and checks that both end on the same parameters; the time-to-accuracy suite races
+it as a peer (:func:`benchmarks._peers.numpy_peer`, with :class:`SGD` or :class:`Adam`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,25 @@ class Adam:
             denom = np.sqrt(v / c2)
             denom += self.eps
             params[key] -= (self.lr / c1) * m / denom
+
+
+class SGD:
+    """Minibatch SGD updating ``params`` in place; momentum as in PyTorch (``t = m*t + g``)."""
+
+    def __init__(self, params: Arrays, lr: float, momentum: float = 0.0) -> None:
+        self.lr, self.momentum = lr, momentum
+        self.trace = {k: np.zeros_like(v) for k, v in params.items()} if momentum else {}
+
+    def step(self, params: Arrays, grads: Arrays) -> None:
+        """One update from the mean gradient ``grads`` (overwritten)."""
+        for key, g in grads.items():
+            if self.momentum:
+                t = self.trace[key]
+                t *= self.momentum
+                t += g
+                g[...] = t
+            g *= self.lr
+            params[key] -= g
 
 
 def logreg_grads(p: Arrays, X: npt.NDArray[Any], y: npt.NDArray[Any]) -> tuple[float, Arrays]:
@@ -91,6 +112,20 @@ GRADIENTS: dict[str, Callable[..., tuple[float, Arrays]]] = {
 }
 
 
+def predict(problem: str, p: Arrays, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Class predictions of the problem's model: the sign of the score, or the top logit."""
+    if problem == "logreg":
+        scores: npt.NDArray[Any] = X @ p["w"] + p["b"]
+        return (scores > 0).astype(np.int64)
+    if problem == "softmax":
+        logits: npt.NDArray[Any] = X @ p["W"] + p["b"]
+    else:
+        h = np.maximum(X @ p["W0"] + p["b0"], 0)
+        logits = h @ p["W1"] + p["b1"]
+    classes: npt.NDArray[Any] = np.argmax(logits, axis=1)
+    return classes
+
+
 def train_epochs(
     problem: str,
     params: Arrays,
@@ -101,14 +136,16 @@ def train_epochs(
     epochs: int = 1,
     seed: int = 0,
     losses: list[float] | None = None,
+    optimizer: Callable[[Arrays], Adam | SGD] | None = None,
 ) -> Arrays:
-    """Train ``params`` (a copy is made) for ``epochs`` with Adam; return the result.
+    """Train ``params`` (a copy is made) for ``epochs``; return the result.
 
+    The optimizer is ``Adam(params, lr)`` unless ``optimizer(params)`` makes another.
     Each step's mean loss is appended to ``losses`` when given.
     """
     params = {k: np.array(v, copy=True) for k, v in params.items()}
     grads_of, X, y = GRADIENTS[problem], data.X, data.y
-    optimizer = Adam(params, lr)
+    optimizer_ = Adam(params, lr) if optimizer is None else optimizer(params)
     record = [] if losses is None else losses
     for epoch in range(epochs):
         order = epoch_order(len(y), seed=seed, epoch=epoch)
@@ -116,5 +153,5 @@ def train_epochs(
             idx = order[start:stop]
             loss, grads = grads_of(params, X[idx], y[idx])
             record.append(loss)
-            optimizer.step(params, grads)
+            optimizer_.step(params, grads)
     return params

@@ -27,13 +27,24 @@ from threadpoolctl import threadpool_limits
 
 from asynctrain.backends import default_workers, get_backend
 from asynctrain.data import PROBLEMS, Dataset
-from benchmarks._accuracy import Setting
 from benchmarks._command import run_alone
 from benchmarks._figure import Figure, ratio_figure
 from benchmarks._scale import command, dataset, level, repeats, samples
 from benchmarks._workloads import MLP_HIDDEN, PROBLEM_NAMES, head, timed_epochs
 
 TARGETS = {"mlp": "<= 1.5"}
+
+
+class Setting(NamedTuple):
+    """How the roofline's epochs are run (Adam at the workloads' learning rate)."""
+
+    batch_size: int
+    shards: int
+    learning_rate: float
+    workers: int
+    backend: str
+
+
 THROUGHPUT = Setting(batch_size=4096, shards=2, learning_rate=1e-3, workers=2, backend="thread")
 _BANDWIDTH_MB = {"full": 256, "quick": 128, "smoke": 16}
 _MATMUL_N = {"full": 2048, "quick": 1536, "smoke": 256}

@@ -14,20 +14,24 @@ import math
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import benchmarks as bench
-from asynctrain import run
+from asynctrain import Trainer, run
 from asynctrain._cli import main
-from asynctrain.data import synthetic
+from asynctrain.data import Dataset, synthetic
 from benchmarks import Figure, ratio_figure, skipped_figure
 from benchmarks import _suites as suites
-from benchmarks._handwritten import train_epochs
+from benchmarks._accuracy import optimizer_for
+from benchmarks._handwritten import SGD, train_epochs
 from benchmarks._overhead import relative_difference
+from benchmarks._peers import PEER_SETTINGS, PeerSetting, numpy_optimizer, peers_for
 from benchmarks._report import text_table
-from benchmarks._workloads import initial_params, timed_epochs
+from benchmarks._scale import smoke
+from benchmarks._workloads import initial_params, model_for, timed_epochs
 
 OURS = ("overhead", "scaling", "accuracy", "roofline", "latency")
 EXPECTED = [
@@ -35,8 +39,13 @@ EXPECTED = [
     *(f"scaling/mlp/{b}" for b in ("thread", "process")),
     *(f"time_to_accuracy/{p}" for p in ("logreg", "softmax", "mlp")),
     *(f"time_to_accuracy/{p}/asynctrain" for p in ("logreg", "softmax", "mlp")),
-    "time_to_accuracy/mlp/torch-1t",
-    "time_to_accuracy/mlp/torch-2t",
+    *(
+        f"time_to_accuracy/{p}/{lib}-{opt}-{t}t"
+        for p in ("logreg", "softmax", "mlp")
+        for lib in ("numpy", "torch")
+        for opt in ("sgd", "adam")
+        for t in (1, 2)
+    ),
     "time_to_accuracy/logreg/sklearn-sgd",
     "time_to_accuracy/softmax/sklearn-logreg",
     "time_to_accuracy/mlp/sklearn-mlp",
@@ -158,6 +167,68 @@ def test_the_numpy_loop_is_the_same_math_as_asynctrain() -> None:
         ours = run(timed_epochs(problem, data))[1]
         theirs = train_epochs(problem, initial_params(problem), data, lr=1e-3, batch_size=512)
         assert relative_difference(ours, theirs) < 1e-4, problem
+
+
+async def _fit_one_epoch(problem: str, data: Dataset, setting: PeerSetting) -> dict[str, Any]:
+    trainer = Trainer(model_for(problem), optimizer_for(setting), batch_size=setting.batch_size)
+    async with trainer:
+        return dict((await trainer.fit(data, epochs=1)).params)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("problem", ["logreg", "softmax", "mlp"])
+def test_the_numpy_peer_steps_like_asynctrain(problem: str, optimizer: str) -> None:
+    """The numpy peer's optimizer and gradients, a few steps on the same batches, end where
+    asynctrain's inline backend does with the same setting (SGD with momentum, or Adam)."""
+    data = synthetic(problem, n=600)
+    setting = PEER_SETTINGS[problem][optimizer]._replace(batch_size=200)
+    theirs = train_epochs(
+        problem,
+        initial_params(problem),
+        data,
+        lr=setting.learning_rate,
+        batch_size=setting.batch_size,
+        optimizer=lambda params: numpy_optimizer(setting, params),
+    )
+    ours = run(_fit_one_epoch(problem, data, setting))
+    start = initial_params(problem)
+    assert relative_difference(ours, start) > 1e-3, "the steps moved nothing"
+    assert relative_difference(ours, theirs) < 1e-4, (problem, optimizer)
+
+
+def test_the_numpy_sgd_step_is_pytorchs() -> None:
+    """One SGD-with-momentum step and the next, against torch.optim.SGD on the same grads."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    grads = [rng.standard_normal((4, 3)).astype(np.float32) for _ in range(2)]
+    params = {"w": w.copy()}
+    sgd = SGD(params, lr=0.5, momentum=0.9)
+    tw = torch.nn.Parameter(torch.from_numpy(w.copy()))
+    opt = torch.optim.SGD([tw], lr=0.5, momentum=0.9)
+    for g in grads:
+        sgd.step(params, {"w": g.copy()})
+        tw.grad = torch.from_numpy(g.copy())
+        opt.step()
+    np.testing.assert_allclose(params["w"], tw.detach().numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_the_numpy_peers_race_at_smoke_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The numpy loop races with 1 and 2 BLAS threads, each optimizer, and is in the
+    headline's choice of best peer."""
+    from benchmarks import _accuracy
+
+    numpy_only = {k: v for k, v in peers_for("softmax").items() if k.startswith("numpy-")}
+    assert set(numpy_only) == {f"numpy-{o}-{t}t" for o in ("sgd", "adam") for t in (1, 2)}
+    monkeypatch.setattr(_accuracy, "peers_for", lambda problem: numpy_only)
+    with smoke():
+        figures = {f.name: f for f in run(_accuracy._problem("softmax", quick=True))}
+    for name in numpy_only:
+        figure = figures[f"time_to_accuracy/softmax/{name}"]
+        assert not figure.skipped, figure.note
+        assert figure.value > 0
+        assert figure.details["accuracy"] >= 0.40
+    assert figures["time_to_accuracy/softmax"].reference.startswith("best peer: numpy-")
 
 
 def test_plots_are_written(tmp_path: Path) -> None:
