@@ -80,7 +80,8 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
         loop, ``await afit(X, y)`` keeps it free instead.
 
         Args:
-            X: (n_samples, n_features) inputs.
+            X: (n_samples, n_features) inputs: an array, a data frame or a scipy.sparse
+                matrix (any format; trained on as CSR in ``dtype``, never densified).
             y: targets.
             sample_weight: (n_samples,) weights ``>= 0``, not all zero: a weight of k
                 counts like k copies of the row (each step's gradient is the weighted
@@ -324,7 +325,8 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
     # -- predicting --------------------------------------------------------------------
 
     def _inputs(self, X: npt.ArrayLike) -> tuple[npt.NDArray[Any], Params]:
-        """Validated ``X`` (float64 or float32) and the parameters in its dtype."""
+        """Validated ``X`` (float64 or float32; a scipy.sparse ``X`` as CSR, never
+        densified: the models multiply it as it is) and the parameters in its dtype."""
         check_is_fitted(self)
         X = _checked_frame(X)
         X_arr = validate_data(
