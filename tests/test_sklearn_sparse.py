@@ -127,6 +127,7 @@ def test_training_data_stays_csr_in_the_models_dtype(est: Any) -> None:
     assert job.validation is not None
     assert job.validation.sparse
     assert job.data.X.nnz + job.validation.X.nnz == X.nnz
+    assert len(est.fit(X, y).validation_loss_curve_) == est.n_iter_
 
 
 @pytest.mark.parametrize(
