@@ -58,6 +58,13 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
     # AUTO_BATCH rows), so that small data still takes enough steps to converge.
     _auto_steps = 1
 
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        # scipy.sparse X is trained on as CSR, never densified (every built-in model
+        # multiplies it as it is); declaring it makes scikit-learn's checks test it.
+        tags.input_tags.sparse = True
+        return tags
+
     def __sklearn_is_fitted__(self) -> bool:
         return "params_" in self.__dict__
 
@@ -73,7 +80,8 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
         loop, ``await afit(X, y)`` keeps it free instead.
 
         Args:
-            X: (n_samples, n_features) inputs.
+            X: (n_samples, n_features) inputs: an array, a data frame or a scipy.sparse
+                matrix (any format; trained on as CSR in ``dtype``, never densified).
             y: targets.
             sample_weight: (n_samples,) weights ``>= 0``, not all zero: a weight of k
                 counts like k copies of the row (each step's gradient is the weighted
@@ -155,7 +163,7 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
         seed = self._seed(partial)
         train, held_out = self._split(X_arr, y_arr, weights, partial, seed)
         train = (*train[:2], self._weigh_classes(train[1], train[2], attrs, partial=partial))
-        batch_size = self._batch_size(len(train[0]))
+        batch_size = self._batch_size(train[0].shape[0])
         model = self._build_model(attrs, batch_size)
         data = prepare(model, train, single_class=partial)
         validation = None if held_out is None else prepare(model, held_out, name="validation")
@@ -204,7 +212,13 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
         target = copy.copy(self) if reset else self
         X = _checked_frame(X)
         X_arr, y_arr = validate_data(
-            target, X, y, reset=reset, dtype=(np.float64, np.float32), **self._y_checks()
+            target,
+            X,
+            y,
+            reset=reset,
+            accept_sparse="csr",
+            dtype=(np.float64, np.float32),
+            **self._y_checks(),
         )
         if not reset:
             return X_arr, y_arr, {"n_features_in_": self.n_features_in_}
@@ -235,7 +249,7 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
         except ValueError as exc:
             raise ValueError(
                 f"early_stopping holds out validation_fraction={fraction} of "
-                f"{len(X)} samples, which is too few: {exc}. Raise validation_fraction, "
+                f"{X.shape[0]} samples, which is too few: {exc}. Raise validation_fraction, "
                 "use more data or pass early_stopping=False"
             ) from exc
         w_tr, w_val = (None, None) if weights is None else (parts[4], parts[5])
@@ -311,10 +325,13 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
     # -- predicting --------------------------------------------------------------------
 
     def _inputs(self, X: npt.ArrayLike) -> tuple[npt.NDArray[Any], Params]:
-        """Validated ``X`` (float64 or float32) and the parameters in its dtype."""
+        """Validated ``X`` (float64 or float32; a scipy.sparse ``X`` as CSR, never
+        densified: the models multiply it as it is) and the parameters in its dtype."""
         check_is_fitted(self)
         X = _checked_frame(X)
-        X_arr = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        X_arr = validate_data(
+            self, X, reset=False, accept_sparse="csr", dtype=(np.float64, np.float32)
+        )
         params = {k: v.astype(X_arr.dtype, copy=False) for k, v in self.params_.items()}
         return X_arr, params
 

@@ -99,7 +99,8 @@ class AsyncLinearRegression(LinearParams, AsyncRegressor):
     ``coef_`` has shape (n_features,) and ``intercept_`` is a float, as in
     scikit-learn's ``LinearRegression``. Targets are standardised for training (any units
     of ``y`` work with one learning rate); standardise the features too
-    (``StandardScaler``) for a gradient method to converge quickly.
+    (``StandardScaler``; for scipy.sparse ``X``, ``MaxAbsScaler``, which does not centre
+    and so keeps it sparse) for a gradient method to converge quickly.
     {args}{fitted}        coef_, intercept_: the weights, as described above.
         target_mean_, target_scale_: the standardisation of the targets for training.
 

@@ -47,6 +47,11 @@ class Resumed:
         return self._n_classes
 
     @property
+    def accepts_sparse(self) -> bool:
+        """Whether the wrapped model computes on scipy.sparse CSR input as it is."""
+        return bool(getattr(self.model, "accepts_sparse", False))
+
+    @property
     def dtype(self) -> np.dtype[Any]:
         """The wrapped model's compute dtype."""
         return self.model.dtype
