@@ -239,7 +239,7 @@ async def test_stopping_early_closes_the_files(tmp_path: Path) -> None:
 
 def test_holdout_is_disjoint_covering_stable_and_independent_of_batching(tmp_path: Path) -> None:
     X, y = _data(n=2000)
-    path = _write(tmp_path / "one.parquet", X, y, row_group=128)
+    path = _write(tmp_path / "one.parquet", X, y, row_group_size=128)
     _split_files(tmp_path / "parts", X, y, [700, 1300])
 
     def rows(where: Path, subset: str, **kw: object) -> np.ndarray:
@@ -508,3 +508,164 @@ def test_reading_does_not_import_pandas(tmp_path: Path) -> None:
         "assert batches and 'pandas' not in sys.modules, sorted(sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# -- a weight column ---------------------------------------------------------------------
+
+
+def _weighted(path: Path, X: np.ndarray, y: np.ndarray, w: np.ndarray, **kw: object) -> Path:
+    """The weight column first, so taking it out of the default features is tested."""
+    table = _table(X, y)
+    pq.write_table(table.add_column(0, "w", pa.array(w)), path, **{"row_group_size": 50, **kw})
+    return path
+
+
+def _row_weights(X: np.ndarray) -> np.ndarray:
+    """A weight that is a function of the row's number (0 to 3): tells where it came from."""
+    return (X[:, 0].astype(np.int64) * 7) % 4
+
+
+def test_weights_travel_with_their_rows_shuffled_or_not(tmp_path: Path) -> None:
+    X, y = _data()
+    path = _weighted(tmp_path / "w.parquet", X, y, _row_weights(X))
+    for shuffle in (False, True):
+        batches = list(read_parquet(path, label="y", weight="w", batch_size=BATCH, shuffle=shuffle))
+        assert all(len(batch) == 3 for batch in batches)
+        assert batches[0][0].shape == (BATCH, 4)  # the weight is not a feature
+        for Xb, _, wb in batches:
+            assert wb.dtype == np.float32
+            np.testing.assert_array_equal(wb, _row_weights(Xb))
+        assert sorted(_ids([(Xb, yb) for Xb, yb, _ in batches])) == list(range(len(X)))
+    unweighted = list(
+        read_parquet(
+            path, label="y", features=[f"f{j}" for j in range(4)], batch_size=BATCH, seed=5
+        )
+    )
+    weighted = list(read_parquet(path, label="y", weight="w", batch_size=BATCH, seed=5))
+    _same_batches(unweighted, [(Xb, yb) for Xb, yb, _ in weighted])  # the same order
+
+
+def test_to_dataset_and_the_holdout_carry_the_weights(tmp_path: Path) -> None:
+    X, y = _data()
+    w = _row_weights(X) + 0.5
+    path = _weighted(tmp_path / "w.parquet", X, y, w, row_group_size=128)
+    train = read_parquet(
+        path, label="y", weight="w", batch_size=BATCH, holdout=0.3, dtype=np.float64
+    )
+    held, kept = train.holdout().to_dataset(), train.to_dataset()
+    for part in (held, kept):
+        rows = part.X[:, 0].astype(np.int64)
+        assert part.sample_weight is not None
+        assert part.sample_weight.dtype == np.float64
+        np.testing.assert_array_equal(part.sample_weight, w[rows])
+        np.testing.assert_array_equal(part.X, X[rows])
+    assert len(held) + len(kept) == len(X)
+    assert "weight='w'" in repr(train.holdout())
+
+
+async def test_a_weighted_stream_trains_to_the_bits_of_the_weighted_batches_in_memory(
+    backend_name: str, tmp_path: Path
+) -> None:
+    X, y = _data()
+    w = np.random.default_rng(4).uniform(0, 3, len(X)).astype(np.float32)
+    path = _weighted(tmp_path / "w.parquet", X, y, w)
+    async with _trainer(backend_name) as trainer:
+        stream = read_parquet(path, label="y", weight="w", batch_size=BATCH, shuffle=False)
+        from_file = (await trainer.fit_stream(stream)).params
+    async with _trainer("inline") as trainer:
+        pieces = [(X[s : s + 100], y[s : s + 100], w[s : s + 100]) for s in range(0, len(X), 100)]
+        in_memory = (await trainer.fit_stream(pieces)).params
+    async with _trainer("inline") as trainer:
+        unweighted = (await trainer.fit_stream([(X, y)])).params
+    assert all(from_file[k].tobytes() == in_memory[k].tobytes() for k in in_memory)
+    assert not all(unweighted[k].tobytes() == in_memory[k].tobytes() for k in in_memory)
+
+
+async def test_integer_weights_equal_repeated_rows_for_one_full_batch_step(tmp_path: Path) -> None:
+    X, y = _data(n=300)
+    X[:, 0] /= 300  # the row's number, scaled like the other features
+    w = _row_weights(np.arange(300.0)[:, None])  # 0 to 3: rows dropped, kept, repeated
+    path = _weighted(tmp_path / "w.parquet", X, y, w.astype(np.int32))
+
+    async def one_step(source: object, rows: int) -> dict[str, np.ndarray]:
+        model = at.models.SoftmaxRegression(4, 3, l2=0.1, dtype=np.float64)
+        trainer = at.Trainer(model, at.optim.sgd(0.5), backend="inline", batch_size=rows)
+        async with trainer:
+            result = await trainer.fit_stream(source)  # type: ignore[arg-type]
+        assert result.steps == 1
+        return dict(result.params)
+
+    stream = read_parquet(
+        path, label="y", weight="w", batch_size=300, shuffle=False, dtype=np.float64
+    )
+    weighted = await one_step(stream, 300)
+    repeated = await one_step([(X.repeat(w, axis=0), y.repeat(w))], int(w.sum()))
+    start = at.models.SoftmaxRegression(4, 3, dtype=np.float64).init(np.random.default_rng(0))
+    for key, value in repeated.items():
+        assert not np.array_equal(value, start[key]), key  # the step moved it
+        np.testing.assert_allclose(weighted[key], value, rtol=1e-12, atol=1e-15, err_msg=key)
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (
+            -1.0,
+            r"w\.parquet, row group 1: weight column 'w' has a negative weight \(-1\.0\) at "
+            r"row 27 of the row group",
+        ),
+        (np.nan, r"w\.parquet, row group 1: column 'w' has a non-finite value \(nan\) at row 27"),
+        (np.inf, r"w\.parquet, row group 1: column 'w' has a non-finite value \(inf\) at row 27"),
+        (None, r"w\.parquet, row group 1: column 'w' has 1 null"),
+    ],
+)
+def test_bad_weights_are_refused_naming_the_file_row_group_and_row(
+    tmp_path: Path, bad: float | None, match: str
+) -> None:
+    X, y = _data(n=100)
+    w: list[float | None] = [1.0] * 100
+    w[77] = bad
+    path = _weighted(tmp_path / "w.parquet", X, y, w)  # type: ignore[arg-type]
+    with pytest.raises(at.DataError, match=match):
+        list(read_parquet(path, label="y", weight="w", batch_size=BATCH, shuffle=False))
+
+
+async def test_a_batch_of_zero_weights_fails_the_fit_naming_the_batch(tmp_path: Path) -> None:
+    X, y = _data(n=200)
+    w = np.ones(200)
+    w[BATCH : 2 * BATCH] = 0  # the second batch weighs nothing: the stream's check refuses it
+    path = _weighted(tmp_path / "w.parquet", X, y, w)
+    stream = read_parquet(path, label="y", weight="w", batch_size=BATCH, shuffle=False)
+    async with _trainer() as trainer:
+        with pytest.raises(at.DataError, match=r"stream batch 1.*zero for every row"):
+            await trainer.fit_stream(stream)
+
+
+def test_a_bad_weight_column_is_refused_by_name(tmp_path: Path) -> None:
+    X, y = _data(n=100)
+    path = _write(tmp_path / "p.parquet", X, y)
+    with pytest.raises(at.DataError, match=r"no weight column 'w'; its columns are"):
+        _first(path, weight="w")
+    table = _table(X, y).append_column("w", pa.array(["a"] * 100))
+    pq.write_table(table, tmp_path / "s.parquet")
+    with pytest.raises(at.DataTypeError, match=r"column 'w' of .*s\.parquet has type string"):
+        _first(tmp_path / "s.parquet", weight="w")
+    only = pa.table({"w": [1.0, 2.0], "y": [0, 1]})
+    pq.write_table(only, tmp_path / "o.parquet")
+    with pytest.raises(at.DataError, match="only the label column 'y' and the weight column 'w'"):
+        _first(tmp_path / "o.parquet", weight="w")
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "match"),
+    [
+        ({"weight": "y"}, at.ConfigError, "weight='y' is also the label column"),
+        ({"weight": 3}, at.ConfigTypeError, "weight must be a column name"),
+        ({"weight": "w", "features": ["f0", "w"]}, at.ConfigError, "weight column 'w' is also in"),
+    ],
+)
+def test_bad_weight_settings_fail_at_once(
+    settings: dict[str, object], error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        read_parquet("never-read.parquet", label="y", batch_size=BATCH, **settings)  # type: ignore[arg-type]

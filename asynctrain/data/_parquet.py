@@ -1,6 +1,7 @@
 """Parquet streams: batches read from Parquet files for ``Trainer.fit_stream``.
 
-A :class:`ParquetStream` is an iterable of ``(X, y)`` batches. ``fit_stream`` runs its
+A :class:`ParquetStream` is an iterable of ``(X, y)`` batches (``(X, y, w)`` with a
+weight column). ``fit_stream`` runs its
 ``next()`` on the stream's own threads, so the files are read and decoded off the event
 loop. Each pass (``epochs``) visits the row groups of all files in a seeded random order
 and draws batches through a bounded shuffle buffer; iterating it again starts over with
@@ -24,7 +25,7 @@ from asynctrain._types import DEFAULT_DTYPE
 from asynctrain.data import _validate as v
 from asynctrain.data._dataset import Dataset
 from asynctrain.data._parquet_files import ParquetFiles, check_pyarrow
-from asynctrain.data._shuffle import InOrder, ShuffleBuffer
+from asynctrain.data._shuffle import Batch, InOrder, ShuffleBuffer
 
 Subset = Literal["train", "holdout"]
 
@@ -37,6 +38,7 @@ def read_parquet(
     *,
     label: str,
     features: Sequence[str] | None = None,
+    weight: str | None = None,
     batch_size: int,
     shuffle: bool = True,
     shuffle_buffer: int | None = None,
@@ -46,7 +48,8 @@ def read_parquet(
     holdout: float = 0.0,
     subset: Subset = "train",
 ) -> ParquetStream:
-    """A stream of ``(X, y)`` batches read from Parquet files, for ``Trainer.fit_stream``.
+    """A stream of ``(X, y)`` batches read from Parquet files, for ``Trainer.fit_stream``
+    (``(X, y, w)`` batches with a ``weight`` column).
 
     Nothing is read yet: the files are found, checked and read when the stream is
     iterated, which ``fit_stream`` does off the event loop, a row group at a time. Before
@@ -61,8 +64,13 @@ def read_parquet(
             ``"data/part-*.parquet"`` (``**`` recurses).
         label: the label (target) column: integer or bool columns become int64 labels,
             float columns ``dtype`` targets.
-        features: the feature columns, in this order; None: every column but the label,
-            in the first file's order.
+        features: the feature columns, in this order; None: every column but the label
+            (and the weight), in the first file's order.
+        weight: a column of sample weights (numeric, finite, ``>= 0``; a row of weight
+            ``k`` counts like ``k`` copies of it), yielded as ``w`` in ``dtype`` and kept
+            by :meth:`ParquetStream.to_dataset` as ``sample_weight``; None: unweighted.
+            Every batch of a weighted stream needs a row of positive weight (``fit_stream``
+            refuses a batch whose rows all weigh 0).
         batch_size: rows per batch, >= 1 (``fit_stream`` re-cuts batches into its own
             ``batch_size``; give both the same value).
         shuffle: visit row groups in a seeded random order and draw batches through the
@@ -87,8 +95,8 @@ def read_parquet(
         ImportError: pyarrow is not installed (``pip install 'asynctrain[parquet]'``).
 
     Iterating raises DataError (no files, a file that is not Parquet, a missing column,
-    nulls or NaN/Inf, files whose schemas differ: naming the files) or DataTypeError (a
-    non-numeric column, named).
+    nulls or NaN/Inf, a negative weight, files whose schemas differ: naming the files) or
+    DataTypeError (a non-numeric column, named).
 
     Example:
         >>> import pathlib, tempfile
@@ -114,6 +122,7 @@ def read_parquet(
         path,
         label=label,
         features=features,
+        weight=weight,
         batch_size=batch_size,
         shuffle=shuffle,
         shuffle_buffer=shuffle_buffer,
@@ -147,6 +156,7 @@ class ParquetStream:
         *,
         label: str,
         features: Sequence[str] | None,
+        weight: str | None = None,
         batch_size: int,
         shuffle: bool,
         shuffle_buffer: int | None,
@@ -158,7 +168,8 @@ class ParquetStream:
     ) -> None:
         self.path = path
         self.label = _check_name("label", label)
-        self.features = _check_features(features, label)
+        self.weight = _check_weight(weight, label)
+        self.features = _check_features(features, label, self.weight)
         self.batch_size = check_int("batch_size", batch_size)
         self.shuffle = _check_bool("shuffle", shuffle)
         self.shuffle_buffer = _check_buffer(shuffle_buffer, self.batch_size, self.shuffle)
@@ -176,25 +187,27 @@ class ParquetStream:
         )
         return (
             f"<ParquetStream {os.fspath(self.path)!r} label={self.label!r} "
+            f"{f'weight={self.weight!r} ' if self.weight is not None else ''}"
             f"batch_size={self.batch_size} shuffle={self.shuffle} seed={self.seed} "
             f"epochs={self.epochs}{split}>"
         )
 
-    def __iter__(self) -> Iterator[tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
-        """Yield the batches of every pass: see :func:`read_parquet`.
+    def __iter__(self) -> Iterator[Batch]:
+        """Yield the batches of every pass, ``(X, y)`` (``(X, y, w)`` with a weight
+        column): see :func:`read_parquet`.
 
         Raises:
             DataError, DataTypeError: a bad file (before the first batch for what the
                 footers tell; a NaN or a corrupt page when its row group is read).
         """
         rng = np.random.default_rng(self.seed)
-        with ParquetFiles(self.path, label=self.label, features=self.features) as files:
+        with ParquetFiles(
+            self.path, label=self.label, features=self.features, weight=self.weight
+        ) as files:
             for _ in range(self.epochs):
                 yield from self._pass(files, rng)
 
-    def _pass(
-        self, files: ParquetFiles, rng: np.random.Generator
-    ) -> Iterator[tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
+    def _pass(self, files: ParquetFiles, rng: np.random.Generator) -> Iterator[Batch]:
         """One pass over every row group: in a random order through the shuffle buffer,
         or in file order."""
         count = len(files.pieces)
@@ -205,9 +218,11 @@ class ParquetStream:
             else InOrder(self.batch_size)
         )
         for number in order:
-            for X, y, first in files.read(files.pieces[number], self.dtype):
+            for X, y, w, first in files.read(files.pieces[number], self.dtype):
                 keep = self._keep(first, len(X))
-                yield from batcher.add(*((X, y) if keep is None else (X[keep], y[keep])))
+                if keep is not None:
+                    X, y, w = X[keep], y[keep], None if w is None else w[keep]
+                yield from batcher.add(X, y, w)
         yield from batcher.drain()
 
     def holdout(self) -> ParquetStream:
@@ -233,7 +248,8 @@ holdout=0.1 subset='holdout'>
         ``await asyncio.to_thread(stream.holdout().to_dataset)``.
 
         Returns:
-            A :class:`Dataset` of the subset's rows, ``X`` in the stream's ``dtype``.
+            A :class:`Dataset` of the subset's rows, ``X`` in the stream's ``dtype``, the
+            weight column (if any) as its ``sample_weight``.
 
         Raises:
             DataError, DataTypeError: as iterating; DataError when no row is selected.
@@ -252,14 +268,16 @@ holdout=0.1 subset='holdout'>
         if not parts:
             which = f"rows of the {self.subset!r} subset" if self.holdout_fraction else "rows"
             raise DataError(f"'{os.fspath(self.path)}' holds no {which}; a Dataset needs one")
-        X = np.concatenate([X for X, _ in parts])
-        y = np.concatenate([y for _, y in parts])
-        return Dataset(X, y, dtype=self.dtype)
+        X = np.concatenate([part[0] for part in parts])
+        y = np.concatenate([part[1] for part in parts])
+        w = None if self.weight is None else np.concatenate([part[2] for part in parts])
+        return Dataset(X, y, sample_weight=w, dtype=self.dtype)
 
     def _with(self, **changes: Any) -> ParquetStream:
         settings: dict[str, Any] = {
             "label": self.label,
             "features": self.features,
+            "weight": self.weight,
             "batch_size": self.batch_size,
             "shuffle": self.shuffle,
             "shuffle_buffer": self.shuffle_buffer,
@@ -312,7 +330,20 @@ def _check_name(name: str, value: object) -> str:
     return value
 
 
-def _check_features(features: Sequence[str] | None, label: str) -> tuple[str, ...] | None:
+def _check_weight(weight: str | None, label: str) -> str | None:
+    if weight is None:
+        return None
+    _check_name("weight", weight)
+    if weight == label:
+        raise ConfigError(
+            f"weight={weight!r} is also the label column; name the column of sample weights"
+        )
+    return weight
+
+
+def _check_features(
+    features: Sequence[str] | None, label: str, weight: str | None
+) -> tuple[str, ...] | None:
     if features is None:
         return None
     if isinstance(features, str):
@@ -325,6 +356,8 @@ def _check_features(features: Sequence[str] | None, label: str) -> tuple[str, ..
         raise ConfigError("features is empty; name at least one column, or pass None for all")
     if label in names:
         raise ConfigError(f"the label column {label!r} is also in features; remove it from them")
+    if weight is not None and weight in names:
+        raise ConfigError(f"the weight column {weight!r} is also in features; remove it from them")
     if len(set(names)) != len(names):
         twice = sorted({name for name in names if names.count(name) > 1})
         raise ConfigError(f"features names {twice} more than once; name each column once")

@@ -54,6 +54,15 @@ class Piece(NamedTuple):
     rows: int
 
 
+class Chunk(NamedTuple):
+    """Rows of one row group, converted: ``first`` is the stream index of the first."""
+
+    X: npt.NDArray[Any]
+    y: npt.NDArray[Any]
+    w: npt.NDArray[Any] | None
+    first: int
+
+
 class ParquetFiles:
     """The Parquet files at ``path``, checked: see the module docstring.
 
@@ -63,8 +72,9 @@ class ParquetFiles:
         path: a file, a directory (every ``*.parquet`` file below it, skipping names that
             start with ``_`` or ``.``) or a glob pattern (``**`` recurses).
         label: the label column.
-        features: the feature columns; None for every column but the label (of the
-            first file; the others must have the same columns).
+        features: the feature columns; None for every column but the label and the
+            weight (of the first file; the others must have the same columns).
+        weight: the sample weight column, or None.
 
     Raises:
         DataError: no file found, a file that is not Parquet, a missing column, nulls, or
@@ -73,14 +83,22 @@ class ParquetFiles:
         ImportError: pyarrow is missing.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, label: str, features: Sequence[str] | None):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        label: str,
+        features: Sequence[str] | None,
+        weight: str | None = None,
+    ):
         self._pa, self._pq = _pyarrow()
         self.paths = find_files(path)
         metas = [self._footer(file) for file in self.paths]
-        self.label = label
-        self.features = _features(self.paths[0], metas[0].schema.to_arrow_schema(), label, features)
-        columns = [*self.features, label]
-        types = _types(self.paths[0], metas[0].schema.to_arrow_schema(), columns, self._pa)
+        self.label, self.weight = label, weight
+        schema = metas[0].schema.to_arrow_schema()
+        self.features = _features(self.paths[0], schema, label, features, weight)
+        columns = self.columns
+        types = _types(self.paths[0], schema, columns, self._pa)
         for file, meta in zip(self.paths[1:], metas[1:], strict=True):
             _same_schema(self.paths[0], file, types, meta.schema.to_arrow_schema(), features)
         for file, meta in zip(self.paths, metas, strict=True):
@@ -88,6 +106,11 @@ class ParquetFiles:
         self._metas = metas
         self.pieces = _pieces(metas)
         self._open: tuple[int, Any] | None = None  # (file number, handle) last read
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns read: the features, the label, then the weight (if any)."""
+        return [*self.features, self.label, *([] if self.weight is None else [self.weight])]
 
     def __enter__(self) -> ParquetFiles:
         return self
@@ -120,18 +143,17 @@ class ParquetFiles:
                 "truncated or of another format: rewrite it, or move it out of the stream's path"
             ) from exc
 
-    def read(
-        self, piece: Piece, dtype: np.dtype[Any]
-    ) -> Iterator[tuple[npt.NDArray[Any], npt.NDArray[Any], int]]:
-        """Yield ``(X, y, first)`` chunks of ``piece``'s rows: ``X`` in ``dtype``, ``y``
-        as int64 labels (integer or bool column) or ``dtype`` targets, ``first`` the
-        stream index of the chunk's first row.
+    def read(self, piece: Piece, dtype: np.dtype[Any]) -> Iterator[Chunk]:
+        """Yield ``piece``'s rows a :class:`Chunk` at a time: ``X`` in ``dtype``, ``y``
+        as int64 labels (integer or bool column) or ``dtype`` targets, ``w`` the weights
+        in ``dtype`` (None without a weight column), ``first`` the stream index of the
+        chunk's first row.
 
         Raises:
-            DataError: the row group cannot be decoded, or holds a null, NaN or Inf
-                (naming the file, row group, column and row).
+            DataError: the row group cannot be decoded, or holds a null, NaN or Inf, or
+                a negative weight (naming the file, row group, column and row).
         """
-        file, columns = self.paths[piece.file], [*self.features, self.label]
+        file, columns = self.paths[piece.file], self.columns
         chunk = max(1, CHUNK_BYTES // (8 * len(columns)))
         first = piece.first
         try:
@@ -140,9 +162,12 @@ class ParquetFiles:
             )
             for batch in batches:
                 where = f"{file}, row group {piece.group}"
-                X, y = _arrays(batch, self.features, self.label, dtype, where, self._pa)
-                _check_finite(X, y, [*self.features, self.label], where, first - piece.first)
-                yield X, y, first
+                X, y, w = _arrays(batch, columns, len(self.features), dtype, where, self._pa)
+                offset = first - piece.first
+                _check_finite(X, y, w, columns, where, offset)
+                if w is not None:
+                    _check_weights(w, self.weight, where, offset)
+                yield Chunk(X, y, w, first)
                 first += len(X)
         except (self._pa.ArrowException, OSError) as exc:
             raise DataError(
@@ -191,18 +216,22 @@ def _hidden(relative: Path) -> bool:
 
 
 def _features(
-    file: Path, schema: Any, label: str, features: Sequence[str] | None
+    file: Path, schema: Any, label: str, features: Sequence[str] | None, weight: str | None
 ) -> tuple[str, ...]:
     names = list(schema.names)
-    if label not in names:
-        raise DataError(
-            f"{file} has no label column {label!r}; its columns are {names}: pass label= one "
-            "of them"
-        )
+    for role, name in (("label", label), ("weight", weight)):
+        if name is not None and name not in names:
+            raise DataError(
+                f"{file} has no {role} column {name!r}; its columns are {names}: pass "
+                f"{role}= one of them"
+            )
     if features is None:
-        chosen = tuple(name for name in names if name != label)
+        chosen = tuple(name for name in names if name not in (label, weight))
         if not chosen:
-            raise DataError(f"{file} has only the label column {label!r}; no features to train on")
+            taken = f"the label column {label!r}" + (
+                "" if weight is None else f" and the weight column {weight!r}"
+            )
+            raise DataError(f"{file} has only {taken}; no features to train on")
         return chosen
     missing = [name for name in features if name not in names]
     if missing:
@@ -282,24 +311,27 @@ def _pieces(metas: list[Any]) -> list[Piece]:
 
 
 def _arrays(
-    batch: Any, features: Sequence[str], label: str, dtype: np.dtype[Any], where: str, pa: Any
-) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
-    """``X`` (rows × features, ``dtype``) and ``y`` of one record batch."""
+    batch: Any, names: Sequence[str], n_features: int, dtype: np.dtype[Any], where: str, pa: Any
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any] | None]:
+    """``X`` (rows × features, ``dtype``), ``y`` and the weights (``dtype``; None
+    without a weight column) of one record batch; ``names``: the features, the label,
+    then the weight column (if any)."""
     columns = []
-    for name in [*features, label]:
+    for name in names:
         column = batch.column(name)
         if column.null_count:
             _raise_nulls(name, where, column.null_count)
         columns.append(_values(column, pa))
-    y = columns.pop()
+    y, weights = columns[n_features], columns[n_features + 1 :]
     # Columns are filled in as rows of X transposed (contiguous writes, casting on the way)
     # and transposed once: five times faster than writing them into X's columns.
-    transposed = np.empty((len(features), batch.num_rows), dtype)
+    transposed = np.empty((n_features, batch.num_rows), dtype)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow gives Inf, refused next
-        for j, values in enumerate(columns):
+        for j, values in enumerate(columns[:n_features]):
             transposed[j] = values
         y = y.astype(np.int64) if y.dtype.kind in "biu" else y.astype(dtype)
-    return np.ascontiguousarray(transposed.T), y
+        w = weights[0].astype(dtype) if weights else None
+    return np.ascontiguousarray(transposed.T), y, w
 
 
 def _values(column: Any, pa: Any) -> npt.NDArray[Any]:
@@ -322,17 +354,40 @@ def _values(column: Any, pa: Any) -> npt.NDArray[Any]:
 
 
 def _check_finite(
-    X: npt.NDArray[Any], y: npt.NDArray[Any], names: list[str], where: str, offset: int
+    X: npt.NDArray[Any],
+    y: npt.NDArray[Any],
+    w: npt.NDArray[Any] | None,
+    names: list[str],
+    where: str,
+    offset: int,
 ) -> None:
-    """Refuse a NaN or Inf in ``X`` or ``y``, naming its column and row in the row group."""
-    for values in (X, y):
+    """Refuse a NaN or Inf in ``X``, ``y`` or ``w``, naming its column and row in the row
+    group (``names``: the features, the label, then the weight column, if any)."""
+    n_features = X.shape[1]
+    for values, first in ((X, 0), (y, n_features), (w, n_features + 1)):
+        if values is None:
+            continue
         finite = np.isfinite(values) if values.dtype.kind == "f" else None
         if finite is None or finite.all():
             continue
         row, *column = np.unravel_index(int(np.argmin(finite)), finite.shape)
-        name = names[int(column[0])] if column else names[-1]
+        name = names[first + (int(column[0]) if column else 0)]
         raise DataError(
             f"{where}: column {name!r} has a non-finite value ({values[row, *column]}) at "
             f"row {offset + int(row)} of the row group; drop or impute rows with NaN/Inf "
             "before writing"
+        )
+
+
+def _check_weights(w: npt.NDArray[Any], name: str | None, where: str, offset: int) -> None:
+    """Refuse a negative weight (finite ones: :func:`_check_finite` ran first), naming its
+    column and row in the row group. A chunk of zero weights passes: it is the batches
+    that ``fit_stream`` checks for a positive weight."""
+    negative = w < 0
+    if negative.any():
+        row = int(np.argmax(negative))
+        raise DataError(
+            f"{where}: weight column {name!r} has a negative weight ({w[row]}) at row "
+            f"{offset + row} of the row group; weights must be finite and >= 0 (0 drops a "
+            "row): fix or drop those rows before writing"
         )

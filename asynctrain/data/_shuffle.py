@@ -3,7 +3,9 @@ buffer.
 
 Both batchers take chunks of rows with :meth:`add` and give back batches of
 ``batch_size`` rows; :meth:`drain` hands out what is left at the end of a pass (the last,
-shorter batch). Pure numpy bookkeeping, no I/O: a stream reader feeds them.
+shorter batch). Rows may carry sample weights (``w``), which travel with them: give
+them with every chunk or with none. Pure numpy bookkeeping, no I/O: a stream reader
+feeds them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy.typing as npt
 
 from asynctrain.data._stream import BatchCutter, copy_rows
 
-Batch = tuple[npt.NDArray[Any], npt.NDArray[Any]]
+Batch = tuple[npt.NDArray[Any], ...]
+"""``(X, y)``, or ``(X, y, w)`` for rows given with weights."""
 
 
 class InOrder:
@@ -33,21 +36,24 @@ class InOrder:
         self._cutter = BatchCutter(batch_size)
         self._out: dict[str, npt.NDArray[Any]] | None = None
 
-    def add(self, X: npt.NDArray[Any], y: npt.NDArray[Any]) -> Iterator[Batch]:
-        """Take the rows of ``X`` and ``y``; yield each batch they complete."""
+    def add(
+        self, X: npt.NDArray[Any], y: npt.NDArray[Any], w: npt.NDArray[Any] | None = None
+    ) -> Iterator[Batch]:
+        """Take the rows of ``X`` and ``y`` (and their weights ``w``); yield each batch
+        they complete."""
         for cut in self._cutter.plan(len(X)):
             if self._out is None:
-                self._out = _empty(self._cutter.batch_size, X, y)
-            copy_rows(self._out, X, y, cut)
+                self._out = _empty(self._cutter.batch_size, X, y, w)
+            copy_rows(self._out, X, y, cut, w)
             if cut.full:
-                yield self._out["X"], self._out["y"]
+                yield tuple(self._out.values())
                 self._out = None
 
     def drain(self) -> Iterator[Batch]:
         """Yield the rows not yet handed out as one shorter batch (if there are any)."""
         rows = self._cutter.flush()
         if rows and self._out is not None:
-            yield self._out["X"][:rows], self._out["y"][:rows]
+            yield tuple(values[:rows] for values in self._out.values())
         self._out = None
 
 
@@ -78,21 +84,24 @@ class ShuffleBuffer:
     def __init__(self, capacity: int, batch_size: int, rng: np.random.Generator) -> None:
         self._capacity, self._batch, self._rng = capacity, batch_size, rng
         self._draw = batch_size * max(1, capacity // 2 // batch_size)
-        self._X: npt.NDArray[Any] | None = None
-        self._y: npt.NDArray[Any] | None = None
+        self._rows: list[npt.NDArray[Any]] | None = None  # X, y (and w) of every slot
         self._free = np.arange(capacity)  # slots to fill, in this order
         self._filled = 0  # how many of them are filled already
 
-    def add(self, X: npt.NDArray[Any], y: npt.NDArray[Any]) -> Iterator[Batch]:
-        """Take the rows of ``X`` and ``y``; yield the batches drawn while they go in."""
+    def add(
+        self, X: npt.NDArray[Any], y: npt.NDArray[Any], w: npt.NDArray[Any] | None = None
+    ) -> Iterator[Batch]:
+        """Take the rows of ``X`` and ``y`` (and their weights ``w``); yield the batches
+        drawn while they go in."""
+        given = (X, y) if w is None else (X, y, w)
         start = 0
         while start < len(X):
-            if self._X is None or self._y is None:
-                self._X, self._y = _empty(self._capacity, X, y).values()
+            if self._rows is None:
+                self._rows = list(_empty(self._capacity, X, y, w).values())
             take = min(len(self._free) - self._filled, len(X) - start)
             slots = self._free[self._filled : self._filled + take]
-            self._X[slots] = X[start : start + take]
-            self._y[slots] = y[start : start + take]
+            for buffer, values in zip(self._rows, given, strict=True):
+                buffer[slots] = values[start : start + take]
             self._filled, start = self._filled + take, start + take
             if self._filled == len(self._free):
                 taken = self._rng.permutation(self._capacity)[: self._draw]
@@ -101,24 +110,30 @@ class ShuffleBuffer:
 
     def drain(self) -> Iterator[Batch]:
         """Yield every row still in the buffer, shuffled, and free the buffer."""
-        if self._X is not None:
+        if self._rows is not None:
             empty = self._free[self._filled :]
             held = np.setdiff1d(np.arange(self._capacity), empty, assume_unique=True)
             yield from self._split(self._rng.permutation(held))
-        self._X = self._y = None
+        self._rows = None
         self._free, self._filled = np.arange(self._capacity), 0
 
     def _split(self, slots: npt.NDArray[np.intp]) -> Iterator[Batch]:
         """The rows in ``slots`` (copied out), as batches in that order."""
-        assert self._X is not None
-        assert self._y is not None
-        X, y = self._X[slots], self._y[slots]
-        for start in range(0, len(X), self._batch):
-            yield X[start : start + self._batch], y[start : start + self._batch]
+        assert self._rows is not None
+        drawn = [values[slots] for values in self._rows]
+        for start in range(0, len(slots), self._batch):
+            yield tuple(values[start : start + self._batch] for values in drawn)
 
 
-def _empty(rows: int, X: npt.NDArray[Any], y: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
-    return {
+def _empty(
+    rows: int, X: npt.NDArray[Any], y: npt.NDArray[Any], w: npt.NDArray[Any] | None
+) -> dict[str, npt.NDArray[Any]]:
+    """Buffers of ``rows`` rows shaped and typed like ``X``, ``y`` (and ``w``), in that
+    order."""
+    out = {
         "X": np.empty((rows, *X.shape[1:]), X.dtype),
         "y": np.empty((rows, *y.shape[1:]), y.dtype),
     }
+    if w is not None:
+        out["w"] = np.empty(rows, w.dtype)
+    return out
