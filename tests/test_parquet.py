@@ -239,7 +239,7 @@ async def test_stopping_early_closes_the_files(tmp_path: Path) -> None:
 
 def test_holdout_is_disjoint_covering_stable_and_independent_of_batching(tmp_path: Path) -> None:
     X, y = _data(n=2000)
-    path = _write(tmp_path / "one.parquet", X, y, row_group_size=128)
+    path = _write(tmp_path / "one.parquet", X, y, row_group=128)
     _split_files(tmp_path / "parts", X, y, [700, 1300])
 
     def rows(where: Path, subset: str, **kw: object) -> np.ndarray:
