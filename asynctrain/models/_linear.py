@@ -132,7 +132,7 @@ class LinearRegression(LinearModel):
             ``(loss_sum, {"w": ..., "b": ...})``.
         """
         X = as_input(X, self.dtype)
-        weight = as_weights(sample_weight, self.dtype)
+        weight = None if sample_weight is None else as_weights(sample_weight, self.dtype)
         residual = self._scores(params, X)
         loss = squared_error_(residual, y, weight)
         return self._finish(loss, params, X, residual, weight)

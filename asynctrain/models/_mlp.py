@@ -195,7 +195,7 @@ class MLP:
             ``(loss_sum, grads)`` with the keys of ``params``.
         """
         outputs = self._forward(params, as_input(X, self.dtype))
-        weight = as_weights(sample_weight, self.dtype)
+        weight = None if sample_weight is None else as_weights(sample_weight, self.dtype)
         delta = outputs[-1]
         if self.task == "classification":
             loss = softmax_xent_(delta, y, weight)

@@ -110,7 +110,7 @@ class SoftmaxRegression:
             ``(loss_sum, {"W": ..., "b": ...})``.
         """
         X = as_input(X, self.dtype)
-        weight = as_weights(sample_weight, self.dtype)
+        weight = None if sample_weight is None else as_weights(sample_weight, self.dtype)
         delta = self._logits(params, X)
         loss = softmax_xent_(delta, y, weight)
         grads = {"W": X.T @ delta, "b": delta.sum(axis=0)}
