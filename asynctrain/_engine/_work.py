@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._engine._metrics import chunk_parts
-from asynctrain._sparse import is_sparse, take, unpack
+from asynctrain._sparse import take, unpack
 from asynctrain.backends import LocalShared, SharedArrays
 from asynctrain.models._protocol import shard_loss_and_grad
 
@@ -79,14 +79,20 @@ def compute_shard(
 
     ``model`` is the model or its shipped handle (see :func:`resolve_model`).
     """
-    arrays = data.read(task.data_slot)
-    X, y = features(arrays, task.indices), _rows(arrays["y"], task.indices)
-    w = _weights(arrays, task.indices)
+    arrays, rows = data.read(task.data_slot), task.indices
+    X, y, w = features(arrays, rows), _rows(arrays["y"], rows), arrays.get("w")
     key = (task.seed, task.step, task.shard)
     current = params.read(task.param_slot)
-    loss, shard_grads = shard_loss_and_grad(resolve_model(model), current, X, y, key, w)
+    model = resolve_model(model)
+    # Data without weights (the common case) takes no call that would only pass None on.
+    if w is None:
+        loss, shard_grads = shard_loss_and_grad(model, current, X, y, key)
+        weight = float(len(y))
+    else:
+        w = _rows(w, rows)
+        loss, shard_grads = shard_loss_and_grad(model, current, X, y, key, w)
+        weight = weight_sum(w, len(y))
     grads.write(task.grad_slot, shard_grads)
-    weight = weight_sum(w, len(y))
     return ShardResult(
         task.step, task.shard, task.version, task.grad_slot, len(y), float(loss), weight
     )
@@ -106,8 +112,8 @@ def weight_sum(weights: npt.NDArray[Any] | None, n: int) -> float:
 def features(arrays: Mapping[str, npt.NDArray[Any]], rows: Rows) -> Any:
     """The rows of the shared features ``X``: an array, or CSR gathered as CSR (a sparse
     ``X`` travels as its three arrays, :func:`asynctrain._sparse.pack`)."""
-    X = unpack(arrays)
-    return take(X, rows) if is_sparse(X) else _rows(X, rows)
+    X = arrays.get("X")  # dense: one lookup, no probing (a packed CSR has no "X")
+    return _rows(X, rows) if X is not None else take(unpack(arrays), rows)
 
 
 class ShardGroup(NamedTuple):

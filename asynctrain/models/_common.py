@@ -53,7 +53,7 @@ def as_input(X: npt.ArrayLike, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     A scipy.sparse ``X`` stays sparse: CSR of ``dtype`` (see :mod:`asynctrain._sparse`),
     which the models multiply as it is (``X @ W``, ``X.T @ delta``: dense results).
     """
-    if is_sparse(X):
+    if not isinstance(X, np.ndarray) and is_sparse(X):  # an array is never sparse
         csr: npt.NDArray[Any] = as_csr("X", X, dtype)
         return csr
     return np.asarray(X, dtype=dtype)
@@ -105,7 +105,8 @@ def squared_error_(
         per_row = np.square(residual).reshape(len(residual), -1).sum(axis=1)
         loss = float(np.dot(weight, per_row))
     residual *= 2
-    weigh_rows_(residual, weight)
+    if weight is not None:
+        weigh_rows_(residual, weight)
     return loss
 
 
@@ -126,7 +127,8 @@ def logistic_loss_(
     np.subtract(z, softplus, out=z)
     np.exp(z, out=z)
     np.negative(z, out=z, where=positive)
-    weigh_rows_(z, weight)
+    if weight is not None:
+        weigh_rows_(z, weight)
     return loss
 
 
@@ -166,20 +168,28 @@ def softmax_xent_(
         loss = float(np.dot(weight, np.log(total[:, 0]) - picked))
     logits /= total
     logits[rows, labels] -= 1
-    weigh_rows_(logits, weight)
+    if weight is not None:
+        weigh_rows_(logits, weight)
     return loss
 
 
-def add_l2_(grads: Grads, params: Params, names: tuple[str, ...], n: float, l2: float) -> float:
+def add_l2_(
+    grads: Grads,
+    params: Params,
+    names: tuple[str, ...],
+    l2: float,
+    rows: int,
+    weight: npt.NDArray[Any] | None = None,
+) -> float:
     """Add ``n * l2 * W`` to the gradient of each named weight; return the penalty.
 
     The penalty is ``n * 0.5 * l2 * sum(W ** 2)``: charged per sample (``n`` is the row
-    count, or the sum of the row weights), so the sums of two shards add up to the sum
-    of the whole batch.
+    count ``rows``, or the sum of the row weights ``weight``; see :func:`weight_total`),
+    so the sums of two shards add up to the sum of the whole batch.
     """
     if not l2:
         return 0.0
-    scale = n * l2
+    scale = weight_total(weight, rows) * l2
     penalty = 0.0
     for name in names:
         weight = params[name]

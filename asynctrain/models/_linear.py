@@ -17,7 +17,6 @@ from asynctrain.models._common import (
     check_dtype,
     set_fields,
     squared_error_,
-    weight_total,
 )
 
 _WEIGHTS = ("w",)
@@ -73,7 +72,7 @@ class LinearModel:
         """Back-propagate ``delta = d loss / d z`` to ``w`` and ``b`` and add the L2 term
         (charged on the sum of the row weights)."""
         grads = {"w": X.T @ delta, "b": delta.sum(keepdims=True)}
-        loss += add_l2_(grads, params, _WEIGHTS, weight_total(weight, X.shape[0]), self.l2)
+        loss += add_l2_(grads, params, _WEIGHTS, self.l2, X.shape[0], weight)
         return loss, grads
 
 
@@ -133,7 +132,7 @@ class LinearRegression(LinearModel):
             ``(loss_sum, {"w": ..., "b": ...})``.
         """
         X = as_input(X, self.dtype)
-        weight = as_weights(sample_weight, self.dtype)
+        weight = None if sample_weight is None else as_weights(sample_weight, self.dtype)
         residual = self._scores(params, X)
         loss = squared_error_(residual, y, weight)
         return self._finish(loss, params, X, residual, weight)

@@ -64,7 +64,7 @@ class LogisticRegression(LinearModel):
             ``(loss_sum, {"w": ..., "b": ...})``.
         """
         X = as_input(X, self.dtype)
-        weight = as_weights(sample_weight, self.dtype)
+        weight = None if sample_weight is None else as_weights(sample_weight, self.dtype)
         z = self._scores(params, X)
         loss = logistic_loss_(z, y, weight)
         return self._finish(loss, params, X, z, weight)

@@ -23,7 +23,6 @@ from asynctrain.models._common import (
     softmax_,
     softmax_xent_,
     squared_error_,
-    weight_total,
 )
 from asynctrain.models._layers import (
     activate_,
@@ -196,7 +195,7 @@ class MLP:
             ``(loss_sum, grads)`` with the keys of ``params``.
         """
         outputs = self._forward(params, as_input(X, self.dtype))
-        weight = as_weights(sample_weight, self.dtype)
+        weight = None if sample_weight is None else as_weights(sample_weight, self.dtype)
         delta = outputs[-1]
         if self.task == "classification":
             loss = softmax_xent_(delta, y, weight)
@@ -204,8 +203,7 @@ class MLP:
             loss = squared_error_(delta, y, weight)
         grads = self._backward(params, outputs, delta)
         weights = weight_keys(len(self.sizes) - 1)
-        total = weight_total(weight, delta.shape[0])
-        loss += add_l2_(grads, params, weights, total, self.l2)
+        loss += add_l2_(grads, params, weights, self.l2, delta.shape[0], weight)
         return loss, grads
 
     def predict(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:

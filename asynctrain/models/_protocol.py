@@ -152,9 +152,13 @@ def shard_loss_and_grad(
     ``(seed, step, shard)``; only a model with ``uses_key = True`` receives the key, and
     ``sample_weight`` is passed only when the data has weights (models without support
     were refused before the fit started)."""
-    options: dict[str, Any] = {}
-    if getattr(model, "uses_key", False):
-        options["key"] = key
-    if sample_weight is not None:
-        options["sample_weight"] = sample_weight
-    return model.loss_and_grad(params, X, y, **options)  # type: ignore[no-any-return]
+    uses_key = getattr(model, "uses_key", False)
+    if sample_weight is None:  # the common case: no options dict, no ** call
+        if uses_key:
+            return model.loss_and_grad(params, X, y, key=key)  # type: ignore[no-any-return]
+        return model.loss_and_grad(params, X, y)  # type: ignore[no-any-return]
+    if uses_key:
+        return model.loss_and_grad(  # type: ignore[no-any-return]
+            params, X, y, key=key, sample_weight=sample_weight
+        )
+    return model.loss_and_grad(params, X, y, sample_weight=sample_weight)  # type: ignore[no-any-return]

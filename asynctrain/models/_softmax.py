@@ -19,7 +19,6 @@ from asynctrain.models._common import (
     set_fields,
     softmax_,
     softmax_xent_,
-    weight_total,
 )
 
 _WEIGHTS = ("W",)
@@ -111,11 +110,11 @@ class SoftmaxRegression:
             ``(loss_sum, {"W": ..., "b": ...})``.
         """
         X = as_input(X, self.dtype)
-        weight = as_weights(sample_weight, self.dtype)
+        weight = None if sample_weight is None else as_weights(sample_weight, self.dtype)
         delta = self._logits(params, X)
         loss = softmax_xent_(delta, y, weight)
         grads = {"W": X.T @ delta, "b": delta.sum(axis=0)}
-        loss += add_l2_(grads, params, _WEIGHTS, weight_total(weight, X.shape[0]), self.l2)
+        loss += add_l2_(grads, params, _WEIGHTS, self.l2, X.shape[0], weight)
         return loss, grads
 
     def predict(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
