@@ -7,6 +7,8 @@ resume shows that the scenario depends on the state (without it the run goes on 
 
 from __future__ import annotations
 
+import inspect
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +242,26 @@ async def test_a_crafted_callbacks_section_is_refused_on_read(
     rezip(path, path, lambda m: m.update(callbacks=section))
     with pytest.raises(at.CheckpointError, match="callback"):
         Checkpoint.read(path)
+
+
+async def test_a_deeply_nested_state_is_read_or_refused(tmp_path: Path, data: Dataset) -> None:
+    await softmax_trainer().fit(
+        data, epochs=1, callbacks=[Hoarder({"n": 1})], checkpoint_dir=tmp_path
+    )
+    (path,) = list_checkpoints(tmp_path)
+    nested: Any = {"none": None}
+    for _ in range(300):
+        nested = {"dict": {"a": nested}}
+    rezip(path, tmp_path / "deep.ckpt", lambda m: m.update(callbacks={"X#0": nested}))
+    state = Checkpoint.read(tmp_path / "deep.ckpt").callback_states()["X#0"]
+    for _ in range(300):
+        state = state["a"]
+    assert state is None
+    # Where the stack runs out (json's reader or the state's), it is a CheckpointError.
+    limit = sys.getrecursionlimit()
+    try:
+        sys.setrecursionlimit(len(inspect.stack()) + 350)
+        with pytest.raises(at.CheckpointError):
+            Checkpoint.read(tmp_path / "deep.ckpt")
+    finally:
+        sys.setrecursionlimit(limit)

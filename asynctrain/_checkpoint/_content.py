@@ -262,7 +262,10 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: the callbacks section is not an object")
         arrays = [self.arrays[f"callbacks/{i}"] for i in range(self._count("callbacks"))]
         problems: list[str] = []
-        states = {str(k): _tree.decode_plain(v, arrays, problems, k) for k, v in spec.items()}
+        try:
+            states = {str(k): _tree.decode_plain(v, arrays, problems, k) for k, v in spec.items()}
+        except RecursionError:  # nested past what any callback writes
+            problems.append("nested too deeply")
         if problems:
             raise CheckpointError(f"{self.path}: a callback's state is not valid: {problems[0]}")
         return states
