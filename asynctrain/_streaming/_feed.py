@@ -31,7 +31,7 @@ import numpy.typing as npt
 from asynctrain._engine._tasks import unwrap_group
 from asynctrain._inputs import ClassWeight
 from asynctrain._streaming._batch import Batch, NameRecord, check_batch
-from asynctrain._streaming._sources import OffLoop, iterate
+from asynctrain._streaming._sources import END, OffLoop, iterate
 from asynctrain.backends import Backend, SharedArrays
 from asynctrain.backends._base import Arrays
 from asynctrain.data._stream import BatchCutter, Cut, copy_rows
@@ -110,12 +110,19 @@ class Feed:
         rows, limit = 0, self._cutter.max_samples
         async with iterate(self._source, self._off) as items:
             number = 0
-            async for item in items:
-                where = self._describe(number)
-                check = functools.partial(check_batch, where=where, like=like, weighted=weighted)
-                batch = await self._off.call(
-                    check, self._model, item, names=self._names, class_weight=self._class_weight
+            while True:
+                check = functools.partial(
+                    check_batch,
+                    self._model,
+                    where=self._describe(number),
+                    like=like,
+                    weighted=weighted,
+                    names=self._names,
+                    class_weight=self._class_weight,
                 )
+                batch = await items.pull(check)
+                if batch is END:
+                    return
                 number += 1
                 if batch is None:
                     continue
