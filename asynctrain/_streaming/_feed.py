@@ -17,9 +17,9 @@ from the loop without a trip to a thread (a slot holds ``batch_size`` rows eithe
 memory stays as bounded; a slot's buffer is allocated only when rows must be re-cut).
 
 Errors travel in stream order: a bad batch or a raising source reaches the trainer after
-every full batch before it, so the parameters it leaves behind do not depend on timing. Validation, copies and a sync
-source's ``next()`` run on the feed's threads (inline on the inline backend), never on
-the event loop.
+every full batch before it, so the parameters it leaves behind do not depend on timing.
+Validation, copies and a sync source's ``next()`` run on the feed's threads (inline on
+the inline backend), never on the event loop.
 """
 
 from __future__ import annotations
@@ -170,10 +170,10 @@ class Feed:
         """Copy ``cuts`` of ``batch`` into ring slots, in as few trips off the loop as the
         free slots allow, and publish each slot it fills (a whole batch by reference, if
         the ring takes references: see the module docstring)."""
-        if self._by_reference and len(cuts) == 1 and cuts[0].full and cuts[0].at == 0:
-            if cuts[0].stop - cuts[0].start == len(batch[0]):  # the batch is one slot
-                await self._publish(batch)
-                return
+        whole = len(cuts) == 1 and cuts[0].at == 0 and cuts[0].stop - cuts[0].start == len(batch[0])
+        if whole and cuts[0].full and self._by_reference:  # the batch is one slot
+            await self._publish(batch)
+            return
         jobs: list[tuple[int, Cut]] = []
         for cut in cuts:
             if self._slot is None:
@@ -205,7 +205,8 @@ class Feed:
     async def _open_ring(self, batch: Batch) -> None:
         size = self._cutter.batch_size
         # Shapes and dtypes only: the factory outlives the batch, which must not stay alive.
-        layout = {key: (a.shape[1:], a.dtype) for key, a in zip("Xyw", batch) if a is not None}
+        arrays = zip("Xyw", batch, strict=True)
+        layout = {key: (a.shape[1:], a.dtype) for key, a in arrays if a is not None}
 
         def buffers() -> Arrays:
             # "w" for a weighted stream: the weights travel with the rows
