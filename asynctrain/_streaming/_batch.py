@@ -126,10 +126,10 @@ def _plain_labelled(model: Model, X: Any, y: Any) -> Batch | None:
     the same checks), in a fraction of its time: the stream's threads share the GIL
     with the event loop and the workers, so each batch's Python is felt by training.
     """
-    n_classes = model.n_classes
-    if n_classes is None or type(X) is not np.ndarray or type(y) is not np.ndarray:
+    n_classes = getattr(model, "n_classes", None)  # read as check_data reads them
+    if not isinstance(n_classes, int) or type(X) is not np.ndarray or type(y) is not np.ndarray:
         return None
-    if X.dtype != model.dtype or X.ndim != 2 or X.shape[1] != model.n_features:
+    if X.dtype != model.dtype or X.ndim != 2 or X.shape[1] != getattr(model, "n_features", None):
         return None
     if y.dtype.kind not in "iu" or y.shape != X.shape[:1] or not len(y):
         return None
