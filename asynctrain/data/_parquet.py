@@ -23,7 +23,6 @@ from asynctrain._checks import check_choice, check_int
 from asynctrain._exceptions import ConfigError, ConfigTypeError, DataError
 from asynctrain._types import DEFAULT_DTYPE
 from asynctrain.data import _validate as v
-from asynctrain.data._ahead import ReadAhead
 from asynctrain.data._dataset import Dataset
 from asynctrain.data._parquet_files import ParquetFiles, check_pyarrow
 from asynctrain.data._shuffle import Batch, InOrder, ShuffleBuffer
@@ -57,8 +56,7 @@ def read_parquet(
     the first batch every file's footer is checked (label and feature columns present
     and numeric, one schema across files, no nulls where the statistics tell), so a bad
     source fails before any step. Memory stays bounded by the shuffle buffer and one row
-    group (read in chunks of about 8 MB, the next chunk decoded on a thread while the
-    current one is shuffled and trained on), whatever the files' size.
+    group (read in chunks of about 8 MB), whatever the files' size.
 
     Args:
         path: a Parquet file, a directory (every ``*.parquet`` below it, in sorted path
@@ -219,9 +217,8 @@ class ParquetStream:
             if self.shuffle
             else InOrder(self.batch_size)
         )
-        chunks = (chunk for n in order for chunk in files.read(files.pieces[n], self.dtype))
-        with ReadAhead(chunks) as ahead:  # the next chunk is decoded while this one trains
-            for X, y, w, first in ahead:
+        for number in order:
+            for X, y, w, first in files.read(files.pieces[number], self.dtype):
                 keep = self._keep(first, len(X))
                 if keep is not None:
                     X, y, w = X[keep], y[keep], None if w is None else w[keep]
