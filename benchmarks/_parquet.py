@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from asynctrain import FitResult, Trainer
-from asynctrain import run as run_loop
 from asynctrain.backends import Backend, get_backend
 from asynctrain.data import Dataset, read_parquet
 from asynctrain.optim import adam
-from benchmarks._figure import Figure, Spread
+from benchmarks._figure import Figure, Spread, run_alone
 from benchmarks._scale import command, dataset, repeats, samples
 from benchmarks._workloads import model_for
 
@@ -206,13 +205,5 @@ async def run(quick: bool) -> list[Figure]:
     return [*figures, await peak_memory(quick)]
 
 
-def main(argv: list[str]) -> None:
-    """Print each figure: ``python -m benchmarks._parquet [--quick]``."""
-    for figure in run_loop(run("--quick" in argv)):
-        low, high = figure.low, figure.high
-        print(f"{figure.name}: {figure.value:.3f} {figure.unit} ({low:.3f}-{high:.3f})")
-        print(f"    target {figure.target}; {figure.details}")
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_alone(run, sys.argv[1:])

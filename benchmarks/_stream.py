@@ -30,12 +30,11 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain import FitResult, Trainer
-from asynctrain import run as run_loop
 from asynctrain.backends import Backend, backend_names, get_backend
 from asynctrain.data import Dataset, epoch_order
 from asynctrain.models import SoftmaxRegression
 from asynctrain.optim import adam
-from benchmarks._figure import Figure, Spread
+from benchmarks._figure import Figure, Spread, run_alone
 from benchmarks._scale import dataset
 
 PIECE = 1_000  # rows per batch the producer yields (re-cut into the trainer's batch size)
@@ -205,13 +204,5 @@ async def run(quick: bool) -> list[Figure]:
     return figures
 
 
-def main(argv: list[str]) -> None:
-    """Print each figure: ``python -m benchmarks._stream [--quick]``."""
-    for figure in run_loop(run("--quick" in argv)):
-        low, high = figure.low, figure.high
-        print(f"{figure.name}: {figure.value:.3f} {figure.unit} ({low:.3f}-{high:.3f})")
-        print(f"    target {figure.target}; {figure.details}")
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_alone(run, sys.argv[1:])

@@ -507,15 +507,18 @@ def _poisoned(pieces: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[objec
         X[0, 0] = np.nan
 
 
+# Pieces of 100 rows are re-cut into buffers; pieces of BATCH rows become ring slots as
+# they are (by reference on the inline and thread backends), so both paths are covered.
+@pytest.mark.parametrize("size", [100, BATCH])
 @pytest.mark.parametrize("producer", [_refilled, _poisoned])
 @pytest.mark.parametrize("kind", ["async", "sync"])
 async def test_a_batch_is_what_the_producer_yielded_not_what_it_wrote_later(
-    backend_name: str, kind: str, producer: object
+    backend_name: str, kind: str, producer: object, size: int
 ) -> None:
     data = _data()
     async with _trainer("inline") as trainer:  # the oracle: fresh, untouched arrays
         reference = (await trainer.fit_stream(list(_pieces(data, 100)))).params
-    items = producer(_pieces(data, 100))  # type: ignore[operator]
+    items = producer(_pieces(data, size))  # type: ignore[operator]
     source = _agen(items) if kind == "async" else items
     async with _trainer(backend_name) as trainer:
         result = await trainer.fit_stream(source)

@@ -135,3 +135,43 @@ def test_a_checked_batch_owns_its_arrays(as_dataset: bool) -> None:
     assert not np.shares_memory(checked[0], X)
     assert not np.shares_memory(checked[1], y)
     np.testing.assert_array_equal(checked[0], X)
+
+
+# A float32 table with integer labels takes check_batch's few-pass path; it must accept
+# and refuse exactly what the general path (_inputs.prepare) does, with the same errors.
+_F32 = np.zeros((2, 3), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ((np.full((2, 3), np.nan, np.float32), np.array([0, 1])), "X has a non-finite value"),
+        ((_F32, np.array([0, 3])), r"labels must be in 0\.\.2"),
+        ((_F32, np.array([-1, 1])), r"labels must be in 0\.\.2"),
+        ((_F32, np.array([0, 2**63 + 5], np.uint64)), "y holds the label 9223372036854775813"),
+        ((np.zeros((2, 2), np.float32), np.array([0, 1])), "dataset has 2 features"),
+        ((_F32, np.array([0, 1, 2])), "X has 2 rows but y has 3"),
+    ],
+)
+def test_plain_float_batches_are_refused_as_by_the_general_path(
+    item: tuple[np.ndarray, np.ndarray], message: str
+) -> None:
+    with pytest.raises(at.DataError, match=f"batch 7: {message}"):
+        check_batch(SoftmaxRegression(3, 3), item, where="batch 7")
+
+
+@pytest.mark.parametrize("labels", [np.int64, np.int32, np.uint8])
+def test_plain_float_batches_come_back_as_from_the_general_path(labels: type) -> None:
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(50, 3)).astype(np.float32), rng.integers(0, 3, 50).astype(labels)
+    model = SoftmaxRegression(3, 3)
+    checked = check_batch(model, (X, y), where="b")
+    oracle = at.data.Dataset(X, y, dtype=model.dtype)  # the general path's conversion
+    assert checked is not None
+    assert checked[0].dtype == oracle.X.dtype
+    assert checked[1].dtype == oracle.y.dtype == np.int64
+    np.testing.assert_array_equal(checked[0], oracle.X)
+    np.testing.assert_array_equal(checked[1], oracle.y)
+    assert checked[2] is None
+    assert not np.shares_memory(checked[0], X)
+    assert not np.shares_memory(checked[1], y)

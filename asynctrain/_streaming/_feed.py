@@ -10,11 +10,16 @@
 
 The ring is ``RING_SLOTS`` batch buffers shared with the backend once
 (``backend.share(..., slots=RING_SLOTS)``), so a shard task carries only a slot number and
-a row range, never arrays, also on process backends. Errors travel in stream order: a bad
-batch or a raising source reaches the trainer after every full batch before it, so the
-parameters it leaves behind do not depend on timing. Validation, copies and a sync
-source's ``next()`` run on the feed's threads (inline on the inline backend), never on
-the event loop.
+a row range, never arrays, also on process backends. On backends whose ring holds
+references (inline, thread), a source batch of exactly ``batch_size`` rows that starts a
+batch is not copied into a buffer: its checked copy is the slot's content, published
+from the loop without a trip to a thread (a slot holds ``batch_size`` rows either way, so
+memory stays as bounded; a slot's buffer is allocated only when rows must be re-cut).
+
+Errors travel in stream order: a bad batch or a raising source reaches the trainer after
+every full batch before it, so the parameters it leaves behind do not depend on timing.
+Validation, copies and a sync source's ``next()`` run on the feed's threads (inline on
+the inline backend), never on the event loop.
 """
 
 from __future__ import annotations
@@ -31,9 +36,9 @@ import numpy.typing as npt
 from asynctrain._engine._tasks import unwrap_group
 from asynctrain._inputs import ClassWeight
 from asynctrain._streaming._batch import Batch, NameRecord, check_batch
-from asynctrain._streaming._sources import OffLoop, iterate
+from asynctrain._streaming._sources import END, OffLoop, iterate
 from asynctrain.backends import Backend, SharedArrays
-from asynctrain.backends._base import Arrays
+from asynctrain.backends._base import Arrays, LocalShared
 from asynctrain.data._stream import BatchCutter, Cut, copy_rows
 from asynctrain.models import Model
 
@@ -72,7 +77,8 @@ class Feed:
         self._batches: asyncio.Queue[Batch | BaseException | None] = asyncio.Queue(buffer)
         self._ready: asyncio.Queue[Ready] = asyncio.Queue()  # bounded by the ring's slots
         self._free: asyncio.Queue[int] = asyncio.Queue()
-        self._buffers: list[Arrays] = []
+        self._buffers: list[Arrays | None] = []  # a slot's buffer, made when first needed
+        self._empty: Callable[[], Arrays] | None = None  # makes one
         self._slot: int | None = None  # the slot being filled
 
     async def next(self) -> tuple[int, int] | None:
@@ -110,12 +116,19 @@ class Feed:
         rows, limit = 0, self._cutter.max_samples
         async with iterate(self._source, self._off) as items:
             number = 0
-            async for item in items:
-                where = self._describe(number)
-                check = functools.partial(check_batch, where=where, like=like, weighted=weighted)
-                batch = await self._off.call(
-                    check, self._model, item, names=self._names, class_weight=self._class_weight
+            while True:
+                check = functools.partial(
+                    check_batch,
+                    self._model,
+                    where=self._describe(number),
+                    like=like,
+                    weighted=weighted,
+                    names=self._names,
+                    class_weight=self._class_weight,
                 )
+                batch = await items.pull(check)
+                if batch is END:
+                    return
                 number += 1
                 if batch is None:
                     continue
@@ -149,13 +162,18 @@ class Feed:
         rows = self._cutter.flush()
         if rows and self._slot is not None:
             assert self.ring is not None
-            await self._off.call(self.ring.write, self._slot, self._buffers[self._slot])
+            await self._off.call(self.ring.write, self._slot, self._buffer(self._slot))
             self._ready.put_nowait((self._slot, rows))
         self._ready.put_nowait(None)
 
     async def _cut(self, batch: Batch, cuts: list[Cut]) -> None:
         """Copy ``cuts`` of ``batch`` into ring slots, in as few trips off the loop as the
-        free slots allow, and publish each slot it fills."""
+        free slots allow, and publish each slot it fills (a whole batch by reference, if
+        the ring takes references: see the module docstring)."""
+        whole = len(cuts) == 1 and cuts[0].at == 0 and cuts[0].stop - cuts[0].start == len(batch[0])
+        if whole and cuts[0].full and self._by_reference:  # the batch is one slot
+            await self._publish(batch)
+            return
         jobs: list[tuple[int, Cut]] = []
         for cut in cuts:
             if self._slot is None:
@@ -169,23 +187,44 @@ class Feed:
         if jobs:
             await self._copy(batch, jobs)
 
-    async def _open_ring(self, batch: Batch) -> None:
+    async def _publish(self, batch: Batch) -> None:
+        """Make ``batch`` (checked, owned by the feed, ``batch_size`` rows) a slot's
+        content by reference; the slot's buffer, if it had one, is dropped."""
+        assert self.ring is not None
+        slot = await self._free.get()
+        self._buffers[slot] = None
         X, y, w = batch
+        self.ring.write(slot, {"X": X, "y": y} if w is None else {"X": X, "y": y, "w": w})
+        self._ready.put_nowait((slot, self._cutter.batch_size))
+
+    @property
+    def _by_reference(self) -> bool:
+        """Whether the ring stores the arrays written to it rather than copies."""
+        return isinstance(self.ring, LocalShared)
+
+    async def _open_ring(self, batch: Batch) -> None:
         size = self._cutter.batch_size
+        # Shapes and dtypes only: the factory outlives the batch, which must not stay alive.
+        arrays = zip("Xyw", batch, strict=True)
+        layout = {key: (a.shape[1:], a.dtype) for key, a in arrays if a is not None}
 
         def buffers() -> Arrays:
-            arrays = {
-                "X": np.zeros((size, *X.shape[1:]), X.dtype),
-                "y": np.zeros((size, *y.shape[1:]), y.dtype),
-            }
-            if w is not None:  # a weighted stream: the weights travel with the rows
-                arrays["w"] = np.zeros(size, w.dtype)
-            return arrays
+            # "w" for a weighted stream: the weights travel with the rows
+            return {key: np.zeros((size, *shape), dtype) for key, (shape, dtype) in layout.items()}
 
         self.ring = await self._backend.share(buffers(), slots=RING_SLOTS)
-        self._buffers = [buffers() for _ in range(RING_SLOTS)]
+        self._empty = buffers
+        self._buffers = [None] * RING_SLOTS
         for slot in range(RING_SLOTS):
             self._free.put_nowait(slot)
+
+    def _buffer(self, slot: int) -> Arrays:
+        """``slot``'s buffer, made now if it has none yet (off the loop)."""
+        buffer = self._buffers[slot]
+        if buffer is None:
+            assert self._empty is not None
+            buffer = self._buffers[slot] = self._empty()
+        return buffer
 
     async def _copy(self, batch: Batch, jobs: list[tuple[int, Cut]]) -> None:
         await self._off.call(self._copy_rows, batch, jobs)
@@ -197,9 +236,9 @@ class Feed:
         """Copy each ``(slot, cut)`` of ``batch`` into the slot's buffer; share full ones."""
         assert self.ring is not None
         for slot, cut in jobs:
-            copy_rows(self._buffers[slot], batch[0], batch[1], cut, batch[2])
+            copy_rows(self._buffer(slot), batch[0], batch[1], cut, batch[2])
             if cut.full:
-                self.ring.write(slot, self._buffers[slot])
+                self.ring.write(slot, self._buffer(slot))
 
 
 @contextlib.asynccontextmanager

@@ -1,8 +1,11 @@
 """How a stream's source is read: asynchronously, its blocking parts off the event loop.
 
 An async iterable is awaited directly; a sync one has its ``next()`` run on a thread, so a
-source that reads files or a socket never stalls the loop. Whatever happens, the source
-is closed afterwards (``aclose()`` / ``close()``), so a generator's ``finally`` runs.
+source that reads files or a socket never stalls the loop. Each item is handed to a
+function run off the loop (the feed's check): for a sync source in the same trip as its
+``next()``, since every trip costs wake-ups and GIL hand-offs that training feels.
+Whatever happens, the source is closed afterwards (``aclose()`` / ``close()``), so a
+generator's ``finally`` runs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from asynctrain._offloop import off_loop
 
 T = TypeVar("T")
 
-_END = object()
+END: Any = object()
+"""What :meth:`Items.pull` returns once the source is exhausted."""
 
 
 class OffLoop:
@@ -47,38 +51,50 @@ class OffLoop:
             await off_loop(self._executor.shutdown)
 
 
+class Items:
+    """The items of a source, each passed through a function off the loop: see
+    :func:`iterate`."""
+
+    def __init__(self, source: Iterable[Any] | AsyncIterable[Any], off: OffLoop) -> None:
+        self._off = off
+        self._async: AsyncIterator[Any] | None = None
+        self._sync: Iterator[Any] | None = None
+        if isinstance(source, AsyncIterable):
+            self._async = aiter(source)
+        else:
+            self._sync = iter(source)
+
+    async def pull(self, then: Callable[[Any], T]) -> T:
+        """``then(item)`` of the next item, run off the loop (with a sync source's
+        ``next()``, in one trip); :data:`END` once the source is exhausted.
+
+        Raises what the source or ``then`` raises.
+        """
+        if self._sync is not None:
+            return await self._off.call(_next_then, self._sync, then)
+        assert self._async is not None
+        item = await anext(self._async, END)
+        return item if item is END else await self._off.call(then, item)
+
+    async def aclose(self) -> None:
+        """Close the source: ``aclose()`` an async one, ``close()`` a sync one off the
+        loop (if they have those methods)."""
+        if self._async is not None and hasattr(self._async, "aclose"):
+            await self._async.aclose()
+        if self._sync is not None and hasattr(self._sync, "close"):
+            await self._off.call(self._sync.close)
+
+
+def _next_then(iterator: Iterator[Any], then: Callable[[Any], T]) -> T:
+    item = next(iterator, END)
+    return item if item is END else then(item)
+
+
 @contextlib.asynccontextmanager
-async def iterate(
-    source: Iterable[Any] | AsyncIterable[Any], off: OffLoop
-) -> AsyncIterator[AsyncIterator[Any]]:
-    """Iterate ``source`` asynchronously; close it on the way out."""
-    if isinstance(source, AsyncIterable):
-        iterator: Any = aiter(source)
-        try:
-            yield iterator
-        finally:
-            if hasattr(iterator, "aclose"):
-                await iterator.aclose()
-    else:
-        sync = iter(source)
-        try:
-            yield _SyncItems(sync, off)
-        finally:
-            if hasattr(sync, "close"):
-                await off.call(sync.close)
-
-
-class _SyncItems:
-    """A sync iterator as an async one whose ``next()`` runs off the loop."""
-
-    def __init__(self, iterator: Iterator[Any], off: OffLoop) -> None:
-        self._iterator, self._off = iterator, off
-
-    def __aiter__(self) -> _SyncItems:
-        return self
-
-    async def __anext__(self) -> Any:
-        item = await self._off.call(next, self._iterator, _END)
-        if item is _END:
-            raise StopAsyncIteration
-        return item
+async def iterate(source: Iterable[Any] | AsyncIterable[Any], off: OffLoop) -> AsyncIterator[Items]:
+    """The :class:`Items` of ``source``; the source is closed on the way out."""
+    items = Items(source, off)
+    try:
+        yield items
+    finally:
+        await items.aclose()
