@@ -132,10 +132,8 @@ class ParquetFiles:
         """File ``number``, open; kept open for the next row group, often of the same file."""
         if self._open is None or self._open[0] != number:
             self.close()
-            # Memory-mapped: pages are decompressed straight from the page cache, not read
-            # into a buffer first (about 13 % less CPU decoding float columns).
             handle = self._pq.ParquetFile(
-                self.paths[number], metadata=self._metas[number], pre_buffer=False, memory_map=True
+                self.paths[number], metadata=self._metas[number], pre_buffer=False
             )
             self._open = (number, handle)
         return self._open[1]
