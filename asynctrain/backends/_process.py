@@ -21,7 +21,8 @@ from asynctrain.backends._process_main import check_main_guard
 from asynctrain.backends._process_pickle import check_picklable
 from asynctrain.backends._process_pool import Pool
 from asynctrain.backends._process_shared import ProcessShared, create_shared, release_shared
-from asynctrain.backends._process_worker import encode_forget, encode_task
+from asynctrain.backends._process_task import TaskEncoder
+from asynctrain.backends._process_worker import encode_forget
 from asynctrain.backends._process_worker_handle import WorkerDied
 from asynctrain.backends._thread import default_workers
 
@@ -105,6 +106,7 @@ class ProcessBackend(Lifecycle):
         self._pool: Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._owned: dict[str, ProcessShared] = {}
+        self._encoder = TaskEncoder()
         self._tasks = self._retries = self._bytes = 0
 
     async def _open(self) -> None:
@@ -149,9 +151,9 @@ class ProcessBackend(Lifecycle):
             Exception: whatever ``fn`` raised, with the worker's traceback as a note.
         """
         pool = await self._opened_pool()
-        message = _encode(fn, args)
+        message = self._encode(fn, args)
         self._tasks += 1
-        self._bytes += len(message)
+        self._bytes += sum(map(len, message))
         failures: list[str] = []
         while True:
             try:
@@ -197,6 +199,7 @@ class ProcessBackend(Lifecycle):
         if not isinstance(shared, ProcessShared) or self._owned.pop(shared.key, None) is None:
             return
         release_shared(shared)
+        self._encoder.forget(shared.key)
         if self._pool is not None:
             self._pool.broadcast(encode_forget(shared.key))
 
@@ -225,17 +228,16 @@ class ProcessBackend(Lifecycle):
         assert self._pool is not None
         return self._pool
 
+    def _encode(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bytes, ...]:
+        try:
+            return self._encoder.encode(fn, args)
+        except Exception as exc:
+            check_picklable(fn, *args)  # names the culprit
+            raise ConfigTypeError(f"the task {fn!r} cannot be pickled: {exc}") from exc
+
     def __repr__(self) -> str:
         live = "" if self._pool is None else f" live={len(self.pids)} busy={self._pool.busy}"
         return f"<ProcessBackend workers={self._workers} {self.start_method} {self.state}{live}>"
-
-
-def _encode(fn: Callable[..., Any], args: tuple[Any, ...]) -> bytes:
-    try:
-        return encode_task(fn, args)
-    except Exception as exc:
-        check_picklable(fn, *args)  # names the culprit
-        raise ConfigTypeError(f"the task {fn!r} cannot be pickled: {exc}") from exc
 
 
 def _exhausted(fn: Callable[..., Any], args: tuple[Any, ...], failures: list[str]) -> BackendError:
