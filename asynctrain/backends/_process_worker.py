@@ -7,8 +7,9 @@ pickle of ``(task_id, ok, value)`` where ``value`` is the result or
 ``(pickled exception or None, traceback text)``: the exception is pickled on its own so
 that one which cannot be rebuilt in the parent still arrives with the worker's traceback.
 Task id :data:`CONTROL` carries a message with no reply: the key of a shared segment to
-unmap. Keeping the id outside the pickle lets a worker answer even when ``fn`` or its
-arguments fail to unpickle there.
+unmap (or :data:`PRUNE`: only drop the kept maps of shared files that are gone). Keeping
+the id outside the pickle lets a worker answer even when ``fn`` or its arguments fail to
+unpickle there.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from threadpoolctl import threadpool_limits
 
 from asynctrain.backends._malloc import keep_freed_memory
 from asynctrain.backends._process_pipe import recv_frame, send_frame
-from asynctrain.backends._process_shared import forget
+from asynctrain.backends._process_shared import forget, keep_file_maps
 from asynctrain.backends._process_task import TaskDecoder
 
 CONTROL = -1
+PRUNE = ""  # the "key" of a control message that only drops maps of files gone
 ORPHANED = 86  # exit code of a worker whose parent died while it was busy
 _THREAD_VARS = (
     "OMP_NUM_THREADS",
@@ -63,6 +65,7 @@ def main(sock: socket.socket, blas_threads: int, niceness: int) -> None:
     """Serve tasks from ``sock`` until it reaches end-of-file (the parent closed or died)."""
     _limit(blas_threads, niceness)
     keep_freed_memory()
+    keep_file_maps()
     _watch_parent()
     # Ctrl-C reaches the whole process group: the parent decides what to do about it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
