@@ -218,7 +218,8 @@ class ProcessBackend(Lifecycle):
         for base in owner_maps(shared):
             if id(base) not in self._watched:
                 self._watched.add(id(base))
-                weakref.finalize(base, _file_gone, weakref.ref(self), id(base))
+                gone = weakref.finalize(base, _file_gone, weakref.ref(self), id(base))
+                gone.atexit = False  # at exit the pool is going anyway
 
     def _prune_file_maps(self) -> None:
         if self._pool is not None and not self._pool.closing:
