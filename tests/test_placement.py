@@ -16,14 +16,7 @@ import pytest
 from _reliability import Recorder, state_bits
 
 import asynctrain as at
-from asynctrain._engine._step import (
-    CLEAR,
-    MAX_REPROBE,
-    MEASURED,
-    REPROBE,
-    WARM_UP,
-    Placement,
-)
+from asynctrain._engine._step import MAX_REPROBE, MEASURED, REPROBE, WARM_UP, Placement
 from asynctrain.backends import ProcessBackend, ThreadBackend
 from asynctrain.data import synthetic
 from asynctrain.models import SoftmaxRegression
@@ -57,32 +50,6 @@ def test_one_task_a_shard_while_warming_up_then_alternating() -> None:
         placement.record(seen[-1], 4, 1e-3)
     assert sorted(set(seen)) == [1, 2]
     assert seen.count(1) == seen.count(2)
-
-
-@pytest.mark.parametrize(("grouped_s", "spread_s", "chosen"), [(4e-3, 2e-3, 2), (1e-4, 3e-4, 1)])
-def test_a_clearly_slower_choice_ends_the_alternation_after_one_try(
-    grouped_s: float, spread_s: float, chosen: int
-) -> None:
-    placement = Placement()
-    for _ in range(WARM_UP):
-        placement.record(placement.tasks(2, workers=2), 2, 1.0)
-    seen = []
-    for _ in range(MEASURED):
-        seen.append(placement.tasks(2, workers=2))
-        placement.record(seen[-1], 2, grouped_s if seen[-1] == 1 else spread_s)
-    assert seen[:2] == [2, 1]  # one timed step of each
-    assert seen[2:] == [chosen] * (MEASURED - 2)
-
-
-def test_choices_closer_than_clear_keep_alternating() -> None:
-    placement = Placement()
-    for _ in range(WARM_UP):
-        placement.record(placement.tasks(2, workers=2), 2, 1.0)
-    seen = []
-    for _ in range(MEASURED):
-        seen.append(placement.tasks(2, workers=2))
-        placement.record(seen[-1], 2, 1e-3 if seen[-1] == 1 else 1e-3 * CLEAR * 0.9)
-    assert seen == [2, 1] * (MEASURED // 2)
 
 
 def test_the_other_choice_is_tried_every_reprobe_steps_and_can_win() -> None:

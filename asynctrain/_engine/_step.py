@@ -29,9 +29,6 @@ WARM_UP = 8
 """Steps of a fit that run one task per shard and are not timed."""
 MEASURED = 8
 """Timed steps, alternating spread and grouped, before the first choice."""
-CLEAR = 1.5
-"""A choice that took this many times as long per shard as the other in its first timed
-step ends the alternation at once: the other is chosen."""
 WINDOW = 16
 """Steps per choice whose times the medians are taken over."""
 REPROBE = 32
@@ -58,9 +55,7 @@ class Placement:
     * its first :data:`WARM_UP` steps run one task per shard, as a step always did, and are
       not timed (first-touch page faults, imports on the workers);
     * the next :data:`MEASURED` steps alternate spread and grouped, timed on the loop's
-      clock (per shard, so a short last batch counts alike), unless the first of each
-      already shows one :data:`CLEAR`-ly slower (a grouped step of compute-bound shards
-      takes about ``workers`` times as long as a spread one): that is not tried again then;
+      clock (per shard, so a short last batch counts alike);
     * from then on a step takes the choice with the lower median time over its last
       :data:`WINDOW` steps (grouped on a tie), and now and then a step tries the other
       (after :data:`REPROBE` steps, then twice as long each time the choice stands), so a
@@ -99,7 +94,7 @@ class Placement:
         if spread == 1:
             return 1
         if step < MEASURED:
-            return self._clear(spread) or (1 if step % 2 else spread)
+            return 1 if step % 2 else spread
         best = min((1, spread), key=self._median)
         if step < self._probe_at:
             return best
@@ -107,15 +102,6 @@ class Placement:
         self._interval = min(2 * self._interval, MAX_REPROBE) if stands else REPROBE
         self._best, self._probe_at = best, step + self._interval
         return spread if best == 1 else 1
-
-    def _clear(self, spread: int) -> int | None:
-        """The choice the first timed steps show :data:`CLEAR`-ly faster, else None."""
-        grouped, spreads = self._median(1), self._median(spread)
-        if max(grouped, spreads) == float("inf"):
-            return None
-        if spreads * CLEAR <= grouped:
-            return spread
-        return 1 if grouped * CLEAR <= spreads else None
 
     def _median(self, k: int) -> float:
         times = self._times.get(k)
