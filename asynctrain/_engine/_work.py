@@ -220,8 +220,9 @@ async def ship_model(
 def resolve_model(carried: Any) -> Any:
     """The model a task carries: itself, or unpickled once per process from its handle."""
     # A model has loss_and_grad, a handle has not: an attribute lookup, where an
-    # isinstance check against the runtime-checkable SharedArrays costs ~10 us a task.
-    if hasattr(carried, "loss_and_grad") or not isinstance(carried, SharedArrays):
+    # isinstance check against the runtime-checkable SharedArrays costs ~10 us a task
+    # (so it is made once per handle type).
+    if hasattr(carried, "loss_and_grad") or not _is_handle(carried):
         return carried
     arrays = carried.read(0)
     token = arrays["token"].tobytes()
@@ -236,6 +237,17 @@ def resolve_model(carried: Any) -> Any:
                 _cache.popitem(last=False)
         _cache.move_to_end(token)
     return model
+
+
+_handle_types: dict[type, bool] = {}
+
+
+def _is_handle(carried: Any) -> bool:
+    """Whether ``carried`` is a SharedArrays handle, checked once per type."""
+    known = _handle_types.get(type(carried))
+    if known is None:
+        known = _handle_types[type(carried)] = isinstance(carried, SharedArrays)
+    return known
 
 
 def loads() -> int:

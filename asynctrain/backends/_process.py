@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
@@ -20,8 +22,14 @@ from asynctrain.backends._process_context import get_context
 from asynctrain.backends._process_main import check_main_guard
 from asynctrain.backends._process_pickle import check_picklable
 from asynctrain.backends._process_pool import Pool
-from asynctrain.backends._process_shared import ProcessShared, create_shared, release_shared
-from asynctrain.backends._process_worker import encode_forget, encode_task
+from asynctrain.backends._process_shared import (
+    ProcessShared,
+    create_shared,
+    owner_maps,
+    release_shared,
+)
+from asynctrain.backends._process_task import TaskEncoder
+from asynctrain.backends._process_worker import PRUNE, encode_forget
 from asynctrain.backends._process_worker_handle import WorkerDied
 from asynctrain.backends._thread import default_workers
 
@@ -105,6 +113,8 @@ class ProcessBackend(Lifecycle):
         self._pool: Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._owned: dict[str, ProcessShared] = {}
+        self._encoder = TaskEncoder()
+        self._watched: set[int] = set()  # ids of owner maps whose death prunes workers' maps
         self._tasks = self._retries = self._bytes = 0
 
     async def _open(self) -> None:
@@ -149,9 +159,9 @@ class ProcessBackend(Lifecycle):
             Exception: whatever ``fn`` raised, with the worker's traceback as a note.
         """
         pool = await self._opened_pool()
-        message = _encode(fn, args)
+        message = self._encode(fn, args)
         self._tasks += 1
-        self._bytes += len(message)
+        self._bytes += sum(map(len, message))
         failures: list[str] = []
         while True:
             try:
@@ -190,6 +200,7 @@ class ProcessBackend(Lifecycle):
             build() if size < _COPY_IN_THREAD else await off_loop(build, discard=release_shared)
         )
         self._owned[shared.key] = shared
+        self._watch_files(shared)
         return shared
 
     async def release(self, shared: Any) -> None:
@@ -197,8 +208,22 @@ class ProcessBackend(Lifecycle):
         if not isinstance(shared, ProcessShared) or self._owned.pop(shared.key, None) is None:
             return
         release_shared(shared)
+        self._encoder.forget(shared.key)
         if self._pool is not None:
             self._pool.broadcast(encode_forget(shared.key))
+
+    def _watch_files(self, shared: ProcessShared) -> None:
+        """Workers keep their maps of shared files across handles (``_process_shared``):
+        when the owner's array of such a file dies, tell them to drop maps of files gone."""
+        for base in owner_maps(shared):
+            if id(base) not in self._watched:
+                self._watched.add(id(base))
+                gone = weakref.finalize(base, _file_gone, weakref.ref(self), id(base))
+                gone.atexit = False  # at exit the pool is going anyway
+
+    def _prune_file_maps(self) -> None:
+        if self._pool is not None and not self._pool.closing:
+            self._pool.broadcast(encode_forget(PRUNE))
 
     def check_picklable(self, *objects: object) -> None:
         """Raise ConfigTypeError if any of ``objects`` cannot be sent to a worker process."""
@@ -225,17 +250,29 @@ class ProcessBackend(Lifecycle):
         assert self._pool is not None
         return self._pool
 
+    def _encode(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bytes, ...]:
+        try:
+            return self._encoder.encode(fn, args)
+        except Exception as exc:
+            check_picklable(fn, *args)  # names the culprit
+            raise ConfigTypeError(f"the task {fn!r} cannot be pickled: {exc}") from exc
+
     def __repr__(self) -> str:
         live = "" if self._pool is None else f" live={len(self.pids)} busy={self._pool.busy}"
         return f"<ProcessBackend workers={self._workers} {self.start_method} {self.state}{live}>"
 
 
-def _encode(fn: Callable[..., Any], args: tuple[Any, ...]) -> bytes:
-    try:
-        return encode_task(fn, args)
-    except Exception as exc:
-        check_picklable(fn, *args)  # names the culprit
-        raise ConfigTypeError(f"the task {fn!r} cannot be pickled: {exc}") from exc
+def _file_gone(backend: weakref.ref[ProcessBackend], ident: int) -> None:
+    """A shared file's owner array died (on whichever thread collected it): have the
+    backend's workers drop their maps of files gone, from its loop."""
+    owner = backend()
+    if owner is None:
+        return
+    owner._watched.discard(ident)
+    loop = owner._loop
+    if loop is not None and not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(owner._prune_file_maps)
 
 
 def _exhausted(fn: Callable[..., Any], args: tuple[Any, ...], failures: list[str]) -> BackendError:

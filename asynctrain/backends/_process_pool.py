@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import socket
 import threading
+from collections.abc import Sequence
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeGuard
@@ -65,7 +66,7 @@ class Pool:
         while self._live() < self.size:
             self._start_one()
 
-    async def call(self, payload: bytes, *, kill_after: float | None = None) -> Outcome:
+    async def call(self, payload: Sequence[bytes], *, kill_after: float | None = None) -> Outcome:
         """Run one encoded task on an idle worker; see :meth:`Worker.call`."""
         worker = await self._acquire()
         try:

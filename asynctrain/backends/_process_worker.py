@@ -1,13 +1,15 @@
 """What runs inside a worker process: the task loop, its resource limits and a parent watchdog.
 
 Each worker's socket carries frames (see ``_process_pipe``). A task's frame body is 8
-bytes of task id (little endian, signed) then a pickle of ``(fn, args)``; the reply is a
+bytes of task id (little endian, signed) then the task (``_process_task``: its head, the
+function and shared handles the worker unpickles once, and its tail); the reply is a
 pickle of ``(task_id, ok, value)`` where ``value`` is the result or
 ``(pickled exception or None, traceback text)``: the exception is pickled on its own so
 that one which cannot be rebuilt in the parent still arrives with the worker's traceback.
 Task id :data:`CONTROL` carries a message with no reply: the key of a shared segment to
-unmap. Keeping the id outside the pickle lets a worker answer even when ``fn`` or its
-arguments fail to unpickle there.
+unmap (or :data:`PRUNE`: only drop the kept maps of shared files that are gone). Keeping
+the id outside the pickle lets a worker answer even when ``fn`` or its arguments fail to
+unpickle there.
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ import signal
 import socket
 import threading
 import traceback
-from typing import Any
 
 from threadpoolctl import threadpool_limits
 
 from asynctrain.backends._malloc import keep_freed_memory
 from asynctrain.backends._process_pipe import recv_frame, send_frame
-from asynctrain.backends._process_shared import forget
+from asynctrain.backends._process_shared import forget, keep_file_maps
+from asynctrain.backends._process_task import TaskDecoder
 
 CONTROL = -1
+PRUNE = ""  # the "key" of a control message that only drops maps of files gone
 ORPHANED = 86  # exit code of a worker whose parent died while it was busy
 _THREAD_VARS = (
     "OMP_NUM_THREADS",
@@ -38,11 +41,6 @@ _THREAD_VARS = (
     "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS",
 )
-
-
-def encode_task(fn: Any, args: tuple[Any, ...]) -> bytes:
-    """The payload that asks a worker to run ``fn(*args)`` (raises if it cannot pickle)."""
-    return pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def task_id_bytes(task_id: int) -> bytes:
@@ -55,13 +53,23 @@ def encode_forget(key: str) -> bytes:
     return task_id_bytes(CONTROL) + pickle.dumps(key)
 
 
+_DECODER = TaskDecoder()  # this worker's heads of tasks (see _process_task)
+
+
+def held_keys() -> set[str]:
+    """Keys of the shared handles this worker keeps decoded task heads of (for tests)."""
+    return _DECODER.keys()
+
+
 def main(sock: socket.socket, blas_threads: int, niceness: int) -> None:
     """Serve tasks from ``sock`` until it reaches end-of-file (the parent closed or died)."""
     _limit(blas_threads, niceness)
     keep_freed_memory()
+    keep_file_maps()
     _watch_parent()
     # Ctrl-C reaches the whole process group: the parent decides what to do about it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    decoder = _DECODER
     while True:
         try:
             message = recv_frame(sock)
@@ -69,17 +77,19 @@ def main(sock: socket.socket, blas_threads: int, niceness: int) -> None:
             return
         task_id = int.from_bytes(message[:8], "little", signed=True)
         if task_id == CONTROL:
-            forget(pickle.loads(message[8:]))
+            key = pickle.loads(message[8:])
+            decoder.forget(key)
+            forget(key)
             continue
         try:
-            send_frame(sock, _execute(task_id, memoryview(message)[8:]))
+            send_frame(sock, _execute(decoder, task_id, memoryview(message)[8:]))
         except OSError:  # the parent closed the pipe while we worked: nobody to answer
             return
 
 
-def _execute(task_id: int, payload: memoryview) -> bytes:
+def _execute(decoder: TaskDecoder, task_id: int, payload: memoryview) -> bytes:
     try:
-        fn, args = pickle.loads(payload)
+        fn, args = decoder.decode(payload)
         result = fn(*args)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt too: user code raised them
         return _failure(task_id, exc, traceback.format_exc())

@@ -11,6 +11,7 @@ import asyncio
 import pickle
 import signal
 import socket
+from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -81,9 +82,10 @@ class Worker:
         return self._reply is not None
 
     async def call(
-        self, task_id: int, payload: bytes, *, kill_after: float | None = None
+        self, task_id: int, payload: Sequence[bytes], *, kill_after: float | None = None
     ) -> Outcome:
-        """Send one encoded task (see ``encode_task``) and wait for its ``(ok, value)``.
+        """Send one encoded task (the parts of ``TaskEncoder.encode``) and wait for its
+        ``(ok, value)``.
 
         With ``kill_after`` (seconds), a task that has not replied by then has its worker
         killed: a stopped (SIGSTOP) or hung process is as good as dead.
@@ -99,7 +101,7 @@ class Worker:
         self._reply = reply
         # Never blocks: what the socket cannot take now goes out as it drains. A broken
         # pipe means the process is exiting: its sentinel reports how.
-        self.pipe.send((task_id_bytes(task_id), payload))
+        self.pipe.send((task_id_bytes(task_id), *payload))
         timer = None
         if kill_after is not None:
             timer = self._loop.call_later(kill_after, self._time_out, kill_after)
