@@ -17,9 +17,11 @@ summing two gradients instead of one (a few µs), and whatever computing on two 
 once costs over one on this machine at this moment: the neighbours' load, memory
 bandwidth, and on threads the two workers' waits for each other's GIL. That last part is
 the machine's and the math's, not the hand-off's, so it is measured without asynctrain
-and subtracted: P is the time per shard of 2 threads each computing :data:`PENALTY_SHARDS`
-shards in a row (``model.loss_and_grad`` on the same rows) minus the time per shard of
-one thread doing the same alone (a thread start and join amortised over the shards).
+and subtracted: P is the time per shard of 2 bare threads each computing
+:data:`PENALTY_SHARDS` shards in a row (``model.loss_and_grad`` on the same rows) minus
+the time per shard of the same shards computed on the loop's thread. The bare threads run
+at the workers' priority (nice +5 on Linux, docs/backends.md), so that a neighbour's load
+weighs on P as on the workers; a thread start and join are amortised over the shards.
 Both sides hold BLAS to one thread per core, as the thread backend's workers do.
 
 ``handoff/<backend>/nomath`` (informational) is A - B for a model whose shard math is next
@@ -46,10 +48,12 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -67,8 +71,10 @@ from benchmarks._workloads import backend_available, model_for
 TARGETS = {"thread": "<= 100", "process": "<= 200"}
 FIT_STEPS = 8
 """Steps per fit: the placement's documented warm-up, in which every step is spread."""
-PENALTY_SHARDS = 8
+PENALTY_SHARDS = 16
 """Shards each thread computes in a row when P is measured."""
+WORKER_NICENESS = 5
+"""The nice value the thread and process backends' workers add (docs/backends.md)."""
 _FITS = {"full": 30, "quick": 8, "smoke": 1}  # fits of each side per repeat
 
 
@@ -128,25 +134,33 @@ WORKLOADS: dict[str, tuple[Side, Side]] = {
 
 
 def _shards_in_a_row(side: Side, data: Dataset, params: Any) -> None:
+    order = np.random.default_rng(0).permutation(len(data))  # rows gathered, as in a fit
     for i in range(PENALTY_SHARDS):
-        rows = slice(i * side.rows, (i + 1) * side.rows)
+        rows = order[i % FIT_STEPS * side.rows :][: side.rows]
         side.model.loss_and_grad(params, data.X[rows], data.y[rows])
 
 
 def parallel_penalty(side: Side, data: Dataset) -> float:
-    """P in seconds: per shard, 2 threads computing shards at once over 1 thread alone."""
+    """P in seconds: per shard, 2 bare threads at the workers' priority computing shards at
+    once, over the same shards computed on this thread."""
     params = side.model.init(np.random.default_rng(0))
     run = functools.partial(_shards_in_a_row, side, data, params)
-    seconds = []
-    for count in (1, 2):
-        began = time.perf_counter()
-        threads = [threading.Thread(target=run) for _ in range(count)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        seconds.append((time.perf_counter() - began) / PENALTY_SHARDS)
-    return seconds[1] - seconds[0]
+    began = time.perf_counter()
+    run()
+    alone = time.perf_counter() - began
+    began = time.perf_counter()
+    threads = [threading.Thread(target=_as_worker, args=(run,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return (time.perf_counter() - began - alone) / PENALTY_SHARDS
+
+
+def _as_worker(run: Callable[[], None]) -> None:
+    if sys.platform.startswith("linux"):  # a nice value per thread: this thread alone
+        os.nice(WORKER_NICENESS)
+    run()
 
 
 async def step_times(trainer: Trainer, data: Dataset) -> list[float]:
