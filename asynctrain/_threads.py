@@ -108,7 +108,8 @@ class _Inbox:
         self._calls.append(call)
         if not self._due:
             self._due = True
-            self.loop.call_soon_threadsafe(self._empty)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self.loop.call_soon_threadsafe(self._empty)
 
     def _empty(self) -> None:
         self._due = False

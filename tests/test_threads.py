@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from asynctrain._threads import ThreadPool, _Inbox
+from asynctrain._threads import ThreadPool, _Call, _Inbox
 from asynctrain.backends import ThreadBackend
 
 _request: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")
@@ -219,3 +219,13 @@ async def test_resizing_the_thread_backend_while_calls_run_and_get_cancelled() -
     for i, (record, outcome) in enumerate(zip(records, outcomes, strict=True)):
         assert record.finished or not record.started.is_set()
         assert isinstance(outcome, asyncio.CancelledError) or outcome == i
+
+
+def test_a_result_for_a_closed_loop_does_not_cost_the_pool_its_thread() -> None:
+    pool = ThreadPool(1, name="asynctrain-test")
+    loop = asyncio.new_event_loop()
+    future: asyncio.Future[int] = loop.create_future()
+    loop.close()  # the caller's loop is gone before its result comes back
+    pool._queue.put(_Call(lambda: 1, future, _Inbox(loop)))
+    assert asyncio.run(pool.run(pow, 2, 5)) == 32  # the pool's one thread still serves
+    pool.shutdown()
