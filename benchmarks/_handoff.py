@@ -22,6 +22,10 @@ and subtracted: P is the time per shard of 2 bare threads each computing
 the time per shard of the same shards computed on the loop's thread. The bare threads run
 at the workers' priority (nice +5 on Linux, docs/backends.md), so that a neighbour's load
 weighs on P as on the workers; a thread start and join are amortised over the shards.
+Like ``scaling/*``, the figure means something only where two cores are free: under a
+load average above the core count, threads that compute without a pause (P's) are starved
+more than workers that sleep between shards, P over-corrects and the figure can go
+negative (``details`` keeps A, B and P apart; compare ``scaling/ceiling``).
 Both sides hold BLAS to one thread per core, as the thread backend's workers do.
 
 ``handoff/<backend>/nomath`` (informational) is A - B for a model whose shard math is next
