@@ -44,6 +44,7 @@ SUITES: dict[str, Suite] = {
     "accuracy": Suite("benchmarks._accuracy"),
     "roofline": Suite("benchmarks._roofline"),
     "latency": Suite("benchmarks._latency"),
+    "handoff": Suite("benchmarks._handoff"),
     "modes": Suite("benchmarks._modes"),
     "stream": Suite("benchmarks._stream"),
     "parquet": Suite("benchmarks._parquet", ("pyarrow",), "pip install 'asynctrain[parquet]'"),

@@ -33,7 +33,7 @@ from benchmarks._report import text_table
 from benchmarks._scale import smoke
 from benchmarks._workloads import initial_params, model_for, timed_epochs
 
-OURS = ("overhead", "scaling", "accuracy", "roofline", "latency")
+OURS = ("overhead", "scaling", "accuracy", "roofline", "latency", "handoff")
 EXPECTED = [
     *(f"overhead/{p}" for p in ("logreg", "softmax", "mlp")),
     *(f"scaling/mlp/{b}" for b in ("thread", "process")),
@@ -56,6 +56,7 @@ EXPECTED = [
         for b in ("inline", "thread", "process")
         for how in ("in_flight", "single")
     ),
+    *(f"handoff/{b}{w}" for b in ("thread", "process") for w in ("", "/nomath")),
 ]
 
 

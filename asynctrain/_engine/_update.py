@@ -9,7 +9,6 @@ are serialised, and because it commits a whole new :class:`TrainState` at once, 
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -19,7 +18,7 @@ import numpy.typing as npt
 
 from asynctrain._engine._work import ShardResult
 from asynctrain._exceptions import NonFiniteError
-from asynctrain._offloop import off_loop
+from asynctrain._threads import ThreadPool
 from asynctrain._types import Grads, Params
 from asynctrain.backends import SharedArrays
 from asynctrain.optim import apply_updates, global_norm
@@ -70,17 +69,13 @@ class Updater:
         self.nonfinite = nonfinite
         self._scratch: Grads = zeros_like(state.params)
         self._backup = StateBackup()
-        self._executor = (
-            None
-            if inline
-            else concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="asynctrain-update")
-        )
+        self._thread = None if inline else ThreadPool(1, name="asynctrain-update")
 
     async def call(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Run ``fn(*args)`` where updates run (the update thread, or inline)."""
-        if self._executor is None:
+        if self._thread is None:
             return fn(*args)
-        return await off_loop(fn, *args, executor=self._executor)
+        return await self._thread.run(fn, *args)
 
     async def apply(
         self,
@@ -111,8 +106,8 @@ class Updater:
 
     def close(self) -> None:
         """Stop the update thread (waits for an update in progress)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        if self._thread is not None:
+            self._thread.shutdown()
 
     def _commit(self, fn: Callable[..., tuple[TrainState, T]], *args: Any) -> T:
         self.state, result = fn(self.state, *args)

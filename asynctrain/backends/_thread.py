@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
 import os
@@ -16,6 +15,7 @@ import numpy.typing as npt
 from asynctrain._checks import check_int
 from asynctrain._exceptions import StateError
 from asynctrain._offloop import off_loop
+from asynctrain._threads import ThreadPool
 from asynctrain._types import State
 from asynctrain.backends._base import LocalShared
 from asynctrain.backends._blas import BlasLimit
@@ -81,7 +81,7 @@ class ThreadBackend(Lifecycle):
     def __init__(self, workers: int | None = None) -> None:
         super().__init__()
         self._workers = default_workers() if workers is None else check_int("workers", workers)
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool: ThreadPool | None = None
         self._resized: asyncio.Event | None = None  # while a resize swaps the pool
         self._blas = BlasLimit(1)
 
@@ -93,55 +93,53 @@ class ThreadBackend(Lifecycle):
 
     async def _open(self) -> None:
         self._blas.apply()
-        self._executor = self._new_executor()
+        self._pool = self._new_pool()
 
-    def _new_executor(self) -> concurrent.futures.ThreadPoolExecutor:
-        return concurrent.futures.ThreadPoolExecutor(
-            self._workers, thread_name_prefix="asynctrain-worker", initializer=lower_priority
-        )
+    def _new_pool(self) -> ThreadPool:
+        return ThreadPool(self._workers, name="asynctrain-worker", initializer=lower_priority)
 
     async def _close(self) -> None:
         if self._resized is not None:
             await self._resized.wait()  # the old pool's tasks are done; no new one starts
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            await off_loop(functools.partial(executor.shutdown, cancel_futures=True))
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await off_loop(functools.partial(pool.shutdown, cancel=True))
         self._blas.restore()
 
     async def _resize(self, workers: int) -> None:
         """Replace the pool with one of ``workers`` threads once the old one's tasks are done.
 
-        A ThreadPoolExecutor never ends a thread before shutdown: the old pool is shut
-        down (its submitted tasks run to the end), and tasks arriving meanwhile wait for
-        the new pool, so no more than ``max(old, new)`` threads ever compute at once.
+        The old pool is shut down (its submitted tasks run to the end, then its threads
+        end), and tasks arriving meanwhile wait for the new pool, so no more than
+        ``max(old, new)`` threads ever compute at once.
         """
         if workers == self._workers:
             return
-        old, self._workers = self._executor, workers
+        old, self._workers = self._pool, workers
         if old is None:
             return  # unopened: the pool starts this big
         resized = self._resized = asyncio.Event()
-        self._executor = None
+        self._pool = None
         try:
             await off_loop(old.shutdown)  # cancelled, it still waits: no thread outlives it
         finally:
             if self._state is State.OPEN:
-                self._executor = self._new_executor()
+                self._pool = self._new_pool()
             self._resized = None
             resized.set()
 
     async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Run ``fn(*args)`` on a worker thread; see :class:`~asynctrain.backends.Backend`."""
         await self._ensure_open()
-        executor = self._executor or await self._resized_executor()
-        return await off_loop(fn, *args, executor=executor)
+        pool = self._pool or await self._resized_pool()
+        return await pool.run(fn, *args)
 
-    async def _resized_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+    async def _resized_pool(self) -> ThreadPool:
         if self._resized is not None:
             await self._resized.wait()
-        if self._executor is None:
+        if self._pool is None:
             raise StateError(f"{self!r} was closed while the task waited for a thread")
-        return self._executor
+        return self._pool
 
     async def share(self, arrays: Mapping[str, npt.NDArray[Any]], *, slots: int = 1) -> LocalShared:
         """Threads share memory already: return an in-process handle (no copy)."""
