@@ -57,6 +57,17 @@ def _add_product_(
     total += np.matmul(delta.T, a, out=work.array("dw", total.shape, total.dtype))
 
 
+def _even_rows(n: int, most: int) -> int:
+    """Rows per block that split ``n`` rows into as few blocks of at most ``most`` rows
+    (a multiple of 32) as possible, as evenly as multiples of 32 allow."""
+    blocks = max(1, _ceil_div(n, most))
+    return max(32, _ceil_div(_ceil_div(n, blocks), 32) * 32)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 @dataclass(frozen=True, init=False)
 class MLP:
     """A multi-layer perceptron: dense layers with relu or tanh between them.
@@ -177,13 +188,14 @@ class MLP:
             outputs.append(z)
         return outputs
 
-    def _block_rows(self) -> int:
-        """Rows computed together: as many as keep the widest layer's block near
-        ``_BLOCK_BYTES`` (each pass over it then finds it in the core's cache) and the
-        output layer's products within ``_SMALL_PRODUCT``; a multiple of 32."""
+    def _block_rows(self, n: int) -> int:
+        """Rows computed together out of ``n``: at most as many as keep the widest
+        layer's block near ``_BLOCK_BYTES`` (each pass over it then finds it in the core's
+        cache) and the output layer's products within ``_SMALL_PRODUCT``, as even a split
+        as multiples of 32 rows allow (no thin last block)."""
         cached = _BLOCK_BYTES // (max(self.sizes[1:]) * self.dtype.itemsize)
         small = _SMALL_PRODUCT // (self.sizes[-2] * self.sizes[-1])
-        return max(_MIN_BLOCK_ROWS, min(cached, small) // 32 * 32)
+        return _even_rows(n, max(_MIN_BLOCK_ROWS, min(cached, small) // 32 * 32))
 
     def _forward_into(
         self, params: Params, X: npt.NDArray[Any], work: Workspace
@@ -279,7 +291,7 @@ class MLP:
         X, labels = as_input(X, self.dtype), np.asarray(y)
         weight = None if sample_weight is None else as_weights(sample_weight, self.dtype)
         sums = self._sums(params)
-        n, step = X.shape[0], self._block_rows()
+        n, step = X.shape[0], self._block_rows(X.shape[0])
         loss = 0.0
         with borrowed() as work:
             for start in range(0, n, step):
