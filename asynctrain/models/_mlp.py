@@ -204,7 +204,8 @@ class MLP:
         outputs = [X]
         keys = layer_keys(len(self.sizes) - 1)
         for i, (w_key, b_key) in enumerate(keys, start=1):
-            z = work.array(f"z{i}", (X.shape[0], self.sizes[i]), self.dtype)
+            kind = np.result_type(outputs[-1].dtype, params[w_key].dtype)  # as ``@`` would
+            z = work.array(f"z{i}", (X.shape[0], self.sizes[i]), kind)
             matmul_into(outputs[-1], params[w_key], z)
             z += params[b_key]
             if i < len(keys):
@@ -223,14 +224,14 @@ class MLP:
         """Back-propagate ``delta = d loss / d output`` through every layer, adding each
         parameter's gradient to ``sums`` (the weights' transposed, see :meth:`_sums`)."""
         keys = layer_keys(len(self.sizes) - 1)
-        ones = work.filled(1.0, (delta.shape[0],), self.dtype)
+        ones = work.filled(1.0, (delta.shape[0],), delta.dtype)
         for i in range(len(keys) - 1, -1, -1):
             w_key, b_key = keys[i]
             _add_product_(sums[w_key], delta, outputs[i], work)
-            column_sums = work.array("db", (delta.shape[1],), self.dtype)
+            column_sums = work.array("db", (delta.shape[1],), delta.dtype)
             sums[b_key] += np.matmul(ones, delta, out=column_sums)
             if i:
-                below = work.array(f"d{i}", outputs[i].shape, self.dtype)
+                below = work.array(f"d{i}", outputs[i].shape, delta.dtype)
                 np.matmul(delta, params[w_key].T, out=below)
                 activation_grad_(below, outputs[i], self.activation, work)
                 delta = below
@@ -259,7 +260,10 @@ class MLP:
         ``delta.T @ h`` runs about 6 % faster than ``h.T @ delta`` on these thin shapes."""
         weights = weight_keys(len(self.sizes) - 1)
         return {
-            key: np.zeros(np.shape(value)[::-1] if key in weights else np.shape(value), self.dtype)
+            key: np.zeros(
+                np.shape(value)[::-1] if key in weights else np.shape(value),
+                np.result_type(self.dtype, value),  # float64 params compute in float64
+            )
             for key, value in params.items()
         }
 
