@@ -48,13 +48,13 @@ _MIN_BLOCK_ROWS = 64
 
 
 def _add_product_(
-    total: npt.NDArray[Any], delta: npt.NDArray[Any], a: Any, work: Workspace
+    total: npt.NDArray[Any], a: Any, delta: npt.NDArray[Any], work: Workspace
 ) -> None:
-    """``total += delta.T @ a``: a weight's gradient, transposed (``a`` may be CSR)."""
+    """``total += a.T @ delta``: a weight's gradient (``a`` may be CSR)."""
     if not isinstance(a, np.ndarray):
-        total += (a.T @ delta).T
+        total += a.T @ delta
         return
-    total += np.matmul(delta.T, a, out=work.array("dw", total.shape, total.dtype))
+    total += np.matmul(a.T, delta, out=work.array("dw", total.shape, total.dtype))
 
 
 def _even_rows(n: int, most: int) -> int:
@@ -222,12 +222,12 @@ class MLP:
         work: Workspace,
     ) -> None:
         """Back-propagate ``delta = d loss / d output`` through every layer, adding each
-        parameter's gradient to ``sums`` (the weights' transposed, see :meth:`_sums`)."""
+        parameter's gradient to ``sums``."""
         keys = layer_keys(len(self.sizes) - 1)
         ones = work.filled(1.0, (delta.shape[0],), delta.dtype)
         for i in range(len(keys) - 1, -1, -1):
             w_key, b_key = keys[i]
-            _add_product_(sums[w_key], delta, outputs[i], work)
+            _add_product_(sums[w_key], outputs[i], delta, work)
             column_sums = work.array("db", (delta.shape[1],), delta.dtype)
             sums[b_key] += np.matmul(ones, delta, out=column_sums)
             if i:
@@ -254,18 +254,6 @@ class MLP:
             loss = squared_error_(delta, y, weight)
         self._backward_into(params, outputs, delta, sums, work)
         return loss
-
-    def _sums(self, params: Params) -> Grads:
-        """Zeroed gradient sums; a weight's is transposed, (fan_out, fan_in): the product
-        ``delta.T @ h`` runs about 6 % faster than ``h.T @ delta`` on these thin shapes."""
-        weights = weight_keys(len(self.sizes) - 1)
-        return {
-            key: np.zeros(
-                np.shape(value)[::-1] if key in weights else np.shape(value),
-                np.result_type(self.dtype, value),  # float64 params compute in float64
-            )
-            for key, value in params.items()
-        }
 
     def loss_and_grad(
         self,
@@ -294,7 +282,8 @@ class MLP:
         """
         X, labels = as_input(X, self.dtype), np.asarray(y)
         weight = None if sample_weight is None else as_weights(sample_weight, self.dtype)
-        sums = self._sums(params)
+        # float64 params compute in float64, as ``@`` would
+        sums = {k: np.zeros(np.shape(v), np.result_type(self.dtype, v)) for k, v in params.items()}
         n, step = X.shape[0], self._block_rows(X.shape[0])
         loss = 0.0
         with borrowed() as work:
@@ -302,10 +291,8 @@ class MLP:
                 rows = slice(start, start + step)
                 part = None if weight is None else weight[rows]
                 loss += self._add_block(params, X[rows], labels[rows], part, sums, work)
-        weights = weight_keys(len(self.sizes) - 1)
-        grads = {key: sums[key].T.copy() if key in weights else sums[key] for key in params}
-        loss += add_l2_(grads, params, weights, self.l2, n, weight)
-        return loss, grads
+        loss += add_l2_(sums, params, weight_keys(len(self.sizes) - 1), self.l2, n, weight)
+        return loss, sums
 
     def predict(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """Return int64 labels (argmax of the outputs) or regression values in ``dtype``.
