@@ -2,7 +2,8 @@
 
 A fresh megabyte-sized array per call is not free: the allocator hands such blocks out
 as new pages, and the first write to each page faults (the MLP's old ``loss_and_grad``
-took about a thousand page faults per 2,048-row shard, a quarter of its time). A
+took about 1,100 page faults per 2,048-row shard in a fresh process, a fifth of its
+time; how often depends on the heap's history, which a library does not control). A
 :class:`Workspace` keeps its arrays between calls; :func:`borrowed` lends a caller one
 workspace and takes it back afterwards. Idle workspaces wait in a list whose ``pop`` and
 ``append`` are atomic, so callers running at the same time (worker threads) never hold
