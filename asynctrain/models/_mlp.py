@@ -47,14 +47,22 @@ _SMALL_PRODUCT = 10**6
 _MIN_BLOCK_ROWS = 64
 
 
-def _add_product_(
-    total: npt.NDArray[Any], a: Any, delta: npt.NDArray[Any], work: Workspace
+def _product_into(
+    total: npt.NDArray[Any], a: Any, delta: npt.NDArray[Any], work: Workspace, *, add: bool
 ) -> None:
-    """``total += a.T @ delta``: a weight's gradient (``a`` may be CSR)."""
+    """``total = a.T @ delta``, or ``total += a.T @ delta`` if ``add`` (a weight's
+    gradient; ``a`` may be CSR)."""
     if not isinstance(a, np.ndarray):
-        total += a.T @ delta
+        product = a.T @ delta
+    elif add:
+        product = np.matmul(a.T, delta, out=work.array("dw", total.shape, total.dtype))
+    else:
+        np.matmul(a.T, delta, out=total)
         return
-    total += np.matmul(a.T, delta, out=work.array("dw", total.shape, total.dtype))
+    if add:
+        total += product
+    else:
+        np.copyto(total, product)
 
 
 def _even_rows(n: int, most: int) -> int:
@@ -220,16 +228,22 @@ class MLP:
         delta: npt.NDArray[Any],
         sums: Grads,
         work: Workspace,
+        *,
+        add: bool,
     ) -> None:
-        """Back-propagate ``delta = d loss / d output`` through every layer, adding each
-        parameter's gradient to ``sums``."""
+        """Back-propagate ``delta = d loss / d output`` through every layer, writing each
+        parameter's gradient to ``sums`` (adding it, with ``add``)."""
         keys = layer_keys(len(self.sizes) - 1)
         ones = work.filled(1.0, (delta.shape[0],), delta.dtype)
         for i in range(len(keys) - 1, -1, -1):
             w_key, b_key = keys[i]
-            _add_product_(sums[w_key], outputs[i], delta, work)
-            column_sums = work.array("db", (delta.shape[1],), delta.dtype)
-            sums[b_key] += np.matmul(ones, delta, out=column_sums)
+            _product_into(sums[w_key], outputs[i], delta, work, add=add)
+            if add:
+                sums[b_key] += np.matmul(
+                    ones, delta, out=work.array("db", sums[b_key].shape, delta.dtype)
+                )
+            else:
+                np.matmul(ones, delta, out=sums[b_key])
             if i:
                 below = work.array(f"d{i}", outputs[i].shape, delta.dtype)
                 np.matmul(delta, params[w_key].T, out=below)
@@ -244,15 +258,18 @@ class MLP:
         weight: npt.NDArray[Any] | None,
         sums: Grads,
         work: Workspace,
+        *,
+        add: bool,
     ) -> float:
-        """Add the gradient of one block of rows to ``sums``; return its summed loss."""
+        """Write the gradient of one block of rows to ``sums`` (add it, with ``add``);
+        return the block's summed loss."""
         outputs = self._forward_into(params, X, work)
         delta = outputs[-1]
         if self.task == "classification":
             loss = softmax_xent_(delta, y, weight)
         else:
             loss = squared_error_(delta, y, weight)
-        self._backward_into(params, outputs, delta, sums, work)
+        self._backward_into(params, outputs, delta, sums, work, add=add)
         return loss
 
     def loss_and_grad(
@@ -282,15 +299,18 @@ class MLP:
         """
         X, labels = as_input(X, self.dtype), np.asarray(y)
         weight = None if sample_weight is None else as_weights(sample_weight, self.dtype)
-        # float64 params compute in float64, as ``@`` would
-        sums = {k: np.zeros(np.shape(v), np.result_type(self.dtype, v)) for k, v in params.items()}
         n, step = X.shape[0], self._block_rows(X.shape[0])
+        # float64 params compute in float64, as ``@`` would; the first block writes the
+        # sums, later ones add to them (no rows: zero gradients)
+        empty = np.empty if n else np.zeros
+        sums = {k: empty(np.shape(v), np.result_type(self.dtype, v)) for k, v in params.items()}
         loss = 0.0
         with borrowed() as work:
             for start in range(0, n, step):
                 rows = slice(start, start + step)
                 part = None if weight is None else weight[rows]
-                loss += self._add_block(params, X[rows], labels[rows], part, sums, work)
+                block = X[rows], labels[rows], part
+                loss += self._add_block(params, *block, sums, work, add=start > 0)
         loss += add_l2_(sums, params, weight_keys(len(self.sizes) - 1), self.l2, n, weight)
         return loss, sums
 
