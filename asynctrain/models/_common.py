@@ -157,20 +157,34 @@ def softmax_xent_(
     row's loss and gradient are multiplied by its weight.
     """
     labels = as_labels(y)
-    rows = np.arange(logits.shape[0])
-    logits -= logits.max(axis=1, keepdims=True)
-    picked = logits[rows, labels]
-    np.exp(logits, out=logits)
-    total = logits.sum(axis=1, keepdims=True)
+    # Computed on a (K, n) copy: numpy reduces a thin (n, K) array along its rows about
+    # ten times slower than along the columns of its transpose (max and sum of 2,048 x 10:
+    # 150 us against 10), and the two transposing copies cost a few microseconds.
+    scores = np.ascontiguousarray(logits.T)
+    n = scores.shape[1]
+    flat, label_at = scores.reshape(-1), labels * n + np.arange(n)  # flat indices of z[y]
+    scores -= np.maximum.reduce(scores, axis=0)
+    picked = flat[label_at]
+    np.exp(scores, out=scores)
+    total = np.add.reduce(scores, axis=0)
     if weight is None:
         loss = float(np.log(total).sum()) - float(picked.sum())
     else:
-        loss = float(np.dot(weight, np.log(total[:, 0]) - picked))
-    logits /= total
-    logits[rows, labels] -= 1
+        loss = float(np.dot(weight, np.log(total) - picked))
+    scores /= total
+    flat[label_at] -= 1
     if weight is not None:
-        weigh_rows_(logits, weight)
+        scores *= weight
+    np.copyto(logits, scores.T)
     return loss
+
+
+def matmul_into(a: Any, b: npt.NDArray[Any], out: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Write ``a @ b`` to ``out`` and return it; ``a`` may be CSR (its product is dense)."""
+    if isinstance(a, np.ndarray):
+        return np.matmul(a, b, out=out)
+    np.copyto(out, a @ b)
+    return out
 
 
 def add_l2_(

@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from asynctrain._checks import check_int
 from asynctrain._exceptions import ConfigError, ConfigTypeError
+from asynctrain.models._scratch import Workspace
 
 
 @functools.cache
@@ -40,20 +41,26 @@ def check_sizes(sizes: object) -> tuple[int, ...]:
     return tuple(check_int(f"sizes[{i}]", size) for i, size in enumerate(sizes))
 
 
-def activate_(z: npt.NDArray[Any], activation: str) -> None:
-    """Apply the activation to ``z`` in place."""
+def activate_(z: npt.NDArray[Any], activation: str, work: Workspace | None = None) -> None:
+    """Apply the activation to ``z`` in place (relu against an array of zeros from
+    ``work`` if given: numpy's maximum is about 2.5x faster against an array than a
+    scalar)."""
     if activation == "relu":
-        np.maximum(z, 0, out=z)
+        np.maximum(z, 0 if work is None else work.filled(0.0, z.shape, z.dtype), out=z)
     else:
         np.tanh(z, out=z)
 
 
-def activation_grad_(delta: npt.NDArray[Any], out: npt.NDArray[Any], activation: str) -> None:
-    """Multiply ``delta`` in place by the activation's derivative, given its output."""
+def activation_grad_(
+    delta: npt.NDArray[Any], out: npt.NDArray[Any], activation: str, work: Workspace
+) -> None:
+    """Multiply ``delta`` in place by the activation's derivative, given its output; the
+    mask or slope goes to scratch memory of ``work``."""
     if activation == "relu":
-        np.multiply(delta, out > 0, out=delta)
+        mask = np.greater(out, 0, out=work.array("mask", out.shape, np.bool_))
+        np.multiply(delta, mask, out=delta)
     else:
-        slope = np.square(out)
+        slope = np.square(out, out=work.array("slope", out.shape, out.dtype))
         np.subtract(1, slope, out=slope)
         delta *= slope
 

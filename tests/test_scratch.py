@@ -1,0 +1,189 @@
+"""Scratch workspaces (``asynctrain.models._scratch``) and the MLP that computes in them:
+blocks of rows give the whole batch's gradient, concurrent callers never share scratch
+memory, a call allocates no hidden-layer arrays, and the model pickles as before."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import tracemalloc
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import scipy.sparse
+
+from asynctrain.models import MLP, check_gradients
+from asynctrain.models._scratch import Workspace, borrowed
+
+Array = npt.NDArray[Any]
+
+
+def test_workspace_reuses_memory_by_name_and_dtype() -> None:
+    work = Workspace()
+    a = work.array("h", (4, 8), np.float32)
+    smaller = work.array("h", (2, 8), np.float32)
+    assert np.shares_memory(a, smaller)
+    assert smaller.flags.c_contiguous
+    assert not np.shares_memory(a, work.array("h", (4, 8), np.float64))
+    assert not np.shares_memory(a, work.array("g", (4, 8), np.float32))
+    bigger = work.array("h", (8, 8), np.float32)  # outgrows the old memory: new memory
+    assert bigger.shape == (8, 8)
+    assert not np.shares_memory(a, bigger)
+    assert "arrays=3" in repr(work)
+
+
+def test_filled_arrays_hold_their_value_and_are_read_only() -> None:
+    work = Workspace()
+    ones = work.filled(1.0, (5,), np.float32)
+    assert ones.dtype == np.float32
+    assert ones.tolist() == [1.0] * 5
+    assert not ones.flags.writeable
+    zeros = work.filled(0.0, (3, 4), np.float64)
+    assert zeros.shape == (3, 4)
+    assert not zeros.any()
+    assert work.filled(1.0, (9,), np.float32).tolist() == [1.0] * 9  # grown, still ones
+
+
+def test_concurrent_borrowers_never_share_a_workspace() -> None:
+    with borrowed() as first, borrowed() as second:
+        assert first is not second
+    with borrowed() as again:
+        assert again is first or again is second  # given back, lent again
+    holders = 4
+    barrier, held = threading.Barrier(holders), []
+
+    def hold() -> None:
+        with borrowed() as work:
+            held.append(work)
+            barrier.wait(timeout=30)  # every thread holds its workspace at once
+
+    threads = [threading.Thread(target=hold) for _ in range(holders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len({id(work) for work in held}) == holders
+
+
+# -- the MLP in blocks of rows ---------------------------------------------------------
+
+# 1,000 hidden units in float64: blocks of 64 rows, so 150 rows take three blocks, the
+# last one short.
+WIDE = [
+    MLP((4, 1000, 3), dtype=np.float64, l2=0.01),
+    MLP((4, 1000, 6, 3), activation="tanh", dtype=np.float64),
+    MLP((4, 1000, 2), task="regression", dtype=np.float64, l2=0.01),
+    MLP((4, 1000, 1), activation="tanh", task="regression", dtype=np.float64),
+]
+
+
+def _data(model: MLP, n: int, seed: int = 0) -> tuple[Array, Array, Array]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, model.n_features)).astype(model.dtype)
+    weight = rng.uniform(0.5, 2.0, n)
+    if model.task == "classification":
+        return X, rng.integers(0, model.n_outputs, n), weight
+    shape = (n,) if model.n_outputs == 1 else (n, model.n_outputs)
+    return X, rng.standard_normal(shape), weight
+
+
+def _ids(model: MLP) -> str:
+    return f"{model.sizes}-{model.activation}-{model.task}"
+
+
+@pytest.mark.parametrize("model", WIDE, ids=_ids)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gradient_over_several_blocks_matches_finite_differences(
+    model: MLP, weighted: bool
+) -> None:
+    X, y, weight = _data(model, 150)
+    params = model.init(np.random.default_rng(1))
+    result = check_gradients(model, params, X, y, sample_weight=weight if weighted else None)
+    assert result.ok, result
+
+
+@pytest.mark.parametrize("model", WIDE, ids=_ids)
+def test_blocks_add_up_to_the_batch(model: MLP) -> None:
+    X, y, weight = _data(model, 150)
+    params = model.init(np.random.default_rng(1))
+    loss, grads = model.loss_and_grad(params, X, y, sample_weight=weight)
+    parts = [
+        model.loss_and_grad(params, X[rows], y[rows], sample_weight=weight[rows])
+        for rows in (slice(0, 7), slice(7, 100), slice(100, 150))
+    ]
+    assert loss == pytest.approx(sum(part[0] for part in parts), rel=1e-12)
+    for key in params:
+        total = sum(part[1][key] for part in parts)
+        np.testing.assert_allclose(grads[key], total, rtol=1e-10, atol=1e-12)
+
+
+def test_sparse_input_over_several_blocks_matches_dense() -> None:
+    model = MLP((30, 1000, 3), dtype=np.float64)
+    rng = np.random.default_rng(2)
+    dense = rng.standard_normal((150, 30)) * (rng.random((150, 30)) < 0.2)
+    y = rng.integers(0, 3, 150)
+    params = model.init(rng)
+    loss, grads = model.loss_and_grad(params, dense, y)
+    sparse_loss, sparse_grads = model.loss_and_grad(params, scipy.sparse.csr_array(dense), y)
+    assert sparse_loss == pytest.approx(loss, rel=1e-12)
+    for key in params:
+        np.testing.assert_allclose(sparse_grads[key], grads[key], rtol=1e-10, atol=1e-12)
+
+
+def _reference_shard() -> tuple[MLP, dict[str, Array], Array, Array]:
+    """The reference problem's model (128-256-10, float32) and one 2,048-row shard."""
+    model = MLP((128, 256, 10), initializer="uniform")
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((2048, 128), dtype=np.float32)
+    return model, model.init(rng), X, rng.integers(0, 10, 2048)
+
+
+def test_threads_computing_at_once_get_the_bits_of_one_thread() -> None:
+    model, params, X, y = _reference_shard()
+    shards = [(X[i::4], y[i::4]) for i in range(4)]
+    alone = [model.loss_and_grad(params, Xs, ys) for Xs, ys in shards]
+    results: dict[int, list[tuple[float, dict[str, Array]]]] = {}
+
+    def compute(i: int) -> None:
+        results[i] = [model.loss_and_grad(params, *shards[i]) for _ in range(10)]
+
+    threads = [threading.Thread(target=compute, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for i, (loss, grads) in enumerate(alone):
+        for other_loss, other_grads in results[i]:
+            assert other_loss == loss
+            assert all(other_grads[k].tobytes() == grads[k].tobytes() for k in grads)
+
+
+def test_a_call_allocates_no_hidden_layer_arrays() -> None:
+    model, params, X, y = _reference_shard()
+    model.loss_and_grad(params, X, y)  # the first call fills this thread's workspace
+    tracemalloc.start()
+    try:
+        model.loss_and_grad(params, X, y)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    hidden = X.shape[0] * 256 * 4  # one (rows, hidden) float32 array: 2 MB
+    gradients = sum(value.nbytes for value in params.values())
+    assert peak < 2 * gradients + hidden // 8, (peak, gradients)
+
+
+def test_the_reference_mlp_blocks_stay_on_the_small_matrix_path() -> None:
+    model, _, X, _ = _reference_shard()
+    rows = model._block_rows(len(X))
+    assert rows * 256 * 10 <= 10**6  # OpenBLAS's no-packing kernel (see _mlp.py)
+    assert rows * 256 * 4 <= 2**19  # a hidden block fits a core's L2 cache
+
+
+def test_the_model_pickles_as_before_it_computed() -> None:
+    model, params, X, y = _reference_shard()
+    before = pickle.dumps(model)
+    model.loss_and_grad(params, X, y)
+    assert pickle.dumps(model) == before
+    assert pickle.loads(before) == model
