@@ -133,7 +133,16 @@ class Local:
         parts = [split_indices(batch, ctx.shards) for batch in batches]
         streams = [tuple(batch[s] for batch in parts) for s in range(ctx.shards)]
         tasks = [
-            LocalTask(state.step, s, state.version, slot, s, own, fit.skeleton, ctx.seed)
+            LocalTask(
+                state.step,
+                s,
+                state.version,
+                slot,
+                s,
+                tuple(ctx.rows_of(s, part) for part in own),
+                fit.skeleton,
+                ctx.seed,
+            )
             for s, own in enumerate(streams)
             if any(len(part) for part in own)
         ]
@@ -143,7 +152,7 @@ class Local:
                 local_shard,
                 ctx.carried,
                 optimizer,
-                ctx.data,
+                ctx.data_of(task.shard),
                 ctx.params,
                 ctx.grads,
                 fit.states,
