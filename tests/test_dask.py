@@ -49,10 +49,18 @@ async def _fit(
     model: Any = None,
     mode: str = "sync",
     callbacks: list[at.Callback] | None = None,
+    shuffle: str = "global",
 ) -> at.FitResult:
     model = SoftmaxRegression(128, 10) if model is None else model
     trainer = at.Trainer(
-        model, at.optim.adam(1e-2), backend=backend, batch_size=100, shards=4, seed=3, mode=mode
+        model,
+        at.optim.adam(1e-2),
+        backend=backend,
+        batch_size=100,
+        shards=4,
+        seed=3,
+        mode=mode,
+        shuffle=shuffle,
     )
     async with trainer:
         return await trainer.fit(data[0], epochs=2, validation=data[1], callbacks=callbacks or [])
@@ -133,15 +141,22 @@ class ArmAt(at.Callback):
             self.armed.touch()
 
 
+@pytest.mark.parametrize("shuffle", ["global", "shard"])
 async def test_a_killed_worker_costs_a_retried_shard_not_the_fit(
-    data: tuple[Dataset, Dataset], tmp_path: Path
+    shuffle: str, data: tuple[Dataset, Dataset], tmp_path: Path
 ) -> None:
+    """With shuffle="shard" the dead worker's partitions are sent again, to the worker
+    that takes its shards."""
     armed, fired = tmp_path / "armed", tmp_path / "fired"
-    reference = await _fit("inline", data)
+    reference = await _fit("inline", data, shuffle=shuffle)
     async with DaskBackend(workers=2) as backend:
         pids = set((await backend.client.run(os.getpid)).values())
         result = await _fit(
-            backend, data, model=KillOnce(armed, fired), callbacks=[ArmAt(3, armed)]
+            backend,
+            data,
+            model=KillOnce(armed, fired),
+            callbacks=[ArmAt(3, armed)],
+            shuffle=shuffle,
         )
         assert fired.exists(), "no worker was killed"
         after = set((await backend.client.run(os.getpid)).values())
@@ -340,6 +355,56 @@ async def test_a_step_ships_ids_and_indices_not_arrays(
     assert sent <= expected
     assert sent >= workers * dataset + (steps - 1) * param_bytes
     assert returned == steps * 4 * param_bytes
+
+
+class HeldAtEpochEnd(at.Callback):
+    """At every epoch's end, which worker keeps which partition (by its row labels)."""
+
+    def __init__(self, backend: DaskBackend, partitions: list[np.ndarray]) -> None:
+        self.backend, self.partitions = backend, partitions
+        self.where: list[dict[int, list[int]]] = []  # per epoch: partition -> lanes
+
+    async def on_epoch(self, event: at.EpochEvent) -> None:
+        tokens = {}
+        for handle in list(self.backend._handles):
+            y = handle.read(0).get("y")
+            for s, part in enumerate(self.partitions):
+                if y is not None and np.array_equal(y, part):
+                    tokens[handle.token] = s
+        assert len(tokens) == len(self.partitions)
+        where: dict[int, list[int]] = {s: [] for s in range(len(self.partitions))}
+        for i, lane in enumerate(self.backend._order):
+            reply = await self.backend.client.rpc(lane.address).actor_execute(
+                actor=lane.actor, function="held", args=[], kwargs={}
+            )
+            for token in reply["result"]:
+                if token in tokens:
+                    where[tokens[token]].append(i)
+        self.where.append(where)
+
+
+@pytest.mark.parametrize("mode", ["sync", "local"])
+async def test_shard_shuffle_keeps_each_partition_on_its_worker_only(
+    mode: str, data: tuple[Dataset, Dataset], dask_cluster: Any
+) -> None:
+    """shuffle="shard": partition s is sent once, to the worker running shard s (the
+    (s % 2)-th of 2), and no other worker ever holds it; the bits match inline's."""
+    from asynctrain.data._partition import shard_partitions
+
+    rows = shard_partitions(len(data[0]), batch_size=100, shards=4, seed=3)
+    labels = [data[0].y[part] for part in rows]
+    async with DaskBackend(dask_cluster.scheduler_address) as backend:
+        held = HeldAtEpochEnd(backend, labels)
+        result = await _fit(backend, data, mode=mode, callbacks=[held], shuffle="shard")
+        assert sum((await backend.kept()).values()) == 0  # all dropped after the fit
+        dataset = data[0].X.nbytes + data[0].y.nbytes
+        sent = backend.traffic.sent
+    assert held.where == [{0: [0], 1: [1], 2: [0], 3: [1]}] * 2
+    # Each row once, to one worker: less than one copy per worker would take on its own.
+    assert dataset < sent < 2 * dataset
+    reference = await _fit("inline", data, mode=mode, shuffle="shard")
+    assert _bits(result.params) == _bits(reference.params)
+    assert result.history[-1].val_loss == reference.history[-1].val_loss
 
 
 def _read(view: Any, slot: int) -> float:

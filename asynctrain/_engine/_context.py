@@ -82,6 +82,7 @@ async def open_context(
             seed=parts.config.seed,
             shipped=await ship_model(parts.model, shared_data, share),
             partitions=placed,
+            share=share,
         )
         val = None if validation is None else await share(arrays_of(validation))
         yield ctx, val

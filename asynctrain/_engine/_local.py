@@ -117,7 +117,9 @@ class Local:
             await ctx.updater.commit(_per_shard, ctx.shards)
             per_shard: LocalOptState = ctx.updater.state.opt_state
             arrays = to_arrays(per_shard.shards[0])
-            states = await ctx.backend.share(arrays, slots=ctx.shards) if arrays else None
+            # Released with the fit's other shared arrays when it ends.
+            share = ctx.backend.share if ctx.share is None else ctx.share
+            states = await share(arrays, slots=ctx.shards) if arrays else None
             fit = _Fit(skeleton(per_shard.shards[0]), states, zeros_like(ctx.updater.state.params))
             await ctx.updater.call(_write_states, fit, per_shard)
             ctx.extra["local"] = fit

@@ -10,7 +10,7 @@ import collections
 import functools
 import statistics
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -172,6 +172,10 @@ class StepContext:
     weight: float = 0.0
     """Total sample weight of the steps so far (``samples`` without sample weights)."""
     extra: dict[str, Any] = field(default_factory=dict)
+    share: Callable[..., Awaitable[SharedArrays]] | None = None
+    """Shares arrays with the backend until the fit ends (``await ctx.share(arrays,
+    slots=n)``), for what a mode keeps per fit; None: the mode shares and releases its
+    own."""
     partitions: Partitions | None = None
     """With ``shuffle="shard"``: the shards' partitions (``data`` is then partition 0's
     handle; tasks read :meth:`data_of` their shard)."""
