@@ -187,10 +187,12 @@ class StepContext:
     def rows_of(self, shard: int, rows: Rows) -> Rows:
         """``rows`` of an epoch's order (positions, with partitions) as rows of
         :meth:`data_of` ``shard``."""
-        if self.partitions is None:
+        start = 0 if self.partitions is None else self.partitions.starts[shard]
+        if not start:
             return rows
-        start = self.partitions.starts[shard]
-        return rows - start if start else rows
+        if isinstance(rows, range):  # a stream's rows: never partitioned
+            return range(rows.start - start, rows.stop - start)
+        return rows - start
 
     @property
     def carried(self) -> Any:

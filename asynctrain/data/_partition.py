@@ -36,7 +36,8 @@ def partition_sizes(n: int, *, batch_size: int, shards: int) -> npt.NDArray[np.i
         >>> partition_sizes(9, batch_size=4, shards=3).tolist()
         [5, 2, 2]
     """
-    return _part_sizes(n, batch_size, shards).sum(axis=0)
+    sizes: npt.NDArray[np.int64] = _part_sizes(n, batch_size, shards).sum(axis=0)
+    return sizes
 
 
 def shard_partitions(
