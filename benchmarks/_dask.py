@@ -161,8 +161,10 @@ def mlp_data(quick: bool) -> Dataset:
     return dataset("mlp", 10_000 if quick else 200_000)
 
 
-async def epoch_seconds(backend: Backend, data: Dataset, mode: str, batch: int) -> float:
-    """Seconds of one epoch of the reference MLP on ``backend``."""
+async def epoch_seconds(
+    backend: Backend, data: Dataset, mode: str, batch: int, shuffle: str = "global"
+) -> float:
+    """Seconds of one epoch of the reference MLP on ``backend`` (a fit of its own)."""
     model = MLP((data.n_features, 256, int(data.y.max()) + 1))
     trainer = Trainer(
         model,
@@ -172,6 +174,7 @@ async def epoch_seconds(backend: Backend, data: Dataset, mode: str, batch: int) 
         shards=4,
         mode=mode,
         local_steps=LOCAL_STEPS if mode == "local" else None,
+        shuffle=shuffle,
     )
     began = time.perf_counter()
     await trainer.fit(data, epochs=1)
