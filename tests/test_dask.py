@@ -441,3 +441,44 @@ def test_a_worker_store_keeps_one_version_per_slot_and_reports_what_it_lacks() -
     error = run(_read, shared, 5)  # a user error keeps its type and the worker's traceback
     assert isinstance(error.error, IndexError)
     assert "raised on a Dask worker" in "".join(error.error.__notes__)
+
+
+@pytest.mark.parametrize("shuffle", ["global", "shard"])
+async def test_a_second_fit_on_the_same_data_sends_no_rows(
+    shuffle: str, data: tuple[Dataset, Dataset], dask_cluster: Any
+) -> None:
+    """The workers keep a fit's data (by content) for the next fit; the bits are those of
+    a fresh backend's fit."""
+    dataset = data[0].X.nbytes + data[0].y.nbytes
+    async with DaskBackend(dask_cluster.scheduler_address) as backend:
+        first = await _fit(backend, data, shuffle=shuffle)
+        sent = backend.traffic.sent
+        later = await backend.kept(later=True)
+        assert sum((await backend.kept()).values()) == 0  # no handle is open
+        second = await _fit(backend, data, shuffle=shuffle)
+        again = backend.traffic.sent - sent
+    copies = 1 if shuffle == "shard" else 2  # partitions: each row on one worker
+    validation = data[1].X.nbytes + data[1].y.nbytes  # evaluated on both workers
+    assert copies * dataset <= sum(later.values()) <= copies * dataset + 2 * validation
+    assert sent - again >= copies * dataset  # the second fit sent none of the rows
+    assert _bits(second.params) == _bits(first.params)
+
+
+async def test_kept_data_makes_room_least_recently_used_first(
+    data: tuple[Dataset, Dataset], dask_cluster: Any
+) -> None:
+    """With room for one dataset, a fit on other data drops the first; keep_bytes=0
+    keeps nothing."""
+    other = synthetic("softmax", n=2400, seed=9).split(0.25, seed=0)
+    size = data[0].X.nbytes + data[0].y.nbytes
+    async with DaskBackend(dask_cluster.scheduler_address, keep_bytes=size) as backend:
+        await _fit(backend, data)
+        assert set((await backend.kept(later=True)).values()) == {size}  # not validation
+        sent = backend.traffic.sent
+        await _fit(backend, other)
+        assert set((await backend.kept(later=True)).values()) == {size}
+        await _fit(backend, data)  # dropped: sent again
+        assert backend.traffic.sent - sent >= 2 * (size + size)
+    async with DaskBackend(dask_cluster.scheduler_address, keep_bytes=0) as backend:
+        await _fit(backend, data)
+        assert sum((await backend.kept(later=True)).values()) == 0
