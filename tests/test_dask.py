@@ -369,8 +369,8 @@ class HeldAtEpochEnd(at.Callback):
         for handle in list(self.backend._handles):
             y = handle.read(0).get("y")
             for s, part in enumerate(self.partitions):
-                if y is not None and np.array_equal(y, part):
-                    tokens[handle.token] = s
+                if y is not None and np.array_equal(y, part):  # kept by its content's id
+                    tokens[handle.content_id or handle.token] = s
         assert len(tokens) == len(self.partitions)
         where: dict[int, list[int]] = {s: [] for s in range(len(self.partitions))}
         for i, lane in enumerate(self.backend._order):
