@@ -246,6 +246,7 @@ class DaskBackend(Lifecycle):
             "dashboard_address": address,
             "scheduler_kwargs": http,
             "asynchronous": True,
+            "worker_class": _Nanny,
         }
 
     async def _close(self) -> None:
@@ -554,6 +555,23 @@ class DaskBackend(Lifecycle):
     def __repr__(self) -> str:
         where = self.address or ("client" if self._given is not None else "local")
         return f"<DaskBackend {where} workers={self.workers} {self.state}>"
+
+
+class _Nanny(distributed.Nanny):
+    """A nanny that starts its worker with glibc's default ``malloc`` tuning.
+
+    Dask's nannies export ``MALLOC_TRIM_THRESHOLD_=65536`` to their workers (and to this
+    process's environment), which also turns off glibc's adaptive mmap threshold: every
+    freed block of 128 KB or more (a shard's activations, its gradient) goes back to the
+    kernel and is faulted in again on the next task. Measured: about a quarter of a
+    worker's CPU time on the reference MLP's ``local`` rounds. The local clusters this
+    backend starts keep the default; clusters of your own keep their settings.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pre_spawn_env.pop("MALLOC_TRIM_THRESHOLD_", None)
+        self.env.pop("MALLOC_TRIM_THRESHOLD_", None)
 
 
 class _Events:
