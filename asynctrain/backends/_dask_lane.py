@@ -134,7 +134,7 @@ class Lane:
                 actor=self.actor,
                 function="execute",
                 args=[_to_serialize(batch)],
-                kwargs={"separate_thread": False},
+                kwargs={},
             )
             if reply.get("status") != "OK":
                 raise LaneLost(f"Dask worker {self.address} refused the batch: {reply}")
