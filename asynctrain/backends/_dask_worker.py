@@ -65,8 +65,9 @@ class WorkerStore:
             self._unbind((KEPT + cid, 0))
 
     def held(self) -> dict[str, int]:
-        """Bytes kept per handle token, and under ``"kept"`` the contents kept for later
-        fits that no handle uses now (for tests and reports)."""
+        """Bytes kept per handle token (per content id, for contents named by one), and
+        under ``"kept"`` the contents kept for later fits that no handle uses now (for
+        tests and reports)."""
         live = {cid for key, cid in self._bound.items() if not key[0].startswith(KEPT)}
         sizes: dict[str, int] = collections.defaultdict(int)
         for cid, arrays in self._contents.items():
