@@ -171,3 +171,16 @@ async def test_a_checkpoint_keeps_the_setting_and_a_resume_needs_it(
     other = at.Trainer(model, backend="inline", batch_size=100, seed=3)
     with pytest.raises(at.CheckpointError, match="shuffle"):
         await other.load(tmp_path)
+
+
+async def test_sparse_weighted_rows_are_partitioned_too() -> None:
+    """A CSR X and sample weights travel with their partitions: the same bits on threads
+    as inline, and not those of the unweighted fit."""
+    sp = pytest.importorskip("scipy.sparse")
+    rng = np.random.default_rng(5)
+    X = sp.random(900, 128, density=0.1, format="csr", random_state=5, dtype=np.float64)
+    y = rng.integers(0, 10, 900)
+    weighted = Dataset(X, y).with_weights(rng.uniform(0.0, 2.0, 900))
+    fits = [await _fit(name, weighted) for name in ("inline", "thread")]
+    assert _bits(fits[0].params) == _bits(fits[1].params)
+    assert _bits((await _fit("inline", Dataset(X, y))).params) != _bits(fits[0].params)
