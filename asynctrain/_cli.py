@@ -30,6 +30,7 @@ from asynctrain._runtime import run
 from asynctrain._trainer import Trainer
 from asynctrain.backends import Backend, backend_names
 from asynctrain.data import Dataset, load, synthetic
+from asynctrain.data._csv import has_header, read_columns
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -65,6 +66,8 @@ class ModelSpec:
         classes: the label each class index stands for (classification), else None.
         mean: per-feature mean subtracted by ``--standardize``, else None.
         scale: per-feature divisor of ``--standardize``, else None.
+        feature_names: the training data's column names (a CSV header, Parquet), else
+            None; ``predict`` then takes a headed CSV's columns by these names.
     """
 
     model: str
@@ -75,6 +78,7 @@ class ModelSpec:
     classes: list[Any] | None = None
     mean: list[float] | None = None
     scale: list[float] | None = None
+    feature_names: list[str] | None = None
 
     def build(self) -> Any:
         """The (untrained) model this spec describes."""
@@ -174,8 +178,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train = commands.add_parser("train", help="train a model on a .npz, .npy or .csv file")
-    train.add_argument("data", help="X/y .npz, X .npy (with --labels), a directory or .csv")
+    train.add_argument(
+        "data", help="X/y .npz, X .npy (with --labels), a directory, .csv or .parquet"
+    )
     train.add_argument("--labels", default=None, help="y .npy to go with an X .npy")
+    train.add_argument(
+        "--label-column",
+        default=None,
+        metavar="COL",
+        help="the label column of a .csv (name or index) or Parquet file (default: label)",
+    )
+    train.add_argument(
+        "--weight",
+        default=None,
+        metavar="WHERE",
+        help="sample weights: a .csv/Parquet column, an .npz array, a directory's "
+        "WHERE.npy, or a .npy file beside an X .npy",
+    )
+    train.add_argument(
+        "--class-weight",
+        default=None,
+        metavar="balanced|LABEL=W,...",
+        help="weigh classes: 'balanced', or a weight per label such as 0=1,1=5",
+    )
     train.add_argument("--model", required=True, choices=_MODELS)
     train.add_argument(
         "--task",
@@ -269,8 +294,16 @@ def _train(args: argparse.Namespace) -> int:
         if getattr(args, option) not in (None, False) and args.checkpoint_dir is None:
             flag = "--" + option.replace("_", "-")
             raise ConfigError(f"{flag} goes with --checkpoint-dir DIR; pass both")
-    data = load(args.data, args.labels)
+    csv = Path(args.data).suffix.lower() == ".csv"
+    data = load(
+        args.data,
+        args.labels,
+        label=_column(args.label_column, csv),
+        weight=_column(args.weight, csv),
+    )
     spec, data = _encode(args, data)
+    weigh = args.class_weight
+    options = {} if weigh is None else {"class_weight": _class_weight(weigh, spec)}
     if args.no_validation:
         train, validation = data, None
     else:
@@ -279,7 +312,7 @@ def _train(args: argparse.Namespace) -> int:
         spec = _standardized(spec, train)
         train = _scaled(spec, train)
         validation = None if validation is None else _scaled(spec, validation)
-    return _fit_and_report(args, spec, train, validation)
+    return _fit_and_report(args, spec, train, validation, options)
 
 
 def _encode(args: argparse.Namespace, data: Dataset) -> tuple[ModelSpec, Dataset]:
@@ -289,7 +322,8 @@ def _encode(args: argparse.Namespace, data: Dataset) -> tuple[ModelSpec, Dataset
         y = data.y.astype(data.dtype, copy=False)
         outputs = 1 if y.ndim == 1 else y.shape[1]
         spec = ModelSpec(args.model, data.n_features, outputs, args.hidden, task)
-        return spec, data if y is data.y else Dataset(data.X, y)
+        spec = _named(spec, data)
+        return spec, data if y is data.y else _relabelled(data, y)
     if data.y.ndim != 1:
         raise DataError(f"classification needs 1-D labels, got y of shape {data.y.shape}")
     classes, codes = np.unique(data.y, return_inverse=True)
@@ -305,8 +339,51 @@ def _encode(args: argparse.Namespace, data: Dataset) -> tuple[ModelSpec, Dataset
             f"({classes[:5].tolist()}); use --model softmax or mlp for more classes"
         )
     spec = ModelSpec(args.model, data.n_features, len(classes), args.hidden, task)
-    spec = ModelSpec(**{**asdict(spec), "classes": classes.tolist()})
-    return spec, Dataset(data.X, codes.astype(np.int64))
+    spec = _named(ModelSpec(**{**asdict(spec), "classes": classes.tolist()}), data)
+    return spec, _relabelled(data, codes.astype(np.int64))
+
+
+def _relabelled(data: Dataset, y: npt.NDArray[Any]) -> Dataset:
+    """``data`` with targets ``y``, keeping its weights and feature names."""
+    return Dataset(data.X, y, sample_weight=data.sample_weight, feature_names=data.feature_names)
+
+
+def _named(spec: ModelSpec, data: Dataset) -> ModelSpec:
+    names = data.feature_names
+    return spec if names is None else ModelSpec(**{**asdict(spec), "feature_names": list(names)})
+
+
+def _column(value: str | None, csv: bool) -> str | int | None:
+    """A ``--label-column``/``--weight`` value: an integer names a CSV column by index."""
+    if value is not None and csv:
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _class_weight(text: str, spec: ModelSpec) -> str | dict[int, float]:
+    """``--class-weight``: "balanced", or ``LABEL=W,...`` by the data's labels, as the
+    class-index weights ``Trainer.fit`` takes."""
+    if spec.task != "classification" or spec.classes is None:
+        raise ConfigError("--class-weight is for classification; this run is a regression")
+    if text == "balanced":
+        return text
+    weights: dict[int, float] = {}
+    for item in text.split(","):
+        label, sep, value = item.partition("=")
+        index = next((i for i, c in enumerate(spec.classes) if str(c) == label.strip()), None)
+        if not sep or index is None:
+            raise ConfigError(
+                f"--class-weight {text!r}: {item!r} is not LABEL=WEIGHT with a label of the "
+                f"data ({spec.classes[:10]}); e.g. --class-weight {spec.classes[0]}=1"
+            )
+        try:
+            weights[index] = float(value)
+        except ValueError:
+            raise ConfigError(f"--class-weight {text!r}: {value!r} is not a number") from None
+    return weights
 
 
 def _task(task: str, model: str, y: npt.NDArray[Any]) -> str:
@@ -332,7 +409,8 @@ def _standardized(spec: ModelSpec, train: Dataset) -> ModelSpec:
 
 
 def _scaled(spec: ModelSpec, data: Dataset) -> Dataset:
-    return Dataset(spec.features(data.X, data.dtype), data.y)
+    X = spec.features(data.X, data.dtype)
+    return Dataset(X, data.y, sample_weight=data.sample_weight, feature_names=data.feature_names)
 
 
 def _check_dask() -> None:
@@ -367,7 +445,7 @@ def _predict(args: argparse.Namespace) -> int:
     _check_output(args.out, "--out")
     spec, params = _read_model(Path(args.model))
     model = spec.build()
-    X = spec.features(_read_features(Path(args.data), spec.n_features), model.dtype)
+    X = spec.features(_read_features(Path(args.data), spec), model.dtype)
     predictions = spec.decode(model.predict(params, np.asarray(X, dtype=model.dtype)))
     with open(args.out, "wb") as file:  # exactly this name (np.save would append .npy)
         np.save(file, predictions, allow_pickle=False)
@@ -408,8 +486,9 @@ def _checkpoint_spec(checkpoint: Checkpoint) -> ModelSpec:
     return ModelSpec(name, int(model["n_features"]), outputs, hidden, task)
 
 
-def _read_features(path: Path, n_features: int) -> npt.NDArray[Any]:
-    """X from an .npy, an .npz holding ``X``, or anything :func:`load` reads."""
+def _read_features(path: Path, spec: ModelSpec) -> npt.NDArray[Any]:
+    """X from an .npy, an .npz holding ``X``, a .csv (by the training columns' names
+    when both have them), or anything :func:`load` reads."""
     if path.suffix == ".npy":
         try:
             X: npt.NDArray[Any] = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -421,10 +500,14 @@ def _read_features(path: Path, n_features: int) -> npt.NDArray[Any]:
                 X = archive["X"]
         except (ValueError, OSError, EOFError, KeyError) as exc:
             raise DataError(f"cannot read X from {path} ({exc}); save np.savez(path, X=X)") from exc
+    elif path.suffix.lower() == ".csv" and spec.feature_names and has_header(path):
+        X = read_columns(path, spec.feature_names)
     else:
         X = load(path).X
-    if X.ndim != 2 or X.shape[1] != n_features:
-        raise DataError(f"{path}: X has shape {X.shape}; the model takes (n_samples, {n_features})")
+    if X.ndim != 2 or X.shape[1] != spec.n_features:
+        raise DataError(
+            f"{path}: X has shape {X.shape}; the model takes (n_samples, {spec.n_features})"
+        )
     return X
 
 
@@ -454,8 +537,14 @@ def _optimizer(args: argparse.Namespace) -> optim.GradientTransformation:
 
 
 def _fit_and_report(
-    args: argparse.Namespace, spec: ModelSpec, train: Dataset, validation: Dataset | None
+    args: argparse.Namespace,
+    spec: ModelSpec,
+    train: Dataset,
+    validation: Dataset | None,
+    fit_options: dict[str, Any] | None = None,
 ) -> int:
+    """Fit as ``args`` say (``fit_options`` go to :meth:`Trainer.fit`), then print the
+    summary and write what was asked for."""
     if args.plot is not None:
         _check_output(args.plot, "--plot")
         check_plotting()
@@ -477,10 +566,10 @@ def _fit_and_report(
         staleness=args.staleness,
     )
     progress = Progress(enabled=not (args.no_progress or args.json))
-    options: dict[str, Any] = {}
+    options = dict(fit_options or {})
     if checkpoint_dir is not None:
-        every = args.checkpoint_every
-        options = {"checkpoint_dir": checkpoint_dir, "checkpoint_every": every}
+        options["checkpoint_dir"] = checkpoint_dir
+        options["checkpoint_every"] = args.checkpoint_every
         options["resume"] = args.resume
     fit = lambda: progress.follow(trainer, train, validation, args.epochs, **options)  # noqa: E731
     result = run(_closing(backend, fit))

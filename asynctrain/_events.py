@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from asynctrain._exceptions import ConfigError
 from asynctrain._types import Params
@@ -176,6 +176,26 @@ class Callback:
 
     def on_epoch(self, event: EpochEvent) -> bool | Awaitable[bool | None] | None:
         """Called after every epoch, after validation (may be a coroutine)."""
+        return None
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """What the fit's checkpoints keep of this callback, or None (the default) for
+        nothing.
+
+        Called on the event loop whenever a fit with a ``checkpoint_dir`` saves; the
+        result is written on another thread while the fit goes on, so return a snapshot
+        (new containers; arrays that are never changed in place). Plain data only:
+        dicts with str keys, tuples, numpy arrays, int, float, bool, str and None.
+        Resuming the fit (``resume=True``) hands it back to :meth:`load_state_dict`.
+        """
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` returned, when a fit resumes from a
+        checkpoint; called after ``on_fit_start`` and before the first step. A tuple
+        comes back as a plain tuple. Raise ValueError, TypeError or KeyError for a
+        state you cannot take back: the fit fails with a CheckpointError naming the
+        callback."""
         return None
 
 

@@ -324,6 +324,7 @@ class Trainer:
             resume=resume,
             subject=self._checkpoint_subject,
             restore=self._restore,
+            callbacks=callbacks,
         )
         async with self._monitoring_lag(monitor_lag) as lag, session:
             epochs = await session.resume(epochs, data)
@@ -344,6 +345,7 @@ class Trainer:
                 # to create and await on every step for it.
                 session.after if session.directory is not None else None,
                 finish=session.finish,
+                after_start=session.restore_callbacks,
                 control=FitControl(self),
             )
         if lag is not None:

@@ -19,6 +19,8 @@ from asynctrain.data import _shared
 
 # Every event loop the tests create runs in debug mode: unawaited coroutines, callbacks
 # from other threads and unclosed resources are reported (and warnings are errors).
+# pytest-asyncio's runners take it from ``asyncio_debug`` in pyproject.toml; this covers
+# loops made elsewhere (asynctrain.run in a test, subprocesses the tests start).
 os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
 
 BACKENDS = ["inline", "thread", "process"]

@@ -104,6 +104,8 @@ async def test_every_worker_killed_then_new_ones_join(data: Dataset) -> None:
                 os.kill(pid, signal.SIGKILL)  # the nannies start new workers
 
         result = await _fit(backend, data, [AtStep({4: kill_all})])
+        # The fit needs one new worker; on a loaded machine the second may join later.
+        await backend.client.wait_for_workers(2, timeout=60)
         after = await _pids(backend)
     assert before.isdisjoint(after)
     assert len(after) == 2

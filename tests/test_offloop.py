@@ -155,3 +155,8 @@ async def test_the_result_of_work_finished_for_a_cancelled_caller_goes_to_discar
         work.release.set()
     assert await off_loop(work, "kept", executor=executor, discard=discarded.append) == "kept"
     assert discarded == ["built"]  # a result the caller received is not discarded
+
+
+async def test_the_test_loops_run_in_debug_mode() -> None:
+    # pyproject's asyncio_debug: thread-safety and unawaited-coroutine checks on both loops.
+    assert asyncio.get_running_loop().get_debug()

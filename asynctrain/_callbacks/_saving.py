@@ -62,6 +62,20 @@ class ModelCheckpoint(Callback):
         self._monitored.reset()
         self.saved = []
 
+    def state_dict(self) -> dict[str, float]:
+        """The best monitored value so far: a resumed fit saves only what beats it."""
+        return {"best": self._monitored.best}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Carry on from a checkpoint's :meth:`state_dict`.
+
+        Raises:
+            TypeError, KeyError: a state this callback did not write.
+        """
+        if type(state["best"]) is not float:
+            raise TypeError(f"best is {state['best']!r}, not a float")
+        self._monitored.best = state["best"]
+
     async def on_epoch(self, event: EpochEvent) -> None:
         """Save if every epoch is saved, or if this one is the best so far."""
         improved = self._monitored.improved(event)

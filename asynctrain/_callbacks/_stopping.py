@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from asynctrain._callbacks._monitor import Monitored
 from asynctrain._checks import check_int
 from asynctrain._control import FitControl
@@ -76,6 +78,35 @@ class EarlyStopping(Callback):
         self.waited += 1
         return self.waited >= self.patience
 
+    def state_dict(self) -> dict[str, Any]:
+        """The epochs waited, the best value and epoch, and (with ``restore_best``) the
+        best epoch's parameters: a resumed fit stops where one uninterrupted run would."""
+        return {
+            "waited": self.waited,
+            "best": self._monitored.best,
+            "best_epoch": self.best_epoch,
+            "best_params": self.best_params,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Carry on from a checkpoint's :meth:`state_dict`.
+
+        Raises:
+            ValueError, TypeError, KeyError: a state this callback did not write, or
+                best parameters that do not fit the model.
+        """
+        waited, best, epoch = state["waited"], state["best"], state["best_epoch"]
+        if type(waited) is not int or waited < 0 or type(best) is not float:
+            raise ValueError(f"waited {waited!r} and best {best!r} are not a count and a float")
+        if epoch is not None and (type(epoch) is not int or epoch < 0):
+            raise ValueError(f"best_epoch {epoch!r} is not an epoch")
+        params = state["best_params"]
+        if params is not None and self._fit is not None:
+            _check_like(params, self._fit.params)
+        self.waited, self.best_epoch = waited, epoch
+        self._monitored.best = best
+        self.best_params = params if self.restore_best else None
+
     def on_fit_end(self, fit: FitControl) -> None:
         """With ``restore_best``, hand the best epoch's parameters to the trainer."""
         if self.restore_best and fit.error is None and self.best_params is not None:
@@ -86,3 +117,13 @@ class EarlyStopping(Callback):
             f"EarlyStopping(patience={self.patience}, min_delta={self.min_delta}, "
             f"monitor={self.monitor!r}, restore_best={self.restore_best})"
         )
+
+
+def _check_like(params: Any, current: Params) -> None:
+    """Refuse ``params`` unless they are arrays named, shaped and typed like ``current``."""
+    if not isinstance(params, dict) or params.keys() != current.keys():
+        raise ValueError(f"best_params are not the model's parameters ({sorted(current)})")
+    for name, array in params.items():
+        model = current[name]
+        if getattr(array, "shape", None) != model.shape or array.dtype != model.dtype:
+            raise ValueError(f"best_params[{name!r}] does not fit the model's {name!r}")

@@ -3,8 +3,10 @@
 A checkpoint holds the parameters, the optimizer state (as arrays plus a JSON spec, see
 :mod:`asynctrain.optim._tree`), the step/epoch/batch counters, the RNG state the epoch order is
 drawn from, the settings a resuming trainer must share (shards, batch size, seed,
-mode, model shape and dtype), and the names of the feature columns trained on (the
-model section's ``feature_names``; null for arrays, and in checkpoints older than it).
+mode, model shape and dtype), the names of the feature columns trained on (the
+model section's ``feature_names``; null for arrays, and in checkpoints older than it),
+and the state of the fit's callbacks that keep one (the ``callbacks`` section, by
+:func:`callback_keys`, with arrays ``callbacks/<i>``; absent in older checkpoints).
 The file format is in :mod:`._format` and :mod:`._verify`.
 """
 
@@ -14,7 +16,7 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -43,7 +45,7 @@ _MUST_MATCH = {
 _HYPERPARAMETERS = (("model", "repr"), ("optimizer", "repr"))
 # What a setting missing from a checkpoint written before it existed stands for.
 _ABSENT = {("config", "shuffle"): "global"}
-_KEY = re.compile(r"params/.+|opt_state/(0|[1-9][0-9]{0,8})", re.DOTALL)
+_KEY = re.compile(r"params/.+|(opt_state|callbacks)/(0|[1-9][0-9]{0,8})", re.DOTALL)
 _INT_MAX = 2**63 - 1
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z: the latest time datetime can show
@@ -106,6 +108,43 @@ class Payload(NamedTuple):
     spec: Any
     opt_arrays: list[npt.NDArray[Any]]
     info: dict[str, Any]
+    callbacks: dict[str, Any] | None = None
+    """The fit's callbacks' states by :func:`callback_keys` (None: no fit, or none kept)."""
+
+
+def callback_keys(callbacks: Sequence[Any]) -> list[str]:
+    """The key each callback's state is kept under: its class name, and ``#n`` for the
+    n-th callback of that class (``EarlyStopping#0``), so adding a callback of another
+    class does not move the others' states.
+
+    Example:
+        >>> class A: ...
+        >>> class B: ...
+        >>> callback_keys([A(), B(), A()])
+        ['A#0', 'B#0', 'A#1']
+    """
+    seen: dict[str, int] = {}
+    keys = []
+    for callback in callbacks:
+        name = type(callback).__qualname__
+        keys.append(f"{name}#{seen.get(name, 0)}")
+        seen[name] = seen.get(name, 0) + 1
+    return keys
+
+
+def callback_states(callbacks: Sequence[Any]) -> dict[str, Any]:
+    """The states of the ``callbacks`` that keep one (``state_dict()`` not None), by key.
+
+    Raises:
+        CheckpointError: a state that is not plain data (found when it is written).
+    """
+    states = {}
+    for key, callback in zip(callback_keys(callbacks), callbacks, strict=True):
+        method = getattr(callback, "state_dict", None)
+        state = None if method is None else method()
+        if state is not None:
+            states[key] = state
+    return states
 
 
 def snapshot(subject: Subject, state: TrainState) -> Payload:
@@ -151,7 +190,21 @@ def write(path: Path, payload: Payload, **options: Any) -> None:
     }
     arrays = {f"params/{k}": v for k, v in state.params.items()}
     arrays |= {f"opt_state/{i}": a for i, a in enumerate(payload.opt_arrays)}
+    if payload.callbacks:
+        kept: list[npt.NDArray[Any]] = []
+        manifest["callbacks"] = _encode_callbacks(payload.callbacks, kept)
+        arrays |= {f"callbacks/{i}": a for i, a in enumerate(kept)}
     _format.write(path, manifest, arrays, **options)
+
+
+def _encode_callbacks(states: dict[str, Any], arrays: list[npt.NDArray[Any]]) -> dict[str, Any]:
+    try:
+        return {
+            key: _tree.encode(state, arrays, name=f"the state_dict() of {key}")
+            for key, state in states.items()
+        }
+    except TypeError as exc:
+        raise CheckpointError(f"cannot checkpoint the fit's callbacks: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -202,6 +255,22 @@ class Checkpoint:
     def params(self) -> dict[str, npt.NDArray[Any]]:
         """The parameters, by name."""
         return {k[7:]: v for k, v in self.arrays.items() if k.startswith("params/")}
+
+    def callback_states(self) -> dict[str, Any]:
+        """The states the fit's callbacks kept, by :func:`callback_keys` (empty when none
+        did, and for checkpoints older than them); checked by :meth:`read`."""
+        spec = self.manifest.get("callbacks", {})
+        if not isinstance(spec, dict):
+            raise CheckpointError(f"{self.path}: the callbacks section is not an object")
+        arrays = [self.arrays[f"callbacks/{i}"] for i in range(self._count("callbacks"))]
+        problems: list[str] = []
+        try:
+            states = {str(k): _tree.decode_plain(v, arrays, problems, k) for k, v in spec.items()}
+        except RecursionError:  # nested past what any callback writes
+            problems.append("nested too deeply")
+        if problems:
+            raise CheckpointError(f"{self.path}: a callback's state is not valid: {problems[0]}")
+        return states
 
     def settings(self) -> dict[str, Any]:
         """The trainer settings the checkpoint was written with (``restore``'s defaults).
@@ -318,9 +387,13 @@ class Checkpoint:
         return problems
 
     def _opt_count(self) -> int:
-        count = sum(1 for key in self.arrays if key.startswith("opt_state/"))
-        if any(f"opt_state/{i}" not in self.arrays for i in range(count)):
-            raise CheckpointError(f"{self.path}: the optimizer arrays are not numbered 0..n-1")
+        return self._count("opt_state")
+
+    def _count(self, group: str) -> int:
+        """How many arrays ``group/<i>`` there are, checked to be numbered 0..n-1."""
+        count = sum(1 for key in self.arrays if key.startswith(f"{group}/"))
+        if any(f"{group}/{i}" not in self.arrays for i in range(count)):
+            raise CheckpointError(f"{self.path}: the {group} arrays are not numbered 0..n-1")
         return count
 
     def _check(self) -> None:
@@ -347,6 +420,7 @@ class Checkpoint:
         for key, array in self.arrays.items():
             _check_array(self.path, key, array)
         self._opt_count()
+        self.callback_states()
         bad = _hostile_scalar(self.section("optimizer")["state"])
         if bad is not None:
             raise CheckpointError(f"{self.path}: the optimizer state holds {bad}, not valid")

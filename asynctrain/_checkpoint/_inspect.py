@@ -44,6 +44,7 @@ def describe(path: str | Path, *, as_json: bool = False) -> str:
         f"features    {_features(checkpoint.feature_names)}",
         f"optimizer   {checkpoint.section('optimizer').get('repr')}",
         f"rng         {_rng(checkpoint.section('rng'))}",
+        f"callbacks   {', '.join(checkpoint.callback_states()) or '(none kept a state)'}",
         "arrays",
     ]
     width = max((len(key) for key in arrays), default=0)

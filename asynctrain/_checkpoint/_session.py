@@ -16,7 +16,7 @@ import concurrent.futures
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -25,6 +25,8 @@ from asynctrain._checkpoint._content import (
     Checkpoint,
     Payload,
     Subject,
+    callback_keys,
+    callback_states,
     checkpoint_name,
     encode_state,
     list_checkpoints,
@@ -36,7 +38,7 @@ from asynctrain._checkpoint._lock import DirectoryLock
 from asynctrain._checks import check_int
 from asynctrain._engine._update import TrainState
 from asynctrain._events import Event, StepEvent
-from asynctrain._exceptions import CheckpointError, ConfigError, ConfigTypeError
+from asynctrain._exceptions import AsyncTrainError, CheckpointError, ConfigError, ConfigTypeError
 from asynctrain._offloop import await_without_orphans, off_loop
 from asynctrain.data import steps_per_epoch
 
@@ -106,6 +108,9 @@ class CheckpointSession:
 
     The trainer is reached only through ``subject`` (a fresh :class:`Subject` of it, for
     each use) and ``restore`` (which sets its state and the feature names trained on).
+    Each save also keeps the states of the fit's ``callbacks`` (their ``state_dict()``,
+    taken on the loop between events); a full resume hands them back through
+    :meth:`restore_callbacks`, once their ``on_fit_start`` has run.
 
     Raises:
         ConfigError, ConfigTypeError: a bad option, before any work starts.
@@ -120,6 +125,7 @@ class CheckpointSession:
         resume: Resume,
         subject: Callable[[], Subject],
         restore: Callable[[TrainState, tuple[str, ...] | None], None],
+        callbacks: Sequence[Any] = (),
     ) -> None:
         if not (isinstance(resume, bool) or resume == "params"):
             raise ConfigTypeError(f'resume must be True, False or "params", got {resume!r}')
@@ -138,6 +144,8 @@ class CheckpointSession:
         self._pending: concurrent.futures.Future[None] | None = None
         self._due = False
         self._saved_step = -1
+        self.callbacks = list(callbacks)
+        self._resumed: Checkpoint | None = None
 
     async def __aenter__(self) -> Self:
         if self.directory is not None:
@@ -202,7 +210,29 @@ class CheckpointSession:
             )
             self.restore(state, checkpoint.feature_names)
             self._saved_step = state.step
+            self._resumed = None if params_only else checkpoint
         return max(0, epochs - self.subject().state.epoch)
+
+    def restore_callbacks(self) -> None:
+        """Hand each callback the state it kept in the checkpoint resumed from (its
+        ``load_state_dict``); nothing without a full resume. A state kept by a callback
+        the fit no longer has is left alone.
+
+        Raises:
+            CheckpointError: a callback refused its state (naming it).
+        """
+        if self._resumed is None:
+            return
+        states = self._resumed.callback_states()
+        for key, callback in zip(callback_keys(self.callbacks), self.callbacks, strict=True):
+            load = getattr(callback, "load_state_dict", None)
+            if key in states and load is not None:
+                try:
+                    load(states[key])
+                except (ValueError, TypeError, KeyError, AsyncTrainError) as exc:
+                    raise CheckpointError(
+                        f"{self._resumed.path}: {key} could not take back its state: {exc}"
+                    ) from exc
 
     async def after(self, event: Event) -> None:
         """Save if ``event`` ends a checkpoint interval; raise a failed earlier save's error."""
@@ -235,6 +265,7 @@ class CheckpointSession:
         assert self.directory is not None
         await self._drain()
         payload = await self._writer.snapshot(self.subject())
+        payload = payload._replace(callbacks=callback_states(self.callbacks))
         path = self.directory / checkpoint_name(payload.state.step)
         self._pending = self._writer.submit(
             write_and_prune, path, payload, self._writer.cancel, self.keep

@@ -138,6 +138,7 @@ async def collect(
     after: Callable[[Event], Awaitable[None]] | None = None,
     *,
     finish: Callable[[], Awaitable[None]] | None = None,
+    after_start: Callable[[], None] | None = None,
     control: FitControl | None = None,
 ) -> FitResult:
     """Run ``events`` to the end (or until a callback stops it) into a FitResult.
@@ -146,8 +147,9 @@ async def collect(
     on every event after the callbacks, so what they change between steps (the
     learning-rate scale) is in a fit's checkpoint of that event; ``finish`` runs once the
     events end (the final checkpoint). With ``control``, the callbacks' ``on_fit_start``
-    runs before the first event and their ``on_fit_end`` after ``finish``, however the
-    fit ends: what it changes (restored parameters) is in the result. ``None`` events
+    runs before the first event (then ``after_start``: a resumed fit hands the callbacks
+    back their state) and their ``on_fit_end`` after ``finish``, however the fit ends:
+    what it changes (restored parameters) is in the result. ``None`` events
     stand for none at all (a resumed run with nothing left to train).
     """
     started, first = time.perf_counter(), current()
@@ -157,6 +159,8 @@ async def collect(
     try:
         async with contextlib.aclosing(events or _no_events()) as stream:
             await call_hooks(callbacks, "on_fit_start", control)
+            if after_start is not None:
+                after_start()
             async for event in stream:
                 if isinstance(event, EpochEvent):
                     history.append(event)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -19,26 +19,78 @@ _ENCODING = "utf-8-sig"  # tolerates the byte-order mark spreadsheet programs wr
 _EXACT_INT = 2.0**53  # floats beyond this are not exact integers
 
 
-def read_csv(
-    path: Path, label: str | int | None
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[Any]]:
-    """Return ``(X, y)`` from a CSV file with an optional header row.
+class CsvTable(NamedTuple):
+    """What :func:`read_csv` returns: features, labels, weights and feature names."""
+
+    X: npt.NDArray[np.float64]
+    y: npt.NDArray[Any]
+    weight: npt.NDArray[np.float64] | None
+    """The weight column, or None when none was asked for."""
+    feature_names: list[str] | None
+    """The header's names of the feature columns, or None without a header."""
+
+
+def read_csv(path: Path, label: str | int | None, weight: str | int | None = None) -> CsvTable:
+    """Return the features, labels and (optionally) weights of a CSV file with an
+    optional header row.
 
     The first line is a header when none of its cells is a number. The label column is
     ``label`` (a header name or a column index, negative from the end), else the column
-    named ``"label"``, else the last column. A label column of whole numbers becomes
-    int64 labels; any other is float64.
+    named ``"label"``, else the last column (the one before it when ``weight`` names the
+    last). A label column of whole numbers becomes int64 labels; any other is float64.
+    ``weight`` names a column of sample weights the
+    same way; every other column is a feature, in file order.
 
     Raises:
         DataError: the file is empty, a cell is not a number (naming the line and
-            column), rows have different lengths, or ``label`` names no column.
-        ConfigError: ``label`` is a name but the file has no header.
+            column), rows have different lengths, ``label`` or ``weight`` names no
+            column, or no feature column is left.
+        ConfigError: ``label`` or ``weight`` is a name but the file has no header, or
+            both name the same column.
     """
     header, n_columns, skip = _first_row(path)
-    column = _label_column(path, header, n_columns, label)
+    weights = None if weight is None else _column(path, header, n_columns, weight, "weight")
+    if label is not None:
+        column = _column(path, header, n_columns, label, "label")
+    elif header and "label" in header:
+        column = header.index("label")
+    else:  # the last column, unless it holds the weights
+        column = n_columns - 1 if weights != n_columns - 1 else n_columns - 2
+    if weights == column:
+        raise ConfigError(f"label and weight both name column {column} of {path}; pick two")
+    features = [c for c in range(n_columns) if c not in (column, weights)]
+    if not features:
+        raise DataError(f"{path} has no feature column besides the label and weight columns")
     values = _parse(path, skip=skip, n_columns=n_columns)
-    X = np.delete(values, column, axis=1)
-    return X, _labels(values[:, column])
+    return CsvTable(
+        values[:, features],
+        _labels(values[:, column]),
+        None if weights is None else values[:, weights],
+        None if header is None else [header[c] for c in features],
+    )
+
+
+def has_header(path: Path) -> bool:
+    """Whether the CSV file's first row is a header (none of its cells is a number)."""
+    return _first_row(path)[0] is not None
+
+
+def read_columns(path: Path, names: list[str]) -> npt.NDArray[np.float64]:
+    """The columns ``names`` of a CSV file with a header row, in that order (the others,
+    a label column say, are left out).
+
+    Raises:
+        DataError: the file has no header row, lacks one of ``names`` (named), or fails
+            as in :func:`read_csv`.
+    """
+    header, n_columns, skip = _first_row(path)
+    if header is None:
+        raise DataError(f"{path} has no header row; the model needs the columns {names}")
+    missing = [name for name in names if name not in header]
+    if missing:
+        raise DataError(f"{path} lacks the columns {missing} the model was trained on")
+    values = _parse(path, skip=skip, n_columns=n_columns)
+    return values[:, [header.index(name) for name in names]]
 
 
 def _first_row(path: Path) -> tuple[list[str] | None, int, int]:
@@ -62,26 +114,24 @@ def _first_row(path: Path) -> tuple[list[str] | None, int, int]:
     return [cell.strip() for cell in first], len(first), header_lines
 
 
-def _label_column(
-    path: Path, header: list[str] | None, n_columns: int, label: str | int | None
-) -> int:
-    if label is None:
-        return header.index("label") if header and "label" in header else n_columns - 1
-    if isinstance(label, str):
+def _column(path: Path, header: list[str] | None, n_columns: int, key: str | int, what: str) -> int:
+    """The index of the column ``key`` (a header name, or an index, negative from the end)
+    names; ``what`` is the option's name for the messages."""
+    if isinstance(key, str):
         if header is None:
             raise ConfigError(
-                f"label={label!r} names a column but {path} has no header row; "
-                "pass the column index instead, e.g. label=0"
+                f"{what}={key!r} names a column but {path} has no header row; "
+                f"pass the column index instead, e.g. {what}=0"
             )
-        if label not in header:
-            raise DataError(f"{path} has no column {label!r}; its columns are {header}")
-        return header.index(label)
-    if not -n_columns <= label < n_columns:
+        if key not in header:
+            raise DataError(f"{path} has no column {key!r}; its columns are {header}")
+        return header.index(key)
+    if not -n_columns <= key < n_columns:
         raise DataError(
-            f"label={label} is out of range: {path} has {n_columns} columns "
+            f"{what}={key} is out of range: {path} has {n_columns} columns "
             f"(indices 0 .. {n_columns - 1}, or negative from the end)"
         )
-    return label % n_columns
+    return key % n_columns
 
 
 def _parse(path: Path, *, skip: int, n_columns: int) -> npt.NDArray[np.float64]:

@@ -1,4 +1,5 @@
-"""load(): a Dataset from .npz, .npy (memory-mapped), a directory of .npy files, or .csv.
+"""load(): a Dataset from .npz, .npy (memory-mapped), a directory of .npy files, .csv, or
+Parquet (with the ``parquet`` extra).
 
 Files are always read with ``allow_pickle=False``: loading never unpickles and so never
 runs code from a file. Every failure is a :class:`DataError` naming the path; a missing
@@ -20,9 +21,16 @@ from asynctrain._exceptions import ConfigError, ConfigTypeError, DataError
 from asynctrain._types import DEFAULT_DTYPE
 from asynctrain.data._csv import read_csv
 from asynctrain.data._dataset import Dataset
+from asynctrain.data._parquet import read_parquet
 from asynctrain.data._validate import resolve_dtype
 
-SUPPORTED = (".npz", ".npy (with y_path)", ".csv", "a directory holding X.npy and y.npy")
+SUPPORTED = (
+    ".npz",
+    ".npy (with y_path)",
+    ".csv",
+    ".parquet",
+    "a directory holding X.npy and y.npy, or .parquet files",
+)
 """What :func:`load` reads, as listed in its error messages."""
 
 _READ_ERRORS = (ValueError, EOFError, OSError, zipfile.BadZipFile)
@@ -37,6 +45,7 @@ def load(
     y_path: str | os.PathLike[str] | None = None,
     *,
     label: str | int | None = None,
+    weight: str | int | os.PathLike[str] | None = None,
     dtype: npt.DTypeLike | None = None,
 ) -> Dataset:
     """Load a Dataset from disk, memory-mapping ``.npy`` files.
@@ -51,14 +60,26 @@ def load(
       header name or a column index), else the column named ``"label"``, else the last
       column. Whole-number label columns become int64 labels. The features are parsed
       as float64 and stored as float32 unless ``dtype=np.float64``, in shared memory
-      like ``.npz``.
+      like ``.npz``. A header's names become the Dataset's ``feature_names``.
+    - ``.parquet``, or a directory of ``.parquet`` files (with the ``parquet`` extra):
+      every row, in file order, through :func:`~asynctrain.data.read_parquet`; the label
+      column is ``label`` (a name), else the column named ``"label"``; the other numeric
+      columns are the features, stored as float32 unless ``dtype=np.float64``, and
+      their names become ``feature_names``. To train on files larger than memory, stream
+      them with ``read_parquet`` instead.
+
+    ``weight`` says where sample weights are (see :class:`Dataset`): a CSV column (name
+    or index), a Parquet column, the name of an array in the ``.npz``, the name of a
+    ``.npy`` file in the directory without its suffix (``weight="w"`` reads ``w.npy``),
+    or, beside a features ``.npy``, the path of a weights ``.npy``.
 
     The dtype rules of :class:`Dataset` apply to what is read.
 
     Args:
         path: the file or directory.
         y_path: the targets ``.npy``; only with a features ``.npy``.
-        label: the CSV label column; only with ``.csv``.
+        label: the label column; only with ``.csv`` and Parquet.
+        weight: where the sample weights are, as above; None (default): no weights.
         dtype: ``np.float32`` or ``np.float64`` to force the feature dtype.
 
     Returns:
@@ -66,34 +87,56 @@ def load(
 
     Raises:
         DataError: the file is missing (a DataError, not FileNotFoundError), unreadable,
-            holds pickled objects, lacks ``X`` or ``y``, has an unsupported extension
-            (the message lists the supported ones), or its data fails validation; the
-            message names the path.
+            holds pickled objects, lacks ``X``, ``y`` or the weights, has an unsupported
+            extension (the message lists the supported ones), or its data fails
+            validation; the message names the path.
         ConfigError: ``y_path`` or ``label`` used with a format that takes no such
             option, or a ``.npy`` given without ``y_path``.
+        ConfigTypeError: ``label`` or ``weight`` of the wrong type for the format.
+        ImportError: Parquet without pyarrow (the message names the extra).
 
     Example:
         >>> ds = load("train.npz")  # doctest: +SKIP
         >>> ds = load("X.npy", "y.npy")  # doctest: +SKIP
-        >>> ds = load("table.csv", label="target")  # doctest: +SKIP
+        >>> ds = load("table.csv", label="target", weight="w")  # doctest: +SKIP
     """
     target = resolve_dtype(dtype)
     source = _as_path("path", path)
-    _check_label(label)
     kind = _kind(source)
-    _check_options(source, kind, y_path, label)
+    _check_options(source, kind, y_path, label, weight)
+    key: Any = weight  # its type for ``kind`` was checked above
+    w: npt.NDArray[Any] | None = None
+    names: list[str] | None = None
+    if kind == "parquet":
+        return _read_parquet(source, label, weight, target)
     if kind == "dir":
-        X, y = (_read_npy(file) for file in _dir_files(source))
+        files = _dir_files(source, key)
+        X, y, *rest = (_read_npy(file) for file in files)
+        w = rest[0] if rest else None
     elif kind == ".npy":
         X, y = _read_npy(source), _read_npy(_as_path("y_path", y_path))
+        w = None if weight is None else _read_npy(_as_path("weight", weight))
     elif kind == ".npz":
-        X, y = _read_npz(source)
+        X, y, w = _read_npz(source, key)
     else:
-        X, y = read_csv(source, label)
+        X, y, w, names = read_csv(source, label, key)
         target = target or DEFAULT_DTYPE
-    dataset = _dataset(source, X, y, target)
+    dataset = _dataset(source, X, y, w, names, target)
     # Parsed into private memory: move it where process workers map it without a copy.
     return dataset if kind in ("dir", ".npy") else dataset.to_shared()
+
+
+def _read_parquet(path: Path, label: Any, weight: Any, dtype: np.dtype[Any] | None) -> Dataset:
+    """Every row of the Parquet file or directory ``path``, as one Dataset."""
+    stream = read_parquet(
+        path,
+        label="label" if label is None else label,
+        weight=weight,
+        batch_size=1 << 16,
+        shuffle=False,
+        dtype=dtype or DEFAULT_DTYPE,
+    )
+    return stream.to_dataset().to_shared()
 
 
 def _as_path(name: str, value: object) -> Path:
@@ -104,18 +147,16 @@ def _as_path(name: str, value: object) -> Path:
     return Path(value)
 
 
-def _check_label(label: object) -> None:
-    if label is not None and (isinstance(label, bool) or not isinstance(label, str | int)):
-        raise ConfigTypeError(f"label must be a column name (str) or index (int), got {label!r}")
-
-
 def _kind(path: Path) -> str:
-    """Return "dir", ".npz", ".npy" or ".csv", or raise DataError."""
+    """Return "dir", "parquet", ".npz", ".npy" or ".csv", or raise DataError."""
     if path.is_dir():
-        return "dir"
+        has_npy = (path / "X.npy").exists()
+        return "parquet" if not has_npy and any(path.rglob("*.parquet")) else "dir"
     if not path.exists():
         raise DataError(f"no such file or directory: '{path}'")
     suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return "parquet"
     if suffix not in (".npz", ".npy", ".csv"):
         raise DataError(
             f"cannot load '{path}': unsupported extension {suffix or '(none)'!r}; "
@@ -124,7 +165,7 @@ def _kind(path: Path) -> str:
     return suffix
 
 
-def _check_options(path: Path, kind: str, y_path: object, label: object) -> None:
+def _check_options(path: Path, kind: str, y_path: object, label: object, weight: object) -> None:
     if kind == ".npy" and y_path is None:
         raise ConfigError(
             f"'{path}' holds only the features; pass y_path='y.npy' with the targets, "
@@ -134,18 +175,33 @@ def _check_options(path: Path, kind: str, y_path: object, label: object) -> None
         raise ConfigError(
             f"y_path is only used with a features .npy file, not with '{path}'; drop it"
         )
-    if kind != ".csv" and label is not None:
-        raise ConfigError(f"label is only used with .csv files, not with '{path}'; drop it")
+    _check_key("label", label, columns=kind == ".csv")
+    if kind not in (".csv", "parquet") and label is not None:
+        raise ConfigError(
+            f"label is only used with .csv and Parquet files, not with '{path}'; drop it"
+        )
+    if kind != ".npy":  # there, a path: checked where it is read
+        _check_key("weight", weight, columns=kind == ".csv")
 
 
-def _dir_files(path: Path) -> tuple[Path, Path]:
-    files = path / "X.npy", path / "y.npy"
+def _check_key(name: str, value: object, *, columns: bool) -> None:
+    """Refuse a ``label``/``weight`` that is neither None, a str nor (for CSV columns) an int."""
+    if value is None or isinstance(value, str):
+        return
+    if columns and isinstance(value, int) and not isinstance(value, bool):
+        return
+    wanted = "a column name (str) or index (int)" if columns else "a name (str)"
+    raise ConfigTypeError(f"{name} must be {wanted}, got {value!r}")
+
+
+def _dir_files(path: Path, weight: str | None) -> tuple[Path, ...]:
+    files = (path / "X.npy", path / "y.npy") + (() if weight is None else (path / f"{weight}.npy",))
     for file in files:
         if not file.is_file():
             found = ", ".join(sorted(child.name for child in path.iterdir())[:10]) or "nothing"
+            wanted = "X.npy and y.npy" + ("" if weight is None else f" and {weight}.npy")
             raise DataError(
-                f"directory '{path}' has no {file.name}; it must hold X.npy and y.npy "
-                f"(found: {found})"
+                f"directory '{path}' has no {file.name}; it must hold {wanted} (found: {found})"
             )
     return files
 
@@ -168,13 +224,16 @@ def _read_npy(path: Path) -> npt.NDArray[Any]:
     return loaded
 
 
-def _read_npz(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+def _read_npz(
+    path: Path, weight: str | None
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any] | None]:
     _check_magic(path, (*_ZIP_MAGIC, _NPY_MAGIC), "an .npz archive (not a zip file)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise DataError(f"'{path}' is a .npy array, not an .npz archive; rename it")
-            return _array(path, archive, "X"), _array(path, archive, "y")
+            w = None if weight is None else _array(path, archive, weight)
+            return _array(path, archive, "X"), _array(path, archive, "y"), w
     except DataError:
         raise
     except _READ_ERRORS as exc:
@@ -248,10 +307,15 @@ def _unreadable(path: Path, exc: BaseException) -> str:
 
 
 def _dataset(
-    path: Path, X: npt.NDArray[Any], y: npt.NDArray[Any], dtype: np.dtype[Any] | None
+    path: Path,
+    X: npt.NDArray[Any],
+    y: npt.NDArray[Any],
+    w: npt.NDArray[Any] | None,
+    names: list[str] | None,
+    dtype: np.dtype[Any] | None,
 ) -> Dataset:
     """Build the Dataset, prefixing validation errors with the path they came from."""
     try:
-        return Dataset(X, y, dtype=dtype)
+        return Dataset(X, y, sample_weight=w, dtype=dtype, feature_names=names)
     except DataError as exc:
         raise type(exc)(f"{path}: {exc}") from None

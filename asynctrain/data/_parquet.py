@@ -201,9 +201,7 @@ class ParquetStream:
                 footers tell; a NaN or a corrupt page when its row group is read).
         """
         rng = np.random.default_rng(self.seed)
-        with ParquetFiles(
-            self.path, label=self.label, features=self.features, weight=self.weight
-        ) as files:
+        with self._files() as files:
             for _ in range(self.epochs):
                 yield from self._pass(files, rng)
 
@@ -249,7 +247,8 @@ holdout=0.1 subset='holdout'>
 
         Returns:
             A :class:`Dataset` of the subset's rows, ``X`` in the stream's ``dtype``, the
-            weight column (if any) as its ``sample_weight``.
+            weight column (if any) as its ``sample_weight``, the feature columns' names
+            as its ``feature_names``.
 
         Raises:
             DataError, DataTypeError: as iterating; DataError when no row is selected.
@@ -271,7 +270,16 @@ holdout=0.1 subset='holdout'>
         X = np.concatenate([part[0] for part in parts])
         y = np.concatenate([part[1] for part in parts])
         w = None if self.weight is None else np.concatenate([part[2] for part in parts])
-        return Dataset(X, y, sample_weight=w, dtype=self.dtype)
+        if self.features is None:
+            with self._files() as files:
+                names = files.features
+        else:
+            names = self.features
+        return Dataset(X, y, sample_weight=w, dtype=self.dtype, feature_names=names)
+
+    def _files(self) -> ParquetFiles:
+        """The stream's files, found and checked (footers only)."""
+        return ParquetFiles(self.path, label=self.label, features=self.features, weight=self.weight)
 
     def _with(self, **changes: Any) -> ParquetStream:
         settings: dict[str, Any] = {

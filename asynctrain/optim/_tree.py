@@ -25,11 +25,12 @@ Arrays = list[npt.NDArray[Any]]
 _SCALARS: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str"}
 
 
-def encode(tree: Any, arrays: Arrays, *, where: str = "") -> Any:
+def encode(tree: Any, arrays: Arrays, *, where: str = "", name: str = "optimizer state") -> Any:
     """Return the JSON spec of ``tree``, appending its arrays to ``arrays`` in order.
 
     Floats are stored as ``float.hex`` so that every bit survives, NaN and infinities
-    included. A numpy scalar is stored as a 0-d array.
+    included. A numpy scalar is stored as a 0-d array. ``name`` says what ``tree`` is in
+    the error.
 
     Raises:
         TypeError: a value that is not plain data (a function, an object, ...).
@@ -48,12 +49,16 @@ def encode(tree: Any, arrays: Arrays, *, where: str = "") -> Any:
     if kind is not None:
         return {kind: tree.hex() if kind == "float" else tree}
     if isinstance(tree, tuple):
-        children = [encode(v, arrays, where=f"{where}[{i}]") for i, v in enumerate(tree)]
+        children = [encode(v, arrays, where=f"{where}[{i}]", name=name) for i, v in enumerate(tree)]
         return {"tuple": children, "type": type(tree).__name__}
     if isinstance(tree, dict) and all(isinstance(k, str) for k in tree):
-        return {"dict": {k: encode(v, arrays, where=f"{where}[{k!r}]") for k, v in tree.items()}}
+        return {
+            "dict": {
+                k: encode(v, arrays, where=f"{where}[{k!r}]", name=name) for k, v in tree.items()
+            }
+        }
     raise TypeError(
-        f"optimizer state{where} holds a {type(tree).__name__}, which is not plain data "
+        f"{name}{where} holds a {type(tree).__name__}, which is not plain data "
         "(tuples, dict[str, ...], arrays, int, float, bool, str, None)"
     )
 
@@ -213,6 +218,49 @@ _DECODERS: list[tuple[Callable[[Any], bool], Callable[..., Any]]] = [
     (lambda t: isinstance(t, tuple), _decode_tuple),
     (lambda t: isinstance(t, dict), _decode_dict),
 ]
+
+
+def decode_plain(spec: Any, arrays: Arrays, problems: list[str], where: str = "state") -> Any:
+    """Rebuild plain data from :func:`encode`'s ``spec`` without a template.
+
+    For what has no trusted template (a callback's state): only dicts, plain tuples
+    (a NamedTuple comes back as a tuple), arrays, scalars and None are built, so no type
+    named in a file is looked up. Each malformed part is appended to ``problems`` and
+    comes back as None.
+
+    Example:
+        >>> arrays = []
+        >>> decode_plain(encode({"best": 0.5, "at": (3, None)}, arrays), arrays, [])
+        {'best': 0.5, 'at': (3, None)}
+    """
+    node = spec if isinstance(spec, dict) else {}
+    children = node.get("dict")
+    if isinstance(children, dict):
+        return {
+            str(k): decode_plain(v, arrays, problems, f"{where}[{k!r}]")
+            for k, v in children.items()
+        }
+    items = node.get("tuple")
+    if isinstance(items, list):
+        return tuple(
+            decode_plain(v, arrays, problems, f"{where}[{i}]") for i, v in enumerate(items)
+        )
+    index = node.get("array")
+    if type(index) is int and 0 <= index < len(arrays):
+        return arrays[index]
+    if "none" in node and node["none"] is None:
+        return None
+    number = node.get("float")
+    if isinstance(number, str):
+        try:
+            return float.fromhex(number)
+        except (ValueError, OverflowError):
+            pass
+    for kind, cls in ((k, c) for c, k in _SCALARS.items() if k != "float"):
+        if type(node.get(kind)) is cls:
+            return node[kind]
+    problems.append(f"{where}: {_describe(spec)} is not valid data")
+    return None
 
 
 # -- flat named arrays (local mode's per-shard optimizer states) ------------------------
