@@ -8,6 +8,9 @@ from asynctrain._checks import check_choice, check_int
 from asynctrain._exceptions import ConfigError
 
 NONFINITE_POLICIES = ("raise", "skip")
+SHUFFLES = ("global", "shard")
+"""How an epoch orders the rows: one permutation of all of them, or each shard's fixed
+partition shuffled on its own (see :mod:`asynctrain.data._partition`)."""
 MODE_OPTIONS: dict[str, tuple[str, ...]] = {
     "sync": (),
     "local": ("local_steps",),
@@ -39,6 +42,10 @@ class TrainConfig:
         seed: seeds parameter initialisation and the per-epoch shuffling.
         nonfinite: ``"raise"`` (stop with NonFiniteError, parameters untouched) or
             ``"skip"`` (drop that step's update and count it).
+        shuffle: ``"global"`` (every epoch one permutation of all rows, cut into batches
+            and shards) or ``"shard"`` (rows dealt once into one partition per shard,
+            each shuffled on its own every epoch: shard ``s`` only ever reads partition
+            ``s``, which lets a cluster backend keep it on one worker).
 
     Raises:
         ConfigError: a value out of range, e.g. ``shards > batch_size``.
@@ -53,6 +60,7 @@ class TrainConfig:
     shards: int = DEFAULT_SHARDS
     seed: int = 0
     nonfinite: str = "raise"
+    shuffle: str = "global"
 
     def __post_init__(self) -> None:
         check_int("batch_size", self.batch_size)
@@ -65,3 +73,4 @@ class TrainConfig:
             )
         check_int("seed", self.seed, minimum=0)
         check_choice("nonfinite", self.nonfinite, NONFINITE_POLICIES)
+        check_choice("shuffle", self.shuffle, SHUFFLES)

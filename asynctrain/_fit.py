@@ -36,7 +36,8 @@ async def fit(
     """Train ``model`` on ``data`` with a fresh :class:`~asynctrain.Trainer` and close it.
 
     ``options`` are the Trainer's other keyword arguments (``workers``, ``shards``,
-    ``batch_size``, ``seed``, ``nonfinite``, ``mode``, ``local_steps``, ``staleness``);
+    ``batch_size``, ``seed``, ``nonfinite``, ``shuffle``, ``mode``, ``local_steps``,
+    ``staleness``);
     ``monitor_lag``, ``metrics``, ``class_weight`` and the checkpoint arguments are
     :meth:`Trainer.fit`'s; ``data`` may carry sample weights (a weighted Dataset or an
     ``(X, y, sample_weight)`` triple).

@@ -32,7 +32,7 @@ from asynctrain._engine._epochs import collect, run_epochs
 from asynctrain._engine._metrics import check_metrics
 from asynctrain._engine._update import TrainState, Updater
 from asynctrain._events import Callback, Event, FitResult
-from asynctrain._exceptions import ConfigTypeError, StateError
+from asynctrain._exceptions import ConfigError, ConfigTypeError, StateError
 from asynctrain._inputs import ClassWeight, DataLike, check_class_weight, prediction_inputs, prepare
 from asynctrain._monitor import LoopLagMonitor
 from asynctrain._offloop import off_loop
@@ -79,6 +79,10 @@ class Trainer:
         batch_size: samples per step.
         seed: seeds initialisation and shuffling.
         nonfinite: ``"raise"`` or ``"skip"`` (see :class:`~asynctrain.TrainConfig`).
+        shuffle: ``"global"`` (default: each epoch shuffles all rows) or ``"shard"``
+            (each shard shuffles its own fixed partition of the rows every epoch, so a
+            Dask worker holds only its shards' partitions); see
+            :class:`~asynctrain.TrainConfig`. Bit-identical on every backend either way.
         mode: a mode name, ``"sync"`` (default), ``"local"``, ``"ssp"`` or ``"async"``,
             or a mode object (:mod:`asynctrain.modes`: ``Local(steps=8)``,
             ``SSP(staleness=2)``); see docs/modes.md for what each waits for.
@@ -110,6 +114,7 @@ class Trainer:
         batch_size: int = 512,
         seed: int = 0,
         nonfinite: str = "raise",
+        shuffle: str = "global",
         mode: str | Mode = "sync",
         local_steps: int | None = None,
         staleness: int | None = None,
@@ -126,10 +131,17 @@ class Trainer:
             shards=4 if shards is None else shards,
             seed=seed,
             nonfinite=nonfinite,
+            shuffle=shuffle,
         )
         self.model = model
         self.optimizer = as_optimizer(optimizer)
         self.mode = make_mode(mode, local_steps=local_steps, staleness=staleness)
+        if self.config.shuffle == "shard" and self.mode.name == "async":
+            raise ConfigError(
+                "mode='async' hands each whole batch to one lane, so no shard keeps to one "
+                "partition of the rows: use shuffle='shard' with mode 'sync', 'local' or "
+                "'ssp', or the default shuffle='global' with 'async'"
+            )
         self._backend_spec = backend
         self._workers = None if workers is None else check_int("workers", workers)
         self._backend, self._owns_backend = get_backend(backend, workers=self._workers)
@@ -623,8 +635,8 @@ class Trainer:
     ) -> Self:
         """Create a trainer that continues from the checkpoint at ``path``.
 
-        ``batch_size``, ``shards``, ``seed``, ``nonfinite``, ``mode`` and the mode's options
-        default to the checkpoint's; ``options`` are the other Trainer arguments
+        ``batch_size``, ``shards``, ``seed``, ``nonfinite``, ``shuffle``, ``mode`` and the
+        mode's options default to the checkpoint's; ``options`` are the other Trainer arguments
         (``backend``, ...).
 
         Raises:

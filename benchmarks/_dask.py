@@ -10,10 +10,14 @@ the thread backend, named in every figure):
 * ``dask/epoch/mlp/<mode>/b<batch>``: epoch time on the ``"mlp"`` reference problem as a
   ratio to the reference backend (paired repeats), in ``sync`` and ``local`` mode
   (``local_steps=8``), with batches of 512 and 8192 in 4 shards; targets: sync at batch
-  512 within 3x, local within 1.5x;
-* ``dask/bytes_per_step/mlp/<mode>/b<batch>``: array bytes (MB) that crossed between the
-  trainer and the workers per optimizer step in those epochs (``DaskBackend.traffic``:
-  parameters out, gradients back; the dataset, sent once per worker, is in ``details``);
+  512 within 3x, local within 1.5x. Each epoch is a fit of its own on one backend: the
+  workers keep the rows from the first fit on (``DaskBackend(keep_bytes=...)``), so the
+  first repeat also sends them (its ratio is ``details["first_fit_ratio"]``);
+* ``dask/epoch/mlp/<mode>/b512/shard``: the same with ``Trainer(shuffle="shard")`` on
+  both backends: each Dask worker is sent only its shards' partitions of the rows;
+* ``dask/bytes_per_step/mlp/<mode>/b<batch>[/shard]``: array bytes (MB) that crossed
+  between the trainer and the workers per optimizer step in those epochs but the first
+  (``DaskBackend.traffic``: parameters out, gradients back);
 * ``dask/loop_lag/fit``: p99 lateness (ms) of a 1 ms heartbeat while an MLP epoch trains
   on Dask (``sync``, batch 512). Every epoch above is timed with that heartbeat on the
   loop, on both backends alike, so these are the same epochs (the reference backend's
@@ -161,8 +165,10 @@ def mlp_data(quick: bool) -> Dataset:
     return dataset("mlp", 10_000 if quick else 200_000)
 
 
-async def epoch_seconds(backend: Backend, data: Dataset, mode: str, batch: int) -> float:
-    """Seconds of one epoch of the reference MLP on ``backend``."""
+async def epoch_seconds(
+    backend: Backend, data: Dataset, mode: str, batch: int, shuffle: str = "global"
+) -> float:
+    """Seconds of one epoch of the reference MLP on ``backend`` (a fit of its own)."""
     model = MLP((data.n_features, 256, int(data.y.max()) + 1))
     trainer = Trainer(
         model,
@@ -172,6 +178,7 @@ async def epoch_seconds(backend: Backend, data: Dataset, mode: str, batch: int) 
         shards=4,
         mode=mode,
         local_steps=LOCAL_STEPS if mode == "local" else None,
+        shuffle=shuffle,
     )
     began = time.perf_counter()
     await trainer.fit(data, epochs=1)
@@ -179,35 +186,47 @@ async def epoch_seconds(backend: Backend, data: Dataset, mode: str, batch: int) 
 
 
 async def epochs(quick: bool, dask: Backend, other: Backend) -> list[Figure]:
-    """Epoch time on Dask over the reference backend per mode and batch; loop lag meanwhile."""
+    """Epoch time on Dask over the reference backend per mode, batch and shuffle; the
+    bytes per step; loop lag meanwhile."""
     data, repeats = mlp_data(quick), (2 if quick else 3)
     modes = ["local"] if quick else ["sync", "local"]
     for mode in modes:  # warm-up: imports on the workers, for each mode's tasks
         await epoch_seconds(dask, head(data), mode, BATCHES[0])
         await epoch_seconds(other, head(data), mode, BATCHES[0])
+    configs = [(mode, batch, "global") for mode in modes for batch in BATCHES]
+    configs += [(mode, BATCHES[0], "shard") for mode in modes]
     figures: list[Figure] = []
     lags: list[list[Timed]] = []
-    for mode in modes:
-        for batch in BATCHES:
-            before = _traffic(dask)
-            runs = [
-                [await _epoch_and_lag(backend, data, mode, batch) for backend in (dask, other)]
-                for _ in range(repeats)
-            ]
-            figures.append(
-                ratio_figure(
-                    f"dask/epoch/mlp/{mode}/b{batch}",
-                    [ours[0] for ours, _ in runs],
-                    [theirs[0] for _, theirs in runs],
-                    reference=f"{other.name} backend, same mode, 4 shards, {len(data)} rows",
-                    command=command(quick),
-                    target=TARGETS.get(f"{mode}/b{batch}", ""),
-                )
+    for mode, batch, shuffle in configs:
+        runs, before = [], _traffic(dask)
+        for _ in range(repeats):
+            runs.append(
+                [
+                    await _epoch_and_lag(backend, data, mode, batch, shuffle)
+                    for backend in (dask, other)
+                ]
             )
-            if hasattr(dask, "traffic"):  # a backend that counts what it sends
-                figures.append(_bytes_figure(dask, before, data, mode, batch, repeats, quick))
-            if (mode, batch) == (modes[0], BATCHES[0]):
-                lags = runs
+            if len(runs) == 1:  # later fits find the rows on the workers: count those
+                before = _traffic(dask)
+        suffix = "/shard" if shuffle == "shard" else ""
+        figures.append(
+            ratio_figure(
+                f"dask/epoch/mlp/{mode}/b{batch}{suffix}",
+                [ours[0] for ours, _ in runs],
+                [theirs[0] for _, theirs in runs],
+                reference=f"{other.name} backend, same mode and shuffle, 4 shards, "
+                f"{len(data)} rows",
+                command=command(quick),
+                target=TARGETS.get(f"{mode}/b{batch}", ""),
+                details={"first_fit_ratio": runs[0][0][0] / runs[0][1][0]},
+            )
+        )
+        if hasattr(dask, "traffic"):  # a backend that counts what it sends
+            figures.append(
+                _bytes_figure(dask, before, data, f"{mode}/b{batch}{suffix}", repeats - 1, quick)
+            )
+        if (mode, batch, shuffle) == configs[0]:
+            lags = runs
     return [*figures, _fit_lag(lags, modes[0], other.name, quick)]
 
 
@@ -217,35 +236,36 @@ def _traffic(backend: Backend) -> tuple[int, int]:
 
 
 def _bytes_figure(
-    dask: Backend,
-    before: tuple[int, int],
-    data: Dataset,
-    mode: str,
-    batch: int,
-    epochs: int,
-    quick: bool,
+    dask: Backend, before: tuple[int, int], data: Dataset, config: str, epochs: int, quick: bool
 ) -> Figure:
-    """MB per optimizer step that crossed between the trainer and the workers during
-    ``epochs`` epochs of ``mode`` at ``batch``, without the dataset's first sending."""
+    """MB per optimizer step that crossed between the trainer and the workers during the
+    last ``epochs`` epochs of ``config`` (``mode/b<batch>[/shard]``): parameters out,
+    gradients back. The rows were sent by an earlier fit and kept on the workers."""
     sent, returned = (after - was for after, was in zip(_traffic(dask), before, strict=True))
+    batch = int(config.split("/")[1][1:])
     steps = epochs * -(-len(data) // batch)
-    dataset_bytes = epochs * dask.workers * (data.X.nbytes + data.y.nbytes)
-    per_step = (sent - dataset_bytes + returned) / steps / 1e6
     details = {
-        "sent_MB": (sent - dataset_bytes) / steps / 1e6,
+        "sent_MB": sent / steps / 1e6,
         "returned_MB": returned / steps / 1e6,
-        "dataset_MB_per_worker_per_fit": (data.X.nbytes + data.y.nbytes) / 1e6,
+        "dataset_MB": (data.X.nbytes + data.y.nbytes) / 1e6,
         "steps": steps,
     }
-    what = f"array bytes per step, {mode}, batch {batch}, 4 shards, {dask.workers} workers"
+    what = f"array bytes per step, {config}, 4 shards, {dask.workers} workers"
     return _figure(
-        f"dask/bytes_per_step/mlp/{mode}/b{batch}", [per_step], "MB", what, quick, **details
+        f"dask/bytes_per_step/mlp/{config}",
+        [(sent + returned) / steps / 1e6],
+        "MB",
+        what,
+        quick,
+        **details,
     )
 
 
-async def _epoch_and_lag(backend: Backend, data: Dataset, mode: str, batch: int) -> Timed:
+async def _epoch_and_lag(
+    backend: Backend, data: Dataset, mode: str, batch: int, shuffle: str = "global"
+) -> Timed:
     """:func:`epoch_seconds`, and the lateness of a 1 ms heartbeat on the loop meanwhile."""
-    return await lag_while(functools.partial(epoch_seconds, backend, data, mode, batch))
+    return await lag_while(functools.partial(epoch_seconds, backend, data, mode, batch, shuffle))
 
 
 def _fit_lag(runs: list[list[Timed]], mode: str, other: str, quick: bool) -> Figure:

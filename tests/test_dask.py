@@ -49,10 +49,18 @@ async def _fit(
     model: Any = None,
     mode: str = "sync",
     callbacks: list[at.Callback] | None = None,
+    shuffle: str = "global",
 ) -> at.FitResult:
     model = SoftmaxRegression(128, 10) if model is None else model
     trainer = at.Trainer(
-        model, at.optim.adam(1e-2), backend=backend, batch_size=100, shards=4, seed=3, mode=mode
+        model,
+        at.optim.adam(1e-2),
+        backend=backend,
+        batch_size=100,
+        shards=4,
+        seed=3,
+        mode=mode,
+        shuffle=shuffle,
     )
     async with trainer:
         return await trainer.fit(data[0], epochs=2, validation=data[1], callbacks=callbacks or [])
@@ -133,15 +141,22 @@ class ArmAt(at.Callback):
             self.armed.touch()
 
 
+@pytest.mark.parametrize("shuffle", ["global", "shard"])
 async def test_a_killed_worker_costs_a_retried_shard_not_the_fit(
-    data: tuple[Dataset, Dataset], tmp_path: Path
+    shuffle: str, data: tuple[Dataset, Dataset], tmp_path: Path
 ) -> None:
+    """With shuffle="shard" the dead worker's partitions are sent again, to the worker
+    that takes its shards."""
     armed, fired = tmp_path / "armed", tmp_path / "fired"
-    reference = await _fit("inline", data)
+    reference = await _fit("inline", data, shuffle=shuffle)
     async with DaskBackend(workers=2) as backend:
         pids = set((await backend.client.run(os.getpid)).values())
         result = await _fit(
-            backend, data, model=KillOnce(armed, fired), callbacks=[ArmAt(3, armed)]
+            backend,
+            data,
+            model=KillOnce(armed, fired),
+            callbacks=[ArmAt(3, armed)],
+            shuffle=shuffle,
         )
         assert fired.exists(), "no worker was killed"
         after = set((await backend.client.run(os.getpid)).values())
@@ -166,6 +181,11 @@ async def test_own_cluster_listens_on_loopback_only_and_stops() -> None:
         assert bound, "the cluster listens somewhere"
         assert set(bound) == {"127.0.0.1"}, bound
         workers = backend.client.scheduler_info()["workers"]
+        # glibc's default malloc tuning: Dask's MALLOC_TRIM_THRESHOLD_ is not exported
+        # (it costs a quarter of a worker's CPU in page faults on an MLP's shards).
+        nannies = list(backend._cluster.workers.values())
+        assert nannies
+        assert all("MALLOC_TRIM_THRESHOLD_" not in nanny.pre_spawn_env for nanny in nannies)
     assert all(address.startswith("tcp://127.0.0.1:") for address in workers)
     assert backend.state == "closed"
 
@@ -342,6 +362,56 @@ async def test_a_step_ships_ids_and_indices_not_arrays(
     assert returned == steps * 4 * param_bytes
 
 
+class HeldAtEpochEnd(at.Callback):
+    """At every epoch's end, which worker keeps which partition (by its row labels)."""
+
+    def __init__(self, backend: DaskBackend, partitions: list[np.ndarray]) -> None:
+        self.backend, self.partitions = backend, partitions
+        self.where: list[dict[int, list[int]]] = []  # per epoch: partition -> lanes
+
+    async def on_epoch(self, event: at.EpochEvent) -> None:
+        tokens = {}
+        for handle in list(self.backend._handles):
+            y = handle.read(0).get("y")
+            for s, part in enumerate(self.partitions):
+                if y is not None and np.array_equal(y, part):  # kept by its content's id
+                    tokens[handle.content_id or handle.token] = s
+        assert len(tokens) == len(self.partitions)
+        where: dict[int, list[int]] = {s: [] for s in range(len(self.partitions))}
+        for i, lane in enumerate(self.backend._order):
+            reply = await self.backend.client.rpc(lane.address).actor_execute(
+                actor=lane.actor, function="held", args=[], kwargs={}
+            )
+            for token in reply["result"]:
+                if token in tokens:
+                    where[tokens[token]].append(i)
+        self.where.append(where)
+
+
+@pytest.mark.parametrize("mode", ["sync", "local"])
+async def test_shard_shuffle_keeps_each_partition_on_its_worker_only(
+    mode: str, data: tuple[Dataset, Dataset], dask_cluster: Any
+) -> None:
+    """shuffle="shard": partition s is sent once, to the worker running shard s (the
+    (s % 2)-th of 2), and no other worker ever holds it; the bits match inline's."""
+    from asynctrain.data._partition import shard_partitions
+
+    rows = shard_partitions(len(data[0]), batch_size=100, shards=4, seed=3)
+    labels = [data[0].y[part] for part in rows]
+    async with DaskBackend(dask_cluster.scheduler_address) as backend:
+        held = HeldAtEpochEnd(backend, labels)
+        result = await _fit(backend, data, mode=mode, callbacks=[held], shuffle="shard")
+        assert sum((await backend.kept()).values()) == 0  # all dropped after the fit
+        dataset = data[0].X.nbytes + data[0].y.nbytes
+        sent = backend.traffic.sent
+    assert held.where == [{0: [0], 1: [1], 2: [0], 3: [1]}] * 2
+    # Each row once, to one worker: less than one copy per worker would take on its own.
+    assert dataset < sent < 2 * dataset
+    reference = await _fit("inline", data, mode=mode, shuffle="shard")
+    assert _bits(result.params) == _bits(reference.params)
+    assert result.history[-1].val_loss == reference.history[-1].val_loss
+
+
 def _read(view: Any, slot: int) -> float:
     return float(view.read(slot)["v"][0])
 
@@ -376,3 +446,44 @@ def test_a_worker_store_keeps_one_version_per_slot_and_reports_what_it_lacks() -
     error = run(_read, shared, 5)  # a user error keeps its type and the worker's traceback
     assert isinstance(error.error, IndexError)
     assert "raised on a Dask worker" in "".join(error.error.__notes__)
+
+
+@pytest.mark.parametrize("shuffle", ["global", "shard"])
+async def test_a_second_fit_on_the_same_data_sends_no_rows(
+    shuffle: str, data: tuple[Dataset, Dataset], dask_cluster: Any
+) -> None:
+    """The workers keep a fit's data (by content) for the next fit; the bits are those of
+    a fresh backend's fit."""
+    dataset = data[0].X.nbytes + data[0].y.nbytes
+    async with DaskBackend(dask_cluster.scheduler_address) as backend:
+        first = await _fit(backend, data, shuffle=shuffle)
+        sent = backend.traffic.sent
+        later = await backend.kept(later=True)
+        assert sum((await backend.kept()).values()) == 0  # no handle is open
+        second = await _fit(backend, data, shuffle=shuffle)
+        again = backend.traffic.sent - sent
+    copies = 1 if shuffle == "shard" else 2  # partitions: each row on one worker
+    validation = data[1].X.nbytes + data[1].y.nbytes  # evaluated on both workers
+    assert copies * dataset <= sum(later.values()) <= copies * dataset + 2 * validation
+    assert sent - again >= copies * dataset  # the second fit sent none of the rows
+    assert _bits(second.params) == _bits(first.params)
+
+
+async def test_kept_data_makes_room_least_recently_used_first(
+    data: tuple[Dataset, Dataset], dask_cluster: Any
+) -> None:
+    """With room for one dataset, a fit on other data drops the first; keep_bytes=0
+    keeps nothing."""
+    other = synthetic("softmax", n=2400, seed=9).split(0.25, seed=0)
+    size = data[0].X.nbytes + data[0].y.nbytes
+    async with DaskBackend(dask_cluster.scheduler_address, keep_bytes=size) as backend:
+        await _fit(backend, data)
+        assert set((await backend.kept(later=True)).values()) == {size}  # not validation
+        sent = backend.traffic.sent
+        await _fit(backend, other)
+        assert set((await backend.kept(later=True)).values()) == {size}
+        await _fit(backend, data)  # dropped: sent again
+        assert backend.traffic.sent - sent >= 2 * (size + size)
+    async with DaskBackend(dask_cluster.scheduler_address, keep_bytes=0) as backend:
+        await _fit(backend, data)
+        assert sum((await backend.kept(later=True)).values()) == 0

@@ -32,7 +32,10 @@ def data() -> Dataset:
 
 
 async def _fit(
-    backend: str | at.backends.Backend, data: Dataset, callbacks: list[Any] | None = None
+    backend: str | at.backends.Backend,
+    data: Dataset,
+    callbacks: list[Any] | None = None,
+    shuffle: str = "global",
 ) -> at.FitResult:
     trainer = at.Trainer(
         SoftmaxRegression(128, 10),
@@ -41,6 +44,7 @@ async def _fit(
         batch_size=100,
         shards=4,
         seed=5,
+        shuffle=shuffle,
     )
     async with trainer:
         return await trainer.fit(data, epochs=1, callbacks=callbacks or [])
@@ -67,8 +71,10 @@ class AtStep(at.Callback):
 
 
 @pytest.mark.slow  # a cluster of its own, changing size
-async def test_resize_2_1_3_mid_fit_is_bit_identical(data: Dataset) -> None:
-    reference = await _fit("inline", data)
+@pytest.mark.parametrize("shuffle", ["global", "shard"])
+async def test_resize_2_1_3_mid_fit_is_bit_identical(shuffle: str, data: Dataset) -> None:
+    """With shuffle="shard" a partition follows its shard to its new worker."""
+    reference = await _fit("inline", data, shuffle=shuffle)
     async with DaskBackend(workers=2) as backend:
 
         def to(n: int) -> Any:
@@ -79,7 +85,7 @@ async def test_resize_2_1_3_mid_fit_is_bit_identical(data: Dataset) -> None:
             return resize
 
         sizes = AtStep({3: to(1), 9: to(3)})
-        result = await _fit(backend, data, [sizes])
+        result = await _fit(backend, data, [sizes], shuffle=shuffle)
         assert sizes.seen == {3: (1, 1), 9: (3, 3)}  # the pool really was that size
         used = {lane.address: lane.sent for lane in backend._order}
     assert len(used) == 3

@@ -38,11 +38,13 @@ from asynctrain.optim import GradientTransformation, _tree
 _NAME = re.compile(r"^step-(\d+)\.ckpt$")
 _COUNTERS = ("step", "version", "skipped", "epoch", "batch")
 _MUST_MATCH = {
-    "config": ("batch_size", "shards", "seed", "mode", "local_steps", "staleness"),
+    "config": ("batch_size", "shards", "seed", "shuffle", "mode", "local_steps", "staleness"),
     "model": ("class", "architecture", "input_shape", "n_features", "n_classes", "dtype"),
 }
 # Settings a full resume also needs equal; resume="params" lets them differ.
 _HYPERPARAMETERS = (("model", "repr"), ("optimizer", "repr"))
+# What a setting missing from a checkpoint written before it existed stands for.
+_ABSENT = {("config", "shuffle"): "global"}
 _KEY = re.compile(r"params/.+|(opt_state|callbacks)/(0|[1-9][0-9]{0,8})", re.DOTALL)
 _INT_MAX = 2**63 - 1
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -370,7 +372,8 @@ class Checkpoint:
             pairs += _HYPERPARAMETERS
         problems = []
         for section, key in pairs:
-            theirs, ours = self.section(section).get(key), here[section]
+            theirs = self.section(section).get(key, _ABSENT.get((section, key)))
+            ours = here[section]
             ours = ours[key] if isinstance(ours, dict) else ours
             if key == "repr" and (_opaque(theirs) or _opaque(ours)):
                 continue  # object.__repr__ (an address) shows no settings to compare
@@ -448,6 +451,7 @@ def describe_subject(subject: Subject) -> dict[str, Any]:
             "shards": config.shards,
             "seed": config.seed,
             "nonfinite": config.nonfinite,
+            "shuffle": config.shuffle,
             "mode": subject.mode.name,
             # Options of some modes only (None in the others).
             "local_steps": None,
@@ -583,7 +587,16 @@ def _is_seed_sequence(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 and all(map(_count(0), value))
 
 
-_RESTORED = ("batch_size", "shards", "seed", "nonfinite", "mode", "local_steps", "staleness")
+_RESTORED = (
+    "batch_size",
+    "shards",
+    "seed",
+    "nonfinite",
+    "shuffle",
+    "mode",
+    "local_steps",
+    "staleness",
+)
 _TOP: dict[str, Callable[[Any], bool]] = {
     "asynctrain_version": _is_text,
     "numpy_version": _is_text,
@@ -596,6 +609,7 @@ _SECTIONS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "shards": _count(1),
         "seed": _count(0),
         "nonfinite": _is_text,
+        "shuffle": _optional(_is_text),
         "mode": _is_text,
         "local_steps": _optional(_count(1)),
         "staleness": _optional(_count(0)),

@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from asynctrain._config import TrainConfig
-from asynctrain._engine._step import Mode, StepContext
+from asynctrain._engine._step import Mode, Partitions, StepContext
 from asynctrain._engine._update import Updater, zeros_like
 from asynctrain._engine._work import ship_model
 from asynctrain._monitor import LoopLagMonitor
 from asynctrain._sparse import pack
 from asynctrain.backends import Backend, SharedArrays
 from asynctrain.data import Dataset
+from asynctrain.data._partition import shard_partitions
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ async def open_context(
     validation: Dataset | None,
     *,
     streaming: bool = False,
+    partitions: list[Mapping[str, Any]] | None = None,
 ) -> AsyncIterator[tuple[StepContext, SharedArrays | None]]:
     """Share a fit's data, parameters, gradient buffers, validation data and (for workers
     in other processes) the model's pickle; release them when the block ends, however it
@@ -47,7 +49,9 @@ async def open_context(
 
     ``data`` is either the arrays to share (``{"X": ..., "y": ...}``) or a handle someone
     else shared and releases (a stream's ring of batch buffers). Parameter and gradient
-    slot counts come from the fit's mode.
+    slot counts come from the fit's mode. With ``partitions`` (``shuffle="shard"``:
+    each shard's rows, as :func:`partition_arrays` gives them) ``data`` is not shared:
+    every partition is shared on its own instead.
     """
     backend, updater, mode = parts.backend, parts.updater, parts.mode
     shards, params = parts.config.shards, updater.state.params
@@ -58,7 +62,13 @@ async def open_context(
             stack.push_async_callback(backend.release, handle)
             return handle
 
-        shared_data = data if isinstance(data, SharedArrays) else await share(data)
+        placed = None
+        if partitions is not None:
+            handles = tuple([await share(part) for part in partitions])
+            placed = Partitions(handles, _starts(partitions))
+            shared_data = handles[0]
+        else:
+            shared_data = data if isinstance(data, SharedArrays) else await share(data)
         ctx = StepContext(
             model=parts.model,
             backend=backend,
@@ -71,9 +81,23 @@ async def open_context(
             streaming=streaming,
             seed=parts.config.seed,
             shipped=await ship_model(parts.model, shared_data, share),
+            partitions=placed,
+            share=share,
         )
         val = None if validation is None else await share(arrays_of(validation))
         yield ctx, val
+
+
+def partition_arrays(dataset: Dataset, batch_size: int, shards: int, seed: int) -> list[Any]:
+    """The arrays of each shard's partition of ``dataset`` (``shuffle="shard"``), in
+    shard order: the rows of :func:`~asynctrain.data._partition.shard_partitions`, copied."""
+    rows = shard_partitions(len(dataset), batch_size=batch_size, shards=shards, seed=seed)
+    return [arrays_of(dataset._take(part)) for part in rows]
+
+
+def _starts(partitions: list[Mapping[str, Any]]) -> tuple[int, ...]:
+    sizes = [len(part["y"]) for part in partitions]
+    return tuple(sum(sizes[:s]) for s in range(len(sizes)))
 
 
 def arrays_of(dataset: Dataset) -> dict[str, Any]:

@@ -117,7 +117,9 @@ class Local:
             await ctx.updater.commit(_per_shard, ctx.shards)
             per_shard: LocalOptState = ctx.updater.state.opt_state
             arrays = to_arrays(per_shard.shards[0])
-            states = await ctx.backend.share(arrays, slots=ctx.shards) if arrays else None
+            # Released with the fit's other shared arrays when it ends.
+            share = ctx.backend.share if ctx.share is None else ctx.share
+            states = await share(arrays, slots=ctx.shards) if arrays else None
             fit = _Fit(skeleton(per_shard.shards[0]), states, zeros_like(ctx.updater.state.params))
             await ctx.updater.call(_write_states, fit, per_shard)
             ctx.extra["local"] = fit
@@ -133,7 +135,16 @@ class Local:
         parts = [split_indices(batch, ctx.shards) for batch in batches]
         streams = [tuple(batch[s] for batch in parts) for s in range(ctx.shards)]
         tasks = [
-            LocalTask(state.step, s, state.version, slot, s, own, fit.skeleton, ctx.seed)
+            LocalTask(
+                state.step,
+                s,
+                state.version,
+                slot,
+                s,
+                tuple(ctx.rows_of(s, part) for part in own),
+                fit.skeleton,
+                ctx.seed,
+            )
             for s, own in enumerate(streams)
             if any(len(part) for part in own)
         ]
@@ -143,7 +154,7 @@ class Local:
                 local_shard,
                 ctx.carried,
                 optimizer,
-                ctx.data,
+                ctx.data_of(task.shard),
                 ctx.params,
                 ctx.grads,
                 fit.states,

@@ -10,7 +10,7 @@ import collections
 import functools
 import statistics
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -129,6 +129,18 @@ class Placement:
         times.append(seconds / shards)
 
 
+@dataclass(frozen=True)
+class Partitions:
+    """Shard-local sampling's data (``shuffle="shard"``): each shard's partition of the
+    rows shared on its own, and the position in an epoch's order where it starts (see
+    :mod:`asynctrain.data._partition`). Shard ``s``'s tasks read ``handles[s]`` at rows
+    ``position - starts[s]``, so a backend can keep partition ``s`` only where shard
+    ``s`` runs."""
+
+    handles: tuple[SharedArrays, ...]
+    starts: tuple[int, ...]
+
+
 @dataclass
 class StepContext:
     """What a mode needs to run steps: the work's ingredients, shared once per fit.
@@ -160,6 +172,27 @@ class StepContext:
     weight: float = 0.0
     """Total sample weight of the steps so far (``samples`` without sample weights)."""
     extra: dict[str, Any] = field(default_factory=dict)
+    share: Callable[..., Awaitable[SharedArrays]] | None = None
+    """Shares arrays with the backend until the fit ends (``await ctx.share(arrays,
+    slots=n)``), for what a mode keeps per fit; None: the mode shares and releases its
+    own."""
+    partitions: Partitions | None = None
+    """With ``shuffle="shard"``: the shards' partitions (``data`` is then partition 0's
+    handle; tasks read :meth:`data_of` their shard)."""
+
+    def data_of(self, shard: int) -> SharedArrays:
+        """The data shard ``shard``'s tasks read: its partition, or all of the data."""
+        return self.data if self.partitions is None else self.partitions.handles[shard]
+
+    def rows_of(self, shard: int, rows: Rows) -> Rows:
+        """``rows`` of an epoch's order (positions, with partitions) as rows of
+        :meth:`data_of` ``shard``."""
+        start = 0 if self.partitions is None else self.partitions.starts[shard]
+        if not start:
+            return rows
+        if isinstance(rows, range):  # a stream's rows: never partitioned
+            return range(rows.start - start, rows.stop - start)
+        return rows - start
 
     @property
     def carried(self) -> Any:
@@ -230,7 +263,9 @@ def shard_tasks(
     state = ctx.updater.state
     slot = state.version % ctx.params.slots
     return [
-        ShardTask(step, s, state.version, slot, grad_base + s, part, data_slot, ctx.seed)
+        ShardTask(
+            step, s, state.version, slot, grad_base + s, ctx.rows_of(s, part), data_slot, ctx.seed
+        )
         for s, part in enumerate(split_indices(indices, ctx.shards))
         if len(part)
     ]
@@ -238,7 +273,8 @@ def shard_tasks(
 
 async def compute(ctx: StepContext, task: ShardTask) -> ShardResult:
     """Compute one shard task on the backend (a step of one shard awaits this directly)."""
-    return await ctx.backend.run(compute_shard, ctx.carried, ctx.data, ctx.params, ctx.grads, task)
+    data = ctx.data_of(task.shard)
+    return await ctx.backend.run(compute_shard, ctx.carried, data, ctx.params, ctx.grads, task)
 
 
 async def run_shard(ctx: StepContext, task: ShardTask, queue: asyncio.Queue[ShardResult]) -> None:

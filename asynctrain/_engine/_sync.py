@@ -63,7 +63,9 @@ class Sync:
         tasks = shard_tasks(ctx, indices, step=ctx.updater.state.step, data_slot=data_slot)
         if len(tasks) == 1:
             results = [await compute(ctx, tasks[0])]
-        elif ctx.backend.inline:
+        elif ctx.backend.inline or ctx.partitions is not None:
+            # Partitioned data: a task per shard, so each reads only its own partition
+            # (and a cluster backend runs it where that partition is kept).
             results = await _run_together(ctx, tasks)
         else:
             results = await _run_placed(ctx, tasks)

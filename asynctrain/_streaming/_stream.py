@@ -109,7 +109,17 @@ async def stream_events(
     ``names`` holds the fit's feature names; a batch that is a data frame must match them
     (the first named batch sets them when there are none yet). ``class_weight`` (a dict,
     checked by the caller) weighs each batch's rows by class.
+
+    Raises:
+        ConfigError: the trainer has ``shuffle="shard"``, which partitions a dataset it
+            holds whole (a stream's rows come once, in the order they arrive).
     """
+    if parts.config.shuffle != "global":
+        raise ConfigError(
+            f"shuffle={parts.config.shuffle!r} partitions an in-memory dataset between the "
+            "shards; a stream is read in the order it arrives: use the default "
+            "shuffle='global' to train on a stream"
+        )
     step = _stream_step(parts.mode)
     batch_size = parts.config.batch_size
     async with open_feed(

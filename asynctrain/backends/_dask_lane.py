@@ -131,7 +131,10 @@ class Lane:
     async def _send(self, items: list[_Item], batch: list[tuple[Call, list[Any]]]) -> None:
         try:
             reply = await self._rpc(self.address).actor_execute(
-                actor=self.actor, function="execute", args=[_to_serialize(batch)], kwargs={}
+                actor=self.actor,
+                function="execute",
+                args=[_to_serialize(batch)],
+                kwargs={},
             )
             if reply.get("status") != "OK":
                 raise LaneLost(f"Dask worker {self.address} refused the batch: {reply}")

@@ -23,6 +23,9 @@ import numpy.typing as npt
 from asynctrain.backends._base import Arrays
 from asynctrain.backends._dask_shared import Call, Carried, Content, Envelope, HandleRef
 
+KEPT = "kept:"
+"""Binding prefix of contents kept after their handle was released."""
+
 
 class SlotMissing(BaseException):
     """A task read a slot its worker does not hold; the backend re-runs the task.
@@ -46,17 +49,30 @@ class WorkerStore:
         """Run each ``(call, carried)`` of ``batch`` in order; one envelope per call."""
         return [self._run(call, carried) for call, carried in batch]
 
-    def forget(self, tokens: list[str]) -> None:
-        """Drop everything kept for the handles with these tokens (they were released)."""
+    def forget(
+        self, tokens: list[str], keep: list[str] | None = None, drop: list[str] | None = None
+    ) -> None:
+        """Drop everything kept for the handles with these tokens (they were released),
+        except the contents ``keep`` names: those stay, for a later fit, until a call's
+        ``drop`` names them."""
+        for cid in keep or []:
+            if cid in self._contents:
+                self._bind((KEPT + cid, 0), cid)
         dropped = set(tokens)
         for key in [key for key in self._bound if key[0] in dropped]:
             self._unbind(key)
+        for cid in drop or []:
+            self._unbind((KEPT + cid, 0))
 
     def held(self) -> dict[str, int]:
-        """Bytes kept per handle token (for tests and reports)."""
+        """Bytes kept per handle token (per content id, for contents named by one), and
+        under ``"kept"`` the contents kept for later fits that no handle uses now (for
+        tests and reports)."""
+        live = {cid for key, cid in self._bound.items() if not key[0].startswith(KEPT)}
         sizes: dict[str, int] = collections.defaultdict(int)
         for cid, arrays in self._contents.items():
-            sizes[cid.split(":")[0]] += sum(a.nbytes for a in arrays.values())
+            owner = cid.split(":")[0] if cid in live else "kept"
+            sizes[owner] += sum(a.nbytes for a in arrays.values())
         return dict(sizes)
 
     def _run(self, call: Call, carried: list[list[Carried]]) -> Envelope:
