@@ -149,6 +149,12 @@ def _add_training_options(parser: argparse.ArgumentParser, *, epochs: int, lr: f
     parser.add_argument(
         "--staleness", type=int, default=None, help="versions a step may lag behind (ssp)"
     )
+    parser.add_argument(
+        "--shuffle",
+        default="global",
+        choices=["global", "shard"],
+        help="shard: each shard keeps its own partition of the rows (see docs/scaling-out.md)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
@@ -564,6 +570,7 @@ def _fit_and_report(
         mode=args.mode,
         local_steps=args.local_steps,
         staleness=args.staleness,
+        shuffle=args.shuffle,
     )
     progress = Progress(enabled=not (args.no_progress or args.json))
     options = dict(fit_options or {})

@@ -306,3 +306,19 @@ def test_predict_from_a_checkpoint_the_library_wrote(softmax_file: Path, tmp_pat
     pred = tmp_path / "p.npy"
     assert main(["predict", str(tmp_path / "run"), str(softmax_file), "--out", str(pred)]) == 0
     np.testing.assert_array_equal(np.load(pred), trainer.predict(data.X))
+
+
+def test_shuffle_shard_trains_as_the_library_does(softmax_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.npz"
+    argv = ["train", str(softmax_file), "--model", "softmax", "--epochs", "2", "--no-progress"]
+    assert main([*argv, "--no-validation", "--shuffle", "shard", "--out", str(out)]) == 0
+    data = load(softmax_file)
+    model = at.models.SoftmaxRegression(data.n_features, 10)
+    trainer = at.Trainer(model, at.optim.adam(0.01), backend="thread", seed=0, shuffle="shard")
+    result = at.run(trainer.fit(data, epochs=2))
+    global_ = at.Trainer(model, at.optim.adam(0.01), backend="thread", seed=0)
+    other = at.run(global_.fit(data, epochs=2))
+    with np.load(out, allow_pickle=False) as saved:
+        for name, value in result.params.items():
+            assert saved[name].tobytes() == value.tobytes()
+        assert saved["W"].tobytes() != other.params["W"].tobytes()  # the option took effect
