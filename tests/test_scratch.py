@@ -14,7 +14,7 @@ import numpy.typing as npt
 import pytest
 import scipy.sparse
 
-from asynctrain.models import MLP, check_gradients
+from asynctrain.models import MLP, _mlp, check_gradients
 from asynctrain.models._scratch import Workspace, borrowed
 
 Array = npt.NDArray[Any]
@@ -69,14 +69,21 @@ def test_concurrent_borrowers_never_share_a_workspace() -> None:
 
 # -- the MLP in blocks of rows ---------------------------------------------------------
 
-# 1,000 hidden units in float64: blocks of 64 rows, so 150 rows take three blocks, the
-# last one short.
+# 1,000 hidden units in float64, with blocks bounded to 512 KiB (:func:`small_blocks`):
+# blocks of 64 rows, so 150 rows take three blocks, the last one short.
+N_WIDE = 150
 WIDE = [
     MLP((4, 1000, 3), dtype=np.float64, l2=0.01),
     MLP((4, 1000, 6, 3), activation="tanh", dtype=np.float64),
     MLP((4, 1000, 2), task="regression", dtype=np.float64, l2=0.01),
     MLP((4, 1000, 1), activation="tanh", task="regression", dtype=np.float64),
 ]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 64 rows for :data:`WIDE`: several blocks for a few rows."""
+    monkeypatch.setattr(_mlp, "_BLOCK_BYTES", 2**19)
 
 
 def _data(model: MLP, n: int, seed: int = 0) -> tuple[Array, Array, Array]:
@@ -93,25 +100,27 @@ def _ids(model: MLP) -> str:
     return f"{model.sizes}-{model.activation}-{model.task}"
 
 
+@pytest.mark.usefixtures("small_blocks")
 @pytest.mark.parametrize("model", WIDE, ids=_ids)
 @pytest.mark.parametrize("weighted", [False, True])
 def test_gradient_over_several_blocks_matches_finite_differences(
     model: MLP, weighted: bool
 ) -> None:
-    X, y, weight = _data(model, 150)
+    X, y, weight = _data(model, N_WIDE)
     params = model.init(np.random.default_rng(1))
     result = check_gradients(model, params, X, y, sample_weight=weight if weighted else None)
     assert result.ok, result
 
 
+@pytest.mark.usefixtures("small_blocks")
 @pytest.mark.parametrize("model", WIDE, ids=_ids)
 def test_blocks_add_up_to_the_batch(model: MLP) -> None:
-    X, y, weight = _data(model, 150)
+    X, y, weight = _data(model, N_WIDE)
     params = model.init(np.random.default_rng(1))
     loss, grads = model.loss_and_grad(params, X, y, sample_weight=weight)
     parts = [
         model.loss_and_grad(params, X[rows], y[rows], sample_weight=weight[rows])
-        for rows in (slice(0, 7), slice(7, 100), slice(100, 150))
+        for rows in (slice(0, 7), slice(7, 100), slice(100, N_WIDE))
     ]
     assert loss == pytest.approx(sum(part[0] for part in parts), rel=1e-12)
     for key in params:
@@ -119,11 +128,12 @@ def test_blocks_add_up_to_the_batch(model: MLP) -> None:
         np.testing.assert_allclose(grads[key], total, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.usefixtures("small_blocks")
 def test_sparse_input_over_several_blocks_matches_dense() -> None:
     model = MLP((30, 1000, 3), dtype=np.float64)
     rng = np.random.default_rng(2)
-    dense = rng.standard_normal((150, 30)) * (rng.random((150, 30)) < 0.2)
-    y = rng.integers(0, 3, 150)
+    dense = rng.standard_normal((N_WIDE, 30)) * (rng.random((N_WIDE, 30)) < 0.2)
+    y = rng.integers(0, 3, N_WIDE)
     params = model.init(rng)
     loss, grads = model.loss_and_grad(params, dense, y)
     sparse_loss, sparse_grads = model.loss_and_grad(params, scipy.sparse.csr_array(dense), y)
@@ -174,11 +184,13 @@ def test_a_call_allocates_no_hidden_layer_arrays() -> None:
     assert peak < 2 * gradients + hidden // 8, (peak, gradients)
 
 
-def test_the_reference_mlp_blocks_stay_on_the_small_matrix_path() -> None:
+def test_blocks_bound_memory_and_a_shard_is_one_block() -> None:
     model, _, X, _ = _reference_shard()
-    rows = model._block_rows(len(X))
-    assert rows * 256 * 10 <= 10**6  # OpenBLAS's no-packing kernel (see _mlp.py)
-    assert rows * 256 * 4 <= 2**19  # a hidden block fits a core's L2 cache
+    assert model._block_rows(len(X)) == len(X)  # few, long numpy calls: see _mlp.py
+    rows = model._block_rows(100_000)
+    assert rows * 256 * 4 <= 2**23  # a hidden block within the scratch bound
+    assert -(-100_000 // rows) * rows - 100_000 < 32 * 13  # as even as multiples of 32 allow
+    assert WIDE[0]._block_rows(2500) == 864  # 1,024 at most: 864, 864, 772
 
 
 def test_the_model_pickles_as_before_it_computed() -> None:

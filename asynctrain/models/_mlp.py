@@ -39,11 +39,13 @@ from asynctrain.models._scratch import Workspace, borrowed
 _ACTIVATIONS = ("relu", "tanh")
 _INITIALIZERS = ("auto", "uniform")
 _TASKS = ("classification", "regression")
-_BLOCK_BYTES = 2**19  # a (rows, width) block of this size stays in a core's L2 cache
-# OpenBLAS multiplies matrices of at most 10^6 multiply-adds by a kernel that packs
-# nothing: the output layer's thin products (rows x 256 x 10 on the reference MLP) run
-# about 1.4x faster with blocks of 384 rows than of 512.
-_SMALL_PRODUCT = 10**6
+# Blocks bound the scratch memory a call holds (a layer's block is at most this big), not
+# its speed. Smaller blocks (a few hundred rows, to stay in L2 and on OpenBLAS's small-
+# matrix kernel) made one thread's shard a few per cent faster, but a shard then makes
+# many more short numpy calls, and threads that share the GIL wait on each other at each
+# one: a 2-worker MLP epoch at batch 4096 took 15 % longer with 352-row blocks than with
+# one block per 2,048-row shard (interleaved, load average 1).
+_BLOCK_BYTES = 2**23
 _MIN_BLOCK_ROWS = 64
 
 
@@ -198,12 +200,11 @@ class MLP:
 
     def _block_rows(self, n: int) -> int:
         """Rows computed together out of ``n``: at most as many as keep the widest
-        layer's block near ``_BLOCK_BYTES`` (each pass over it then finds it in the core's
-        cache) and the output layer's products within ``_SMALL_PRODUCT``, as even a split
-        as multiples of 32 rows allow (no thin last block)."""
-        cached = _BLOCK_BYTES // (max(self.sizes[1:]) * self.dtype.itemsize)
-        small = _SMALL_PRODUCT // (self.sizes[-2] * self.sizes[-1])
-        return _even_rows(n, max(_MIN_BLOCK_ROWS, min(cached, small) // 32 * 32))
+        layer's block within ``_BLOCK_BYTES`` (8,192 rows of the reference MLP's 256
+        float32 units, so a shard is usually one block), as even a split as multiples of
+        32 rows allow (no thin last block)."""
+        most = _BLOCK_BYTES // (max(self.sizes[1:]) * self.dtype.itemsize)
+        return _even_rows(n, max(_MIN_BLOCK_ROWS, most // 32 * 32))
 
     def _forward_into(
         self, params: Params, X: npt.NDArray[Any], work: Workspace
@@ -282,10 +283,10 @@ class MLP:
     ) -> tuple[float, Grads]:
         """Return the summed loss and its gradient (see :class:`Model`).
 
-        The rows go through the network a block at a time (a few hundred rows, see
-        :meth:`_block_rows`), in scratch memory reused from call to call
-        (:mod:`._scratch`): every element-wise pass then runs in cache, and a call
-        allocates little more than the gradients it returns.
+        The rows go through the network in blocks of bounded size (one block for a
+        shard of up to thousands of rows, see :meth:`_block_rows`), in scratch memory
+        reused from call to call (:mod:`._scratch`): a call allocates little more than
+        the gradients it returns.
 
         Args:
             params: ``W0, b0, W1, b1, ...`` as returned by ``init``.
