@@ -32,7 +32,7 @@ from benchmarks._figure import Figure, ratio_figure
 from benchmarks._scale import command, dataset, level, repeats, samples
 from benchmarks._workloads import MLP_HIDDEN, PROBLEM_NAMES, head, timed_epochs
 
-TARGETS = {"mlp": "<= 1.5"}
+TARGETS = {"mlp": "<= 2.0"}  # issue 20, goal 6
 
 
 class Setting(NamedTuple):
