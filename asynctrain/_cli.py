@@ -329,7 +329,7 @@ def _encode(args: argparse.Namespace, data: Dataset) -> tuple[ModelSpec, Dataset
         outputs = 1 if y.ndim == 1 else y.shape[1]
         spec = ModelSpec(args.model, data.n_features, outputs, args.hidden, task)
         spec = _named(spec, data)
-        return spec, data if y is data.y else _relabelled(data, y)
+        return spec, data if y is data.y else _replaced(data, y=y)
     if data.y.ndim != 1:
         raise DataError(f"classification needs 1-D labels, got y of shape {data.y.shape}")
     classes, codes = np.unique(data.y, return_inverse=True)
@@ -346,12 +346,15 @@ def _encode(args: argparse.Namespace, data: Dataset) -> tuple[ModelSpec, Dataset
         )
     spec = ModelSpec(args.model, data.n_features, len(classes), args.hidden, task)
     spec = _named(ModelSpec(**{**asdict(spec), "classes": classes.tolist()}), data)
-    return spec, _relabelled(data, codes.astype(np.int64))
+    return spec, _replaced(data, y=codes.astype(np.int64))
 
 
-def _relabelled(data: Dataset, y: npt.NDArray[Any]) -> Dataset:
-    """``data`` with targets ``y``, keeping its weights and feature names."""
-    return Dataset(data.X, y, sample_weight=data.sample_weight, feature_names=data.feature_names)
+def _replaced(data: Dataset, *, X: Any = None, y: Any = None) -> Dataset:
+    """``data`` with features ``X`` or targets ``y`` replaced, keeping its weights and
+    feature names."""
+    X = data.X if X is None else X
+    y = data.y if y is None else y
+    return Dataset(X, y, sample_weight=data.sample_weight, feature_names=data.feature_names)
 
 
 def _named(spec: ModelSpec, data: Dataset) -> ModelSpec:
@@ -415,8 +418,7 @@ def _standardized(spec: ModelSpec, train: Dataset) -> ModelSpec:
 
 
 def _scaled(spec: ModelSpec, data: Dataset) -> Dataset:
-    X = spec.features(data.X, data.dtype)
-    return Dataset(X, data.y, sample_weight=data.sample_weight, feature_names=data.feature_names)
+    return _replaced(data, X=spec.features(data.X, data.dtype))
 
 
 def _check_dask() -> None:

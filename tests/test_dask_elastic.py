@@ -54,6 +54,18 @@ def _same_bits(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
 
 
+def _one_worker_cluster() -> Any:
+    """A cluster of its own (one worker process, loopback only), for a test that resizes it."""
+    return distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        asynchronous=True,
+    )
+
+
 async def _pids(backend: DaskBackend) -> set[int]:
     return set((await backend.client.run(os.getpid)).values())
 
@@ -115,14 +127,7 @@ async def test_every_worker_killed_then_new_ones_join(data: Dataset) -> None:
 
 async def test_no_worker_joins_within_the_wait_is_a_clear_error(data: Dataset) -> None:
     async with (
-        distributed.LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            host="127.0.0.1",
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-            asynchronous=True,
-        ) as cluster,
+        _one_worker_cluster() as cluster,
         DaskBackend(cluster.scheduler_address, wait_for_workers=1.5) as backend,
     ):
 
@@ -140,14 +145,7 @@ async def test_no_worker_joins_within_the_wait_is_a_clear_error(data: Dataset) -
 async def test_a_worker_that_joins_takes_shards_from_the_next_step(data: Dataset) -> None:
     reference = await _fit("inline", data)
     async with (
-        distributed.LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            host="127.0.0.1",
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-            asynchronous=True,
-        ) as cluster,
+        _one_worker_cluster() as cluster,
         DaskBackend(cluster.scheduler_address) as backend,
     ):
 
