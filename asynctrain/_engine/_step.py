@@ -262,6 +262,10 @@ def shard_tasks(
     """
     state = ctx.updater.state
     slot = state.version % ctx.params.slots
+    if ctx.shards == 1:  # one shard: the whole batch, no split
+        rows = ctx.rows_of(0, indices)
+        task = ShardTask(step, 0, state.version, slot, grad_base, rows, data_slot, ctx.seed)
+        return [task] if len(indices) else []
     return [
         ShardTask(
             step, s, state.version, slot, grad_base + s, ctx.rows_of(s, part), data_slot, ctx.seed
