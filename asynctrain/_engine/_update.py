@@ -23,7 +23,8 @@ from asynctrain._threads import ThreadPool
 from asynctrain._types import Grads, Params
 from asynctrain.backends import SharedArrays
 from asynctrain.optim import apply_updates, global_norm
-from asynctrain.optim._tree import arrays_in, leaves
+from asynctrain.optim._flat import buffers_in, flat_or_values, flat_zeros, freeze
+from asynctrain.optim._tree import leaves
 
 T = TypeVar("T")
 
@@ -68,7 +69,8 @@ class Updater:
         self.optimizer = optimizer
         self.state = state
         self.nonfinite = nonfinite
-        self._scratch: Grads = zeros_like(state.params)
+        # Views of one buffer: the optimizer's element-wise passes run once over it.
+        self._scratch: Grads = flat_zeros(state.params)
         self._backup = StateBackup()
         self._thread = None if inline else ThreadPool(1, name="asynctrain-update")
 
@@ -140,8 +142,7 @@ class Updater:
                 results, grads, mean_loss(loss_sum, weight), n, weight, problem, advance
             )
         version = state.version + 1
-        for value in params.values():  # fresh arrays from apply_updates: freeze, no views
-            value.flags.writeable = False
+        freeze(params)  # fresh arrays from apply_updates (views of a fresh buffer)
         publish.write(version % publish.slots if slot is None else slot, params)
         self.state = TrainState(
             state.step + 1,
@@ -160,7 +161,7 @@ class Updater:
         updates, opt_state = self.optimizer.update(acc, state.opt_state, state.params)
         params = apply_updates(state.params, updates)
         problem = None
-        if not all_finite([*params.values(), *self._backup.walk(opt_state)]):
+        if not all_finite([*flat_or_values(params), *self._backup.walk(opt_state)]):
             problem = _first_nonfinite(0.0, params, "parameter", from_shards=False)
             problem = problem or _nonfinite_state(opt_state)
             self._backup.restore()
@@ -218,8 +219,8 @@ class StateBackup:
         self._walked: tuple[object, list[npt.NDArray[Any]]] = (object(), [])
 
     def walk(self, opt_state: Any) -> list[npt.NDArray[Any]]:
-        """The arrays of ``opt_state`` (:func:`arrays_in`), remembered for :meth:`save`."""
-        arrays = arrays_in(opt_state)
+        """The arrays of ``opt_state`` (:func:`buffers_in`), remembered for :meth:`save`."""
+        arrays = buffers_in(opt_state)
         self._walked = (opt_state, arrays)
         return arrays
 
@@ -232,7 +233,7 @@ class StateBackup:
         """
         walked, arrays = self._walked
         if walked is not opt_state:
-            arrays = arrays_in(opt_state)
+            arrays = buffers_in(opt_state)
         copies, saved = self._copies, self._arrays
         # The same array objects as last time (the usual case: state updated in place)
         # fit the copies already; any other array list is checked and copied afresh.
