@@ -220,7 +220,10 @@ def global_norm(tree: Grads) -> float:
         >>> global_norm({"a": np.array([3.0]), "b": np.array([[4.0]])})
         5.0
     """
-    return math.sqrt(sum(_sum_of_squares(x) for x in tree.values()))
+    total = 0.0
+    for x in tree.values():
+        total += _sum_of_squares(x)
+    return math.sqrt(total)
 
 
 def _sum_of_squares(x: Array) -> float:

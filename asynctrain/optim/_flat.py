@@ -113,6 +113,8 @@ def layout_of(arrays: Mapping[str, Any]) -> tuple[Layout, np.dtype[Any]] | None:
 def flat_empty(like: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
     """Uninitialised arrays shaped like ``like``: a :class:`FlatArrays` when they can
     share a buffer, else a dict of separate arrays."""
+    if type(like) is FlatArrays and like.flat is not None:  # every step's new parameters
+        return FlatArrays(np.empty_like(like.flat), like.layout)
     found = layout_of(like)
     if found is None:
         return {k: np.empty_like(v) for k, v in like.items()}
