@@ -54,13 +54,12 @@ def test_the_faster_of_grouped_and_spread_is_chosen() -> None:
     assert _trained(1e-3, 1e-3).tasks(4, workers=2) == 1  # a tie: one task
 
 
-def test_spread_while_warming_up_then_alternating() -> None:
+def test_one_task_a_shard_while_warming_up_then_alternating() -> None:
     placement = Placement()
     for _ in range(WARM_UP):
-        assert placement.tasks(4, workers=2) == 2  # every worker runs a task
-        assert placement.tasks(4, workers=1) == 1
+        assert placement.tasks(4, workers=2) == 4
         assert placement.tasks(1, workers=0) == 1
-        placement.record(2, 4, 1.0)  # not timed: it would have made spreading look slow
+        placement.record(4, 4, 1.0)  # not timed: it would have made spreading look slow
     seen = []
     for _ in range(MEASURED):
         seen.append(placement.tasks(4, workers=2))
@@ -109,8 +108,8 @@ def test_small_steps_on_a_local_backend_run_on_the_loop() -> None:
     assert slow.tasks(4, workers=2, local=True) == 1
     one = Placement()  # one worker: never spread, on the loop once known to be small
     for _ in range(WARM_UP):
-        assert one.tasks(4, workers=1, local=True) == 1
-        one.record(1, 4, 1.0, math=1.0)  # warming up: not timed
+        assert one.tasks(4, workers=1, local=True) == 4
+        one.record(4, 4, 1.0)  # warming up: not timed
     assert one.tasks(4, workers=1, local=True) == 1  # not timed yet
     one.record(1, 4, 2 * LOOP_BUDGET, math=LOOP_BUDGET / 2)  # the hand-off cost the rest
     assert one.tasks(4, workers=1, local=True) == 0
@@ -166,7 +165,7 @@ def test_a_later_fit_of_the_same_kind_takes_up_the_choice() -> None:
         _kind(Remembering()),
     ):
         assert other is not first
-        assert other.tasks(4, workers=2) == 2  # warming up
+        assert other.tasks(4, workers=2) == 4  # warming up
 
 
 def test_a_resumed_placement_tries_the_other_choice_within_reprobe_steps() -> None:
@@ -346,9 +345,9 @@ async def test_cancel_during_a_step_on_the_loop_leaves_a_whole_step(step: int) -
         model.task = asyncio.create_task(trainer.fit(data, epochs=1))
         with pytest.raises(asyncio.CancelledError):
             await model.task
-        # Warming up: 2 tasks a step; measuring: 2 a spread step, and one grouped step
+        # Warming up: 4 tasks a step; measuring: 2 a spread step, and one grouped step
         # before the math is timed; every other step computed on the loop.
-        assert backend.runs <= 2 * WARM_UP + MEASURED + 1
+        assert backend.runs <= 4 * WARM_UP + MEASURED + 1
         # Wherever the step computed, the cancellation lands at a step boundary: before
         # the update (handed off), in the update, which finishes (computed on the loop),
         # or in the step after it.

@@ -27,7 +27,7 @@ from asynctrain.data import batch_bounds, shard_bounds
 T = TypeVar("T")
 
 WARM_UP = 8
-"""Steps of a placement's first fit that run spread and are not timed."""
+"""Steps of a placement's first fit that run one task per shard and are not timed."""
 MEASURED = 8
 """Timed steps, alternating spread and grouped, before the first choice."""
 WINDOW = 16
@@ -55,7 +55,7 @@ class Placement:
     workers either spread (``min(S, workers)`` tasks of contiguous shards) or grouped (one
     task that computes every shard in turn), whichever the fit has measured to be faster:
 
-    * its first :data:`WARM_UP` steps run spread (so every worker has run a task) and
+    * its first :data:`WARM_UP` steps run one task per shard, as a step always did, and
       are not timed (first-touch page faults, imports on the workers);
     * the next :data:`MEASURED` steps alternate spread and grouped, timed on the loop's
       clock (per shard, so a short last batch counts alike);
@@ -90,7 +90,7 @@ class Placement:
     Example:
         >>> placement = Placement()
         >>> placement.tasks(4, workers=2)  # warming up
-        2
+        4
         >>> for _ in range(WARM_UP + MEASURED):  # grouped: 100 us (40 of math), spread: 300
         ...     k = placement.tasks(4, workers=2)
         ...     placement.record(k, 4, 100e-6 if k == 1 else 300e-6, math=40e-6)
@@ -117,9 +117,9 @@ class Placement:
         ``local``), 1 for one task, more for spread (asked once a step: it schedules the
         next try of the choice not taken)."""
         step = self._steps - WARM_UP
-        spread = max(1, min(shards, workers))
         if step < 0:
-            return spread
+            return max(shards, 1)
+        spread = max(1, min(shards, workers))
         small = 0 if local and self._fits_loop(shards) else 1
         if spread == 1:
             return small
