@@ -17,6 +17,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from typing import Any, TypeVar
 
 from asynctrain._offloop import off_loop
+from asynctrain.data import ParquetStream
+from asynctrain.data._parquet import Submit
 
 T = TypeVar("T")
 
@@ -28,8 +30,9 @@ class OffLoop:
     """Runs blocking work (a feed's; the trainer's input preparation) on two threads of
     its own, or inline for inline backends.
 
-    Two threads: a sync source blocked in ``next()`` never holds up re-cutting rows that
-    already arrived.
+    Two threads: a sync source blocked in ``next()`` never holds up copying batches that
+    already arrived into the backend's ring. A source that can read ahead (a Parquet
+    stream) gets a third, made when first asked for (:attr:`ahead`).
     """
 
     def __init__(self, *, inline: bool) -> None:
@@ -38,6 +41,19 @@ class OffLoop:
             if inline
             else concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="asynctrain-stream")
         )
+        self._ahead: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @property
+    def ahead(self) -> Submit | None:
+        """``submit(fn, *args)`` on a thread of its own, for a source's read-ahead; None
+        when the work runs inline."""
+        if self._executor is None:
+            return None
+        if self._ahead is None:
+            self._ahead = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="asynctrain-read-ahead"
+            )
+        return self._ahead.submit
 
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` off the loop (never leaving it running if cancelled)."""
@@ -49,6 +65,8 @@ class OffLoop:
         """Stop the threads."""
         if self._executor is not None:
             await off_loop(self._executor.shutdown)
+        if self._ahead is not None:
+            await off_loop(self._ahead.shutdown)
 
 
 class Items:
@@ -61,6 +79,8 @@ class Items:
         self._sync: Iterator[Any] | None = None
         if isinstance(source, AsyncIterable):
             self._async = aiter(source)
+        elif isinstance(source, ParquetStream) and off.ahead is not None:
+            self._sync = source.read_ahead(off.ahead)
         else:
             self._sync = iter(source)
 
