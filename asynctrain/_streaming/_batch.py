@@ -140,7 +140,7 @@ def assemble_batch(
         X, y, w = _unpack(item)
         if class_weight is None and not weighted and w is None and _plain(model, X, y):
             mark = assembler.mark()
-            done = assembler.add(X, y, copy=True)
+            done = assembler.add(X, y, copy=True, y_dtype=np.int64)
             if all(
                 _plain_checked(model, a["X"][s:e], a["y"][s:e]) for a, s, e in assembler.written
             ):

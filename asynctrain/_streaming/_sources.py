@@ -17,6 +17,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from typing import Any, TypeVar
 
 from asynctrain._offloop import off_loop
+from asynctrain._threads import ThreadPool
 from asynctrain.data import ParquetStream
 from asynctrain.data._parquet import Submit
 
@@ -36,18 +37,17 @@ class OffLoop:
     """
 
     def __init__(self, *, inline: bool) -> None:
-        self._executor = (
-            None
-            if inline
-            else concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="asynctrain-stream")
-        )
+        self._inline = inline
+        # asynctrain's own pool, started on the first call: a trip costs a queue put and
+        # one wake of the loop, not an executor future chained to an asyncio one.
+        self._executor: ThreadPool | None = None
         self._ahead: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
     def ahead(self) -> Submit | None:
         """``submit(fn, *args)`` on a thread of its own, for a source's read-ahead; None
         when the work runs inline."""
-        if self._executor is None:
+        if self._inline:
             return None
         if self._ahead is None:
             self._ahead = concurrent.futures.ThreadPoolExecutor(
@@ -57,9 +57,11 @@ class OffLoop:
 
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` off the loop (never leaving it running if cancelled)."""
-        if self._executor is None:
+        if self._inline:
             return fn(*args, **kwargs)
-        return await off_loop(functools.partial(fn, *args, **kwargs), executor=self._executor)
+        if self._executor is None:
+            self._executor = ThreadPool(2, name="asynctrain-stream")
+        return await self._executor.run(functools.partial(fn, *args, **kwargs))
 
     async def aclose(self) -> None:
         """Stop the threads."""

@@ -205,7 +205,7 @@ class ParquetStream:
         """
         return self.read_ahead(None)
 
-    def read_ahead(self, submit: Submit | None) -> Iterator[Batch]:
+    def read_ahead(self, submit: Submit | None) -> Generator[Batch]:
         """The batches of ``iter(stream)``, the same ones, with each chunk of rows read
         and converted on another thread while the batches of the chunk before are handed
         out (``fit_stream`` does this), so decoding overlaps training instead of stalling

@@ -161,14 +161,16 @@ class BatchAssembler:
         w: npt.NDArray[Any] | None = None,
         *,
         copy: bool = False,
+        y_dtype: npt.DTypeLike | None = None,
     ) -> list[tuple[Arrays, int]]:
         """Take the rows of ``X`` and ``y`` (and their weights ``w``); return the batches
         they complete, each ``(arrays, batch_size)``.
 
         With ``copy`` every row is copied, also a batch that would be handed on (the
         caller does not own the arrays). :attr:`written` then says where the rows went.
-        New arrays take the dtypes of the batches assembled before, else of ``X``, ``y``
-        and ``w`` (``y`` is cast as it is copied).
+        New arrays take the dtypes of ``X`` and ``w``, and ``y_dtype`` for ``y`` (by
+        default that of the batches assembled before, else ``y``'s); ``y`` is cast as it
+        is copied.
         """
         size = self._cutter.batch_size
         done: list[tuple[Arrays, int]] = []
@@ -180,7 +182,8 @@ class BatchAssembler:
                 self._y_dtype = y.dtype
                 continue
             if self._partial is None:
-                self._partial = _empty(size, X, y, w, self._y_dtype or y.dtype)
+                target = y_dtype if y_dtype is not None else self._y_dtype
+                self._partial = _empty(size, X, y, w, y.dtype if target is None else target)
             copy_rows(self._partial, X, y, cut, w)
             self.written.append((self._partial, cut.at, cut.at + cut.stop - cut.start))
             self._y_dtype = self._partial["y"].dtype
@@ -215,7 +218,7 @@ def _empty(
     X: npt.NDArray[Any],
     y: npt.NDArray[Any],
     w: npt.NDArray[Any] | None,
-    y_dtype: np.dtype[Any],
+    y_dtype: npt.DTypeLike,
 ) -> Arrays:
     return _arrays(
         np.empty((rows, *X.shape[1:]), X.dtype),
