@@ -435,8 +435,8 @@ def test_a_bad_row_group_read_ahead_fails_after_the_same_batches(tmp_path: Path)
         got.extend(stream.read_ahead(submit))  # type: ignore[arg-type]
 
     bad = r"row group 1: column 'f2' .*at row 27"
-    with concurrent.futures.ThreadPoolExecutor(1) as executor, pytest.raises(at.DataError, match=bad):
-        read(executor.submit)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, pytest.raises(at.DataError, match=bad):
+        read(pool.submit)
     assert len(got) == 5  # row group 0's rows, as when read without reading ahead
 
 
