@@ -250,3 +250,16 @@ def test_plain_float_batches_come_back_as_from_the_general_path(labels: type) ->
     assert checked[2] is None
     assert not np.shares_memory(checked[0], X)
     assert not np.shares_memory(checked[1], y)
+
+
+def test_an_owned_plain_batch_is_checked_in_place_and_handed_on() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((4, 3)).astype(np.float32)
+    y = np.array([0, 1, 2, 1], np.int64)
+    model, assembler = SoftmaxRegression(3, 3), BatchAssembler(4)
+    _, done = assemble_batch(model, (X, y), assembler, where="b", owned=True)
+    assert done[0][0]["X"] is X  # trained on as it is: nobody else holds it
+    assert done[0][0]["y"] is y
+    X[2, 0] = np.inf
+    with pytest.raises(at.DataError, match="stream batch 1: X has a non-finite value"):
+        assemble_batch(model, (X, y), assembler, where="stream batch 1", owned=True)

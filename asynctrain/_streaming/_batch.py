@@ -121,12 +121,16 @@ def assemble_batch(
     names: NameRecord | None = None,
     weighted: bool | None = None,
     class_weight: ClassWeight = None,
+    owned: bool = False,
 ) -> tuple[Layout | None, list[Assembled]]:
     """:func:`check_batch` of ``item`` (same arguments), its rows then cut by
     ``assembler`` into batches of the trainer's batch size.
 
     The common batch (see :func:`_plain`) is copied once, straight into the assembled
-    batches, and the copied rows are checked there; others are checked, then cut.
+    batches, and the copied rows are checked there; others are checked, then cut. With
+    ``owned`` (the source hands over arrays nobody else holds or writes again: the
+    batches of asynctrain's own Parquet stream) a common batch is not copied first: it
+    is checked as it is, and a batch of exactly ``batch_size`` rows is trained on as it is.
 
     Returns:
         The batch's :data:`Layout` (None for a batch with no rows) and the batches it
@@ -138,7 +142,12 @@ def assemble_batch(
     """
     try:
         X, y, w = _unpack(item)
-        if class_weight is None and not weighted and w is None and _plain(model, X, y):
+        plain = class_weight is None and not weighted and w is None and _plain(model, X, y)
+        if plain and owned:
+            labels = y.astype(np.int64, copy=False)
+            if _plain_checked(model, X, labels):
+                return (_LABELS, False), assembler.add(X, labels)
+        elif plain:
             mark = assembler.mark()
             done = assembler.add(X, y, copy=True, y_dtype=np.int64)
             if all(

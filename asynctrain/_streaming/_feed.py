@@ -122,6 +122,7 @@ class Feed:
                     weighted=weighted,
                     names=self._names,
                     class_weight=self._class_weight,
+                    owned=items.owned,
                 )
                 taken = await items.pull(take)
                 if taken is END:

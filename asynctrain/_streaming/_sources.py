@@ -77,6 +77,10 @@ class Items:
 
     def __init__(self, source: Iterable[Any] | AsyncIterable[Any], off: OffLoop) -> None:
         self._off = off
+        self.owned = isinstance(source, ParquetStream)
+        """Whether the source's arrays are handed over: nobody holds or writes them after
+        they are yielded (asynctrain's own Parquet stream makes new arrays for each batch
+        and never touches them again), so they need not be copied to be owned."""
         self._async: AsyncIterator[Any] | None = None
         self._sync: Iterator[Any] | None = None
         if isinstance(source, AsyncIterable):
