@@ -6,7 +6,10 @@ single class. Its errors name the batch.
 
 A checked batch owns its arrays: they are copied (or converted, which copies) before they
 are checked, because the producer runs again before the batch is trained on and may refill
-or change what it yielded. What was checked is what is trained on.
+or change what it yielded. What was checked is what is trained on. The feed checks and
+re-cuts a batch in one go (:func:`assemble_batch`): a plain batch's rows are copied
+straight into the batches the trainer trains on and checked there; only a source that
+hands its arrays over (asynctrain's own Parquet stream) is not copied.
 
 A batch may be a data frame with a Series (or Arrow column); every frame of a stream must
 have the columns the trainer was trained on (:class:`NameRecord`), plain arrays pass.

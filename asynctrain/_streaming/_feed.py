@@ -3,23 +3,25 @@
 ::
 
     source ─► consumer task ─► asyncio.Queue(maxsize=buffer) ─► filler task ─► ready queue
-    (sync or   pulls a batch,    validated batches; the          re-cuts rows    (slot, rows)
-     async)    validates a       producer waits while it         into a free     ─► trainer
-               copy of it off    is full                         ring slot ◄──── slot freed
-               the loop                                                          after its step
+    (sync or   pulls a batch;    per source batch, the batches   hands each      (slot, rows)
+     async)    in one trip off   it completed; the producer      to a free       ─► trainer
+               the loop checks   waits while it is full          ring slot ◄──── slot freed
+               and re-cuts it                                                    after its step
 
-The ring is ``RING_SLOTS`` batch buffers shared with the backend once
-(``backend.share(..., slots=RING_SLOTS)``), so a shard task carries only a slot number and
-a row range, never arrays, also on process backends. On backends whose ring holds
-references (inline, thread), a source batch of exactly ``batch_size`` rows that starts a
-batch is not copied into a buffer: its checked copy is the slot's content, published
-from the loop without a trip to a thread (a slot holds ``batch_size`` rows either way, so
-memory stays as bounded; a slot's buffer is allocated only when rows must be re-cut).
+One trip off the loop per source batch (with a sync source's ``next()``): the batch is
+checked and re-cut into batches of ``batch_size`` rows (:func:`._batch.assemble_batch`,
+:class:`~asynctrain.data._stream.BatchAssembler`); a plain float table with integer labels
+is copied once, straight into those batches, and the copy is checked there. The ring is
+``RING_SLOTS`` slots shared with the backend once (``backend.share(..., slots=RING_SLOTS)``),
+so a shard task carries only a slot number and a row range, never arrays, also on
+process backends. On backends whose ring holds references (inline, thread) an assembled
+batch *is* the slot's content, published from the loop without a trip; on the others the
+filler copies it into the slot's shared memory, as many slots a trip as are free.
 
 Errors travel in stream order: a bad batch or a raising source reaches the trainer after
 every full batch before it, so the parameters it leaves behind do not depend on timing.
-Validation, copies and a sync source's ``next()`` run on the feed's threads (inline on
-the inline backend), never on the event loop.
+Checks, copies and a sync source's ``next()`` run on the feed's threads (inline on the
+inline backend), never on the event loop.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from asynctrain.data._stream import BatchAssembler
 from asynctrain.models import Model
 
 RING_SLOTS = 3
-"""Batch buffers of a stream fit: one in the step, one ready, one being filled."""
+"""Batch slots of a stream fit: one in the step, one ready, one being filled."""
 
 Ready = tuple[int, int] | BaseException | None  # (slot, rows), an error, or the end
 

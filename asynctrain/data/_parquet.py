@@ -5,7 +5,10 @@ weight column). ``fit_stream`` runs its
 ``next()`` on the stream's own threads, so the files are read and decoded off the event
 loop. Each pass (``epochs``) visits the row groups of all files in a seeded random order
 and draws batches through a bounded shuffle buffer; iterating it again starts over with
-the same seed, so it gives the same batches, bit for bit. A hash of each row's index in
+the same seed, so it gives the same batches, bit for bit. ``fit_stream`` iterates it
+with :meth:`ParquetStream.read_ahead`, which reads each chunk of rows on a thread the feed
+supplies while the batches of the chunk before are handed out (this module starts no
+thread itself). A hash of each row's index in
 the stream splits off a held-out part that is the same whatever the seed, batch size or
 shuffling.
 """
