@@ -210,7 +210,7 @@ def array_digest(value: npt.NDArray[Any]) -> bytes:
     read_only = isinstance(value, np.ndarray) and not value.flags.writeable
     if held is not None and held[0]() is value and read_only:
         return held[1]
-    digest = _sha256(memoryview(np.ascontiguousarray(value).reshape(-1).view(np.uint8)))
+    digest = _sha256(np.ascontiguousarray(value).reshape(-1).view(np.uint8).data)
     if read_only:
         _digests[key] = (weakref.ref(value, functools.partial(_forget_digest, key)), digest)
     return digest
