@@ -41,7 +41,7 @@ PIECE = 1_000  # rows per batch the producer yields (re-cut into the trainer's b
 SEED = 0
 _MB = 2**20
 # The feed's documented shape (docs/streaming.md): fit_stream's default queue of source
-# batches, then a ring of 3 batch buffers shared with the backend.
+# batches, the batch being assembled, then a ring of 3 batch slots shared with the backend.
 DEFAULT_BUFFER: int = inspect.signature(Trainer.fit_stream).parameters["buffer"].default
 RING_SLOTS = 3
 
@@ -173,9 +173,10 @@ async def peak_memory(backend: str, quick: bool) -> Figure:
         held.append(sum(waited))
     piece_mb = PIECE * (rows[0][0].nbytes + rows[1][0].nbytes) / _MB
     batch_mb = trainer.config.batch_size * piece_mb / PIECE
-    # The feed's bound (docs/streaming.md), plus working memory: one source batch's
-    # validation scratch and one batch of shard copies in flight.
-    bound = (DEFAULT_BUFFER + 4) * piece_mb + (RING_SLOTS + 1) * batch_mb
+    # The feed's bound (docs/streaming.md: buffer + 3 source batches, the ring's slots and
+    # the batch being assembled), plus working memory: one source batch's validation
+    # scratch and one batch of shard copies in flight.
+    bound = (DEFAULT_BUFFER + 4) * piece_mb + (RING_SLOTS + 2) * batch_mb
     return Figure(
         f"stream/softmax/{backend}/peak_memory",
         statistics.median(peaks),

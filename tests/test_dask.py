@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import pickle
@@ -446,6 +447,46 @@ def test_a_worker_store_keeps_one_version_per_slot_and_reports_what_it_lacks() -
     error = run(_read, shared, 5)  # a user error keeps its type and the worker's traceback
     assert isinstance(error.error, IndexError)
     assert "raised on a Dask worker" in "".join(error.error.__notes__)
+
+
+def test_content_ids_name_contents_and_a_read_only_array_is_hashed_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Equal arrays get equal ids and any change (a byte in either half, a dtype, a name)
+    a new one; a read-only array's digest is remembered while it lives, a writable
+    array's never."""
+    import hashlib
+
+    from asynctrain.backends import _dask_shared as shared
+
+    monkeypatch.setattr(shared, "HASH_SPLIT", 64)  # arrays of 64 bytes or more: in halves
+    hashed: list[int] = []
+    real = shared._sha256
+    monkeypatch.setattr(shared, "_sha256", lambda data: hashed.append(len(data)) or real(data))
+    x, y = np.arange(100, dtype=np.float64), np.arange(10)
+    base = shared.content_id({"X": x, "y": y})
+    assert shared.content_id({"X": x.copy(), "y": y.copy()}) == base
+    for i in (0, 99):  # a byte in the first half, one in the helper thread's half
+        changed = x.copy()
+        changed[i] += 1
+        assert shared.content_id({"X": changed, "y": y}) != base
+    assert shared.content_id({"X": x.astype(np.float32), "y": y}) != base
+    assert shared.content_id({"Z": x, "y": y}) != base
+    raw = x.tobytes()  # the halves' digests, digested: hashlib is the oracle
+    halves = hashlib.sha256(raw[:400]).digest() + hashlib.sha256(raw[400:]).digest()
+    assert shared.array_digest(x) == hashlib.sha256(halves).digest()
+
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    hashed.clear()
+    assert {shared.content_id({"X": frozen, "y": y}) for _ in range(3)} == {base}
+    assert hashed == [800, 80, 80, 80]  # X once; the writable y every time
+    y[0] = 7  # a writable array is hashed again: its change is seen
+    assert shared.content_id({"X": frozen, "y": y}) != base
+    key = id(frozen)
+    del frozen
+    gc.collect()
+    assert key not in shared._digests  # nothing is kept for an array that died
 
 
 @pytest.mark.parametrize("shuffle", ["global", "shard"])

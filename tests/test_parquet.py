@@ -4,8 +4,11 @@ every bad input we could think of."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sys
+import threading
 import tracemalloc
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +215,11 @@ async def test_two_fits_at_once_on_one_file_match_one_alone(tmp_path: Path) -> N
         assert all(params[k].tobytes() == alone[k].tobytes() for k in alone)
 
 
+async def _agen(items: list[object]) -> AsyncIterator[object]:
+    for item in items:
+        yield item
+
+
 def _open_files(path: Path) -> int:
     fds = Path("/proc/self/fd")
     return sum(1 for fd in fds.iterdir() if _target(fd) == str(path))
@@ -370,6 +378,88 @@ def test_nan_is_refused_naming_the_column_and_row(tmp_path: Path) -> None:
     path = _write(tmp_path / "nan.parquet", X, y)
     with pytest.raises(at.DataError, match=r"row group 1: column 'f2' .*\(nan\) at row 27"):
         list(read_parquet(path, label="y", batch_size=BATCH, shuffle=False))
+
+
+# -- reading ahead (what fit_stream does) -----------------------------------------------
+
+
+class _Submits:
+    """A one-thread executor's submit that records the threads its calls ran on."""
+
+    def __init__(self, executor: concurrent.futures.ThreadPoolExecutor) -> None:
+        self.executor, self.threads = executor, set[str]()
+
+    def __call__(self, fn: object, *args: object) -> concurrent.futures.Future[object]:
+        def run() -> object:
+            self.threads.add(threading.current_thread().name)
+            return fn(*args)  # type: ignore[operator]
+
+        return self.executor.submit(run)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_reading_ahead_gives_the_same_batches_read_on_another_thread(
+    tmp_path: Path, shuffle: bool
+) -> None:
+    X, y = _data()
+    _split_files(tmp_path / "parts", X, y, [300, 450, 250])
+    stream = read_parquet(
+        tmp_path / "parts", label="y", batch_size=BATCH, shuffle=shuffle, epochs=2, holdout=0.1
+    )
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ahead") as executor:
+        submit = _Submits(executor)
+        _same_batches(_batches(stream.read_ahead(submit)), _batches(stream))
+    assert submit.threads
+    assert all(name.startswith("ahead") for name in submit.threads)
+
+
+def test_closing_a_read_ahead_waits_for_the_read_and_closes_the_files(tmp_path: Path) -> None:
+    X, y = _data(n=2000)
+    path = _write(tmp_path / "one.parquet", X, y)
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        batches = read_parquet(path, label="y", batch_size=BATCH).read_ahead(executor.submit)
+        next(batches)
+        assert _open_files(path) == 1
+        batches.close()
+        assert _open_files(path) == 0
+
+
+def test_a_bad_row_group_read_ahead_fails_after_the_same_batches(tmp_path: Path) -> None:
+    X, y = _data(n=100)
+    X[77, 2] = np.nan
+    path = _write(tmp_path / "nan.parquet", X, y)
+    stream = read_parquet(path, label="y", batch_size=10, shuffle=False)
+    got: list[object] = []
+
+    def read(submit: object) -> None:
+        got.extend(stream.read_ahead(submit))  # type: ignore[arg-type]
+
+    bad = r"row group 1: column 'f2' .*at row 27"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, pytest.raises(at.DataError, match=bad):
+        read(pool.submit)
+    assert len(got) == 5  # row group 0's rows, as when read without reading ahead
+
+
+@pytest.mark.parametrize("backend", ["inline", "thread"])
+async def test_fit_stream_reads_ahead_off_inline_backends_to_the_same_bits(
+    tmp_path: Path, backend: str
+) -> None:
+    X, y = _data(n=3000)
+    path = _write(tmp_path / "one.parquet", X, y, row_group=500)
+    threads: set[str] = set()
+
+    class Threads(at.Callback):
+        def on_step(self, event: at.StepEvent) -> None:
+            threads.update(thread.name for thread in threading.enumerate())
+
+    async with _trainer(backend) as trainer:
+        stream = read_parquet(path, label="y", batch_size=BATCH)
+        result = await trainer.fit_stream(stream, callbacks=[Threads()])
+    async with _trainer("inline") as trainer:
+        reference = await trainer.fit_stream(_agen(list(stream)))
+    reading_ahead = any(name.startswith("asynctrain-read-ahead") for name in threads)
+    assert reading_ahead == (backend != "inline")
+    assert all(np.array_equal(result.params[k], reference.params[k]) for k in reference.params)
 
 
 @pytest.mark.parametrize(

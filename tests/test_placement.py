@@ -16,18 +16,34 @@ import pytest
 from _reliability import Recorder, state_bits
 
 import asynctrain as at
-from asynctrain._engine._step import MAX_REPROBE, MEASURED, REPROBE, WARM_UP, Placement
+from asynctrain._engine._context import arrays_of
+from asynctrain._engine._step import (
+    LOOP_BUDGET,
+    MAX_REPROBE,
+    MEASURED,
+    REMEMBERED,
+    REPROBE,
+    WARM_UP,
+    WINDOW,
+    Placement,
+    contiguous,
+    placement_for,
+)
 from asynctrain.backends import ProcessBackend, ThreadBackend
 from asynctrain.data import synthetic
 from asynctrain.models import SoftmaxRegression
 
 
 def _trained(grouped_s: float, spread_s: float, *, shards: int = 4, workers: int = 2) -> Placement:
-    """A placement that has seen steps take ``grouped_s`` grouped and ``spread_s`` spread."""
+    """A placement that has seen steps take ``grouped_s`` grouped (half of it the task's
+    math, half the hand-off) and ``spread_s`` spread."""
     placement = Placement()
     for _ in range(WARM_UP + MEASURED):
         k = placement.tasks(shards, workers)
-        placement.record(k, shards, grouped_s if k == 1 else spread_s)
+        if k == 1:
+            placement.record(k, shards, grouped_s, math=grouped_s / 2)
+        else:
+            placement.record(k, shards, spread_s)
     return placement
 
 
@@ -79,19 +95,117 @@ def test_a_choice_that_stands_is_tried_less_and_less_often() -> None:
 
 
 def test_groups_are_contiguous_and_even() -> None:
-    placement = _trained(5e-3, 3e-3, shards=5)
-    assert placement.split(list(range(5)), workers=2) == [[0, 1, 2], [3, 4]]
-    placement = _trained(1e-4, 3e-3, shards=5)
-    assert placement.split(list(range(5)), workers=2) == [[0, 1, 2, 3, 4]]
-    assert Placement().split(list(range(3)), workers=2) == [[0], [1], [2]]
+    assert contiguous(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
+    assert contiguous(list(range(5)), 1) == [[0, 1, 2, 3, 4]]
+    assert contiguous(list(range(3)), 3) == [[0], [1], [2]]
+
+
+def test_small_steps_on_a_local_backend_run_on_the_loop() -> None:
+    quick = _trained(100e-6, 300e-6)  # a grouped step's math: 50 us, within the budget
+    assert quick.tasks(4, workers=2, local=True) == 0
+    assert quick.tasks(4, workers=2) == 1  # a backend whose arrays are elsewhere
+    slow = _trained(4 * LOOP_BUDGET, 8 * LOOP_BUDGET)  # grouped wins, its math too long
+    assert slow.tasks(4, workers=2, local=True) == 1
+    one = Placement()  # one worker: never spread, on the loop once known to be small
+    for _ in range(WARM_UP):
+        assert one.tasks(4, workers=1, local=True) == 4
+        one.record(4, 4, 1.0)  # warming up: not timed
+    assert one.tasks(4, workers=1, local=True) == 1  # not timed yet
+    one.record(1, 4, 2 * LOOP_BUDGET, math=LOOP_BUDGET / 2)  # the hand-off cost the rest
+    assert one.tasks(4, workers=1, local=True) == 0
+
+
+def test_steps_leave_the_loop_when_they_outgrow_the_budget_and_come_back() -> None:
+    placement = _trained(100e-6, 8 * LOOP_BUDGET)
+
+    def run(math_s: float) -> list[int]:
+        seen = []
+        for _ in range(WINDOW):
+            k = placement.tasks(4, workers=2, local=True)
+            seen.append(k)
+            if k == 0:
+                placement.record(k, 4, math_s)
+            else:
+                placement.record(k, 4, math_s + 100e-6, math=math_s)
+        return seen
+
+    assert placement.tasks(4, workers=2, local=True) == 0
+    assert run(2 * LOOP_BUDGET)[-1] == 1  # the math grew: back to a worker
+    assert run(LOOP_BUDGET / 4)[-1] == 0  # and shrank again
+
+
+# -- what a backend remembers between fits -------------------------------------------------
+
+
+class Remembering:
+    """Any object a weak reference can point at stands in for a backend here."""
+
+
+def _kind(backend: Any, *, batch_size: int = 64, features: int = 5) -> Placement:
+    params = {"W": np.zeros((features, 3), np.float32), "b": np.zeros(3, np.float32)}
+    data = {"X": np.zeros((10, features), np.float32), "y": np.zeros(10, np.int64)}
+    return placement_for(
+        backend, SoftmaxRegression(features, 3), params, data, batch_size=batch_size, shards=4
+    )
+
+
+def test_a_later_fit_of_the_same_kind_takes_up_the_choice() -> None:
+    backend = Remembering()
+    first = _kind(backend)
+    for _ in range(WARM_UP + MEASURED):
+        k = first.tasks(4, workers=2)
+        first.record(k, 4, 100e-6 if k == 1 else 300e-6)
+    second = _kind(backend)
+    assert second is first
+    assert second.tasks(4, workers=2) == 1  # no warm-up, no measuring: the choice
+    # Each of these is another kind of step, on this backend or another: learnt afresh.
+    for other in (
+        _kind(backend, batch_size=128),
+        _kind(backend, features=6),
+        _kind(Remembering()),
+    ):
+        assert other is not first
+        assert other.tasks(4, workers=2) == 4  # warming up
+
+
+def test_a_resumed_placement_tries_the_other_choice_within_reprobe_steps() -> None:
+    placement = _trained(100e-6, 300e-6)
+    for _ in range(3 * MAX_REPROBE):  # the choice stands: probes grow rare
+        k = placement.tasks(4, workers=2)
+        placement.record(k, 4, 100e-6 if k == 1 else 300e-6)
+    placement.resume()  # a new fit, whose costs may differ
+    choices = []
+    for _ in range(REPROBE + 1):
+        choices.append(placement.tasks(4, workers=2))
+        placement.record(choices[-1], 4, 100e-6)
+    assert 2 in choices
+
+
+def test_a_backend_remembers_a_bounded_number_of_kinds() -> None:
+    backend = Remembering()
+    kept = {size: _kind(backend, batch_size=size) for size in range(1, REMEMBERED + 1)}
+    assert _kind(backend, batch_size=1) is kept[1]  # used last now: kept longest
+    _kind(backend, batch_size=REMEMBERED + 1)  # one too many: the least recently used goes
+    assert _kind(backend, batch_size=1) is kept[1]
+    assert _kind(backend, batch_size=3) is kept[3]
+    assert _kind(backend, batch_size=2) is not kept[2]
+
+
+def test_a_backend_without_weak_references_learns_per_fit() -> None:
+    class Slotted:
+        __slots__ = ()
+
+    backend = Slotted()
+    assert _kind(backend) is not _kind(backend)
 
 
 class CountingThreads(ThreadBackend):
     """A thread backend that counts the tasks it is handed."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, *, local: bool = True) -> None:
         super().__init__(workers)
         self.runs = 0
+        self.local = local  # False: steps never compute on the loop
 
     async def run(self, fn: Any, /, *args: Any) -> Any:
         self.runs += 1
@@ -121,6 +235,29 @@ async def test_grouped_steps_keep_the_bits_of_one_task_per_shard(workers: int) -
     assert backend.runs < steps * 4
     spread = WARM_UP + MEASURED
     assert backend.runs <= spread * 4 + (steps - spread) * 2
+
+
+async def test_fits_on_one_backend_share_a_placement_and_keep_the_bits() -> None:
+    reference = await _fit("inline", 4)
+    backend = CountingThreads(2)
+    async with backend:
+        first = await _fit(backend, 4)
+        runs = backend.runs
+        second = await _fit(backend, 4)
+        placement = _kind_of_fit(backend)
+    for params in (first, second):
+        for key, value in reference.items():
+            assert params[key].tobytes() == value.tobytes()
+    steps = 2 * 1200 // 60
+    assert placement.steps == 2 * steps  # the second fit took the first one's up
+    assert backend.runs - runs <= 2 * steps  # and never ran one task a shard
+
+
+def _kind_of_fit(backend: Any) -> Placement:
+    data = synthetic("softmax", n=1200, seed=5)
+    model = SoftmaxRegression(data.X.shape[1], int(data.y.max()) + 1)
+    params = model.init(np.random.default_rng(0))
+    return placement_for(backend, model, params, arrays_of(data), batch_size=60, shards=4)
 
 
 async def test_grouped_steps_keep_the_bits_on_processes() -> None:
@@ -176,7 +313,7 @@ async def test_cancel_during_a_grouped_step_leaves_the_last_applied_one(step: in
     reference = await _reference_states()
     data = synthetic("softmax", n=1200, seed=5)
     model = CancelAt(call=4 * step + 2)  # the third shard of ``step``
-    backend = CountingThreads(2)
+    backend = CountingThreads(2, local=False)
     async with (
         backend,
         at.Trainer(
@@ -190,6 +327,32 @@ async def test_cancel_during_a_grouped_step_leaves_the_last_applied_one(step: in
         assert backend.runs < 4 * (step + 1)  # the step's shards were grouped
         assert trainer.state.step == step
         assert state_bits(trainer.state) == reference[step]
+
+
+@pytest.mark.parametrize("step", [WARM_UP + MEASURED + 2, STEPS_PER_EPOCH - 1])
+async def test_cancel_during_a_step_on_the_loop_leaves_a_whole_step(step: int) -> None:
+    reference = await _reference_states()
+    data = synthetic("softmax", n=1200, seed=5)
+    model = CancelAt(call=4 * step + 2)  # the third shard of ``step``
+    backend = CountingThreads(2)
+    async with (
+        backend,
+        at.Trainer(
+            model, at.optim.adam(0.01), backend=backend, shards=4, batch_size=60, seed=2
+        ) as trainer,
+    ):
+        model.loop = asyncio.get_running_loop()
+        model.task = asyncio.create_task(trainer.fit(data, epochs=1))
+        with pytest.raises(asyncio.CancelledError):
+            await model.task
+        # Warming up: 4 tasks a step; measuring: 2 a spread step, and one grouped step
+        # before the math is timed; every other step computed on the loop.
+        assert backend.runs <= 4 * WARM_UP + MEASURED + 1
+        # Wherever the step computed, the cancellation lands at a step boundary: before
+        # the update (handed off), in the update, which finishes (computed on the loop),
+        # or in the step after it.
+        assert step <= trainer.state.step <= step + 2
+        assert state_bits(trainer.state) == reference[trainer.state.step]
 
 
 class KillOnce:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import asynctrain as at
-from asynctrain._streaming._batch import check_batch
+from asynctrain._streaming._batch import assemble_batch, check_batch
 from asynctrain.data import Dataset
-from asynctrain.data._stream import BatchCutter, copy_rows
+from asynctrain.data._stream import BatchAssembler, BatchCutter, copy_rows
 from asynctrain.models import LinearRegression, SoftmaxRegression
 
 
@@ -59,6 +59,81 @@ def test_cutter_reports_when_done() -> None:
 def test_cutter_settings_are_checked(bad: dict[str, int]) -> None:
     with pytest.raises(at.ConfigError):
         BatchCutter(**bad)
+
+
+def _assembled(
+    sizes: list[int], batch_size: int, max_samples: int | None = None
+) -> tuple[list[np.ndarray], list[int]]:
+    """Row numbers through a BatchAssembler: the y of each batch (its counted rows) and
+    how many batches were incoming ones handed on without a copy."""
+    assembler = BatchAssembler(batch_size, max_samples=max_samples)
+    batches, first, kept = [], 0, []
+    for size in sizes:
+        rows = np.arange(first, first + size)
+        X = rows[:, None].astype(float)
+        first += size
+        for arrays, count in assembler.add(X, rows):
+            assert count == batch_size == len(arrays["X"]) == len(arrays["y"])
+            np.testing.assert_array_equal(arrays["X"][:, 0], arrays["y"])
+            kept.append(int(arrays["y"] is rows))
+            batches.append(arrays["y"])
+    if (last := assembler.flush()) is not None:
+        arrays, count = last
+        assert len(arrays["y"]) == batch_size
+        assert 0 < count < batch_size
+        batches.append(arrays["y"][:count])
+    return batches, kept
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_assembling_keeps_every_row_in_order_as_the_cutter_does(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    sizes = rng.choice([0, 3, 16, 16, 16, 40], size=30).tolist()
+    batches, _ = _assembled(sizes, batch_size=16)
+    expected = _recut(sizes, batch_size=16)  # the cutter's batches: the oracle
+    assert len(batches) == len(expected)
+    for got, want in zip(batches, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_assembling_honours_max_samples_and_hands_on_whole_batches() -> None:
+    batches, kept = _assembled([8, 10, 10, 10], batch_size=8, max_samples=25)
+    np.testing.assert_array_equal(np.concatenate(batches), np.arange(25))
+    assert [len(b) for b in batches] == [8, 8, 8, 1]
+    assert kept == [1, 0, 0]  # the first batch is the incoming one; others are copies
+
+
+def test_a_copying_add_copies_whole_batches_too_and_undo_forgets_it() -> None:
+    assembler = BatchAssembler(4)
+    X, y = np.arange(6.0)[:, None], np.arange(6)
+    assert assembler.add(X[:2], y[:2]) == []
+    mark = assembler.mark()
+    done = assembler.add(X[2:6], y[2:6], copy=True)
+    assert [arrays["y"].tolist() for arrays, _ in done] == [[0, 1, 2, 3]]
+    assert [(start, stop) for _, start, stop in assembler.written] == [(2, 4), (0, 2)]
+    assembler.undo(mark)
+    whole = assembler.add(X[:4], y[:4], copy=True)  # rows 2.. again, as if never added
+    assert whole[0][0]["y"].tolist() == [0, 1, 0, 1]
+    assert not np.shares_memory(whole[0][0]["X"], X)
+
+
+def test_assembled_plain_batches_are_copies_checked_like_check_batch() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((10, 3)).astype(np.float32)
+    y = np.array([0, 1, 2, 1, 0, 2, 1, 1, 0, 2], np.int32)
+    model, assembler = SoftmaxRegression(3, 3), BatchAssembler(4)
+    layout, done = assemble_batch(model, (X, y), assembler, where="b")
+    assert layout is not None
+    assert layout[0].dtype == np.int64
+    assert layout[1] is False
+    assert [arrays["y"].dtype for arrays, _ in done] == [np.int64, np.int64]
+    np.testing.assert_array_equal(np.concatenate([a["X"] for a, _ in done]), X[:8])
+    assert not any(np.shares_memory(a["X"], X) for a, _ in done)
+    bad = X.copy()
+    bad[1, 1] = np.nan
+    with pytest.raises(at.DataError, match="stream batch 2: X has a non-finite value"):
+        assemble_batch(model, (bad, y), assembler, where="stream batch 2")
+    assert assembler.flush()[1] == 2  # the refused batch left no rows behind  # type: ignore[index]
 
 
 def _xy(n: int = 6) -> tuple[np.ndarray, np.ndarray]:
@@ -175,3 +250,16 @@ def test_plain_float_batches_come_back_as_from_the_general_path(labels: type) ->
     assert checked[2] is None
     assert not np.shares_memory(checked[0], X)
     assert not np.shares_memory(checked[1], y)
+
+
+def test_an_owned_plain_batch_is_checked_in_place_and_handed_on() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((4, 3)).astype(np.float32)
+    y = np.array([0, 1, 2, 1], np.int64)
+    model, assembler = SoftmaxRegression(3, 3), BatchAssembler(4)
+    _, done = assemble_batch(model, (X, y), assembler, where="b", owned=True)
+    assert done[0][0]["X"] is X  # trained on as it is: nobody else holds it
+    assert done[0][0]["y"] is y
+    X[2, 0] = np.inf
+    with pytest.raises(at.DataError, match="stream batch 1: X has a non-finite value"):
+        assemble_batch(model, (X, y), assembler, where="stream batch 1", owned=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asynctrain._config import TrainConfig
-from asynctrain._engine._step import Mode, Partitions, StepContext
+from asynctrain._engine._step import Mode, Partitions, StepContext, placement_for
 from asynctrain._engine._update import Updater, zeros_like
 from asynctrain._engine._work import ship_model
 from asynctrain._monitor import LoopLagMonitor
@@ -83,6 +83,14 @@ async def open_context(
             shipped=await ship_model(parts.model, shared_data, share),
             partitions=placed,
             share=share,
+            placement=placement_for(
+                backend,
+                parts.model,
+                params,
+                data,
+                batch_size=parts.config.batch_size,
+                shards=shards,
+            ),
         )
         val = None if validation is None else await share(arrays_of(validation))
         yield ctx, val

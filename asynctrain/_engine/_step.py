@@ -10,7 +10,8 @@ import collections
 import functools
 import statistics
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -26,7 +27,7 @@ from asynctrain.data import batch_bounds, shard_bounds
 T = TypeVar("T")
 
 WARM_UP = 8
-"""Steps of a fit that run one task per shard and are not timed."""
+"""Steps of a placement's first fit that run one task per shard and are not timed."""
 MEASURED = 8
 """Timed steps, alternating spread and grouped, before the first choice."""
 WINDOW = 16
@@ -36,30 +37,50 @@ REPROBE = 32
 doubles (up to :data:`MAX_REPROBE`) each time the choice stands, and resets when it flips."""
 MAX_REPROBE = 512
 """The longest interval between steps that try the choice not taken."""
+REMEMBERED = 32
+"""Placements a backend keeps for later fits (the most recently used)."""
+LOOP_BUDGET = 500e-6
+"""A grouped step measured to compute in at most this many seconds runs on the event
+loop's own thread, on a backend whose shared arrays this process reads in place."""
 
 
 class Placement:
-    """Chooses how many tasks a sync step's shards go to.
+    """Chooses where a sync step's shards run: spread over the workers, grouped into one
+    task, or (on a backend this process shares arrays with in place) on the event loop.
 
-    Where a step's shards run: spread over the workers, or grouped into one task when a
-    shard's math is too small to pay for handing it to a worker.
+    Every shard task has a fixed cost besides its math: on threads a wake-up and GIL
+    hand-offs; on processes a pickle, a pipe write and a reply. When a shard computes for
+    less than that, spreading a step's shards over more workers makes the step slower, not
+    faster. So a sync step on a thread, process or Dask backend hands its S shards to the
+    workers either spread (``min(S, workers)`` tasks of contiguous shards) or grouped (one
+    task that computes every shard in turn), whichever the fit has measured to be faster:
 
-    Every shard task has a fixed cost besides its math: on threads an executor future, a
-    wake-up and GIL hand-offs; on processes a pickle, a pipe write and a reply. When a shard
-    computes for less than that, spreading a step's shards over more workers makes the step
-    slower, not faster. So a sync step on a thread, process or Dask backend hands its S
-    shards to the workers either spread (``min(S, workers)`` tasks of contiguous shards) or
-    grouped (one task that computes every shard in turn), whichever the fit has measured to
-    be faster:
-
-    * its first :data:`WARM_UP` steps run one task per shard, as a step always did, and are
-      not timed (first-touch page faults, imports on the workers);
+    * its first :data:`WARM_UP` steps run one task per shard, as a step always did, and
+      are not timed (first-touch page faults, imports on the workers);
     * the next :data:`MEASURED` steps alternate spread and grouped, timed on the loop's
       clock (per shard, so a short last batch counts alike);
     * from then on a step takes the choice with the lower median time over its last
       :data:`WINDOW` steps (grouped on a tie), and now and then a step tries the other
       (after :data:`REPROBE` steps, then twice as long each time the choice stands), so a
       choice follows a fit whose costs change without paying often for the worse one.
+
+    A grouped step still pays one hand-off to a worker and back, on top of math that is
+    the same wherever it runs. So on a backend whose shared arrays this process reads in
+    place (``backend.local``: the thread backend; not the process backend, whose workers
+    keep a crashing model away from the caller's process), a grouped step whose math
+    takes at most :data:`LOOP_BUDGET` computes on the event loop's own thread instead, as
+    the inline backend would (:meth:`tasks` answers 0): the loop is blocked for at most
+    about that long a step, and a step too small to pay for one hand-off pays for none.
+    The math is timed where it runs (a grouped task times its own compute on the worker;
+    the median of the last :data:`WINDOW` grouped or loop steps counts), so steps that
+    outgrow the budget go back to the workers and come back when they shrink. With one
+    worker or two, such a fit runs the same way, so a second worker does not make it
+    slower.
+
+    A backend remembers what it learned (:func:`placement_for`): a later fit of the same
+    kind of step (model, parameter shapes, data columns, batch size and shard count) on
+    the same backend starts from the choice and times the last fit left, with no warm-up
+    and no measuring, and tries the other choice after :data:`REPROBE` of its own steps.
 
     Measured, not predicted: on threads, two small tasks "in parallel" mostly wait for each
     other's GIL, which no formula of compute and hand-off times captures. Each shard still
@@ -68,65 +89,151 @@ class Placement:
 
     Example:
         >>> placement = Placement()
-        >>> [len(g) for g in placement.split(list(range(4)), workers=2)]  # warming up
-        [1, 1, 1, 1]
-        >>> for _ in range(WARM_UP + MEASURED):  # grouped steps take 100 us, spread 300
+        >>> placement.tasks(4, workers=2)  # warming up
+        4
+        >>> for _ in range(WARM_UP + MEASURED):  # grouped: 100 us (40 of math), spread: 300
         ...     k = placement.tasks(4, workers=2)
-        ...     placement.record(k, 4, 100e-6 if k == 1 else 300e-6)
-        >>> [len(g) for g in placement.split(list(range(4)), workers=2)]
-        [4]
+        ...     placement.record(k, 4, 100e-6 if k == 1 else 300e-6, math=40e-6)
+        >>> placement.tasks(4, workers=2), placement.tasks(4, workers=2, local=True)
+        (1, 0)
     """
 
     def __init__(self) -> None:
         self._steps = 0
         self._times: dict[int, collections.deque[float]] = {}
-        self._best = 0
+        self._math: collections.deque[float] = collections.deque(maxlen=WINDOW)
+        self._spread_best: bool | None = None  # the choice at the last try of the other
         self._interval = REPROBE
         self._probe_at = MEASURED + REPROBE
 
-    def tasks(self, shards: int, workers: int) -> int:
-        """How many tasks the next step of ``shards`` shards goes to on ``workers``
-        (asked once a step: it schedules the next try of the choice not taken)."""
+    @property
+    def steps(self) -> int:
+        """Steps recorded so far, over every fit that took this placement up."""
+        return self._steps
+
+    def tasks(self, shards: int, workers: int, *, local: bool = False) -> int:
+        """How many tasks the next step of ``shards`` shards goes to on ``workers``: 0 for
+        one group computed on the event loop (only when ``local``, the backend's
+        ``local``), 1 for one task, more for spread (asked once a step: it schedules the
+        next try of the choice not taken)."""
         step = self._steps - WARM_UP
         if step < 0:
             return max(shards, 1)
         spread = max(1, min(shards, workers))
+        small = 0 if local and self._fits_loop(shards) else 1
         if spread == 1:
-            return 1
+            return small
         if step < MEASURED:
-            return 1 if step % 2 else spread
-        best = min((1, spread), key=self._median)
+            return small if step % 2 else spread
+        spread_best = self._median(spread) < self._median(small)
         if step < self._probe_at:
-            return best
-        stands = best == self._best
+            return spread if spread_best else small
+        stands = spread_best == self._spread_best
         self._interval = min(2 * self._interval, MAX_REPROBE) if stands else REPROBE
-        self._best, self._probe_at = best, step + self._interval
-        return spread if best == 1 else 1
+        self._spread_best, self._probe_at = spread_best, step + self._interval
+        return small if spread_best else spread
+
+    def _fits_loop(self, shards: int) -> bool:
+        return self._median(0) * shards <= LOOP_BUDGET
 
     def _median(self, k: int) -> float:
-        times = self._times.get(k)
+        """Median seconds per shard of steps that ran as ``k`` tasks (0: of one group's
+        math, on the loop or on a worker), infinity before there is one."""
+        times = self._math if k == 0 else self._times.get(k)
         return statistics.median(times) if times else float("inf")
 
-    def split(self, items: Sequence[T], workers: int) -> list[list[T]]:
-        """``items`` (a step's shard tasks, in shard order) cut into :meth:`tasks`
-        contiguous groups, as even as can be, the larger ones first."""
-        k = self.tasks(len(items), workers)
-        size, extra = divmod(len(items), k)
-        groups, start = [], 0
-        for i in range(k):
-            stop = start + size + (i < extra)
-            groups.append(list(items[start:stop]))
-            start = stop
-        return groups
+    def resume(self) -> None:
+        """A new fit takes this placement up: past the first fit's measuring, it keeps
+        the choice and tries the other one after :data:`REPROBE` of the new fit's steps
+        (the new fit's costs may not be the last one's)."""
+        step = self._steps - WARM_UP
+        if step >= MEASURED:
+            self._interval = REPROBE
+            self._probe_at = min(self._probe_at, step + REPROBE)
 
-    def record(self, tasks: int, shards: int, seconds: float) -> None:
-        """Learn from a step that ran ``shards`` shards as ``tasks`` tasks in ``seconds``
-        (on the loop's clock, from handing them out to the last result)."""
+    def record(self, tasks: int, shards: int, seconds: float, *, math: float | None = None) -> None:
+        """Learn from a step that ran ``shards`` shards as ``tasks`` tasks (0: on the
+        loop) in ``seconds`` (on the loop's clock, from handing them out to the last
+        result); ``math``: of which one task's own compute took that long (where it ran)."""
         self._steps += 1
         if self._steps <= WARM_UP or shards < 1:
             return
-        times = self._times.setdefault(tasks, collections.deque(maxlen=WINDOW))
-        times.append(seconds / shards)
+        if tasks == 0:
+            math = seconds
+        else:
+            times = self._times.setdefault(tasks, collections.deque(maxlen=WINDOW))
+            times.append(seconds / shards)
+        if math is not None and tasks <= 1:
+            self._math.append(math / shards)
+
+
+def contiguous(items: Sequence[T], groups: int) -> list[list[T]]:
+    """``items`` cut into ``groups`` contiguous groups, as even as can be, the larger
+    ones first.
+
+    Example:
+        >>> contiguous(list(range(5)), 2)
+        [[0, 1, 2], [3, 4]]
+    """
+    size, extra = divmod(len(items), groups)
+    cut, start = [], 0
+    for i in range(groups):
+        stop = start + size + (i < extra)
+        cut.append(list(items[start:stop]))
+        start = stop
+    return cut
+
+
+_remembered: weakref.WeakKeyDictionary[Backend, collections.OrderedDict[Hashable, Placement]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def placement_for(
+    backend: Backend,
+    model: Any,
+    params: Mapping[str, npt.NDArray[Any]],
+    data: Mapping[str, Any] | SharedArrays,
+    *,
+    batch_size: int,
+    shards: int,
+) -> Placement:
+    """The :class:`Placement` of a fit on ``backend``: the one an earlier fit of the same
+    kind of step there learned (resumed), or a new one.
+
+    Steps are of one kind when they have the same model class, parameter names, shapes
+    and dtypes, data columns (names, dtypes and row shapes; a stream's ring counts as
+    one kind), batch size and shard count: their shards cost about the same, so the
+    choice carries over. A backend keeps the :data:`REMEMBERED` most recently used, and
+    forgets them all when it is garbage-collected (a backend that cannot be weakly
+    referenced remembers nothing).
+    """
+    key = (
+        type(model).__module__,
+        type(model).__qualname__,
+        _columns(params),
+        _columns(data) if isinstance(data, Mapping) else type(data).__qualname__,
+        batch_size,
+        shards,
+    )
+    try:
+        kept = _remembered.setdefault(backend, collections.OrderedDict())
+    except TypeError:  # a backend that cannot be weakly referenced: learn per fit
+        return Placement()
+    placement = kept.get(key)
+    if placement is None:
+        placement = kept[key] = Placement()
+        while len(kept) > REMEMBERED:
+            kept.popitem(last=False)
+    else:
+        kept.move_to_end(key)
+        placement.resume()
+    return placement
+
+
+def _columns(arrays: Mapping[str, Any]) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+    """Each array's name, dtype and shape past the first axis (rows)."""
+    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(arrays.items()))
 
 
 @dataclass(frozen=True)
@@ -166,7 +273,9 @@ class StepContext:
     shipped: Any = None
     """What tasks carry in the model's place (see :func:`._work.ship_model`); None: the model."""
     placement: Placement = field(default_factory=Placement)
-    """Where sync steps run their shards (see :class:`Placement`); learns during the fit."""
+    """Where sync steps run their shards (see :class:`Placement`); learns during the fit
+    (the trainer's fits take up what an earlier fit on the backend learned:
+    :func:`placement_for`)."""
     started: float = field(default_factory=time.perf_counter)
     samples: int = 0
     weight: float = 0.0

@@ -14,6 +14,7 @@ from asynctrain._engine._step import (
     batches_of,
     collect_in_order,
     compute,
+    contiguous,
     run_shard,
     shard_tasks,
 )
@@ -61,12 +62,13 @@ class Sync:
         """One step on rows ``indices`` of data slot ``data_slot``: all shards in flight
         together, then one update."""
         tasks = shard_tasks(ctx, indices, step=ctx.updater.state.step, data_slot=data_slot)
-        if len(tasks) == 1:
-            results = [await compute(ctx, tasks[0])]
-        elif ctx.backend.inline or ctx.partitions is not None:
+        if ctx.backend.inline or ctx.partitions is not None:
             # Partitioned data: a task per shard, so each reads only its own partition
             # (and a cluster backend runs it where that partition is kept).
-            results = await _run_together(ctx, tasks)
+            if len(tasks) == 1:
+                results = [await compute(ctx, tasks[0])]
+            else:
+                results = await _run_together(ctx, tasks)
         else:
             results = await _run_placed(ctx, tasks)
         return await ctx.updater.apply(
@@ -78,19 +80,26 @@ class Sync:
 
 
 async def _run_placed(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardResult]:
-    """Run a step's shard tasks as the fit's placement groups them (see
-    :class:`._step.Placement`); their results in shard order."""
+    """Run a step's shard tasks where the fit's placement puts them (see
+    :class:`._step.Placement`): spread, grouped, or on the loop; their results in shard
+    order."""
+    placement = ctx.placement
+    local = getattr(ctx.backend, "local", False)
+    k = placement.tasks(len(tasks), ctx.backend.workers, local=local)
     groups = [
-        ShardGroup(part[0].step, part[0].shard, tuple(part))
-        for part in ctx.placement.split(tasks, ctx.backend.workers)
+        ShardGroup(part[0].step, part[0].shard, tuple(part)) for part in contiguous(tasks, k or 1)
     ]
     started = time.perf_counter()
-    outcomes = await gather_ordered(
-        ctx.backend.run(compute_group, ctx.carried, ctx.data, ctx.params, ctx.grads, group)
-        for group in groups
-    )
-    ctx.placement.record(len(groups), len(tasks), time.perf_counter() - started)
-    return [result for results in outcomes for result in results]
+    if k == 0:  # too small to pay for a hand-off: computed here, as the inline backend would
+        outcomes = [compute_group(ctx.model, ctx.data, ctx.params, ctx.grads, groups[0])]
+    else:
+        outcomes = await gather_ordered(
+            ctx.backend.run(compute_group, ctx.carried, ctx.data, ctx.params, ctx.grads, group)
+            for group in groups
+        )
+    math = outcomes[0].seconds if len(outcomes) == 1 else None
+    placement.record(k, len(tasks), time.perf_counter() - started, math=math)
+    return [result for outcome in outcomes for result in outcome.results]
 
 
 async def _run_together(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardResult]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import pickle
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
@@ -125,15 +126,25 @@ class ShardGroup(NamedTuple):
     tasks: tuple[ShardTask, ...]
 
 
+class GroupResult(NamedTuple):
+    """A group's shard results, in shard order, and the seconds its math took where it
+    ran (which :class:`._step.Placement` learns from)."""
+
+    results: list[ShardResult]
+    seconds: float
+
+
 def compute_group(
     model: Any,
     data: SharedArrays,
     params: SharedArrays,
     grads: SharedArrays,
     group: ShardGroup,
-) -> list[ShardResult]:
-    """:func:`compute_shard` of each task of ``group`` in turn."""
-    return [compute_shard(model, data, params, grads, task) for task in group.tasks]
+) -> GroupResult:
+    """:func:`compute_shard` of each task of ``group`` in turn, timed."""
+    started = time.perf_counter()
+    results = [compute_shard(model, data, params, grads, task) for task in group.tasks]
+    return GroupResult(results, time.perf_counter() - started)
 
 
 def _rows(array: npt.NDArray[Any], rows: Rows) -> npt.NDArray[Any]:

@@ -6,7 +6,10 @@ single class. Its errors name the batch.
 
 A checked batch owns its arrays: they are copied (or converted, which copies) before they
 are checked, because the producer runs again before the batch is trained on and may refill
-or change what it yielded. What was checked is what is trained on.
+or change what it yielded. What was checked is what is trained on. The feed checks and
+re-cuts a batch in one go (:func:`assemble_batch`): a plain batch's rows are copied
+straight into the batches the trainer trains on and checked there; only a source that
+hands its arrays over (asynctrain's own Parquet stream) is not copied.
 
 A batch may be a data frame with a Series (or Arrow column); every frame of a stream must
 have the columns the trainer was trained on (:class:`NameRecord`), plain arrays pass.
@@ -31,6 +34,7 @@ from asynctrain.data._frames import (
     is_table,
     match_feature_names,
 )
+from asynctrain.data._stream import BatchAssembler
 from asynctrain.models import Model
 
 Batch = tuple[Array, npt.NDArray[Any], Array | None]
@@ -92,53 +96,130 @@ def check_batch(
     """
     try:
         X, y, w = _unpack(item)
-        if class_weight is None and not weighted and w is None:
-            plain = _plain_labelled(model, X, y)
-            if plain is not None:
-                return plain
-        if _rows(X) == 0 and _rows(y) == 0:
-            return None
-        expected = None if names is None else names.names
-        owned = (_owned(X, model.dtype), _owned(y), w)  # Dataset copies the weights
-        data = prepare(
-            model,
-            owned,
-            name="X",
-            single_class=True,
-            feature_names=expected,
-            class_weight=class_weight,
-        )
-        if names is not None:
-            names.meet(data.feature_names, name="X")
-        _check_weighted(data, weighted)
-        return data.X, _targets(model, data.y, like), data.sample_weight
+        if class_weight is None and not weighted and w is None and _plain(model, X, y):
+            owned = X.copy(), y.astype(np.int64)  # owned (a copy either way), then checked
+            if _plain_checked(model, *owned):
+                return *owned, None
+        return _checked(model, X, y, w, like, names, weighted, class_weight)
     except DataError as exc:
         raise type(exc)(f"{where}: {exc}") from exc
 
 
-def _plain_labelled(model: Model, X: Any, y: Any) -> Batch | None:
-    """The common batch checked in a few passes: ``X`` a numpy table in the model's dtype
-    and shape, ``y`` integer labels of a classifier, both copied, the copy finite and the
-    labels in range. None for anything else, or when a check fails: the general path
-    then checks the batch and says what is wrong with it.
+Assembled = tuple[dict[str, Array], int]
+"""A batch of the trainer's batch size: its arrays and how many of its rows count."""
+Layout = tuple[npt.NDArray[Any], bool]
+"""What a stream's first batch sets for the rest: its targets (no rows), and whether it
+has sample weights."""
 
-    It accepts exactly what the general path accepts for such arrays (the same copies,
-    the same checks), in a fraction of its time: the stream's threads share the GIL
-    with the event loop and the workers, so each batch's Python is felt by training.
+_LABELS: npt.NDArray[np.int64] = np.empty(0, np.int64)
+
+
+def assemble_batch(
+    model: Model,
+    item: object,
+    assembler: BatchAssembler,
+    *,
+    where: str,
+    like: npt.NDArray[Any] | None = None,
+    names: NameRecord | None = None,
+    weighted: bool | None = None,
+    class_weight: ClassWeight = None,
+    owned: bool = False,
+) -> tuple[Layout | None, list[Assembled]]:
+    """:func:`check_batch` of ``item`` (same arguments), its rows then cut by
+    ``assembler`` into batches of the trainer's batch size.
+
+    The common batch (see :func:`_plain`) is copied once, straight into the assembled
+    batches, and the copied rows are checked there; others are checked, then cut. With
+    ``owned`` (the source hands over arrays nobody else holds or writes again: the
+    batches of asynctrain's own Parquet stream) a common batch is not copied first: it
+    is checked as it is, and a batch of exactly ``batch_size`` rows is trained on as it is.
+
+    Returns:
+        The batch's :data:`Layout` (None for a batch with no rows) and the batches it
+        completed.
+
+    Raises:
+        DataError, DataTypeError: as :func:`check_batch`; the assembler then holds
+            what it held before (the stream ends at the error anyway).
+    """
+    try:
+        X, y, w = _unpack(item)
+        plain = class_weight is None and not weighted and w is None and _plain(model, X, y)
+        if plain and owned:
+            labels = y.astype(np.int64, copy=False)
+            if _plain_checked(model, X, labels):
+                return (_LABELS, False), assembler.add(X, labels)
+        elif plain:
+            mark = assembler.mark()
+            done = assembler.add(X, y, copy=True, y_dtype=np.int64)
+            if all(
+                _plain_checked(model, a["X"][s:e], a["y"][s:e]) for a, s, e in assembler.written
+            ):
+                return (_LABELS, False), done
+            assembler.undo(mark)  # the general path says what is wrong with it
+        batch = _checked(model, X, y, w, like, names, weighted, class_weight)
+    except DataError as exc:
+        raise type(exc)(f"{where}: {exc}") from exc
+    if batch is None:
+        return None, []
+    X, y, w = batch
+    return (np.empty((0, *y.shape[1:]), y.dtype), w is not None), assembler.add(X, y, w)
+
+
+def _checked(
+    model: Model,
+    X: Any,
+    y: Any,
+    w: Any,
+    like: npt.NDArray[Any] | None,
+    names: NameRecord | None,
+    weighted: bool | None,
+    class_weight: ClassWeight,
+) -> Batch | None:
+    """The general path of :func:`check_batch` (its errors not yet named)."""
+    if _rows(X) == 0 and _rows(y) == 0:
+        return None
+    expected = None if names is None else names.names
+    owned = (_owned(X, model.dtype), _owned(y), w)  # Dataset copies the weights
+    data = prepare(
+        model,
+        owned,
+        name="X",
+        single_class=True,
+        feature_names=expected,
+        class_weight=class_weight,
+    )
+    if names is not None:
+        names.meet(data.feature_names, name="X")
+    _check_weighted(data, weighted)
+    return data.X, _targets(model, data.y, like), data.sample_weight
+
+
+def _plain(model: Model, X: Any, y: Any) -> bool:
+    """Whether the batch is the common one, checked in a few passes: ``X`` a numpy table
+    in the model's dtype and shape, ``y`` integer labels of a classifier.
+
+    Such a batch is accepted exactly as the general path accepts it (the same copies, the
+    same checks, :func:`_plain_checked`), in a fraction of its time: the stream's threads
+    share the GIL with the event loop and the workers, so each batch's Python is felt by
+    training. When a check fails, the general path checks the batch again and says what
+    is wrong with it.
     """
     n_classes = getattr(model, "n_classes", None)  # read as check_data reads them
     if not isinstance(n_classes, int) or type(X) is not np.ndarray or type(y) is not np.ndarray:
-        return None
+        return False
     if X.dtype != model.dtype or X.ndim != 2 or X.shape[1] != getattr(model, "n_features", None):
-        return None
+        return False
     if y.dtype.kind not in "iu" or y.shape != X.shape[:1] or not len(y):
-        return None
-    if getattr(model, "input_shape", None) is not None:
-        return None
-    X, y = X.copy(), y.astype(np.int64)  # owned (a copy either way), then checked
-    if not np.isfinite(X).all() or y.min() < 0 or y.max() >= n_classes:
-        return None
-    return X, y, None
+        return False
+    return getattr(model, "input_shape", None) is None
+
+
+def _plain_checked(model: Model, X: npt.NDArray[Any], y: npt.NDArray[np.int64]) -> bool:
+    """Whether a plain batch's owned copy (``y`` as int64) is finite with labels in range."""
+    n_classes: int = model.n_classes  # type: ignore[assignment]  # an int: see _plain
+    return bool(np.isfinite(X).all()) and y.min() >= 0 and y.max() < n_classes
 
 
 def _unpack(item: object) -> tuple[Any, Any, Any]:

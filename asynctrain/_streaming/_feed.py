@@ -3,23 +3,25 @@
 ::
 
     source ─► consumer task ─► asyncio.Queue(maxsize=buffer) ─► filler task ─► ready queue
-    (sync or   pulls a batch,    validated batches; the          re-cuts rows    (slot, rows)
-     async)    validates a       producer waits while it         into a free     ─► trainer
-               copy of it off    is full                         ring slot ◄──── slot freed
-               the loop                                                          after its step
+    (sync or   pulls a batch;    per source batch, the batches   hands each      (slot, rows)
+     async)    in one trip off   it completed; the producer      to a free       ─► trainer
+               the loop checks   waits while it is full          ring slot ◄──── slot freed
+               and re-cuts it                                                    after its step
 
-The ring is ``RING_SLOTS`` batch buffers shared with the backend once
-(``backend.share(..., slots=RING_SLOTS)``), so a shard task carries only a slot number and
-a row range, never arrays, also on process backends. On backends whose ring holds
-references (inline, thread), a source batch of exactly ``batch_size`` rows that starts a
-batch is not copied into a buffer: its checked copy is the slot's content, published
-from the loop without a trip to a thread (a slot holds ``batch_size`` rows either way, so
-memory stays as bounded; a slot's buffer is allocated only when rows must be re-cut).
+One trip off the loop per source batch (with a sync source's ``next()``): the batch is
+checked and re-cut into batches of ``batch_size`` rows (:func:`._batch.assemble_batch`,
+:class:`~asynctrain.data._stream.BatchAssembler`); a plain float table with integer labels
+is copied once, straight into those batches, and the copy is checked there. The ring is
+``RING_SLOTS`` slots shared with the backend once (``backend.share(..., slots=RING_SLOTS)``),
+so a shard task carries only a slot number and a row range, never arrays, also on
+process backends. On backends whose ring holds references (inline, thread) an assembled
+batch *is* the slot's content, published from the loop without a trip; on the others the
+filler copies it into the slot's shared memory, as many slots a trip as are free.
 
 Errors travel in stream order: a bad batch or a raising source reaches the trainer after
 every full batch before it, so the parameters it leaves behind do not depend on timing.
-Validation, copies and a sync source's ``next()`` run on the feed's threads (inline on
-the inline backend), never on the event loop.
+Checks, copies and a sync source's ``next()`` run on the feed's threads (inline on the
+inline backend), never on the event loop.
 """
 
 from __future__ import annotations
@@ -30,20 +32,19 @@ import functools
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 
 from asynctrain._engine._tasks import unwrap_group
 from asynctrain._inputs import ClassWeight
-from asynctrain._streaming._batch import Batch, NameRecord, check_batch
+from asynctrain._streaming._batch import Assembled, NameRecord, assemble_batch
 from asynctrain._streaming._sources import END, OffLoop, iterate
 from asynctrain.backends import Backend, SharedArrays
 from asynctrain.backends._base import Arrays, LocalShared
-from asynctrain.data._stream import BatchCutter, Cut, copy_rows
+from asynctrain.data._stream import BatchAssembler
 from asynctrain.models import Model
 
 RING_SLOTS = 3
-"""Batch buffers of a stream fit: one in the step, one ready, one being filled."""
+"""Batch slots of a stream fit: one in the step, one ready, one being filled."""
 
 Ready = tuple[int, int] | BaseException | None  # (slot, rows), an error, or the end
 
@@ -73,13 +74,11 @@ class Feed:
         self._class_weight = class_weight
         self._source, self._model, self._backend, self._off = source, model, backend, off
         self._describe, self._names = describe, names
-        self._cutter = BatchCutter(batch_size, max_samples=max_samples)
-        self._batches: asyncio.Queue[Batch | BaseException | None] = asyncio.Queue(buffer)
+        self._assembler = BatchAssembler(batch_size, max_samples=max_samples)
+        # Each item: the batches one source batch completed (often none, or one).
+        self._batches: asyncio.Queue[list[Assembled] | BaseException | None] = asyncio.Queue(buffer)
         self._ready: asyncio.Queue[Ready] = asyncio.Queue()  # bounded by the ring's slots
         self._free: asyncio.Queue[int] = asyncio.Queue()
-        self._buffers: list[Arrays | None] = []  # a slot's buffer, made when first needed
-        self._empty: Callable[[], Arrays] | None = None  # makes one
-        self._slot: int | None = None  # the slot being filled
 
     async def next(self) -> tuple[int, int] | None:
         """The next ``(slot, rows)`` to train on, or None at the end of the stream.
@@ -113,132 +112,104 @@ class Feed:
     async def _consume(self) -> None:
         like: npt.NDArray[Any] | None = None
         weighted: bool | None = None  # whether the stream's batches carry weights
-        rows, limit = 0, self._cutter.max_samples
         async with iterate(self._source, self._off) as items:
             number = 0
-            while True:
-                check = functools.partial(
-                    check_batch,
+            while not self._assembler.done:
+                take = functools.partial(
+                    assemble_batch,
                     self._model,
+                    assembler=self._assembler,
                     where=self._describe(number),
                     like=like,
                     weighted=weighted,
                     names=self._names,
                     class_weight=self._class_weight,
+                    owned=items.owned,
                 )
-                batch = await items.pull(check)
-                if batch is END:
-                    return
+                taken = await items.pull(take)
+                if taken is END:
+                    break
                 number += 1
-                if batch is None:
+                first, batches = taken
+                if first is None:
                     continue
                 if like is None:
-                    like = np.empty((0, *batch[1].shape[1:]), batch[1].dtype)
-                    weighted = batch[2] is not None
-                await self._batches.put(batch)
-                rows += len(batch[0])
-                if limit is not None and rows >= limit:
-                    return
+                    like, weighted = first
+                if batches:
+                    await self._batches.put(batches)
+        last = self._assembler.flush()
+        if last is not None:
+            await self._batches.put([last])
 
-    # -- the filler: validated batches → ring slots ----------------------------------------
+    # -- the filler: assembled batches → ring slots ----------------------------------------
 
     async def fill(self) -> None:
-        """Re-cut validated batches into ring slots until the stream (or max_samples) ends."""
+        """Hand assembled batches to ring slots until the stream (or max_samples) ends."""
         try:
             await self._fill()
         except Exception as exc:
             self._ready.put_nowait(exc)
 
     async def _fill(self) -> None:
-        while not self._cutter.done:
-            batch = await self._batches.get()
-            if batch is None:
+        while True:
+            batches = await self._batches.get()
+            if batches is None:
                 break
-            if isinstance(batch, BaseException):
-                raise batch  # the partly filled slot is dropped: no part of it is trained
+            if isinstance(batches, BaseException):
+                raise batches  # the partly assembled batch was dropped: none of it is trained
             if self.ring is None:
-                await self._open_ring(batch)
-            await self._cut(batch, self._cutter.plan(len(batch[0])))
-        rows = self._cutter.flush()
-        if rows and self._slot is not None:
-            assert self.ring is not None
-            await self._off.call(self.ring.write, self._slot, self._buffer(self._slot))
-            self._ready.put_nowait((self._slot, rows))
+                await self._open_ring(batches[0][0])
+            if self._by_reference:
+                for arrays, rows in batches:
+                    await self._publish(arrays, rows)
+            else:
+                await self._copy(batches)
         self._ready.put_nowait(None)
 
-    async def _cut(self, batch: Batch, cuts: list[Cut]) -> None:
-        """Copy ``cuts`` of ``batch`` into ring slots, in as few trips off the loop as the
-        free slots allow, and publish each slot it fills (a whole batch by reference, if
-        the ring takes references: see the module docstring)."""
-        whole = len(cuts) == 1 and cuts[0].at == 0 and cuts[0].stop - cuts[0].start == len(batch[0])
-        if whole and cuts[0].full and self._by_reference:  # the batch is one slot
-            await self._publish(batch)
-            return
-        jobs: list[tuple[int, Cut]] = []
-        for cut in cuts:
-            if self._slot is None:
-                if jobs and self._free.empty():
-                    await self._copy(batch, jobs)
-                    jobs = []
-                self._slot = await self._free.get()
-            jobs.append((self._slot, cut))
-            if cut.full:
-                self._slot = None
-        if jobs:
-            await self._copy(batch, jobs)
-
-    async def _publish(self, batch: Batch) -> None:
-        """Make ``batch`` (checked, owned by the feed, ``batch_size`` rows) a slot's
-        content by reference; the slot's buffer, if it had one, is dropped."""
+    async def _publish(self, arrays: Arrays, rows: int) -> None:
+        """Make ``arrays`` (assembled, owned by the feed) a slot's content by reference."""
         assert self.ring is not None
         slot = await self._free.get()
-        self._buffers[slot] = None
-        X, y, w = batch
-        self.ring.write(slot, {"X": X, "y": y} if w is None else {"X": X, "y": y, "w": w})
-        self._ready.put_nowait((slot, self._cutter.batch_size))
+        self.ring.write(slot, arrays)
+        self._ready.put_nowait((slot, rows))
+
+    async def _copy(self, batches: list[Assembled]) -> None:
+        """Copy ``batches`` into free ring slots, in as few trips off the loop as the free
+        slots allow, and publish each."""
+        while batches:
+            jobs = [(await self._free.get(), batches[0][1])]
+            while len(jobs) < len(batches) and not self._free.empty():
+                jobs.append((self._free.get_nowait(), batches[len(jobs)][1]))
+            await self._write(batches, jobs)
+
+    async def _write(self, batches: list[Assembled], jobs: list[tuple[int, int]]) -> None:
+        """Write the first ``len(jobs)`` of ``batches`` to their slots (off the loop), drop
+        them from ``batches`` and publish them."""
+        assert self.ring is not None
+        ring, written = self.ring, batches[: len(jobs)]
+        del batches[: len(jobs)]
+
+        def write() -> None:
+            for (slot, _), (arrays, _) in zip(jobs, written, strict=True):
+                ring.write(slot, arrays)
+
+        await self._off.call(write)
+        written.clear()
+        for slot, rows in jobs:
+            self._ready.put_nowait((slot, rows))
 
     @property
     def _by_reference(self) -> bool:
         """Whether the ring stores the arrays written to it rather than copies."""
         return isinstance(self.ring, LocalShared)
 
-    async def _open_ring(self, batch: Batch) -> None:
-        size = self._cutter.batch_size
-        # Shapes and dtypes only: the factory outlives the batch, which must not stay alive.
-        arrays = zip("Xyw", batch, strict=True)
-        layout = {key: (a.shape[1:], a.dtype) for key, a in arrays if a is not None}
-
-        def buffers() -> Arrays:
-            # "w" for a weighted stream: the weights travel with the rows
-            return {key: np.zeros((size, *shape), dtype) for key, (shape, dtype) in layout.items()}
-
-        self.ring = await self._backend.share(buffers(), slots=RING_SLOTS)
-        self._empty = buffers
-        self._buffers = [None] * RING_SLOTS
+    async def _open_ring(self, first: Arrays) -> None:
+        """Share a ring shaped like the batch ``first`` with the backend."""
+        # Its arrays as the slots' first content: only their layout matters (each slot is
+        # written before it is read), and no buffer is allocated for it.
+        self.ring = await self._backend.share(first, slots=RING_SLOTS)
         for slot in range(RING_SLOTS):
             self._free.put_nowait(slot)
-
-    def _buffer(self, slot: int) -> Arrays:
-        """``slot``'s buffer, made now if it has none yet (off the loop)."""
-        buffer = self._buffers[slot]
-        if buffer is None:
-            assert self._empty is not None
-            buffer = self._buffers[slot] = self._empty()
-        return buffer
-
-    async def _copy(self, batch: Batch, jobs: list[tuple[int, Cut]]) -> None:
-        await self._off.call(self._copy_rows, batch, jobs)
-        for slot, cut in jobs:
-            if cut.full:
-                self._ready.put_nowait((slot, self._cutter.batch_size))
-
-    def _copy_rows(self, batch: Batch, jobs: list[tuple[int, Cut]]) -> None:
-        """Copy each ``(slot, cut)`` of ``batch`` into the slot's buffer; share full ones."""
-        assert self.ring is not None
-        for slot, cut in jobs:
-            copy_rows(self._buffer(slot), batch[0], batch[1], cut, batch[2])
-            if cut.full:
-                self.ring.write(slot, self._buffer(slot))
 
 
 @contextlib.asynccontextmanager

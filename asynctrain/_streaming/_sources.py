@@ -17,6 +17,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from typing import Any, TypeVar
 
 from asynctrain._offloop import off_loop
+from asynctrain._threads import ThreadPool
+from asynctrain.data import ParquetStream
+from asynctrain.data._parquet import Submit
 
 T = TypeVar("T")
 
@@ -28,27 +31,44 @@ class OffLoop:
     """Runs blocking work (a feed's; the trainer's input preparation) on two threads of
     its own, or inline for inline backends.
 
-    Two threads: a sync source blocked in ``next()`` never holds up re-cutting rows that
-    already arrived.
+    Two threads: a sync source blocked in ``next()`` never holds up copying batches that
+    already arrived into the backend's ring. A source that can read ahead (a Parquet
+    stream) gets a third, made when first asked for (:attr:`ahead`).
     """
 
     def __init__(self, *, inline: bool) -> None:
-        self._executor = (
-            None
-            if inline
-            else concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="asynctrain-stream")
-        )
+        self._inline = inline
+        # asynctrain's own pool, started on the first call: a trip costs a queue put and
+        # one wake of the loop, not an executor future chained to an asyncio one.
+        self._executor: ThreadPool | None = None
+        self._ahead: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @property
+    def ahead(self) -> Submit | None:
+        """``submit(fn, *args)`` on a thread of its own, for a source's read-ahead; None
+        when the work runs inline."""
+        if self._inline:
+            return None
+        if self._ahead is None:
+            self._ahead = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="asynctrain-read-ahead"
+            )
+        return self._ahead.submit
 
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` off the loop (never leaving it running if cancelled)."""
-        if self._executor is None:
+        if self._inline:
             return fn(*args, **kwargs)
-        return await off_loop(functools.partial(fn, *args, **kwargs), executor=self._executor)
+        if self._executor is None:
+            self._executor = ThreadPool(2, name="asynctrain-stream")
+        return await self._executor.run(functools.partial(fn, *args, **kwargs))
 
     async def aclose(self) -> None:
         """Stop the threads."""
         if self._executor is not None:
             await off_loop(self._executor.shutdown)
+        if self._ahead is not None:
+            await off_loop(self._ahead.shutdown)
 
 
 class Items:
@@ -57,10 +77,16 @@ class Items:
 
     def __init__(self, source: Iterable[Any] | AsyncIterable[Any], off: OffLoop) -> None:
         self._off = off
+        self.owned = isinstance(source, ParquetStream)
+        """Whether the source's arrays are handed over: nobody holds or writes them after
+        they are yielded (asynctrain's own Parquet stream makes new arrays for each batch
+        and never touches them again), so they need not be copied to be owned."""
         self._async: AsyncIterator[Any] | None = None
         self._sync: Iterator[Any] | None = None
         if isinstance(source, AsyncIterable):
             self._async = aiter(source)
+        elif isinstance(source, ParquetStream) and off.ahead is not None:
+            self._sync = source.read_ahead(off.ahead)
         else:
             self._sync = iter(source)
 

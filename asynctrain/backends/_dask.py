@@ -95,7 +95,10 @@ class DaskBackend(Lifecycle):
         keep_bytes: bytes of a fit's data (shared arrays of ``KEEP_MIN`` bytes or more:
             the dataset, its partitions, the validation set) the workers keep after the
             fit, most recently used first, so that a later fit on the same arrays does
-            not send them again (default 1 GiB; 0: send them every fit).
+            not send them again (default 1 GiB; 0: send them every fit). Arrays are
+            recognised by a hash of their contents; a read-only array's hash is
+            remembered while it lives, so do not change the memory behind a read-only
+            array between fits (a Dataset's arrays must not change anyway).
 
     Raises:
         ConfigError: both ``address`` and ``client``; a plain-TCP remote address without

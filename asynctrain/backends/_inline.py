@@ -35,6 +35,7 @@ class InlineBackend(Lifecycle):
 
     name = "inline"
     inline = True
+    local = True
 
     def __init__(self) -> None:
         super().__init__()

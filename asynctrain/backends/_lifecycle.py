@@ -22,6 +22,13 @@ class Lifecycle:
 
     name = "backend"
     inline = False
+    local = False
+    """True when the backend's workers are threads of this process, reading what it shares
+    in place (inline and thread backends): a step too small to pay for handing its shards
+    to a worker may then compute them on the event loop itself, with the same bits (see
+    ``asynctrain._engine._step.Placement``). False for worker processes, which also keep
+    a crashing model away from the caller. A backend without the attribute counts as
+    False."""
 
     def __init__(self) -> None:
         self._state = State.UNOPENED

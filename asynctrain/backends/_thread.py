@@ -77,6 +77,7 @@ class ThreadBackend(Lifecycle):
 
     name = "thread"
     inline = False
+    local = True
 
     def __init__(self, workers: int | None = None) -> None:
         super().__init__()

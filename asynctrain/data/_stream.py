@@ -105,3 +105,123 @@ def copy_rows(
     np.copyto(out["y"][cut.at : end], y[cut.start : cut.stop], casting="unsafe")
     if w is not None:
         np.copyto(out["w"][cut.at : end], w[cut.start : cut.stop])
+
+
+Arrays = dict[str, npt.NDArray[Any]]
+"""One assembled batch's arrays: ``"X"``, ``"y"`` and, for weighted rows, ``"w"``."""
+
+
+class BatchAssembler:
+    """Cuts a stream of batches of any size into new batches of ``batch_size`` rows, in
+    stream order (as :class:`BatchCutter` plans), each ``(arrays, rows)``: ``arrays`` of
+    ``batch_size`` rows of which the first ``rows`` hold the stream's rows.
+
+    An incoming batch of exactly ``batch_size`` rows that starts a batch *is* that batch
+    (its arrays are handed on, not copied) unless ``copy`` is asked: the caller gives
+    arrays it owns. Every other batch's rows are copied into new arrays, so an assembled
+    batch never keeps a larger incoming batch alive.
+
+    Args:
+        batch_size: rows per assembled batch, >= 1.
+        max_samples: take at most this many rows in total; None for no limit.
+
+    Example:
+        >>> assembler = BatchAssembler(4)
+        >>> X, y = np.arange(6.0)[:, None], np.arange(6)
+        >>> [(arrays["y"].tolist(), rows) for arrays, rows in assembler.add(X, y)]
+        [([0, 1, 2, 3], 4)]
+        >>> arrays, rows = assembler.flush()
+        >>> arrays["y"][:rows].tolist()
+        [4, 5]
+    """
+
+    __slots__ = ("_cutter", "_partial", "_y_dtype", "written")
+
+    def __init__(self, batch_size: int, *, max_samples: int | None = None) -> None:
+        self._cutter = BatchCutter(batch_size, max_samples=max_samples)
+        self._partial: Arrays | None = None  # the batch being assembled
+        self._y_dtype: np.dtype[Any] | None = None  # of the batches assembled so far
+        self.written: list[tuple[Arrays, int, int]] = []
+        """Where the last :meth:`add` copied rows: ``(arrays, start, stop)`` each."""
+
+    @property
+    def batch_size(self) -> int:
+        """Rows per assembled batch."""
+        return self._cutter.batch_size
+
+    @property
+    def done(self) -> bool:
+        """True once ``max_samples`` rows were taken: the stream needs no more."""
+        return self._cutter.done
+
+    def add(
+        self,
+        X: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        w: npt.NDArray[Any] | None = None,
+        *,
+        copy: bool = False,
+        y_dtype: npt.DTypeLike | None = None,
+    ) -> list[tuple[Arrays, int]]:
+        """Take the rows of ``X`` and ``y`` (and their weights ``w``); return the batches
+        they complete, each ``(arrays, batch_size)``.
+
+        With ``copy`` every row is copied, also a batch that would be handed on (the
+        caller does not own the arrays). :attr:`written` then says where the rows went.
+        New arrays take the dtypes of ``X`` and ``w``, and ``y_dtype`` for ``y`` (by
+        default that of the batches assembled before, else ``y``'s); ``y`` is cast as it
+        is copied.
+        """
+        size = self._cutter.batch_size
+        done: list[tuple[Arrays, int]] = []
+        self.written = []
+        for cut in self._cutter.plan(len(X)):
+            whole = cut.full and cut.at == 0 and cut.start == 0 and cut.stop == len(X)
+            if whole and not copy:
+                done.append((_arrays(X, y, w), size))  # the incoming batch is one batch
+                self._y_dtype = y.dtype
+                continue
+            if self._partial is None:
+                target = y_dtype if y_dtype is not None else self._y_dtype
+                self._partial = _empty(size, X, y, w, y.dtype if target is None else target)
+            copy_rows(self._partial, X, y, cut, w)
+            self.written.append((self._partial, cut.at, cut.at + cut.stop - cut.start))
+            self._y_dtype = self._partial["y"].dtype
+            if cut.full:
+                done.append((self._partial, size))
+                self._partial = None
+        return done
+
+    def mark(self) -> tuple[int, int, Arrays | None]:
+        """The assembler's state, for :meth:`undo`."""
+        return self._cutter.filled, self._cutter.taken, self._partial
+
+    def undo(self, mark: tuple[int, int, Arrays | None]) -> None:
+        """Forget the rows added since :meth:`mark` returned ``mark`` (the batches they
+        completed are the caller's to drop)."""
+        self._cutter.filled, self._cutter.taken, self._partial = mark
+        self.written = []
+
+    def flush(self) -> tuple[Arrays, int] | None:
+        """The partly assembled batch (the stream's last, shorter one) as ``(arrays,
+        rows)``, or None if there is none; the assembler starts over."""
+        rows, partial, self._partial = self._cutter.flush(), self._partial, None
+        return (partial, rows) if rows and partial is not None else None
+
+
+def _arrays(X: npt.NDArray[Any], y: npt.NDArray[Any], w: npt.NDArray[Any] | None) -> Arrays:
+    return {"X": X, "y": y} if w is None else {"X": X, "y": y, "w": w}
+
+
+def _empty(
+    rows: int,
+    X: npt.NDArray[Any],
+    y: npt.NDArray[Any],
+    w: npt.NDArray[Any] | None,
+    y_dtype: npt.DTypeLike,
+) -> Arrays:
+    return _arrays(
+        np.empty((rows, *X.shape[1:]), X.dtype),
+        np.empty((rows, *y.shape[1:]), y_dtype),
+        None if w is None else np.empty((rows, *w.shape[1:]), w.dtype),
+    )
