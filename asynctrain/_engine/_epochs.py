@@ -167,7 +167,8 @@ async def collect(
                 else:
                     samples += event.samples
                     staleness.append(event.staleness)
-                if await notify(callbacks, event):
+                # No callbacks (a plain fit): no coroutine to create and await per event.
+                if callbacks and await notify(callbacks, event):
                     stopped = True
                     break
                 if after is not None:

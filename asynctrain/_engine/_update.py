@@ -10,6 +10,7 @@ are serialised, and because it commits a whole new :class:`TrainState` at once, 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -22,7 +23,8 @@ from asynctrain._threads import ThreadPool
 from asynctrain._types import Grads, Params
 from asynctrain.backends import SharedArrays
 from asynctrain.optim import apply_updates, global_norm
-from asynctrain.optim._tree import arrays_in, leaves
+from asynctrain.optim._flat import buffers_in, flat_or_values, flat_zeros, freeze
+from asynctrain.optim._tree import leaves
 
 T = TypeVar("T")
 
@@ -67,7 +69,8 @@ class Updater:
         self.optimizer = optimizer
         self.state = state
         self.nonfinite = nonfinite
-        self._scratch: Grads = zeros_like(state.params)
+        # Views of one buffer: the optimizer's element-wise passes run once over it.
+        self._scratch: Grads = flat_zeros(state.params)
         self._backup = StateBackup()
         self._thread = None if inline else ThreadPool(1, name="asynctrain-update")
 
@@ -93,7 +96,10 @@ class Updater:
         leaves ``TrainState.batch``, the position within the current epoch of an
         in-memory dataset, as it was.
         """
-        return await self.call(self._apply, results, grads, publish, slot, int(advance_batch))
+        args = (results, grads, publish, slot, int(advance_batch))
+        if self._thread is None:  # inline: no hop, and no second coroutine frame a step
+            return self._apply(*args)
+        return await self._thread.run(self._apply, *args)
 
     async def commit(self, fn: Callable[..., tuple[TrainState, T]], /, *args: Any) -> T:
         """Run ``fn(state, *args) -> (new_state, result)`` where updates run; commit
@@ -136,8 +142,7 @@ class Updater:
                 results, grads, mean_loss(loss_sum, weight), n, weight, problem, advance
             )
         version = state.version + 1
-        for value in params.values():  # fresh arrays from apply_updates: freeze, no views
-            value.flags.writeable = False
+        freeze(params)  # fresh arrays from apply_updates (views of a fresh buffer)
         publish.write(version % publish.slots if slot is None else slot, params)
         self.state = TrainState(
             state.step + 1,
@@ -156,7 +161,7 @@ class Updater:
         updates, opt_state = self.optimizer.update(acc, state.opt_state, state.params)
         params = apply_updates(state.params, updates)
         problem = None
-        if not (all_finite(params.values()) and all_finite(arrays_in(opt_state))):
+        if not all_finite([*flat_or_values(params), *self._backup.walk(opt_state)]):
             problem = _first_nonfinite(0.0, params, "parameter", from_shards=False)
             problem = problem or _nonfinite_state(opt_state)
             self._backup.restore()
@@ -203,21 +208,44 @@ class StateBackup:
 
     Optimizers update their state in place; copying it first (into buffers allocated once)
     is what lets a refused step leave the state exactly as it was.
+
+    The arrays of the state a step starts from were found by the walk that checked it
+    after the step before (:meth:`walk`), so a step walks the state's tree once.
     """
 
     def __init__(self) -> None:
         self._arrays: list[npt.NDArray[Any]] = []
         self._copies: list[npt.NDArray[Any]] = []
+        self._walked: tuple[object, list[npt.NDArray[Any]]] = (object(), [])
+
+    def walk(self, opt_state: Any) -> list[npt.NDArray[Any]]:
+        """The arrays of ``opt_state`` (:func:`buffers_in`), remembered for :meth:`save`."""
+        arrays = buffers_in(opt_state)
+        self._walked = (opt_state, arrays)
+        return arrays
 
     def save(self, opt_state: Any) -> None:
-        """Copy the arrays of ``opt_state``."""
-        self._arrays = arrays = arrays_in(opt_state)
-        copies = self._copies
-        if len(copies) != len(arrays) or any(
-            c.shape != a.shape or c.dtype != a.dtype for c, a in zip(copies, arrays, strict=False)
-        ):
-            self._copies = [array.copy() for array in arrays]
-            return
+        """Copy the arrays of ``opt_state``.
+
+        The walk of the same state object by :meth:`walk` is used when there is one: only
+        an update changes a state's tree (it may rebuild it, or replace an entry of one of
+        its dicts), and every update's result is walked.
+        """
+        walked, arrays = self._walked
+        if walked is not opt_state:
+            arrays = buffers_in(opt_state)
+        copies, saved = self._copies, self._arrays
+        # The same array objects as last time (the usual case: state updated in place)
+        # fit the copies already; any other array list is checked and copied afresh.
+        same = len(arrays) == len(saved) and all(map(operator.is_, arrays, saved))
+        if not same:
+            self._arrays = arrays
+            if len(copies) != len(arrays) or any(
+                c.shape != a.shape or c.dtype != a.dtype
+                for c, a in zip(copies, arrays, strict=False)
+            ):
+                self._copies = [array.copy() for array in arrays]
+                return
         for copy, array in zip(copies, arrays, strict=True):
             np.copyto(copy, array)
 

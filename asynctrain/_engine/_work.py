@@ -152,7 +152,7 @@ def _rows(array: npt.NDArray[Any], rows: Rows) -> npt.NDArray[Any]:
     # as with gathered indices, so a stream gives the same bits as the in-memory dataset.
     if isinstance(rows, range):
         return array[rows.start : rows.stop].copy()
-    return np.take(array, rows, axis=0)
+    return array.take(rows, axis=0)  # the method: np.take's Python wrapper costs ~1 us
 
 
 class EvalResult(NamedTuple):

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import numpy.typing as npt
 
 from asynctrain._exceptions import ConfigError
+from asynctrain._types import State
 from asynctrain.backends._base import LocalShared
 from asynctrain.backends._lifecycle import Lifecycle
 
@@ -48,7 +49,8 @@ class InlineBackend(Lifecycle):
         is raised before the result is returned: callers need no path of their own for
         this backend.
         """
-        await self._ensure_open()
+        if self._state is not State.OPEN:  # opened already (the usual case): no coroutine
+            await self._ensure_open()
         await asyncio.sleep(0)
         current = asyncio.current_task()
         requested = current.cancelling() if current is not None else 0

@@ -18,6 +18,7 @@ import numpy as np
 
 from asynctrain._exceptions import ConfigError, ConfigTypeError
 from asynctrain._types import Array, Grads, Params
+from asynctrain.optim._flat import buffers, flat_empty
 
 OptState: TypeAlias = Any
 """An optimizer state: a NamedTuple (or, for :func:`chain`, a tuple) of plain data."""
@@ -190,15 +191,18 @@ def apply_updates(params: Params, updates: Grads) -> Params:
         [0.5]
     """
     check_same_keys("updates", updates, params)
-    new: Params = {}
     for key, value in params.items():
         update = updates[key]
         if update.shape != value.shape:
             raise ConfigError(
                 f"update {key!r} has shape {update.shape}, parameter has {value.shape}"
             )
-        # out=: a 0-d parameter stays an array (np.add alone returns a numpy scalar).
-        new[key] = np.add(value, update, out=np.empty_like(value), dtype=value.dtype)
+    # New arrays, views of one buffer when they can be: one addition over the buffer
+    # when the parameters and the updates are such views too (the same bits as a loop).
+    # out=: a 0-d parameter stays an array (np.add alone returns a numpy scalar).
+    new = flat_empty(params)
+    for out, value, update in buffers(new, params, updates):
+        np.add(value, update, out=out, dtype=out.dtype)
     return new
 
 
@@ -216,7 +220,10 @@ def global_norm(tree: Grads) -> float:
         >>> global_norm({"a": np.array([3.0]), "b": np.array([[4.0]])})
         5.0
     """
-    return math.sqrt(sum(_sum_of_squares(x) for x in tree.values()))
+    total = 0.0
+    for x in tree.values():
+        total += _sum_of_squares(x)
+    return math.sqrt(total)
 
 
 def _sum_of_squares(x: Array) -> float:

@@ -16,6 +16,7 @@ import numpy as np
 from asynctrain._checks import check_float
 from asynctrain._types import Array, Grads, Params
 from asynctrain.optim._base import GradientTransformation, _call_label, _labelled, check_same_keys
+from asynctrain.optim._flat import buffers
 from asynctrain.optim._transforms import full_like
 from asynctrain.optim._validate import check_fraction, check_positive
 
@@ -90,8 +91,7 @@ def _adam_update(
     correction1, correction2 = 1.0 - b1**count, 1.0 - b2**count
     # g is scaled by (1 - b1) for the first moment; this turns its square into (1-b2)*g**2.
     square_factor = (1.0 - b2) / (1.0 - b1) ** 2
-    for key, g in grads.items():
-        mu, nu = state.mu[key], state.nu[key]
+    for g, mu, nu in buffers(grads, state.mu, state.nu):
         np.multiply(mu, b1, out=mu)
         np.multiply(g, 1.0 - b1, out=g)
         np.add(mu, g, out=mu)
@@ -147,9 +147,8 @@ def _rms_update(
     decay: float, eps: float, grads: Grads, state: ScaleByRmsState, params: Params | None = None
 ) -> tuple[Grads, ScaleByRmsState]:
     check_same_keys("gradient", grads, state.nu)
-    for key, g in grads.items():
-        nu = state.nu[key]
-        scratch = np.square(g)
+    for g, nu in buffers(grads, state.nu):
+        scratch = np.square(g, out=np.empty_like(g))  # out=: a 0-d g stays an array
         np.multiply(scratch, 1.0 - decay, out=scratch)
         np.multiply(nu, decay, out=nu)
         np.add(nu, scratch, out=nu)
@@ -199,9 +198,8 @@ def _adagrad_update(
     eps: float, grads: Grads, state: ScaleByAdagradState, params: Params | None = None
 ) -> tuple[Grads, ScaleByAdagradState]:
     check_same_keys("gradient", grads, state.sum_of_squares)
-    for key, g in grads.items():
-        total = state.sum_of_squares[key]
-        scratch = np.square(g)
+    for g, total in buffers(grads, state.sum_of_squares):
+        scratch = np.square(g, out=np.empty_like(g))  # out=: a 0-d g stays an array
         np.add(total, scratch, out=total)
         _divide_by_root(g, total, eps, scratch)
     return grads, state

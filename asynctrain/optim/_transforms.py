@@ -25,6 +25,7 @@ from asynctrain.optim._base import (
     check_same_keys,
     global_norm,
 )
+from asynctrain.optim._flat import buffers, flat_or_values, flat_zeros
 from asynctrain.optim._validate import (
     check_bool,
     check_floating,
@@ -48,9 +49,10 @@ class ScaleByScheduleState(NamedTuple):
 
 
 def full_like(params: Params, value: float = 0.0) -> dict[str, Array]:
-    """Return a fresh array filled with ``value`` per parameter (same shape and dtype)."""
+    """Return a fresh array filled with ``value`` per parameter (same shape and dtype);
+    views of one buffer when they can be (:func:`~asynctrain.optim._flat.flat_zeros`)."""
     check_floating(params)
-    return {key: np.full_like(p, value) for key, p in params.items()}
+    return flat_zeros(params, value)
 
 
 def _empty_init(params: Params) -> EmptyState:
@@ -83,7 +85,7 @@ def scale(factor: float) -> GradientTransformation:
 def _scale_update(
     factor: float, grads: Grads, state: EmptyState, params: Params | None = None
 ) -> tuple[Grads, EmptyState]:
-    for g in grads.values():
+    for g in flat_or_values(grads):
         np.multiply(g, factor, out=g)
     return grads, state
 
@@ -125,7 +127,7 @@ def _scheduled_update(
     schedule: Schedule, grads: Grads, state: ScaleByScheduleState, params: Params | None = None
 ) -> tuple[Grads, ScaleByScheduleState]:
     factor = -scheduled_value(schedule, state.count)
-    for g in grads.values():
+    for g in flat_or_values(grads):
         np.multiply(g, factor, out=g)
     return grads, ScaleByScheduleState(state.count + 1)
 
@@ -169,8 +171,7 @@ def _trace_update(
     decay: float, nesterov: bool, grads: Grads, state: TraceState, params: Params | None = None
 ) -> tuple[Grads, TraceState]:
     check_same_keys("gradient", grads, state.trace)
-    for key, g in grads.items():
-        t = state.trace[key]
+    for g, t in buffers(grads, state.trace):
         np.multiply(t, decay, out=t)
         np.add(t, g, out=t)
         if nesterov:

@@ -1,0 +1,210 @@
+"""Parameter-shaped dicts whose arrays are consecutive views of one flat buffer.
+
+A step's element-wise work (Adam's dozen passes, momentum, the learning rate, adding the
+updates to the parameters, the finiteness checks and the optimizer-state backup) costs a
+numpy call per parameter array, and for small models those calls, not the arithmetic,
+are the cost. When every array of a dict is a view of one buffer, in order, the work runs
+once over the buffer instead: each element gets exactly the same operations, so the bits
+are those of the per-array loop.
+
+:class:`FlatArrays` is such a dict. It is built only by :func:`flat_zeros` and
+:func:`flat_empty`; any change to its entries forgets the buffer (``flat`` becomes None)
+and it is then an ordinary dict, which every function here still accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Layout = tuple[tuple[str, tuple[int, ...], int], ...]
+"""The keys, shapes and sizes of a :class:`FlatArrays`, in buffer order."""
+
+
+class FlatArrays(dict[str, npt.NDArray[Any]]):
+    """A dict of arrays that are consecutive views of ``flat`` (a 1-D buffer) in key order.
+
+    Reads, iteration and ``==`` are those of a dict. Any change to its entries (setting,
+    deleting, ``update``...) sets ``flat`` to None: the views no longer tell the whole
+    story. It pickles and copies as a plain dict.
+
+    Example:
+        >>> arrays = flat_zeros({"w": np.ones((2, 2)), "b": np.ones(3)})
+        >>> arrays.flat.shape, np.shares_memory(arrays["b"], arrays.flat)
+        ((7,), True)
+        >>> arrays["b"] = np.ones(3); arrays.flat is None
+        True
+    """
+
+    __slots__ = ("flat", "layout")
+    flat: npt.NDArray[Any] | None
+    layout: Layout
+
+    def __init__(self, flat: npt.NDArray[Any], layout: Layout) -> None:
+        start, views = 0, {}
+        for key, shape, size in layout:
+            views[key] = flat[start : start + size].reshape(shape)
+            start += size
+        super().__init__(views)
+        self.flat, self.layout = flat, layout
+
+    def _forget(self) -> None:
+        self.flat = None
+
+    def __setitem__(self, key: str, value: npt.NDArray[Any]) -> None:
+        self._forget()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._forget()
+        super().__delitem__(key)
+
+    def __ior__(self, other: Any) -> FlatArrays:  # type: ignore[override,misc]
+        self._forget()
+        return super().__ior__(other)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """As ``dict.update``; forgets the buffer."""
+        self._forget()
+        super().update(*args, **kwargs)
+
+    def pop(self, *args: Any) -> Any:
+        """As ``dict.pop``; forgets the buffer."""
+        self._forget()
+        return super().pop(*args)
+
+    def popitem(self) -> tuple[str, npt.NDArray[Any]]:
+        """As ``dict.popitem``; forgets the buffer."""
+        self._forget()
+        return super().popitem()
+
+    def setdefault(self, *args: Any) -> Any:
+        """As ``dict.setdefault``; forgets the buffer."""
+        self._forget()
+        return super().setdefault(*args)
+
+    def clear(self) -> None:
+        """As ``dict.clear``; forgets the buffer."""
+        self._forget()
+        super().clear()
+
+    def __reduce__(self) -> Any:
+        return dict, (dict(self),)
+
+
+def layout_of(arrays: Mapping[str, Any]) -> tuple[Layout, np.dtype[Any]] | None:
+    """The layout and the one dtype of ``arrays``, or None when they cannot share a buffer
+    (not all numpy arrays of one dtype, or none at all)."""
+    if isinstance(arrays, FlatArrays) and arrays.flat is not None:
+        return arrays.layout, arrays.flat.dtype
+    values = list(arrays.values())
+    # C order only: a view of the buffer is C-contiguous, as np.empty_like of these is.
+    if not values or not all(type(v) is np.ndarray and v.flags.c_contiguous for v in values):
+        return None
+    dtype = values[0].dtype
+    if any(v.dtype != dtype for v in values):
+        return None
+    return tuple((k, v.shape, v.size) for k, v in arrays.items()), dtype
+
+
+def flat_empty(like: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
+    """Uninitialised arrays shaped like ``like``: a :class:`FlatArrays` when they can
+    share a buffer, else a dict of separate arrays."""
+    if type(like) is FlatArrays and like.flat is not None:  # every step's new parameters
+        return FlatArrays(np.empty_like(like.flat), like.layout)
+    found = layout_of(like)
+    if found is None:
+        return {k: np.empty_like(v) for k, v in like.items()}
+    layout, dtype = found
+    return FlatArrays(np.empty(sum(size for _, _, size in layout), dtype), layout)
+
+
+def flat_zeros(like: Mapping[str, Any], value: float = 0.0) -> dict[str, npt.NDArray[Any]]:
+    """Arrays shaped like ``like`` filled with ``value``, sharing a buffer when they can."""
+    arrays = flat_empty(like)
+    flat = arrays.flat if isinstance(arrays, FlatArrays) else None
+    if flat is not None:
+        flat.fill(value)
+    else:
+        for array in arrays.values():
+            array.fill(value)
+    return arrays
+
+
+def buffers(*dicts: Mapping[str, npt.NDArray[Any]]) -> list[tuple[npt.NDArray[Any], ...]]:
+    """The arrays to work on, matched across ``dicts`` (which have the same keys): one
+    tuple of whole buffers when every dict is a :class:`FlatArrays` of one layout, else a
+    tuple per key (in the first dict's order).
+
+    Example:
+        >>> like = {"w": np.ones(2), "b": np.ones(1)}
+        >>> a, b = flat_zeros(like), flat_zeros(like)
+        >>> [len(t[0]) for t in buffers(a, b)]
+        [3]
+        >>> [len(t[0]) for t in buffers(a, dict(b))]
+        [2, 1]
+    """
+    first = dicts[0]
+    if type(first) is FlatArrays and first.flat is not None:
+        flats = [first.flat]
+        for other in dicts[1:]:
+            if not (
+                type(other) is FlatArrays
+                and other.flat is not None
+                and (other.layout is first.layout or other.layout == first.layout)
+                and other.flat.dtype == first.flat.dtype
+            ):
+                break
+            flats.append(other.flat)
+        else:
+            return [tuple(flats)]
+    return [tuple([d[key] for d in dicts]) for key in first]  # sized: no tuple resize
+
+
+def flat_or_values(arrays: Mapping[str, npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+    """The arrays to work on for one dict: its buffer, or its arrays."""
+    if type(arrays) is FlatArrays and arrays.flat is not None:
+        return [arrays.flat]
+    return list(arrays.values())
+
+
+def freeze(arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+    """Make the arrays of ``arrays`` read-only, and its buffer if it has one."""
+    for array in arrays.values():
+        array.flags.writeable = False
+    if type(arrays) is FlatArrays and arrays.flat is not None:
+        arrays.flat.flags.writeable = False
+
+
+def buffers_in(tree: Any) -> list[npt.NDArray[Any]]:
+    """The arrays of an optimizer state ``tree`` to back up or check, with each
+    :class:`FlatArrays` as its one buffer (the arrays of ``arrays_in`` otherwise).
+
+    Example:
+        >>> state = (3, flat_zeros({"w": np.ones(2), "b": np.ones(1)}), np.ones(4))
+        >>> [a.shape for a in buffers_in(state)]
+        [(3,), (4,)]
+    """
+    if not isinstance(tree, _CONTAINERS):
+        return [tree] if isinstance(tree, np.ndarray) else []
+    found: list[npt.NDArray[Any]] = []
+    _collect(tree, found)
+    return found
+
+
+def _collect(tree: Any, found: list[npt.NDArray[Any]]) -> None:
+    # Walked every step: leaves are taken in the loop, only containers cost a call.
+    if type(tree) is FlatArrays and tree.flat is not None:
+        found.append(tree.flat)
+        return
+    for item in tree.values() if isinstance(tree, dict) else tree:
+        if isinstance(item, np.ndarray):
+            found.append(item)
+        elif isinstance(item, _CONTAINERS):
+            _collect(item, found)
+
+
+_CONTAINERS = (dict, tuple)

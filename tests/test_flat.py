@@ -1,0 +1,134 @@
+"""Parameter-shaped dicts on one buffer (asynctrain.optim._flat): the element-wise passes
+run once over the buffer and give the bits of the per-array loop (the oracle: the same
+optimizer on ordinary dicts)."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from asynctrain import optim
+from asynctrain.optim import apply_updates
+from asynctrain.optim._flat import FlatArrays, buffers, buffers_in, flat_zeros
+
+SHAPES = {"W": (7, 5), "b": (5,), "s": ()}
+
+
+def _params(seed: int = 0) -> dict[str, np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(seed)
+    return {k: np.asarray(rng.normal(size=s), np.float32) for k, s in SHAPES.items()}
+
+
+def _plain(tree: Any) -> Any:
+    """``tree`` with every dict an ordinary dict of separate arrays (no shared buffer)."""
+    if isinstance(tree, dict):
+        return {k: _plain(v) for k, v in tree.items()}
+    if isinstance(tree, tuple):
+        items = [_plain(v) for v in tree]
+        return type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)
+    return tree.copy() if isinstance(tree, np.ndarray) else tree
+
+
+def test_views_of_one_buffer_in_key_order() -> None:
+    arrays = flat_zeros(_params(), 2.0)
+    assert isinstance(arrays, FlatArrays)
+    assert arrays.flat is not None
+    assert list(arrays) == list(SHAPES)
+    assert arrays.flat.size == 35 + 5 + 1
+    assert all(np.shares_memory(v, arrays.flat) and v.shape == SHAPES[k] for k, v in arrays.items())
+    arrays.flat[35:40] = 1.0
+    assert (arrays["b"] == 1.0).all()
+    assert (arrays["W"] == 2.0).all()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d.__setitem__("b", np.ones(5, np.float32)),
+        lambda d: d.pop("s"),
+        lambda d: d.update(b=np.ones(5, np.float32)),
+        lambda d: d.setdefault("new", np.ones(1, np.float32)),
+        lambda d: d.__delitem__("W"),
+        lambda d: d.popitem(),
+        lambda d: d.clear(),
+    ],
+)
+def test_any_change_to_the_entries_forgets_the_buffer(change: Callable[[Any], Any]) -> None:
+    arrays = flat_zeros(_params())
+    change(arrays)
+    assert isinstance(arrays, FlatArrays)
+    assert arrays.flat is None
+    assert buffers_in((arrays,)) == list(arrays.values())  # then walked like any dict
+
+
+def test_pickles_and_copies_as_a_plain_dict() -> None:
+    arrays = flat_zeros(_params(), 3.0)
+    for other in (pickle.loads(pickle.dumps(arrays)), copy.deepcopy(arrays)):
+        assert type(other) is dict
+        assert other.keys() == arrays.keys()
+        assert all(np.array_equal(other[k], arrays[k]) for k in arrays)
+
+
+def test_mixed_dtypes_or_non_contiguous_arrays_stay_separate() -> None:
+    mixed = {"a": np.zeros(2, np.float32), "b": np.zeros(2, np.float64)}
+    strided = {"a": np.zeros((4, 4), np.float32)[:, ::2]}
+    for like in (mixed, strided):
+        arrays = flat_zeros(like)
+        assert type(arrays) is dict
+        assert all(v.flags.c_contiguous for v in arrays.values())
+
+
+def test_buffers_match_across_dicts_or_fall_back_per_key() -> None:
+    a, b = flat_zeros(_params()), flat_zeros(_params())
+    [(whole_a, whole_b)] = buffers(a, b)
+    assert whole_a is a.flat
+    assert whole_b is b.flat
+    per_key = buffers(a, dict(b))
+    assert [t[0].shape for t in per_key] == list(SHAPES.values())
+
+
+OPTIMIZERS = {
+    "adam": lambda: optim.adam(1e-2),
+    "sgd_momentum": lambda: optim.sgd(0.1, momentum=0.9),
+    "nesterov": lambda: optim.sgd(0.1, momentum=0.9, nesterov=True),
+    "rmsprop": lambda: optim.rmsprop(1e-2),
+    "adagrad": lambda: optim.adagrad(1e-1),
+    "schedule": lambda: optim.adam(optim.cosine_decay(1e-2, decay_steps=50)),
+    "adamw_clipped": lambda: optim.chain(optim.clip_by_global_norm(0.5), optim.adamw(1e-2)),
+}
+
+
+@pytest.mark.parametrize("make", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
+def test_one_pass_over_the_buffer_gives_the_bits_of_the_per_array_loop(
+    make: Callable[[], optim.GradientTransformation],
+) -> None:
+    opt, rng = make(), np.random.default_rng(1)
+    flat_params, plain_params = _params(), _params()
+    flat_state, plain_state = opt.init(flat_params), _plain(opt.init(plain_params))
+    assert any(type(a) is FlatArrays for a in _dicts(flat_state))
+    for _ in range(20):
+        grads = {k: np.asarray(rng.normal(size=s), np.float32) for k, s in SHAPES.items()}
+        flat_grads = flat_zeros(grads)
+        for key, value in grads.items():
+            np.copyto(flat_grads[key], value)
+        updates, flat_state = opt.update(flat_grads, flat_state, flat_params)
+        flat_params = apply_updates(flat_params, updates)
+        updates, plain_state = opt.update(dict(grads), plain_state, plain_params)
+        plain_params = apply_updates(plain_params, _plain(updates))
+    assert isinstance(flat_params, FlatArrays)
+    assert flat_params.flat is not None
+    for key in SHAPES:
+        assert flat_params[key].tobytes() == plain_params[key].tobytes()
+
+
+def _dicts(tree: Any) -> list[Any]:
+    if isinstance(tree, dict):
+        return [tree]
+    if isinstance(tree, tuple):
+        return [d for item in tree for d in _dicts(item)]
+    return []
