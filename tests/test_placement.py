@@ -21,6 +21,7 @@ from asynctrain._engine._step import (
     LOOP_BUDGET,
     MAX_REPROBE,
     MEASURED,
+    PROBE_STEPS,
     REMEMBERED,
     REPROBE,
     WARM_UP,
@@ -82,16 +83,30 @@ def test_the_other_choice_is_tried_every_reprobe_steps_and_can_win() -> None:
 
 def test_a_choice_that_stands_is_tried_less_and_less_often() -> None:
     placement = _trained(100e-6, 300e-6)
-    probes = []
-    for i in range(4 * MAX_REPROBE):
-        k = placement.tasks(4, workers=2)
-        if k == 2:
-            probes.append(i)
-        placement.record(k, 4, 100e-6 if k == 1 else 300e-6)
-    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    choices = []
+    for _ in range(4 * MAX_REPROBE):
+        choices.append(placement.tasks(4, workers=2))
+        placement.record(choices[-1], 4, 100e-6 if choices[-1] == 1 else 300e-6)
+    starts = [i for i, k in enumerate(choices) if k == 2 and (i == 0 or choices[i - 1] != 2)]
+    for start in starts:  # each try is a few steps in a row
+        assert choices[start : start + PROBE_STEPS + 1] == [2] * PROBE_STEPS + [1]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps == sorted(gaps)
     assert gaps[:2] == [REPROBE, 2 * REPROBE]
     assert gaps[-1] == MAX_REPROBE
+
+
+def test_a_try_is_timed_afresh_so_stale_times_do_not_outvote_it() -> None:
+    placement = _trained(100e-6, 300e-6)
+    for _ in range(WINDOW):  # spreading was slow many times over (another fit, say)
+        placement.record(2, 4, 300e-6)
+    choices = []
+    for _ in range(REPROBE + PROBE_STEPS + 1):
+        choices.append(placement.tasks(4, workers=2))
+        placement.record(choices[-1], 4, 100e-6 if choices[-1] == 1 else 20e-6)  # now faster
+    first = choices.index(2)  # the first try
+    assert choices[:first] == [1] * first
+    assert choices[first:] == [2] * len(choices[first:])  # one try was enough
 
 
 def test_groups_are_contiguous_and_even() -> None:

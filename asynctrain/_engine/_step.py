@@ -37,6 +37,9 @@ REPROBE = 32
 doubles (up to :data:`MAX_REPROBE`) each time the choice stands, and resets when it flips."""
 MAX_REPROBE = 512
 """The longest interval between steps that try the choice not taken."""
+PROBE_STEPS = 3
+"""Steps in a row that a try of the choice not taken runs, timed afresh (its older times
+are dropped: they may be from another fit, or from before the costs changed)."""
 REMEMBERED = 32
 """Placements a backend keeps for later fits (the most recently used)."""
 LOOP_BUDGET = 500e-6
@@ -61,8 +64,9 @@ class Placement:
       clock (per shard, so a short last batch counts alike);
     * from then on a step takes the choice with the lower median time over its last
       :data:`WINDOW` steps (grouped on a tie), and now and then a step tries the other
-      (after :data:`REPROBE` steps, then twice as long each time the choice stands), so a
-      choice follows a fit whose costs change without paying often for the worse one.
+      (for :data:`PROBE_STEPS` steps, timed afresh, after :data:`REPROBE` steps, then
+      twice as long each time the choice stands), so a choice follows a fit whose costs
+      change without paying often for the worse one.
 
     A grouped step still pays one hand-off to a worker and back, on top of math that is
     the same wherever it runs. So on a backend whose shared arrays this process reads in
@@ -105,6 +109,7 @@ class Placement:
         self._spread_best: bool | None = None  # the choice at the last try of the other
         self._interval = REPROBE
         self._probe_at = MEASURED + REPROBE
+        self._trying: tuple[int, int] | None = None  # (until step, choice) of a try
 
     @property
     def steps(self) -> int:
@@ -125,13 +130,22 @@ class Placement:
             return small
         if step < MEASURED:
             return small if step % 2 else spread
+        if self._trying is not None:
+            until, choice = self._trying
+            if step < until:
+                return choice
+            self._trying = None
         spread_best = self._median(spread) < self._median(small)
         if step < self._probe_at:
             return spread if spread_best else small
         stands = spread_best == self._spread_best
         self._interval = min(2 * self._interval, MAX_REPROBE) if stands else REPROBE
         self._spread_best, self._probe_at = spread_best, step + self._interval
-        return small if spread_best else spread
+        other = small if spread_best else spread
+        if other:  # timed afresh (a step on the loop shares its math times with grouped)
+            self._times.pop(other, None)
+        self._trying = (step + PROBE_STEPS, other)
+        return other
 
     def _fits_loop(self, shards: int) -> bool:
         return self._median(0) * shards <= LOOP_BUDGET
