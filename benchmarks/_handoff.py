@@ -35,11 +35,13 @@ mechanics of the hand-off alone.
 A step's time is the wall time between consecutive ``StepEvent`` of
 :meth:`Trainer.steps <asynctrain.Trainer.steps>` (public API; the consumer stamps each
 event as it arrives), with both trainers open for the whole measurement (threads or
-worker processes already started). Each fit is :data:`FIT_STEPS` steps long, so every
-step is in the placement's warm-up (docs/backends.md: the first 8 steps of a fit run one
-task per shard): the step is *spread*, one task per shard, each on a worker of its own,
-whatever a later step would choose. The first interval of a fit is step 1 (step 0 has no
-predecessor), so a fit gives ``FIT_STEPS - 1`` step times.
+worker processes already started). Each fit is :data:`FIT_STEPS` steps long and runs
+through a fresh :class:`Fresh` view of the open backend, so every step is in the
+placement's warm-up (docs/backends.md: a backend remembers its placements, and the first
+8 steps of the first fit of a kind run one task per shard): the step is *spread*, one
+task per shard, each on a worker of its own, whatever a later step would choose. The
+first interval of a fit is step 1 (step 0 has no predecessor), so a fit gives
+``FIT_STEPS - 1`` step times.
 
 A repeat alternates fits of the two sides (``fits`` of each, taking turns going first),
 measuring P between them, and takes A - B - P from the medians; the figure is the median
@@ -137,6 +139,25 @@ WORKLOADS: dict[str, tuple[Side, Side]] = {
 """Per figure suffix: the backend's side and the inline side."""
 
 
+class Fresh:
+    """The open backend ``inner`` under an identity of its own: asynctrain remembers where
+    steps ran best per backend object, so a fit through a fresh one starts in the
+    placement's warm-up. Everything else is ``inner``'s (entering and leaving do nothing:
+    ``inner`` stays open)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def __aenter__(self) -> Fresh:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
 def _shards_in_a_row(side: Side, data: Dataset, params: Any) -> None:
     order = np.random.default_rng(0).permutation(len(data))  # rows gathered, as in a fit
     for i in range(PENALTY_SHARDS):
@@ -167,6 +188,12 @@ def _as_worker(run: Callable[[], None]) -> None:
     run()
 
 
+async def fresh_step_times(side: Side, backend: Backend, data: Dataset) -> list[float]:
+    """:func:`step_times` of one fit of ``side`` on a :class:`Fresh` view of ``backend``."""
+    async with side.trainer(Fresh(backend)) as trainer:
+        return await step_times(trainer, data)
+
+
 async def step_times(trainer: Trainer, data: Dataset) -> list[float]:
     """Seconds between consecutive step events of one fit of ``data`` on ``trainer``."""
     stamps = []
@@ -186,21 +213,26 @@ async def handoff(
     spec, _ = get_backend(backend_name, workers=2)
     medians: dict[Side, list[float]] = {ours: [], theirs: []}
     penalties: list[float] = []
-    async with spec, ours.trainer(spec) as there, theirs.trainer("inline") as here:
-        sides = {there: ours, here: theirs}
+    async with spec, theirs.trainer("inline") as here:
+
+        async def fit(side: Side) -> list[float]:
+            if side is theirs:
+                return await step_times(here, data[side])
+            return await fresh_step_times(side, spec, data[side])
+
         with threadpool_limits(1, user_api="blas"):  # one core's BLAS, as on each worker
-            for trainer, side in sides.items():  # warm-up: imports, first touch, workers
-                await step_times(trainer, data[side])
+            for side in (ours, theirs):  # warm-up: imports, first touch, workers
+                await fit(side)
             for _ in range(repeats):
                 times: dict[Side, list[float]] = {ours: [], theirs: []}
                 penalty = []
                 for i in range(fits):  # take turns going first: drift hits both alike
-                    for trainer in (here, there) if i % 2 else (there, here):
-                        times[sides[trainer]] += await step_times(trainer, data[sides[trainer]])
+                    for side in (theirs, ours) if i % 2 else (ours, theirs):
+                        times[side] += await fit(side)
                     if ours.shards > theirs.shards:
                         penalty.append(parallel_penalty(theirs, data[theirs]))
                 penalties.append(statistics.median(penalty) * 1e6 if penalty else 0.0)
-                for side in sides.values():
+                for side in (ours, theirs):
                     medians[side].append(statistics.median(times[side]) * 1e6)
     pairs = zip(medians[ours], medians[theirs], penalties, strict=True)
     diffs = [a - b - p for a, b, p in pairs]
