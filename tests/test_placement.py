@@ -323,12 +323,11 @@ async def _reference_states() -> dict[int, dict[str, Any]]:
     return recorder.states
 
 
-@pytest.mark.parametrize("step", [WARM_UP + MEASURED + 2, STEPS_PER_EPOCH - 1])
-async def test_cancel_during_a_grouped_step_leaves_the_last_applied_one(step: int) -> None:
-    reference = await _reference_states()
+async def _cancelled_in(step: int, backend: CountingThreads) -> at.Trainer:
+    """A trainer on ``backend`` whose fit was cancelled while computing the third shard
+    of ``step``; trainer and backend are closed again, their state and counts kept."""
     data = synthetic("softmax", n=1200, seed=5)
     model = CancelAt(call=4 * step + 2)  # the third shard of ``step``
-    backend = CountingThreads(2, local=False)
     async with (
         backend,
         at.Trainer(
@@ -339,35 +338,32 @@ async def test_cancel_during_a_grouped_step_leaves_the_last_applied_one(step: in
         model.task = asyncio.create_task(trainer.fit(data, epochs=1))
         with pytest.raises(asyncio.CancelledError):
             await model.task
-        assert backend.runs < 4 * (step + 1)  # the step's shards were grouped
-        assert trainer.state.step == step
-        assert state_bits(trainer.state) == reference[step]
+    return trainer
+
+
+@pytest.mark.parametrize("step", [WARM_UP + MEASURED + 2, STEPS_PER_EPOCH - 1])
+async def test_cancel_during_a_grouped_step_leaves_the_last_applied_one(step: int) -> None:
+    reference = await _reference_states()
+    backend = CountingThreads(2, local=False)
+    trainer = await _cancelled_in(step, backend)
+    assert backend.runs < 4 * (step + 1)  # the step's shards were grouped
+    assert trainer.state.step == step
+    assert state_bits(trainer.state) == reference[step]
 
 
 @pytest.mark.parametrize("step", [WARM_UP + MEASURED + 2, STEPS_PER_EPOCH - 1])
 async def test_cancel_during_a_step_on_the_loop_leaves_a_whole_step(step: int) -> None:
     reference = await _reference_states()
-    data = synthetic("softmax", n=1200, seed=5)
-    model = CancelAt(call=4 * step + 2)  # the third shard of ``step``
     backend = CountingThreads(2)
-    async with (
-        backend,
-        at.Trainer(
-            model, at.optim.adam(0.01), backend=backend, shards=4, batch_size=60, seed=2
-        ) as trainer,
-    ):
-        model.loop = asyncio.get_running_loop()
-        model.task = asyncio.create_task(trainer.fit(data, epochs=1))
-        with pytest.raises(asyncio.CancelledError):
-            await model.task
-        # Warming up: 4 tasks a step; measuring: 2 a spread step, and one grouped step
-        # before the math is timed; every other step computed on the loop.
-        assert backend.runs <= 4 * WARM_UP + MEASURED + 1
-        # Wherever the step computed, the cancellation lands at a step boundary: before
-        # the update (handed off), in the update, which finishes (computed on the loop),
-        # or in the step after it.
-        assert step <= trainer.state.step <= step + 2
-        assert state_bits(trainer.state) == reference[trainer.state.step]
+    trainer = await _cancelled_in(step, backend)
+    # Warming up: 4 tasks a step; measuring: 2 a spread step, and one grouped step
+    # before the math is timed; every other step computed on the loop.
+    assert backend.runs <= 4 * WARM_UP + MEASURED + 1
+    # Wherever the step computed, the cancellation lands at a step boundary: before
+    # the update (handed off), in the update, which finishes (computed on the loop),
+    # or in the step after it.
+    assert step <= trainer.state.step <= step + 2
+    assert state_bits(trainer.state) == reference[trainer.state.step]
 
 
 class KillOnce:

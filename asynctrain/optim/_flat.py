@@ -181,7 +181,8 @@ def freeze(arrays: Mapping[str, npt.NDArray[Any]]) -> None:
 
 def buffers_in(tree: Any) -> list[npt.NDArray[Any]]:
     """The arrays of an optimizer state ``tree`` to back up or check, with each
-    :class:`FlatArrays` as its one buffer (the arrays of ``arrays_in`` otherwise).
+    :class:`FlatArrays` as its one buffer (its arrays, in :func:`~._tree.leaves`' order,
+    otherwise).
 
     Example:
         >>> state = (3, flat_zeros({"w": np.ones(2), "b": np.ones(1)}), np.ones(4))

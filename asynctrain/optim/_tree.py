@@ -82,35 +82,6 @@ def decode(template: Any, spec: Any, arrays: Arrays, problems: list[str], where:
     return template
 
 
-def arrays_in(tree: Any) -> list[npt.NDArray[Any]]:
-    """The ndarrays of ``tree`` in :func:`leaves`' order, without their paths.
-
-    Cheap enough for every step: no path strings are built.
-
-    Example:
-        >>> [a.shape for a in arrays_in(({"w": np.zeros(1)}, np.ones(2)))]
-        [(1,), (2,)]
-    """
-    if not isinstance(tree, dict | tuple):
-        return [tree] if isinstance(tree, np.ndarray) else []
-    found: list[Any] = []
-    _collect_arrays(tree, found)
-    return found
-
-
-def _collect_arrays(tree: Any, found: list[Any]) -> None:
-    # The updater walks the optimizer state every step: leaves are taken in the loop, so
-    # only containers cost a call (a chain's Adam state: 4 calls, not 11).
-    for item in tree.values() if isinstance(tree, dict) else tree:
-        if isinstance(item, np.ndarray):
-            found.append(item)
-        elif isinstance(item, _CONTAINERS):
-            _collect_arrays(item, found)
-
-
-_CONTAINERS = (dict, tuple)
-
-
 def _walk(tree: Any) -> list[Any]:
     """Every leaf of ``tree`` (arrays and scalars), depth first, in insertion order."""
     found: list[Any] = []
