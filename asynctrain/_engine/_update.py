@@ -133,11 +133,12 @@ class Updater:
         if self._thread is None:  # inline: no hop, and no second coroutine frame a step
             return self._apply(*args)
         if self.updates_on_loop:
-            stats = self._timed_apply(*args)
-            # The loop's turn for everything else, as a hop would give (and a cancel
-            # requested meanwhile lands here, after the step, as it would after a hop).
+            # The loop's turn for everything else, as a hop would give; a cancel requested
+            # while the step computed lands here, before its update, as on the inline
+            # backend. Whatever ran meanwhile may have handed the thread a call: asked again.
             await asyncio.sleep(0)
-            return stats
+            if self.updates_on_loop:
+                return self._timed_apply(*args)
         return await self.call(self._timed_apply, *args)
 
     async def commit(self, fn: Callable[..., tuple[TrainState, T]], /, *args: Any) -> T:
