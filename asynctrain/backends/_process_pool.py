@@ -1,22 +1,30 @@
-"""A small asyncio-native process pool: idle workers in a queue, dead ones replaced on demand.
+"""A small asyncio-native process pool: idle workers most recently used first, dead ones
+replaced on demand.
 
 Unlike ``concurrent.futures.ProcessPoolExecutor``, the death of one worker breaks nothing:
 its task fails with :class:`WorkerDied` (the backend decides whether to retry), the worker
 leaves the pool, and the next task that finds no idle worker starts a replacement. The
 pool can grow and shrink while tasks run (:meth:`Pool.resize`): a worker chosen to leave
 finishes the task it is running first.
+
+A task takes the idle worker that finished last (last in, first out): a step whose shards
+run as one task keeps going to the same worker, whose caches, maps and decoded task head
+are warm and which has just run, rather than to each worker in turn (round robin had
+every such step wake a worker that had slept through the one before, and each worker's
+state go cold).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import socket
 import threading
 from collections.abc import Sequence
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import Any, TypeGuard
+from typing import Any
 
 from asynctrain._exceptions import BackendError, StateError
 from asynctrain._offloop import off_loop
@@ -25,7 +33,6 @@ from asynctrain.backends._process_worker_handle import Outcome, Worker
 
 STOP_TIMEOUT = 2.0  # seconds an idle worker gets to exit on its own before SIGKILL
 SOCKET_BUFFER = 1 << 20  # bytes: one send on the loop copies at most this much
-_Item = Worker | BaseException | None  # None: "something changed (a death, a close), look again"
 
 
 class Pool:
@@ -46,8 +53,11 @@ class Pool:
         self._worker_args = (blas_threads, niceness)
         self._workers: set[Worker] = set()
         self._leaving: set[Worker] = set()  # chosen to leave: stopped once their task is done
-        self._idle: asyncio.Queue[_Item] = asyncio.Queue()
-        self._starts: set[asyncio.Task[None]] = set()
+        self._idle: collections.deque[Worker] = collections.deque()  # the last used last
+        # Tasks waiting for a worker; each is woken to look again (at idle workers, a
+        # start error, a close) when one of those may have changed.
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._starts: set[asyncio.Task[BaseException | None]] = set()  # each: its error
         self._start_lock = threading.Lock()
         self._ids = itertools.count(1)
 
@@ -75,7 +85,8 @@ class Pool:
             if worker in self._leaving:
                 self._retire(worker)
             elif worker.alive:
-                self._idle.put_nowait(worker)
+                self._idle.append(worker)
+                self._wake()
 
     async def resize(self, size: int) -> None:
         """Grow or shrink to ``size`` workers; return once the pool is that size.
@@ -91,26 +102,28 @@ class Pool:
                 worker start one again).
         """
         self.size = size
-        await self._fill()
+        errors = await self._fill()
         self._choose_leaving()
         if self._leaving:
             await asyncio.wait([w.exited for w in self._leaving])
         if self._live() < size and not self.closing:
-            await self._fill()  # a death seen meanwhile (a worker killed just before)
+            errors += await self._fill()  # a death seen meanwhile (a worker killed just before)
         if self.closing:
             raise StateError("the process backend was closed while it was resized")
-        errors = self._take_start_errors() if self._live() < size else []
-        if errors:
+        if errors and self._live() < size:
             raise BackendError(
                 f"the process pool has {self._live()} of the {size} workers asked for: a "
                 f"worker failed to start ({errors[0]!r}); a task that needs one starts it again"
             ) from errors[0]
 
-    async def _fill(self) -> None:
-        """Start workers up to ``size`` and wait until every start under way has ended."""
+    async def _fill(self) -> list[BaseException]:
+        """Start workers up to ``size``, wait until every start under way has ended, and
+        return the errors of those that failed."""
         self.start()
-        if self._starts:
-            await asyncio.wait(set(self._starts))
+        if not self._starts:
+            return []
+        ended, _ = await asyncio.wait(set(self._starts))
+        return [error for task in ended if (error := task.result()) is not None]
 
     def broadcast(self, message: bytes) -> None:
         """Send a no-reply message to every live worker (busy ones read it after their task)."""
@@ -137,56 +150,73 @@ class Pool:
             if late:
                 await asyncio.wait(late)
         self._workers.clear()
-        self._idle.put_nowait(None)  # wake waiters: they see ``closing``
+        self._idle.clear()
+        self._wake(len(self._waiters))  # every waiter sees ``closing``
 
     async def _acquire(self) -> Worker:
-        while True:
-            while not self._idle.empty():
-                if self._usable(item := self._idle.get_nowait()):
-                    return item
-            if self.closing:
-                raise StateError("the process backend was closed")
-            self.start()
-            if self._usable(item := await self._idle.get()):
-                return item
+        """The idle worker used last; else wait, starting a worker if the pool is short.
 
-    def _usable(self, item: _Item) -> TypeGuard[Worker]:
-        if self.closing:
-            self._idle.put_nowait(None)  # pass the wake-up on: every waiter must hear of it
-            raise StateError("the process backend was closed while a task waited for a worker")
-        if isinstance(item, BaseException):
-            raise item  # a worker failed to start: this caller hears of it
-        return item is not None and item.alive
+        Raises:
+            StateError: the pool is closing.
+            Exception: a worker failed to start while this caller waited longest (the
+                next one to wait starts another).
+        """
+        waited = False
+        while True:
+            if self.closing:
+                during = " while a task waited for a worker" if waited else ""
+                raise StateError(f"the process backend was closed{during}")
+            while self._idle:
+                if (worker := self._idle.pop()).alive:
+                    return worker
+            self.start()
+            await self._wait()
+            waited = True
+
+    async def _wait(self) -> None:
+        """Wait for :meth:`_wake` (or a failed start's error, :meth:`_spawn`); a wake-up
+        that arrives as the caller is cancelled is passed on to the next waiter, so no
+        worker stays idle while a task waits."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.cancelled():
+                self._waiters.remove(waiter)
+            else:
+                waiter.exception()  # retrieved: a start error meant for this caller
+                self._wake()
+            raise
+
+    def _wake(self, count: int = 1) -> None:
+        """Wake the ``count`` longest-waiting tasks to look again."""
+        while count > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                count -= 1
 
     def _live(self) -> int:
         staying = sum(w.alive and w not in self._leaving for w in self._workers)
         return staying + len(self._starts)
 
     def _choose_leaving(self) -> None:
-        """Pick the workers beyond ``size``, idle ones first: idle ones are stopped now,
-        busy ones marked to stop after their task."""
+        """Pick the workers beyond ``size``, idle ones first (the least recently used:
+        the warm ones stay): idle ones are stopped now, busy ones marked to stop after
+        their task."""
         excess = self._live() - self.size
         if excess <= 0:
             return
-        queued = [self._idle.get_nowait() for _ in range(self._idle.qsize())]
-        idle = [item for item in queued if isinstance(item, Worker) and item.alive]
-        chosen = idle[:excess]
-        for item in queued:
-            if item not in chosen:
-                self._idle.put_nowait(item)
+        chosen = [w for w in self._idle if w.alive][:excess]
+        for worker in chosen:
+            self._idle.remove(worker)
         busy = [w for w in self._workers if w.alive and w.busy and w not in self._leaving]
         chosen += busy[: excess - len(chosen)]
         for worker in chosen:
             self._leaving.add(worker)
             if not worker.busy:
                 self._retire(worker)
-
-    def _take_start_errors(self) -> list[BaseException]:
-        queued = [self._idle.get_nowait() for _ in range(self._idle.qsize())]
-        for item in queued:
-            if not isinstance(item, BaseException):
-                self._idle.put_nowait(item)
-        return [item for item in queued if isinstance(item, BaseException)]
 
     def _retire(self, worker: Worker) -> None:
         """Stop ``worker`` (it exits on end-of-file); SIGKILL it after :data:`STOP_TIMEOUT`
@@ -200,20 +230,28 @@ class Pool:
         self._starts.add(task)
         task.add_done_callback(self._starts.discard)
 
-    async def _spawn(self) -> None:
+    async def _spawn(self) -> BaseException | None:
+        """Start one worker and wake a task waiting for one; return the error if the
+        start failed (for :meth:`resize`), which the task that has waited longest hears
+        of too, while the next is woken to start another."""
         # Starting a process blocks (the first start also launches the forkserver): a thread.
         try:
             process, sock = await off_loop(self._start_process)
         except Exception as exc:
-            # One waiter gets the error; the token makes another try a fresh start.
-            self._idle.put_nowait(exc)
-            self._idle.put_nowait(None)
-            return
+            self._starts.discard(asyncio.current_task())
+            while self._waiters:  # no longer under way: the task woken next starts anew
+                if not (waiter := self._waiters.popleft()).done():
+                    waiter.set_exception(exc)
+                    break
+            self._wake()
+            return exc
         worker = Worker(process, sock)
         self._workers.add(worker)
         worker.exited.add_done_callback(lambda _: self._forget(worker))
         self.started += 1
-        self._idle.put_nowait(worker)
+        self._idle.append(worker)
+        self._wake()
+        return None
 
     def _start_process(self) -> tuple[BaseProcess, socket.socket]:
         with self._start_lock:
@@ -239,8 +277,10 @@ class Pool:
     def _forget(self, worker: Worker) -> None:
         self._workers.discard(worker)
         self._leaving.discard(worker)
+        if worker in self._idle:
+            self._idle.remove(worker)
         if not self.closing:
-            self._idle.put_nowait(None)  # wake a waiter: it may start a replacement
+            self._wake()  # a waiter may start a replacement
 
     def __repr__(self) -> str:
         return f"<Pool size={self.size} live={len(self.pids)} busy={self.busy}>"
