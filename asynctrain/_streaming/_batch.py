@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from asynctrain._engine._update import all_finite
 from asynctrain._exceptions import DataError, DataTypeError
 from asynctrain._inputs import ClassWeight, prepare
 from asynctrain._sparse import is_sparse
@@ -217,9 +218,22 @@ def _plain(model: Model, X: Any, y: Any) -> bool:
 
 
 def _plain_checked(model: Model, X: npt.NDArray[Any], y: npt.NDArray[np.int64]) -> bool:
-    """Whether a plain batch's owned copy (``y`` as int64) is finite with labels in range."""
+    """Whether a plain batch's owned copy (``y`` as int64) is finite with labels in range
+    (finite in one read of ``X`` with no temporary: :func:`all_finite`)."""
     n_classes: int = model.n_classes  # type: ignore[assignment]  # an int: see _plain
-    return bool(np.isfinite(X).all()) and y.min() >= 0 and y.max() < n_classes
+    return all_finite((X,)) and y.min() >= 0 and y.max() < n_classes
+
+
+def rows_of(item: object) -> int | None:
+    """The rows of a stream item's ``X`` when they are known without reading it (an
+    array, a data frame), else None (a malformed item's check says what is wrong)."""
+    try:
+        X = _pair(item)[0]
+    except DataTypeError:
+        return None
+    if isinstance(X, np.ndarray):
+        return X.shape[0] if X.ndim else None
+    return len(X) if is_table(X) or is_column(X) else None
 
 
 def _unpack(item: object) -> tuple[Any, Any, Any]:

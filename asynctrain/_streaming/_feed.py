@@ -29,19 +29,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy.typing as npt
 
 from asynctrain._engine._tasks import unwrap_group
 from asynctrain._inputs import ClassWeight
-from asynctrain._streaming._batch import Assembled, NameRecord, assemble_batch
+from asynctrain._streaming._batch import Assembled, NameRecord, assemble_batch, rows_of
 from asynctrain._streaming._sources import END, OffLoop, iterate
+from asynctrain._streaming._where import CheckSite
 from asynctrain.backends import Backend, SharedArrays
 from asynctrain.backends._base import Arrays, LocalShared
 from asynctrain.data._stream import BatchAssembler
 from asynctrain.models import Model
+
+T = TypeVar("T")
 
 RING_SLOTS = 3
 """Batch slots of a stream fit: one in the step, one ready, one being filled."""
@@ -71,6 +75,9 @@ class Feed:
         class_weight: ClassWeight = None,
     ) -> None:
         self.ring: SharedArrays | None = None
+        self.site = CheckSite()
+        """Where the batches of an async source are checked: on the loop while the
+        fit's steps compute there (the stream follows its placement: ``site.follow``)."""
         self._class_weight = class_weight
         self._source, self._model, self._backend, self._off = source, model, backend, off
         self._describe, self._names = describe, names
@@ -79,6 +86,7 @@ class Feed:
         self._batches: asyncio.Queue[list[Assembled] | BaseException | None] = asyncio.Queue(buffer)
         self._ready: asyncio.Queue[Ready] = asyncio.Queue()  # bounded by the ring's slots
         self._free: asyncio.Queue[int] = asyncio.Queue()
+        self._held: dict[int, Arrays] = {}  # the arrays a by-reference slot holds
 
     async def next(self) -> tuple[int, int] | None:
         """The next ``(slot, rows)`` to train on, or None at the end of the stream.
@@ -93,6 +101,9 @@ class Feed:
 
     def release(self, slot: int) -> None:
         """Hand ``slot`` back for refilling (its step has finished with it)."""
+        held = self._held.pop(slot, None)
+        if held is not None:  # its batch's arrays: the assembler writes a later one there
+            self._assembler.reuse(held)
         self._free.put_nowait(slot)
 
     # -- the consumer: source → validated batches ------------------------------------------
@@ -126,11 +137,12 @@ class Feed:
                     class_weight=self._class_weight,
                     owned=items.owned,
                 )
-                taken = await items.pull(take)
-                if taken is END:
+                pulled = await items.pull(functools.partial(_timed, take), here=self._here)
+                if pulled is END:
                     break
                 number += 1
-                first, batches = taken
+                (first, batches), rows, seconds = pulled
+                self.site.record(rows, seconds)
                 if first is None:
                     continue
                 if like is None:
@@ -140,6 +152,9 @@ class Feed:
         last = self._assembler.flush()
         if last is not None:
             await self._batches.put([last])
+
+    def _here(self, item: object) -> bool:
+        return self.site.here(rows_of(item))
 
     # -- the filler: assembled batches → ring slots ----------------------------------------
 
@@ -171,6 +186,7 @@ class Feed:
         assert self.ring is not None
         slot = await self._free.get()
         self.ring.write(slot, arrays)
+        self._held[slot] = arrays
         self._ready.put_nowait((slot, rows))
 
     async def _copy(self, batches: list[Assembled]) -> None:
@@ -194,6 +210,8 @@ class Feed:
                 ring.write(slot, arrays)
 
         await self._off.call(write)
+        for arrays, _ in written:  # copied into the slots: the assembler may write them again
+            self._assembler.reuse(arrays)
         written.clear()
         for slot, rows in jobs:
             self._ready.put_nowait((slot, rows))
@@ -257,6 +275,13 @@ async def open_feed(
         if feed.ring is not None:
             await backend.release(feed.ring)
         await off.aclose()
+
+
+def _timed(fn: Callable[[Any], T], item: object) -> tuple[T, int | None, float]:
+    """``fn(item)``, the rows of ``item`` and the seconds ``fn`` took."""
+    started = time.perf_counter()
+    result = fn(item)
+    return result, rows_of(item), time.perf_counter() - started
 
 
 def _cancelling() -> bool:

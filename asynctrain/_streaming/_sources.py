@@ -90,9 +90,12 @@ class Items:
         else:
             self._sync = iter(source)
 
-    async def pull(self, then: Callable[[Any], T]) -> T:
+    async def pull(
+        self, then: Callable[[Any], T], *, here: Callable[[Any], bool] = lambda item: False
+    ) -> T:
         """``then(item)`` of the next item, run off the loop (with a sync source's
-        ``next()``, in one trip); :data:`END` once the source is exhausted.
+        ``next()``, in one trip); :data:`END` once the source is exhausted. An async
+        source's item for which ``here(item)`` is true is passed to ``then`` on the loop.
 
         Raises what the source or ``then`` raises.
         """
@@ -100,7 +103,9 @@ class Items:
             return await self._off.call(_next_then, self._sync, then)
         assert self._async is not None
         item = await anext(self._async, END)
-        return item if item is END else await self._off.call(then, item)
+        if item is END or not here(item):
+            return item if item is END else await self._off.call(then, item)
+        return then(item)
 
     async def aclose(self) -> None:
         """Close the source: ``aclose()`` an async one, ``close()`` a sync one off the

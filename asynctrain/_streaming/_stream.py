@@ -140,6 +140,7 @@ async def stream_events(
             ctx,
             val_data,
         ):
+            feed.site.follow(ctx.placement)  # check batches where the steps compute
             periods = _Periods(parts.lag, ctx, validation, val_data, limits.validate_every)
             while item is not None:
                 slot, rows = item
