@@ -41,6 +41,7 @@ class CheckSite:
     def __init__(self) -> None:
         self._placement: Placement | None = None
         self._per_row: collections.deque[float] = collections.deque(maxlen=WINDOW)
+        self._cost = float("inf")  # seconds per row: the median of _per_row
 
     def follow(self, placement: Placement) -> None:
         """Check on the loop only while ``placement`` (the fit's) computes steps there."""
@@ -50,9 +51,10 @@ class CheckSite:
         """Whether a batch of ``rows`` rows (None: not known) is checked on the loop."""
         if self._placement is None or not self._placement.on_loop or not rows:
             return False
-        return bool(self._per_row) and statistics.median(self._per_row) * rows <= LOOP_BUDGET
+        return self._cost * rows <= LOOP_BUDGET
 
     def record(self, rows: int | None, seconds: float) -> None:
         """Learn that checking a batch of ``rows`` rows took ``seconds``."""
         if rows:
             self._per_row.append(seconds / rows)
+            self._cost = statistics.median(self._per_row)

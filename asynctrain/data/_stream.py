@@ -234,15 +234,17 @@ class BatchAssembler:
         """Arrays for a batch of rows like ``X``, ``y`` and ``w``: a spare batch of that
         layout (any other is dropped), or new ones."""
         rows = self._cutter.batch_size
-        parts = {"X": (X, X.dtype), "y": (y, np.dtype(y_dtype))}
-        if w is not None:
-            parts["w"] = (w, w.dtype)
-        layout = [(key, (rows, *a.shape[1:]), dtype) for key, (a, dtype) in parts.items()]
         while self._spare:
             spare = self._spare.pop()
-            if [(key, a.shape, a.dtype) for key, a in spare.items()] == layout:
+            if _fits(spare, X, y, w, y_dtype):
                 return spare
-        return _Made((key, np.empty(shape, dtype)) for key, shape, dtype in layout)
+        made = _Made(
+            X=np.empty((rows, *X.shape[1:]), X.dtype),
+            y=np.empty((rows, *y.shape[1:]), y_dtype),
+        )
+        if w is not None:
+            made["w"] = np.empty((rows, *w.shape[1:]), w.dtype)
+        return made
 
     def mark(self) -> tuple[int, int, Arrays | None]:
         """The assembler's state, for :meth:`undo`."""
@@ -259,6 +261,27 @@ class BatchAssembler:
         rows)``, or None if there is none; the assembler starts over."""
         rows, partial, self._partial = self._cutter.flush(), self._partial, None
         return (partial, rows) if rows and partial is not None else None
+
+
+def _fits(
+    arrays: Arrays,
+    X: npt.NDArray[Any],
+    y: npt.NDArray[Any],
+    w: npt.NDArray[Any] | None,
+    y_dtype: npt.DTypeLike,
+) -> bool:
+    """Whether a batch's ``arrays`` hold rows like ``X``, ``y`` (as ``y_dtype``) and
+    ``w``."""
+    same = (
+        arrays["X"].dtype == X.dtype
+        and arrays["X"].shape[1:] == X.shape[1:]
+        and arrays["y"].dtype == y_dtype
+        and arrays["y"].shape[1:] == y.shape[1:]
+    )
+    spare_w = arrays.get("w")
+    if w is None or spare_w is None:
+        return same and w is None and spare_w is None
+    return same and spare_w.dtype == w.dtype and spare_w.shape[1:] == w.shape[1:]
 
 
 def _arrays(X: npt.NDArray[Any], y: npt.NDArray[Any], w: npt.NDArray[Any] | None) -> Arrays:
