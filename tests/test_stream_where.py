@@ -238,7 +238,8 @@ def test_reuse_writes_into_the_handed_back_arrays() -> None:
     [(first, _)] = assembler.add(np.zeros((4, 2)), np.zeros(4), copy=True)
     assembler.reuse(first)
     [(second, _)] = assembler.add(np.ones((4, 2)), np.ones(4), copy=True)
-    assert second["X"] is first["X"] and second["y"] is first["y"]
+    assert second["X"] is first["X"]
+    assert second["y"] is first["y"]
     [(third, _)] = assembler.add(np.ones((4, 2)), np.ones(4), copy=True)
     assert not np.shares_memory(third["X"], second["X"])  # nothing handed back: new
 
@@ -266,7 +267,8 @@ def test_a_spare_batch_of_another_layout_is_dropped() -> None:
     [(weighted, _)] = assembler.add(np.ones((4, 3)), np.ones(4), np.ones(4), copy=True)
     assembler.reuse(weighted)
     [(plain, _)] = assembler.add(np.ones((4, 3)), np.ones(4), copy=True)
-    assert "w" not in plain and plain["X"] is not weighted["X"]
+    assert "w" not in plain
+    assert plain["X"] is not weighted["X"]
 
 
 def test_an_assembler_keeps_a_few_spare_batches_at_most() -> None:

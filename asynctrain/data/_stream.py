@@ -110,7 +110,7 @@ def copy_rows(
 Arrays = dict[str, npt.NDArray[Any]]
 """One assembled batch's arrays: ``"X"``, ``"y"`` and, for weighted rows, ``"w"``."""
 
-SPARE = 2
+SPARE = 1
 """Batches handed back (:meth:`BatchAssembler.reuse`) that an assembler keeps for reuse."""
 
 
