@@ -16,12 +16,16 @@ is copied once, straight into those batches, and the copy is checked there. The 
 so a shard task carries only a slot number and a row range, never arrays, also on
 process backends. On backends whose ring holds references (inline, thread) an assembled
 batch *is* the slot's content, published from the loop without a trip; on the others the
-filler copies it into the slot's shared memory, as many slots a trip as are free.
+filler copies it into the slot's shared memory, as many slots a trip as are free. Either
+way, once nothing reads a batch any more (its step released the slot, or it was copied to
+shared memory) it goes back to the assembler, which writes a later batch into it.
 
 Errors travel in stream order: a bad batch or a raising source reaches the trainer after
 every full batch before it, so the parameters it leaves behind do not depend on timing.
-Checks, copies and a sync source's ``next()`` run on the feed's threads (inline on the
-inline backend), never on the event loop.
+A sync source's ``next()`` and the copies into shared memory run on the feed's threads
+(inline on the inline backend), never on the event loop; so do the checks, except that an
+async source's batch is checked on the loop while the fit's steps compute there and its
+check is measured to fit the loop's budget (:class:`~._where.CheckSite`).
 """
 
 from __future__ import annotations
