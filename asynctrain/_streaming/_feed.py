@@ -82,6 +82,12 @@ class Feed:
         self.site = CheckSite()
         """Where the batches of an async source are checked: on the loop while the
         fit's steps compute there (the stream follows its placement: ``site.follow``)."""
+        # Set between steps. A check on the loop waits for it: made while a step waits
+        # for its update, the check's Python and the update thread's would take turns at
+        # the GIL (each turn a hand-off), and the step would end only after both.
+        self._between = asyncio.Event()
+        self._between.set()
+        self._waiting = False  # a check waits for the step in progress to end
         self._class_weight = class_weight
         self._source, self._model, self._backend, self._off = source, model, backend, off
         self._describe, self._names = describe, names
@@ -109,6 +115,18 @@ class Feed:
         if held is not None:  # its batch's arrays: the assembler writes a later one there
             self._assembler.reuse(held)
         self._free.put_nowait(slot)
+
+    def step_begins(self) -> None:
+        """Say that a step starts: a check due on the loop waits until it has ended."""
+        self._between.clear()
+
+    async def step_ended(self, slot: int) -> None:
+        """Say that the step on ``slot`` has ended: ``release`` it, and let a check that
+        waited for the step run now, before the next one starts."""
+        self.release(slot)
+        self._between.set()
+        if self._waiting:
+            await asyncio.sleep(0)  # one turn of the loop: the consumer checks its batch
 
     # -- the consumer: source → validated batches ------------------------------------------
 
@@ -157,8 +175,18 @@ class Feed:
         if last is not None:
             await self._batches.put([last])
 
-    def _here(self, item: object) -> bool:
-        return self.site.here(rows_of(item))
+    async def _here(self, item: object) -> bool:
+        """Whether ``item`` is checked on the loop; if so, once no step is in progress."""
+        rows = rows_of(item)
+        if not self.site.here(rows):
+            return False
+        if not self._between.is_set():
+            self._waiting = True
+            try:
+                await self._between.wait()
+            finally:
+                self._waiting = False
+        return self.site.here(rows)
 
     # -- the filler: assembled batches → ring slots ----------------------------------------
 

@@ -13,7 +13,14 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+)
 from typing import Any, TypeVar
 
 from asynctrain._offloop import off_loop
@@ -91,11 +98,12 @@ class Items:
             self._sync = iter(source)
 
     async def pull(
-        self, then: Callable[[Any], T], *, here: Callable[[Any], bool] = lambda item: False
+        self, then: Callable[[Any], T], *, here: Callable[[Any], Awaitable[bool]] | None = None
     ) -> T:
         """``then(item)`` of the next item, run off the loop (with a sync source's
         ``next()``, in one trip); :data:`END` once the source is exhausted. An async
-        source's item for which ``here(item)`` is true is passed to ``then`` on the loop.
+        source's item for which ``await here(item)`` is true is passed to ``then`` on the
+        loop.
 
         Raises what the source or ``then`` raises.
         """
@@ -103,7 +111,7 @@ class Items:
             return await self._off.call(_next_then, self._sync, then)
         assert self._async is not None
         item = await anext(self._async, END)
-        if item is END or not here(item):
+        if item is END or here is None or not await here(item):
             return item if item is END else await self._off.call(then, item)
         return then(item)
 
