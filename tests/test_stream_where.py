@@ -15,6 +15,7 @@ import pytest
 import asynctrain as at
 from asynctrain._engine import _step
 from asynctrain._engine._step import LOOP_BUDGET, Placement
+from asynctrain._engine._sync import Sync
 from asynctrain._streaming import _feed
 from asynctrain._streaming._batch import rows_of
 from asynctrain._streaming._where import CheckSite
@@ -166,6 +167,36 @@ async def test_an_async_source_is_checked_on_the_loop_beside_loop_steps(
     # Once the loop computes steps, every batch pulled after that is checked there too.
     first = checked_on.index(loop)
     assert all(thread == loop for thread in checked_on[first:])
+    assert {k: v.tobytes() for k, v in params.items()} == await _oracle(data)
+
+
+@pytest.mark.usefixtures("loop_steps")
+async def test_a_check_on_the_loop_waits_for_the_step_in_progress(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    in_step, checked_during = [False], []
+    step, assemble = Sync.step, _feed.assemble_batch
+
+    async def stepping(self: Sync, *args: Any, **kwargs: Any) -> Any:
+        in_step[0] = True
+        try:
+            return await step(self, *args, **kwargs)
+        finally:
+            in_step[0] = False
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() == loop:
+            checked_during.append(in_step[0])
+        return assemble(*args, **kwargs)
+
+    monkeypatch.setattr(Sync, "step", stepping)
+    monkeypatch.setattr(_feed, "assemble_batch", recorded)
+    data = _data()
+    async with _trainer("thread") as trainer:
+        loop = threading.get_ident()
+        params = (await trainer.fit_stream(_agen(_pieces(data)))).params
+    assert checked_during  # batches were checked on the loop...
+    assert not any(checked_during)  # ...every one of them between two steps
     assert {k: v.tobytes() for k, v in params.items()} == await _oracle(data)
 
 

@@ -180,13 +180,14 @@ class Feed:
         rows = rows_of(item)
         if not self.site.here(rows):
             return False
-        if not self._between.is_set():
-            self._waiting = True
-            try:
-                await self._between.wait()
-            finally:
-                self._waiting = False
-        return self.site.here(rows)
+        if self._between.is_set():
+            return True
+        self._waiting = True
+        try:
+            await self._between.wait()
+        finally:
+            self._waiting = False
+        return self.site.here(rows)  # the step just ended may have moved the steps
 
     # -- the filler: assembled batches → ring slots ----------------------------------------
 

@@ -8,12 +8,13 @@ parallelism worth its cost: its Python shares one GIL with those steps, and each
 a wake-up of the thread, a wake of the loop and GIL hand-offs that stall the step in
 progress. Measured on the ``stream`` benchmark's problem (softmax 128→10, batch 512,
 1,000-row source batches, thread backend, a shared machine at load 3): a step computed on
-the loop took a median 185 us with the feed's thread checking batches beside it, 157 us
-with the checks made on the loop between steps. So a batch of an async source is checked
-on the loop when the steps are computed there and its check is measured to take at most
-the budget a step on the loop has (:data:`~asynctrain._engine._step.LOOP_BUDGET`); a
-larger batch, a sync source (whose ``next()`` may block) and steps that run on workers
-keep the trip.
+the loop took a median 179-184 us with the feed's thread checking batches beside it, and
+157-160 us with the checks made on the loop. So a batch of an async source is checked on
+the loop when the steps are computed there and its check is measured to take at most the
+budget a step on the loop has (:data:`~asynctrain._engine._step.LOOP_BUDGET`); a larger
+batch, a sync source (whose ``next()`` may block) and steps that run on workers keep the
+trip. The feed makes such a check between steps, not while a step waits for its update
+(:meth:`~._feed.Feed.step_ended`).
 """
 
 from __future__ import annotations
