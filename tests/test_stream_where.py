@@ -1,7 +1,7 @@
 """Where a stream's batches are checked (``_streaming/_where.py``) and what the feed does to
-save work: batches checked on the event loop while the steps compute there, assembled
-batches written again once their step is done. The oracle for the bits: the same rows
-fitted in memory on the inline backend."""
+save work: batches checked on the event loop (between steps while the steps compute
+there), assembled batches written again once their step is done. The oracle for the
+bits: the same rows fitted in memory on the inline backend."""
 
 from __future__ import annotations
 
@@ -46,14 +46,16 @@ def test_placement_says_whether_its_last_step_ran_on_the_loop() -> None:
     assert not placement.on_loop
 
 
-def test_a_batch_is_checked_on_the_loop_only_beside_loop_steps_and_within_budget() -> None:
+def test_a_batch_is_checked_on_the_loop_once_steps_run_and_within_budget() -> None:
     site = CheckSite()
     site.record(1000, 100e-6)  # 0.1 us a row
     assert not site.here(1000)  # no placement followed: the fit's context is not open yet
     site.follow(_placement(1))
-    assert not site.here(1000)  # steps on a worker: checks stay on the feed's threads
+    assert site.here(1000)  # steps on a worker: checked on the idle loop meanwhile
+    assert not site.between_steps
     site.follow(_placement(0))
     assert site.here(1000)
+    assert site.between_steps  # steps on the loop: checked between two of them
     assert site.here(int(LOOP_BUDGET / 100e-9))  # exactly the budget
     assert not site.here(int(LOOP_BUDGET / 100e-9) + 10)  # over it
     assert not site.here(None)  # rows not known: the check says what the item is
@@ -211,14 +213,17 @@ async def test_a_sync_source_keeps_its_trip_off_the_loop(checked_on: list[int]) 
     assert {k: v.tobytes() for k, v in params.items()} == await _oracle(data)
 
 
-async def test_steps_on_workers_keep_the_checks_off_the_loop(checked_on: list[int]) -> None:
+async def test_beside_steps_in_worker_processes_batches_are_checked_on_the_loop(
+    checked_on: list[int],
+) -> None:
     pytest.importorskip("asynctrain.backends._process")
     data = _data()
     async with _trainer("process") as trainer:
         loop = threading.get_ident()
         params = (await trainer.fit_stream(_agen(_pieces(data)))).params
     assert len(checked_on) == ROWS // PIECE
-    assert loop not in checked_on
+    assert checked_on[0] != loop  # before the first step
+    assert checked_on[-1] == loop
     assert {k: v.tobytes() for k, v in params.items()} == await _oracle(data)
 
 

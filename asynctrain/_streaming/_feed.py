@@ -24,8 +24,9 @@ Errors travel in stream order: a bad batch or a raising source reaches the train
 every full batch before it, so the parameters it leaves behind do not depend on timing.
 A sync source's ``next()`` and the copies into shared memory run on the feed's threads
 (inline on the inline backend), never on the event loop; so do the checks, except that an
-async source's batch is checked on the loop while the fit's steps compute there and its
-check is measured to fit the loop's budget (:class:`~._where.CheckSite`).
+async source's batch is checked on the loop once the fit's steps run, when its check is
+measured to fit the loop's budget (:class:`~._where.CheckSite`; between two steps while
+they compute on the loop).
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ class Feed:
     ) -> None:
         self.ring: SharedArrays | None = None
         self.site = CheckSite()
-        """Where the batches of an async source are checked: on the loop while the
-        fit's steps compute there (the stream follows its placement: ``site.follow``)."""
+        """Where the batches of an async source are checked: on the loop once the fit's
+        steps run (the stream follows its placement: ``site.follow``)."""
         # Set between steps. A check on the loop waits for it: made while a step waits
         # for its update, the check's Python and the update thread's would take turns at
         # the GIL (each turn a hand-off), and the step would end only after both.
@@ -180,7 +181,7 @@ class Feed:
         rows = rows_of(item)
         if not self.site.here(rows):
             return False
-        if self._between.is_set():
+        if self._between.is_set() or not self.site.between_steps:
             return True
         self._waiting = True
         try:
