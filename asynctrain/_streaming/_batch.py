@@ -1,5 +1,5 @@
 """Validation of one batch of a stream, as it arrives: numpy code, run off the event loop
-(or on it between steps that compute there: :mod:`._where`).
+(or on it, when that is cheaper: :mod:`._where`).
 
 A stream batch is made ready the way all training input is (``asynctrain._inputs.prepare``:
 shape, dtype and NaN/Inf, feature count and labels), except that one batch may hold a
