@@ -114,11 +114,19 @@ class Placement:
         self._interval = REPROBE
         self._probe_at = MEASURED + REPROBE
         self._trying: tuple[int, int] | None = None  # (until step, choice) of a try
+        self._last: int | None = None  # tasks of the last step recorded
 
     @property
     def steps(self) -> int:
         """Steps recorded so far, over every fit that took this placement up."""
         return self._steps
+
+    @property
+    def on_loop(self) -> bool:
+        """Whether the last step recorded computed on the event loop (0 tasks): work
+        that would share the GIL with such steps (a stream's batch checks) is cheaper
+        done on the loop between them than on a thread beside them."""
+        return self._last == 0
 
     def tasks(self, shards: int, workers: int, *, local: bool = False) -> int:
         """How many tasks the next step of ``shards`` shards goes to on ``workers``: 0 for
@@ -174,6 +182,7 @@ class Placement:
         loop) in ``seconds`` (on the loop's clock, from handing them out to the last
         result); ``math``: of which one task's own compute took that long (where it ran)."""
         self._steps += 1
+        self._last = tasks
         if shards < 1:
             return
         if tasks == 0:

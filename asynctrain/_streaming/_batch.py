@@ -1,4 +1,5 @@
-"""Validation of one batch of a stream, as it arrives: numpy code, run off the event loop.
+"""Validation of one batch of a stream, as it arrives: numpy code, run off the event loop
+(or on it, when that is cheaper: :mod:`._where`).
 
 A stream batch is made ready the way all training input is (``asynctrain._inputs.prepare``:
 shape, dtype and NaN/Inf, feature count and labels), except that one batch may hold a
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from asynctrain._engine._update import all_finite
 from asynctrain._exceptions import DataError, DataTypeError
 from asynctrain._inputs import ClassWeight, prepare
 from asynctrain._sparse import is_sparse
@@ -217,9 +219,29 @@ def _plain(model: Model, X: Any, y: Any) -> bool:
 
 
 def _plain_checked(model: Model, X: npt.NDArray[Any], y: npt.NDArray[np.int64]) -> bool:
-    """Whether a plain batch's owned copy (``y`` as int64) is finite with labels in range."""
+    """Whether a plain batch's owned copy (``y`` as int64) is finite with labels in range.
+
+    One read of each array with no temporary, as cheap per call as numpy allows (it runs
+    for every part of every batch): ``X`` by :func:`all_finite`; ``y`` by its largest
+    value read as unsigned, which puts a negative label above every class.
+    """
     n_classes: int = model.n_classes  # type: ignore[assignment]  # an int: see _plain
-    return bool(np.isfinite(X).all()) and y.min() >= 0 and y.max() < n_classes
+    return all_finite((X,)) and int(_umax(y.view(np.uint64))) < n_classes
+
+
+_umax = np.maximum.reduce
+
+
+def rows_of(item: object) -> int | None:
+    """The rows of a stream item's ``X`` when they are known without reading it (an
+    array, a data frame), else None (a malformed item's check says what is wrong)."""
+    try:
+        X = _pair(item)[0]
+    except DataTypeError:
+        return None
+    if isinstance(X, np.ndarray):
+        return X.shape[0] if X.ndim else None
+    return len(X) if is_table(X) or is_column(X) else None
 
 
 def _unpack(item: object) -> tuple[Any, Any, Any]:

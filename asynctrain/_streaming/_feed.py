@@ -16,12 +16,17 @@ is copied once, straight into those batches, and the copy is checked there. The 
 so a shard task carries only a slot number and a row range, never arrays, also on
 process backends. On backends whose ring holds references (inline, thread) an assembled
 batch *is* the slot's content, published from the loop without a trip; on the others the
-filler copies it into the slot's shared memory, as many slots a trip as are free.
+filler copies it into the slot's shared memory, as many slots a trip as are free. Either
+way, once nothing reads a batch any more (its step released the slot, or it was copied to
+shared memory) it goes back to the assembler, which writes a later batch into it.
 
 Errors travel in stream order: a bad batch or a raising source reaches the trainer after
 every full batch before it, so the parameters it leaves behind do not depend on timing.
-Checks, copies and a sync source's ``next()`` run on the feed's threads (inline on the
-inline backend), never on the event loop.
+A sync source's ``next()`` and the copies into shared memory run on the feed's threads
+(inline on the inline backend), never on the event loop; so do the checks, except that an
+async source's batch is checked on the loop once the fit's steps run, when its check is
+measured to fit the loop's budget (:class:`~._where.CheckSite`; between two steps while
+they compute on the loop).
 """
 
 from __future__ import annotations
@@ -29,19 +34,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy.typing as npt
 
 from asynctrain._engine._tasks import unwrap_group
 from asynctrain._inputs import ClassWeight
-from asynctrain._streaming._batch import Assembled, NameRecord, assemble_batch
+from asynctrain._streaming._batch import Assembled, NameRecord, assemble_batch, rows_of
 from asynctrain._streaming._sources import END, OffLoop, iterate
+from asynctrain._streaming._where import CheckSite
 from asynctrain.backends import Backend, SharedArrays
 from asynctrain.backends._base import Arrays, LocalShared
 from asynctrain.data._stream import BatchAssembler
 from asynctrain.models import Model
+
+T = TypeVar("T")
 
 RING_SLOTS = 3
 """Batch slots of a stream fit: one in the step, one ready, one being filled."""
@@ -71,6 +80,15 @@ class Feed:
         class_weight: ClassWeight = None,
     ) -> None:
         self.ring: SharedArrays | None = None
+        self.site = CheckSite()
+        """Where the batches of an async source are checked: on the loop once the fit's
+        steps run (the stream follows its placement: ``site.follow``)."""
+        # Set between steps. A check on the loop waits for it: made while a step waits
+        # for its update, the check's Python and the update thread's would take turns at
+        # the GIL (each turn a hand-off), and the step would end only after both.
+        self._between = asyncio.Event()
+        self._between.set()
+        self._waiting = False  # a check waits for the step in progress to end
         self._class_weight = class_weight
         self._source, self._model, self._backend, self._off = source, model, backend, off
         self._describe, self._names = describe, names
@@ -79,6 +97,7 @@ class Feed:
         self._batches: asyncio.Queue[list[Assembled] | BaseException | None] = asyncio.Queue(buffer)
         self._ready: asyncio.Queue[Ready] = asyncio.Queue()  # bounded by the ring's slots
         self._free: asyncio.Queue[int] = asyncio.Queue()
+        self._held: dict[int, Arrays] = {}  # the arrays a by-reference slot holds
 
     async def next(self) -> tuple[int, int] | None:
         """The next ``(slot, rows)`` to train on, or None at the end of the stream.
@@ -93,7 +112,22 @@ class Feed:
 
     def release(self, slot: int) -> None:
         """Hand ``slot`` back for refilling (its step has finished with it)."""
+        held = self._held.pop(slot, None)
+        if held is not None:  # its batch's arrays: the assembler writes a later one there
+            self._assembler.reuse(held)
         self._free.put_nowait(slot)
+
+    def step_begins(self) -> None:
+        """Say that a step starts: a check due on the loop waits until it has ended."""
+        self._between.clear()
+
+    async def step_ended(self, slot: int) -> None:
+        """Say that the step on ``slot`` has ended: ``release`` it, and let a check that
+        waited for the step run now, before the next one starts."""
+        self.release(slot)
+        self._between.set()
+        if self._waiting:
+            await asyncio.sleep(0)  # one turn of the loop: the consumer checks its batch
 
     # -- the consumer: source → validated batches ------------------------------------------
 
@@ -126,11 +160,12 @@ class Feed:
                     class_weight=self._class_weight,
                     owned=items.owned,
                 )
-                taken = await items.pull(take)
-                if taken is END:
+                pulled = await items.pull(functools.partial(_timed, take), here=self._here)
+                if pulled is END:
                     break
                 number += 1
-                first, batches = taken
+                (first, batches), rows, seconds = pulled
+                self.site.record(rows, seconds)
                 if first is None:
                     continue
                 if like is None:
@@ -140,6 +175,20 @@ class Feed:
         last = self._assembler.flush()
         if last is not None:
             await self._batches.put([last])
+
+    async def _here(self, item: object) -> bool:
+        """Whether ``item`` is checked on the loop; if so, once no step is in progress."""
+        rows = rows_of(item)
+        if not self.site.here(rows):
+            return False
+        if self._between.is_set() or not self.site.between_steps:
+            return True
+        self._waiting = True
+        try:
+            await self._between.wait()
+        finally:
+            self._waiting = False
+        return self.site.here(rows)  # the step just ended may have moved the steps
 
     # -- the filler: assembled batches → ring slots ----------------------------------------
 
@@ -171,6 +220,7 @@ class Feed:
         assert self.ring is not None
         slot = await self._free.get()
         self.ring.write(slot, arrays)
+        self._held[slot] = arrays
         self._ready.put_nowait((slot, rows))
 
     async def _copy(self, batches: list[Assembled]) -> None:
@@ -194,6 +244,8 @@ class Feed:
                 ring.write(slot, arrays)
 
         await self._off.call(write)
+        for arrays, _ in written:  # copied into the slots: the assembler may write them again
+            self._assembler.reuse(arrays)
         written.clear()
         for slot, rows in jobs:
             self._ready.put_nowait((slot, rows))
@@ -257,6 +309,13 @@ async def open_feed(
         if feed.ring is not None:
             await backend.release(feed.ring)
         await off.aclose()
+
+
+def _timed(fn: Callable[[Any], T], item: object) -> tuple[T, int | None, float]:
+    """``fn(item)``, the rows of ``item`` and the seconds ``fn`` took."""
+    started = time.perf_counter()
+    result = fn(item)
+    return result, rows_of(item), time.perf_counter() - started
 
 
 def _cancelling() -> bool:

@@ -13,7 +13,14 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+)
 from typing import Any, TypeVar
 
 from asynctrain._offloop import off_loop
@@ -90,9 +97,13 @@ class Items:
         else:
             self._sync = iter(source)
 
-    async def pull(self, then: Callable[[Any], T]) -> T:
+    async def pull(
+        self, then: Callable[[Any], T], *, here: Callable[[Any], Awaitable[bool]] | None = None
+    ) -> T:
         """``then(item)`` of the next item, run off the loop (with a sync source's
-        ``next()``, in one trip); :data:`END` once the source is exhausted.
+        ``next()``, in one trip); :data:`END` once the source is exhausted. An async
+        source's item for which ``await here(item)`` is true is passed to ``then`` on the
+        loop.
 
         Raises what the source or ``then`` raises.
         """
@@ -100,7 +111,9 @@ class Items:
             return await self._off.call(_next_then, self._sync, then)
         assert self._async is not None
         item = await anext(self._async, END)
-        return item if item is END else await self._off.call(then, item)
+        if item is END or here is None or not await here(item):
+            return item if item is END else await self._off.call(then, item)
+        return then(item)
 
     async def aclose(self) -> None:
         """Close the source: ``aclose()`` an async one, ``close()`` a sync one off the

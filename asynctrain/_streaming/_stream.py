@@ -140,11 +140,13 @@ async def stream_events(
             ctx,
             val_data,
         ):
+            feed.site.follow(ctx.placement)  # check batches where the steps compute
             periods = _Periods(parts.lag, ctx, validation, val_data, limits.validate_every)
             while item is not None:
                 slot, rows = item
+                feed.step_begins()
                 stats = await step(ctx, range(rows), data_slot=slot)
-                feed.release(slot)
+                await feed.step_ended(slot)
                 yield periods.record(stats)
                 if periods.due():
                     yield await periods.close()

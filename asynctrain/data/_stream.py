@@ -110,6 +110,16 @@ def copy_rows(
 Arrays = dict[str, npt.NDArray[Any]]
 """One assembled batch's arrays: ``"X"``, ``"y"`` and, for weighted rows, ``"w"``."""
 
+SPARE = 1
+"""Batches handed back (:meth:`BatchAssembler.reuse`) that an assembler keeps for reuse."""
+
+
+class _Made(dict[str, npt.NDArray[Any]]):
+    """The arrays of a batch an assembler made (not an incoming batch handed on whole):
+    only these may be handed back to it for reuse."""
+
+    __slots__ = ()
+
 
 class BatchAssembler:
     """Cuts a stream of batches of any size into new batches of ``batch_size`` rows, in
@@ -135,11 +145,12 @@ class BatchAssembler:
         [4, 5]
     """
 
-    __slots__ = ("_cutter", "_partial", "_y_dtype", "written")
+    __slots__ = ("_cutter", "_partial", "_spare", "_y_dtype", "written")
 
     def __init__(self, batch_size: int, *, max_samples: int | None = None) -> None:
         self._cutter = BatchCutter(batch_size, max_samples=max_samples)
         self._partial: Arrays | None = None  # the batch being assembled
+        self._spare: list[_Made] = []  # batches handed back, written again before new ones
         self._y_dtype: np.dtype[Any] | None = None  # of the batches assembled so far
         self.written: list[tuple[Arrays, int, int]] = []
         """Where the last :meth:`add` copied rows: ``(arrays, start, stop)`` each."""
@@ -183,7 +194,7 @@ class BatchAssembler:
                 continue
             if self._partial is None:
                 target = y_dtype if y_dtype is not None else self._y_dtype
-                self._partial = _empty(size, X, y, w, y.dtype if target is None else target)
+                self._partial = self._new(X, y, w, y.dtype if target is None else target)
             copy_rows(self._partial, X, y, cut, w)
             self.written.append((self._partial, cut.at, cut.at + cut.stop - cut.start))
             self._y_dtype = self._partial["y"].dtype
@@ -191,6 +202,49 @@ class BatchAssembler:
                 done.append((self._partial, size))
                 self._partial = None
         return done
+
+    def reuse(self, arrays: Arrays) -> None:
+        """Hand back a batch this assembler returned, once nothing reads it any more (its
+        step is done, or it was copied elsewhere): a later batch is assembled into its
+        arrays instead of new ones, which spares the allocation and the first writes to
+        fresh memory. It keeps :data:`SPARE` at most; a batch it did not make (an
+        incoming batch handed on whole) is ignored.
+
+        May be called from another thread than :meth:`add`'s (a list's append and pop
+        are atomic, and only :meth:`add` pops).
+
+        Example:
+            >>> assembler = BatchAssembler(2)
+            >>> [(first, _)] = assembler.add(np.zeros((2, 1)), np.zeros(2), copy=True)
+            >>> assembler.reuse(first)
+            >>> [(second, _)] = assembler.add(np.ones((2, 1)), np.ones(2), copy=True)
+            >>> second["X"] is first["X"]
+            True
+        """
+        if isinstance(arrays, _Made) and len(self._spare) < SPARE:
+            self._spare.append(arrays)
+
+    def _new(
+        self,
+        X: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        w: npt.NDArray[Any] | None,
+        y_dtype: npt.DTypeLike,
+    ) -> _Made:
+        """Arrays for a batch of rows like ``X``, ``y`` and ``w``: a spare batch of that
+        layout (any other is dropped), or new ones."""
+        rows = self._cutter.batch_size
+        while self._spare:
+            spare = self._spare.pop()
+            if _fits(spare, X, y, w, y_dtype):
+                return spare
+        made = _Made(
+            X=np.empty((rows, *X.shape[1:]), X.dtype),
+            y=np.empty((rows, *y.shape[1:]), y_dtype),
+        )
+        if w is not None:
+            made["w"] = np.empty((rows, *w.shape[1:]), w.dtype)
+        return made
 
     def mark(self) -> tuple[int, int, Arrays | None]:
         """The assembler's state, for :meth:`undo`."""
@@ -209,19 +263,26 @@ class BatchAssembler:
         return (partial, rows) if rows and partial is not None else None
 
 
-def _arrays(X: npt.NDArray[Any], y: npt.NDArray[Any], w: npt.NDArray[Any] | None) -> Arrays:
-    return {"X": X, "y": y} if w is None else {"X": X, "y": y, "w": w}
-
-
-def _empty(
-    rows: int,
+def _fits(
+    arrays: Arrays,
     X: npt.NDArray[Any],
     y: npt.NDArray[Any],
     w: npt.NDArray[Any] | None,
     y_dtype: npt.DTypeLike,
-) -> Arrays:
-    return _arrays(
-        np.empty((rows, *X.shape[1:]), X.dtype),
-        np.empty((rows, *y.shape[1:]), y_dtype),
-        None if w is None else np.empty((rows, *w.shape[1:]), w.dtype),
+) -> bool:
+    """Whether a batch's ``arrays`` hold rows like ``X``, ``y`` (as ``y_dtype``) and
+    ``w``."""
+    same = (
+        arrays["X"].dtype == X.dtype
+        and arrays["X"].shape[1:] == X.shape[1:]
+        and arrays["y"].dtype == y_dtype
+        and arrays["y"].shape[1:] == y.shape[1:]
     )
+    spare_w = arrays.get("w")
+    if w is None or spare_w is None:
+        return same and w is None and spare_w is None
+    return same and spare_w.dtype == w.dtype and spare_w.shape[1:] == w.shape[1:]
+
+
+def _arrays(X: npt.NDArray[Any], y: npt.NDArray[Any], w: npt.NDArray[Any] | None) -> Arrays:
+    return {"X": X, "y": y} if w is None else {"X": X, "y": y, "w": w}
