@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -23,7 +24,7 @@ import secrets
 import socket
 import threading
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,6 +39,11 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20
 CHUNK = 16 << 20
+IN_MEMORY = 1 << 20
+"""Arrays of at most this many bytes are zipped in memory and written with one call.
+The zip writer seeks back to each member's header: on a file every seek and write is a
+system call that lets go of the GIL and then waits to take it back from the event loop,
+some 60 hand-offs for a small checkpoint; in memory there are none."""
 _NUMBERS = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
 _NUMBERS += ["float16", "float32", "float64"]
 DTYPES = frozenset(  # the allow-list, in both byte orders ("|" for single bytes)
@@ -68,6 +74,17 @@ def write(
             ``EIO``, ...); the previous file at ``path``, if any, is left intact.
         SaveCancelled: ``cancel`` was set while writing (nothing was left behind).
     """
+    if sum(np.asarray(a).nbytes for a in arrays.values()) > IN_MEMORY:
+        _replace_atomically(path, lambda out: _write_zip(out, manifest, arrays, cancel))
+        return
+    with io.BytesIO() as buffer:
+        _write_zip(buffer, manifest, arrays, cancel)
+        content = buffer.getvalue()
+    _replace_atomically(path, lambda out: out.write(content))
+
+
+def _replace_atomically(path: Path, fill: Callable[[IO[bytes]], object]) -> None:
+    """Write a temporary with ``fill``, fsync it, rename it to ``path``, fsync the directory."""
     try:
         temporary, fd = _create_temporary(path)
     except OSError as exc:
@@ -75,7 +92,7 @@ def write(
     try:
         try:
             with os.fdopen(fd, "wb", closefd=False) as out:
-                _write_zip(out, manifest, arrays, cancel)
+                fill(out)
             os.fsync(fd)
             os.replace(temporary, path)  # still locked: a sweeper never takes it mid-rename
         finally:

@@ -73,12 +73,24 @@ class Updater:
         self._scratch: Grads = flat_zeros(state.params)
         self._backup = StateBackup()
         self._thread = None if inline else ThreadPool(1, name="asynctrain-update")
+        self._in_flight = 0  # calls handed to the thread that have not returned yet
+
+    @property
+    def idle(self) -> bool:
+        """No call is running or waiting on the update thread: every call handed to it has
+        returned to its caller (always, inline). Then, until the event loop's next await,
+        nothing changes the state: what the loop reads of it is one committed step."""
+        return self._in_flight == 0
 
     async def call(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Run ``fn(*args)`` where updates run (the update thread, or inline)."""
         if self._thread is None:
             return fn(*args)
-        return await self._thread.run(fn, *args)
+        self._in_flight += 1
+        try:  # cancelled, the call has finished (or will never start) when this returns
+            return await self._thread.run(fn, *args)
+        finally:
+            self._in_flight -= 1
 
     async def apply(
         self,
@@ -99,7 +111,11 @@ class Updater:
         args = (results, grads, publish, slot, int(advance_batch))
         if self._thread is None:  # inline: no hop, and no second coroutine frame a step
             return self._apply(*args)
-        return await self._thread.run(self._apply, *args)
+        self._in_flight += 1
+        try:
+            return await self._thread.run(self._apply, *args)
+        finally:
+            self._in_flight -= 1
 
     async def commit(self, fn: Callable[..., tuple[TrainState, T]], /, *args: Any) -> T:
         """Run ``fn(state, *args) -> (new_state, result)`` where updates run; commit
