@@ -35,6 +35,7 @@ from asynctrain._checkpoint import _format as checkpoint_format
 from asynctrain._checkpoint import _session as checkpoint_session
 from asynctrain._checkpoint._format import SaveCancelled, write
 from asynctrain._checkpoint._session import Writer
+from asynctrain._cli import main
 from asynctrain._engine._update import Updater
 from asynctrain.data import synthetic
 from asynctrain.optim._tree import leaves
@@ -316,3 +317,17 @@ async def test_the_final_checkpoint_starts_before_the_fit_lets_go_of_its_resourc
     fresh = softmax_trainer()
     await fresh.load(tmp_path)
     assert state_bits(fresh.state) == state_bits(trainer.state)
+
+
+async def test_inspect_shows_the_order_digest_mid_epoch_only(
+    tmp_path: Path, data: at.data.Dataset, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await softmax_trainer().fit(data, checkpoint_dir=tmp_path, checkpoint_every=2, keep=None)
+    middle, end = tmp_path / "step-000000000004.ckpt", tmp_path / "step-000000000005.ckpt"
+    assert main(["inspect", str(middle)]) == 0
+    digest = _order_sha256(500, 1, 0)
+    assert f"next batch 4; 500 samples, order {digest[:12]}…" in capsys.readouterr().out
+    assert main(["inspect", str(end)]) == 0
+    out = capsys.readouterr().out
+    assert "next batch 0; 500 samples\n" in out
+    assert ", order " not in out
