@@ -205,9 +205,10 @@ def _small_zip(
     entries = {}
     for i, (key, array) in enumerate(arrays.items()):
         member = member_name(key, i)
-        sink = _HashingSink(io.BytesIO(), cancel)
+        buffer = io.BytesIO()
+        sink = _HashingSink(buffer, cancel)
         np.lib.format.write_array(sink, np.asarray(array), allow_pickle=False)
-        add(member, sink.raw.getvalue(), (1980, 1, 1, 0, 0, 0))  # zipfile's for open("w")
+        add(member, buffer.getvalue(), (1980, 1, 1, 0, 0, 0))  # zipfile's for open("w")
         entries[key] = _entry(member, array, sink)
     now = time.localtime(time.time())[:6]  # zipfile's for writestr
     add(MANIFEST, _manifest_json(manifest, entries).encode(), now)
