@@ -158,7 +158,7 @@ class CheckpointSession:
         self._due = False
         self._saved_step = -1
         self._last_epoch = -1  # the epoch count the fit ends at (set by resume)
-        # An epoch's order digest, computed on the writer by its first checkpoint only.
+        # An epoch's order digest: computed on the writer by its first mid-epoch save only.
         self._digest: OrderDigest = functools.lru_cache(maxsize=1)(order_sha256)
         self.callbacks = list(callbacks)
         self._resumed: Checkpoint | None = None
