@@ -619,6 +619,11 @@ def _write_spec(directory: Path, spec: ModelSpec, *, resume: bool) -> None:
     path = directory / SPEC_FILE
     if resume and path.is_file():
         written = ModelSpec.from_json(path.read_text(), str(path))
+        if written.feature_names is None and spec.feature_names is not None:
+            # Written before column names were kept: the names are new, not different.
+            written = ModelSpec(**{**asdict(written), "feature_names": spec.feature_names})
+            if written == spec:
+                path.write_text(spec.to_json())
         if written != spec:
             differ = [k for k, v in asdict(spec).items() if asdict(written)[k] != v]
             raise ConfigError(

@@ -322,3 +322,30 @@ def test_shuffle_shard_trains_as_the_library_does(softmax_file: Path, tmp_path: 
         for name, value in result.params.items():
             assert saved[name].tobytes() == value.tobytes()
         assert saved["W"].tobytes() != other.params["W"].tobytes()  # the option took effect
+
+
+def test_resume_of_a_run_recorded_without_column_names_keeps_its_checkpoints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint directory written before column names were kept with the model
+    resumes on the same headed CSV, and records the names from then on; a run recorded
+    with other names is still refused."""
+    data = synthetic("softmax", n=600, seed=0)
+    names = [f"f{j}" for j in range(8)]
+    csv = tmp_path / "data.csv"
+    rows = [",".join([*names, "label"])]
+    for x, y in zip(data.X[:, :8].tolist(), data.y.tolist(), strict=True):
+        rows.append(",".join([*map(repr, x), str(y)]))
+    csv.write_text("\n".join(rows) + "\n")
+    ckpt = tmp_path / "ckpt"
+    argv = ["train", str(csv), "--model", "softmax", "--no-progress", "--checkpoint-dir", str(ckpt)]
+    assert main([*argv, "--epochs", "1"]) == 0
+    spec_file = ckpt / "asynctrain-model.json"
+    recorded = json.loads(spec_file.read_text())
+    assert recorded["feature_names"] == names
+    spec_file.write_text(json.dumps({**recorded, "feature_names": None}))  # an older run
+    assert main([*argv, "--epochs", "2", "--resume"]) == 0
+    assert json.loads(spec_file.read_text())["feature_names"] == names
+    spec_file.write_text(json.dumps({**recorded, "feature_names": [*names[:7], "other"]}))
+    assert main([*argv, "--epochs", "3", "--resume"]) == 2
+    assert "feature_names" in capsys.readouterr().err

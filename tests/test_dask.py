@@ -191,6 +191,26 @@ async def test_own_cluster_listens_on_loopback_only_and_stops() -> None:
     assert backend.state == "closed"
 
 
+async def test_starting_workers_leaves_the_callers_environment_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dask's nannies set their workers' variables in this process's environment to spawn
+    them; every process the caller started later inherited them. Also after a restart."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    before = dict(os.environ)
+    async with DaskBackend(workers=2) as backend:
+        assert dict(os.environ) == before
+        # os.getenv runs there; os.environ.get would carry this process's environ along.
+        seen = await backend.client.run(os.getenv, "OPENBLAS_NUM_THREADS")
+        assert set(seen.values()) == {"1"}  # the workers still get Dask's settings
+        seen = await backend.client.run(os.getenv, "OMP_NUM_THREADS")
+        assert set(seen.values()) == {"7"}  # (where the caller's do not override them)
+        await backend.client.restart()
+        assert dict(os.environ) == before
+    assert dict(os.environ) == before
+
+
 @pytest.mark.parametrize(
     "address", ["tcp://10.1.2.3:8786", "10.1.2.3:8786", "scheduler.example.com:8786"]
 )

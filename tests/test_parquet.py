@@ -380,6 +380,28 @@ def test_nan_is_refused_naming_the_column_and_row(tmp_path: Path) -> None:
         list(read_parquet(path, label="y", batch_size=BATCH, shuffle=False))
 
 
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, None])
+def test_the_largest_finite_values_are_read_as_they_are_and_inf_is_refused(
+    tmp_path: Path, bad: float | None
+) -> None:
+    """Values at float32's limit pass the finiteness check (their sum would overflow),
+    come out bit for bit in row order, and an Inf among them is named."""
+    X, y = _data(n=100)
+    X[:, 3] = np.finfo(np.float32).max  # finite, and their sum is Inf
+    if bad is not None:
+        X[60, 1] = bad
+    path = _write(tmp_path / "big.parquet", X, y)
+    stream = read_parquet(path, label="y", batch_size=BATCH, shuffle=False)
+    if bad is not None:
+        with pytest.raises(at.DataError, match=r"row group 1: column 'f1' .*inf\) at row 10"):
+            list(stream)
+        return
+    batches = list(stream)
+    got = np.concatenate([b[0] for b in batches])
+    assert got.tobytes() == X.tobytes()
+    assert all(b[0].flags.c_contiguous for b in batches)
+
+
 # -- reading ahead (what fit_stream does) -----------------------------------------------
 
 

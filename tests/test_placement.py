@@ -8,6 +8,8 @@ import asyncio
 import itertools
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 from _reliability import Recorder, state_bits
 
 import asynctrain as at
+from asynctrain._engine import _update as update_module
 from asynctrain._engine._context import arrays_of
 from asynctrain._engine._step import (
     LOOP_BUDGET,
@@ -30,6 +33,7 @@ from asynctrain._engine._step import (
     contiguous,
     placement_for,
 )
+from asynctrain._engine._update import Updater
 from asynctrain.backends import ProcessBackend, ThreadBackend
 from asynctrain.data import synthetic
 from asynctrain.models import SoftmaxRegression
@@ -121,13 +125,13 @@ def test_small_steps_on_a_local_backend_run_on_the_loop() -> None:
     assert quick.tasks(4, workers=2) == 1  # a backend whose arrays are elsewhere
     slow = _trained(4 * LOOP_BUDGET, 8 * LOOP_BUDGET)  # grouped wins, its math too long
     assert slow.tasks(4, workers=2, local=True) == 1
-    one = Placement()  # one worker: never spread, on the loop once known to be small
-    for _ in range(WARM_UP):
-        assert one.tasks(4, workers=1, local=True) == 4
-        one.record(4, 4, 1.0)  # warming up: not timed
+    one = Placement()  # one worker: one task from the first step, on the loop once small
     assert one.tasks(4, workers=1, local=True) == 1  # not timed yet
     one.record(1, 4, 2 * LOOP_BUDGET, math=LOOP_BUDGET / 2)  # the hand-off cost the rest
     assert one.tasks(4, workers=1, local=True) == 0
+    slow = Placement()  # the same, with math over the budget: stays on the worker
+    slow.record(slow.tasks(1, workers=2, local=True), 1, 4 * LOOP_BUDGET, math=2 * LOOP_BUDGET)
+    assert slow.tasks(1, workers=2, local=True) == 1
 
 
 def test_steps_leave_the_loop_when_they_outgrow_the_budget_and_come_back() -> None:
@@ -411,3 +415,96 @@ async def test_a_worker_killed_in_a_grouped_step_is_replaced_with_the_same_bits(
         k: v for k, v in expected.items() if k != "counters"
     }
     assert result.steps == STEPS_PER_EPOCH
+
+
+# -- where a step's update runs ------------------------------------------------------------
+
+
+def _record_update_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread each optimizer update runs on, in order."""
+    names: list[str] = []
+    real = Updater._apply
+
+    def recording(self: Updater, *args: Any) -> Any:
+        names.append(threading.current_thread().name)
+        return real(self, *args)
+
+    monkeypatch.setattr(Updater, "_apply", recording)
+    return names
+
+
+@pytest.mark.parametrize("budget", [0.0, 1.0])
+async def test_small_updates_run_on_the_loop_once_measured_with_the_same_bits(
+    monkeypatch: pytest.MonkeyPatch, budget: float
+) -> None:
+    reference = await _fit("inline", 4)
+    monkeypatch.setattr(update_module, "UPDATE_BUDGET", budget)
+    names = _record_update_threads(monkeypatch)
+    async with ThreadBackend(2) as backend:
+        params = await _fit(backend, 4)
+    for key, value in reference.items():
+        assert params[key].tobytes() == value.tobytes()
+    main = threading.main_thread().name
+    assert names[0].startswith("asynctrain-update")  # not measured yet: on the thread
+    if budget:
+        assert names[1:] == [main] * (len(names) - 1)
+    else:
+        assert main not in names
+
+
+async def test_an_update_waits_behind_a_call_in_flight_on_the_update_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another call on the update thread (a control, a checkpoint's snapshot) keeps the
+    updates serialised: the next update runs after it, on the thread, not on the loop."""
+    monkeypatch.setattr(update_module, "UPDATE_BUDGET", 1.0)
+    names = _record_update_threads(monkeypatch)
+    log: list[str] = []
+
+    def slow_call() -> None:
+        log.append("call starts")
+        time.sleep(0.05)  # the loop is free meanwhile: the fit's next step comes
+        log.append(f"call ends after {len(names)} updates")
+
+    data = synthetic("softmax", n=600, seed=5)
+    async with at.Trainer(
+        SoftmaxRegression(128, 10), at.optim.sgd(0.1), backend="thread", batch_size=60
+    ) as trainer:
+        pending, done = None, 0
+        async for event in trainer.steps(data, epochs=1):
+            if event.kind == "step" and event.step == 3:
+                assert trainer._updater is not None
+                pending, done = asyncio.create_task(trainer._updater.call(slow_call)), len(names)
+                await asyncio.sleep(0)  # it is handed to the thread
+        assert pending is not None
+        await pending
+    assert log == ["call starts", f"call ends after {done} updates"]
+    assert names[done].startswith("asynctrain-update")  # queued behind the call
+    assert names[done + 1 :] == [threading.main_thread().name] * (len(names) - done - 1)
+
+
+async def test_a_fit_all_on_the_loop_still_gives_the_loop_a_turn_every_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(update_module, "UPDATE_BUDGET", 1.0)
+    turns, seen = 0, []
+
+    async def tick() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    data = synthetic("softmax", n=1200, seed=5)
+    try:
+        async with at.Trainer(
+            SoftmaxRegression(128, 10), at.optim.sgd(0.1), backend="thread", batch_size=60
+        ) as trainer:
+            async for event in trainer.steps(data, epochs=1):
+                if event.kind == "step":
+                    seen.append(turns)
+    finally:
+        ticker.cancel()
+    assert len(seen) == 20
+    assert all(later > earlier for earlier, later in itertools.pairwise(seen))

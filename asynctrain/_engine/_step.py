@@ -68,6 +68,9 @@ class Placement:
       twice as long each time the choice stands), so a choice follows a fit whose costs
       change without paying often for the worse one.
 
+    A step that is one task whatever is chosen (one shard, or one worker) skips all
+    that: it runs as one task from its first step.
+
     A grouped step still pays one hand-off to a worker and back, on top of math that is
     the same wherever it runs. So on a backend whose shared arrays this process reads in
     place (``backend.local``: the thread backend; not the process backend, whose workers
@@ -75,8 +78,9 @@ class Placement:
     takes at most :data:`LOOP_BUDGET` computes on the event loop's own thread instead, as
     the inline backend would (:meth:`tasks` answers 0): the loop is blocked for at most
     about that long a step, and a step too small to pay for one hand-off pays for none.
-    The math is timed where it runs (a grouped task times its own compute on the worker;
-    the median of the last :data:`WINDOW` grouped or loop steps counts), so steps that
+    The math is timed where it runs, from the first step (a grouped task times its own
+    compute on the worker; the median of the last :data:`WINDOW` grouped or loop steps
+    counts; first touches make early steps look slower, never faster), so steps that
     outgrow the budget go back to the workers and come back when they shrink. With one
     worker or two, such a fit runs the same way, so a second worker does not make it
     slower.
@@ -121,13 +125,13 @@ class Placement:
         one group computed on the event loop (only when ``local``, the backend's
         ``local``), 1 for one task, more for spread (asked once a step: it schedules the
         next try of the choice not taken)."""
-        step = self._steps - WARM_UP
-        if step < 0:
-            return max(shards, 1)
         spread = max(1, min(shards, workers))
         small = 0 if local and self._fits_loop(shards) else 1
-        if spread == 1:
+        if spread == 1:  # one task whatever is chosen: nothing to warm up or measure for
             return small
+        step = self._steps - WARM_UP
+        if step < 0:
+            return shards
         if step < MEASURED:
             return small if step % 2 else spread
         if self._trying is not None:
@@ -170,15 +174,15 @@ class Placement:
         loop) in ``seconds`` (on the loop's clock, from handing them out to the last
         result); ``math``: of which one task's own compute took that long (where it ran)."""
         self._steps += 1
-        if self._steps <= WARM_UP or shards < 1:
+        if shards < 1:
             return
         if tasks == 0:
             math = seconds
-        else:
+        if math is not None and tasks <= 1:  # from the first step: first touches only err
+            self._math.append(math / shards)  # towards the workers, and briefly
+        if tasks and self._steps > WARM_UP:
             times = self._times.setdefault(tasks, collections.deque(maxlen=WINDOW))
             times.append(seconds / shards)
-        if math is not None and tasks <= 1:
-            self._math.append(math / shards)
 
 
 def contiguous(items: Sequence[T], groups: int) -> list[list[T]]:

@@ -1,16 +1,24 @@
 """The updater: the one writer of parameters and optimizer state.
 
 It sums a step's shard gradients in shard order, applies the non-finite policy, runs the
-optimizer and publishes the new parameter version, all off the event loop (on one
-dedicated thread; inline for the inline backend). Because it is a single thread, updates
-are serialised, and because it commits a whole new :class:`TrainState` at once, a reader
+optimizer and publishes the new parameter version, off the event loop (on one dedicated
+thread; inline for the inline backend). Because one thread runs them, updates are
+serialised, and because it commits a whole new :class:`TrainState` at once, a reader
 (``trainer.params``, ``predict``) always sees one complete version, never half an update.
+
+An update measured to take at most :data:`UPDATE_BUDGET` (a small model's) runs on the
+loop instead whenever nothing else of the updater's is in flight on its thread: the hop
+there and back would cost more than the update. Serialised all the same: the loop cannot
+hand the thread anything while it runs the update, and the thread has nothing left.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import math
 import operator
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -27,6 +35,12 @@ from asynctrain.optim._flat import buffers_in, flat_or_values, flat_zeros, freez
 from asynctrain.optim._tree import leaves
 
 T = TypeVar("T")
+
+UPDATE_BUDGET = 100e-6
+"""An optimizer update whose median time over the last :data:`UPDATE_WINDOW` is at most
+this many seconds runs on the event loop when the update thread is idle (see the module
+docstring)."""
+UPDATE_WINDOW = 16
 
 
 class TrainState(NamedTuple):
@@ -73,7 +87,20 @@ class Updater:
         self._scratch: Grads = flat_zeros(state.params)
         self._backup = StateBackup()
         self._thread = None if inline else ThreadPool(1, name="asynctrain-update")
-        self._in_flight = 0  # calls handed to the thread that have not returned yet
+        self._in_flight = 0  # calls handed to the thread and not yet back
+        self._apply_times: collections.deque[float] = collections.deque(maxlen=UPDATE_WINDOW)
+
+    async def call(self, fn: Callable[..., T], /, *args: Any) -> T:
+        """Run ``fn(*args)`` where updates run (the update thread, or inline)."""
+        if self._thread is None:
+            return fn(*args)
+        self._in_flight += 1
+        try:
+            # Cancelled, the thread's call is dropped unstarted or waited for: either way
+            # the thread has nothing of ours left when this count drops.
+            return await self._thread.run(fn, *args)
+        finally:
+            self._in_flight -= 1
 
     @property
     def idle(self) -> bool:
@@ -82,15 +109,16 @@ class Updater:
         nothing changes the state: what the loop reads of it is one committed step."""
         return self._in_flight == 0
 
-    async def call(self, fn: Callable[..., T], /, *args: Any) -> T:
-        """Run ``fn(*args)`` where updates run (the update thread, or inline)."""
+    @property
+    def updates_on_loop(self) -> bool:
+        """Whether the next :meth:`apply` runs on the loop: the update thread is idle and
+        updates have been measured to take at most :data:`UPDATE_BUDGET`."""
         if self._thread is None:
-            return fn(*args)
-        self._in_flight += 1
-        try:  # cancelled, the call has finished (or will never start) when this returns
-            return await self._thread.run(fn, *args)
-        finally:
-            self._in_flight -= 1
+            return True
+        times = self._apply_times
+        if self._in_flight or not times:
+            return False
+        return sorted(times)[len(times) // 2] <= UPDATE_BUDGET
 
     async def apply(
         self,
@@ -111,11 +139,13 @@ class Updater:
         args = (results, grads, publish, slot, int(advance_batch))
         if self._thread is None:  # inline: no hop, and no second coroutine frame a step
             return self._apply(*args)
-        self._in_flight += 1
-        try:
-            return await self._thread.run(self._apply, *args)
-        finally:
-            self._in_flight -= 1
+        if self.updates_on_loop:
+            stats = self._timed_apply(*args)
+            # The loop's turn for everything else, as a hop would give (and a cancel
+            # requested meanwhile lands here, after the step, as it would after a hop).
+            await asyncio.sleep(0)
+            return stats
+        return await self.call(self._timed_apply, *args)
 
     async def commit(self, fn: Callable[..., tuple[TrainState, T]], /, *args: Any) -> T:
         """Run ``fn(state, *args) -> (new_state, result)`` where updates run; commit
@@ -130,6 +160,13 @@ class Updater:
         """Stop the update thread (waits for an update in progress)."""
         if self._thread is not None:
             self._thread.shutdown()
+
+    def _timed_apply(self, *args: Any) -> StepStats:
+        started = time.perf_counter()
+        try:
+            return self._apply(*args)
+        finally:
+            self._apply_times.append(time.perf_counter() - started)
 
     def _commit(self, fn: Callable[..., tuple[TrainState, T]], *args: Any) -> T:
         self.state, result = fn(self.state, *args)

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import os
+import threading
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import numpy.typing as npt
@@ -561,20 +564,64 @@ class DaskBackend(Lifecycle):
 
 
 class _Nanny(distributed.Nanny):
-    """A nanny that starts its worker with glibc's default ``malloc`` tuning.
+    """A nanny that starts its worker with glibc's default ``malloc`` tuning, and leaves
+    this process's environment as it found it.
 
-    Dask's nannies export ``MALLOC_TRIM_THRESHOLD_=65536`` to their workers (and to this
-    process's environment), which also turns off glibc's adaptive mmap threshold: every
-    freed block of 128 KB or more (a shard's activations, its gradient) goes back to the
-    kernel and is faulted in again on the next task. Measured: about a quarter of a
-    worker's CPU time on the reference MLP's ``local`` rounds. The local clusters this
-    backend starts keep the default; clusters of your own keep their settings.
+    Dask's nannies export ``MALLOC_TRIM_THRESHOLD_=65536`` to their workers, which also
+    turns off glibc's adaptive mmap threshold: every freed block of 128 KB or more (a
+    shard's activations, its gradient) goes back to the kernel and is faulted in again on
+    the next task. Measured: about a quarter of a worker's CPU time on the reference MLP's
+    ``local`` rounds. The local clusters this backend starts keep the default; clusters
+    of your own keep their settings.
+
+    A nanny sets its worker's "pre-spawn" variables (``OMP_NUM_THREADS=1`` and the like)
+    in *this* process's ``os.environ`` to spawn it, and leaves them there: every process
+    the caller starts later would inherit them. They are put back as they were once the
+    worker has started (:class:`_SpawnEnvironment`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.pre_spawn_env.pop("MALLOC_TRIM_THRESHOLD_", None)
         self.env.pop("MALLOC_TRIM_THRESHOLD_", None)
+
+    async def instantiate(self) -> Any:
+        """Start the worker process (also on a restart), the environment restored after."""
+        with _SPAWN_ENVIRONMENT.held(self.pre_spawn_env):
+            return await super().instantiate()
+
+
+class _SpawnEnvironment:
+    """The variables of this process's environment that nannies starting workers change,
+    as they were before the first of them, put back when the last is done (nannies start
+    concurrently: a later one must not take the first one's changes for the original)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holds = 0
+        self._saved: dict[str, str | None] = {}
+
+    @contextlib.contextmanager
+    def held(self, names: Iterable[str]) -> Iterator[None]:
+        with self._lock:
+            self._holds += 1
+            for name in names:
+                self._saved.setdefault(name, os.environ.get(name))
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holds -= 1
+                if not self._holds:
+                    for name, value in self._saved.items():
+                        if value is None:
+                            os.environ.pop(name, None)
+                        else:
+                            os.environ[name] = value
+                    self._saved.clear()
+
+
+_SPAWN_ENVIRONMENT = _SpawnEnvironment()
 
 
 class _Events:

@@ -334,15 +334,17 @@ def _arrays(
             _raise_nulls(name, where, column.null_count)
         columns.append(_values(column, None, view))
     y, weights = columns[n_features], columns[n_features + 1 :]
-    # Columns are filled in as rows of X transposed (contiguous writes, casting on the way)
-    # and transposed once: five times faster than writing them into X's columns.
+    # Columns are filled in as rows of X transposed (contiguous writes, casting on the way):
+    # five times faster than writing them into X's columns. X is that, viewed transposed
+    # (column-major): whoever takes its rows copies them anyway (a shuffle buffer, a batch),
+    # and reads them in row order at no extra cost, so it is not copied into row order here.
     transposed = np.empty((n_features, batch.num_rows), dtype)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow gives Inf, refused next
         for j, values in enumerate(columns[:n_features]):
             transposed[j] = values
         y = y.astype(np.int64) if y.dtype.kind in "biu" else y.astype(dtype)
         w = weights[0].astype(dtype) if weights else None
-    return np.ascontiguousarray(transposed.T), y, w
+    return transposed.T, y, w
 
 
 def _view_dtype(kind: Any, pa: Any) -> np.dtype[Any] | None:
