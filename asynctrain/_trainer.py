@@ -323,6 +323,7 @@ class Trainer:
             keep=keep,
             resume=resume,
             subject=self._checkpoint_subject,
+            current=self._current,
             restore=self._restore,
             callbacks=callbacks,
         )

@@ -66,8 +66,9 @@ def _pairs(section: dict[str, Any]) -> str:
 
 
 def _rng(rng: dict[str, Any]) -> str:
-    order = rng.get("order_sha256")
-    data = "" if order is None else f"; {rng.get('samples')} samples, order {order[:12]}…"
+    order, samples = rng.get("order_sha256"), rng.get("samples")
+    data = "" if samples is None else f"; {samples} samples"
+    data += "" if order is None else f", order {order[:12]}…"  # mid-epoch only
     return f"default_rng({rng.get('seed_sequence')}), next batch {rng.get('batch')}{data}"
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -23,13 +24,16 @@ from typing import Any, Self, TypeVar
 
 from asynctrain._checkpoint._content import (
     Checkpoint,
+    OrderDigest,
     Payload,
     Subject,
     callback_keys,
     callback_states,
     checkpoint_name,
+    copied_bytes,
     encode_state,
     list_checkpoints,
+    order_sha256,
     snapshot,
     write,
 )
@@ -44,6 +48,10 @@ from asynctrain.data import steps_per_epoch
 
 T = TypeVar("T")
 PathLike = str | os.PathLike[str]
+COPIED_ON_LOOP = 1 << 20
+"""A snapshot that copies at most this many bytes (tens of microseconds) is taken on the
+event loop when no update is in flight, instead of waiting for a hop to the update thread
+and back (which, on a busy machine, waits for that thread to be scheduled)."""
 Resume = bool | str
 """``fit``'s ``resume``: False, True (everything) or ``"params"`` (parameters only)."""
 
@@ -82,10 +90,13 @@ class Writer:
         return await off_loop(fn, *args, executor=self._executor, on_cancel=self.cancel.set)
 
     async def snapshot(self, subject: Subject) -> Payload:
-        """A consistent copy of ``subject``'s committed state, taken off the loop."""
+        """A consistent copy of ``subject``'s committed state: where updates run, or on
+        the loop when none is in flight and the copy is small (:data:`COPIED_ON_LOOP`)."""
         updater = subject.updater
         if updater is None:  # not open: nothing else changes the state
             return await self.run(snapshot, subject, subject.state)
+        if updater.idle and copied_bytes(updater.state) <= COPIED_ON_LOOP:
+            return snapshot(subject, updater.state)  # no await: no update can interleave
         return await updater.call(lambda: snapshot(subject, updater.state))
 
     def close(self) -> None:
@@ -107,7 +118,8 @@ class CheckpointSession:
     ``every`` is None, and at the end of the fit; keeps the ``keep`` latest files.
 
     The trainer is reached only through ``subject`` (a fresh :class:`Subject` of it, for
-    each use) and ``restore`` (which sets its state and the feature names trained on).
+    each use), ``current`` (its committed :class:`TrainState`) and ``restore`` (which
+    sets its state and the feature names trained on).
     Each save also keeps the states of the fit's ``callbacks`` (their ``state_dict()``,
     taken on the loop between events); a full resume hands them back through
     :meth:`restore_callbacks`, once their ``on_fit_start`` has run.
@@ -124,6 +136,7 @@ class CheckpointSession:
         keep: int | None,
         resume: Resume,
         subject: Callable[[], Subject],
+        current: Callable[[], TrainState],
         restore: Callable[[TrainState, tuple[str, ...] | None], None],
         callbacks: Sequence[Any] = (),
     ) -> None:
@@ -133,7 +146,7 @@ class CheckpointSession:
             raise ConfigError(
                 "checkpoint_every and resume need a checkpoint_dir; pass checkpoint_dir=..."
             )
-        self.subject, self.restore = subject, restore
+        self.subject, self.current, self.restore = subject, current, restore
         self.directory = None if directory is None else Path(directory)
         self.every = None if every is None else check_int("checkpoint_every", every)
         self.keep = None if keep is None else check_int("keep", keep)
@@ -144,6 +157,9 @@ class CheckpointSession:
         self._pending: concurrent.futures.Future[None] | None = None
         self._due = False
         self._saved_step = -1
+        self._last_epoch = -1  # the epoch count the fit ends at (set by resume)
+        # An epoch's order digest: computed on the writer by its first mid-epoch save only.
+        self._digest: OrderDigest = functools.lru_cache(maxsize=1)(order_sha256)
         self.callbacks = list(callbacks)
         self._resumed: Checkpoint | None = None
 
@@ -196,22 +212,30 @@ class CheckpointSession:
 
         With ``resume``, ``epochs`` counts every epoch of the run, restored or not.
         """
-        if not self.resume_latest or self._writer is None:
+        if self._writer is None:
             return epochs
+        if self.resume_latest:
+            await self._restore_latest(data)
+            epochs = max(0, epochs - self.current().epoch)
+        self._last_epoch = self.current().epoch + epochs
+        return epochs
+
+    async def _restore_latest(self, data: object) -> None:
+        assert self._writer is not None
         found = await self._writer.run(list_checkpoints, self.directory)
-        if found:
-            checkpoint = await self._writer.run(Checkpoint.read, found[-1])
-            samples = _samples_of(data)
-            if samples is not None:
-                await self._writer.run(checkpoint.check_data, samples)
-            subject, params_only = self.subject(), self.params_only
-            state = await self._writer.run(
-                lambda: checkpoint.train_state(subject, params_only=params_only)
-            )
-            self.restore(state, checkpoint.feature_names)
-            self._saved_step = state.step
-            self._resumed = None if params_only else checkpoint
-        return max(0, epochs - self.subject().state.epoch)
+        if not found:
+            return
+        checkpoint = await self._writer.run(Checkpoint.read, found[-1])
+        samples = _samples_of(data)
+        if samples is not None:
+            await self._writer.run(checkpoint.check_data, samples)
+        subject, params_only = self.subject(), self.params_only
+        state = await self._writer.run(
+            lambda: checkpoint.train_state(subject, params_only=params_only)
+        )
+        self.restore(state, checkpoint.feature_names)
+        self._saved_step = state.step
+        self._resumed = None if params_only else checkpoint
 
     def restore_callbacks(self) -> None:
         """Hand each callback the state it kept in the checkpoint resumed from (its
@@ -235,19 +259,20 @@ class CheckpointSession:
                     ) from exc
 
     async def after(self, event: Event) -> None:
-        """Save if ``event`` ends a checkpoint interval; raise a failed earlier save's error."""
+        """Save if ``event`` ends a checkpoint interval or the fit's last epoch (so the
+        final write overlaps the fit's teardown); raise a failed earlier save's error."""
         if self._writer is None:
             return
         if self._pending is not None and self._pending.done():
             await self._drain()
-        state = self.subject().state
+        state = self.current()  # once a step: not a whole Subject
         if isinstance(event, StepEvent):
             if self.every is not None and state.step % self.every == 0:
                 if state.batch < self._steps_per_epoch():
                     await self._save()
                 else:
                     self._due = True
-        elif self._due or self.every is None:
+        elif self._due or self.every is None or state.epoch == self._last_epoch:
             self._due = False
             await self._save()
 
@@ -268,7 +293,7 @@ class CheckpointSession:
         payload = payload._replace(callbacks=callback_states(self.callbacks))
         path = self.directory / checkpoint_name(payload.state.step)
         self._pending = self._writer.submit(
-            write_and_prune, path, payload, self._writer.cancel, self.keep
+            write_and_prune, path, payload, self._writer.cancel, self.keep, self._digest
         )
         self._saved_step = payload.state.step
 
@@ -284,10 +309,15 @@ class CheckpointSession:
 
 
 def write_and_prune(
-    path: Path, payload: Payload, cancel: threading.Event, keep: int | None = None
+    path: Path,
+    payload: Payload,
+    cancel: threading.Event,
+    keep: int | None = None,
+    digest: OrderDigest = order_sha256,
 ) -> None:
-    """Write ``payload`` to ``path``; then keep only the ``keep`` latest checkpoints there."""
-    write(path, payload, cancel=cancel)
+    """Write ``payload`` to ``path``; then keep only the ``keep`` latest checkpoints there
+    (``digest``: as :func:`~._content.write`'s)."""
+    write(path, payload, cancel=cancel, digest=digest)
     if keep is not None:
         for old in list_checkpoints(path.parent)[:-keep]:
             if old != path:

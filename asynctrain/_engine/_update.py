@@ -103,6 +103,13 @@ class Updater:
             self._in_flight -= 1
 
     @property
+    def idle(self) -> bool:
+        """No call is running or waiting on the update thread: every call handed to it has
+        returned to its caller (always, inline). Then, until the event loop's next await,
+        nothing changes the state: what the loop reads of it is one committed step."""
+        return self._in_flight == 0
+
+    @property
     def updates_on_loop(self) -> bool:
         """Whether the next :meth:`apply` runs on the loop: the update thread is idle and
         updates have been measured to take at most :data:`UPDATE_BUDGET`."""
