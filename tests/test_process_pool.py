@@ -194,6 +194,29 @@ async def test_a_wake_up_that_meets_a_cancel_goes_to_the_next_waiting_task() -> 
         assert await backend.run(os.getpid) == worker.pid
 
 
+async def test_a_cancelled_waiter_that_a_wake_up_passed_over_leaves_quietly() -> None:
+    """Cancelled while waiting, then a wake-up (which skips a done waiter) takes it off
+    the line before its task runs: it must not look for itself there (found in the modes
+    bench, ssp on processes, as ``ValueError: ... not in deque``)."""
+    async with ProcessBackend(workers=1) as backend:
+        await backend.resize(1)
+        pool: Any = backend._pool
+        worker = await pool._acquire()
+        first = asyncio.create_task(pool._acquire())
+        second = asyncio.create_task(pool._acquire())
+        await asyncio.sleep(0)
+        assert len(pool._waiters) == 2
+        first.cancel()  # its waiter is cancelled now; its task runs later
+        pool._idle.append(worker)
+        pool._wake()  # skips the cancelled waiter, wakes ``second``
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert await asyncio.wait_for(second, 10) is worker
+        assert not pool._waiters
+        pool._idle.append(worker)
+        assert await backend.run(os.getpid) == worker.pid
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 async def test_cancelling_at_random_points_leaves_a_pool_that_serves(seed: int) -> None:
     rng = random.Random(seed)

@@ -183,7 +183,8 @@ class Pool:
             await waiter
         except asyncio.CancelledError:
             if waiter.cancelled():
-                self._waiters.remove(waiter)
+                if waiter in self._waiters:  # a wake-up may have dropped it (skipped: done)
+                    self._waiters.remove(waiter)
             else:
                 waiter.exception()  # retrieved: a start error meant for this caller
                 self._wake()
