@@ -1,10 +1,12 @@
 """Helpers shared by the reliability tests: a model that turns NaN on chosen samples,
 a recorder of the trajectory of states, bit-level comparisons, and a backend that fires a
-trigger at its k-th call."""
+trigger at its k-th call, and a file that runs out of disk space."""
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -215,3 +217,25 @@ def softmax_trainer(**options: Any) -> at.Trainer:
     model = options.pop("model", SoftmaxRegression(128, 10))
     optimizer = options.pop("optimizer", at.optim.adam(1e-2))
     return at.Trainer(model, optimizer, **(settings | options))
+
+
+class FullDisk:
+    """A file object that fails with ENOSPC once ``budget`` bytes have been written."""
+
+    def __init__(self, inner: Any, budget: int) -> None:
+        self.inner, self.budget = inner, budget
+
+    def write(self, data: bytes) -> int:
+        self.budget -= len(data)
+        if self.budget < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return int(self.inner.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __enter__(self) -> FullDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.close()

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _crafting import Payload, object_npy, rezip
+from _reliability import FullDisk
 
 from asynctrain import CheckpointError
 from asynctrain._checkpoint import read, sweep, temporaries
@@ -76,28 +77,6 @@ def test_a_save_leaves_no_temporary(saved: Path) -> None:
     assert sorted(p.name for p in saved.parent.iterdir()) == ["a.ckpt"]
 
 
-class _FullDisk:
-    """A file object that fails with ENOSPC once ``budget`` bytes have been written."""
-
-    def __init__(self, inner: Any, budget: int) -> None:
-        self.inner, self.budget = inner, budget
-
-    def write(self, data: bytes) -> int:
-        self.budget -= len(data)
-        if self.budget < 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return int(self.inner.write(data))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def __enter__(self) -> _FullDisk:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.inner.close()
-
-
 @pytest.mark.parametrize("where", ["write", "fsync"])
 def test_enospc_leaves_the_previous_checkpoint_intact(
     saved: Path, monkeypatch: pytest.MonkeyPatch, where: str
@@ -105,7 +84,7 @@ def test_enospc_leaves_the_previous_checkpoint_intact(
     before = saved.read_bytes()
     if where == "write":
         real_fdopen = os.fdopen
-        monkeypatch.setattr(os, "fdopen", lambda *a, **k: _FullDisk(real_fdopen(*a, **k), 300))
+        monkeypatch.setattr(os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k), 300))
     else:
 
         def full(fd: int) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import hashlib
 import os
 import threading
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _reliability import softmax_trainer, state_bits
+from _reliability import FullDisk, softmax_trainer, state_bits
 
 import asynctrain as at
 from asynctrain._checkpoint import Checkpoint, list_checkpoints, read, temporaries
@@ -78,28 +77,6 @@ def test_in_memory_and_streamed_files_are_the_same_bytes(
     assert {k: v.tobytes() for k, v in back.items()} == {k: v.tobytes() for k, v in arrays.items()}
 
 
-class _FullDisk:
-    """A file object that fails with ENOSPC once ``budget`` bytes have been written."""
-
-    def __init__(self, inner: Any, budget: int) -> None:
-        self.inner, self.budget = inner, budget
-
-    def write(self, data: bytes) -> int:
-        self.budget -= len(data)
-        if self.budget < 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return int(self.inner.write(data))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def __enter__(self) -> _FullDisk:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.inner.close()
-
-
 @pytest.mark.parametrize("path", ["memory", "streamed"])
 @pytest.mark.parametrize("failure", ["enospc", "cancel-mid-file"])
 def test_a_failed_write_on_either_path_leaves_the_previous_file(
@@ -113,7 +90,7 @@ def test_a_failed_write_on_either_path_leaves_the_previous_file(
     cancel = threading.Event()
     if failure == "enospc":
         real_fdopen = os.fdopen
-        monkeypatch.setattr(os, "fdopen", lambda *a, **k: _FullDisk(real_fdopen(*a, **k), 300))
+        monkeypatch.setattr(os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k), 300))
         expected: type[Exception] = at.CheckpointError
     else:
         real_sink_write = checkpoint_format._HashingSink.write
