@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import numpy as np
 import pytest
+from _sources import agen as _agen
+from _sources import pieces as _pieces
 
 import asynctrain as at
 from asynctrain._streaming._feed import RING_SLOTS
-from asynctrain.data import Dataset, epoch_order
+from asynctrain.data import Dataset
 from asynctrain.models import LinearRegression, SoftmaxRegression
 
 BATCH = 64
@@ -47,20 +49,6 @@ def _trainer(backend: str, model: at.models.Model | None = None) -> at.Trainer:
 
 def _bits(params: dict[str, np.ndarray]) -> dict[str, bytes]:
     return {k: v.tobytes() for k, v in params.items()}
-
-
-def _pieces(data: Dataset, size: int, epochs: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The dataset's rows in the trainer's epoch order (seed 3), in batches of ``size``."""
-    for epoch in range(epochs):
-        order = epoch_order(len(data), seed=3, epoch=epoch)
-        for start in range(0, len(data), size):
-            rows = order[start : start + size]
-            yield data.X[rows], data.y[rows]
-
-
-async def _agen(items: Iterator[tuple[np.ndarray, np.ndarray]]) -> AsyncIterator[object]:
-    for item in items:
-        yield item
 
 
 async def _reference(backend: str, data: Dataset, epochs: int = 1) -> dict[str, np.ndarray]:

@@ -6,11 +6,12 @@ bits: the same rows fitted in memory on the inline backend."""
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+from _sources import agen as _agen
+from _sources import pieces as _pieces
 
 import asynctrain as at
 from asynctrain._engine import _step
@@ -19,7 +20,7 @@ from asynctrain._engine._sync import Sync
 from asynctrain._streaming import _feed
 from asynctrain._streaming._batch import rows_of
 from asynctrain._streaming._where import CheckSite
-from asynctrain.data import Dataset, epoch_order
+from asynctrain.data import Dataset
 from asynctrain.data._stream import SPARE, BatchAssembler
 from asynctrain.models import SoftmaxRegression
 
@@ -100,18 +101,6 @@ def _data() -> Dataset:
     return Dataset(X, (X[:, :3] + 0.3 * rng.standard_normal((ROWS, 3))).argmax(axis=1))
 
 
-def _pieces(data: Dataset) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    order = epoch_order(len(data), seed=3, epoch=0)
-    for start in range(0, len(data), PIECE):
-        rows = order[start : start + PIECE]
-        yield data.X[rows], data.y[rows]
-
-
-async def _agen(items: Iterator[tuple[np.ndarray, np.ndarray]]) -> AsyncIterator[object]:
-    for item in items:
-        yield item
-
-
 def _trainer(backend: str) -> at.Trainer:
     return at.Trainer(
         SoftmaxRegression(8, 3),
@@ -162,7 +151,7 @@ async def test_an_async_source_is_checked_on_the_loop_beside_loop_steps(
     data = _data()
     async with _trainer("thread") as trainer:
         loop = threading.get_ident()
-        params = (await trainer.fit_stream(_agen(_pieces(data)))).params
+        params = (await trainer.fit_stream(_agen(_pieces(data, PIECE)))).params
     assert len(checked_on) == ROWS // PIECE
     assert checked_on[0] != loop  # before the first step: no placement to follow yet
     assert checked_on[-1] == loop
@@ -196,7 +185,7 @@ async def test_a_check_on_the_loop_waits_for_the_step_in_progress(
     data = _data()
     async with _trainer("thread") as trainer:
         loop = threading.get_ident()
-        params = (await trainer.fit_stream(_agen(_pieces(data)))).params
+        params = (await trainer.fit_stream(_agen(_pieces(data, PIECE)))).params
     assert checked_during  # batches were checked on the loop...
     assert not any(checked_during)  # ...every one of them between two steps
     assert {k: v.tobytes() for k, v in params.items()} == await _oracle(data)
@@ -207,7 +196,7 @@ async def test_a_sync_source_keeps_its_trip_off_the_loop(checked_on: list[int]) 
     data = _data()
     async with _trainer("thread") as trainer:
         loop = threading.get_ident()
-        params = (await trainer.fit_stream(list(_pieces(data)))).params
+        params = (await trainer.fit_stream(list(_pieces(data, PIECE)))).params
     assert len(checked_on) == ROWS // PIECE
     assert loop not in checked_on  # its next() may block: it runs on the feed's thread
     assert {k: v.tobytes() for k, v in params.items()} == await _oracle(data)
@@ -220,7 +209,7 @@ async def test_beside_steps_in_worker_processes_batches_are_checked_on_the_loop(
     data = _data()
     async with _trainer("process") as trainer:
         loop = threading.get_ident()
-        params = (await trainer.fit_stream(_agen(_pieces(data)))).params
+        params = (await trainer.fit_stream(_agen(_pieces(data, PIECE)))).params
     assert len(checked_on) == ROWS // PIECE
     assert checked_on[0] != loop  # before the first step
     assert checked_on[-1] == loop
@@ -230,7 +219,7 @@ async def test_beside_steps_in_worker_processes_batches_are_checked_on_the_loop(
 @pytest.mark.usefixtures("loop_steps")
 async def test_a_bad_batch_checked_on_the_loop_names_itself(checked_on: list[int]) -> None:
     data = _data()
-    pieces = list(_pieces(data))
+    pieces = list(_pieces(data, PIECE))
     bad = pieces[-3][0].copy()
     bad[5, 2] = np.nan
     pieces[-3] = (bad, pieces[-3][1])
