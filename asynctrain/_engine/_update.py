@@ -116,7 +116,7 @@ class Updater:
         if self._thread is None:
             return True
         times = self._apply_times
-        if self._in_flight or not times:
+        if not self.idle or not times:
             return False
         return sorted(times)[len(times) // 2] <= UPDATE_BUDGET
 
