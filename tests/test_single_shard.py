@@ -19,6 +19,7 @@ import pytest
 from _reliability import Recorder, state_bits
 
 import asynctrain as at
+from asynctrain._engine import _update as update_module
 from asynctrain._engine._update import all_finite
 from asynctrain.data import Dataset, synthetic
 from asynctrain.models import SoftmaxRegression
@@ -91,11 +92,17 @@ async def test_one_shard_steps_let_other_tasks_run(data: Dataset) -> None:
     assert ticks >= result.steps  # the loop ran the ticker at least once per step
 
 
-@pytest.mark.parametrize("backend", ["inline", "thread"])
+@pytest.mark.parametrize("backend", ["inline", "thread", "thread-updates-on-thread"])
 @pytest.mark.parametrize("call", [1, 4, 7])
 async def test_cancel_while_the_only_shard_computes_skips_its_update(
-    data: Dataset, backend: str, call: int
+    data: Dataset, backend: str, call: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Also when the step computed on the loop and its update would go to the update
+    thread (a loaded machine times updates over the budget): the update thread could
+    take the update before the loop delivered the cancel."""
+    if backend == "thread-updates-on-thread":
+        monkeypatch.setattr(update_module, "UPDATE_BUDGET", 0.0)
+        backend = "thread"
     reference = await _reference(data)
     model = CancelAt(call)
     async with _trainer(model, backend) as trainer:

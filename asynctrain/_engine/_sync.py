@@ -92,6 +92,9 @@ async def _run_placed(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardRes
     started = time.perf_counter()
     if k == 0:  # too small to pay for a hand-off: computed here, as the inline backend would
         outcomes = [compute_group(ctx.model, ctx.data, ctx.params, ctx.grads, groups[0])]
+        # and, as it does, through the loop once: a cancel requested while the shards
+        # computed stops the step here, before its update is handed anywhere.
+        await asyncio.sleep(0)
     else:
         outcomes = await gather_ordered(
             ctx.backend.run(compute_group, ctx.carried, ctx.data, ctx.params, ctx.grads, group)
