@@ -22,12 +22,8 @@ import os
 import re
 import secrets
 import socket
-import struct
-import sys
 import threading
-import time
 import zipfile
-import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -57,10 +53,6 @@ DTYPES = frozenset(  # the allow-list, in both byte orders ("|" for single bytes
 _TEMPORARY = re.compile(
     r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$"
 )
-# The records of a zip (a member's local header, its central directory entry, the end of
-# the central directory), as zipfile packs them; the system that made it: 3 (Unix) or 0.
-_LOCAL, _CENTRAL, _END = "<4s2B4HL2L2H", "<4s4B4HL2L5H2L", "<4s4H2LH"
-_SYSTEM = 0 if sys.platform == "win32" else 3
 _MEMBER = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")  # keys usable as member names
 
 
@@ -163,12 +155,23 @@ def _write_zip(
     arrays: Mapping[str, npt.NDArray[Any]],
     cancel: threading.Event | None,
 ) -> None:
-    """Write the zip of ``manifest`` and ``arrays`` to ``out``: streamed with ``zipfile``,
-    or at most :data:`IN_MEMORY` bytes of arrays built in memory (:func:`_small_zip`, the
-    same bytes) and written with one call."""
-    if sum(np.asarray(a).nbytes for a in arrays.values()) <= IN_MEMORY:
-        out.write(_small_zip(manifest, arrays, cancel))
+    """Write the zip of ``manifest`` and ``arrays`` to ``out``: streamed, or for at most
+    :data:`IN_MEMORY` bytes of arrays made in memory (the same bytes) and written with one
+    call."""
+    if sum(np.asarray(a).nbytes for a in arrays.values()) > IN_MEMORY:
+        _zip_into(out, manifest, arrays, cancel)
         return
+    buffer = io.BytesIO()
+    _zip_into(buffer, manifest, arrays, cancel)
+    out.write(buffer.getbuffer())
+
+
+def _zip_into(
+    out: IO[bytes],
+    manifest: Mapping[str, Any],
+    arrays: Mapping[str, npt.NDArray[Any]],
+    cancel: threading.Event | None,
+) -> None:
     entries = {}
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for i, (key, array) in enumerate(arrays.items()):
@@ -178,44 +181,6 @@ def _write_zip(
                 np.lib.format.write_array(sink, np.asarray(array), allow_pickle=False)
             entries[key] = _entry(member, array, sink)
         archive.writestr(MANIFEST, _manifest_json(manifest, entries))
-
-
-def _small_zip(
-    manifest: Mapping[str, Any],
-    arrays: Mapping[str, npt.NDArray[Any]],
-    cancel: threading.Event | None,
-) -> bytes:
-    """The bytes ``zipfile`` writes in :func:`_write_zip` (stored members on a seekable
-    file, no ZIP64), made directly: ``zipfile`` spends some 40 us of Python a member on
-    objects, seeks and a second header, all holding the GIL against the training loop."""
-    out, central = io.BytesIO(), []
-
-    def add(name: str, data: bytes, date_time: tuple[int, ...]) -> None:
-        year, month, day, hour, minute, second = date_time
-        stamp = (hour << 11 | minute << 5 | second // 2, (year - 1980) << 9 | month << 5 | day)
-        crc, size, offset, encoded = zlib.crc32(data), len(data), out.tell(), name.encode()
-        sizes = (crc, size, size, len(encoded))
-        out.write(struct.pack(_LOCAL, b"PK\x03\x04", 20, 0, 0, 0, *stamp, *sizes, 0))
-        out.write(encoded)
-        out.write(data)
-        attributes = (0, 0, 0, 0, 0o600 << 16, offset)  # as zipfile's for a file it writes
-        record = (b"PK\x01\x02", 20, _SYSTEM, 20, 0, 0, 0, *stamp, *sizes, *attributes)
-        central.append(struct.pack(_CENTRAL, *record) + encoded)
-
-    entries = {}
-    for i, (key, array) in enumerate(arrays.items()):
-        member = member_name(key, i)
-        buffer = io.BytesIO()
-        sink = _HashingSink(buffer, cancel)
-        np.lib.format.write_array(sink, np.asarray(array), allow_pickle=False)
-        add(member, buffer.getvalue(), (1980, 1, 1, 0, 0, 0))  # zipfile's for open("w")
-        entries[key] = _entry(member, array, sink)
-    now = time.localtime(time.time())[:6]  # zipfile's for writestr
-    add(MANIFEST, _manifest_json(manifest, entries).encode(), now)
-    start, count = out.tell(), len(central)
-    out.writelines(central)
-    out.write(struct.pack(_END, b"PK\x05\x06", 0, 0, count, count, out.tell() - start, start, 0))
-    return out.getvalue()
 
 
 def _entry(member: str, array: npt.NDArray[Any], sink: _HashingSink) -> dict[str, Any]:

@@ -190,13 +190,19 @@ class Pool:
                 self._wake()
             raise
 
-    def _wake(self, count: int = 1) -> None:
-        """Wake the ``count`` longest-waiting tasks to look again."""
+    def _wake(self, count: int = 1, *, error: BaseException | None = None) -> None:
+        """Wake the ``count`` longest-waiting tasks to look again; with ``error``, the
+        first of them hears of it instead."""
         while count > 0 and self._waiters:
             waiter = self._waiters.popleft()
-            if not waiter.done():
+            if waiter.done():  # cancelled: its task leaves on its own
+                continue
+            if error is None:
                 waiter.set_result(None)
-                count -= 1
+            else:
+                waiter.set_exception(error)
+                error = None
+            count -= 1
 
     def _live(self) -> int:
         staying = sum(w.alive and w not in self._leaving for w in self._workers)
@@ -239,12 +245,8 @@ class Pool:
         try:
             process, sock = await off_loop(self._start_process)
         except Exception as exc:
-            self._starts.discard(asyncio.current_task())
-            while self._waiters:  # no longer under way: the task woken next starts anew
-                if not (waiter := self._waiters.popleft()).done():
-                    waiter.set_exception(exc)
-                    break
-            self._wake()
+            self._starts.discard(asyncio.current_task())  # no longer under way: the
+            self._wake(2, error=exc)  # second task woken (the first hears why) starts anew
             return exc
         worker = Worker(process, sock)
         self._workers.add(worker)
