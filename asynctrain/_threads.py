@@ -1,8 +1,8 @@
 """Worker threads that take calls from an event loop and hand the results back cheaply.
 
 A :class:`ThreadPool` keeps its threads for its whole life. A call awaited with
-:meth:`ThreadPool.run` costs, besides its function: one queue put (a futex wake of an idle
-thread), one asyncio future, and one wake of the loop when the result is in. Calls whose
+:meth:`ThreadPool.run` costs, besides its function: one queue append and a lock release
+(a futex wake of an idle thread), one asyncio future, and one wake of the loop when the result is in. Calls whose
 results come in together share that wake: a finished call is put in its loop's
 :class:`_Inbox`, and only a call that finds the inbox not yet due to be emptied asks the
 loop to empty it. ``ThreadPoolExecutor`` plus ``asyncio.wrap_future`` pay, for the same
@@ -10,6 +10,13 @@ call, a ``concurrent.futures.Future`` (with its condition variable), a work item
 executor's locks and semaphore, a chain of callbacks from one future to the other and a
 loop wake per call; on threads that share the GIL with the loop every line a worker runs
 there also delays the loop and the other workers.
+
+Idle threads wait in a stack, each on a lock of its own, and a call wakes the thread that
+went idle last: calls awaited one after another (a step's one task, say) keep running on
+one thread, whose core has the call's data in its caches, instead of taking turns on every
+thread of the pool as a shared queue would have them. A thread counts itself idle *before*
+it hands its result to the loop, so the call the loop makes next, on the result, finds it
+there.
 
 The invariant is :func:`~asynctrain._offloop.await_without_orphans`': when the awaiting
 task is cancelled, a call that has not started never will, and one that has started is
@@ -25,7 +32,6 @@ import collections
 import contextlib
 import contextvars
 import functools
-import queue
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -51,11 +57,15 @@ class _Call(Generic[T]):
         return self._claim.acquire(blocking=False)
 
     def run(self) -> None:
-        """Run the call (on a worker, after claiming it) and hand the outcome to the loop."""
+        """Run the call (on a worker, after claiming it); :meth:`deliver` hands the outcome
+        to the loop."""
         try:
             self._result = self.fn()
         except BaseException as exc:  # like concurrent.futures: the awaiter gets it, whatever it is
             self._error = exc
+
+    def deliver(self) -> None:
+        """Hand the outcome of :meth:`run` to the loop (from any thread)."""
         self.inbox.put(self)
 
     def drop(self) -> None:
@@ -137,7 +147,9 @@ class ThreadPool:
         self, size: int, *, name: str, initializer: Callable[[], object] | None = None
     ) -> None:
         self.size = size
-        self._queue: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards _calls and _idle
+        self._calls: collections.deque[_Call[Any] | None] = collections.deque()  # None: stop
+        self._idle: list[threading.Lock] = []  # idle threads' wake locks, the last idle on top
         self._inbox: _Inbox | None = None
         self._shut = False
         self._initializer = initializer
@@ -166,7 +178,7 @@ class ThreadPool:
         context = contextvars.copy_context()
         future: asyncio.Future[T] = loop.create_future()
         call = _Call(functools.partial(context.run, fn, *args), future, inbox)
-        self._queue.put(call)
+        self._put(call)
         try:
             return await call.future
         except asyncio.CancelledError:
@@ -182,22 +194,49 @@ class ThreadPool:
         """
         self._shut = True
         if cancel:
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    call = self._queue.get_nowait()
-                    if call is not None and call.claim():
-                        call.drop()
+            with self._lock:
+                dropped = [call for call in self._calls if call is not None]
+                self._calls.clear()
+            for call in dropped:
+                if call.claim():
+                    call.drop()
         for _ in self._threads:
-            self._queue.put(None)
+            self._put(None)
         for thread in self._threads:
             thread.join()
+
+    def _put(self, call: _Call[Any] | None) -> None:
+        """Queue ``call`` (None: one thread stops) and wake the thread idle the shortest."""
+        with self._lock:
+            self._calls.append(call)
+            wake = self._idle.pop() if self._idle else None
+        if wake is not None:
+            wake.release()
 
     def _work(self) -> None:
         if self._initializer is not None:
             self._initializer()
-        while (call := self._queue.get()) is not None:
+        wake = threading.Lock()  # released by _put to wake this thread, once per idle spell
+        wake.acquire()
+        done: _Call[Any] | None = None  # run, its outcome not yet handed to the loop
+        while True:
+            with self._lock:
+                idle = not self._calls
+                if idle:  # before delivering: the loop's next call, made on it, wakes us
+                    self._idle.append(wake)
+                else:
+                    call = self._calls.popleft()
+            if done is not None:
+                done.deliver()
+                done = None
+            if idle:
+                wake.acquire()
+                continue
+            if call is None:
+                return
             if call.claim():
                 call.run()
+                done = call
             del call  # hold nothing of it while waiting for the next
 
     def __repr__(self) -> str:

@@ -117,6 +117,37 @@ async def test_results_that_come_in_together_wake_the_loop_once(
     assert len(empties) == 1
 
 
+async def test_calls_awaited_one_after_another_stay_on_one_thread(pool: ThreadPool) -> None:
+    # The thread idle the shortest takes the next call (its core has the data cached);
+    # it counts itself idle before its result reaches the loop, so even a call made at
+    # once on that result finds it there.
+    names = [await pool.run(lambda: threading.current_thread().name) for _ in range(50)]
+    assert len(set(names)) == 1
+
+
+async def test_calls_in_flight_together_use_every_thread(pool: ThreadPool) -> None:
+    first, second = _Record(), _Record()
+    calls = [asyncio.ensure_future(pool.run(r, r)) for r in (first, second)]
+    await _started(first, second)  # both run at once: one on each thread
+    first.release.set()
+    second.release.set()
+    assert await asyncio.gather(*calls) == [first, second]
+
+
+async def test_queued_calls_run_in_the_order_made() -> None:
+    pool = ThreadPool(1, name="asynctrain-test")
+    try:
+        gate, order = _Record(), []
+        blocked = asyncio.ensure_future(pool.run(gate))
+        await _started(gate)
+        queued = [asyncio.ensure_future(pool.run(order.append, i)) for i in range(20)]
+        gate.release.set()
+        await asyncio.gather(blocked, *queued)
+        assert order == list(range(20))
+    finally:
+        pool.shutdown()
+
+
 async def test_a_cancelled_caller_waits_for_its_started_call(pool: ThreadPool) -> None:
     record = _Record()
     task = asyncio.ensure_future(pool.run(record, "value"))
@@ -226,6 +257,6 @@ def test_a_result_for_a_closed_loop_does_not_cost_the_pool_its_thread() -> None:
     loop = asyncio.new_event_loop()
     future: asyncio.Future[int] = loop.create_future()
     loop.close()  # the caller's loop is gone before its result comes back
-    pool._queue.put(_Call(lambda: 1, future, _Inbox(loop)))
+    pool._put(_Call(lambda: 1, future, _Inbox(loop)))
     assert asyncio.run(pool.run(pow, 2, 5)) == 32  # the pool's one thread still serves
     pool.shutdown()
