@@ -2,14 +2,15 @@
 
 A :class:`ThreadPool` keeps its threads for its whole life. A call awaited with
 :meth:`ThreadPool.run` costs, besides its function: one queue append and a lock release
-(a futex wake of an idle thread), one asyncio future, and one wake of the loop when the result is in. Calls whose
-results come in together share that wake: a finished call is put in its loop's
-:class:`_Inbox`, and only a call that finds the inbox not yet due to be emptied asks the
-loop to empty it. ``ThreadPoolExecutor`` plus ``asyncio.wrap_future`` pay, for the same
-call, a ``concurrent.futures.Future`` (with its condition variable), a work item, the
-executor's locks and semaphore, a chain of callbacks from one future to the other and a
-loop wake per call; on threads that share the GIL with the loop every line a worker runs
-there also delays the loop and the other workers.
+(a futex wake of an idle thread), one asyncio future, and one wake of the loop when the
+result is in. Calls whose results come in together share that wake: a finished call is
+put in its loop's :class:`_Inbox`, and only a call that finds the inbox not yet due to
+be emptied asks the loop to empty it. ``ThreadPoolExecutor`` plus
+``asyncio.wrap_future`` pay, for the same call, a ``concurrent.futures.Future`` (with
+its condition variable), a work item, the executor's locks and semaphore, a chain of
+callbacks from one future to the other and a loop wake per call; on threads that share
+the GIL with the loop every line a worker runs there also delays the loop and the other
+workers.
 
 Idle threads wait in a stack, each on a lock of its own, and a call wakes the thread that
 went idle last: calls awaited one after another (a step's one task, say) keep running on

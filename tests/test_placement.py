@@ -27,6 +27,7 @@ from asynctrain._engine._step import (
     PROBE_STEPS,
     REMEMBERED,
     REPROBE,
+    TRY_COST,
     WARM_UP,
     WINDOW,
     Placement,
@@ -85,19 +86,38 @@ def test_the_other_choice_is_tried_every_reprobe_steps_and_can_win() -> None:
     assert choices[-1] == 2
 
 
-def test_a_choice_that_stands_is_tried_less_and_less_often() -> None:
-    placement = _trained(100e-6, 300e-6)
+def _tries(grouped_s: float, spread_s: float, steps: int) -> list[int]:
+    """The steps at which a placement trained on these costs starts a try of spreading."""
+    placement = _trained(grouped_s, spread_s)
     choices = []
-    for _ in range(4 * MAX_REPROBE):
+    for _ in range(steps):
         choices.append(placement.tasks(4, workers=2))
-        placement.record(choices[-1], 4, 100e-6 if choices[-1] == 1 else 300e-6)
+        placement.record(choices[-1], 4, grouped_s if choices[-1] == 1 else spread_s)
     starts = [i for i, k in enumerate(choices) if k == 2 and (i == 0 or choices[i - 1] != 2)]
     for start in starts:  # each try is a few steps in a row
         assert choices[start : start + PROBE_STEPS + 1] == [2] * PROBE_STEPS + [1]
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    return starts
+
+
+def test_a_choice_that_stands_is_tried_less_and_less_often() -> None:
+    gaps = [b - a for a, b in itertools.pairwise(_tries(100e-6, 104e-6, 4 * MAX_REPROBE))]
     assert gaps == sorted(gaps)
     assert gaps[:2] == [REPROBE, 2 * REPROBE]
     assert gaps[-1] == MAX_REPROBE
+
+
+@pytest.mark.parametrize("slower", [1.5, 3.0, 30.0])
+def test_tries_of_a_choice_far_behind_cost_a_bounded_share_of_the_steps(slower: float) -> None:
+    steps = 8 * MAX_REPROBE
+    starts = _tries(100e-6, slower * 100e-6, steps)
+    # The oracle: the time the tries added, over what the steps would take without them:
+    # TRY_COST, unless even MAX_REPROBE steps apart they cost more; and the first two.
+    per_try = PROBE_STEPS * (slower - 1)
+    bound = max(TRY_COST, per_try / MAX_REPROBE) + 2 * per_try / steps
+    assert len(starts) * per_try / steps <= bound
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps[0] == REPROBE  # the first choice is checked once soon
+    assert gaps[1] >= min(PROBE_STEPS * (slower - 1) / TRY_COST, MAX_REPROBE)
 
 
 def test_a_try_is_timed_afresh_so_stale_times_do_not_outvote_it() -> None:
@@ -187,17 +207,26 @@ def test_a_later_fit_of_the_same_kind_takes_up_the_choice() -> None:
         assert other.tasks(4, workers=2) == 4  # warming up
 
 
-def test_a_resumed_placement_tries_the_other_choice_within_reprobe_steps() -> None:
-    placement = _trained(100e-6, 300e-6)
-    for _ in range(3 * MAX_REPROBE):  # the choice stands: probes grow rare
+@pytest.mark.parametrize(("spread_s", "tried"), [(104e-6, True), (300e-6, False)])
+def test_a_resumed_placement_tries_a_close_choice_again_soon(spread_s: float, tried: bool) -> None:
+    placement = _trained(100e-6, spread_s)
+    for _ in range(3 * MAX_REPROBE):  # the choice stands: tries grow rare
         k = placement.tasks(4, workers=2)
-        placement.record(k, 4, 100e-6 if k == 1 else 300e-6)
+        placement.record(k, 4, 100e-6 if k == 1 else spread_s)
+    while placement.tasks(4, workers=2) != 2:  # just after a try: the next is far off
+        placement.record(1, 4, 100e-6)
+    for _ in range(PROBE_STEPS):
+        placement.record(2, 4, spread_s)
+        placement.tasks(4, workers=2)
+    placement.record(1, 4, 100e-6)
     placement.resume()  # a new fit, whose costs may differ
     choices = []
     for _ in range(REPROBE + 1):
         choices.append(placement.tasks(4, workers=2))
-        placement.record(choices[-1], 4, 100e-6)
-    assert 2 in choices
+        placement.record(choices[-1], 4, 100e-6 if choices[-1] == 1 else spread_s)
+    # Close costs are checked again within REPROBE steps of the new fit; a choice three
+    # times slower keeps its wait (a try would cost 6 % of those steps).
+    assert (2 in choices) == tried
 
 
 def test_a_backend_remembers_a_bounded_number_of_kinds() -> None:

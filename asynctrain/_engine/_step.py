@@ -37,6 +37,11 @@ REPROBE = 32
 doubles (up to :data:`MAX_REPROBE`) each time the choice stands, and resets when it flips."""
 MAX_REPROBE = 512
 """The longest interval between steps that try the choice not taken."""
+TRY_COST = 0.01
+"""What tries of the choice not taken may cost, as a share of the steps between them: a
+choice that stands after a try waits at least long enough for the try's extra time (its
+:data:`PROBE_STEPS` steps times how much slower the other choice was) to be this share of
+the wait, so a choice far ahead is tried rarely from the start."""
 PROBE_STEPS = 3
 """Steps in a row that a try of the choice not taken runs, timed afresh (its older times
 are dropped: they may be from another fit, or from before the costs changed)."""
@@ -66,7 +71,9 @@ class Placement:
       :data:`WINDOW` steps (grouped on a tie), and now and then a step tries the other
       (for :data:`PROBE_STEPS` steps, timed afresh, after :data:`REPROBE` steps, then
       twice as long each time the choice stands), so a choice follows a fit whose costs
-      change without paying often for the worse one.
+      change without paying often for the worse one. The farther behind the other
+      choice was at its try, the longer the wait (:data:`TRY_COST`): tries of a choice
+      three times slower would cost 6 % of the steps at intervals of :data:`REPROBE`.
 
     A step that is one task whatever is chosen (one shard, or one worker) skips all
     that: it runs as one task from its first step.
@@ -88,7 +95,10 @@ class Placement:
     A backend remembers what it learned (:func:`placement_for`): a later fit of the same
     kind of step (model, parameter shapes, data columns, batch size and shard count) on
     the same backend starts from the choice and times the last fit left, with no warm-up
-    and no measuring, and tries the other choice after :data:`REPROBE` of its own steps.
+    and no measuring. Its costs may differ from the last fit's, so it tries the other
+    choice sooner when the last try found the two close: within the wait
+    :data:`TRY_COST` sets for that gap (at least :data:`REPROBE` of its own steps), or as
+    scheduled if that comes first.
 
     Measured, not predicted: on threads, two small tasks "in parallel" mostly wait for each
     other's GIL, which no formula of compute and hand-off times captures. Each shard still
@@ -112,6 +122,7 @@ class Placement:
         self._math: collections.deque[float] = collections.deque(maxlen=WINDOW)
         self._spread_best: bool | None = None  # the choice at the last try of the other
         self._interval = REPROBE
+        self._patience = REPROBE  # the wait the last comparison's gap is worth (TRY_COST)
         self._probe_at = MEASURED + REPROBE
         self._trying: tuple[int, int] | None = None  # (until step, choice) of a try
         self._last: int | None = None  # tasks of the last step recorded
@@ -147,11 +158,15 @@ class Placement:
             if step < until:
                 return choice
             self._trying = None
-        spread_best = self._median(spread) < self._median(small)
+        spread_time, small_time = self._median(spread), self._median(small)
+        spread_best = spread_time < small_time
         if step < self._probe_at:
             return spread if spread_best else small
         stands = spread_best == self._spread_best
-        self._interval = min(2 * self._interval, MAX_REPROBE) if stands else REPROBE
+        self._patience = _patience(spread_time, small_time)
+        self._interval = (
+            min(max(2 * self._interval, self._patience), MAX_REPROBE) if stands else REPROBE
+        )
         self._spread_best, self._probe_at = spread_best, step + self._interval
         other = small if spread_best else spread
         if other:  # timed afresh (a step on the loop shares its math times with grouped)
@@ -170,12 +185,12 @@ class Placement:
 
     def resume(self) -> None:
         """A new fit takes this placement up: past the first fit's measuring, it keeps
-        the choice and tries the other one after :data:`REPROBE` of the new fit's steps
-        (the new fit's costs may not be the last one's)."""
+        the choice and tries the other one within the wait the last comparison's gap is
+        worth (:data:`TRY_COST`; the new fit's costs may not be the last one's)."""
         step = self._steps - WARM_UP
         if step >= MEASURED:
-            self._interval = REPROBE
-            self._probe_at = min(self._probe_at, step + REPROBE)
+            self._interval = min(self._interval, self._patience)
+            self._probe_at = min(self._probe_at, step + self._patience)
 
     def record(self, tasks: int, shards: int, seconds: float, *, math: float | None = None) -> None:
         """Learn from a step that ran ``shards`` shards as ``tasks`` tasks (0: on the
@@ -192,6 +207,17 @@ class Placement:
         if tasks and self._steps > WARM_UP:
             times = self._times.setdefault(tasks, collections.deque(maxlen=WINDOW))
             times.append(seconds / shards)
+
+
+def _patience(first: float, second: float) -> int:
+    """Steps to wait before trying again the slower of two choices that take ``first``
+    and ``second`` seconds: long enough for a try to cost :data:`TRY_COST` of the wait,
+    between :data:`REPROBE` and :data:`MAX_REPROBE` steps."""
+    faster, slower = min(first, second), max(first, second)
+    if not faster > 0 or slower == float("inf"):
+        return MAX_REPROBE
+    wait = PROBE_STEPS * (slower / faster - 1) / TRY_COST
+    return int(min(max(wait, REPROBE), MAX_REPROBE))
 
 
 def contiguous(items: Sequence[T], groups: int) -> list[list[T]]:
