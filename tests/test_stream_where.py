@@ -19,6 +19,7 @@ from asynctrain._engine._step import LOOP_BUDGET, Placement
 from asynctrain._engine._sync import Sync
 from asynctrain._streaming import _feed
 from asynctrain._streaming._batch import rows_of
+from asynctrain._streaming._sources import OffLoop
 from asynctrain._streaming._where import CheckSite
 from asynctrain.data import Dataset
 from asynctrain.data._stream import SPARE, BatchAssembler
@@ -51,6 +52,9 @@ def test_a_batch_is_checked_on_the_loop_once_steps_run_and_within_budget() -> No
     site = CheckSite()
     site.record(1000, 100e-6)  # 0.1 us a row
     assert not site.here(1000)  # no placement followed: the fit's context is not open yet
+    site.follow(Placement())
+    assert site.here(1000)
+    assert site.between_steps  # no step yet: the first may compute on the loop
     site.follow(_placement(1))
     assert site.here(1000)  # steps on a worker: checked on the idle loop meanwhile
     assert not site.between_steps
@@ -213,6 +217,48 @@ async def test_beside_steps_in_worker_processes_batches_are_checked_on_the_loop(
     assert len(checked_on) == ROWS // PIECE
     assert checked_on[0] != loop  # before the first step
     assert checked_on[-1] == loop
+    assert {k: v.tobytes() for k, v in params.items()} == await _oracle(data)
+
+
+@pytest.mark.parametrize("cheap", [True, False])
+async def test_ring_copies_are_made_where_the_checks_are(
+    monkeypatch: pytest.MonkeyPatch, checked_on: list[int], cheap: bool
+) -> None:
+    # A copy into a process ring's slot is made on the loop when the batch's check would
+    # be (it costs less a row than the check); a dear one (here: checks made to look
+    # slow) keeps its trip to a feed thread. The bits are the same either way.
+    pytest.importorskip("asynctrain.backends._process")
+    trips: list[str] = []  # the feed's trips off the loop to copy into the ring
+    went_off: list[bool] = []  # per _write: whether it took such a trip
+    write, call = _feed.Feed._write, OffLoop.call
+    if not cheap:
+        monkeypatch.setattr(CheckSite, "here", lambda self, rows: False)
+
+    async def tracked_call(self: OffLoop, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        name = getattr(fn, "__qualname__", "")
+        if name.startswith("Feed._write."):
+            trips.append(name)
+        return await call(self, fn, *args, **kwargs)
+
+    async def recorded(self: Any, batches: Any, jobs: Any) -> None:
+        before = len(trips)
+        await write(self, batches, jobs)
+        went_off.append(len(trips) > before)
+
+    monkeypatch.setattr(OffLoop, "call", tracked_call)
+    monkeypatch.setattr(_feed.Feed, "_write", recorded)
+    data = _data()
+    async with _trainer("process") as trainer:
+        loop = threading.get_ident()
+        params = (await trainer.fit_stream(_agen(_pieces(data, PIECE)))).params
+    assert went_off
+    if cheap:  # once checks are timed and steps run, copies are made on the loop
+        assert went_off[0]
+        assert not went_off[-1]
+        assert not any(went_off[went_off.index(False) :])
+    else:
+        assert all(went_off)
+        assert loop not in checked_on
     assert {k: v.tobytes() for k, v in params.items()} == await _oracle(data)
 
 

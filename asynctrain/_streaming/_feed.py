@@ -233,8 +233,14 @@ class Feed:
             await self._write(batches, jobs)
 
     async def _write(self, batches: list[Assembled], jobs: list[tuple[int, int]]) -> None:
-        """Write the first ``len(jobs)`` of ``batches`` to their slots (off the loop), drop
-        them from ``batches`` and publish them."""
+        """Write the first ``len(jobs)`` of ``batches`` to their slots, drop them from
+        ``batches`` and publish them.
+
+        A copy into a slot costs less a row than the batch's check did, so rows whose
+        check would be made on the loop (:meth:`CheckSite.here`) are copied there too: a
+        trip to a feed thread for a few hundred KB costs the loop more than the copy.
+        Larger copies go off the loop.
+        """
         assert self.ring is not None
         ring, written = self.ring, batches[: len(jobs)]
         del batches[: len(jobs)]
@@ -243,7 +249,10 @@ class Feed:
             for (slot, _), (arrays, _) in zip(jobs, written, strict=True):
                 ring.write(slot, arrays)
 
-        await self._off.call(write)
+        if self.site.here(sum(rows for _, rows in written)):
+            write()
+        else:
+            await self._off.call(write)
         for arrays, _ in written:  # copied into the slots: the assembler may write them again
             self._assembler.reuse(arrays)
         written.clear()

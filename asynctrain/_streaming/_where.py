@@ -67,8 +67,10 @@ class CheckSite:
     @property
     def between_steps(self) -> bool:
         """Whether a check on the loop waits until no step is in progress: while the
-        steps compute on the loop."""
-        return self._placement is not None and self._placement.on_loop
+        steps compute on the loop, and before the placement has run a step (the first
+        may compute there)."""
+        placement = self._placement
+        return placement is not None and (placement.on_loop or not placement.steps)
 
     def record(self, rows: int | None, seconds: float) -> None:
         """Learn that checking a batch of ``rows`` rows took ``seconds``."""
