@@ -17,7 +17,9 @@ went idle last: calls awaited one after another (a step's one task, say) keep ru
 one thread, whose core has the call's data in its caches, instead of taking turns on every
 thread of the pool as a shared queue would have them. A thread counts itself idle *before*
 it hands its result to the loop, so the call the loop makes next, on the result, finds it
-there.
+there. Calls queued together wake one thread at a time, each woken thread waking the next
+while calls remain (as ``queue.SimpleQueue``'s waiters chain), so they do not all wake at
+once to wait for the GIL the caller holds.
 
 The invariant is :func:`~asynctrain._offloop.await_without_orphans`': when the awaiting
 task is cancelled, a call that has not started never will, and one that has started is
@@ -151,6 +153,7 @@ class ThreadPool:
         self._lock = threading.Lock()  # guards _calls and _idle
         self._calls: collections.deque[_Call[Any] | None] = collections.deque()  # None: stop
         self._idle: list[threading.Lock] = []  # idle threads' wake locks, the last idle on top
+        self._waking = False  # a thread was woken and has not taken its call yet
         self._inbox: _Inbox | None = None
         self._shut = False
         self._initializer = initializer
@@ -207,31 +210,50 @@ class ThreadPool:
             thread.join()
 
     def _put(self, call: _Call[Any] | None) -> None:
-        """Queue ``call`` (None: one thread stops) and wake the thread idle the shortest."""
+        """Queue ``call`` (None: one thread stops) and wake the thread idle the shortest,
+        unless a thread woken earlier has yet to take its call (it wakes the next)."""
         with self._lock:
             self._calls.append(call)
-            wake = self._idle.pop() if self._idle else None
+            wake = self._next_awake()
         if wake is not None:
             wake.release()
+
+    def _next_awake(self) -> threading.Lock | None:
+        """Under the lock: the wake lock of the idle thread to wake for a queued call, if
+        one is to be woken now. One thread wakes at a time, and each woken thread wakes
+        the next while calls remain: calls queued together do not wake every thread at
+        once to fight over the GIL the caller holds."""
+        if self._waking or not self._idle or not self._calls:
+            return None
+        self._waking = True
+        return self._idle.pop()
 
     def _work(self) -> None:
         if self._initializer is not None:
             self._initializer()
-        wake = threading.Lock()  # released by _put to wake this thread, once per idle spell
+        wake = threading.Lock()  # released to wake this thread, once per idle spell
         wake.acquire()
         done: _Call[Any] | None = None  # run, its outcome not yet handed to the loop
+        woken = False
         while True:
             with self._lock:
+                if woken:
+                    self._waking = woken = False
                 idle = not self._calls
                 if idle:  # before delivering: the loop's next call, made on it, wakes us
                     self._idle.append(wake)
+                    after = None
                 else:
                     call = self._calls.popleft()
+                    after = self._next_awake()
+            if after is not None:
+                after.release()
             if done is not None:
                 done.deliver()
                 done = None
             if idle:
                 wake.acquire()
+                woken = True
                 continue
             if call is None:
                 return
