@@ -17,7 +17,7 @@ import pytest
 import asynctrain as at
 from asynctrain._cli import main
 from asynctrain._monitor import _nearest_rank
-from asynctrain.backends._thread import NICENESS
+from asynctrain.backends._priority import NICENESS
 
 
 async def test_a_free_loop_has_small_lag() -> None:
@@ -108,8 +108,11 @@ async def test_thread_workers_run_below_the_loops_priority() -> None:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
     async with at.backends.ThreadBackend(workers=2) as backend:
-        worker = await backend.run(niceness)
+        worker, policy = await backend.run(lambda: (niceness(), os.sched_getscheduler(0)))
     assert worker == min(19, niceness() + NICENESS)
+    # Waking a worker never preempts the loop that woke it (backends/_priority.py).
+    assert policy == os.SCHED_BATCH
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the loop's thread keeps its own
 
 
 async def test_the_epoch_permutation_is_drawn_off_the_loop(

@@ -44,6 +44,7 @@ def worker_settings() -> dict[str, Any]:
     return {
         "blas": blas,
         "nice": os.nice(0),
+        "policy": getattr(os, "sched_getscheduler", lambda pid: None)(0),
         "env": os.environ.get("OPENBLAS_NUM_THREADS"),
         "pid": os.getpid(),
     }
@@ -183,6 +184,8 @@ async def test_workers_limit_blas_and_run_below_the_parent(process2: ProcessBack
     for seen in settings:
         assert all(threads == 1 and threads * 2 <= max(cores, 2) for threads in seen["blas"])
         assert seen["nice"] > os.nice(0)
+        if sys.platform.startswith("linux"):  # waking it never preempts the parent's loop
+            assert seen["policy"] == os.SCHED_BATCH
         assert seen["env"] == str(process2.blas_threads)
         assert seen["pid"] in process2.pids
 

@@ -18,6 +18,7 @@ from asynctrain._offloop import off_loop
 from asynctrain._shm import sweep_stale_segments
 from asynctrain.backends._blas import BlasLimit
 from asynctrain.backends._lifecycle import Lifecycle
+from asynctrain.backends._priority import NICENESS
 from asynctrain.backends._process_context import get_context
 from asynctrain.backends._process_main import check_main_guard
 from asynctrain.backends._process_pickle import check_picklable
@@ -34,7 +35,6 @@ from asynctrain.backends._process_worker_handle import WorkerDied
 from asynctrain.backends._thread import default_workers
 
 T = TypeVar("T")
-NICENESS = 5  # workers yield the CPU to the caller's event loop when it wakes
 START_METHODS = ("forkserver", "spawn")  # never fork: the parent runs an event loop, threads
 _COPY_IN_THREAD = 1 << 20  # bytes; smaller shares are allocated and copied on the loop
 

@@ -26,6 +26,7 @@ import traceback
 from threadpoolctl import threadpool_limits
 
 from asynctrain.backends._malloc import keep_freed_memory
+from asynctrain.backends._priority import lower_process_priority
 from asynctrain.backends._process_pipe import recv_frame, send_frame
 from asynctrain.backends._process_shared import forget, keep_file_maps
 from asynctrain.backends._process_task import TaskDecoder
@@ -113,13 +114,14 @@ def _failure(task_id: int, exc: BaseException, text: str) -> bytes:
 
 
 def _limit(blas_threads: int, niceness: int) -> None:
-    """One BLAS thread pool of ``blas_threads`` and a lower priority than the parent."""
+    """One BLAS thread pool of ``blas_threads`` and a lower priority than the parent
+    (``_priority``)."""
     # numpy is already imported (the asynctrain package imports it), so its BLAS is limited
     # through threadpoolctl; the variables reach libraries user code loads later.
     for name in _THREAD_VARS:
         os.environ[name] = str(blas_threads)
     threadpool_limits(limits=blas_threads)
-    os.nice(niceness)
+    lower_process_priority(niceness)
 
 
 def _watch_parent() -> None:

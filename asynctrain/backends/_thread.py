@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -20,9 +18,9 @@ from asynctrain._types import State
 from asynctrain.backends._base import LocalShared
 from asynctrain.backends._blas import BlasLimit
 from asynctrain.backends._lifecycle import Lifecycle
+from asynctrain.backends._priority import lower_priority
 
 T = TypeVar("T")
-NICENESS = 5  # worker threads yield the CPU to the event loop's thread when it wakes
 
 
 def default_workers() -> int:
@@ -31,17 +29,6 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def lower_priority() -> None:
-    """Lower the calling thread's CPU priority by :data:`NICENESS` (Linux only).
-
-    Linux keeps a nice value per thread, so this affects the worker alone; elsewhere it
-    would lower the whole process, event loop included, so it does nothing.
-    """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            os.nice(NICENESS)
 
 
 class ThreadBackend(Lifecycle):
