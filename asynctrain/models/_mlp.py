@@ -218,7 +218,7 @@ class MLP:
             matmul_into(outputs[-1], params[w_key], z)
             z += params[b_key]
             if i < len(keys):
-                activate_(z, self.activation, work)
+                activate_(z, self.activation)
             outputs.append(z)
         return outputs
 
