@@ -67,37 +67,6 @@ def test_concurrent_borrowers_never_share_a_workspace() -> None:
     assert len({id(work) for work in held}) == holders
 
 
-def test_a_thread_gets_back_the_workspace_it_used_last() -> None:
-    holders = 3
-    barrier = threading.Barrier(holders)
-    first: dict[int, Workspace] = {}
-    again: dict[int, Workspace] = {}
-
-    def borrow_twice(i: int) -> None:
-        with borrowed() as work:
-            first[i] = work
-            barrier.wait(timeout=30)  # every thread holds a different workspace at once
-        barrier.wait(timeout=30)  # all given back before any borrows again
-        with borrowed() as work:
-            again[i] = work
-
-    threads = [threading.Thread(target=borrow_twice, args=(i,)) for i in range(holders)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert len({id(work) for work in first.values()}) == holders
-    assert all(again[i] is first[i] for i in range(holders))
-
-
-def test_a_nested_borrow_gets_another_workspace() -> None:
-    with borrowed() as outer:
-        pass
-    with borrowed() as same, borrowed() as inner:
-        assert same is outer  # this thread's last one, while it is idle
-        assert inner is not outer
-
-
 # -- the MLP in blocks of rows ---------------------------------------------------------
 
 # 1,000 hidden units in float64, with blocks bounded to 512 KiB (:func:`small_blocks`):

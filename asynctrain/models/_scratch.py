@@ -5,13 +5,9 @@ as new pages, and the first write to each page faults (the MLP's old ``loss_and_
 took about 1,100 page faults per 2,048-row shard in a fresh process, a fifth of its
 time; how often depends on the heap's history, which a library does not control). A
 :class:`Workspace` keeps its arrays between calls; :func:`borrowed` lends a caller one
-workspace and takes it back afterwards. Idle workspaces wait in a list whose ``pop``,
-``remove`` and ``append`` are atomic, so callers running at the same time (worker
-threads) never hold the same one, and there are never more workspaces than callers that
-ran at once. A thread gets back the workspace it used last when it is idle: its arrays
-are then still in that thread's core's cache (a 2,048-row MLP shard's scratch is about
-5 MB, more than a core's 2 MB L2 here; moved to the other core each step, it is read
-from the shared cache or memory instead).
+workspace and takes it back afterwards. Idle workspaces wait in a list whose ``pop`` and
+``append`` are atomic, so callers running at the same time (worker threads) never hold
+the same one, and there are never more workspaces than callers that ran at once.
 
 Nothing here is part of a model: a model stays a small frozen dataclass that pickles
 clean, and each process keeps its own idle workspaces.
@@ -21,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,12 +36,11 @@ class Workspace:
         True
     """
 
-    __slots__ = ("_arrays", "_filled", "user")
+    __slots__ = ("_arrays", "_filled")
 
     def __init__(self) -> None:
         self._arrays: dict[tuple[str, np.dtype[Any]], npt.NDArray[Any]] = {}
         self._filled: dict[tuple[float, np.dtype[Any]], npt.NDArray[Any]] = {}
-        self.user: int | None = None  # the thread that borrowed it last
 
     def array(self, name: str, shape: tuple[int, ...], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
         """An uninitialised C-contiguous array of ``shape`` and ``dtype``: the memory of
@@ -89,25 +83,11 @@ def borrowed() -> Iterator[Workspace]:
         ...     work.array("z", (4, 8), "float32").shape
         (4, 8)
     """
-    me = threading.get_ident()
-    work = _take(me)
+    try:
+        work = _idle.pop()
+    except IndexError:
+        work = Workspace()
     try:
         yield work
     finally:
-        work.user = me
         _idle.append(work)
-
-
-def _take(me: int) -> Workspace:
-    """An idle workspace, the one thread ``me`` used last if it is idle, else a new one."""
-    for work in reversed(_idle):  # a few entries; another thread may take one meanwhile
-        if work.user == me:
-            try:
-                _idle.remove(work)
-            except ValueError:  # taken by another thread since: take any
-                break
-            return work
-    try:
-        return _idle.pop()
-    except IndexError:
-        return Workspace()
