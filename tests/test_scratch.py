@@ -199,3 +199,37 @@ def test_the_model_pickles_as_before_it_computed() -> None:
     model.loss_and_grad(params, X, y)
     assert pickle.dumps(model) == before
     assert pickle.loads(before) == model
+
+
+@pytest.mark.parametrize(
+    ("rows", "inputs", "outputs", "slices"),
+    [(2048, 256, 10, 6), (1000, 64, 10, 1), (2048, 128, 256, 1), (100, 256, 10, 1)],
+)
+def test_a_narrow_product_runs_in_small_row_slices(
+    monkeypatch: pytest.MonkeyPatch, rows: int, inputs: int, outputs: int, slices: int
+) -> None:
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((rows, inputs), dtype=np.float32)
+    w = rng.standard_normal((inputs, outputs), dtype=np.float32)
+    calls: list[int] = []
+    matmul = np.matmul
+
+    def counted(x: Array, y: Array, **kwargs: Any) -> Array:
+        calls.append(x.shape[0] * x.shape[1] * y.shape[1])
+        return matmul(x, y, **kwargs)
+
+    monkeypatch.setattr(_mlp.np, "matmul", counted)
+    out = np.empty((rows, outputs), np.float32)
+    _mlp._sliced_product_into(a, w, out)
+    assert len(calls) == slices
+    assert slices == 1 or max(calls) <= _mlp._SMALL_PRODUCT  # each within the small kernel
+    np.testing.assert_allclose(out, a.astype(np.float64) @ w, rtol=1e-4, atol=1e-3)
+
+
+def test_a_sparse_input_is_one_product() -> None:
+    rng = np.random.default_rng(5)
+    dense = rng.standard_normal((2048, 256)) * (rng.random((2048, 256)) < 0.1)
+    w = rng.standard_normal((256, 10))
+    out = np.empty((2048, 10))
+    _mlp._sliced_product_into(scipy.sparse.csr_array(dense), w, out)
+    np.testing.assert_allclose(out, dense @ w, rtol=1e-12, atol=1e-12)
