@@ -233,3 +233,16 @@ def test_a_sparse_input_is_one_product() -> None:
     out = np.empty((2048, 10))
     _mlp._sliced_product_into(scipy.sparse.csr_array(dense), w, out)
     np.testing.assert_allclose(out, dense @ w, rtol=1e-12, atol=1e-12)
+
+
+def test_a_narrow_weight_gradient_sums_its_row_slices() -> None:
+    rng = np.random.default_rng(6)
+    h = rng.standard_normal((2048, 256), dtype=np.float32)
+    delta = rng.standard_normal((2048, 10), dtype=np.float32)
+    total = np.full((256, 10), 7.0, np.float32)
+    _mlp._product_into(total, h, delta, Workspace(), add=False)
+    np.testing.assert_allclose(total, h.T.astype(np.float64) @ delta, rtol=1e-4, atol=1e-3)
+    _mlp._product_into(total, h, delta, Workspace(), add=True)
+    np.testing.assert_allclose(total, 2 * (h.T.astype(np.float64) @ delta), rtol=1e-4, atol=2e-3)
+    assert _mlp._slice_rows(h, 256 * 10) == 352  # 6 slices within the small-matrix size
+    assert _mlp._slice_rows(h, 128 * 256) == 2048  # a wide layer: one product
