@@ -63,7 +63,7 @@ _MIN_SLICE_ROWS = 128
 def _slice_rows(a: Any, width: int) -> int:
     """Rows per slice of a product over the rows of ``a`` with ``width`` multiply-adds a
     row: within :data:`_SMALL_PRODUCT`, or all of them (see above; CSR: all)."""
-    n, most = a.shape[0], _SMALL_PRODUCT // max(1, width)
+    n, most = int(a.shape[0]), _SMALL_PRODUCT // max(1, width)
     if most < _MIN_SLICE_ROWS or n <= most or not isinstance(a, np.ndarray):
         return max(1, n)
     return _even_rows(n, most // 32 * 32)
