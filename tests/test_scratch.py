@@ -199,3 +199,50 @@ def test_the_model_pickles_as_before_it_computed() -> None:
     model.loss_and_grad(params, X, y)
     assert pickle.dumps(model) == before
     assert pickle.loads(before) == model
+
+
+@pytest.mark.parametrize(
+    ("rows", "inputs", "outputs", "slices"),
+    [(2048, 256, 10, 6), (1000, 64, 10, 1), (2048, 128, 256, 1), (100, 256, 10, 1)],
+)
+def test_a_narrow_product_runs_in_small_row_slices(
+    monkeypatch: pytest.MonkeyPatch, rows: int, inputs: int, outputs: int, slices: int
+) -> None:
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((rows, inputs), dtype=np.float32)
+    w = rng.standard_normal((inputs, outputs), dtype=np.float32)
+    calls: list[int] = []
+    matmul = np.matmul
+
+    def counted(x: Array, y: Array, **kwargs: Any) -> Array:
+        calls.append(x.shape[0] * x.shape[1] * y.shape[1])
+        return matmul(x, y, **kwargs)
+
+    monkeypatch.setattr(_mlp.np, "matmul", counted)
+    out = np.empty((rows, outputs), np.float32)
+    _mlp._sliced_product_into(a, w, out)
+    assert len(calls) == slices
+    assert slices == 1 or max(calls) <= _mlp._SMALL_PRODUCT  # each within the small kernel
+    np.testing.assert_allclose(out, a.astype(np.float64) @ w, rtol=1e-4, atol=1e-3)
+
+
+def test_a_sparse_input_is_one_product() -> None:
+    rng = np.random.default_rng(5)
+    dense = rng.standard_normal((2048, 256)) * (rng.random((2048, 256)) < 0.1)
+    w = rng.standard_normal((256, 10))
+    out = np.empty((2048, 10))
+    _mlp._sliced_product_into(scipy.sparse.csr_array(dense), w, out)
+    np.testing.assert_allclose(out, dense @ w, rtol=1e-12, atol=1e-12)
+
+
+def test_a_narrow_weight_gradient_sums_its_row_slices() -> None:
+    rng = np.random.default_rng(6)
+    h = rng.standard_normal((2048, 256), dtype=np.float32)
+    delta = rng.standard_normal((2048, 10), dtype=np.float32)
+    total = np.full((256, 10), 7.0, np.float32)
+    _mlp._product_into(total, h, delta, Workspace(), add=False)
+    np.testing.assert_allclose(total, h.T.astype(np.float64) @ delta, rtol=1e-4, atol=1e-3)
+    _mlp._product_into(total, h, delta, Workspace(), add=True)
+    np.testing.assert_allclose(total, 2 * (h.T.astype(np.float64) @ delta), rtol=1e-4, atol=2e-3)
+    assert _mlp._slice_rows(h, 256 * 10) == 352  # 6 slices within the small-matrix size
+    assert _mlp._slice_rows(h, 128 * 256) == 2048  # a wide layer: one product
