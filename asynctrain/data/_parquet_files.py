@@ -325,26 +325,53 @@ def _arrays(
     """``X`` (rows × features, ``dtype``), ``y`` and the weights (``dtype``; None
     without a weight column) of one record batch; ``names``: the features, the label,
     then the weight column (if any); ``views``: each one's numpy type (None for bool),
-    from :func:`_view_dtype`."""
+    from :func:`_view_dtype`.
+
+    ``X`` is column-major (each feature's values contiguous): whoever takes its rows
+    copies them anyway (a shuffle buffer, a batch) and reads them in row order at no
+    extra cost, so it is not copied into row order here.
+    """
     position = {name: i for i, name in enumerate(batch.schema.names)}
-    columns = []
-    for name, view in zip(names, views, strict=True):
-        column = batch.column(position[name])
-        if column.null_count:
-            _raise_nulls(name, where, column.null_count)
-        columns.append(_values(column, None, view))
-    y, weights = columns[n_features], columns[n_features + 1 :]
-    # Columns are filled in as rows of X transposed (contiguous writes, casting on the way):
-    # five times faster than writing them into X's columns. X is that, viewed transposed
-    # (column-major): whoever takes its rows copies them anyway (a shuffle buffer, a batch),
-    # and reads them in row order at no extra cost, so it is not copied into row order here.
-    transposed = np.empty((n_features, batch.num_rows), dtype)
+    for name in names:
+        nulls = batch.column(position[name]).null_count
+        if nulls:
+            _raise_nulls(name, where, nulls)
+    label, *weights = (
+        _values(batch.column(position[name]), None, view)
+        for name, view in zip(names[n_features:], views[n_features:], strict=True)
+    )
     with np.errstate(over="ignore", invalid="ignore"):  # overflow gives Inf, refused next
-        for j, values in enumerate(columns[:n_features]):
-            transposed[j] = values
-        y = y.astype(np.int64) if y.dtype.kind in "biu" else y.astype(dtype)
+        X = _features_of(batch, names[:n_features], views[:n_features], position, dtype)
+        y = label.astype(np.int64) if label.dtype.kind in "biu" else label.astype(dtype)
         w = weights[0].astype(dtype) if weights else None
-    return transposed.T, y, w
+    return X, y, w
+
+
+def _features_of(
+    batch: Any,
+    names: Sequence[str],
+    views: Sequence[np.dtype[Any] | None],
+    position: dict[str, int],
+    dtype: np.dtype[Any],
+) -> npt.NDArray[Any]:
+    """The feature columns of ``batch`` (no nulls) as one column-major array in ``dtype``.
+
+    Columns all of one numeric type are copied side by side by Arrow in one call, with
+    the GIL released (``RecordBatch.to_tensor``), then cast if need be: a call per
+    column would take the GIL back from the training as many times. Mixed types (which
+    Arrow would cast to a common type first, rounding twice) and bools are copied a
+    column at a time, each cast straight to ``dtype``.
+    """
+    view = views[0]
+    if view is not None and all(other == view for other in views):
+        X = np.asarray(batch.select(list(names)).to_tensor(row_major=False))
+        return X if X.dtype == dtype else X.astype(dtype, order="F")
+    # Filled in as rows of X transposed (contiguous writes, casting on the way): five
+    # times faster than writing them into X's columns.
+    transposed = np.empty((len(names), batch.num_rows), dtype)
+    for j, (name, kind) in enumerate(zip(names, views, strict=True)):
+        transposed[j] = _values(batch.column(position[name]), None, kind)
+    return transposed.T
 
 
 def _view_dtype(kind: Any, pa: Any) -> np.dtype[Any] | None:
