@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import importlib
 import importlib.util
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -108,6 +109,7 @@ class ParquetFiles:
         self._metas = metas
         # Every file has these types (checked above): each column's numpy view, found once.
         self._views = [_view_dtype(types[name], self._pa) for name in columns]
+        self._row_bytes = sum(1 if view is None else view.itemsize for view in self._views)
         self.pieces = _pieces(metas)
         self._open: tuple[int, Any] | None = None  # (file number, handle) last read
 
@@ -158,7 +160,7 @@ class ParquetFiles:
                 a negative weight (naming the file, row group, column and row).
         """
         file, columns = self.paths[piece.file], self.columns
-        chunk = max(1, CHUNK_BYTES // (8 * len(columns)))
+        chunk = max(1, CHUNK_BYTES // self._row_bytes)
         first = piece.first
         try:
             batches = self._handle(piece.file).iter_batches(
@@ -332,16 +334,14 @@ def _arrays(
     extra cost, so it is not copied into row order here.
     """
     position = {name: i for i, name in enumerate(batch.schema.names)}
-    for name in names:
-        nulls = batch.column(position[name]).null_count
-        if nulls:
-            _raise_nulls(name, where, nulls)
+    for name in names[n_features:]:
+        _no_nulls(batch, name, position, where)
     label, *weights = (
         _values(batch.column(position[name]), None, view)
         for name, view in zip(names[n_features:], views[n_features:], strict=True)
     )
     with np.errstate(over="ignore", invalid="ignore"):  # overflow gives Inf, refused next
-        X = _features_of(batch, names[:n_features], views[:n_features], position, dtype)
+        X = _features_of(batch, names[:n_features], views[:n_features], position, dtype, where)
         y = label.astype(np.int64) if label.dtype.kind in "biu" else label.astype(dtype)
         w = weights[0].astype(dtype) if weights else None
     return X, y, w
@@ -353,25 +353,44 @@ def _features_of(
     views: Sequence[np.dtype[Any] | None],
     position: dict[str, int],
     dtype: np.dtype[Any],
+    where: str,
 ) -> npt.NDArray[Any]:
-    """The feature columns of ``batch`` (no nulls) as one column-major array in ``dtype``.
+    """The feature columns of ``batch`` as one column-major array in ``dtype``.
 
     Columns all of one numeric type are copied side by side by Arrow in one call, with
     the GIL released (``RecordBatch.to_tensor``), then cast if need be: a call per
-    column would take the GIL back from the training as many times. Mixed types (which
-    Arrow would cast to a common type first, rounding twice) and bools are copied a
-    column at a time, each cast straight to ``dtype``.
+    column would take the GIL back from the training as many times (Arrow refuses
+    nulls; the columns are then searched for them). Mixed types (which Arrow would cast
+    to a common type first, rounding twice) and bools are copied a column at a time,
+    each cast straight to ``dtype``.
+
+    Raises:
+        DataError: a null, naming its column.
     """
     view = views[0]
     if view is not None and all(other == view for other in views):
-        X = np.asarray(batch.select(list(names)).to_tensor(row_major=False))
+        features = batch.select(list(names))
+        try:
+            X = np.asarray(features.to_tensor(row_major=False))
+        except (ValueError, TypeError):  # ArrowInvalid or ArrowTypeError: a null somewhere
+            for name in names:
+                _no_nulls(batch, name, position, where)
+            raise
         return X if X.dtype == dtype else X.astype(dtype, order="F")
+    for name in names:
+        _no_nulls(batch, name, position, where)
     # Filled in as rows of X transposed (contiguous writes, casting on the way): five
     # times faster than writing them into X's columns.
     transposed = np.empty((len(names), batch.num_rows), dtype)
     for j, (name, kind) in enumerate(zip(names, views, strict=True)):
         transposed[j] = _values(batch.column(position[name]), None, kind)
     return transposed.T
+
+
+def _no_nulls(batch: Any, name: str, position: dict[str, int], where: str) -> None:
+    nulls = batch.column(position[name]).null_count
+    if nulls:
+        _raise_nulls(name, where, nulls)
 
 
 def _view_dtype(kind: Any, pa: Any) -> np.dtype[Any] | None:
@@ -416,7 +435,7 @@ def _check_finite(
     group (``names``: the features, the label, then the weight column, if any)."""
     n_features = X.shape[1]
     for values, first in ((X, 0), (y, n_features), (w, n_features + 1)):
-        if values is None:
+        if values is None or _all_finite(values):
             continue
         finite = np.isfinite(values) if values.dtype.kind == "f" else None
         if finite is None or finite.all():
@@ -428,6 +447,16 @@ def _check_finite(
             f"row {offset + int(row)} of the row group; drop or impute rows with NaN/Inf "
             "before writing"
         )
+
+
+def _all_finite(values: npt.NDArray[Any]) -> bool:
+    """Whether every value is finite (integers always are), read once with no temporary:
+    the sum of squares is finite only if every value is; a sum that overflows (values
+    near 1e19 in float32) is settled value by value."""
+    if values.dtype.kind != "f":
+        return True
+    flat = values.T if values.flags.f_contiguous else values  # read in memory order
+    return math.isfinite(np.vdot(flat, flat)) or bool(np.isfinite(values).all())
 
 
 def _check_weights(w: npt.NDArray[Any], name: str | None, where: str, offset: int) -> None:
