@@ -109,7 +109,6 @@ class ParquetFiles:
         self._metas = metas
         # Every file has these types (checked above): each column's numpy view, found once.
         self._views = [_view_dtype(types[name], self._pa) for name in columns]
-        self._row_bytes = sum(1 if view is None else view.itemsize for view in self._views)
         self.pieces = _pieces(metas)
         self._open: tuple[int, Any] | None = None  # (file number, handle) last read
 
@@ -160,7 +159,7 @@ class ParquetFiles:
                 a negative weight (naming the file, row group, column and row).
         """
         file, columns = self.paths[piece.file], self.columns
-        chunk = max(1, CHUNK_BYTES // self._row_bytes)
+        chunk = max(1, CHUNK_BYTES // (8 * len(columns)))
         first = piece.first
         try:
             batches = self._handle(piece.file).iter_batches(
@@ -169,6 +168,7 @@ class ParquetFiles:
             for batch in batches:
                 where = f"{file}, row group {piece.group}"
                 X, y, w = _arrays(batch, columns, self._views, len(self.features), dtype, where)
+                del batch  # converted: its memory goes back before the rows are used
                 offset = first - piece.first
                 _check_finite(X, y, w, columns, where, offset)
                 if w is not None:
