@@ -409,7 +409,7 @@ def test_the_largest_finite_values_are_read_as_they_are_and_inf_is_refused(
 async def _read_ahead(stream: object, limit: int = READ_AHEAD) -> list[object]:
     """Every item of ``iter(stream)`` as a :class:`ReadAhead` on a thread yields them."""
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ahead") as executor:
-        ahead = ReadAhead(iter(stream), executor, limit)  # type: ignore[call-overload]
+        ahead = ReadAhead(iter(stream), executor, limit=limit)  # type: ignore[call-overload]
         try:
             return [item async for item in ahead]
         finally:
@@ -447,7 +447,7 @@ async def test_reading_ahead_stays_at_most_its_limit_ahead(tmp_path: Path) -> No
             yield i
 
     with concurrent.futures.ThreadPoolExecutor(1) as executor:
-        ahead = ReadAhead(iter(counted()), executor, 3)  # type: ignore[arg-type]
+        ahead = ReadAhead(iter(counted()), executor, limit=3)  # type: ignore[arg-type]
         try:
             assert await anext(ahead) == 0
             for _ in range(1000):  # the thread fills what it may, then waits
@@ -468,7 +468,7 @@ async def test_closing_a_read_ahead_waits_for_the_read_and_closes_the_files(
     path = _write(tmp_path / "one.parquet", X, y)
     with concurrent.futures.ThreadPoolExecutor(1) as executor:
         stream = read_parquet(path, label="y", batch_size=BATCH)
-        ahead = ReadAhead(iter(stream), executor, 2)
+        ahead = ReadAhead(iter(stream), executor, limit=2)
         await anext(ahead)
         assert _open_files(path) == 1
         await ahead.aclose()
@@ -483,7 +483,7 @@ async def test_a_bad_row_group_read_ahead_fails_after_the_same_batches(tmp_path:
     got: list[object] = []
     bad = r"row group 1: column 'f2' .*at row 27"
     with concurrent.futures.ThreadPoolExecutor(1) as executor:
-        ahead = ReadAhead(iter(stream), executor, 2)
+        ahead = ReadAhead(iter(stream), executor, limit=2)
 
         async def read() -> None:
             async for batch in ahead:

@@ -29,7 +29,7 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from asynctrain._offloop import await_without_orphans, off_loop
 from asynctrain._threads import ThreadPool
@@ -88,46 +88,54 @@ class OffLoop:
             await off_loop(self._ahead.shutdown)
 
 
-class Items:
-    """The items of a source, each passed through a function off the loop: see
+def hands_over(source: object) -> bool:
+    """Whether ``source`` hands its arrays over: nobody holds or writes them after they
+    are yielded (asynctrain's own Parquet stream makes new arrays for each batch and
+    never touches them again), so they need not be copied to be owned."""
+    return isinstance(source, ParquetStream)
+
+
+class Items(Generic[T]):
+    """The items of a source, each passed through ``then`` off the loop: see
     :func:`iterate`."""
 
-    def __init__(self, source: Iterable[Any] | AsyncIterable[Any], off: OffLoop) -> None:
-        self._off = off
-        self.owned = isinstance(source, ParquetStream)
-        """Whether the source's arrays are handed over: nobody holds or writes them after
-        they are yielded (asynctrain's own Parquet stream makes new arrays for each batch
-        and never touches them again), so they need not be copied to be owned."""
+    def __init__(
+        self, source: Iterable[Any] | AsyncIterable[Any], off: OffLoop, then: Callable[[Any], T]
+    ) -> None:
+        self._off, self._then = off, then
         self._async: AsyncIterator[Any] | None = None
         self._sync: Iterator[Any] | None = None
+        self._ahead: ReadAhead | None = None
         if isinstance(source, AsyncIterable):
             self._async = aiter(source)
-        elif isinstance(source, ParquetStream) and off.ahead is not None:
-            self._async = ReadAhead(iter(source), off.ahead)
+        elif hands_over(source) and off.ahead is not None:
+            self._ahead = ReadAhead(iter(source), off.ahead, then)
         else:
             self._sync = iter(source)
 
-    async def pull(
-        self, then: Callable[[Any], T], *, here: Callable[[Any], Awaitable[bool]] | None = None
-    ) -> T:
+    async def pull(self, *, here: Callable[[Any], Awaitable[bool]] | None = None) -> T:
         """``then(item)`` of the next item, run off the loop (with a sync source's
-        ``next()``, in one trip); :data:`END` once the source is exhausted. An async
-        source's item for which ``await here(item)`` is true is passed to ``then`` on the
-        loop.
+        ``next()``, in one trip; read ahead, on the reading thread, right after the item);
+        :data:`END` once the source is exhausted. An async source's item for which
+        ``await here(item)`` is true is passed to ``then`` on the loop.
 
         Raises what the source or ``then`` raises.
         """
+        if self._ahead is not None:
+            return await anext(self._ahead, END)
         if self._sync is not None:
-            return await self._off.call(_next_then, self._sync, then)
+            return await self._off.call(_next_then, self._sync, self._then)
         assert self._async is not None
         item = await anext(self._async, END)
         if item is END or here is None or not await here(item):
-            return item if item is END else await self._off.call(then, item)
-        return then(item)
+            return item if item is END else await self._off.call(self._then, item)
+        return self._then(item)
 
     async def aclose(self) -> None:
         """Close the source: ``aclose()`` an async one, ``close()`` a sync one off the
         loop (if they have those methods)."""
+        if self._ahead is not None:
+            await self._ahead.aclose()
         if self._async is not None and hasattr(self._async, "aclose"):
             await self._async.aclose()
         if self._sync is not None and hasattr(self._sync, "close"):
@@ -135,8 +143,9 @@ class Items:
 
 
 class ReadAhead:
-    """The items of a sync iterator, as an async iterator: a thread iterates it without
-    pause, up to ``limit`` items ahead of the consumer.
+    """The items of a sync iterator, each passed through ``then`` (if given), as an async
+    iterator: a thread iterates it and calls ``then`` without pause, up to ``limit``
+    items ahead of the consumer.
 
     Taking an item that is ready costs no trip off the loop; the loop waits (and is woken
     by the thread) only when none is. The iterator's exception is raised after the items
@@ -149,6 +158,8 @@ class ReadAhead:
     Args:
         items: the iterator, used on the thread only from now on.
         thread: the executor whose thread iterates (it is busy until :meth:`aclose`).
+        then: called on the thread with each item, in order: the consumer gets what it
+            returns (or raises, in the item's place); None: the items themselves.
         limit: items held ready, >= 1.
     """
 
@@ -156,9 +167,10 @@ class ReadAhead:
         self,
         items: Iterator[Any],
         thread: concurrent.futures.Executor,
+        then: Callable[[Any], Any] | None = None,
         limit: int = READ_AHEAD,
     ) -> None:
-        self._items, self._limit = items, limit
+        self._items, self._then, self._limit = items, then, limit
         self._loop = asyncio.get_running_loop()
         self._ready: collections.deque[Any] = collections.deque()
         self._lock = threading.Condition(threading.Lock())
@@ -198,7 +210,7 @@ class ReadAhead:
         """The thread's work: iterate, hand each item over, until the end or a stop."""
         try:
             for item in self._items:
-                if not self._put(item):
+                if not self._put(item if self._then is None else self._then(item)):
                     return
             self._put(END)
         except Exception as exc:
@@ -238,9 +250,12 @@ def _next_then(iterator: Iterator[Any], then: Callable[[Any], T]) -> T:
 
 
 @contextlib.asynccontextmanager
-async def iterate(source: Iterable[Any] | AsyncIterable[Any], off: OffLoop) -> AsyncIterator[Items]:
-    """The :class:`Items` of ``source``; the source is closed on the way out."""
-    items = Items(source, off)
+async def iterate(
+    source: Iterable[Any] | AsyncIterable[Any], off: OffLoop, then: Callable[[Any], T]
+) -> AsyncIterator[Items[T]]:
+    """The :class:`Items` of ``source``, each passed through ``then`` (called on one
+    thread at a time, in stream order); the source is closed on the way out."""
+    items = Items(source, off, then)
     try:
         yield items
     finally:
