@@ -20,6 +20,10 @@ filler copies it into the slot's shared memory, as many slots a trip as are free
 way, once nothing reads a batch any more (its step released the slot, or it was copied to
 shared memory) it goes back to the assembler, which writes a later batch into it.
 
+asynctrain's Parquet stream is read ahead instead (:class:`~._sources.ReadAhead`): a
+thread of its own reads, shuffles, checks and re-cuts it a few batches ahead, and the
+consumer takes the finished batches without a trip each.
+
 Errors travel in stream order: a bad batch or a raising source reaches the trainer after
 every full batch before it, so the parameters it leaves behind do not depend on timing.
 A sync source's ``next()`` and the copies into shared memory run on the feed's threads
