@@ -213,7 +213,7 @@ class ReadAhead:
                 if not self._put(item if self._then is None else self._then(item)):
                     return
             self._put(END)
-        except Exception as exc:
+        except BaseException as exc:  # even SystemExit: the consumer must not wait forever
             self._put(_Raised(exc))
         finally:
             close = getattr(self._items, "close", None)
@@ -236,7 +236,7 @@ class ReadAhead:
 
 
 class _Raised(NamedTuple):
-    error: Exception
+    error: BaseException
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
