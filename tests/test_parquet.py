@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import asynctrain as at
+from asynctrain._streaming._sources import READ_AHEAD, ReadAhead
 from asynctrain.data import read_parquet
 
 pa = pytest.importorskip("pyarrow")
@@ -405,22 +406,18 @@ def test_the_largest_finite_values_are_read_as_they_are_and_inf_is_refused(
 # -- reading ahead (what fit_stream does) -----------------------------------------------
 
 
-class _Submits:
-    """A one-thread executor's submit that records the threads its calls ran on."""
-
-    def __init__(self, executor: concurrent.futures.ThreadPoolExecutor) -> None:
-        self.executor, self.threads = executor, set[str]()
-
-    def __call__(self, fn: object, *args: object) -> concurrent.futures.Future[object]:
-        def run() -> object:
-            self.threads.add(threading.current_thread().name)
-            return fn(*args)  # type: ignore[operator]
-
-        return self.executor.submit(run)
+async def _read_ahead(stream: object, limit: int = READ_AHEAD) -> list[object]:
+    """Every item of ``iter(stream)`` as a :class:`ReadAhead` on a thread yields them."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ahead") as executor:
+        ahead = ReadAhead(iter(stream), executor, limit=limit)  # type: ignore[call-overload]
+        try:
+            return [item async for item in ahead]
+        finally:
+            await ahead.aclose()
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
-def test_reading_ahead_gives_the_same_batches_read_on_another_thread(
+async def test_reading_ahead_gives_the_same_batches_read_on_another_thread(
     tmp_path: Path, shuffle: bool
 ) -> None:
     X, y = _data()
@@ -428,37 +425,73 @@ def test_reading_ahead_gives_the_same_batches_read_on_another_thread(
     stream = read_parquet(
         tmp_path / "parts", label="y", batch_size=BATCH, shuffle=shuffle, epochs=2, holdout=0.1
     )
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ahead") as executor:
-        submit = _Submits(executor)
-        _same_batches(_batches(stream.read_ahead(submit)), _batches(stream))
-    assert submit.threads
-    assert all(name.startswith("ahead") for name in submit.threads)
+    threads: set[str] = set()
+
+    def recorded() -> object:
+        for batch in stream:
+            threads.add(threading.current_thread().name)
+            yield batch
+
+    got = await _read_ahead(recorded(), limit=2)
+    _same_batches(got, _batches(stream))  # type: ignore[arg-type]
+    assert threads
+    assert all(name.startswith("ahead") for name in threads)
 
 
-def test_closing_a_read_ahead_waits_for_the_read_and_closes_the_files(tmp_path: Path) -> None:
+async def test_reading_ahead_stays_at_most_its_limit_ahead(tmp_path: Path) -> None:
+    made: list[int] = []
+
+    def counted() -> object:
+        for i in range(20):
+            made.append(i)
+            yield i
+
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        ahead = ReadAhead(iter(counted()), executor, limit=3)  # type: ignore[arg-type]
+        try:
+            assert await anext(ahead) == 0
+            for _ in range(1000):  # the thread fills what it may, then waits
+                if len(made) >= 5:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # a thread that did not wait would make them all
+            assert len(made) == 1 + 3 + 1  # taken, 3 held ready, one waiting for room
+        finally:
+            await ahead.aclose()
+    assert len(made) == 5  # closing stopped it
+
+
+async def test_closing_a_read_ahead_waits_for_the_read_and_closes_the_files(
+    tmp_path: Path,
+) -> None:
     X, y = _data(n=2000)
     path = _write(tmp_path / "one.parquet", X, y)
     with concurrent.futures.ThreadPoolExecutor(1) as executor:
-        batches = read_parquet(path, label="y", batch_size=BATCH).read_ahead(executor.submit)
-        next(batches)
+        stream = read_parquet(path, label="y", batch_size=BATCH)
+        ahead = ReadAhead(iter(stream), executor, limit=2)
+        await anext(ahead)
         assert _open_files(path) == 1
-        batches.close()
+        await ahead.aclose()
         assert _open_files(path) == 0
 
 
-def test_a_bad_row_group_read_ahead_fails_after_the_same_batches(tmp_path: Path) -> None:
+async def test_a_bad_row_group_read_ahead_fails_after_the_same_batches(tmp_path: Path) -> None:
     X, y = _data(n=100)
     X[77, 2] = np.nan
     path = _write(tmp_path / "nan.parquet", X, y)
     stream = read_parquet(path, label="y", batch_size=10, shuffle=False)
     got: list[object] = []
-
-    def read(submit: object) -> None:
-        got.extend(stream.read_ahead(submit))  # type: ignore[arg-type]
-
     bad = r"row group 1: column 'f2' .*at row 27"
-    with concurrent.futures.ThreadPoolExecutor(1) as pool, pytest.raises(at.DataError, match=bad):
-        read(pool.submit)
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        ahead = ReadAhead(iter(stream), executor, limit=2)
+
+        async def read() -> None:
+            async for batch in ahead:
+                got.append(batch)
+
+        with pytest.raises(at.DataError, match=bad):
+            await read()
+        await ahead.aclose()
     assert len(got) == 5  # row group 0's rows, as when read without reading ahead
 
 

@@ -20,6 +20,10 @@ filler copies it into the slot's shared memory, as many slots a trip as are free
 way, once nothing reads a batch any more (its step released the slot, or it was copied to
 shared memory) it goes back to the assembler, which writes a later batch into it.
 
+asynctrain's Parquet stream is read ahead instead (:class:`~._sources.ReadAhead`): a
+thread of its own reads, shuffles, checks and re-cuts it a few batches ahead, and the
+consumer takes the finished batches without a trip each.
+
 Errors travel in stream order: a bad batch or a raising source reaches the trainer after
 every full batch before it, so the parameters it leaves behind do not depend on timing.
 A sync source's ``next()`` and the copies into shared memory run on the feed's threads
@@ -38,12 +42,10 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
-import numpy.typing as npt
-
 from asynctrain._engine._tasks import unwrap_group
 from asynctrain._inputs import ClassWeight
-from asynctrain._streaming._batch import Assembled, NameRecord, assemble_batch, rows_of
-from asynctrain._streaming._sources import END, OffLoop, iterate
+from asynctrain._streaming._batch import Assembled, Layout, NameRecord, assemble_batch, rows_of
+from asynctrain._streaming._sources import END, OffLoop, hands_over, iterate
 from asynctrain._streaming._where import CheckSite
 from asynctrain.backends import Backend, SharedArrays
 from asynctrain.backends._base import Arrays, LocalShared
@@ -144,32 +146,15 @@ class Feed:
             await self._batches.put(None)
 
     async def _consume(self) -> None:
-        like: npt.NDArray[Any] | None = None
-        weighted: bool | None = None  # whether the stream's batches carry weights
-        async with iterate(self._source, self._off) as items:
-            number = 0
-            while not self._assembler.done:
-                take = functools.partial(
-                    assemble_batch,
-                    self._model,
-                    assembler=self._assembler,
-                    where=self._describe(number),
-                    like=like,
-                    weighted=weighted,
-                    names=self._names,
-                    class_weight=self._class_weight,
-                    owned=items.owned,
-                )
-                pulled = await items.pull(functools.partial(_timed, take), here=self._here)
+        check = _Check(self, owned=hands_over(self._source))
+        async with iterate(self._source, self._off, functools.partial(_timed, check)) as items:
+            done = False  # not the assembler's: a read-ahead thread may be checking ahead
+            while not done:
+                pulled = await items.pull(here=self._here)
                 if pulled is END:
                     break
-                number += 1
-                (first, batches), rows, seconds = pulled
+                (batches, done), rows, seconds = pulled
                 self.site.record(rows, seconds)
-                if first is None:
-                    continue
-                if like is None:
-                    like, weighted = first
                 if batches:
                     await self._batches.put(batches)
         last = self._assembler.flush()
@@ -271,6 +256,39 @@ class Feed:
         self.ring = await self._backend.share(first, slots=RING_SLOTS)
         for slot in range(RING_SLOTS):
             self._free.put_nowait(slot)
+
+
+class _Check:
+    """A feed's check of each source batch, in stream order (:func:`assemble_batch`):
+    batch ``n`` is named by the feed's ``describe(n)``, and the first batch with rows
+    sets the layout (targets, weights) the later ones must have. Called on one thread at
+    a time (the loop's, the feed's, or a read-ahead thread). It returns the batches the
+    item completed and whether the stream is done then (``max_samples`` rows taken): a
+    read-ahead thread may have checked more items by the time the feed sees this one."""
+
+    def __init__(self, feed: Feed, *, owned: bool) -> None:
+        self._feed, self._owned = feed, owned
+        self._number = 0
+        self._layout: Layout | None = None
+
+    def __call__(self, item: object) -> tuple[list[Assembled], bool]:
+        feed, number = self._feed, self._number
+        self._number += 1
+        like, weighted = (None, None) if self._layout is None else self._layout
+        first, batches = assemble_batch(
+            feed._model,
+            item,
+            assembler=feed._assembler,
+            where=feed._describe(number),
+            like=like,
+            weighted=weighted,
+            names=feed._names,
+            class_weight=feed._class_weight,
+            owned=self._owned,
+        )
+        if self._layout is None and first is not None:
+            self._layout = first
+        return batches, feed._assembler.done
 
 
 @contextlib.asynccontextmanager

@@ -5,20 +5,18 @@ weight column). ``fit_stream`` runs its
 ``next()`` on the stream's own threads, so the files are read and decoded off the event
 loop. Each pass (``epochs``) visits the row groups of all files in a seeded random order
 and draws batches through a bounded shuffle buffer; iterating it again starts over with
-the same seed, so it gives the same batches, bit for bit. ``fit_stream`` iterates it
-with :meth:`ParquetStream.read_ahead`, which reads each chunk of rows on a thread the feed
-supplies while the batches of the chunk before are handed out (this module starts no
-thread itself). A hash of each row's index in
+the same seed, so it gives the same batches, bit for bit. ``fit_stream`` iterates it on
+a thread of its own a few batches ahead of the training (this module starts no thread
+itself). A hash of each row's index in
 the stream splits off a held-out part that is the same whatever the seed, batch size or
 shuffling.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from typing import Any, Literal, Protocol, TypeVar
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -32,8 +30,6 @@ from asynctrain.data._parquet_files import ParquetFiles, check_pyarrow
 from asynctrain.data._shuffle import Batch, InOrder, ShuffleBuffer
 
 Subset = Literal["train", "holdout"]
-T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
 
 DEFAULT_SHUFFLE_ROWS = 10_000
 """Rows of the shuffle buffer when ``shuffle_buffer`` is not given (at least 4 batches)."""
@@ -198,7 +194,7 @@ class ParquetStream:
             f"epochs={self.epochs}{split}>"
         )
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Generator[Batch]:
         """Yield the batches of every pass, ``(X, y)`` (``(X, y, w)`` with a weight
         column): see :func:`read_parquet`.
 
@@ -206,30 +202,12 @@ class ParquetStream:
             DataError, DataTypeError: a bad file (before the first batch for what the
                 footers tell; a NaN or a corrupt page when its row group is read).
         """
-        return self.read_ahead(None)
-
-    def read_ahead(self, submit: Submit | None) -> Generator[Batch]:
-        """The batches of ``iter(stream)``, the same ones, with each chunk of rows read
-        and converted on another thread while the batches of the chunk before are handed
-        out (``fit_stream`` does this), so decoding overlaps training instead of stalling
-        it once a chunk.
-
-        Args:
-            submit: runs ``fn(*args)`` on that thread and returns a future (with
-                ``result()``), e.g. a one-thread executor's ``submit``; None: read each
-                chunk when it is needed, as ``iter`` does.
-
-        One chunk (about 8 MB of rows) more is held while it is read ahead. Closing the
-        iterator waits for the chunk being read before closing the files.
-        """
         rng = np.random.default_rng(self.seed)
         with self._files() as files:
             for _ in range(self.epochs):
-                yield from self._pass(files, rng, submit)
+                yield from self._pass(files, rng)
 
-    def _pass(
-        self, files: ParquetFiles, rng: np.random.Generator, submit: Submit | None
-    ) -> Iterator[Batch]:
+    def _pass(self, files: ParquetFiles, rng: np.random.Generator) -> Iterator[Batch]:
         """One pass over every row group: in a random order through the shuffle buffer,
         or in file order."""
         count = len(files.pieces)
@@ -239,14 +217,8 @@ class ParquetStream:
             if self.shuffle
             else InOrder(self.batch_size)
         )
-        chunks = self._chunks(files, order)
-        if submit is not None:
-            chunks = _ahead(chunks, submit)
-        try:
-            for X, y, w in chunks:
-                yield from batcher.add(X, y, w)
-        finally:
-            chunks.close()  # a chunk being read ahead is finished before the files close
+        for X, y, w in self._chunks(files, order):
+            yield from batcher.add(X, y, w)
         yield from batcher.drain()
 
     def _chunks(
@@ -345,39 +317,6 @@ holdout=0.1 subset='holdout'>
             return None
         held = holdout_mask(np.arange(first, first + rows, dtype=np.uint64), self.holdout_fraction)
         return held if self.subset == "holdout" else ~held
-
-
-class Future(Protocol[T_co]):
-    """What :data:`Submit` returns: a result to wait for (a ``concurrent.futures.Future``)."""
-
-    def result(self) -> T_co:
-        """Wait for the result; raise what the call raised."""
-        ...
-
-
-Submit = Callable[..., Future[Any]]
-"""Runs ``fn(*args)`` on another thread: ``submit(fn, *args)`` returns a :class:`Future`."""
-
-_END: Any = object()
-
-
-def _ahead(chunks: Iterator[T], submit: Submit) -> Generator[T]:
-    """The items of ``chunks``, each next one computed by ``submit`` while the one
-    before is being used; closing it waits for the one in progress, then closes
-    ``chunks``."""
-    pending: Future[Any] | None = submit(next, chunks, _END)
-    try:
-        while pending is not None:
-            item = pending.result()
-            pending = None if item is _END else submit(next, chunks, _END)
-            if item is not _END:
-                yield item
-    finally:
-        if pending is not None:
-            with contextlib.suppress(Exception):
-                pending.result()
-        if isinstance(chunks, Generator):
-            chunks.close()
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

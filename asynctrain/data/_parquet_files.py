@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import importlib
 import importlib.util
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -167,6 +168,7 @@ class ParquetFiles:
             for batch in batches:
                 where = f"{file}, row group {piece.group}"
                 X, y, w = _arrays(batch, columns, self._views, len(self.features), dtype, where)
+                del batch  # converted: its memory goes back before the rows are used
                 offset = first - piece.first
                 _check_finite(X, y, w, columns, where, offset)
                 if w is not None:
@@ -325,26 +327,70 @@ def _arrays(
     """``X`` (rows × features, ``dtype``), ``y`` and the weights (``dtype``; None
     without a weight column) of one record batch; ``names``: the features, the label,
     then the weight column (if any); ``views``: each one's numpy type (None for bool),
-    from :func:`_view_dtype`."""
+    from :func:`_view_dtype`.
+
+    ``X`` is column-major (each feature's values contiguous): whoever takes its rows
+    copies them anyway (a shuffle buffer, a batch) and reads them in row order at no
+    extra cost, so it is not copied into row order here.
+    """
     position = {name: i for i, name in enumerate(batch.schema.names)}
-    columns = []
-    for name, view in zip(names, views, strict=True):
-        column = batch.column(position[name])
-        if column.null_count:
-            _raise_nulls(name, where, column.null_count)
-        columns.append(_values(column, None, view))
-    y, weights = columns[n_features], columns[n_features + 1 :]
-    # Columns are filled in as rows of X transposed (contiguous writes, casting on the way):
-    # five times faster than writing them into X's columns. X is that, viewed transposed
-    # (column-major): whoever takes its rows copies them anyway (a shuffle buffer, a batch),
-    # and reads them in row order at no extra cost, so it is not copied into row order here.
-    transposed = np.empty((n_features, batch.num_rows), dtype)
+    for name in names[n_features:]:
+        _no_nulls(batch, name, position, where)
+    label, *weights = (
+        _values(batch.column(position[name]), None, view)
+        for name, view in zip(names[n_features:], views[n_features:], strict=True)
+    )
     with np.errstate(over="ignore", invalid="ignore"):  # overflow gives Inf, refused next
-        for j, values in enumerate(columns[:n_features]):
-            transposed[j] = values
-        y = y.astype(np.int64) if y.dtype.kind in "biu" else y.astype(dtype)
+        X = _features_of(batch, names[:n_features], views[:n_features], position, dtype, where)
+        y = label.astype(np.int64) if label.dtype.kind in "biu" else label.astype(dtype)
         w = weights[0].astype(dtype) if weights else None
-    return transposed.T, y, w
+    return X, y, w
+
+
+def _features_of(
+    batch: Any,
+    names: Sequence[str],
+    views: Sequence[np.dtype[Any] | None],
+    position: dict[str, int],
+    dtype: np.dtype[Any],
+    where: str,
+) -> npt.NDArray[Any]:
+    """The feature columns of ``batch`` as one column-major array in ``dtype``.
+
+    Columns all of one numeric type are copied side by side by Arrow in one call, with
+    the GIL released (``RecordBatch.to_tensor``), then cast if need be: a call per
+    column would take the GIL back from the training as many times (Arrow refuses
+    nulls; the columns are then searched for them). Mixed types (which Arrow would cast
+    to a common type first, rounding twice) and bools are copied a column at a time,
+    each cast straight to ``dtype``.
+
+    Raises:
+        DataError: a null, naming its column.
+    """
+    view = views[0]
+    if view is not None and all(other == view for other in views):
+        features = batch.select(list(names))
+        try:
+            X = np.asarray(features.to_tensor(row_major=False))
+        except (ValueError, TypeError):  # ArrowInvalid or ArrowTypeError: a null somewhere
+            for name in names:
+                _no_nulls(batch, name, position, where)
+            raise
+        return X if X.dtype == dtype else X.astype(dtype, order="F")
+    for name in names:
+        _no_nulls(batch, name, position, where)
+    # Filled in as rows of X transposed (contiguous writes, casting on the way): five
+    # times faster than writing them into X's columns.
+    transposed = np.empty((len(names), batch.num_rows), dtype)
+    for j, (name, kind) in enumerate(zip(names, views, strict=True)):
+        transposed[j] = _values(batch.column(position[name]), None, kind)
+    return transposed.T
+
+
+def _no_nulls(batch: Any, name: str, position: dict[str, int], where: str) -> None:
+    nulls = batch.column(position[name]).null_count
+    if nulls:
+        _raise_nulls(name, where, nulls)
 
 
 def _view_dtype(kind: Any, pa: Any) -> np.dtype[Any] | None:
@@ -389,7 +435,7 @@ def _check_finite(
     group (``names``: the features, the label, then the weight column, if any)."""
     n_features = X.shape[1]
     for values, first in ((X, 0), (y, n_features), (w, n_features + 1)):
-        if values is None:
+        if values is None or _all_finite(values):
             continue
         finite = np.isfinite(values) if values.dtype.kind == "f" else None
         if finite is None or finite.all():
@@ -401,6 +447,16 @@ def _check_finite(
             f"row {offset + int(row)} of the row group; drop or impute rows with NaN/Inf "
             "before writing"
         )
+
+
+def _all_finite(values: npt.NDArray[Any]) -> bool:
+    """Whether every value is finite (integers always are), read once with no temporary:
+    the sum of squares is finite only if every value is; a sum that overflows (values
+    near 1e19 in float32) is settled value by value."""
+    if values.dtype.kind != "f":
+        return True
+    flat = values.T if values.flags.f_contiguous else values  # read in memory order
+    return math.isfinite(np.vdot(flat, flat)) or bool(np.isfinite(values).all())
 
 
 def _check_weights(w: npt.NDArray[Any], name: str | None, where: str, offset: int) -> None:
