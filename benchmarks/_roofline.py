@@ -2,11 +2,15 @@
 
 Linear models are bound by memory: an epoch must at least read ``X`` and ``y`` once, so
 its minimum is their size over the measured read bandwidth (numpy ``sum`` over a large
-array on 1 and on all cores; the faster counts). The MLP is bound by arithmetic: an epoch
-needs ``n * (4*d*h + 6*h*k)`` float32 FLOPs (forward, weight gradients, hidden delta), so
-its minimum is that over the measured float32 matmul rate (a large square product on all
-cores). Each epoch is paired with a limit measured just before it, since the load of a
-shared machine drifts. Epochs run the throughput setting :data:`THROUGHPUT` (large batches keep BLAS
+array on 1 and on all cores; the faster counts). The MLP is bound by arithmetic: an
+epoch needs ``n * (4*d*h + 6*h*k)`` float32 FLOPs (forward, weight gradients, hidden
+delta), so its minimum is that over the measured float32 matmul rate (a large square
+product on all cores). Each epoch is paired with a limit measured just before it, since
+the load of a shared machine drifts. The rate's product uses every core's BLAS thread,
+and OpenBLAS keeps its extra threads spinning for work for a while after a call: an
+epoch started at once shared its cores with them (epochs 0.29-0.39 s against 0.26-0.29 s
+after a pause, interleaved, quiet machine), so each epoch starts :data:`SETTLE_S` after
+its limit. Epochs run the throughput setting :data:`THROUGHPUT` (large batches keep BLAS
 busy; the time-to-accuracy race tunes batches for accuracy per second instead).
 
 Run alone: ``python -m benchmarks._roofline [--quick]``.
@@ -48,6 +52,9 @@ class Setting(NamedTuple):
 THROUGHPUT = Setting(batch_size=4096, shards=2, learning_rate=1e-3, workers=2, backend="thread")
 _BANDWIDTH_MB = {"full": 256, "quick": 128, "smoke": 16}
 _MATMUL_N = {"full": 2048, "quick": 1536, "smoke": 256}
+SETTLE_S = 0.3
+"""Seconds between the matmul-rate probe and the epoch: the probe's spinning BLAS threads
+go to sleep meanwhile."""
 
 
 def _best_of(fn: Callable[[], object], times: int = 5) -> float:
@@ -105,6 +112,7 @@ async def _limit(problem: str, data: Dataset, probe: npt.NDArray[np.float32]) ->
     """The epoch's minimum time, from a rate measured now (the machine's load drifts)."""
     if problem == "mlp":
         rate = matmul_rate(probe)
+        await asyncio.sleep(SETTLE_S)
         return _Limit(mlp_flops(len(data)) / rate, rate)
     rate = await read_bandwidth(probe)
     return _Limit((data.X.nbytes + data.y.nbytes) / rate, rate)
