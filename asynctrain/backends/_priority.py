@@ -48,8 +48,12 @@ def lower_process_priority(niceness: int) -> None:
     batch_policy()
 
 
-def batch_policy() -> None:
+def batch_policy() -> bool:
     """Give the calling thread the ``SCHED_BATCH`` policy (its nice value kept), where
-    the platform has it and allows it; otherwise leave it as it is."""
-    with contextlib.suppress(AttributeError, OSError):  # not Linux; refused by a sandbox
+    the platform has it and allows it, and say whether it did; otherwise leave it as
+    it is."""
+    try:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux; refused by a sandbox
+        return False
+    return True
