@@ -20,6 +20,7 @@ from asynctrain._engine._sync import Sync
 from asynctrain._streaming import _feed
 from asynctrain._streaming._batch import rows_of
 from asynctrain._streaming._sources import OffLoop
+from asynctrain._streaming._stream import DEFAULT_BUFFER
 from asynctrain._streaming._where import CheckSite
 from asynctrain.data import Dataset
 from asynctrain.data._stream import SPARE, BatchAssembler
@@ -344,9 +345,36 @@ def test_a_spare_batch_of_another_layout_is_dropped() -> None:
 
 def test_an_assembler_keeps_a_few_spare_batches_at_most() -> None:
     assembler = BatchAssembler(2)
-    made = [assembler.add(np.zeros((2, 1)), np.zeros(2), copy=True)[0][0] for _ in range(5)]
+    count = SPARE + 2
+    made = [assembler.add(np.zeros((2, 1)), np.zeros(2), copy=True)[0][0] for _ in range(count)]
     for arrays in made:
         assembler.reuse(arrays)
-    again = [assembler.add(np.zeros((2, 1)), np.zeros(2), copy=True)[0][0] for _ in range(5)]
+    again = [assembler.add(np.zeros((2, 1)), np.zeros(2), copy=True)[0][0] for _ in range(count)]
     kept = {id(arrays["X"]) for arrays in made} & {id(arrays["X"]) for arrays in again}
     assert len(kept) == SPARE
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+async def test_a_feed_writes_its_batches_again_rather_than_making_new_ones(
+    monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """Batches handed back one a step and taken two at a time (source batches of about
+    two batches each) are all written again: the feed makes only about as many batches
+    as it has in flight, not one for every other batch of the stream."""
+    made = 0
+    new = BatchAssembler._new
+
+    def counted(self: BatchAssembler, *args: Any) -> Any:
+        nonlocal made
+        made += not self._spare
+        return new(self, *args)
+
+    monkeypatch.setattr(BatchAssembler, "_new", counted)
+    data = _data()
+    async with _trainer(backend) as trainer:
+        result = await trainer.fit_stream(_agen(_pieces(data, 2 * BATCH - 7)))
+    assert result.steps == -(-ROWS // BATCH) == 47
+    # In flight at most: the ring's slots, the queue's source batches (up to 3 batches
+    # each, counting the batch being assembled) and the one being assembled.
+    assert made <= _feed.RING_SLOTS + 3 * DEFAULT_BUFFER + 1
+    assert {k: v.tobytes() for k, v in result.params.items()} == await _oracle(data)
