@@ -18,6 +18,7 @@ import pytest
 from _reliability import Recorder, state_bits
 
 import asynctrain as at
+from asynctrain._engine import _step as step_module
 from asynctrain._engine import _update as update_module
 from asynctrain._engine._context import arrays_of
 from asynctrain._engine._step import (
@@ -518,6 +519,7 @@ async def test_a_fit_all_on_the_loop_still_gives_the_loop_a_turn_every_step(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(update_module, "UPDATE_BUDGET", 1.0)
+    monkeypatch.setattr(step_module, "LOOP_BUDGET", 1.0)  # every step's math on the loop
     turns, seen = 0, []
 
     async def tick() -> None:
@@ -527,15 +529,23 @@ async def test_a_fit_all_on_the_loop_still_gives_the_loop_a_turn_every_step(
             await asyncio.sleep(0)
 
     ticker = asyncio.create_task(tick())
-    data = synthetic("softmax", n=1200, seed=5)
+    data = synthetic("softmax", n=2400, seed=5)  # 40 steps: the last ones all on the loop
     try:
         async with at.Trainer(
-            SoftmaxRegression(128, 10), at.optim.sgd(0.1), backend="thread", batch_size=60
+            SoftmaxRegression(128, 10),
+            at.optim.sgd(0.1),
+            backend="thread",
+            workers=1,
+            batch_size=60,
         ) as trainer:
             async for event in trainer.steps(data, epochs=1):
                 if event.kind == "step":
                     seen.append(turns)
     finally:
         ticker.cancel()
-    assert len(seen) == 20
-    assert all(later > earlier for earlier, later in itertools.pairwise(seen))
+    assert len(seen) == 40
+    turns_a_step = [later - earlier for earlier, later in itertools.pairwise(seen)]
+    assert all(turns >= 1 for turns in turns_a_step)
+    # Computed on the loop, a step yields once after its math, and its update on the
+    # loop yields no second time: one turn a step, not two.
+    assert turns_a_step[-8:] == [1] * 8

@@ -71,6 +71,15 @@ class Sync:
                 results = await _run_together(ctx, tasks)
         else:
             results = await _run_placed(ctx, tasks)
+            # Computed on the loop, the step has just given the loop its turn: its update
+            # needs no second one in a row.
+            return await ctx.updater.apply(
+                results,
+                ctx.grads,
+                ctx.params,
+                advance_batch=not ctx.streaming,
+                turn_taken=ctx.placement.on_loop,
+            )
         return await ctx.updater.apply(
             results, ctx.grads, ctx.params, advance_batch=not ctx.streaming
         )

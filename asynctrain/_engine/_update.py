@@ -135,13 +135,16 @@ class Updater:
         *,
         slot: int | None = None,
         advance_batch: bool = True,
+        turn_taken: bool = False,
     ) -> StepStats:
         """Apply one step from ``results`` (in shard order); publish the new version.
 
         The new version goes to slot ``slot`` of ``publish``, by default
         ``version % publish.slots``. ``advance_batch=False`` (a step on streamed data)
         leaves ``TrainState.batch``, the position within the current epoch of an
-        in-memory dataset, as it was.
+        in-memory dataset, as it was. ``turn_taken``: the caller gave the loop its turn
+        after the results were computed, and awaited nothing since (a step computed on
+        the loop), so an update on the loop takes no second turn.
         """
         args = (results, grads, publish, slot, int(advance_batch))
         if self._thread is None:  # inline: no hop, and no second coroutine frame a step
@@ -150,7 +153,8 @@ class Updater:
             # The loop's turn for everything else, as a hop would give; a cancel requested
             # while the step computed lands here, before its update, as on the inline
             # backend. Whatever ran meanwhile may have handed the thread a call: asked again.
-            await asyncio.sleep(0)
+            if not turn_taken:
+                await asyncio.sleep(0)
             if self.updates_on_loop:
                 return self._timed_apply(*args)
         return await self.call(self._timed_apply, *args)
