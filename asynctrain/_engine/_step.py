@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import statistics
 import time
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Mapping, Sequence
@@ -19,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._engine._update import StepStats, Updater
+from asynctrain._engine._window import Window
 from asynctrain._engine._work import Rows, ShardResult, ShardTask, compute_shard
 from asynctrain._events import StepEvent
 from asynctrain.backends import Backend, SharedArrays
@@ -118,8 +118,8 @@ class Placement:
 
     def __init__(self) -> None:
         self._steps = 0
-        self._times: dict[int, collections.deque[float]] = {}
-        self._math: collections.deque[float] = collections.deque(maxlen=WINDOW)
+        self._times: dict[int, Window] = {}  # seconds per shard of steps run as k tasks
+        self._math = Window(WINDOW)  # seconds per shard of one group's math
         self._spread_best: bool | None = None  # the choice at the last try of the other
         self._interval = REPROBE
         self._patience = REPROBE  # the wait the last comparison's gap is worth (TRY_COST)
@@ -181,7 +181,7 @@ class Placement:
         """Median seconds per shard of steps that ran as ``k`` tasks (0: of one group's
         math, on the loop or on a worker), infinity before there is one."""
         times = self._math if k == 0 else self._times.get(k)
-        return statistics.median(times) if times else float("inf")
+        return float("inf") if times is None else times.median
 
     def resume(self) -> None:
         """A new fit takes this placement up: past the first fit's measuring, it keeps
@@ -203,10 +203,12 @@ class Placement:
         if tasks == 0:
             math = seconds
         if math is not None and tasks <= 1:  # from the first step: first touches only err
-            self._math.append(math / shards)  # towards the workers, and briefly
+            self._math.add(math / shards)  # towards the workers, and briefly
         if tasks and self._steps > WARM_UP:
-            times = self._times.setdefault(tasks, collections.deque(maxlen=WINDOW))
-            times.append(seconds / shards)
+            times = self._times.get(tasks)
+            if times is None:
+                times = self._times[tasks] = Window(WINDOW)
+            times.add(seconds / shards)
 
 
 def _patience(first: float, second: float) -> int:

@@ -16,7 +16,6 @@ update, and the thread has nothing left.
 from __future__ import annotations
 
 import asyncio
-import collections
 import math
 import operator
 import time
@@ -26,6 +25,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from asynctrain._engine._window import Window
 from asynctrain._engine._work import ShardResult
 from asynctrain._exceptions import NonFiniteError
 from asynctrain._threads import ThreadPool
@@ -95,7 +95,7 @@ class Updater:
         self._backup = StateBackup()
         self._thread = None if inline else ThreadPool(1, name="asynctrain-update")
         self._in_flight = 0  # calls handed to the thread and not yet back
-        self._apply_times: collections.deque[float] = collections.deque(maxlen=UPDATE_WINDOW)
+        self._apply_times = Window(UPDATE_WINDOW)  # seconds of recent updates
 
     async def call(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Run ``fn(*args)`` where updates run (the update thread, or inline)."""
@@ -122,10 +122,7 @@ class Updater:
         updates have been measured to take at most :data:`UPDATE_BUDGET`."""
         if self._thread is None:
             return True
-        times = self._apply_times
-        if not self.idle or not times:
-            return False
-        return sorted(times)[len(times) // 2] <= UPDATE_BUDGET
+        return self._in_flight == 0 and self._apply_times.median <= UPDATE_BUDGET
 
     async def apply(
         self,
@@ -178,7 +175,7 @@ class Updater:
         try:
             return self._apply(*args)
         finally:
-            self._apply_times.append(time.perf_counter() - started)
+            self._apply_times.add(time.perf_counter() - started)
 
     def _commit(self, fn: Callable[..., tuple[TrainState, T]], *args: Any) -> T:
         self.state, result = fn(self.state, *args)

@@ -25,10 +25,8 @@ a stream's first batch (it is checked before the first step; nothing is timed ye
 
 from __future__ import annotations
 
-import collections
-import statistics
-
 from asynctrain._engine._step import LOOP_BUDGET, WINDOW, Placement
+from asynctrain._engine._window import Window
 
 
 class CheckSite:
@@ -50,8 +48,7 @@ class CheckSite:
 
     def __init__(self) -> None:
         self._placement: Placement | None = None
-        self._per_row: collections.deque[float] = collections.deque(maxlen=WINDOW)
-        self._cost = float("inf")  # seconds per row: the median of _per_row
+        self._per_row = Window(WINDOW)  # seconds per row of recent checks
 
     def follow(self, placement: Placement) -> None:
         """Check on the loop from now on; ``placement`` (the fit's) says whether a check
@@ -62,7 +59,7 @@ class CheckSite:
         """Whether a batch of ``rows`` rows (None: not known) is checked on the loop."""
         if self._placement is None or not rows:
             return False
-        return self._cost * rows <= LOOP_BUDGET
+        return self._per_row.median * rows <= LOOP_BUDGET
 
     @property
     def between_steps(self) -> bool:
@@ -75,5 +72,4 @@ class CheckSite:
     def record(self, rows: int | None, seconds: float) -> None:
         """Learn that checking a batch of ``rows`` rows took ``seconds``."""
         if rows:
-            self._per_row.append(seconds / rows)
-            self._cost = statistics.median(self._per_row)
+            self._per_row.add(seconds / rows)
