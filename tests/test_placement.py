@@ -23,6 +23,7 @@ from asynctrain._engine import _update as update_module
 from asynctrain._engine._context import arrays_of
 from asynctrain._engine._step import (
     LOOP_BUDGET,
+    MAX_PATIENCE,
     MAX_REPROBE,
     MEASURED,
     PROBE_STEPS,
@@ -107,18 +108,20 @@ def test_a_choice_that_stands_is_tried_less_and_less_often() -> None:
     assert gaps[-1] == MAX_REPROBE
 
 
-@pytest.mark.parametrize("slower", [1.5, 3.0, 30.0])
+@pytest.mark.parametrize("slower", [1.5, 3.0, 5.0, 30.0])
 def test_tries_of_a_choice_far_behind_cost_a_bounded_share_of_the_steps(slower: float) -> None:
-    steps = 8 * MAX_REPROBE
+    steps = 4 * MAX_PATIENCE
     starts = _tries(100e-6, slower * 100e-6, steps)
     # The oracle: the time the tries added, over what the steps would take without them:
-    # TRY_COST, unless even MAX_REPROBE steps apart they cost more; and the first two.
+    # TRY_COST, unless even MAX_PATIENCE steps apart they cost more; and the first two.
     per_try = PROBE_STEPS * (slower - 1)
-    bound = max(TRY_COST, per_try / MAX_REPROBE) + 2 * per_try / steps
+    bound = max(TRY_COST, per_try / MAX_PATIENCE) + 2 * per_try / steps
     assert len(starts) * per_try / steps <= bound
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps[0] == REPROBE  # the first choice is checked once soon
-    assert gaps[1] >= min(PROBE_STEPS * (slower - 1) / TRY_COST, MAX_REPROBE)
+    assert gaps[1] >= min(PROBE_STEPS * (slower - 1) / TRY_COST, MAX_PATIENCE)
+    if slower == 5.0:  # 1,200 steps apart: past the doubling's MAX_REPROBE
+        assert gaps[1] > MAX_REPROBE
 
 
 def test_a_try_is_timed_afresh_so_stale_times_do_not_outvote_it() -> None:
