@@ -2,10 +2,11 @@
 
 Same problem, seed, batch size and shard count on every side (so the same bits); only
 the workers change. A worker is a core: with 1 worker, BLAS is held to one thread, so the
-figure is the speed-up from one core to two. (Left alone, the thread backend lets a lone
-worker's BLAS use every core; that epoch time is in ``details["epoch_seconds_blas_all"]``
-and makes the informational figure ``.../vs_blas_threads`` of the full run.) The process backend is
-measured when it is available; its workers set their own BLAS threads.
+figure is the speed-up from one core to two (the thread backend holds BLAS to one thread
+whatever its workers; a process backend's workers hold their own). Both backends are
+open at once and take turns, an epoch each, the first going first every other repeat,
+so the machine's drift hits both sides alike and each repeat's ratio compares epochs
+measured side by side.
 
 ``scaling/ceiling`` is what the machine itself allows at that moment: the speed-up of
 pure float32 matmuls (no framework, one BLAS thread each) on 2 threads over 1. On a
@@ -17,7 +18,6 @@ Run alone: ``python -m benchmarks._scaling [--quick]``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import sys
 from typing import NamedTuple
@@ -66,27 +66,28 @@ CONFIGS = (
 BACKENDS = ("thread", "process")
 
 
-async def epoch_times(
+async def paired_epoch_times(
     problem: str,
     data: Dataset,
     backend_name: str,
-    workers: int,
     *,
     times: int,
-    one_core: bool,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    shards: int = DEFAULT_SHARDS,
-) -> list[float]:
-    """``times`` epoch times on an open backend (after a few warm-up steps)."""
-    backend, _ = get_backend(backend_name, workers=workers)
-    epoch = functools.partial(
-        timed_epochs, problem, backend=backend, shards=shards, batch_size=batch_size
-    )
-    async with backend:
-        limit = threadpool_limits(1, user_api="blas") if one_core else contextlib.nullcontext()
-        with limit:
-            await epoch(head(data))
-            return [(await epoch(data))[0] for _ in range(times)]
+    batch_size: int,
+    shards: int,
+) -> tuple[list[float], list[float]]:
+    """``times`` epoch times with 1 worker and with 2: two backends open at once, taking
+    turns (after a few warm-up steps each), BLAS held to one thread."""
+    sides = {w: get_backend(backend_name, workers=w)[0] for w in (1, 2)}
+    epoch = functools.partial(timed_epochs, problem, shards=shards, batch_size=batch_size)
+    seconds: dict[int, list[float]] = {1: [], 2: []}
+    async with sides[1], sides[2]:
+        with threadpool_limits(1, user_api="blas"):
+            for backend in sides.values():
+                await epoch(head(data), backend=backend)
+            for i in range(times):
+                for workers in (1, 2) if i % 2 == 0 else (2, 1):
+                    seconds[workers].append((await epoch(data, backend=sides[workers]))[0])
+    return seconds[1], seconds[2]
 
 
 async def _figures(config: Config, backend: str, quick: bool) -> list[Figure]:
@@ -100,15 +101,14 @@ async def _figures(config: Config, backend: str, quick: bool) -> list[Figure]:
             )
         ]
     data, r = dataset(problem, samples(problem, quick)), repeats(quick)
-    thread, size = backend == "thread", {"batch_size": batch, "shards": config.shards}
-    one = await epoch_times(problem, data, backend, 1, times=r, one_core=thread, **size)
-    two = await epoch_times(problem, data, backend, 2, times=r, one_core=False, **size)
+    size = {"batch_size": batch, "shards": config.shards}
+    one, two = await paired_epoch_times(problem, data, backend, times=r, **size)
     details = {
         "epoch_seconds": {"1": min(one), "2": min(two)},
         **size,
         "samples": len(data),
     }
-    figures = [
+    return [
         ratio_figure(
             name,
             one,
@@ -119,20 +119,6 @@ async def _figures(config: Config, backend: str, quick: bool) -> list[Figure]:
             details=details,
         )
     ]
-    if thread and level(quick) == "full" and not config.suffix:
-        blas_all = await epoch_times(problem, data, backend, 1, times=r, one_core=False, **size)
-        details["epoch_seconds_blas_all"] = min(blas_all)
-        figures.append(
-            ratio_figure(
-                f"{name}/vs_blas_threads",
-                blas_all,
-                two,
-                command=cmd,
-                reference="1 worker whose BLAS uses every core",
-                details=details,
-            )
-        )
-    return figures
 
 
 def _matmuls(a: npt.NDArray[np.float32], count: int) -> None:
