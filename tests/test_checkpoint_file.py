@@ -11,6 +11,7 @@ import contextlib
 import errno
 import fcntl
 import io
+import json
 import os
 import pickle
 import socket
@@ -70,6 +71,16 @@ def test_numpy_reads_it_without_pickle(saved: Path) -> None:
     with np.load(saved, allow_pickle=False) as npz:
         assert np.array_equal(npz["params/W"], _arrays()["params/W"])
         assert "arrays/6" in npz.files  # a key that is no member name gets a numbered one
+
+
+def test_the_manifest_is_compact_json(saved: Path) -> None:
+    """Written by json's C encoder (an indent would take its pure-Python one, whose GIL
+    time a fit's steps feel), and still plain JSON for any reader."""
+    with zipfile.ZipFile(saved) as archive:
+        text = archive.read("manifest.json").decode("utf-8")
+    manifest = json.loads(text)
+    assert manifest["format"] == "asynctrain-checkpoint"
+    assert text == json.dumps(manifest, separators=(",", ":"))  # no spaces, no newlines
 
 
 def test_a_save_leaves_no_temporary(saved: Path) -> None:

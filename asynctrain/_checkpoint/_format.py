@@ -195,7 +195,10 @@ def _entry(member: str, array: npt.NDArray[Any], sink: _HashingSink) -> dict[str
 
 def _manifest_json(manifest: Mapping[str, Any], entries: dict[str, Any]) -> str:
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "arrays": entries}
-    return json.dumps(full, indent=1, allow_nan=False)
+    # Compact, so json's C encoder writes it (an indent takes its pure-Python encoder: half
+    # the writer thread's CPU for a small model, GIL held, which the fit's steps felt).
+    # ``asynctrain inspect`` prints it indented.
+    return json.dumps(full, separators=(",", ":"), allow_nan=False)
 
 
 class _HashingSink:
