@@ -224,10 +224,25 @@ async def test_bad_requests_fail_before_a_job_exists(
 
 async def test_a_shared_backend_is_left_open(data: Dataset) -> None:
     async with at.backends.ThreadBackend(workers=2) as backend:
-        async with at.TrainingService(backend=backend) as service:
+        async with at.TrainingService(backend=backend, lag_interval=0.001) as service:
             await (await service.start("a", _model(), data, **OPTIONS)).result()
             assert service.loop_lag().samples > 0
         assert backend.state == "open"
+
+
+async def test_the_loop_lag_heartbeat_keeps_its_interval() -> None:
+    """10 ms by default (a 1 ms heartbeat costs a thread backend's training about 5 %);
+    a service asked for a faster one beats faster."""
+    async with (
+        at.TrainingService(workers=1) as default,
+        at.TrainingService(workers=1, lag_interval=0.002) as fast,
+    ):
+        await asyncio.sleep(0.2)
+        slow_beats, fast_beats = default.loop_lag().beats, fast.loop_lag().beats
+    assert 5 <= slow_beats <= 21  # 20 due; a loaded machine delays, never adds, beats
+    assert fast_beats > slow_beats
+    with pytest.raises(at.ConfigError, match="interval"):
+        at.TrainingService(lag_interval=0.0)
 
 
 async def test_finished_jobs_beyond_keep_finished_are_forgotten(data: Dataset) -> None:
