@@ -62,6 +62,7 @@ class Sync:
         """One step on rows ``indices`` of data slot ``data_slot``: all shards in flight
         together, then one update."""
         tasks = shard_tasks(ctx, indices, step=ctx.updater.state.step, data_slot=data_slot)
+        turn_taken = False
         if ctx.backend.inline or ctx.partitions is not None:
             # Partitioned data: a task per shard, so each reads only its own partition
             # (and a cluster backend runs it where that partition is kept).
@@ -73,15 +74,13 @@ class Sync:
             results = await _run_placed(ctx, tasks)
             # Computed on the loop, the step has just given the loop its turn: its update
             # needs no second one in a row.
-            return await ctx.updater.apply(
-                results,
-                ctx.grads,
-                ctx.params,
-                advance_batch=not ctx.streaming,
-                turn_taken=ctx.placement.on_loop,
-            )
+            turn_taken = ctx.placement.on_loop
         return await ctx.updater.apply(
-            results, ctx.grads, ctx.params, advance_batch=not ctx.streaming
+            results,
+            ctx.grads,
+            ctx.params,
+            advance_batch=not ctx.streaming,
+            turn_taken=turn_taken,
         )
 
     def __repr__(self) -> str:
