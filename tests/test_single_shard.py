@@ -20,8 +20,8 @@ from _reliability import Recorder, state_bits
 
 import asynctrain as at
 from asynctrain._engine import _update as update_module
-from asynctrain._engine._update import all_finite
 from asynctrain.data import Dataset, synthetic
+from asynctrain.data._validate import all_finite
 from asynctrain.models import SoftmaxRegression
 
 BATCH, EPOCHS = 40, 2  # 5 steps an epoch on 200 samples
@@ -127,6 +127,9 @@ async def test_cancel_while_the_only_shard_computes_skips_its_update(
         [np.array([1 + 2j, np.nan])],
         [np.array([True, False])],
         [np.ones((3, 4), np.float32)[:, ::2]],  # not contiguous
+        [np.asfortranarray(np.ones((3, 4), np.float32))],  # column-major: read transposed
+        [np.asfortranarray(np.where(np.eye(3, 4) > 0, np.nan, 1.0))],
+        [np.asfortranarray(np.full((4, 3), 1e20, np.float32))],
     ],
 )
 def test_all_finite_agrees_with_an_elementwise_scan(arrays: list[np.ndarray[Any, Any]]) -> None:

@@ -19,7 +19,7 @@ import asyncio
 import math
 import operator
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
@@ -31,6 +31,7 @@ from asynctrain._exceptions import NonFiniteError
 from asynctrain._threads import ThreadPool
 from asynctrain._types import Grads, Params
 from asynctrain.backends import SharedArrays
+from asynctrain.data._validate import all_finite
 from asynctrain.optim import apply_updates, global_norm
 from asynctrain.optim._flat import buffers_in, flat_or_values, flat_zeros, freeze
 from asynctrain.optim._tree import leaves
@@ -315,25 +316,6 @@ class StateBackup:
         """Write the saved values back into the arrays they were copied from."""
         for copy, array in zip(self._copies, self._arrays, strict=True):
             np.copyto(array, copy)
-
-
-def all_finite(arrays: Iterable[npt.NDArray[Any]]) -> bool:
-    """Whether every element of every array is finite (int and bool arrays always are).
-
-    One read of each float array, with no temporary: the sum of squares (``vdot``) is
-    finite only if every element is. A sum that overflows although every element is
-    finite (values near 1e19 in float32) is settled by an exact element-wise check.
-
-    Example:
-        >>> all_finite([np.ones(3), np.array([1, 2])]), all_finite([np.array([0.0, np.inf])])
-        (True, False)
-    """
-    for array in arrays:
-        if array.dtype.kind not in "fc":
-            continue
-        if not math.isfinite(abs(np.vdot(array, array))) and not np.isfinite(array).all():
-            return False
-    return True
 
 
 def _first_nonfinite(loss: float, arrays: Grads, what: str, *, from_shards: bool) -> Problem | None:

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from asynctrain._engine._update import all_finite
 from asynctrain._exceptions import DataError, DataTypeError
 from asynctrain._inputs import ClassWeight, prepare
 from asynctrain._sparse import is_sparse
@@ -37,6 +36,7 @@ from asynctrain.data._frames import (
     match_feature_names,
 )
 from asynctrain.data._stream import BatchAssembler
+from asynctrain.data._validate import all_finite
 from asynctrain.models import Model
 
 Batch = tuple[Array, npt.NDArray[Any], Array | None]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import glob
 import importlib
 import importlib.util
-import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import DataError, DataTypeError
+from asynctrain.data._validate import all_finite
 
 CHUNK_BYTES = 8 * 2**20
 """About how many bytes of row data :meth:`ParquetFiles.read` converts at a time."""
@@ -435,7 +435,7 @@ def _check_finite(
     group (``names``: the features, the label, then the weight column, if any)."""
     n_features = X.shape[1]
     for values, first in ((X, 0), (y, n_features), (w, n_features + 1)):
-        if values is None or _all_finite(values):
+        if values is None or all_finite((values,)):
             continue
         finite = np.isfinite(values) if values.dtype.kind == "f" else None
         if finite is None or finite.all():
@@ -447,16 +447,6 @@ def _check_finite(
             f"row {offset + int(row)} of the row group; drop or impute rows with NaN/Inf "
             "before writing"
         )
-
-
-def _all_finite(values: npt.NDArray[Any]) -> bool:
-    """Whether every value is finite (integers always are), read once with no temporary:
-    the sum of squares is finite only if every value is; a sum that overflows (values
-    near 1e19 in float32) is settled value by value."""
-    if values.dtype.kind != "f":
-        return True
-    flat = values.T if values.flags.f_contiguous else values  # read in memory order
-    return math.isfinite(np.vdot(flat, flat)) or bool(np.isfinite(values).all())
 
 
 def _check_weights(w: npt.NDArray[Any], name: str | None, where: str, offset: int) -> None:

@@ -8,8 +8,9 @@ is never materialised whole.
 
 from __future__ import annotations
 
+import math
 import mmap
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 import numpy as np
@@ -145,6 +146,28 @@ def to_targets(y: npt.NDArray[Any]) -> npt.NDArray[Any]:
             "relabel the classes as 0 .. n_classes - 1"
         )
     return y.astype(np.int64, subok=False)
+
+
+def all_finite(arrays: Iterable[npt.NDArray[Any]]) -> bool:
+    """Whether every element of every array is finite (int and bool arrays always are).
+
+    One read of each float array, in its memory order, with no temporary: the sum of
+    squares (``vdot``) is finite only if every element is. A sum that overflows although
+    every element is finite (values near 1e19 in float32) is settled by an exact
+    element-wise check. A column-major array is read through its transpose (``vdot``
+    would copy it into row order first).
+
+    Example:
+        >>> all_finite([np.ones(3), np.array([1, 2])]), all_finite([np.array([0.0, np.inf])])
+        (True, False)
+    """
+    for array in arrays:
+        if array.dtype.kind not in "fc":
+            continue
+        flat = array.T if array.flags.f_contiguous else array
+        if not math.isfinite(abs(np.vdot(flat, flat))) and not np.isfinite(array).all():
+            return False
+    return True
 
 
 def check_finite(
