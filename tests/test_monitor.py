@@ -4,6 +4,7 @@ its reports, and thread workers running below the loop's priority."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -122,24 +123,92 @@ async def test_thread_workers_run_below_the_loops_priority() -> None:
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the loop's thread keeps its own
 
 
-async def test_the_epoch_permutation_is_drawn_off_the_loop(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import asynctrain._engine._epochs as trainer_module
+def _recorded_orders(
+    monkeypatch: pytest.MonkeyPatch, hold: dict[int, threading.Event] | None = None
+) -> tuple[dict[int, str], list[asyncio.Event]]:
+    """Record which thread draws each epoch's permutation, and when each starts (an
+    asyncio.Event per epoch, of the first four); a draw for an epoch in ``hold`` waits
+    until that threading.Event is set."""
+    import asynctrain._engine._epochs as epochs_module
 
-    threads: list[str] = []
-    original = trainer_module.epoch_order
+    threads: dict[int, str] = {}
+    began = [asyncio.Event() for _ in range(4)]
+    loop, original = asyncio.get_running_loop(), epochs_module.epoch_order
 
     def recording(n: int, *, seed: int, epoch: int) -> np.ndarray:
-        threads.append(threading.current_thread().name)
+        threads[epoch] = threading.current_thread().name
+        loop.call_soon_threadsafe(began[epoch].set)
+        if hold is not None and epoch in hold:
+            assert hold[epoch].wait(10), "the test never let the draw go on"
         return original(n, seed=seed, epoch=epoch)
 
-    monkeypatch.setattr(trainer_module, "epoch_order", recording)
+    monkeypatch.setattr(epochs_module, "epoch_order", recording)
+    return threads, began
+
+
+async def _until(event: asyncio.Event, seconds: float = 10.0) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+    return event.is_set()
+
+
+async def test_each_epoch_order_is_drawn_off_the_loop_while_the_epoch_before_trains(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Epoch 1's permutation starts being drawn during epoch 0 (its first step waits for
+    that), on a thread of its own: neither the loop nor the update thread waits for it."""
+    threads, began = _recorded_orders(monkeypatch)
+
+    class WaitsForTheNextOrder(at.Callback):
+        seen: bool | None = None
+
+        async def on_step(self, event: at.StepEvent) -> None:
+            if event.epoch == 0 and self.seen is None:
+                self.seen = await _until(began[1])
+
+    waits = WaitsForTheNextOrder()
     data = at.data.synthetic("softmax", n=1000)
     model = at.models.SoftmaxRegression(128, 10)
-    await at.fit(model, data, backend="thread", workers=2, epochs=2, batch_size=250)
-    assert len(threads) == 2
-    assert all(name.startswith("asynctrain-update") for name in threads)
+    result = await at.fit(
+        model, data, backend="thread", workers=2, epochs=3, batch_size=250, callbacks=[waits]
+    )
+    assert waits.seen is True
+    assert result.steps == 12
+    assert sorted(threads) == [0, 1, 2]
+    assert all(name.startswith("asynctrain-off-loop-epoch_rows") for name in threads.values())
+
+
+async def test_a_fit_cancelled_while_the_next_order_is_drawn_waits_for_that_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled with the next epoch's permutation half drawn, the fit ends only after the
+    drawing thread has (the leak check sees no thread left)."""
+    release = threading.Event()
+    _, began = _recorded_orders(monkeypatch, hold={1: release})
+    data = at.data.synthetic("softmax", n=1000)
+    model = at.models.SoftmaxRegression(128, 10)
+    fit = asyncio.create_task(
+        at.fit(model, data, backend="thread", workers=2, epochs=3, batch_size=250)
+    )
+    try:
+        assert await _until(began[1])
+        fit.cancel()
+        await asyncio.sleep(0.05)
+        assert not fit.done()  # still waiting for the drawing thread
+    finally:
+        release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await fit
+
+
+async def test_the_inline_backend_draws_each_order_on_the_loop_when_its_epoch_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads, _ = _recorded_orders(monkeypatch)
+    data = at.data.synthetic("softmax", n=1000)
+    model = at.models.SoftmaxRegression(128, 10)
+    await at.fit(model, data, backend="inline", epochs=2, batch_size=250)
+    assert threads == {0: "MainThread", 1: "MainThread"}
 
 
 @pytest.mark.parametrize("method", ["fit", "fit_stream"])
