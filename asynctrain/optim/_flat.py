@@ -134,10 +134,23 @@ def flat_zeros(like: Mapping[str, Any], value: float = 0.0) -> dict[str, npt.NDA
     return arrays
 
 
+BLOCK_BYTES = 128 << 10
+"""Bytes of each array that an element-wise pass (:func:`buffers`) works on at a time.
+Adam makes a dozen passes over the gradient and its two moments; over a whole buffer of
+millions of parameters every pass reads and writes memory, while over blocks this size
+the three arrays' blocks stay in the core's L2 cache for all twelve. Each element gets the
+same operations either way, so the bits are the same. Adam on 6,300,000 float32
+parameters (one thread, median of 29 steps): 20.0 ms over the whole buffer, 14.1 ms in
+blocks of 128 KiB (14.1 at 256 KiB, 15.4 at 64 KiB, 18.0 at 32 KiB: there the numpy calls
+cost more than the cache saves)."""
+
+
 def buffers(*dicts: Mapping[str, npt.NDArray[Any]]) -> list[tuple[npt.NDArray[Any], ...]]:
-    """The arrays to work on, matched across ``dicts`` (which have the same keys): one
-    tuple of whole buffers when every dict is a :class:`FlatArrays` of one layout, else a
-    tuple per key (in the first dict's order).
+    """The arrays to work on element by element, matched across ``dicts`` (which have
+    the same keys and shapes): tuples of whole buffers when every dict is a
+    :class:`FlatArrays` of one layout, else of each key's arrays (in the first dict's
+    order); an array larger than :data:`BLOCK_BYTES` comes in consecutive blocks, one
+    tuple each (views: writes to them are writes to the arrays).
 
     Example:
         >>> like = {"w": np.ones(2), "b": np.ones(1)}
@@ -146,6 +159,9 @@ def buffers(*dicts: Mapping[str, npt.NDArray[Any]]) -> list[tuple[npt.NDArray[An
         [3]
         >>> [len(t[0]) for t in buffers(a, dict(b))]
         [2, 1]
+        >>> big = flat_zeros({"w": np.ones(100_000, np.float32)})
+        >>> [len(t[0]) for t in buffers(big, big)]
+        [32768, 32768, 32768, 1696]
     """
     first = dicts[0]
     if type(first) is FlatArrays and first.flat is not None:
@@ -160,8 +176,22 @@ def buffers(*dicts: Mapping[str, npt.NDArray[Any]]) -> list[tuple[npt.NDArray[An
                 break
             flats.append(other.flat)
         else:
-            return [tuple(flats)]
-    return [tuple([d[key] for d in dicts]) for key in first]  # sized: no tuple resize
+            return _blocks(tuple(flats))
+    found: list[tuple[npt.NDArray[Any], ...]] = []
+    for key in first:
+        found += _blocks(tuple([d[key] for d in dicts]))  # sized: no tuple resize
+    return found
+
+
+def _blocks(arrays: tuple[npt.NDArray[Any], ...]) -> list[tuple[npt.NDArray[Any], ...]]:
+    """``arrays`` (of one shape) as consecutive blocks of at most :data:`BLOCK_BYTES` of
+    the widest dtype, or whole when that is one block or one is not C-contiguous."""
+    size = arrays[0].size
+    step = BLOCK_BYTES // max(a.itemsize for a in arrays)
+    if size <= step or not all(a.flags.c_contiguous for a in arrays):
+        return [arrays]
+    rows = [a.reshape(-1) for a in arrays]  # views: C-contiguous
+    return [tuple([r[start : start + step] for r in rows]) for start in range(0, size, step)]
 
 
 def flat_or_values(arrays: Mapping[str, npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
