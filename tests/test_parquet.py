@@ -17,6 +17,8 @@ import pytest
 import asynctrain as at
 from asynctrain._streaming._sources import READ_AHEAD, ReadAhead
 from asynctrain.data import read_parquet
+from asynctrain.data._parquet import holdout_mask
+from asynctrain.data._shared import is_shared
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -294,6 +296,47 @@ def test_memory_is_bounded_by_the_buffer_not_the_file(tmp_path: Path) -> None:
     assert rows == n
     assert numpy_peak < file_bytes / 4, numpy_peak
     assert pool.max_memory() < file_bytes / 4, pool.max_memory()
+
+
+@pytest.mark.parametrize("how", ["load", "to_dataset", "holdout"])
+def test_a_dataset_read_whole_holds_its_rows_once(tmp_path: Path, how: str) -> None:
+    """``load`` and ``to_dataset`` write each row group's rows straight into arrays made
+    once (in shared memory): no private copy of the rows, no chunks concatenated."""
+    n, d = 200_000, 16  # 12.8 MB of float32 features
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    y, w = rng.integers(0, 3, n), rng.random(n).astype(np.float32)
+    path = _weighted(tmp_path / "big.parquet", X, y, w, row_group_size=5_000)
+    stream = read_parquet(path, label="y", weight="w", batch_size=256, holdout=0.1)
+    tracemalloc.start()
+    try:
+        if how == "load":
+            data = at.data.load(path, label="y", weight="w")
+        else:
+            data = (stream.holdout() if how == "holdout" else stream).to_dataset()
+        numpy_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    rows = np.arange(n)
+    if how != "load":
+        held = holdout_mask(rows.astype(np.uint64), 0.1)
+        rows = rows[held if how == "holdout" else ~held]
+    assert np.array_equal(data.X, X[rows])
+    assert np.array_equal(data.y, y[rows])
+    assert np.array_equal(data.sample_weight, w[rows])
+    private = 0 if is_shared(data.X) else data.X.nbytes  # /dev/shm full: X is private
+    assert numpy_peak - private < X.nbytes / 4, numpy_peak
+
+
+def test_a_file_that_changes_while_read_whole_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    X, y = _data(n=300)
+    stream = read_parquet(_write(tmp_path / "one.parquet", X, y), label="y", batch_size=BATCH)
+    for counted in (299, 301):  # the footers' count and the rows read disagree either way
+        monkeypatch.setattr(type(stream), "_subset_rows", lambda self, files, c=counted: c)
+        with pytest.raises(at.DataError, match="changed while it was read"):
+            stream.to_dataset()
 
 
 # -- bad input ---------------------------------------------------------------------------

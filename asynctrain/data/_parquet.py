@@ -24,6 +24,7 @@ import numpy.typing as npt
 from asynctrain._checks import check_choice, check_int
 from asynctrain._exceptions import ConfigError, ConfigTypeError, DataError
 from asynctrain._types import DEFAULT_DTYPE
+from asynctrain.data import _shared
 from asynctrain.data import _validate as v
 from asynctrain.data._dataset import Dataset
 from asynctrain.data._parquet_files import ParquetFiles, check_pyarrow
@@ -251,6 +252,10 @@ holdout=0.1 subset='holdout'>
         """Read every row of this stream's subset once, in file order, into a Dataset
         (e.g. the held-out rows, as ``validation`` for ``fit_stream``).
 
+        The rows are held once: their number is known from the footers (and, with a
+        holdout, from the hash of their indices), so each row group's rows are written
+        straight into arrays made for all of them, in shared memory when they are large.
+
         This reads files: in async code run it off the event loop, e.g.
         ``await asyncio.to_thread(stream.holdout().to_dataset)``.
 
@@ -260,7 +265,9 @@ holdout=0.1 subset='holdout'>
             as its ``feature_names``.
 
         Raises:
-            DataError, DataTypeError: as iterating; DataError when no row is selected.
+            DataError, DataTypeError: as iterating; DataError when no row is selected, or
+                when the files hold other rows than their footers counted (a file
+                changed while it was read).
 
         Example:
             >>> import pathlib, tempfile
@@ -272,19 +279,48 @@ holdout=0.1 subset='holdout'>
             >>> len(held) + len(kept), np.intersect1d(held.X, kept.X).size
             (1000, 0)
         """
-        parts = list(self._with(shuffle=False, shuffle_buffer=None, epochs=1, batch_size=2**16))
-        if not parts:
-            which = f"rows of the {self.subset!r} subset" if self.holdout_fraction else "rows"
-            raise DataError(f"'{os.fspath(self.path)}' holds no {which}; a Dataset needs one")
-        X = np.concatenate([part[0] for part in parts])
-        y = np.concatenate([part[1] for part in parts])
-        w = None if self.weight is None else np.concatenate([part[2] for part in parts])
-        if self.features is None:
-            with self._files() as files:
-                names = files.features
-        else:
-            names = self.features
-        return Dataset(X, y, sample_weight=w, dtype=self.dtype, feature_names=names)
+        with self._files() as files:
+            rows = self._subset_rows(files)
+            if not rows:
+                which = f"rows of the {self.subset!r} subset" if self.holdout_fraction else "rows"
+                raise DataError(f"'{os.fspath(self.path)}' holds no {which}; a Dataset needs one")
+            # Each chunk goes straight to its place in arrays made once for every row (in
+            # shared memory when they are large): the rows are held once, not as chunks
+            # plus their concatenation.
+            arrays: list[npt.NDArray[Any]] = []
+            start = 0
+            for chunk in self._chunks(files, range(len(files.pieces))):
+                parts = [part for part in chunk if part is not None]  # X, y and w if any
+                if not arrays:
+                    arrays = [_shared.empty((rows, *p.shape[1:]), p.dtype) for p in parts]
+                stop = start + len(parts[0])
+                if stop > rows:
+                    break
+                for whole, part in zip(arrays, parts, strict=True):
+                    whole[start:stop] = part
+                start = stop
+            if start != rows:
+                raise DataError(
+                    f"'{os.fspath(self.path)}' changed while it was read: its footers count "
+                    f"{rows} rows{' of the subset' * (self.holdout_fraction > 0)}, its row "
+                    "groups held others; read it again"
+                )
+            names = files.features if self.features is None else self.features
+        X, y, *w = arrays
+        weights = w[0] if w else None
+        return Dataset(X, y, sample_weight=weights, dtype=self.dtype, feature_names=names)
+
+    def _subset_rows(self, files: ParquetFiles) -> int:
+        """How many rows of ``files`` this stream's subset holds (footers only: the
+        held-out rows are a function of their index)."""
+        total = sum(piece.rows for piece in files.pieces)
+        if not self.holdout_fraction:
+            return total
+        held = 0
+        for first in range(0, total, _COUNT_BLOCK):
+            index = np.arange(first, min(first + _COUNT_BLOCK, total), dtype=np.uint64)
+            held += int(np.count_nonzero(holdout_mask(index, self.holdout_fraction)))
+        return held if self.subset == "holdout" else total - held
 
     def _files(self) -> ParquetFiles:
         """The stream's files, found and checked (footers only)."""
@@ -318,6 +354,8 @@ holdout=0.1 subset='holdout'>
         held = holdout_mask(np.arange(first, first + rows, dtype=np.uint64), self.holdout_fraction)
         return held if self.subset == "holdout" else ~held
 
+
+_COUNT_BLOCK = 1 << 16  # row indices hashed at a time to count a subset's rows (a few MB)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
