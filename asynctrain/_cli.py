@@ -152,8 +152,9 @@ def _add_training_options(parser: argparse.ArgumentParser, *, epochs: int, lr: f
     parser.add_argument(
         "--shuffle",
         default="global",
-        choices=["global", "shard"],
-        help="shard: each shard keeps its own partition of the rows (see docs/scaling-out.md)",
+        choices=["global", "shard", "none"],
+        help="shard: each shard keeps its own partition of the rows (see "
+        "docs/scaling-out.md); none: the rows in file order, every epoch",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

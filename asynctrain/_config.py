@@ -8,9 +8,10 @@ from asynctrain._checks import check_choice, check_int
 from asynctrain._exceptions import ConfigError
 
 NONFINITE_POLICIES = ("raise", "skip")
-SHUFFLES = ("global", "shard")
-"""How an epoch orders the rows: one permutation of all of them, or each shard's fixed
-partition shuffled on its own (see :mod:`asynctrain.data._partition`)."""
+SHUFFLES = ("global", "shard", "none")
+"""How an epoch orders the rows: one permutation of all of them, each shard's fixed
+partition shuffled on its own (see :mod:`asynctrain.data._partition`), or the rows in
+the order given, every epoch."""
 MODE_OPTIONS: dict[str, tuple[str, ...]] = {
     "sync": (),
     "local": ("local_steps",),
@@ -45,7 +46,9 @@ class TrainConfig:
         shuffle: ``"global"`` (every epoch one permutation of all rows, cut into batches
             and shards) or ``"shard"`` (rows dealt once into one partition per shard,
             each shuffled on its own every epoch: shard ``s`` only ever reads partition
-            ``s``, which lets a cluster backend keep it on one worker).
+            ``s``, which lets a cluster backend keep it on one worker) or ``"none"``
+            (every epoch takes the rows in the order given: data ordered on purpose, a
+            curriculum, or scikit-learn's ``shuffle=False``).
 
     Raises:
         ConfigError: a value out of range, e.g. ``shards > batch_size``.

@@ -79,10 +79,11 @@ class Trainer:
         batch_size: samples per step.
         seed: seeds initialisation and shuffling.
         nonfinite: ``"raise"`` or ``"skip"`` (see :class:`~asynctrain.TrainConfig`).
-        shuffle: ``"global"`` (default: each epoch shuffles all rows) or ``"shard"``
+        shuffle: ``"global"`` (default: each epoch shuffles all rows), ``"shard"``
             (each shard shuffles its own fixed partition of the rows every epoch, so a
-            Dask worker holds only its shards' partitions); see
-            :class:`~asynctrain.TrainConfig`. Bit-identical on every backend either way.
+            Dask worker holds only its shards' partitions) or ``"none"`` (the rows in
+            the order given, every epoch); see :class:`~asynctrain.TrainConfig`.
+            Bit-identical on every backend whichever is chosen.
         mode: a mode name, ``"sync"`` (default), ``"local"``, ``"ssp"`` or ``"async"``,
             or a mode object (:mod:`asynctrain.modes`: ``Local(steps=8)``,
             ``SSP(staleness=2)``); see docs/modes.md for what each waits for.

@@ -308,13 +308,16 @@ def test_predict_from_a_checkpoint_the_library_wrote(softmax_file: Path, tmp_pat
     np.testing.assert_array_equal(np.load(pred), trainer.predict(data.X))
 
 
-def test_shuffle_shard_trains_as_the_library_does(softmax_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shuffle", ["shard", "none"])
+def test_shuffle_trains_as_the_library_does(
+    softmax_file: Path, tmp_path: Path, shuffle: str
+) -> None:
     out = tmp_path / "m.npz"
     argv = ["train", str(softmax_file), "--model", "softmax", "--epochs", "2", "--no-progress"]
-    assert main([*argv, "--no-validation", "--shuffle", "shard", "--out", str(out)]) == 0
+    assert main([*argv, "--no-validation", "--shuffle", shuffle, "--out", str(out)]) == 0
     data = load(softmax_file)
     model = at.models.SoftmaxRegression(data.n_features, 10)
-    trainer = at.Trainer(model, at.optim.adam(0.01), backend="thread", seed=0, shuffle="shard")
+    trainer = at.Trainer(model, at.optim.adam(0.01), backend="thread", seed=0, shuffle=shuffle)
     result = at.run(trainer.fit(data, epochs=2))
     global_ = at.Trainer(model, at.optim.adam(0.01), backend="thread", seed=0)
     other = at.run(global_.fit(data, epochs=2))

@@ -1,5 +1,6 @@
-"""Shard-local sampling (``Trainer(shuffle="shard")``): the order's properties against a
-plain-Python oracle, and bit-identical parameters on every backend and worker count."""
+"""Shard-local sampling (``Trainer(shuffle="shard")``) and no shuffling
+(``shuffle="none"``): the orders' properties against plain-Python oracles, and
+bit-identical parameters on every backend and worker count."""
 
 from __future__ import annotations
 
@@ -57,7 +58,13 @@ def test_each_shard_reads_its_own_partition_once_an_epoch(
 
 
 async def _fit(
-    backend: Any, data: Dataset, *, mode: str = "sync", shuffle: str = "shard", workers: int = 2
+    backend: Any,
+    data: Dataset,
+    *,
+    mode: str = "sync",
+    shuffle: str = "shard",
+    workers: int = 2,
+    epochs: int = 2,
 ) -> at.FitResult:
     trainer = at.Trainer(
         SoftmaxRegression(128, 10),
@@ -72,7 +79,7 @@ async def _fit(
         local_steps=3 if mode == "local" else None,
     )
     async with trainer:
-        return await trainer.fit(data, epochs=2)
+        return await trainer.fit(data, epochs=epochs)
 
 
 def _bits(params: dict[str, np.ndarray]) -> dict[str, bytes]:
@@ -137,6 +144,33 @@ class Recorder:
         return out
 
 
+async def test_without_shuffling_every_epoch_reads_the_rows_in_the_order_given(
+    data: Dataset,
+) -> None:
+    rows = Dataset(data.X, np.arange(len(data), dtype=np.float64))
+    seen = Recorder()
+    trainer = at.Trainer(seen, backend="inline", batch_size=100, shards=4, seed=3, shuffle="none")
+    async with trainer:
+        await trainer.fit(rows, epochs=2)
+    assert seen.rows == 2 * list(range(len(data)))
+
+
+async def test_without_shuffling_a_fit_equals_a_shuffled_one_on_rows_put_in_its_order(
+    data: Dataset, backend_name: str
+) -> None:
+    """The oracle: one epoch of the global shuffle reads the rows in ``epoch_order``'s
+    order; put in that order first, the same rows train to the same bits unshuffled, on
+    every backend and worker count."""
+    if backend_name == "dask":
+        pytest.skip("tests/test_dask.py covers Dask's epoch orders")
+    shuffled = await _fit("inline", data, shuffle="global", epochs=1)
+    order = at.data.epoch_order(len(data), seed=3, epoch=0)
+    ordered = Dataset(data.X[order], data.y[order])
+    for workers in (1, 2):
+        result = await _fit(backend_name, ordered, shuffle="none", workers=workers, epochs=1)
+        assert _bits(result.params) == _bits(shuffled.params), f"{backend_name}({workers})"
+
+
 async def test_shard_shuffle_trains_another_order_than_the_global_one(data: Dataset) -> None:
     shard = await _fit("inline", data)
     whole = await _fit("inline", data, shuffle="global")
@@ -157,17 +191,25 @@ async def test_a_stream_refuses_shard_shuffle(data: Dataset) -> None:
     async with trainer:
         with pytest.raises(at.ConfigError, match="stream"):
             await trainer.fit_stream(batches)
+    # a stream's rows come in the order they arrive: unshuffled is what it does anyway
+    results = []
+    for shuffle in ("global", "none"):
+        unshuffled = at.Trainer(SoftmaxRegression(128, 10), backend="inline", shuffle=shuffle)
+        async with unshuffled:
+            results.append(await unshuffled.fit_stream(batches))
+    assert _bits(results[0].params) == _bits(results[1].params)
 
 
+@pytest.mark.parametrize("shuffle", ["shard", "none"])
 async def test_a_checkpoint_keeps_the_setting_and_a_resume_needs_it(
-    data: Dataset, tmp_path: Path
+    data: Dataset, tmp_path: Path, shuffle: str
 ) -> None:
     model = SoftmaxRegression(128, 10)
-    trainer = at.Trainer(model, backend="inline", batch_size=100, seed=3, shuffle="shard")
+    trainer = at.Trainer(model, backend="inline", batch_size=100, seed=3, shuffle=shuffle)
     async with trainer:
         await trainer.fit(data, epochs=1, checkpoint_dir=tmp_path)
     restored = await at.Trainer.restore(tmp_path, model, backend="inline")
-    assert restored.config.shuffle == "shard"
+    assert restored.config.shuffle == shuffle
     other = at.Trainer(model, backend="inline", batch_size=100, seed=3)
     with pytest.raises(at.CheckpointError, match="shuffle"):
         await other.load(tmp_path)

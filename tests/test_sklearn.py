@@ -179,6 +179,24 @@ def test_every_backend_gives_the_same_bits(backend: str) -> None:
     assert same_params(*models)
 
 
+@pytest.mark.parametrize("kind", ["AsyncLogisticRegression", "AsyncMLPClassifier"])
+def test_shuffle_false_trains_the_rows_in_the_order_given(kind: str) -> None:
+    """The oracle: a shuffled epoch reads the rows in ``epoch_order``'s order (the seed is
+    ``random_state``); put in that order first, they train to the same bits unshuffled.
+    Unshuffled, every epoch and every ``partial_fit`` reads them in the order given."""
+    X, y = blobs()
+    estimator = getattr(ask, kind)
+    settings = {"random_state": 4, "backend": "inline", "batch_size": 32}
+    order = at.data.epoch_order(len(y), seed=4, epoch=0)
+    shuffled = estimator(max_iter=1, **settings).fit(X, y)
+    ordered = estimator(max_iter=1, shuffle=False, **settings).fit(X[order], y[order])
+    assert same_params(shuffled, ordered)
+    assert not same_params(shuffled, estimator(max_iter=1, **settings).fit(X[order], y[order]))
+    twice = estimator(max_iter=2, shuffle=False, n_iter_no_change=5, **settings).fit(X, y)
+    again = estimator(max_iter=1, shuffle=False, **settings).fit(X, y).partial_fit(X, y)
+    assert same_params(twice, again)
+
+
 def test_interrupting_a_blocking_fit_cancels_it() -> None:
     # A sync fit called from a running loop waits on a helper thread; Ctrl-C while it waits
     # cancels the training, and nothing is left running.
@@ -343,6 +361,7 @@ def test_convergence_is_reported_like_scikit_learn() -> None:
         ({"hidden_layer_sizes": "64"}, TypeError, "hidden_layer_sizes must be a tuple"),
         ({"activation": "sigmoid"}, ValueError, "activation must be one of"),
         ({"dtype": np.int32}, ValueError, "dtype must be float32 or float64"),
+        ({"shuffle": "yes"}, ValueError, "shuffle must be True or False"),
     ],
 )
 def test_bad_hyper_parameters_fail_before_training(

@@ -194,7 +194,10 @@ class EpochOrders:
 
 def epoch_rows(n: int, config: TrainConfig, epoch: int) -> npt.NDArray[np.int64]:
     """The order of an epoch of ``n`` rows as ``config.shuffle`` draws it (rows, or with
-    ``"shard"`` positions in the partitions: see :mod:`asynctrain.data._partition`)."""
+    ``"shard"`` positions in the partitions: see :mod:`asynctrain.data._partition`;
+    ``"none"``: the rows in the order given)."""
+    if config.shuffle == "none":
+        return np.arange(n, dtype=np.int64)
     if config.shuffle == "shard":
         return shard_epoch_order(
             n, batch_size=config.batch_size, shards=config.shards, seed=config.seed, epoch=epoch

@@ -112,9 +112,10 @@ async def stream_events(
 
     Raises:
         ConfigError: the trainer has ``shuffle="shard"``, which partitions a dataset it
-            holds whole (a stream's rows come once, in the order they arrive).
+            holds whole (a stream's rows come once, in the order they arrive, as with
+            ``"global"`` or ``"none"``).
     """
-    if parts.config.shuffle != "global":
+    if parts.config.shuffle == "shard":
         raise ConfigError(
             f"shuffle={parts.config.shuffle!r} partitions an in-memory dataset between the "
             "shards; a stream is read in the order it arrives: use the default "

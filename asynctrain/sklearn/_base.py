@@ -186,6 +186,7 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
             seed=seed,
             epochs=1 if partial else check_int("max_iter", self.max_iter),
             mode=self.mode,
+            shuffle=self._shuffle(),
             patience=None if partial else check_int("n_iter_no_change", self.n_iter_no_change),
             monitor=_monitor(validation is not None, is_classifier(self)),
             tol=check_float("tol", self.tol),
@@ -254,6 +255,12 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
             ) from exc
         w_tr, w_val = (None, None) if weights is None else (parts[4], parts[5])
         return (parts[0], parts[2], w_tr), (parts[1], parts[3], w_val)
+
+    def _shuffle(self) -> str:
+        """The trainer's ``shuffle`` for the ``shuffle`` hyper-parameter."""
+        if not isinstance(self.shuffle, bool | np.bool_):
+            raise ValueError(f"shuffle must be True or False, got {self.shuffle!r}")
+        return "global" if self.shuffle else "none"
 
     def _batch_size(self, n: int) -> int:
         if isinstance(self.batch_size, str) and self.batch_size == "auto":

@@ -81,6 +81,11 @@ class TrainingParams:
     validation_fraction: float = param(
         default=0.1, doc="share of the data held out by ``early_stopping``."
     )
+    shuffle: bool = param(
+        default=True,
+        doc="shuffle the rows every epoch (and each ``partial_fit`` batch); ``False`` takes "
+        "them in the order given every time, as scikit-learn's ``shuffle=False``.",
+    )
     random_state: Any = param(
         default=None,
         doc="seed of initialisation, shuffling and the validation split (an int gives the "

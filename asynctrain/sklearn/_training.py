@@ -27,6 +27,8 @@ class Job:
             stops early (``partial_fit``'s single epoch).
         monitor: what ``patience`` watches: ``"loss"`` (training), or with validation data
             ``"val_accuracy"`` (classifiers) or ``"val_loss"``.
+        shuffle: the trainer's ``shuffle``: ``"global"``, or ``"none"`` for the
+            estimator's ``shuffle=False``.
         attrs: fitted attributes found while validating (``n_features_in_``, ``classes_``).
     """
 
@@ -40,6 +42,7 @@ class Job:
     seed: int
     epochs: int
     mode: str
+    shuffle: str
     patience: int | None
     monitor: str
     tol: float
@@ -67,6 +70,7 @@ async def train(job: Job) -> Trained:
         batch_size=job.batch_size,
         seed=job.seed,
         mode=job.mode,
+        shuffle=job.shuffle,
     )
     stopper = None
     if job.patience is not None:
