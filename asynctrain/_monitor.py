@@ -19,6 +19,14 @@ from typing import NamedTuple, Self
 from asynctrain._checks import check_float, check_int
 from asynctrain._exceptions import StateError
 
+TRAINING_INTERVAL = 0.01
+"""Seconds between the heartbeats of a monitor that watches a loop while it trains
+(``fit(monitor_lag=True)``, a :class:`~asynctrain.TrainingService`'s own monitor). Each
+heartbeat takes the GIL from a thread backend's workers. Measured, the reference MLP on
+the thread backend with 2 workers, epochs of a fit with a 1 ms and a 10 ms heartbeat over
+epochs without, 7 interleaved repeats: 0.906 and 0.995; the service's training, 4 paired
+runs twice: 0.938 / 0.926 with 1 ms, 0.977 / 0.971 with 10 ms."""
+
 
 class LagStats(NamedTuple):
     """Loop lag over the monitor's window, in milliseconds (NaN before the first beat).

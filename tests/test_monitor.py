@@ -17,7 +17,7 @@ import pytest
 
 import asynctrain as at
 from asynctrain._cli import main
-from asynctrain._monitor import _nearest_rank
+from asynctrain._monitor import TRAINING_INTERVAL, _nearest_rank
 from asynctrain._threads import ThreadPool
 from asynctrain.backends._priority import NICENESS, batch_policy
 
@@ -82,11 +82,21 @@ def test_nearest_rank_matches_numpy(q: float) -> None:
 
 
 async def test_fit_reports_loop_lag_when_asked() -> None:
+    intervals: set[float] = set()
+
+    class Slow(at.Callback):  # every epoch lasts several of the monitor's 10 ms heartbeats
+        async def on_step(self, event: at.StepEvent) -> None:
+            assert trainer.lag is not None
+            intervals.add(trainer.lag.interval)
+            await asyncio.sleep(0.005)
+
     data = at.data.synthetic("softmax", n=2000)
     model = at.models.SoftmaxRegression(128, 10)
     async with at.Trainer(model, backend="thread", workers=2, batch_size=256) as trainer:
-        plain = await trainer.fit(data)
-        watched = await trainer.fit(data, monitor_lag=True)
+        plain = await trainer.fit(data, epochs=2)
+        watched = await trainer.fit(data, epochs=2, monitor_lag=True, callbacks=[Slow()])
+    assert intervals == {TRAINING_INTERVAL}  # not 1 ms: that cost a thread backend ~9 %
+    assert watched.extra["loop_lag_p50_ms"] >= 0.0
     assert plain.extra == {}
     assert set(watched.extra) == {"loop_lag_p50_ms", "loop_lag_p99_ms", "loop_lag_max_ms"}
     assert watched.extra["loop_lag_p99_ms"] <= watched.extra["loop_lag_max_ms"]

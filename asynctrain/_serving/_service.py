@@ -19,7 +19,7 @@ from asynctrain._checks import check_int
 from asynctrain._events import Callback
 from asynctrain._exceptions import ConfigError, ConfigTypeError, StateError
 from asynctrain._inputs import ClassWeight, DataLike, prepare
-from asynctrain._monitor import LagStats, LoopLagMonitor
+from asynctrain._monitor import TRAINING_INTERVAL, LagStats, LoopLagMonitor
 from asynctrain._offloop import off_loop
 from asynctrain._serving._job import FINISHED, Job
 from asynctrain._serving._metrics import (
@@ -35,12 +35,6 @@ from asynctrain.models import Model
 from asynctrain.optim import GradientTransformation
 
 _NOT_PER_JOB = ("backend", "workers")
-
-LAG_INTERVAL = 0.01
-"""Seconds between the heartbeats of a service's loop-lag monitor by default. Measured on
-the service benchmark's training (the reference MLP on the thread backend, 2 workers,
-no HTTP traffic), over a bare Trainer, 4 paired runs twice: 0.938 / 0.926 with a 1 ms
-heartbeat, 0.977 / 0.971 with 10 ms."""
 
 
 class TrainingService:
@@ -90,7 +84,7 @@ class TrainingService:
         history: int = 1024,
         buffer: int = 256,
         keep_finished: int = 100,
-        lag_interval: float = LAG_INTERVAL,
+        lag_interval: float = TRAINING_INTERVAL,
     ) -> None:
         self._backend, self._owns_backend = get_backend(backend, workers=workers)
         self.max_running = check_int("max_running", max_running)
