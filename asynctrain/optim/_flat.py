@@ -184,10 +184,11 @@ def buffers(*dicts: Mapping[str, npt.NDArray[Any]]) -> list[tuple[npt.NDArray[An
 
 
 def _blocks(arrays: tuple[npt.NDArray[Any], ...]) -> list[tuple[npt.NDArray[Any], ...]]:
-    """``arrays`` (of one shape) as consecutive blocks of at most :data:`BLOCK_BYTES` of
-    the widest dtype, or whole when that is one block or one is not C-contiguous."""
-    size = arrays[0].size
-    step = BLOCK_BYTES // max(a.itemsize for a in arrays)
+    """``arrays`` (of one shape) as consecutive blocks of :data:`BLOCK_BYTES` of the
+    first one, or whole when that is one block or one is not C-contiguous (asked once a
+    pass for every model: a small one pays one comparison)."""
+    first = arrays[0]
+    size, step = first.size, BLOCK_BYTES // first.itemsize
     if size <= step or not all(a.flags.c_contiguous for a in arrays):
         return [arrays]
     rows = [a.reshape(-1) for a in arrays]  # views: C-contiguous
