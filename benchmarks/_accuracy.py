@@ -2,7 +2,9 @@
 
 Every system trains on the same training set (``synthetic(problem, seed=0)``) until its
 accuracy on the same test split (``seed=1``) reaches the problem's target; the rules are
-in :mod:`benchmarks._race`. Peers that are not installed are skipped with a note.
+in :mod:`benchmarks._race`. Peers that are not installed are skipped with a note. Every
+race starts once no thread of the last one is still busy
+(:func:`~benchmarks._machine.quiesce`: a peer's BLAS threads spin for 110 ms after it).
 The headline figure per problem is asynctrain's time over the best peer's.
 
 Run alone: ``python -m benchmarks._accuracy [--quick]``.
@@ -20,6 +22,7 @@ from asynctrain import Trainer, optim
 from asynctrain.data import Dataset, steps_per_epoch
 from benchmarks._command import run_alone
 from benchmarks._figure import Figure, ratio_figure, skipped_figure
+from benchmarks._machine import quiesce
 from benchmarks._peers import PEER_SETTINGS, PeerMissing, PeerSetting, peers_for
 from benchmarks._race import CHECKS_PER_EPOCH, Outcome, Stopwatch
 from benchmarks._scale import command, dataset, level, samples
@@ -119,10 +122,12 @@ async def _problem(problem: str, quick: bool) -> list[Figure]:
     theirs: dict[str, list[Outcome]] = {}
     missing: dict[str, str] = {}
     for _ in range(ROUNDS[size]):
+        await quiesce()
         ours.append(await race_asynctrain(problem, train, test, target, budget))
         for name, peer in peers_for(problem).items():
             if name in missing or not _again(theirs.get(name, []), budget):
                 continue
+            await quiesce()
             try:
                 outcome = peer(problem, train, test, target, budget)
             except PeerMissing as exc:

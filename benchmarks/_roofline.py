@@ -9,9 +9,10 @@ product on all cores). Each epoch is paired with a limit measured just before it
 the load of a shared machine drifts. The rate's product uses every core's BLAS thread,
 and OpenBLAS keeps its extra threads spinning for work for a while after a call: an
 epoch started at once shared its cores with them (epochs 0.29-0.39 s against 0.26-0.29 s
-after a pause, interleaved, quiet machine), so each epoch starts :data:`SETTLE_S` after
-its limit. Epochs run the throughput setting :data:`THROUGHPUT` (large batches keep BLAS
-busy; the time-to-accuracy race tunes batches for accuracy per second instead).
+after a pause, interleaved, quiet machine), so each epoch starts once they have gone
+to sleep (:func:`~benchmarks._machine.quiesce`). Epochs run the throughput setting
+:data:`THROUGHPUT` (large batches keep BLAS busy; the time-to-accuracy race tunes batches
+for accuracy per second instead).
 
 Run alone: ``python -m benchmarks._roofline [--quick]``.
 """
@@ -33,6 +34,7 @@ from asynctrain.backends import default_workers, get_backend
 from asynctrain.data import PROBLEMS, Dataset
 from benchmarks._command import run_alone
 from benchmarks._figure import Figure, ratio_figure
+from benchmarks._machine import quiesce
 from benchmarks._scale import command, dataset, level, repeats, samples
 from benchmarks._workloads import MLP_HIDDEN, PROBLEM_NAMES, head, timed_epochs
 
@@ -52,9 +54,6 @@ class Setting(NamedTuple):
 THROUGHPUT = Setting(batch_size=4096, shards=2, learning_rate=1e-3, workers=2, backend="thread")
 _BANDWIDTH_MB = {"full": 256, "quick": 128, "smoke": 16}
 _MATMUL_N = {"full": 2048, "quick": 1536, "smoke": 256}
-SETTLE_S = 0.3
-"""Seconds between the matmul-rate probe and the epoch: the probe's spinning BLAS threads
-go to sleep meanwhile."""
 
 
 def _best_of(fn: Callable[[], object], times: int = 5) -> float:
@@ -112,7 +111,7 @@ async def _limit(problem: str, data: Dataset, probe: npt.NDArray[np.float32]) ->
     """The epoch's minimum time, from a rate measured now (the machine's load drifts)."""
     if problem == "mlp":
         rate = matmul_rate(probe)
-        await asyncio.sleep(SETTLE_S)
+        await quiesce()  # the probe's BLAS threads spin on after it
         return _Limit(mlp_flops(len(data)) / rate, rate)
     rate = await read_bandwidth(probe)
     return _Limit((data.X.nbytes + data.y.nbytes) / rate, rate)
