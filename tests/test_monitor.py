@@ -165,15 +165,22 @@ async def _until(event: asyncio.Event, seconds: float = 10.0) -> bool:
 async def test_each_epoch_order_is_drawn_off_the_loop_while_the_epoch_before_trains(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Epoch 1's permutation starts being drawn during epoch 0 (its first step waits for
-    that), on a thread of its own: neither the loop nor the update thread waits for it."""
+    """Epoch 1's permutation starts being drawn once half of epoch 0 is trained, not
+    before (a fit stopped early draws none for nothing), and before epoch 0 ends (its last
+    step waits for that), on a thread of its own: neither the loop nor the update thread
+    waits for it."""
     threads, began = _recorded_orders(monkeypatch)
 
     class WaitsForTheNextOrder(at.Callback):
+        steps = 0
+        early: bool | None = None
         seen: bool | None = None
 
         async def on_step(self, event: at.StepEvent) -> None:
-            if event.epoch == 0 and self.seen is None:
+            self.steps += 1
+            if self.steps == 1:  # a quarter of epoch 0
+                self.early = began[1].is_set()
+            if self.steps == 4:  # the last of epoch 0: epoch 1 waits for this callback
                 self.seen = await _until(began[1])
 
     waits = WaitsForTheNextOrder()
@@ -182,6 +189,7 @@ async def test_each_epoch_order_is_drawn_off_the_loop_while_the_epoch_before_tra
     result = await at.fit(
         model, data, backend="thread", workers=2, epochs=3, batch_size=250, callbacks=[waits]
     )
+    assert waits.early is False
     assert waits.seen is True
     assert result.steps == 12
     assert sorted(threads) == [0, 1, 2]

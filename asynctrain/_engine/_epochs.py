@@ -65,12 +65,18 @@ async def run_epochs(
             began, seen = time.perf_counter(), (ctx.samples, ctx.weight)
             order = await orders.take()
             losses = []
+            # The next order is drawn once half of this epoch's rows are trained: a fit
+            # stopped early draws none for nothing, and it is still ready in time.
+            halfway = (len(order) - updater.state.batch * config.batch_size) // 2
             # Closed at once, not when garbage-collected: a pipelined mode's in-flight
             # shard tasks stop before the fit's resources are released.
             epoch_steps = parts.mode.run_epoch(ctx, epoch, order, updater.state.batch)
             async with contextlib.aclosing(epoch_steps):
                 async for event in epoch_steps:
                     losses.append(event.loss * event.weight)
+                    halfway -= event.samples
+                    if halfway <= 0:
+                        orders.draw_ahead()
                     yield event
             updater.state = updater.state._replace(epoch=epoch + 1, batch=0)
             yield await epoch_event(
@@ -132,10 +138,11 @@ class EpochOrders:
     A permutation of every row takes a while (about 2 ms for 200,000 rows and 11 ms for
     1,000,000 here) that a fit drawing it at an epoch's start waits for, every epoch. Here
     the first order is drawn from the moment this is made (while the fit shares its data)
-    and each next one from the moment the one before it is taken, so it is usually ready
-    when its epoch starts; numpy draws it without the GIL, beside the steps. One order is
-    held ahead at a time: 8 bytes a row. With ``ahead=False`` (the inline backend, which
-    does all its work on the loop) each order is drawn on the loop when it is taken.
+    and each next one from :meth:`draw_ahead` on (the fit calls it halfway through an
+    epoch), so it is usually ready when its epoch starts; numpy draws it without the GIL,
+    beside the steps. One order is held ahead at a time: 8 bytes a row. An order not
+    drawn ahead is drawn when taken. With ``ahead=False`` (the inline backend, which does
+    all its work on the loop) each order is drawn on the loop when it is taken.
 
     Orders are pure functions of the seed and the epoch, so drawing them early changes
     no bit of a fit. Call :meth:`aclose` once done, however the fit ends: an order still
@@ -147,7 +154,9 @@ class EpochOrders:
         >>> async def demo():
         ...     orders = EpochOrders(4, TrainConfig(), range(2), ahead=True)
         ...     try:
-        ...         return [sorted((await orders.take()).tolist()) for _ in range(2)]
+        ...         first = await orders.take()
+        ...         orders.draw_ahead()  # epoch 1's, while epoch 0 trains
+        ...         return [sorted(o.tolist()) for o in (first, await orders.take())]
         ...     finally:
         ...         await orders.aclose()
         >>> asynctrain.run(demo())
@@ -158,24 +167,30 @@ class EpochOrders:
         self._n, self._config, self._epochs, self._ahead = n, config, epochs, ahead
         self._next = epochs.start
         self._drawing: asyncio.Task[npt.NDArray[np.int64]] | None = None
-        if ahead:
-            self._draw_next()
+        self.draw_ahead()
+
+    def draw_ahead(self) -> None:
+        """Start drawing the next epoch's order on a thread of its own, unless it is
+        being drawn already, there is none left, or orders are not drawn ahead."""
+        if self._ahead and self._drawing is None and self._next < self._epochs.stop:
+            work = off_loop(epoch_rows, self._n, self._config, self._next)
+            self._drawing = asyncio.ensure_future(work)
 
     async def take(self) -> npt.NDArray[np.int64]:
-        """The order of the next epoch (from ``epochs.start`` on); the one after it
-        starts being drawn."""
+        """The order of the next epoch (from ``epochs.start`` on): the one drawn ahead,
+        or drawn now."""
         if self._next >= self._epochs.stop:
             raise IndexError(f"every order of epochs {self._epochs} has been taken")
         if not self._ahead:
             self._next += 1
             return epoch_rows(self._n, self._config, self._next - 1)
+        self.draw_ahead()
         drawing, self._drawing = self._drawing, None
-        assert drawing is not None, "ahead: the next order is always being drawn"
+        assert drawing is not None, "ahead, with an order left: it is being drawn"
         # Cancelled here, the drawing task is cancelled with this one and waits for its
         # thread before either ends (off_loop).
         order = await drawing
         self._next += 1
-        self._draw_next()
         return order
 
     async def aclose(self) -> None:
@@ -185,11 +200,6 @@ class EpochOrders:
             drawing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await drawing
-
-    def _draw_next(self) -> None:
-        if self._next < self._epochs.stop:
-            work = off_loop(epoch_rows, self._n, self._config, self._next)
-            self._drawing = asyncio.ensure_future(work)
 
 
 def epoch_rows(n: int, config: TrainConfig, epoch: int) -> npt.NDArray[np.int64]:
