@@ -219,6 +219,31 @@ async def test_a_fit_cancelled_while_the_next_order_is_drawn_waits_for_that_thre
         await fit
 
 
+@pytest.mark.parametrize("backend", ["thread", "process"])
+async def test_an_order_that_fails_to_draw_fails_the_fit_after_the_epoch_before(
+    monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """A draw that raises (out of memory, say) fails the fit with its own error once the
+    epoch before it ends, not sooner and not silently; its thread is gone (leak check)."""
+    import asynctrain._engine._epochs as epochs_module
+
+    original = epochs_module.epoch_order
+
+    def failing(n: int, *, seed: int, epoch: int) -> np.ndarray:
+        if epoch == 1:
+            raise MemoryError("no room for epoch 1's order")
+        return original(n, seed=seed, epoch=epoch)
+
+    monkeypatch.setattr(epochs_module, "epoch_order", failing)
+    data = at.data.synthetic("softmax", n=1000)
+    model = at.models.SoftmaxRegression(128, 10)
+    async with at.Trainer(model, backend=backend, workers=2, batch_size=250) as trainer:
+        with pytest.raises(MemoryError, match="epoch 1's order"):
+            await trainer.fit(data, epochs=3)
+        assert trainer.state.epoch == 1  # epoch 0 trained whole and committed
+        assert trainer.state.step == 4
+
+
 async def test_the_inline_backend_draws_each_order_on_the_loop_when_its_epoch_starts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
