@@ -44,7 +44,7 @@ class TrainConfig:
         nonfinite: ``"raise"`` (stop with NonFiniteError, parameters untouched) or
             ``"skip"`` (drop that step's update and count it).
         shuffle: ``"global"`` (every epoch one permutation of all rows, cut into batches
-            and shards) or ``"shard"`` (rows dealt once into one partition per shard,
+            and shards), ``"shard"`` (rows dealt once into one partition per shard,
             each shuffled on its own every epoch: shard ``s`` only ever reads partition
             ``s``, which lets a cluster backend keep it on one worker) or ``"none"``
             (every epoch takes the rows in the order given: data ordered on purpose, a

@@ -119,7 +119,7 @@ async def stream_events(
         raise ConfigError(
             f"shuffle={parts.config.shuffle!r} partitions an in-memory dataset between the "
             "shards; a stream is read in the order it arrives: use the default "
-            "shuffle='global' to train on a stream"
+            "shuffle='global' (or 'none') to train on a stream"
         )
     step = _stream_step(parts.mode)
     batch_size = parts.config.batch_size
