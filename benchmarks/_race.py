@@ -2,11 +2,10 @@
 
 Each system trains on the same training set and is stopped as soon as its accuracy on the
 same test split reaches the target, starting once no thread of the system before it is
-still busy. Minibatch systems are checked after every quarter of
-an epoch, with the clock paused while they are evaluated and running while they draw an
-epoch's shuffled order (asynctrain's fit draws its own on the clock too); batch solvers
-(lbfgs) are fitted with a growing iteration budget and timed on the first fit that
-reaches the target.
+still busy. Minibatch systems are checked after every quarter of an epoch, with the clock
+paused while they are evaluated and running while they draw an epoch's shuffled order
+(asynctrain's fit draws its own on the clock too); batch solvers (lbfgs) are fitted with
+a growing iteration budget and timed on the first fit that reaches the target.
 """
 
 from __future__ import annotations
