@@ -468,23 +468,40 @@ def _record_update_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("budget", [0.0, 1.0])
-async def test_small_updates_run_on_the_loop_once_measured_with_the_same_bits(
-    monkeypatch: pytest.MonkeyPatch, budget: float
+@pytest.mark.parametrize(
+    ("budget", "first"),
+    [(0.0, (100e-6, 0.0)), (1.0, (100e-6, 0.0)), (1.0, (2.0, 0.0)), (1.0, (0.0, 1e-3))],
+    ids=["over-budget", "estimated-small", "estimated-large", "large-per-element"],
+)
+async def test_small_updates_run_on_the_loop_once_measured_or_estimated_with_the_same_bits(
+    monkeypatch: pytest.MonkeyPatch, budget: float, first: tuple[float, float]
 ) -> None:
+    """Before an update is timed, its time is estimated from the parameter count
+    (FIRST_UPDATE): one estimated within the budget runs on the loop from the first step,
+    one estimated over it runs on the update thread until one has been measured."""
     reference = await _fit("inline", 4)
     monkeypatch.setattr(update_module, "UPDATE_BUDGET", budget)
+    monkeypatch.setattr(update_module, "FIRST_UPDATE", first)
     names = _record_update_threads(monkeypatch)
     async with ThreadBackend(2) as backend:
         params = await _fit(backend, 4)
     for key, value in reference.items():
         assert params[key].tobytes() == value.tobytes()
     main = threading.main_thread().name
-    assert names[0].startswith("asynctrain-update")  # not measured yet: on the thread
-    if budget:
-        assert names[1:] == [main] * (len(names) - 1)
-    else:
+    if not budget:
         assert main not in names
+        return
+    estimated = first[0] + first[1] * (128 * 10 + 10)  # the softmax model's parameters
+    assert names[0] == main if estimated <= budget else names[0].startswith("asynctrain-update")
+    assert names[1:] == [main] * (len(names) - 1)  # measured: on the loop
+
+
+def test_the_first_update_estimate_keeps_large_models_off_the_loop() -> None:
+    """The default estimate puts the reference softmax model's first update on the loop
+    and a model of a million parameters on the update thread."""
+    fixed, per_element = update_module.FIRST_UPDATE
+    assert fixed + per_element * 1290 <= update_module.UPDATE_BUDGET
+    assert fixed + per_element * 1_000_000 > update_module.UPDATE_BUDGET
 
 
 async def test_an_update_waits_behind_a_call_in_flight_on_the_update_thread(
