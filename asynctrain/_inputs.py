@@ -25,7 +25,14 @@ from asynctrain.data._weights import ClassWeight, check_weighted_classes, class_
 from asynctrain.models import Model, check_data, check_inputs
 from asynctrain.models._protocol import supports_sample_weight
 
-__all__ = ["ClassWeight", "DataLike", "check_class_weight", "prediction_inputs", "prepare"]
+__all__ = [
+    "ClassWeight",
+    "DataLike",
+    "check_class_weight",
+    "prediction_inputs",
+    "prepare",
+    "rows_given",
+]
 
 DataLike = (
     Dataset
@@ -123,6 +130,26 @@ def prepare(
     if data.sample_weight is not None:
         _check_weighted(model, data, name, single_class=single_class)
     return data
+
+
+def rows_given(data: object) -> int | None:
+    """The rows :func:`prepare` will make of ``data``, read off it without a scan (the
+    length of a Dataset, or of an ``(X, y)`` pair's labels); None when ``data`` does not
+    tell (prepare then says what is wrong with it). A guess, not a check: the caller
+    compares it with the prepared Dataset's length.
+
+    Example:
+        >>> rows_given(([[0.0], [1.0]], [0, 1])), rows_given("not data")
+        (2, None)
+    """
+    if isinstance(data, Dataset):
+        return len(data)
+    if isinstance(data, tuple) and len(data) in (2, 3):
+        try:
+            return len(data[1])
+        except TypeError:
+            return None
+    return None
 
 
 def check_class_weight(model: Model, class_weight: ClassWeight, *, where: str) -> None:

@@ -28,12 +28,19 @@ from asynctrain._config import TrainConfig, default_shards
 from asynctrain._control import FitControl
 from asynctrain._engine import Mode, make_mode
 from asynctrain._engine._context import FitParts
-from asynctrain._engine._epochs import collect, run_epochs
+from asynctrain._engine._epochs import EpochOrders, collect, run_epochs
 from asynctrain._engine._metrics import check_metrics
 from asynctrain._engine._update import TrainState, Updater
 from asynctrain._events import Callback, Event, FitResult
 from asynctrain._exceptions import ConfigError, ConfigTypeError, StateError
-from asynctrain._inputs import ClassWeight, DataLike, check_class_weight, prediction_inputs, prepare
+from asynctrain._inputs import (
+    ClassWeight,
+    DataLike,
+    check_class_weight,
+    prediction_inputs,
+    prepare,
+    rows_given,
+)
 from asynctrain._monitor import TRAINING_INTERVAL, LoopLagMonitor
 from asynctrain._offloop import off_loop
 from asynctrain._streaming._batch import NameRecord
@@ -390,22 +397,32 @@ class Trainer:
             ...         print(event.step, event.loss)
         """
         epochs = check_int("epochs", epochs)
-        train = await self._prepare(data, "data", self._feature_names, class_weight)
-        features = train.feature_names or self._feature_names
-        val = (
-            None if validation is None else await self._prepare(validation, "validation", features)
-        )
-        names = check_metrics(metrics, self.model, validation=val is not None)
-        self._check_picklable()
-        # Close the inner generator as soon as this one stops, so the fit's shared arrays
-        # are released now rather than whenever the garbage collector gets to it.
-        async with (
-            self._running_fit(),
-            contextlib.aclosing(run_epochs(self._parts(), train, val, epochs, names)) as events,
-        ):
-            self._samples, self._feature_names = len(train), features
-            async for event in events:
-                yield event
+        # The first epoch's order is drawn (off the loop) while the data is prepared.
+        orders = self._orders(rows_given(data), epochs)
+        try:
+            train = await self._prepare(data, "data", self._feature_names, class_weight)
+            features = train.feature_names or self._feature_names
+            val = (
+                None
+                if validation is None
+                else await self._prepare(validation, "validation", features)
+            )
+            names = check_metrics(metrics, self.model, validation=val is not None)
+            self._check_picklable()
+            # Close the inner generator as soon as this one stops, so the fit's shared
+            # arrays are released now rather than whenever the garbage collector gets to it.
+            async with (
+                self._running_fit(),  # opens the trainer first: then its parts exist
+                contextlib.aclosing(
+                    run_epochs(self._parts(), train, val, epochs, names, orders)
+                ) as events,
+            ):
+                self._samples, self._feature_names = len(train), features
+                async for event in events:
+                    yield event
+        finally:
+            if orders is not None:
+                await orders.aclose()  # if the fit never started: its first order's draw
 
     # -- streams and partial_fit -----------------------------------------------------------
 
@@ -711,6 +728,14 @@ class Trainer:
         if self._backend.inline:
             return work()
         return await off_loop(work)
+
+    def _orders(self, rows: int | None, epochs: int) -> EpochOrders | None:
+        """The orders of the next ``epochs`` epochs over ``rows`` rows, drawing ahead from
+        now on (None if ``rows`` is unknown, or the backend draws on the loop)."""
+        if rows is None or self._backend.inline:
+            return None
+        first = self.state.epoch
+        return EpochOrders(rows, self.config, range(first, first + epochs), ahead=True)
 
     def _parts(self) -> FitParts:
         """What the engine needs for one fit; the trainer is open."""

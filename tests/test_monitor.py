@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -156,6 +157,14 @@ def _recorded_orders(
     return threads, began
 
 
+async def _polled(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Wait until ``condition()`` holds (set by another thread, so polled)."""
+    deadline = time.monotonic() + seconds
+    while not condition():  # another thread makes it hold: nothing to await
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.005)
+
+
 async def _until(event: asyncio.Event, seconds: float = 10.0) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), seconds)
@@ -242,6 +251,114 @@ async def test_an_order_that_fails_to_draw_fails_the_fit_after_the_epoch_before(
             await trainer.fit(data, epochs=3)
         assert trainer.state.epoch == 1  # epoch 0 trained whole and committed
         assert trainer.state.step == 4
+
+
+def _drawing_and_preparing(
+    monkeypatch: pytest.MonkeyPatch, hold: threading.Event | None = None
+) -> tuple[list[tuple[int, int]], list[bool]]:
+    """Record each permutation drawn, as (rows, epoch), and whether a draw had begun when
+    the training data's preparation started (waiting up to 5 s for one to begin); a
+    preparation waits for ``hold`` when given."""
+    import asynctrain._engine._epochs as epochs_module
+    import asynctrain._trainer as trainer_module
+
+    drawn: list[tuple[int, int]] = []
+    seen: list[bool] = []
+    began = threading.Event()
+    original_order, original_prepare = epochs_module.epoch_order, trainer_module.prepare
+
+    def order(n: int, *, seed: int, epoch: int) -> np.ndarray:
+        drawn.append((n, epoch))
+        began.set()
+        return original_order(n, seed=seed, epoch=epoch)
+
+    def prepare(*args: object, **kwargs: object) -> object:
+        if not seen:  # the training data's (the validation data's comes after)
+            seen.append(began.wait(5))
+        if hold is not None:
+            assert hold.wait(10), "the test never let the preparation go on"
+        return original_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(epochs_module, "epoch_order", order)
+    monkeypatch.setattr(trainer_module, "prepare", prepare)
+    return drawn, seen
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+async def test_the_first_epoch_order_is_drawn_while_the_data_is_prepared(
+    monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """The first permutation is drawn beside the preparation of the data (both off the
+    loop), not after it: the preparation waits for the draw to begin (the old order of
+    things waits 5 s in vain), and the fit trains to the bits of the inline backend's."""
+    data = at.data.synthetic("softmax", n=1000)
+    model = at.models.SoftmaxRegression(128, 10)
+    reference = await at.fit(model, data, backend="inline", epochs=2, batch_size=250)
+    drawn, seen = _drawing_and_preparing(monkeypatch)
+    result = await at.fit(
+        model, data, backend=backend, workers=2, epochs=2, batch_size=250, validation=data
+    )
+    assert seen == [True]
+    assert drawn == [(1000, 0), (1000, 1)]
+    for key, value in reference.params.items():
+        assert result.params[key].tobytes() == value.tobytes()
+
+
+async def test_an_order_drawn_for_a_wrong_row_count_is_drawn_afresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The row count read before the data is prepared is a guess: one the prepared data
+    does not bear out is dropped and the right order drawn, with the same bits."""
+    import asynctrain._trainer as trainer_module
+
+    data = at.data.synthetic("softmax", n=1000)
+    model = at.models.SoftmaxRegression(128, 10)
+    reference = await at.fit(model, data, backend="inline", epochs=2, batch_size=250)
+    drawn, _ = _drawing_and_preparing(monkeypatch)
+    monkeypatch.setattr(trainer_module, "rows_given", lambda data: 999)
+    result = await at.fit(model, data, backend="thread", epochs=2, batch_size=250)
+    assert (999, 0) in drawn
+    assert [d for d in drawn if d[0] == 1000] == [(1000, 0), (1000, 1)]
+    for key, value in reference.params.items():
+        assert result.params[key].tobytes() == value.tobytes()
+
+
+async def test_refused_data_leaves_no_order_being_drawn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data refused by its preparation (more rows of X than labels) fails the fit with a
+    DataError once the first order's draw, begun beside it, has ended (the leak check
+    sees no thread left); the trainer trains afterwards."""
+    drawn, seen = _drawing_and_preparing(monkeypatch)
+    X, y = np.zeros((101, 128), np.float32), np.arange(100) % 10
+    async with at.Trainer(at.models.SoftmaxRegression(128, 10), backend="thread") as trainer:
+        with pytest.raises(at.DataError, match="101"):
+            await trainer.fit((X, y))
+        assert seen == [True]
+        assert drawn == [(100, 0)]
+        result = await trainer.fit((X[:100], y))
+    assert result.steps == 1
+
+
+async def test_a_fit_cancelled_while_its_data_is_prepared_waits_for_the_first_draw(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled while the data is prepared and the first order drawn, the fit ends with
+    CancelledError once both threads have (the leak check sees none left)."""
+    release = threading.Event()
+    drawn, seen = _drawing_and_preparing(monkeypatch, hold=release)
+    data = at.data.synthetic("softmax", n=1000)
+    model = at.models.SoftmaxRegression(128, 10)
+    fit = asyncio.create_task(at.fit(model, data, backend="thread", epochs=2, batch_size=250))
+    try:
+        await _polled(lambda: bool(seen))
+        fit.cancel()
+        await asyncio.sleep(0.05)
+        assert not fit.done()  # the preparation is still held
+    finally:
+        release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await fit
+    assert seen == [True]
+    assert drawn == [(1000, 0)]
 
 
 async def test_the_inline_backend_draws_each_order_on_the_loop_when_its_epoch_starts(

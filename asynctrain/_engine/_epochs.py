@@ -42,17 +42,23 @@ async def run_epochs(
     val: Dataset | None,
     epochs: int,
     metrics: tuple[str, ...] = (),
+    orders: EpochOrders | None = None,
 ) -> AsyncGenerator[Event, None]:
     """Train ``epochs`` epochs from the updater's epoch position; yield every event.
 
     ``metrics`` are checked names (:func:`~asynctrain._engine._metrics.check_metrics`)
-    computed on ``val`` after every epoch.
+    computed on ``val`` after every epoch. ``orders``: the epochs' orders, drawn from
+    before ``train`` was prepared (the caller closes them too); used if made for as many
+    rows and these epochs, else closed and drawn afresh.
     """
     config, partitions, updater = parts.config, None, parts.updater
     epoch_range = range(updater.state.epoch, updater.state.epoch + epochs)
     async with contextlib.AsyncExitStack() as stack:
-        # Drawn from now on: the first order while the fit shares its data.
-        orders = EpochOrders(len(train), config, epoch_range, ahead=not parts.backend.inline)
+        if orders is None or not orders.fits(len(train), epoch_range):
+            if orders is not None:
+                await orders.aclose()
+            # Drawn from now on: the first order while the fit shares its data.
+            orders = EpochOrders(len(train), config, epoch_range, ahead=not parts.backend.inline)
         stack.push_async_callback(orders.aclose)
         if config.shuffle == "shard":  # each shard's rows, copied: off the loop
             partitions = await updater.call(
@@ -137,8 +143,9 @@ class EpochOrders:
 
     A permutation of every row takes a while (about 2 ms for 200,000 rows and 11 ms for
     1,000,000 here) that a fit drawing it at an epoch's start waits for, every epoch. Here
-    the first order is drawn from the moment this is made (while the fit shares its data)
-    and each next one from :meth:`draw_ahead` on (the fit calls it halfway through an
+    the first order is drawn from the moment this is made (a fit makes it before it
+    prepares and shares its data, on a row count read off the data as given) and each
+    next one from :meth:`draw_ahead` on (the fit calls it halfway through an
     epoch), so it is usually ready when its epoch starts; numpy draws it without the GIL,
     beside the steps. One order is held ahead at a time: 8 bytes a row. An order not
     drawn ahead is drawn when taken. With ``ahead=False`` (the inline backend, which does
@@ -168,6 +175,10 @@ class EpochOrders:
         self._next = epochs.start
         self._drawing: asyncio.Task[npt.NDArray[np.int64]] | None = None
         self.draw_ahead()
+
+    def fits(self, n: int, epochs: range) -> bool:
+        """Whether these are the orders of ``epochs`` over ``n`` rows."""
+        return n == self._n and epochs == self._epochs
 
     def draw_ahead(self) -> None:
         """Start drawing the next epoch's order on a thread of its own, unless it is
