@@ -76,6 +76,30 @@ def test_nan_in_X_names_row_and_column_past_the_first_chunk() -> None:
         Dataset(X, np.zeros(70_000))
 
 
+@pytest.mark.parametrize("order", ["C", "F", "strided"])
+@pytest.mark.parametrize(
+    ("row", "column", "value"), [(0, 0, np.inf), (65_536, 2, np.nan), (69_999, 3, -np.inf)]
+)
+def test_a_non_finite_value_is_named_wherever_it_is_and_however_X_is_laid_out(
+    order: str, row: int, column: int, value: float
+) -> None:
+    """The first bad value is named at its row and column in every chunk, in C and F
+    order and in a strided view (each chunk is read once for a verdict, and only a failing
+    one is searched element by element)."""
+    base = np.zeros((70_000, 8 if order == "strided" else 4), dtype=np.float32, order="C")
+    X = base[:, ::2] if order == "strided" else np.asarray(base, order=order)
+    X[row, column] = value
+    with pytest.raises(DataError, match=rf"at row {row}, column {column}"):
+        Dataset(X, np.zeros(70_000))
+
+
+def test_finite_values_whose_squares_overflow_are_accepted() -> None:
+    """1e20 in float32 is finite though its square is not: the one-read verdict (a sum of
+    squares) falls back to the exact check instead of refusing it."""
+    X = np.full((70_000, 2), 1e20, dtype=np.float32)
+    assert Dataset(X, np.zeros(70_000)).n_samples == 70_000
+
+
 def test_inf_in_y_names_the_row() -> None:
     with pytest.raises(DataError, match=r"y has a non-finite value \(inf\) at row 2"):
         Dataset(np.zeros((3, 2)), np.array([0.0, 1.0, np.inf]))
