@@ -12,6 +12,11 @@
 * ``jax/overhead`` and ``jax/scaling/{thread,process}``: the same MLP as a
   ``JaxModel`` against a plain loop of the same jitted gradient and an Adam step.
 
+Each figure's clock starts after a warm-up fit on rows that give every batch and shard
+shape of the measured epochs (:func:`warm_up_rows`): JAX compiles once per shape and
+process, the plain loop's jitted step (built once per process, as its user would) and
+JaxModel's gradient alike, so neither side's measured epochs compile.
+
 Uses only public ``asynctrain`` names. Run alone: ``python -m benchmarks._torch [--quick]``.
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import importlib.util
 import math
 import sys
@@ -131,8 +137,10 @@ def plain_torch_epoch(module: Any, data: at.data.Dataset, batch: int, threads: i
     return time.perf_counter() - began
 
 
-def plain_jax_epoch(params: dict[str, Any], data: at.data.Dataset, batch: int) -> float:
-    """Seconds of one epoch of the same jitted gradient and a jitted Adam step."""
+@functools.lru_cache(maxsize=1)
+def plain_jax_step() -> Any:
+    """The plain loop's jitted step (gradient and Adam), built once per process as a JAX
+    user writes it, so a warm-up compiles it as it compiles JaxModel's gradient."""
     import jax
     import jax.numpy as jnp
 
@@ -150,6 +158,15 @@ def plain_jax_epoch(params: dict[str, Any], data: at.data.Dataset, batch: int) -
         p = jax.tree.map(lambda w, a, b: w - scale * a / (jnp.sqrt(b) + 1e-8), p, m, v)
         return p, m, v
 
+    return step
+
+
+def plain_jax_epoch(params: dict[str, Any], data: at.data.Dataset, batch: int) -> float:
+    """Seconds of one epoch of the same jitted gradient and a jitted Adam step."""
+    import jax
+    import jax.numpy as jnp
+
+    step = plain_jax_step()
     p = {k: jnp.asarray(v) for k, v in params.items()}
     m = jax.tree.map(jnp.zeros_like, p)
     v = jax.tree.map(jnp.zeros_like, p)
@@ -163,6 +180,14 @@ def plain_jax_epoch(params: dict[str, Any], data: at.data.Dataset, batch: int) -
     wait: Any = jax.block_until_ready
     wait(p)
     return time.perf_counter() - began
+
+
+def warm_up_rows(data: at.data.Dataset, batch: int, batches: int) -> at.data.Dataset:
+    """The first ``batches`` full batches of ``data`` and as many rows as its epoch's last,
+    short batch: a warm-up epoch on them meets every batch (and shard) shape the measured
+    epochs do, so JAX compiles each before the clock runs, on both sides."""
+    rows = batches * batch + len(data) % batch
+    return at.data.Dataset(data.X[:rows], data.y[:rows])
 
 
 # -- asynctrain sides ---------------------------------------------------------------------
@@ -197,7 +222,7 @@ async def overhead(kind: str, quick: bool) -> Figure:
     if note := _missing(kind):
         return skipped_figure(name, note, unit="x", reference="-", command=cmd)
     data = at.data.synthetic("mlp", n=SAMPLES[level(quick)], seed=0)
-    warm = at.data.Dataset(data.X[:2048], data.y[:2048])
+    warm = warm_up_rows(data, BATCH, 4)
     ours, theirs = [], []
     with _one_thread():
         await bridge_epoch(kind, warm, "inline", batch=BATCH, shards=1)
@@ -246,7 +271,7 @@ async def scaling(kind: str, backend_name: str, quick: bool) -> Figure:
     if note := _missing(kind):
         return skipped_figure(name, note, unit="x", reference="-", command=cmd)
     data = at.data.synthetic("mlp", n=SAMPLES[level(quick)], seed=0)
-    warm = at.data.Dataset(data.X[:SCALING_BATCH], data.y[:SCALING_BATCH])
+    warm = warm_up_rows(data, SCALING_BATCH, 1)
     times: dict[int, list[float]] = {1: [], 2: []}
     for workers in (1, 2):
         backend, _ = at.backends.get_backend(backend_name, workers=workers)

@@ -4,6 +4,7 @@ crossing per fit, resume, and bad input refused before any work."""
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,33 @@ def mlp_apply(params: Any, X: Any) -> Any:
 
 def linear_apply(params: Any, X: Any) -> Any:
     return X @ params["w"] + params["b"]
+
+
+TRACES: list[tuple[int, ...]] = []  # the input shapes counted_apply was traced on
+
+
+def counted_apply(params: Any, X: Any) -> Any:
+    TRACES.append(tuple(X.shape))  # runs when JAX traces, not when compiled code runs
+    return X @ params["w"] + params["b"]
+
+
+class UnhashableApply:
+    """An apply function that is an object equal to its copies, so not hashable."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UnhashableApply)
+
+    def __call__(self, params: Any, X: Any) -> Any:
+        return X @ params["w"] + params["b"]
+
+
+def compile_misses() -> int:
+    """Jitted functions this process has built for JaxModels so far."""
+    from asynctrain.models import _jax
+
+    return _jax._compiled.cache_info().misses
 
 
 def image_apply(params: Any, X: Any) -> Any:
@@ -180,6 +208,54 @@ async def test_the_model_crosses_to_a_worker_once_per_fit(table: Dataset) -> Non
         before = await backend.run(_shipping.loads)
         await _fit(backend, table)
         assert await backend.run(_shipping.loads) - before == 1
+
+
+async def test_models_of_one_apply_fn_share_its_compiled_gradient(table: Dataset) -> None:
+    """A new JaxModel of the same function and loss (a model per job, per fit, per search
+    trial) reuses the gradient compiled for the first: it is traced once per row shape,
+    whatever the number of models and fits, with the same bits as a model of its own."""
+    from asynctrain.models import _bridge, _jax
+
+    _jax._compiled.cache_clear()  # what earlier tests compiled in this process
+    TRACES.clear()
+    params = {"w": np.zeros((6, 3)), "b": np.zeros(3)}
+    results = []
+    for _ in range(3):
+        model = JaxModel(counted_apply, params, input_shape=(6,))
+        async with at.Trainer(model, backend="thread", batch_size=48, seed=5) as trainer:
+            results.append(_bits((await trainer.fit(table, epochs=2)).params))
+    assert results[0] == results[1] == results[2]
+    # Besides the abstract probe of a model when it is built (eval_shape, PROBE_ROWS rows),
+    # the gradient is traced once per shard shape over all three models and six epochs.
+    steps = collections.Counter(shape for shape in TRACES if shape[0] != _bridge.PROBE_ROWS)
+    assert steps
+    assert set(steps.values()) == {1}, steps
+
+
+async def test_a_worker_compiles_a_models_gradient_once_over_its_fits(table: Dataset) -> None:
+    """A process worker receives the model anew at every fit (unpickled); the gradient it
+    compiled for the first fit serves the next ones."""
+    async with ProcessBackend(workers=1) as backend:
+        await _fit(backend, table)
+        after_one = await backend.run(compile_misses)
+        await _fit(backend, table)
+        await _fit(backend, table)
+        assert await backend.run(compile_misses) == after_one
+
+
+async def test_an_unhashable_apply_fn_keeps_its_compiled_functions_with_the_model(
+    table: Dataset,
+) -> None:
+    """A callable object that cannot be a cache key trains all the same, to the bits of
+    a plain function's, its jitted functions kept with the model."""
+    params = {"w": np.zeros((6, 3)), "b": np.zeros(3)}
+    bits = []
+    for apply_fn in (linear_apply, UnhashableApply()):
+        model = JaxModel(apply_fn, params, input_shape=(6,))
+        async with at.Trainer(model, backend="inline", batch_size=48, seed=5) as trainer:
+            bits.append(_bits((await trainer.fit(table, epochs=2)).params))
+        assert model.predict(model.init(np.random.default_rng(0)), table.X[:4]).shape == (4,)
+    assert bits[0] == bits[1]
 
 
 async def test_checkpoint_and_resume_end_bit_identical(
