@@ -202,10 +202,11 @@ def _compiled(apply_fn: Callable[..., Any], loss: str | Callable[..., Any], name
     Kept by the functions, not by the model: a process worker receives a fit's model
     anew, unpickled, at every fit (and a service builds one per job), and ``jax.jit``
     keeps what it compiled with the function it wraps. Functions made per model compiled
-    the gradient again in every worker at every fit: 0.3-0.5 s of the reference MLP's
+    the gradient again in every worker at every fit: 0.2-0.5 s of the reference MLP's
     epochs, which made 2 process workers slower than 1. ``apply_fn`` and a callable loss
     travel to workers by reference (module-level functions), so they key this cache there
-    too; ``jax.jit`` still compiles once per shape and dtype.
+    too; ``jax.jit`` still compiles once per shape and dtype. An entry keeps its functions
+    (and what a closure holds) alive until :data:`COMPILED` newer ones push it out.
     """
     jax = _jax()
 
