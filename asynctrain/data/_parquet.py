@@ -294,7 +294,8 @@ holdout=0.1 subset='holdout'>
                 if not arrays:
                     arrays = [_shared.empty((rows, *p.shape[1:]), p.dtype) for p in parts]
                 stop = start + len(parts[0])
-                if stop > rows:
+                if stop > rows:  # more rows than counted: refused below, however many
+                    start = stop
                     break
                 for whole, part in zip(arrays, parts, strict=True):
                     whole[start:stop] = part
