@@ -165,6 +165,49 @@ async def test_a_killed_worker_costs_a_retried_shard_not_the_fit(
     assert _bits(result.params) == _bits(reference.params)
 
 
+class _HangingRpc:
+    """A client's connection pool whose calls never answer, like a connection to a dead
+    worker that distributed keeps retrying until its connect timeout (30 s by default)."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    def __call__(self, address: str) -> _HangingRpc:
+        return self
+
+    async def actor_execute(self, **_: Any) -> dict[str, Any]:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+
+async def test_a_lost_worker_fails_the_batch_in_flight_at_once() -> None:
+    """The scheduler reports a worker gone while a batch is on its way to it: its calls
+    hear LaneLost now (and run elsewhere), not when distributed's connect gives up. A
+    fit whose every worker was killed waited 30 s here, one run in two."""
+    from asynctrain.backends._dask_lane import Lane, LaneLost, Traffic
+    from asynctrain.backends._dask_shared import Call
+
+    rpc = _HangingRpc()
+    lane = Lane("tcp://127.0.0.1:1", "store", rpc, Traffic())
+    flying = lane.submit(Call(print, ()), [])
+    await asyncio.wait_for(rpc.started.wait(), 5)
+    queued = lane.submit(Call(print, ()), [])
+    assert lane.outstanding == 2
+    lane.lose(LaneLost("the scheduler removed it"))
+    for future in (flying, queued):
+        with pytest.raises(LaneLost, match="went away"):
+            await asyncio.wait_for(future, 1)
+    await asyncio.wait_for(rpc.cancelled.wait(), 1)  # the send is abandoned, not left
+    assert lane.outstanding == 0
+    await lane.close()
+
+
 def _listening(pid: int) -> list[str]:
     process = psutil.Process(pid)
     found = []

@@ -70,14 +70,14 @@ class Lane:
         self.lost: BaseException | None = None
         self.sent = 0  # calls sent, for reports
         self._pending: list[_Item] = []
-        self._flying = 0
+        self._flying: list[_Item] = []  # the batch in flight (at most one)
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def outstanding(self) -> int:
         """Calls queued or in flight on this worker."""
-        return len(self._pending) + self._flying
+        return len(self._pending) + len(self._flying)
 
     def submit(self, call: Call, handles: list[DaskShared]) -> asyncio.Future[Envelope]:
         """Queue ``call`` for this worker's next batch; its future gets the envelope (or
@@ -121,7 +121,7 @@ class Lane:
             )
         if not items:
             return
-        self._flying = len(items)
+        self._flying = items
         self.traffic.calls += len(items)
         self.traffic.batches += 1
         task = asyncio.get_running_loop().create_task(self._send(items, batch))
@@ -139,14 +139,12 @@ class Lane:
             if reply.get("status") != "OK":
                 raise LaneLost(f"Dask worker {self.address} refused the batch: {reply}")
         except asyncio.CancelledError:
-            self._flying = 0
-            self.lose(LaneLost(f"the batch to Dask worker {self.address} was cancelled"), items)
+            self.lose(LaneLost(f"the batch to Dask worker {self.address} was cancelled"))
             raise
         except Exception as exc:  # the connection broke: the worker died or left
-            self._flying = 0
-            self.lose(exc, items)
+            self.lose(exc)
             return
-        self._flying = 0
+        self._flying = []
         self.sent += len(items)
         for item, envelope in zip(items, reply["result"], strict=True):
             if not item.future.done():
@@ -154,15 +152,26 @@ class Lane:
         if self._pending:
             self._schedule()
 
-    def lose(self, why: BaseException, flying: list[_Item] | None = None) -> None:
-        """Mark the worker gone: every call queued or in flight hears :class:`LaneLost`."""
+    def lose(self, why: BaseException) -> None:
+        """Mark the worker gone: every call queued or in flight hears :class:`LaneLost`
+        now, and a send still under way is cancelled.
+
+        The calls in flight do not wait for their send to fail: a send to a worker that
+        died may be asking for a new connection, which distributed retries until its
+        connect timeout (30 s by default), long after the scheduler reported the worker
+        gone.
+        """
         if self.lost is None:
             self.lost = why
-        for item in [*(flying or []), *self._pending]:
+        for item in [*self._flying, *self._pending]:
             if not item.future.done():
                 lost = LaneLost(f"Dask worker {self.address} went away: {why!r}")
                 item.future.set_exception(lost)
-        self._pending.clear()
+        self._flying, self._pending = [], []
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
 
     async def close(self) -> None:
         """Stop sending (batches in flight are abandoned: their callers hear LaneLost)."""
