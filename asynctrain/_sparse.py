@@ -76,6 +76,44 @@ def as_csr(name: str, X: Sparse, dtype: np.dtype[Any] | None) -> Sparse:
     return _build(type(csr), (data, indices, indptr), csr.shape)
 
 
+def check_indices(name: str, X: Sparse) -> None:
+    """Raise :class:`DataError` unless a CSR (or CSC) ``X``'s index arrays fit its shape:
+    row pointers from 0 that never decrease, and column (CSC: row) indices in range.
+
+    scipy checks only the arrays' lengths when a matrix is built from ``(data, indices,
+    indptr)``, and its products read an index out of range past the end of the other
+    operand: wrong numbers, or a segmentation fault in the middle of a fit. Reads the
+    index arrays once (min and max, no temporary of their size); other formats are
+    skipped (scipy bounds their coordinates when it builds them).
+    """
+    if X.format not in ("csr", "csc"):
+        return
+    major, minor = X.shape if X.format == "csr" else X.shape[::-1]
+    line, other = ("row", "column") if X.format == "csr" else ("column", "row")
+    indptr, indices = X.indptr, X.indices
+    if len(indptr) != major + 1 or indptr[0] != 0 or not 0 <= indptr[-1] <= len(indices):
+        raise DataError(
+            f"sparse {name} has {len(indptr)} index pointers from {indptr[0]} to "
+            f"{indptr[-1]} for {major} {line}s and {len(indices)} stored values; it is "
+            "corrupt: rebuild it from its values, e.g. with its .tocoo() coordinates"
+        )
+    stored = indices[: int(indptr[-1])]
+    if len(stored) and not 0 <= int(stored.min()) <= int(stored.max()) < minor:
+        position = int(np.argmax((stored < 0) | (stored >= minor)))
+        at = int(np.searchsorted(indptr, position, side="right")) - 1
+        raise DataError(
+            f"sparse {name} has {other} index {int(stored[position])} in {line} {at}, "
+            f"outside its shape {X.shape}; build it with a shape that holds every index "
+            f"(e.g. {other}s = max index + 1), or drop the entries out of range"
+        )
+    if major and np.any(indptr[1:] < indptr[:-1]):
+        at = int(np.argmax(indptr[1:] < indptr[:-1]))
+        raise DataError(
+            f"sparse {name}'s index pointers decrease at {line} {at} ({indptr[at]} then "
+            f"{indptr[at + 1]}); it is corrupt: rebuild it from its values"
+        )
+
+
 def check_finite(name: str, X: Sparse, *, note: str = "") -> None:
     """Raise :class:`DataError` naming the row and column of the first NaN/Inf of ``X``.
 

@@ -108,6 +108,30 @@ def test_bad_sparse_input_is_refused(X: Any, y: Any, error: type, match: str) ->
         Dataset(X, y)
 
 
+def _corrupt(kind: Any, data: list[float], indices: list[int], indptr: list[int]) -> Any:
+    """A matrix of shape (3, 3) around index arrays scipy does not bound-check."""
+    arrays = (np.array(data), np.array(indices, np.int32), np.array(indptr, np.int32))
+    return kind(arrays, shape=(3, 3))
+
+
+@pytest.mark.parametrize(
+    ("X", "match"),
+    [
+        (_corrupt(sp.csr_array, [1, 2], [0, 1000], [0, 1, 2, 2]), "column index 1000 in row 1"),
+        (_corrupt(sp.csr_matrix, [1, 2], [-1, 0], [0, 1, 2, 2]), "column index -1 in row 0"),
+        (_corrupt(sp.csc_array, [1, 2], [0, 3], [0, 0, 1, 2]), "row index 3 in column 2"),
+        (_corrupt(sp.csr_array, [1, 2], [0, 1], [0, 2, 1, 2]), "decrease at row 1"),
+    ],
+)
+def test_index_arrays_out_of_the_shape_are_refused_before_any_product(X: Any, match: str) -> None:
+    # scipy builds these without complaint; a product over them read out of bounds (a
+    # segmentation fault in fit, or wrong numbers)
+    with pytest.raises(DataError, match=match):
+        Dataset(X, [0, 1, 0])
+    with pytest.raises(DataError, match=match):
+        check_inputs(LogisticRegression(3), X)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_a_non_finite_stored_value_is_named_by_row_and_column(bad: float) -> None:
     X = sp.csr_array(np.array([[1.0, 0, 0], [0, 0, 2.0], [0, 3.0, 4.0]]))

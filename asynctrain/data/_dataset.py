@@ -108,6 +108,7 @@ class Dataset:
         targets = v.as_array("y", y)
         if _sparse.is_sparse(X):
             source: _sparse.Sparse = X
+            _sparse.check_indices("X", source)
             converted = _sparse.as_csr("X", source, target)
             v.check_targets_shape(targets)
             v.check_rows(converted, targets)

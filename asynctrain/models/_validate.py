@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import ConfigTypeError, DataError, DataTypeError
-from asynctrain._sparse import Sparse, as_csr, check_finite, is_sparse
+from asynctrain._sparse import Sparse, as_csr, check_finite, check_indices, is_sparse
 from asynctrain.models._protocol import Model
 
 
@@ -103,7 +103,9 @@ def check_inputs(model: Model, X: npt.ArrayLike) -> npt.NDArray[Any]:
     """
     n_features, _ = _model_shape(model)
     if is_sparse(X):
-        csr = as_csr("X", _check_sparse(model, X, n_features), model.dtype)
+        checked = _check_sparse(model, X, n_features)
+        check_indices("X", checked)  # before as_csr: converting a corrupt CSC crashes
+        csr = as_csr("X", checked, model.dtype)
         check_finite("X", csr)
         return csr  # type: ignore[no-any-return]
     expected = "(n, " + ", ".join(str(size) for size in row_shape(model)) + ")"
