@@ -417,6 +417,17 @@ def test_prepare_keeps_the_inputs_and_combines_class_and_sample_weights() -> Non
         assert balanced.sample_weight[y == label].sum() == pytest.approx(N / 3)
 
 
+@pytest.mark.parametrize("class_weight", ["balanced", {1: 2.0}])
+def test_class_weights_take_float_labels_as_the_classes_they_name(class_weight: Any) -> None:
+    # a classifier trains on labels 0.0, 1.0, 2.0; class weights indexed by them failed
+    # with TypeError (bincount) or IndexError (a float index) deep inside
+    X, y, w = _problem("classes")
+    model = SoftmaxRegression(D, 3)
+    as_ints = prepare(model, (X, y, w), class_weight=class_weight)
+    as_floats = prepare(model, (X, y.astype(np.float64), w), class_weight=class_weight)
+    np.testing.assert_array_equal(as_floats.sample_weight, as_ints.sample_weight)
+
+
 def test_balanced_uses_weighted_class_totals_like_scikit_learn() -> None:
     class_weight = pytest.importorskip("sklearn.utils.class_weight")
     X, y, w = _problem("classes")

@@ -104,7 +104,7 @@ def class_weight_rows(
         [1.0, 3.0]
     """
     per_class = class_weights(class_weight, y, n_classes, sample_weight)
-    rows: npt.NDArray[np.float64] = per_class[y]
+    rows: npt.NDArray[np.float64] = per_class[_indices(y)]
     return rows
 
 
@@ -121,7 +121,8 @@ def class_weights(
                 f"class_weight must be 'balanced', a dict {{label: weight}} or None, got "
                 f"{class_weight!r}"
             )
-        totals = np.bincount(y, weights=sample_weight, minlength=n_classes).astype(np.float64)
+        totals = np.bincount(_indices(y), weights=sample_weight, minlength=n_classes)
+        totals = totals.astype(np.float64)
         present = totals > 0
         weights = np.ones(n_classes)
         weights[present] = totals.sum() / (np.count_nonzero(present) * totals[present])
@@ -135,6 +136,12 @@ def class_weights(
     for label, value in class_weight.items():
         weights[_label(label, n_classes)] = _weight(label, value)
     return weights
+
+
+def _indices(y: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Labels ``y`` as integers that index the classes: float labels (``1.0``, which a
+    classifier takes once its checks found them whole numbers) cannot index an array."""
+    return y if y.dtype.kind in "iu" else y.astype(np.intp)
 
 
 def _label(label: object, n_classes: int) -> int:
