@@ -410,6 +410,20 @@ def test_schema_mismatch_names_both_files(tmp_path: Path) -> None:
     assert _first(tmp_path, features=["f0", "f1"])[0].shape == (BATCH, 2)  # type: ignore[index]
 
 
+def test_a_column_name_used_twice_is_refused_unless_it_is_left_out(tmp_path: Path) -> None:
+    # pyarrow's lookup by name failed with a bare KeyError ("Column a does not exist")
+    columns = [pa.array([1.0, 2.0]), pa.array([3.0, 4.0]), pa.array([5.0, 6.0]), pa.array([0, 1])]
+    table = pa.Table.from_arrays(columns, names=["a", "a", "b", "y"])
+    pq.write_table(table, tmp_path / "d.parquet")
+    for settings in ({}, {"features": ["a", "b"]}, {"features": ["b"], "label": "a"}):
+        with pytest.raises(at.DataError, match=r"d\.parquet has 2 columns named 'a'"):
+            _first(tmp_path / "d.parquet", **settings)
+    assert _first(tmp_path / "d.parquet", features=["b"])[0].tolist() == [[5.0], [6.0]]  # type: ignore[index]
+    pq.write_table(pa.table({"a": [1.0], "b": [5.0], "y": [0]}), tmp_path / "c.parquet")
+    with pytest.raises(at.DataError, match=r"d\.parquet has 2 columns named 'a'"):
+        _first(tmp_path)  # c.parquet first, then d.parquet
+
+
 @pytest.mark.parametrize("statistics", [True, False])
 def test_nulls_are_refused_naming_the_column(tmp_path: Path, statistics: bool) -> None:
     table = pa.table({"x": pa.array([1.0, None, 3.0]), "y": pa.array([0, 1, 0])})

@@ -101,6 +101,7 @@ class ParquetFiles:
         schema = metas[0].schema.to_arrow_schema()
         self.features = _features(self.paths[0], schema, label, features, weight)
         columns = self.columns
+        _named_once(self.paths[0], schema, columns)
         types = _types(self.paths[0], schema, columns, self._pa)
         for file, meta in zip(self.paths[1:], metas[1:], strict=True):
             _same_schema(self.paths[0], file, types, meta.schema.to_arrow_schema(), features)
@@ -248,6 +249,18 @@ def _features(
     return tuple(features)
 
 
+def _named_once(file: Path, schema: Any, columns: list[str]) -> None:
+    """Refuse a column read by name that ``file`` has more than once: which of them is
+    meant cannot be told (pyarrow's lookup by name fails with a bare KeyError)."""
+    names = list(schema.names)
+    for name in dict.fromkeys(columns):
+        if names.count(name) > 1:
+            raise DataError(
+                f"{file} has {names.count(name)} columns named {name!r}; columns are read by "
+                "name, so each one read needs a name of its own: rename them before writing"
+            )
+
+
 def _types(file: Path, schema: Any, columns: list[str], pa: Any) -> dict[str, Any]:
     """The Arrow type of each of ``columns``, all numbers (integer, float or bool)."""
     types = {name: schema.field(name).type for name in columns}
@@ -265,6 +278,7 @@ def _types(file: Path, schema: Any, columns: list[str], pa: Any) -> dict[str, An
 def _same_schema(
     first: Path, file: Path, types: dict[str, Any], schema: Any, features: Sequence[str] | None
 ) -> None:
+    _named_once(file, schema, list(types))
     names = list(schema.names)
     if features is None and set(names) != {*types}:
         extra = sorted(set(names) - {*types})
