@@ -165,6 +165,18 @@ def test_features_dtype_and_label_conversions(tmp_path: Path) -> None:
     assert y.dtype == np.int64
 
 
+def test_a_uint64_label_beyond_int64_is_refused_not_wrapped(tmp_path: Path) -> None:
+    # cast to int64 as it was, 2**63 + 5 became the label -9223372036854775803
+    labels = pa.array(np.array([0, 1, 2**63 + 5], np.uint64))
+    pq.write_table(pa.table({"x": [1.0, 2.0, 3.0], "y": labels}), tmp_path / "u.parquet")
+    with pytest.raises(at.DataError, match=r"label column 'y' holds 9223372036854775813"):
+        _first(tmp_path / "u.parquet")
+    with pytest.raises(at.DataError, match="beyond the int64 range"):
+        at.data.load(tmp_path / "u.parquet", label="y")
+    pq.write_table(pa.table({"x": [1.0, 2.0], "y": labels[:2]}), tmp_path / "u.parquet")
+    assert _first(tmp_path / "u.parquet")[1].tolist() == [0, 1]  # type: ignore[index]
+
+
 # -- training on it ----------------------------------------------------------------------
 
 

@@ -28,6 +28,8 @@ from asynctrain.data._validate import all_finite
 CHUNK_BYTES = 8 * 2**20
 """About how many bytes of row data :meth:`ParquetFiles.read` converts at a time."""
 
+_INT64_MAX = np.iinfo(np.int64).max  # a uint64 label above it would wrap to a negative one
+
 _FIND: Any = object()  # _values: find the column's view dtype itself
 
 _INSTALL = "reading Parquet needs pyarrow: pip install 'asynctrain[parquet]'"
@@ -156,8 +158,9 @@ class ParquetFiles:
         chunk's first row.
 
         Raises:
-            DataError: the row group cannot be decoded, or holds a null, NaN or Inf, or
-                a negative weight (naming the file, row group, column and row).
+            DataError: the row group cannot be decoded, or holds a null, NaN or Inf, a
+                negative weight (naming the file, row group, column and row), or a uint64
+                label beyond int64.
         """
         file, columns = self.paths[piece.file], self.columns
         chunk = max(1, CHUNK_BYTES // (8 * len(columns)))
@@ -354,6 +357,12 @@ def _arrays(
         _values(batch.column(position[name]), None, view)
         for name, view in zip(names[n_features:], views[n_features:], strict=True)
     )
+    if label.dtype == np.uint64 and len(label) and int(label.max()) > _INT64_MAX:
+        raise DataError(
+            f"{where}: label column {names[n_features]!r} holds {int(label.max())}, beyond the "
+            "int64 range of labels; relabel the classes as 0 .. n_classes - 1 (or write "
+            "float targets) before writing"
+        )
     with np.errstate(over="ignore", invalid="ignore"):  # overflow gives Inf, refused next
         X = _features_of(batch, names[:n_features], views[:n_features], position, dtype, where)
         y = label.astype(np.int64) if label.dtype.kind in "biu" else label.astype(dtype)
