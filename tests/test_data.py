@@ -471,6 +471,17 @@ def test_load_csv_bad_input(
         load(_csv(tmp_path, text), label=label)
 
 
+@pytest.mark.parametrize("where", ["header", "deep"])
+def test_load_csv_in_another_encoding_is_named(tmp_path: Path, where: str) -> None:
+    # a Latin-1 "CSV" from a spreadsheet raised a bare UnicodeDecodeError, no file named
+    path = tmp_path / "d.csv"
+    rows = b"1,2,0\n" * 20_000  # past the first read of the decoder
+    text = b"a,b,caf\xe9\n" + rows if where == "header" else b"a,b,c\n" + rows + b"3,\xe9,1\n"
+    path.write_bytes(text)
+    with pytest.raises(DataError, match=r"d\.csv is not UTF-8 text .*b'\\xe9'.*save it as"):
+        load(path)
+
+
 # --- epoch order, batches, shards ---------------------------------------------------------
 
 

@@ -96,11 +96,14 @@ def read_columns(path: Path, names: list[str]) -> npt.NDArray[np.float64]:
 def _first_row(path: Path) -> tuple[list[str] | None, int, int]:
     """Return the header (None when the first row is data), the column count, and the
     number of lines to skip to reach the data (0 without a header)."""
-    with path.open(newline="", encoding=_ENCODING) as handle:
-        reader = csv.reader(handle)
-        first = next((row for row in reader if row), None)
-        header_lines = reader.line_num
-        second = next((row for row in reader if row), None)
+    try:
+        with path.open(newline="", encoding=_ENCODING) as handle:
+            reader = csv.reader(handle)
+            first = next((row for row in reader if row), None)
+            header_lines = reader.line_num
+            second = next((row for row in reader if row), None)
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
     if first is None:
         raise DataError(f"{path} is empty; it needs rows of comma-separated numbers")
     if len(first) < 2:
@@ -152,13 +155,27 @@ def _parse(path: Path, *, skip: int, n_columns: int) -> npt.NDArray[np.float64]:
 
 def _first_problem(path: Path, n_columns: int, skip: int) -> str | None:
     """Describe the first data row of the wrong length or with a non-numeric cell."""
-    with path.open(newline="", encoding=_ENCODING) as handle:
-        reader = csv.reader(handle)
-        for row in reader:
-            problem = _row_problem(row, n_columns) if reader.line_num > skip else None
-            if problem:
-                return f"{path} line {reader.line_num}{problem}"
+    try:
+        with path.open(newline="", encoding=_ENCODING) as handle:
+            reader = csv.reader(handle)
+            for row in reader:
+                problem = _row_problem(row, n_columns) if reader.line_num > skip else None
+                if problem:
+                    return f"{path} line {reader.line_num}{problem}"
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
     return None
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> DataError:
+    """The error for a file in another encoding (Latin-1, say: a spreadsheet's "CSV"),
+    which Python's decoder reports as a bare UnicodeDecodeError without the file."""
+    byte = exc.object[exc.start : exc.start + 1]
+    return DataError(
+        f"{path} is not UTF-8 text (it holds the byte {byte!r}, {exc.reason}); save it as "
+        'UTF-8 ("CSV UTF-8" in a spreadsheet program) or convert it, e.g. '
+        "`iconv -f latin1 -t utf-8 old.csv > new.csv`"
+    )
 
 
 def _row_problem(row: list[str], n_columns: int) -> str | None:
