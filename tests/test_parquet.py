@@ -614,6 +614,15 @@ def test_bad_settings_fail_at_once(settings: dict[str, object], error: type, mat
         read_parquet("never-read.parquet", **arguments)  # type: ignore[arg-type]
 
 
+def test_a_numpy_holdout_fraction_is_taken_like_a_float() -> None:
+    # np.float32(0.1) was refused: "holdout must be a fraction such as 0.1, got 0.1"
+    settings: dict[str, object] = {"label": "y", "batch_size": BATCH}
+    stream = read_parquet("never-read.parquet", **settings, holdout=np.float32(0.5))  # type: ignore[arg-type]
+    assert stream.holdout_fraction == 0.5
+    with pytest.raises(at.ConfigTypeError, match="holdout must be a fraction"):
+        read_parquet("never-read.parquet", **settings, holdout="0.1")  # type: ignore[arg-type]
+
+
 def test_files_without_rows(tmp_path: Path) -> None:
     empty = pa.table({"a": pa.array([], pa.float64()), "y": pa.array([], pa.int64())})
     pq.write_table(empty, tmp_path / "a.parquet")

@@ -14,6 +14,7 @@ shuffling.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import Any, Literal
@@ -441,7 +442,8 @@ def _check_buffer(rows: int | None, batch_size: int, shuffle: bool) -> int | Non
 
 
 def _check_fraction(holdout: float) -> float:
-    if isinstance(holdout, bool) or not isinstance(holdout, int | float):
+    # numbers.Real: numpy's scalars too (np.float32(0.1) is a fraction, as for split())
+    if isinstance(holdout, bool) or not isinstance(holdout, numbers.Real):
         raise ConfigTypeError(f"holdout must be a fraction such as 0.1, got {holdout!r}")
     if not 0.0 <= holdout < 1.0:
         raise ConfigError(f"holdout must be in [0, 1), got {holdout}; e.g. holdout=0.1")
