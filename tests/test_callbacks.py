@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +253,33 @@ async def test_loggers_close_when_the_fit_fails(tmp_path: Path) -> None:
         )
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 2  # header, epoch 0
     # (the autouse leak check fails the test if the logger's thread were left running)
+
+
+async def test_every_on_fit_end_runs_when_one_raises(tmp_path: Path) -> None:
+    # The first callback's failing on_fit_end skipped the logger's: its file stayed open
+    # and its asynctrain-log thread kept running.
+    class BadEnd(at.Callback):
+        def on_fit_end(self, fit: at.FitControl) -> None:
+            raise RuntimeError("end boom")
+
+    class AlsoBad(at.Callback):
+        async def on_fit_end(self, fit: at.FitControl) -> None:
+            raise ValueError("second")
+
+    logger = at.CSVLogger(tmp_path / "log.csv")
+    data = at.data.synthetic("softmax", n=600)
+    with pytest.raises(RuntimeError, match="end boom") as raised:
+        await at.fit(
+            at.models.SoftmaxRegression(128, 10),
+            data,
+            epochs=2,
+            callbacks=[BadEnd(), logger, AlsoBad()],
+            backend="inline",
+        )
+    assert any("ValueError: second" in note for note in raised.value.__notes__)
+    assert logger._log is None
+    assert not [t for t in threading.enumerate() if t.name.startswith("asynctrain-log")]
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 3  # header, 2 epochs
 
 
 async def test_restore_params_only_once_the_steps_ended() -> None:

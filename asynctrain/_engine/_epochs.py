@@ -297,15 +297,29 @@ async def call_hooks(callbacks: Sequence[Callback], hook: str, control: FitContr
     """Call ``hook`` (``on_fit_start`` or ``on_fit_end``) of every callback, in order.
 
     Nothing without a ``control``. A callback that is not a :class:`Callback` subclass
-    may lack the hook: it is skipped.
+    may lack the hook: it is skipped. ``on_fit_end`` is each callback's one chance to
+    release what it opened (a logger's file and thread), so one that raises does not
+    deprive the others of theirs: every one runs, then the first error is raised, with
+    the later ones noted on it.
     """
     if control is None:
         return
+    failed: Exception | None = None
     for callback in callbacks:
         method = getattr(callback, hook, None)
-        answer = None if method is None else method(control)
-        if inspect.isawaitable(answer):
-            await answer
+        try:
+            answer = None if method is None else method(control)
+            if inspect.isawaitable(answer):
+                await answer
+        except Exception as exc:
+            if hook != "on_fit_end":
+                raise
+            if failed is None:
+                failed = exc
+            else:
+                failed.add_note(f"and {callback!r}.{hook} raised {type(exc).__name__}: {exc}")
+    if failed is not None:
+        raise failed
 
 
 async def _no_events() -> AsyncGenerator[Event, None]:
