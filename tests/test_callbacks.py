@@ -282,6 +282,37 @@ async def test_every_on_fit_end_runs_when_one_raises(tmp_path: Path) -> None:
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 3  # header, 2 epochs
 
 
+async def test_a_hook_answering_an_array_is_refused_naming_it() -> None:
+    # An answer without a truth raised numpy's "truth value is ambiguous" from the engine.
+    class Odd(at.Callback):
+        async def on_epoch(self, event: at.EpochEvent) -> object:
+            return np.array([1, 2])
+
+    data = at.data.synthetic("softmax", n=600)
+    refused = r"Odd\.on_epoch returned array\(\[1, 2\]\), which is neither"
+    with pytest.raises(at.ConfigTypeError, match=refused):
+        await at.fit(
+            at.models.SoftmaxRegression(128, 10),
+            data,
+            epochs=3,
+            callbacks=[Odd()],
+            backend="inline",
+        )
+
+
+@pytest.mark.parametrize(("answer", "epochs"), [(np.True_, 1), (True, 1), (False, 3), (None, 3)])
+async def test_true_stops_and_none_or_false_go_on(answer: object, epochs: int) -> None:
+    class Hook(at.Callback):
+        def on_epoch(self, event: at.EpochEvent) -> object:
+            return answer
+
+    data = at.data.synthetic("softmax", n=600)
+    result = await at.fit(
+        at.models.SoftmaxRegression(128, 10), data, epochs=3, callbacks=[Hook()], backend="inline"
+    )
+    assert result.epochs == epochs
+
+
 async def test_restore_params_only_once_the_steps_ended() -> None:
     errors: list[Exception] = []
 

@@ -8,7 +8,7 @@ import inspect
 import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,7 @@ from asynctrain._events import (
     StepEvent,
     summarize_staleness,
 )
+from asynctrain._exceptions import ConfigTypeError
 from asynctrain._monitor import LoopLagMonitor
 from asynctrain._offloop import off_loop
 from asynctrain.backends import SharedArrays
@@ -328,14 +329,26 @@ async def _no_events() -> AsyncGenerator[Event, None]:
 
 
 async def notify(callbacks: Sequence[Callback], event: Event) -> bool:
-    """Give ``event`` to every callback (sync or async hooks); True if any asks to stop."""
+    """Give ``event`` to every callback (sync or async hooks); True if any asks to stop.
+
+    A hook's answer is taken for its truth (the :class:`Callback` contract); one that has
+    none (an array of several values) is refused naming the hook, not left to raise numpy's
+    "truth value is ambiguous" from here.
+    """
     stop = False
     for callback in callbacks:
         if isinstance(event, StepEvent):
-            answer: Any = callback.on_step(event)
+            hook, answer = "on_step", callback.on_step(event)
         else:
-            answer = callback.on_epoch(event)
+            hook, answer = "on_epoch", callback.on_epoch(event)
         if inspect.isawaitable(answer):
             answer = await answer
-        stop = stop or bool(answer)
+        try:
+            asks = bool(answer)
+        except Exception as exc:
+            raise ConfigTypeError(
+                f"{type(callback).__name__}.{hook} returned {answer!r:.80}, which is neither "
+                f"true nor false ({exc}); return True to stop the fit, or None to go on"
+            ) from None
+        stop = stop or asks
     return stop
