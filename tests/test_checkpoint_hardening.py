@@ -135,7 +135,29 @@ async def test_a_second_fit_on_a_locked_checkpoint_dir_is_refused(
         await fit
     assert second.state.step == 0
     assert Checkpoint.read(tmp_path).counter("step") == first.state.step
-    await second.fit(data, epochs=1, checkpoint_dir=tmp_path)  # free again afterwards
+    await first.fit(data, epochs=1, checkpoint_dir=tmp_path)  # free again afterwards
+
+
+def _checkpoint_files(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in directory.glob("step-*.ckpt")}
+
+
+async def test_a_fresh_fit_in_the_directory_of_a_longer_run_is_refused(
+    tmp_path: Path, data: at.data.Dataset
+) -> None:
+    # A fresh fit wrote step files below the other run's latest (one of the same step
+    # overwritten): resume and restore of the directory then took the other run's state.
+    earlier = _trainer()
+    await earlier.fit(data, epochs=3, checkpoint_dir=tmp_path, keep=2)
+    before = _checkpoint_files(tmp_path)
+    counter = _Steps()
+    with pytest.raises(at.CheckpointError, match=r"holds the checkpoints of another run.*resume"):
+        await _trainer(seed=7).fit(data, epochs=1, checkpoint_dir=tmp_path, callbacks=[counter])
+    assert counter.steps == 0
+    assert _checkpoint_files(tmp_path) == before
+    await earlier.fit(data, epochs=1, checkpoint_dir=tmp_path)  # its own run goes on
+    assert Checkpoint.read(tmp_path).counter("step") == earlier.state.step
+    await _trainer(seed=7).fit(data, epochs=1, checkpoint_dir=tmp_path / "own")
 
 
 # -- 19: crafted manifests with valid checksums -------------------------------------------

@@ -76,6 +76,13 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:012d}.ckpt"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step in the name of a checkpoint :func:`list_checkpoints` found."""
+    found = _NAME.match(path.name)
+    assert found is not None, path
+    return int(found[1])
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
     """The checkpoints (regular files) in ``directory``, oldest (fewest steps) first."""
     found = [

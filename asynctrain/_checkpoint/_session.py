@@ -30,6 +30,7 @@ from asynctrain._checkpoint._content import (
     callback_keys,
     callback_states,
     checkpoint_name,
+    checkpoint_step,
     copied_bytes,
     encode_state,
     list_checkpoints,
@@ -169,8 +170,9 @@ class CheckpointSession:
             encode_state(subject.optimizer, subject.state.opt_state, [])  # plain data?
             self._lock = DirectoryLock(self.directory)
             self._writer = Writer()
+            fresh_at = None if self.resume_latest else subject.state.step
             try:
-                await self._writer.run(_prepare_directory, self._lock)
+                await self._writer.run(_prepare_directory, self._lock, fresh_at)
             except BaseException:
                 self._writer.close()  # the thread is done: the lock is held or not
                 self._lock.release()
@@ -325,9 +327,28 @@ def write_and_prune(
                     old.unlink()
 
 
-def _prepare_directory(lock: DirectoryLock) -> None:
+def _prepare_directory(lock: DirectoryLock, fresh_at: int | None) -> None:
+    """Lock the directory and sweep dead writers' temporaries.
+
+    A fit that does not resume (``fresh_at``: its trainer's step) is refused a directory
+    whose latest checkpoint lies further on, from another run: this fit's files would
+    never be the latest, so a resume, ``restore`` or ``asynctrain predict`` of the
+    directory would take that run's, one of the same step would be overwritten, and
+    ``keep`` would prune this fit's. A trainer fitting again in its own directory is
+    already at its latest step and goes on.
+    """
     lock.acquire()
     sweep(lock.directory)
+    if fresh_at is None:
+        return
+    found = list_checkpoints(lock.directory)
+    if found and checkpoint_step(found[-1]) > fresh_at:
+        raise CheckpointError(
+            f"checkpoint_dir {lock.directory} holds the checkpoints of another run, up to "
+            f"{found[-1].name}, while this fit starts at step {fresh_at}; pass resume=True "
+            'to continue that run (resume="params" for its parameters only), or give this '
+            "fit an empty directory"
+        )
 
 
 def _samples_of(data: Any) -> int | None:
