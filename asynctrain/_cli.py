@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain import __version__, models, optim
-from asynctrain._checkpoint import Checkpoint, describe
+from asynctrain._checkpoint import Checkpoint, describe, list_checkpoints
 from asynctrain._config import MODE_OPTIONS
 from asynctrain._curves import check_plotting, plot_curves
 from asynctrain._events import FitResult
@@ -616,7 +616,21 @@ def _summary(
 
 def _write_spec(directory: Path, spec: ModelSpec, *, resume: bool) -> None:
     """Describe the model next to its checkpoints (for `predict`); on ``--resume``, refuse
-    a spec other than the one the checkpoints were trained with."""
+    a spec other than the one the checkpoints were trained with; without it, refuse a
+    directory holding an earlier run's checkpoints (as the fit would) before its
+    description is replaced. A directory that cannot be written is one clear error."""
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"--checkpoint-dir {directory} is a file; pass a directory")
+    try:
+        _write_spec_in(directory, spec, resume=resume)
+    except OSError as exc:
+        raise ConfigError(
+            f"--checkpoint-dir {directory}: cannot write {SPEC_FILE} there "
+            f"({exc.strerror or exc}); pass a writable directory"
+        ) from None
+
+
+def _write_spec_in(directory: Path, spec: ModelSpec, *, resume: bool) -> None:
     path = directory / SPEC_FILE
     if resume and path.is_file():
         written = ModelSpec.from_json(path.read_text(), str(path))
@@ -632,6 +646,12 @@ def _write_spec(directory: Path, spec: ModelSpec, *, resume: bool) -> None:
                 "pass the same data and options, or another --checkpoint-dir"
             )
         return
+    found = list_checkpoints(directory) if directory.is_dir() else []
+    if found and not resume:
+        raise ConfigError(
+            f"--checkpoint-dir {directory} holds the checkpoints of an earlier run (up to "
+            f"{found[-1].name}); pass --resume to continue it, or another --checkpoint-dir"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     path.write_text(spec.to_json())
 

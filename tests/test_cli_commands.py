@@ -299,6 +299,39 @@ def test_checkpoint_options_need_a_directory(
     assert "--checkpoint-dir" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where", ["a-file", "missing/../../nowhere"])
+def test_a_checkpoint_dir_that_cannot_be_made_is_one_line(
+    softmax_file: Path, tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It was a FileExistsError/FileNotFoundError traceback from writing the model's
+    # description, before the fit's own check of the directory.
+    (tmp_path / "a-file").write_text("")
+    directory = tmp_path / "a-file" / where if where != "a-file" else tmp_path / where
+    argv = ["train", str(softmax_file), "--model", "softmax", "--no-progress"]
+    assert main([*argv, "--checkpoint-dir", str(directory)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"asynctrain: error: --checkpoint-dir {directory}")
+    assert err.count("\n") == 1
+
+
+def test_a_new_run_in_the_directory_of_another_is_refused_keeping_its_model(
+    softmax_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The second run replaced asynctrain-model.json and overwrote step 12's file with an
+    # MLP's: predict then failed with a KeyError traceback and --resume was refused.
+    argv = ["train", str(softmax_file), "--epochs", "1", "--no-progress"]
+    ckpt = str(tmp_path / "ckpt")
+    assert main([*argv, "--model", "softmax", "--checkpoint-dir", ckpt]) == 0
+    files = {path: path.read_bytes() for path in (tmp_path / "ckpt").iterdir()}
+    capsys.readouterr()
+    assert main([*argv, "--model", "mlp", "--hidden", "8", "--checkpoint-dir", ckpt]) == 2
+    assert "pass --resume to continue it" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in (tmp_path / "ckpt").iterdir()} == files
+    out = tmp_path / "p.npy"
+    assert main(["predict", ckpt, str(softmax_file), "--out", str(out)]) == 0
+    assert main([*argv, "--model", "softmax", "--checkpoint-dir", ckpt, "--resume"]) == 0
+
+
 def test_predict_from_a_checkpoint_the_library_wrote(softmax_file: Path, tmp_path: Path) -> None:
     data = load(softmax_file)
     trainer = at.Trainer(at.models.SoftmaxRegression(16, 10), "adam", backend="inline")
