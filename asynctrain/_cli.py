@@ -454,6 +454,7 @@ def _predict(args: argparse.Namespace) -> int:
     _check_output(args.out, "--out")
     spec, params = _read_model(Path(args.model))
     model = spec.build()
+    _check_params(Path(args.model), spec, model, params)
     X = spec.features(_read_features(Path(args.data), spec), model.dtype)
     predictions = spec.decode(model.predict(params, np.asarray(X, dtype=model.dtype)))
     with open(args.out, "wb") as file:  # exactly this name (np.save would append .npy)
@@ -476,6 +477,29 @@ def _read_model(path: Path) -> tuple[ModelSpec, dict[str, npt.NDArray[Any]]]:
         return ModelSpec.from_json(str(text), str(path)), arrays
     checkpoint = Checkpoint.read(path)
     return _checkpoint_spec(checkpoint), checkpoint.params
+
+
+def _check_params(path: Path, spec: ModelSpec, model: Any, params: dict[str, Any]) -> None:
+    """Refuse parameters that are not the described model's (names, shapes, floats): an
+    edited ``--out`` file, or a checkpoint directory whose description is another
+    model's, failed inside the model's predict with a KeyError or a matmul error."""
+    shapes = {name: value.shape for name, value in model.init(np.random.default_rng(0)).items()}
+    found = {name: np.shape(value) for name, value in params.items()}
+    dtypes = {name: np.asarray(value).dtype for name, value in params.items()}
+    other = next((f"{name} of {dtypes[name]}" for name in found if dtypes[name].kind != "f"), "")
+    if found != shapes or other:
+        raise DataError(
+            f"{path}: its parameters {_shapes(params)}{' (' + other + ')' if other else ''} "
+            f"are not those of the {spec.model} model it describes {_shapes(shapes)}; pass "
+            "the file `asynctrain train --out` wrote, or the checkpoint directory of that run"
+        )
+
+
+def _shapes(arrays: dict[str, Any]) -> str:
+    def shape(value: Any) -> Any:
+        return value if isinstance(value, tuple) else np.shape(value)
+
+    return "(" + ", ".join(f"{name} {shape(arrays[name])}" for name in sorted(arrays)) + ")"
 
 
 def _checkpoint_spec(checkpoint: Checkpoint) -> ModelSpec:

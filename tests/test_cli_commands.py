@@ -332,6 +332,27 @@ def test_a_new_run_in_the_directory_of_another_is_refused_keeping_its_model(
     assert main([*argv, "--model", "softmax", "--checkpoint-dir", ckpt, "--resume"]) == 0
 
 
+def test_predict_refuses_parameters_of_another_model_in_one_line(
+    softmax_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The model's own predict failed on them: a KeyError or matmul traceback.
+    argv = ["train", str(softmax_file), "--epochs", "1", "--no-progress"]
+    mlp, softmax = tmp_path / "mlp.npz", tmp_path / "softmax.npz"
+    assert main([*argv, "--model", "mlp", "--hidden", "8", "--out", str(mlp)]) == 0
+    assert main([*argv, "--model", "softmax", "--out", str(softmax)]) == 0
+    with np.load(mlp) as a, np.load(softmax) as b:
+        arrays = {key: a[key] for key in a.files if key.startswith("W")}
+        arrays["__asynctrain_model__"] = b["__asynctrain_model__"]
+    mixed = tmp_path / "mixed.npz"
+    np.savez(mixed, **arrays)
+    capsys.readouterr()
+    assert main(["predict", str(mixed), str(softmax_file), "--out", str(tmp_path / "p.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"asynctrain: error: {mixed}: its parameters (W0 (16, 8), W1 (8, 10))")
+    assert "softmax model it describes (W (16, 10), b (10,))" in err
+    assert err.count("\n") == 1
+
+
 def test_predict_from_a_checkpoint_the_library_wrote(softmax_file: Path, tmp_path: Path) -> None:
     data = load(softmax_file)
     trainer = at.Trainer(at.models.SoftmaxRegression(16, 10), "adam", backend="inline")
