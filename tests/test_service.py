@@ -254,6 +254,23 @@ async def test_finished_jobs_beyond_keep_finished_are_forgotten(data: Dataset) -
         assert "running=0" in repr(service)
 
 
+async def test_jobs_cancelled_in_the_queue_are_forgotten_while_another_runs(
+    data: Dataset,
+) -> None:
+    # Only a job's task ending forgot old jobs: behind a long job, every job cancelled
+    # in the queue stayed in service.jobs and in the queue, beyond keep_finished.
+    async with at.TrainingService(workers=1, max_running=1, keep_finished=2) as service:
+        long = await service.start("long", _model(), data, epochs=100, **OPTIONS)
+        for i in range(6):
+            (await service.start(f"q{i}", _model(), data, **OPTIONS)).cancel()
+        assert list(service.jobs) == ["long", "q4", "q5"]
+        assert len(service._queue) == 0
+        assert long.status == "running"
+        waiting = await service.start("next", _model(), data.subset(np.arange(256)), **OPTIONS)
+        long.cancel()
+        assert await waiting.wait() == "done"  # the queue still dispatches in order
+
+
 async def test_data_arrives_in_the_models_dtype_and_as_pairs(data: Dataset) -> None:
     X64, y = data.X.astype(np.float64), np.asarray(data.y)
     async with at.TrainingService(workers=2) as service:

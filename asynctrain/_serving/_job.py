@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -86,6 +86,7 @@ class Job:
         history: int,
         buffer: int,
         counters: StepCounters | None = None,
+        on_settle: Callable[[Job], None] | None = None,
     ) -> None:
         self.name = name
         self.status: JobStatus = "queued"
@@ -105,6 +106,7 @@ class Job:
         self._error: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self._counters = StepCounters() if counters is None else counters
+        self._on_settle = on_settle  # the service's: a job cancelled while queued
         self._announce()
 
     # -- what a caller reads -------------------------------------------------------------
@@ -258,6 +260,8 @@ class Job:
         self._stream.publish(StatusEvent(self.name, status, self.step, error))
         self._stream.close()
         self._done.set()
+        if self._on_settle is not None:
+            self._on_settle(self)
 
     def _release(self) -> None:
         """Drop everything that holds the dataset: a finished job keeps parameters only.

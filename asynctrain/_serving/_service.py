@@ -188,6 +188,7 @@ class TrainingService:
                 history=self.history,
                 buffer=self.buffer,
                 counters=self._counters,
+                on_settle=self._settled,
             )
         finally:
             self._reserved.discard(name)
@@ -280,8 +281,16 @@ class TrainingService:
     def _finished(self, job: Job, task: asyncio.Task[None]) -> None:
         self._running.discard(job)
         job._settle_outcome()
-        self._forget_old()
         self._dispatch()
+
+    def _settled(self, job: Job) -> None:
+        """A job finished, by its task's end or cancelled while queued: take it off the
+        queue and forget the oldest finished jobs beyond ``keep_finished``. Done here, not
+        only when a task ends, because while long jobs run none ends: jobs cancelled in
+        the queue piled up in it and in ``jobs`` without bound."""
+        if job in self._queue:
+            self._queue.remove(job)
+        self._forget_old()
 
     def _forget_old(self) -> None:
         finished = [name for name, job in self._jobs.items() if job.done]
