@@ -125,6 +125,25 @@ async def test_model_checkpoint_best_only_keeps_the_best_epoch(
         await at.fit(model, train, validation=val, callbacks=[bad], backend="inline")
 
 
+@pytest.mark.parametrize(
+    ("path", "match"),
+    [
+        ("run{1}/best.ckpt", "field without a name"),  # a directory named with braces
+        ("epoch-{}.ckpt", "field without a name"),
+        ("loss-{loss:03d}.ckpt", "Unknown format code 'd'"),
+        ("epoch-{epoch.ckpt", "not a template"),
+        ("loss}.ckpt", "not a template"),
+    ],
+)
+def test_model_checkpoint_refuses_a_path_it_cannot_fill_when_made(path: str, match: str) -> None:
+    """Before: accepted, then the fit failed after training its first epoch, with a
+    message naming the wrong problem ("names Unknown format code ...")."""
+    with pytest.raises(at.ConfigError, match=match) as caught:
+        at.ModelCheckpoint(path)
+    assert "{{" in str(caught.value)  # says how to write a literal brace
+    at.ModelCheckpoint("run{{1}}/epoch-{epoch:03d}-{val_loss:.3f}-{val_f1:.2f}.ckpt")
+
+
 def test_plateau_rule_reduces_after_patience_with_cooldown_and_floor() -> None:
     state = chain(sgd(1.0), scale_by_plateau()).init({"w": np.zeros(1)})
     rule = PlateauRule(factor=0.5, patience=2, cooldown=1, min_scale=0.2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import string
 from pathlib import Path
 
 from asynctrain._callbacks._monitor import Monitored
@@ -50,7 +51,7 @@ class ModelCheckpoint(Callback):
             raise ConfigTypeError(f"path must be a str or a path, got {path!r}")
         if not isinstance(best_only, bool):
             raise ConfigTypeError(f"best_only must be True or False, got {best_only!r}")
-        self.path, self.best_only = os.fspath(path), best_only
+        self.path, self.best_only = _checked_template(os.fspath(path)), best_only
         self._monitored = Monitored(monitor, min_delta)
         self.monitor = monitor
         self.saved: list[Path] = []
@@ -95,9 +96,9 @@ class ModelCheckpoint(Callback):
         }
         try:
             return Path(self.path.format(**values))
-        except (KeyError, IndexError, ValueError) as exc:
+        except KeyError as exc:
             raise ConfigError(
-                f"ModelCheckpoint path {self.path!r} names {exc} that epoch {event.epoch} "
+                f"ModelCheckpoint path {self.path!r} names {exc}, which epoch {event.epoch} "
                 f"does not have; it has {', '.join(values)}"
             ) from None
 
@@ -105,3 +106,36 @@ class ModelCheckpoint(Callback):
         return (
             f"ModelCheckpoint({self.path!r}, best_only={self.best_only}, monitor={self.monitor!r})"
         )
+
+
+def _checked_template(path: str) -> str:
+    """``path`` if it formats as a ModelCheckpoint path; else a :class:`ConfigError` now,
+    not after the first epoch has trained.
+
+    Checked with every value it names set to a number of its kind (``epoch`` an int, the
+    losses, accuracy and metrics floats): braces that do not pair, a positional field
+    and a format spec its value cannot take (``{loss:03d}``) fail as they would at the
+    end of an epoch. Whether a metric's name is one the fit computes is known only then.
+    """
+    hint = "write a literal brace as {{ or }}"
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(path) if field is not None]
+    except ValueError as exc:
+        raise ConfigError(
+            f"ModelCheckpoint path {path!r} is not a template ({exc}); {hint}"
+        ) from None
+    names = {field.split(".", 1)[0].split("[", 1)[0] for field in fields}
+    if any(not name or name.isdigit() for name in names):
+        raise ConfigError(
+            f"ModelCheckpoint path {path!r} has a field without a name; name a value of the "
+            f"epoch, e.g. {{epoch}} or {{val_loss:.3f}}, or {hint}"
+        )
+    sample: dict[str, int | float] = {name: 1 if name == "epoch" else 0.5 for name in names}
+    try:
+        path.format(**sample)
+    except (ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise ConfigError(
+            f"ModelCheckpoint path {path!r} cannot be filled in ({exc}); {{epoch}} is an int, "
+            f"the losses, accuracy and metrics are floats (e.g. {{val_loss:.3f}}); {hint}"
+        ) from None
+    return path
