@@ -157,6 +157,29 @@ def test_out_is_written_under_exactly_its_name(
     assert not (tmp_path / "p.txt.npz").exists()
 
 
+def test_an_interrupted_write_keeps_the_earlier_model_whole(
+    softmax_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or a kill, or a full disk) while ``--out`` is written leaves the file that
+    was there, and no temporary; the written file is readable like open()'s."""
+    out = tmp_path / "model.npz"
+    argv = ["train", str(softmax_file), "--model", "softmax", "--epochs", "1", "--out", str(out)]
+    assert main(argv) == 0
+    before = out.read_bytes()
+    assert out.stat().st_mode & 0o044  # not private, as mkstemp's files are
+    savez = np.savez
+
+    def interrupted(file: Any, **arrays: Any) -> None:
+        savez(file, **arrays)  # all but the end: the file is written, then cut short
+        file.truncate(100)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    assert main([*argv, "--seed", "1"]) == 130  # "asynctrain: interrupted"
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "model.npz"]
+
+
 def test_dask_backend_without_dask_is_one_line(
     softmax_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
