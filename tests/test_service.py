@@ -202,6 +202,24 @@ async def test_aclose_cancels_everything(data: Dataset) -> None:
         await service.start("late", _model(), data)
 
 
+async def test_a_cancelled_aclose_still_closes_what_the_service_opened(data: Dataset) -> None:
+    """aclose() cancelled while its jobs stop: the cancel is heard only once they have
+    stopped and the service's own backend is closed; a second aclose() is a no-op. Before,
+    the service counted as closed from the first line, so nothing closed the backend."""
+    service = at.TrainingService(backend="process", workers=2, max_running=1)
+    await service.open()
+    running = await service.start("r", _model(), data, epochs=50, **OPTIONS)
+    await _first_steps(running, 2)
+    closing = asyncio.ensure_future(service.aclose())
+    await asyncio.sleep(0)  # it has cancelled the jobs and waits for them
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert running.status == "cancelled"
+    assert service.backend.state == "closed"
+    await service.aclose()
+
+
 async def test_bad_requests_fail_before_a_job_exists(
     service: at.TrainingService, data: Dataset
 ) -> None:

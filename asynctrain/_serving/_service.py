@@ -9,6 +9,7 @@ backend it created, so nothing is left running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -98,6 +99,7 @@ class TrainingService:
         self._lag = LoopLagMonitor(interval=lag_interval)
         self._counters = StepCounters()
         self._state = State.UNOPENED
+        self._closing: asyncio.Task[None] | None = None  # aclose()'s, once begun
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -123,10 +125,29 @@ class TrainingService:
             self._state = State.OPEN
 
     async def aclose(self) -> None:
-        """Cancel every job, wait until each has stopped, close what the service opened."""
-        if self._state is State.CLOSED:
-            return
-        was_open, self._state = self._state is State.OPEN, State.CLOSED
+        """Cancel every job, wait until each has stopped, close what the service opened.
+
+        Once begun, closing runs to its end: a caller cancelled meanwhile hears the
+        cancel only after every job has stopped and the service's own backend is closed
+        (a second cancel too), and a second call waits for the same closing. Left half
+        done, the service would count as closed with a job still training on a backend
+        that nothing closes.
+        """
+        if self._closing is None:
+            was_open, self._state = self._state is State.OPEN, State.CLOSED
+            self._closing = asyncio.get_running_loop().create_task(
+                self._close(was_open), name="asynctrain-service-close"
+            )
+        closing = self._closing
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            while not closing.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([closing])
+            raise
+
+    async def _close(self, was_open: bool) -> None:
         jobs = list(self._jobs.values())
         for job in jobs:
             job.cancel()
