@@ -211,7 +211,7 @@ def _raise_non_finite(
     inner = tuple(int(i) for i in position[1:])
     where = f"row {row}" + (f", column {inner[0]}" if bad.ndim == 2 else "")
     if columns is not None and bad.ndim == 2:
-        where += f" ({columns[inner[0]]!r}; a null in a data frame is NaN here)"
+        where += f" ({columns[inner[0]]!r}; a null reads as NaN)"
     where += f", position {inner}" if bad.ndim > 2 else ""
     value = array[(row, *position[1:])]
     raise DataError(
