@@ -253,6 +253,8 @@ def _bad_batches() -> list[tuple[object, type[Exception], str]]:
         ((np.zeros((BATCH, 8)), y + 3), at.DataError, r"stream batch 3: labels must be in 0\.\.2"),
         ((X, y[:10]), at.DataError, "stream batch 3: X has 64 rows but y has 10"),
         ({"X": X}, at.DataTypeError, "stream batch 3: got dict, not an"),
+        # nested lists of unequal lengths: numpy's bare ValueError before the fix
+        (([[1.0] * 8, [1.0] * 7], [0, 1]), at.DataError, "stream batch 3: X cannot be read"),
     ]
 
 

@@ -267,9 +267,15 @@ def _pair(item: object) -> tuple[Any, Any, Any]:
 
 
 def _rows(value: Any) -> int | None:
+    """The rows of ``value``; None for a scalar, or for what numpy cannot read as an
+    array (nested lists of unequal lengths): the batch's check then says what is wrong
+    with it, naming the batch, instead of numpy's bare ValueError escaping from here."""
     if is_table(value) or is_column(value):
         return len(value)
-    shape = np.shape(value)
+    try:
+        shape = np.shape(value)
+    except (ValueError, TypeError):
+        return None
     return shape[0] if shape else None
 
 
