@@ -417,12 +417,26 @@ class Trainer:
                     run_epochs(self._parts(), train, val, epochs, names, orders)
                 ) as events,
             ):
+                self._continue_epoch_on(len(train))
                 self._samples, self._feature_names = len(train), features
                 async for event in events:
                     yield event
         finally:
             if orders is not None:
                 await orders.aclose()  # if the fit never started: its first order's draw
+
+    def _continue_epoch_on(self, rows: int) -> None:
+        """Start an interrupted epoch over if this fit's data is not the data it was
+        interrupted on (another number of rows; the trainer is running).
+
+        The epoch's next batch is a position in that data's order, which means nothing in
+        this data's: continuing there would skip rows of it, or all of them (a fit that
+        trained nothing and closed the epoch). A checkpoint resumed or loaded leaves the
+        rows unknown (its resume checks the data itself), and the epoch continues."""
+        state = self.state
+        if state.batch and self._samples is not None and self._samples != rows:
+            assert self._updater is not None, "the fit has opened the trainer"
+            self._updater.state = state._replace(batch=0)
 
     # -- streams and partial_fit -----------------------------------------------------------
 
@@ -678,9 +692,10 @@ class Trainer:
         self._restore(state, checkpoint.feature_names)
 
     def _restore(self, state: TrainState, feature_names: FeatureNames | None) -> None:
-        """Continue from a checkpoint's ``state``, trained on its ``feature_names``."""
+        """Continue from a checkpoint's ``state``, trained on its ``feature_names`` (on
+        data of rows unknown here: not those of this trainer's last fit)."""
         self._set_state(state)
-        self._feature_names = feature_names
+        self._feature_names, self._samples = feature_names, None
 
     def _checkpoint_subject(self) -> Subject:
         return Subject(

@@ -166,6 +166,30 @@ async def test_second_fit_continues(softmax_data: tuple[Dataset, Dataset]) -> No
     assert _bits(tr2.params) == _bits(tr.params)
 
 
+@pytest.mark.parametrize("mode", ["sync", "local", "ssp", "async"])
+async def test_an_epoch_interrupted_on_other_data_starts_over_on_this_data(mode: str) -> None:
+    first, other = synthetic("softmax", n=1000, seed=1), synthetic("softmax", n=300, seed=2)
+
+    class StopAt(at.Callback):
+        def on_step(self, event: at.StepEvent) -> bool:
+            return event.step >= 7  # mid-epoch: batch 8 of 16 (local: its round's end)
+
+    trainer = at.Trainer(SoftmaxRegression(128, 10), backend="inline", batch_size=64, mode=mode)
+    async with trainer:
+        await trainer.fit(first, callbacks=[StopAt()])
+        assert trainer.state.batch == 8
+        # The 300 rows make 5 batches: batch 8 of the first data's order is no place in
+        # theirs. Before the fix the fit trained nothing (0 steps) and closed the epoch.
+        result = await trainer.fit(other, epochs=1)
+        assert result.steps == 5
+        assert (trainer.state.epoch, trainer.state.batch) == (1, 0)
+        # The data it was interrupted on continues the epoch where it stopped.
+        await trainer.fit(first, callbacks=[StopAt()])  # stops after its first step (round)
+        stopped = trainer.state.batch
+        assert stopped == (4 if mode == "local" else 1)
+        assert (await trainer.fit(first, epochs=1)).steps == 16 - stopped
+
+
 async def test_concurrent_fit_is_refused(softmax_data: tuple[Dataset, Dataset]) -> None:
     started, gate = asyncio.Event(), asyncio.Event()
 
