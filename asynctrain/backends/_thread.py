@@ -115,6 +115,8 @@ class ThreadBackend(Lifecycle):
                 self._pool = self._new_pool()
             self._resized = None
             resized.set()
+        if self._state is not State.OPEN:  # as Lifecycle.resize says, and processes do
+            raise StateError(f"{self!r} was closed while it resized; create a new ThreadBackend")
 
     async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Run ``fn(*args)`` on a worker thread; see :class:`~asynctrain.backends.Backend`."""
