@@ -72,6 +72,21 @@ async def test_stream_of_a_datasets_batches_equals_fitting_it(backend_name: str,
     assert _bits(result.params) == _bits(reference)
 
 
+@pytest.mark.parametrize("options", [{"mode": "async"}, {"mode": "local", "local_steps": 2}])
+async def test_a_mode_that_trains_held_data_only_names_both_stream_entries(
+    options: dict[str, object],
+) -> None:
+    """The refusal named streams only, which read wrongly for partial_fit."""
+    data = _data()
+    async with at.Trainer(SoftmaxRegression(8, 3), backend="inline", **options) as trainer:
+        for call in (
+            trainer.fit_stream(_pieces(data, 100)),
+            trainer.partial_fit(data.X[:100], data.y[:100]),
+        ):
+            with pytest.raises(at.ConfigError, match="fit_stream and partial_fit need mode='sync'"):
+                await call
+
+
 async def test_two_epochs_streamed_equal_two_epochs_fitted() -> None:
     data = _data(n=1024)  # batches never straddle an epoch boundary
     reference = await _reference("inline", data, epochs=2)

@@ -159,7 +159,10 @@ async def stream_events(
 def _stream_step(mode: Mode) -> Any:
     step = getattr(mode, "step", None)
     if step is None:
-        raise ConfigError(f"mode {mode.name!r} cannot train on a stream yet; use mode='sync'")
+        raise ConfigError(
+            f"mode {mode.name!r} trains data held in memory only (fit); fit_stream and "
+            "partial_fit need mode='sync'"
+        )
     return step
 
 
