@@ -151,8 +151,8 @@ class Trainer:
                 "'ssp', or the default shuffle='global' with 'async'"
             )
         self._backend_spec = backend
-        self._workers = None if workers is None else check_int("workers", workers)
-        self._backend, self._owns_backend = get_backend(backend, workers=self._workers)
+        workers = None if workers is None else check_int("workers", workers)
+        self._backend, self._owns_backend = get_backend(backend, workers=workers)
         self._updater: Updater | None = None
         self._saved_state: TrainState | None = None
         self._state = State.UNOPENED
@@ -211,8 +211,8 @@ class Trainer:
     async def _open(self) -> None:
         if self._state is State.OPEN:
             return
-        if self._owns_backend and self._backend.state is State.CLOSED:
-            self._backend, _ = get_backend(self._backend_spec, workers=self._workers)
+        if self._owns_backend and self._backend.state is State.CLOSED:  # closed by its user
+            self._backend = self._next_backend()
         await self._backend.__aenter__()
         self._updater = Updater(
             self.optimizer,
@@ -229,8 +229,18 @@ class Trainer:
             await off_loop(updater.close)
         if self._owns_backend:
             await self._backend.aclose()
+            self._backend = self._next_backend()
         if self._state is State.OPEN:
             self._state = State.UNOPENED
+
+    def _next_backend(self) -> Backend:
+        """A new backend, unopened, for the next fit: of the trainer's kind and of the
+        size the closed one had last. So ``trainer.backend`` stays usable between fits
+        (``await trainer.backend.resize(n)`` records the next fit's size, as on any
+        unopened backend) and a resize made during a fit lasts; a closed one could only
+        refuse, naming a backend its user never made."""
+        last = self._backend
+        return get_backend(self._backend_spec, workers=None if last.inline else last.workers)[0]
 
     @contextlib.asynccontextmanager
     async def _running_fit(self, *, partial: bool = False) -> AsyncIterator[None]:
@@ -807,7 +817,9 @@ class Trainer:
 
     @property
     def backend(self) -> Backend:
-        """The backend in use (created from its name, or the one given)."""
+        """The backend in use (created from its name, or the one given). Between fits of
+        a trainer that made it from a name, the next fit's: unopened, of the last size
+        (a resize of it sets the next fit's size)."""
         return self._backend
 
     @property

@@ -320,6 +320,32 @@ async def test_bad_sizes_are_refused_naming_the_value(
         assert backend.workers == 1
 
 
+@pytest.mark.parametrize("name", ["thread", "process"])
+async def test_a_trainers_own_backend_resizes_between_fits(train: Dataset, name: str) -> None:
+    """A trainer that made its backend from a name closes it after each fit; its
+    ``backend`` is then the next fit's, unopened, of the last size: a resize between fits
+    (or during one) sets the next fit's size. Before, ``trainer.backend.resize`` after a
+    fit raised "closed; create a new ThreadBackend", which its user never made, and a
+    size set during a fit was lost."""
+    trainer = at.Trainer(SoftmaxRegression(128, 10), backend=name, workers=1, batch_size=400)
+
+    class Grow(at.Callback):
+        async def on_step(self, event: at.StepEvent) -> None:
+            if event.step == 0:
+                await trainer.backend.resize(2)
+
+    first = await trainer.fit(train, epochs=1, callbacks=[Grow()])
+    assert trainer.backend.state == "unopened"
+    assert trainer.workers == 2
+    await trainer.backend.resize(3)
+    second = await trainer.fit(train, epochs=1)
+    assert trainer.workers == 3
+    assert trainer.backend.state == "unopened"
+    async with at.Trainer(SoftmaxRegression(128, 10), backend="inline", batch_size=400) as ref:
+        assert _bits((await ref.fit(train, epochs=1)).params) == _bits(first.params)
+        assert _bits((await ref.fit(train, epochs=1)).params) == _bits(second.params)
+
+
 async def test_the_inline_backend_has_one_worker() -> None:
     async with InlineBackend() as backend:
         await backend.resize(1)

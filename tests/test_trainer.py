@@ -320,6 +320,7 @@ async def test_leaving_async_with_cancels_a_fit_running_in_another_task(backend:
 
     trainer = at.Trainer(model, backend=backend, workers=2, batch_size=64)
     async with trainer:
+        used = trainer.backend
         fit = asyncio.ensure_future(trainer.fit(data, epochs=1000, callbacks=[Started()]))
         await stepped.wait()
     # Closing waited for the fit: it is over, cancelled, and nothing it started runs on.
@@ -327,7 +328,9 @@ async def test_leaving_async_with_cancels_a_fit_running_in_another_task(backend:
     with pytest.raises(asyncio.CancelledError):
         await fit
     assert trainer.state.step > 0
-    assert trainer.backend.state == "closed"
+    assert used.state == "closed"
+    assert trainer.backend is not used
+    assert trainer.backend.state == "unopened"  # the next fit's
 
 
 async def test_closing_from_inside_the_fit_is_refused() -> None:
