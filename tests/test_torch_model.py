@@ -479,3 +479,20 @@ async def test_trainer_predict_takes_rows_of_the_input_shape(images: Dataset) ->
         assert trainer.predict(images.X[:3]).shape == (3,)
         with pytest.raises(at.DataError, match=r"expects rows of shape \(1, 8, 8\)"):
             trainer.predict(images.X[:3].reshape(3, -1))
+
+
+def test_reversed_views_are_taken_as_rows_and_parameters() -> None:
+    # torch.from_numpy refuses negative strides: X[::-1] or np.flip(X) failed predict and
+    # loss_and_grad with torch's ValueError
+    torch.manual_seed(0)
+    model = TorchModel(nn.Sequential(nn.Linear(4, 3)))
+    params = model.init(np.random.default_rng(0))
+    X, y = _sample(4, 3, rows=6)
+    flipped = {name: np.flip(value) for name, value in params.items()}
+    expected = model.loss_and_grad({k: v.copy() for k, v in flipped.items()}, X[::-1].copy(), y)
+    loss, grads = model.loss_and_grad(flipped, X[::-1], y)
+    assert loss == expected[0]
+    assert _bits(grads) == _bits(expected[1])
+    np.testing.assert_array_equal(model.predict(params, X[::-1]), model.predict(params, X)[::-1])
+    mirrored = model.predict_proba(params, np.flip(X, axis=1))
+    np.testing.assert_array_equal(mirrored, model.predict_proba(params, X[:, ::-1].copy()))

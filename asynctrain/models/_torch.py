@@ -236,8 +236,14 @@ class TorchModel(_bridge.Bridge):
             torch.set_num_threads(self.threads)
 
     def _tensor(self, array: npt.NDArray[Any], dtype: np.dtype[Any]) -> Any:
+        """A tensor viewing ``array`` in ``dtype`` (on ``device``); a copy only where
+        torch cannot view it: a reversed view (``X[::-1]``, ``np.flip``) has negative
+        strides, which ``torch.from_numpy`` refuses."""
         torch = _torch()
-        tensor = torch.from_numpy(_bridge.writable(np.asarray(array, dtype)))
+        values = np.asarray(array, dtype)
+        if any(stride < 0 for stride in values.strides):
+            values = values.copy()
+        tensor = torch.from_numpy(_bridge.writable(values))
         return tensor if self.device == "cpu" else tensor.to(self.device)
 
     def _targets(self, torch: Any, y: npt.NDArray[Any], dtype: np.dtype[Any]) -> Any:
