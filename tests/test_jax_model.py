@@ -86,6 +86,11 @@ def summed_l1(outputs: Any, y: Any) -> Any:
     return jnp.abs(outputs.reshape(outputs.shape[0]) - y).sum()
 
 
+def per_row_xent(outputs: Any, y: Any) -> Any:
+    picked = jnp.take_along_axis(outputs, y[:, None], axis=1)[:, 0]
+    return jax.nn.logsumexp(outputs, axis=1) - picked
+
+
 def mlp_params(seed: int = 0) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     return {
@@ -309,6 +314,10 @@ def test_predict_and_predict_proba() -> None:
             "cannot be traced by JAX",
         ),
         (lambda: JaxModel(mlp_apply, mlp_params(), input_shape=(5,)), "cannot be traced"),
+        (
+            lambda: JaxModel(mlp_apply, mlp_params(), per_row_xent, n_classes=4, input_shape=(6,)),
+            r"n_classes=4 with a callable loss needs outputs of shape \(n, 4\)",
+        ),
     ],
 )
 def test_bad_models_are_refused_at_construction(build: Any, message: str) -> None:

@@ -94,6 +94,19 @@ def summed_l1(outputs: Any, y: Any) -> Any:
     return (outputs.reshape(len(outputs)) - y).abs().sum()
 
 
+def per_row_cross_entropy(outputs: Any, y: Any) -> Any:
+    """A callable classification loss: per-sample cross-entropy of (n, K) scores."""
+    return torch.nn.functional.cross_entropy(outputs, y, reduction="none")
+
+
+def per_row_logistic(outputs: Any, y: Any) -> Any:
+    """A callable classification loss: per-sample log-loss of one logit per row."""
+    logits = outputs.reshape(len(outputs))
+    return torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, y.to(logits.dtype), reduction="none"
+    )
+
+
 # -- fixtures and helpers -----------------------------------------------------------------
 
 
@@ -415,6 +428,14 @@ class IntegerParameter(nn.Module):  # type: ignore[misc]
         (lambda: TorchModel(nn.Linear(3, 2), input_shape=(4,)), r"fails on rows of shape \(4,\)"),
         (lambda: TorchModel(nn.Linear(3, 1)), "cross_entropy' needs outputs"),
         (lambda: TorchModel(nn.Linear(3, 2), n_classes=5), "n_classes=5 but"),
+        (
+            lambda: TorchModel(nn.Linear(3, 3), per_row_cross_entropy, n_classes=5),
+            r"n_classes=5 with a callable loss needs outputs of shape \(n, 5\).*\(n, 3\)",
+        ),
+        (
+            lambda: TorchModel(nn.Linear(3, 1), per_row_logistic, n_classes=3),
+            r"n_classes=3 with a callable loss.*gives \(n, 1\)",
+        ),
     ],
 )
 def test_bad_models_are_refused_at_construction(build: Any, message: str) -> None:
@@ -496,3 +517,17 @@ def test_reversed_views_are_taken_as_rows_and_parameters() -> None:
     np.testing.assert_array_equal(model.predict(params, X[::-1]), model.predict(params, X)[::-1])
     mirrored = model.predict_proba(params, np.flip(X, axis=1))
     np.testing.assert_array_equal(mirrored, model.predict_proba(params, X[:, ::-1].copy()))
+
+
+@pytest.mark.parametrize(
+    ("width", "loss", "n_classes"), [(3, "per_row_cross_entropy", 3), (1, "per_row_logistic", 2)]
+)
+def test_a_callable_classification_loss_gives_probabilities_of_n_classes(
+    width: int, loss: str, n_classes: int
+) -> None:
+    torch.manual_seed(0)
+    model = TorchModel(nn.Linear(4, width), globals()[loss], n_classes=n_classes)
+    X, _ = _sample(4, n_classes, rows=5)
+    proba = model.predict_proba(model.init(np.random.default_rng(0)), X)
+    assert model.n_classes == n_classes
+    assert proba.shape == (5, n_classes)

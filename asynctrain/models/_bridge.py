@@ -121,7 +121,17 @@ def head_of(loss: str | Callable[..., Any], shape: tuple[int, ...], n_classes: i
     if n_classes is None:
         return Head(None, width, "values")
     n_classes = check_int("n_classes", n_classes, minimum=2)
-    return Head(n_classes, width, "softmax" if width > 1 else "sigmoid")
+    # predict and predict_proba read the outputs as one logit (two classes) or one score
+    # per class: other outputs would give probabilities of another width than n_classes
+    if width == 1 and len(per_row) <= 1 and n_classes == 2:
+        return Head(n_classes, 1, "sigmoid")
+    if len(per_row) != 1 or width != n_classes:
+        raise ConfigError(
+            f"n_classes={n_classes} with a callable loss needs outputs of shape (n, "
+            f"{n_classes}), one score per class (or one logit per row for n_classes=2); "
+            f"the model gives {_rows(shape)}: change its last layer or n_classes"
+        )
+    return Head(n_classes, width, "softmax")
 
 
 def _agree(given: int | None, found: int) -> int:
