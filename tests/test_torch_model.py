@@ -408,10 +408,25 @@ class IntegerParameter(nn.Module):  # type: ignore[misc]
         return self.fc(x)
 
 
+class TupleOutputs(nn.Module):  # type: ignore[misc]
+    """Returns its scores with an auxiliary tensor, as many library models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: Any) -> Any:
+        return self.fc(x), x
+
+
 @pytest.mark.parametrize(
     ("build", "message"),
     [
         (lambda: TorchModel(NoParameters(), input_shape=(3,)), "no trainable parameters"),
+        (
+            lambda: TorchModel(TupleOutputs(), input_shape=(3,)),
+            r"must return one tensor of outputs, got tuple; wrap it",
+        ),
         (lambda: TorchModel(IntegerParameter()), "parameter 'table' has dtype torch.int64"),
         (lambda: TorchModel(nn.Linear(3, 2), "hinge"), "unknown loss 'hinge'"),
         (lambda: TorchModel(nn.Linear(3, 1), summed_l1), r"shape \(2,\) for 2 rows"),
@@ -531,3 +546,24 @@ def test_a_callable_classification_loss_gives_probabilities_of_n_classes(
     proba = model.predict_proba(model.init(np.random.default_rng(0)), X)
     assert model.n_classes == n_classes
     assert proba.shape == (5, n_classes)
+
+
+class AuxiliaryInTraining(nn.Module):  # type: ignore[misc]
+    """Returns (scores, auxiliary scores) in train mode only, as Inception-style nets do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: Any) -> Any:
+        scores = self.fc(x)
+        return (scores, scores) if self.training else scores
+
+
+def test_a_module_returning_a_tuple_in_training_is_named_in_the_error() -> None:
+    model = TorchModel(AuxiliaryInTraining())
+    params = model.init(np.random.default_rng(0))
+    X, y = _sample(3, 2, rows=4)
+    model.loss_and_grad(params, X, y)  # evaluation: eval mode, one tensor
+    with pytest.raises(at.ConfigError, match="must return one tensor of outputs, got tuple"):
+        model.loss_and_grad(params, X, y, key=(0, 1, 0))

@@ -178,6 +178,7 @@ class TorchModel(_bridge.Bridge):
             if key is not None and generator is not None:
                 generator.manual_seed(_bridge.shard_seed(key))
             outputs = torch.func.functional_call(module, tensors, (inputs,), tie_weights=self._tied)
+        outputs = _one_tensor(torch, outputs)  # some modules return more in train mode only
         weight = None
         if sample_weight is not None:
             weight = self._tensor(np.asarray(sample_weight, dtype).reshape(-1), dtype)
@@ -303,7 +304,7 @@ class TorchModel(_bridge.Bridge):
         with torch.no_grad(), self._borrowed(train=False) as (module, _):
             inputs = self._tensor(X, dtype)
             outputs = torch.func.functional_call(module, tensors, (inputs,), tie_weights=self._tied)
-        return _to_numpy(outputs, dtype, copy=True)
+        return _to_numpy(_one_tensor(torch, outputs), dtype, copy=True)
 
     def _probe(self, n_classes: int | None) -> _bridge.Head:
         """Run rows of zeros through the module: its outputs tell the classes and check
@@ -315,6 +316,8 @@ class TorchModel(_bridge.Bridge):
         params = {name: _to_numpy(found[name], self.dtype, copy=True) for name in self._names}
         try:
             outputs = self._outputs(params, zeros)
+        except ConfigError:  # it ran, but gave no single tensor
+            raise
         except Exception as exc:
             raise ConfigError(
                 f"the module fails on rows of shape {self.input_shape} ({type(exc).__name__}: "
@@ -332,6 +335,18 @@ class TorchModel(_bridge.Bridge):
                 )
             _bridge.check_loss_shape(tuple(losses.shape), rows)
         return head
+
+
+def _one_tensor(torch: Any, outputs: Any) -> Any:
+    """``outputs`` if the module returned one tensor; else a ConfigError saying how to
+    wrap a module that returns a tuple or dict (auxiliary outputs, a model output object)."""
+    if not isinstance(outputs, torch.Tensor):
+        raise ConfigError(
+            f"the module must return one tensor of outputs, got {type(outputs).__name__}; "
+            "wrap it in a module whose forward returns only the outputs the loss takes "
+            "(e.g. module(x)[0] or module(x)['logits'])"
+        )
+    return outputs
 
 
 def _pools() -> dict[bool, queue.SimpleQueue[tuple[Any, Any]]]:
