@@ -567,3 +567,19 @@ def test_a_module_returning_a_tuple_in_training_is_named_in_the_error() -> None:
     model.loss_and_grad(params, X, y)  # evaluation: eval mode, one tensor
     with pytest.raises(at.ConfigError, match="must return one tensor of outputs, got tuple"):
         model.loss_and_grad(params, X, y, key=(0, 1, 0))
+
+
+def test_float64_params_of_a_float32_model_with_a_frozen_layer() -> None:
+    # check_gradients passes float64 params: the frozen float32 weight, which
+    # functional_call does not replace, failed the matmul with a dtype RuntimeError
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    module[0].requires_grad_(False)
+    model = TorchModel(module)
+    params = model.init(np.random.default_rng(0))
+    assert sorted(params) == ["2.bias", "2.weight"]
+    X, y = _sample(4, 3, rows=6)
+    assert check_gradients(model, params, X.astype(np.float64), y).ok
+    wide = {name: value.astype(np.float64) for name, value in params.items()}
+    np.testing.assert_array_equal(model.predict(wide, X), model.predict(params, X))
+    assert model.loss_and_grad(params, X, y)[1]["2.weight"].dtype == np.float32

@@ -174,7 +174,7 @@ class TorchModel(_bridge.Bridge):
         dtype = np.dtype(params[self._names[0]].dtype)
         tensors = {name: self._tensor(params[name], dtype).requires_grad_() for name in self._names}
         inputs = self._tensor(np.asarray(X, dtype), dtype)
-        with self._borrowed(train=key is not None) as (module, generator):
+        with self._borrowed(train=key is not None, dtype=dtype) as (module, generator):
             if key is not None and generator is not None:
                 generator.manual_seed(_bridge.shard_seed(key))
             outputs = torch.func.functional_call(module, tensors, (inputs,), tie_weights=self._tied)
@@ -213,20 +213,26 @@ class TorchModel(_bridge.Bridge):
     # -- helpers -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _borrowed(self, *, train: bool) -> Iterator[tuple[Any, Any]]:
-        """A copy of the module in train or eval mode that no other thread uses meanwhile,
-        with the generator of its keyed dropout (None in eval mode or without dropout).
+    def _borrowed(self, *, train: bool, dtype: np.dtype[Any]) -> Iterator[tuple[Any, Any]]:
+        """A copy of the module in train or eval mode and in the parameters' ``dtype``
+        that no other thread uses meanwhile, with the generator of its keyed dropout (None
+        in eval mode or without dropout).
 
         ``functional_call`` swaps the parameters into the module's attributes for the
         length of the call, and dropout draws from the copy's own generator: neither may
         be shared with a thread computing another shard, so each concurrent call borrows
-        its own copy from a pool (as many copies as calls ever ran at once).
+        its own copy from a pool (as many copies as calls ever ran at once). What it does
+        not swap, frozen parameters and buffers, must be in the dtype of those it does
+        (float64 params of a float32 model, as :func:`check_gradients` passes, met a
+        float32 frozen weight in a matmul), so each dtype has its own copies.
         """
-        pool = self._pools[train]
+        pool = self._pools.setdefault((train, dtype.str), queue.SimpleQueue())
         try:
             borrowed = pool.get_nowait()
         except queue.Empty:
-            borrowed = _copy_module(_torch(), self._module, train=train, device=self.device)
+            borrowed = _copy_module(
+                _torch(), self._module, train=train, device=self.device, dtype=dtype
+            )
         try:
             yield borrowed
         finally:
@@ -301,7 +307,7 @@ class TorchModel(_bridge.Bridge):
         self._pin_threads(torch)
         dtype = np.dtype(params[self._names[0]].dtype)
         tensors = {name: self._tensor(params[name], dtype) for name in self._names}
-        with torch.no_grad(), self._borrowed(train=False) as (module, _):
+        with torch.no_grad(), self._borrowed(train=False, dtype=dtype) as (module, _):
             inputs = self._tensor(X, dtype)
             outputs = torch.func.functional_call(module, tensors, (inputs,), tie_weights=self._tied)
         return _to_numpy(_one_tensor(torch, outputs), dtype, copy=True)
@@ -349,14 +355,18 @@ def _one_tensor(torch: Any, outputs: Any) -> Any:
     return outputs
 
 
-def _pools() -> dict[bool, queue.SimpleQueue[tuple[Any, Any]]]:
-    return {True: queue.SimpleQueue(), False: queue.SimpleQueue()}
+def _pools() -> dict[tuple[bool, str], queue.SimpleQueue[tuple[Any, Any]]]:
+    """Idle module copies by (train mode, dtype), filled as calls need them."""
+    return {}
 
 
-def _copy_module(torch: Any, module: Any, *, train: bool, device: str) -> tuple[Any, Any]:
-    """A deep copy of ``module`` in train or eval mode; in train mode its dropout layers
-    draw from a generator of their own (returned with it, None if it has none)."""
-    copied = copy.deepcopy(module).train(train)
+def _copy_module(
+    torch: Any, module: Any, *, train: bool, device: str, dtype: np.dtype[Any]
+) -> tuple[Any, Any]:
+    """A deep copy of ``module`` in train or eval mode and in ``dtype``; in train mode
+    its dropout layers draw from a generator of their own (returned with it, None if it
+    has none)."""
+    copied = copy.deepcopy(module).train(train).to(dtype=_torch_dtype(torch, dtype))
     if not train:
         return copied, None
     generator = torch.Generator(device=device)
