@@ -419,10 +419,25 @@ class TupleOutputs(nn.Module):  # type: ignore[misc]
         return self.fc(x), x
 
 
+class RenamedDropout(nn.Dropout):  # type: ignore[misc]
+    """torch's dropout under another class name (torch's forward pass)."""
+
+
+class AlwaysOnDropout(nn.Dropout):  # type: ignore[misc]
+    """A dropout subclass with a forward of its own, drawing from torch's generator."""
+
+    def forward(self, x: Any) -> Any:
+        return torch.nn.functional.dropout(x, self.p, training=True)
+
+
 @pytest.mark.parametrize(
     ("build", "message"),
     [
         (lambda: TorchModel(NoParameters(), input_shape=(3,)), "no trainable parameters"),
+        (
+            lambda: TorchModel(nn.Sequential(nn.Linear(3, 4), AlwaysOnDropout(), nn.Linear(4, 2))),
+            r"'1' \(AlwaysOnDropout\) draws random numbers",
+        ),
         (
             lambda: TorchModel(TupleOutputs(), input_shape=(3,)),
             r"must return one tensor of outputs, got tuple; wrap it",
@@ -583,3 +598,20 @@ def test_float64_params_of_a_float32_model_with_a_frozen_layer() -> None:
     wide = {name: value.astype(np.float64) for name, value in params.items()}
     np.testing.assert_array_equal(model.predict(wide, X), model.predict(params, X))
     assert model.loss_and_grad(params, X, y)[1]["2.weight"].dtype == np.float32
+
+
+def test_a_dropout_subclass_is_keyed_like_dropout() -> None:
+    # keyed dropout replaced layers by class name: a subclass of nn.Dropout drew from
+    # torch's global generator, so one key gave another loss at every call
+    def build(layer: Any) -> TorchModel:
+        torch.manual_seed(0)
+        return TorchModel(nn.Sequential(nn.Linear(4, 8), layer(0.5), nn.Linear(8, 3)))
+
+    model, plain = build(RenamedDropout), build(nn.Dropout)
+    params = model.init(np.random.default_rng(0))
+    X, y = _sample(4, 3, rows=6)
+    first = model.loss_and_grad(params, X, y, key=(0, 1, 2))
+    again = model.loss_and_grad(params, X, y, key=(0, 1, 2))
+    assert first[0] == again[0]
+    assert _bits(first[1]) == _bits(again[1])
+    assert plain.loss_and_grad(params, X, y, key=(0, 1, 2))[0] == first[0]  # the same masks

@@ -21,9 +21,6 @@ from asynctrain._types import DEFAULT_DTYPE, Grads, Params
 from asynctrain.models import _bridge
 from asynctrain.models._common import check_dtype
 
-_KEYED = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d")  # replaced by keyed dropout
-_UNKEYED = ("AlphaDropout", "FeatureAlphaDropout", "RReLU")  # random, but not supported
-
 
 def _torch() -> Any:
     return _bridge.import_framework("torch", "torch")
@@ -47,11 +44,13 @@ class TorchModel(_bridge.Bridge):
 
     Dropout layers (``nn.Dropout``, ``Dropout1d/2d/3d``) draw their masks from a generator
     seeded by ``(seed, step, shard)`` of each shard task, so they are reproducible on
-    every backend; evaluation, ``predict`` and :func:`check_gradients` run the module in
-    eval mode, without dropout. Other random layers (``AlphaDropout``, ``RReLU``) are
-    refused, and so are BatchNorm running statistics: they change in the forward pass,
-    outside the parameters the trainer reduces, so shards would disagree. Randomness
-    drawn in ``forward`` itself (``F.dropout``, ``torch.rand``) is not seeded per shard.
+    every backend (subclasses too, unless they define a forward of their own);
+    evaluation, ``predict`` and :func:`check_gradients` run the module in eval mode,
+    without dropout. Other random layers (``AlphaDropout``, ``RReLU``, a dropout subclass
+    with its own forward) are refused, and so are BatchNorm running statistics: they
+    change in the forward pass, outside the parameters the trainer reduces, so shards
+    would disagree. Randomness drawn in ``forward`` itself (``F.dropout``,
+    ``torch.rand``) is not seeded per shard.
 
     Each call runs ``threads`` torch threads (``torch.set_num_threads``, process-wide;
     default 1, like BLAS in asynctrain's workers): workers × threads stay within the
@@ -374,8 +373,9 @@ def _copy_module(
     found = False
     for _, parent in list(copied.named_modules()):
         for name, child in list(parent.named_children()):
-            if type(child).__name__ in _KEYED:
-                setattr(parent, name, keyed(child, generator))
+            channels = _keyed_channels(torch, child)
+            if channels is not None:
+                setattr(parent, name, keyed(child, generator, channels))
                 found = True
     return copied, generator if found else None
 
@@ -390,10 +390,10 @@ def _keyed_dropout_class(torch: Any) -> Any:
         return _KEYED_CLASS[0]
 
     class KeyedDropout(torch.nn.Module):  # type: ignore[misc]
-        def __init__(self, original: Any, generator: Any) -> None:
+        def __init__(self, original: Any, generator: Any, channels: bool) -> None:
             super().__init__()
             self.p, self.generator = float(original.p), generator
-            self.channels = type(original).__name__ != "Dropout"  # Dropout1d/2d/3d
+            self.channels = channels  # Dropout1d/2d/3d drop whole channels
 
         def forward(self, x: Any) -> Any:
             if not self.training or self.p == 0.0:
@@ -409,13 +409,36 @@ def _keyed_dropout_class(torch: Any) -> Any:
     return KeyedDropout
 
 
+def _keyed_channels(torch: Any, sub: Any) -> bool | None:
+    """For a dropout layer keyed dropout replaces, whether it drops whole channels
+    (Dropout1d/2d/3d) or single values (Dropout); None for any other module.
+
+    Replaced are torch's nn.Dropout, Dropout1d/2d/3d and their subclasses that keep
+    torch's forward pass (told by the forward, not the class name: a subclass called
+    otherwise is replaced too, and a class of one's own called "Dropout" is not).
+    """
+    nn = torch.nn
+    forward = getattr(type(sub), "forward", None)
+    if forward is nn.Dropout.forward:
+        return False
+    if forward in (nn.Dropout1d.forward, nn.Dropout2d.forward, nn.Dropout3d.forward):
+        return True
+    return None
+
+
 def _refuse_unkeyed_randomness(module: Any) -> None:
+    """Refuse random layers keyed dropout cannot replace: AlphaDropout,
+    FeatureAlphaDropout, RReLU, and dropout subclasses with a forward pass of their own
+    (which draw from torch's global generator, so shards and backends would disagree)."""
+    torch = _torch()
+    random = (torch.nn.modules.dropout._DropoutNd, torch.nn.RReLU)
     for name, sub in module.named_modules():
-        if type(sub).__name__ in _UNKEYED:
+        if isinstance(sub, random) and _keyed_channels(torch, sub) is None:
             raise ConfigError(
                 f"module {name!r} ({type(sub).__name__}) draws random numbers asynctrain "
                 "cannot seed per shard yet, so runs would not be reproducible; use "
-                "nn.Dropout (or Dropout1d/2d/3d), which asynctrain seeds by (seed, step, shard)"
+                "nn.Dropout (or Dropout1d/2d/3d, or a subclass that keeps their forward), "
+                "which asynctrain seeds by (seed, step, shard)"
             )
 
 
