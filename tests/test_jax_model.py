@@ -315,6 +315,20 @@ def test_predict_and_predict_proba() -> None:
         ),
         (lambda: JaxModel(mlp_apply, mlp_params(), input_shape=(5,)), "cannot be traced"),
         (
+            lambda: JaxModel(
+                linear_apply, {"w": np.zeros((6, 3)), "b": [{"x": np.zeros(3)}]}, input_shape=(6,)
+            ),
+            r"parameter 'b' is a list of arrays or dicts.*\{'b': \{'0': \.\.\., '1'",
+        ),
+        (
+            lambda: JaxModel(
+                linear_apply,
+                {"w": np.zeros((6, 3)), "b": (np.zeros(3), np.zeros(2))},
+                input_shape=(6,),
+            ),
+            "parameter 'b' is a tuple of arrays or dicts",
+        ),
+        (
             lambda: JaxModel(mlp_apply, mlp_params(), per_row_xent, n_classes=4, input_shape=(6,)),
             r"n_classes=4 with a callable loss needs outputs of shape \(n, 4\)",
         ),

@@ -251,7 +251,12 @@ def _losses(loss: str | Callable[..., Any], outputs: Any, y: Any) -> Any:
 def _flatten(
     tree: Mapping[str, Any], prefix: str = "", *, dtype: np.dtype[Any] = DEFAULT_DTYPE
 ) -> Params:
-    """``{"a": {"b": x}}`` -> ``{"a/b": x}`` as arrays of ``dtype``, in insertion order."""
+    """``{"a": {"b": x}}`` -> ``{"a/b": x}`` as arrays of ``dtype``, in insertion order.
+
+    A list or tuple of numbers is one array; one of arrays or dicts (a list of layers) is
+    refused naming the dict that replaces it, since the tree rebuilt for ``apply_fn``
+    holds dicts only.
+    """
     if not isinstance(tree, Mapping):
         raise ConfigTypeError(
             f"params must be a dict of arrays (nested dicts allowed), got {type(tree).__name__}"
@@ -267,7 +272,16 @@ def _flatten(
         if isinstance(value, Mapping):
             flat.update(_flatten(value, f"{path}{SEPARATOR}", dtype=dtype))
             continue
-        array = np.asarray(value)
+        try:
+            array = np.asarray(value)
+        except ValueError:  # a list or tuple of arrays of different shapes
+            array = np.empty(0, object)
+        if array.dtype == object and isinstance(value, list | tuple):
+            raise ConfigError(
+                f"parameter {path!r} is a {type(value).__name__} of arrays or dicts; params "
+                "must be a dict of arrays, nested dicts allowed: key the items by position, "
+                f"as in {{{key!r}: {{'0': ..., '1': ...}}}}, and index them by those strings"
+            )
         if array.dtype.kind != "f":
             raise ConfigError(
                 f"parameter {path!r} has dtype {array.dtype}; asynctrain trains floating "
