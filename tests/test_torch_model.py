@@ -615,3 +615,14 @@ def test_a_dropout_subclass_is_keyed_like_dropout() -> None:
     assert first[0] == again[0]
     assert _bits(first[1]) == _bits(again[1])
     assert plain.loss_and_grad(params, X, y, key=(0, 1, 2))[0] == first[0]  # the same masks
+
+
+def test_one_logit_probabilities_of_huge_logits_do_not_overflow() -> None:
+    model = TorchModel(nn.Linear(1, 1), "binary_cross_entropy", dtype=np.float64)
+    params = {"weight": np.array([[1000.0]]), "bias": np.zeros(1)}
+    X = np.array([[-1.0], [0.0], [1.0], [-0.03]])
+    with np.errstate(over="raise", invalid="raise"):  # 1 / (1 + exp(1000)) overflowed
+        proba = model.predict_proba(params, X)
+    logits = torch.tensor([-1000.0, 0.0, 1000.0, -30.0], dtype=torch.float64)
+    np.testing.assert_allclose(proba[:, 1], torch.sigmoid(logits).numpy(), rtol=1e-14, atol=0)
+    np.testing.assert_allclose(proba[:, 0], torch.sigmoid(-logits).numpy(), rtol=1e-14, atol=0)

@@ -254,11 +254,17 @@ def predictions(outputs: npt.NDArray[Any], head: Head) -> npt.NDArray[Any]:
 
 def probabilities(outputs: npt.NDArray[Any], head: Head, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     """(n, n_classes) probabilities in ``dtype``: softmax of the scores, or ``[1 - p, p]``
-    for one logit; computed in float64."""
+    for one logit; computed in float64.
+
+    For one logit ``z``, ``p = exp(-softplus(-z))`` and ``1 - p = exp(-softplus(z))``:
+    no ``exp`` of a large value (``1 / (1 + exp(-z))`` overflowed, with a RuntimeWarning,
+    for ``z < -709``), and ``1 - p`` keeps its precision when ``p`` is near 1.
+    """
     scores = outputs.astype(np.float64)
     if head.kind == "sigmoid":
-        p = 1.0 / (1.0 + np.exp(-scores.reshape(len(scores))))
-        return np.stack([1.0 - p, p], axis=1).astype(dtype)
+        z = scores.reshape(len(scores))
+        p = np.exp(-np.logaddexp(0.0, -z))
+        return np.stack([np.exp(-np.logaddexp(0.0, z)), p], axis=1).astype(dtype)
     scores -= scores.max(axis=1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=1, keepdims=True)
