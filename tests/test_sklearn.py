@@ -278,6 +278,15 @@ def test_partial_fit_refuses_a_changed_architecture() -> None:
         clf.partial_fit(X, y)
 
 
+def test_hidden_layer_sizes_may_be_an_array_as_in_scikit_learn() -> None:
+    # MLPClassifier takes any array-like; a numpy array was a ConfigTypeError
+    X, y = blobs()
+    clf = ask.AsyncMLPClassifier(np.array([5, 4]), random_state=0, max_iter=2).fit(X, y)
+    assert [w.shape for w in clf.coefs_] == [(4, 5), (5, 4), (4, 3)]
+    reference = ask.AsyncMLPClassifier((5, 4), random_state=0, max_iter=2).fit(X, y)
+    assert same_params(clf, reference)
+
+
 def test_pickle_and_clone_hold_no_live_objects() -> None:
     X, y = blobs()
     clf = ask.AsyncMLPClassifier((8,), random_state=0, max_iter=5, backend="thread").fit(X, y)

@@ -27,6 +27,8 @@ class _MLP(MLPParams):
         hidden = self.hidden_layer_sizes
         if isinstance(hidden, int | np.integer):
             hidden = (hidden,)
+        elif isinstance(hidden, np.ndarray) and hidden.ndim == 1:  # array-like, as in sklearn
+            hidden = tuple(hidden.tolist())
         if not isinstance(hidden, Sequence) or isinstance(hidden, str):
             raise ConfigTypeError(
                 f"hidden_layer_sizes must be a tuple of layer widths such as (100,), got "
