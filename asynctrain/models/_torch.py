@@ -225,7 +225,8 @@ class TorchModel(_bridge.Bridge):
         (float64 params of a float32 model, as :func:`check_gradients` passes, met a
         float32 frozen weight in a matmul), so each dtype has its own copies.
         """
-        pool = self._pools.setdefault((train, dtype.str), queue.SimpleQueue())
+        key = (train, dtype.str)
+        pool = self._pools.get(key) or self._pools.setdefault(key, queue.SimpleQueue())
         try:
             borrowed = pool.get_nowait()
         except queue.Empty:
