@@ -368,6 +368,8 @@ def test_convergence_is_reported_like_scikit_learn() -> None:
         ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
         ({"learning_rate": -1.0}, ValueError, "learning_rate must be in"),
         ({"hidden_layer_sizes": "64"}, TypeError, "hidden_layer_sizes must be a tuple"),
+        ({"hidden_layer_sizes": (0,)}, ValueError, r"hidden_layer_sizes must be widths >= 1"),
+        ({"hidden_layer_sizes": (8, 2.5)}, TypeError, "hidden_layer_sizes must be integer"),
         ({"activation": "sigmoid"}, ValueError, "activation must be one of"),
         ({"dtype": np.int32}, ValueError, "dtype must be float32 or float64"),
         ({"shuffle": "yes"}, ValueError, "shuffle must be True or False"),

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._checks import check_float
-from asynctrain._exceptions import ConfigTypeError
+from asynctrain._exceptions import ConfigError, ConfigTypeError
 from asynctrain._types import Params
 from asynctrain.models import MLP, Model
 from asynctrain.sklearn._kinds import AsyncClassifier, AsyncRegressor
@@ -34,6 +34,16 @@ class _MLP(MLPParams):
                 f"hidden_layer_sizes must be a tuple of layer widths such as (100,), got "
                 f"{self.hidden_layer_sizes!r}"
             )
+        for width in hidden:  # named here: the network's own check names its ``sizes``
+            if isinstance(width, bool) or not isinstance(width, int | np.integer):
+                raise ConfigTypeError(
+                    f"hidden_layer_sizes must be integer widths such as (100,), got "
+                    f"{self.hidden_layer_sizes!r}"
+                )
+            if width < 1:
+                raise ConfigError(
+                    f"hidden_layer_sizes must be widths >= 1, got {self.hidden_layer_sizes!r}"
+                )
         return (n_features, *hidden, n_outputs)
 
     def _init_params(self, model: Model, rng: np.random.Generator) -> Params:
