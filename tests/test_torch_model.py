@@ -94,6 +94,11 @@ def summed_l1(outputs: Any, y: Any) -> Any:
     return (outputs.reshape(len(outputs)) - y).abs().sum()
 
 
+def broadcast_l1(outputs: Any, y: Any) -> Any:
+    """A wrong callable loss: (n, 1) outputs minus (n,) targets broadcast to (n, n)."""
+    return (outputs - y).abs()
+
+
 def per_row_cross_entropy(outputs: Any, y: Any) -> Any:
     """A callable classification loss: per-sample cross-entropy of (n, K) scores."""
     return torch.nn.functional.cross_entropy(outputs, y, reduction="none")
@@ -445,6 +450,10 @@ class AlwaysOnDropout(nn.Dropout):  # type: ignore[misc]
         (lambda: TorchModel(IntegerParameter()), "parameter 'table' has dtype torch.int64"),
         (lambda: TorchModel(nn.Linear(3, 2), "hinge"), "unknown loss 'hinge'"),
         (lambda: TorchModel(nn.Linear(3, 1), summed_l1), r"shape \(2,\) for 2 rows"),
+        (
+            lambda: TorchModel(nn.Linear(3, 1), broadcast_l1),
+            r"got shape \(2, 2\).*outputs are \(n, 1\) and the targets \(n,\), they broadcast",
+        ),
         (lambda: TorchModel(nn.Linear(3, 2), device="cuda:0"), "CUDA device 0"),
         (
             lambda: TorchModel(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))),

@@ -160,10 +160,17 @@ def probe_targets(head: Head, rows: int, dtype: np.dtype[Any]) -> npt.NDArray[An
 def check_loss_shape(shape: tuple[int, ...], rows: int) -> None:
     """Raise unless a callable loss returned one loss per row."""
     if shape != (rows,):
+        square = len(shape) == 2 and shape[0] == shape[1] == rows
+        hint = (
+            "; if the outputs are (n, 1) and the targets (n,), they broadcast to (n, n): "
+            "reshape one like the other, e.g. outputs[:, 0] - targets"
+            if square
+            else ""
+        )
         raise ConfigError(
             f"the loss function must return per-sample losses of shape ({rows},) for {rows} "
             f"rows, got shape {shape}; reduce over every axis but the first (no mean or sum "
-            "over rows: the model sums, so shards add up)"
+            f"over rows: the model sums, so shards add up){hint}"
         )
 
 
