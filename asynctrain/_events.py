@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from asynctrain._exceptions import ConfigError
+from asynctrain._exceptions import ConfigError, ConfigTypeError
 from asynctrain._types import Params
 
 if TYPE_CHECKING:
@@ -197,6 +197,42 @@ class Callback:
         state you cannot take back: the fit fails with a CheckpointError naming the
         callback."""
         return None
+
+
+def check_callbacks(callbacks: Iterable[Callback]) -> tuple[Callback, ...]:
+    """Return ``callbacks`` as a tuple, each one checked to have ``on_step`` and
+    ``on_epoch``, before any step is taken.
+
+    A fit walks its callbacks several times (``on_fit_start``, every event, checkpoint
+    states), so a generator is taken once here: walked as given, it would be used up by
+    the first walk and every later hook silently skipped. A single callback not in a list,
+    or something without the hooks, would otherwise fail with a bare TypeError or
+    AttributeError, the latter only after a first step had been trained.
+
+    Raises:
+        ConfigTypeError: ``callbacks`` is not an iterable of callbacks, naming the fix.
+
+    Example:
+        >>> len(check_callbacks(c for c in [Callback(), Callback()]))
+        2
+    """
+    if _is_callback(callbacks) or not isinstance(callbacks, Iterable):
+        raise ConfigTypeError(
+            f"callbacks must be a list of callbacks, got {callbacks!r:.80} "
+            f"({type(callbacks).__name__}); pass callbacks=[...] (or () for none)"
+        )
+    found = tuple(callbacks)
+    for i, callback in enumerate(found):
+        if not _is_callback(callback):
+            raise ConfigTypeError(
+                f"callbacks[{i}] is {callback!r:.80} ({type(callback).__name__}), which has "
+                "no on_step and on_epoch methods; subclass asynctrain.Callback"
+            )
+    return found
+
+
+def _is_callback(value: object) -> bool:
+    return callable(getattr(value, "on_step", None)) and callable(getattr(value, "on_epoch", None))
 
 
 def summarize_staleness(values: Sequence[int]) -> tuple[float, int]:

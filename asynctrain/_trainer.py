@@ -31,7 +31,7 @@ from asynctrain._engine._context import FitParts
 from asynctrain._engine._epochs import EpochOrders, collect, run_epochs
 from asynctrain._engine._metrics import check_metrics
 from asynctrain._engine._update import TrainState, Updater
-from asynctrain._events import Callback, Event, FitResult
+from asynctrain._events import Callback, Event, FitResult, check_callbacks
 from asynctrain._exceptions import ConfigError, ConfigTypeError, StateError
 from asynctrain._inputs import (
     ClassWeight,
@@ -337,6 +337,7 @@ class Trainer:
             ...                            resume=True)  # doctest: +SKIP
         """
         epochs = check_int("epochs", epochs)
+        callbacks = check_callbacks(callbacks)
         session = CheckpointSession(
             checkpoint_dir,
             every=checkpoint_every,
@@ -507,6 +508,7 @@ class Trainer:
             >>> at.run(main()).steps
             3
         """
+        callbacks = check_callbacks(callbacks)
         events = self.stream_steps(
             source,
             max_steps=max_steps,

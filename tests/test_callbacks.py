@@ -332,6 +332,55 @@ async def test_true_stops_and_none_or_false_go_on(answer: object, epochs: int) -
     assert result.epochs == epochs
 
 
+class _StopAtSecondStep(at.Callback):
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_step(self, event: at.StepEvent) -> bool:
+        self.steps += 1
+        return self.steps == 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_callbacks_given_as_a_generator_are_all_called(stream: bool) -> None:
+    # The first walk of the callbacks (on_fit_start) used a generator up: every step
+    # was then given to no callback, and the fit never stopped.
+    data = at.data.synthetic("softmax", n=600)
+    stopper = _StopAtSecondStep()
+    callbacks = (c for c in [stopper])
+    async with at.Trainer(at.models.SoftmaxRegression(128, 10), backend="inline") as trainer:
+        if stream:
+            result = await trainer.fit_stream([(data.X, data.y)] * 3, callbacks=callbacks)
+        else:
+            result = await trainer.fit(data, epochs=3, callbacks=callbacks)
+    assert (stopper.steps, result.steps, result.stopped_early) == (2, 2, True)
+
+
+@pytest.mark.parametrize(
+    ("callbacks", "refused"),
+    [
+        (at.EarlyStopping(), r"callbacks must be a list of callbacks, got EarlyStopping\("),
+        (None, r"callbacks must be a list of callbacks, got None"),
+        ([at.EarlyStopping(), 3], r"callbacks\[1\] is 3 \(int\), which has no on_step"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_callbacks_that_are_not_a_list_of_callbacks_are_refused_before_a_step(
+    callbacks: object, refused: str, stream: bool
+) -> None:
+    # A bare TypeError ("not iterable"), or an AttributeError after a first step trained.
+    data = at.data.synthetic("softmax", n=600)
+    async with at.Trainer(at.models.SoftmaxRegression(128, 10), backend="inline") as trainer:
+        run = (
+            trainer.fit_stream([(data.X, data.y)], callbacks=callbacks)  # type: ignore[arg-type]
+            if stream
+            else trainer.fit(data, callbacks=callbacks)  # type: ignore[arg-type]
+        )
+        with pytest.raises(at.ConfigTypeError, match=refused):
+            await run
+        assert trainer.state.step == 0
+
+
 async def test_restore_params_only_once_the_steps_ended() -> None:
     errors: list[Exception] = []
 

@@ -17,7 +17,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
 from asynctrain._checks import check_int
-from asynctrain._events import Callback
+from asynctrain._events import Callback, check_callbacks
 from asynctrain._exceptions import ConfigError, ConfigTypeError, StateError
 from asynctrain._inputs import ClassWeight, DataLike, prepare
 from asynctrain._monitor import TRAINING_INTERVAL, LagStats, LoopLagMonitor
@@ -191,7 +191,7 @@ class TrainingService:
         self._reserved.add(name)
         try:
             trainer = Trainer(model, optimizer, backend=self._backend, **trainer_options)
-            fit = {"epochs": check_int("epochs", epochs), "callbacks": tuple(callbacks)}
+            fit = {"epochs": check_int("epochs", epochs), "callbacks": check_callbacks(callbacks)}
             train = await off_loop(
                 functools.partial(prepare, class_weight=class_weight), model, data
             )
