@@ -7,6 +7,8 @@ step; with ``"skip"`` the poisoned step must change nothing but the counters.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from _reliability import Poisoned, Recorder, sample_of, skip_missing_backend, state_bits, with_ids
@@ -121,6 +123,29 @@ async def test_an_optimizer_state_that_would_overflow_is_refused(nonfinite: str)
         await trainer.fit(data, callbacks=[recorder])
         assert recorder.states[STEP + 1]["opt"] == reference.states[STEP]["opt"]
     assert all(np.isfinite(a).all() for _, a in leaves(trainer.state.opt_state))
+
+
+def _learning_rate(valid_until: int, step: int) -> float:
+    """1e-2, then an invalid -1.0 from step ``valid_until`` on."""
+    return 1e-2 if step < valid_until else -1.0
+
+
+async def test_an_update_that_raises_leaves_the_optimizer_state_untouched() -> None:
+    # The learning rate comes last in the chain: Adam had updated its moments in place
+    # when the schedule's value was refused, and they were kept, one gradient ahead of
+    # the parameters and of Adam's own step count.
+    data = with_ids(synthetic("softmax", n=N, seed=4))
+    reference = _trainer(Poisoned(), "inline", "raise", at.optim.adam(_learning_rate_until(N)))
+    recorder = Recorder(reference)
+    await reference.fit(data, callbacks=[recorder])
+    trainer = _trainer(Poisoned(), "inline", "raise", at.optim.adam(_learning_rate_until(STEP)))
+    with pytest.raises(at.ConfigError, match=f"value at step {STEP} must be in"):
+        await trainer.fit(data)
+    assert state_bits(trainer.state) == recorder.states[STEP]
+
+
+def _learning_rate_until(valid_until: int) -> at.optim.Schedule:
+    return functools.partial(_learning_rate, valid_until)
 
 
 async def test_nonfinite_setting_is_checked() -> None:

@@ -233,10 +233,16 @@ class Updater:
         return StepStats(mean_loss(loss_sum, weight), norm, n, False, weight)
 
     def _update(self, state: TrainState, acc: Grads) -> tuple[Params, Any, Problem | None]:
-        """Run the optimizer; if the result is not finite, undo its in-place state changes."""
+        """Run the optimizer; if it raises or its result is not finite, undo its in-place
+        state changes (a chain's first parts have updated theirs when a later one raises:
+        a schedule's invalid value, say)."""
         self._backup.save(state.opt_state)
-        updates, opt_state = self.optimizer.update(acc, state.opt_state, state.params)
-        params = apply_updates(state.params, updates)
+        try:
+            updates, opt_state = self.optimizer.update(acc, state.opt_state, state.params)
+            params = apply_updates(state.params, updates)
+        except BaseException:
+            self._backup.restore()
+            raise
         problem = None
         if not all_finite([*flat_or_values(params), *self._backup.walk(opt_state)]):
             problem = _first_nonfinite(0.0, params, "parameter", from_shards=False)
