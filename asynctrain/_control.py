@@ -114,12 +114,17 @@ class FitControl:
                 optimizer state per shard (``mode="local"``), where a scale set between
                 steps would not reach the shards.
         """
+        if self._trainer.mode.name == "local":
+            raise ConfigError(
+                "a learning-rate scale lowered between steps (ReduceLROnPlateau) does not "
+                "reach mode='local', where each shard keeps its own optimizer state during "
+                "a fit: use mode 'sync', 'ssp' or 'async', or a learning-rate schedule"
+            )
         states = plateau_states(self._trainer.state.opt_state)
-        if not states or self._trainer.mode.name == "local":
+        if not states:
             raise ConfigError(
                 f"the optimizer {self._trainer.optimizer!r} has no scale_by_plateau() to "
-                "lower (mode='local' is not supported): build it as "
-                "optim.chain(optim.adam(1e-3), optim.scale_by_plateau())"
+                "lower: build it as optim.chain(optim.adam(1e-3), optim.scale_by_plateau())"
             )
         return float(states[0].scale)
 

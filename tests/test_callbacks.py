@@ -216,6 +216,18 @@ async def test_reduce_lr_on_plateau_needs_the_scale_before_any_step() -> None:
         at.ReduceLROnPlateau(factor=1.5)
 
 
+async def test_reduce_lr_on_plateau_in_local_mode_is_refused_as_such() -> None:
+    # The optimizer has its scale_by_plateau(); the message said it had none, and to add it.
+    data = at.data.synthetic("softmax", n=600)
+    optimizer = at.optim.chain(at.optim.adam(1e-2), at.optim.scale_by_plateau())
+    model = at.models.SoftmaxRegression(128, 10)
+    async with at.Trainer(model, optimizer, backend="inline", mode="local") as trainer:
+        with pytest.raises(at.ConfigError, match="does not reach mode='local'") as caught:
+            await trainer.fit(data, callbacks=[at.ReduceLROnPlateau()])
+        assert "has no scale_by_plateau" not in str(caught.value)
+        assert trainer.state.step == 0
+
+
 async def _logged_fit(logger: at.Callback, metric: str, backend: str) -> at.FitResult:
     """Three epochs of a small softmax fit with ``logger`` and one chosen metric."""
     data = at.data.synthetic("softmax", n=1000)
