@@ -508,6 +508,24 @@ def test_bad_settings_raise(build: Callable[[], object], error: type, match: str
         build()
 
 
+@pytest.mark.parametrize("value", [-0.5, 1.0, 1.5])
+@pytest.mark.parametrize(
+    ("build", "name"),
+    [
+        (lambda v: adam(b1=v), "b1"),
+        (lambda v: adam(b2=v), "b2"),
+        (lambda v: sgd(0.1, momentum=v), "momentum"),
+        (lambda v: rmsprop(decay=v), "decay"),
+    ],
+)
+def test_a_fraction_out_of_range_is_refused_naming_the_half_open_range(
+    build: Callable[[float], object], name: str, value: float
+) -> None:
+    # A value below 0 or above 1 was told "must be in [0.0, 1.0]", though 1.0 is refused.
+    with pytest.raises(ConfigError, match=rf"^{name} must be in \[0\.0, 1\.0\), got {value}"):
+        build(value)
+
+
 def test_bad_use_raises() -> None:
     params = {"w": np.zeros(2)}
     with pytest.raises(ConfigTypeError, match="'w'"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from asynctrain._checks import check_float
@@ -11,10 +13,14 @@ from asynctrain.optim._base import LearningRate, Schedule
 
 
 def check_fraction(name: str, value: object) -> float:
-    """Return ``value`` as a float in ``[0, 1)`` (a decay, momentum or beta)."""
-    result = check_float(name, value, maximum=1.0)
-    if result == 1.0:
-        raise ConfigError(f"{name} must be in [0.0, 1.0), got 1.0; pass e.g. 0.9")
+    """Return ``value`` as a float in ``[0, 1)`` (a decay, momentum or beta).
+
+    The range is checked here, not by :func:`check_float`, whose message would name the
+    closed ``[0.0, 1.0]`` for a value below 0 or above 1.
+    """
+    result = check_float(name, value, minimum=-math.inf)  # a finite real number
+    if not 0.0 <= result < 1.0:
+        raise ConfigError(f"{name} must be in [0.0, 1.0), got {result}; pass e.g. 0.9")
     return result
 
 
