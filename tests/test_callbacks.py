@@ -153,6 +153,17 @@ def test_plateau_rule_reduces_after_patience_with_cooldown_and_floor() -> None:
     assert scales == [1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.2, 0.2]
 
 
+@pytest.mark.parametrize("min_scale", [1.5, 4.0])
+def test_a_plateau_floor_above_the_starting_scale_is_refused(min_scale: float) -> None:
+    # The scale starts at 1: max(1 * factor, min_scale) "reduced" it to min_scale, raising
+    # the learning rate at the first plateau.
+    with pytest.raises(at.ConfigError, match=r"min_scale must be in \[0\.0, 1\.0\]"):
+        at.ReduceLROnPlateau(min_scale=min_scale)
+    with pytest.raises(at.ConfigError, match="min_scale"):
+        PlateauRule(min_scale=min_scale).checked()
+    at.ReduceLROnPlateau(min_scale=1.0)  # a floor at the start: never lowered
+
+
 def test_scale_by_plateau_scales_the_chain_by_hand() -> None:
     params, grads = {"w": np.zeros(3)}, {"w": np.array([1.0, -2.0, 4.0])}
     opt = chain(sgd(0.1), scale_by_plateau())

@@ -30,8 +30,8 @@ class ReduceLROnPlateau(Callback):
         patience: epochs without improvement before a reduction (>= 1).
         min_delta: smallest change that counts as an improvement (>= 0).
         cooldown: epochs after a reduction before waiting starts again (>= 0).
-        min_scale: the scale never goes below this (>= 0); the learning rate is the
-            optimizer's times the scale.
+        min_scale: the scale never goes below this, in ``[0, 1]``; the learning rate is
+            the optimizer's times the scale.
 
     Attributes:
         scale: the scale after the latest epoch (1.0 before the first).

@@ -113,7 +113,8 @@ class PlateauRule(NamedTuple):
         patience: epochs without improvement before a reduction, >= 1.
         min_delta: smallest decrease of the value that counts as an improvement, >= 0.
         cooldown: epochs after a reduction during which no other happens, >= 0.
-        min_scale: the scale never goes below this, >= 0.
+        min_scale: the scale never goes below this, in ``[0, 1]`` (the scale starts at
+            1: a floor above it would raise the scale at the first "reduction").
 
     Example:
         >>> rule = PlateauRule(factor=0.1, patience=2, min_scale=1e-3)
@@ -139,7 +140,7 @@ class PlateauRule(NamedTuple):
             check_int("patience", self.patience),
             check_float("min_delta", self.min_delta),
             check_int("cooldown", self.cooldown, minimum=0),
-            check_float("min_scale", self.min_scale),
+            check_float("min_scale", self.min_scale, maximum=1.0),
         )
 
     def observe(self, states: list[PlateauState], value: float) -> float:
