@@ -538,6 +538,25 @@ def test_bad_use_raises() -> None:
         opt.update({"v": np.ones(2)}, state, params)
 
 
+@pytest.mark.parametrize(
+    ("build", "value"),
+    [
+        (adam, 1e-3),
+        (lambda v: sgd(0.1, momentum=v), 0.9),
+        (lambda v: adamw(1e-3, weight_decay=v), 0.01),
+        (lambda v: sgd(cosine_decay(v, decay_steps=10)), 0.5),
+        (scale, -2.0),
+    ],
+)
+def test_repr_of_a_numpy_scalar_setting_is_that_of_the_number(
+    build: Callable[[Any], GradientTransformation], value: float
+) -> None:
+    # A checkpoint compares these reprs: adam(np.float64(0.001)) was refused on resuming
+    # a run of adam(0.001), and the same code's repr changed with numpy 2.
+    assert repr(build(np.float64(value))) == repr(build(value))
+    assert "np." not in repr(build(np.float32(value)))
+
+
 def test_repr_names_the_optimizer_and_its_settings() -> None:
     assert repr(adam(1e-3)) == "<GradientTransformation adam(0.001, b1=0.9, b2=0.999, eps=1e-08)>"
     assert "cosine_decay(0.1, decay_steps=10, alpha=0.0)" in repr(

@@ -100,9 +100,17 @@ def _label_of(fn: object) -> str | None:
 
 
 def _describe(value: object) -> str:
-    """Return the label of a transformation or schedule, or ``repr(value)``."""
+    """Return the label of a transformation or schedule, or ``repr(value)``.
+
+    A numpy scalar is described as the Python number it holds: numpy 2 writes
+    ``np.float64(0.001)``, numpy 1 ``0.001``, and a checkpoint compares these labels,
+    so the same learning rate must read the same from a float, a numpy scalar (a
+    sweep's ``np.logspace``) and either numpy.
+    """
     if isinstance(value, GradientTransformation):
         return _label_of(value.update) or repr(value)
+    if isinstance(value, np.generic):
+        return repr(value.item())
     return _label_of(value) or getattr(value, "__qualname__", None) or repr(value)
 
 
