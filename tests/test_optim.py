@@ -42,6 +42,7 @@ from asynctrain.optim import (
     trace,
     warmup_cosine_decay,
 )
+from asynctrain.optim._tree import leaves
 
 Tree = dict[str, np.ndarray]
 LrFn = Callable[[int], float]
@@ -524,6 +525,42 @@ def test_a_fraction_out_of_range_is_refused_naming_the_half_open_range(
     # A value below 0 or above 1 was told "must be in [0.0, 1.0]", though 1.0 is refused.
     with pytest.raises(ConfigError, match=rf"^{name} must be in \[0\.0, 1\.0\), got {value}"):
         build(value)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: sgd(0.1, momentum=0.9),
+        lambda: sgd(0.1, momentum=0.9, nesterov=True),
+        adam,
+        adamw,
+        rmsprop,
+        adagrad,
+    ],
+    ids=["momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"],
+)
+@pytest.mark.parametrize(
+    ("gradient", "got"),
+    [
+        (np.ones(1), r"has shape \(1,\)"),
+        (np.ones(3), r"has shape \(3,\)"),
+        ([1.0, 1.0], "is a list"),
+    ],
+)
+def test_a_gradient_not_shaped_like_its_parameter_is_refused_naming_it(
+    make: Callable[[], GradientTransformation], gradient: object, got: str
+) -> None:
+    # It was numpy's "operands could not be broadcast" (or an AttributeError), naming no
+    # parameter, and a (1,) gradient was first broadcast into the state's buffers.
+    params = {"b": np.zeros(4), "w": np.zeros(2)}
+    opt = make()
+    state = opt.init(params)
+    before = [(path, array.copy()) for path, array in leaves(state)]
+    grads = {"b": np.ones(4), "w": gradient}
+    with pytest.raises(ConfigError, match=rf"gradient 'w' {got}, the parameter has shape \(2,\)"):
+        opt.update(grads, state, params)
+    for (path, was), (_, now) in zip(before, leaves(state), strict=True):
+        assert np.array_equal(was, now), path
 
 
 def test_bad_use_raises() -> None:

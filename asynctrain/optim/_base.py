@@ -18,7 +18,7 @@ import numpy as np
 
 from asynctrain._exceptions import ConfigError, ConfigTypeError
 from asynctrain._types import Array, Grads, Params
-from asynctrain.optim._flat import buffers, flat_empty
+from asynctrain.optim._flat import FlatArrays, buffers, flat_empty
 
 OptState: TypeAlias = Any
 """An optimizer state: a NamedTuple (or, for :func:`chain`, a tuple) of plain data."""
@@ -251,3 +251,31 @@ def check_same_keys(name: str, tree: Mapping[str, Any], reference: Mapping[str, 
     raise ConfigError(
         f"{name} keys do not match the parameters: missing {missing}, unexpected {extra}"
     )
+
+
+def check_same_shapes(name: str, tree: Mapping[str, Any], reference: Mapping[str, Any]) -> None:
+    """Raise ConfigError naming the first key whose array is not shaped like the
+    reference's (after :func:`check_same_keys`).
+
+    A transform works element by element in place: a gradient of another shape fails
+    deep in numpy ("operands could not be broadcast"), naming no parameter, and, where
+    it broadcasts into a state buffer first, after changing that state. Two buffers of
+    one layout need no look at their arrays (the trainer's every step).
+    """
+    check_same_keys(name, tree, reference)
+    if (
+        type(tree) is FlatArrays
+        and type(reference) is FlatArrays
+        and tree.flat is not None
+        and reference.flat is not None
+        and (tree.layout is reference.layout or tree.layout == reference.layout)
+    ):
+        return
+    for key, value in reference.items():
+        shape = getattr(tree[key], "shape", None)
+        if shape != value.shape:
+            got = f"has shape {shape}" if shape is not None else f"is a {type(tree[key]).__name__}"
+            raise ConfigError(
+                f"{name} {key!r} {got}, the parameter has shape {value.shape}; pass "
+                "numpy arrays shaped like the parameters"
+            )

@@ -15,7 +15,7 @@ import numpy as np
 
 from asynctrain._checks import check_float
 from asynctrain._types import Array, Grads, Params
-from asynctrain.optim._base import GradientTransformation, _call_label, _labelled, check_same_keys
+from asynctrain.optim._base import GradientTransformation, _call_label, _labelled, check_same_shapes
 from asynctrain.optim._flat import buffers
 from asynctrain.optim._transforms import full_like
 from asynctrain.optim._validate import check_fraction, check_positive
@@ -86,7 +86,7 @@ def _adam_update(
     state: ScaleByAdamState,
     params: Params | None = None,
 ) -> tuple[Grads, ScaleByAdamState]:
-    check_same_keys("gradient", grads, state.mu)
+    check_same_shapes("gradient", grads, state.mu)
     count = state.count + 1
     correction1, correction2 = 1.0 - b1**count, 1.0 - b2**count
     # g is scaled by (1 - b1) for the first moment; this turns its square into (1-b2)*g**2.
@@ -146,7 +146,7 @@ def _rms_init(params: Params) -> ScaleByRmsState:
 def _rms_update(
     decay: float, eps: float, grads: Grads, state: ScaleByRmsState, params: Params | None = None
 ) -> tuple[Grads, ScaleByRmsState]:
-    check_same_keys("gradient", grads, state.nu)
+    check_same_shapes("gradient", grads, state.nu)
     for g, nu in buffers(grads, state.nu):
         scratch = np.square(g, out=np.empty_like(g))  # out=: a 0-d g stays an array
         np.multiply(scratch, 1.0 - decay, out=scratch)
@@ -197,7 +197,7 @@ def _adagrad_init(initial: float, params: Params) -> ScaleByAdagradState:
 def _adagrad_update(
     eps: float, grads: Grads, state: ScaleByAdagradState, params: Params | None = None
 ) -> tuple[Grads, ScaleByAdagradState]:
-    check_same_keys("gradient", grads, state.sum_of_squares)
+    check_same_shapes("gradient", grads, state.sum_of_squares)
     for g, total in buffers(grads, state.sum_of_squares):
         scratch = np.square(g, out=np.empty_like(g))  # out=: a 0-d g stays an array
         np.add(total, scratch, out=total)

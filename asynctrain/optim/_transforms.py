@@ -22,7 +22,7 @@ from asynctrain.optim._base import (
     Schedule,
     _call_label,
     _labelled,
-    check_same_keys,
+    check_same_shapes,
     global_norm,
 )
 from asynctrain.optim._flat import buffers, flat_or_values, flat_zeros
@@ -170,7 +170,7 @@ def _trace_init(params: Params) -> TraceState:
 def _trace_update(
     decay: float, nesterov: bool, grads: Grads, state: TraceState, params: Params | None = None
 ) -> tuple[Grads, TraceState]:
-    check_same_keys("gradient", grads, state.trace)
+    check_same_shapes("gradient", grads, state.trace)
     for g, t in buffers(grads, state.trace):
         np.multiply(t, decay, out=t)
         np.add(t, g, out=t)
@@ -219,7 +219,7 @@ def _decay_update(
         raise ConfigError(
             "add_decayed_weights needs the parameters: call update(grads, state, params)"
         )
-    check_same_keys("gradient", grads, params)
+    check_same_shapes("gradient", grads, params)
     if weight_decay:
         for key, g in grads.items():
             g += weight_decay * params[key]
