@@ -199,9 +199,9 @@ class Callback:
         return None
 
 
-def check_callbacks(callbacks: Iterable[Callback]) -> tuple[Callback, ...]:
+def check_callbacks(callbacks: Iterable[Callback] | None) -> tuple[Callback, ...]:
     """Return ``callbacks`` as a tuple, each one checked to have ``on_step`` and
-    ``on_epoch``, before any step is taken.
+    ``on_epoch``, before any step is taken (None: none, as Keras takes it).
 
     A fit walks its callbacks several times (``on_fit_start``, every event, checkpoint
     states), so a generator is taken once here: walked as given, it would be used up by
@@ -216,6 +216,8 @@ def check_callbacks(callbacks: Iterable[Callback]) -> tuple[Callback, ...]:
         >>> len(check_callbacks(c for c in [Callback(), Callback()]))
         2
     """
+    if callbacks is None:
+        return ()
     if _is_callback(callbacks) or not isinstance(callbacks, Iterable):
         raise ConfigTypeError(
             f"callbacks must be a list of callbacks, got {callbacks!r:.80} "

@@ -383,7 +383,6 @@ async def test_callbacks_given_as_a_generator_are_all_called(stream: bool) -> No
     ("callbacks", "refused"),
     [
         (at.EarlyStopping(), r"callbacks must be a list of callbacks, got EarlyStopping\("),
-        (None, r"callbacks must be a list of callbacks, got None"),
         ([at.EarlyStopping(), 3], r"callbacks\[1\] is 3 \(int\), which has no on_step"),
     ],
 )
@@ -402,6 +401,12 @@ async def test_callbacks_that_are_not_a_list_of_callbacks_are_refused_before_a_s
         with pytest.raises(at.ConfigTypeError, match=refused):
             await run
         assert trainer.state.step == 0
+
+
+async def test_callbacks_none_is_no_callbacks() -> None:
+    data = at.data.synthetic("softmax", n=600)
+    async with at.Trainer(at.models.SoftmaxRegression(128, 10), backend="inline") as trainer:
+        assert (await trainer.fit(data, callbacks=None)).steps == 2  # type: ignore[arg-type]
 
 
 async def test_restore_params_only_once_the_steps_ended() -> None:
