@@ -502,6 +502,7 @@ NAN, INF = float("nan"), float("inf")
             "decay_steps",
         ),
         (lambda: chain(sgd(0.1), "adam"), ConfigTypeError, "chain part 1"),
+        (lambda: sgd(0.1, nesterov=True), ConfigError, "nesterov=True needs a momentum > 0"),
     ],
 )
 def test_bad_settings_raise(build: Callable[[], object], error: type, match: str) -> None:

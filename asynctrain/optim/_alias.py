@@ -38,7 +38,8 @@ def sgd(
 
     Raises:
         ConfigTypeError: an argument has the wrong type (a bool learning rate, ...).
-        ConfigError: an argument is out of range (see the building blocks).
+        ConfigError: an argument is out of range (see the building blocks), or
+            ``nesterov=True`` without momentum (as PyTorch refuses it).
 
     Example:
         >>> sgd(0.1, momentum=0.9)
@@ -46,6 +47,11 @@ def sgd(
     """
     momentum = check_fraction("momentum", momentum)
     nesterov = check_bool("nesterov", nesterov)
+    if nesterov and not momentum:  # it would be plain SGD, whatever the caller meant
+        raise ConfigError(
+            "nesterov=True needs a momentum > 0 (it looks ahead along the momentum), e.g. "
+            "sgd(0.1, momentum=0.9, nesterov=True)"
+        )
     momentum_part = [trace(momentum, nesterov=nesterov)] if momentum else []
     opt = chain(*momentum_part, scale_by_learning_rate(learning_rate))
     return _labelled(_call_label("sgd", learning_rate, momentum=momentum, nesterov=nesterov), opt)
