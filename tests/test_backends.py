@@ -30,6 +30,36 @@ def _slow_identity(value: int, seconds: float) -> int:
     return value
 
 
+class _BroadcastGrad:
+    """A linear model whose gradient of ``w`` has shape (1,): numpy broadcasts it."""
+
+    n_features, n_classes, dtype = 4, None, np.dtype(np.float32)
+
+    def init(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return at.models.LinearRegression(4).init(rng)
+
+    def predict(self, params: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
+        return at.models.LinearRegression(4).predict(params, X)
+
+    def loss_and_grad(
+        self, params: dict[str, np.ndarray], X: np.ndarray, y: np.ndarray
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        loss, grads = at.models.LinearRegression(4).loss_and_grad(params, X, y)
+        return loss, {**grads, "w": grads["w"][:1]}
+
+
+async def test_a_gradient_shaped_unlike_its_parameter_fails_alike_everywhere(
+    backend: at.backends.Backend,
+) -> None:
+    # Unchecked, inline and thread trained on the broadcast gradient while process refused it.
+    X = np.ones((64, 4), np.float32)
+    y = X.sum(axis=1)
+    model, bad = _BroadcastGrad(), r"'w' of shape \(1,\) for a parameter of \(4,\)"
+    async with at.Trainer(model, at.optim.sgd(0.1), backend=backend, batch_size=16) as trainer:
+        with pytest.raises(at.ConfigError, match=bad):
+            await trainer.fit((X, y), epochs=1)
+
+
 async def test_run_returns_the_result(backend: at.backends.Backend) -> None:
     assert await backend.run(pow, 3, 4) == 81
 

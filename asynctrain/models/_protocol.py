@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
+from asynctrain._exceptions import ConfigError
 from asynctrain._types import Grads, Params
 
 
@@ -155,10 +157,36 @@ def shard_loss_and_grad(
     uses_key = getattr(model, "uses_key", False)
     if sample_weight is None:  # the common case: no options dict, no ** call
         if uses_key:
-            return model.loss_and_grad(params, X, y, key=key)  # type: ignore[no-any-return]
-        return model.loss_and_grad(params, X, y)  # type: ignore[no-any-return]
-    if uses_key:
-        return model.loss_and_grad(  # type: ignore[no-any-return]
-            params, X, y, key=key, sample_weight=sample_weight
+            result = model.loss_and_grad(params, X, y, key=key)
+        else:
+            result = model.loss_and_grad(params, X, y)
+    elif uses_key:
+        result = model.loss_and_grad(params, X, y, key=key, sample_weight=sample_weight)
+    else:
+        result = model.loss_and_grad(params, X, y, sample_weight=sample_weight)
+    check_grads(model, params, result[1])
+    return result  # type: ignore[no-any-return]
+
+
+def check_grads(model: Any, params: Params, grads: Any) -> None:
+    """Raise ConfigError unless ``grads`` has the keys and shapes of ``params``.
+
+    Checked where every backend calls the model, so a bad gradient fails the same way
+    everywhere: unchecked, the in-process backends summed a broadcastable one (shape
+    ``(1,)`` for ``(8,)``) into a wrong result while the process backend refused it, and
+    others failed deep in numpy (a ValueError about broadcasting, a bare KeyError).
+    """
+    bad = None
+    if not isinstance(grads, Mapping) or grads.keys() != params.keys():
+        keys = sorted(grads) if isinstance(grads, Mapping) else type(grads).__name__
+        bad = f"keys {keys}, the parameters have {sorted(params)}"
+    else:
+        for name, value in params.items():
+            if np.shape(grads[name]) != value.shape:
+                bad = f"{name!r} of shape {np.shape(grads[name])} for a parameter of {value.shape}"
+                break
+    if bad is not None:
+        raise ConfigError(
+            f"{type(model).__name__}.loss_and_grad returned a gradient with {bad}; return a "
+            "dict of arrays keyed and shaped like the params it was given"
         )
-    return model.loss_and_grad(params, X, y, sample_weight=sample_weight)  # type: ignore[no-any-return]
