@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import multiprocessing
 import multiprocessing.forkserver
 import os
 import subprocess
@@ -63,6 +64,54 @@ async def test_an_exception_that_cannot_be_rebuilt_keeps_the_worker_traceback() 
             await backend.run(raise_needs_two)
     assert "NeedsTwo: first" in str(info.value)
     assert "in raise_needs_two" in str(info.value)
+
+
+class NotesTuple(Exception):
+    """Its ``__notes__`` is a tuple: ``add_note`` refuses it."""
+
+
+def raise_notes_tuple() -> None:
+    error = NotesTuple("noted")
+    error.__notes__ = ("set by user code",)  # type: ignore[assignment]
+    raise error
+
+
+def _exit_if_parent() -> str:
+    if multiprocessing.parent_process() is None:  # unpickled in the parent, on its loop
+        raise SystemExit("from unpickling")
+    return "unpickled in the worker"
+
+
+class ExitsOnUnpickle:
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _exit_if_parent, ()
+
+
+def return_exits_on_unpickle() -> ExitsOnUnpickle:
+    return ExitsOnUnpickle()
+
+
+class ExitsOnUnpickleError(Exception):
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _exit_if_parent, ()
+
+
+def raise_exits_on_unpickle() -> None:
+    raise ExitsOnUnpickleError()
+
+
+async def test_a_reply_that_cannot_be_rebuilt_never_hangs_nor_stops_the_loop() -> None:
+    # An exception whose note could not be added left the task waiting for ever; a
+    # SystemExit raised while unpickling a reply escaped the loop's callback.
+    async with ProcessBackend(workers=1) as backend:
+        with pytest.raises(NotesTuple, match="noted"):
+            await asyncio.wait_for(backend.run(raise_notes_tuple), 30)
+        with pytest.raises(at.BackendError, match="cannot be unpickled: SystemExit"):
+            await asyncio.wait_for(backend.run(return_exits_on_unpickle), 30)
+        with pytest.raises(at.BackendError, match=r"cannot be rebuilt here \(SystemExit"):
+            await asyncio.wait_for(backend.run(raise_exits_on_unpickle), 30)
+        assert backend.stats.retries == 0
+        assert await backend.run(pow, 2, 3) == 8
 
 
 class Boom(ValueError):

@@ -8,6 +8,7 @@ moment it dies, without polling; tasks go out through the same never-blocking pi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 import signal
 import socket
@@ -139,7 +140,7 @@ class Worker:
         reply = self._reply
         try:
             task_id, ok, value = pickle.loads(data)
-        except Exception as exc:
+        except BaseException as exc:  # unpickling runs the task's code: its SystemExit too
             task_id, ok = self._task_id, False
             value = (None, f"the reply of worker pid {self.pid} cannot be unpickled: {exc!r}")
         if reply is None or reply.done() or task_id != self._task_id:
@@ -175,12 +176,13 @@ def _rebuild(value: tuple[bytes | None, str], pid: int | None) -> BaseException:
         return BackendError(text)
     try:
         exc = pickle.loads(pickled)
-    except Exception as problem:
+    except BaseException as problem:  # raised by the task's code, on the loop: not ours
         return BackendError(
             f"the task raised an exception that cannot be rebuilt here ({problem!r}); its "
             f"traceback in worker pid {pid}:\n{text.rstrip()}"
         )
     if not isinstance(exc, BaseException):
         return BackendError(f"worker pid {pid} sent {exc!r} as an exception:\n{text}")
-    exc.add_note(f"Traceback in worker pid {pid}:\n{text.rstrip()}")
+    with contextlib.suppress(TypeError):  # the task made ``__notes__`` other than a list
+        exc.add_note(f"Traceback in worker pid {pid}:\n{text.rstrip()}")
     return exc
