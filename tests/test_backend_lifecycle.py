@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import LOOPS
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import asynctrain as at
@@ -190,6 +191,44 @@ async def test_the_process_backend_leaves_the_global_forkserver_alone() -> None:
         assert server._preload_modules == ["json"]
     finally:
         server.set_forkserver_preload(before)
+
+
+@pytest.mark.parametrize("new_loop", list(LOOPS.values()), ids=list(LOOPS))
+@pytest.mark.parametrize("opener", ["closed", "stopped", "running"])
+def test_aclose_on_another_loop_stops_the_workers_of_the_opening_one(
+    new_loop: Any, opener: str
+) -> None:
+    # The pool's readers and futures belong to the loop that opened it: awaited from a
+    # second asyncio.run, aclose waited for them for ever.
+    backend = ProcessBackend(workers=2)
+
+    async def use() -> int:
+        await backend.share({"x": np.ones(4)})
+        return await backend.run(pow, 2, 3)
+
+    first = new_loop()
+    thread = None
+    if opener == "running":
+        thread = threading.Thread(target=first.run_forever)
+        thread.start()
+        assert asyncio.run_coroutine_threadsafe(use(), first).result(timeout=60) == 8
+    else:
+        assert first.run_until_complete(use()) == 8
+        if opener == "closed":
+            first.close()
+    pids = backend.pids
+    second = new_loop()
+    try:
+        second.run_until_complete(asyncio.wait_for(backend.aclose(), 30))
+    finally:
+        second.close()
+        if thread is not None:
+            first.call_soon_threadsafe(first.stop)
+            thread.join()
+        first.close()
+    assert backend.state == "closed"
+    assert backend.pids == []
+    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
 
 
 UNGUARDED = """

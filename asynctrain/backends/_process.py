@@ -141,12 +141,31 @@ class ProcessBackend(Lifecycle):
     async def _close(self) -> None:
         try:
             if self._pool is not None:
-                await self._pool.close()
+                await self._close_pool(self._pool)
             for shared in self._owned.values():
                 release_shared(shared)
             self._owned.clear()
         finally:
             self._blas.restore()
+
+    async def _close_pool(self, pool: Pool) -> None:
+        """Close ``pool`` on the loop that opened it, whichever loop ``aclose`` runs on.
+
+        The pool's readers and futures live on that loop: awaited from another loop they
+        never complete (``aclose`` hung for ever after ``asyncio.run`` had returned). A
+        loop still running in another thread closes the pool itself; one stopped runs the
+        close on a thread of its own; one closed can run nothing, so the workers are
+        killed and reaped directly.
+        """
+        loop = self._loop
+        if loop is None or loop is asyncio.get_running_loop():
+            await pool.close()
+        elif loop.is_running():
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(pool.close(), loop))
+        elif not loop.is_closed():
+            await off_loop(loop.run_until_complete, pool.close())
+        else:
+            await off_loop(pool.abandon)
 
     async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Run ``fn(*args)`` in a worker process and return its result.

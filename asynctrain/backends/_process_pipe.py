@@ -89,6 +89,13 @@ class Pipe:
             self._out.clear()
         self._sock.close()
 
+    def abandon(self) -> None:
+        """Close the socket without touching its loop, which has been closed (its watches
+        went with it); queued output is dropped."""
+        self.closed = True
+        self._out.clear()
+        self._sock.close()
+
     def _write(self) -> None:
         try:
             sent = self._sock.sendmsg(list(_first(self._out, _MAX_BUFFERS)))

@@ -153,6 +153,16 @@ class Pool:
         self._idle.clear()
         self._wake(len(self._waiters))  # every waiter sees ``closing``
 
+    def abandon(self) -> None:
+        """Stop every worker by SIGKILL, without the event loop the pool ran on, which has
+        been closed (``asyncio.run`` returned): its callbacks, which :meth:`close` waits
+        for, will never run. Blocks while the workers are reaped."""
+        self.closing = True
+        for worker in list(self._workers):
+            worker.abandon()
+        self._workers.clear()
+        self._idle.clear()
+
     async def _acquire(self) -> Worker:
         """The idle worker used last; else wait, starting a worker if the pool is short.
 

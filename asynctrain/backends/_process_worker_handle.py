@@ -131,6 +131,16 @@ class Worker:
         if not self.exited.done():
             self.process.kill()
 
+    def abandon(self) -> None:
+        """Kill and reap the process and close its pipe without the loop it was started
+        on, which has been closed (no sentinel callback will ever run); blocks while the
+        process is reaped, so call it off the running loop."""
+        if not self.exited.done():  # else _on_exit has reaped and closed it already
+            self.process.kill()
+            self.process.join()
+            self.process.close()
+        self.pipe.abandon()
+
     def _time_out(self, timeout: float) -> None:
         if self._reply is not None and not self._reply.done():
             self._timed_out = timeout
