@@ -72,6 +72,15 @@ def make_closure() -> Any:
     return add
 
 
+def raise_on_overflow() -> str:
+    np.seterr(over="raise")  # model code changing numpy's error state
+    return str(np.geterr()["over"])
+
+
+def overflow_setting() -> str:
+    return str(np.geterr()["over"])
+
+
 @pytest.fixture
 async def process2() -> AsyncIterator[ProcessBackend]:
     async with ProcessBackend(workers=2) as backend:
@@ -193,6 +202,15 @@ async def test_workers_limit_blas_and_run_below_the_parent(process2: ProcessBack
 
 
 @pytest.mark.skipif(not keep_freed_memory(), reason="needs glibc's mallopt")
+async def test_what_a_task_sets_in_numpy_ends_with_the_task() -> None:
+    # As on threads (each call runs in a context copy): the worker's next task, of any
+    # fit, used to run with the error state a previous task had set.
+    async with ProcessBackend(workers=1) as backend:
+        default = await backend.run(overflow_setting)
+        assert await backend.run(raise_on_overflow) == "raise"
+        assert await backend.run(overflow_setting) == default != "raise"
+
+
 async def test_workers_reuse_freed_memory_instead_of_faulting_it_in_again(
     process2: ProcessBackend,
 ) -> None:

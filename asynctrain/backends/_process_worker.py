@@ -14,6 +14,7 @@ unpickle there.
 
 from __future__ import annotations
 
+import contextvars
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -89,9 +90,13 @@ def main(sock: socket.socket, blas_threads: int, niceness: int) -> None:
 
 
 def _execute(decoder: TaskDecoder, task_id: int, payload: memoryview) -> bytes:
+    """Run one task, in a fresh copy of the worker's context (as a thread worker runs it
+    in a copy of its caller's): what the task sets there, numpy's error state
+    (``np.seterr``) say, ends with it instead of changing every later task of the
+    worker, whichever fit or trainer sends them."""
     try:
         fn, args = decoder.decode(payload)
-        result = fn(*args)
+        result = contextvars.copy_context().run(fn, *args)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt too: user code raised them
         return _failure(task_id, exc, traceback.format_exc())
     try:
