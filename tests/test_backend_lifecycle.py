@@ -259,3 +259,38 @@ def test_a_script_without_the_main_guard_is_told_so_once(tmp_path: Path, guarded
     assert done.stderr.count("Traceback") == 1  # the parent's alone: no worker started
     assert 'without the guard `if __name__ == "__main__":`' in done.stderr
     assert f"{script}, line 9" in done.stderr
+
+
+NEVER_CLOSED = """
+import asyncio
+import os
+import signal
+
+from asynctrain.backends import ProcessBackend
+
+
+def ignore_sigterm() -> int:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # model code: the worker outlives SIGTERM
+    return os.getpid()
+
+
+if __name__ == "__main__":
+    backend = ProcessBackend(workers=2)
+
+    async def main() -> None:
+        await asyncio.gather(backend.run(ignore_sigterm), backend.run(ignore_sigterm))
+
+    asyncio.run(main())
+    print("exiting without aclose", flush=True)
+"""
+
+
+def test_an_unclosed_pool_whose_workers_ignore_sigterm_lets_python_exit(tmp_path: Path) -> None:
+    # multiprocessing SIGTERMs daemonic workers at exit and joins them: the exit hung.
+    script = tmp_path / "never_closed.py"
+    script.write_text(NEVER_CLOSED)
+    env = {**os.environ, "PYTHONPATH": str(Path(at.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (0, "exiting without aclose\n"), done.stderr

@@ -17,10 +17,13 @@ state go cold).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
+import functools
 import itertools
 import socket
 import threading
+import weakref
 from collections.abc import Sequence
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -60,6 +63,12 @@ class Pool:
         self._starts: set[asyncio.Task[BaseException | None]] = set()  # each: its error
         self._start_lock = threading.Lock()
         self._ids = itertools.count(1)
+        # A pool never closed (no aclose) meets interpreter exit: multiprocessing then
+        # SIGTERMs its daemonic workers and joins them, and a worker whose model ignored
+        # SIGTERM held the exit for ever. This runs first (atexit runs the last registered
+        # first) and SIGKILLs them.
+        self._at_exit = functools.partial(_kill_at_exit, weakref.ref(self))
+        atexit.register(self._at_exit)
 
     @property
     def pids(self) -> list[int]:
@@ -151,6 +160,7 @@ class Pool:
                 await asyncio.wait(late)
         self._workers.clear()
         self._idle.clear()
+        atexit.unregister(self._at_exit)
         self._wake(len(self._waiters))  # every waiter sees ``closing``
 
     def abandon(self) -> None:
@@ -162,6 +172,7 @@ class Pool:
             worker.abandon()
         self._workers.clear()
         self._idle.clear()
+        atexit.unregister(self._at_exit)
 
     async def _acquire(self) -> Worker:
         """The idle worker used last; else wait, starting a worker if the pool is short.
@@ -297,3 +308,10 @@ class Pool:
 
     def __repr__(self) -> str:
         return f"<Pool size={self.size} live={len(self.pids)} busy={self.busy}>"
+
+
+def _kill_at_exit(pool: weakref.ref[Pool]) -> None:
+    """SIGKILL the workers of a pool still open at interpreter exit (see ``Pool``)."""
+    owner = pool()
+    for worker in [] if owner is None else list(owner._workers):
+        worker.kill()  # one already reaped is skipped: its pid may be another's now
