@@ -278,6 +278,15 @@ async def test_csv_logger_writes_every_epoch_exactly(tmp_path: Path) -> None:
         assert float(row["loss"]) == event.loss
 
 
+async def test_a_log_that_cannot_be_opened_is_a_config_error(tmp_path: Path) -> None:
+    """Was a bare FileNotFoundError, though every error asynctrain raises is an
+    AsyncTrainError (docs/guide.md); the fit fails before its first step, its thread
+    gone (the leak check)."""
+    logger = at.CSVLogger(tmp_path / "missing" / "log.csv")
+    with pytest.raises(at.ConfigError, match=r"cannot open its log.*create its directory"):
+        await _logged_fit(logger, "auc", "inline")
+
+
 async def test_loggers_close_when_the_fit_fails(tmp_path: Path) -> None:
     class Boom(at.Callback):
         def on_epoch(self, event: at.EpochEvent) -> None:

@@ -64,9 +64,14 @@ class _FileLogger(Callback):
         self._thread = _LogThread()
         try:
             self._log = await self._thread.run(self._open)
-        except BaseException:
+        except BaseException as exc:
             self._thread.close()
             self._thread = None
+            if isinstance(exc, OSError):  # every error asynctrain raises is an AsyncTrainError
+                raise ConfigError(
+                    f"{self!r} cannot open its log ({exc.strerror or exc}); create its "
+                    "directory, or pass a path that can be written"
+                ) from exc
             raise
 
     async def on_epoch(self, event: EpochEvent) -> None:
