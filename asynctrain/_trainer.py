@@ -49,6 +49,7 @@ from asynctrain._streaming._stream import (
     Source,
     StreamLimits,
     check_source,
+    check_streamable,
     stream_events,
 )
 from asynctrain._types import Params, State
@@ -542,6 +543,7 @@ class Trainer:
             buffer=buffer,
         )
         source = check_source(source)
+        check_streamable(self.config, self.mode)
         check_class_weight(self.model, class_weight, where="a stream")
         features = self._feature_names
         val = (
@@ -612,6 +614,7 @@ class Trainer:
                 "await the fit first, or feed the rows to fit_stream"
             )
         self._check_picklable()
+        check_streamable(self.config, self.mode)
         check_class_weight(self.model, class_weight, where="partial_fit")
         batch = (X, y) if sample_weight is None else (X, y, sample_weight)
         self._partials += 1

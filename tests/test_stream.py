@@ -76,15 +76,19 @@ async def test_stream_of_a_datasets_batches_equals_fitting_it(backend_name: str,
 async def test_a_mode_that_trains_held_data_only_names_both_stream_entries(
     options: dict[str, object],
 ) -> None:
-    """The refusal named streams only, which read wrongly for partial_fit."""
+    """The refusal named streams only, which read wrongly for partial_fit; and it came
+    after the trainer had opened its backend (starting a process backend's workers)."""
     data = _data()
-    async with at.Trainer(SoftmaxRegression(8, 3), backend="inline", **options) as trainer:
-        for call in (
-            trainer.fit_stream(_pieces(data, 100)),
-            trainer.partial_fit(data.X[:100], data.y[:100]),
-        ):
-            with pytest.raises(at.ConfigError, match="fit_stream and partial_fit need mode='sync'"):
-                await call
+    trainer = at.Trainer(SoftmaxRegression(8, 3), backend="thread", **options)
+    backend = trainer.backend
+    for call in (
+        trainer.fit_stream(_pieces(data, 100)),
+        trainer.partial_fit(data.X[:100], data.y[:100]),
+    ):
+        with pytest.raises(at.ConfigError, match="fit_stream and partial_fit need mode='sync'"):
+            await call
+    assert trainer.backend is backend  # never opened (a fit would close it and make anew)
+    assert backend.state == "unopened"
 
 
 async def test_two_epochs_streamed_equal_two_epochs_fitted() -> None:

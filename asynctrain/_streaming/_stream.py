@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from asynctrain._checks import check_int
+from asynctrain._config import TrainConfig
 from asynctrain._engine._context import FitParts, open_context
 from asynctrain._engine._epochs import epoch_event
 from asynctrain._engine._step import Mode, StepContext
@@ -111,17 +112,9 @@ async def stream_events(
     checked by the caller) weighs each batch's rows by class.
 
     Raises:
-        ConfigError: the trainer has ``shuffle="shard"``, which partitions a dataset it
-            holds whole (a stream's rows come once, in the order they arrive, as with
-            ``"global"`` or ``"none"``).
+        ConfigError: the trainer cannot train a stream (:func:`check_streamable`).
     """
-    if parts.config.shuffle == "shard":
-        raise ConfigError(
-            f"shuffle={parts.config.shuffle!r} partitions an in-memory dataset between the "
-            "shards; a stream is read in the order it arrives: use the default "
-            "shuffle='global' (or 'none') to train on a stream"
-        )
-    step = _stream_step(parts.mode)
+    step = check_streamable(parts.config, parts.mode)
     batch_size = parts.config.batch_size
     async with open_feed(
         source,
@@ -156,7 +149,17 @@ async def stream_events(
                 yield await periods.close()
 
 
-def _stream_step(mode: Mode) -> Any:
+def check_streamable(config: TrainConfig, mode: Mode) -> Any:
+    """The step of ``mode`` that trains a stream's batches; ConfigError for a trainer
+    that cannot train a stream (``fit_stream``, ``partial_fit``): ``shuffle="shard"``
+    partitions a dataset held whole, and modes other than sync train held data only.
+    The trainer asks before it opens its backend, so a refusal starts no worker."""
+    if config.shuffle == "shard":
+        raise ConfigError(
+            f"shuffle={config.shuffle!r} partitions an in-memory dataset between the "
+            "shards; a stream is read in the order it arrives: use the default "
+            "shuffle='global' (or 'none') to train on a stream"
+        )
     step = getattr(mode, "step", None)
     if step is None:
         raise ConfigError(
