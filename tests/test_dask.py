@@ -597,3 +597,56 @@ async def test_kept_data_makes_room_least_recently_used_first(
     async with DaskBackend(dask_cluster.scheduler_address, keep_bytes=0) as backend:
         await _fit(backend, data)
         assert sum((await backend.kept(later=True)).values()) == 0
+
+
+class TwoArgError(Exception):
+    """Pickles, but does not unpickle: ``__init__`` takes other arguments than it passes on."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def _raise_two_arg_error(a: int) -> None:
+    raise TwoArgError(a, 2)
+
+
+def _return_a_lock() -> Any:
+    return threading.Lock()
+
+
+async def test_an_error_or_result_that_cannot_travel_back_is_named_not_a_lost_worker(
+    dask_cluster: Any,
+) -> None:
+    """Dask pickles a batch's reply after the store returns it: an exception that does not
+    unpickle, or a result that does not pickle, failed the reply, which the backend took
+    for the worker's death: the task re-ran on every worker, then "lost 4 workers"."""
+    async with DaskBackend(dask_cluster.scheduler_address) as backend:
+        with pytest.raises(at.BackendError, match=r"TwoArgError\('1/2'\).*cannot be sent back"):
+            await backend.run(_raise_two_arg_error, 1)
+        with pytest.raises(at.BackendError, match="result cannot be pickled"):
+            await backend.run(_return_a_lock)
+        with pytest.raises(ZeroDivisionError):  # an ordinary error keeps its type
+            await backend.run(divmod, 1, 0)
+        assert backend.lost_workers == 0
+        assert backend.traffic.calls == 3  # each ran once
+        assert await backend.run(pow, 2, 3) == 8
+
+
+async def test_a_function_the_workers_cannot_import_is_named_not_a_lost_worker(
+    dask_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module only the caller has (not installed on the workers) failed the worker's
+    read of the batch; that was taken for the worker's death, 4 times over, each costing
+    a healthy worker its store and what it kept."""
+    (tmp_path / "only_on_the_caller.py").write_text("def inc(x):\n    return x + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import only_on_the_caller  # type: ignore[import-not-found]
+
+    async with DaskBackend(dask_cluster.scheduler_address) as backend:
+        stores = {lane.address: lane.actor for lane in backend._order}
+        with pytest.raises(at.BackendError, match="only_on_the_caller") as raised:
+            await backend.run(only_on_the_caller.inc, 1)
+        assert isinstance(raised.value.__cause__, ModuleNotFoundError)
+        assert backend.lost_workers == 0
+        assert {lane.address: lane.actor for lane in backend._order} == stores
+        assert await backend.run(pow, 2, 3) == 8

@@ -141,14 +141,37 @@ class Lane:
         except asyncio.CancelledError:
             self.lose(LaneLost(f"the batch to Dask worker {self.address} was cancelled"))
             raise
-        except Exception as exc:  # the connection broke: the worker died or left
+        except (OSError, KeyError, LaneLost) as exc:
+            # The connection broke, or the worker has no store (a new worker at its
+            # address) or refused the batch: it died or is leaving.
             self.lose(exc)
+            return
+        except Exception as exc:  # the worker answered: the batch or its reply did not cross
+            self._fail(items, exc)
             return
         self._flying = []
         self.sent += len(items)
         for item, envelope in zip(items, reply["result"], strict=True):
             if not item.future.done():
                 item.future.set_result(envelope)
+        if self._pending:
+            self._schedule()
+
+    def _fail(self, items: list[_Item], why: Exception) -> None:
+        """Fail the calls of a batch that reached a worker still there, which could not
+        read it (a module of the function missing there) or whose reply could not be read
+        here: re-running them elsewhere would fail the same way, and cost a healthy
+        worker its store (they were taken for lost workers, 4 times over)."""
+        self._flying = []
+        for item in items:
+            if not item.future.done():
+                error = BackendError(
+                    f"Dask worker {self.address} could not read a batch of calls, or this "
+                    f"process its reply: {why!r}; the workers need every module the "
+                    "function, its arguments and its result use"
+                )
+                error.__cause__ = why
+                item.future.set_exception(error)
         if self._pending:
             self._schedule()
 

@@ -13,6 +13,7 @@ This module never imports ``distributed``.
 from __future__ import annotations
 
 import collections
+import pickle
 import traceback
 import uuid
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy.typing as npt
 
+from asynctrain._exceptions import BackendError
 from asynctrain.backends._base import Arrays
 from asynctrain.backends._dask_shared import Call, Carried, Content, Envelope, HandleRef
 
@@ -86,8 +88,13 @@ class WorkerStore:
             missed = [(i, view.missed) for i, view in enumerate(views) if view.missing]
             return Envelope(None, [], missed)
         except Exception as exc:
-            exc.add_note("raised on a Dask worker:\n" + "".join(traceback.format_exc()))
-            return Envelope(None, [], [], exc)
+            text = "".join(traceback.format_exc())
+            exc.add_note("raised on a Dask worker:\n" + text)
+            return Envelope(None, [], [], _sendable_error(exc, text))
+        problem = _unpicklable(result)
+        if problem is not None:
+            error = BackendError(f"the task's result cannot be pickled ({problem!r})")
+            return Envelope(None, [], [], error)
         writes = [
             {slot: self._keep(v.token, slot, a) for slot, a in v.written.items()} for v in views
         ]
@@ -130,6 +137,51 @@ class WorkerStore:
         if self._uses[old] <= 0:
             del self._uses[old]
             self._contents.pop(old, None)
+
+
+def _unpicklable(value: Any) -> Exception | None:
+    """Why ``value`` cannot travel back to the owner, or None if it can.
+
+    Dask pickles the batch's reply (pickle, else cloudpickle) after the store returns it:
+    one result it cannot pickle fails the whole reply, which the owner took for the
+    worker's death (re-running the batch on every worker, then "lost 4 workers"). Arrays
+    are pickled out of band here (not copied); results are small (a shard's loss).
+    """
+    try:
+        pickle.dumps(value, protocol=5, buffer_callback=_ignore)
+    except Exception:
+        import cloudpickle  # Dask's fallback; installed wherever distributed is
+
+        try:
+            cloudpickle.dumps(value, protocol=5, buffer_callback=_ignore)
+        except Exception as problem:
+            return problem
+    return None
+
+
+def _sendable_error(exc: Exception, text: str) -> Exception:
+    """``exc``, if it survives the trip to the owner; else a BackendError with its repr and
+    the worker's traceback ``text``.
+
+    An exception that pickles but does not unpickle (one whose ``__init__`` takes other
+    arguments than it passes to ``Exception``) failed the owner's read of the reply, and
+    one holding a lock its pickling: both were taken for the worker's death. Checked by a
+    round trip, on errors only.
+    """
+    import cloudpickle
+
+    try:
+        cloudpickle.loads(cloudpickle.dumps(exc))
+    except Exception as problem:
+        return BackendError(
+            f"the task raised {exc!r:.200}, which cannot be sent back from the Dask worker "
+            f"({problem!r}); its traceback on the worker:\n{text.rstrip()}"
+        )
+    return exc
+
+
+def _ignore(_: object) -> None:
+    """A pickle buffer callback: out-of-band buffers are not needed for the check."""
 
 
 class _View:
