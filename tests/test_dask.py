@@ -632,6 +632,28 @@ async def test_an_error_or_result_that_cannot_travel_back_is_named_not_a_lost_wo
         assert await backend.run(pow, 2, 3) == 8
 
 
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+async def test_closing_the_backend_under_a_running_call_is_a_state_error(
+    dask_cluster: Any,
+) -> None:
+    """The call in flight hears LaneLost and looked for another lane on a backend with no
+    client left: AttributeError ("'NoneType' object has no attribute ...")."""
+    backend = DaskBackend(dask_cluster.scheduler_address)
+    await backend.__aenter__()
+    call = asyncio.create_task(backend.run(_sleep, 0.3))
+    for _ in range(3000):  # the call is on its way to a worker
+        if backend.traffic.calls:
+            break
+        await asyncio.sleep(0.01)
+    await backend.aclose()
+    with pytest.raises(at.StateError, match="closed while a call ran"):
+        await asyncio.wait_for(call, 5)
+
+
 async def test_a_function_the_workers_cannot_import_is_named_not_a_lost_worker(
     dask_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -257,6 +257,7 @@ class DaskBackend(Lifecycle):
 
     async def _close(self) -> None:
         self._closing = True  # nothing is kept for a later fit: the stores go too
+        self._joined.set()  # calls waiting for a worker hear of the close now
         for handle in list(self._handles):
             await self.release(handle)
         self._kept.clear()
@@ -336,7 +337,12 @@ class DaskBackend(Lifecycle):
         return future
 
     async def _lane_for(self, shard: int | None) -> Lane:
-        """The lane of ``shard`` (or the least busy one), waiting for a worker if none."""
+        """The lane of ``shard`` (or the least busy one), waiting for a worker if none.
+
+        Raises StateError once the backend closes: a call it was running hears LaneLost
+        and comes back here for another lane, and there is no client left to find one.
+        """
+        self._check_not_closing()
         if self._stale:
             await self._sync_lanes()
         if not self._order:
@@ -350,6 +356,7 @@ class DaskBackend(Lifecycle):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait
         while not self._order:
+            self._check_not_closing()
             self._joined.clear()
             self._stale = True
             await self._sync_lanes()  # one may have joined before the event was cleared
@@ -366,6 +373,11 @@ class DaskBackend(Lifecycle):
                 await asyncio.wait_for(self._joined.wait(), left)
             except TimeoutError:
                 continue
+            self._check_not_closing()
+
+    def _check_not_closing(self) -> None:
+        if self._closing:
+            raise StateError(f"{self!r} was closed while a call ran or waited on it")
 
     async def resize(self, workers: int) -> None:
         """Scale the local cluster this backend started to ``workers`` processes.
@@ -419,6 +431,7 @@ class DaskBackend(Lifecycle):
             BackendError: the call lost every worker it was sent to (up to
                 ``LOST_WORKER_RETRIES + 1``), or no worker was left for
                 ``wait_for_workers`` seconds.
+            StateError: the backend was closed before or while the call ran.
         """
         await self._ensure_open()
         call, handles = pack(fn, args)
