@@ -7,6 +7,7 @@ backend, so "bit-identical" means bit-identical to a fixed-size run on any backe
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -177,3 +178,12 @@ async def test_adaptive_scales_with_the_tasks_in_flight(data: Dataset) -> None:
             await backend.resize(2)
         result = await _fit(backend, data)
     assert _same_bits(result.params, reference.params)
+
+
+async def test_concurrent_resizes_take_effect_one_after_another() -> None:
+    """A resize to 1 made while one to 2 waited for its new worker scaled the cluster back
+    under it: the first waited for a second worker for ever."""
+    async with DaskBackend(workers=1) as backend:
+        await asyncio.wait_for(asyncio.gather(backend.resize(2), backend.resize(1)), 60)
+        assert backend.workers == 1
+        assert len(await _pids(backend)) == 1

@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from asynctrain._checks import check_int
 from asynctrain._exceptions import BackendError, ConfigError, ConfigTypeError, StateError
 from asynctrain._offloop import off_loop
+from asynctrain._types import State
 from asynctrain.backends._base import readonly
 from asynctrain.backends._dask_address import check_address
 from asynctrain.backends._dask_lane import Lane, LaneLost, Traffic
@@ -385,6 +386,7 @@ class DaskBackend(Lifecycle):
         Takes effect between steps while a fit runs: tasks already sent to a leaving
         worker finish or are re-run elsewhere, and shards spread over the new pool from
         the next step on. The parameters stay bit-identical to a fixed-size run.
+        Concurrent calls take effect one after another.
 
         Raises:
             ConfigError: the backend did not start its cluster (scale your own cluster:
@@ -408,13 +410,18 @@ class DaskBackend(Lifecycle):
                 f"{self!r} adapts between {self._adaptive} workers; it cannot also be "
                 "resized by hand (create it without adaptive=)"
             )
-        self._cluster.scale(size)
-        await self._cluster  # the cluster's spec realised: workers started or retired
-        if size:
-            await self._client.wait_for_workers(size)
-        self._size = size
-        self._stale = True
-        await self._sync_lanes()
+        # One at a time: a resize to 1 made while one to 2 waited for its second worker
+        # left that one waiting for ever (Lifecycle.resize's promise, kept here too).
+        async with self._open_lock:
+            if self.state is State.CLOSED:
+                raise StateError(f"{self!r} is closed; create a new DaskBackend")
+            self._cluster.scale(size)
+            await self._cluster  # the cluster's spec realised: workers started or retired
+            if size:
+                await self._client.wait_for_workers(size)
+            self._size = size
+            self._stale = True
+            await self._sync_lanes()
 
     # -- running ---------------------------------------------------------------------------
 
