@@ -67,6 +67,16 @@ def _one_worker_cluster() -> Any:
     )
 
 
+async def _until(ready: Any, pause: float = 0.01) -> None:
+    """Return once ``ready()`` is true: a state the backend reaches on this loop (30 s at
+    most)."""
+    for _ in range(int(30 / max(pause, 0.001))):
+        if ready():
+            return
+        await asyncio.sleep(pause)
+    raise AssertionError(f"not ready within 30 s: {ready}")
+
+
 async def _pids(backend: DaskBackend) -> set[int]:
     return set((await backend.client.run(os.getpid)).values())
 
@@ -187,3 +197,24 @@ async def test_concurrent_resizes_take_effect_one_after_another() -> None:
         await asyncio.wait_for(asyncio.gather(backend.resize(2), backend.resize(1)), 60)
         assert backend.workers == 1
         assert len(await _pids(backend)) == 1
+
+
+async def test_a_call_cancelled_while_the_backend_met_a_new_worker_leaves_it_to_the_next() -> None:
+    """A call cancelled (its fit was) while it gave a worker that had joined its store left
+    the backend believing it knew the cluster: that worker never took a shard."""
+    async with (
+        _one_worker_cluster() as cluster,
+        DaskBackend(cluster.scheduler_address) as backend,
+    ):
+        cluster.scale(2)
+        await cluster
+        await backend.client.wait_for_workers(2)
+        await _until(lambda: backend._stale)  # the scheduler's add-worker event arrived
+        call = asyncio.create_task(backend.run(pow, 2, 3))
+        await _until(backend._sync_lock.locked, pause=0)  # it is meeting the new worker
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert await backend.run(pow, 2, 3) == 8
+        assert backend.workers == 2
+        assert len(backend.client.futures) == 2  # one store per worker, none left over

@@ -307,12 +307,18 @@ class DaskBackend(Lifecycle):
         async with self._sync_lock:
             if not self._stale:
                 return
-            self._stale = False
-            present: dict[str, int] = await self._client.nthreads()
-            for address in [a for a in self._lanes if a not in present]:
-                self._drop(address, "it is no longer in the cluster")
-            new = [a for a in present if a not in self._lanes]
-            stores = await asyncio.gather(*(self._store_on(a) for a in new))
+            self._stale = False  # an event during the sync sets it again
+            try:
+                present: dict[str, int] = await self._client.nthreads()
+                for address in [a for a in self._lanes if a not in present]:
+                    self._drop(address, "it is no longer in the cluster")
+                new = [a for a in present if a not in self._lanes]
+                stores = await asyncio.gather(*(self._store_on(a) for a in new))
+            except BaseException:
+                # Cancelled (the fit was) or failed: the workers that joined have no lane
+                # yet, and without this no later call would look for them again.
+                self._stale = True
+                raise
             for address, future in zip(new, stores, strict=True):
                 if future is not None:
                     self._actors[address] = future
@@ -332,9 +338,11 @@ class DaskBackend(Lifecycle):
         )
         try:
             await asyncio.wait_for(asyncio.shield(future), STORE_TIMEOUT)
-        except Exception:  # the worker left while its store was being made
-            future.release()
-            return None
+        except BaseException as exc:
+            future.release()  # cancelled too: no store is left behind on the worker
+            if isinstance(exc, Exception):  # the worker left while its store was made
+                return None
+            raise
         return future
 
     async def _lane_for(self, shard: int | None) -> Lane:
