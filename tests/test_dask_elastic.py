@@ -218,3 +218,34 @@ async def test_a_call_cancelled_while_the_backend_met_a_new_worker_leaves_it_to_
         assert await backend.run(pow, 2, 3) == 8
         assert backend.workers == 2
         assert len(backend.client.futures) == 2  # one store per worker, none left over
+
+
+async def test_a_worker_that_dies_while_it_gets_its_store_stalls_nothing() -> None:
+    """A worker removed while its store was being placed (here: it was busy with another
+    client's task, then died) never answered, and every call waited for STORE_TIMEOUT
+    (10 s) while the backend waited for that store."""
+    from asynctrain.backends._dask import STORE_TIMEOUT
+
+    async with (
+        _one_worker_cluster() as cluster,
+        DaskBackend(cluster.scheduler_address) as backend,
+    ):
+        first = set(backend._lanes)
+        cluster.scale(2)
+        await cluster
+        await backend.client.wait_for_workers(2)
+        (new,) = [a for a in backend.client.scheduler_info()["workers"] if a not in first]
+        pid = (await backend.client.run(os.getpid, workers=[new]))[new]
+        busy = backend.client.submit(time.sleep, 60, workers=[new], pure=False)
+        for _ in range(1000):  # the worker is busy with that task
+            if (await backend.client.processing()).get(new):
+                break
+            await asyncio.sleep(0.02)
+        await _until(lambda: backend._stale)  # the scheduler's add-worker event arrived
+        began = time.monotonic()
+        call = asyncio.create_task(backend.run(pow, 2, 3))
+        await _until(lambda: backend._placing)  # it waits for the new worker's store
+        os.kill(pid, signal.SIGKILL)
+        assert await call == 8
+        assert time.monotonic() - began < STORE_TIMEOUT / 2
+        busy.release()

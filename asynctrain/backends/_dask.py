@@ -168,6 +168,7 @@ class DaskBackend(Lifecycle):
         self._handles: weakref.WeakSet[DaskShared] = weakref.WeakSet()
         self._lanes: dict[str, Lane] = {}
         self._actors: dict[str, Any] = {}  # worker address -> its store actor's future
+        self._placing: dict[str, asyncio.Event] = {}  # set when that worker leaves
         self._order: list[Lane] = []  # lanes by address: shard s goes to _order[s % n]
         self._stale = True  # membership changed since the lanes were last synced
         self._joined = asyncio.Event()
@@ -286,7 +287,10 @@ class DaskBackend(Lifecycle):
             self._joined.set()
         elif action == "remove-worker":
             self._stale = True
-            self._drop(str(msg.get("worker")), "the scheduler removed it")
+            address = str(msg.get("worker"))
+            self._drop(address, "the scheduler removed it")
+            if address in self._placing:  # its store is being placed: stop waiting for it
+                self._placing[address].set()
 
     def _drop(self, address: str, why: str, only: Lane | None = None) -> None:
         """Stop using the worker at ``address`` (only if its lane is ``only``, if given:
@@ -336,13 +340,28 @@ class DaskBackend(Lifecycle):
             pure=False,
             key=f"asynctrain-store-{uuid.uuid4().hex}",
         )
+        # A worker that dies or leaves meanwhile never answers: its removal ends the wait
+        # (the scheduler keeps the store's task, bound to that worker, waiting for ever),
+        # where the timeout alone stalled every call for STORE_TIMEOUT seconds.
+        gone = self._placing[address] = asyncio.Event()
+        placed = asyncio.ensure_future(future)
+        left = asyncio.ensure_future(gone.wait())
         try:
-            await asyncio.wait_for(asyncio.shield(future), STORE_TIMEOUT)
-        except BaseException as exc:
-            future.release()  # cancelled too: no store is left behind on the worker
-            if isinstance(exc, Exception):  # the worker left while its store was made
-                return None
+            await asyncio.wait(
+                (placed, left), timeout=STORE_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+        except BaseException:
+            future.release()  # cancelled: no store is left behind on the worker
             raise
+        finally:
+            if self._placing.get(address) is gone:
+                del self._placing[address]
+            for waiter in (placed, left):
+                waiter.cancel()
+            await asyncio.gather(placed, left, return_exceptions=True)
+        if gone.is_set() or placed.cancelled() or placed.exception() is not None:
+            future.release()
+            return None
         return future
 
     async def _lane_for(self, shard: int | None) -> Lane:
