@@ -672,3 +672,39 @@ async def test_a_function_the_workers_cannot_import_is_named_not_a_lost_worker(
         assert backend.lost_workers == 0
         assert {lane.address: lane.actor for lane in backend._order} == stores
         assert await backend.run(pow, 2, 3) == 8
+
+
+async def test_a_tls_address_without_tls_settings_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """distributed's own error was a bare TypeError ("TLS expects a `ssl_context`
+    argument ... Instead got None"), naming neither the address nor security=. The
+    client that failed to connect was left to its __del__ ("IOLoop is closed"); an
+    unreachable scheduler's too."""
+    from asynctrain.backends import _dask
+
+    made: list[Any] = []
+
+    def client(*args: Any, **kwargs: Any) -> Any:
+        made.append(distributed.Client(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(_dask, "_Client", client)
+    backend = DaskBackend("tls://127.0.0.1:1")
+    with pytest.raises(at.ConfigError, match=r"security=distributed\.Security"):
+        await backend.__aenter__()
+    assert backend.state == "unopened"
+    assert [each.status for each in made] == ["closed"]
+
+
+async def test_a_client_not_started_yet_is_a_config_error(dask_cluster: Any) -> None:
+    """A Client(asynchronous=True) not awaited has no scheduler yet: the backend failed
+    with "'NoneType' object has no attribute 'ncores'"."""
+    client = distributed.Client(
+        dask_cluster.scheduler_address, asynchronous=True, set_as_default=False
+    )
+    backend = DaskBackend(client=client)
+    with pytest.raises(at.ConfigError, match="await Client"):
+        await backend.__aenter__()
+    await client  # the backend neither started nor closed it
+    await client.close()

@@ -229,16 +229,41 @@ class DaskBackend(Lifecycle):
             loop: Any = self._given.loop
             if loop.asyncio_loop is not asyncio.get_running_loop():
                 raise ConfigError(f"{self._given!r} runs on another event loop than this one")
+            if self._given.status != "running":  # not awaited yet (its scheduler_info empty)
+                raise ConfigError(
+                    f"{self._given!r} is {self._given.status}, not running; hand over a "
+                    "started client: client = await Client(address, asynchronous=True)"
+                )
             return self._given
         if self.address is not None:
+            client = _Client(
+                self.address, asynchronous=True, security=self._security, set_as_default=False
+            )
             try:
-                return await _Client(
-                    self.address, asynchronous=True, security=self._security, set_as_default=False
-                )
-            except OSError as exc:
-                raise BackendError(f"cannot reach the Dask scheduler at {self.address!r}") from exc
+                return await client
+            except BaseException as exc:
+                # Closed here, not by its __del__ at some later collection, on a loop that
+                # may be closed by then ("IOLoop is closed").
+                with contextlib.suppress(Exception):
+                    await client.close()
+                if isinstance(exc, OSError):
+                    raise BackendError(
+                        f"cannot reach the Dask scheduler at {self.address!r}"
+                    ) from exc
+                # distributed's "TLS expects a `ssl_context` argument": no TLS settings
+                if isinstance(exc, TypeError) and self._tls_unset():
+                    raise ConfigError(
+                        f"{self.address!r} is a TLS address but no TLS settings were given: "
+                        "pass security=distributed.Security(tls_ca_file=..., "
+                        "tls_client_cert=..., tls_client_key=...), or set "
+                        "distributed.comm.tls.* in Dask's configuration"
+                    ) from exc
+                raise
         self._cluster = await _LocalCluster(**self._local_options())
         return await _Client(self._cluster, asynchronous=True, set_as_default=False)
+
+    def _tls_unset(self) -> bool:
+        return str(self.address).startswith("tls://") and self._security is None
 
     def _local_options(self) -> dict[str, Any]:
         dashboard = self._dashboard
