@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from asynctrain import AsyncTrainError, run
+from asynctrain import AsyncTrainError, ConfigError, run
 from benchmarks._machine import describe, machine
 from benchmarks._report import document, markdown_table, text_table, write_json
 from benchmarks._scale import smoke
@@ -67,6 +69,7 @@ def bench_command(args: argparse.Namespace) -> int:
         print("\n".join(SUITES))
         return 0
     names = select([n.strip() for n in args.only.split(",") if n.strip()], list(SUITES))
+    _check_outputs(args)
     quick = bool(args.quick or args.smoke)
     info = machine()
     print(describe(info), flush=True)
@@ -82,10 +85,56 @@ def bench_command(args: argparse.Namespace) -> int:
         )
     if args.markdown:
         header = f"`{_command_line(args)}` on {describe(info)}\n\n"
-        Path(args.markdown).write_text(header + markdown_table(outcomes) + "\n")
+        markdown = Path(args.markdown)
+        markdown.parent.mkdir(parents=True, exist_ok=True)  # as --json and --plot do
+        markdown.write_text(header + markdown_table(outcomes) + "\n")
     if args.plot:
         _plot(outcomes, args.plot)
     return 0 if all(o.ok for o in outcomes) else 1
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any suite runs, an output path the bench could not write at its end.
+
+    The outputs are written after the last suite: a ``--json`` into a directory that
+    cannot be made, a ``--markdown`` whose directory is missing or a ``--plot`` naming a
+    file failed there with a traceback, after minutes of measuring, every result lost
+    (and a ``--plot`` without matplotlib drew nothing, yet the run exited 0).
+    Their directories are made now (as writing them would), and each file is opened for
+    appending (a new one removed again), so what fails here would have failed there.
+
+    Raises:
+        ConfigError: an output that cannot be written, naming the option and the path.
+    """
+    for option, path in (("--json", args.json_path), ("--markdown", args.markdown)):
+        if not path:
+            continue
+        target = Path(path)
+        if target.is_dir():
+            raise ConfigError(f"{option} {path} is a directory; pass a file name")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            existed = target.exists()
+            with target.open("a"):
+                pass
+            if not existed:
+                target.unlink()
+        except OSError as exc:
+            raise ConfigError(
+                f"{option} {path}: cannot write there ({exc.strerror or exc}); "
+                "pass a writable file path"
+            ) from None
+    if args.plot:
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ConfigError("--plot needs matplotlib: pip install 'asynctrain[bench]'")
+        try:
+            Path(args.plot).mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=args.plot).close()
+        except OSError as exc:
+            raise ConfigError(
+                f"--plot {args.plot}: cannot write charts there ({exc.strerror or exc}); "
+                "pass a writable directory"
+            ) from None
 
 
 def _command_line(args: argparse.Namespace) -> str:

@@ -142,6 +142,71 @@ def test_a_failing_suite_is_reported_not_raised(
     assert doc["figures"][0]["met"] is True
 
 
+@pytest.mark.parametrize(
+    ("option", "where", "says"),
+    [
+        ("--json", "a_file/out.json", "--json"),
+        ("--json", ".", "is a directory"),
+        ("--markdown", "a_file/table.md", "--markdown"),
+        ("--plot", "a_file", "--plot"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_any_suite_runs(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    option: str,
+    where: str,
+    says: str,
+) -> None:
+    # The outputs were written after the last suite: a bad path failed there with a
+    # traceback (FileExistsError, IsADirectoryError), minutes of results lost.
+    from benchmarks import _command
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ran = tmp_path / "ran"
+    body = FINE.replace(
+        "    async def run(quick: bool) -> list[Figure]:\n",
+        (
+            "    async def run(quick: bool) -> list[Figure]:\n"
+            f"        open({str(ran)!r}, 'w').close()\n"
+        ),
+    )
+    monkeypatch.setattr(_command, "SUITES", {"fine": _suite_file(tmp_path, "at_test_out", body)})
+    (tmp_path / "a_file").write_text("not a directory")
+    assert main(["bench", option, str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert says in err
+    assert str(tmp_path) in err
+    assert "Traceback" not in err
+    assert not ran.exists()
+
+
+def test_plot_without_matplotlib_is_refused_before_any_suite_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from benchmarks import _command
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setattr(_command, "SUITES", {"never": suites.Suite("at_test_never_imported")})
+    assert main(["bench", "--plot", str(tmp_path / "charts")]) == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "charts").exists()
+
+
+def test_markdown_makes_its_directory_as_json_does(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from benchmarks import _command
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(_command, "SUITES", {"fine": _suite_file(tmp_path, "at_test_md", FINE)})
+    table, out = tmp_path / "new" / "table.md", tmp_path / "new2" / "out.json"
+    assert main(["bench", "--markdown", str(table), "--json", str(out)]) == 0
+    assert "| fine/x |" in table.read_text()
+    assert json.loads(out.read_text())["figures"][0]["name"] == "fine/x"
+
+
 def test_unknown_suite_names_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--only", "nope"]) == 2
     assert "choose from" in capsys.readouterr().err
