@@ -3,6 +3,7 @@ CSVLogger and TensorBoardLogger, and the FitControl they use."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import math
 import threading
@@ -304,6 +305,30 @@ async def test_loggers_close_when_the_fit_fails(tmp_path: Path) -> None:
         )
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 2  # header, epoch 0
     # (the autouse leak check fails the test if the logger's thread were left running)
+
+
+async def test_a_logger_shared_by_two_running_fits_refuses_the_second(
+    tmp_path: Path,
+) -> None:
+    # The second fit's start replaced the first's log (left open, its thread running),
+    # its end closed the first fit's log, and the first fit then failed at its next epoch
+    # with "runs inside a fit: pass it in callbacks=[...]", rows of both in one file.
+    logger = at.CSVLogger(tmp_path / "log.csv")
+    data = at.data.synthetic("softmax", n=3000)
+
+    async def fit() -> at.FitResult:
+        model = at.models.SoftmaxRegression(128, 10)
+        return await at.fit(model, data, epochs=3, callbacks=[logger], backend="thread")
+
+    first, second = await asyncio.gather(fit(), fit(), return_exceptions=True)
+    assert isinstance(first, at.FitResult)
+    assert isinstance(second, at.ConfigError)
+    assert "is logging another fit already" in str(second)
+    with (tmp_path / "log.csv").open(newline="") as file:
+        assert [row["epoch"] for row in csv.DictReader(file)] == ["0", "1", "2"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("asynctrain-log")]
+    await fit()  # once the first fit ended, the logger follows another
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 4
 
 
 async def test_every_on_fit_end_runs_when_one_raises(tmp_path: Path) -> None:

@@ -47,11 +47,18 @@ class _LogThread:
 
 
 class _FileLogger(Callback):
-    """Opens a log at the fit's start, writes each epoch, closes it at the end."""
+    """Opens a log at the fit's start, writes each epoch, closes it at the end.
+
+    It follows one fit at a time: a second fit running meanwhile with the same logger is
+    refused at its start. Followed, the second fit's start replaced the first fit's log
+    (left open, its thread running), its end closed the first fit's log, and the first
+    fit then failed at its next epoch.
+    """
 
     def __init__(self) -> None:
         self._thread: _LogThread | None = None
         self._log: Any = None
+        self._fit: FitControl | None = None  # the fit being logged
 
     def _open(self) -> Any:
         raise NotImplementedError
@@ -60,13 +67,23 @@ class _FileLogger(Callback):
         raise NotImplementedError
 
     async def on_fit_start(self, fit: FitControl) -> None:
-        """Open the log (off the loop)."""
-        self._thread = _LogThread()
+        """Open the log (off the loop).
+
+        Raises:
+            ConfigError: the logger is logging another fit that is still running, or
+                its log cannot be opened.
+        """
+        if self._fit is not None:
+            raise ConfigError(
+                f"{self!r} is logging another fit already; give each fit that runs at "
+                "the same time a logger (and a file) of its own"
+            )
+        self._fit, self._thread = fit, _LogThread()  # taken before the open is awaited
         try:
             self._log = await self._thread.run(self._open)
         except BaseException as exc:
             self._thread.close()
-            self._thread = None
+            self._thread, self._fit = None, None
             if isinstance(exc, OSError):  # every error asynctrain raises is an AsyncTrainError
                 raise ConfigError(
                     f"{self!r} cannot open its log ({exc.strerror or exc}); create its "
@@ -81,8 +98,11 @@ class _FileLogger(Callback):
         await self._thread.run(self._write, self._log, event)
 
     async def on_fit_end(self, fit: FitControl) -> None:
-        """Close the log and its thread."""
+        """Close the log and its thread (not those of another fit it refused to log)."""
+        if fit is not self._fit:
+            return
         thread, log, self._thread, self._log = self._thread, self._log, None, None
+        self._fit = None
         if thread is not None:
             try:
                 await thread.run(log.close)
