@@ -288,6 +288,34 @@ async def test_a_log_that_cannot_be_opened_is_a_config_error(tmp_path: Path) -> 
         await _logged_fit(logger, "auc", "inline")
 
 
+async def test_csv_logger_appends_rows_that_line_up_with_the_files_header(
+    tmp_path: Path,
+) -> None:
+    # Appended rows were written in the fit's own columns under the file's header: a fit
+    # with a metric the earlier one lacked wrote rows one cell longer than the header.
+    path = tmp_path / "log.csv"
+    logger = at.CSVLogger(path, append=True)
+    data = at.data.synthetic("softmax", n=600)
+    model = at.models.SoftmaxRegression(128, 10)
+    options = {"validation": data, "callbacks": [logger], "backend": "inline"}
+    await at.fit(model, data, epochs=1, metrics=["f1"], **options)  # type: ignore[arg-type]
+    await at.fit(model, data, epochs=1, **options)  # type: ignore[arg-type]
+    with path.open(newline="") as file:
+        rows = list(csv.reader(file))
+    assert [len(row) for row in rows] == [8, 8, 8]
+    assert rows[0][-1] == "val_f1"
+    assert rows[2][-1] == "nan"  # the second fit chose no f1
+    with pytest.raises(at.ConfigError, match="also logs val_auc: log it to another file"):
+        await at.fit(model, data, epochs=1, metrics=["f1", "auc"], **options)  # type: ignore[arg-type]
+    with path.open(newline="") as file:
+        assert [len(row) for row in csv.reader(file)] == [8, 8, 8]
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\xff\xfe not text\n")
+    options["callbacks"] = [at.CSVLogger(binary, append=True)]
+    with pytest.raises(at.ConfigError, match="is not a CSV file to append to"):
+        await at.fit(model, data, epochs=1, **options)  # type: ignore[arg-type]
+
+
 async def test_loggers_close_when_the_fit_fails(tmp_path: Path) -> None:
     class Boom(at.Callback):
         def on_epoch(self, event: at.EpochEvent) -> None:

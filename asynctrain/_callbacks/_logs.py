@@ -121,9 +121,14 @@ class CSVLogger(_FileLogger):
     Args:
         path: the CSV file; its directory must exist.
         append: add rows to an existing file (writing the header only into an empty
-            one) instead of starting it afresh at each fit.
+            one) instead of starting it afresh at each fit. The rows follow the file's
+            header: a column this fit lacks is ``nan``, and a fit with a column the
+            header lacks (a metric the earlier fits did not choose) fails at its first
+            epoch, before any row of it is written.
 
     Raises:
+        ConfigError: (at a fit's first epoch) ``append=True`` to a file whose header
+            lacks one of the fit's columns.
         ConfigTypeError: a bad argument.
 
     Example:
@@ -137,16 +142,39 @@ class CSVLogger(_FileLogger):
         if not isinstance(append, bool):
             raise ConfigTypeError(f"append must be True or False, got {append!r}")
         self.path, self.append = Path(path), append
+        self._columns: list[str] | None = None
 
     def _open(self) -> IO[str]:
-        return self.path.open("a" if self.append else "w", newline="", encoding="utf-8")
+        log = self.path.open("a" if self.append else "w", newline="", encoding="utf-8")
+        # The columns of the rows already there: appended rows must line up with them (a
+        # fit with other metrics wrote rows longer or shorter than the header).
+        self._columns = None
+        if log.tell() > 0:
+            try:
+                with self.path.open(newline="", encoding="utf-8") as written:
+                    self._columns = next(csv.reader(written), None) or None
+            except (UnicodeDecodeError, csv.Error) as exc:
+                log.close()
+                raise ConfigError(
+                    f"{self.path} is not a CSV file to append to ({exc}); pass another path"
+                ) from None
+        return log
 
     def _write(self, log: IO[str], event: EpochEvent) -> None:
         values = epoch_values(event)
         writer = csv.writer(log)
-        if log.tell() == 0:
-            writer.writerow(values)
-        writer.writerow(repr(v) if isinstance(v, float) else v for v in values.values())
+        if self._columns is None:
+            self._columns = list(values)
+            writer.writerow(self._columns)
+        extra = [name for name in values if name not in self._columns]
+        if extra:
+            raise ConfigError(
+                f"{self.path} has the columns {', '.join(self._columns)}; this fit also "
+                f"logs {', '.join(extra)}: log it to another file, or pass append=False "
+                "to start the file afresh"
+            )
+        row = (values.get(name, math.nan) for name in self._columns)
+        writer.writerow(repr(v) if isinstance(v, float) else v for v in row)
         log.flush()
 
     def __repr__(self) -> str:
