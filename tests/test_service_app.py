@@ -325,6 +325,31 @@ async def test_a_job_trains_on_an_uploaded_npz(http: Any, tmp_path: Path) -> Non
     assert sorted(os.listdir(tmp_path)) == ["train.npz"]  # no partial file left
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+async def test_a_prediction_that_overflows_is_null_in_valid_json(http: Any) -> None:
+    # A linear model's output of a finite input (3e38, near float32's largest) overflows
+    # to inf: the answer held "Infinity", which is not JSON (the FastAPI service's
+    # encoder, pydantic's, sends null).
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 4)).astype(np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, X=X, y=1000 * X[:, 0])
+    assert (await _call(http, "PUT", "/uploads/steep.npz", data=buffer.getvalue()))[0] == 201
+    job_id = await _start(http, file="steep.npz", model="linear", epochs=3, lr=1.0, batch_size=64)
+    assert (await _sse(http, job_id))[-1]["status"] == "done"
+    rows = [[3e38, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]
+    async with http.post(f"/jobs/{job_id}/predict", json={"X": rows}) as response:
+        assert response.status == 200
+        text = await response.text()
+
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"not JSON: {name} in {text}")
+
+    predictions = json.loads(text, parse_constant=refuse)["predictions"]
+    assert predictions[0] is None
+    assert isinstance(predictions[1], float)
+
+
 async def test_an_npz_that_unpacks_too_large_is_refused(http: Any) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:

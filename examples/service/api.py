@@ -127,7 +127,10 @@ class Api:
         if len(rows) > self.settings.max_rows:
             raise BadRequest(f"at most {self.settings.max_rows} rows per request, got {len(rows)}")
         prediction = await job.predict(rows)  # converted, checked and computed in a thread
-        values = prediction.values.tolist()
+        # A regression's output may overflow to inf on finite inputs (1e38 in float32):
+        # NaN and Infinity are not JSON, so null, as everywhere in the answers (aiohttp's
+        # json.dumps wrote Infinity; FastAPI's encoder already wrote null).
+        values = finite(prediction.values.tolist())
         return {"predictions": values, "step": prediction.step, "version": prediction.version}
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
