@@ -6,6 +6,7 @@ import math
 import sys
 from typing import Any
 
+from asynctrain._control import FitControl
 from asynctrain._events import Callback, EpochEvent, FitResult, StepEvent
 from asynctrain._trainer import Trainer
 from asynctrain.data import Dataset, steps_per_epoch
@@ -90,6 +91,13 @@ class _Bar(_Lines):
 
     def __init__(self, bar: Any) -> None:
         self.bar = bar
+
+    def on_fit_start(self, fit: FitControl) -> None:
+        """Start at the steps a resumed fit has behind it (0 for a new trainer, as the
+        CLI's are): its total counts every epoch, the resumed ones too, so a bar from 0
+        ended short of 100 % and misjudged the time left."""
+        if fit.step:
+            self.bar.update(fit.step)
 
     def on_step(self, event: StepEvent) -> None:
         self.bar.update(1)

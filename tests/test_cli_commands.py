@@ -265,6 +265,38 @@ def test_interrupted_then_resumed_equals_one_uninterrupted_run(
             assert a[name].tobytes() == b[name].tobytes()
 
 
+def test_the_bar_of_a_resumed_run_starts_at_its_checkpoint_and_ends_full(
+    softmax_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bar's total counts every epoch, the resumed ones too; it started at 0, so a
+    # resumed run ended at 50 % here, its time left misjudged all along.
+    bars: list[Any] = []
+
+    class Bar:
+        def __init__(self, total: int, **options: Any) -> None:
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, n: int) -> None:
+            self.n += n
+
+        def set_postfix(self, **values: Any) -> None:
+            pass
+
+        def write(self, line: str, file: Any = None) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setitem(sys.modules, "tqdm", type(sys)("tqdm"))
+    monkeypatch.setattr(sys.modules["tqdm"], "tqdm", Bar, raising=False)
+    run = ["train", str(softmax_file), "--model", "softmax", "--checkpoint-dir", str(tmp_path)]
+    assert main([*run, "--epochs", "1"]) == 0
+    assert main([*run, "--epochs", "2", "--resume"]) == 0
+    assert [(bar.n, bar.total) for bar in bars] == [(6, 6), (12, 12)]  # 6 steps an epoch
+
+
 def test_predict_from_a_checkpoint_directory(softmax_file: Path, tmp_path: Path) -> None:
     argv = ["train", str(softmax_file), "--model", "softmax", "--epochs", "1", "--no-progress"]
     ckpt, out = tmp_path / "ckpt", tmp_path / "m.npz"
