@@ -159,6 +159,28 @@ async def test_a_job_trains_on_an_uploaded_npz(http: Any) -> None:
     assert epochs[-1]["val_accuracy"] > 0.5
 
 
+async def test_the_documented_token_dependency_answers_401_to_any_header() -> None:
+    # compare_digest raises TypeError on a str with non-ASCII characters: the documented
+    # dependency answered "Bearer é" (Starlette decodes headers as latin-1) with a 500.
+    import secrets
+
+    from fastapi import Header
+
+    sys.path.insert(0, str(ROOT / "examples" / "service"))
+    from api import HTTPError
+
+    docs = (ROOT / "docs" / "service.md").read_text()
+    block = docs.split("Or check in the app itself")[1].split("```python\n")[1]
+    check = block[: block.index("# aiohttp:")] + block[block.index("# FastAPI:") :]
+    namespace = {"secrets": secrets, "Header": Header, "HTTPError": HTTPError, "TOKEN": "s3cret"}
+    exec(check.split("app = FastAPI")[0], namespace)
+    await namespace["bearer_token"]("Bearer s3cret")
+    for header in ("Bearer nope", "Bearer é", b"Bearer \xff".decode("latin-1"), ""):
+        with pytest.raises(HTTPError) as refused:
+            await namespace["bearer_token"](header)
+        assert refused.value.status == 401
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_a_signal_stops_the_server_within_5_s_with_a_stream_open(
     server: Server, http: Any, signum: int

@@ -350,6 +350,46 @@ async def test_a_prediction_that_overflows_is_null_in_valid_json(http: Any) -> N
     assert isinstance(predictions[1], float)
 
 
+def _auth_snippet() -> str:
+    """docs/service.md's bearer-token check for aiohttp (the block up to its FastAPI part)."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "service.md").read_text()
+    block = docs.split("Or check in the app itself")[1].split("```python\n")[1]
+    return block[: block.index("# FastAPI:")]
+
+
+async def test_the_documented_token_check_answers_401_to_any_header(
+    tmp_path: Path, no_task_leaks: None
+) -> None:
+    # compare_digest raises TypeError on a str with non-ASCII characters: the documented
+    # middleware answered a header such as "Bearer é" with a 500 and a logged traceback.
+    import secrets
+
+    namespace = {"web": web, "secrets": secrets, "error": app_module.error, "TOKEN": "s3cret"}
+    exec(_auth_snippet(), namespace)
+    app = app_module.create_app(_settings(tmp_path))
+    app.middlewares.insert(0, namespace["bearer_token"])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        for header, status in [
+            (b"Bearer s3cret", b"200"),
+            (b"Bearer nope", b"401"),
+            (b"Bearer \xc3\xa9", b"401"),
+            (b"Bearer \xff", b"401"),
+        ]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n")
+            writer.write(b"Authorization: " + header + b"\r\n\r\n")
+            answer = await reader.read()
+            writer.close()
+            await writer.wait_closed()
+            assert answer.split(b"\r\n")[0].split(b" ")[1] == status, (header, answer)
+    finally:
+        await runner.cleanup()
+
+
 async def test_an_npz_that_unpacks_too_large_is_refused(http: Any) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
