@@ -181,6 +181,22 @@ async def test_the_documented_token_dependency_answers_401_to_any_header() -> No
         assert refused.value.status == 401
 
 
+@pytest.mark.parametrize("variable", ["ASYNCTRAIN_WORKERS", "ASYNCTRAIN_MAX_RUNNING"])
+async def test_a_setting_that_is_not_an_integer_is_one_line(tmp_path: Path, variable: str) -> None:
+    # int("two") raised a bare ValueError at import: a traceback naming no variable.
+    env = {**os.environ, "ASYNCTRAIN_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    env[variable] = "two"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "examples" / "fastapi"),
+        "app:app", "--host", "127.0.0.1", "--port", "0",
+        env=env, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode != 0
+    assert b"Traceback" not in err
+    assert err.decode().splitlines()[-1] == f"{variable} must be an integer, got 'two'"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_a_signal_stops_the_server_within_5_s_with_a_stream_open(
     server: Server, http: Any, signum: int

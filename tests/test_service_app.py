@@ -439,6 +439,32 @@ def test_the_script_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
                 process.kill()
 
 
+@pytest.mark.parametrize("option", [["--workers", "0"], ["--max-running", "0"], ["--port", "x"]])
+def test_the_script_refuses_a_bad_setting_in_one_line(tmp_path: Path, option: list[str]) -> None:
+    # A setting the TrainingService refuses, or a port in use, ended in a traceback.
+    command = [sys.executable, str(SERVICE_DIR / "app.py"), "--port", "0", *option]
+    command += ["--data-dir", str(tmp_path / "uploads")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].startswith("app.py: error: "), done.stderr
+
+
+def test_the_script_says_in_one_line_that_its_port_is_taken(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        command = [sys.executable, str(SERVICE_DIR / "app.py"), "--port", port]
+        command += ["--data-dir", str(tmp_path / "uploads")]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "address already in use" in done.stderr.splitlines()[-1]
+
+
 def _default_sigint() -> None:
     """In the child before exec: Ctrl-C as a terminal delivers it, even when this test run
     inherited SIGINT ignored (a background job of a shell without job control)."""

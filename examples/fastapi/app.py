@@ -51,9 +51,20 @@ def settings_from_env() -> Settings:
     return Settings(
         data_dir,
         backend=os.environ.get("ASYNCTRAIN_BACKEND", "thread"),
-        workers=None if workers is None else int(workers),
-        max_running=int(os.environ.get("ASYNCTRAIN_MAX_RUNNING", "2")),
+        workers=None if workers is None else _integer("ASYNCTRAIN_WORKERS", workers),
+        max_running=_integer(
+            "ASYNCTRAIN_MAX_RUNNING", os.environ.get("ASYNCTRAIN_MAX_RUNNING", "2")
+        ),
     )
+
+
+def _integer(name: str, value: str) -> int:
+    """``value`` of variable ``name`` as an int; else exit with one line naming it (int()'s
+    ValueError, a traceback at import, named neither the variable nor the fix)."""
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {value!r}") from None
 
 
 def create_app(settings: Settings) -> FastAPI:

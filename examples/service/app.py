@@ -178,8 +178,13 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(
         args.data_dir, args.backend, workers=args.workers, max_running=args.max_running
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        at.run(serve(settings, args.host, args.port))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            at.run(serve(settings, args.host, args.port))
+    except (at.ConfigError, OSError) as exc:
+        # A bad setting (--workers 0) or a port in use fails the start: one line, not a
+        # traceback. Once serving, a request's errors are its answer, never raised here.
+        parser.error(str(exc))
 
 
 if __name__ == "__main__":
