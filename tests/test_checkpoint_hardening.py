@@ -218,6 +218,29 @@ async def test_a_crafted_manifest_is_a_checkpoint_error(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("literal", "match"),
+    [("NaN", "holds NaN"), ("-Infinity", "holds -Infinity"), ("1e999", "holds the number 1e999")],
+)
+async def test_a_manifest_number_json_cannot_hold_is_refused(
+    saved: Path, tmp_path: Path, literal: str, match: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Python's json reads NaN, Infinity and 1e999 (as inf); JSON has none of them, so
+    # `inspect --json` would print a manifest that no strict JSON parser reads.
+    contents = unzip(saved)
+    text = contents[MANIFEST].decode()
+    contents[MANIFEST] = text.replace('"rng":{', f'"extra":{literal},"rng":{{', 1).encode()
+    assert contents[MANIFEST] != text.encode()
+    crafted = tmp_path / "crafted.ckpt"
+    crafted.write_bytes(zipped(contents))
+    with pytest.raises(at.CheckpointError, match=match):
+        Checkpoint.read(crafted)
+    assert main(["inspect", "--json", str(crafted)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert match in captured.err
+
+
 async def test_a_negative_adam_count_never_reaches_training(saved: Path, tmp_path: Path) -> None:
     crafted = tmp_path / "crafted.ckpt"
     rezip(saved, crafted, _adam_count(-5))

@@ -9,6 +9,7 @@ read; every array's SHA-256 must match the manifest. Any failure is a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -116,7 +117,11 @@ def _read_manifest(path: Path, archive: zipfile.ZipFile) -> dict[str, Any]:
         raise CheckpointError(f"{path} has no {MANIFEST}: not an asynctrain checkpoint") from None
     if info.file_size > MAX_MANIFEST_BYTES or info.compress_type != zipfile.ZIP_STORED:
         raise CheckpointError(f"{path}: {MANIFEST} is compressed or too large")
-    manifest = json.loads(archive.read(info).decode("utf-8"))
+    manifest = json.loads(
+        archive.read(info).decode("utf-8"),
+        parse_constant=functools.partial(_not_json, path),
+        parse_float=functools.partial(_finite_float, path),
+    )
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path}: {MANIFEST} does not describe an {FORMAT}")
     version = manifest.get("format_version")
@@ -137,6 +142,27 @@ def _read_manifest(path: Path, archive: zipfile.ZipFile) -> dict[str, Any]:
                 f"{member_name(key, index)!r}, where asynctrain writes it"
             )
     return manifest
+
+
+def _not_json(path: Path, constant: str) -> Any:
+    """Refuse ``NaN`` and ``Infinity``, which Python's json reads but JSON has not: the
+    writer never writes them, and ``asynctrain inspect --json`` must print valid JSON."""
+    raise CheckpointError(
+        f"{path}: {MANIFEST} holds {constant}, which is not JSON and never written by "
+        "asynctrain; the file was not written by asynctrain or was edited"
+    )
+
+
+def _finite_float(path: Path, text: str) -> float:
+    """A JSON number as a float, refusing one too large for a float (``1e999`` would be
+    read as infinity, a value JSON cannot hold)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise CheckpointError(
+            f"{path}: {MANIFEST} holds the number {text}, too large for a float and never "
+            "written by asynctrain; the file was not written by asynctrain or was edited"
+        )
+    return value
 
 
 def _check_entry(path: Path, key: str, entry: Any) -> None:
