@@ -45,7 +45,9 @@ _MUST_MATCH = {
 _HYPERPARAMETERS = (("model", "repr"), ("optimizer", "repr"))
 # What a setting missing from a checkpoint written before it existed stands for.
 _ABSENT = {("config", "shuffle"): "global"}
-_KEY = re.compile(r"params/.+|(opt_state|callbacks)/(0|[1-9][0-9]{0,8})", re.DOTALL)
+# Any parameter name: a model's may be "" too (stored as arrays/<i>, as every key that is
+# not a safe member name), and what a fit wrote its resume must read.
+_KEY = re.compile(r"params/.*|(opt_state|callbacks)/(0|[1-9][0-9]{0,8})", re.DOTALL)
 _INT_MAX = 2**63 - 1
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z: the latest time datetime can show
