@@ -247,6 +247,28 @@ async def test_fit_saves_every_n_steps_and_keeps_the_latest(
     assert saved == [5, 10, 15]
 
 
+async def test_local_rounds_save_once_at_each_multiple_of_checkpoint_every(
+    tmp_path: Path, data: at.data.Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A local round commits 2 steps and then reports each: the save at a multiple of 3
+    # was written once per reported step (the same file twice), and a round passing over
+    # a multiple (2 -> 4 over 3) saved nothing.
+    from asynctrain._checkpoint import _session
+
+    writes: list[int] = []
+    write = _session.write_and_prune
+
+    def counted(path: Path, payload: Any, *args: Any, **kwargs: Any) -> None:
+        writes.append(payload.state.step)
+        write(path, payload, *args, **kwargs)
+
+    monkeypatch.setattr(_session, "write_and_prune", counted)
+    trainer = _softmax_trainer(mode="local", local_steps=2)  # rounds end at 2, 4, 5, 7, ...
+    await trainer.fit(data, epochs=4, checkpoint_dir=tmp_path, checkpoint_every=3, keep=None)
+    assert writes == [4, 7, 9, 12, 15, 19, 20]
+    assert [Checkpoint.read(p).counter("step") for p in list_checkpoints(tmp_path)] == writes
+
+
 async def test_resume_counts_epochs_of_the_whole_run(tmp_path: Path, data: at.data.Dataset) -> None:
     options = {"checkpoint_dir": tmp_path, "resume": True}
     first = await _softmax_trainer().fit(data, epochs=2, **options)  # an empty dir: a fresh start

@@ -159,6 +159,7 @@ class CheckpointSession:
         self._due = False
         self._saved_step = -1
         self._last_epoch = -1  # the epoch count the fit ends at (set by resume)
+        self._seen_step = 0  # the committed step at the last event (set by resume)
         # An epoch's order digest: computed on the writer by its first mid-epoch save only.
         self._digest: OrderDigest = functools.lru_cache(maxsize=1)(order_sha256)
         self.callbacks = list(callbacks)
@@ -220,6 +221,7 @@ class CheckpointSession:
             await self._restore_latest(data)
             epochs = max(0, epochs - self.current().epoch)
         self._last_epoch = self.current().epoch + epochs
+        self._seen_step = self.current().step
         return epochs
 
     async def _restore_latest(self, data: object) -> None:
@@ -269,7 +271,10 @@ class CheckpointSession:
             await self._drain()
         state = self.current()  # once a step: not a whole Subject
         if isinstance(event, StepEvent):
-            if self.every is not None and state.step % self.every == 0:
+            # The local mode commits a round of steps at once and then reports each: the
+            # state is saved once, at the round that reaches a multiple of ``every``.
+            seen, self._seen_step = self._seen_step, state.step
+            if self.every is not None and state.step // self.every > seen // self.every:
                 if state.batch < self._steps_per_epoch():
                     await self._save()
                 else:
