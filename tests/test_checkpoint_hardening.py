@@ -89,6 +89,26 @@ async def test_resuming_with_other_settings_is_refused_naming_them(
     assert other.state.step == 0
 
 
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"model": SoftmaxRegression(128, 10, dtype="float64")},
+        {"batch_size": 50, "optimizer": at.optim.adam(0.5)},
+    ],
+    ids=["dtype", "batch_size"],
+)
+async def test_resume_params_is_offered_only_where_it_would_do(
+    tmp_path: Path, data: at.data.Dataset, changed: dict[str, Any]
+) -> None:
+    # The hint sent users to resume="params", which refuses these differences as well.
+    await _trainer().fit(data, epochs=1, checkpoint_dir=tmp_path)
+    with pytest.raises(at.CheckpointError) as caught:
+        await _trainer(**changed).fit(data, epochs=2, checkpoint_dir=tmp_path, resume=True)
+    assert "resume=" not in str(caught.value)
+    with pytest.raises(at.CheckpointError, match="does not match"):
+        await _trainer(**changed).fit(data, epochs=2, checkpoint_dir=tmp_path, resume="params")
+
+
 async def test_resume_params_takes_the_parameters_and_starts_the_optimizer_afresh(
     tmp_path: Path, data: at.data.Dataset
 ) -> None:

@@ -339,24 +339,29 @@ class Checkpoint:
             CheckpointError: listing every difference that prevents the resume
                 (settings, model, optimizer, parameter shapes and dtypes, RNG).
         """
-        current = subject.state.params
-        problems = self._mismatches(describe_subject(subject), params_only=params_only)
+        current, here = subject.state.params, describe_subject(subject)
+        problems = self._mismatches(here, params_only=params_only)
         params = self.params
+        shapes: list[str] = []
         for name in sorted(current.keys() | params.keys()):
-            problems += _compare_array(f"params[{name!r}]", params.get(name), current.get(name))
+            shapes += _compare_array(f"params[{name!r}]", params.get(name), current.get(name))
+        problems += shapes
         opt_state = None
         if not params_only:
             opt_state = self._opt_state(subject, current, problems)
         if problems:
+            # resume="params" is offered only where it would do: it still needs the
+            # model's shape and dtype, the parameters and the data settings to match.
+            offer = not params_only and not shapes and not self._mismatches(here, params_only=True)
             listed = "".join(f"\n  - {p}" for p in problems)
             raise CheckpointError(
                 f"checkpoint {self.path} does not match this trainer:{listed}\nCreate the "
                 f"Trainer with the checkpoint's settings (`asynctrain inspect {self.path}`)"
                 + (
-                    ""
-                    if params_only
-                    else ', or pass resume="params" to take only its '
-                    "parameters and start the optimizer afresh"
+                    ', or fit with resume="params" to take only its parameters and start '
+                    "the optimizer afresh"
+                    if offer
+                    else ""
                 )
             )
         if opt_state is None:
