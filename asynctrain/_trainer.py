@@ -159,7 +159,8 @@ class Trainer:
         self._state = State.UNOPENED
         self._running = False
         self._fits: dict[asyncio.Task[Any], asyncio.Future[None]] = {}  # task → fit ended
-        self._samples: int | None = None  # rows of the data of the current or last fit
+        # Rows of the data of the current or last fit (or of a checkpoint's, loaded).
+        self._samples: int | None = None
         self._partial_lock = asyncio.Lock()  # FIFO: partial_fit calls apply in call order
         self._partials = 0  # partial_fit calls waiting or running
         self._feature_names: FeatureNames | None = None
@@ -443,8 +444,8 @@ class Trainer:
 
         The epoch's next batch is a position in that data's order, which means nothing in
         this data's: continuing there would skip rows of it, or all of them (a fit that
-        trained nothing and closed the epoch). A checkpoint resumed or loaded leaves the
-        rows unknown (its resume checks the data itself), and the epoch continues."""
+        trained nothing and closed the epoch). A checkpoint resumed or loaded brings the
+        rows of the data it was taken on (a resume refuses other data before this)."""
         state = self.state
         if state.batch and self._samples is not None and self._samples != rows:
             assert self._updater is not None, "the fit has opened the trainer"
@@ -704,13 +705,17 @@ class Trainer:
 
     async def _load(self, writer: Writer, checkpoint: Checkpoint) -> None:
         state = await writer.run(checkpoint.train_state, self._checkpoint_subject())
-        self._restore(state, checkpoint.feature_names)
+        self._restore(state, checkpoint.feature_names, checkpoint.samples)
 
-    def _restore(self, state: TrainState, feature_names: FeatureNames | None) -> None:
-        """Continue from a checkpoint's ``state``, trained on its ``feature_names`` (on
-        data of rows unknown here: not those of this trainer's last fit)."""
+    def _restore(
+        self, state: TrainState, feature_names: FeatureNames | None, samples: int | None
+    ) -> None:
+        """Continue from a checkpoint's ``state``, trained on its ``feature_names`` and
+        on data of ``samples`` rows (not those of this trainer's last fit): a fit on data
+        of other rows starts an interrupted epoch over, and a save records them (a
+        mid-epoch file without them is refused on reading)."""
         self._set_state(state)
-        self._feature_names, self._samples = feature_names, None
+        self._feature_names, self._samples = feature_names, samples
 
     def _checkpoint_subject(self) -> Subject:
         return Subject(

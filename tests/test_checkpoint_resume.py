@@ -172,6 +172,24 @@ async def test_any_parameter_name_round_trips(tmp_path: Path) -> None:
     assert state_bits(restored.state) == state_bits(trainer.state)
 
 
+async def test_a_loaded_mid_epoch_checkpoint_keeps_the_rows_it_was_taken_on(
+    tmp_path: Path, data: at.data.Dataset
+) -> None:
+    # load/restore forgot the rows (500) of the data the file was taken on: saving again
+    # wrote a file refused on reading ("batch 2 is past the end of an epoch of 0
+    # batches"), and a fit on 200 rows continued at batch 2 of their 2 and trained nothing.
+    await _softmax_trainer().fit(data, checkpoint_dir=tmp_path / "run", checkpoint_every=2)
+    mid = tmp_path / "run" / "step-000000000002.ckpt"
+    loaded = _softmax_trainer()
+    await loaded.load(mid)
+    again = Checkpoint.read(await loaded.save(tmp_path / "again.ckpt"))
+    assert (again.counter("batch"), again.samples) == (2, 500)
+    assert (await loaded.fit(data)).steps == 3  # the same data: the epoch continues
+    restored = await at.Trainer.restore(mid, SoftmaxRegression(128, 10), at.optim.adam(1e-2))
+    other = synthetic("softmax", n=200, seed=3)
+    assert (await restored.fit(other)).steps == 2  # other data: the epoch starts over
+
+
 async def test_a_mismatched_trainer_is_refused_with_every_difference(tmp_path: Path) -> None:
     path = await _softmax_trainer().save(tmp_path / "a.ckpt")
     other = _softmax_trainer(

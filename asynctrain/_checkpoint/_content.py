@@ -291,6 +291,13 @@ class Checkpoint:
         return None if names is None else tuple(names)
 
     @property
+    def samples(self) -> int | None:
+        """The rows of the data the checkpoint was taken on (None: unknown, as for a
+        trainer that had not fit on data; always known mid-epoch), checked by :meth:`read`."""
+        samples: int | None = self.section("rng")["samples"]
+        return samples
+
+    @property
     def params(self) -> dict[str, npt.NDArray[Any]]:
         """The parameters, by name."""
         return {k[7:]: v for k, v in self.arrays.items() if k.startswith("params/")}

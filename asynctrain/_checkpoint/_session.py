@@ -120,7 +120,7 @@ class CheckpointSession:
 
     The trainer is reached only through ``subject`` (a fresh :class:`Subject` of it, for
     each use), ``current`` (its committed :class:`TrainState`) and ``restore`` (which
-    sets its state and the feature names trained on).
+    sets its state, the feature names and the rows of the data trained on).
     Each save also keeps the states of the fit's ``callbacks`` (their ``state_dict()``,
     taken on the loop between events); a full resume hands them back through
     :meth:`restore_callbacks`, once their ``on_fit_start`` has run.
@@ -138,7 +138,7 @@ class CheckpointSession:
         resume: Resume,
         subject: Callable[[], Subject],
         current: Callable[[], TrainState],
-        restore: Callable[[TrainState, tuple[str, ...] | None], None],
+        restore: Callable[[TrainState, tuple[str, ...] | None, int | None], None],
         callbacks: Sequence[Any] = (),
     ) -> None:
         if not (isinstance(resume, bool) or resume == "params"):
@@ -237,7 +237,7 @@ class CheckpointSession:
         state = await self._writer.run(
             lambda: checkpoint.train_state(subject, params_only=params_only)
         )
-        self.restore(state, checkpoint.feature_names)
+        self.restore(state, checkpoint.feature_names, checkpoint.samples)
         self._saved_step = state.step
         self._resumed = None if params_only else checkpoint
 
