@@ -515,10 +515,18 @@ def _checkpoint_spec(checkpoint: Checkpoint) -> ModelSpec:
     if name is None:
         raise DataError(f"{checkpoint.path} holds a {model.get('class')}, not a CLI model")
     params = checkpoint.params
-    hidden = params["W0"].shape[1] if "W0" in params else 256
-    outputs = int(model.get("n_classes") or params.get("W1", np.zeros((1, 1))).shape[1])
+    hidden = _columns(params, "W0", 256)
+    outputs = int(model.get("n_classes") or _columns(params, "W1", 1))
     task = "regression" if model.get("n_classes") is None else "classification"
     return ModelSpec(name, int(model["n_features"]), outputs, hidden, task)
+
+
+def _columns(params: dict[str, npt.NDArray[Any]], name: str, default: int) -> int:
+    """The columns of the matrix ``params[name]``, or ``default`` if it is none: the
+    parameters of another model under a CLI model's class name (a user's own ``MLP``)
+    are then refused by :func:`_check_params`, not by an IndexError here."""
+    array = params.get(name)
+    return default if array is None or array.ndim != 2 else int(array.shape[1])
 
 
 def _read_features(path: Path, spec: ModelSpec) -> npt.NDArray[Any]:

@@ -417,6 +417,41 @@ def test_predict_from_a_checkpoint_the_library_wrote(softmax_file: Path, tmp_pat
     np.testing.assert_array_equal(np.load(pred), trainer.predict(data.X))
 
 
+class MLP:
+    """A user's own regression model that shares the built-in MLP's class name."""
+
+    n_features, n_classes, dtype = 16, None, np.dtype("float64")
+
+    def __repr__(self) -> str:
+        return "MLP()"
+
+    def init(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {"W0": np.zeros(16), "W1": np.zeros(16)}
+
+    def loss_and_grad(self, params: Any, X: np.ndarray, y: np.ndarray) -> tuple[float, Any]:
+        residual = X @ (params["W0"] + params["W1"]) - y
+        return float(0.5 * residual @ residual), {"W0": X.T @ residual, "W1": X.T @ residual}
+
+    def predict(self, params: Any, X: np.ndarray) -> np.ndarray:
+        result: np.ndarray = X @ (params["W0"] + params["W1"])
+        return result
+
+
+def test_predict_refuses_a_checkpoint_of_a_user_model_named_like_a_cli_one(
+    softmax_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its 1-D W0 made reading the hidden size an IndexError traceback.
+    data = load(softmax_file)
+    trainer = at.Trainer(MLP(), at.optim.sgd(0.01), backend="inline")
+    at.run(trainer.fit((data.X, data.y.astype(np.float64)), epochs=1))
+    path = at.run(trainer.save(tmp_path / "mine.ckpt"))
+    capsys.readouterr()
+    assert main(["predict", str(path), str(softmax_file), "--out", str(tmp_path / "p.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"asynctrain: error: {path}: its parameters (W0 (16,), W1 (16,))")
+    assert err.count("\n") == 1
+
+
 @pytest.mark.parametrize("shuffle", ["shard", "none"])
 def test_shuffle_trains_as_the_library_does(
     softmax_file: Path, tmp_path: Path, shuffle: str
