@@ -213,10 +213,16 @@ def _adam_count(value: int) -> Any:
     return edit
 
 
+def _alias_moments(manifest: dict[str, Any]) -> None:
+    # Adam's nu["W"] names mu["W"]'s array: one buffer, updated in place twice a step.
+    manifest["optimizer"]["state"]["tuple"][0]["tuple"][2]["dict"]["W"] = {"array": 0}
+
+
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
         (_adam_count(-5), "count -5"),
+        (_alias_moments, "names array opt_state/0 twice"),
         (_batch(1_000_000), "past the end of an epoch"),
         (_set("state", "step", 2**64), "counter 'step'|state.step"),
         (_set("rng", "order_sha256", 5), "rng.order_sha256"),

@@ -475,6 +475,12 @@ class Checkpoint:
         bad = _hostile_scalar(self.section("optimizer")["state"])
         if bad is not None:
             raise CheckpointError(f"{self.path}: the optimizer state holds {bad}, not valid")
+        twice = _named_twice(self.section("optimizer")["state"])
+        if twice is not None:
+            raise CheckpointError(
+                f"{self.path}: the optimizer state names array opt_state/{twice} twice; "
+                "asynctrain writes each once, so the file was edited"
+            )
 
     def _check_position(self) -> None:
         state, rng, config = self.section("state"), self.section("rng"), self.section("config")
@@ -601,6 +607,31 @@ def _hostile_scalar(spec: Any) -> str | None:
             if isinstance(value, str) and _not_finite(value):
                 return f"the number {value!r}"
             pending += node.values()
+    return None
+
+
+def _named_twice(spec: Any) -> int | None:
+    """The first array index an optimizer state's JSON spec names twice, or None.
+
+    The writer stores each array of a state once. Decoded, a spec naming one twice
+    (Adam's ``mu`` and ``nu``) would give two parts of the state one buffer, whose
+    in-place updates would then corrupt each other silently.
+    """
+    seen: set[int] = set()
+    pending = [spec]
+    while pending:
+        node = pending.pop()
+        if not isinstance(node, dict):
+            continue
+        index, items, children = node.get("array"), node.get("tuple"), node.get("dict")
+        if type(index) is int:
+            if index in seen:
+                return index
+            seen.add(index)
+        if isinstance(items, list):
+            pending += items
+        if isinstance(children, dict):
+            pending += children.values()
     return None
 
 
