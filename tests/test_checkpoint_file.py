@@ -123,6 +123,22 @@ def test_a_missing_directory_is_named(tmp_path: Path) -> None:
         write(target, {}, _arrays())
 
 
+@pytest.mark.parametrize("name", ["x" * 250, "é" * 120 + ".ckpt"], ids=["ascii", "utf-8"])
+def test_a_long_name_the_filesystem_takes_is_written(
+    tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The temporary's name was the target's plus ~20-90 bytes: past 255, "File name too
+    # long" for a target whose own name the filesystem takes.
+    from asynctrain._checkpoint import _format
+
+    monkeypatch.setattr(_format, "_host", lambda: "h" * 64)  # the longest host part
+    target = tmp_path / name
+    target.touch()
+    write(target, {}, _arrays())
+    assert _bits(read(target)[1]) == _bits(_arrays())
+    assert temporaries(tmp_path) == []
+
+
 def test_a_cancelled_write_removes_its_temporary(saved: Path) -> None:
     before = saved.read_bytes()
     cancel = threading.Event()

@@ -53,6 +53,8 @@ DTYPES = frozenset(  # the allow-list, in both byte orders ("|" for single bytes
 _TEMPORARY = re.compile(
     r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$"
 )
+NAME_MAX = 255
+"""The longest file name, in bytes, of the common Linux and macOS filesystems."""
 _MEMBER = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")  # keys usable as member names
 
 
@@ -109,9 +111,17 @@ def _replace_atomically(path: Path, fill: Callable[[IO[bytes]], object]) -> None
 
 
 def _create_temporary(path: Path) -> tuple[Path, int]:
-    """Create the writer's temporary next to ``path`` and take its owner lock."""
+    """Create the writer's temporary next to ``path`` and take its owner lock.
+
+    Its name starts with as much of ``path``'s name as fits in :data:`NAME_MAX` bytes
+    with the rest (up to 89 bytes): a target the filesystem takes, 240 bytes say, must
+    not fail with "File name too long" for its temporary's sake.
+    """
     while True:
-        temporary = path.parent / f".{path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        rest = f".{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        room = NAME_MAX - 1 - len(rest.encode())
+        name = path.name.encode(errors="surrogateescape")[:room]
+        temporary = path.parent / f".{name.decode(errors='ignore')}{rest}"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         if hold(fd):
             return temporary, fd
