@@ -223,6 +223,7 @@ def _alias_moments(manifest: dict[str, Any]) -> None:
     [
         (_adam_count(-5), "count -5"),
         (_alias_moments, "names array opt_state/0 twice"),
+        (lambda m: m["rng"].pop("samples"), "past the end of an epoch"),  # was a KeyError
         (_batch(1_000_000), "past the end of an epoch"),
         (_set("state", "step", 2**64), "counter 'step'|state.step"),
         (_set("rng", "order_sha256", 5), "rng.order_sha256"),

@@ -294,7 +294,7 @@ class Checkpoint:
     def samples(self) -> int | None:
         """The rows of the data the checkpoint was taken on (None: unknown, as for a
         trainer that had not fit on data; always known mid-epoch), checked by :meth:`read`."""
-        samples: int | None = self.section("rng")["samples"]
+        samples: int | None = self.section("rng").get("samples")
         return samples
 
     @property
@@ -491,7 +491,7 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: the rng section disagrees with the state")
         if state["skipped"] > state["step"]:
             raise CheckpointError(f"{self.path}: more steps skipped than taken")
-        samples = rng["samples"]
+        samples = rng.get("samples")  # absent: unknown, as null
         most = 0 if samples is None else steps_per_epoch(samples, config["batch_size"])
         if state["batch"] > most:
             raise CheckpointError(
