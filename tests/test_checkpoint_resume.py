@@ -190,6 +190,20 @@ async def test_a_loaded_mid_epoch_checkpoint_keeps_the_rows_it_was_taken_on(
     assert (await restored.fit(other)).steps == 2  # other data: the epoch starts over
 
 
+@pytest.mark.parametrize("mode", ["sync", "ssp"])
+async def test_restore_in_another_mode_lists_the_difference(tmp_path: Path, mode: str) -> None:
+    # The checkpoint's local_steps=2 went to Trainer(mode="sync"): a ConfigError telling
+    # the user to leave out a local_steps they never gave.
+    path = await _softmax_trainer(mode="local", local_steps=2).save(tmp_path / "a.ckpt")
+    model, optimizer = SoftmaxRegression(128, 10), at.optim.adam(1e-2)
+    with pytest.raises(
+        at.CheckpointError, match=f"config.mode: 'local' in the checkpoint, '{mode}'"
+    ):
+        await at.Trainer.restore(path, model, optimizer, backend="inline", mode=mode)
+    restored = await at.Trainer.restore(path, model, optimizer, backend="inline", mode="local")
+    assert restored.mode.settings == {"local_steps": 2}  # the same mode: its options too
+
+
 async def test_a_mismatched_trainer_is_refused_with_every_difference(tmp_path: Path) -> None:
     path = await _softmax_trainer().save(tmp_path / "a.ckpt")
     other = _softmax_trainer(

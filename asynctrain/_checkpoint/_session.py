@@ -64,8 +64,11 @@ def restored_settings(checkpoint: Checkpoint, options: dict[str, Any]) -> dict[s
         CheckpointError: the checkpoint's settings are not ones a Trainer accepts.
     """
     found = checkpoint.settings()
-    if not isinstance(options.get("mode", ""), str):  # a mode object holds its options
+    mode = options.get("mode", found.get("mode"))
+    if not isinstance(mode, str):  # a mode object holds its options
         found = {k: v for k, v in found.items() if k not in ("mode", "local_steps", "staleness")}
+    elif mode != found.get("mode"):  # another mode: the checkpoint's options are not its
+        found = {k: v for k, v in found.items() if k not in ("local_steps", "staleness")}
     return found | options
 
 
