@@ -358,6 +358,29 @@ async def test_a_failed_save_stops_the_fit_and_keeps_the_previous(
     assert temporaries(tmp_path) == []
 
 
+async def test_an_old_checkpoint_that_cannot_be_removed_is_a_checkpoint_error(
+    tmp_path: Path, data: at.data.Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # keep's pruning let the unlink's PermissionError out of the fit as it was (not a
+    # CheckpointError), and stopped at that file, leaving the older ones after it too.
+    await _softmax_trainer().fit(data, checkpoint_dir=tmp_path, checkpoint_every=2, keep=None)
+    stuck, real_unlink = tmp_path / "step-000000000002.ckpt", Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self == stuck:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(self))
+        real_unlink(self, missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    trainer = _softmax_trainer()
+    with pytest.raises(at.CheckpointError, match=r"could not remove the older .*keep=None"):
+        await trainer.fit(data, epochs=2, checkpoint_dir=tmp_path, resume=True, keep=1)
+    monkeypatch.undo()
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    assert names == ["step-000000000002.ckpt", "step-000000000010.ckpt"]  # 4, 5 removed
+    assert Checkpoint.read(tmp_path).counter("step") == 10
+
+
 async def test_a_failing_fit_lets_its_checkpoint_write_land(
     tmp_path: Path, data: at.data.Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import os
 import threading
@@ -326,13 +325,30 @@ def write_and_prune(
     digest: OrderDigest = order_sha256,
 ) -> None:
     """Write ``payload`` to ``path``; then keep only the ``keep`` latest checkpoints there
-    (``digest``: as :func:`~._content.write`'s)."""
+    (``digest``: as :func:`~._content.write`'s).
+
+    Raises:
+        CheckpointError: the write failed, or an older checkpoint could not be removed
+            (after trying the others; ``path`` is written then).
+    """
     write(path, payload, cancel=cancel, digest=digest)
-    if keep is not None:
-        for old in list_checkpoints(path.parent)[:-keep]:
-            if old != path:
-                with contextlib.suppress(FileNotFoundError):
-                    old.unlink()
+    if keep is None:
+        return
+    failed: OSError | None = None
+    for old in list_checkpoints(path.parent)[:-keep]:
+        if old != path:
+            try:
+                old.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # EPERM, EACCES, EROFS, ...: the others are still tried
+                failed = failed or exc
+    if failed is not None:
+        raise CheckpointError(
+            f"wrote checkpoint {path} but could not remove the older {failed.filename} to "
+            f"keep the {keep} latest: {failed.strerror or failed}; make it removable, or "
+            "pass keep=None to keep every checkpoint"
+        ) from failed
 
 
 def _prepare_directory(lock: DirectoryLock, fresh_at: int | None) -> None:
