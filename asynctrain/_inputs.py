@@ -72,7 +72,8 @@ def prepare(
         data: a :class:`Dataset`, an ``(X, y)`` pair or an ``(X, y, sample_weight)``
             triple (a None weight means unweighted).
         name: how errors name ``data`` (``"validation"``).
-        single_class: accept labels of a single class (one batch of a stream).
+        single_class: accept labels of a single class (one batch of a stream, or
+            validation data, which is evaluated and not trained on).
         feature_names: the columns trained on so far, if known: a data frame (or a
             Dataset with names) must have them, in that order (checked first, so a
             missing column is named rather than counted).

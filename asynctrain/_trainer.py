@@ -751,12 +751,15 @@ class Trainer:
     ) -> Dataset:
         """``data`` made ready for the model by :func:`prepare`, off the loop: it scans,
         and converting to the model's dtype copies, all of X (with the inline backend, on
-        the loop, as all that backend's work). A frame must have ``feature_names``."""
+        the loop, as all that backend's work). A frame must have ``feature_names``.
+        Validation data may hold a single class: it is evaluated, not trained on (its
+        AUC is then NaN, see docs/callbacks.md)."""
         work = functools.partial(
             prepare,
             self.model,
             data,
             name=name,
+            single_class=name == "validation",
             feature_names=feature_names,
             class_weight=class_weight,
         )

@@ -67,6 +67,27 @@ async def test_regression_metrics_match_scikit_learn(outputs: int) -> None:
     assert result.metrics["val_mae"] == pytest.approx(oracle, rel=1e-12)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+async def test_validation_of_one_class_gives_nan_auc_not_an_error(weighted: bool) -> None:
+    # docs/callbacks.md: "a binary validation set of one class gives NaN". Validation
+    # data is evaluated, not trained on, so it was wrong to refuse it for holding a
+    # single class (the DataError even spoke of "training data").
+    data = at.data.synthetic("logreg", n=600, seed=2)
+    ones = np.flatnonzero(data.y == 1)[:40]
+    val = data.subset(ones)
+    if weighted:
+        val = val.with_weights(np.arange(1.0, 41.0))
+    model = at.models.LogisticRegression(64, dtype=np.float64)
+    async with at.Trainer(model, at.optim.sgd(0.1), backend="inline") as trainer:
+        result = await trainer.fit(data, validation=val, metrics=["auc", "f1"])
+        labels = trainer.predict(val.X)
+    assert math.isnan(result.metrics["val_auc"])
+    oracle = f1_score(val.y, labels, average="macro")
+    assert result.metrics["val_f1"] == pytest.approx(oracle, abs=1e-12)
+    accuracy = np.average(labels == 1, weights=val.sample_weight)
+    assert result.history[-1].val_accuracy == pytest.approx(accuracy, abs=1e-12)
+
+
 def test_auc_with_ties_and_absent_classes_matches_scikit_learn() -> None:
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, size=500)

@@ -197,7 +197,9 @@ class TrainingService:
             )
             if validation is not None:
                 fit["validation"] = await off_loop(
-                    functools.partial(prepare, name="validation"), model, validation
+                    functools.partial(prepare, name="validation", single_class=True),
+                    model,
+                    validation,
                 )
             if self._state is not State.OPEN:
                 raise StateError(f"{self!r} closed while job {name!r} was being created")

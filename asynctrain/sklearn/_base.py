@@ -166,7 +166,11 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
         batch_size = self._batch_size(train[0].shape[0])
         model = self._build_model(attrs, batch_size)
         data = prepare(model, train, single_class=partial)
-        validation = None if held_out is None else prepare(model, held_out, name="validation")
+        validation = (
+            None
+            if held_out is None
+            else prepare(model, held_out, name="validation", single_class=True)
+        )
         start = self._start(model, attrs, resume=resume, seed=seed)
         return Job(
             data=data,
