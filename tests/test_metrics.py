@@ -11,6 +11,7 @@ from sklearn.metrics import f1_score, mean_absolute_error, r2_score, roc_auc_sco
 import asynctrain as at
 from asynctrain._engine._evaluate import EVAL_CHUNK
 from asynctrain._engine._metrics import macro_f1, roc_auc
+from asynctrain._types import Grads, Params
 from asynctrain.data import Dataset
 
 
@@ -120,6 +121,35 @@ async def test_unknown_metric_names_the_known_ones() -> None:
         await at.fit(model, data, metrics=["f1"], backend="inline")
     with pytest.raises(at.ConfigTypeError, match="list of names"):
         await at.fit(model, data, validation=data, metrics="f1", backend="inline")  # type: ignore[arg-type]
+
+
+class _NoProba:
+    """A classifier that follows Model but not Classifier: no predict_proba."""
+
+    n_features, n_classes, dtype = 128, 10, np.dtype(np.float32)
+
+    def __init__(self) -> None:
+        self._inner = at.models.SoftmaxRegression(128, 10)
+
+    def init(self, rng: np.random.Generator) -> Params:
+        return self._inner.init(rng)
+
+    def loss_and_grad(self, params: Params, X: np.ndarray, y: np.ndarray) -> tuple[float, Grads]:
+        return self._inner.loss_and_grad(params, X, y)
+
+    def predict(self, params: Params, X: np.ndarray) -> np.ndarray:
+        return self._inner.predict(params, X)
+
+
+async def test_auc_without_predict_proba_is_refused_before_training() -> None:
+    # It used to train a whole epoch and then fail in a worker with an AttributeError.
+    data = at.data.synthetic("softmax", n=600)
+    trainer = at.Trainer(_NoProba(), backend="inline")
+    with pytest.raises(at.ConfigError, match=r"'auc' .*_NoProba.* predict_proba.*drop 'auc'"):
+        await trainer.fit(data, validation=data, metrics=["f1", "auc"])
+    assert trainer.state.step == 0
+    result = await trainer.fit(data, validation=data, metrics=["f1"])  # f1 needs labels only
+    assert "val_f1" in result.metrics
 
 
 async def test_epoch_value_names_what_is_missing() -> None:

@@ -53,7 +53,8 @@ def check_metrics(names: Sequence[str], model: Any, *, validation: bool) -> tupl
     Raises:
         ConfigTypeError: ``names`` is a single string or holds a non-string.
         ConfigError: an unknown name (listing the known ones), a metric for the other
-            kind of model, or metrics without validation data.
+            kind of model, ``auc`` for a model without ``predict_proba``, or metrics
+            without validation data.
     """
     if isinstance(names, str) or not all(isinstance(n, str) for n in names):
         raise ConfigTypeError(f"metrics must be a list of names such as ['f1'], got {names!r}")
@@ -70,6 +71,13 @@ def check_metrics(names: Sequence[str], model: Any, *, validation: bool) -> tupl
                 f"{model!r} is {'a classifier' if classifier else 'a regression model'}: "
                 f"use one of {fits}"
             )
+    # Checked now: the scores are first asked for after a whole epoch of training.
+    if "auc" in names and not callable(getattr(model, "predict_proba", None)):
+        raise ConfigError(
+            f"metric 'auc' ranks the scores of predict_proba, which {model!r} does not "
+            "have: give the model predict_proba(params, X) returning (n, n_classes) "
+            "probabilities (see asynctrain.models.Classifier), or drop 'auc'"
+        )
     if names and not validation:
         raise ConfigError(
             f"metrics={list(names)!r} are computed on validation data: pass validation=..."
