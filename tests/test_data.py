@@ -252,6 +252,24 @@ def test_subset_bad_indices(indices: object, error: type, fragment: str) -> None
         Dataset(*_xy()).subset(indices)  # type: ignore[arg-type]
 
 
+def test_rows_taken_that_all_weigh_zero_are_refused() -> None:
+    # The constructor refuses all-zero weights; subset and split returned such a Dataset,
+    # and validating on it divided by a total weight of 0 (ZeroDivisionError), training
+    # on it crashed with an IndexError.
+    X, y = _xy(n=20)
+    weights = np.r_[np.zeros(10), np.ones(10)]
+    ds = Dataset(X, y, sample_weight=weights)
+    with pytest.raises(DataError, match=r"the 3 rows taken all have sample_weight 0.*other rows"):
+        ds.subset([0, 9, 0])
+    kept = ds.subset([0, 10]).sample_weight
+    assert kept is not None
+    assert kept.tolist() == [0.0, 1.0]
+    skewed = Dataset(*_xy(n=40), sample_weight=np.r_[np.zeros(39), 1.0])
+    with pytest.raises(DataError, match=r"sample_weight 0.*another fraction or seed"):
+        skewed.split(0.5)
+    assert len(ds.with_weights(None).subset([0, 1])) == 2
+
+
 # --- load ---------------------------------------------------------------------------------
 
 

@@ -330,14 +330,17 @@ class Dataset:
         Raises:
             DataTypeError: ``indices`` are not integers (for a boolean mask pass
                 ``np.flatnonzero(mask)``).
-            DataError: ``indices`` are empty, not 1-D, or out of range.
+            DataError: ``indices`` are empty, not 1-D, or out of range, or every row
+                they choose has sample weight 0.
 
         Example:
             >>> ds = Dataset(np.arange(6.0).reshape(3, 2), np.array([0, 1, 2]))
             >>> ds.subset([2, 0]).y
             array([2, 0])
         """
-        return self._take(_check_indices(indices, self.n_samples))
+        positions = _check_indices(indices, self.n_samples)
+        _check_weighed(self._w, positions)
+        return self._take(positions)
 
     def split(self, fraction: float, *, seed: int = 0) -> tuple[Dataset, Dataset]:
         """Split the rows at random into ``(first, second)``; ``second`` gets ``fraction``.
@@ -357,7 +360,7 @@ class Dataset:
         Raises:
             ConfigError: ``fraction`` is outside (0, 1) or ``seed`` is negative.
             ConfigTypeError: ``fraction`` is not a real number or ``seed`` not an int.
-            DataError: one of the parts would be empty.
+            DataError: one of the parts would be empty, or weigh 0 in all its rows.
 
         Example:
             >>> ds = Dataset(np.zeros((10, 2)), np.zeros(10))
@@ -379,6 +382,8 @@ class Dataset:
         entropy = np.random.SeedSequence(seed, spawn_key=(_SPLIT_STREAM,))
         order = np.random.default_rng(entropy).permutation(self.n_samples)
         first, second = np.sort(order[:n_first]), np.sort(order[n_first:])
+        _check_weighed(self._w, first, fix="another fraction or seed")
+        _check_weighed(self._w, second, fix="another fraction or seed")
         return self._take(first), self._take(second)
 
     def _take(self, positions: npt.NDArray[np.intp]) -> Dataset:
@@ -442,6 +447,20 @@ def _rows(array: npt.NDArray[Any], positions: npt.NDArray[np.intp]) -> npt.NDArr
     # mode="clip": the positions are checked already, and mode="raise" would first take
     # into a temporary buffer as large as ``out``.
     return np.take(array, positions, axis=0, out=out, mode="clip")
+
+
+def _check_weighed(
+    weights: Array | None, positions: npt.NDArray[np.intp], *, fix: str = "other rows"
+) -> None:
+    """Refuse rows that all weigh 0: the constructor refuses such weights, and evaluating
+    the rows would divide by a total weight of 0. (A shard's partition may weigh 0: it is
+    taken with ``_take``, which does not check.)"""
+    if weights is not None and not weights[positions].any():
+        raise DataError(
+            f"the {len(positions)} rows taken all have sample_weight 0, so there is nothing "
+            f"to train on or evaluate; take {fix} with a positive weight, or drop the "
+            "weights first with .with_weights(None)"
+        )
 
 
 def _check_indices(indices: npt.ArrayLike, n: int) -> npt.NDArray[np.intp]:
