@@ -31,6 +31,7 @@ __all__ = [
     "check_class_weight",
     "prediction_inputs",
     "prepare",
+    "prepare_validation",
     "rows_given",
 ]
 
@@ -131,6 +132,30 @@ def prepare(
     if data.sample_weight is not None:
         _check_weighted(model, data, name, single_class=single_class)
     return data
+
+
+def prepare_validation(
+    model: Model, data: DataLike, *, feature_names: FeatureNames | None = None
+) -> Dataset:
+    """``data`` validated as validation data for ``model``: :func:`prepare`, but one class
+    is enough (the data is evaluated, not trained on), and a :class:`DataError` says it
+    is about the validation data; the checks are those of the training data, and so were
+    their messages ("dataset has 2 features but the model expects 3").
+
+    Example:
+        >>> import numpy as np
+        >>> from asynctrain.models import LogisticRegression
+        >>> prepare_validation(LogisticRegression(2), (np.zeros((3, 2)), [1, 1, 1]))
+        <Dataset n_samples=3 n_features=2 dtype=float32>
+    """
+    try:
+        return prepare(
+            model, data, name="validation", single_class=True, feature_names=feature_names
+        )
+    except DataError as exc:
+        if str(exc).startswith("validation"):  # named already
+            raise
+        raise type(exc)(f"validation data: {exc}") from exc
 
 
 def rows_given(data: object) -> int | None:

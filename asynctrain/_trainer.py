@@ -39,6 +39,7 @@ from asynctrain._inputs import (
     check_class_weight,
     prediction_inputs,
     prepare,
+    prepare_validation,
     rows_given,
 )
 from asynctrain._monitor import TRAINING_INTERVAL, LoopLagMonitor
@@ -752,17 +753,21 @@ class Trainer:
         """``data`` made ready for the model by :func:`prepare`, off the loop: it scans,
         and converting to the model's dtype copies, all of X (with the inline backend, on
         the loop, as all that backend's work). A frame must have ``feature_names``.
-        Validation data may hold a single class: it is evaluated, not trained on (its
-        AUC is then NaN, see docs/callbacks.md)."""
-        work = functools.partial(
-            prepare,
-            self.model,
-            data,
-            name=name,
-            single_class=name == "validation",
-            feature_names=feature_names,
-            class_weight=class_weight,
-        )
+        ``name="validation"`` prepares validation data (:func:`prepare_validation`)."""
+        work: Callable[[], Dataset]
+        if name == "validation":
+            work = functools.partial(
+                prepare_validation, self.model, data, feature_names=feature_names
+            )
+        else:
+            work = functools.partial(
+                prepare,
+                self.model,
+                data,
+                name=name,
+                feature_names=feature_names,
+                class_weight=class_weight,
+            )
         if self._backend.inline:
             return work()
         return await off_loop(work)

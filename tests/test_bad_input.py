@@ -83,10 +83,21 @@ async def test_bad_binary_labels() -> None:
         await at.fit(LogisticRegression(4), (X, np.arange(20)), backend="inline")
 
 
-async def test_bad_validation_data() -> None:
+async def test_bad_validation_data_is_named_as_such() -> None:
+    # The checks are those of the training data, and so were the messages: "dataset has
+    # 2 features" did not say which of the two datasets given to fit had them.
     X, y = _xy()
-    with pytest.raises(at.DataError, match="features"):
-        await at.fit(SoftmaxRegression(4, 3), (X, y), validation=(X[:, :2], y), backend="inline")
+    model = SoftmaxRegression(4, 3)
+    with pytest.raises(at.DataError, match=r"^validation data: dataset has 2 features"):
+        await at.fit(model, (X, y), validation=(X[:, :2], y), backend="inline")
+    with pytest.raises(at.DataError, match=r"^validation data: labels must be in 0\.\.2"):
+        await at.fit(model, (X, y), validation=(X, y + 1), backend="inline")
+    bad = X.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(at.DataError, match=r"^validation data: X has a non-finite value"):
+        await at.fit(model, (X, y), validation=(bad, y), backend="inline")
+    with pytest.raises(at.DataError, match=r"^dataset has 2 features"):  # training data
+        await at.fit(model, (X[:, :2], y), validation=(X, y), backend="inline")
 
 
 async def test_data_of_wrong_type() -> None:

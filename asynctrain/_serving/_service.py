@@ -19,7 +19,7 @@ from typing import Any, Self
 from asynctrain._checks import check_int
 from asynctrain._events import Callback, check_callbacks
 from asynctrain._exceptions import ConfigError, ConfigTypeError, StateError
-from asynctrain._inputs import ClassWeight, DataLike, prepare
+from asynctrain._inputs import ClassWeight, DataLike, prepare, prepare_validation
 from asynctrain._monitor import TRAINING_INTERVAL, LagStats, LoopLagMonitor
 from asynctrain._offloop import off_loop
 from asynctrain._serving._job import FINISHED, Job
@@ -196,11 +196,7 @@ class TrainingService:
                 functools.partial(prepare, class_weight=class_weight), model, data
             )
             if validation is not None:
-                fit["validation"] = await off_loop(
-                    functools.partial(prepare, name="validation", single_class=True),
-                    model,
-                    validation,
-                )
+                fit["validation"] = await off_loop(prepare_validation, model, validation)
             if self._state is not State.OPEN:
                 raise StateError(f"{self!r} closed while job {name!r} was being created")
             job = Job(

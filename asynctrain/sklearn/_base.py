@@ -29,7 +29,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from asynctrain import optim
 from asynctrain._checks import check_choice, check_float, check_int
 from asynctrain._events import FitResult
-from asynctrain._inputs import prepare
+from asynctrain._inputs import prepare, prepare_validation
 from asynctrain._offloop import off_loop
 from asynctrain._types import Params
 from asynctrain.data._frames import batch_as_table, check_table, is_table
@@ -166,11 +166,7 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
         batch_size = self._batch_size(train[0].shape[0])
         model = self._build_model(attrs, batch_size)
         data = prepare(model, train, single_class=partial)
-        validation = (
-            None
-            if held_out is None
-            else prepare(model, held_out, name="validation", single_class=True)
-        )
+        validation = None if held_out is None else prepare_validation(model, held_out)
         start = self._start(model, attrs, resume=resume, seed=seed)
         return Job(
             data=data,
