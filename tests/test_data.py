@@ -381,6 +381,25 @@ def test_load_npz_whose_header_lies_about_its_size_is_a_data_error(
         load(tmp_path / "crafted.npz")
 
 
+@pytest.mark.parametrize("shape", [(2**40,), (4, 3)], ids=["2**40 elements", "truncated"])
+def test_load_npy_whose_header_claims_more_than_the_file_holds_is_a_data_error(
+    tmp_path: Path, shape: tuple[int, ...]
+) -> None:
+    # Mapping failed, and the fallback read allocated the claimed array first: 8 TiB
+    # (a raw MemoryError), or a message about pickled objects for a truncated file.
+    header = io.BytesIO()
+    fields = {"descr": "<f8", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(header, fields)  # type: ignore[no-untyped-call]
+    (tmp_path / "X.npy").write_bytes(header.getvalue() + b"\0" * 88)
+    np.save(tmp_path / "y.npy", np.arange(4) % 2)
+    with pytest.raises(DataError, match=r"X.npy' claims shape .* but holds 88 bytes"):
+        load(tmp_path / "X.npy", tmp_path / "y.npy")
+    np.save(tmp_path / "X.npy", np.zeros((4, 3)))
+    with (tmp_path / "X.npy").open("ab") as file:
+        file.write(b"\0" * 8)  # trailing bytes: mapped as before
+    assert load(tmp_path / "X.npy", tmp_path / "y.npy").memory_mapped
+
+
 def test_load_compressed_npz(tmp_path: Path) -> None:
     X, y = np.zeros((500, 3), np.float32), np.arange(500) % 2
     np.savez_compressed(tmp_path / "d.npz", X=X, y=y)  # zeros: a high deflate ratio

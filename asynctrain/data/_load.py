@@ -209,6 +209,7 @@ def _dir_files(path: Path, weight: str | None) -> tuple[Path, ...]:
 def _read_npy(path: Path) -> npt.NDArray[Any]:
     """Memory-map a .npy file read-only; fall back to reading it (e.g. a 0-byte array)."""
     _check_magic(path, (_NPY_MAGIC, *_ZIP_MAGIC), "a .npy array (no numpy header)")
+    _check_npy_size(path)
     try:
         try:
             loaded = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -222,6 +223,35 @@ def _read_npy(path: Path) -> npt.NDArray[Any]:
         loaded.close()
         raise DataError(f"'{path}' is an .npz archive, not a .npy array; rename it .npz")
     return loaded
+
+
+def _check_npy_size(path: Path) -> None:
+    """Refuse a .npy whose header claims more data than the file holds, before numpy reads it.
+
+    Mapping such a file fails, and the fallback read (for object arrays) allocates the
+    array the header describes first: a truncated file, or a few bytes claiming 2**40
+    elements, ended in a MemoryError or a message about pickled objects.
+    """
+    try:
+        with path.open("rb") as file:
+            if file.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+                return  # an .npz under a .npy name: _read_npy says so
+            file.seek(0)
+            version = np.lib.format.read_magic(file)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(file)
+            held = os.fstat(file.fileno()).st_size - file.tell()
+    except _READ_ERRORS as exc:
+        raise DataError(f"cannot read the header of '{path}' ({exc}); save it again") from exc
+    claimed = math.prod(shape) * dtype.itemsize
+    if not dtype.hasobject and claimed > held:
+        raise DataError(
+            f"'{path}' claims shape {shape} of {dtype} ({claimed} bytes) but holds {held} "
+            "bytes of data; the file is truncated (not fully written or copied), damaged or "
+            "crafted: save it again with np.save(path, array)"
+        )
 
 
 def _read_npz(
