@@ -10,7 +10,7 @@ from sklearn.metrics import f1_score, mean_absolute_error, r2_score, roc_auc_sco
 
 import asynctrain as at
 from asynctrain._engine._evaluate import EVAL_CHUNK
-from asynctrain._engine._metrics import macro_f1, roc_auc
+from asynctrain._engine._metrics import chunk_parts, combine, macro_f1, roc_auc
 from asynctrain._types import Grads, Params
 from asynctrain.data import Dataset
 
@@ -108,6 +108,22 @@ def test_macro_f1_averages_over_classes_present_like_scikit_learn() -> None:
     np.add.at(confusion, (y, predicted), 1)
     oracle = f1_score(y, predicted, average="macro", zero_division=0)
     assert macro_f1(confusion) == pytest.approx(oracle, abs=1e-12)
+
+
+def test_f1_parts_grow_with_the_classes_not_their_square() -> None:
+    # Each chunk returned a classes x classes confusion matrix: 3 GiB for 20,000 classes,
+    # per chunk of 8,192 rows, all held until combined. Per-class counts suffice.
+    rng = np.random.default_rng(3)
+    n_classes = 3000
+    y, predicted = rng.integers(0, 40, size=900), rng.integers(0, 40, size=900)
+    predicted[::3] = y[::3]
+    parts = [
+        chunk_parts(("f1",), y[start:stop], predicted[start:stop], None, n_classes)["f1"]
+        for start, stop in ((0, 400), (400, 401), (401, 900))
+    ]
+    assert all(part.nbytes <= 3 * n_classes * 8 for part in parts)
+    oracle = f1_score(y, predicted, average="macro")
+    assert combine("f1", parts) == pytest.approx(oracle, abs=1e-12)
 
 
 async def test_unknown_metric_names_the_known_ones() -> None:
