@@ -214,9 +214,11 @@ def test_split_sizes_disjoint_and_deterministic() -> None:
 @pytest.mark.parametrize(
     ("fraction", "error", "fragment"),
     [
-        (0.0, ConfigError, r"fraction must be in \(0.0"),
-        (1.0, ConfigError, "fraction must be < 1"),
-        (1.5, ConfigError, "got 1.5"),
+        (0.0, ConfigError, r"fraction must be in \(0.0, 1.0\), got 0.0; pass e.g."),
+        (1.0, ConfigError, r"fraction must be in \(0.0, 1.0\), got 1.0"),
+        (1.5, ConfigError, r"\(0.0, 1.0\), got 1.5"),
+        (-0.5, ConfigError, r"\(0.0, 1.0\), got -0.5"),
+        (float("nan"), ConfigError, "finite"),
         ("0.2", ConfigTypeError, "'0.2'"),
     ],
 )

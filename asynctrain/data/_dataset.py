@@ -3,6 +3,7 @@ optional sample weights."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
@@ -368,9 +369,13 @@ class Dataset:
             >>> len(train), len(val)
             (8, 2)
         """
-        share = check_float("fraction", fraction, minimum=0.0, inclusive=False, maximum=1.0)
-        if share == 1.0:
-            raise ConfigError("fraction must be < 1, got 1.0; pass e.g. fraction=0.2")
+        # A finite real first; then the open interval, in one message (check_float's
+        # "(0.0, 1.0]" for 0 would invite the 1.0 refused here).
+        share = check_float("fraction", fraction, minimum=-math.inf)
+        if not 0.0 < share < 1.0:
+            raise ConfigError(
+                f"fraction must be in (0.0, 1.0), got {share}; pass e.g. fraction=0.2"
+            )
         seed = check_int("seed", seed, minimum=0)
         n_second = round(self.n_samples * share)
         n_first = self.n_samples - n_second
