@@ -431,6 +431,8 @@ REG = LinearRegression(3)
         (CLS, X6, np.array([0, 1, -1, 0, 1, 2]), DataError, "min -1"),
         (CLS, X6, np.full(6, 2), DataError, "only class 2"),
         (CLS, X6, np.eye(3)[[0, 1, 2, 0, 1, 2]], DataError, "argmax"),
+        # A column of labels: argmax(axis=1) would make them all 0.
+        (CLS, X6, np.c_[[0, 1, 2, 0, 1, 2]], DataError, r"\(6, 1\); pass y\.ravel\(\)$"),
         (CLS, X6, np.array(list("abcabc")), DataTypeError, "real numbers"),
         (CLS, X6, np.arange(6) % 2 == 0, DataTypeError, "booleans"),
         (LogisticRegression(3), X6, np.arange(6), DataError, "0..1"),

@@ -235,10 +235,10 @@ def _check_labels(y: npt.NDArray[Any], n_classes: int, *, single_class: bool) ->
     """Raise unless ``y`` holds 1-D whole-number labels of valid classes (two or more,
     unless ``single_class``)."""
     if y.ndim != 1:
-        raise DataError(
-            f"labels y must be 1-D class indices, got shape {y.shape}; "
-            "for one-hot labels pass y.argmax(axis=1)"
-        )
+        # A column of labels (a frame's [["label"]]) would all become 0 under argmax.
+        column = y.ndim == 2 and y.shape[1] == 1
+        fix = "pass y.ravel()" if column else "for one-hot labels pass y.argmax(axis=1)"
+        raise DataError(f"labels y must be 1-D class indices, got shape {y.shape}; {fix}")
     if y.dtype.kind == "b":
         raise DataTypeError("labels y are booleans; pass y.astype(np.int64)")
     if y.dtype.kind == "f" and not np.array_equal(y, np.floor(y)):
