@@ -100,6 +100,35 @@ def test_finite_values_whose_squares_overflow_are_accepted() -> None:
     assert Dataset(X, np.zeros(70_000)).n_samples == 70_000
 
 
+def test_masked_values_are_refused_not_read() -> None:
+    # The scan for NaN/Inf skipped masked values, so np.ma.masked_invalid(X) passed
+    # validation and its NaN reached training (a NonFiniteError at step 0), and a
+    # masked sentinel (-999) was trained on silently.
+    X = np.arange(12, dtype=np.float32).reshape(4, 3)
+    X[2, 1] = np.nan
+    masked = np.ma.masked_invalid(X)
+    with pytest.raises(DataError, match=r"X is a masked array .* at \(2, 1\).*X.filled"):
+        Dataset(masked, [0, 1, 0, 1])
+    y = np.ma.masked_equal([0, 1, -999, 1], -999)
+    with pytest.raises(DataError, match=r"y is a masked array .* at \(2,\)"):
+        Dataset(np.zeros((4, 3)), y)
+    weights = np.ma.masked_equal([1.0, 2.0, -1.0, 1.0], -1.0)
+    with pytest.raises(DataError, match=r"sample_weight is a masked array"):
+        Dataset(np.zeros((4, 3)), [0, 1, 0, 1], sample_weight=weights)
+    unmasked = Dataset(np.ma.masked_invalid(np.ones((4, 3))), np.ma.masked_array([0, 1, 0, 1]))
+    assert type(unmasked.X) is np.ndarray
+    assert unmasked.y.tolist() == [0, 1, 0, 1]
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_a_matrix_is_read_as_an_array() -> None:
+    # np.matrix keeps its rows 2-D: the finiteness scan failed with a bare TypeError.
+    X = np.arange(12.0).reshape(4, 3)
+    ds = Dataset(np.matrix(X), np.arange(4) % 2)
+    assert type(ds.X) is np.ndarray
+    assert np.array_equal(ds.subset([3, 0]).X, X[[3, 0]])
+
+
 def test_inf_in_y_names_the_row() -> None:
     with pytest.raises(DataError, match=r"y has a non-finite value \(inf\) at row 2"):
         Dataset(np.zeros((3, 2)), np.array([0.0, 1.0, np.inf]))

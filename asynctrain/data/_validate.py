@@ -55,10 +55,13 @@ def as_array(name: str, value: object) -> npt.NDArray[Any]:
     """Return ``value`` as an ndarray of real numbers, without copying an ndarray.
 
     Raises:
-        DataError: ``value`` is ragged (rows of different lengths).
+        DataError: ``value`` is ragged (rows of different lengths), or a masked array
+            with masked values.
         DataTypeError: the values are not bool, int or float (strings, objects, complex).
     """
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.ma.MaskedArray | np.matrix):
+        array = plain(name, value)
+    elif isinstance(value, np.ndarray):
         array = value
     else:
         try:
@@ -74,6 +77,25 @@ def as_array(name: str, value: object) -> npt.NDArray[Any]:
             f"trains on bool, int or float values: {_numeric_fix(name, array)}"
         )
     return array
+
+
+def plain(name: str, value: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """A masked array or ``np.matrix`` as a plain ndarray view of its values (no copy).
+
+    numpy reads a masked array's hidden values as any others (the finiteness scan
+    skipped them, so a NaN under the mask reached training), and a matrix's rows stay
+    2-D (``vdot`` of one raised a TypeError).
+
+    Raises:
+        DataError: a value of a masked array is masked; the message names the first.
+    """
+    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
+        where = tuple(int(i) for i in np.argwhere(np.ma.getmaskarray(value))[0])
+        raise DataError(
+            f"{name} is a masked array with masked values (the first at {where}); asynctrain "
+            f"does not read masks: drop those rows, or fill them with {name}.filled(value)"
+        )
+    return np.asarray(value)
 
 
 def _numeric_fix(name: str, array: npt.NDArray[Any]) -> str:

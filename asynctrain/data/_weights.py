@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import ConfigError, ConfigTypeError, DataError, DataTypeError
+from asynctrain.data._validate import plain
 
 ClassWeight = str | Mapping[int, float] | None
 """``"balanced"``, ``{label: weight}`` or None (every class weighs 1)."""
@@ -33,6 +34,8 @@ def check_sample_weight(weight: npt.ArrayLike, n: int, dtype: np.dtype[Any]) -> 
         >>> check_sample_weight([1, 2, 0], 3, np.dtype(np.float32))
         array([1., 2., 0.], dtype=float32)
     """
+    if isinstance(weight, np.ma.MaskedArray):
+        weight = plain("sample_weight", weight)
     try:
         values = np.asarray(weight)
     except (ValueError, TypeError) as exc:
