@@ -7,22 +7,20 @@ The parser and the commands live here; what a saved model holds besides its para
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from asynctrain import __version__, models, optim
-from asynctrain._checkpoint import Checkpoint, describe, list_checkpoints
+from asynctrain._checkpoint import Checkpoint, describe, list_checkpoints, replace_atomically
 from asynctrain._config import MODE_OPTIONS
 from asynctrain._curves import check_plotting, plot_curves
 from asynctrain._events import FitResult
@@ -460,7 +458,7 @@ def _predict(args: argparse.Namespace) -> int:
     X = spec.features(_read_features(Path(args.data), spec), model.dtype)
     predictions = spec.decode(model.predict(params, np.asarray(X, dtype=model.dtype)))
     # exactly this name (np.save on a name would append .npy)
-    _write_atomically(Path(args.out), lambda file: np.save(file, predictions, allow_pickle=False))
+    replace_atomically(Path(args.out), lambda file: np.save(file, predictions, allow_pickle=False))
     print(f"wrote {len(predictions)} predictions to {args.out}")
     return 0
 
@@ -672,7 +670,7 @@ def _write_spec_in(directory: Path, spec: ModelSpec, *, resume: bool) -> None:
             # Written before column names were kept: the names are new, not different.
             written = ModelSpec(**{**asdict(written), "feature_names": spec.feature_names})
             if written == spec:
-                _write_atomically(path, lambda file: file.write(spec.to_json().encode()))
+                replace_atomically(path, lambda file: file.write(spec.to_json().encode()))
         if written != spec:
             differ = [k for k, v in asdict(spec).items() if asdict(written)[k] != v]
             raise ConfigError(
@@ -687,33 +685,14 @@ def _write_spec_in(directory: Path, spec: ModelSpec, *, resume: bool) -> None:
             f"{found[-1].name}); pass --resume to continue it, or another --checkpoint-dir"
         )
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, lambda file: file.write(spec.to_json().encode()))
+    replace_atomically(path, lambda file: file.write(spec.to_json().encode()))
 
 
 def _save(path: Path, spec: ModelSpec, result: FitResult) -> None:
     """Write the parameters and the spec to exactly ``path`` (arrays only, no pickle)."""
     arrays = {**result.params, _SPEC_KEY: np.array(spec.to_json())}
     # exactly this name (np.savez on a name would append .npz)
-    _write_atomically(path, lambda file: np.savez(file, allow_pickle=False, **arrays))
-
-
-def _write_atomically(path: Path, fill: Callable[[IO[bytes]], object]) -> None:
-    """Write ``path`` whole or not at all: ``fill`` writes a temporary beside it, which is
-    fsynced and renamed over it. A Ctrl-C, a kill or a full disk mid-write leaves the
-    file that was there (an earlier run's model, say), not a truncated one."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    # Made like open() makes a file (0o666 less the umask), not private like mkstemp's.
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            fill(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    replace_atomically(path, lambda file: np.savez(file, allow_pickle=False, **arrays))
 
 
 def _print_summary(summary: dict[str, Any], *, as_json: bool) -> None:

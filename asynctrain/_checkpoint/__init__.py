@@ -12,7 +12,7 @@ The optimizer state travels as arrays plus a JSON spec (:mod:`asynctrain.optim._
 """
 
 from asynctrain._checkpoint._content import Checkpoint, checkpoint_name, list_checkpoints
-from asynctrain._checkpoint._format import sweep, temporaries
+from asynctrain._checkpoint._format import replace_atomically, sweep, temporaries
 from asynctrain._checkpoint._inspect import describe
 from asynctrain._checkpoint._session import CheckpointSession, PathLike
 from asynctrain._checkpoint._verify import read
@@ -25,6 +25,7 @@ __all__ = [
     "describe",
     "list_checkpoints",
     "read",
+    "replace_atomically",
     "sweep",
     "temporaries",
 ]

@@ -76,15 +76,35 @@ def write(
             ``EIO``, ...); the previous file at ``path``, if any, is left intact.
         SaveCancelled: ``cancel`` was set while writing (nothing was left behind).
     """
-    _replace_atomically(path, lambda out: _write_zip(out, manifest, arrays, cancel))
-
-
-def _replace_atomically(path: Path, fill: Callable[[IO[bytes]], object]) -> None:
-    """Write a temporary with ``fill``, fsync it, rename it to ``path``, fsync the directory."""
     try:
-        temporary, fd = _create_temporary(path)
+        replace_atomically(path, lambda out: _write_zip(out, manifest, arrays, cancel))
+    except NotDurable as exc:
+        raise CheckpointError(
+            f"wrote checkpoint {path} but could not fsync {path.parent}: {exc.strerror}; "
+            "it may not survive a power failure"
+        ) from exc
     except OSError as exc:
         raise CheckpointError(_write_failure(path, exc)) from exc
+
+
+class NotDurable(OSError):
+    """The file is in place, but its directory could not be fsynced: the rename may not
+    survive a power failure."""
+
+
+def replace_atomically(path: Path, fill: Callable[[IO[bytes]], object]) -> None:
+    """Write ``path`` whole or not at all: ``fill`` writes a temporary beside it (an
+    owner-locked one, which :func:`sweep` removes once its writer is dead), which is
+    fsynced and renamed over ``path``; then the directory is fsynced. A Ctrl-C, a kill
+    or a full disk mid-write leaves the file that was there, never a truncated one.
+
+    Checkpoints are written so, and the command line's model and prediction files.
+
+    Raises:
+        OSError: the write failed (the previous file at ``path``, if any, is intact).
+        NotDurable: written, but the directory could not be fsynced.
+    """
+    temporary, fd = _create_temporary(path)
     try:
         try:
             with os.fdopen(fd, "wb", closefd=False) as out:
@@ -93,10 +113,6 @@ def _replace_atomically(path: Path, fill: Callable[[IO[bytes]], object]) -> None
             os.replace(temporary, path)  # still locked: a sweeper never takes it mid-rename
         finally:
             os.close(fd)
-    except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise CheckpointError(_write_failure(path, exc)) from exc
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
@@ -104,10 +120,7 @@ def _replace_atomically(path: Path, fill: Callable[[IO[bytes]], object]) -> None
     try:
         _fsync_directory(path.parent)
     except OSError as exc:
-        raise CheckpointError(
-            f"wrote checkpoint {path} but could not fsync {path.parent}: {exc.strerror}; "
-            "it may not survive a power failure"
-        ) from exc
+        raise NotDurable(exc.errno, exc.strerror) from exc
 
 
 def _create_temporary(path: Path) -> tuple[Path, int]:

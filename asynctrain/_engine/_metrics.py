@@ -125,7 +125,7 @@ def _regression_sums(y: npt.NDArray[Any], predicted: npt.NDArray[Any]) -> npt.ND
 def combine(name: str, parts: Sequence[Any]) -> float:
     """The metric ``name`` of the whole data from its chunks' ``parts`` (in chunk order)."""
     if name == "f1":
-        return _macro_f1(*sum(parts[1:], parts[0]))
+        return macro_f1(sum(parts[1:], parts[0]))
     if name == "auc":
         y = np.concatenate([p[0] for p in parts])
         return roc_auc(y, np.concatenate([p[1] for p in parts]))
@@ -150,19 +150,6 @@ def _merge_sums(parts: Sequence[npt.NDArray[Any]]) -> npt.NDArray[Any]:
     return np.stack([n, mean, m2, sse, sae])
 
 
-def macro_f1(confusion: npt.NDArray[Any]) -> float:
-    """Macro F1 from a confusion matrix (rows: true class, columns: predicted).
-
-    Averaged over the classes that occur in the labels or the predictions, as
-    scikit-learn's ``f1_score(average="macro")`` does.
-
-    Example:
-        >>> macro_f1(np.array([[2, 0], [1, 1]]))
-        0.7333333333333334
-    """
-    return _macro_f1(np.diag(confusion), confusion.sum(axis=0), confusion.sum(axis=1))
-
-
 def class_counts(
     y: npt.NDArray[Any], predicted: npt.NDArray[Any], n_classes: int
 ) -> npt.NDArray[np.int64]:
@@ -179,9 +166,18 @@ def class_counts(
     return np.stack([np.bincount(v, minlength=n_classes) for v in (hits, guesses, labels)])
 
 
-def _macro_f1(tp: npt.NDArray[Any], predicted: npt.NDArray[Any], actual: npt.NDArray[Any]) -> float:
-    """Macro F1 from per-class true positives, predictions and labels."""
-    tp = tp.astype(np.float64)
+def macro_f1(counts: npt.NDArray[Any]) -> float:
+    """Macro F1 from :func:`class_counts` (summed over chunks): per class, true
+    positives, predictions and labels.
+
+    Averaged over the classes that occur in the labels or the predictions, as
+    scikit-learn's ``f1_score(average="macro")`` does.
+
+    Example:
+        >>> macro_f1(class_counts(np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1]), 2))
+        0.7333333333333334
+    """
+    tp, predicted, actual = counts.astype(np.float64)
     fp, fn = predicted - tp, actual - tp
     present = tp + fp + fn > 0
     if not present.any():
