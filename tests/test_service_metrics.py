@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -57,8 +59,10 @@ async def test_counters_match_the_jobs_events_and_export_as_prometheus_text() ->
     assert snapshot.shared_memory_bytes >= data.X.nbytes
     assert scraped[("asynctrain_steps_total", ())] == snapshot.steps
     assert scraped[("asynctrain_samples_total", ())] == snapshot.samples
-    assert scraped[("asynctrain_step_seconds_count", ())] == snapshot.steps
-    assert scraped[("asynctrain_step_seconds_bucket", (("le", "+Inf"),))] == snapshot.steps
+    # every step but each job's first ("a" ran its 80; "b" may not have stepped yet):
+    timed = 79 + max(snapshot.steps - 80 - 1, 0)
+    assert scraped[("asynctrain_step_seconds_count", ())] == timed
+    assert scraped[("asynctrain_step_seconds_bucket", (("le", "+Inf"),))] == timed
     assert scraped[("asynctrain_jobs", (("state", "done"),))] == 1
     assert scraped[("asynctrain_queued_jobs", ())] == 1
     assert scraped[("asynctrain_running_jobs", ())] == 1
@@ -71,7 +75,37 @@ async def test_counters_match_the_jobs_events_and_export_as_prometheus_text() ->
                                   **OPTIONS)).wait()  # fmt: skip
         assert (only_a.metrics().steps, only_a.metrics().samples) == (count.steps, count.samples)
         buckets = dict(only_a.metrics().step_seconds)
-        assert buckets[float("inf")] == count.steps
+        assert buckets[float("inf")] == count.steps - 1
+
+
+class _SlowStart(at.Callback):
+    """Holds the fit 0.5 s before its first step; notes when each step was published."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    async def on_fit_start(self, fit: at.FitControl) -> None:
+        await asyncio.sleep(0.5)
+
+    def on_step(self, event: at.StepEvent) -> None:
+        self.times.append(time.perf_counter())
+
+
+async def test_a_jobs_start_up_is_not_timed_as_a_step() -> None:
+    data = at.data.synthetic("softmax", n=2000, seed=2)
+    slow = _SlowStart()
+    async with at.TrainingService(backend="inline") as service:
+        job = await service.start("a", SoftmaxRegression(128, 10), data, callbacks=[slow],
+                                  **OPTIONS)  # fmt: skip
+        await job.wait()
+        snapshot = service.metrics()
+    assert snapshot.steps == len(slow.times) == 20
+    assert dict(snapshot.step_seconds)[float("inf")] == 19  # 19 intervals between 20 steps
+    # The intervals between the steps, as the callback saw them (it is called just before
+    # the service's own); the 0.5 s start-up before the first is not among them.
+    between = slow.times[-1] - slow.times[0]
+    assert snapshot.step_seconds_sum == pytest.approx(between, abs=0.05)
+    assert snapshot.step_seconds_sum < 0.5 + between - 0.1
 
 
 def test_without_prometheus_client_the_error_names_the_extra(

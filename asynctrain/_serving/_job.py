@@ -291,11 +291,13 @@ class _Publish(Callback):
 
     def __init__(self, job: Job) -> None:
         self.job = job
-        self.since = time.perf_counter()
+        self.since: float | None = None  # the job's last step; none yet
 
     def on_step(self, event: StepEvent) -> None:
         now = time.perf_counter()
-        self.job._counters.add_step(event.samples, now - self.since)
+        # The first step's time would be the job's start-up (backend, data, first touches).
+        seconds = None if self.since is None else now - self.since
+        self.job._counters.add_step(event.samples, seconds)
         self.since = now
         self.job.last_step = event
         self.job._stream.publish(event)

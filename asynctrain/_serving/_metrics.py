@@ -42,10 +42,13 @@ class StepCounters:
         default_factory=lambda: [0] * (len(STEP_SECONDS_BUCKETS) + 1)
     )
 
-    def add_step(self, samples: int, seconds: float) -> None:
-        """Count one applied (or skipped) step of ``samples`` that took ``seconds``."""
+    def add_step(self, samples: int, seconds: float | None) -> None:
+        """Count one applied (or skipped) step of ``samples`` that took ``seconds`` since
+        the job's step before it (None for a job's first step: no time is observed)."""
         self.steps += 1
         self.samples += samples
+        if seconds is None:
+            return
         self.step_seconds_sum += seconds
         self.step_seconds_buckets[bisect.bisect_left(STEP_SECONDS_BUCKETS, seconds)] += 1
 
@@ -60,6 +63,9 @@ class ServiceMetrics:
         samples: samples those steps trained on (a counter).
         step_seconds: ``(upper bound, steps that took at most that long)`` per bucket,
             cumulative, the last bound ``inf``: time between a job's consecutive steps.
+            A job's first step is not timed (it would count the job's start-up: opening
+            the backend, sharing the data), so the last count is ``steps`` less one per
+            job that stepped.
         step_seconds_sum: total of those step times.
         loop_lag_p50_ms, loop_lag_p99_ms: the service loop's lag over the recent window.
         queued: jobs waiting for a running slot.
@@ -118,7 +124,8 @@ class PrometheusCollector:
     - ``asynctrain_jobs{state}`` (gauge): remembered jobs by status.
     - ``asynctrain_steps_total``, ``asynctrain_samples_total`` (counters): steps run by
       all jobs and the samples they trained on.
-    - ``asynctrain_step_seconds`` (histogram): time between a job's consecutive steps.
+    - ``asynctrain_step_seconds`` (histogram): time between a job's consecutive steps
+      (a job's first step, whose time would be its start-up, is not observed).
     - ``asynctrain_loop_lag_seconds{quantile="0.5"|"0.99"}`` (gauge): the loop's lag.
     - ``asynctrain_queued_jobs``, ``asynctrain_running_jobs`` (gauges).
     - ``asynctrain_shared_memory_bytes`` (gauge): /dev/shm in use by this process.
