@@ -22,6 +22,7 @@ from asynctrain._engine import _step as step_module
 from asynctrain._engine import _update as update_module
 from asynctrain._engine._context import arrays_of
 from asynctrain._engine._step import (
+    FIRST_MATH,
     LOOP_BUDGET,
     MAX_PATIENCE,
     MAX_REPROBE,
@@ -34,6 +35,7 @@ from asynctrain._engine._step import (
     WINDOW,
     Placement,
     contiguous,
+    first_math_estimate,
     placement_for,
 )
 from asynctrain._engine._update import Updater
@@ -569,3 +571,113 @@ async def test_a_fit_all_on_the_loop_still_gives_the_loop_a_turn_every_step(
     # Computed on the loop, a step yields once after its math, and its update on the
     # loop yields no second time: one turn a step, not two.
     assert turns_a_step[-8:] == [1] * 8
+
+
+# -- the first step's math, estimated for built-in models ----------------------------------
+
+
+def test_a_first_math_estimate_places_the_first_step_until_one_is_timed() -> None:
+    small = Placement(first_math=LOOP_BUDGET / 8)
+    assert small.tasks(1, workers=1, local=True) == 0  # estimated small: on the loop
+    assert small.tasks(1, workers=1) == 1  # not on a backend whose arrays are elsewhere
+    assert small.tasks(4, workers=1, local=True) == 0  # 4 shards: half the budget
+    assert small.tasks(16, workers=1, local=True) == 1  # 16: twice the budget
+    small.record(0, 1, 2 * LOOP_BUDGET)  # timed: the estimate was wrong, the time counts
+    assert small.tasks(1, workers=1, local=True) == 1
+    large = Placement(first_math=2 * LOOP_BUDGET)
+    assert large.tasks(1, workers=1, local=True) == 1
+    large.record(1, 1, LOOP_BUDGET, math=LOOP_BUDGET / 4)
+    assert large.tasks(1, workers=1, local=True) == 0
+
+
+def _dense(features: int, rows: int = 100) -> dict[str, np.ndarray]:
+    return {"X": np.zeros((rows, features), np.float32), "y": np.zeros(rows, np.int64)}
+
+
+class OwnSoftmax(SoftmaxRegression):
+    """A subclass may compute anything: not estimated."""
+
+
+class UserModel:
+    def init(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {"w": np.zeros(5, np.float32)}
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        at.models.LogisticRegression(5),
+        at.models.LinearRegression(5),
+        SoftmaxRegression(5, 3),
+        at.models.MLP((5, 8, 3)),
+    ],
+    ids=lambda model: type(model).__name__,
+)
+def test_built_in_models_on_dense_rows_are_estimated_from_their_size(model: Any) -> None:
+    params = model.init(np.random.default_rng(0))
+    size = sum(value.size for value in params.values())
+    fixed, per_parameter, per_input = FIRST_MATH
+    estimate = first_math_estimate(model, params, _dense(5), batch_size=64, shards=4)
+    assert estimate == pytest.approx(fixed + 16 * (per_parameter * size + per_input * 5))
+    # a batch that does not divide: its largest shard counts
+    uneven = first_math_estimate(model, params, _dense(5), batch_size=65, shards=4)
+    assert uneven == pytest.approx(fixed + 17 * (per_parameter * size + per_input * 5))
+
+
+def test_other_models_and_other_data_are_not_estimated() -> None:
+    params = SoftmaxRegression(5, 3).init(np.random.default_rng(0))
+    for model in (OwnSoftmax(5, 3), UserModel()):
+        assert first_math_estimate(model, params, _dense(5), 64, 4) == float("inf")
+    sparse = {"X.data": np.zeros(10, np.float32), "y": np.zeros(10, np.int64)}
+    assert first_math_estimate(SoftmaxRegression(5, 3), params, sparse, 64, 4) == float("inf")
+    ring = object()  # a stream's ring: a SharedArrays handle, not a mapping of arrays
+    assert first_math_estimate(SoftmaxRegression(5, 3), params, ring, 64, 4) == float("inf")  # type: ignore[arg-type]
+
+
+def test_the_estimate_sends_the_reference_softmax_step_to_the_loop_and_the_mlp_away() -> None:
+    """The reference problems' shapes at batch 1,024 in one shard (the softmax race's)."""
+    softmax = SoftmaxRegression(128, 10)
+    mlp = at.models.MLP((128, 256, 10))
+    for model, on_loop in ((softmax, True), (mlp, False)):
+        params = model.init(np.random.default_rng(0))
+        estimate = first_math_estimate(model, params, _dense(128), batch_size=1024, shards=1)
+        assert (estimate <= LOOP_BUDGET) is on_loop
+
+
+def _record_tasks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    seen: list[int] = []
+    record = Placement.record
+
+    def recording(self: Placement, tasks: int, *args: Any, **kwargs: Any) -> None:
+        seen.append(tasks)
+        record(self, tasks, *args, **kwargs)
+
+    monkeypatch.setattr(Placement, "record", recording)
+    return seen
+
+
+async def test_a_small_models_first_step_computes_on_the_loop_with_the_same_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reference = await _fit("inline", 1)
+    seen = _record_tasks(monkeypatch)
+    backend = CountingThreads(1)
+    async with backend:
+        params = await _fit(backend, 1)
+    assert seen[0] == 0  # no worker hand-off before the math was ever timed
+    for key, value in reference.items():
+        assert params[key].tobytes() == value.tobytes()
+
+
+async def test_a_large_models_first_step_goes_to_a_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _record_tasks(monkeypatch)
+    data = synthetic("mlp", n=2048, seed=5)
+    model = at.models.MLP((data.X.shape[1], 256, 10))
+    async with (
+        CountingThreads(1) as backend,
+        at.Trainer(
+            model, at.optim.sgd(0.01), backend=backend, shards=1, batch_size=1024
+        ) as trainer,
+    ):
+        await trainer.fit(data, epochs=1)
+    assert seen[0] == 1
