@@ -22,9 +22,11 @@ import numpy.typing as npt
 from asynctrain import __version__, models, optim
 from asynctrain._checkpoint import Checkpoint, describe, list_checkpoints, replace_atomically
 from asynctrain._config import MODE_OPTIONS
+from asynctrain._control import FitControl
 from asynctrain._curves import check_plotting, plot_curves
-from asynctrain._events import FitResult
+from asynctrain._events import Callback, FitResult
 from asynctrain._exceptions import AsyncTrainError, ConfigError, DataError
+from asynctrain._offloop import off_loop
 from asynctrain._progress import Progress
 from asynctrain._runtime import run
 from asynctrain._trainer import Trainer
@@ -591,8 +593,10 @@ def _fit_and_report(
         check_plotting()
     backend = _backend(args)
     checkpoint_dir = getattr(args, "checkpoint_dir", None)
+    options = dict(fit_options or {})
     if checkpoint_dir is not None:
-        _write_spec(Path(checkpoint_dir), spec, resume=args.resume)
+        writer = _spec_writer(Path(checkpoint_dir), spec, resume=args.resume)
+        options["callbacks"] = [] if writer is None else [writer]
     model = spec.build()
     trainer = Trainer(
         model,
@@ -608,7 +612,6 @@ def _fit_and_report(
         shuffle=args.shuffle,
     )
     progress = Progress(enabled=not (args.no_progress or args.json))
-    options = dict(fit_options or {})
     if checkpoint_dir is not None:
         options["checkpoint_dir"] = checkpoint_dir
         options["checkpoint_every"] = args.checkpoint_every
@@ -646,38 +649,42 @@ def _summary(
     }
 
 
-def _write_spec(directory: Path, spec: ModelSpec, *, resume: bool) -> None:
-    """Describe the model next to its checkpoints (for `predict`); on ``--resume``, refuse
-    a spec other than the one the checkpoints were trained with; without it, refuse a
-    directory holding an earlier run's checkpoints (as the fit would) before its
-    description is replaced. A directory that cannot be written is one clear error."""
+def _spec_writer(directory: Path, spec: ModelSpec, *, resume: bool) -> _SpecWriter | None:
+    """Check the checkpoint directory for a fit of ``spec``; return the callback that
+    describes the model there (for `predict`), or None when the description there is
+    this one already.
+
+    On ``--resume``, refuse a spec other than the one the checkpoints were trained with;
+    without it, refuse a directory holding an earlier run's checkpoints (as the fit
+    would). The description is written only once the fit holds the directory (its lock,
+    taken before ``on_fit_start``), so a fit refused a directory another fit is using
+    leaves that fit's description alone. A directory that cannot be made is one clear
+    error, before any work."""
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"--checkpoint-dir {directory} is a file; pass a directory")
     try:
-        _write_spec_in(directory, spec, resume=resume)
+        stale = _spec_is_stale(directory, spec, resume=resume)
     except OSError as exc:
-        raise ConfigError(
-            f"--checkpoint-dir {directory}: cannot write {SPEC_FILE} there "
-            f"({exc.strerror or exc}); pass a writable directory"
-        ) from None
+        raise _unwritable(directory, exc) from None
+    return _SpecWriter(directory, spec) if stale else None
 
 
-def _write_spec_in(directory: Path, spec: ModelSpec, *, resume: bool) -> None:
+def _spec_is_stale(directory: Path, spec: ModelSpec, *, resume: bool) -> bool:
     path = directory / SPEC_FILE
     if resume and path.is_file():
         written = ModelSpec.from_json(path.read_text(), str(path))
         if written.feature_names is None and spec.feature_names is not None:
             # Written before column names were kept: the names are new, not different.
-            written = ModelSpec(**{**asdict(written), "feature_names": spec.feature_names})
-            if written == spec:
-                replace_atomically(path, lambda file: file.write(spec.to_json().encode()))
+            named = ModelSpec(**{**asdict(written), "feature_names": spec.feature_names})
+            if named == spec:
+                return True
         if written != spec:
             differ = [k for k, v in asdict(spec).items() if asdict(written)[k] != v]
             raise ConfigError(
                 f"--resume: {directory} was trained with other {', '.join(differ)}; "
                 "pass the same data and options, or another --checkpoint-dir"
             )
-        return
+        return False
     found = list_checkpoints(directory) if directory.is_dir() else []
     if found and not resume:
         raise ConfigError(
@@ -685,7 +692,30 @@ def _write_spec_in(directory: Path, spec: ModelSpec, *, resume: bool) -> None:
             f"{found[-1].name}); pass --resume to continue it, or another --checkpoint-dir"
         )
     directory.mkdir(parents=True, exist_ok=True)
-    replace_atomically(path, lambda file: file.write(spec.to_json().encode()))
+    return True
+
+
+def _unwritable(directory: Path, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"--checkpoint-dir {directory}: cannot write {SPEC_FILE} there "
+        f"({exc.strerror or exc}); pass a writable directory"
+    )
+
+
+class _SpecWriter(Callback):
+    """Writes the model's description into the checkpoint directory at the fit's start,
+    once the fit holds the directory."""
+
+    def __init__(self, directory: Path, spec: ModelSpec) -> None:
+        self.directory, self.spec = directory, spec
+
+    async def on_fit_start(self, fit: FitControl) -> None:
+        data = self.spec.to_json().encode()
+        path = self.directory / SPEC_FILE
+        try:
+            await off_loop(replace_atomically, path, lambda file: file.write(data))
+        except OSError as exc:
+            raise _unwritable(self.directory, exc) from None
 
 
 def _save(path: Path, spec: ModelSpec, result: FitResult) -> None:

@@ -34,7 +34,8 @@ class Progress:
         """Fit ``trainer`` on ``train`` for ``epochs`` epochs, updating the bar per step.
 
         The fit measures the event loop's lag (reported in ``FitResult.extra``);
-        ``options`` go to :meth:`Trainer.fit` (``checkpoint_dir``, ``resume``, ...).
+        ``options`` go to :meth:`Trainer.fit` (``checkpoint_dir``, ``resume``, ...;
+        ``callbacks`` run before the bar's).
         """
         total = steps_per_epoch(len(train), trainer.config.batch_size) * epochs
         callbacks = self.callbacks(total)
@@ -44,7 +45,7 @@ class Progress:
                     train,
                     epochs=epochs,
                     validation=validation,
-                    callbacks=callbacks,
+                    callbacks=[*options.pop("callbacks", ()), *callbacks],
                     monitor_lag=True,
                     **options,
                 )

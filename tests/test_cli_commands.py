@@ -15,6 +15,7 @@ import pytest
 import asynctrain as at
 from asynctrain import _progress
 from asynctrain._checkpoint import list_checkpoints
+from asynctrain._checkpoint._lock import DirectoryLock
 from asynctrain._cli import main
 from asynctrain.data import Dataset, load, synthetic
 
@@ -385,6 +386,30 @@ def test_a_new_run_in_the_directory_of_another_is_refused_keeping_its_model(
     out = tmp_path / "p.npy"
     assert main(["predict", ckpt, str(softmax_file), "--out", str(out)]) == 0
     assert main([*argv, "--model", "softmax", "--checkpoint-dir", ckpt, "--resume"]) == 0
+
+
+def test_a_run_refused_a_directory_in_use_leaves_the_model_description_there(
+    softmax_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A fit in progress that has written no checkpoint yet: the second run replaced its
+    # asynctrain-model.json with an MLP's before the fit's lock refused the directory,
+    # so the first run's checkpoints were described as another model's.
+    ckpt = tmp_path / "ckpt"
+    argv = ["train", str(softmax_file), "--epochs", "1", "--no-progress"]
+    assert main([*argv, "--model", "softmax", "--checkpoint-dir", str(ckpt)]) == 0
+    for path in list_checkpoints(ckpt):
+        path.unlink()  # as if the first fit were still before its first checkpoint
+    described = (ckpt / "asynctrain-model.json").read_bytes()
+    held = DirectoryLock(ckpt)
+    held.acquire()  # the first fit, still running
+    try:
+        capsys.readouterr()
+        other = [*argv, "--model", "mlp", "--hidden", "8", "--checkpoint-dir", str(ckpt)]
+        assert main(other) == 2
+        assert "in use by another fit" in capsys.readouterr().err
+        assert (ckpt / "asynctrain-model.json").read_bytes() == described
+    finally:
+        held.release()
 
 
 def test_predict_refuses_parameters_of_another_model_in_one_line(
