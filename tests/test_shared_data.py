@@ -174,6 +174,27 @@ def test_load_puts_parsed_formats_in_shared_memory(tmp_path: Path) -> None:
     assert repr(mapped).endswith("memory-mapped>")
 
 
+@pytest.mark.usefixtures("small_threshold")
+def test_a_converted_x_is_written_once_straight_into_shared_memory(tmp_path: Path) -> None:
+    # A float64 .npy loaded as float32 was converted into private memory, which the
+    # process backend then copied into shared memory again at every fit.
+    X = np.random.default_rng(3).standard_normal((200, 3)) * 1e3
+    X[0, 0] = 1e39  # beyond float32: Inf after the cast, refused naming the conversion
+    y = np.arange(200) % 2
+    np.save(tmp_path / "X.npy", X[1:])
+    np.save(tmp_path / "y.npy", y[1:])
+    loaded = at.data.load(tmp_path / "X.npy", tmp_path / "y.npy", dtype=np.float32)
+    built = Dataset(np.asfortranarray(X[1:]), y[1:], dtype=np.float32)
+    for data in (loaded, built):
+        assert data.shared
+        assert np.shares_memory(data.to_shared().X, data.X)  # no copy of X per fit
+        assert data.X.flags.c_contiguous
+        assert data.X.tobytes() == X[1:].astype(np.float32).tobytes()
+    assert not at.data.load(tmp_path / "X.npy", tmp_path / "y.npy").shared  # mapped as is
+    with pytest.raises(at.DataError, match=r"after conversion from float64"):
+        Dataset(X, y, dtype=np.float32)
+
+
 # -- where shared memory cannot be had ------------------------------------------------------
 
 

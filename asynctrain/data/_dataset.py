@@ -123,7 +123,9 @@ class Dataset:
             names = _named(names, feature_names, features)
             v.check_targets_shape(targets)
             v.check_rows(features, targets)
-            converted = v.to_float(features, target)
+            # Converted straight into shared memory when large (as to_shared would move
+            # it): the process backend's workers map it with no copy per fit.
+            converted = v.to_float(features, target, empty=empty)
             note = f" (after conversion from {features.dtype})" if converted is not features else ""
             v.check_finite("X", converted, note=note, columns=names)
         targets = v.to_targets(targets)
@@ -294,7 +296,9 @@ class Dataset:
         workers. The memory is freed when the last array of the dataset is garbage.
 
         :func:`~asynctrain.data.synthetic`, :func:`~asynctrain.data.load` of ``.npz`` and
-        ``.csv``, :meth:`subset` and :meth:`split` already return shared datasets. Arrays
+        ``.csv``, :meth:`subset` and :meth:`split` already return shared datasets, and a
+        dataset whose ``X`` the constructor converted (to ``dtype``, or from integers)
+        holds it there already. Arrays
         under 1 MiB stay private (copying them costs next to nothing), and so does
         everything where /dev/shm is missing or full: :attr:`shared` tells which happened.
         A memory-mapped ``X`` is copied too; a whole ``.npy`` file needs no such step, as

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import mmap
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 import numpy as np
@@ -140,18 +140,26 @@ def check_rows(X: npt.NDArray[Any], y: npt.NDArray[Any]) -> None:
         raise DataError("the dataset is empty (0 rows); pass at least one sample")
 
 
-def to_float(X: npt.NDArray[Any], dtype: np.dtype[Any] | None) -> npt.NDArray[Any]:
+def to_float(
+    X: npt.NDArray[Any],
+    dtype: np.dtype[Any] | None,
+    *,
+    empty: Callable[[tuple[int, ...], np.dtype[Any]], npt.NDArray[Any]] = np.empty,
+) -> npt.NDArray[Any]:
     """Return ``X`` in ``dtype``; by default float32/float64 are kept, others become float32.
 
-    Converts (and so copies) only when the dtype changes; a memory-mapped float32 or
-    float64 ``X`` is returned as is. Overflow in a float64 → float32 cast becomes Inf,
-    which :func:`check_finite` then reports.
+    Converts (and so copies) only when the dtype changes, into a C-ordered array made by
+    ``empty(shape, dtype)``; a memory-mapped float32 or float64 ``X`` is returned as is.
+    Overflow in a float64 → float32 cast becomes Inf, which :func:`check_finite` then
+    reports.
     """
     target = dtype if dtype is not None else _default_float(X.dtype)
     if X.dtype == target:
         return X
+    out = empty(X.shape, target)
     with np.errstate(over="ignore", invalid="ignore"):
-        return X.astype(target, subok=False)
+        np.copyto(out, X, casting="unsafe")
+    return out
 
 
 def to_targets(y: npt.NDArray[Any]) -> npt.NDArray[Any]:
