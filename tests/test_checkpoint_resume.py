@@ -19,6 +19,7 @@ from typing import Any
 import _resume_worker as problem
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from _reliability import skip_missing_backend, state_bits
 from _reliability import softmax_trainer as _softmax_trainer
 
@@ -335,6 +336,26 @@ async def test_mid_epoch_resume_on_other_data_is_refused(
     smaller = synthetic("softmax", n=400, seed=2)
     with pytest.raises(at.CheckpointError, match="mid-epoch on 500 samples; the data has 400"):
         await _softmax_trainer().fit(smaller, checkpoint_dir=tmp_path, resume=True)
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+async def test_mid_epoch_resume_on_another_pair_of_arrays_is_refused(
+    tmp_path: Path, data: at.data.Dataset, sparse: bool
+) -> None:
+    # A scipy.sparse X has no len(): the resume skipped the data-size check that a dense
+    # X gets, and went on (the epoch started over) on data the checkpoint never saw.
+    def pair(rows: int) -> tuple[Any, np.ndarray]:
+        X = data.X[:rows]
+        return (sp.csr_array(X) if sparse else X), data.y[:rows]
+
+    with pytest.raises(Interrupted):
+        await _softmax_trainer().fit(
+            pair(500), checkpoint_dir=tmp_path, checkpoint_every=2, callbacks=[InterruptAt(3)]
+        )
+    with pytest.raises(at.CheckpointError, match="mid-epoch on 500 samples; the data has 400"):
+        await _softmax_trainer().fit(pair(400), checkpoint_dir=tmp_path, resume=True)
+    resumed = await _softmax_trainer().fit(pair(500), checkpoint_dir=tmp_path, resume=True)
+    assert resumed.steps == 3  # the same rows: the epoch continues at batch 2 of 5
 
 
 async def test_a_failed_save_stops_the_fit_and_keeps_the_previous(

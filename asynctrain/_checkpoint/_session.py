@@ -376,9 +376,15 @@ def _prepare_directory(lock: DirectoryLock, fresh_at: int | None) -> None:
 
 
 def _samples_of(data: Any) -> int | None:
+    """The rows of ``data`` (a Dataset, or the X of a tuple), read without a scan; None
+    when it does not tell (the fit then refuses the data itself)."""
+    X = data[0] if isinstance(data, tuple) and data else data
     try:
-        return len(data) if not isinstance(data, tuple) else len(data[0])
-    except TypeError:
+        return len(X)
+    except TypeError:  # scipy.sparse: "length is ambiguous", but its shape tells
+        shape = getattr(X, "shape", None)
+        if isinstance(shape, tuple) and shape and isinstance(shape[0], int):
+            return shape[0]
         return None
 
 
