@@ -650,17 +650,19 @@ class Trainer:
 
         Args:
             path: the file to write, or an existing directory to write
-                ``step-<n>.ckpt`` into.
+                ``step-<n>.ckpt`` into. A path ending in a separator (``"run/"``)
+                names a directory, which must exist.
 
         Raises:
-            CheckpointError: the write failed (the previous file at ``path`` is intact).
+            CheckpointError: the write failed (the previous file at ``path`` is intact),
+                or ``path`` ends in a separator and is no directory.
 
         Example:
             >>> await trainer.save("run/final.ckpt")  # doctest: +SKIP
         """
         with Writer() as writer:
             payload = await writer.snapshot(self._checkpoint_subject())
-            return await writer.run(save_to, Path(path), payload, writer.cancel)
+            return await writer.run(save_to, path, payload, writer.cancel)
 
     async def load(self, path: PathLike) -> None:
         """Continue from the checkpoint at ``path`` (a file, or a directory's latest).

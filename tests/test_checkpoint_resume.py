@@ -137,6 +137,28 @@ async def test_save_load_and_restore_round_trip(tmp_path: Path, data: at.data.Da
     assert state_bits(restored.state) == state_bits(trainer.state)
 
 
+async def test_a_path_ending_in_a_separator_names_a_directory(
+    tmp_path: Path, data: at.data.Dataset
+) -> None:
+    # Path("new/") is Path("new"): save wrote a file named "new", and ModelCheckpoint
+    # ("new/") one such file per epoch, each over the last.
+    trainer = _softmax_trainer()
+    await trainer.fit(data, epochs=1)
+    missing = f"{tmp_path / 'new'}{os.sep}"
+    with pytest.raises(at.CheckpointError, match=f"cannot save to {missing}: it ends in a"):
+        await trainer.save(missing)
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(at.CheckpointError, match="names a directory"):
+        await trainer.save(f"{tmp_path / 'file'}{os.sep}")
+    saver = at.ModelCheckpoint(missing)
+    with pytest.raises(at.CheckpointError, match="names a directory"):
+        await trainer.fit(data, epochs=1, callbacks=[saver])
+    assert os.listdir(tmp_path) == ["file"]
+    assert (tmp_path / "file").read_bytes() == b""
+    (tmp_path / "new").mkdir()
+    assert await trainer.save(missing) == tmp_path / "new" / "step-000000000010.ckpt"
+
+
 class _Named:
     """A linear regression whose parameters have the given names (summed into one)."""
 

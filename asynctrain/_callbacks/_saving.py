@@ -24,7 +24,8 @@ class ModelCheckpoint(Callback):
             style: ``{epoch}`` and any of ``loss``, ``val_loss``, ``val_accuracy`` and
             the chosen metrics (``"ckpt/epoch-{epoch:03d}-{val_loss:.3f}.ckpt"``). A
             fixed name is overwritten each time; an existing directory receives
-            ``step-<n>.ckpt`` files.
+            ``step-<n>.ckpt`` files (a path ending in a separator names a directory,
+            which must exist: else the first save fails with a ``CheckpointError``).
         best_only: save only when the monitored value improves on the best so far.
         monitor: what "best" means; as :class:`~asynctrain.EarlyStopping`'s ``monitor``.
         min_delta: smallest change that counts as an improvement (>= 0).
@@ -86,7 +87,7 @@ class ModelCheckpoint(Callback):
             raise ConfigError("ModelCheckpoint runs inside a fit: pass it in callbacks=[...]")
         self.saved.append(await self._fit.save(self._format(event)))
 
-    def _format(self, event: EpochEvent) -> Path:
+    def _format(self, event: EpochEvent) -> str:
         values = {
             "epoch": event.epoch,
             "loss": event.loss,
@@ -95,7 +96,7 @@ class ModelCheckpoint(Callback):
             **event.metrics,
         }
         try:
-            return Path(self.path.format(**values))
+            return self.path.format(**values)  # a str: Path would drop a final "/"
         except KeyError as exc:
             raise ConfigError(
                 f"ModelCheckpoint path {self.path!r} names {exc}, which epoch {event.epoch} "

@@ -388,9 +388,22 @@ def _samples_of(data: Any) -> int | None:
         return None
 
 
-def save_to(path: Path, payload: Payload, cancel: threading.Event) -> Path:
-    """Write ``payload`` to ``path``, or into it under its step's name if it is a directory."""
-    if path.is_dir():
-        path /= checkpoint_name(payload.state.step)
-    write_and_prune(path, payload, cancel)
-    return path
+def save_to(path: PathLike, payload: Payload, cancel: threading.Event) -> Path:
+    """Write ``payload`` to ``path``, or into it under its step's name if it is a directory.
+
+    Raises:
+        CheckpointError: ``path`` ends in a separator (it names a directory) but is no
+            directory: ``Path`` would drop the separator and write a file of that name.
+    """
+    target = Path(path)
+    if target.is_dir():
+        return save_to(target / checkpoint_name(payload.state.step), payload, cancel)
+    text = os.fspath(path)
+    if text.endswith(os.sep) or (os.altsep is not None and text.endswith(os.altsep)):
+        raise CheckpointError(
+            f"cannot save to {text}: it ends in a separator, so it names a directory, and "
+            f"{target} is none; create the directory first, or name the file to write "
+            f"(e.g. {target / 'latest.ckpt'})"
+        )
+    write_and_prune(target, payload, cancel)
+    return target
