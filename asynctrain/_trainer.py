@@ -165,6 +165,8 @@ class Trainer:
         self._partial_lock = asyncio.Lock()  # FIFO: partial_fit calls apply in call order
         self._partials = 0  # partial_fit calls waiting or running
         self._feature_names: FeatureNames | None = None
+        # The checkpoint_dir of the running fit: its step-<n>.ckpt files are the fit's.
+        self._fit_directory: Path | None = None
         self.lag: LoopLagMonitor | None = None
         """The loop-lag monitor of the running fit (``fit(monitor_lag=True)``), else None."""
 
@@ -351,7 +353,7 @@ class Trainer:
             restore=self._restore,
             callbacks=callbacks,
         )
-        async with self._monitoring_lag(monitor_lag) as lag, session:
+        async with self._monitoring_lag(monitor_lag) as lag, session, self._saving_into(session):
             epochs = await session.resume(epochs, data)
             events = None
             if epochs:
@@ -376,6 +378,18 @@ class Trainer:
         if lag is not None:
             result.extra.update(lag.stats().as_dict("loop_lag_"))
         return self._named(result)
+
+    @contextlib.asynccontextmanager
+    async def _saving_into(self, session: CheckpointSession) -> AsyncIterator[None]:
+        """Keep :meth:`save` out of the fit's checkpoint_dir while the fit runs (a second
+        fit, refused as the trainer runs one, leaves the first one's alone)."""
+        previous = self._fit_directory
+        if previous is None:
+            self._fit_directory = session.directory
+        try:
+            yield
+        finally:
+            self._fit_directory = previous
 
     @contextlib.asynccontextmanager
     async def _monitoring_lag(self, on: bool) -> AsyncIterator[LoopLagMonitor | None]:
@@ -655,14 +669,18 @@ class Trainer:
 
         Raises:
             CheckpointError: the write failed (the previous file at ``path`` is intact),
-                or ``path`` ends in a separator and is no directory.
+                ``path`` ends in a separator and is no directory, or during a fit with a
+                ``checkpoint_dir``, ``path`` would be a ``step-<n>.ckpt`` of that
+                directory (the fit's own checkpoints go there, with its callbacks'
+                states; a save from here would lack them yet be taken by a resume).
 
         Example:
             >>> await trainer.save("run/final.ckpt")  # doctest: +SKIP
         """
         with Writer() as writer:
             payload = await writer.snapshot(self._checkpoint_subject())
-            return await writer.run(save_to, path, payload, writer.cancel)
+            save = functools.partial(save_to, reserved=self._fit_directory)
+            return await writer.run(save, path, payload, writer.cancel)
 
     async def load(self, path: PathLike) -> None:
         """Continue from the checkpoint at ``path`` (a file, or a directory's latest).

@@ -8,6 +8,7 @@ resume shows that the scenario depends on the state (without it the run goes on 
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,48 @@ async def test_resume_params_only_starts_the_callbacks_afresh(
                       checkpoint_dir=tmp_path, resume="params")  # fmt: skip
     assert stopper.best_epoch is not None
     assert stopper.best_epoch >= 4
+
+
+class SaveInto(at.Callback):
+    """Saves the trainer to ``path`` at every epoch's end, as a user's callback may."""
+
+    def __init__(self, path: Any) -> None:
+        self.path = path
+
+    def on_fit_start(self, fit: at.FitControl) -> None:
+        self.fit = fit
+
+    async def on_epoch(self, event: at.EpochEvent) -> None:
+        await self.fit.save(self.path)
+
+
+async def test_a_save_into_the_running_fits_checkpoint_dir_is_refused(
+    tmp_path: Path, split: tuple[Dataset, Dataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Such a save held none of the callbacks' states, yet it could be the directory's
+    # latest checkpoint (here step 5, before the fit's own at 7): a resume took it, and
+    # EarlyStopping waited its patience afresh.
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"  # the fit is given "run": the same directory, named otherwise
+    for into in (
+        at.ModelCheckpoint(run),
+        at.ModelCheckpoint(f"run{os.sep}"),
+        at.ModelCheckpoint("run/step-{epoch:012d}.ckpt"),
+        SaveInto(run / "step-000000000999.ckpt"),
+    ):
+        with pytest.raises(at.CheckpointError, match="running fit's checkpoint_dir"):
+            await _fit(split, [_stopper(), into], checkpoint_dir="run", checkpoint_every=7)
+        assert not list_checkpoints(run)
+    (tmp_path / "elsewhere").mkdir()
+    best = at.ModelCheckpoint(run / "best.ckpt", best_only=True)  # not a step-<n>.ckpt
+    elsewhere = SaveInto(tmp_path / "elsewhere")
+    _, result = await _fit(
+        split, [_stopper(), best, elsewhere], checkpoint_dir="run", checkpoint_every=7
+    )
+    assert result.stopped_early
+    assert set(best.saved) == {run / "best.ckpt"}
+    assert len(list_checkpoints(tmp_path / "elsewhere")) == len(result.history)
+    assert "EarlyStopping#0" in Checkpoint.read(run).callback_states()
 
 
 class Hoarder(at.Callback):

@@ -26,6 +26,8 @@ class ModelCheckpoint(Callback):
             fixed name is overwritten each time; an existing directory receives
             ``step-<n>.ckpt`` files (a path ending in a separator names a directory,
             which must exist: else the first save fails with a ``CheckpointError``).
+            Not a ``step-<n>.ckpt`` in the fit's own ``checkpoint_dir``: those are the
+            fit's checkpoints (refused with a ``CheckpointError`` at the first save).
         best_only: save only when the monitored value improves on the best so far.
         monitor: what "best" means; as :class:`~asynctrain.EarlyStopping`'s ``monitor``.
         min_delta: smallest change that counts as an improvement (>= 0).

@@ -78,6 +78,12 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:012d}.ckpt"
 
 
+def is_checkpoint_name(name: str) -> bool:
+    """Whether a file named ``name`` counts as a checkpoint of its directory
+    (``step-<n>.ckpt``): a resume, ``load`` of the directory and ``keep`` consider it."""
+    return _NAME.match(name) is not None
+
+
 def checkpoint_step(path: Path) -> int:
     """The step in the name of a checkpoint :func:`list_checkpoints` found."""
     found = _NAME.match(path.name)

@@ -32,6 +32,7 @@ from asynctrain._checkpoint._content import (
     checkpoint_step,
     copied_bytes,
     encode_state,
+    is_checkpoint_name,
     list_checkpoints,
     order_sha256,
     snapshot,
@@ -388,16 +389,25 @@ def _samples_of(data: Any) -> int | None:
         return None
 
 
-def save_to(path: PathLike, payload: Payload, cancel: threading.Event) -> Path:
+def save_to(
+    path: PathLike, payload: Payload, cancel: threading.Event, *, reserved: Path | None = None
+) -> Path:
     """Write ``payload`` to ``path``, or into it under its step's name if it is a directory.
+
+    ``reserved``: the checkpoint_dir of the fit running meanwhile, whose checkpoints
+    (``step-<n>.ckpt``) are the fit's own.
 
     Raises:
         CheckpointError: ``path`` ends in a separator (it names a directory) but is no
-            directory: ``Path`` would drop the separator and write a file of that name.
+            directory: ``Path`` would drop the separator and write a file of that name;
+            or ``path`` is (or would write) a checkpoint of ``reserved``.
     """
     target = Path(path)
     if target.is_dir():
-        return save_to(target / checkpoint_name(payload.state.step), payload, cancel)
+        target /= checkpoint_name(payload.state.step)
+        return save_to(target, payload, cancel, reserved=reserved)
+    if reserved is not None and is_checkpoint_name(target.name):
+        _refuse_fit_directory(target, reserved)
     text = os.fspath(path)
     if text.endswith(os.sep) or (os.altsep is not None and text.endswith(os.altsep)):
         raise CheckpointError(
@@ -407,3 +417,25 @@ def save_to(path: PathLike, payload: Payload, cancel: threading.Event) -> Path:
         )
     write_and_prune(target, payload, cancel)
     return target
+
+
+def _refuse_fit_directory(target: Path, directory: Path) -> None:
+    """Refuse ``target`` if it lies in ``directory``, the running fit's checkpoint_dir.
+
+    Such a file holds no callbacks' states (nor anything else only the fit's own saves
+    record), yet may be the directory's latest checkpoint, which a resume then takes: an
+    EarlyStopping would wait its patience afresh. The fit's checkpoints take theirs after
+    every callback has seen the event; one taken from a callback could not.
+    """
+    try:
+        inside = os.path.samefile(target.parent, directory)
+    except OSError:  # a parent that does not exist is not the fit's directory
+        return
+    if inside:
+        raise CheckpointError(
+            f"cannot save to {target}: it would be a checkpoint of the running fit's "
+            f"checkpoint_dir {directory}, without what the fit's own checkpoints keep (its "
+            "callbacks' states), and a resume would take it for the latest; the fit saves "
+            "there itself (checkpoint_every=...): save to another directory, or under a name "
+            f"that is not step-<n>.ckpt (e.g. {directory / 'manual.ckpt'})"
+        )
