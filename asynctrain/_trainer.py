@@ -307,9 +307,12 @@ class Trainer:
             keep: how many of the latest checkpoints to keep (None: all).
             resume: continue from the latest checkpoint in ``checkpoint_dir``, if any,
                 exactly where it left off (parameters, optimizer, data order); its model
-                and optimizer settings must equal this trainer's. ``"params"``: take only
-                its parameters (and step, epoch and data position) and start the optimizer
-                afresh, so the optimizer or the model's hyperparameters may differ.
+                and optimizer settings must equal this trainer's. A run that a callback
+                stopped early is over: resuming it trains nothing and returns at once
+                (``stopped_early`` set), as resuming a finished run does. ``"params"``:
+                take only its parameters (and step, epoch and data position) and start
+                the optimizer afresh, so the optimizer or the model's hyperparameters may
+                differ; this starts a new run, which trains on after an early stop too.
             monitor_lag: measure the event loop's lag during the fit with a
                 :class:`~asynctrain.LoopLagMonitor` beating every 10 ms (a 1 ms heartbeat
                 took about 9 % of a thread backend's throughput); its p50/p99/max (ms) go
@@ -377,6 +380,8 @@ class Trainer:
             )
         if lag is not None:
             result.extra.update(lag.stats().as_dict("loop_lag_"))
+        if session.resumed_stopped:  # the rerun of a run a callback stopped: still stopped
+            result = dataclasses.replace(result, stopped_early=True)
         return self._named(result)
 
     @contextlib.asynccontextmanager

@@ -19,7 +19,7 @@ from _crafting import rezip
 from _reliability import softmax_trainer, state_bits
 
 import asynctrain as at
-from asynctrain._checkpoint import Checkpoint, list_checkpoints
+from asynctrain._checkpoint import Checkpoint, describe, list_checkpoints
 from asynctrain._checkpoint._content import callback_keys
 from asynctrain.data import Dataset, synthetic
 
@@ -161,6 +161,63 @@ async def test_resume_params_only_starts_the_callbacks_afresh(
                       checkpoint_dir=tmp_path, resume="params")  # fmt: skip
     assert stopper.best_epoch is not None
     assert stopper.best_epoch >= 4
+
+
+async def test_rerunning_an_early_stopped_fit_returns_at_once(
+    tmp_path: Path, split: tuple[Dataset, Dataset]
+) -> None:
+    # The final checkpoint did not record that EarlyStopping had stopped the fit, so a
+    # resume=True rerun of the same call trained on until the stopper fired again.
+    run = tmp_path / "run"
+    stopper = _stopper()
+    trainer, first = await _fit(split, [stopper], checkpoint_dir=run, resume=True)
+    assert first.stopped_early
+    assert first.history[-1].epoch < EPOCHS - 1
+    assert Checkpoint.read(run).stopped_early
+    assert "; the fit stopped early here" in describe(run)  # asynctrain inspect
+    final = list_checkpoints(run)
+
+    again = _stopper()
+    rerun, second = await _fit(split, [again], checkpoint_dir=run, resume=True)
+    assert (second.steps, second.history, second.stopped_early) == (0, [], True)
+    assert state_bits(rerun.state) == state_bits(trainer.state)  # restore_best's, again
+    assert (again.best_epoch, again.waited) == (stopper.best_epoch, stopper.waited)
+    assert list_checkpoints(run) == final
+    assert Checkpoint.read(run).stopped_early
+
+    # resume="params" starts a new run from the parameters: it trains on.
+    onwards = await softmax_trainer().fit(
+        split[0], epochs=EPOCHS, checkpoint_dir=run, resume="params"
+    )
+    assert onwards.steps > 0
+    assert not Checkpoint.read(run).stopped_early
+
+
+async def test_a_checkpoint_without_the_stopped_record_resumes_as_before(
+    tmp_path: Path, split: tuple[Dataset, Dataset]
+) -> None:
+    run = tmp_path / "run"
+    stopper = _stopper()
+    _, first = await _fit(split, [stopper], checkpoint_dir=run, resume=True)
+    latest = list_checkpoints(run)[-1]
+    rezip(latest, latest, lambda manifest: manifest.pop("stopped_early"))  # an older file
+    assert not Checkpoint.read(run).stopped_early
+    _, second = await _fit(split, [_stopper()], checkpoint_dir=run, resume=True)
+    assert second.steps > 0
+    assert second.history[0].epoch == first.history[-1].epoch + 1
+
+
+async def test_a_stopped_run_goes_on_from_its_full_state_by_load(
+    tmp_path: Path, split: tuple[Dataset, Dataset]
+) -> None:
+    run = tmp_path / "run"
+    _, first = await _fit(split, [_stopper()], checkpoint_dir=run)
+    loaded = softmax_trainer()
+    await loaded.load(run)  # the state training reached, optimizer included
+    more = await loaded.fit(split[0], epochs=2, checkpoint_dir=run)  # 2 epochs more
+    last = first.history[-1].epoch
+    assert [event.epoch for event in more.history] == [last + 1, last + 2]
+    assert not Checkpoint.read(run).stopped_early
 
 
 class SaveInto(at.Callback):

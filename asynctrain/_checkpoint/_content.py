@@ -6,7 +6,8 @@ drawn from, the settings a resuming trainer must share (shards, batch size, seed
 mode, model shape and dtype), the names of the feature columns trained on (the
 model section's ``feature_names``; null for arrays, and in checkpoints older than it),
 and the state of the fit's callbacks that keep one (the ``callbacks`` section, by
-:func:`callback_keys`, with arrays ``callbacks/<i>``; absent in older checkpoints).
+:func:`callback_keys`, with arrays ``callbacks/<i>``; absent in older checkpoints), and
+whether a callback stopped the fit there (``stopped_early``; absent in older ones: not).
 The file format is in :mod:`._format` and :mod:`._verify`.
 """
 
@@ -125,6 +126,8 @@ class Payload(NamedTuple):
     info: dict[str, Any]
     callbacks: dict[str, Any] | None = None
     """The fit's callbacks' states by :func:`callback_keys` (None: no fit, or none kept)."""
+    stopped_early: bool = False
+    """The fit's final checkpoint after a callback stopped it: its run is over."""
 
 
 def callback_keys(callbacks: Sequence[Any]) -> list[str]:
@@ -232,6 +235,7 @@ def _contents(
         "rng": rng,
         **{key: info[key] for key in ("config", "model")},
         "optimizer": {"repr": info["optimizer"], "state": payload.spec},
+        "stopped_early": payload.stopped_early,
     }
     arrays = {f"params/{k}": v for k, v in state.params.items()}
     arrays |= {f"opt_state/{i}": a for i, a in enumerate(payload.opt_arrays)}
@@ -302,6 +306,13 @@ class Checkpoint:
         trainer that had not fit on data; always known mid-epoch), checked by :meth:`read`."""
         samples: int | None = self.section("rng").get("samples")
         return samples
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether a callback stopped the fit that wrote this checkpoint, here: its run
+        is over, and a ``resume=True`` rerun returns at once (False in checkpoints older
+        than the field); checked by :meth:`read`."""
+        return self.manifest.get("stopped_early") is True
 
     @property
     def params(self) -> dict[str, npt.NDArray[Any]]:
@@ -695,6 +706,7 @@ _TOP: dict[str, Callable[[Any], bool]] = {
     "asynctrain_version": _is_text,
     "numpy_version": _is_text,
     "created_unix": _is_time,
+    "stopped_early": _optional(lambda value: type(value) is bool),
 }
 _SECTIONS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "state": {name: _count(0) for name in _COUNTERS},

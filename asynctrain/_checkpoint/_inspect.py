@@ -38,7 +38,8 @@ def describe(path: str | Path, *, as_json: bool = False) -> str:
         f"{manifest.get('asynctrain_version')}, numpy {manifest.get('numpy_version')})",
         f"created     {_when(manifest.get('created_unix'))}",
         f"state       step {step}, epoch {epoch}, batch {batch} "
-        f"({skipped} skipped, parameter version {version})",
+        f"({skipped} skipped, parameter version {version})"
+        + ("; the fit stopped early here" if checkpoint.stopped_early else ""),
         f"settings    {_pairs(checkpoint.section('config'))}",
         f"model       {model.get('repr')} ({model.get('dtype')})",
         f"features    {_features(checkpoint.feature_names)}",

@@ -167,6 +167,8 @@ class CheckpointSession:
         self._digest: OrderDigest = functools.lru_cache(maxsize=1)(order_sha256)
         self.callbacks = list(callbacks)
         self._resumed: Checkpoint | None = None
+        self.resumed_stopped = False
+        """A full resume found the run stopped early by a callback: nothing is left."""
 
     async def __aenter__(self) -> Self:
         if self.directory is not None:
@@ -216,13 +218,15 @@ class CheckpointSession:
     async def resume(self, epochs: int, data: object) -> int:
         """Restore the latest checkpoint if asked; return the epochs left to train.
 
-        With ``resume``, ``epochs`` counts every epoch of the run, restored or not.
+        With ``resume``, ``epochs`` counts every epoch of the run, restored or not; a
+        run a callback stopped early has none left (a full resume of it, as the rerun of
+        a finished run, returns at once with its state).
         """
         if self._writer is None:
             return epochs
         if self.resume_latest:
             await self._restore_latest(data)
-            epochs = max(0, epochs - self.current().epoch)
+            epochs = 0 if self.resumed_stopped else max(0, epochs - self.current().epoch)
         self._last_epoch = self.current().epoch + epochs
         self._seen_step = self.current().step
         return epochs
@@ -243,6 +247,8 @@ class CheckpointSession:
         self.restore(state, checkpoint.feature_names, checkpoint.samples)
         self._saved_step = state.step
         self._resumed = None if params_only else checkpoint
+        # resume="params" starts a new run from the parameters: it trains on.
+        self.resumed_stopped = not params_only and checkpoint.stopped_early
 
     def restore_callbacks(self) -> None:
         """Hand each callback the state it kept in the checkpoint resumed from (its
@@ -286,21 +292,25 @@ class CheckpointSession:
             self._due = False
             await self._save()
 
-    async def finish(self) -> None:
-        """Save the final state (unless just saved) and wait for every write to land."""
+    async def finish(self, stopped: bool = False) -> None:
+        """Save the final state (unless just saved) and wait for every write to land.
+
+        ``stopped``: a callback stopped the fit; the final checkpoint records it (saved
+        again if need be), so a resume of the run returns at once instead of training on.
+        """
         if self._writer is None:
             return
         await self._drain()
-        if self.subject().state.step != self._saved_step:
-            await self._save()
+        if stopped or self.subject().state.step != self._saved_step:
+            await self._save(stopped=stopped)
             await self._drain()
 
-    async def _save(self) -> None:
+    async def _save(self, *, stopped: bool = False) -> None:
         assert self._writer is not None
         assert self.directory is not None
         await self._drain()
         payload = await self._writer.snapshot(self.subject())
-        payload = payload._replace(callbacks=callback_states(self.callbacks))
+        payload = payload._replace(callbacks=callback_states(self.callbacks), stopped_early=stopped)
         path = self.directory / checkpoint_name(payload.state.step)
         self._pending = self._writer.submit(
             write_and_prune, path, payload, self._writer.cancel, self.keep, self._digest

@@ -233,7 +233,7 @@ async def collect(
     callbacks: Sequence[Callback],
     after: Callable[[Event], Awaitable[None]] | None = None,
     *,
-    finish: Callable[[], Awaitable[None]] | None = None,
+    finish: Callable[[bool], Awaitable[None]] | None = None,
     after_start: Callable[[], None] | None = None,
     control: FitControl | None = None,
 ) -> FitResult:
@@ -242,10 +242,11 @@ async def collect(
     ``current`` reads the trainer's committed state (before and after); ``after`` runs
     on every event after the callbacks, so what they change between steps (the
     learning-rate scale) is in a fit's checkpoint of that event; ``finish`` runs once the
-    events end (the final checkpoint). With ``control``, the callbacks' ``on_fit_start``
-    runs before the first event (then ``after_start``: a resumed fit hands the callbacks
-    back their state) and their ``on_fit_end`` after ``finish``, however the fit ends:
-    what it changes (restored parameters) is in the result. ``None`` events
+    events end (the final checkpoint), told whether a callback stopped them. With
+    ``control``, the callbacks' ``on_fit_start`` runs before the first event (then
+    ``after_start``: a resumed fit hands the callbacks back their state) and their
+    ``on_fit_end`` after ``finish``, however the fit ends: what it changes (restored
+    parameters) is in the result. ``None`` events
     stand for none at all (a resumed run with nothing left to train).
     """
     started, first = time.perf_counter(), current()
@@ -270,7 +271,7 @@ async def collect(
                 if after is not None:
                     await after(event)
         if finish is not None:
-            await finish()
+            await finish(stopped)
     except BaseException as exc:
         error = exc
         raise
