@@ -316,6 +316,59 @@ async def test_csv_logger_appends_rows_that_line_up_with_the_files_header(
         await at.fit(model, data, epochs=1, **options)  # type: ignore[arg-type]
 
 
+class _Crash(Exception):
+    """Raised by a callback to stop a fit the hard way."""
+
+
+class _CrashAfter(at.Callback):
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_step(self, event: at.StepEvent) -> None:
+        if event.step + 1 == self.steps:
+            raise _Crash(f"after {self.steps} steps")
+
+
+async def test_csv_logger_appending_to_a_resumed_fit_logs_each_epoch_once(
+    tmp_path: Path,
+) -> None:
+    # The rows of the epochs after the checkpoint the fit resumed from stayed in the
+    # file, and the resumed fit wrote those epochs again: epoch 2 twice here.
+    data = at.data.synthetic("softmax", n=500, seed=2)  # 5 steps an epoch
+    val = at.data.synthetic("softmax", n=300, seed=3)
+
+    async def fit(
+        path: Path, run: str, *more: at.Callback, epochs: int, resume: bool = False
+    ) -> at.FitResult:
+        model = at.models.SoftmaxRegression(128, 10)
+        trainer = at.Trainer(model, at.optim.adam(1e-2), backend="inline", batch_size=100)
+        return await trainer.fit(
+            data,
+            epochs=epochs,
+            validation=val,
+            callbacks=[at.CSVLogger(path, append=True), *more],
+            checkpoint_dir=tmp_path / run,
+            checkpoint_every=7,
+            resume=resume,
+        )
+
+    def epochs(path: Path) -> list[str]:
+        with path.open(newline="") as file:
+            return [row["epoch"] for row in csv.DictReader(file)]
+
+    whole = await fit(tmp_path / "whole.csv", "whole", epochs=6)
+    path = tmp_path / "log.csv"
+    await fit(path, "earlier", epochs=1)  # an earlier run's row: it stays
+    with pytest.raises(_Crash):  # epochs 0-2 logged; the latest checkpoint: step 14
+        await fit(path, "run", _CrashAfter(19), epochs=6)
+    assert epochs(path) == ["0", "0", "1", "2"]
+    await fit(path, "run", epochs=6, resume=True)  # goes on from step 14, in epoch 2
+    assert epochs(path) == ["0", "0", "1", "2", "3", "4", "5"]
+    with path.open(newline="") as file:
+        rows = list(csv.DictReader(file))[1:]
+    assert [float(row["val_loss"]) for row in rows] == [e.val_loss for e in whole.history]
+
+
 async def test_loggers_close_when_the_fit_fails(tmp_path: Path) -> None:
     class Boom(at.Callback):
         def on_epoch(self, event: at.EpochEvent) -> None:

@@ -124,7 +124,9 @@ class CSVLogger(_FileLogger):
             one) instead of starting it afresh at each fit. The rows follow the file's
             header: a column this fit lacks is ``nan``, and a fit with a column the
             header lacks (a metric the earlier fits did not choose) fails at its first
-            epoch, before any row of it is written.
+            epoch, before any row of it is written. A fit resumed from a checkpoint
+            (``resume=True``) first drops the rows written after that checkpoint was
+            taken (the epochs it trains again), so each epoch has one row.
 
     Raises:
         ConfigError: (at a fit's first epoch) ``append=True`` to a file whose header
@@ -143,16 +145,41 @@ class CSVLogger(_FileLogger):
             raise ConfigTypeError(f"append must be True or False, got {append!r}")
         self.path, self.append = Path(path), append
         self._columns: list[str] | None = None
+        # The lines (header included) the file holds for this fit, and whether the file
+        # may hold more: rows written after the checkpoint a fit resumed from.
+        self._lines = 0
+        self._cut = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """The file and its lines so far: a resumed fit drops the rows written after."""
+        return {"path": str(self.path), "lines": self._lines}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Carry on from a checkpoint's :meth:`state_dict`: with ``append``, the rows the
+        file got after it (epochs the resumed fit trains again) are dropped before the
+        first row of this fit is written. Another file, or one with no more lines than
+        then, is left alone.
+
+        Raises:
+            TypeError, KeyError: a state this callback did not write.
+        """
+        path, lines = state["path"], state["lines"]
+        if type(path) is not str or type(lines) is not int or lines < 0:
+            raise TypeError(f"path {path!r} and lines {lines!r} are not a path and a count")
+        if self.append and path == str(self.path) and lines < self._lines:
+            self._lines, self._cut = lines, True
 
     def _open(self) -> IO[str]:
         log = self.path.open("a" if self.append else "w", newline="", encoding="utf-8")
         # The columns of the rows already there: appended rows must line up with them (a
         # fit with other metrics wrote rows longer or shorter than the header).
-        self._columns = None
+        self._columns, self._lines, self._cut = None, 0, False
         if log.tell() > 0:
             try:
                 with self.path.open(newline="", encoding="utf-8") as written:
-                    self._columns = next(csv.reader(written), None) or None
+                    lines = written.readlines()
+                self._columns = next(csv.reader(lines[:1]), None) or None
+                self._lines = len(lines)
             except (UnicodeDecodeError, csv.Error) as exc:
                 log.close()
                 raise ConfigError(
@@ -160,12 +187,25 @@ class CSVLogger(_FileLogger):
                 ) from None
         return log
 
+    def _cut_to_lines(self, log: IO[str]) -> None:
+        """Drop the file's lines after its first :attr:`_lines` with one truncate (a
+        reader sees the rows before or after it, never part of a row)."""
+        log.flush()
+        kept = self.path.read_bytes().splitlines(keepends=True)[: self._lines]
+        log.truncate(sum(len(line) for line in kept))
+        if not kept:  # the header went too: the next row writes it again
+            self._columns = None
+        self._cut = False
+
     def _write(self, log: IO[str], event: EpochEvent) -> None:
+        if self._cut:
+            self._cut_to_lines(log)
         values = epoch_values(event)
         writer = csv.writer(log)
         if self._columns is None:
             self._columns = list(values)
             writer.writerow(self._columns)
+            self._lines += 1
         extra = [name for name in values if name not in self._columns]
         if extra:
             raise ConfigError(
@@ -176,6 +216,7 @@ class CSVLogger(_FileLogger):
         row = (values.get(name, math.nan) for name in self._columns)
         writer.writerow(repr(v) if isinstance(v, float) else v for v in row)
         log.flush()
+        self._lines += 1
 
     def __repr__(self) -> str:
         return f"CSVLogger({str(self.path)!r}, append={self.append})"
