@@ -135,12 +135,17 @@ def prepare(
 
 
 def prepare_validation(
-    model: Model, data: DataLike, *, feature_names: FeatureNames | None = None
+    model: Model,
+    data: DataLike,
+    *,
+    feature_names: FeatureNames | None = None,
+    name: str = "validation",
 ) -> Dataset:
     """``data`` validated as validation data for ``model``: :func:`prepare`, but one class
     is enough (the data is evaluated, not trained on), and a :class:`DataError` says it
-    is about the validation data; the checks are those of the training data, and so were
-    their messages ("dataset has 2 features but the model expects 3").
+    is about the ``name`` data (``"evaluation"``: ``Trainer.evaluate``'s); the checks are
+    those of the training data, and so were their messages ("dataset has 2 features but
+    the model expects 3").
 
     Example:
         >>> import numpy as np
@@ -149,13 +154,11 @@ def prepare_validation(
         <Dataset n_samples=3 n_features=2 dtype=float32>
     """
     try:
-        return prepare(
-            model, data, name="validation", single_class=True, feature_names=feature_names
-        )
+        return prepare(model, data, name=name, single_class=True, feature_names=feature_names)
     except DataError as exc:
-        if str(exc).startswith("validation"):  # named already
+        if str(exc).startswith(name):  # named already
             raise
-        raise type(exc)(f"validation data: {exc}") from exc
+        raise type(exc)(f"{name} data: {exc}") from exc
 
 
 def rows_given(data: object) -> int | None:

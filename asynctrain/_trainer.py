@@ -1,8 +1,8 @@
 """Trainer: the one place that holds model, optimizer, backend and data together.
 
 The whole class lives here: its lifecycle (unopened → open → closed, one fit at a time),
-in-memory fits (``fit``/``steps``), streams and ``partial_fit``, and checkpoints
-(``save``/``load``/``restore``). The helpers it drives take explicit arguments:
+in-memory fits (``fit``/``steps``), streams and ``partial_fit``, ``evaluate``, and
+checkpoints (``save``/``load``/``restore``). The helpers it drives take explicit arguments:
 epochs in ``_epochs``, streams in ``_streaming``, files in ``_checkpoint``.
 """
 
@@ -29,6 +29,7 @@ from asynctrain._control import FitControl
 from asynctrain._engine import Mode, make_mode
 from asynctrain._engine._context import FitParts
 from asynctrain._engine._epochs import EpochOrders, collect, run_epochs
+from asynctrain._engine._evaluate import EVAL_CHUNK, evaluate_once
 from asynctrain._engine._metrics import check_metrics
 from asynctrain._engine._update import TrainState, Updater
 from asynctrain._events import Callback, Event, FitResult, check_callbacks
@@ -159,6 +160,7 @@ class Trainer:
         self._saved_state: TrainState | None = None
         self._state = State.UNOPENED
         self._running = False
+        self._activity = "a fit"  # what runs while _running: a fit, or an evaluation
         self._fits: dict[asyncio.Task[Any], asyncio.Future[None]] = {}  # task → fit ended
         # Rows of the data of the current or last fit (or of a checkpoint's, loaded).
         self._samples: int | None = None
@@ -248,13 +250,18 @@ class Trainer:
         return get_backend(self._backend_spec, workers=None if last.inline else last.workers)[0]
 
     @contextlib.asynccontextmanager
-    async def _running_fit(self, *, partial: bool = False) -> AsyncIterator[None]:
-        """Mark the trainer running (one fit at a time), opening it if it is not."""
+    async def _running_fit(
+        self, *, partial: bool = False, activity: str = "a fit"
+    ) -> AsyncIterator[None]:
+        """Mark the trainer running ``activity`` (a fit or an evaluation: one at a time),
+        opening it if it is not."""
         if self._state is State.CLOSED:
             raise StateError(f"{self!r} is closed; create a new Trainer")
         if self._running or (self._partials and not partial):
-            raise StateError(f"{self!r} is already running a fit; await it first")
+            running = self._activity if self._running else "partial_fit calls"
+            raise StateError(f"{self!r} is already running {running}; await it first")
         self._running, auto = True, self._state is State.UNOPENED
+        self._activity = activity
         task, ended = asyncio.current_task(), asyncio.get_running_loop().create_future()
         if task is not None:
             self._fits[task] = ended
@@ -631,8 +638,8 @@ class Trainer:
         """
         if self._running and not self._partials:
             raise StateError(
-                f"{self!r} is running a fit; partial_fit does not wait behind a fit: "
-                "await the fit first, or feed the rows to fit_stream"
+                f"{self!r} is running {self._activity}; partial_fit does not wait behind "
+                f"{self._activity}: await it first, or feed the rows to fit_stream"
             )
         self._check_picklable()
         check_streamable(self.config, self.mode)
@@ -658,6 +665,104 @@ class Trainer:
                 return self._named(result)
         finally:
             self._partials -= 1
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    async def evaluate(
+        self,
+        data: DataLike,
+        *,
+        metrics: Sequence[str] = (),
+        batch_size: int | None = None,
+    ) -> dict[str, float]:
+        """Evaluate the parameters of the last fully applied step on ``data``.
+
+        The numbers a fit reports for ``validation=data``, computed the same way: ``data``
+        is checked as validation data is (one class is enough), its rows are evaluated in
+        chunks of ``batch_size`` on the trainer's backend (on workers, as validation is;
+        the inline backend's on the loop) and the metrics are combined on the update
+        thread. With the default ``batch_size`` the values equal, bit for bit, the
+        ``val_*`` values a fit's last epoch reports for the same data and parameters.
+
+        Args:
+            data: what ``fit(validation=...)`` takes: a
+                :class:`~asynctrain.data.Dataset` (dense or sparse, with or without
+                ``sample_weight``), an ``(X, y)`` pair or an ``(X, y, sample_weight)``
+                triple. ``X`` may be a data frame: after a fit on one, it needs the
+                columns of :attr:`feature_names`, in that order.
+            metrics: metrics besides loss and accuracy, by name, as in
+                :meth:`fit`: ``"f1"`` (macro F1) and ``"auc"`` (ROC AUC; one-vs-rest
+                macro for more than two classes) for classifiers, ``"r2"`` and ``"mae"``
+                for regression.
+            batch_size: rows per evaluation task; default 8,192, validation's. Another
+                size changes only the order the chunks' sums are added in (the last
+                bits of the loss and accuracy).
+
+        Returns:
+            ``{"loss": ..., "accuracy": ..., <metric>: ...}``: the mean loss (the model's
+            training objective, its L2 penalty included, as ``val_loss``), the accuracy
+            (classifiers only: a regression model's mapping has no ``"accuracy"``), then
+            each of ``metrics`` in the order given. The names are those of a fit's
+            ``val_*`` values without the prefix. Loss and accuracy are weighted means
+            under the data's sample weights; the named metrics are unweighted.
+
+        Raises:
+            StateError: the trainer is closed, runs a fit (or another evaluation), or
+                has not applied a step yet (fit it, or load a checkpoint).
+            ConfigError, ConfigTypeError: an unknown metric, one for the other kind of
+                model, ``"auc"`` for a model without ``predict_proba``, a bad
+                ``batch_size``, or sample weights for a model that cannot weigh rows.
+            DataError, DataTypeError: ``data`` is unusable for the model (shape,
+                feature count, labels out of range, NaN/Inf, a frame whose columns are
+                not :attr:`feature_names`); the message says it is the evaluation data.
+
+        Example:
+            >>> import asynctrain as at
+            >>> train, test = at.data.synthetic("logreg", n=2000).split(0.25)
+            >>> async def main():
+            ...     model = at.models.LogisticRegression(64)
+            ...     async with at.Trainer(model, "adam", backend="inline") as trainer:
+            ...         await trainer.fit(train, epochs=2)
+            ...         return await trainer.evaluate(test, metrics=["f1", "auc"])
+            >>> sorted(at.run(main()))
+            ['accuracy', 'auc', 'f1', 'loss']
+        """
+        chunk = EVAL_CHUNK if batch_size is None else check_int("batch_size", batch_size)
+        names = check_metrics(metrics, self.model, validation=True)
+        self._check_trained("evaluate", busy=True)
+        evaluated = await self._prepare(data, "evaluation", self._feature_names)
+        self._check_picklable()
+        async with self._running_fit(activity="an evaluation"):
+            assert self._updater is not None, "the trainer is open"
+            result = await evaluate_once(
+                self.model,
+                self._backend,
+                evaluated,
+                self.state.params,
+                metrics=names,
+                off_loop=self._updater.call,
+                chunk=chunk,
+            )
+        values = {"loss": result.loss}
+        if self.model.n_classes is not None:
+            values["accuracy"] = result.accuracy
+        return values | result.metrics
+
+    def _check_trained(self, what: str, *, busy: bool = False) -> None:
+        """Refuse ``what`` (predict, evaluate) before the first applied step, and with
+        ``busy`` also on a closed trainer or one running a fit."""
+        if busy and self._state is State.CLOSED:
+            raise StateError(f"{self!r} is closed; create a new Trainer")
+        if busy and (self._running or self._partials):
+            running = self._activity if self._running else "partial_fit calls"
+            raise StateError(
+                f"cannot {what} with {self!r} while it runs {running}; await it first, "
+                "or evaluate every epoch of a fit with fit(validation=data, metrics=[...])"
+            )
+        if self.state.step == 0:
+            raise StateError(
+                f"{self!r} has not trained yet; fit it or load a checkpoint before {what}"
+            )
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -778,11 +883,12 @@ class Trainer:
         """``data`` made ready for the model by :func:`prepare`, off the loop: it scans,
         and converting to the model's dtype copies, all of X (with the inline backend, on
         the loop, as all that backend's work). A frame must have ``feature_names``.
-        ``name="validation"`` prepares validation data (:func:`prepare_validation`)."""
+        ``name="validation"`` (or ``"evaluation"``) prepares data to evaluate
+        (:func:`prepare_validation`)."""
         work: Callable[[], Dataset]
-        if name == "validation":
+        if name in ("validation", "evaluation"):
             work = functools.partial(
-                prepare_validation, self.model, data, feature_names=feature_names
+                prepare_validation, self.model, data, feature_names=feature_names, name=name
             )
         else:
             work = functools.partial(
@@ -890,13 +996,9 @@ class Trainer:
             >>> trainer.predict(X[:5])  # doctest: +SKIP
             array([3, 1, 0, 7, 7])
         """
-        state = self.state
-        if state.step == 0:
-            raise StateError(
-                f"{self!r} has not trained yet; fit it or load a checkpoint before predict"
-            )
+        self._check_trained("predict")
         rows = prediction_inputs(self.model, X, self._feature_names)
-        return self.model.predict(state.params, rows)
+        return self.model.predict(self.state.params, rows)
 
     def __repr__(self) -> str:
         backend = f"{self._backend.name}({self._backend.workers})"

@@ -134,7 +134,7 @@ async def epoch_event(
         samples_per_s=samples / seconds if seconds else 0.0,
         steps=len(losses),
         loop_lag_p99_ms=math.nan if lag is None else lag.stats().p99_ms,
-        metrics=result.metrics,
+        metrics={f"val_{name}": value for name, value in result.metrics.items()},
     )
 
 

@@ -1,16 +1,25 @@
-"""Validation: loss, accuracy and chosen metrics of the current parameters, on the backend."""
+"""Evaluation: loss, accuracy and chosen metrics of parameters, on the backend.
+
+A fit's validation evaluates the parameters it has shared already (:func:`evaluate`);
+``Trainer.evaluate`` shares its data, parameters and model for one evaluation and
+releases them (:func:`evaluate_once`). Both are the same chunks summed in the same order,
+so the same data and parameters give the same numbers bit for bit.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
+from asynctrain._engine._context import arrays_of
 from asynctrain._engine._metrics import combine
 from asynctrain._engine._tasks import gather_ordered
-from asynctrain._engine._work import EvalResult, evaluate_chunk
+from asynctrain._engine._work import EvalResult, evaluate_chunk, ship_model
+from asynctrain._types import Params
 from asynctrain.backends import Backend, SharedArrays
-from asynctrain.data import shard_bounds
+from asynctrain.data import Dataset, shard_bounds
 
 EVAL_CHUNK = 8192  # rows per evaluation task: big enough to amortise a task round trip
 
@@ -19,7 +28,8 @@ OffLoop = Callable[..., Awaitable[Any]]
 
 
 class Evaluation(NamedTuple):
-    """Mean loss, accuracy (NaN for regression) and each chosen metric, by name.
+    """Mean loss, accuracy (NaN for regression) and each chosen metric, by its name
+    (``"f1"``: a fit's events report it as ``val_f1``).
 
     With sample weights in the data, loss and accuracy are weighted means; the metrics
     are not weighted."""
@@ -67,7 +77,44 @@ async def evaluate(
     return Evaluation(loss, accuracy, values)
 
 
+async def evaluate_once(
+    model: object,
+    backend: Backend,
+    dataset: Dataset,
+    params: Params,
+    *,
+    metrics: tuple[str, ...] = (),
+    off_loop: OffLoop | None = None,
+    chunk: int = EVAL_CHUNK,
+) -> Evaluation:
+    """:func:`evaluate` ``params`` on ``dataset`` outside a fit: share the data, the
+    parameters and (for workers in other processes) the model's pickle with the open
+    ``backend``, and release them when done, however it ends."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def share(arrays: Mapping[str, Any]) -> Any:
+            handle = await backend.share(arrays, slots=1)
+            stack.push_async_callback(backend.release, handle)
+            return handle
+
+        data = await share(arrays_of(dataset))
+        shared = await share(params)
+        carried = await ship_model(model, data, share)
+        return await evaluate(
+            model,
+            backend,
+            data,
+            len(dataset),
+            shared,
+            0,
+            carried=carried,
+            metrics=metrics,
+            off_loop=off_loop,
+            chunk=chunk,
+        )
+
+
 def combine_all(metrics: tuple[str, ...], results: list[EvalResult]) -> dict[str, float]:
-    """Every metric of ``metrics`` from the chunks' results, keyed ``val_<name>``."""
+    """Every metric of ``metrics`` from the chunks' results, by name."""
     parts = [r.parts or {} for r in results]
-    return {f"val_{name}": combine(name, [p[name] for p in parts]) for name in metrics}
+    return {name: combine(name, [p[name] for p in parts]) for name in metrics}
