@@ -36,8 +36,9 @@ def test_numpy_layers_never_import_concurrency(layer: str) -> None:
         # uses multiprocessing's resource tracker only to unlink them if this process dies.
         # _sparse: scipy.sparse CSR input, checked by data (Dataset) and models (their
         # inputs) alike; numpy code that imports scipy only once it has seen a sparse X.
+        # _finite: the NaN/Inf scans of dense arrays, shared by the same two checks.
         allowed = ("asynctrain._types", "asynctrain._exceptions", "asynctrain._checks")
-        allowed += ("asynctrain._sparse",)
+        allowed += ("asynctrain._sparse", "asynctrain._finite")
         allowed += ("asynctrain._shm",) if layer == "data" else ()
         assert all(n.startswith((f"asynctrain.{layer}", *allowed)) for n in inner), (path, inner)
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tracemalloc
+from typing import Any
 
 import numpy as np
 import pytest
 
 import asynctrain as at
+from asynctrain._finite import CHUNK_VALUES
 from asynctrain.data import Dataset, synthetic
 from asynctrain.models import LogisticRegression, SoftmaxRegression
 
@@ -372,3 +375,61 @@ async def test_predict_refuses_bad_rows_and_an_untrained_trainer(bad: str) -> No
     assert trainer.predict(data.X[:3]).shape == (3,)
     with pytest.raises(at.DataError):
         trainer.predict(BAD_ROWS[bad](data.X))
+
+
+def _peak(fn: Any, *args: Any) -> int:
+    """Bytes ``fn(*args)`` allocated at its peak beyond what was held before (tracemalloc
+    sees numpy's buffers)."""
+    tracemalloc.start()
+    try:
+        held = tracemalloc.get_traced_memory()[0]
+        fn(*args)
+        return tracemalloc.get_traced_memory()[1] - held
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.fixture(scope="module")
+def wide_rows() -> np.ndarray:
+    # 200,000 x 128 float32 (98 MiB): a mask of it is 24 MiB; of a half, 12 MiB.
+    return np.random.default_rng(0).normal(size=(200_000, 128)).astype(np.float32)
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+async def test_predict_checks_its_rows_without_a_mask_of_them(
+    layout: str, wide_rows: np.ndarray
+) -> None:
+    # np.isfinite(X).all() made a byte per value: a quarter of a float32 X, on every call.
+    X = {
+        "C": wide_rows[:, :64],
+        "F": np.asfortranarray(wide_rows[:100_000, :64]),
+        "strided": wide_rows[:, ::2],  # a view: every other column
+    }[layout]
+    if layout == "C":
+        X = np.ascontiguousarray(X)
+    model = LogisticRegression(64)
+    trainer = at.Trainer(model, backend="inline", batch_size=64)
+    await trainer.fit(synthetic("logreg", n=256, seed=0))
+    checked = _peak(at.models.check_inputs, model, X)
+    predicted = _peak(trainer.predict, X) - _peak(model.predict, trainer.params, X)
+    # Contiguous rows are read by a reduction; a strided view is masked a chunk at a time.
+    bound = 64 * 1024 if layout != "strided" else CHUNK_VALUES + 64 * 1024
+    assert checked < bound < X.size, (checked, X.size)  # a mask: X.size bytes
+    assert predicted < bound, predicted
+
+
+async def test_predict_refuses_non_finite_values_naming_the_first() -> None:
+    trainer = at.Trainer(LogisticRegression(64), backend="inline", batch_size=64)
+    await trainer.fit(synthetic("logreg", n=256, seed=0))
+    X = np.zeros((150_000, 64), np.float32)  # more rows than one chunk
+    X[140_001, 5], X[149_999, 0] = np.nan, np.inf
+    for rows in (X, np.asfortranarray(X), np.repeat(X, 2, axis=1)[:, ::2]):
+        with pytest.raises(at.DataError, match=r"\(nan\) at row 140001, column 5"):
+            trainer.predict(rows)
+    large = np.zeros((4, 64))
+    large[3, 2] = 1e300  # Inf in the model's float32
+    with pytest.raises(at.DataError, match=r"\(inf\) at row 3, column 2 \(after conversion"):
+        trainer.predict(large)
+    # Finite values whose squares overflow the reduction: settled by the exact check.
+    huge = np.full((100_000, 64), 1e20, np.float32)
+    assert trainer.predict(huge).shape == (100_000,)
