@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -477,6 +478,50 @@ def test_load_validation_errors_name_the_file(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", X=np.array([[1.0, np.nan]]), y=np.zeros(1))
     with pytest.raises(DataError, match=r"d.npz: X has a non-finite value \(nan\) at row 0"):
         load(tmp_path / "d.npz")
+
+
+BAD_NPY_TARGETS = {
+    "non-finite": (np.array([0.0, np.nan, 1.0]), DataError, r"y has a non-finite value \(nan\)"),
+    "shape": (np.zeros((3, 2, 2)), DataError, "y must be 1-D"),
+    "text": (np.array(["a", "b", "c"]), DataTypeError, "y has dtype <U1"),
+    "label range": (np.array([0, 1, 2**64 - 1], np.uint64), DataError, "y holds the label 1844"),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_NPY_TARGETS))
+@pytest.mark.parametrize("layout", ["pair", "directory"])
+def test_load_npy_errors_name_the_file_of_the_array_at_fault(
+    tmp_path: Path, bad: str, layout: str
+) -> None:
+    # Every error of a .npy pair was prefixed with the features' file, a y.npy's too.
+    targets, error, message = BAD_NPY_TARGETS[bad]
+    X, y = tmp_path / "X.npy", tmp_path / ("y.npy" if layout == "directory" else "labels.npy")
+    np.save(X, np.zeros((3, 2), np.float32))
+    np.save(y, targets)
+    with pytest.raises(error, match=rf"^{re.escape(str(y))}: {message}") as raised:
+        load(tmp_path) if layout == "directory" else load(X, y)
+    assert str(X) not in str(raised.value)
+
+
+def test_load_npy_row_counts_name_both_files_and_weights_their_own(tmp_path: Path) -> None:
+    X, y, w = tmp_path / "X.npy", tmp_path / "y.npy", tmp_path / "w.npy"
+    np.save(X, np.zeros((3, 2), np.float32))
+    np.save(y, np.zeros(4))
+    with pytest.raises(DataError, match=rf"^{re.escape(f'{X}, {y}')}: X has 3 rows but y has 4"):
+        load(X, y)
+    np.save(y, np.zeros(3))
+    np.save(w, np.array([1.0, -1.0, 1.0]))
+    for loaded in (lambda: load(X, y, weight=w), lambda: load(tmp_path, weight="w")):
+        with pytest.raises(DataError, match=rf"^{re.escape(str(w))}: sample_weight\[1\] = -1"):
+            loaded()
+    np.save(X, np.array([[0.0], [np.inf], [1.0]], np.float32))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(X))}: X has a non-finite value"):
+        load(X, y)
+    np.save(X, np.zeros((3, 2), np.float32))
+    np.save(w, np.array([1.0, 2.0, 0.0]))
+    dataset = load(X, y, weight=w)  # what a good pair still gives
+    assert dataset.memory_mapped
+    np.testing.assert_array_equal(dataset.sample_weight, [1.0, 2.0, 0.0])
 
 
 def _csv(tmp_path: Path, text: str) -> Path:

@@ -2,15 +2,18 @@
 Parquet (with the ``parquet`` extra).
 
 Files are always read with ``allow_pickle=False``: loading never unpickles and so never
-runs code from a file. Every failure is a :class:`DataError` naming the path; a missing
-file is a DataError too (not FileNotFoundError), chained to the OSError.
+runs code from a file. Every failure is a :class:`DataError` naming the path (of a
+``.npy`` pair or directory, the file of the array at fault: ``y.npy`` for bad targets);
+a missing file is a DataError too (not FileNotFoundError), chained to the OSError.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,14 @@ from asynctrain._types import DEFAULT_DTYPE
 from asynctrain.data._csv import read_csv
 from asynctrain.data._dataset import Dataset
 from asynctrain.data._parquet import read_parquet
-from asynctrain.data._validate import resolve_dtype
+from asynctrain.data._validate import (
+    as_array,
+    check_finite,
+    check_rows,
+    check_targets_shape,
+    resolve_dtype,
+    to_targets,
+)
 
 SUPPORTED = (
     ".npz",
@@ -109,21 +119,23 @@ def load(
     names: list[str] | None = None
     if kind == "parquet":
         return _read_parquet(source, label, weight, target)
-    if kind == "dir":
-        files = _dir_files(source, key)
+    if kind in ("dir", ".npy"):
+        if kind == "dir":
+            files = _dir_files(source, key)
+        else:
+            extra = () if weight is None else (_as_path("weight", weight),)
+            files = (source, _as_path("y_path", y_path), *extra)
         X, y, *rest = (_read_npy(file) for file in files)
-        w = rest[0] if rest else None
-    elif kind == ".npy":
-        X, y = _read_npy(source), _read_npy(_as_path("y_path", y_path))
-        w = None if weight is None else _read_npy(_as_path("weight", weight))
-    elif kind == ".npz":
+        return _npy_dataset(files, X, y, rest[0] if rest else None, target)
+    if kind == ".npz":
         X, y, w = _read_npz(source, key)
     else:
         X, y, w, names = read_csv(source, label, key)
         target = target or DEFAULT_DTYPE
-    dataset = _dataset(source, X, y, w, names, target)
+    with _naming(source):
+        dataset = Dataset(X, y, sample_weight=w, dtype=target, feature_names=names)
     # Parsed into private memory: move it where process workers map it without a copy.
-    return dataset if kind in ("dir", ".npy") else dataset.to_shared()
+    return dataset.to_shared()
 
 
 def _read_parquet(path: Path, label: Any, weight: Any, dtype: np.dtype[Any] | None) -> Dataset:
@@ -336,16 +348,35 @@ def _unreadable(path: Path, exc: BaseException) -> str:
     )
 
 
-def _dataset(
-    path: Path,
+@contextlib.contextmanager
+def _naming(*paths: Path) -> Iterator[None]:
+    """Prefix a validation error raised in the block with the file(s) it is about."""
+    try:
+        yield
+    except DataError as exc:
+        raise type(exc)(f"{', '.join(map(str, paths))}: {exc}") from None
+
+
+def _npy_dataset(
+    files: tuple[Path, ...],
     X: npt.NDArray[Any],
     y: npt.NDArray[Any],
     w: npt.NDArray[Any] | None,
-    names: list[str] | None,
     dtype: np.dtype[Any] | None,
 ) -> Dataset:
-    """Build the Dataset, prefixing validation errors with the path they came from."""
-    try:
-        return Dataset(X, y, sample_weight=w, dtype=dtype, feature_names=names)
-    except DataError as exc:
-        raise type(exc)(f"{path}: {exc}") from None
+    """The Dataset of ``.npy`` files (X's, y's and maybe the weights'), each error
+    naming the file it is about: the targets are checked on their own first (as the
+    Dataset checks them), then the row counts of both files, then X, then the weights."""
+    with _naming(files[1]):
+        targets = as_array("y", y)
+        check_targets_shape(targets)
+        check_finite("y", to_targets(targets))
+    if X.ndim:  # a 0-d X: the Dataset says so, naming its file
+        with _naming(files[0], files[1]):
+            check_rows(X, targets)
+    with _naming(files[0]):
+        dataset = Dataset(X, y, dtype=dtype)
+    if w is None:
+        return dataset
+    with _naming(files[2]):
+        return dataset.with_weights(w)
