@@ -20,8 +20,8 @@ from _reliability import Recorder, state_bits
 
 import asynctrain as at
 from asynctrain._engine import _update as update_module
+from asynctrain._finite import all_finite
 from asynctrain.data import Dataset, synthetic
-from asynctrain.data._validate import all_finite
 from asynctrain.models import SoftmaxRegression
 
 BATCH, EPOCHS = 40, 2  # 5 steps an epoch on 200 samples

@@ -29,10 +29,10 @@ import numpy.typing as npt
 from asynctrain._engine._window import Window
 from asynctrain._engine._work import ShardResult
 from asynctrain._exceptions import NonFiniteError
+from asynctrain._finite import all_finite
 from asynctrain._threads import ThreadPool
 from asynctrain._types import Grads, Params
 from asynctrain.backends import SharedArrays
-from asynctrain.data._validate import all_finite
 from asynctrain.optim import apply_updates, global_norm
 from asynctrain.optim._flat import buffers_in, flat_or_values, flat_zeros, freeze
 from asynctrain.optim._tree import leaves

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import DataError, DataTypeError
+from asynctrain._finite import all_finite
 from asynctrain._inputs import ClassWeight, prepare
 from asynctrain._sparse import is_sparse
 from asynctrain._types import Array
@@ -36,7 +37,6 @@ from asynctrain.data._frames import (
     match_feature_names,
 )
 from asynctrain.data._stream import BatchAssembler
-from asynctrain.data._validate import all_finite
 from asynctrain.models import Model
 
 Batch = tuple[Array, npt.NDArray[Any], Array | None]

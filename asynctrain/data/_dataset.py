@@ -13,6 +13,7 @@ import numpy.typing as npt
 from asynctrain import _sparse
 from asynctrain._checks import check_float, check_int
 from asynctrain._exceptions import ConfigError, DataError, DataTypeError
+from asynctrain._finite import check_finite
 from asynctrain._types import Array
 from asynctrain.data import _frames
 from asynctrain.data import _validate as v
@@ -127,9 +128,9 @@ class Dataset:
             # it): the process backend's workers map it with no copy per fit.
             converted = v.to_float(features, target, empty=empty)
             note = f" (after conversion from {features.dtype})" if converted is not features else ""
-            v.check_finite("X", converted, note=note, columns=names)
+            check_finite("X", converted, note=note, columns=names)
         targets = v.to_targets(targets)
-        v.check_finite("y", targets)
+        check_finite("y", targets)
         self._X = _read_only(converted)
         self._y = v.read_only(targets)
         self._names = names

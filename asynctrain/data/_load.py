@@ -21,13 +21,13 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import ConfigError, ConfigTypeError, DataError
+from asynctrain._finite import check_finite
 from asynctrain._types import DEFAULT_DTYPE
 from asynctrain.data._csv import read_csv
 from asynctrain.data._dataset import Dataset
 from asynctrain.data._parquet import read_parquet
 from asynctrain.data._validate import (
     as_array,
-    check_finite,
     check_rows,
     check_targets_shape,
     resolve_dtype,

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import DataError, DataTypeError
-from asynctrain.data._validate import all_finite
+from asynctrain._finite import all_finite
 
 CHUNK_BYTES = 8 * 2**20
 """About how many bytes of row data :meth:`ParquetFiles.read` converts at a time."""

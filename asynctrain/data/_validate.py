@@ -17,8 +17,6 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import ConfigError, ConfigTypeError, DataError, DataTypeError
-from asynctrain._finite import all_finite as all_finite
-from asynctrain._finite import check_finite as check_finite
 from asynctrain._types import DEFAULT_DTYPE
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -149,8 +147,8 @@ def to_float(
 
     Converts (and so copies) only when the dtype changes, into a C-ordered array made by
     ``empty(shape, dtype)``; a memory-mapped float32 or float64 ``X`` is returned as is.
-    Overflow in a float64 → float32 cast becomes Inf, which :func:`check_finite` then
-    reports.
+    Overflow in a float64 → float32 cast becomes Inf, which
+    :func:`~asynctrain._finite.check_finite` then reports.
     """
     target = dtype if dtype is not None else _default_float(X.dtype)
     if X.dtype == target:
