@@ -161,6 +161,7 @@ class Trainer:
         self._state = State.UNOPENED
         self._running = False
         self._activity = "a fit"  # what runs while _running: a fit, or an evaluation
+        self._entered = False  # inside an ``async with`` block
         self._fits: dict[asyncio.Task[Any], asyncio.Future[None]] = {}  # task → fit ended
         # Rows of the data of the current or last fit (or of a checkpoint's, loaded).
         self._samples: int | None = None
@@ -175,9 +176,24 @@ class Trainer:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        """Open the backend and the update thread for the fits of the block; leaving it
+        closes the trainer.
+
+        Raises:
+            StateError: the trainer is closed, or already inside an ``async with`` block
+                (nesting is refused rather than counted: the inner block's exit would
+                close the trainer under the outer one, and a block that closes the
+                trainer is its owner; fit inside the outer block instead).
+        """
         if self._state is State.CLOSED:
             raise StateError(f"{self!r} is closed; create a new Trainer")
+        if self._entered:
+            raise StateError(
+                f"{self!r} is already open in an `async with` block, whose exit closes "
+                "it; fit inside that block without entering the trainer again"
+            )
         await self._open()
+        self._entered = True
         return self
 
     async def __aexit__(
@@ -186,6 +202,7 @@ class Trainer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._entered = False
         await self.aclose()
 
     async def aclose(self) -> None:

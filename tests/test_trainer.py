@@ -220,6 +220,27 @@ async def test_closed_trainer_is_refused(softmax_data: tuple[Dataset, Dataset]) 
         await trainer.fit(softmax_data[0])
 
 
+async def test_nested_async_with_is_refused_and_leaves_the_outer_block_open(
+    softmax_data: tuple[Dataset, Dataset],
+) -> None:
+    train, _ = softmax_data
+    trainer = at.Trainer(SoftmaxRegression(128, 10), backend="thread", workers=1)
+    async with trainer:
+        backend = trainer.backend
+        # Before the fix the inner block's exit closed the trainer, and the outer
+        # block's next fit raised "is closed; create a new Trainer".
+        with pytest.raises(at.StateError, match="already open in an `async with` block"):
+            async with trainer:
+                pass
+        await trainer.fit(train, epochs=1)
+        assert trainer.backend is backend
+        assert backend.state == "open"
+    assert backend.state == "closed"
+    with pytest.raises(at.StateError, match="closed"):
+        async with trainer:
+            pass
+
+
 async def test_user_model_errors_keep_their_type(softmax_data: tuple[Dataset, Dataset]) -> None:
     class Broken(SoftmaxRegression):
         def loss_and_grad(self, params, X, y):  # type: ignore[no-untyped-def]
