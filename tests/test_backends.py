@@ -25,6 +25,11 @@ def _boom(message: str) -> None:
     raise KeyError(message)
 
 
+def _raise_on_overflow() -> str:
+    np.seterr(over="raise")  # model code changing numpy's error state
+    return str(np.geterr()["over"])
+
+
 def _slow_identity(value: int, seconds: float) -> int:
     time.sleep(seconds)
     return value
@@ -79,6 +84,18 @@ async def test_share_round_trips_arrays(backend: at.backends.Backend) -> None:
     np.testing.assert_array_equal(shared.read(1)["X"], arrays["X"] * 2)
     np.testing.assert_array_equal(shared.read(0)["X"], arrays["X"])
     await backend.release(shared)
+
+
+async def test_a_tasks_numpy_error_state_never_reaches_the_caller(
+    backend: at.backends.Backend,
+) -> None:
+    before = np.geterr()
+    try:
+        assert await backend.run(_raise_on_overflow) == "raise"
+        # Before the fix the inline backend left the caller's state at "raise".
+        assert np.geterr() == before
+    finally:
+        np.seterr(**before)
 
 
 async def test_many_tasks_in_flight(backend: at.backends.Backend) -> None:

@@ -241,6 +241,28 @@ async def test_nested_async_with_is_refused_and_leaves_the_outer_block_open(
             pass
 
 
+@pytest.mark.parametrize("backend", ["inline", "thread"])
+async def test_np_seterr_in_a_model_never_reaches_the_caller(
+    backend: str, softmax_data: tuple[Dataset, Dataset]
+) -> None:
+    """Thread workers run a task in a copy of the caller's context; the inline backend and
+    a thread backend's small step computed on the loop now do too."""
+
+    class Strict(SoftmaxRegression):
+        def loss_and_grad(self, params, X, y):  # type: ignore[no-untyped-def]
+            np.seterr(over="raise")
+            return super().loss_and_grad(params, X, y)
+
+    before = np.geterr()
+    try:
+        # shards=1 and small batches: the thread backend computes the steps on the loop.
+        trainer = at.Trainer(Strict(128, 10), backend=backend, batch_size=64, shards=1)
+        await trainer.fit(softmax_data[0].subset(np.arange(640)), epochs=1)
+        assert np.geterr() == before
+    finally:
+        np.seterr(**before)
+
+
 async def test_user_model_errors_keep_their_type(softmax_data: tuple[Dataset, Dataset]) -> None:
     class Broken(SoftmaxRegression):
         def loss_and_grad(self, params, X, y):  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import AsyncGenerator
 
@@ -99,7 +100,12 @@ async def _run_placed(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardRes
     ]
     started = time.perf_counter()
     if k == 0:  # too small to pay for a hand-off: computed here, as the inline backend would
-        outcomes = [compute_group(ctx.model, ctx.data, ctx.params, ctx.grads, groups[0])]
+        # (in a copy of the context, as a worker: the model's np.seterr stays in there)
+        outcomes = [
+            contextvars.copy_context().run(
+                compute_group, ctx.model, ctx.data, ctx.params, ctx.grads, groups[0]
+            )
+        ]
         # and, as it does, through the loop once: a cancel requested while the shards
         # computed stops the step here, before its update is handed anywhere.
         await asyncio.sleep(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -47,14 +48,16 @@ class InlineBackend(Lifecycle):
         Like every other backend's ``run``, it suspends once before the work (other tasks
         run, a pending cancellation lands), and a cancellation requested while ``fn`` ran
         is raised before the result is returned: callers need no path of their own for
-        this backend.
+        this backend. ``fn`` runs in a copy of the caller's context, as a thread or
+        process worker runs it: what it sets there (numpy's error state, ``np.seterr``)
+        ends with the call instead of reaching the caller.
         """
         if self._state is not State.OPEN:  # opened already (the usual case): no coroutine
             await self._ensure_open()
         await asyncio.sleep(0)
         current = asyncio.current_task()
         requested = current.cancelling() if current is not None else 0
-        result = fn(*args)
+        result = contextvars.copy_context().run(fn, *args)
         if current is not None and current.cancelling() > requested:
             await asyncio.sleep(0)  # raises the CancelledError requested meanwhile
         return result
