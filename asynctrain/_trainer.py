@@ -46,6 +46,7 @@ from asynctrain._inputs import (
 from asynctrain._monitor import TRAINING_INTERVAL, LoopLagMonitor
 from asynctrain._offloop import off_loop
 from asynctrain._streaming._batch import NameRecord
+from asynctrain._streaming._sources import close_unread
 from asynctrain._streaming._stream import (
     DEFAULT_BUFFER,
     Source,
@@ -554,7 +555,11 @@ class Trainer:
             >>> at.run(main()).steps
             3
         """
-        callbacks = check_callbacks(callbacks)
+        try:
+            callbacks = check_callbacks(callbacks)
+        except BaseException:
+            await self._close_unread(source)
+            raise
         events = self.stream_steps(
             source,
             max_steps=max_steps,
@@ -580,36 +585,52 @@ class Trainer:
     ) -> AsyncGenerator[Event, None]:
         """Train like :meth:`fit_stream`, yielding a :class:`StepEvent` per step and an
         :class:`EpochEvent` per period. Close it when you stop early
-        (``contextlib.aclosing``): that stops consuming the source and closes it."""
-        limits = StreamLimits(
-            max_steps=max_steps,
-            max_samples=max_samples,
-            validate_every=validate_every,
-            buffer=buffer,
-        )
+        (``contextlib.aclosing``): that stops consuming the source and closes it.
+
+        A fit refused before it reads the source (a bad setting, a trainer that cannot
+        train a stream or is already running) closes it too, as one that ran does.
+        """
         source = check_source(source)
-        check_streamable(self.config, self.mode)
-        check_class_weight(self.model, class_weight, where="a stream")
-        features = self._feature_names
-        val = (
-            None if validation is None else await self._prepare(validation, "validation", features)
-        )
-        record = NameRecord(features if val is None else val.feature_names or features)
-        self._check_picklable()
-        # The events are closed explicitly, not at garbage collection: that stops the feed.
-        async with (
-            self._running_fit(),
-            contextlib.aclosing(
-                stream_events(
-                    self._parts(), source, limits, val, names=record, class_weight=class_weight
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                limits = StreamLimits(
+                    max_steps=max_steps,
+                    max_samples=max_samples,
+                    validate_every=validate_every,
+                    buffer=buffer,
                 )
-            ) as events,
-        ):
+                check_streamable(self.config, self.mode)
+                check_class_weight(self.model, class_weight, where="a stream")
+                features = self._feature_names
+                val = (
+                    None
+                    if validation is None
+                    else await self._prepare(validation, "validation", features)
+                )
+                record = NameRecord(features if val is None else val.feature_names or features)
+                self._check_picklable()
+                await stack.enter_async_context(self._running_fit())
+            except BaseException:
+                await self._close_unread(source)
+                raise
+            # From here the feed reads the source and closes it. The events are closed
+            # explicitly, not at garbage collection: that stops the feed.
+            events = await stack.enter_async_context(
+                contextlib.aclosing(
+                    stream_events(
+                        self._parts(), source, limits, val, names=record, class_weight=class_weight
+                    )
+                )
+            )
             try:
                 async for event in events:
                     yield event
             finally:
                 self._feature_names = record.names
+
+    async def _close_unread(self, source: Source) -> None:
+        """Close a stream a refused fit was handed (see ``_sources.close_unread``)."""
+        await close_unread(source, inline=self._backend.inline)
 
     async def partial_fit(
         self,

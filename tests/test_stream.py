@@ -91,6 +91,100 @@ async def test_a_mode_that_trains_held_data_only_names_both_stream_entries(
     assert backend.state == "unopened"
 
 
+class _AsyncBatches:
+    """A custom async iterator (no generator) that records its ``aclose()``."""
+
+    def __init__(self, data: Dataset) -> None:
+        self._pieces, self.closed = iter(_pieces(data, 100)), False
+
+    def __aiter__(self) -> _AsyncBatches:
+        return self
+
+    async def __anext__(self) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return next(self._pieces)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class _SyncBatches:
+    """A custom sync iterator that records its ``close()``."""
+
+    def __init__(self, data: Dataset) -> None:
+        self._pieces, self.closed = iter(_pieces(data, 100)), False
+
+    def __iter__(self) -> _SyncBatches:
+        return self
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("kind", [_AsyncBatches, _SyncBatches])
+@pytest.mark.parametrize(
+    ("refusal", "error"),
+    [
+        ("mode", at.ConfigError),
+        ("shuffle", at.ConfigError),
+        ("max_steps", at.ConfigError),
+        ("callbacks", at.ConfigTypeError),
+        ("validation", at.DataError),
+        ("closed", at.StateError),
+    ],
+)
+async def test_a_stream_fit_refused_before_it_starts_closes_its_source(
+    kind: type[_AsyncBatches | _SyncBatches], refusal: str, error: type[Exception]
+) -> None:
+    """A fit that ran closes its source; a refused one left it open (a connection, a
+    generator's ``finally``) before the fix."""
+    data = _data()
+    options: dict[str, object] = {"mode": "async"} if refusal == "mode" else {}
+    if refusal == "shuffle":
+        options["shuffle"] = "shard"
+    trainer = at.Trainer(SoftmaxRegression(8, 3), backend="thread", **options)  # type: ignore[arg-type]
+    fit: dict[str, object] = {
+        "max_steps": {"max_steps": 0},
+        "callbacks": {"callbacks": [object()]},
+        "validation": {"validation": (data.X[:, :5], data.y)},
+    }.get(refusal, {})
+    if refusal == "closed":
+        await trainer.aclose()
+    source = kind(data)
+    with pytest.raises(error):
+        await trainer.fit_stream(source, **fit)  # type: ignore[arg-type]
+    assert source.closed
+    if refusal in fit:  # the trainer still trains, on a source it closes too
+        ran = kind(data)
+        assert (await trainer.fit_stream(ran)).steps == 2  # 1000 rows, batches of 512
+        assert ran.closed
+
+
+async def test_a_stream_fit_refused_while_another_runs_closes_its_own_source() -> None:
+    data, started, gate = _data(), asyncio.Event(), asyncio.Event()
+
+    class Hold(at.Callback):
+        async def on_step(self, event: at.StepEvent) -> None:  # type: ignore[override]
+            started.set()
+            await gate.wait()
+
+    async with _trainer("inline") as trainer:
+        source = _agen(_pieces(data, 100))
+        first = asyncio.create_task(trainer.fit_stream(source, callbacks=[Hold()]))
+        await started.wait()
+        second = _AsyncBatches(data)
+        with pytest.raises(at.StateError, match="already running"):
+            await trainer.fit_stream(second)
+        assert second.closed
+        gate.set()
+        await first
+
+
 async def test_two_epochs_streamed_equal_two_epochs_fitted() -> None:
     data = _data(n=1024)  # batches never straddle an epoch boundary
     reference = await _reference("inline", data, epochs=2)

@@ -142,6 +142,26 @@ class Items(Generic[T]):
             await self._off.call(self._sync.close)
 
 
+async def close_unread(source: object, *, inline: bool) -> None:
+    """Close ``source``, handed to a fit refused before it read it, as a fit that read it
+    closes it (:meth:`Items.aclose`): an async iterator's ``aclose()``, a sync iterator's
+    ``close()`` (off the loop, unless ``inline``), if they have those methods. An
+    iterable that is not its own iterator (a list) had no iterator made: nothing to
+    close."""
+    if isinstance(source, AsyncIterator):
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    elif isinstance(source, Iterator):
+        close = getattr(source, "close", None)
+        if close is None:
+            return
+        if inline:
+            close()
+        else:
+            await off_loop(close)
+
+
 class ReadAhead:
     """The items of a sync iterator, each passed through ``then`` (if given), as an async
     iterator: a thread iterates it and calls ``then`` without pause, up to ``limit``
