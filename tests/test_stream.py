@@ -351,6 +351,11 @@ async def test_empty_sources_and_empty_batches() -> None:
         some = await trainer.fit_stream([empty, *list(_pieces(data, BATCH)), empty])
     assert (nothing.steps, nothing.history) == (0, [])
     assert some.steps == 2
+    # An empty poll is skipped, yet counted: an error names the source's own index.
+    bad = data.X.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(at.DataError, match="stream batch 2: X has a non-finite"):
+        await _trainer("inline").fit_stream([empty, (data.X, data.y), (bad, data.y)])
 
 
 # -- bad batches, raising sources, cancellation --------------------------------------------
