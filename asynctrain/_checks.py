@@ -36,6 +36,26 @@ def check_int(name: str, value: object, *, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_bool(name: str, value: object, *, means: str = "") -> bool:
+    """Return ``value`` if it is True or False (not 1, 0 or another truthy object).
+
+    ``means``, if given, ends the message: what the flag does, for a caller who passed
+    a number meaning something else.
+
+    Raises:
+        ConfigTypeError: ``value`` is not a bool.
+
+    >>> check_bool("monitor_lag", True)
+    True
+    """
+    if not isinstance(value, bool):
+        hint = f"; {means}" if means else ""
+        raise ConfigTypeError(
+            f"{name} must be True or False, got {value!r} ({type(value).__name__}){hint}"
+        )
+    return value
+
+
 def check_float(
     name: str,
     value: object,

@@ -23,7 +23,7 @@ import numpy.typing as npt
 from asynctrain._checkpoint import CheckpointSession, PathLike
 from asynctrain._checkpoint._content import Checkpoint, Subject
 from asynctrain._checkpoint._session import Resume, Writer, restored_settings, save_to
-from asynctrain._checks import check_int
+from asynctrain._checks import check_bool, check_int
 from asynctrain._config import TrainConfig, default_shards
 from asynctrain._control import FitControl
 from asynctrain._engine import Mode, make_mode
@@ -338,8 +338,9 @@ class Trainer:
                 take only its parameters (and step, epoch and data position) and start
                 the optimizer afresh, so the optimizer or the model's hyperparameters may
                 differ; this starts a new run, which trains on after an early stop too.
-            monitor_lag: measure the event loop's lag during the fit with a
-                :class:`~asynctrain.LoopLagMonitor` beating every 10 ms (a 1 ms heartbeat
+            monitor_lag: True to measure the event loop's lag during the fit with a
+                :class:`~asynctrain.LoopLagMonitor` beating every 10 ms (anything but True
+                or False, ``1`` or an interval, is a ConfigTypeError; a 1 ms heartbeat
                 took about 9 % of a thread backend's throughput); its p50/p99/max (ms) go
                 into ``FitResult.extra`` as ``loop_lag_p50_ms``, ``loop_lag_p99_ms`` and
                 ``loop_lag_max_ms`` (over the fit's last 1,000 heartbeats, ~10 s; NaN
@@ -371,6 +372,11 @@ class Trainer:
         """
         epochs = check_int("epochs", epochs)
         callbacks = check_callbacks(callbacks)
+        check_bool(
+            "monitor_lag",
+            monitor_lag,
+            means="it turns the fit's loop-lag monitor on (a heartbeat every 10 ms) or off",
+        )
         session = CheckpointSession(
             checkpoint_dir,
             every=checkpoint_every,

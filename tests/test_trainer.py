@@ -263,6 +263,23 @@ async def test_np_seterr_in_a_model_never_reaches_the_caller(
         np.seterr(**before)
 
 
+@pytest.mark.parametrize("value", [1, 0, 0.01, "no", None])
+async def test_monitor_lag_that_is_not_a_bool_is_refused_before_any_work(
+    value: object, softmax_data: tuple[Dataset, Dataset]
+) -> None:
+    """``monitor_lag=1`` (or an interval, ``0.01``) switched the monitor on, and ``"no"``
+    did too: any truthy value was taken for True."""
+    trainer = at.Trainer(SoftmaxRegression(128, 10), backend="thread", workers=1)
+    backend = trainer.backend
+    with pytest.raises(at.ConfigTypeError, match=r"monitor_lag must be True or False, got "):
+        await trainer.fit(softmax_data[0], monitor_lag=value)  # type: ignore[arg-type]
+    with pytest.raises(at.ConfigTypeError, match=r"monitor_lag must be True or False"):
+        await at.fit(SoftmaxRegression(128, 10), softmax_data[0], monitor_lag=value)  # type: ignore[arg-type]
+    assert trainer.state.step == 0
+    assert trainer.backend is backend
+    assert backend.state == "unopened"
+
+
 async def test_user_model_errors_keep_their_type(softmax_data: tuple[Dataset, Dataset]) -> None:
     class Broken(SoftmaxRegression):
         def loss_and_grad(self, params, X, y):  # type: ignore[no-untyped-def]
