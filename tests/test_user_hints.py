@@ -42,6 +42,21 @@ def test_a_bad_optimizer_is_a_config_error(optimizer: object, error: type, named
         at.Trainer(at.models.LogisticRegression(3), optimizer, backend="inline")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("name", "meant"), [(" adam", "adam"), ("SGD\n", "sgd"), ("adma", "adam")])
+def test_get_refuses_a_padded_or_misspelt_name_and_says_which_was_meant(
+    name: str, meant: str
+) -> None:
+    """Case is ignored (``"ADAMW"`` above), whitespace is not stripped: the refusal
+    listed the names but left the stray space to be spotted in a repr."""
+    with pytest.raises(at.ConfigError, match=rf"did you mean '{meant}'\?\); the registered"):
+        optim.get(name)
+
+
+def test_get_names_no_guess_for_a_name_unlike_any() -> None:
+    with pytest.raises(at.ConfigError, match=r"unknown optimizer 'lbfgs'; the registered names"):
+        optim.get("lbfgs")
+
+
 def test_get_refuses_an_unknown_option() -> None:
     with pytest.raises(at.ConfigTypeError, match="momentum"):
         optim.get("adam", 1e-3, momentum=0.9)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from inspect import signature
 from typing import Any
@@ -222,7 +223,9 @@ def get(
     (``adam(1e-2)``) itself.
 
     Args:
-        name: one of :func:`names` (``"adam"``, ``"sgd"``, ...).
+        name: one of :func:`names` (``"adam"``, ``"sgd"``, ...), in any case
+            (``"Adam"``); nothing else is stripped or guessed: ``" adam"`` is refused,
+            its message suggesting the name meant.
         learning_rate: the learning rate; None: the alias' default (``sgd`` has none).
         options: the alias' keyword options (``momentum=0.9`` for ``sgd``, ...).
 
@@ -243,9 +246,12 @@ def get(
         raise ConfigTypeError(f"an optimizer name must be a str, got {name!r}")
     factory = _BY_NAME.get(name.lower())
     if factory is None:
+        close = difflib.get_close_matches(name.strip().lower(), names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(
-            f"unknown optimizer {name!r}; the registered names are {', '.join(names())}, "
-            "or pass a GradientTransformation (e.g. asynctrain.optim.chain(...))"
+            f"unknown optimizer {name!r}{hint}; the registered names are "
+            f"{', '.join(names())}, or pass a GradientTransformation (e.g. "
+            "asynctrain.optim.chain(...))"
         )
     args = () if learning_rate is None else (learning_rate,)
     try:
