@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
 
@@ -96,6 +97,38 @@ async def test_a_tasks_numpy_error_state_never_reaches_the_caller(
         assert np.geterr() == before
     finally:
         np.seterr(**before)
+
+
+@pytest.mark.parametrize("copier", [copy.copy, copy.deepcopy], ids=["copy", "deepcopy"])
+async def test_an_open_backend_refuses_to_be_copied(
+    backend: at.backends.Backend, copier: object
+) -> None:
+    """A shallow copy shared the pool: closing it closed the original's workers."""
+    with pytest.raises(at.StateError, match=r"cannot copy .* would share its workers"):
+        copier(backend)  # type: ignore[operator]
+    assert await backend.run(pow, 2, 5) == 32
+
+
+@pytest.mark.parametrize("copier", [copy.copy, copy.deepcopy], ids=["copy", "deepcopy"])
+@pytest.mark.parametrize("name", BACKENDS)
+async def test_an_unopened_backend_copies_into_an_independent_one(
+    name: str, copier: object
+) -> None:
+    original, _ = get_backend(name, workers=None if name == "inline" else 2)
+    twin = copier(original)  # type: ignore[operator]
+    assert twin is not original
+    assert repr(twin) == repr(original)
+    async with original:
+        async with twin:
+            shared = await original.share({"x": np.arange(3.0)})
+            assert await twin.run(pow, 3, 2) == 9
+        # Closing the twin left the original's workers and what it shares alone.
+        assert twin.state == "closed"
+        assert original.state == "open"
+        assert await original.run(pow, 2, 5) == 32
+        assert shared.read(0)["x"].tolist() == [0.0, 1.0, 2.0]
+    with pytest.raises(at.StateError, match="it is closed"):
+        copier(original)  # type: ignore[operator]
 
 
 async def test_many_tasks_in_flight(backend: at.backends.Backend) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from asynctrain._checks import check_int
 from asynctrain._exceptions import ConfigError, StateError
@@ -109,6 +110,34 @@ class Lifecycle:
     async def __aenter__(self) -> Self:
         await self._ensure_open()
         return self
+
+    def __copy__(self) -> Self:
+        """An unopened backend's copy: a new, independent backend of the same settings
+        (a deep copy, as a shallow one would share what the backend keeps of its own:
+        the shared arrays it owns, its BLAS limit). An open or closed one refuses.
+
+        Raises:
+            StateError: the backend is open (a copy would share its workers, and
+                closing either would stop them for both) or closed.
+        """
+        return copy.deepcopy(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        """See :meth:`__copy__`."""
+        if self._state is not State.UNOPENED:
+            why = (
+                "its copy would share its workers, and closing either would stop them for both"
+                if self._state is State.OPEN
+                else "it is closed"
+            )
+            raise StateError(
+                f"cannot copy {self!r}: {why}; create another {type(self).__name__} "
+                "(an unopened backend copies into a new one)"
+            )
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
 
     async def __aexit__(
         self,
