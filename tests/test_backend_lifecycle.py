@@ -231,6 +231,61 @@ def test_aclose_on_another_loop_stops_the_workers_of_the_opening_one(
     assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
 
 
+@pytest.mark.parametrize("new_loop", list(LOOPS.values()), ids=list(LOOPS))
+@pytest.mark.parametrize("opener", ["closed", "stopped", "running"])
+def test_release_on_another_loop_tells_the_workers_on_the_opening_one(
+    new_loop: Any, opener: str
+) -> None:
+    # As aclose: the pool's pipes belong to the loop that opened it. release() from a
+    # second loop wrote to them from there (racing the first loop's own writes when it
+    # runs in another thread, or watching a pipe with a closed loop).
+    backend = ProcessBackend(workers=2)
+    told: list[asyncio.AbstractEventLoop | None] = []
+
+    async def use() -> Any:
+        shared = await backend.share({"x": np.ones(4)})
+        assert await backend.run(pow, 2, 3) == 8
+        pool: Any = backend._pool
+        broadcast = pool.broadcast
+
+        def recorded(message: bytes) -> None:
+            told.append(asyncio._get_running_loop())
+            broadcast(message)
+
+        pool.broadcast = recorded
+        return shared
+
+    first = new_loop()
+    thread = None
+    if opener == "running":
+        thread = threading.Thread(target=first.run_forever)
+        thread.start()
+        shared = asyncio.run_coroutine_threadsafe(use(), first).result(timeout=60)
+    else:
+        shared = first.run_until_complete(use())
+        if opener == "closed":
+            first.close()
+    segment = Path("/dev/shm") / shared.key
+    assert segment.exists()
+    second = new_loop()
+    try:
+        second.run_until_complete(asyncio.wait_for(backend.release(shared), 30))
+        assert not segment.exists()  # unlinked at once, whichever loop
+        if opener == "running":  # the opening loop tells its workers on its next turn
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), first).result(timeout=30)
+        second.run_until_complete(asyncio.wait_for(backend.aclose(), 30))
+    finally:
+        second.close()
+        if thread is not None:
+            first.call_soon_threadsafe(first.stop)
+            thread.join()
+        first.close()
+    # Told on the opening loop (a stopped one: when aclose ran it); a closed loop's
+    # workers are told nothing, only killed.
+    assert told == ([] if opener == "closed" else [first])
+    assert backend.state == "closed"
+
+
 UNGUARDED = """
 import asynctrain as at
 from asynctrain.backends import ProcessBackend

@@ -223,13 +223,28 @@ class ProcessBackend(Lifecycle):
         return shared
 
     async def release(self, shared: Any) -> None:
-        """Unlink the shared memory of ``shared`` and unmap it in the workers; idempotent."""
+        """Unlink the shared memory of ``shared`` and unmap it in the workers; idempotent.
+
+        Safe on another event loop than the one that opened the pool, as :meth:`aclose`
+        is: the workers are told on the opening loop (whose pipes they are), or not at
+        all once that loop is closed (its workers then go with :meth:`aclose`).
+        """
         if not isinstance(shared, ProcessShared) or self._owned.pop(shared.key, None) is None:
             return
         release_shared(shared)
         self._encoder.forget(shared.key)
         if self._pool is not None:
-            self._pool.broadcast(encode_forget(shared.key))
+            self._on_pool_loop(self._pool.broadcast, encode_forget(shared.key))
+
+    def _on_pool_loop(self, fn: Callable[..., object], /, *args: Any) -> None:
+        """Call ``fn(*args)`` on the loop that opened the pool (now, if that is this one):
+        the pool's pipes are watched by it and written by it alone."""
+        loop = self._loop
+        if loop is None or loop is asyncio.get_running_loop():
+            fn(*args)
+        elif not loop.is_closed():  # running in another thread, or stopped: when it runs
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(fn, *args)
 
     def _watch_files(self, shared: ProcessShared) -> None:
         """Workers keep their maps of shared files across handles (``_process_shared``):
