@@ -33,7 +33,9 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     size.add_argument(
         "--smoke", action="store_true", help="tiny sizes: checks every figure runs (for CI)"
     )
-    parser.add_argument("--only", default="", help="comma-separated suites, e.g. overhead,scaling")
+    parser.add_argument(
+        "--only", default=None, help="comma-separated suites, e.g. overhead,scaling"
+    )
     parser.add_argument("--json", dest="json_path", metavar="PATH", help="write every figure here")
     parser.add_argument("--plot", metavar="DIR", help="write PNG charts here (needs matplotlib)")
     parser.add_argument("--markdown", metavar="PATH", help="write the table as Markdown here")
@@ -68,7 +70,8 @@ def bench_command(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join(SUITES))
         return 0
-    names = select([n.strip() for n in args.only.split(",") if n.strip()], list(SUITES))
+    only = None if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+    names = select(only, list(SUITES), option="--only")
     _check_outputs(args)
     quick = bool(args.quick or args.smoke)
     info = machine()

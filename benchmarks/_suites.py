@@ -82,18 +82,23 @@ class SuiteOutcome:
         return {"status": status, "error": error, "seconds": round(self.seconds, 3)}
 
 
-def select(only: Sequence[str] | None, suites: Sequence[str]) -> list[str]:
-    """The suite names to run: all of ``suites``, or those in ``only`` (in that order).
+def select(only: Sequence[str] | None, suites: Sequence[str], *, option: str = "only") -> list[str]:
+    """The suite names to run: all of ``suites`` (``only`` None), or those in ``only``
+    (in that order).
 
     Raises:
-        ConfigError: a name in ``only`` is not a suite (the message lists them).
+        ConfigError: a name in ``only`` is not a suite, or ``only`` names none (``--only
+            ","``: an empty selection is a mistake, not "all"); the message, naming
+            ``option``, lists the suites.
 
     Example:
         >>> select(["scaling", "overhead", "scaling"], list(SUITES))
         ['scaling', 'overhead']
     """
-    if not only:
+    if only is None:
         return list(suites)
+    if not only:
+        raise ConfigError(f"{option} names no suite; choose from {', '.join(suites)}")
     unknown = [name for name in only if name not in suites]
     if unknown:
         raise ConfigError(

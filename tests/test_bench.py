@@ -24,6 +24,7 @@ from asynctrain import Trainer, run
 from asynctrain._cli import main
 from asynctrain.data import Dataset, synthetic
 from benchmarks import Figure, ratio_figure, skipped_figure
+from benchmarks import _command as bench_command_module
 from benchmarks import _suites as suites
 from benchmarks._accuracy import optimizer_for
 from benchmarks._handwritten import SGD, train_epochs
@@ -210,6 +211,22 @@ def test_markdown_makes_its_directory_as_json_does(
 def test_unknown_suite_names_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--only", "nope"]) == 2
     assert "choose from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("only", [",", "", " , "])
+def test_an_only_naming_no_suite_is_a_one_line_error(
+    only: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--only ","`` ran every suite (minutes of measuring) instead of none."""
+
+    def ran(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"suites ran: {args}")
+
+    monkeypatch.setattr(bench_command_module, "_run_all", ran)
+    assert main(["bench", "--only", only]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--only names no suite; choose from overhead" in err
 
 
 def test_figure_targets_and_skips() -> None:
