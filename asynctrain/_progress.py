@@ -17,7 +17,9 @@ class Progress:
 
     Each epoch's line shows ``EpochEvent.epoch`` as it is (zero-based), so the CLI, the
     events and logs written from them number epochs alike. Without tqdm only the epoch
-    lines are shown (on stderr).
+    lines are shown (on stderr), and so it is when stderr is not a terminal (a log file,
+    a CI job, a pipe): a bar redraws its line with carriage returns, which such a log
+    keeps as one long line of every redraw.
     """
 
     def __init__(self, *, enabled: bool = True) -> None:
@@ -57,11 +59,22 @@ class Progress:
         """The callbacks that show a fit of ``total`` steps (none when disabled)."""
         if not self.enabled:
             return []
+        if not _is_terminal(sys.stderr):
+            return [_Lines()]
         try:
             from tqdm import tqdm
         except ImportError:
             return [_Lines()]
         return [_Bar(tqdm(total=total, unit="step", dynamic_ncols=True, leave=False))]
+
+
+def _is_terminal(stream: object) -> bool:
+    """Whether ``stream`` is a terminal (False for a file, a pipe, a closed stream)."""
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty is not None and isatty())
+    except (ValueError, OSError):  # closed, or detached
+        return False
 
 
 def epoch_line(event: EpochEvent) -> str:

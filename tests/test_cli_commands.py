@@ -3,6 +3,7 @@ plots, --version and help (run in-process through ``main``)."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import sys
@@ -266,6 +267,43 @@ def test_interrupted_then_resumed_equals_one_uninterrupted_run(
             assert a[name].tobytes() == b[name].tobytes()
 
 
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_stderr_that_is_no_terminal_is_one_line_per_epoch(
+    softmax_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tqdm redrew its bar with carriage returns into a log file or a CI job's output,
+    which kept every redraw on one long line."""
+    pytest.importorskip("tqdm")
+    argv = ["train", str(softmax_file), "--model", "softmax", "--epochs", "2"]
+    assert main(argv) == 0  # capsys: stderr is no terminal
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert [line.split(":")[0] for line in err.splitlines()] == ["epoch 0", "epoch 1"]
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    tqdm = pytest.importorskip("tqdm")
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    [bar] = _progress.Progress().callbacks(10)
+    try:
+        assert isinstance(bar, _progress._Bar)
+        assert isinstance(bar.bar, tqdm.tqdm)
+    finally:
+        bar.close()
+    assert "\r" in sys.stderr.getvalue()
+    closed = io.StringIO()
+    closed.close()  # its isatty() raises ValueError
+    monkeypatch.setattr(sys, "stderr", closed)
+    [lines] = _progress.Progress().callbacks(10)
+    assert type(lines) is _progress._Lines
+
+
 def test_the_bar_of_a_resumed_run_starts_at_its_checkpoint_and_ends_full(
     softmax_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -292,6 +330,7 @@ def test_the_bar_of_a_resumed_run_starts_at_its_checkpoint_and_ends_full(
 
     monkeypatch.setitem(sys.modules, "tqdm", type(sys)("tqdm"))
     monkeypatch.setattr(sys.modules["tqdm"], "tqdm", Bar, raising=False)
+    monkeypatch.setattr(sys, "stderr", _Terminal())  # a bar is drawn on terminals only
     run = ["train", str(softmax_file), "--model", "softmax", "--checkpoint-dir", str(tmp_path)]
     assert main([*run, "--epochs", "1"]) == 0
     assert main([*run, "--epochs", "2", "--resume"]) == 0
