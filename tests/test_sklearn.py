@@ -270,6 +270,24 @@ def test_partial_fit_checks_its_classes() -> None:
         clf.partial_fit(X, y, classes=[0, 1, 2])
 
 
+@pytest.mark.parametrize("estimator", [ask.AsyncLogisticRegression, ask.AsyncMLPClassifier])
+@pytest.mark.parametrize(
+    ("labels", "named"), [(["cat", "dog"], "class 'dog'"), ([3, 7], "class 7")]
+)
+def test_one_class_left_by_the_weights_is_named_by_the_users_label(
+    estimator: Any, labels: list[Any], named: str
+) -> None:
+    """The message named the encoded class ("only class 1"), which the user never gave."""
+    X, encoded = blobs(n=200, centers=2)
+    y = np.asarray(labels)[encoded]
+    weights = (encoded == 1).astype(float)  # only the second label keeps a weight
+    with pytest.raises(at.DataError, match=rf"positive sample_weight hold only {named};"):
+        estimator(max_iter=2).fit(X, y, sample_weight=weights)
+    first = {labels[0]: 0.0}
+    with pytest.raises(at.DataError, match=rf"\(sample_weight × class_weight\) hold only {named};"):
+        estimator(max_iter=2, class_weight=first).fit(X, y)
+
+
 def test_partial_fit_refuses_a_changed_architecture() -> None:
     X, y = blobs()
     clf = ask.AsyncMLPClassifier((8,), random_state=0, max_iter=2).fit(X, y)

@@ -9,6 +9,7 @@ import numpy.typing as npt
 from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 
+from asynctrain._exceptions import DataError
 from asynctrain._types import Params
 from asynctrain.data._weights import class_weight_rows
 from asynctrain.sklearn._base import AsyncEstimator
@@ -61,11 +62,37 @@ class AsyncClassifier(ClassifierMixin, AsyncEstimator):  # type: ignore[misc]
         partial: bool,
     ) -> npt.NDArray[Any] | None:
         """``weights`` (ones if None) times each row's ``class_weight``; ``y`` holds the
-        encoded labels ``0 .. K-1``."""
+        encoded labels ``0 .. K-1``.
+
+        Raises:
+            DataError: (a fit) the rows of positive weight hold one class, named by the
+                user's label (the trainer's check would name its encoded index).
+        """
+        known = attrs["classes_"]
+        weighted = self._class_weights(y, weights, known, partial=partial)
+        if weighted is not None and not partial:
+            kept = np.unique(y[weighted > 0])
+            if len(kept) == 1:  # none at all: the trainer's check says so
+                label = known[kept].tolist()[0]
+                by = "sample_weight" if self.class_weight is None else "weight"
+                also = "" if self.class_weight is None else " (sample_weight × class_weight)"
+                raise DataError(
+                    f"the rows with a positive {by}{also} hold only class {label!r}; a "
+                    "classifier needs at least two classes with weight in its training data"
+                )
+        return weighted
+
+    def _class_weights(
+        self,
+        y: npt.NDArray[Any],
+        weights: npt.NDArray[Any] | None,
+        known: npt.NDArray[Any],
+        *,
+        partial: bool,
+    ) -> npt.NDArray[Any] | None:
         class_weight = self.class_weight
         if class_weight is None:
             return weights
-        known = attrs["classes_"]
         if isinstance(class_weight, str) and class_weight == "balanced":
             if partial:
                 raise ValueError(
