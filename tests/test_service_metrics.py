@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import threading
 from typing import Any
 
 import pytest
 
 import asynctrain as at
+from asynctrain._serving import _service
 from asynctrain.models import SoftmaxRegression
 
 prometheus_client = pytest.importorskip("prometheus_client")
@@ -106,6 +108,59 @@ async def test_a_jobs_start_up_is_not_timed_as_a_step() -> None:
     between = slow.times[-1] - slow.times[0]
     assert snapshot.step_seconds_sum == pytest.approx(between, abs=0.05)
     assert snapshot.step_seconds_sum < 0.5 + between - 0.1
+
+
+async def test_a_scrape_from_another_thread_during_a_fit_is_taken_on_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """prometheus_client.start_http_server scrapes from a thread of its own; the snapshot
+    read the loop's dict of jobs, its queue and its counters there, unlocked, while the
+    loop changed them (a dict or deque "changed size during iteration", a histogram
+    whose count was not the steps')."""
+    loop_thread, read_on = threading.get_ident(), set[int]()
+    measure = _service.shared_memory_bytes
+
+    def recorded() -> int:
+        read_on.add(threading.get_ident())
+        return measure()
+
+    monkeypatch.setattr(_service, "shared_memory_bytes", recorded)
+    data = at.data.synthetic("softmax", n=2000, seed=2)
+    done, scrapes, errors = threading.Event(), list[dict[Any, float]](), list[BaseException]()
+
+    def scrape() -> None:
+        while not done.is_set():
+            try:
+                scrapes.append(_scrape(service))
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    async with at.TrainingService(
+        backend="thread", workers=2, max_running=2, keep_finished=2
+    ) as service:
+        scraper = threading.Thread(target=scrape)
+        scraper.start()
+        try:
+            for round_ in range(4):  # jobs start, queue, finish and are forgotten meanwhile
+                jobs = [
+                    await service.start(
+                        f"{round_}-{i}", SoftmaxRegression(128, 10), data, epochs=2, **OPTIONS
+                    )
+                    for i in range(3)
+                ]
+                await asyncio.gather(*(job.wait() for job in jobs))
+        finally:
+            done.set()
+            await asyncio.to_thread(scraper.join)
+    assert errors == []
+    assert len(scrapes) >= 2
+    assert read_on == {loop_thread}  # every snapshot read on the loop, none on the scraper's
+    for scraped in scrapes:  # each one whole: its histogram counts the same steps, but
+        steps = scraped[("asynctrain_steps_total", ())]  # each job's first (12 at most)
+        assert 0 <= steps - scraped[("asynctrain_step_seconds_count", ())] <= 12
+        assert scraped[("asynctrain_samples_total", ())] == 100 * steps
+    assert scrapes[-1][("asynctrain_steps_total", ())] == 4 * 3 * 40  # 2000 rows, 100 a step
 
 
 def test_without_prometheus_client_the_error_names_the_extra(

@@ -1,7 +1,8 @@
 """Service metrics: what a TrainingService counts, and its export to Prometheus.
 
 The service counts steps, samples and step times as its jobs publish their step events
-(a few integer additions on the loop, no locks: everything runs on the service's loop).
+(a few integer additions on the loop, no locks: everything runs on the service's loop;
+a snapshot asked for from another thread is taken on the loop too).
 :meth:`TrainingService.metrics <asynctrain.TrainingService.metrics>` takes a snapshot;
 :class:`PrometheusCollector` turns snapshots into Prometheus metric families when a
 registry is scraped. prometheus-client is an optional extra (``asynctrain[metrics]``),
@@ -118,8 +119,11 @@ class PrometheusCollector:
     """Expose a TrainingService's metrics to a Prometheus registry, named ``asynctrain_*``.
 
     Register it once; every scrape takes a fresh :meth:`TrainingService.metrics
-    <asynctrain.TrainingService.metrics>` snapshot. Scrape from the service's event loop
-    thread (an async handler): the snapshot reads the loop's state without locks.
+    <asynctrain.TrainingService.metrics>` snapshot. Scrape from any thread: in an async
+    handler on the service's loop the snapshot is read there and then; from another
+    thread (``prometheus_client.start_http_server``'s) it is taken on the service's
+    loop, whose state it reads without locks, and the scrape waits for it (a
+    ``TimeoutError`` after 10 s of a blocked loop).
 
     - ``asynctrain_jobs{state}`` (gauge): remembered jobs by status.
     - ``asynctrain_steps_total``, ``asynctrain_samples_total`` (counters): steps run by

@@ -9,6 +9,7 @@ backend it created, so nothing is left running.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 from collections import deque
@@ -36,6 +37,10 @@ from asynctrain.models import Model
 from asynctrain.optim import GradientTransformation
 
 _NOT_PER_JOB = ("backend", "workers")
+
+METRICS_TIMEOUT = 10.0
+"""Seconds :meth:`TrainingService.metrics` called from another thread waits for the
+service's loop to take the snapshot (a scrape's own timeout is usually about as long)."""
 
 
 class TrainingService:
@@ -100,6 +105,7 @@ class TrainingService:
         self._counters = StepCounters()
         self._state = State.UNOPENED
         self._closing: asyncio.Task[None] | None = None  # aclose()'s, once begun
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop that opened it
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -122,6 +128,7 @@ class TrainingService:
         if self._state is State.UNOPENED:
             await self._backend.__aenter__()
             self._lag.start()
+            self._loop = asyncio.get_running_loop()
             self._state = State.OPEN
 
     async def aclose(self) -> None:
@@ -245,12 +252,47 @@ class TrainingService:
     def metrics(self) -> ServiceMetrics:
         """A snapshot of the service's counters and gauges (see :class:`ServiceMetrics`).
 
-        Call it on the service's loop; :class:`~asynctrain.PrometheusCollector` exports it.
+        Callable from any thread; :class:`~asynctrain.PrometheusCollector` exports it.
+        The counters belong to the service's event loop, which changes them without
+        locks, so from another thread (``prometheus_client.start_http_server``'s) while
+        that loop runs, the snapshot is taken on the loop, between two of its
+        callbacks, and this call waits for it.
+
+        Raises:
+            TimeoutError: called from another thread, the loop took no snapshot within
+                :data:`METRICS_TIMEOUT` seconds (it was blocked, or stopped meanwhile).
 
         Example:
             >>> service.metrics().steps  # doctest: +SKIP
             480
         """
+        loop = self._loop
+        if loop is None or _running_loop() is loop or not loop.is_running():
+            return self._snapshot()  # on the loop, or nothing runs there to change it
+        taken: concurrent.futures.Future[ServiceMetrics] = concurrent.futures.Future()
+
+        def take() -> None:
+            if taken.set_running_or_notify_cancel():
+                try:
+                    taken.set_result(self._snapshot())
+                except BaseException as exc:
+                    taken.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(take)
+        except RuntimeError:  # closed since: nothing runs there any more
+            return self._snapshot()
+        try:
+            return taken.result(timeout=METRICS_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            taken.cancel()
+            raise TimeoutError(
+                f"{self!r}'s event loop took no metrics snapshot within {METRICS_TIMEOUT} s; "
+                "is something blocking it?"
+            ) from None
+
+    def _snapshot(self) -> ServiceMetrics:
+        """:meth:`metrics`, read directly (on the loop, or with nothing running there)."""
         jobs: dict[str, int] = dict.fromkeys(("queued", "running", *FINISHED), 0)
         for job in self._jobs.values():
             jobs[job.status] += 1
@@ -323,3 +365,11 @@ class TrainingService:
             f"queued={self.queued} backend={backend} "
             f"{self._state}>"
         )
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
