@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from asynctrain.backends import ProcessBackend
 from asynctrain.backends import _process_shared as shared_module
+from asynctrain.backends._process import _file_gone
 from asynctrain.data import Dataset
 
 ROWS, COLS = 4096, 128  # 2 MiB of float32: shared as a file in /dev/shm
@@ -109,3 +111,26 @@ async def test_the_owner_s_process_keeps_no_maps() -> None:
     async with ProcessBackend(workers=1) as backend:
         await _round(backend, data.X)
     assert shared_module._FILE_MAPS is None
+
+
+def _file_watches() -> int:
+    """Finalizers alive that would tell a process backend its shared file is gone."""
+    return sum(
+        1
+        for o in gc.get_objects()
+        if isinstance(o, weakref.finalize) and (o.peek() or (None, None))[1] is _file_gone
+    )
+
+
+async def test_a_closed_backend_stops_watching_the_files_it_shared() -> None:
+    # A long-lived dataset (a service's, a memory-mapped file) is shared by fit after fit,
+    # each on a backend of its own (at.fit, a trainer that opens its backend per fit).
+    # Each backend's watch on the file lived as long as the data: one finalizer more per
+    # backend, for ever.
+    data = _dataset()
+    before = _file_watches()
+    for _ in range(5):
+        async with ProcessBackend(workers=1) as backend:
+            await _round(backend, data.X)
+            assert _file_watches() == before + 1  # watched while the backend is open
+    assert _file_watches() == before

@@ -114,7 +114,8 @@ class ProcessBackend(Lifecycle):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._owned: dict[str, ProcessShared] = {}
         self._encoder = TaskEncoder()
-        self._watched: set[int] = set()  # ids of owner maps whose death prunes workers' maps
+        # id of an owner map -> its finalizer, which prunes the workers' maps when it dies
+        self._watched: dict[int, weakref.finalize[Any, Any]] = {}
         self._tasks = self._retries = self._bytes = 0
 
     async def _open(self) -> None:
@@ -146,6 +147,7 @@ class ProcessBackend(Lifecycle):
                 release_shared(shared)
             self._owned.clear()
         finally:
+            self._unwatch_files()
             self._blas.restore()
 
     async def _close_pool(self, pool: Pool) -> None:
@@ -251,9 +253,17 @@ class ProcessBackend(Lifecycle):
         when the owner's array of such a file dies, tell them to drop maps of files gone."""
         for base in owner_maps(shared):
             if id(base) not in self._watched:
-                self._watched.add(id(base))
                 gone = weakref.finalize(base, _file_gone, weakref.ref(self), id(base))
                 gone.atexit = False  # at exit the pool is going anyway
+                self._watched[id(base)] = gone
+
+    def _unwatch_files(self) -> None:
+        """Drop the watches of a closing backend: the files' arrays may live on (a
+        service's dataset, shared fit after fit on a backend of each fit's own), and each
+        watch, kept until they die, was one more finalizer per backend for ever."""
+        watched, self._watched = self._watched, {}
+        for gone in list(watched.values()):  # a finalizer may run meanwhile, on any thread
+            gone.detach()
 
     def _prune_file_maps(self) -> None:
         if self._pool is not None and not self._pool.closing:
@@ -302,7 +312,7 @@ def _file_gone(backend: weakref.ref[ProcessBackend], ident: int) -> None:
     owner = backend()
     if owner is None:
         return
-    owner._watched.discard(ident)
+    owner._watched.pop(ident, None)
     loop = owner._loop
     if loop is not None and not loop.is_closed():
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
