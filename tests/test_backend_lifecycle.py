@@ -4,6 +4,7 @@ forkserver) and exceptions nobody retrieved."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import multiprocessing
 import multiprocessing.forkserver
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +195,34 @@ async def test_the_process_backend_leaves_the_global_forkserver_alone() -> None:
         server.set_forkserver_preload(before)
 
 
+@contextlib.contextmanager
+def _used_then_another_loop(
+    new_loop: Any, opener: str, use: Callable[[], Awaitable[Any]]
+) -> Iterator[tuple[Any, asyncio.AbstractEventLoop, asyncio.AbstractEventLoop]]:
+    """Run ``use()`` on a first loop, left ``opener`` ("closed", "stopped", or "running"
+    in a thread of its own), then yield its result, that loop and a second one to call
+    from; both loops are closed (the thread stopped) afterwards."""
+    first = new_loop()
+    thread = None
+    if opener == "running":
+        thread = threading.Thread(target=first.run_forever)
+        thread.start()
+        result = asyncio.run_coroutine_threadsafe(use(), first).result(timeout=60)
+    else:
+        result = first.run_until_complete(use())
+        if opener == "closed":
+            first.close()
+    second = new_loop()
+    try:
+        yield result, first, second
+    finally:
+        second.close()
+        if thread is not None:
+            first.call_soon_threadsafe(first.stop)
+            thread.join()
+        first.close()
+
+
 @pytest.mark.parametrize("new_loop", list(LOOPS.values()), ids=list(LOOPS))
 @pytest.mark.parametrize("opener", ["closed", "stopped", "running"])
 def test_aclose_on_another_loop_stops_the_workers_of_the_opening_one(
@@ -206,26 +236,10 @@ def test_aclose_on_another_loop_stops_the_workers_of_the_opening_one(
         await backend.share({"x": np.ones(4)})
         return await backend.run(pow, 2, 3)
 
-    first = new_loop()
-    thread = None
-    if opener == "running":
-        thread = threading.Thread(target=first.run_forever)
-        thread.start()
-        assert asyncio.run_coroutine_threadsafe(use(), first).result(timeout=60) == 8
-    else:
-        assert first.run_until_complete(use()) == 8
-        if opener == "closed":
-            first.close()
-    pids = backend.pids
-    second = new_loop()
-    try:
+    with _used_then_another_loop(new_loop, opener, use) as (result, _, second):
+        assert result == 8
+        pids = backend.pids
         second.run_until_complete(asyncio.wait_for(backend.aclose(), 30))
-    finally:
-        second.close()
-        if thread is not None:
-            first.call_soon_threadsafe(first.stop)
-            thread.join()
-        first.close()
     assert backend.state == "closed"
     assert backend.pids == []
     assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
@@ -255,31 +269,14 @@ def test_release_on_another_loop_tells_the_workers_on_the_opening_one(
         pool.broadcast = recorded
         return shared
 
-    first = new_loop()
-    thread = None
-    if opener == "running":
-        thread = threading.Thread(target=first.run_forever)
-        thread.start()
-        shared = asyncio.run_coroutine_threadsafe(use(), first).result(timeout=60)
-    else:
-        shared = first.run_until_complete(use())
-        if opener == "closed":
-            first.close()
-    segment = Path("/dev/shm") / shared.key
-    assert segment.exists()
-    second = new_loop()
-    try:
+    with _used_then_another_loop(new_loop, opener, use) as (shared, first, second):
+        segment = Path("/dev/shm") / shared.key
+        assert segment.exists()
         second.run_until_complete(asyncio.wait_for(backend.release(shared), 30))
         assert not segment.exists()  # unlinked at once, whichever loop
         if opener == "running":  # the opening loop tells its workers on its next turn
             asyncio.run_coroutine_threadsafe(asyncio.sleep(0), first).result(timeout=30)
         second.run_until_complete(asyncio.wait_for(backend.aclose(), 30))
-    finally:
-        second.close()
-        if thread is not None:
-            first.call_soon_threadsafe(first.stop)
-            thread.join()
-        first.close()
     # Told on the opening loop (a stopped one: when aclose ran it); a closed loop's
     # workers are told nothing, only killed.
     assert told == ([] if opener == "closed" else [first])
