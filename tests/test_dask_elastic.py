@@ -249,3 +249,38 @@ async def test_a_worker_that_dies_while_it_gets_its_store_stalls_nothing() -> No
         assert await call == 8
         assert time.monotonic() - began < STORE_TIMEOUT / 2
         busy.release()
+
+
+def _signal_calls(owner: Any, name: str) -> asyncio.Event:
+    """An event set when ``owner.name(...)`` is called; the call itself goes on as before."""
+    called = asyncio.Event()
+    method = getattr(owner, name)
+
+    def signalling(*args: Any, **kwargs: Any) -> Any:
+        called.set()
+        return method(*args, **kwargs)
+
+    setattr(owner, name, signalling)
+    return called
+
+
+@pytest.mark.parametrize(
+    ("owner", "method"),
+    [("_cluster", "scale"), ("_client", "wait_for_workers"), ("_client", "nthreads")],
+    ids=["while-the-cluster-scales", "while-it-waits-for-the-worker", "while-it-meets-it"],
+)
+async def test_closing_the_backend_while_it_resizes_is_a_state_error(
+    owner: str, method: str
+) -> None:
+    """aclose does not wait for a resize: the resize went on with the client and cluster
+    the close had dropped, and failed with "AttributeError: 'NoneType' object has no
+    attribute 'wait_for_workers'" (or 'nthreads')."""
+    backend = DaskBackend(workers=1)
+    await backend.__aenter__()
+    reached = _signal_calls(getattr(backend, owner), method)
+    resize = asyncio.create_task(backend.resize(2))
+    await asyncio.wait_for(reached.wait(), 30)  # the resize waits just past that call
+    await backend.aclose()
+    with pytest.raises(at.StateError, match="closed while it resized"):
+        await asyncio.wait_for(resize, 30)
+    assert backend.state == "closed"

@@ -339,14 +339,18 @@ class DaskBackend(Lifecycle):
             self._stale = False  # an event during the sync sets it again
             try:
                 present: dict[str, int] = await self._client.nthreads()
+                self._check_not_closing()  # closed meanwhile: it has no client left
                 for address in [a for a in self._lanes if a not in present]:
                     self._drop(address, "it is no longer in the cluster")
                 new = [a for a in present if a not in self._lanes]
                 stores = await asyncio.gather(*(self._store_on(a) for a in new))
-            except BaseException:
+                self._check_not_closing()
+            except BaseException as exc:
                 # Cancelled (the fit was) or failed: the workers that joined have no lane
                 # yet, and without this no later call would look for them again.
                 self._stale = True
+                if isinstance(exc, Exception) and not isinstance(exc, StateError):
+                    self._check_not_closing(cause=exc)  # the close broke the client's call
                 raise
             for address, future in zip(new, stores, strict=True):
                 if future is not None:
@@ -428,9 +432,13 @@ class DaskBackend(Lifecycle):
                 continue
             self._check_not_closing()
 
-    def _check_not_closing(self) -> None:
+    def _check_not_closing(
+        self, during: str = "a call ran or waited on it", cause: BaseException | None = None
+    ) -> None:
+        """Raise StateError if the backend was closed (while ``during`` went on; chained
+        to ``cause``, the error the close made it meet)."""
         if self._closing:
-            raise StateError(f"{self!r} was closed while a call ran or waited on it")
+            raise StateError(f"{self!r} was closed while {during}") from cause
 
     async def resize(self, workers: int) -> None:
         """Scale the local cluster this backend started to ``workers`` processes.
@@ -467,13 +475,24 @@ class DaskBackend(Lifecycle):
         async with self._open_lock:
             if self.state is State.CLOSED:
                 raise StateError(f"{self!r} is closed; create a new DaskBackend")
-            self._cluster.scale(size)
-            await self._cluster  # the cluster's spec realised: workers started or retired
-            if size:
-                await self._client.wait_for_workers(size)
-            self._size = size
-            self._stale = True
-            await self._sync_lanes()
+            try:
+                await self._scale(size)
+            except Exception as exc:
+                # aclose does not wait for a resize: the client and cluster it closed fail
+                # the awaits under way in their own ways (or it had dropped them).
+                self._check_not_closing("it resized", exc)
+                raise
+
+    async def _scale(self, size: int) -> None:
+        self._cluster.scale(size)
+        await self._cluster  # the cluster's spec realised: workers started or retired
+        self._check_not_closing("it resized")
+        if size:
+            await self._client.wait_for_workers(size)
+            self._check_not_closing("it resized")
+        self._size = size
+        self._stale = True
+        await self._sync_lanes()
 
     # -- running ---------------------------------------------------------------------------
 
