@@ -284,3 +284,41 @@ async def test_closing_the_backend_while_it_resizes_is_a_state_error(
     with pytest.raises(at.StateError, match="closed while it resized"):
         await asyncio.wait_for(resize, 30)
     assert backend.state == "closed"
+
+
+def _first(shared: Any) -> float:
+    return float(shared.read(0)["v"][0])
+
+
+async def test_a_worker_dead_before_it_was_asked_stalls_neither_kept_nor_release() -> None:
+    """kept() and the release of shared data (a fit's end) ask each worker holding some;
+    a worker that had died was asked on a new connection, which distributed retries
+    until its connect timeout: kept() took 30 s, then raised OSError, and the release
+    took 30 s, though the scheduler had reported the worker gone meanwhile."""
+    async with DaskBackend(workers=2) as backend:
+        shared = await backend.share({"v": np.ones(1000)})
+        both = await asyncio.gather(backend.run(_first, shared), backend.run(_first, shared))
+        assert both == [1.0, 1.0]
+        assert len(await backend.kept()) == 2  # each worker holds the array
+        victim = backend._order[0].address
+        pid = (await backend.client.run(os.getpid, workers=[victim]))[victim]
+        reports: list[Any] = []
+        on_event = backend._on_event
+        backend._on_event = reports.append  # type: ignore[method-assign]  # held back
+        os.kill(pid, signal.SIGKILL)
+        await _until(lambda: {"action": "remove-worker", "worker": victim} in _brief(reports))
+        backend.client.rpc.remove(victim)  # its connection closed: asking it connects anew
+        began = time.monotonic()
+        asking = asyncio.gather(backend.kept(), backend.release(shared))
+        await asyncio.sleep(0.5)  # both try to reach the dead worker
+        backend._on_event = on_event  # type: ignore[method-assign]
+        for report in reports:  # the scheduler's reports arrive now
+            on_event(report)
+        kept, _ = await asyncio.wait_for(asking, 20)
+        assert time.monotonic() - began < 10
+        assert victim not in kept
+        assert victim not in backend._lanes
+
+
+def _brief(reports: list[Any]) -> list[dict[str, Any]]:
+    return [{"action": r.get("action"), "worker": r.get("worker")} for r in reports]

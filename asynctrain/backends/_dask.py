@@ -622,16 +622,16 @@ class DaskBackend(Lifecycle):
 
     async def _forget(self, lane: Lane, token: str, keep: list[str], drop: list[str]) -> None:
         try:
-            await self._client.rpc(lane.address).actor_execute(
-                actor=lane.actor, function="forget", args=[[token], keep, drop], kwargs={}
-            )
-        except OSError:  # the worker is gone, and what it kept with it
-            return
+            await lane.ask("forget", [token], keep, drop)
+        except LaneLost as exc:  # the worker is gone, and what it kept with it
+            self._drop(lane.address, repr(exc), lane)
 
     async def kept(self, *, later: bool = False) -> dict[str, int]:
         """Bytes of shared contents each worker keeps for this backend's handles, by
         address; with ``later``, the bytes of data each keeps from finished fits for
-        later ones instead (see ``keep_bytes``).
+        later ones instead (see ``keep_bytes``). A worker that is gone (or goes while it
+        is asked) is left out, as soon as its connection breaks or the scheduler reports
+        it gone.
 
         Example:
             >>> async def report(backend):  # doctest: +SKIP
@@ -641,9 +641,11 @@ class DaskBackend(Lifecycle):
         await self._ensure_open()
         kept: dict[str, int] = {}
         for lane in list(self._order):
-            reply = await self._client.rpc(lane.address).actor_execute(
-                actor=lane.actor, function="held", args=[], kwargs={}
-            )
+            try:
+                reply = await lane.ask("held")
+            except LaneLost as exc:  # it keeps nothing now
+                self._drop(lane.address, repr(exc), lane)
+                continue
             if reply.get("status") == "OK":
                 held = reply["result"]
                 kept[lane.address] = sum(v for k, v in held.items() if (k == "kept") is later)

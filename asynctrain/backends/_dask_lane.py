@@ -157,6 +157,37 @@ class Lane:
         if self._pending:
             self._schedule()
 
+    async def ask(self, function: str, *args: Any) -> dict[str, Any]:
+        """The reply of the worker's store to ``function(*args)``, outside the batches
+        (bookkeeping: what it holds, what it may forget).
+
+        Raises:
+            LaneLost: the worker went away first: its connection broke, it has no store,
+                or it was lost (:meth:`lose`), which ends the wait at once: a question
+                to a worker that died may be asking for a new connection, which
+                distributed retries until its connect timeout (30 s by default).
+        """
+        if self.lost is not None:
+            raise LaneLost(f"Dask worker {self.address} is gone")
+        task = asyncio.ensure_future(
+            self._rpc(self.address).actor_execute(
+                actor=self.actor, function=function, args=list(args), kwargs={}
+            )
+        )
+        self._tasks.add(task)  # lose() cancels it
+        task.add_done_callback(self._tasks.discard)
+        try:
+            await asyncio.wait((task,))
+        finally:
+            task.cancel()  # the caller was cancelled: its question goes too
+        if task.cancelled():
+            raise LaneLost(f"Dask worker {self.address} went away: {self.lost!r}")
+        try:
+            reply: dict[str, Any] = task.result()
+        except (OSError, KeyError) as exc:  # as for a batch: it died, or is a new worker
+            raise LaneLost(f"Dask worker {self.address} did not answer: {exc!r}") from exc
+        return reply
+
     def _fail(self, items: list[_Item], why: Exception) -> None:
         """Fail the calls of a batch that reached a worker still there, which could not
         read it (a module of the function missing there) or whose reply could not be read
