@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -164,6 +165,7 @@ async def test_a_worker_that_joins_takes_shards_from_the_next_step(data: Dataset
             cluster.scale(2)
             await cluster
             await backend.client.wait_for_workers(2)
+            await _until(lambda: backend.workers == 2)  # its store placed as it joined
 
         result = await _fit(backend, data, [AtStep({2: grow})])
         assert backend.workers == 2
@@ -216,38 +218,100 @@ async def test_a_call_cancelled_while_the_backend_met_a_new_worker_leaves_it_to_
         with pytest.raises(asyncio.CancelledError):
             await call
         assert await backend.run(pow, 2, 3) == 8
-        assert backend.workers == 2
+        await _until(lambda: backend.workers == 2)  # its store is placed apart from calls
         assert len(backend.client.futures) == 2  # one store per worker, none left over
 
 
 async def test_a_worker_that_dies_while_it_gets_its_store_stalls_nothing() -> None:
     """A worker removed while its store was being placed (here: it was busy with another
     client's task, then died) never answered, and every call waited for STORE_TIMEOUT
-    (10 s) while the backend waited for that store."""
+    (10 s) while the backend waited for that store; its placement is dropped."""
     from asynctrain.backends._dask import STORE_TIMEOUT
 
     async with (
         _one_worker_cluster() as cluster,
         DaskBackend(cluster.scheduler_address) as backend,
     ):
-        first = set(backend._lanes)
-        cluster.scale(2)
-        await cluster
-        await backend.client.wait_for_workers(2)
-        (new,) = [a for a in backend.client.scheduler_info()["workers"] if a not in first]
+        new, busy = await _joins_busy(cluster, backend, time.sleep, 60)
         pid = (await backend.client.run(os.getpid, workers=[new]))[new]
-        busy = backend.client.submit(time.sleep, 60, workers=[new], pure=False)
-        for _ in range(1000):  # the worker is busy with that task
-            if (await backend.client.processing()).get(new):
-                break
-            await asyncio.sleep(0.02)
-        await _until(lambda: backend._stale)  # the scheduler's add-worker event arrived
         began = time.monotonic()
         call = asyncio.create_task(backend.run(pow, 2, 3))
-        await _until(lambda: backend._placing)  # it waits for the new worker's store
+        await _until(lambda: backend._placements)  # the new worker's store is on its way
         os.kill(pid, signal.SIGKILL)
         assert await call == 8
         assert time.monotonic() - began < STORE_TIMEOUT / 2
+        await _until(lambda: not backend._placements)  # the scheduler removed it
+        assert backend.workers == 1
+        busy.release()
+
+
+class _HeldReports:
+    """The scheduler's reports to ``backend`` (workers joining, leaving), held back until
+    :meth:`deliver`: the moments before they arrive, made as long as a test needs."""
+
+    def __init__(self, backend: DaskBackend) -> None:
+        self.backend = backend
+        self.held: list[dict[str, Any]] = []
+        backend._on_event = self.held.append  # type: ignore[method-assign,assignment]
+
+    def about(self, action: str, worker: str) -> bool:
+        return any(r.get("action") == action and r.get("worker") == worker for r in self.held)
+
+    def deliver(self) -> None:
+        del self.backend._on_event  # the class's handler again
+        for report in self.held:
+            self.backend._on_event(report)
+
+
+async def _joins_busy(cluster: Any, backend: DaskBackend, task: Any, *args: Any) -> tuple[str, Any]:
+    """A second worker joins, busy with ``task(*args)`` when the backend hears of it;
+    its address and the task's future."""
+    reports = _HeldReports(backend)
+    cluster.scale(2)
+    await cluster
+    await backend.client.wait_for_workers(2)
+    (new,) = [a for a in backend.client.scheduler_info()["workers"] if a not in backend._lanes]
+    busy = backend.client.submit(task, *args, workers=[new], pure=False)
+    for _ in range(1000):  # the worker runs that task
+        if (await backend.client.processing()).get(new):
+            break
+        await asyncio.sleep(0.02)
+    await _until(lambda: reports.about("add-worker", new))
+    reports.deliver()
+    return new, busy
+
+
+def _busy_until(path: str) -> None:
+    while not os.path.exists(path):
+        time.sleep(0.02)
+
+
+async def test_a_worker_busy_when_it_joins_stalls_nothing_and_takes_calls_once_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker busy with another task when it joined places its store after that task:
+    every call waited up to STORE_TIMEOUT (10 s; 60 here) for it, and one still busy
+    then was left out until the cluster changed again."""
+    from asynctrain.backends import _dask
+
+    monkeypatch.setattr(_dask, "STORE_TIMEOUT", 60.0)
+    free = tmp_path / "free"
+    async with (
+        _one_worker_cluster() as cluster,
+        DaskBackend(cluster.scheduler_address) as backend,
+    ):
+        try:
+            new, busy = await _joins_busy(cluster, backend, _busy_until, str(free))
+            assert await asyncio.wait_for(backend.run(pow, 2, 3), 10) == 8
+            assert new not in backend._lanes
+            assert new in backend._placements  # its store waits for the busy task
+        finally:
+            free.touch()
+        await busy
+        await _until(lambda: new in backend._lanes)  # placed once the worker was free
+        await asyncio.gather(*(backend.run(pow, 2, i) for i in range(4)))
+        assert backend._lanes[new].sent > 0
+        assert backend.workers == 2
         busy.release()
 
 
@@ -302,23 +366,15 @@ async def test_a_worker_dead_before_it_was_asked_stalls_neither_kept_nor_release
         assert len(await backend.kept()) == 2  # each worker holds the array
         victim = backend._order[0].address
         pid = (await backend.client.run(os.getpid, workers=[victim]))[victim]
-        reports: list[Any] = []
-        on_event = backend._on_event
-        backend._on_event = reports.append  # type: ignore[method-assign]  # held back
+        reports = _HeldReports(backend)
         os.kill(pid, signal.SIGKILL)
-        await _until(lambda: {"action": "remove-worker", "worker": victim} in _brief(reports))
+        await _until(lambda: reports.about("remove-worker", victim))
         backend.client.rpc.remove(victim)  # its connection closed: asking it connects anew
         began = time.monotonic()
         asking = asyncio.gather(backend.kept(), backend.release(shared))
         await asyncio.sleep(0.5)  # both try to reach the dead worker
-        backend._on_event = on_event  # type: ignore[method-assign]
-        for report in reports:  # the scheduler's reports arrive now
-            on_event(report)
+        reports.deliver()  # the scheduler's report that it is gone arrives
         kept, _ = await asyncio.wait_for(asking, 20)
         assert time.monotonic() - began < 10
         assert victim not in kept
         assert victim not in backend._lanes
-
-
-def _brief(reports: list[Any]) -> list[dict[str, Any]]:
-    return [{"action": r.get("action"), "worker": r.get("worker")} for r in reports]

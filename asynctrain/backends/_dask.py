@@ -5,8 +5,9 @@ here blocks the loop or polls. Dask places one store actor on each worker
 (:mod:`asynctrain.backends._dask_worker`); calls go to the actors in batches
 (:mod:`asynctrain.backends._dask_lane`), carrying slot ids rather than arrays
 (:mod:`asynctrain.backends._dask_shared`). The backend follows the cluster's membership
-through the scheduler's events: a worker that joins gets a store and tasks from the next
-batch on; a worker that leaves or dies has its calls re-run on another.
+through the scheduler's events: a worker that joins gets a store as it joins, placed apart
+from the calls, and takes calls once it has it; a worker that leaves or dies has its calls
+re-run on another.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ T = TypeVar("T")
 LOST_WORKER_RETRIES = 3  # times a call may lose the worker running it before it fails
 DEFAULT_IN_FLIGHT = 256  # calls outstanding at once, by default
 DEFAULT_WAIT = 30.0  # seconds to wait for a worker when none is left
-STORE_TIMEOUT = 10.0  # seconds to place a store on a worker (one that is leaving never answers)
+STORE_TIMEOUT = 10.0  # seconds open, resize and a call with no worker wait for new stores
 DEFAULT_KEEP = 1 << 30  # bytes of data the workers keep between fits, by default
 KEEP_MIN = 1 << 16  # smaller shared arrays are not kept between fits (nor hashed)
 
@@ -74,8 +75,10 @@ class DaskBackend(Lifecycle):
     reply, straight between this client and the worker.
 
     The backend follows the cluster: a worker that joins (``cluster.scale``, adaptive
-    scaling, a ``dask worker`` started by hand) takes shards from the next step; the
-    calls of a worker that leaves or dies are re-run on the others (a call that loses
+    scaling, a ``dask worker`` started by hand) takes shards once its store is placed,
+    as a rule from the next step (a worker busy with other work when it joins places it
+    once that work is done, and no call waits for it meanwhile); the calls of a worker
+    that leaves or dies are re-run on the others (a call that loses
     ``LOST_WORKER_RETRIES + 1`` workers fails). With no worker left, calls wait up to
     ``wait_for_workers`` seconds for one to join. Results are reduced by shard, not by
     worker, so none of this changes the trained parameters. (The backend learns of joins
@@ -168,7 +171,7 @@ class DaskBackend(Lifecycle):
         self._handles: weakref.WeakSet[DaskShared] = weakref.WeakSet()
         self._lanes: dict[str, Lane] = {}
         self._actors: dict[str, Any] = {}  # worker address -> its store actor's future
-        self._placing: dict[str, asyncio.Event] = {}  # set when that worker leaves
+        self._placements: dict[str, asyncio.Task[None]] = {}  # stores on their way
         self._order: list[Lane] = []  # lanes by address: shard s goes to _order[s % n]
         self._stale = True  # membership changed since the lanes were last synced
         self._joined = asyncio.Event()
@@ -285,6 +288,10 @@ class DaskBackend(Lifecycle):
     async def _close(self) -> None:
         self._closing = True  # nothing is kept for a later fit: the stores go too
         self._joined.set()  # calls waiting for a worker hear of the close now
+        placements, self._placements = list(self._placements.values()), {}
+        for placement in placements:
+            placement.cancel()  # its store is released (the client is still there)
+        await asyncio.gather(*placements, return_exceptions=True)
         for handle in list(self._handles):
             await self.release(handle)
         self._kept.clear()
@@ -310,12 +317,16 @@ class DaskBackend(Lifecycle):
         if action == "add-worker":
             self._stale = True
             self._joined.set()
+            worker = msg.get("worker")
+            if isinstance(worker, str):  # its store now: it may take the next step's calls
+                self._place_soon(worker)
         elif action == "remove-worker":
             self._stale = True
             address = str(msg.get("worker"))
             self._drop(address, "the scheduler removed it")
-            if address in self._placing:  # its store is being placed: stop waiting for it
-                self._placing[address].set()
+            placement = self._placements.pop(address, None)
+            if placement is not None:  # its store was on its way: it never will arrive
+                placement.cancel()
 
     def _drop(self, address: str, why: str, only: Lane | None = None) -> None:
         """Stop using the worker at ``address`` (only if its lane is ``only``, if given:
@@ -326,41 +337,75 @@ class DaskBackend(Lifecycle):
         if lane is not None:
             self.lost_workers += 1
             lane.lose(LaneLost(f"Dask worker {address} left: {why}"))
-            self._order = sorted(self._lanes.values(), key=lambda lane: lane.address)
+            self._reorder()
         actor = self._actors.pop(address, None)
         if actor is not None:
             actor.release()
 
-    async def _sync_lanes(self) -> None:
-        """Give every worker of the cluster a lane (and a store); forget departed ones."""
+    async def _sync_lanes(self, *, wait: bool = True) -> None:
+        """Give every worker of the cluster a lane (and a store); forget departed ones.
+
+        A new worker's store is placed in the background (:meth:`_place`): the worker
+        takes calls once it has it. With ``wait``, return once the stores are placed, or
+        after ``STORE_TIMEOUT`` seconds: a worker busy with other work when it joined
+        places its store once that work is done, and stalls no call meanwhile.
+        """
         async with self._sync_lock:
-            if not self._stale:
-                return
-            self._stale = False  # an event during the sync sets it again
-            try:
-                present: dict[str, int] = await self._client.nthreads()
-                self._check_not_closing()  # closed meanwhile: it has no client left
+            if self._stale:
+                self._stale = False  # an event during the sync sets it again
+                try:
+                    present: dict[str, int] = await self._client.nthreads()
+                    self._check_not_closing()  # closed meanwhile: it has no client left
+                except BaseException as exc:
+                    # Cancelled (the fit was) or failed: the workers that joined have no
+                    # lane yet, and without this no later call would look for them again.
+                    self._stale = True
+                    if isinstance(exc, Exception) and not isinstance(exc, StateError):
+                        self._check_not_closing(cause=exc)  # the close broke the call
+                    raise
                 for address in [a for a in self._lanes if a not in present]:
                     self._drop(address, "it is no longer in the cluster")
-                new = [a for a in present if a not in self._lanes]
-                stores = await asyncio.gather(*(self._store_on(a) for a in new))
-                self._check_not_closing()
-            except BaseException as exc:
-                # Cancelled (the fit was) or failed: the workers that joined have no lane
-                # yet, and without this no later call would look for them again.
-                self._stale = True
-                if isinstance(exc, Exception) and not isinstance(exc, StateError):
-                    self._check_not_closing(cause=exc)  # the close broke the client's call
-                raise
-            for address, future in zip(new, stores, strict=True):
-                if future is not None:
-                    self._actors[address] = future
-                    self._lanes[address] = Lane(address, future.key, self._client.rpc, self.traffic)
-            self._order = sorted(self._lanes.values(), key=lambda lane: lane.address)
-            self._size = len(self._lanes)
+                for address in present:
+                    self._place_soon(address)
+        placing = list(self._placements.values())
+        if wait and placing:
+            await asyncio.wait(placing, timeout=STORE_TIMEOUT)  # they go on after it
+            self._check_not_closing()
+
+    def _place_soon(self, address: str) -> None:
+        """Start placing a store on the worker at ``address``, unless it has one coming."""
+        if self._client is None or self._closing:
+            return
+        if address not in self._lanes and address not in self._placements:
+            placement = asyncio.get_running_loop().create_task(self._place(address))
+            self._placements[address] = placement
+
+    async def _place(self, address: str) -> None:
+        """Give the worker at ``address`` a store and a lane, however long its store takes
+        to place (a task of the worker's, after those it runs); nothing if it leaves."""
+        try:
+            future = await self._store_on(address)
+        finally:
+            if self._placements.get(address) is asyncio.current_task():
+                del self._placements[address]
+        if future is None:
+            return
+        self._actors[address] = future
+        self._lanes[address] = Lane(address, future.key, self._client.rpc, self.traffic)
+        self._reorder()
+        self._joined.set()  # a call waiting for a worker takes this one
+
+    def _reorder(self) -> None:
+        self._order = sorted(self._lanes.values(), key=lambda lane: lane.address)
+        self._size = len(self._lanes)
 
     async def _store_on(self, address: str) -> Any:
-        """A store actor on the worker at ``address`` (its future), or None if it left."""
+        """A store actor on the worker at ``address`` (its future), or None if it failed.
+
+        It may take long: the store's task runs after the tasks the worker is running. A
+        worker that dies or leaves meanwhile never places it (the scheduler keeps the
+        task, bound to that worker, waiting for ever): its removal cancels the placement.
+        """
         future = self._client.submit(
             WorkerStore,
             actor=True,
@@ -369,26 +414,12 @@ class DaskBackend(Lifecycle):
             pure=False,
             key=f"asynctrain-store-{uuid.uuid4().hex}",
         )
-        # A worker that dies or leaves meanwhile never answers: its removal ends the wait
-        # (the scheduler keeps the store's task, bound to that worker, waiting for ever),
-        # where the timeout alone stalled every call for STORE_TIMEOUT seconds.
-        gone = self._placing[address] = asyncio.Event()
-        placed = asyncio.ensure_future(future)
-        left = asyncio.ensure_future(gone.wait())
         try:
-            await asyncio.wait(
-                (placed, left), timeout=STORE_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
-            )
-        except BaseException:
-            future.release()  # cancelled: no store is left behind on the worker
+            await future
+        except asyncio.CancelledError:
+            future.release()  # no store is left behind on the worker
             raise
-        finally:
-            if self._placing.get(address) is gone:
-                del self._placing[address]
-            for waiter in (placed, left):
-                waiter.cancel()
-            await asyncio.gather(placed, left, return_exceptions=True)
-        if gone.is_set() or placed.cancelled() or placed.exception() is not None:
+        except Exception:
             future.release()
             return None
         return future
@@ -401,7 +432,7 @@ class DaskBackend(Lifecycle):
         """
         self._check_not_closing()
         if self._stale:
-            await self._sync_lanes()
+            await self._sync_lanes(wait=False)  # a new worker takes calls once it is ready
         if not self._order:
             await self._wait_for_workers()
         lanes = self._order
