@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -303,6 +304,11 @@ def test_bad_arguments_are_refused() -> None:
         DaskBackend(wait_for_workers=-1)
     with pytest.raises(at.ConfigTypeError, match="wait_for_workers"):
         DaskBackend(wait_for_workers="10")  # type: ignore[arg-type]
+    for seconds in (0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(at.ConfigError, match=r"connect_timeout must be finite and > 0"):
+            DaskBackend("tcp://127.0.0.1:1", connect_timeout=seconds)
+    with pytest.raises(at.ConfigTypeError, match="connect_timeout"):
+        DaskBackend("tcp://127.0.0.1:1", connect_timeout=True)
     with pytest.raises(at.ConfigError, match="exceeds its maximum"):
         DaskBackend(adaptive=(3, 2))
     with pytest.raises(at.ConfigTypeError, match="pair"):
@@ -708,3 +714,46 @@ async def test_a_client_not_started_yet_is_a_config_error(dask_cluster: Any) -> 
         await backend.__aenter__()
     await client  # the backend neither started nor closed it
     await client.close()
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (it was free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_an_unreachable_scheduler_is_reported_within_connect_timeout() -> None:
+    """Nothing listens at the address: distributed retried the connection until its own
+    connect timeout, 30 s, before the backend said so."""
+    address = f"tcp://127.0.0.1:{_closed_port()}"
+    backend = DaskBackend(address, connect_timeout=1.0)
+    began = time.monotonic()
+    with pytest.raises(at.BackendError, match=rf"{address}.*connect_timeout=1 seconds") as raised:
+        await backend.__aenter__()
+    assert time.monotonic() - began < 10
+    assert isinstance(raised.value.__cause__, OSError)
+    assert backend.state == "unopened"
+
+
+async def test_connect_timeout_defaults_to_10_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """distributed's default is 30 s: the time an unreachable address took to report."""
+    from asynctrain.backends import _dask
+
+    made: list[dict[str, Any]] = []
+
+    class Unreachable:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            made.append(kwargs)
+
+        def __await__(self) -> Any:
+            raise OSError("Timed out trying to connect")
+            yield  # a generator: the error comes when the client is awaited
+
+        async def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(_dask, "_Client", Unreachable)
+    with pytest.raises(at.BackendError, match="connect_timeout=10 seconds"):
+        await DaskBackend("tcp://127.0.0.1:1").__aenter__()
+    assert made[0]["timeout"] == 10.0

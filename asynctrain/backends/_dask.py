@@ -47,6 +47,7 @@ T = TypeVar("T")
 LOST_WORKER_RETRIES = 3  # times a call may lose the worker running it before it fails
 DEFAULT_IN_FLIGHT = 256  # calls outstanding at once, by default
 DEFAULT_WAIT = 30.0  # seconds to wait for a worker when none is left
+DEFAULT_CONNECT = 10.0  # seconds to wait for a connection to the scheduler at an address
 STORE_TIMEOUT = 10.0  # seconds open, resize and a call with no worker wait for new stores
 DEFAULT_KEEP = 1 << 30  # bytes of data the workers keep between fits, by default
 KEEP_MIN = 1 << 16  # smaller shared arrays are not kept between fits (nor hashed)
@@ -97,6 +98,10 @@ class DaskBackend(Lifecycle):
         max_in_flight: calls outstanding at once (default 256).
         wait_for_workers: seconds a call waits for a worker to join when the cluster has
             none (default 30); then it fails with a BackendError saying so.
+        connect_timeout: seconds to wait for a connection to the scheduler at
+            ``address`` (default 10; distributed's own default is 30), then fail with a
+            BackendError naming the address. The client made for it gives up a
+            connection to a worker after as long.
         adaptive: ``(minimum, maximum)`` workers: the local cluster the backend starts
             scales between them with the number of shard tasks in flight.
         keep_bytes: bytes of a fit's data (shared arrays of ``KEEP_MIN`` bytes or more:
@@ -109,8 +114,10 @@ class DaskBackend(Lifecycle):
 
     Raises:
         ConfigError: both ``address`` and ``client``; a plain-TCP remote address without
-            ``allow_insecure``; a synchronous client; bad counts; ``adaptive`` with a
-            cluster the backend did not start.
+            ``allow_insecure``; a synchronous client; bad counts or seconds; ``adaptive``
+            with a cluster the backend did not start.
+        BackendError: (at open) the scheduler at ``address`` did not answer within
+            ``connect_timeout`` seconds.
 
     Example:
         >>> import asynctrain as at
@@ -134,6 +141,7 @@ class DaskBackend(Lifecycle):
         dashboard: bool | str = False,
         max_in_flight: int | None = None,
         wait_for_workers: float = DEFAULT_WAIT,
+        connect_timeout: float = DEFAULT_CONNECT,
         adaptive: tuple[int, int] | None = None,
         keep_bytes: int = DEFAULT_KEEP,
     ) -> None:
@@ -159,7 +167,8 @@ class DaskBackend(Lifecycle):
             if max_in_flight is None
             else check_int("max_in_flight", max_in_flight)
         )
-        self._wait = _check_seconds(wait_for_workers)
+        self._wait = _check_seconds("wait_for_workers", wait_for_workers)
+        self._connect_timeout = _check_seconds("connect_timeout", connect_timeout, above=True)
         self._keep_bytes = check_int("keep_bytes", keep_bytes, minimum=0)
         self._kept: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._security = security
@@ -240,7 +249,11 @@ class DaskBackend(Lifecycle):
             return self._given
         if self.address is not None:
             client = _Client(
-                self.address, asynchronous=True, security=self._security, set_as_default=False
+                self.address,
+                asynchronous=True,
+                security=self._security,
+                set_as_default=False,
+                timeout=self._connect_timeout,
             )
             try:
                 return await client
@@ -249,9 +262,11 @@ class DaskBackend(Lifecycle):
                 # may be closed by then ("IOLoop is closed").
                 with contextlib.suppress(Exception):
                     await client.close()
-                if isinstance(exc, OSError):
+                if isinstance(exc, OSError):  # distributed's connect timing out, too
                     raise BackendError(
-                        f"cannot reach the Dask scheduler at {self.address!r}"
+                        f"cannot reach the Dask scheduler at {self.address!r} within "
+                        f"connect_timeout={self._connect_timeout:g} seconds; check the "
+                        "address and that the scheduler runs there"
                     ) from exc
                 # distributed's "TLS expects a `ssl_context` argument": no TLS settings
                 if isinstance(exc, TypeError) and self._tls_unset():
@@ -812,11 +827,13 @@ def _check_adaptive(adaptive: Any, local: bool) -> tuple[int, int]:
     return low, high
 
 
-def _check_seconds(value: Any) -> float:
+def _check_seconds(name: str, value: Any, *, above: bool = False) -> float:
+    """``value`` as seconds: finite and >= 0 (> 0 if ``above``)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigTypeError(f"wait_for_workers must be a number of seconds, got {value!r}")
-    if not value >= 0 or value == float("inf"):
-        raise ConfigError(f"wait_for_workers must be finite and >= 0 seconds, got {value!r}")
+        raise ConfigTypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not (value > 0 if above else value >= 0) or value == float("inf"):
+        bound = "> 0" if above else ">= 0"
+        raise ConfigError(f"{name} must be finite and {bound} seconds, got {value!r}")
     return float(value)
 
 
