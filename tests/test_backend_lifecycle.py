@@ -23,7 +23,7 @@ from conftest import LOOPS
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import asynctrain as at
-from asynctrain.backends import ProcessBackend, ThreadBackend
+from asynctrain.backends import InlineBackend, ProcessBackend, ThreadBackend
 
 
 class NeedsTwo(Exception):
@@ -169,12 +169,17 @@ def _blas_threads() -> set[int]:
     return {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
 
 
-async def test_blas_limits_are_reference_counted_across_backends() -> None:
+@pytest.mark.parametrize("first_kind", [ThreadBackend, InlineBackend])
+async def test_blas_limits_are_reference_counted_across_backends(first_kind: Any) -> None:
+    # The inline backend held none: its math ran on the caller's BLAS threads (2 here),
+    # which rounded some products otherwise than every other backend's one thread did.
     if not _blas_threads():
         pytest.skip("no BLAS library loaded")
     with threadpool_limits(limits=2, user_api="blas"):
-        first, second = ThreadBackend(workers=1), ThreadBackend(workers=1)
+        first = first_kind() if first_kind is InlineBackend else first_kind(workers=1)
+        second = ThreadBackend(workers=1)
         await first.__aenter__()
+        assert _blas_threads() == {1}
         await second.__aenter__()
         assert _blas_threads() == {1}
         await first.aclose()

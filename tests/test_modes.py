@@ -109,6 +109,24 @@ async def test_bit_identical_across_backends_and_workers(
         assert _bits(result.params) == reference, f"{backend_name}, workers={workers}"
 
 
+async def test_validation_is_bit_identical_on_the_inline_and_thread_backends() -> None:
+    """The inline backend ran its math on the caller's BLAS threads (2 here) where every
+    other backend's workers run one, and OpenBLAS split this validation product over two
+    threads rounds its loss otherwise: val_loss 1.0544309997558594 inline against
+    1.0544310251871745 on threads, Dask and processes, on equal parameters."""
+    train, val = synthetic("softmax", n=2400, seed=1).split(0.25, seed=0)
+    events = []
+    for backend in ("inline", "thread"):
+        trainer = at.Trainer(
+            SoftmaxRegression(128, 10), at.optim.adam(1e-2), backend=backend, mode="ssp",
+            batch_size=100, shards=4, seed=3,
+        )  # fmt: skip
+        async with trainer:
+            result = await trainer.fit(train, epochs=2, validation=val)
+        events.append([(e.val_loss, e.val_accuracy) for e in result.history])
+    assert events[0] == events[1]
+
+
 @pytest.mark.parametrize(("mode", "options"), DETERMINISTIC[1:], ids=["local", "ssp"])
 async def test_two_fits_equal_one_of_two_epochs(
     data: tuple[Dataset, Dataset], mode: str, options: dict[str, int]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 import threading
+import time
 from typing import Any
 
 import pytest

@@ -12,6 +12,7 @@ import numpy.typing as npt
 from asynctrain._exceptions import ConfigError
 from asynctrain._types import State
 from asynctrain.backends._base import LocalShared
+from asynctrain.backends._blas import BlasLimit
 from asynctrain.backends._lifecycle import Lifecycle
 
 T = TypeVar("T")
@@ -24,6 +25,11 @@ class InlineBackend(Lifecycle):
     at the model code. It blocks the loop while a shard computes, so never use it in a
     service that must stay responsive. Its one worker is the loop: ``resize(1)`` is
     accepted (nothing changes), any other size raises ConfigError.
+
+    While it is open, BLAS runs one thread, as in every other backend's workers: a
+    product split over several BLAS threads can round differently (the reference
+    softmax's validation loss did, in its last bit), and the math must be the same
+    wherever it runs for the bits to be.
 
     Example:
         >>> import asynctrain
@@ -41,6 +47,13 @@ class InlineBackend(Lifecycle):
     def __init__(self) -> None:
         super().__init__()
         self.workers = 1
+        self._blas = BlasLimit(1)
+
+    async def _open(self) -> None:
+        self._blas.apply()
+
+    async def _close(self) -> None:
+        self._blas.restore()
 
     async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Call ``fn(*args)`` on the loop and return its result.
