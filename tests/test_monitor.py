@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -383,10 +384,10 @@ async def test_input_is_checked_and_converted_off_the_loop(
     calls: list[tuple[str, threading.Thread]] = []
     to_float, check_labels = convert_module.to_float, check_module._check_labels
 
-    def converting(X: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
+    def converting(X: np.ndarray, dtype: np.dtype | None, **options: Any) -> np.ndarray:
         if X.dtype == np.float64 and dtype == np.float32:
             calls.append(("convert", threading.current_thread()))
-        return to_float(X, dtype)
+        return to_float(X, dtype, **options)
 
     def checking(y: np.ndarray, n_classes: int, *, single_class: bool) -> None:
         calls.append(("check", threading.current_thread()))
