@@ -194,12 +194,14 @@ def _commit_round(
 ) -> tuple[TrainState, list[StepStats]]:
     """Average the shards' deltas into a new version (on the update thread)."""
     summed = [r.result for r in results]
-    loss, _, weight = sum_in_order(summed, ctx.grads, fit.scratch)
-    problem = _first_nonfinite(loss, fit.scratch, "gradient of", from_shards=True)
-    if problem is None:
-        mean_in_place(fit.scratch, weight)
-        params = apply_updates(state.params, fit.scratch)
-        problem = _first_nonfinite(0.0, params, "parameter", from_shards=False)
+    # Overflow and NaN are looked for explicitly, not reported as they happen (as in sync).
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        loss, _, weight = sum_in_order(summed, ctx.grads, fit.scratch)
+        problem = _first_nonfinite(loss, fit.scratch, "gradient of", from_shards=True)
+        if problem is None:
+            mean_in_place(fit.scratch, weight)
+            params = apply_updates(state.params, fit.scratch)
+            problem = _first_nonfinite(0.0, params, "parameter", from_shards=False)
     if problem is not None:
         return _refuse(state, results, ctx, fit, steps, problem)
     version = state.version + 1

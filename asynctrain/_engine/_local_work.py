@@ -74,14 +74,21 @@ def local_shard(
             key = (task.seed, task.step + i, task.shard)
             loss, grads = shard_loss_and_grad(model, current, X, y, key, w)
             weight = weight_sum(w, len(part))
-            mean_in_place(grads, weight)
-            updates, state = optimizer.update(grads, state, current)
-            current = apply_updates(current, updates)
+            # The optimizer's work, as the sync updater's: an overflow or NaN is looked
+            # for when the round is committed (the deltas, the states), not reported as
+            # numpy warnings here, which warnings-as-errors would turn into a failed
+            # round on the inline and thread backends only.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                mean_in_place(grads, weight)
+                updates, state = optimizer.update(grads, state, current)
+                current = apply_updates(current, updates)
         losses.append(float(loss))
         counts.append(len(part))
         weights.append(weight)
     n, total = sum(counts), sum(weights)
-    deltas.write(task.grad_slot, {key: (current[key] - start[key]) * total for key in start})
+    with np.errstate(over="ignore", invalid="ignore"):
+        delta = {key: (current[key] - start[key]) * total for key in start}
+    deltas.write(task.grad_slot, delta)
     if states is not None:
         states.write(task.shard, to_arrays(state))
     result = ShardResult(task.step, task.shard, task.version, task.grad_slot, n, sum(losses), total)
