@@ -186,3 +186,31 @@ async def test_a_local_round_that_overflows_its_optimizer_warns_on_no_backend(
     result = await trainer.fit(data)
     assert result.steps == N // BATCH
     assert all(np.isfinite(v).all() for v in trainer.params.values())
+
+
+@pytest.mark.parametrize("nonfinite", ["raise", "skip"])
+async def test_a_local_round_whose_optimizer_state_overflows_is_refused(
+    backend_name: str, data: Dataset, nonfinite: str
+) -> None:
+    # The shard's parameters stay finite (Adam's update of an inf moment is 0), so only
+    # its optimizer state shows the overflow. Sync mode refuses such a step; local mode
+    # committed the inf moment, whatever `nonfinite` said, and the coordinate never
+    # moved again.
+    skip_missing_backend(backend_name)
+    reference = _local_trainer(Poisoned(), backend_name, "raise")
+    recorder = Recorder(reference)
+    await reference.fit(data, callbacks=[recorder])
+    trainer = _local_trainer(_poison("huge"), backend_name, nonfinite)
+    poisoned = Recorder(trainer)
+    if nonfinite == "raise":
+        pattern = rf"steps {ROUND}\.\.{ROUND + 1} \(one local round\): non-finite optimizer state"
+        with pytest.raises(at.NonFiniteError, match=pattern) as caught:
+            await trainer.fit(data, callbacks=[poisoned])
+        assert (caught.value.step, caught.value.shard) == (ROUND, SHARD)
+        assert state_bits(trainer.state) == recorder.states[ROUND]
+    else:
+        result = await trainer.fit(data, callbacks=[poisoned])
+        assert result.skipped_steps == LOCAL_STEPS
+        before, after = poisoned.states[ROUND], poisoned.states[ROUND + LOCAL_STEPS]
+        assert {k: after[k] for k in ("params", "opt")} == {k: before[k] for k in ("params", "opt")}
+    assert all(np.isfinite(a).all() for _, a in leaves(trainer.state.opt_state))

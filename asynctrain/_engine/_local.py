@@ -20,6 +20,7 @@ from asynctrain._engine._update import (
     TrainState,
     _first_bad_shard,
     _first_nonfinite,
+    _nonfinite_state,
     mean_in_place,
     mean_loss,
     sum_in_order,
@@ -204,6 +205,11 @@ def _commit_round(
             problem = _first_nonfinite(0.0, params, "parameter", from_shards=False)
     if problem is not None:
         return _refuse(state, results, ctx, fit, steps, problem)
+    opt_state = _read_states(state.opt_state, fit, results)
+    bad = _nonfinite_shard_state(opt_state, results)
+    if bad is not None:
+        shard, problem = bad
+        return _refuse(state, results, ctx, fit, steps, problem, shard=shard)
     version = state.version + 1
     params = readonly(params)
     ctx.params.write(version % ctx.params.slots, params)
@@ -211,10 +217,27 @@ def _commit_round(
         step=state.step + steps,
         version=version,
         params=params,
-        opt_state=_read_states(state.opt_state, fit, results),
+        opt_state=opt_state,
         batch=state.batch + steps,
     )
     return new, _batch_stats(results, steps, skipped=False)
+
+
+def _nonfinite_shard_state(
+    opt_state: LocalOptState, results: Sequence[LocalResult]
+) -> tuple[int, Problem] | None:
+    """The first shard of the round whose optimizer state went non-finite, and where.
+
+    A shard's parameters may stay finite while its state does not (a finite gradient
+    whose square overflows Adam's float32 moment gives an update of 0): sync mode
+    refuses such a step, and so does a round.
+    """
+    for r in results:
+        shard = r.result.shard
+        problem = _nonfinite_state(opt_state.shards[shard])
+        if problem is not None:
+            return shard, problem
+    return None
 
 
 def _read_states(old: LocalOptState, fit: _Fit, results: Sequence[LocalResult]) -> LocalOptState:
@@ -234,11 +257,16 @@ def _refuse(
     fit: _Fit,
     steps: int,
     problem: Problem,
+    *,
+    shard: int | None = None,
 ) -> tuple[TrainState, list[StepStats]]:
-    """Apply the non-finite policy to a round: raise, or skip all of its steps."""
+    """Apply the non-finite policy to a round: raise, or skip all of its steps.
+
+    ``shard``: the shard whose optimizer state went bad, for a problem found there.
+    """
     if ctx.updater.nonfinite == "raise":
-        found = _first_bad_shard([r.result for r in results], ctx.grads)
-        shard = found if problem.from_shards else None
+        if problem.from_shards:
+            shard = _first_bad_shard([r.result for r in results], ctx.grads)
         where = problem.what + ("" if shard is None else f" (first in shard {shard})")
         raise NonFiniteError(
             f"steps {state.step}..{state.step + steps - 1} (one local round): non-finite "
