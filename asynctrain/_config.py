@@ -66,14 +66,16 @@ class TrainConfig:
     shuffle: str = "global"
 
     def __post_init__(self) -> None:
-        check_int("batch_size", self.batch_size)
-        check_int("shards", self.shards)
+        # Kept as the Python ints checked (a numpy integer passes the check, but a
+        # checkpoint's JSON manifest cannot hold it).
+        object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size))
+        object.__setattr__(self, "shards", check_int("shards", self.shards))
         if self.shards > self.batch_size:
             raise ConfigError(
                 f"shards={self.shards} is larger than batch_size={self.batch_size}; every "
                 f"shard needs at least one sample: use shards <= {self.batch_size} or a "
                 "larger batch_size"
             )
-        check_int("seed", self.seed, minimum=0)
+        object.__setattr__(self, "seed", check_int("seed", self.seed, minimum=0))
         check_choice("nonfinite", self.nonfinite, NONFINITE_POLICIES)
         check_choice("shuffle", self.shuffle, SHUFFLES)

@@ -343,6 +343,26 @@ async def test_the_one_call_fit_resumes_too(tmp_path: Path, data: at.data.Datase
     assert all(np.array_equal(second.params[k], reference.params[k]) for k in reference.params)
 
 
+async def test_numpy_integer_settings_checkpoint_and_resume(
+    tmp_path: Path, data: at.data.Dataset
+) -> None:
+    # Accepted as integers, the settings were kept as numpy integers, so the first
+    # checkpoint of the fit failed deep in its writer: "TypeError: Object of type int64
+    # is not JSON serializable".
+    settings = {"seed": np.uint64(1), "batch_size": np.int64(100), "shards": np.int32(2)}
+    trainer = _softmax_trainer(**settings)
+    assert all(type(getattr(trainer.config, key)) is int for key in settings)
+    options = {"epochs": 2, "checkpoint_dir": tmp_path, "checkpoint_every": 3}
+    with pytest.raises(Interrupted):
+        await trainer.fit(data, callbacks=[InterruptAt(4)], **options)
+    resumed = _softmax_trainer(**settings)
+    result = await resumed.fit(data, resume=True, **options)
+    assert result.steps == 7
+    reference = _softmax_trainer()
+    await reference.fit(data, epochs=2)
+    assert state_bits(resumed.state) == state_bits(reference.state)
+
+
 async def test_an_empty_directory_is_not_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(at.CheckpointError, match=f"no checkpoint .* in directory {tmp_path}"):
         await _softmax_trainer().load(tmp_path)
