@@ -15,13 +15,18 @@ from asynctrain._exceptions import ConfigError, ConfigTypeError
 
 T = TypeVar("T")
 
+INT64_MAX = 2**63 - 1
+"""The largest integer a checkpoint holds (its manifest's counters and settings are
+64-bit signed integers): the bound of every setting a checkpoint records."""
 
-def check_int(name: str, value: object, *, minimum: int = 1) -> int:
-    """Return ``value`` as an int if it is an integer (not a bool) and ``>= minimum``.
+
+def check_int(name: str, value: object, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """Return ``value`` as an int if it is an integer (not a bool) within
+    ``[minimum, maximum]`` (no upper bound when ``maximum`` is None).
 
     Raises:
         ConfigTypeError: ``value`` is a bool, a float or not a number at all.
-        ConfigError: ``value`` is below ``minimum``.
+        ConfigError: ``value`` is below ``minimum`` or above ``maximum``.
 
     >>> check_int("epochs", 3)
     3
@@ -31,9 +36,13 @@ def check_int(name: str, value: object, *, minimum: int = 1) -> int:
             f"{name} must be an integer, got {value!r} ({type(value).__name__}); "
             f"pass a whole number such as {max(minimum, 1)}"
         )
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    number = int(value)
+    if number < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        bound = "2**63 - 1 (the largest a checkpoint holds)" if maximum == INT64_MAX else maximum
+        raise ConfigError(f"{name} must be <= {bound}, got {number}")
+    return number
 
 
 def check_bool(name: str, value: object, *, means: str = "") -> bool:

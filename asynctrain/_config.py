@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from asynctrain._checks import check_choice, check_int
+from asynctrain._checks import INT64_MAX, check_choice, check_int
 from asynctrain._exceptions import ConfigError
 
 NONFINITE_POLICIES = ("raise", "skip")
@@ -40,7 +40,8 @@ class TrainConfig:
     Args:
         batch_size: samples per optimizer step.
         shards: parts each batch is split into (one task each), at most ``batch_size``.
-        seed: seeds parameter initialisation and the per-epoch shuffling.
+        seed: seeds parameter initialisation and the per-epoch shuffling; in
+            ``[0, 2**63 - 1]``, as every integer setting (what a checkpoint holds).
         nonfinite: ``"raise"`` (stop with NonFiniteError, parameters untouched) or
             ``"skip"`` (drop that step's update and count it).
         shuffle: ``"global"`` (every epoch one permutation of all rows, cut into batches
@@ -67,15 +68,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # Kept as the Python ints checked (a numpy integer passes the check, but a
-        # checkpoint's JSON manifest cannot hold it).
-        object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size))
-        object.__setattr__(self, "shards", check_int("shards", self.shards))
+        # checkpoint's JSON manifest cannot hold it), at most what a checkpoint holds.
+        batch_size = check_int("batch_size", self.batch_size, maximum=INT64_MAX)
+        object.__setattr__(self, "batch_size", batch_size)
+        object.__setattr__(self, "shards", check_int("shards", self.shards, maximum=INT64_MAX))
         if self.shards > self.batch_size:
             raise ConfigError(
                 f"shards={self.shards} is larger than batch_size={self.batch_size}; every "
                 f"shard needs at least one sample: use shards <= {self.batch_size} or a "
                 "larger batch_size"
             )
-        object.__setattr__(self, "seed", check_int("seed", self.seed, minimum=0))
+        seed = check_int("seed", self.seed, minimum=0, maximum=INT64_MAX)
+        object.__setattr__(self, "seed", seed)
         check_choice("nonfinite", self.nonfinite, NONFINITE_POLICIES)
         check_choice("shuffle", self.shuffle, SHUFFLES)

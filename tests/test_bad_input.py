@@ -27,6 +27,14 @@ def _xy(n: int = 20, d: int = 4) -> tuple[np.ndarray, np.ndarray]:
         ({"nonfinite": "ignore"}, "nonfinite must be one of"),
         ({"mode": "turbo"}, "mode must be one of"),
         ({"workers": 0}, "workers must be >= 1"),
+        # A checkpoint holds each setting as a 64-bit integer and refuses a larger one:
+        # these trained, then their own checkpoints could not be resumed.
+        ({"seed": 2**63}, r"seed must be <= 2\*\*63 - 1"),
+        ({"seed": 2**64}, r"seed must be <= 2\*\*63 - 1"),
+        ({"batch_size": 2**63}, r"batch_size must be <= 2\*\*63 - 1"),
+        ({"batch_size": 2**63, "shards": 2**63}, r"batch_size must be <= 2\*\*63 - 1"),
+        ({"mode": "local", "local_steps": 2**63}, r"local_steps must be <= 2\*\*63 - 1"),
+        ({"mode": "ssp", "staleness": 2**63}, r"staleness must be <= 2\*\*63 - 1"),
     ],
 )
 def test_bad_trainer_settings(options: dict[str, object], fragment: str) -> None:

@@ -363,6 +363,18 @@ async def test_numpy_integer_settings_checkpoint_and_resume(
     assert state_bits(resumed.state) == state_bits(reference.state)
 
 
+async def test_the_largest_seed_a_trainer_takes_resumes(
+    tmp_path: Path, data: at.data.Dataset
+) -> None:
+    # The checkpoint's limit, 2**63 - 1, is the trainer's: a larger seed is refused when
+    # the trainer is built (test_bad_input), not when its checkpoint is read back.
+    options = {"epochs": 2, "checkpoint_dir": tmp_path, "checkpoint_every": 3}
+    with pytest.raises(Interrupted):
+        await _softmax_trainer(seed=2**63 - 1).fit(data, callbacks=[InterruptAt(4)], **options)
+    resumed = _softmax_trainer(seed=2**63 - 1)
+    assert (await resumed.fit(data, resume=True, **options)).steps == 7
+
+
 async def test_an_empty_directory_is_not_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(at.CheckpointError, match=f"no checkpoint .* in directory {tmp_path}"):
         await _softmax_trainer().load(tmp_path)

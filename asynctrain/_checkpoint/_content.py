@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._checkpoint import _format, _verify
+from asynctrain._checks import INT64_MAX
 from asynctrain._config import TrainConfig
 from asynctrain._engine import Mode, make_mode
 from asynctrain._engine._update import TrainState, Updater
@@ -49,7 +50,7 @@ _ABSENT = {("config", "shuffle"): "global"}
 # Any parameter name: a model's may be "" too (stored as arrays/<i>, as every key that is
 # not a safe member name), and what a fit wrote its resume must read.
 _KEY = re.compile(r"params/.*|(opt_state|callbacks)/(0|[1-9][0-9]{0,8})", re.DOTALL)
-_INT_MAX = 2**63 - 1
+_INT_MAX = INT64_MAX  # a Trainer refuses a larger setting
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z: the latest time datetime can show
 

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from asynctrain._checks import check_int
+from asynctrain._checks import INT64_MAX, check_int
 from asynctrain._config import DEFAULT_LOCAL_STEPS
 from asynctrain._engine._local_work import LocalResult, LocalTask, local_shard
 from asynctrain._engine._step import StepContext, batches_of, split_indices
@@ -83,7 +83,7 @@ class Local:
     name = "local"
 
     def __init__(self, *, steps: int = DEFAULT_LOCAL_STEPS) -> None:
-        self.steps = check_int("local_steps", steps, minimum=1)
+        self.steps = check_int("local_steps", steps, minimum=1, maximum=INT64_MAX)
 
     @property
     def settings(self) -> dict[str, int]:

@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 import numpy as np
 import numpy.typing as npt
 
-from asynctrain._checks import check_int
+from asynctrain._checks import INT64_MAX, check_int
 from asynctrain._config import DEFAULT_STALENESS
 from asynctrain._engine._step import (
     StepContext,
@@ -47,7 +47,7 @@ class SSP:
     name = "ssp"
 
     def __init__(self, *, staleness: int = DEFAULT_STALENESS) -> None:
-        self.staleness = check_int("staleness", staleness, minimum=0)
+        self.staleness = check_int("staleness", staleness, minimum=0, maximum=INT64_MAX)
 
     @property
     def settings(self) -> dict[str, int]:
