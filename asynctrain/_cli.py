@@ -304,7 +304,7 @@ def _train(args: argparse.Namespace) -> int:
             flag = "--" + option.replace("_", "-")
             raise ConfigError(f"{flag} goes with --checkpoint-dir DIR; pass both")
     csv = Path(args.data).suffix.lower() == ".csv"
-    data = load(
+    data = _load(
         args.data,
         args.labels,
         label=_column(args.label_column, csv),
@@ -322,6 +322,16 @@ def _train(args: argparse.Namespace) -> int:
         train = _scaled(spec, train)
         validation = None if validation is None else _scaled(spec, validation)
     return _fit_and_report(args, spec, train, validation, options)
+
+
+def _load(path: str | Path, y_path: str | None = None, **options: Any) -> Dataset:
+    """:func:`load`, with Parquet lacking pyarrow a ConfigError: one line naming the extra
+    (``load`` raises ImportError for it, which ``main`` showed as a traceback)."""
+    try:
+        return load(path, y_path, **options)
+    except ImportError as exc:
+        why = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        raise ConfigError(f"{exc}{why}") from None
 
 
 def _encode(args: argparse.Namespace, data: Dataset) -> tuple[ModelSpec, Dataset]:
@@ -546,7 +556,7 @@ def _read_features(path: Path, spec: ModelSpec) -> npt.NDArray[Any]:
     elif path.suffix.lower() == ".csv" and spec.feature_names and has_header(path):
         X = read_columns(path, spec.feature_names)
     else:
-        X = load(path).X
+        X = _load(path).X
     if X.ndim != 2 or X.shape[1] != spec.n_features:
         raise DataError(
             f"{path}: X has shape {X.shape}; the model takes (n_samples, {spec.n_features})"

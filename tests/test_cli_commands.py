@@ -194,6 +194,30 @@ def test_dask_backend_without_dask_is_one_line(
     assert "pip install 'asynctrain[dask]'" in err
 
 
+def test_parquet_without_pyarrow_is_one_line(
+    softmax_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A minimal install: `train` and `predict` of a .parquet printed load's ImportError
+    as a traceback (exit status 1); it is one line naming the extra, like Dask's."""
+    model = tmp_path / "model.npz"
+    assert main(["train", str(softmax_file), "--model", "softmax", "--out", str(model)]) == 0
+    capsys.readouterr()
+    table = tmp_path / "table.parquet"
+    table.write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow fails
+    for argv in (
+        ["train", str(table), "--model", "softmax"],
+        ["predict", str(model), str(table), "--out", str(tmp_path / "p.npy")],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert "pip install 'asynctrain[parquet]'" in err
+
+
 def test_no_validation_trains_on_every_row(
     softmax_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
