@@ -194,7 +194,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every async test also checks that it leaves no asyncio task behind; every Dask test
     gets the shared cluster first, so the leak check counts its workers as already there."""
     for item in items:
+        # A new list for each item: the parametrized items of one test share theirs, so an
+        # insert for the Dask case gave every backend's case the cluster (and, without
+        # distributed, skipped them all).
         if isinstance(item, pytest.Function) and item.get_closest_marker("dask"):
-            item.fixturenames.insert(0, "dask_cluster")
+            item.fixturenames = ["dask_cluster", *item.fixturenames]
         if isinstance(item, pytest.Function) and asyncio.iscoroutinefunction(item.obj):
-            item.fixturenames.append("no_task_leaks")
+            item.fixturenames = [*item.fixturenames, "no_task_leaks"]

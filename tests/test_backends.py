@@ -22,6 +22,15 @@ def backend_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.mark.parametrize("name", ["inline", pytest.param("dask", marks=pytest.mark.dask)])
+def test_only_the_dask_case_of_a_test_gets_the_cluster(
+    name: str, request: pytest.FixtureRequest
+) -> None:
+    """The cluster fixture went to every case of a test with a Dask case, so without
+    distributed installed the whole contract suite was skipped, every backend's case."""
+    assert ("dask_cluster" in request.node.fixturenames) == (name == "dask")
+
+
 def _boom(message: str) -> None:
     raise KeyError(message)
 
