@@ -9,7 +9,9 @@ import pickle
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -474,3 +476,31 @@ def _default_sigint() -> None:
     """In the child before exec: Ctrl-C as a terminal delivers it, even when this test run
     inherited SIGINT ignored (a background job of a shell without job control)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_an_older_scikit_learn_is_one_import_error_naming_the_floor() -> None:
+    """scikit-learn 1.4 and 1.5 satisfied the extra's floor, and `import asynctrain.sklearn`
+    failed deep inside: "cannot import name 'validate_data'" (it came in 1.6)."""
+    code = "import sklearn; sklearn.__version__ = '1.5.2'; import asynctrain.sklearn"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ImportError: asynctrain.sklearn needs scikit-learn 1.6 or later, found 1.5.2: "
+        "pip install --upgrade 'asynctrain[sklearn]'"
+    )
+
+
+def test_every_scikit_learn_requirement_has_the_floor_the_estimators_need() -> None:
+    from asynctrain.sklearn import _MIN_SKLEARN
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    found = {
+        extra: requirement
+        for extra, requirements in extras.items()
+        for requirement in requirements
+        if requirement.startswith("scikit-learn")
+    }
+    floor = ".".join(map(str, _MIN_SKLEARN))
+    assert set(found) == {"sklearn", "bench", "test"}
+    assert all(r.startswith(f"scikit-learn>={floor},") for r in found.values()), found

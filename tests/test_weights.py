@@ -429,6 +429,7 @@ def test_class_weights_take_float_labels_as_the_classes_they_name(class_weight: 
 
 
 def test_balanced_uses_weighted_class_totals_like_scikit_learn() -> None:
+    pytest.importorskip("sklearn", minversion="1.7")  # compute_class_weight's sample_weight
     class_weight = pytest.importorskip("sklearn.utils.class_weight")
     X, y, w = _problem("classes")
     data = prepare(SoftmaxRegression(D, 3), (X, y, w), class_weight="balanced")

@@ -27,12 +27,24 @@ Example:
 
 from __future__ import annotations
 
+import re
+
 try:
-    import sklearn  # noqa: F401
+    import sklearn
 except ImportError as exc:  # pragma: no cover - exercised without scikit-learn only
     raise ImportError(
         "asynctrain.sklearn needs scikit-learn: pip install 'asynctrain[sklearn]'"
     ) from exc
+else:
+    # The oldest scikit-learn these estimators work with (its ``validate_data`` came in
+    # 1.6): the floor of the ``sklearn`` extra in pyproject.toml.
+    _MIN_SKLEARN = (1, 6)
+    _found = re.match(r"(\d+)\.(\d+)", sklearn.__version__)
+    if _found is not None and (int(_found[1]), int(_found[2])) < _MIN_SKLEARN:
+        raise ImportError(
+            f"asynctrain.sklearn needs scikit-learn {'.'.join(map(str, _MIN_SKLEARN))} or "
+            f"later, found {sklearn.__version__}: pip install --upgrade 'asynctrain[sklearn]'"
+        )
 
 from asynctrain.sklearn._linear import AsyncLinearRegression, AsyncLogisticRegression
 from asynctrain.sklearn._mlp import AsyncMLPClassifier, AsyncMLPRegressor
