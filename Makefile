@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := $(wildcard asynctrain tests examples benchmarks)
 
-.PHONY: demo test lint typecheck unit docs bench clean
+.PHONY: demo test lint typecheck unit oldest docs bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,21 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
+# A subset of the tests on the oldest versions pyproject.toml allows (.ci/floors.py pins
+# each floor), in a venv of its own: a floor the code has outgrown fails here.
+OLDEST := .venv-oldest
+OLDEST_TESTS := tests/test_flat.py tests/test_optim.py tests/test_trainer.py \
+	tests/test_backends.py tests/test_process_backend.py tests/test_data.py \
+	tests/test_weights.py tests/test_sklearn.py
+
+oldest:
+	test -d $(OLDEST) || $(PYTHON) -m venv $(OLDEST)
+	$(PYTHON) .ci/floors.py > $(OLDEST)/floors.txt
+	$(OLDEST)/bin/python -m pip install --quiet -r $(OLDEST)/floors.txt
+	$(OLDEST)/bin/python -m pip install --quiet --no-deps -e .
+	$(OLDEST)/bin/python -m pip check
+	$(OLDEST)/bin/python -m pytest -p no:cacheprovider $(OLDEST_TESTS)
+
 DOCS_STAMP := $(VENV)/.docs-installed
 
 $(DOCS_STAMP): pyproject.toml $(STAMP)
@@ -43,4 +58,4 @@ bench: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BIN)/asynctrain bench --json bench.json --plot bench-plots
 
 clean:
-	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache
