@@ -31,9 +31,9 @@ test: lint typecheck unit
 # A subset of the tests on the oldest versions pyproject.toml allows (.ci/floors.py pins
 # each floor), in a venv of its own: a floor the code has outgrown fails here.
 OLDEST := .venv-oldest
-OLDEST_TESTS := tests/test_flat.py tests/test_optim.py tests/test_trainer.py \
-	tests/test_backends.py tests/test_process_backend.py tests/test_data.py \
-	tests/test_weights.py tests/test_sklearn.py
+OLDEST_TESTS := tests/test_backends.py tests/test_data.py tests/test_flat.py \
+	tests/test_optim.py tests/test_process_backend.py tests/test_sklearn.py \
+	tests/test_trainer.py tests/test_weights.py
 
 oldest:
 	test -d $(OLDEST) || $(PYTHON) -m venv $(OLDEST)

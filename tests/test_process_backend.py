@@ -349,6 +349,19 @@ def _parent_blas_threads() -> set[int]:
     return {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
 
 
+def test_threadpoolctl_sees_numpy_s_own_blas() -> None:
+    """Every BLAS limit (one thread per worker, the parent's while a backend is open) goes
+    through threadpoolctl. Before 3.5 it did not know numpy 2's bundled scipy-openblas, so
+    no limit applied and the BLAS tests here skipped ("no BLAS library loaded")."""
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    name = str(blas.get("name", "")).lower()
+    kinds = [kind for kind in ("openblas", "mkl", "blis") if kind in name]
+    if not blas.get("found") or not kinds:
+        pytest.skip(f"numpy's BLAS ({name or 'none'}) is not one threadpoolctl controls")
+    found = {info["internal_api"] for info in threadpool_info() if info["user_api"] == "blas"}
+    assert kinds[0] in found, f"threadpoolctl finds {found or 'no BLAS'}; numpy uses {name}"
+
+
 async def test_the_parent_s_blas_is_limited_while_the_backend_is_open() -> None:
     # A BLAS call in the parent (evaluation, the caller's own math) must not spin threads
     # on the workers' cores; the limit seen before opening comes back after closing.
