@@ -15,6 +15,7 @@ import uvloop
 
 import asynctrain as at
 from asynctrain._checkpoint import temporaries
+from asynctrain.backends import _blas
 from asynctrain.data import _shared
 
 # Every event loop the tests create runs in debug mode: unawaited coroutines, callbacks
@@ -147,6 +148,12 @@ def _our_threads() -> set[str]:
     return {t.name for t in threading.enumerate() if t.name.startswith("asynctrain")}
 
 
+def _blas_holds() -> int:
+    """Open backends holding the process's BLAS limit (``backends._blas``)."""
+    holders: int = _blas._holders
+    return holders
+
+
 def _checkpoint_temporaries(root: Path) -> set[Path]:
     return set(temporaries(root, recursive=True))
 
@@ -156,6 +163,7 @@ def no_leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Fail a test that leaves asynctrain threads, child processes, shared memory, tasks or
     temporary checkpoint files (under the test's temporary directories) behind."""
     threads, children, segments = _our_threads(), _children(), _our_segments()
+    blas_holds = _blas_holds()
     temporary_root = tmp_path_factory.getbasetemp()
     checkpoint_temporaries = _checkpoint_temporaries(temporary_root)
     yield
@@ -167,6 +175,8 @@ def no_leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     assert not leaked_threads, f"threads left running: {sorted(leaked_threads)}"
     assert not leaked_children, f"child processes left running: {sorted(leaked_children)}"
     assert not leaked_segments, f"shared memory left in /dev/shm: {sorted(leaked_segments)}"
+    # A backend left open keeps the process's BLAS at one thread for the tests after it.
+    assert _blas_holds() <= blas_holds, "a backend left open holds BLAS to one thread"
 
 
 @pytest.fixture

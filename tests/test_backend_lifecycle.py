@@ -188,6 +188,20 @@ async def test_blas_limits_are_reference_counted_across_backends(first_kind: Any
         assert _blas_threads() == {2}  # what was there before the first
 
 
+async def test_an_inline_backend_never_closed_gives_the_blas_limit_back_when_garbage() -> None:
+    # A trainer given a backend opens it on first use and leaves it open: the limit of
+    # that backend held BLAS to one thread for the rest of the process.
+    if not _blas_threads():
+        pytest.skip("no BLAS library loaded")
+    with threadpool_limits(limits=2, user_api="blas"):
+        backend = InlineBackend()
+        assert await backend.run(pow, 2, 3) == 8  # opened on first use
+        assert _blas_threads() == {1}
+        del backend
+        gc.collect()
+        assert _blas_threads() == {2}
+
+
 async def test_the_process_backend_leaves_the_global_forkserver_alone() -> None:
     server: Any = multiprocessing.forkserver._forkserver  # type: ignore[attr-defined]
     before = list(server._preload_modules)

@@ -118,7 +118,9 @@ def _file_watches() -> int:
     return sum(
         1
         for o in gc.get_objects()
-        if isinstance(o, weakref.finalize) and (o.peek() or (None, None))[1] is _file_gone
+        # type(), not isinstance(): that reads __class__, which some objects of other
+        # libraries answer with a warning (torch's deprecated distributed.reduce_op)
+        if type(o) is weakref.finalize and (o.peek() or (None, None))[1] is _file_gone
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -29,7 +30,8 @@ class InlineBackend(Lifecycle):
     While it is open, BLAS runs one thread, as in every other backend's workers: a
     product split over several BLAS threads can round differently (the reference
     softmax's validation loss did, in its last bit), and the math must be the same
-    wherever it runs for the bits to be.
+    wherever it runs for the bits to be. Closing it (or, never closed, its garbage
+    collection) gives the limit back.
 
     Example:
         >>> import asynctrain
@@ -48,12 +50,17 @@ class InlineBackend(Lifecycle):
         super().__init__()
         self.workers = 1
         self._blas = BlasLimit(1)
+        self._unhold: weakref.finalize[Any, Any] | None = None
 
     async def _open(self) -> None:
         self._blas.apply()
+        # An open backend nobody closes (a trainer given one it opened on first use) gives
+        # the limit back when it is garbage, not at the end of the process.
+        self._unhold = weakref.finalize(self, self._blas.restore)
 
     async def _close(self) -> None:
-        self._blas.restore()
+        if self._unhold is not None:
+            self._unhold()
 
     async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Call ``fn(*args)`` on the loop and return its result.
