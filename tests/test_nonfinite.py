@@ -8,6 +8,7 @@ step; with ``"skip"`` the poisoned step must change nothing but the counters.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,9 @@ def data() -> Dataset:
     return with_ids(synthetic("softmax", n=N, seed=4))
 
 
-def _trainer(model: Poisoned, backend: str, nonfinite: str, optimizer: object = None) -> at.Trainer:
+def _trainer(
+    model: Poisoned, backend: str, nonfinite: str, optimizer: object = None, **mode: Any
+) -> at.Trainer:
     return at.Trainer(
         model,
         optimizer or at.optim.adam(1e-2),  # type: ignore[arg-type]
@@ -36,6 +39,7 @@ def _trainer(model: Poisoned, backend: str, nonfinite: str, optimizer: object = 
         shards=SHARDS,
         seed=SEED,
         nonfinite=nonfinite,
+        **mode,
     )
 
 
@@ -160,18 +164,7 @@ ROUND = STEP - STEP % LOCAL_STEPS  # the first step of the round holding STEP
 
 
 def _local_trainer(model: Poisoned, backend: str, nonfinite: str) -> at.Trainer:
-    return at.Trainer(
-        model,
-        at.optim.adam(1e-2),
-        backend=backend,
-        workers=None if backend == "inline" else 2,
-        batch_size=BATCH,
-        shards=SHARDS,
-        seed=SEED,
-        nonfinite=nonfinite,
-        mode="local",
-        local_steps=LOCAL_STEPS,
-    )
+    return _trainer(model, backend, nonfinite, mode="local", local_steps=LOCAL_STEPS)
 
 
 async def test_a_local_round_that_overflows_its_optimizer_warns_on_no_backend(
