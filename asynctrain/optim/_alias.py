@@ -7,6 +7,7 @@ from collections.abc import Callable
 from inspect import signature
 from typing import Any
 
+from asynctrain._checks import check_bool
 from asynctrain._exceptions import ConfigError, ConfigTypeError
 from asynctrain.optim._base import (
     GradientTransformation,
@@ -17,7 +18,7 @@ from asynctrain.optim._base import (
 )
 from asynctrain.optim._moments import scale_by_adagrad, scale_by_adam, scale_by_rms
 from asynctrain.optim._transforms import add_decayed_weights, scale_by_learning_rate, trace
-from asynctrain.optim._validate import check_bool, check_fraction
+from asynctrain.optim._validate import check_fraction
 
 
 def sgd(

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from asynctrain._checks import check_float
+from asynctrain._checks import check_bool, check_float
 from asynctrain._exceptions import ConfigError
 from asynctrain._types import Array, Grads, Params
 from asynctrain.optim._base import (
@@ -27,7 +27,6 @@ from asynctrain.optim._base import (
 )
 from asynctrain.optim._flat import buffers, flat_or_values, flat_zeros
 from asynctrain.optim._validate import (
-    check_bool,
     check_floating,
     check_fraction,
     check_learning_rate,

@@ -29,13 +29,6 @@ def check_positive(name: str, value: object) -> float:
     return check_float(name, value, inclusive=False)
 
 
-def check_bool(name: str, value: object) -> bool:
-    """Return ``value`` if it is a bool."""
-    if not isinstance(value, bool):
-        raise ConfigTypeError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
 def check_learning_rate(value: object, name: str = "learning_rate") -> LearningRate:
     """Return a valid constant learning rate (a float >= 0) or schedule.
 
