@@ -575,7 +575,23 @@ class Trainer:
             buffer=buffer,
             class_weight=class_weight,
         )
-        result = await collect(self._current, events, callbacks, control=FitControl(self))
+        # The callbacks' on_fit_start runs before the events are first asked for: if it
+        # fails (or the fit is cancelled there), stream_steps never started, so it never
+        # took the source over to close it; the fit closes it, as a refused one does.
+        started = False
+
+        def start() -> None:
+            nonlocal started
+            started = True
+
+        try:
+            result = await collect(
+                self._current, events, callbacks, after_start=start, control=FitControl(self)
+            )
+        except BaseException:
+            if not started:
+                await self._close_unread(source)
+            raise
         return self._named(result)
 
     async def stream_steps(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 
 import numpy as np
 import pytest
@@ -183,6 +183,60 @@ async def test_a_stream_fit_refused_while_another_runs_closes_its_own_source() -
         assert second.closed
         gate.set()
         await first
+
+
+class _StartFails(at.Callback):
+    """A callback whose ``on_fit_start`` raises, or waits until the fit is cancelled."""
+
+    def __init__(self, how: str) -> None:
+        self.how, self.waiting = how, asyncio.Event()
+
+    def on_fit_start(self, fit: at.FitControl) -> Awaitable[None] | None:
+        if self.how == "raises":
+            raise LookupError("on_fit_start broke")
+        return self._wait()
+
+    async def _wait(self) -> None:
+        self.waiting.set()
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("how", ["raises", "cancelled"])
+@pytest.mark.parametrize("kind", ["async-iterator", "sync-iterator", "async-generator"])
+async def test_a_fit_whose_on_fit_start_fails_closes_its_source(kind: str, how: str) -> None:
+    """``on_fit_start`` runs before the stream's events are first asked for: a callback
+    that raised there (or a cancel landing there) left the source open (its
+    ``aclose``/``close`` never called, an async generator's ``finally`` never run)
+    before the fix."""
+    data, finished = _data(), []
+
+    async def generator() -> AsyncIterator[object]:
+        try:
+            for item in _pieces(data, 100):
+                yield item
+        finally:
+            finished.append(True)
+
+    source: _AsyncBatches | _SyncBatches | AsyncIterator[object] = (
+        _AsyncBatches(data)
+        if kind == "async-iterator"
+        else _SyncBatches(data)
+        if kind == "sync-iterator"
+        else generator()
+    )
+    if kind == "async-generator":
+        await anext(source)  # started: else its finally has nothing to run
+    callback = _StartFails(how)
+    async with _trainer("thread") as trainer:
+        fit = asyncio.ensure_future(trainer.fit_stream(source, callbacks=[callback]))  # type: ignore[arg-type]
+        if how == "cancelled":
+            await callback.waiting.wait()
+            fit.cancel()
+        with pytest.raises(LookupError if how == "raises" else asyncio.CancelledError):
+            await fit
+        assert finished if kind == "async-generator" else source.closed  # type: ignore[union-attr]
+        assert "running" not in repr(trainer)
+        assert (await trainer.fit_stream(list(_pieces(data, 100)))).steps == 16  # reusable
 
 
 async def test_two_epochs_streamed_equal_two_epochs_fitted() -> None:
