@@ -412,6 +412,16 @@ async def test_empty_sources_and_empty_batches() -> None:
         await _trainer("inline").fit_stream([empty, (data.X, data.y), (bad, data.y)])
 
 
+async def test_an_empty_batch_of_the_wrong_width_stops_the_stream(backend_name: str) -> None:
+    """Skipped unchecked before the fix: a producer yielding 4 columns of nothing ran on."""
+    data = _data(n=BATCH * 2)
+    narrow = (data.X[:0, :4], data.y[:0])
+    async with _trainer(backend_name) as trainer:
+        with pytest.raises(at.DataError, match=r"stream batch 1: a batch of no rows.* 4 features"):
+            await trainer.fit_stream(_agen(iter([(data.X[:BATCH], data.y[:BATCH]), narrow])))
+        assert trainer.state.step == 1  # the batch before it
+
+
 # -- bad batches, raising sources, cancellation --------------------------------------------
 
 

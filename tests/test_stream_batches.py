@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import asynctrain as at
-from asynctrain._streaming._batch import assemble_batch, check_batch
+from asynctrain._streaming._batch import NameRecord, assemble_batch, check_batch
 from asynctrain.data import Dataset
 from asynctrain.data._stream import BatchAssembler, BatchCutter, copy_rows
 from asynctrain.models import LinearRegression, SoftmaxRegression
@@ -159,6 +160,70 @@ def test_one_class_and_datasets_are_fine_in_a_batch() -> None:
 def test_an_empty_batch_is_skipped() -> None:
     X, y = _xy()
     assert check_batch(SoftmaxRegression(3, 3), (X[:0], y[:0]), where="b") is None
+
+
+def _one_row(value: object) -> object:
+    """``value`` (an empty array or frame) with one row of zeros (of ones for weights)."""
+    if isinstance(value, pd.DataFrame):
+        return pd.DataFrame(np.zeros((1, value.shape[1])), columns=value.columns)
+    array = np.asarray(value)
+    return np.zeros((1, *array.shape[1:]), array.dtype)
+
+
+_EMPTY_F = np.zeros((0, 3), np.float32)
+_NO_LABELS = np.zeros(0, np.int64)
+
+
+@pytest.mark.parametrize(
+    ("model", "item", "options", "message"),
+    [
+        (SoftmaxRegression(3, 3), (np.zeros((0, 2)), _NO_LABELS), {}, "dataset has 2 features"),
+        (SoftmaxRegression(3, 3), (np.zeros((0, 3), "U1"), _NO_LABELS), {}, "X has dtype <U1"),
+        (SoftmaxRegression(3, 3), (np.zeros((0, 3, 2)), _NO_LABELS), {}, "X must be 2-D"),
+        (SoftmaxRegression(3, 3), (_EMPTY_F, np.zeros((0, 2), np.int64)), {}, "must be 1-D"),
+        (SoftmaxRegression(3, 3), (_EMPTY_F, np.zeros(0, "U1")), {}, "y has dtype <U1"),
+        (SoftmaxRegression(3, 3), (_EMPTY_F, _NO_LABELS), {"weighted": True}, "has no sample"),
+        (LinearRegression(3), (_EMPTY_F, np.zeros((0, 2))), {}, "targets y must have shape"),
+        (
+            SoftmaxRegression(3, 3),
+            (pd.DataFrame(_EMPTY_F, columns=["a", "b", "z"]), _NO_LABELS),
+            {"names": ("a", "b", "c")},
+            "'z'",
+        ),
+    ],
+)
+def test_an_empty_batch_of_a_wrong_shape_is_refused_as_one_with_rows(
+    model: at.models.Model, item: tuple[object, ...], options: dict[str, object], message: str
+) -> None:
+    """An empty poll is skipped, but it was not checked at all: one of the wrong width,
+    dtype or target shape passed silently. The oracle: the error of the same batch with
+    one row."""
+    names = options.pop("names", None)
+    options["names"] = None if names is None else NameRecord(names)  # type: ignore[arg-type]
+    with pytest.raises(at.DataError) as with_rows:
+        check_batch(model, tuple(_one_row(part) for part in item), where="b", **options)  # type: ignore[arg-type]
+    options["names"] = None if names is None else NameRecord(names)  # type: ignore[arg-type]
+    with pytest.raises(type(with_rows.value), match=message) as empty:
+        check_batch(model, item, where="b", **options)  # type: ignore[arg-type]
+    assert str(empty.value).startswith("b: a batch of no rows")
+    assert str(empty.value).endswith(str(with_rows.value).removeprefix("b: "))
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        (_EMPTY_F, _NO_LABELS),
+        ([], []),  # no row shape to check
+        (np.zeros((0, 3), np.int32), np.zeros(0, np.float64)),  # converted, as with rows
+        (pd.DataFrame(_EMPTY_F, columns=["a", "b", "c"]), pd.Series(_NO_LABELS)),
+        (_EMPTY_F, _NO_LABELS, np.zeros(0)),
+    ],
+)
+def test_an_empty_batch_of_the_right_shape_is_skipped(item: tuple[object, ...]) -> None:
+    names = NameRecord(("a", "b", "c"))
+    model, weighted = SoftmaxRegression(3, 3), len(item) == 3
+    assert check_batch(model, item, where="b", names=names, weighted=weighted) is None
+    assert names.names == ("a", "b", "c")
 
 
 @pytest.mark.parametrize(

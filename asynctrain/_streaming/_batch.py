@@ -31,6 +31,7 @@ from asynctrain._types import Array
 from asynctrain.data import Dataset
 from asynctrain.data._frames import (
     FeatureNames,
+    as_features,
     as_targets,
     is_column,
     is_table,
@@ -180,10 +181,28 @@ def _checked(
     class_weight: ClassWeight,
 ) -> Batch | None:
     """The general path of :func:`check_batch` (its errors not yet named)."""
-    if _rows(X) == 0 and _rows(y) == 0:
+    if _rows(X) == 0 and _rows(y) == 0:  # skipped, once its shape is checked
+        try:
+            row = _one_row(X, y, w, model.dtype)
+            if row is not None:
+                _prepared(model, row, like, names, weighted, class_weight)
+        except DataError as exc:
+            raise type(exc)(f"a batch of no rows, checked as one row of its shape: {exc}") from exc
         return None
-    expected = None if names is None else names.names
     owned = (_owned(X, model.dtype), _owned(y), w)  # Dataset copies the weights
+    return _prepared(model, owned, like, names, weighted, class_weight)
+
+
+def _prepared(
+    model: Model,
+    owned: Dataset | tuple[Any, Any, Any],
+    like: npt.NDArray[Any] | None,
+    names: NameRecord | None,
+    weighted: bool | None,
+    class_weight: ClassWeight,
+) -> Batch:
+    """``owned`` (a batch's own arrays) checked and made ready by ``prepare``."""
+    expected = None if names is None else names.names
     data = prepare(
         model,
         owned,
@@ -196,6 +215,29 @@ def _checked(
         names.meet(data.feature_names, name="X")
     _check_weighted(data, weighted)
     return data.X, _targets(model, data.y, like), data.sample_weight
+
+
+def _one_row(X: Any, y: Any, w: Any, dtype: np.dtype[Any]) -> Dataset | None:
+    """A batch of no rows as one row of zeros (weights of one) of its arrays' row shapes
+    and dtypes, to be checked by the general path; None for an ``X`` with no row shape
+    (``[]``): nothing to check.
+
+    An empty poll is skipped, not trained on, but its shape is the stream's all the same:
+    one with the wrong number of columns, a non-numeric dtype or targets of another shape
+    says the producer is broken. Checked as a row, it gets the error a batch with rows
+    gets (values cannot be wrong: there are none).
+    """
+    if is_table(X):
+        X, frame = as_features(X, name="X")
+    elif np.ndim(X) < 2:
+        return None
+    else:
+        X, frame = np.asarray(X), None
+    y = as_targets(y) if is_table(y) or is_column(y) else np.asarray(y)
+    if w is not None and _rows(w) == 0:
+        w = np.ones((1, *np.shape(w)[1:]))
+    one = np.zeros((1, *X.shape[1:]), X.dtype), np.zeros((1, *y.shape[1:]), y.dtype)
+    return Dataset(*one, sample_weight=w, dtype=dtype, feature_names=frame)
 
 
 def _plain(model: Model, X: Any, y: Any) -> bool:
