@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import sys
 import threading
+import time
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 
 import asynctrain as at
+from asynctrain._streaming._feed import RING_SLOTS
 from asynctrain._streaming._sources import READ_AHEAD, ReadAhead
+from asynctrain._streaming._stream import DEFAULT_BUFFER
 from asynctrain.data import read_parquet
 from asynctrain.data._parquet import holdout_mask
 from asynctrain.data._shared import is_shared
@@ -308,6 +311,45 @@ def test_memory_is_bounded_by_the_buffer_not_the_file(tmp_path: Path) -> None:
     assert rows == n
     assert numpy_peak < file_bytes / 4, numpy_peak
     assert pool.max_memory() < file_bytes / 4, pool.max_memory()
+
+
+class _Slow(at.models.SoftmaxRegression):
+    """Steps of 5 ms: the stream reads as far ahead as it is allowed to."""
+
+    def loss_and_grad(self, params, X, y):  # type: ignore[no-untyped-def]
+        time.sleep(0.005)
+        return super().loss_and_grad(params, X, y)
+
+
+@pytest.mark.parametrize("shuffle_buffer", [1024, None])
+async def test_memory_under_fit_stream_is_the_documented_bound(
+    tmp_path: Path, shuffle_buffer: int | None
+) -> None:
+    """docs/data.md's bound under fit_stream: the shuffle buffer twice over, a row group,
+    and READ_AHEAD + buffer + RING_SLOTS + 3 batches in flight (besides a megabyte of
+    Python objects). With a buffer of one batch (the smallest allowed) the batches in
+    flight are most of it: "bounded by the shuffle buffer and one row group", as the
+    docstring said, was several times under (the read-ahead and the ring were left out)."""
+    n, d, batch, group = 40_000, 64, 1024, 5_000
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    path = _write(tmp_path / "big.parquet", X, rng.integers(0, 3, n), row_group=group)
+    stream = read_parquet(path, label="y", batch_size=batch, shuffle_buffer=shuffle_buffer)
+    flight = READ_AHEAD + DEFAULT_BUFFER + RING_SLOTS + 3
+    rows = 2 * stream._buffer_rows() + group + flight * batch
+    bound = rows * (d * 4 + 8) + 2**20  # X in float32 and int64 labels
+    trainer = at.Trainer(_Slow(d, 3), backend="thread", workers=2, batch_size=batch, shards=1)
+    async with trainer:
+        tracemalloc.start()
+        try:
+            result = await trainer.fit_stream(stream)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert result.steps == -(-n // batch)
+    assert peak < bound, (peak, bound)
+    if shuffle_buffer == batch:  # the batches in flight, not the buffer, are what it holds
+        assert peak > 8 * batch * (d * 4 + 8), peak
 
 
 @pytest.mark.parametrize("how", ["load", "to_dataset", "holdout"])

@@ -60,7 +60,9 @@ def read_parquet(
     the first batch every file's footer is checked (label and feature columns present
     and numeric, one schema across files, no nulls where the statistics tell), so a bad
     source fails before any step. Memory stays bounded by the shuffle buffer and one row
-    group (read in chunks of about 8 MB), whatever the files' size.
+    group (read in chunks of about 8 MB), whatever the files' size; under ``fit_stream``
+    add up to 18 batches in flight (read ahead, queued and in the ring: see
+    ``docs/data.md``), which with a buffer of a few batches cost more than the buffer.
 
     Args:
         path: a Parquet file, a directory (every ``*.parquet`` below it, in sorted path
