@@ -496,6 +496,45 @@ async def test_a_raising_source_propagates_its_own_exception(backend_name: str) 
     assert closed
 
 
+class _BreaksAndCannotClose:
+    """An async iterator that yields ``good``, then raises; its ``aclose`` fails too."""
+
+    def __init__(self, good: list[tuple[np.ndarray, np.ndarray]], error: Exception) -> None:
+        self._good, self.error, self.close_tried = iter(good), error, False
+
+    def __aiter__(self) -> _BreaksAndCannotClose:
+        return self
+
+    async def __anext__(self) -> tuple[np.ndarray, np.ndarray]:
+        item = next(self._good, None)
+        if item is None:
+            raise self.error
+        return item
+
+    async def aclose(self) -> None:
+        self.close_tried = True
+        raise OSError("the connection was already gone")
+
+
+async def test_a_source_that_raises_and_then_fails_to_close_raises_its_own_error(
+    backend_name: str,
+) -> None:
+    """The close's error replaced the source's own (and, through the task group's
+    unwrapping, lost it from the chain): two fits sharing one async generator reported
+    "aclose(): asynchronous generator is already running", not the "anext()" that was
+    the cause. The source's error is raised, the failed close noted on it."""
+    error = LookupError("the message queue went away")
+    source = _BreaksAndCannotClose(list(_pieces(_data(), BATCH))[:2], error)
+    async with _trainer(backend_name) as trainer:
+        with pytest.raises(LookupError) as caught:
+            await asyncio.wait_for(trainer.fit_stream(source), 30)
+        assert caught.value is error
+        assert source.close_tried
+        assert any("OSError: the connection was already gone" in n for n in error.__notes__)
+        assert trainer.state.step == 2
+        assert (await trainer.fit_stream(list(_pieces(_data(), BATCH))[:1])).steps == 1
+
+
 class _Fragile(SoftmaxRegression):
     """Fails on any shard whose first feature holds the marker 42."""
 

@@ -274,9 +274,23 @@ async def iterate(
     source: Iterable[Any] | AsyncIterable[Any], off: OffLoop, then: Callable[[Any], T]
 ) -> AsyncIterator[Items[T]]:
     """The :class:`Items` of ``source``, each passed through ``then`` (called on one
-    thread at a time, in stream order); the source is closed on the way out."""
+    thread at a time, in stream order); the source is closed on the way out.
+
+    When the block raised an error (the source's own, say), that error is what leaves: a
+    close that fails then (a source closed already, or running in another fit) is noted
+    on it, not raised in its place.
+    """
     items = Items(source, off, then)
+    error: Exception | None = None
     try:
         yield items
+    except Exception as exc:
+        error = exc
+        raise
     finally:
-        await items.aclose()
+        try:
+            await items.aclose()
+        except Exception as failed:
+            if error is None:
+                raise
+            error.add_note(f"closing the source then raised {type(failed).__name__}: {failed}")
