@@ -842,7 +842,10 @@ class Trainer:
                 ``path`` ends in a separator and is no directory, or during a fit with a
                 ``checkpoint_dir``, ``path`` would be a ``step-<n>.ckpt`` of that
                 directory (the fit's own checkpoints go there, with its callbacks'
-                states; a save from here would lack them yet be taken by a resume).
+                states; a save from here would lack them yet be taken by a resume), or
+                ``path`` is a ``step-<n>.ckpt`` that keeps what a save does not (a fit's
+                final checkpoint, with its callbacks' states or its early-stop record;
+                the file is left as it is).
 
         Example:
             >>> await trainer.save("run/final.ckpt")  # doctest: +SKIP

@@ -365,3 +365,28 @@ async def test_a_deeply_nested_state_is_read_or_refused(tmp_path: Path, data: Da
             Checkpoint.read(tmp_path / "deep.ckpt")
     finally:
         sys.setrecursionlimit(limit)
+
+
+async def test_a_save_after_the_fit_keeps_its_final_checkpoint(
+    tmp_path: Path, split: tuple[Dataset, Dataset]
+) -> None:
+    # trainer.save(run) after the fit wrote step-<n>.ckpt over the fit's final checkpoint
+    # of the same step: without the callbacks' states and the early-stop record, so a
+    # resume=True rerun trained on instead of returning at once.
+    run = tmp_path / "run"
+    trainer, first = await _fit(split, [_stopper()], checkpoint_dir=run)
+    assert first.stopped_early
+    final = list_checkpoints(run)[-1]
+    kept = final.read_bytes()
+    for path in (run, f"{run}{os.sep}", final):
+        with pytest.raises(at.CheckpointError, match=r"the early-stop record.*EarlyStopping#0"):
+            await trainer.save(path)
+        assert final.read_bytes() == kept
+    assert await trainer.save(run / "manual.ckpt") == run / "manual.ckpt"  # another name
+    _, again = await _fit(split, [_stopper()], checkpoint_dir=run, resume=True)
+    assert (again.steps, again.stopped_early) == (0, True)
+
+    # A fit's checkpoint that keeps nothing a save lacks may be written over.
+    plain = tmp_path / "plain"
+    trainer, _ = await _fit(split, [], checkpoint_dir=plain)
+    assert await trainer.save(plain) == list_checkpoints(plain)[-1]

@@ -103,6 +103,23 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def fit_records(path: Path) -> list[str]:
+    """What the checkpoint at ``path`` keeps that only a fit's own checkpoints do (and a
+    :meth:`~asynctrain.Trainer.save` does not): the early-stop record, the callbacks'
+    states. Empty for a file that keeps neither, and for none or a damaged one (nothing
+    a save over it would lose); only the manifest is read.
+    """
+    try:
+        manifest = _verify.read_manifest(path)
+    except CheckpointError:
+        return []
+    records = ["the early-stop record"] if manifest.get("stopped_early") is True else []
+    states = manifest.get("callbacks")
+    if isinstance(states, dict) and states:
+        records.append(f"the states of {', '.join(map(str, states))}")
+    return records
+
+
 def resolve(path: str | Path) -> Path:
     """``path`` itself, or for a directory the latest checkpoint in it.
 

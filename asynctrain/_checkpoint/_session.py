@@ -32,6 +32,7 @@ from asynctrain._checkpoint._content import (
     checkpoint_step,
     copied_bytes,
     encode_state,
+    fit_records,
     is_checkpoint_name,
     list_checkpoints,
     order_sha256,
@@ -410,14 +411,17 @@ def save_to(
     Raises:
         CheckpointError: ``path`` ends in a separator (it names a directory) but is no
             directory: ``Path`` would drop the separator and write a file of that name;
-            or ``path`` is (or would write) a checkpoint of ``reserved``.
+            ``path`` is (or would write) a checkpoint of ``reserved``; or it would
+            replace a fit's checkpoint that keeps what this one does not.
     """
     target = Path(path)
     if target.is_dir():
         target /= checkpoint_name(payload.state.step)
         return save_to(target, payload, cancel, reserved=reserved)
-    if reserved is not None and is_checkpoint_name(target.name):
-        _refuse_fit_directory(target, reserved)
+    if is_checkpoint_name(target.name):
+        if reserved is not None:
+            _refuse_fit_directory(target, reserved)
+        _refuse_fit_checkpoint(target)
     text = os.fspath(path)
     if text.endswith(os.sep) or (os.altsep is not None and text.endswith(os.altsep)):
         raise CheckpointError(
@@ -448,4 +452,21 @@ def _refuse_fit_directory(target: Path, directory: Path) -> None:
             "callbacks' states), and a resume would take it for the latest; the fit saves "
             "there itself (checkpoint_every=...): save to another directory, or under a name "
             f"that is not step-<n>.ckpt (e.g. {directory / 'manual.ckpt'})"
+        )
+
+
+def _refuse_fit_checkpoint(target: Path) -> None:
+    """Refuse to write over ``target``, a ``step-<n>.ckpt``, if it keeps what a save does
+    not (a fit's final checkpoint after the fit: the same step's name).
+
+    Written over, the directory's resume would lose them: a run stopped early would train
+    on, an EarlyStopping would wait its patience afresh.
+    """
+    records = fit_records(target)
+    if records:
+        raise CheckpointError(
+            f"cannot save to {target}: it is a fit's checkpoint and keeps "
+            f"{' and '.join(records)}, which a save does not; written over, a resume of "
+            f"{target.parent} would lose them. It is left as it is: save under another "
+            f"name (e.g. {target.parent / 'manual.ckpt'}) or into another directory"
         )

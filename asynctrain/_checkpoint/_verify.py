@@ -18,8 +18,9 @@ import stat
 import struct
 import tokenize
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +35,8 @@ from asynctrain._checkpoint._format import (
     member_name,
 )
 from asynctrain._exceptions import CheckpointError
+
+T = TypeVar("T")
 
 # What a damaged file can make zipfile, json or numpy's header parser raise.
 _CORRUPT = (
@@ -57,16 +60,37 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
         CheckpointError: missing, unreadable, not a checkpoint, truncated, corrupt (a
             checksum mismatch), a newer format version, or a dtype outside the allow-list.
     """
+    return _reading(path, functools.partial(_read_all, path))
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """Read and verify only the manifest of the checkpoint at ``path`` (no array).
+
+    Raises:
+        CheckpointError: as :func:`read`, for what the manifest holds.
+    """
+    return _reading(path, lambda archive, size: _read_manifest(path, archive))
+
+
+def _read_all(
+    path: Path, archive: zipfile.ZipFile, size: int
+) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
+    manifest = _read_manifest(path, archive)
+    _check_members(path, archive, manifest, size)
+    entries = manifest["arrays"].items()
+    return manifest, {key: _read_array(path, archive, key, entry) for key, entry in entries}
+
+
+def _reading(path: Path, take: Callable[[zipfile.ZipFile, int], T]) -> T:
+    """``take(archive, size)`` of the checkpoint file at ``path``; every failure of the
+    file (missing, unreadable, not a zip, damaged) a :class:`CheckpointError`."""
     try:
         with _open_regular(path) as handle:
             _check_magic(path, handle.read(4))
             handle.seek(0)
             size = os.fstat(handle.fileno()).st_size
             with zipfile.ZipFile(handle) as archive:
-                manifest = _read_manifest(path, archive)
-                _check_members(path, archive, manifest, size)
-                entries = manifest["arrays"].items()
-                loaded = {key: _read_array(path, archive, key, entry) for key, entry in entries}
+                return take(archive, size)
     except CheckpointError:
         raise
     except FileNotFoundError:
@@ -77,7 +101,6 @@ def read(path: Path) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
     except _CORRUPT as exc:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {exc}") from exc
-    return manifest, loaded
 
 
 def _open_regular(path: Path) -> IO[bytes]:
