@@ -30,6 +30,8 @@ class Trainer(Protocol):
 
     async def save(self, path: str | os.PathLike[str]) -> Path: ...
 
+    def _check_save(self, path: str | os.PathLike[str]) -> None: ...
+
     def _set_state(self, state: TrainState) -> None: ...
 
 
@@ -78,6 +80,17 @@ class FitControl:
             CheckpointError: the write failed.
         """
         return await self._trainer.save(path)
+
+    def check_save(self, path: str | os.PathLike[str]) -> None:
+        """Refuse now a :meth:`save` to ``path`` that would be refused for lying in the
+        fit's own ``checkpoint_dir`` (that directory, or a ``step-<n>.ckpt`` in it: the
+        fit's checkpoints), so a callback that saves there fails in ``on_fit_start``,
+        before the first step, not after an epoch of training.
+
+        Raises:
+            CheckpointError: ``path`` is such a place; the error names the directory.
+        """
+        self._trainer._check_save(path)
 
     def restore_params(self, params: Mapping[str, npt.ArrayLike]) -> None:
         """Make ``params`` the trainer's parameters; only in ``on_fit_end``.

@@ -22,7 +22,13 @@ import numpy.typing as npt
 
 from asynctrain._checkpoint import CheckpointSession, PathLike
 from asynctrain._checkpoint._content import Checkpoint, Subject
-from asynctrain._checkpoint._session import Resume, Writer, restored_settings, save_to
+from asynctrain._checkpoint._session import (
+    Resume,
+    Writer,
+    refuse_reserved,
+    restored_settings,
+    save_to,
+)
 from asynctrain._checks import check_bool, check_int
 from asynctrain._config import TrainConfig, default_shards
 from asynctrain._control import FitControl
@@ -854,6 +860,11 @@ class Trainer:
             payload = await writer.snapshot(self._checkpoint_subject())
             save = functools.partial(save_to, reserved=self._fit_directory)
             return await writer.run(save, path, payload, writer.cancel)
+
+    def _check_save(self, path: PathLike) -> None:
+        """Refuse now a :meth:`save` to ``path`` that the running fit's checkpoint_dir
+        would refuse (:class:`FitControl.check_save <asynctrain.FitControl>`)."""
+        refuse_reserved(path, self._fit_directory)
 
     async def load(self, path: PathLike) -> None:
         """Continue from the checkpoint at ``path`` (a file, or a directory's latest).

@@ -390,3 +390,24 @@ async def test_a_save_after_the_fit_keeps_its_final_checkpoint(
     plain = tmp_path / "plain"
     trainer, _ = await _fit(split, [], checkpoint_dir=plain)
     assert await trainer.save(plain) == list_checkpoints(plain)[-1]
+
+
+async def test_a_model_checkpoint_into_the_fits_checkpoint_dir_fails_before_a_step(
+    tmp_path: Path, split: tuple[Dataset, Dataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was refused only at its first save: the fit trained a whole epoch first.
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    for saver in (
+        at.ModelCheckpoint(run),
+        at.ModelCheckpoint(f"run{os.sep}"),
+        at.ModelCheckpoint("run/step-{epoch:012d}.ckpt", best_only=True),
+    ):
+        trainer = softmax_trainer()
+        with pytest.raises(at.CheckpointError, match=r"running fit's checkpoint_dir run\b"):
+            await trainer.fit(split[0], epochs=2, callbacks=[saver], checkpoint_dir="run")
+        assert (trainer.state.step, saver.saved) == (0, [])  # no step was taken
+        assert not list_checkpoints(run)
+    saver = at.ModelCheckpoint("run/epoch-{epoch}.ckpt")  # not a step-<n>.ckpt: saved
+    await softmax_trainer().fit(split[0], epochs=2, callbacks=[saver], checkpoint_dir="run")
+    assert saver.saved == [Path("run/epoch-0.ckpt"), Path("run/epoch-1.ckpt")]

@@ -27,7 +27,7 @@ class ModelCheckpoint(Callback):
             ``step-<n>.ckpt`` files (a path ending in a separator names a directory,
             which must exist: else the first save fails with a ``CheckpointError``).
             Not a ``step-<n>.ckpt`` in the fit's own ``checkpoint_dir``: those are the
-            fit's checkpoints (refused with a ``CheckpointError`` at the first save).
+            fit's checkpoints (refused with a ``CheckpointError`` at the fit's start).
         best_only: save only when the monitored value improves on the best so far.
         monitor: what "best" means; as :class:`~asynctrain.EarlyStopping`'s ``monitor``.
         min_delta: smallest change that counts as an improvement (>= 0).
@@ -61,7 +61,13 @@ class ModelCheckpoint(Callback):
         self._fit: FitControl | None = None
 
     def on_fit_start(self, fit: FitControl) -> None:
-        """Keep the fit's control for saving; forget an earlier fit's best."""
+        """Keep the fit's control for saving; forget an earlier fit's best.
+
+        Raises:
+            CheckpointError: ``path`` would write ``step-<n>.ckpt`` files into the fit's
+                own ``checkpoint_dir`` (before the first step).
+        """
+        fit.check_save(self.path.format(**_sample(self.path)))
         self._fit = fit
         self._monitored.reset()
         self.saved = []
@@ -127,18 +133,27 @@ def _checked_template(path: str) -> str:
         raise ConfigError(
             f"ModelCheckpoint path {path!r} is not a template ({exc}); {hint}"
         ) from None
-    names = {field.split(".", 1)[0].split("[", 1)[0] for field in fields}
-    if any(not name or name.isdigit() for name in names):
+    if any(not name or name.isdigit() for name in _names(fields)):
         raise ConfigError(
             f"ModelCheckpoint path {path!r} has a field without a name; name a value of the "
             f"epoch, e.g. {{epoch}} or {{val_loss:.3f}}, or {hint}"
         )
-    sample: dict[str, int | float] = {name: 1 if name == "epoch" else 0.5 for name in names}
     try:
-        path.format(**sample)
+        path.format(**_sample(path))
     except (ValueError, TypeError, IndexError, AttributeError) as exc:
         raise ConfigError(
             f"ModelCheckpoint path {path!r} cannot be filled in ({exc}); {{epoch}} is an int, "
             f"the losses, accuracy and metrics are floats (e.g. {{val_loss:.3f}}); {hint}"
         ) from None
     return path
+
+
+def _names(fields: list[str]) -> set[str]:
+    """The names of the values the template's ``fields`` take (``epoch`` of ``epoch:03d``)."""
+    return {field.split(".", 1)[0].split("[", 1)[0] for field in fields}
+
+
+def _sample(path: str) -> dict[str, int | float]:
+    """Every value ``path`` (a checked template) names, set to a number of its kind."""
+    fields = [field for _, field, _, _ in string.Formatter().parse(path) if field is not None]
+    return {name: 1 if name == "epoch" else 0.5 for name in _names(fields)}

@@ -433,6 +433,21 @@ def save_to(
     return target
 
 
+def refuse_reserved(path: PathLike, reserved: Path | None) -> None:
+    """Refuse now a save to ``path`` that :func:`save_to` would refuse for lying in
+    ``reserved``, the running fit's checkpoint_dir: a ``step-<n>.ckpt`` there, or that
+    directory itself (a save into it writes one), whatever its step.
+
+    Raises:
+        CheckpointError: as :func:`save_to` would, naming the directory.
+    """
+    target = Path(path)
+    if target.is_dir():
+        target /= checkpoint_name(0)
+    if reserved is not None and is_checkpoint_name(target.name):
+        _refuse_fit_directory(target, reserved)
+
+
 def _refuse_fit_directory(target: Path, directory: Path) -> None:
     """Refuse ``target`` if it lies in ``directory``, the running fit's checkpoint_dir.
 
