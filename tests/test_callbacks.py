@@ -554,3 +554,64 @@ async def test_tensorboard_logger_writes_scalars_tensorboard_reads(tmp_path: Pat
         assert [s.step for s in scalars] == [0, 1, 2]
         expected = [np.float32(e.value(tag)) for e in result.history]
         assert [np.float32(s.value) for s in scalars] == expected
+
+
+def _tensorboard_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in every event file of ``logdir`` (in TensorBoard's order of the
+    files, by name), read back with TensorBoard's own loader: ``{tag: [(step, value)]}``."""
+    loader = pytest.importorskip("tensorboard.backend.event_processing.event_file_loader")
+    found: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        for event in loader.RawEventFileLoader(str(path)).Load():
+            parsed = loader.event_pb2.Event.FromString(event)
+            for value in parsed.summary.value:
+                found.setdefault(value.tag, []).append((parsed.step, value.simple_value))
+    return found
+
+
+async def test_tensorboard_logger_of_a_resumed_fit_logs_each_epoch_once(
+    tmp_path: Path,
+) -> None:
+    # A resumed fit wrote a new event file with the epochs it trained again, after the
+    # checkpoint it resumed from, which the interrupted fit's file held already: epoch 2
+    # three times here (the resumed fit is interrupted too, before its next checkpoint).
+    pytest.importorskip("tensorboardX")
+    data = at.data.synthetic("softmax", n=500, seed=2)  # 5 steps an epoch
+    val = at.data.synthetic("softmax", n=300, seed=3)
+
+    async def fit(logdir: Path, *more: at.Callback, resume: bool = False) -> at.FitResult:
+        model = at.models.SoftmaxRegression(128, 10)
+        trainer = at.Trainer(model, at.optim.adam(1e-2), backend="inline", batch_size=100)
+        return await trainer.fit(
+            data,
+            epochs=6,
+            validation=val,
+            callbacks=[at.TensorBoardLogger(logdir), *more],
+            checkpoint_dir=logdir.with_name(logdir.name + "-ckpt"),
+            checkpoint_every=7,
+            resume=resume,
+        )
+
+    whole = await fit(tmp_path / "whole")
+    logdir = tmp_path / "run"
+    with pytest.raises(_Crash):  # epochs 0-2 logged; the latest checkpoint: step 14
+        await fit(logdir, _CrashAfter(19))
+    with pytest.raises(_Crash):  # resumed at step 14: epoch 2 logged again, crashed again
+        await fit(logdir, _CrashAfter(19), resume=True)
+    assert [step for step, _ in _tensorboard_scalars(logdir)["loss"]] == [0, 1, 2]
+    await fit(logdir, resume=True)  # goes on from step 14, in epoch 2
+    logged = _tensorboard_scalars(logdir)
+    expected = _tensorboard_scalars(tmp_path / "whole")
+    for tag in ("loss", "val_loss", "val_accuracy", "seconds"):
+        assert [step for step, _ in logged[tag]] == list(range(6)), tag
+    for tag in ("val_loss", "val_accuracy"):  # (the resumed epoch 2's loss: of 1 step)
+        assert logged[tag] == expected[tag]
+    assert [value for _, value in logged["val_loss"]] == [
+        np.float32(e.val_loss) for e in whole.history
+    ]
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 1  # the one run's file
+
+    again = at.TensorBoardLogger(logdir)  # a state's file is only ever a file of logdir
+    for name in ("../escape", "events.out.tfevents.1.host.1.0123abcd/../x", 3):
+        with pytest.raises(TypeError, match="are not a path and its file"):
+            again.load_state_dict({"logdir": str(logdir), "file": name, "size": 0})

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
-import importlib
 import importlib.util
 import math
 import os
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from asynctrain._callbacks._tfevents import EventFile
 from asynctrain._control import FitControl
 from asynctrain._events import Callback, EpochEvent
 from asynctrain._exceptions import ConfigError, ConfigTypeError
@@ -227,8 +227,12 @@ class TensorBoardLogger(_FileLogger):
 
     One scalar per value of :class:`CSVLogger`'s columns (``loss``, ``val_loss``, ...,
     the chosen metrics), at step = epoch; NaN values (no validation data) are left out.
-    Writes a new event file into ``logdir`` per fit, through tensorboardX (the extra
-    ``pip install 'asynctrain[tensorboard]'``).
+    Writes a new event file into ``logdir`` per fit (at its first epoch), with the
+    protos of tensorboardX (the extra ``pip install 'asynctrain[tensorboard]'``); each
+    epoch's event is on disk when the epoch ends. A fit resumed from a checkpoint
+    (``resume=True``) writes on in the file the checkpoint was taken during, first
+    dropping the events written after it (the epochs it trains again), so each epoch
+    is in the logdir once.
 
     Args:
         logdir: the run's directory (created if missing).
@@ -251,14 +255,40 @@ class TensorBoardLogger(_FileLogger):
             )
         self.logdir = Path(logdir)
 
-    def _open(self) -> Any:
-        return importlib.import_module("tensorboardX").SummaryWriter(str(self.logdir))
+    def state_dict(self) -> dict[str, Any] | None:
+        """The event file and its bytes so far: a resumed fit drops the events after."""
+        log: EventFile | None = self._log
+        if log is None:
+            return None
+        return {"logdir": str(self.logdir), "file": log.name, "size": log.size}
 
-    def _write(self, log: Any, event: EpochEvent) -> None:
-        for name, value in epoch_values(event).items():
-            if name != "epoch" and not math.isnan(value):
-                log.add_scalar(name, value, global_step=event.epoch)
-        log.flush()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Carry on from a checkpoint's :meth:`state_dict`: the fit writes on in that
+        event file, from the length it had then. A state of another logdir is left alone.
+
+        Raises:
+            TypeError, KeyError: a state this callback did not write.
+        """
+        logdir, name, size = state["logdir"], state["file"], state["size"]
+        if type(logdir) is not str or not EventFile.is_name(name):
+            raise TypeError(f"logdir {logdir!r} and file {name!r} are not a path and its file")
+        if type(size) is not int or size < 0:
+            raise TypeError(f"size {size!r} is not a count of bytes")
+        log: EventFile | None = self._log
+        if log is not None and logdir == str(self.logdir):
+            log.continue_at(name, size)
+
+    def _open(self) -> EventFile:
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        return EventFile(self.logdir)
+
+    def _write(self, log: EventFile, event: EpochEvent) -> None:
+        values = epoch_values(event)
+        del values["epoch"]
+        log.add_scalars(
+            {name: float(v) for name, v in values.items() if not math.isnan(v)},
+            step=event.epoch,
+        )
 
     def __repr__(self) -> str:
         return f"TensorBoardLogger({str(self.logdir)!r})"
