@@ -4,10 +4,12 @@ crafted manifests with valid checksums, and FIFOs planted under a checkpoint's n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -133,9 +135,11 @@ async def test_resume_params_takes_the_parameters_and_starts_the_optimizer_afres
 # -- 18: one fit at a time per checkpoint_dir ---------------------------------------------
 
 
-async def test_a_second_fit_on_a_locked_checkpoint_dir_is_refused(
-    tmp_path: Path, data: at.data.Dataset
-) -> None:
+@contextlib.asynccontextmanager
+async def _fit_held_at_its_first_step(
+    trainer: at.Trainer, data: at.data.Dataset, directory: Path
+) -> AsyncIterator[None]:
+    """``trainer`` fits ``data`` into ``directory``, held at its first step for the block."""
     started, release = asyncio.Event(), asyncio.Event()
 
     class Hold(at.Callback):
@@ -143,19 +147,42 @@ async def test_a_second_fit_on_a_locked_checkpoint_dir_is_refused(
             started.set()
             await release.wait()
 
-    first = _trainer()
-    fit = asyncio.ensure_future(first.fit(data, checkpoint_dir=tmp_path, callbacks=[Hold()]))
+    fit = asyncio.ensure_future(trainer.fit(data, checkpoint_dir=directory, callbacks=[Hold()]))
     await started.wait()
-    second = _trainer(seed=7)
     try:
-        with pytest.raises(at.CheckpointError, match="in use by another fit"):
-            await second.fit(data, epochs=1, checkpoint_dir=tmp_path, resume=True)
+        yield
     finally:
         release.set()
         await fit
+
+
+async def test_a_second_fit_on_a_locked_checkpoint_dir_is_refused(
+    tmp_path: Path, data: at.data.Dataset
+) -> None:
+    first, second = _trainer(), _trainer(seed=7)
+    async with _fit_held_at_its_first_step(first, data, tmp_path):
+        with pytest.raises(at.CheckpointError, match="in use by another fit"):
+            await second.fit(data, epochs=1, checkpoint_dir=tmp_path, resume=True)
     assert second.state.step == 0
     assert Checkpoint.read(tmp_path).counter("step") == first.state.step
     await first.fit(data, epochs=1, checkpoint_dir=tmp_path)  # free again afterwards
+
+
+async def test_another_trainers_save_into_a_running_fits_directory_is_refused(
+    tmp_path: Path, data: at.data.Dataset
+) -> None:
+    # trainer.save takes no lock: another trainer's save(run) wrote its step-<n>.ckpt
+    # (step 15, another run's) among the running fit's (step 5), as the latest, which a
+    # resume, load or restore of run then took.
+    run, first, other = tmp_path / "run", _trainer(), _trainer(seed=7)
+    await other.fit(data, epochs=3)
+    async with _fit_held_at_its_first_step(first, data, run):
+        for path in (run, run / checkpoint_name(other.state.step)):
+            with pytest.raises(at.CheckpointError, match=f"{run} is in use by a running fit"):
+                await other.save(path)
+        assert await other.save(run / "other.ckpt") == run / "other.ckpt"  # another name
+    assert [p.name for p in run.glob("step-*.ckpt")] == [checkpoint_name(first.state.step)]
+    assert (await other.save(run)).name == checkpoint_name(other.state.step)  # free again
 
 
 def _checkpoint_files(directory: Path) -> dict[str, bytes]:

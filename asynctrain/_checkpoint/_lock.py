@@ -76,6 +76,25 @@ class DirectoryLock:
             os.close(fd)  # closing the only descriptor releases the flock
 
 
+def in_use(directory: Path) -> bool:
+    """Whether a fit holds ``directory``'s lock now: a look, not a hold (a shared lock
+    taken and dropped at once, which an exclusive one held refuses).
+
+    False when there is no lock file (no fit ever used it) or it cannot be opened.
+    """
+    try:
+        fd = os.open(directory / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+    finally:
+        os.close(fd)  # drops the shared lock, if taken
+    return False
+
+
 def _probe(directory: Path) -> None:
     probe = directory / f".asynctrain-probe-{secrets.token_hex(4)}"
     try:

@@ -40,7 +40,7 @@ from asynctrain._checkpoint._content import (
     write,
 )
 from asynctrain._checkpoint._format import SaveCancelled, sweep
-from asynctrain._checkpoint._lock import DirectoryLock
+from asynctrain._checkpoint._lock import LOCK_NAME, DirectoryLock, in_use
 from asynctrain._checks import check_int
 from asynctrain._engine._update import TrainState
 from asynctrain._events import Event, StepEvent
@@ -411,8 +411,9 @@ def save_to(
     Raises:
         CheckpointError: ``path`` ends in a separator (it names a directory) but is no
             directory: ``Path`` would drop the separator and write a file of that name;
-            ``path`` is (or would write) a checkpoint of ``reserved``; or it would
-            replace a fit's checkpoint that keeps what this one does not.
+            ``path`` is (or would write) a checkpoint of ``reserved``, or of the
+            checkpoint_dir of another running fit; or it would replace a fit's
+            checkpoint that keeps what this one does not.
     """
     target = Path(path)
     if target.is_dir():
@@ -421,6 +422,7 @@ def save_to(
     if is_checkpoint_name(target.name):
         if reserved is not None:
             _refuse_fit_directory(target, reserved)
+        _refuse_locked(target)
         _refuse_fit_checkpoint(target)
     text = os.fspath(path)
     if text.endswith(os.sep) or (os.altsep is not None and text.endswith(os.altsep)):
@@ -467,6 +469,23 @@ def _refuse_fit_directory(target: Path, directory: Path) -> None:
             "callbacks' states), and a resume would take it for the latest; the fit saves "
             "there itself (checkpoint_every=...): save to another directory, or under a name "
             f"that is not step-<n>.ckpt (e.g. {directory / 'manual.ckpt'})"
+        )
+
+
+def _refuse_locked(target: Path) -> None:
+    """Refuse ``target``, a ``step-<n>.ckpt``, in the checkpoint_dir of a running fit (of
+    another trainer, or another process: one holding its lock).
+
+    It would be one of that fit's checkpoints, from another run: a resume of the
+    directory would take it if its step is the latest, and ``keep`` would prune it or,
+    for it, the fit's own.
+    """
+    if in_use(target.parent):
+        raise CheckpointError(
+            f"cannot save to {target}: {target.parent} is in use by a running fit (it holds "
+            f"{target.parent / LOCK_NAME}), whose checkpoints step-<n>.ckpt are its own; "
+            "save to another directory, or under a name that is not step-<n>.ckpt (e.g. "
+            f"{target.parent / 'manual.ckpt'})"
         )
 
 
