@@ -149,6 +149,50 @@ def test_a_cancelled_write_removes_its_temporary(saved: Path) -> None:
     assert temporaries(saved.parent) == []
 
 
+def test_a_write_cancelled_during_its_fsync_keeps_the_previous_file(
+    saved: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cancel was looked at only between chunks of the arrays: one that came during
+    # the fsync (seconds, on a slow disk) still renamed the new file over the old.
+    before, cancel, real_fsync = saved.read_bytes(), threading.Event(), os.fsync
+
+    def fsync_then_cancel(fd: int) -> None:
+        real_fsync(fd)
+        cancel.set()  # the caller cancels meanwhile
+
+    monkeypatch.setattr(os, "fsync", fsync_then_cancel)
+    with pytest.raises(SaveCancelled):
+        write(saved, {"note": "newer"}, _arrays(), cancel=cancel)
+    assert saved.read_bytes() == before
+    assert temporaries(saved.parent) == []
+
+
+def test_a_temporary_that_cannot_be_removed_does_not_hide_the_failure(
+    saved: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The unlink's error replaced the write's: a full disk was reported as "Read-only
+    # file system". The temporary stays, unlocked, for the next sweep.
+    before, real_unlink = saved.read_bytes(), os.unlink
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if temporaries(saved.parent):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        real_unlink(path, *args, **kwargs)
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(CheckpointError, match="No space left on device; free some space"):
+        write(saved, {"note": "newer"}, _arrays())
+    monkeypatch.undo()
+    assert saved.read_bytes() == before
+    left = temporaries(saved.parent)
+    assert len(left) == 1
+    assert sweep(saved.parent) == left  # its writer's lock is gone
+
+
 def test_sweep_removes_only_dead_writers_temporaries(tmp_path: Path) -> None:
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],

@@ -77,7 +77,9 @@ def write(
         SaveCancelled: ``cancel`` was set while writing (nothing was left behind).
     """
     try:
-        replace_atomically(path, lambda out: _write_zip(out, manifest, arrays, cancel))
+        replace_atomically(
+            path, lambda out: _write_zip(out, manifest, arrays, cancel), cancel=cancel
+        )
     except NotDurable as exc:
         raise CheckpointError(
             f"wrote checkpoint {path} but could not fsync {path.parent}: {exc.strerror}; "
@@ -92,17 +94,21 @@ class NotDurable(OSError):
     survive a power failure."""
 
 
-def replace_atomically(path: Path, fill: Callable[[IO[bytes]], object]) -> None:
+def replace_atomically(
+    path: Path, fill: Callable[[IO[bytes]], object], *, cancel: threading.Event | None = None
+) -> None:
     """Write ``path`` whole or not at all: ``fill`` writes a temporary beside it (an
     owner-locked one, which :func:`sweep` removes once its writer is dead), which is
     fsynced and renamed over ``path``; then the directory is fsynced. A Ctrl-C, a kill
-    or a full disk mid-write leaves the file that was there, never a truncated one.
+    or a full disk mid-write leaves the file that was there, never a truncated one; so
+    does ``cancel`` set at any time before the rename.
 
     Checkpoints are written so, and the command line's model and prediction files.
 
     Raises:
         OSError: the write failed (the previous file at ``path``, if any, is intact).
         NotDurable: written, but the directory could not be fsynced.
+        SaveCancelled: ``cancel`` was set before the rename (the temporary is removed).
     """
     temporary, fd = _create_temporary(path)
     try:
@@ -110,11 +116,15 @@ def replace_atomically(path: Path, fill: Callable[[IO[bytes]], object]) -> None:
             with os.fdopen(fd, "wb", closefd=False) as out:
                 fill(out)
             os.fsync(fd)
+            if cancel is not None and cancel.is_set():  # the fsync may have taken seconds
+                raise SaveCancelled
             os.replace(temporary, path)  # still locked: a sweeper never takes it mid-rename
         finally:
             os.close(fd)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        # Not removable (the directory turned read-only, ...): the failure is still the
+        # write's, and the temporary, unlocked now, is the next sweep's.
+        with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
     try:

@@ -4,9 +4,9 @@ Disk work runs on one writer thread per operation or fit (``asynctrain-checkpoin
 copy of the state it writes is taken where updates run (the updater), so it is always
 one whole committed step. During a fit a write overlaps the following steps; the next save
 (or the end of the fit) waits for it first, and a failed write stops the fit with its
-:class:`~asynctrain.CheckpointError`. Cancelling stops a write within one 16 MiB chunk,
-removes its temporary file and waits for the thread before ``CancelledError`` propagates;
-a fit that fails otherwise lets its write in flight land.
+:class:`~asynctrain.CheckpointError`. Cancelling stops a write within one 16 MiB chunk
+(or before its rename), removes its temporary file and waits for the thread before
+``CancelledError`` propagates; a fit that fails otherwise lets its write in flight land.
 """
 
 from __future__ import annotations
