@@ -615,3 +615,33 @@ async def test_tensorboard_logger_of_a_resumed_fit_logs_each_epoch_once(
     for name in ("../escape", "events.out.tfevents.1.host.1.0123abcd/../x", 3):
         with pytest.raises(TypeError, match="are not a path and its file"):
             again.load_state_dict({"logdir": str(logdir), "file": name, "size": 0})
+
+
+def test_an_event_file_gone_or_shorter_than_at_the_checkpoint_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("tensorboardX")
+    from asynctrain._callbacks._tfevents import EventFile
+
+    first = EventFile(tmp_path)
+    first.add_scalars({"loss": 1.0}, step=0)
+    at_checkpoint = first.size
+    first.add_scalars({"loss": 2.0}, step=1)
+    first.close()
+    gone = EventFile(tmp_path)  # a name of a file that was never written: started afresh
+    gone.continue_at(first.name[:-8] + "0" * 8, 999)
+    gone.add_scalars({"loss": 3.0}, step=1)
+    gone.close()
+    shorter = EventFile(tmp_path)  # a file shorter than then: not that file, left alone
+    shorter.continue_at(first.name, first.size + 1)
+    shorter.add_scalars({"loss": 4.0}, step=2)
+    shorter.close()
+    assert shorter.name not in (first.name, gone.name)
+    cut = EventFile(tmp_path)
+    cut.continue_at(first.name, at_checkpoint)
+    cut.add_scalars({"loss": 5.0}, step=1)
+    cut.close()
+    assert sorted(_tensorboard_scalars(tmp_path)["loss"]) == [
+        (0, 1.0), (1, 3.0), (1, 5.0), (2, 4.0)
+    ]  # fmt: skip
+    assert len(list(tmp_path.iterdir())) == 3

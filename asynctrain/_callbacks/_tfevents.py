@@ -53,7 +53,7 @@ class EventFile:
         held at a checkpoint), dropping what was written after; if it is gone, in a file
         of that name started afresh, and if it is shorter (not the file of then), in a
         new one."""
-        assert self._file is None, "not written yet"
+        self.close()  # (a fit hands the state back before its first epoch: none is open)
         self.name, self.size, self._cut = name, size, True
 
     def add_scalars(self, values: dict[str, float], step: int) -> None:
