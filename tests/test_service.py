@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import LOOPS
 
 import asynctrain as at
 from asynctrain.data import Dataset, _shared
@@ -401,3 +402,73 @@ async def test_a_finished_job_releases_its_shared_dataset(outcome: str, backend:
         assert outcome in service  # remembered, with its error and parameters
         if outcome == "failed":
             assert "model bug" in "".join(traceback.format_exception(job.error))
+
+
+class _Raises(at.Callback):
+    """Raises ``error`` from the job's second step, on the loop, as user code may."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def on_step(self, event: at.StepEvent) -> None:
+        if event.step == 1:
+            raise self.error
+
+
+class _Abort(BaseException):
+    """A BaseException of the user's own: neither an Exception nor an interrupt."""
+
+
+async def test_a_job_failing_with_a_base_exception_is_failed_and_the_service_serves_on(
+    service: at.TrainingService, data: Dataset
+) -> None:
+    # It was settled as "cancelled", its error dropped. asyncio's own oracle: a task
+    # ending in such an error keeps it as its exception and the loop runs on.
+    task = asyncio.get_running_loop().create_task(_raise(_Abort("own")))
+    await asyncio.wait([task])
+    assert isinstance(task.exception(), _Abort)
+    error = _Abort("stop here")
+    bad = await service.start("bad", _model(), data, callbacks=[_Raises(error)], **OPTIONS)
+    assert await bad.wait() == "failed"
+    assert bad.error is error
+    with pytest.raises(_Abort, match="stop here"):
+        await bad.result()
+    last = [e async for e in bad.events()][-1]
+    assert last == at.StatusEvent("bad", "failed", bad.step, "_Abort: stop here")
+    good = await service.start("good", _model(), data, **OPTIONS)
+    assert await good.wait() == "done"
+
+
+async def _raise(error: BaseException) -> None:
+    raise error
+
+
+@pytest.mark.parametrize("new_loop", list(LOOPS.values()), ids=list(LOOPS))
+@pytest.mark.parametrize("kind", [SystemExit, KeyboardInterrupt])
+def test_a_job_raising_an_interrupt_fails_and_the_interrupt_stops_the_loop(
+    new_loop: Any, kind: type[BaseException], data: Dataset
+) -> None:
+    # asyncio lets SystemExit and KeyboardInterrupt out of a task to stop the loop (the
+    # oracle below); the service does too, and the job says why it ended, not "cancelled".
+    with pytest.raises(kind), asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(_raise_in_a_task(kind("oracle")))
+    error = kind("callback asked to stop")
+    jobs: dict[str, at.Job] = {}
+
+    async def serve() -> None:
+        async with at.TrainingService(backend="inline", max_running=2) as service:
+            jobs["other"] = await service.start("other", _model(), data, epochs=20, **OPTIONS)
+            callbacks = [_Raises(error)]
+            jobs["bad"] = await service.start("bad", _model(), data, callbacks=callbacks, **OPTIONS)
+            await jobs["other"].wait()
+
+    with pytest.raises(kind) as raised, asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(serve())
+    assert raised.value is error
+    bad, other = jobs["bad"], jobs["other"]
+    assert (bad.status, bad.error, bad.step) == ("failed", error, 2)
+    assert other.status == "cancelled"  # by the service's shutdown
+
+
+async def _raise_in_a_task(error: BaseException) -> None:
+    await asyncio.get_running_loop().create_task(_raise(error))

@@ -177,7 +177,7 @@ class Job:
         """Wait for the job and return its :class:`~asynctrain.FitResult`.
 
         Raises:
-            Exception: a failed job's own error (type and traceback kept).
+            BaseException: a failed job's own error (type and traceback kept).
             StateError: the job was cancelled (its parameters stay in ``job.params``).
         """
         await self.wait()
@@ -222,7 +222,12 @@ class Job:
     # -- what the service drives ---------------------------------------------------------
 
     async def _run(self) -> None:
-        """Train to the end; record the outcome (the service settles the status)."""
+        """Train to the end; record the outcome (the service settles the status).
+
+        Any error but a cancel is the job's outcome, kept for :meth:`result`, not the
+        service's. As an asyncio task does, a ``SystemExit`` or ``KeyboardInterrupt`` is
+        recorded too and then raised on, out of the event loop, which it stops.
+        """
         assert self._data is not None
         try:
             async with self._trainer as trainer:
@@ -232,8 +237,12 @@ class Job:
                     self._result = await trainer.fit(self._data, callbacks=callbacks, **self._fit)
                 finally:
                     self._final, self._live = trainer.state, False
-        except Exception as exc:  # the job's outcome, kept for result(); not the service's
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
             self._error = exc
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
 
     def _begin(self, task: asyncio.Task[None]) -> None:
         self._task = task

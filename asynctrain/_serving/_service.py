@@ -340,6 +340,8 @@ class TrainingService:
             job._begin(task)
 
     def _finished(self, job: Job, task: asyncio.Task[None]) -> None:
+        if not task.cancelled():
+            task.exception()  # an interrupt the job raised on: its error, reported there
         self._running.discard(job)
         job._settle_outcome()
         self._dispatch()
