@@ -207,3 +207,27 @@ async def test_a_local_round_whose_optimizer_state_overflows_is_refused(
         before, after = poisoned.states[ROUND], poisoned.states[ROUND + LOCAL_STEPS]
         assert {k: after[k] for k in ("params", "opt")} == {k: before[k] for k in ("params", "opt")}
     assert all(np.isfinite(a).all() for _, a in leaves(trainer.state.opt_state))
+
+
+async def test_a_model_that_overflows_warns_on_no_backend(
+    backend_name: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A huge learning rate overflows a built-in model's own math (its logits, its loss).
+    # The non-finite policy reports it (the steps skipped, a NaN validation loss); numpy
+    # warned as well, from the model on the worker: with warnings as errors (as here) the
+    # step died of a RuntimeWarning on the inline and thread backends, and process workers
+    # (whose filters are their own) printed it on stderr.
+    skip_missing_backend(backend_name)
+    logreg = synthetic("logreg", n=N, seed=4)
+    data = Dataset(logreg.X * 10, logreg.y)
+    model = at.models.LogisticRegression(data.X.shape[1])
+    optimizer = at.optim.sgd(1e37)
+    trainer = _trainer(model, backend_name, "skip", optimizer)  # type: ignore[arg-type]
+    async with trainer:
+        result = await trainer.fit(data, validation=data)
+        evaluated = await trainer.evaluate(data)
+    assert 0 < result.skipped_steps < result.steps  # the first step overflows nothing
+    assert np.isnan(result.history[-1].val_loss)
+    assert np.isnan(evaluated["loss"])
+    if backend_name != "dask":  # Dask's workers' stderr is not the test's
+        assert "Warning" not in capfd.readouterr().err

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from asynctrain._engine._metrics import chunk_parts
 from asynctrain._sparse import take, unpack
 from asynctrain.backends import LocalShared, SharedArrays
-from asynctrain.models._protocol import shard_loss_and_grad
+from asynctrain.models._protocol import quiet_float_errors, shard_loss_and_grad
 
 Rows = npt.NDArray[np.int64] | range
 """Rows of a shard: sample indices into the data, or a contiguous range of one data slot."""
@@ -180,18 +180,21 @@ def evaluate_chunk(
 ) -> EvalResult:
     """Evaluate rows ``start:stop``: loss sum, for classifiers correct predictions (both
     weighted, if the data has sample weights), and the chunk's part of each of
-    ``metrics``."""
+    ``metrics``. An overflow shows as a non-finite loss, not as numpy's warnings."""
     model = resolve_model(model)
     arrays = data.read(0)
     X, y = unpack(arrays)[start:stop], arrays["y"][start:stop]  # CSR stays CSR
     w = _weights(arrays, range(start, stop))
     current = params.read(slot)
     options = {} if w is None else {"sample_weight": w}
-    loss, _ = model.loss_and_grad(current, X, y, **options)
     n_classes = getattr(model, "n_classes", None)
-    correct, predicted = 0.0, np.empty(0)
-    if n_classes is not None or metrics:
-        predicted = model.predict(current, X)
+    correct, predicted, scores = 0.0, np.empty(0), None
+    with quiet_float_errors():
+        loss, _ = model.loss_and_grad(current, X, y, **options)
+        if n_classes is not None or metrics:
+            predicted = model.predict(current, X)
+        if "auc" in metrics:
+            scores = model.predict_proba(current, X)
     if n_classes is not None:
         hits = predicted == y
         correct = float(
@@ -200,7 +203,6 @@ def evaluate_chunk(
     weight = weight_sum(w, stop - start)
     if not metrics:
         return EvalResult(float(loss), correct, stop - start, weight)
-    scores = model.predict_proba(current, X) if "auc" in metrics else None
     parts = chunk_parts(metrics, y, predicted, scores, n_classes)
     return EvalResult(float(loss), correct, stop - start, weight, parts)
 

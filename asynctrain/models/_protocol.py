@@ -142,6 +142,16 @@ def supports_sample_weight(model: object) -> bool:
     return getattr(model, "supports_sample_weight", False) is True
 
 
+def quiet_float_errors() -> np.errstate:
+    """numpy's floating-point warnings (overflow, invalid, divide) off for a model call
+    the trainer makes: what they would say, a non-finite loss or gradient, is the
+    non-finite policy's to report (``nonfinite=``), the same on every backend. Left on,
+    they were warnings of the caller's thread on the inline and thread backends (an
+    exception under warnings-as-errors) and lines on a process worker's stderr.
+    A model's own ``np.errstate`` inside its call still applies."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
 def shard_loss_and_grad(
     model: Any,
     params: Params,
@@ -155,15 +165,16 @@ def shard_loss_and_grad(
     ``sample_weight`` is passed only when the data has weights (models without support
     were refused before the fit started)."""
     uses_key = getattr(model, "uses_key", False)
-    if sample_weight is None:  # the common case: no options dict, no ** call
-        if uses_key:
-            result = model.loss_and_grad(params, X, y, key=key)
+    with quiet_float_errors():
+        if sample_weight is None:  # the common case: no options dict, no ** call
+            if uses_key:
+                result = model.loss_and_grad(params, X, y, key=key)
+            else:
+                result = model.loss_and_grad(params, X, y)
+        elif uses_key:
+            result = model.loss_and_grad(params, X, y, key=key, sample_weight=sample_weight)
         else:
-            result = model.loss_and_grad(params, X, y)
-    elif uses_key:
-        result = model.loss_and_grad(params, X, y, key=key, sample_weight=sample_weight)
-    else:
-        result = model.loss_and_grad(params, X, y, sample_weight=sample_weight)
+            result = model.loss_and_grad(params, X, y, sample_weight=sample_weight)
     check_grads(model, params, result[1])
     return result  # type: ignore[no-any-return]
 
