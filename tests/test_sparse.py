@@ -473,3 +473,31 @@ def _gather(handle: Any, rows: np.ndarray) -> Any:
     from asynctrain._engine._work import features
 
     return features(handle.read(0), rows)
+
+
+def test_a_corrupt_csr_given_to_a_model_directly_is_refused() -> None:
+    # Not through a Trainer or Dataset: model.predict and loss_and_grad multiplied the
+    # corrupt matrix as it was and died of a segmentation fault (hence the subprocess).
+    code = textwrap.dedent(
+        """
+        import numpy as np, scipy.sparse as sp
+        from asynctrain.models import MLP, LinearRegression, LogisticRegression, SoftmaxRegression
+        arrays = (np.ones(2), np.array([0, 1000], np.int32), np.array([0, 1, 2, 2], np.int32))
+        X, y = sp.csr_array(arrays, shape=(3, 3)), np.array([0, 1, 0])
+        models = [LogisticRegression(3), SoftmaxRegression(3, 2), LinearRegression(3)]
+        for model in [*models, MLP((3, 4, 2))]:
+            params = model.init(np.random.default_rng(0))
+            for name, labels in (("predict", ()), ("loss_and_grad", (y,))):
+                try:
+                    getattr(model, name)(params, X, *labels)
+                except Exception as exc:
+                    print(type(exc).__name__, exc)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 8
+    for line in lines:
+        assert line.startswith("DataError"), line
+        assert "column index 1000 in row 1" in line
