@@ -112,9 +112,10 @@ def weight_sum(weights: npt.NDArray[Any] | None, n: int) -> float:
 
 def features(arrays: Mapping[str, npt.NDArray[Any]], rows: Rows) -> Any:
     """The rows of the shared features ``X``: an array, or CSR gathered as CSR (a sparse
-    ``X`` travels as its three arrays, :func:`asynctrain._sparse.pack`)."""
+    ``X`` travels as its three arrays, :func:`asynctrain._sparse.pack`; a fit shares only
+    a Dataset's, whose index arrays were checked, so its rows are marked checked)."""
     X = arrays.get("X")  # dense: one lookup, no probing (a packed CSR has no "X")
-    return _rows(X, rows) if X is not None else take(unpack(arrays), rows)
+    return _rows(X, rows) if X is not None else take(unpack(arrays), rows, checked=True)
 
 
 class ShardGroup(NamedTuple):
@@ -183,7 +184,7 @@ def evaluate_chunk(
     ``metrics``. An overflow shows as a non-finite loss, not as numpy's warnings."""
     model = resolve_model(model)
     arrays = data.read(0)
-    X, y = unpack(arrays)[start:stop], arrays["y"][start:stop]  # CSR stays CSR
+    X, y = features(arrays, range(start, stop)), arrays["y"][start:stop]  # CSR stays CSR
     w = _weights(arrays, range(start, stop))
     current = params.read(slot)
     options = {} if w is None else {"sample_weight": w}

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import ConfigError, ConfigTypeError
-from asynctrain._sparse import as_csr, check_indices, is_sparse
+from asynctrain._sparse import as_csr, check_indices, indices_checked, is_sparse
 from asynctrain._types import Grads, Params
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -54,13 +54,15 @@ def as_input(X: npt.ArrayLike, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     which the models multiply as it is (``X @ W``, ``X.T @ delta``: dense results). Its
     index arrays are checked first (one min and max over them, less than the product
     reads): scipy's products read past the end for an index out of range, and a model
-    called directly (``model.predict(params, X)``) has no Dataset that checked them.
+    called directly (``model.predict(params, X)``) has no Dataset that checked them. The
+    rows a fit gathers from its Dataset's checked matrix are not checked again.
 
     Raises:
         DataError: a sparse ``X``'s index arrays do not fit its shape.
     """
     if not isinstance(X, np.ndarray) and is_sparse(X):  # an array is never sparse
-        check_indices("X", X)  # before as_csr: converting a corrupt CSC crashes
+        if not indices_checked(X):  # a fit's shards were checked with their Dataset
+            check_indices("X", X)  # before as_csr: converting a corrupt CSC crashes
         csr: npt.NDArray[Any] = as_csr("X", X, dtype)
         return csr
     return np.asarray(X, dtype=dtype)
