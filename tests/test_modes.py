@@ -461,3 +461,11 @@ def test_slot_pool_never_hands_out_a_slot_in_use() -> None:
         assert slot not in pinned
         assert slot != pool.current
         pool.current = slot
+
+
+def test_ssp_takes_staleness_up_to_its_bound() -> None:
+    from asynctrain._engine._ssp import MAX_STALENESS
+
+    assert at.modes.SSP(staleness=MAX_STALENESS).param_slots(2) == MAX_STALENESS + 2
+    with pytest.raises(at.ConfigError, match="1024 steps"):
+        at.modes.SSP(staleness=MAX_STALENESS + 1)

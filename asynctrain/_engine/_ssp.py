@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 import numpy as np
 import numpy.typing as npt
 
-from asynctrain._checks import INT64_MAX, check_int
+from asynctrain._checks import check_int
 from asynctrain._config import DEFAULT_STALENESS
 from asynctrain._engine._step import (
     StepContext,
@@ -20,6 +20,14 @@ from asynctrain._engine._step import (
 from asynctrain._engine._tasks import unwrap_group
 from asynctrain._engine._work import ShardResult
 from asynctrain._events import StepEvent
+from asynctrain._exceptions import ConfigError
+
+MAX_STALENESS = 1024
+"""The largest ``staleness``: every step in flight holds a parameter version and a
+gradient per shard for the whole fit (``staleness + 2`` and ``(staleness + 1) * shards``
+copies of the parameters), allocated when the fit starts; a million of them filled the
+memory of the machine before the first step. The asynchronous mode lags without bound
+at a copy per shard."""
 
 
 class SSP:
@@ -37,7 +45,10 @@ class SSP:
 
     Args:
         staleness: versions between the parameters a step computes on and those its
-            update is applied to (>= 0).
+            update is applied to (0 to :data:`MAX_STALENESS`).
+
+    Raises:
+        ConfigError: ``staleness`` is negative or above :data:`MAX_STALENESS`.
 
     Example:
         >>> SSP(staleness=2).param_slots(4)
@@ -47,7 +58,14 @@ class SSP:
     name = "ssp"
 
     def __init__(self, *, staleness: int = DEFAULT_STALENESS) -> None:
-        self.staleness = check_int("staleness", staleness, minimum=0, maximum=INT64_MAX)
+        self.staleness = check_int("staleness", staleness, minimum=0)
+        if self.staleness > MAX_STALENESS:
+            raise ConfigError(
+                f"staleness={self.staleness} is more than the {MAX_STALENESS} steps ssp keeps "
+                f"in flight at most: each holds its own copy of the parameters and a gradient "
+                f"per shard for the whole fit; use mode='async' for updates that may lag "
+                f"without bound"
+            )
 
     @property
     def settings(self) -> dict[str, int]:
