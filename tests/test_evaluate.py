@@ -24,6 +24,7 @@ import asynctrain as at
 from asynctrain._engine import _evaluate
 from asynctrain._engine._evaluate import EVAL_CHUNK
 from asynctrain._engine._work import evaluate_chunk
+from asynctrain.backends import LocalShared
 from asynctrain.data import Dataset
 
 
@@ -269,3 +270,65 @@ async def test_a_cancelled_evaluation_leaves_nothing_running(
         assert not trainer._running
         monkeypatch.undo()
         assert (await trainer.evaluate(data))["loss"] > 0
+
+
+class _GradientPath(at.models.MLP):
+    """The MLP with a loss_and_grad of its own (the same math): evaluation then takes the
+    loss from loss_and_grad and the labels from predict, as for any model without a
+    loss_and_predict that speaks for both."""
+
+    def loss_and_grad(self, params, X, y, *, sample_weight=None):  # type: ignore[no-untyped-def]
+        return super().loss_and_grad(params, X, y, sample_weight=sample_weight)
+
+
+class _Penalised(at.models.MLP):
+    def loss_and_grad(self, params, X, y, *, sample_weight=None):  # type: ignore[no-untyped-def]
+        loss, grads = super().loss_and_grad(params, X, y, sample_weight=sample_weight)
+        return loss + 1000.0, grads
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_mlps_forward_only_evaluation_gives_the_gradient_paths_bits(
+    task: str, weighted: bool
+) -> None:
+    # One forward pass and no gradient (about a third of the time): the loss must be
+    # loss_and_grad's to the bit and the labels predict's, in several blocks of rows
+    # (4,096 hidden units: blocks of 512 rows), with an L2 penalty.
+    sizes, n = (6, 4096, 3 if task == "classification" else 2), 1300
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, 6)).astype(np.float32)
+    y = rng.integers(0, 3, n) if task == "classification" else rng.standard_normal((n, 2))
+    w = rng.uniform(0.0, 2.0, n) if weighted else None
+    data = Dataset(X, y, sample_weight=w)
+    arrays = {"X": data.X, "y": data.y} | ({} if w is None else {"w": data.sample_weight})
+    fast, reference = (kind(sizes, task=task, l2=1e-3) for kind in (at.models.MLP, _GradientPath))
+    params = fast.init(rng)
+    metrics = ("f1",) if task == "classification" else ("mae",)
+    got, want = (
+        evaluate_chunk(model, LocalShared(arrays, 1), LocalShared(params, 1), 0, 0, n, metrics)
+        for model in (fast, reference)
+    )
+    assert got[:4] == want[:4]  # loss, correct, n, weight: the same bits
+    assert got.parts is not None
+    assert want.parts is not None
+    for name, part in got.parts.items():
+        np.testing.assert_array_equal(part, want.parts[name])
+    loss, predicted = fast.loss_and_predict(params, X, data.y, sample_weight=data.sample_weight)
+    assert loss == fast.loss_and_grad(params, X, data.y, sample_weight=data.sample_weight)[0]
+    np.testing.assert_array_equal(predicted, fast.predict(params, X))
+    # predict through blocks gives what the whole forward pass gives
+    output = fast._forward(params, X)[-1]
+    expected = output.argmax(axis=1) if task == "classification" else output
+    np.testing.assert_array_equal(fast.predict(params, X), expected)
+
+
+def test_a_subclass_that_overrides_loss_and_grad_is_evaluated_by_it() -> None:
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((300, 8)).astype(np.float32), rng.integers(0, 3, 300)
+    model = _Penalised((8, 16, 3))
+    params = model.init(rng)
+    arrays = {"X": X, "y": y}
+    result = evaluate_chunk(model, LocalShared(arrays, 1), LocalShared(params, 1), 0, 0, 300)
+    plain = at.models.MLP((8, 16, 3)).loss_and_predict(params, X, y)[0]
+    assert result.loss == plain + 1000.0

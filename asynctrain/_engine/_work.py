@@ -31,7 +31,11 @@ import numpy.typing as npt
 from asynctrain._engine._metrics import chunk_parts
 from asynctrain._sparse import take, unpack
 from asynctrain.backends import LocalShared, SharedArrays
-from asynctrain.models._protocol import quiet_float_errors, shard_loss_and_grad
+from asynctrain.models._protocol import (
+    loss_and_predict_of,
+    quiet_float_errors,
+    shard_loss_and_grad,
+)
 
 Rows = npt.NDArray[np.int64] | range
 """Rows of a shard: sample indices into the data, or a contiguous range of one data slot."""
@@ -190,10 +194,14 @@ def evaluate_chunk(
     options = {} if w is None else {"sample_weight": w}
     n_classes = getattr(model, "n_classes", None)
     correct, predicted, scores = 0.0, np.empty(0), None
+    together = loss_and_predict_of(model)  # one forward pass, no gradient
     with quiet_float_errors():
-        loss, _ = model.loss_and_grad(current, X, y, **options)
-        if n_classes is not None or metrics:
-            predicted = model.predict(current, X)
+        if together is not None:
+            loss, predicted = together(current, X, y, **options)
+        else:
+            loss, _ = model.loss_and_grad(current, X, y, **options)
+            if n_classes is not None or metrics:
+                predicted = model.predict(current, X)
         if "auc" in metrics:
             scores = model.predict_proba(current, X)
     if n_classes is not None:

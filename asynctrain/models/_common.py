@@ -213,9 +213,27 @@ def add_l2_(
     if not l2:
         return 0.0
     scale = weight_total(weight, rows) * l2
+    for name in names:
+        grads[name] += scale * params[name]
+    return _half_penalty(params, names, scale)
+
+
+def l2_penalty(
+    params: Params,
+    names: tuple[str, ...],
+    l2: float,
+    rows: int,
+    weight: npt.NDArray[Any] | None = None,
+) -> float:
+    """The penalty :func:`add_l2_` returns, without a gradient: ``n * 0.5 * l2 *
+    sum(W ** 2)`` over the named weights."""
+    if not l2:
+        return 0.0
+    return _half_penalty(params, names, weight_total(weight, rows) * l2)
+
+
+def _half_penalty(params: Params, names: tuple[str, ...], scale: float) -> float:
     penalty = 0.0
     for name in names:
-        weight = params[name]
-        penalty += float(np.vdot(weight, weight))
-        grads[name] += scale * weight
+        penalty += float(np.vdot(params[name], params[name]))
     return 0.5 * scale * penalty

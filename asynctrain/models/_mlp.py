@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,6 +19,7 @@ from asynctrain.models._common import (
     as_input,
     as_weights,
     check_dtype,
+    l2_penalty,
     matmul_into,
     set_fields,
     softmax_,
@@ -308,10 +309,7 @@ class MLP:
         return the block's summed loss."""
         outputs = self._forward_into(params, X, work)
         delta = outputs[-1]
-        if self.task == "classification":
-            loss = softmax_xent_(delta, y, weight)
-        else:
-            loss = squared_error_(delta, y, weight)
+        loss = self._loss_(delta, y, weight)
         self._backward_into(params, outputs, delta, sums, work, add=add)
         return loss
 
@@ -360,7 +358,8 @@ class MLP:
     def predict(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """Return int64 labels (argmax of the outputs) or regression values in ``dtype``.
 
-        Regression values are (n,) when ``sizes[-1] == 1``, else (n, sizes[-1]).
+        Regression values are (n,) when ``sizes[-1] == 1``, else (n, sizes[-1]). The rows
+        go through the network in the blocks and scratch memory of :meth:`loss_and_grad`.
 
         Example:
             >>> import numpy as np
@@ -368,10 +367,78 @@ class MLP:
             >>> model.predict(model.init(np.random.default_rng(0)), np.ones((4, 3))).shape
             (4,)
         """
-        output = self._forward(params, as_input(X, self.dtype))[-1]
+        X = as_input(X, self.dtype)
+        predicted = self._predictions(params, X.shape[0])
+        with borrowed() as work:
+            for rows, output in self._outputs(params, X, work):
+                self._predict_into(predicted, rows, output)
+        return predicted
+
+    def loss_and_predict(
+        self,
+        params: Params,
+        X: npt.NDArray[Any],
+        y: npt.NDArray[Any],
+        *,
+        sample_weight: npt.NDArray[Any] | None = None,
+    ) -> tuple[float, npt.NDArray[Any]]:
+        """Return the summed loss of :meth:`loss_and_grad` (the same bits) and
+        :meth:`predict`'s predictions, from one forward pass and no gradient: what
+        validation and ``Trainer.evaluate`` need, in about a third of the time.
+
+        Example:
+            >>> import numpy as np
+            >>> model = MLP((3, 5, 2))
+            >>> params = model.init(np.random.default_rng(0))
+            >>> X, y = np.ones((4, 3)), np.arange(4) % 2
+            >>> loss, labels = model.loss_and_predict(params, X, y)
+            >>> loss == model.loss_and_grad(params, X, y)[0]
+            True
+            >>> labels.tolist() == model.predict(params, X).tolist()
+            True
+        """
+        X, labels = as_input(X, self.dtype), np.asarray(y)
+        weight = None if sample_weight is None else as_weights(sample_weight, self.dtype)
+        predicted, loss = self._predictions(params, X.shape[0]), 0.0
+        with borrowed() as work:
+            for rows, output in self._outputs(params, X, work):
+                self._predict_into(predicted, rows, output)
+                loss += self._loss_(output, labels[rows], None if weight is None else weight[rows])
+        keys = weight_keys(len(self.sizes) - 1)
+        return loss + l2_penalty(params, keys, self.l2, X.shape[0], weight), predicted
+
+    def _outputs(
+        self, params: Params, X: npt.NDArray[Any], work: Workspace
+    ) -> Iterator[tuple[slice, npt.NDArray[Any]]]:
+        """Each block of rows of :meth:`loss_and_grad` and its raw output (in ``work``'s
+        scratch memory, overwritten by the next block's)."""
+        step = self._block_rows(X.shape[0])
+        for start in range(0, X.shape[0], step):
+            rows = slice(start, start + step)
+            yield rows, self._forward_into(params, X[rows], work)[-1]
+
+    def _loss_(
+        self, output: npt.NDArray[Any], y: npt.NDArray[Any], weight: npt.NDArray[Any] | None
+    ) -> float:
+        """The summed loss of a block's raw ``output`` (turned into its delta in place)."""
         if self.task == "classification":
-            return argmax_rows(output)
-        return output[:, 0] if self.sizes[-1] == 1 else output
+            return softmax_xent_(output, y, weight)
+        return squared_error_(output, y, weight)
+
+    def _predictions(self, params: Params, n: int) -> npt.NDArray[Any]:
+        """An empty array for :meth:`predict`'s answer on ``n`` rows."""
+        if self.task == "classification":
+            return np.empty(n, np.int64)
+        kind = np.result_type(self.dtype, params[layer_keys(len(self.sizes) - 1)[-1][0]])
+        return np.empty((n,) if self.sizes[-1] == 1 else (n, self.sizes[-1]), kind)
+
+    def _predict_into(
+        self, predicted: npt.NDArray[Any], rows: slice, output: npt.NDArray[Any]
+    ) -> None:
+        if self.task == "classification":
+            predicted[rows] = argmax_rows(output)
+        else:
+            predicted[rows] = output[:, 0] if self.sizes[-1] == 1 else output
 
     def predict_proba(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """Return (n, n_classes) softmax probabilities in ``dtype``; rows sum to 1.

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -140,6 +141,28 @@ class Classifier(Model, Protocol):
 def supports_sample_weight(model: object) -> bool:
     """Whether ``model`` declares ``supports_sample_weight = True`` (see :class:`Model`)."""
     return getattr(model, "supports_sample_weight", False) is True
+
+
+def loss_and_predict_of(model: Any) -> Callable[..., tuple[float, Any]] | None:
+    """The model's ``loss_and_predict(params, X, y, *, sample_weight=None)``, if it has
+    one that speaks for its ``loss_and_grad`` and ``predict``: the loss of the one and
+    the predictions of the other from one forward pass, no gradient (the built-in
+    :class:`~asynctrain.models.MLP`). Evaluation uses it; None otherwise, and also for a
+    subclass that overrides ``loss_and_grad`` or ``predict`` but not it (its inherited
+    ``loss_and_predict`` would not compute what the override does)."""
+    method: Callable[..., tuple[float, Any]] | None = getattr(model, "loss_and_predict", None)
+    kind: Any = type(model)  # (typeshed does not see a class as Hashable)
+    if method is None or not _defined_together(kind):
+        return None
+    return method
+
+
+@functools.lru_cache(maxsize=64)  # per model class, asked once per chunk evaluated
+def _defined_together(kind: type) -> bool:
+    def owner(name: str) -> type | None:
+        return next((c for c in kind.__mro__ if name in vars(c)), None)
+
+    return owner("loss_and_predict") is owner("loss_and_grad") is owner("predict")
 
 
 def quiet_float_errors() -> np.errstate:
