@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
@@ -14,6 +15,17 @@ from asynctrain._serving._broadcast import Broadcast
 
 async def _all(stream: Broadcast[int]) -> list[int | at.Lagged]:
     return [item async for item in stream.subscribe()]
+
+
+async def _first_while_publishing(
+    stream: Broadcast[int], reader: AsyncIterator[int | at.Lagged], items: Iterable[int]
+) -> int | at.Lagged:
+    """The reader's first item, waited for while ``items`` are published."""
+    first = asyncio.ensure_future(anext(reader))
+    await asyncio.sleep(0)  # it has subscribed and waits
+    for item in items:
+        stream.publish(item)
+    return await first
 
 
 async def test_a_late_subscriber_replays_the_history_then_ends() -> None:
@@ -42,15 +54,28 @@ async def test_a_slow_subscriber_loses_its_oldest_items_and_is_told() -> None:
     stream: Broadcast[int] = Broadcast(history=0, buffer=3)
     reader = stream.subscribe()
     async with contextlib.aclosing(reader):
-        first = asyncio.ensure_future(anext(reader))
-        await asyncio.sleep(0)
-        stream.publish(0)
-        assert await first == 0
+        assert await _first_while_publishing(stream, reader, [0]) == 0
         for i in range(1, 101):  # the reader does not read: publish must not wait
             stream.publish(i)
         stream.close()
         rest = [item async for item in reader]
     assert rest == [at.Lagged(missed=97), 98, 99, 100]
+
+
+async def test_items_dropped_while_the_reader_holds_a_lagged_marker_are_reported() -> None:
+    # The count was reset once the reader came back for the next item, so what was
+    # dropped while it held the marker (an SSE write of it blocked on a slow client)
+    # was lost without a word.
+    stream: Broadcast[int] = Broadcast(history=0, buffer=2)
+    reader = stream.subscribe()
+    async with contextlib.aclosing(reader):
+        first = await _first_while_publishing(stream, reader, range(5))
+        assert first == at.Lagged(missed=3)  # 0, 1, 2; it holds 3 and 4
+        for i in range(5, 7):  # the reader is away with the marker: 3 and 4 go
+            stream.publish(i)
+        stream.close()
+        rest = [item async for item in reader]
+    assert rest == [at.Lagged(missed=2), 5, 6]
 
 
 async def test_history_longer_than_the_buffer_is_reported_as_missed() -> None:

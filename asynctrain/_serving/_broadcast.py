@@ -161,8 +161,10 @@ class Broadcast(Generic[T]):
         try:
             while True:
                 if subscriber.missed:
-                    yield Lagged(subscriber.missed)
-                    subscriber.missed = 0
+                    # Reset before the yield: drops while the reader holds the marker
+                    # count towards the next one.
+                    missed, subscriber.missed = subscriber.missed, 0
+                    yield Lagged(missed)
                 elif delay := subscriber.held_back(loop.time(), self._closed):
                     await _wait(subscriber.wakeup, delay)
                 elif subscriber.items:
