@@ -13,6 +13,7 @@ import io
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _sse import read_events
+from _sse import SMALL_BUFFER, STALLED_AFTER, open_unread_stream, read_events
 
 import asynctrain as at
 
@@ -33,6 +34,7 @@ parser = pytest.importorskip("prometheus_client.parser")
 ROOT = Path(__file__).resolve().parents[1]
 LONG = {"problem": "softmax", "n": 20_000, "epochs": 100, "batch_size": 64}
 RUNNING = re.compile(rb"Uvicorn running on (http://127\.0\.0\.1:\d+)")
+GRACE = 3  # seconds uvicorn waits for open responses on shutdown (docs/service.md)
 
 
 class Server:
@@ -40,14 +42,22 @@ class Server:
         self.process, self.url = process, url
 
 
+def _uvicorn(*listen: str) -> list[str]:
+    """The command that serves the app as docs/service.md says, listening on ``listen``."""
+    return [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "examples" / "fastapi"),
+            "app:app", "--timeout-graceful-shutdown", str(GRACE), *listen]  # fmt: skip
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {**os.environ, "ASYNCTRAIN_DATA_DIR": str(tmp_path / "uploads")}
+    return env | {"ASYNCTRAIN_WORKERS": "1", "PYTHONPATH": str(ROOT)}
+
+
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    env = {**os.environ, "ASYNCTRAIN_DATA_DIR": str(tmp_path / "uploads")}
-    env |= {"ASYNCTRAIN_WORKERS": "1", "PYTHONPATH": str(ROOT)}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "examples" / "fastapi"),
-        "app:app", "--host", "127.0.0.1", "--port", "0",
-        env=env, stderr=asyncio.subprocess.PIPE, preexec_fn=_default_sigint,
+        *_uvicorn("--host", "127.0.0.1", "--port", "0"),
+        env=_env(tmp_path), stderr=asyncio.subprocess.PIPE, preexec_fn=_default_sigint,
     )  # fmt: skip
     try:
         yield Server(process, await asyncio.wait_for(_url(process), timeout=60))
@@ -214,6 +224,35 @@ async def test_a_signal_stops_the_server_within_5_s_with_a_stream_open(
     assert elapsed < 5, f"uvicorn took {elapsed:.1f} s to stop"
     assert events[-1]["event"] == "status"
     assert events[-1]["status"] == "cancelled"  # the job was cancelled, the stream ended
+
+
+async def test_a_client_that_reads_nothing_does_not_hold_the_shutdown(tmp_path: Path) -> None:
+    # Its stream's writes block once the socket's buffers are full; uvicorn waits for
+    # every open response, so without --timeout-graceful-shutdown it never exited.
+    with socket.socket() as listener, socket.socket() as stalled:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            *_uvicorn("--fd", str(listener.fileno())), env=_env(tmp_path),
+            stderr=asyncio.subprocess.DEVNULL, pass_fds=[listener.fileno()],
+            preexec_fn=_default_sigint,
+        )  # fmt: skip
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+                job_id = await _start(http, **LONG)  # the listener queues it until uvicorn runs
+                await open_unread_stream(stalled, port, job_id)
+                await _events(http, job_id, until_step=STALLED_AFTER)
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            await asyncio.wait_for(process.wait(), timeout=30)
+            elapsed = time.monotonic() - signalled
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+    assert elapsed < GRACE + 5, f"uvicorn took {elapsed:.1f} s to stop"
 
 
 def _default_sigint() -> None:

@@ -8,14 +8,19 @@ checked against an independent oracle: the same job replayed on the inline backe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import io
 import json
+import logging
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 import zipfile
 from collections.abc import AsyncIterator
@@ -24,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _sse import read_events
+from _sse import SMALL_BUFFER, STALLED_AFTER, open_unread_stream, read_events
 
 import asynctrain as at
 
@@ -420,6 +425,76 @@ async def test_shutdown_ends_streams_and_leaves_nothing_running(
     assert threads == []
 
 
+@contextlib.asynccontextmanager
+async def _small_buffers(tmp_path: Path, *, cancellation: bool) -> AsyncIterator[Any]:
+    """The app served from a listener whose sockets have small send buffers (a few KiB
+    fill them, not the 4 MiB loopback allows); yields its runner, not cleaned up."""
+    app = app_module.create_app(_settings(tmp_path))
+    runner = web.AppRunner(app, handler_cancellation=cancellation)
+    await runner.setup()
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        await web.SockSite(runner, listener).start()
+        yield runner
+
+
+async def _stalled_stream(http: Any, stalled: socket.socket, port: int, job_id: str) -> None:
+    """Open the job's event stream on ``stalled`` and read nothing, until the server's
+    writes to it block."""
+    await open_unread_stream(stalled, port, job_id)
+    await _sse(http, job_id, until_step=STALLED_AFTER)
+
+
+async def test_a_client_that_reads_nothing_does_not_hold_the_shutdown(
+    tmp_path: Path, no_task_leaks: None
+) -> None:
+    # Its stream's writes block once the socket's buffers are full, and aiohttp waited
+    # for that handler twice its shutdown_timeout (60 s each) after the streams had ended.
+    async with _small_buffers(tmp_path, cancellation=True) as runner:
+        host, port = runner.addresses[0][:2]
+        with socket.socket() as stalled:
+            async with aiohttp.ClientSession(f"http://{host}:{port}") as http:
+                job_id = await _start(http, **LONG)
+                await _stalled_stream(http, stalled, port, job_id)
+                reader = asyncio.ensure_future(_sse(http, job_id))
+                await asyncio.sleep(0.05)  # the reading stream is open too
+                started = time.monotonic()
+                await asyncio.wait_for(runner.cleanup(), timeout=30)
+                took = time.monotonic() - started
+                events = await asyncio.wait_for(reader, timeout=30)
+    grace = _settings(tmp_path).stream_grace
+    assert grace <= took < grace + 3
+    assert events[-1]["status"] == "cancelled"  # a client that reads gets the end
+
+
+async def test_a_stalled_client_that_resets_is_no_server_error(
+    tmp_path: Path, no_task_leaks: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without handler_cancellation (aiohttp's default, as in web.run_app) the write
+    # waiting for the client raised ConnectionError("Connection lost"), which is no
+    # ConnectionResetError: aiohttp logged "Error handling request" with a traceback.
+    async with _small_buffers(tmp_path, cancellation=False) as runner:
+        host, port = runner.addresses[0][:2]
+        try:
+            async with aiohttp.ClientSession(f"http://{host}:{port}") as http:
+                job_id = await _start(http, **LONG)
+                with socket.socket() as stalled:
+                    await _stalled_stream(http, stalled, port, job_id)
+                    linger = struct.pack("ii", 1, 0)  # on, 0 s: close() resets the connection
+                    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                # closed with a reset; the stream ends and unsubscribes
+                job = runner.app[app_module.API].service[job_id]
+                await _sse(http, job_id, until_step=job.step + 10)  # still training
+                status, _ = await _call(http, "GET", "/health")
+                assert status == 200
+        finally:
+            await runner.cleanup()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], errors[0].getMessage()
+
+
 def test_the_script_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     command = [sys.executable, str(SERVICE_DIR / "app.py"), "--port", "0"]
     command += ["--data-dir", str(tmp_path / "uploads"), "--workers", "1"]
@@ -451,8 +526,6 @@ def test_the_script_refuses_a_bad_setting_in_one_line(tmp_path: Path, option: li
 
 
 def test_the_script_says_in_one_line_that_its_port_is_taken(tmp_path: Path) -> None:
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

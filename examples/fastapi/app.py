@@ -2,7 +2,10 @@
 
 Run it with uvicorn (it listens on 127.0.0.1 unless told otherwise):
 
-    uvicorn --app-dir examples/fastapi app:app [--port 8080]
+    uvicorn --app-dir examples/fastapi app:app --timeout-graceful-shutdown 3 [--port 8080]
+
+Keep --timeout-graceful-shutdown: without it uvicorn waits, when it stops, for every
+open response, and an event stream whose client reads nothing never finishes.
 
 Settings come from the environment: ASYNCTRAIN_DATA_DIR (uploads; default ./uploads),
 ASYNCTRAIN_BACKEND (thread), ASYNCTRAIN_WORKERS, ASYNCTRAIN_MAX_RUNNING (2). The routes'

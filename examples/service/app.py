@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 from aiohttp import web
@@ -40,6 +40,7 @@ def create_app(settings: Settings) -> web.Application:
     """The aiohttp application; the TrainingService lives as long as the app."""
     app = web.Application(client_max_size=settings.max_body, middlewares=[json_errors])
     app[SETTINGS] = settings
+    app[STREAMS] = Streams()
     app.add_routes(routes)
     app.cleanup_ctx.append(training_service)
     app.on_shutdown.append(stop_jobs)
@@ -56,6 +57,41 @@ async def stop_jobs(app: web.Application) -> None:
     # Before aiohttp waits for open connections: ends every event stream, so SSE
     # clients are not left waiting for jobs that will never finish.
     await app[API].aclose()
+    await app[STREAMS].cut(app[SETTINGS].stream_grace)
+
+
+class Streams:
+    """The open event streams, so that shutdown can end those nobody reads.
+
+    A client that stops reading blocks its stream's writes once the socket's buffers are
+    full, and aiohttp waits for such a handler twice its ``shutdown_timeout`` (60 s each)
+    before it drops the connection.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[asyncio.Future[None], web.Request] = {}  # (a Request is unhashable)
+
+    @contextlib.contextmanager
+    def serving(self, request: web.Request) -> Iterator[None]:
+        ended = asyncio.get_running_loop().create_future()
+        self._open[ended] = request
+        try:
+            yield
+        finally:
+            del self._open[ended]
+            ended.set_result(None)
+
+    async def cut(self, grace: float) -> None:
+        """Give the open streams ``grace`` seconds to be read to their end, then drop the
+        connections of those still writing."""
+        if self._open:
+            await asyncio.wait(self._open, timeout=grace)
+        for request in self._open.values():
+            if request.transport is not None:
+                request.transport.abort()
+
+
+STREAMS = web.AppKey("streams", Streams)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -125,8 +161,10 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     stream = request.app[API].events(request.match_info["id"], request.query.get("rate"))
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
-    # A client that leaves: its write fails, the stream is closed and unsubscribes.
-    with contextlib.suppress(ConnectionResetError):
+    # A client that leaves (or is cut at shutdown): its write fails, the stream is closed
+    # and unsubscribes. ConnectionError, not only ConnectionResetError: a reset while the
+    # write waited for the client raises a plain ConnectionError("Connection lost").
+    with request.app[STREAMS].serving(request), contextlib.suppress(ConnectionError):
         async with contextlib.aclosing(stream):
             async for frame in stream:
                 await response.write(frame)

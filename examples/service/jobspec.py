@@ -51,6 +51,7 @@ class Settings:
     keep_finished: int = 20  # finished jobs remembered (each keeps its parameters)
     max_classes: int = 1000  # classes of a classifier: a label of 1e5 would size the model
     event_rate: float = 4.0  # step events a second per SSE stream, unless ?rate= says
+    stream_grace: float = 2.0  # seconds, at shutdown, for SSE clients to read the end
     limits: dict[str, tuple[float, float]] = field(
         default_factory=lambda: {
             "n": (100, 200_000),
