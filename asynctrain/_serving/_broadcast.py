@@ -36,37 +36,36 @@ class Lagged:
 
 
 class _Subscriber(Generic[T]):
-    __slots__ = ("coalesce", "interval", "items", "missed", "ready_at", "wakeup")
+    __slots__ = ("coalesce", "interval", "items", "last_progress", "missed", "ready_at", "wakeup")
 
     def __init__(
         self,
-        replay: Iterable[T],
+        replay: Iterable[tuple[T, bool]],
         buffer: int,
         *,
         coalesce: Callable[[T], bool] | None = None,
         interval: float = 0.0,
     ) -> None:
         self.items: deque[T] = deque(maxlen=buffer)
+        self.last_progress = False  # items[-1] may be coalesced (when there are items)
         self.missed = 0
         self.wakeup = asyncio.Event()
         self.coalesce = coalesce if interval > 0 else None
         self.interval = interval
         self.ready_at = -math.inf  # loop time before which no coalescable item is yielded
-        for item in replay:
-            self.push(item)
+        for item, progress in replay:
+            self.push(item, progress)
 
-    def push(self, item: T) -> None:
-        if self.coalesce is not None and self.items and self._both_coalesce(item):
+    def push(self, item: T, progress: bool) -> None:
+        """Hold ``item`` (``progress``: it may be coalesced); on every publish, so cheap."""
+        if progress and self.last_progress and self.coalesce is not None and self.items:
             self.items[-1] = item  # the waiting reader already knows an item is there
             return
         if len(self.items) == self.items.maxlen:
             self.missed += 1  # deque drops the oldest on append
         self.items.append(item)
+        self.last_progress = progress
         self.wakeup.set()
-
-    def _both_coalesce(self, item: T) -> bool:
-        assert self.coalesce is not None
-        return self.coalesce(self.items[-1]) and self.coalesce(item)
 
     def held_back(self, now: float, closed: bool) -> float:
         """Seconds to wait before the head may be yielded (0: yield it now)."""
@@ -108,7 +107,11 @@ class Broadcast(Generic[T]):
         buffer: int = 256,
         coalesce: Callable[[T], bool] | None = None,
     ) -> None:
-        self._history: deque[T] = deque(maxlen=check_int("history", history, minimum=0))
+        # Each item with whether it may be coalesced: asked once per item, not once per
+        # subscriber (publish runs on the loop for every subscriber of a fast fit).
+        self._history: deque[tuple[T, bool]] = deque(
+            maxlen=check_int("history", history, minimum=0)
+        )
         self._buffer = check_int("buffer", buffer)
         self._coalesce = coalesce
         self._subscribers: set[_Subscriber[T]] = set()
@@ -128,9 +131,10 @@ class Broadcast(Generic[T]):
         """Hand ``item`` to every subscriber and the history; never waits."""
         if self._closed:
             raise RuntimeError("publish on a closed Broadcast")
-        self._history.append(item)
+        progress = self._coalesce is not None and self._coalesce(item)
+        self._history.append((item, progress))
         for subscriber in self._subscribers:
-            subscriber.push(item)
+            subscriber.push(item, progress)
 
     def close(self) -> None:
         """End the stream: subscribers receive what they hold, then stop (idempotent)."""
