@@ -472,3 +472,31 @@ def test_a_job_raising_an_interrupt_fails_and_the_interrupt_stops_the_loop(
 
 async def _raise_in_a_task(error: BaseException) -> None:
     await asyncio.get_running_loop().create_task(_raise(error))
+
+
+class _CancelAtFitEnd(at.Callback):
+    """Cancels its job on the loop's next turn after the fit has returned its result."""
+
+    def __init__(self) -> None:
+        self.job: at.Job | None = None
+        self.answers: list[bool] = []
+
+    def on_fit_end(self, fit: Any) -> None:
+        assert self.job is not None
+        job = self.job
+        asyncio.get_running_loop().call_soon(lambda: self.answers.append(job.cancel()))
+
+
+async def test_a_job_cancelled_while_its_trainer_closes_ends_done(
+    service: at.TrainingService, data: Dataset
+) -> None:
+    # As documented (Job.cancel, docs/service.md): the request is accepted, but the fit
+    # had returned, so the job ends done with its result, not cancelled.
+    canceller = _CancelAtFitEnd()
+    job = await service.start("late", _model(), data, callbacks=[canceller], **OPTIONS)
+    canceller.job = job
+    assert await job.wait() == "done"
+    assert canceller.answers == [True]
+    result = await job.result()
+    assert result.steps == job.step == 47
+    assert _same(result.params, (await _replay(data)).params[47])

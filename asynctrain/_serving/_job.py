@@ -195,6 +195,9 @@ class Job:
 
         A queued job is cancelled at once; a running one stops after the step in
         progress (await :meth:`wait`), keeping the parameters of its last applied step.
+        True says the request was made, not how the job ends: one whose fit had already
+        returned (its trainer closing) still ends ``done``, with its result; as many
+        calls as you like, from any number of tasks, ask the same.
         """
         if self.status == "queued":
             self._settle("cancelled")
