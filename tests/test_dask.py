@@ -757,3 +757,26 @@ async def test_connect_timeout_defaults_to_10_seconds(monkeypatch: pytest.Monkey
     with pytest.raises(at.BackendError, match="connect_timeout=10 seconds"):
         await DaskBackend("tcp://127.0.0.1:1").__aenter__()
     assert made[0]["timeout"] == 10.0
+
+
+async def test_too_few_workers_at_open_is_reported_within_wait_for_workers(
+    dask_cluster: Any,
+) -> None:
+    """workers=3 on a cluster of 2 waited at open for ever (distributed's wait has no
+    deadline unless given one); now it fails after wait_for_workers seconds, naming how
+    many it wanted and how many the scheduler has."""
+    found = len(dask_cluster.scheduler_info["workers"])
+    backend = DaskBackend(dask_cluster.scheduler_address, workers=found + 1, wait_for_workers=0.5)
+    began = time.monotonic()
+    with pytest.raises(
+        at.BackendError,
+        match=rf"wanted {found + 1} Dask workers.* found {found}.*wait_for_workers=0\.5 ",
+    ):
+        await asyncio.wait_for(backend.__aenter__(), 20)
+    assert time.monotonic() - began < 10
+    assert backend.state == "unopened"
+    # Enough workers: it opens, even with no time to wait.
+    async with DaskBackend(
+        dask_cluster.scheduler_address, workers=found, wait_for_workers=0
+    ) as backend:
+        assert backend.workers == found

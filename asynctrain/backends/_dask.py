@@ -90,14 +90,18 @@ class DaskBackend(Lifecycle):
         address: a scheduler address, e.g. ``"tls://scheduler:8786"``.
         client: an existing ``distributed.Client(asynchronous=True)`` on this loop.
         workers: processes of the local cluster (default: usable cores); with an address
-            or client, wait at open until the cluster has that many workers.
+            or client, wait at open until the cluster has that many workers (up to
+            ``wait_for_workers`` seconds).
         security: a ``distributed.Security`` for TLS connections to ``address``.
         allow_insecure: accept a plain-TCP address off this machine (logs a warning).
         dashboard: serve the local cluster's dashboard; True for 127.0.0.1:8787, or an
             address such as ``"127.0.0.1:8788"``.
         max_in_flight: calls outstanding at once (default 256).
-        wait_for_workers: seconds a call waits for a worker to join when the cluster has
-            none (default 30); then it fails with a BackendError saying so.
+        wait_for_workers: seconds to wait for workers to join (default 30): at open, for
+            the ``workers`` asked of a cluster at ``address`` or ``client`` (and in
+            :meth:`resize`, for the new size); in a call, for one worker when the cluster
+            has none. Then it fails with a BackendError saying how many it wanted and
+            found.
         connect_timeout: seconds to wait for a connection to the scheduler at
             ``address`` (default 10; distributed's own default is 30), then fail with a
             BackendError naming the address. The client made for it gives up a
@@ -117,7 +121,8 @@ class DaskBackend(Lifecycle):
             ``allow_insecure``; a synchronous client; bad counts or seconds; ``adaptive``
             with a cluster the backend did not start.
         BackendError: (at open) the scheduler at ``address`` did not answer within
-            ``connect_timeout`` seconds.
+            ``connect_timeout`` seconds, or the cluster had fewer than ``workers`` workers
+            after ``wait_for_workers`` seconds.
 
     Example:
         >>> import asynctrain as at
@@ -224,7 +229,7 @@ class DaskBackend(Lifecycle):
             self._client = await self._connect()
             _Events.attach(self._client, self)
             if self._wanted is not None and self._cluster is None:
-                await self._client.wait_for_workers(self._wanted)
+                await self._await_workers(self._wanted)
             if self._adaptive is not None:
                 low, high = self._adaptive
                 self._cluster.adapt(minimum=low, maximum=high, Adaptive=self._adaptive_policy)
@@ -279,6 +284,24 @@ class DaskBackend(Lifecycle):
                 raise
         self._cluster = await _LocalCluster(**self._local_options())
         return await _Client(self._cluster, asynchronous=True, set_as_default=False)
+
+    async def _await_workers(self, wanted: int) -> None:
+        """Return once the cluster has ``wanted`` workers; BackendError naming how many it
+        has after ``wait_for_workers`` seconds (distributed's own wait has no deadline)."""
+        try:
+            async with asyncio.timeout(self._wait):
+                await self._client.wait_for_workers(wanted)
+                return
+        except TimeoutError as exc:
+            found = len(await self._client.nthreads())
+            if found >= wanted:  # they were there (wait_for_workers=0 has no time to ask)
+                return
+            raise BackendError(
+                f"DaskBackend wanted {wanted} Dask workers and found {found} at the "
+                f"scheduler {self._client.scheduler.address} within wait_for_workers="
+                f"{self._wait:g} seconds; start more workers, ask for fewer, or raise "
+                "DaskBackend(wait_for_workers=...)"
+            ) from exc
 
     def _tls_unset(self) -> bool:
         return str(self.address).startswith("tls://") and self._security is None
@@ -497,6 +520,8 @@ class DaskBackend(Lifecycle):
         Raises:
             ConfigError: the backend did not start its cluster (scale your own cluster:
                 the backend follows it), or it adapts (``adaptive=``); a bad count.
+            BackendError: the cluster did not reach ``workers`` within
+                ``wait_for_workers`` seconds.
 
         Example:
             >>> async def grow(backend):  # doctest: +SKIP
@@ -534,7 +559,7 @@ class DaskBackend(Lifecycle):
         await self._cluster  # the cluster's spec realised: workers started or retired
         self._check_not_closing("it resized")
         if size:
-            await self._client.wait_for_workers(size)
+            await self._await_workers(size)
             self._check_not_closing("it resized")
         self._size = size
         self._stale = True
