@@ -219,9 +219,18 @@ def _listening(pid: int) -> list[str]:
 
 
 async def test_own_cluster_listens_on_loopback_only_and_stops() -> None:
-    async with DaskBackend(workers=1) as backend:
+    """Also: its client gives up a connection after connect_timeout seconds, as one made
+    for an address does (it kept distributed's 30 s: a worker gone from its address was
+    retried that long)."""
+    async with DaskBackend(workers=1, connect_timeout=1.0) as backend:
         assert backend.dashboard_link is None
         assert await backend.run(pow, 2, 5) == 32
+        began = time.monotonic()
+        with pytest.raises(OSError, match="after 1 s"):
+            await asyncio.wait_for(
+                backend.client.rpc(f"tcp://127.0.0.1:{_closed_port()}").identity(), 10
+            )
+        assert time.monotonic() - began < 5
         bound = _listening(os.getpid())
         assert bound, "the cluster listens somewhere"
         assert set(bound) == {"127.0.0.1"}, bound

@@ -104,8 +104,9 @@ class DaskBackend(Lifecycle):
             found.
         connect_timeout: seconds to wait for a connection to the scheduler at
             ``address`` (default 10; distributed's own default is 30), then fail with a
-            BackendError naming the address. The client made for it gives up a
-            connection to a worker after as long.
+            BackendError naming the address. Every client the backend makes (for an
+            ``address`` or its own local cluster) gives up a connection to a worker
+            after as long; a ``client`` handed over keeps its own timeout.
         adaptive: ``(minimum, maximum)`` workers: the local cluster the backend starts
             scales between them with the number of shard tasks in flight.
         keep_bytes: bytes of a fit's data (shared arrays of ``KEEP_MIN`` bytes or more:
@@ -283,7 +284,12 @@ class DaskBackend(Lifecycle):
                     ) from exc
                 raise
         self._cluster = await _LocalCluster(**self._local_options())
-        return await _Client(self._cluster, asynchronous=True, set_as_default=False)
+        return await _Client(
+            self._cluster,
+            asynchronous=True,
+            set_as_default=False,
+            timeout=self._connect_timeout,
+        )
 
     async def _await_workers(self, wanted: int) -> None:
         """Return once the cluster has ``wanted`` workers; BackendError naming how many it
