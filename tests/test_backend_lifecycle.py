@@ -4,7 +4,6 @@ forkserver) and exceptions nobody retrieved."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import multiprocessing
 import multiprocessing.forkserver
@@ -13,12 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from _loops import OPENERS, used_then_another_loop
 from conftest import LOOPS
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -214,36 +213,8 @@ async def test_the_process_backend_leaves_the_global_forkserver_alone() -> None:
         server.set_forkserver_preload(before)
 
 
-@contextlib.contextmanager
-def _used_then_another_loop(
-    new_loop: Any, opener: str, use: Callable[[], Awaitable[Any]]
-) -> Iterator[tuple[Any, asyncio.AbstractEventLoop, asyncio.AbstractEventLoop]]:
-    """Run ``use()`` on a first loop, left ``opener`` ("closed", "stopped", or "running"
-    in a thread of its own), then yield its result, that loop and a second one to call
-    from; both loops are closed (the thread stopped) afterwards."""
-    first = new_loop()
-    thread = None
-    if opener == "running":
-        thread = threading.Thread(target=first.run_forever)
-        thread.start()
-        result = asyncio.run_coroutine_threadsafe(use(), first).result(timeout=60)
-    else:
-        result = first.run_until_complete(use())
-        if opener == "closed":
-            first.close()
-    second = new_loop()
-    try:
-        yield result, first, second
-    finally:
-        second.close()
-        if thread is not None:
-            first.call_soon_threadsafe(first.stop)
-            thread.join()
-        first.close()
-
-
 @pytest.mark.parametrize("new_loop", list(LOOPS.values()), ids=list(LOOPS))
-@pytest.mark.parametrize("opener", ["closed", "stopped", "running"])
+@pytest.mark.parametrize("opener", OPENERS)
 def test_aclose_on_another_loop_stops_the_workers_of_the_opening_one(
     new_loop: Any, opener: str
 ) -> None:
@@ -255,7 +226,7 @@ def test_aclose_on_another_loop_stops_the_workers_of_the_opening_one(
         await backend.share({"x": np.ones(4)})
         return await backend.run(pow, 2, 3)
 
-    with _used_then_another_loop(new_loop, opener, use) as (result, _, second):
+    with used_then_another_loop(new_loop, opener, use) as (result, _, second):
         assert result == 8
         pids = backend.pids
         second.run_until_complete(asyncio.wait_for(backend.aclose(), 30))
@@ -265,7 +236,7 @@ def test_aclose_on_another_loop_stops_the_workers_of_the_opening_one(
 
 
 @pytest.mark.parametrize("new_loop", list(LOOPS.values()), ids=list(LOOPS))
-@pytest.mark.parametrize("opener", ["closed", "stopped", "running"])
+@pytest.mark.parametrize("opener", OPENERS)
 def test_release_on_another_loop_tells_the_workers_on_the_opening_one(
     new_loop: Any, opener: str
 ) -> None:
@@ -288,7 +259,7 @@ def test_release_on_another_loop_tells_the_workers_on_the_opening_one(
         pool.broadcast = recorded
         return shared
 
-    with _used_then_another_loop(new_loop, opener, use) as (shared, first, second):
+    with used_then_another_loop(new_loop, opener, use) as (shared, first, second):
         segment = Path("/dev/shm") / shared.key
         assert segment.exists()
         second.run_until_complete(asyncio.wait_for(backend.release(shared), 30))

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _loops import OPENERS, used_then_another_loop
+from conftest import LOOPS
 
 import asynctrain as at
 from asynctrain._engine import MODES
@@ -789,3 +791,75 @@ async def test_too_few_workers_at_open_is_reported_within_wait_for_workers(
         dask_cluster.scheduler_address, workers=found, wait_for_workers=0
     ) as backend:
         assert backend.workers == found
+
+
+def _total(view: Any) -> float:
+    return float(view.read(0)["x"].sum())
+
+
+def _on(loop: asyncio.AbstractEventLoop, opener: str, coro: Any) -> Any:
+    """Run ``coro`` on the first loop of :func:`used_then_another_loop`."""
+    if opener == "running":
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
+    return loop.run_until_complete(coro)
+
+
+def _scheduler_keys(cluster: Any) -> set[str]:
+    """The keys of the shared cluster's scheduler, read on its own loop."""
+
+    async def keys() -> set[str]:
+        return {str(key) for key in cluster.scheduler.tasks}
+
+    return set(cluster.sync(keys))
+
+
+@pytest.mark.parametrize("new_loop", list(LOOPS.values()), ids=list(LOOPS))
+@pytest.mark.parametrize("opener", OPENERS)
+def test_release_and_aclose_on_another_loop_go_through_the_opening_one(
+    new_loop: Any, opener: str, dask_cluster: Any
+) -> None:
+    """The client, its connections and its futures belong to the loop that opened the
+    backend: release() from a second loop waited for ever for a worker's answer, and
+    aclose() failed ("object NoneType can't be used in 'await' expression", "IOLoop is
+    closed") or waited for ever, leaving the stores on the cluster. Now both run on the
+    opening loop, or, once it is closed, drop the client's connections (the scheduler
+    then drops the stores)."""
+    backend = DaskBackend(dask_cluster.scheduler_address)
+
+    async def use() -> tuple[Any, set[str]]:
+        shared = await backend.share({"x": np.ones(100_000)})
+        assert await backend.run(_total, shared) == 100_000.0
+        assert sum((await backend.kept()).values()) == 800_000
+        return shared, {str(future.key) for future in backend._actors.values()}
+
+    with used_then_another_loop(new_loop, opener, use) as ((shared, stores), first, second):
+        assert stores <= _scheduler_keys(dask_cluster)
+        with pytest.raises(at.StateError, match="belongs to the event loop that opened it"):
+            second.run_until_complete(asyncio.wait_for(backend.run(_total, shared), 20))
+        second.run_until_complete(asyncio.wait_for(backend.release(shared), 20))
+        assert "released" in repr(shared)  # refused by later tasks, whichever loop
+        if opener != "closed":  # the workers were told, on the opening loop
+            assert sum(_on(first, opener, backend.kept()).values()) == 0
+        second.run_until_complete(asyncio.wait_for(backend.aclose(), 20))
+        assert backend.state == "closed"
+    deadline = time.monotonic() + 20  # the scheduler drops a client gone on its next turn
+    while stores & _scheduler_keys(dask_cluster) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not stores & _scheduler_keys(dask_cluster)
+
+
+@pytest.mark.parametrize("new_loop", list(LOOPS.values()), ids=list(LOOPS))
+def test_aclose_after_the_opening_loop_closed_stops_the_local_workers(new_loop: Any) -> None:
+    """The LocalCluster the backend started lived on a loop now closed: its nannies cannot
+    stop their workers, which were left running (and aclose raised "IOLoop is closed")."""
+    backend = DaskBackend(workers=1)
+
+    async def use() -> list[int]:
+        assert await backend.run(pow, 2, 3) == 8
+        return list((await backend.client.run(os.getpid)).values())
+
+    with used_then_another_loop(new_loop, "closed", use) as (pids, _, second):
+        assert pids
+        second.run_until_complete(asyncio.wait_for(backend.aclose(), 20))
+    assert backend.state == "closed"
+    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]

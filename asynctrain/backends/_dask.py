@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import os
+import signal
 import threading
 import uuid
 import weakref
@@ -40,7 +42,7 @@ from asynctrain.backends._dask_address import check_address
 from asynctrain.backends._dask_lane import Lane, LaneLost, Traffic
 from asynctrain.backends._dask_shared import DaskShared, content_id, nbytes, pack
 from asynctrain.backends._dask_worker import WorkerStore
-from asynctrain.backends._lifecycle import Lifecycle
+from asynctrain.backends._lifecycle import Lifecycle, on_opening_loop
 from asynctrain.backends._thread import default_workers
 
 T = TypeVar("T")
@@ -181,6 +183,7 @@ class DaskBackend(Lifecycle):
         self._dashboard = dashboard
         self._given = client
         self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the client's, once open
         self._cluster: Any = None
         self._in_flight = asyncio.Semaphore(self._limit)
         self._handles: weakref.WeakSet[DaskShared] = weakref.WeakSet()
@@ -226,6 +229,7 @@ class DaskBackend(Lifecycle):
 
     async def _open(self) -> None:
         self._closing = False
+        self._loop = asyncio.get_running_loop()
         try:
             self._client = await self._connect()
             _Events.attach(self._client, self)
@@ -330,6 +334,10 @@ class DaskBackend(Lifecycle):
         }
 
     async def _close(self) -> None:
+        # The client, its connections and the local cluster live on the opening loop.
+        await on_opening_loop(self._loop, self._close_here, closed=self._abandon)
+
+    async def _close_here(self) -> None:
         self._closing = True  # nothing is kept for a later fit: the stores go too
         self._joined.set()  # calls waiting for a worker hear of the close now
         placements, self._placements = list(self._placements.values()), {}
@@ -352,6 +360,25 @@ class DaskBackend(Lifecycle):
             await client.close()
         if cluster is not None:
             await cluster.close()
+
+    def _abandon(self) -> None:
+        """Close without the loop that opened the backend, which is closed: nothing can be
+        sent or awaited any more. The local cluster's worker processes are killed and
+        reaped (its scheduler and nannies lived on that loop, and its workers would wait
+        for them for ever); a remote cluster drops the stores once this process's
+        connections to it close. Blocks while the workers are reaped."""
+        self._closing = True
+        client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
+        self._placements, self._lanes, self._order, self._actors = {}, {}, [], {}
+        for handle in list(self._handles):
+            self._drop_handle(handle)
+        self._kept.clear()
+        if client is not None:
+            _Events.detach(client, self, tell=False)
+        if client is not None and client is not self._given:
+            _abort_connections(client)
+        if cluster is not None:
+            _kill_workers(cluster)
 
     # -- membership ----------------------------------------------------------------------
 
@@ -507,6 +534,16 @@ class DaskBackend(Lifecycle):
                 continue
             self._check_not_closing()
 
+    async def _open_here(self) -> None:
+        """Open on first use; refuse another loop than the one that opened the backend
+        (its client's, whose futures and connections complete only there)."""
+        await self._ensure_open()
+        if asyncio.get_running_loop() is not self._loop:
+            raise StateError(
+                f"{self!r} belongs to the event loop that opened it; use it there "
+                "(aclose and release work from any loop)"
+            )
+
     def _check_not_closing(
         self, during: str = "a call ran or waited on it", cause: BaseException | None = None
     ) -> None:
@@ -535,7 +572,7 @@ class DaskBackend(Lifecycle):
             ...     assert backend.workers == 4
         """
         size = check_int("workers", workers)
-        await self._ensure_open()
+        await self._open_here()
         if self._cluster is None:
             raise ConfigError(
                 f"{self!r} did not start its cluster, so it cannot resize it; scale the "
@@ -588,7 +625,7 @@ class DaskBackend(Lifecycle):
                 ``wait_for_workers`` seconds.
             StateError: the backend was closed before or while the call ran.
         """
-        await self._ensure_open()
+        await self._open_here()
         call, handles = pack(fn, args)
         shard = call.shard
         self._running += 1
@@ -652,7 +689,7 @@ class DaskBackend(Lifecycle):
         uses the handle, and keeps them. A worker that kept equal arrays from an earlier
         fit (see ``keep_bytes``) is not sent them again.
         """
-        await self._ensure_open()
+        await self._open_here()
         slots = check_int("slots", slots)
         size = nbytes(arrays)
         cid = None
@@ -666,11 +703,23 @@ class DaskBackend(Lifecycle):
 
     async def release(self, shared: Any) -> None:
         """Have the workers drop what they keep of ``shared`` (tasks already running keep
-        theirs); later tasks with it raise StateError."""
+        theirs); later tasks with it raise StateError.
+
+        Safe on another event loop than the one that opened the backend, as
+        :meth:`aclose` is: the workers are told from the opening loop (whose client it
+        is), or not at all once that loop is closed (they drop it with the client).
+        """
         if not isinstance(shared, DaskShared):
             return
+        drop = functools.partial(self._drop_handle, shared)
+        await on_opening_loop(self._loop, functools.partial(self._release, shared), closed=drop)
+
+    def _drop_handle(self, shared: DaskShared) -> None:
         self._handles.discard(shared)
         shared.release()
+
+    async def _release(self, shared: DaskShared) -> None:
+        self._drop_handle(shared)
         keep, drop = self._keep(shared)
         calls = []
         for lane in self._order:
@@ -715,7 +764,7 @@ class DaskBackend(Lifecycle):
             ...     return await backend.kept()
             {'tcp://127.0.0.1:40547': 1048576, 'tcp://127.0.0.1:45741': 1048576}
         """
-        await self._ensure_open()
+        await self._open_here()
         kept: dict[str, int] = {}
         for lane in list(self._order):
             try:
@@ -818,14 +867,16 @@ class _Events:
         backends.add(backend)
 
     @classmethod
-    def detach(cls, client: Any, backend: DaskBackend) -> None:
+    def detach(cls, client: Any, backend: DaskBackend, *, tell: bool = True) -> None:
+        """Stop passing ``client``'s events to ``backend``; the last backend off a client
+        unsubscribes it (if ``tell``: not when the client's loop is closed)."""
         backends = cls._backends.get(client)
         if backends is None:
             return
         backends.discard(backend)
         if not backends:
             del cls._backends[client]
-            if client.status == "running":
+            if tell and client.status == "running":
                 client.unsubscribe_topic("all")
 
 
@@ -841,6 +892,39 @@ class _FollowTasks(Adaptive):
         backend = self._backend()
         wanted = 0 if backend is None else backend._running
         return int(max(self.minimum, min(self.maximum, wanted)))
+
+
+def _abort_connections(client: Any) -> None:
+    """Close the sockets of ``client`` (whose loop is closed) without its loop: the
+    scheduler sees it gone and drops what it held for it (the stores), as it would when
+    this process exits."""
+    batched = getattr(client, "scheduler_comm", None)
+    comms = [getattr(batched, "comm", None)]
+    for pool in (client.rpc.available, client.rpc.occupied):
+        comms += [comm for each in pool.values() for comm in each]
+    for comm in comms:
+        if comm is not None:
+            with contextlib.suppress(Exception):  # best effort: the process's exit will do
+                comm.abort()
+    client.status = "closed"  # its __del__ would make a close coroutine nobody awaits
+
+
+def _kill_workers(cluster: Any) -> None:
+    """SIGKILL the worker processes of the nannies of ``cluster`` (a LocalCluster whose
+    loop is closed) and wait until distributed's watcher threads have reaped them (a join
+    here would race them for the exit status; they warn when they lose)."""
+    for nanny in list(cluster.workers.values()):
+        process = getattr(getattr(nanny, "process", None), "process", None)  # AsyncProcess
+        child = getattr(process, "_process", None)  # its multiprocessing.Process
+        if process is None or child is None or child.pid is None:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)
+        process.close()  # stops its thread that waits for orders from the loop
+        # That one and the thread that reaps it (all nannies' threads have the same names):
+        # those given it.
+        for thread in [t for t in threading.enumerate() if child in getattr(t, "_args", ())]:
+            thread.join(STORE_TIMEOUT)
 
 
 def _check_adaptive(adaptive: Any, local: bool) -> tuple[int, int]:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from asynctrain._checks import check_int
 from asynctrain._exceptions import ConfigError, StateError
+from asynctrain._offloop import off_loop
 from asynctrain._types import State
+
+T = TypeVar("T")
 
 
 class Lifecycle:
@@ -146,3 +150,29 @@ class Lifecycle:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+async def on_opening_loop(
+    loop: asyncio.AbstractEventLoop | None,
+    make: Callable[[], Coroutine[Any, Any, T]],
+    *,
+    closed: Callable[[], T],
+) -> T:
+    """Await ``make()`` on ``loop``, the loop that opened what it touches, from whichever
+    loop this runs on (``aclose`` or ``release`` after a second ``asyncio.run``, or from
+    another thread's loop).
+
+    What a backend opened on a loop (a pool's readers, a Dask client's connections and
+    futures) completes only there: awaited from another loop it waits for ever or fails.
+    So: on this loop (or with none recorded) it is awaited here; on a loop running in
+    another thread it runs there, awaited from here; on a stopped loop it runs to
+    completion on a thread of its own; a closed loop can run nothing, so ``closed()``
+    runs instead, off this loop.
+    """
+    if loop is None or loop is asyncio.get_running_loop():
+        return await make()
+    if loop.is_running():
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(make(), loop))
+    if not loop.is_closed():
+        return await off_loop(loop.run_until_complete, make())
+    return await off_loop(closed)

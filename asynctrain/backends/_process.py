@@ -17,7 +17,7 @@ from asynctrain._exceptions import BackendError, ConfigTypeError, ShardFailedErr
 from asynctrain._offloop import off_loop
 from asynctrain._shm import sweep_stale_segments
 from asynctrain.backends._blas import BlasLimit
-from asynctrain.backends._lifecycle import Lifecycle
+from asynctrain.backends._lifecycle import Lifecycle, on_opening_loop
 from asynctrain.backends._priority import NICENESS
 from asynctrain.backends._process_context import get_context
 from asynctrain.backends._process_main import check_main_guard
@@ -159,15 +159,7 @@ class ProcessBackend(Lifecycle):
         close on a thread of its own; one closed can run nothing, so the workers are
         killed and reaped directly.
         """
-        loop = self._loop
-        if loop is None or loop is asyncio.get_running_loop():
-            await pool.close()
-        elif loop.is_running():
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(pool.close(), loop))
-        elif not loop.is_closed():
-            await off_loop(loop.run_until_complete, pool.close())
-        else:
-            await off_loop(pool.abandon)
+        await on_opening_loop(self._loop, pool.close, closed=pool.abandon)
 
     async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Run ``fn(*args)`` in a worker process and return its result.
