@@ -863,3 +863,23 @@ def test_aclose_after_the_opening_loop_closed_stops_the_local_workers(new_loop: 
         second.run_until_complete(asyncio.wait_for(backend.aclose(), 20))
     assert backend.state == "closed"
     assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+
+
+async def test_a_handle_released_after_its_content_was_evicted_is_dropped_by_its_worker(
+    data: tuple[Dataset, Dataset], dask_cluster: Any
+) -> None:
+    """Releasing a partition made room for it by evicting a partition still in use, whose
+    id the owner then forgot for its worker; that handle's release found nothing of its
+    own named on that worker (its contents are named by content, not by handle) and told
+    it nothing: the worker held the partition for good, one more per fit."""
+    rows = len(data[0]) // 4  # one partition per shard: the rows a shard reads an epoch
+    partition = rows * (data[0].X.shape[1] * data[0].X.itemsize + data[0].y.itemsize)
+    keep = 3 * partition + partition // 2  # room for 3 of the 4 partitions
+    async with DaskBackend(dask_cluster.scheduler_address, keep_bytes=keep) as backend:
+        trainer = at.Trainer(
+            SoftmaxRegression(128, 10), backend=backend, batch_size=100, shards=4, shuffle="shard"
+        )
+        async with trainer:
+            for _ in range(3):
+                await trainer.fit(data[0], epochs=1)
+                assert sum((await backend.kept()).values()) == 0  # no handle is open

@@ -725,8 +725,11 @@ class DaskBackend(Lifecycle):
         for lane in self._order:
             kept = [cid for cid in keep if cid in lane.known]
             dropped = [cid for cid in drop if cid in lane.known]
-            if not (kept or dropped or _holds(lane, shared.token)):
+            # Asked by token, not by the ids it knows: a content-named slot's id may have
+            # been forgotten here (evicted for another handle) while the worker binds it.
+            if not (kept or dropped or shared.token in lane.tokens):
                 continue
+            lane.tokens.discard(shared.token)
             lane.known = {c for c in lane.known if not c.startswith(shared.token) and c not in drop}
             calls.append(self._forget(lane, shared.token, kept, dropped))
         if self._client is not None and calls:
@@ -950,10 +953,6 @@ def _check_seconds(name: str, value: Any, *, above: bool = False) -> float:
         bound = "> 0" if above else ">= 0"
         raise ConfigError(f"{name} must be finite and {bound} seconds, got {value!r}")
     return float(value)
-
-
-def _holds(lane: Lane, token: str) -> bool:
-    return any(cid.startswith(token) for cid in lane.known)
 
 
 def _name(fn: Callable[..., Any]) -> str:

@@ -67,6 +67,7 @@ class Lane:
         self.actor = actor
         self._rpc = rpc
         self.known: set[str] = set()
+        self.tokens: set[str] = set()  # handles whose tasks came here: it may bind their slots
         self.lost: BaseException | None = None
         self.sent = 0  # calls sent, for reports
         self._pending: list[_Item] = []
@@ -113,6 +114,7 @@ class Lane:
                 continue
             items.append(item)
             batch.append((item.call, carried))
+            self.tokens.update(handle.token for handle in item.handles)
             self.traffic.sent += sum(
                 nbytes(c.payload.arrays)
                 for slots in carried
