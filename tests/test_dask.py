@@ -883,3 +883,26 @@ async def test_a_handle_released_after_its_content_was_evicted_is_dropped_by_its
             for _ in range(3):
                 await trainer.fit(data[0], epochs=1)
                 assert sum((await backend.kept()).values()) == 0  # no handle is open
+
+
+async def test_cancelling_the_open_of_its_own_cluster_leaves_no_worker_running() -> None:
+    """The LocalCluster was only the backend's once started: cancelled while it started
+    its workers (a fit cancelled early on a backend opened on first use), nothing closed
+    it and its worker processes ran on, one more cluster per cancel."""
+    me = psutil.Process()
+    before = {child.pid for child in me.children(recursive=True)}
+    backend = DaskBackend(workers=1)
+    opening = asyncio.ensure_future(backend.__aenter__())
+    started: set[int] = set()
+    for _ in range(3000):  # until its worker process runs (30 s at most)
+        started = {child.pid for child in me.children(recursive=True)} - before
+        if started or opening.done():
+            break
+        await asyncio.sleep(0.01)
+    assert started, "no worker process started"
+    assert not opening.done()
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    assert backend.state == "unopened"
+    assert not [pid for pid in started if psutil.pid_exists(pid)]

@@ -266,12 +266,8 @@ class DaskBackend(Lifecycle):
                 timeout=self._connect_timeout,
             )
             try:
-                return await client
+                return await _started(client)
             except BaseException as exc:
-                # Closed here, not by its __del__ at some later collection, on a loop that
-                # may be closed by then ("IOLoop is closed").
-                with contextlib.suppress(Exception):
-                    await client.close()
                 if isinstance(exc, OSError):  # distributed's connect timing out, too
                     raise BackendError(
                         f"cannot reach the Dask scheduler at {self.address!r} within "
@@ -287,13 +283,14 @@ class DaskBackend(Lifecycle):
                         "distributed.comm.tls.* in Dask's configuration"
                     ) from exc
                 raise
-        self._cluster = await _LocalCluster(**self._local_options())
-        return await _Client(
-            self._cluster,
-            asynchronous=True,
-            set_as_default=False,
-            timeout=self._connect_timeout,
+        # Ours before it starts, so that _open's clean-up closes it when the start fails
+        # or the open is cancelled, once it has started.
+        self._cluster = _LocalCluster(**self._local_options())
+        await _whole(self._cluster)
+        client = _Client(
+            self._cluster, asynchronous=True, set_as_default=False, timeout=self._connect_timeout
         )
+        return await _started(client)
 
     async def _await_workers(self, wanted: int) -> None:
         """Return once the cluster has ``wanted`` workers; BackendError naming how many it
@@ -910,6 +907,37 @@ def _abort_connections(client: Any) -> None:
             with contextlib.suppress(Exception):  # best effort: the process's exit will do
                 comm.abort()
     client.status = "closed"  # its __del__ would make a close coroutine nobody awaits
+
+
+async def _whole(cluster: Any) -> None:
+    """Start ``cluster``, to the end even if the caller is cancelled meanwhile (which then
+    hears CancelledError once it has started).
+
+    distributed cannot close a cluster cancelled while its nannies start their workers:
+    an assertion fails on a nanny still starting, and its worker process runs on.
+    """
+    start = asyncio.ensure_future(cluster)
+    try:
+        await asyncio.shield(start)
+    except asyncio.CancelledError:
+        while not start.done():
+            with contextlib.suppress(asyncio.CancelledError):  # a second cancel, too
+                await asyncio.wait([start])
+        if not start.cancelled():
+            start.exception()  # retrieved: the cancel is what the caller hears
+        raise
+
+
+async def _started(client: Any) -> Any:
+    """``client``, connected; closed if it fails or is cancelled (here, not by its
+    ``__del__`` at some later collection, on a loop that may be closed by then: "IOLoop is
+    closed")."""
+    try:
+        return await client
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await client.close()
+        raise
 
 
 def _kill_workers(cluster: Any) -> None:
