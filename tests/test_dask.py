@@ -906,3 +906,35 @@ async def test_cancelling_the_open_of_its_own_cluster_leaves_no_worker_running()
         await opening
     assert backend.state == "unopened"
     assert not [pid for pid in started if psutil.pid_exists(pid)]
+
+
+SIZES = {"1KB": 1 << 10, "1MB": 1 << 20, "64MB": 64 << 20}
+
+
+def _made(size: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
+
+
+def _checksum(view: Any, slot: int) -> int:
+    return int(view.read(slot)["v"].sum(dtype=np.uint64))
+
+
+def _write_made(view: Any, slot: int, size: int, seed: int) -> None:
+    view.write(slot, {"v": _made(size, seed)})
+
+
+@pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
+async def test_shards_of_every_size_cross_both_ways(size: int, dask_cluster: Any) -> None:
+    """A shard's data reaches every worker whole, a slot a task writes (a gradient) comes
+    back whole, and reaches a task on the other worker whole; checksums made here."""
+    sent, written = _made(size, 1), _made(size, 2)
+    async with DaskBackend(dask_cluster.scheduler_address) as backend:
+        shared = await backend.share({"v": sent}, slots=2)
+        sums = await asyncio.gather(*(backend.run(_checksum, shared, 0) for _ in range(2)))
+        assert len({lane.address for lane in backend._order if lane.sent}) == 2
+        await backend.run(_write_made, shared, 1, size, 2)
+        np.testing.assert_array_equal(shared.read(1)["v"], written)
+        again = await asyncio.gather(*(backend.run(_checksum, shared, 1) for _ in range(2)))
+        await backend.release(shared)
+    assert set(sums) == {int(sent.sum(dtype=np.uint64))}
+    assert set(again) == {int(written.sum(dtype=np.uint64))}
