@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 import asynctrain as at
 from asynctrain.backends import InlineBackend, ProcessBackend, ThreadBackend
+from asynctrain.backends._lifecycle import Lifecycle
 
 
 class NeedsTwo(Exception):
@@ -336,3 +337,39 @@ def test_an_unclosed_pool_whose_workers_ignore_sigterm_lets_python_exit(tmp_path
         [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
     )
     assert (done.returncode, done.stdout) == (0, "exiting without aclose\n"), done.stderr
+
+
+class SlowToOpen(Lifecycle):
+    """A backend whose open waits for ``go`` (``entered`` once it does), recording its
+    opens and closes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.go = asyncio.Event(), asyncio.Event()
+        self.calls: list[str] = []
+
+    async def _open(self) -> None:
+        self.calls.append("open")
+        self.entered.set()
+        await self.go.wait()
+        self.calls.append("opened")
+
+    async def _close(self) -> None:
+        self.calls.append("close")
+
+
+async def test_aclose_while_the_backend_opens_is_not_lost() -> None:
+    """aclose() during an open found nothing open, marked the backend closed and returned;
+    the open then marked it open: the caller's call ran on a backend it had closed, and
+    what it started (a Dask LocalCluster's worker processes) ran on until a second
+    aclose. The opener now closes what it opened and raises StateError."""
+    backend = SlowToOpen()
+    opening = asyncio.ensure_future(backend.__aenter__())
+    await backend.entered.wait()
+    await backend.aclose()
+    assert backend.state == "closed"
+    backend.go.set()
+    with pytest.raises(at.StateError, match="closed while it opened"):
+        await opening
+    assert backend.state == "closed"
+    assert backend.calls == ["open", "opened", "close"]

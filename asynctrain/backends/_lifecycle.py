@@ -102,10 +102,15 @@ class Lifecycle:
                 raise StateError(f"{self!r} is closed; create a new {type(self).__name__}")
             if self._state is State.UNOPENED:
                 await self._open()
+                if self.state is State.CLOSED:  # aclose came meanwhile, found nothing open
+                    await self._close()
+                    raise StateError(f"{self!r} was closed while it opened")
                 self._state = State.OPEN
 
     async def aclose(self) -> None:
-        """Stop the workers and free everything; idempotent."""
+        """Stop the workers and free everything; idempotent. Called while the backend
+        opens, it returns at once; the open then closes what it opened and raises
+        StateError."""
         if self._state is State.OPEN:
             self._state = State.CLOSED
             await self._close()
