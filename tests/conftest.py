@@ -154,8 +154,24 @@ def _blas_holds() -> int:
     return holders
 
 
-def _checkpoint_temporaries(root: Path) -> set[Path]:
-    return set(temporaries(root, recursive=True))
+# Directories directly under the session's temporary root made while a test ran (its
+# tmp_path, a mktemp() of its own): once that test has passed its leak check, no later
+# test writes there, so they are not searched again. Searching the whole tree before and
+# after every test cost time in proportion to the tests before it (minutes over the suite).
+_FINISHED_TEST_DIRECTORIES: set[Path] = set()
+
+
+def _searched_directories(root: Path) -> set[Path]:
+    """The directories under ``root`` that a test can write to: its own, and those of
+    module and session fixtures (made before any test of theirs ran). Not the symlinks
+    pytest keeps to the latest of each name: they lead to one of these."""
+    with os.scandir(root) as entries:
+        found = {Path(entry.path) for entry in entries if entry.is_dir(follow_symlinks=False)}
+    return found - _FINISHED_TEST_DIRECTORIES
+
+
+def _checkpoint_temporaries(directories: set[Path]) -> set[Path]:
+    return {found for path in directories for found in temporaries(path, recursive=True)}
 
 
 @pytest.fixture(autouse=True)
@@ -165,9 +181,12 @@ def no_leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     threads, children, segments = _our_threads(), _children(), _our_segments()
     blas_holds = _blas_holds()
     temporary_root = tmp_path_factory.getbasetemp()
-    checkpoint_temporaries = _checkpoint_temporaries(temporary_root)
+    searched = _searched_directories(temporary_root)
+    checkpoint_temporaries = _checkpoint_temporaries(searched)
     yield
-    leaked_files = _checkpoint_temporaries(temporary_root) - checkpoint_temporaries
+    now_searched = _searched_directories(temporary_root)
+    leaked_files = _checkpoint_temporaries(now_searched) - checkpoint_temporaries
+    _FINISHED_TEST_DIRECTORIES.update(now_searched - searched)
     assert not leaked_files, f"temporary checkpoint files left: {sorted(map(str, leaked_files))}"
     leaked_threads = _our_threads() - threads
     leaked_children = _children() - children
