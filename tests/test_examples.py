@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import operator
+import re
 import runpy
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,16 @@ def test_there_are_examples() -> None:
     assert EXAMPLES
 
 
+# The test accuracy an example's script run must print (``test accuracy 0.975``). These
+# examples train for half a minute each: their script run is where the bound is checked,
+# not a second, in-process run of the same main() with the same bits. Printed to 3 places,
+# k/449 test rows compare with either bound as the unrounded accuracy does.
+ACCURACY: dict[str, tuple[Callable[[float, float], bool], float]] = {
+    "torch_cnn_digits": (operator.ge, 0.97),
+    "jax_model": (operator.gt, 0.94),
+}
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs_as_a_script(path: Path) -> None:
     done = subprocess.run(
@@ -24,6 +37,11 @@ def test_example_runs_as_a_script(path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip(), "an example should print what it did"
+    if path.stem in ACCURACY:
+        printed = re.findall(r"test accuracy (\d\.\d+)", done.stdout)
+        assert printed, done.stdout[-2000:]
+        meets, bound = ACCURACY[path.stem]
+        assert meets(float(printed[-1]), bound), done.stdout[-2000:]
 
 
 async def test_quickstart_learns() -> None:
@@ -58,13 +76,3 @@ async def test_elastic_pool_keeps_every_bit() -> None:
 
 async def test_stream_example_learns() -> None:
     assert await _example("stream_async_generator")["main"](10_000) > 0.85
-
-
-async def test_torch_cnn_reaches_97_percent_on_the_digits() -> None:
-    pytest.importorskip("torch")
-    assert await _example("torch_cnn_digits")["main"]() >= 0.97
-
-
-async def test_jax_model_learns_the_digits() -> None:
-    pytest.importorskip("jax")
-    assert await _example("jax_model")["main"]() > 0.94
