@@ -208,13 +208,6 @@ async def test_bits_equal_on_dask(
             assert _bits(await _fit(backend, table, mode, **options)) == references[mode], mode
 
 
-async def test_the_model_crosses_to_a_worker_once_per_fit(table: Dataset) -> None:
-    async with ProcessBackend(workers=1) as backend:
-        before = await backend.run(_shipping.loads)
-        await _fit(backend, table)
-        assert await backend.run(_shipping.loads) - before == 1
-
-
 async def test_models_of_one_apply_fn_share_its_compiled_gradient(table: Dataset) -> None:
     """A new JaxModel of the same function and loss (a model per job, per fit, per search
     trial) reuses the gradient compiled for the first: it is traced once per row shape,
@@ -237,14 +230,20 @@ async def test_models_of_one_apply_fn_share_its_compiled_gradient(table: Dataset
     assert set(steps.values()) == {1}, steps
 
 
-async def test_a_worker_compiles_a_models_gradient_once_over_its_fits(table: Dataset) -> None:
-    """A process worker receives the model anew at every fit (unpickled); the gradient it
-    compiled for the first fit serves the next ones."""
+async def test_a_worker_gets_the_model_once_per_fit_and_compiles_its_gradient_once(
+    table: Dataset,
+) -> None:
+    """A process worker receives the model anew at every fit (unpickled once per fit, not
+    per step); the gradient it compiled for the first fit serves the next ones. One test,
+    one worker: each worker start imports JAX and compiles anew (seconds)."""
     async with ProcessBackend(workers=1) as backend:
+        before = await backend.run(_shipping.loads)
         await _fit(backend, table)
+        assert await backend.run(_shipping.loads) - before == 1
         after_one = await backend.run(compile_misses)
         await _fit(backend, table)
         await _fit(backend, table)
+        assert await backend.run(_shipping.loads) - before == 3
         assert await backend.run(compile_misses) == after_one
 
 
