@@ -217,17 +217,25 @@ async def test_models_of_one_apply_fn_share_its_compiled_gradient(table: Dataset
     _jax._compiled.cache_clear()  # what earlier tests compiled in this process
     TRACES.clear()
     params = {"w": np.zeros((6, 3)), "b": np.zeros(3)}
-    results = []
+
+    def traced() -> collections.Counter[tuple[int, ...]]:
+        # Besides the abstract probe of a model when it is built (eval_shape, PROBE_ROWS
+        # rows): the gradient's traces, per shard shape.
+        return collections.Counter(shape for shape in TRACES if shape[0] != _bridge.PROBE_ROWS)
+
+    results, first = [], collections.Counter[tuple[int, ...]]()
     for _ in range(3):
         model = JaxModel(counted_apply, params, input_shape=(6,))
-        async with at.Trainer(model, backend="thread", batch_size=48, seed=5) as trainer:
+        async with at.Trainer(model, backend="thread", workers=2, batch_size=48, seed=5) as trainer:
             results.append(_bits((await trainer.fit(table, epochs=2)).params))
+        first = first or traced()
     assert results[0] == results[1] == results[2]
-    # Besides the abstract probe of a model when it is built (eval_shape, PROBE_ROWS rows),
-    # the gradient is traced once per shard shape over all three models and six epochs.
-    steps = collections.Counter(shape for shape in TRACES if shape[0] != _bridge.PROBE_ROWS)
-    assert steps
-    assert set(steps.values()) == {1}, steps
+    # Traced in the first fit, once per shard shape (twice when both worker threads make
+    # the first call at once: jit does not hold the second back; seen under load), and
+    # never again for the other models and fits.
+    assert first
+    assert set(first.values()) <= {1, 2}, first
+    assert traced() == first
 
 
 async def test_a_worker_gets_the_model_once_per_fit_and_compiles_its_gradient_once(
