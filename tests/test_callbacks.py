@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import errno
 import math
+import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -645,3 +648,71 @@ def test_an_event_file_gone_or_shorter_than_at_the_checkpoint_is_left_alone(
         (0, 1.0), (1, 3.0), (1, 5.0), (2, 4.0)
     ]  # fmt: skip
     assert len(list(tmp_path.iterdir())) == 3
+
+
+async def test_a_log_write_that_fails_names_the_logger_and_its_file(tmp_path: Path) -> None:
+    """A full disk (``/dev/full``: every write fails with ENOSPC) failed the fit with a
+    bare ``OSError: [Errno 28] No space left on device``, raised by the close in
+    ``on_fit_end`` (a second failed flush of the torn row), naming neither."""
+    logger = at.CSVLogger("/dev/full")
+    with pytest.raises(at.ConfigError) as raised:
+        await _logged_fit(logger, "auc", "inline")
+    message = str(raised.value)
+    assert "CSVLogger('/dev/full'" in message
+    assert "could not write /dev/full at epoch 0" in message
+    assert "No space left on device" in message
+    assert isinstance(raised.value.__cause__, OSError)
+    assert raised.value.__cause__.errno == errno.ENOSPC
+    assert logger._log is None
+    assert not [t for t in threading.enumerate() if t.name.startswith("asynctrain-log")]
+
+
+class _FullAt(at.CSVLogger):
+    """A CSVLogger whose disk fills up at epoch ``epoch``: that row is half written."""
+
+    def __init__(self, path: Path, epoch: int) -> None:
+        super().__init__(path)
+        self.epoch = epoch
+
+    def _write(self, log: Any, event: at.EpochEvent) -> None:
+        if event.epoch == self.epoch:
+            log.write("2,0.5")
+            log.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        super()._write(log, event)
+
+
+async def test_a_log_write_that_fails_keeps_the_fits_checkpoints(tmp_path: Path) -> None:
+    data = at.data.synthetic("softmax", n=500, seed=2)  # 5 steps an epoch
+    logger = _FullAt(tmp_path / "log.csv", epoch=2)
+
+    def trainer() -> at.Trainer:
+        model = at.models.SoftmaxRegression(128, 10)
+        return at.Trainer(model, at.optim.adam(1e-2), backend="inline", batch_size=100)
+
+    options: dict[str, Any] = {"checkpoint_dir": tmp_path / "run", "checkpoint_every": 5}
+    with pytest.raises(at.ConfigError, match=r"could not write .*log\.csv at epoch 2") as raised:
+        await trainer().fit(data, epochs=4, callbacks=[logger], **options)
+    assert raised.value.__cause__.errno == errno.ENOSPC  # type: ignore[union-attr]
+    steps = sorted(int(p.stem.split("-")[1]) for p in (tmp_path / "run").glob("step-*.ckpt"))
+    assert steps == [5, 10]  # the ends of epochs 0 and 1, which were logged
+    resumed = await trainer().fit(data, epochs=4, resume=True, **options)
+    assert [e.epoch for e in resumed.history] == [2, 3]
+    assert resumed.steps == 10
+
+
+async def test_a_tensorboard_write_that_fails_names_its_event_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("tensorboardX")
+    from asynctrain._callbacks import _tfevents
+
+    # The event file lands on a full disk: its writes go to /dev/full.
+    monkeypatch.setattr(_tfevents.EventFile, "_opened", lambda self: open("/dev/full", "wb"))  # noqa: SIM115
+    logger = at.TensorBoardLogger(tmp_path)
+    with pytest.raises(at.ConfigError, match="No space left on device") as raised:
+        await _logged_fit(logger, "f1", "inline")
+    assert f"TensorBoardLogger({str(tmp_path)!r}) could not write {tmp_path}/events.out." in str(
+        raised.value
+    )
+    assert raised.value.__cause__.errno == errno.ENOSPC  # type: ignore[union-attr]

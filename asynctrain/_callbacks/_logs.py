@@ -7,6 +7,7 @@ File work runs on one ``asynctrain-log`` thread per logger and fit (opened in
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import csv
 import importlib.util
 import math
@@ -66,6 +67,10 @@ class _FileLogger(Callback):
     def _write(self, log: Any, event: EpochEvent) -> None:
         raise NotImplementedError
 
+    def _file(self) -> Path:
+        """The file the open log writes (for errors)."""
+        raise NotImplementedError
+
     async def on_fit_start(self, fit: FitControl) -> None:
         """Open the log (off the loop).
 
@@ -92,10 +97,34 @@ class _FileLogger(Callback):
             raise
 
     async def on_epoch(self, event: EpochEvent) -> None:
-        """Write the epoch's values (off the loop)."""
+        """Write the epoch's values (off the loop).
+
+        Raises:
+            ConfigError: the write failed (a full disk, a read-only directory): the
+                message names the logger and its file, and ``__cause__`` is the
+                ``OSError`` (its ``errno``). The log is closed; the rows of the epochs
+                before stay, and so do the fit's checkpoints.
+        """
         if self._thread is None:
             raise ConfigError(f"{self!r} runs inside a fit: pass it in callbacks=[...]")
-        await self._thread.run(self._write, self._log, event)
+        try:
+            await self._thread.run(self._write_or_close, self._log, event)
+        except OSError as exc:
+            raise ConfigError(
+                f"{self!r} could not write {self._file()} at epoch {event.epoch} "
+                f"({exc.strerror or exc}); free some space, or log to a path that can be "
+                "written. The epochs before are in it; the fit's checkpoints are intact"
+            ) from exc
+
+    def _write_or_close(self, log: Any, event: EpochEvent) -> None:
+        try:
+            self._write(log, event)
+        except OSError:
+            # Closed now: the close in on_fit_end would flush the torn write again and
+            # fail with a second, bare OSError in place of this one.
+            with contextlib.suppress(OSError):
+                log.close()
+            raise
 
     async def on_fit_end(self, fit: FitControl) -> None:
         """Close the log and its thread (not those of another fit it refused to log)."""
@@ -218,6 +247,9 @@ class CSVLogger(_FileLogger):
         log.flush()
         self._lines += 1
 
+    def _file(self) -> Path:
+        return self.path
+
     def __repr__(self) -> str:
         return f"CSVLogger({str(self.path)!r}, append={self.append})"
 
@@ -289,6 +321,10 @@ class TensorBoardLogger(_FileLogger):
             {name: float(v) for name, v in values.items() if not math.isnan(v)},
             step=event.epoch,
         )
+
+    def _file(self) -> Path:
+        log: EventFile = self._log
+        return self.logdir / log.name
 
     def __repr__(self) -> str:
         return f"TensorBoardLogger({str(self.logdir)!r})"
