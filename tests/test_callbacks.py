@@ -716,3 +716,41 @@ async def test_a_tensorboard_write_that_fails_names_its_event_file(
         raised.value
     )
     assert raised.value.__cause__.errno == errno.ENOSPC  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("torn", [b"1,0.12", b"", b"1,0.12\r"])
+async def test_csv_logger_appends_after_a_row_torn_by_a_failed_write(
+    tmp_path: Path, torn: bytes
+) -> None:
+    """Rows were appended onto a last row a full disk had torn (no line end): the first
+    new row ran on in the torn one's line, one long row of wrong values. The torn part
+    is cut off (a row ended by its line end, ``\\r`` alone included, is whole)."""
+    path = tmp_path / "log.csv"
+    data = at.data.synthetic("softmax", n=600)
+    model = at.models.SoftmaxRegression(128, 10)
+    await at.fit(model, data, epochs=1, callbacks=[at.CSVLogger(path)], backend="inline")
+    whole = path.read_bytes()
+    path.write_bytes(whole + torn)
+    await at.fit(
+        model, data, epochs=2, callbacks=[at.CSVLogger(path, append=True)], backend="inline"
+    )
+    with path.open(newline="") as file:
+        rows = list(csv.reader(file))
+    kept = [["1", "0.12"]] if torn.endswith(b"\r") else []
+    assert rows[:2] == list(csv.reader(whole.decode().splitlines()))
+    assert rows[2 : 2 + len(kept)] == kept
+    assert [row[0] for row in rows[2 + len(kept) :]] == ["0", "1"]
+    assert all(len(row) == len(rows[0]) for row in rows[2 + len(kept) :])
+
+
+async def test_csv_logger_appends_after_a_torn_header(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"epoch,lo")  # the disk filled up while the header was written
+    data = at.data.synthetic("softmax", n=600)
+    model = at.models.SoftmaxRegression(128, 10)
+    result = await at.fit(
+        model, data, epochs=1, callbacks=[at.CSVLogger(path, append=True)], backend="inline"
+    )
+    with path.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [float(row["loss"]) for row in rows] == [e.loss for e in result.history]

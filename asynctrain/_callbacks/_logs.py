@@ -155,7 +155,8 @@ class CSVLogger(_FileLogger):
             header lacks (a metric the earlier fits did not choose) fails at its first
             epoch, before any row of it is written. A fit resumed from a checkpoint
             (``resume=True``) first drops the rows written after that checkpoint was
-            taken (the epochs it trains again), so each epoch has one row.
+            taken (the epochs it trains again), so each epoch has one row. A last row
+            without its line end (torn by a write that failed: a full disk) is cut off.
 
     Raises:
         ConfigError: (at a fit's first epoch) ``append=True`` to a file whose header
@@ -204,6 +205,7 @@ class CSVLogger(_FileLogger):
         # fit with other metrics wrote rows longer or shorter than the header).
         self._columns, self._lines, self._cut = None, 0, False
         if log.tell() > 0:
+            _cut_torn_row(log, self.path)
             try:
                 with self.path.open(newline="", encoding="utf-8") as written:
                     lines = written.readlines()
@@ -252,6 +254,17 @@ class CSVLogger(_FileLogger):
 
     def __repr__(self) -> str:
         return f"CSVLogger({str(self.path)!r}, append={self.append})"
+
+
+def _cut_torn_row(log: IO[str], path: Path) -> None:
+    """Cut the last line of ``path`` (open as ``log`` to append) if it has no line end: a
+    row (or header) a failed write tore, whose values may be cut short (``0.12`` of
+    ``0.1234``). Every row the logger writes ends in one; appended to, the torn row ran
+    on into the first new one."""
+    data = path.read_bytes()
+    whole = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+    if whole < len(data):
+        log.truncate(whole)
 
 
 class TensorBoardLogger(_FileLogger):
