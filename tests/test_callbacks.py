@@ -754,3 +754,43 @@ async def test_csv_logger_appends_after_a_torn_header(tmp_path: Path) -> None:
     with path.open(newline="") as file:
         rows = list(csv.DictReader(file))
     assert [float(row["loss"]) for row in rows] == [e.loss for e in result.history]
+
+
+@pytest.mark.parametrize(
+    "path", ["missing/best.ckpt", f"missing{os.sep}", "missing/epoch-{epoch:03d}.ckpt"]
+)
+async def test_a_model_checkpoint_into_a_missing_directory_fails_before_a_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """It failed only at its first save, once a whole epoch had trained."""
+    monkeypatch.chdir(tmp_path)
+    saver = at.ModelCheckpoint(path)
+    data = at.data.synthetic("softmax", n=600)
+    trainer = at.Trainer(at.models.SoftmaxRegression(128, 10), backend="inline")
+    with pytest.raises(at.CheckpointError, match="the directory missing does not exist"):
+        await trainer.fit(data, epochs=2, callbacks=[saver])
+    assert (trainer.state.step, saver.saved) == (0, [])
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "missing").mkdir()
+    await trainer.fit(data, epochs=1, callbacks=[saver])
+    assert len(saver.saved) == 1
+    assert saver.saved[0].parent == Path("missing")
+
+
+async def test_a_model_checkpoint_whose_directory_is_named_by_the_epoch_is_not_refused(
+    tmp_path: Path,
+) -> None:
+    # Which directory it writes is known only at the epoch's end: it may exist then.
+    (tmp_path / "epoch-0").mkdir()
+    (tmp_path / "run{1}").mkdir()
+    savers = [
+        at.ModelCheckpoint(tmp_path / "epoch-{epoch}" / "last.ckpt"),
+        at.ModelCheckpoint(tmp_path / "run{{1}}" / "last.ckpt"),  # a literal brace
+    ]
+    data = at.data.synthetic("softmax", n=600)
+    model = at.models.SoftmaxRegression(128, 10)
+    await at.fit(model, data, epochs=1, callbacks=savers, backend="inline")
+    assert [s.saved for s in savers] == [
+        [tmp_path / "epoch-0" / "last.ckpt"],
+        [tmp_path / "run{1}" / "last.ckpt"],
+    ]

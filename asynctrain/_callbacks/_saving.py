@@ -9,7 +9,7 @@ from pathlib import Path
 from asynctrain._callbacks._monitor import Monitored
 from asynctrain._control import FitControl
 from asynctrain._events import Callback, EpochEvent
-from asynctrain._exceptions import ConfigError, ConfigTypeError
+from asynctrain._exceptions import CheckpointError, ConfigError, ConfigTypeError
 
 
 class ModelCheckpoint(Callback):
@@ -24,8 +24,9 @@ class ModelCheckpoint(Callback):
             style: ``{epoch}`` and any of ``loss``, ``val_loss``, ``val_accuracy`` and
             the chosen metrics (``"ckpt/epoch-{epoch:03d}-{val_loss:.3f}.ckpt"``). A
             fixed name is overwritten each time; an existing directory receives
-            ``step-<n>.ckpt`` files (a path ending in a separator names a directory,
-            which must exist: else the first save fails with a ``CheckpointError``).
+            ``step-<n>.ckpt`` files (a path ending in a separator names a directory).
+            The directory must exist (it is not created): a missing one fails the fit
+            at its start with a ``CheckpointError``, unless the epoch's values name it.
             Not a ``step-<n>.ckpt`` in the fit's own ``checkpoint_dir``: those are the
             fit's checkpoints (refused with a ``CheckpointError`` at the fit's start).
         best_only: save only when the monitored value improves on the best so far.
@@ -65,9 +66,11 @@ class ModelCheckpoint(Callback):
 
         Raises:
             CheckpointError: ``path`` would write ``step-<n>.ckpt`` files into the fit's
-                own ``checkpoint_dir`` (before the first step).
+                own ``checkpoint_dir``, or its directory does not exist (before the
+                first step; a directory named by the epoch's values is not known yet).
         """
         fit.check_save(self.path.format(**_sample(self.path)))
+        self._check_directory()
         self._fit = fit
         self._monitored.reset()
         self.saved = []
@@ -94,6 +97,24 @@ class ModelCheckpoint(Callback):
         if self._fit is None:
             raise ConfigError("ModelCheckpoint runs inside a fit: pass it in callbacks=[...]")
         self.saved.append(await self._fit.save(self._format(event)))
+
+    def _check_directory(self) -> None:
+        """Refuse now a ``path`` whose directory (one the epoch's values do not name) is
+        missing: every save would fail there, the first after an epoch of training."""
+        head, separator, _ = self.path.rpartition(os.sep)
+        if not separator:  # the working directory
+            return
+        try:
+            if any(field is not None for _, field, _, _ in string.Formatter().parse(head)):
+                return  # known at the epoch's end; it may be created meanwhile
+        except ValueError:  # a field with a separator in it (its format spec)
+            return
+        directory = Path(head.format() or os.sep)  # literal braces unescaped
+        if not directory.is_dir():
+            raise CheckpointError(
+                f"{self!r} cannot save: the directory {directory} does not exist (it is "
+                "not created); create it before the fit, or pass another path"
+            )
 
     def _format(self, event: EpochEvent) -> str:
         values = {
