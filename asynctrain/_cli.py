@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import select
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -757,12 +758,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``asynctrain`` command; return its exit status.
 
     Errors of asynctrain's own (bad data, bad settings) print one line and return 2;
-    Ctrl-C returns 130 (resume with ``train --checkpoint-dir DIR --resume``).
+    Ctrl-C returns 130 (resume with ``train --checkpoint-dir DIR --resume``). A standard
+    output whose reader has gone (``asynctrain inspect DIR | head``) ends the command
+    quietly with 141, the status of a command that SIGPIPE ended (128 + 13), as
+    ``grep`` or ``cat`` end there; the rest of the output goes to /dev/null.
     """
-    args = build_parser().parse_args(argv)
+    try:
+        return _command(argv)
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise
+        # The recipe of the signal module's docs: what is still buffered, and the flush
+        # at exit, go to /dev/null instead of raising again there.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output's reader has gone (its pipe polls as an error), so a
+    BrokenPipeError is stdout's, not a connection's."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced by an object without one
+        return False
+    if not hasattr(select, "poll"):  # Windows: stdout's is the likely one
+        return True
+    poller = select.poll()
+    poller.register(fd, 0)  # errors and hang-ups are reported whatever is asked
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _command(argv: Sequence[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:
+        sys.stdout.flush()  # --help or --version: a closed stdout raises here, not at exit
+        raise
     handler: Handler = args.handler
     try:
-        return handler(args)
+        status = handler(args)
+        sys.stdout.flush()  # (as above)
+        return status
     except AsyncTrainError as exc:
         print(f"asynctrain: error: {exc}", file=sys.stderr)
         return 2

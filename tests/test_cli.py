@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import asynctrain as at
+from asynctrain import _cli as cli
 from asynctrain._cli import main
 from asynctrain.data import synthetic
 
@@ -102,3 +105,60 @@ def test_scheduler_option_is_checked(
 ) -> None:
     assert main(["demo", "--n", "1000", "--epochs", "1", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def _with_stdout_closed(argv: list[str], *, buffered: bool) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m asynctrain *argv`` with its stdout a pipe whose reader is gone
+    (``asynctrain ... | head`` once head has exited): every write to it fails, at the
+    print (``PYTHONUNBUFFERED=1``) or at the flush of the buffer."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "asynctrain", *argv],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+            env=env,
+        )
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("command", ["inspect", "inspect --json", "--version", "--help", "demo"])
+def test_a_closed_stdout_ends_every_printing_command_quietly(
+    tmp_path: Path, command: str, buffered: bool
+) -> None:
+    """``asynctrain inspect DIR | head`` printed a BrokenPipeError traceback (and
+    ``--version`` an "Exception ignored" one at exit, status 120)."""
+    argv = command.split()
+    if argv[0] == "inspect":
+        data = synthetic("softmax", n=600, seed=0)
+        model = at.models.SoftmaxRegression(128, 10)
+        at.run(at.fit(model, data, backend="inline", checkpoint_dir=tmp_path / "run"))
+        argv.insert(1, str(tmp_path / "run"))
+    elif argv[0] == "demo":
+        argv += ["--n", "2000", "--epochs", "1", "--backend", "inline", "--no-progress"]
+    done = _with_stdout_closed(argv, buffered=buffered)
+    assert done.stderr == ""
+    # argparse drops the failed write of --help and --version itself (status 0); the
+    # flush of a buffered stdout fails after it.
+    quiet = 0 if argv[0].startswith("--") and not buffered else 141
+    assert done.returncode == quiet
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe (a worker's, not stdout)")
+
+    monkeypatch.setattr(cli, "_inspect", broken)
+    with pytest.raises(BrokenPipeError, match="a worker's"):
+        main(["inspect", "anywhere"])
