@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from _crafting import reseal, rezip, unzip, zipped
 from _reliability import softmax_trainer as _trainer
@@ -391,3 +392,34 @@ async def test_a_repr_that_shows_only_an_address_does_not_block_resume(
     resumed = _trainer(optimizer=optimizer())
     result = await resumed.fit(data, epochs=2, checkpoint_dir=tmp_path, resume=True)
     assert (result.steps, resumed.state.step) == (5, 10)
+
+
+async def test_a_whole_number_optimizer_setting_resumes_as_the_same_float(
+    tmp_path: Path, data: at.data.Dataset
+) -> None:
+    """adam(eps=1) was labelled ``eps=1`` and adam(eps=1.0) ``eps=1.0``: a checkpoint of
+    one refused to resume with the other, though the settings are equal."""
+    whole = at.optim.adam(0.01, b1=0, eps=1)
+    given_as_floats = at.optim.adam(0.01, b1=0.0, eps=np.float64(1))
+    await _trainer(optimizer=whole).fit(data, epochs=1, checkpoint_dir=tmp_path / "run")
+    resumed = _trainer(optimizer=given_as_floats)
+    await resumed.fit(data, epochs=2, checkpoint_dir=tmp_path / "run", resume=True)
+    assert resumed.state.step == 10  # went on from step 5
+
+    # A checkpoint whose label was written as the numbers were given (before 2027):
+    # it resumes with the float settings too.
+    (tmp_path / "old").mkdir()
+    written = tmp_path / "run" / checkpoint_name(5)
+
+    def as_given(manifest: dict[str, Any]) -> None:
+        label = manifest["optimizer"]["repr"]
+        manifest["optimizer"]["repr"] = label.replace("b1=0.0", "b1=0").replace("eps=1.0", "eps=1")
+        assert "b1=0, b2=0.999, eps=1)" in manifest["optimizer"]["repr"]
+
+    rezip(written, tmp_path / "old" / checkpoint_name(5), as_given)
+    resumed = _trainer(optimizer=given_as_floats)
+    await resumed.fit(data, epochs=2, checkpoint_dir=tmp_path / "old", resume=True)
+    assert resumed.state.step == 10
+    other = _trainer(optimizer=at.optim.adam(0.01, b1=0, eps=2))  # still told apart
+    with pytest.raises(at.CheckpointError, match=r"eps=1\.0\)>' in the checkpoint"):
+        await other.fit(data, epochs=2, checkpoint_dir=tmp_path / "run", resume=True)

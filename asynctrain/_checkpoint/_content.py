@@ -52,6 +52,7 @@ _ABSENT = {("config", "shuffle"): "global"}
 _KEY = re.compile(r"params/.*|(opt_state|callbacks)/(0|[1-9][0-9]{0,8})", re.DOTALL)
 _INT_MAX = INT64_MAX  # a Trainer refuses a larger setting
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_WHOLE = re.compile(r"(?<![\w.+-])([0-9]+)(?![\w.])")  # not in 1.5, 1e-08 or a name
 _LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z: the latest time datetime can show
 
 
@@ -463,6 +464,8 @@ class Checkpoint:
             ours = ours[key] if isinstance(ours, dict) else ours
             if key == "repr" and (_opaque(theirs) or _opaque(ours)):
                 continue  # object.__repr__ (an address) shows no settings to compare
+            if (section, key) == ("optimizer", "repr") and _as_floats(theirs) == _as_floats(ours):
+                continue
             if theirs != ours:
                 problems.append(f"{section}.{key}: {theirs!r} in the checkpoint, {ours!r} here")
         rng, seed = self.section("rng"), self.section("config").get("seed")
@@ -608,6 +611,13 @@ def _compare_array(where: str, theirs: Any, ours: Any) -> list[str]:
             f"{ours.dtype}{list(ours.shape)} here"
         ]
     return []
+
+
+def _as_floats(label: Any) -> Any:
+    """An optimizer's label with every whole number written as a float (``eps=1`` as
+    ``eps=1.0``). An alias's label showed its settings as given until 2027 (``adam(1)``),
+    and shows them as floats since: a checkpoint written before still resumes."""
+    return _WHOLE.sub(r"\1.0", label) if isinstance(label, str) else label
 
 
 def _opaque(text: Any) -> bool:

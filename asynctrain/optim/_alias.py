@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import numbers
 from collections.abc import Callable
 from inspect import signature
 from typing import Any
@@ -19,6 +20,20 @@ from asynctrain.optim._base import (
 from asynctrain.optim._moments import scale_by_adagrad, scale_by_adam, scale_by_rms
 from asynctrain.optim._transforms import add_decayed_weights, scale_by_learning_rate, trace
 from asynctrain.optim._validate import check_fraction
+
+
+def _alias_label(name: str, *args: object, **kwargs: object) -> str:
+    """The label of an alias, every setting a number (all are floats but ``nesterov``)
+    written as the float its building block took it as: ``adam(1)`` reads as
+    ``adam(1.0)`` does, and ``np.int64(1)`` too. A checkpoint compares these labels, and
+    equal settings must read the same. Called once the blocks have checked them."""
+
+    def taken(value: object) -> object:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return float(value)
+        return value  # a schedule, or nesterov
+
+    return _call_label(name, *map(taken, args), **{k: taken(v) for k, v in kwargs.items()})
 
 
 def sgd(
@@ -56,7 +71,7 @@ def sgd(
         )
     momentum_part = [trace(momentum, nesterov=nesterov)] if momentum else []
     opt = chain(*momentum_part, scale_by_learning_rate(learning_rate))
-    return _labelled(_call_label("sgd", learning_rate, momentum=momentum, nesterov=nesterov), opt)
+    return _labelled(_alias_label("sgd", learning_rate, momentum=momentum, nesterov=nesterov), opt)
 
 
 def adam(
@@ -82,7 +97,7 @@ def adam(
         <GradientTransformation adam(0.0003, b1=0.9, b2=0.999, eps=1e-08)>
     """
     opt = chain(scale_by_adam(b1, b2, eps), scale_by_learning_rate(learning_rate))
-    return _labelled(_call_label("adam", learning_rate, b1=b1, b2=b2, eps=eps), opt)
+    return _labelled(_alias_label("adam", learning_rate, b1=b1, b2=b2, eps=eps), opt)
 
 
 def adamw(
@@ -122,7 +137,7 @@ def adamw(
         add_decayed_weights(weight_decay),
         scale_by_learning_rate(learning_rate),
     )
-    label = _call_label("adamw", learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    label = _alias_label("adamw", learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     return _labelled(label, opt)
 
 
@@ -153,7 +168,7 @@ def adagrad(
     opt = chain(
         scale_by_adagrad(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate)
     )
-    label = _call_label(
+    label = _alias_label(
         "adagrad", learning_rate, initial_accumulator_value=initial_accumulator_value, eps=eps
     )
     return _labelled(label, opt)
@@ -192,7 +207,7 @@ def rmsprop(
     momentum = check_fraction("momentum", momentum)
     momentum_part = [trace(momentum)] if momentum else []
     opt = chain(scale_by_rms(decay, eps), *momentum_part, scale_by_learning_rate(learning_rate))
-    label = _call_label("rmsprop", learning_rate, decay=decay, eps=eps, momentum=momentum)
+    label = _alias_label("rmsprop", learning_rate, decay=decay, eps=eps, momentum=momentum)
     return _labelled(label, opt)
 
 
