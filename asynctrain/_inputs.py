@@ -23,13 +23,14 @@ from asynctrain.data import Dataset
 from asynctrain.data._frames import FeatureNames, as_features, is_table, match_feature_names
 from asynctrain.data._weights import ClassWeight, check_weighted_classes, class_weight_rows
 from asynctrain.models import Model, check_data, check_inputs
-from asynctrain.models._protocol import supports_sample_weight
+from asynctrain.models._protocol import quiet_float_errors, supports_sample_weight
 
 __all__ = [
     "ClassWeight",
     "DataLike",
     "check_class_weight",
     "prediction_inputs",
+    "predictions",
     "prepare",
     "prepare_validation",
     "rows_given",
@@ -271,3 +272,24 @@ def prediction_inputs(
         X, names = as_features(X, name="X", dtype=np.dtype(model.dtype))
         match_feature_names(feature_names, names, name="X")
     return check_inputs(model, X)
+
+
+def predictions(
+    model: Model, params: Any, X: npt.ArrayLike, feature_names: FeatureNames | None
+) -> npt.NDArray[Any]:
+    """``model.predict(params, X)`` of ``X`` checked by :func:`prediction_inputs`, for
+    ``Trainer.predict`` and ``Job.predict``.
+
+    The call runs with numpy's floating-point warnings off, as the model calls of a fit
+    and ``evaluate`` do (:func:`~asynctrain.models._protocol.quiet_float_errors`):
+    parameters that overflow on ``X`` show in what the model makes of it (``inf`` or
+    ``nan`` values, the class of an infinite score), not as a ``RuntimeWarning`` of the
+    caller's thread. A model's own ``np.errstate`` inside its call still applies.
+
+    Raises:
+        DataError, DataTypeError: as :func:`prediction_inputs`.
+    """
+    rows = prediction_inputs(model, X, feature_names)
+    with quiet_float_errors():
+        result: npt.NDArray[Any] = model.predict(params, rows)
+    return result

@@ -44,7 +44,7 @@ from asynctrain._inputs import (
     ClassWeight,
     DataLike,
     check_class_weight,
-    prediction_inputs,
+    predictions,
     prepare,
     prepare_validation,
     rows_given,
@@ -1071,8 +1071,7 @@ class Trainer:
             array([3, 1, 0, 7, 7])
         """
         self._check_trained("predict")
-        rows = prediction_inputs(self.model, X, self._feature_names)
-        return self.model.predict(self.state.params, rows)
+        return predictions(self.model, self.state.params, X, self._feature_names)
 
     def __repr__(self) -> str:
         backend = f"{self._backend.name}({self._backend.workers})"

@@ -231,3 +231,30 @@ async def test_a_model_that_overflows_warns_on_no_backend(
     assert np.isnan(evaluated["loss"])
     if backend_name != "dask":  # Dask's workers' stderr is not the test's
         assert "Warning" not in capfd.readouterr().err
+
+
+async def test_predict_on_overflowing_parameters_warns_nowhere() -> None:
+    # Fit and evaluate ran their model calls with numpy's warnings off; Trainer.predict
+    # and Job.predict did not: "overflow encountered in matmul", an error under
+    # warnings-as-errors (as here). What the model makes of the overflow is the answer.
+    logreg = synthetic("logreg", n=N, seed=4)
+    data = Dataset(logreg.X * 10, logreg.y)
+    model = at.models.LogisticRegression(data.X.shape[1])
+    optimizer = at.optim.sgd(1e37)
+    async with _trainer(model, "inline", "skip", optimizer) as trainer:  # type: ignore[arg-type]
+        await trainer.fit(data)
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        model.predict(trainer.params, data.X)  # they do overflow on these rows
+    with np.errstate(all="ignore"):
+        expected = model.predict(trainer.params, data.X)
+    assert np.array_equal(trainer.predict(data.X), expected, equal_nan=True)
+
+    class Overflowing(at.Callback):
+        def on_fit_end(self, fit: at.FitControl) -> None:
+            fit.restore_params(trainer.params)
+
+    async with at.TrainingService(backend="inline") as service:
+        job = await service.start("a", model, data, epochs=1, callbacks=[Overflowing()])
+        await job.result()
+        prediction = await job.predict(data.X)
+    assert np.array_equal(prediction.values, expected, equal_nan=True)

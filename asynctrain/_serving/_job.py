@@ -20,7 +20,7 @@ import numpy.typing as npt
 from asynctrain._engine._update import TrainState
 from asynctrain._events import Callback, EpochEvent, FitResult, StepEvent
 from asynctrain._exceptions import StateError
-from asynctrain._inputs import prediction_inputs
+from asynctrain._inputs import predictions
 from asynctrain._offloop import off_loop
 from asynctrain._serving._broadcast import Broadcast, Lagged
 from asynctrain._serving._metrics import StepCounters
@@ -219,7 +219,7 @@ class Job:
         state = self.state
         model = self._trainer.model
         names = self._trainer.feature_names
-        values = await off_loop(_predict, model, state.params, X, names)
+        values = await off_loop(predictions, model, state.params, X, names)
         return Prediction(values, state.step, state.version)
 
     # -- what the service drives ---------------------------------------------------------
@@ -331,12 +331,3 @@ def _clear_frames(error: BaseException) -> None:
         pending += [e for e in (exc.__cause__, exc.__context__) if e is not None]
         if isinstance(exc, BaseExceptionGroup):
             pending += exc.exceptions
-
-
-def _predict(
-    model: Any, params: Params, X: npt.ArrayLike, names: tuple[str, ...] | None
-) -> npt.NDArray[Any]:
-    """Check ``X`` as :meth:`Trainer.predict` does (``_inputs.prediction_inputs``: a data
-    frame's columns against the feature ``names`` trained on) and predict; off the loop."""
-    result: npt.NDArray[Any] = model.predict(params, prediction_inputs(model, X, names))
-    return result
