@@ -246,3 +246,53 @@ def test_a_narrow_weight_gradient_sums_its_row_slices() -> None:
     np.testing.assert_allclose(total, 2 * (h.T.astype(np.float64) @ delta), rtol=1e-4, atol=2e-3)
     assert _mlp._slice_rows(h, 256 * 10) == 352  # 6 slices within the small-matrix size
     assert _mlp._slice_rows(h, 128 * 256) == 2048  # a wide layer: one product
+
+
+def _whole_pass_proba(model: MLP, params: dict[str, Array], X: Array) -> Array:
+    """Softmax probabilities of every row from one pass of plain numpy over all of ``X``
+    (the computation before blocks): each layer's product, bias, activation, then the
+    stable softmax, in the order the model computes them."""
+    keys = [(f"W{i}", f"b{i}") for i in range(len(model.sizes) - 1)]
+    z = X
+    for i, (w, b) in enumerate(keys):
+        z = z @ params[w]
+        z += params[b]
+        if i < len(keys) - 1:
+            z = np.maximum(z, 0, out=z) if model.activation == "relu" else np.tanh(z, out=z)
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.parametrize("model", [m for m in WIDE if m.task == "classification"], ids=_ids)
+def test_predict_proba_over_several_blocks_is_the_whole_pass(model: MLP) -> None:
+    """Equal to the whole pass to float64 rounding, not bit for bit: numpy's OpenBLAS
+    gives a row of ``A @ W`` other last bits in a product of other rows (with two
+    threads, rows 64-149 of a (150, 1000) @ (1000, 6) product differ from those of
+    ``A[64:] @ W``), so no split into blocks can promise the whole pass's bits. It does
+    promise predict's: the same blocks, so the argmax is predict's labels exactly."""
+    X, _, _ = _data(model, N_WIDE)  # 150 rows: blocks of 64, 64 and 22
+    assert N_WIDE % model._block_rows(N_WIDE) != 0
+    params = model.init(np.random.default_rng(1))
+    proba = model.predict_proba(params, X)
+    assert proba.dtype == model.dtype
+    np.testing.assert_allclose(proba, _whole_pass_proba(model, params, X), rtol=1e-13, atol=0)
+    np.testing.assert_array_equal(proba.argmax(axis=1), model.predict(params, X))
+
+
+def test_predict_proba_allocates_no_hidden_layer_arrays() -> None:
+    # It ran the whole forward pass at once: a (rows, hidden) array per layer, 8 MB for
+    # the 8,192 rows here, where predict borrows one block of scratch memory.
+    model, params, _, _ = _reference_shard()
+    X = np.random.default_rng(4).standard_normal((8192 + 77, 128), dtype=np.float32)
+    model.predict_proba(params, X)  # the first call fills this thread's workspace
+    tracemalloc.start()
+    try:
+        proba = model.predict_proba(params, X)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    hidden = X.shape[0] * 256 * 4
+    assert peak < proba.nbytes + hidden // 8, (peak, proba.nbytes)

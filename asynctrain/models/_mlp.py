@@ -429,8 +429,12 @@ class MLP:
         """An empty array for :meth:`predict`'s answer on ``n`` rows."""
         if self.task == "classification":
             return np.empty(n, np.int64)
-        kind = np.result_type(self.dtype, params[layer_keys(len(self.sizes) - 1)[-1][0]])
-        return np.empty((n,) if self.sizes[-1] == 1 else (n, self.sizes[-1]), kind)
+        shape = (n,) if self.sizes[-1] == 1 else (n, self.sizes[-1])
+        return np.empty(shape, self._output_kind(params))
+
+    def _output_kind(self, params: Params) -> np.dtype[Any]:
+        """The dtype of the raw output: ``dtype``, or float64 for float64 weights."""
+        return np.result_type(self.dtype, params[layer_keys(len(self.sizes) - 1)[-1][0]])
 
     def _predict_into(
         self, predicted: npt.NDArray[Any], rows: slice, output: npt.NDArray[Any]
@@ -442,6 +446,9 @@ class MLP:
 
     def predict_proba(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """Return (n, n_classes) softmax probabilities in ``dtype``; rows sum to 1.
+
+        The rows go through the network in the blocks and scratch memory of
+        :meth:`predict` (the same bits as one pass over all rows).
 
         Raises:
             ConfigError: the model was built with ``task="regression"``.
@@ -457,6 +464,10 @@ class MLP:
                 "predict_proba needs an MLP with task='classification'; this one has "
                 "task='regression' (use predict)"
             )
-        output = self._forward(params, as_input(X, self.dtype))[-1]
-        softmax_(output)
-        return output
+        X = as_input(X, self.dtype)
+        proba = np.empty((X.shape[0], self.sizes[-1]), self._output_kind(params))
+        with borrowed() as work:
+            for rows, output in self._outputs(params, X, work):
+                softmax_(output)  # row by row: a block's rows get the whole pass's bits
+                proba[rows] = output
+        return proba
