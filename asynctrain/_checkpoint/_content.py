@@ -615,8 +615,8 @@ def _compare_array(where: str, theirs: Any, ours: Any) -> list[str]:
 
 def _as_floats(label: Any) -> Any:
     """An optimizer's label with every whole number written as a float (``eps=1`` as
-    ``eps=1.0``). An alias's label showed its settings as given until 2027 (``adam(1)``),
-    and shows them as floats since: a checkpoint written before still resumes."""
+    ``eps=1.0``). Checkpoints written before the aliases labelled every setting as a
+    float show it as given (``adam(1)``); read this way, they still resume."""
     return _WHOLE.sub(r"\1.0", label) if isinstance(label, str) else label
 
 
