@@ -170,3 +170,34 @@ def _dicts(tree: Any) -> list[Any]:
     if isinstance(tree, tuple):
         return [d for item in tree for d in _dicts(item)]
     return []
+
+
+@pytest.mark.parametrize("flat", [True, False], ids=["buffers", "dicts"])
+def test_next_params_is_apply_updates_read_only(flat: bool) -> None:
+    # The version the updater publishes: apply_updates' bits (the oracle), every array
+    # read-only, the inputs untouched; two buffers of one layout take the one-addition path.
+    from asynctrain._engine._update import next_params
+
+    params, updates = _params(0), _params(1)
+    if flat:
+        params, updates = _flat_copy(params), _flat_copy(updates)
+    before = {k: v.copy() for k, v in params.items()}
+    expected = apply_updates(_plain(params), _plain(updates))
+    new = next_params(params, updates)
+    assert isinstance(new, FlatArrays)
+    assert new.flat is not None
+    assert not new.flat.flags.writeable
+    for key, value in expected.items():
+        assert new[key].shape == value.shape
+        assert new[key].dtype == value.dtype
+        assert new[key].tobytes() == value.tobytes()
+        assert not new[key].flags.writeable
+        assert params[key].tobytes() == before[key].tobytes()
+
+
+def _flat_copy(arrays: dict[str, np.ndarray[Any, Any]]) -> FlatArrays:
+    out = flat_zeros(arrays)
+    assert isinstance(out, FlatArrays)
+    for key, value in arrays.items():
+        out[key][...] = value
+    return out

@@ -34,7 +34,7 @@ from asynctrain._threads import ThreadPool
 from asynctrain._types import Grads, Params
 from asynctrain.backends import SharedArrays
 from asynctrain.optim import apply_updates, global_norm
-from asynctrain.optim._flat import buffers_in, flat_or_values, flat_zeros, freeze
+from asynctrain.optim._flat import FlatArrays, buffers_in, flat_or_values, flat_zeros, freeze
 from asynctrain.optim._tree import leaves
 
 T = TypeVar("T")
@@ -219,7 +219,6 @@ class Updater:
                 results, grads, mean_loss(loss_sum, weight), n, weight, problem, advance
             )
         version = state.version + 1
-        freeze(params)  # fresh arrays from apply_updates (views of a fresh buffer)
         publish.write(version % publish.slots if slot is None else slot, params)
         self.state = TrainState(
             state.step + 1,
@@ -239,7 +238,7 @@ class Updater:
         self._backup.save(state.opt_state)
         try:
             updates, opt_state = self.optimizer.update(acc, state.opt_state, state.params)
-            params = apply_updates(state.params, updates)
+            params = next_params(state.params, updates)
         except BaseException:
             self._backup.restore()
             raise
@@ -336,6 +335,30 @@ class StateBackup:
         """Write the saved values back into the arrays they were copied from."""
         for copy, array in zip(self._copies, self._arrays, strict=True):
             np.copyto(array, copy)
+
+
+def next_params(params: Params, updates: Grads) -> Params:
+    """``apply_updates(params, updates)``, read-only: the version an update publishes.
+
+    Parameters and updates that are two buffers of one layout and dtype (every step of
+    the trainer's own) take one addition into a fresh buffer, made read-only before its
+    views are cut, so they are read-only too: none of apply_updates' per-array checks and
+    flags. The bits are those of apply_updates (the same addition, element by element).
+    """
+    if (
+        type(params) is FlatArrays
+        and type(updates) is FlatArrays
+        and params.flat is not None
+        and updates.flat is not None
+        and params.flat.dtype == updates.flat.dtype
+        and (params.layout is updates.layout or params.layout == updates.layout)
+    ):
+        flat = np.add(params.flat, updates.flat)
+        flat.flags.writeable = False
+        return FlatArrays(flat, params.layout)
+    new = apply_updates(params, updates)
+    freeze(new)
+    return new
 
 
 def _first_nonfinite(loss: float, arrays: Grads, what: str, *, from_shards: bool) -> Problem | None:
