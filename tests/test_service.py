@@ -500,3 +500,51 @@ async def test_a_job_cancelled_while_its_trainer_closes_ends_done(
     result = await job.result()
     assert result.steps == job.step == 47
     assert _same(result.params, (await _replay(data)).params[47])
+
+
+async def test_a_job_saves_checkpoints_and_a_later_job_resumes_them(
+    service: at.TrainingService, data: Dataset, tmp_path: Path
+) -> None:
+    """``checkpoint_dir`` and its options are fit's, as in Trainer.fit: a job cancelled
+    part-way leaves its checkpoints, and a job resuming them ends with the parameters of
+    one uninterrupted run (bit-reproducible, so the inline replay is the oracle)."""
+    run = tmp_path / "run"
+    first = await service.start(
+        "first", _model(), data, epochs=2, checkpoint_dir=run, checkpoint_every=5, **OPTIONS
+    )
+    await _first_steps(first, 12)
+    assert first.cancel()
+    assert await first.wait() == "cancelled"
+    saved = sorted(int(p.name[5:-5]) for p in run.glob("step-*.ckpt"))
+    # A write in flight when the job is cancelled is abandoned, as a cancelled fit's is.
+    assert saved
+    assert saved[-1] <= first.step
+    assert all(step % 5 == 0 for step in saved)
+    second = await service.start(
+        "second", _model(), data, epochs=2, checkpoint_dir=run, resume=True, keep=None, **OPTIONS
+    )
+    result = await second.result()
+    assert result.steps == 94 - saved[-1]
+    assert _same(result.params, (await _replay(data, epochs=2)).params[94])
+    assert 94 in [int(p.name[5:-5]) for p in run.glob("step-*.ckpt")]
+
+
+async def test_two_unfinished_jobs_never_share_a_checkpoint_dir(
+    service: at.TrainingService, data: Dataset, tmp_path: Path
+) -> None:
+    """Refused when the second job is started, whether it would run at once (where the
+    directory's lock would fail it) or wait in the queue; by another spelling too."""
+    running = await service.start(
+        "a", _model(), data, epochs=20, checkpoint_dir=tmp_path, **OPTIONS
+    )
+    same = tmp_path / "sub" / ".."
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(at.CheckpointError, match="job 'a'"):
+        await service.start("b", _model(), data, checkpoint_dir=same, **OPTIONS)
+    with pytest.raises(at.ConfigError, match="checkpoint_dir"):
+        await service.start("c", _model(), data, checkpoint_every=5, **OPTIONS)
+    assert list(service.jobs) == ["a"]
+    running.cancel()
+    await running.wait()
+    other = await service.start("b", _model(), data, checkpoint_dir=same, resume=True, **OPTIONS)
+    assert await other.wait() == "done"

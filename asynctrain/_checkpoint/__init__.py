@@ -14,13 +14,15 @@ The optimizer state travels as arrays plus a JSON spec (:mod:`asynctrain.optim._
 from asynctrain._checkpoint._content import Checkpoint, checkpoint_name, list_checkpoints
 from asynctrain._checkpoint._format import replace_atomically, sweep, temporaries
 from asynctrain._checkpoint._inspect import describe
-from asynctrain._checkpoint._session import CheckpointSession, PathLike
+from asynctrain._checkpoint._session import CheckpointSession, PathLike, Resume, checked_options
 from asynctrain._checkpoint._verify import read
 
 __all__ = [
     "Checkpoint",
     "CheckpointSession",
     "PathLike",
+    "Resume",
+    "checked_options",
     "checkpoint_name",
     "describe",
     "list_checkpoints",

@@ -73,6 +73,27 @@ def restored_settings(checkpoint: Checkpoint, options: dict[str, Any]) -> dict[s
     return found | options
 
 
+def checked_options(
+    directory: PathLike | None, *, every: int | None, keep: int | None, resume: Resume
+) -> tuple[Path | None, int | None, int | None]:
+    """``fit``'s checkpoint options, checked: the directory as a Path, ``every``, ``keep``.
+
+    Raises:
+        ConfigError, ConfigTypeError: a bad option, or one that needs a directory.
+    """
+    if not (isinstance(resume, bool) or resume == "params"):
+        raise ConfigTypeError(f'resume must be True, False or "params", got {resume!r}')
+    if directory is None and (every is not None or resume):
+        raise ConfigError(
+            "checkpoint_every and resume need a checkpoint_dir; pass checkpoint_dir=..."
+        )
+    return (
+        None if directory is None else Path(directory),
+        None if every is None else check_int("checkpoint_every", every),
+        None if keep is None else check_int("keep", keep),
+    )
+
+
 class Writer:
     """One ``asynctrain-checkpoint`` thread, awaited without orphans; see the module doc."""
 
@@ -145,16 +166,10 @@ class CheckpointSession:
         restore: Callable[[TrainState, tuple[str, ...] | None, int | None], None],
         callbacks: Sequence[Any] = (),
     ) -> None:
-        if not (isinstance(resume, bool) or resume == "params"):
-            raise ConfigTypeError(f'resume must be True, False or "params", got {resume!r}')
-        if directory is None and (every is not None or resume):
-            raise ConfigError(
-                "checkpoint_every and resume need a checkpoint_dir; pass checkpoint_dir=..."
-            )
+        self.directory, self.every, self.keep = checked_options(
+            directory, every=every, keep=keep, resume=resume
+        )
         self.subject, self.current, self.restore = subject, current, restore
-        self.directory = None if directory is None else Path(directory)
-        self.every = None if every is None else check_int("checkpoint_every", every)
-        self.keep = None if keep is None else check_int("keep", keep)
         self.resume_latest = bool(resume)
         self.params_only = resume == "params"
         self._writer: Writer | None = None

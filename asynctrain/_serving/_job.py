@@ -13,6 +13,7 @@ import time
 import traceback
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy.typing as npt
@@ -96,6 +97,8 @@ class Job:
         self._trainer = trainer
         self._data: Dataset | None = data
         self._fit = fit
+        self.checkpoint_dir: Path | None = fit.get("checkpoint_dir")
+        """The job's checkpoint directory (resolved), else None; kept once it finishes."""
         self._stream: Broadcast[JobEvent] = Broadcast(
             history=history, buffer=buffer, coalesce=_is_progress
         )

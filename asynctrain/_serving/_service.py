@@ -14,12 +14,14 @@ import contextlib
 import functools
 from collections import deque
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
+from asynctrain._checkpoint import PathLike, Resume, checked_options
 from asynctrain._checks import check_int
 from asynctrain._events import Callback, check_callbacks
-from asynctrain._exceptions import ConfigError, ConfigTypeError, StateError
+from asynctrain._exceptions import CheckpointError, ConfigError, ConfigTypeError, StateError
 from asynctrain._inputs import ClassWeight, DataLike, prepare, prepare_validation
 from asynctrain._monitor import TRAINING_INTERVAL, LagStats, LoopLagMonitor
 from asynctrain._offloop import off_loop
@@ -178,6 +180,10 @@ class TrainingService:
         validation: DataLike | None = None,
         callbacks: Sequence[Callback] = (),
         class_weight: ClassWeight = None,
+        checkpoint_dir: PathLike | None = None,
+        checkpoint_every: int | None = None,
+        keep: int | None = 3,
+        resume: Resume = False,
         **trainer_options: Any,
     ) -> Job:
         """Create job ``name``, training ``model`` on ``data``; queue it if all slots are busy.
@@ -185,20 +191,31 @@ class TrainingService:
         The data is validated (in a thread: large arrays are scanned off the loop) before
         the job exists. ``data`` may carry sample weights (a weighted Dataset or an
         ``(X, y, sample_weight)`` triple), and ``class_weight`` weighs its classes, as in
-        :meth:`Trainer.fit <asynctrain.Trainer.fit>`. ``trainer_options`` are
-        :class:`~asynctrain.Trainer`'s
+        :meth:`Trainer.fit <asynctrain.Trainer.fit>`. ``checkpoint_dir``,
+        ``checkpoint_every``, ``keep`` and ``resume`` are fit's too: the job saves its
+        checkpoints there, and a later job (after a restart, say) given the same
+        directory and ``resume=True`` continues that run exactly where it stopped.
+        ``trainer_options`` are :class:`~asynctrain.Trainer`'s
         (``batch_size``, ``shards``, ``seed``, ``nonfinite``, ``mode``), except the
         backend, which is the service's.
 
         Raises:
             StateError: the service is not open, or a job named ``name`` exists.
             ConfigError, DataError: bad settings or data, before the job exists.
+            CheckpointError: another job of the service that has not finished (running
+                or queued) has the same ``checkpoint_dir``.
         """
         self._check_new(name, trainer_options)
         self._reserved.add(name)
         try:
             trainer = Trainer(model, optimizer, backend=self._backend, **trainer_options)
             fit = {"epochs": check_int("epochs", epochs), "callbacks": check_callbacks(callbacks)}
+            directory, fit["checkpoint_every"], fit["keep"] = checked_options(
+                checkpoint_dir, every=checkpoint_every, keep=keep, resume=resume
+            )
+            if directory is not None:  # resolved: one directory, however it is spelt
+                directory = await off_loop(Path.resolve, directory)
+            fit |= {"checkpoint_dir": directory, "resume": resume}
             train = await off_loop(
                 functools.partial(prepare, class_weight=class_weight), model, data
             )
@@ -206,6 +223,7 @@ class TrainingService:
                 fit["validation"] = await off_loop(prepare_validation, model, validation)
             if self._state is not State.OPEN:
                 raise StateError(f"{self!r} closed while job {name!r} was being created")
+            self._check_directory_free(directory)
             job = Job(
                 name,
                 trainer,
@@ -325,6 +343,18 @@ class TrainingService:
                 f"{shared[0]}= is a setting of the service, not of a job: every job runs "
                 "on the service's shared backend; set it on TrainingService(...)"
             )
+
+    def _check_directory_free(self, directory: Path | None) -> None:
+        """Refuse a checkpoint directory that an unfinished job has: whether the new job
+        would run at once (and fail on the directory's lock) or wait in the queue would
+        otherwise depend on free slots."""
+        for job in self._jobs.values():
+            if directory is not None and job.checkpoint_dir == directory and not job.done:
+                raise CheckpointError(
+                    f"checkpoint_dir {str(directory)!r} is in use by job {job.name!r} "
+                    f"({job.status}); give each job its own directory, or resume it "
+                    "once that job has finished"
+                )
 
     def _dispatch(self) -> None:
         """Start queued jobs, oldest first, while running slots are free."""
