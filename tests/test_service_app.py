@@ -180,6 +180,41 @@ async def test_cancel_one_job_while_another_keeps_training(http: Any) -> None:
     assert (await _call(http, "DELETE", f"/jobs/{other}"))[1]["status"] == "cancelled"
 
 
+class _DeleteAtFitEnd(at.Callback):
+    """Sends DELETE /jobs/{id} (Api.cancel) once the fit has returned, while the job's
+    trainer closes: the cancel is accepted, yet the job ends done."""
+
+    def __init__(self, api: Any) -> None:
+        self.api, self.job_id = api, ""
+        self.answer: asyncio.Future[dict[str, Any]] | None = None
+
+    def on_fit_end(self, fit: Any) -> None:
+        self.answer = asyncio.ensure_future(self.api.cancel(self.job_id))
+
+
+async def test_a_delete_that_lands_after_the_fit_returned_says_it_cancelled_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_task_leaks: None
+) -> None:
+    """``cancelled`` says whether the request stopped the job: never True beside a
+    ``done`` status (Job.cancel's True promises a request, not an outcome)."""
+    async with sys.modules["api"].open_api(_settings(tmp_path)) as api:
+        data = at.data.synthetic("softmax", n=500, seed=1)
+        deleter = _DeleteAtFitEnd(api)
+        job = await api.service.start(
+            "late", at.models.SoftmaxRegression(128, 10), data, callbacks=[deleter]
+        )
+        deleter.job_id = job.name
+        requested, cancel = [], job.cancel
+        monkeypatch.setattr(job, "cancel", lambda: requested.append(cancel()) or requested[-1])
+        assert await job.wait() == "done"
+        assert deleter.answer is not None
+        answer = await deleter.answer
+        assert requested == [True]  # the race was hit: the cancel was accepted
+        assert (answer["status"], answer["cancelled"]) == ("done", False)
+        again = await api.cancel(job.name)  # a job already finished: nothing to stop
+        assert (again["status"], again["cancelled"]) == ("done", False)
+
+
 async def test_jobs_beyond_the_limit_wait_their_turn(http: Any) -> None:
     ids = [await _start(http, **LONG) for _ in range(3)]
     statuses = [(await _call(http, "GET", f"/jobs/{i}"))[1]["status"] for i in ids]

@@ -134,10 +134,16 @@ class Api:
         return {"predictions": values, "step": prediction.step, "version": prediction.version}
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel, wait until the job has stopped; ``cancelled``: this request stopped it.
+
+        ``job.cancel()`` returning True promises a request, not an outcome: a job whose
+        fit had returned when the request landed still ends ``done``, and is answered
+        ``cancelled: false`` with it.
+        """
         job = self.find(job_id)
-        cancelled = job.cancel()
+        requested = job.cancel()
         await job.wait()  # stops after the step in progress
-        return {**describe(job), "cancelled": cancelled}
+        return {**describe(job), "cancelled": requested and job.status == "cancelled"}
 
     def events(self, job_id: str, rate: str | None) -> AsyncIterator[bytes]:
         """The job's events as Server-Sent Events; 404 and 400 before the stream starts."""
