@@ -469,3 +469,43 @@ def test_ssp_takes_staleness_up_to_its_bound() -> None:
     assert at.modes.SSP(staleness=MAX_STALENESS).param_slots(2) == MAX_STALENESS + 2
     with pytest.raises(at.ConfigError, match="1024 steps"):
         at.modes.SSP(staleness=MAX_STALENESS + 1)
+
+
+class _ChainedBug(SoftmaxRegression):
+    """Its gradient fails with a ValueError raised from the KeyError that caused it (or,
+    ``implicit``, raised while handling it)."""
+
+    implicit, broken = False, True
+
+    def loss_and_grad(self, params, X, y, **options):  # type: ignore[no-untyped-def]
+        if not self.broken:
+            return super().loss_and_grad(params, X, y, **options)
+        try:
+            {}["W2"]
+        except KeyError as cause:
+            if self.implicit:
+                raise ValueError("no such layer")  # noqa: B904 (the implicit chain is the point)
+            raise ValueError("no such layer") from cause
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["cause", "context"])
+@pytest.mark.parametrize(("mode", "options"), [*DETERMINISTIC, ("async", {})])
+async def test_a_shard_error_keeps_its_own_cause_and_context(
+    data: tuple[Dataset, Dataset], mode: str, options: dict[str, Any], implicit: bool
+) -> None:
+    """The task group's unwrapping raised the shard's error ``from None``: that erased
+    an explicit ``raise ... from cause`` and hid the exception it was raised while
+    handling behind the group. Both reach the caller now, in fit and in evaluate."""
+    model = _ChainedBug(128, 10)
+    model.implicit = implicit
+    async with at.Trainer(model, backend="inline", mode=mode, batch_size=128, **options) as trainer:
+        model.broken = False
+        await trainer.fit(data[1])  # trained: evaluate runs
+        model.broken = True
+        for call in (lambda: trainer.fit(data[0]), lambda: trainer.evaluate(data[1])):
+            with pytest.raises(ValueError, match="no such layer") as caught:
+                await call()
+            chained = caught.value.__context__ if implicit else caught.value.__cause__
+            assert isinstance(chained, KeyError), (chained, caught.value.__context__)
+            assert caught.value.__suppress_context__ is not implicit

@@ -735,3 +735,21 @@ async def test_a_batch_is_what_the_producer_yielded_not_what_it_wrote_later(
         result = await trainer.fit_stream(source)
     assert result.steps == 16
     assert _bits(result.params) == _bits(reference)
+
+
+async def test_a_source_error_keeps_its_own_cause(backend_name: str) -> None:
+    """The feed's task group raised the source's error ``from None``, erasing the
+    ``raise ... from cause`` of the source (the connection error behind a decode
+    error, say)."""
+
+    async def source() -> AsyncIterator[object]:
+        yield next(iter(_pieces(_data(), BATCH)))
+        try:
+            raise ConnectionResetError("the broker hung up")
+        except ConnectionResetError as cause:
+            raise LookupError("the message queue went away") from cause
+
+    async with _trainer(backend_name) as trainer:
+        with pytest.raises(LookupError) as caught:
+            await asyncio.wait_for(trainer.fit_stream(source()), 30)
+    assert isinstance(caught.value.__cause__, ConnectionResetError)

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._engine._step import StepContext, batches_of, run_shard
-from asynctrain._engine._tasks import unwrap_group
+from asynctrain._engine._tasks import raise_unwrapped
 from asynctrain._engine._work import ShardResult, ShardTask
 from asynctrain._events import StepEvent
 
@@ -115,7 +115,7 @@ class Async:
                     launch(result.shard)
                     yield event
         except BaseExceptionGroup as eg:
-            raise unwrap_group(eg) from None
+            raise_unwrapped(eg)
         await self._settle(ctx, pool)
 
     async def _apply(

@@ -17,7 +17,7 @@ from asynctrain._engine._step import (
     run_shard,
     shard_tasks,
 )
-from asynctrain._engine._tasks import unwrap_group
+from asynctrain._engine._tasks import raise_unwrapped
 from asynctrain._engine._work import ShardResult
 from asynctrain._events import StepEvent
 from asynctrain._exceptions import ConfigError
@@ -106,7 +106,7 @@ class SSP:
                         counts.append(launch(i + window))
                     yield ctx.event(epoch, stats, staleness)
         except BaseExceptionGroup as eg:
-            raise unwrap_group(eg) from None
+            raise_unwrapped(eg)
 
     def __repr__(self) -> str:
         return f"SSP(staleness={self.staleness})"

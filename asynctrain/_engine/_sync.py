@@ -19,7 +19,7 @@ from asynctrain._engine._step import (
     run_shard,
     shard_tasks,
 )
-from asynctrain._engine._tasks import gather_ordered, unwrap_group
+from asynctrain._engine._tasks import gather_ordered, raise_unwrapped
 from asynctrain._engine._update import StepStats
 from asynctrain._engine._work import Rows, ShardGroup, ShardResult, ShardTask, compute_group
 from asynctrain._events import StepEvent
@@ -128,4 +128,4 @@ async def _run_together(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardR
                 group.create_task(run_shard(ctx, task, queue))
             return await collect_in_order(queue, len(tasks))
     except BaseExceptionGroup as eg:
-        raise unwrap_group(eg) from None
+        raise_unwrapped(eg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Iterable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -26,6 +26,23 @@ def unwrap_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return first
 
 
+def raise_unwrapped(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise :func:`unwrap_group`'s choice with its own chain intact; call it where the
+    TaskGroup's ``group`` is caught.
+
+    ``raise unwrap_group(group) from None`` erased the error's own ``__cause__`` (its
+    ``raise ... from``); and any raise inside an ``except`` replaces the error's
+    ``__context__`` (what it was raised while handling) with the group caught there. So
+    the error is raised plainly, and the context it came with put back as it leaves.
+    """
+    error = unwrap_group(group)
+    context = error.__context__
+    try:
+        raise error
+    finally:
+        error.__context__ = context
+
+
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterable[BaseException]:
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
@@ -43,7 +60,7 @@ async def gather_ordered(aws: Iterable[Awaitable[T]]) -> list[T]:
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(_as_coroutine(aw)) for aw in aws]
     except BaseExceptionGroup as eg:
-        raise unwrap_group(eg) from None
+        raise_unwrapped(eg)
     return [task.result() for task in tasks]
 
 

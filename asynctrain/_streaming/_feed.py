@@ -42,7 +42,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
-from asynctrain._engine._tasks import unwrap_group
+from asynctrain._engine._tasks import raise_unwrapped
 from asynctrain._inputs import ClassWeight
 from asynctrain._streaming._batch import Assembled, Layout, NameRecord, assemble_batch, rows_of
 from asynctrain._streaming._sources import END, OffLoop, hands_over, iterate
@@ -331,7 +331,7 @@ async def open_feed(
                 for task in tasks:
                     task.cancel()
     except BaseExceptionGroup as eg:
-        raise unwrap_group(eg) from None
+        raise_unwrapped(eg)
     finally:
         if feed.ring is not None:
             await backend.release(feed.ring)
