@@ -52,7 +52,7 @@ from asynctrain._inputs import (
 from asynctrain._monitor import TRAINING_INTERVAL, LoopLagMonitor
 from asynctrain._offloop import off_loop
 from asynctrain._streaming._batch import NameRecord
-from asynctrain._streaming._sources import close_unread
+from asynctrain._streaming._sources import Reading, close_unread
 from asynctrain._streaming._stream import (
     DEFAULT_BUFFER,
     Source,
@@ -551,7 +551,9 @@ class Trainer:
             DataError: a bad batch, naming its number (counting from 0); no part of it is
                 trained, and the parameters are those after every full batch before it.
             ConfigError, ConfigTypeError: a bad setting, or a source that is not a stream.
-            StateError: the trainer is closed or already running a fit.
+            StateError: the trainer is closed or already running a fit, or ``source`` is
+                an iterator (a generator) that another running fit reads (left open for
+                it; see docs/streaming.md).
             Exception: whatever the source raised, unchanged.
 
         Example:
@@ -620,6 +622,8 @@ class Trainer:
         """
         source = check_source(source)
         async with contextlib.AsyncExitStack() as stack:
+            reading = Reading(source)  # before anything can close it: not another fit's
+            stack.callback(reading.release)
             try:
                 limits = StreamLimits(
                     max_steps=max_steps,
@@ -639,6 +643,7 @@ class Trainer:
                 self._check_picklable()
                 await stack.enter_async_context(self._running_fit())
             except BaseException:
+                reading.release()  # else close_unread would take it for another fit's
                 await self._close_unread(source)
                 raise
             # From here the feed reads the source and closes it. The events are closed

@@ -753,3 +753,39 @@ async def test_a_source_error_keeps_its_own_cause(backend_name: str) -> None:
         with pytest.raises(LookupError) as caught:
             await asyncio.wait_for(trainer.fit_stream(source()), 30)
     assert isinstance(caught.value.__cause__, ConnectionResetError)
+
+
+class _ShareAtFirstStep(at.Callback):
+    """At the first step of a fit, hands that fit's source to a second fit (on another
+    trainer) and keeps what that fit raised."""
+
+    def __init__(self, other: at.Trainer, source: object) -> None:
+        self.other, self.source = other, source
+        self.raised: BaseException | None = None
+
+    async def on_step(self, event: at.StepEvent) -> None:
+        if event.step == 0:
+            try:
+                await self.other.fit_stream(self.source)  # type: ignore[arg-type]
+            except Exception as exc:
+                self.raised = exc
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_source_another_fit_is_reading_is_refused(backend_name: str, kind: str) -> None:
+    """Two fits sharing one generator raced on it ("generator already executing", or, on
+    the inline backend, silently split its batches). The second is refused before it
+    reads a batch, and leaves the source open: the first trains on every batch."""
+    data = _data()
+    reference = await _reference("inline", data)
+    source = _agen(_pieces(data, BATCH)) if kind == "async" else _pieces(data, BATCH)
+    async with _trainer(backend_name) as first, _trainer("inline") as second:
+        sharer = _ShareAtFirstStep(second, source)
+        result = await first.fit_stream(source, callbacks=[sharer])
+        assert isinstance(sharer.raised, at.StateError), sharer.raised
+        assert "another running fit" in str(sharer.raised)
+        assert second.state.step == 0
+        assert result.steps == 16
+        assert _bits(result.params) == _bits(reference)
+        # Once that fit has ended, the source is free (and, read to its end, empty).
+        assert (await second.fit_stream(source)).steps == 0

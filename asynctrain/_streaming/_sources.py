@@ -10,7 +10,8 @@ few batches ahead (:class:`ReadAhead`), and the feed takes the batches as those 
 async source, without a trip each (measured on the ``parquet`` benchmark: a trip per
 batch made the stream and the steps take turns at the GIL, one core busy at a time).
 Whatever happens, the source is closed afterwards (``aclose()`` / ``close()``), so a
-generator's ``finally`` runs.
+generator's ``finally`` runs. A source that is its own iterator (a generator) is read by
+one fit at a time (:class:`Reading`).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
+from asynctrain._exceptions import StateError
 from asynctrain._offloop import await_without_orphans, off_loop
 from asynctrain._threads import ThreadPool
 from asynctrain.data import ParquetStream
@@ -86,6 +88,50 @@ class OffLoop:
             await off_loop(self._executor.shutdown)
         if self._ahead is not None:
             await off_loop(self._ahead.shutdown)
+
+
+class Reading:
+    """A fit's hold on a source that is its own iterator (a generator, sync or async),
+    from before the fit touches it until it has closed it.
+
+    Two fits sharing one such source raced on it: on threads, "generator already
+    executing"; on the loop, each silently took some of the other's batches. An
+    iterable that makes a new iterator each time (a list, a Parquet stream) needs no
+    hold: every fit reads it afresh. Held across threads (fits on other event loops).
+
+    Raises:
+        StateError: another running fit holds ``source``.
+    """
+
+    _held: ClassVar[dict[int, object]] = {}  # id → source: held, alive, so ids are unique
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, source: object) -> None:
+        self._source: object | None = None
+        if not isinstance(source, Iterator | AsyncIterator):
+            return
+        with self._lock:
+            if id(source) in self._held:
+                raise StateError(
+                    f"the stream {source!r} is being read by another running fit: two fits "
+                    "sharing one iterator would race on its batches. Give each fit its own "
+                    "(call the generator function again), or an iterable that each fit "
+                    "iterates afresh (a list)"
+                )
+            self._held[id(source)] = self._source = source
+
+    @classmethod
+    def held(cls, source: object) -> bool:
+        """Whether a running fit holds ``source``."""
+        with cls._lock:
+            return id(source) in cls._held and cls._held[id(source)] is source
+
+    def release(self) -> None:
+        """Let another fit read the source (idempotent)."""
+        if self._source is not None:
+            with self._lock:
+                del self._held[id(self._source)]
+            self._source = None
 
 
 def hands_over(source: object) -> bool:
@@ -147,7 +193,10 @@ async def close_unread(source: object, *, inline: bool) -> None:
     closes it (:meth:`Items.aclose`): an async iterator's ``aclose()``, a sync iterator's
     ``close()`` (off the loop, unless ``inline``), if they have those methods. An
     iterable that is not its own iterator (a list) had no iterator made: nothing to
-    close."""
+    close. A source that a running fit reads (:class:`Reading`) is that fit's to close:
+    it is left alone."""
+    if Reading.held(source):
+        return
     if isinstance(source, AsyncIterator):
         aclose = getattr(source, "aclose", None)
         if aclose is not None:
