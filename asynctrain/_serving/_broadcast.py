@@ -1,9 +1,10 @@
 """Broadcast: one producer, many subscribers that may join late, none of which can stall it.
 
 The producer's ``publish`` never waits and never allocates beyond fixed bounds: the
-stream keeps the newest ``history`` items for late joiners, and each subscriber has its
-own buffer of ``buffer`` items. A subscriber that falls behind loses its oldest items and
-receives a :class:`Lagged` marker saying how many it missed, in their place.
+stream keeps the newest ``history`` items for late joiners, and each subscriber holds at
+most ``buffer`` unread items. A subscriber that falls behind loses its oldest items and
+receives a :class:`Lagged` marker saying how many it missed, in their place. Nor does
+``publish`` touch a subscriber that is not waiting for an item (see :class:`Broadcast`).
 
 A subscriber may ask for at most ``rate`` items a second of the kind the stream may
 coalesce (progress, such as step events): of a run of such items arriving faster, it
@@ -15,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, TypeVar, cast
 
 from asynctrain._checks import check_int
 from asynctrain._exceptions import ConfigError, ConfigTypeError
@@ -35,7 +37,14 @@ class Lagged:
     kind: Literal["lagged"] = "lagged"
 
 
-class _Subscriber(Generic[T]):
+class _Limited(Generic[T]):
+    """A rate-limited subscriber's own bounded buffer, in which progress coalesces.
+
+    While the last item it holds is progress, it is *parked*: every later progress item
+    would only replace that one, so :meth:`Broadcast.publish` skips it and the reader
+    takes the stream's latest progress in its place when it gets there (:meth:`take`).
+    """
+
     __slots__ = ("coalesce", "interval", "items", "last_progress", "missed", "ready_at", "wakeup")
 
     def __init__(
@@ -43,22 +52,27 @@ class _Subscriber(Generic[T]):
         replay: Iterable[tuple[T, bool]],
         buffer: int,
         *,
-        coalesce: Callable[[T], bool] | None = None,
-        interval: float = 0.0,
+        coalesce: Callable[[T], bool],
+        interval: float,
     ) -> None:
         self.items: deque[T] = deque(maxlen=buffer)
-        self.last_progress = False  # items[-1] may be coalesced (when there are items)
+        self.last_progress = False  # items[-1] is progress (when there are items)
         self.missed = 0
         self.wakeup = asyncio.Event()
-        self.coalesce = coalesce if interval > 0 else None
+        self.coalesce = coalesce
         self.interval = interval
         self.ready_at = -math.inf  # loop time before which no coalescable item is yielded
         for item, progress in replay:
             self.push(item, progress)
 
+    @property
+    def parked(self) -> bool:
+        """Its last held item is progress: publishing progress need not touch it."""
+        return self.last_progress and bool(self.items)
+
     def push(self, item: T, progress: bool) -> None:
-        """Hold ``item`` (``progress``: it may be coalesced); on every publish, so cheap."""
-        if progress and self.last_progress and self.coalesce is not None and self.items:
+        """Hold ``item`` (``progress``: it may be coalesced)."""
+        if progress and self.parked:
             self.items[-1] = item  # the waiting reader already knows an item is there
             return
         if len(self.items) == self.items.maxlen:
@@ -67,20 +81,34 @@ class _Subscriber(Generic[T]):
         self.last_progress = progress
         self.wakeup.set()
 
+    def catch_up(self, latest: T | None) -> None:
+        """Hold ``latest`` (the stream's latest progress) in place of a parked item."""
+        if self.parked:  # so progress was published: ``latest`` is the newest of it
+            self.items[-1] = cast(T, latest)
+
     def held_back(self, now: float, closed: bool) -> float:
         """Seconds to wait before the head may be yielded (0: yield it now)."""
-        if self.coalesce is None or closed or len(self.items) != 1:
+        if closed or len(self.items) != 1 or not self.last_progress:
             return 0.0  # the latest progress goes out before any other item, and at the end
-        return max(0.0, self.ready_at - now) if self.coalesce(self.items[0]) else 0.0
+        return max(0.0, self.ready_at - now)
 
-    def taken(self, item: T, now: float) -> T:
-        if self.coalesce is not None and self.coalesce(item):
+    def take(self, latest: T | None, now: float) -> T:
+        """The head, the stream's ``latest`` progress standing for a parked last item."""
+        self.catch_up(latest)
+        item = self.items.popleft()
+        if self.coalesce(item):
             self.ready_at = now + self.interval
         return item
 
 
 class Broadcast(Generic[T]):
     """A bounded fan-out stream; see the module docstring.
+
+    Publishing costs the loop the same whatever the number of subscribers that are not
+    waiting for an item: the items are kept once, in one log, and a subscriber reading
+    every item only keeps its position in it (it catches up when it reads, counting
+    what went past it as missed); a rate-limited one holding back a progress item is
+    not touched until another kind of item comes (progress is most of a fit's events).
 
     Args:
         history: newest items replayed to a subscriber when it joins.
@@ -107,14 +135,18 @@ class Broadcast(Generic[T]):
         buffer: int = 256,
         coalesce: Callable[[T], bool] | None = None,
     ) -> None:
-        # Each item with whether it may be coalesced: asked once per item, not once per
-        # subscriber (publish runs on the loop for every subscriber of a fast fit).
-        self._history: deque[tuple[T, bool]] = deque(
-            maxlen=check_int("history", history, minimum=0)
-        )
+        self._history = check_int("history", history, minimum=0)
         self._buffer = check_int("buffer", buffer)
+        # The newest items, enough for the history and for every reader's buffer; each
+        # with whether it may be coalesced: asked once per item, not once per subscriber.
+        self._log: deque[tuple[T, bool]] = deque(maxlen=max(self._history, self._buffer))
+        self._published = 0  # items ever published: the position after the newest
         self._coalesce = coalesce
-        self._subscribers: set[_Subscriber[T]] = set()
+        self._latest: T | None = None  # the latest progress item
+        self._readers = 0  # subscribers reading every item (from the log)
+        self._waiting: set[asyncio.Event] = set()  # theirs, while they wait for an item
+        self._limited: set[_Limited[T]] = set()  # rate-limited subscribers
+        self._unparked: set[_Limited[T]] = set()  # those a progress item must be pushed to
         self._closed = False
 
     @property
@@ -125,27 +157,44 @@ class Broadcast(Generic[T]):
     @property
     def subscribers(self) -> int:
         """Subscribers currently reading."""
-        return len(self._subscribers)
+        return self._readers + len(self._limited)
 
     def publish(self, item: T) -> None:
         """Hand ``item`` to every subscriber and the history; never waits."""
         if self._closed:
             raise RuntimeError("publish on a closed Broadcast")
         progress = self._coalesce is not None and self._coalesce(item)
-        self._history.append((item, progress))
-        for subscriber in self._subscribers:
-            subscriber.push(item, progress)
+        self._log.append((item, progress))
+        self._published += 1
+        if progress:
+            self._latest = item
+            for subscriber in self._unparked:
+                subscriber.push(item, progress)
+            self._unparked.clear()  # each is parked now
+        else:
+            for subscriber in self._limited:
+                subscriber.catch_up(self._latest)
+                subscriber.push(item, progress)
+            self._unparked |= self._limited
+        self._wake()
 
     def close(self) -> None:
         """End the stream: subscribers receive what they hold, then stop (idempotent)."""
         self._closed = True
-        for subscriber in self._subscribers:
+        for subscriber in self._limited:
             subscriber.wakeup.set()
+        self._wake()
 
-    async def subscribe(self, *, rate: float | None = None) -> AsyncGenerator[T | Lagged, None]:
+    def _wake(self) -> None:
+        for wakeup in self._waiting:
+            wakeup.set()
+        self._waiting.clear()
+
+    def subscribe(self, *, rate: float | None = None) -> AsyncGenerator[T | Lagged, None]:
         """Iterate over the recent history, then live items, until the stream closes.
 
-        The subscriber joins when iteration starts; it yields a :class:`Lagged` marker
+        The subscriber joins when iteration starts (a bad ``rate`` is refused at once);
+        it yields a :class:`Lagged` marker
         wherever items were dropped because it read too slowly (or the history it joined
         was longer than its buffer).
 
@@ -157,11 +206,45 @@ class Broadcast(Generic[T]):
             ConfigError, ConfigTypeError: ``rate`` is not a positive number.
         """
         interval = _interval(rate)
+        if interval > 0 and self._coalesce is not None:
+            return self._limited_items(interval, self._coalesce)
+        return self._every_item()
+
+    async def _every_item(self) -> AsyncGenerator[T | Lagged, None]:
+        """A subscriber that reads every item: a position in the log, nothing else."""
+        position = self._published - min(self._history, len(self._log))
+        wakeup = asyncio.Event()
+        self._readers += 1
+        try:
+            while True:
+                behind = self._published - position
+                if behind > self._buffer:  # the oldest of its unread items are gone
+                    missed = behind - self._buffer
+                    position += missed
+                    yield Lagged(missed)
+                elif behind:
+                    position += 1
+                    yield self._log[-behind][0]
+                elif self._closed:
+                    return
+                else:
+                    wakeup.clear()
+                    self._waiting.add(wakeup)
+                    await wakeup.wait()
+        finally:
+            self._readers -= 1
+            self._waiting.discard(wakeup)
+
+    async def _limited_items(
+        self, interval: float, coalesce: Callable[[T], bool]
+    ) -> AsyncGenerator[T | Lagged, None]:
+        """A rate-limited subscriber: its own buffer, where progress coalesces."""
         loop = asyncio.get_running_loop()
-        subscriber = _Subscriber(
-            self._history, self._buffer, coalesce=self._coalesce, interval=interval
-        )
-        self._subscribers.add(subscriber)
+        replay = itertools.islice(self._log, max(0, len(self._log) - self._history), None)
+        subscriber = _Limited(replay, self._buffer, coalesce=coalesce, interval=interval)
+        self._limited.add(subscriber)
+        if not subscriber.parked:
+            self._unparked.add(subscriber)
         try:
             while True:
                 if subscriber.missed:
@@ -172,14 +255,18 @@ class Broadcast(Generic[T]):
                 elif delay := subscriber.held_back(loop.time(), self._closed):
                     await _wait(subscriber.wakeup, delay)
                 elif subscriber.items:
-                    yield subscriber.taken(subscriber.items.popleft(), loop.time())
+                    item = subscriber.take(self._latest, loop.time())
+                    if not subscriber.parked:
+                        self._unparked.add(subscriber)
+                    yield item
                 elif self._closed:
                     return
                 else:
                     subscriber.wakeup.clear()
                     await subscriber.wakeup.wait()
         finally:
-            self._subscribers.discard(subscriber)
+            self._limited.discard(subscriber)
+            self._unparked.discard(subscriber)
 
 
 async def _wait(wakeup: asyncio.Event, delay: float) -> None:
