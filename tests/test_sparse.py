@@ -311,6 +311,63 @@ def test_pack_and_unpack_rebuild_csr_around_the_same_arrays() -> None:
     np.testing.assert_array_equal(_sparse.take(rebuilt, range(3, 9)).toarray(), X[3:9].toarray())
 
 
+def _same_csr(got: Any, want: Any) -> None:
+    """Same kind, shape and the very same three arrays (values, dtypes, order)."""
+    assert type(got) is type(want)
+    assert got.shape == want.shape
+    for part in ("data", "indices", "indptr"):
+        a, b = getattr(got, part), getattr(want, part)
+        assert a.dtype == b.dtype, part
+        np.testing.assert_array_equal(a, b, strict=True)
+
+
+@pytest.mark.parametrize("kind", [sp.csr_array, sp.csr_matrix])
+@pytest.mark.parametrize(
+    "rows",
+    [
+        np.array([5, 0, 599, 5, 17]),  # unordered, repeated, both ends
+        np.arange(0, N, 7, dtype=np.int32),
+        np.array([], dtype=np.int64),
+        np.array([-1, 3]),  # negative: scipy's meaning (from the end)
+        range(3, 9),
+        range(0, N),
+        range(7, 7),
+        range(0, 10, 3),
+    ],
+    ids=repr,
+)
+def test_take_gives_scipys_rows_exactly(kind: Any, rows: Any) -> None:
+    X = kind(Dataset(_csr(), np.zeros(N), dtype=np.float32).X)
+    want = X[rows] if not isinstance(rows, range) else X[rows.start : rows.stop : rows.step]
+    _same_csr(_sparse.take(X, rows), want)
+
+
+def test_take_refuses_rows_outside_the_matrix_as_scipy_does() -> None:
+    X = Dataset(_csr(), np.zeros(N), dtype=np.float32).X
+    with pytest.raises(IndexError):
+        _sparse.take(X, np.array([0, N]))
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["X@v", "X.T@d"])
+@pytest.mark.parametrize("shape", [(), (1,), (3,)], ids=["1-D", "n,1", "n,3"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sparse_products_have_scipys_bits(transpose: bool, shape: Any, dtype: Any) -> None:
+    X = Dataset(_csr(density=0.3), np.zeros(N), dtype=dtype).X
+    v = np.random.default_rng(2).standard_normal(((N if transpose else D), *shape)).astype(dtype)
+    got = _sparse.rmatmul(X, v) if transpose else _sparse.matmul(X, v)
+    want = X.T @ v if transpose else X @ v
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want, strict=True)
+
+
+def test_sparse_products_of_other_dtypes_and_layouts_go_through_scipy() -> None:
+    X = Dataset(_csr(), np.zeros(N), dtype=np.float32).X
+    v64 = np.random.default_rng(3).standard_normal(D)
+    np.testing.assert_array_equal(_sparse.matmul(X, v64), X @ v64, strict=True)
+    d = np.asfortranarray(np.random.default_rng(4).standard_normal((N, 2)).astype(np.float32))
+    np.testing.assert_array_equal(_sparse.rmatmul(X, d), X.T @ d, strict=True)
+
+
 def test_scipy_is_imported_only_for_sparse_input() -> None:
     code = textwrap.dedent(
         """

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import ConfigError, ConfigTypeError
-from asynctrain._sparse import as_csr, check_indices, indices_checked, is_sparse
+from asynctrain._sparse import as_csr, check_indices, indices_checked, is_sparse, matmul, rmatmul
 from asynctrain._types import Grads, Params
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -129,13 +129,15 @@ def logistic_loss_(
     and ``sigmoid(t) = exp(t - softplus(t))``, so nothing overflows for huge logits.
     With ``weight``, each row's loss and gradient are multiplied by its weight.
     """
-    positive = np.asarray(y) != 0
-    np.negative(z, out=z, where=positive)
+    # Multiplying by a sign is exact (and keeps a zero's sign, as negating does); it is a
+    # third of the time of np.negative(z, out=z, where=...), a masked loop, on 2,048 rows.
+    sign = np.where(np.asarray(y) != 0, z.dtype.type(-1), z.dtype.type(1))
+    z *= sign
     softplus = np.logaddexp(0, z)
     loss = float(softplus.sum() if weight is None else np.dot(weight, softplus))
     np.subtract(z, softplus, out=z)
     np.exp(z, out=z)
-    np.negative(z, out=z, where=positive)
+    z *= sign
     if weight is not None:
         weigh_rows_(z, weight)
     return loss
@@ -188,11 +190,23 @@ def softmax_xent_(
     return loss
 
 
+def product(a: Any, b: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``a @ b`` as a new array; ``a`` may be CSR (its product is dense)."""
+    result: npt.NDArray[Any] = a @ b if isinstance(a, np.ndarray) else matmul(a, b)
+    return result
+
+
+def t_product(a: Any, d: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``a.T @ d`` as a new array; ``a`` may be CSR (its product is dense)."""
+    result: npt.NDArray[Any] = a.T @ d if isinstance(a, np.ndarray) else rmatmul(a, d)
+    return result
+
+
 def matmul_into(a: Any, b: npt.NDArray[Any], out: npt.NDArray[Any]) -> npt.NDArray[Any]:
     """Write ``a @ b`` to ``out`` and return it; ``a`` may be CSR (its product is dense)."""
     if isinstance(a, np.ndarray):
         return np.matmul(a, b, out=out)
-    np.copyto(out, a @ b)
+    np.copyto(out, matmul(a, b))
     return out
 
 

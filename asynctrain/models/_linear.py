@@ -15,8 +15,10 @@ from asynctrain.models._common import (
     as_input,
     as_weights,
     check_dtype,
+    product,
     set_fields,
     squared_error_,
+    t_product,
 )
 
 _WEIGHTS = ("w",)
@@ -57,7 +59,7 @@ class LinearModel:
 
     def _scores(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """Return the new array ``X @ w + b`` (X already in ``dtype``)."""
-        z: npt.NDArray[Any] = X @ params["w"]
+        z = product(X, params["w"])
         z += params["b"]
         return z
 
@@ -71,7 +73,7 @@ class LinearModel:
     ) -> tuple[float, Grads]:
         """Back-propagate ``delta = d loss / d z`` to ``w`` and ``b`` and add the L2 term
         (charged on the sum of the row weights)."""
-        grads = {"w": X.T @ delta, "b": delta.sum(keepdims=True)}
+        grads = {"w": t_product(X, delta), "b": delta.sum(keepdims=True)}
         loss += add_l2_(grads, params, _WEIGHTS, self.l2, X.shape[0], weight)
         return loss, grads
 

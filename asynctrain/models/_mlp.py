@@ -25,6 +25,7 @@ from asynctrain.models._common import (
     softmax_,
     softmax_xent_,
     squared_error_,
+    t_product,
 )
 from asynctrain.models._layers import (
     activate_,
@@ -88,7 +89,7 @@ def _one_product_into(
     total: npt.NDArray[Any], a: Any, delta: npt.NDArray[Any], work: Workspace, *, add: bool
 ) -> None:
     if not isinstance(a, np.ndarray):
-        product = a.T @ delta
+        product = t_product(a, delta)
     elif add:
         product = np.matmul(a.T, delta, out=work.array("dw", total.shape, total.dtype))
     else:

@@ -16,9 +16,11 @@ from asynctrain.models._common import (
     as_input,
     as_weights,
     check_dtype,
+    product,
     set_fields,
     softmax_,
     softmax_xent_,
+    t_product,
 )
 
 _WEIGHTS = ("W",)
@@ -86,7 +88,7 @@ class SoftmaxRegression:
 
     def _logits(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """Return the new (n, n_classes) array ``X @ W + b``."""
-        logits: npt.NDArray[Any] = as_input(X, self.dtype) @ params["W"]
+        logits = product(as_input(X, self.dtype), params["W"])
         logits += params["b"]
         return logits
 
@@ -113,7 +115,7 @@ class SoftmaxRegression:
         weight = None if sample_weight is None else as_weights(sample_weight, self.dtype)
         delta = self._logits(params, X)
         loss = softmax_xent_(delta, y, weight)
-        grads = {"W": X.T @ delta, "b": delta.sum(axis=0)}
+        grads = {"W": t_product(X, delta), "b": delta.sum(axis=0)}
         loss += add_l2_(grads, params, _WEIGHTS, self.l2, X.shape[0], weight)
         return loss, grads
 
