@@ -31,6 +31,7 @@ import asyncio
 import importlib.util
 import math
 import os
+import sys
 import time
 import warnings
 from typing import Any
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 import asynctrain as at
+from benchmarks._command import run_alone
 from benchmarks._figure import Figure, ratio_figure, skipped_figure
 from benchmarks._scale import command, level
 
@@ -181,3 +183,7 @@ async def run(quick: bool) -> list[Figure]:
     if importlib.util.find_spec("sklearn") is None or importlib.util.find_spec("scipy") is None:
         return []
     return await versus_sgdclassifier(quick)
+
+
+if __name__ == "__main__":
+    sys.exit(run_alone("sparse"))

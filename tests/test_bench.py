@@ -11,6 +11,7 @@ import ast
 import inspect
 import json
 import math
+import runpy
 import sys
 import textwrap
 from pathlib import Path
@@ -77,6 +78,19 @@ def test_every_suite_module_is_listed_and_every_listed_suite_exists() -> None:
     assert listed - with_run <= {"benchmarks._torch"}, listed - with_run
     assert set(OURS) <= set(suites.SUITES)
     assert {"torch", "dask"} <= set(suites.SUITES)
+
+
+def test_the_sparse_suite_runs_alone(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m benchmarks._sparse [--quick]`` is the bench with ``--only sparse`` (it
+    exited 0 having run nothing before it had a ``__main__`` guard)."""
+    path = str(BENCHMARKS / "_sparse.py")
+    monkeypatch.setattr(sys, "argv", [path, "--help"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(path, run_name="__main__")
+    assert exited.value.code == 0
+    assert "usage: python -m benchmarks._sparse" in capsys.readouterr().out
 
 
 def _suite_file(directory: Path, name: str, body: str) -> suites.Suite:
