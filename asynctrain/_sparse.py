@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, NamedTuple, NoReturn, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -163,30 +163,77 @@ def take(X: Sparse, rows: npt.NDArray[Any] | range, *, checked: bool = False) ->
     were), so the rows' are too; the new matrix is marked so, and a model that is given
     it skips checking them again (:func:`indices_checked`): on a training step's shard
     that check would read every index once more, about a tenth of the step's time.
+
+    Indices are copied by scipy's own row-copy kernel and a range is viewed, without the
+    Python layers of scipy's indexing (a third of the time of a shard of a few thousand
+    rows); negative or out-of-range rows go through scipy's indexing, which handles or
+    reports them as ``X[rows]`` does.
     """
-    rows_of = _row_range(X, rows) if isinstance(rows, range) else _gather(X, rows)
+    rows_of = _fast_rows(X, type(X), rows)
+    if rows_of is None:
+        rows_of = X[rows.start : rows.stop : rows.step] if isinstance(rows, range) else X[rows]
+    return _mark(rows_of, checked)
+
+
+def take_packed(
+    arrays: Mapping[str, npt.NDArray[Any]],
+    rows: npt.NDArray[Any] | range,
+    key: str = "X",
+    *,
+    checked: bool = False,
+) -> Sparse:
+    """``take(unpack(arrays, key), rows, checked=checked)`` for the CSR :func:`pack` made
+    ``arrays``, without first building the whole matrix around them (its constructor
+    checks cost a shard as much as its row pointers do)."""
+    from scipy import sparse
+
+    data, indices, indptr = (arrays[f"{key}.{part}"] for part in _PARTS)
+    parts = _Parts(data, indices, indptr, _shape(arrays, key))
+    rows_of = _fast_rows(parts, sparse.csr_array, rows)
+    if rows_of is None:
+        return take(unpack(arrays, key), rows, checked=checked)
+    return _mark(rows_of, checked)
+
+
+class _Parts(NamedTuple):
+    """What the row copies read of a CSR matrix."""
+
+    data: npt.NDArray[Any]
+    indices: npt.NDArray[Any]
+    indptr: npt.NDArray[Any]
+    shape: tuple[int, ...]
+
+
+def _mark(rows_of: Sparse, checked: bool) -> Sparse:
     if checked:
         setattr(rows_of, _CHECKED, True)
     return rows_of
 
 
-def _row_range(X: Sparse, rows: range) -> Sparse:
-    """Contiguous rows (step 1, inside ``X``) as a CSR over views of ``X``'s arrays;
-    any other range through scipy's indexing (which copies)."""
-    start, stop, step = rows.start, rows.stop, rows.step
-    if step != 1 or not 0 <= start <= stop <= X.shape[0] or X.indptr.dtype != X.indices.dtype:
-        return X[start:stop:step]
+def _fast_rows(X: Sparse, kind: type, rows: npt.NDArray[Any] | range) -> Sparse | None:
+    """The rows as a new ``kind`` by :func:`_row_range` or :func:`_gather`; None where
+    only scipy's indexing takes them."""
+    if X.indptr.dtype != X.indices.dtype:
+        return None
+    if isinstance(rows, range):
+        return _row_range(X, kind, rows)
+    return _gather(X, kind, rows)
+
+
+def _row_range(X: Sparse, kind: type, rows: range) -> Sparse | None:
+    """Contiguous rows (step 1, inside ``X``) as a CSR over views of ``X``'s arrays."""
+    start, stop = rows.start, rows.stop
+    if rows.step != 1 or not 0 <= start <= stop <= X.shape[0]:
+        return None
     indptr = X.indptr[start : stop + 1]
     first, last = int(indptr[0]), int(indptr[-1])
     parts = (X.data[first:last], X.indices[first:last], indptr - indptr[0])
-    return _build(type(X), parts, (stop - start, X.shape[1]))
+    return _build(kind, parts, (stop - start, X.shape[1]))
 
 
-def _gather(X: Sparse, rows: npt.NDArray[Any]) -> Sparse:
-    """``X[rows]`` (the same three arrays) for rows inside ``X``, by scipy's own row-copy
-    kernel without its indexing's Python layers (a third of the time for a shard of a
-    few thousand rows); anything else (negative rows, out of range, other index
-    dtypes) through scipy's indexing, which handles and reports it."""
+def _gather(X: Sparse, kind: type, rows: npt.NDArray[Any]) -> Sparse | None:
+    """``X[rows]`` (the same three arrays) for rows inside ``X``, by scipy's row-copy
+    kernel, ``csr_row_index``."""
     from scipy.sparse import _sparsetools
 
     indptr, indices = X.indptr, X.indices
@@ -195,10 +242,9 @@ def _gather(X: Sparse, rows: npt.NDArray[Any]) -> Sparse:
         picked.ndim != 1
         or picked.dtype.kind not in "iu"
         or not len(picked)
-        or indptr.dtype != indices.dtype
         or not 0 <= int(picked.min()) <= int(picked.max()) < X.shape[0]
     ):
-        return X[rows]
+        return None
     picked = picked.astype(indptr.dtype, copy=False)
     new_indptr = np.empty(len(picked) + 1, indptr.dtype)
     new_indptr[0] = 0
@@ -206,7 +252,7 @@ def _gather(X: Sparse, rows: npt.NDArray[Any]) -> Sparse:
     nnz = int(new_indptr[-1])
     new_indices, data = np.empty(nnz, indices.dtype), np.empty(nnz, X.data.dtype)
     _sparsetools.csr_row_index(len(picked), picked, indptr, indices, X.data, new_indices, data)
-    return _build(type(X), (data, new_indices, new_indptr), (len(picked), X.shape[1]))
+    return _build(kind, (data, new_indices, new_indptr), (len(picked), X.shape[1]))
 
 
 def matmul(X: Sparse, v: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -289,8 +335,11 @@ def unpack(arrays: Mapping[str, npt.NDArray[Any]], key: str = "X") -> Any:
     from scipy import sparse
 
     parts = [arrays[f"{key}.{part}"] for part in _PARTS]
-    shape = tuple(int(size) for size in arrays[f"{key}.shape"])
-    return _build(sparse.csr_array, parts, shape)
+    return _build(sparse.csr_array, parts, _shape(arrays, key))
+
+
+def _shape(arrays: Mapping[str, npt.NDArray[Any]], key: str) -> tuple[int, ...]:
+    return tuple(int(size) for size in arrays[f"{key}.shape"])
 
 
 def nbytes(X: Sparse) -> int:

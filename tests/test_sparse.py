@@ -340,12 +340,17 @@ def test_take_gives_scipys_rows_exactly(kind: Any, rows: Any) -> None:
     X = kind(Dataset(_csr(), np.zeros(N), dtype=np.float32).X)
     want = X[rows] if not isinstance(rows, range) else X[rows.start : rows.stop : rows.step]
     _same_csr(_sparse.take(X, rows), want)
+    packed = _sparse.take_packed(_sparse.pack(X, "F"), rows, "F", checked=True)
+    _same_csr(packed, sp.csr_array(want))  # rebuilt from shared arrays: a csr_array
+    assert _sparse.indices_checked(packed)
 
 
 def test_take_refuses_rows_outside_the_matrix_as_scipy_does() -> None:
     X = Dataset(_csr(), np.zeros(N), dtype=np.float32).X
     with pytest.raises(IndexError):
         _sparse.take(X, np.array([0, N]))
+    with pytest.raises(IndexError):
+        _sparse.take_packed(_sparse.pack(X), np.array([N]))
 
 
 @pytest.mark.parametrize("transpose", [False, True], ids=["X@v", "X.T@d"])

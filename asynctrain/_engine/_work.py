@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._engine._metrics import chunk_parts
-from asynctrain._sparse import take, unpack
+from asynctrain._sparse import take_packed
 from asynctrain.backends import LocalShared, SharedArrays
 from asynctrain.models._protocol import (
     loss_and_predict_of,
@@ -119,7 +119,7 @@ def features(arrays: Mapping[str, npt.NDArray[Any]], rows: Rows) -> Any:
     ``X`` travels as its three arrays, :func:`asynctrain._sparse.pack`; a fit shares only
     a Dataset's, whose index arrays were checked, so its rows are marked checked)."""
     X = arrays.get("X")  # dense: one lookup, no probing (a packed CSR has no "X")
-    return _rows(X, rows) if X is not None else take(unpack(arrays), rows, checked=True)
+    return _rows(X, rows) if X is not None else take_packed(arrays, rows, checked=True)
 
 
 class ShardGroup(NamedTuple):
