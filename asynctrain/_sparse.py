@@ -18,6 +18,7 @@ inputs) both use this module; ``tests/test_layering.py`` allows it to them by na
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, NoReturn, TypeAlias
@@ -234,12 +235,12 @@ def _row_range(X: Sparse, kind: type, rows: range) -> Sparse | None:
 def _gather(X: Sparse, kind: type, rows: npt.NDArray[Any]) -> Sparse | None:
     """``X[rows]`` (the same three arrays) for rows inside ``X``, by scipy's row-copy
     kernel, ``csr_row_index``."""
-    from scipy.sparse import _sparsetools
-
+    row_index = _kernel("csr_row_index")
     indptr, indices = X.indptr, X.indices
     picked = np.asarray(rows)
     if (
-        picked.ndim != 1
+        row_index is None
+        or picked.ndim != 1
         or picked.dtype.kind not in "iu"
         or not len(picked)
         or not 0 <= int(picked.min()) <= int(picked.max()) < X.shape[0]
@@ -251,7 +252,7 @@ def _gather(X: Sparse, kind: type, rows: npt.NDArray[Any]) -> Sparse | None:
     np.cumsum(indptr[picked + 1] - indptr[picked], out=new_indptr[1:])
     nnz = int(new_indptr[-1])
     new_indices, data = np.empty(nnz, indices.dtype), np.empty(nnz, X.data.dtype)
-    _sparsetools.csr_row_index(len(picked), picked, indptr, indices, X.data, new_indices, data)
+    row_index(len(picked), picked, indptr, indices, X.data, new_indices, data)
     return _build(kind, (data, new_indices, new_indptr), (len(picked), X.shape[1]))
 
 
@@ -272,22 +273,33 @@ def _product(X: Sparse, v: npt.NDArray[Any], *, transpose: bool) -> npt.NDArray[
     # over X's own arrays, whose kernel is csc_matvec(s). Called here directly, a product
     # skips building X.T and scipy's dispatch (a sixth of a 2,048-row shard's product).
     # Anything the kernels would not take as it is goes through scipy's operators.
-    if not _kernel_takes(X, v, transpose=transpose):
+    kind = "csc" if transpose else "csr"
+    vector = isinstance(v, np.ndarray) and (v.ndim == 1 or (v.ndim == 2 and v.shape[1] == 1))
+    fn = _kernel(f"{kind}_matvec" if vector else f"{kind}_matvecs")
+    if fn is None or not _kernel_takes(X, v, transpose=transpose):
         result: npt.NDArray[Any] = X.T @ v if transpose else X @ v
         return result
     rows, columns = X.shape[::-1] if transpose else X.shape
-    from scipy.sparse import _sparsetools
-
-    kind = "csc" if transpose else "csr"
     parts = (X.indptr, X.indices, X.data)
-    if v.ndim == 1 or v.shape[1] == 1:  # scipy multiplies an (n, 1) v as a vector too
+    if vector:  # scipy multiplies an (n, 1) v as a vector too
         out = np.zeros(rows, v.dtype)
-        getattr(_sparsetools, f"{kind}_matvec")(rows, columns, *parts, v.reshape(-1), out)
+        fn(rows, columns, *parts, v.reshape(-1), out)
         return out if v.ndim == 1 else out.reshape(rows, 1)
     out = np.zeros((rows, v.shape[1]), v.dtype)
-    fn = getattr(_sparsetools, f"{kind}_matvecs")
     fn(rows, columns, v.shape[1], *parts, v.reshape(-1), out.reshape(-1))
     return out
+
+
+@functools.cache
+def _kernel(name: str) -> Any:
+    """scipy's C++ kernel ``name`` of its private ``scipy.sparse._sparsetools`` (in every
+    scipy this project allows), else None: a scipy without it gathers and multiplies
+    through its public indexing and operators, with the same bits, only slower."""
+    try:
+        from scipy.sparse import _sparsetools
+    except ImportError:
+        return None
+    return getattr(_sparsetools, name, None)
 
 
 def _kernel_takes(X: Sparse, v: object, *, transpose: bool) -> bool:

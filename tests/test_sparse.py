@@ -373,6 +373,27 @@ def test_sparse_products_of_other_dtypes_and_layouts_go_through_scipy() -> None:
     np.testing.assert_array_equal(_sparse.rmatmul(X, d), X.T @ d, strict=True)
 
 
+def test_without_scipys_private_kernels_gathers_and_products_keep_their_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scipy without ``_sparsetools`` (private) takes the public indexing and operators."""
+    X = Dataset(_csr(density=0.3), np.zeros(N), dtype=np.float32).X
+    rows = np.array([5, 0, 599, 5, 17])
+    v = np.random.default_rng(5).standard_normal(D).astype(np.float32)
+    d = np.random.default_rng(6).standard_normal((N, 3)).astype(np.float32)
+    fast = (_sparse.take(X, rows), _sparse.matmul(X, v), _sparse.rmatmul(X, d))
+    monkeypatch.delattr(sp, "_sparsetools")  # import fails: neither attribute nor module
+    monkeypatch.setitem(sys.modules, "scipy.sparse._sparsetools", None)
+    _sparse._kernel.cache_clear()
+    try:
+        assert _sparse._kernel("csr_row_index") is None
+        _same_csr(_sparse.take(X, rows), fast[0])
+        np.testing.assert_array_equal(_sparse.matmul(X, v), fast[1], strict=True)
+        np.testing.assert_array_equal(_sparse.rmatmul(X, d), fast[2], strict=True)
+    finally:
+        _sparse._kernel.cache_clear()
+
+
 def test_scipy_is_imported_only_for_sparse_input() -> None:
     code = textwrap.dedent(
         """
