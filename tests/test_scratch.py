@@ -15,6 +15,7 @@ import pytest
 import scipy.sparse
 
 from asynctrain.models import MLP, _mlp, check_gradients
+from asynctrain.models._layers import activate_
 from asynctrain.models._scratch import Workspace, borrowed
 
 Array = npt.NDArray[Any]
@@ -44,6 +45,16 @@ def test_filled_arrays_hold_their_value_and_are_read_only() -> None:
     assert zeros.shape == (3, 4)
     assert not zeros.any()
     assert work.filled(1.0, (9,), np.float32).tolist() == [1.0] * 9  # grown, still ones
+
+
+def test_relu_against_scratch_zeros_gives_the_bits_of_the_scalar_form() -> None:
+    special = [np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0, -1.0, 1.0, 1e-45, -1e-45]
+    for dtype in (np.float32, np.float64):
+        z = np.concatenate([special, np.random.default_rng(8).standard_normal(246)])
+        z = z.astype(dtype).reshape(4, 64)
+        expected = np.maximum(z, 0)  # the oracle: numpy's relu against the scalar 0
+        activate_(z, "relu", Workspace())
+        assert z.tobytes() == expected.tobytes()
 
 
 def test_concurrent_borrowers_never_share_a_workspace() -> None:

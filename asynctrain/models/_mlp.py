@@ -262,7 +262,7 @@ class MLP:
             _sliced_product_into(outputs[-1], params[w_key], z)
             z += params[b_key]
             if i < len(keys):
-                activate_(z, self.activation)
+                activate_(z, self.activation, work)
             outputs.append(z)
         return outputs
 
