@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -65,8 +66,15 @@ _MIN_SLICE_ROWS = 128
 def _slice_rows(a: Any, width: int) -> int:
     """Rows per slice of a product over the rows of ``a`` with ``width`` multiply-adds a
     row: within :data:`_SMALL_PRODUCT`, or all of them (see above; CSR: all)."""
-    n, most = int(a.shape[0]), _SMALL_PRODUCT // max(1, width)
-    if most < _MIN_SLICE_ROWS or n <= most or not isinstance(a, np.ndarray):
+    n = int(a.shape[0])
+    return _rows_per_slice(n, width) if isinstance(a, np.ndarray) else max(1, n)
+
+
+@functools.lru_cache(maxsize=256)
+def _rows_per_slice(n: int, width: int) -> int:
+    """:func:`_slice_rows` of an array (cached: every step asks it of the same sizes)."""
+    most = _SMALL_PRODUCT // max(1, width)
+    if most < _MIN_SLICE_ROWS or n <= most:
         return max(1, n)
     return _even_rows(n, most // 32 * 32)
 
@@ -257,7 +265,7 @@ class MLP:
         outputs = [X]
         keys = layer_keys(len(self.sizes) - 1)
         for i, (w_key, b_key) in enumerate(keys, start=1):
-            kind = np.result_type(outputs[-1].dtype, params[w_key].dtype)  # as ``@`` would
+            kind = np.promote_types(outputs[-1].dtype, params[w_key].dtype)  # as ``@`` would
             z = work.array(f"z{i}", (X.shape[0], self.sizes[i]), kind)
             _sliced_product_into(outputs[-1], params[w_key], z)
             z += params[b_key]
@@ -345,7 +353,7 @@ class MLP:
         # float64 params compute in float64, as ``@`` would; the first block writes the
         # sums, later ones add to them (no rows: zero gradients)
         empty = np.empty if n else np.zeros
-        sums = {k: empty(np.shape(v), np.result_type(self.dtype, v)) for k, v in params.items()}
+        sums = {k: empty(v.shape, np.promote_types(self.dtype, v.dtype)) for k, v in params.items()}
         loss = 0.0
         with borrowed() as work:
             for start in range(0, n, step):
