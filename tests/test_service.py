@@ -231,6 +231,17 @@ async def test_bad_requests_fail_before_a_job_exists(
         await service.start("b", _model(), data, workers=2)
     with pytest.raises(at.DataError, match="features"):
         await service.start("c", SoftmaxRegression(3, 10), data)
+    # An unknown option was a bare TypeError from Trainer(...), naming nothing it takes.
+    with pytest.raises(
+        at.ConfigTypeError, match=r"unknown option batchsize=; did you mean batch_size="
+    ) as raised:
+        await service.start("e", _model(), data, batchsize=64)
+    assert "checkpoint_dir=" in str(raised.value)
+    assert "shards=" in str(raised.value)
+    with pytest.raises(
+        at.ConfigTypeError, match=r"unknown option metrics=; a job takes optimizer="
+    ):
+        await service.start("f", _model(), data, metrics=["f1"])
     with pytest.raises(at.ConfigError, match="epochs"):
         await service.start("d", _model(), data, epochs=0)
     with pytest.raises(at.DataError, match="shape"):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import difflib
 import functools
+import inspect
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +41,23 @@ from asynctrain.models import Model
 from asynctrain.optim import GradientTransformation
 
 _NOT_PER_JOB = ("backend", "workers")
+
+
+@functools.cache
+def _job_trainer_options() -> tuple[str, ...]:
+    """The Trainer settings a job takes as ``start(**trainer_options)``."""
+    parameters = inspect.signature(Trainer).parameters.values()
+    keyword = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    return tuple(name for name in keyword if name not in _NOT_PER_JOB)
+
+
+@functools.cache
+def _start_options() -> tuple[str, ...]:
+    """Every option :meth:`TrainingService.start` takes after the model and optimizer."""
+    parameters = inspect.signature(TrainingService.start).parameters.values()
+    own = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    return (*own, *_job_trainer_options())
+
 
 METRICS_TIMEOUT = 10.0
 """Seconds :meth:`TrainingService.metrics` called from another thread waits for the
@@ -342,6 +361,14 @@ class TrainingService:
             raise ConfigError(
                 f"{shared[0]}= is a setting of the service, not of a job: every job runs "
                 "on the service's shared backend; set it on TrainingService(...)"
+            )
+        unknown = [key for key in options if key not in _job_trainer_options()]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], _start_options(), n=1)
+            hint = f"did you mean {close[0]}=? " if close else ""
+            raise ConfigTypeError(
+                f"start() got an unknown option {unknown[0]}=; {hint}a job takes "
+                f"{', '.join(f'{key}=' for key in _start_options())} (docs/service.md)"
             )
 
     def _check_directory_free(self, directory: Path | None) -> None:
