@@ -238,18 +238,6 @@ class MLP:
             params[b_key] = np.zeros(fan_out, self.dtype)
         return params
 
-    def _forward(self, params: Params, X: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
-        """Return ``[X, h1, ..., output]``: every layer's input, then the raw output."""
-        outputs = [X]
-        keys = layer_keys(len(self.sizes) - 1)
-        for i, (w_key, b_key) in enumerate(keys, start=1):
-            z: npt.NDArray[Any] = outputs[-1] @ params[w_key]
-            z += params[b_key]
-            if i < len(keys):
-                activate_(z, self.activation)
-            outputs.append(z)
-        return outputs
-
     def _block_rows(self, n: int) -> int:
         """Rows computed together out of ``n``: at most as many as keep the widest
         layer's block within ``_BLOCK_BYTES`` (8,192 rows of the reference MLP's 256
@@ -261,7 +249,8 @@ class MLP:
     def _forward_into(
         self, params: Params, X: npt.NDArray[Any], work: Workspace
     ) -> list[npt.NDArray[Any]]:
-        """:meth:`_forward` with every layer's output in scratch memory of ``work``."""
+        """Return ``[X, h1, ..., output]``: every layer's input, then the raw output, each
+        layer's output in scratch memory of ``work``."""
         outputs = [X]
         keys = layer_keys(len(self.sizes) - 1)
         for i, (w_key, b_key) in enumerate(keys, start=1):
