@@ -34,7 +34,14 @@ from asynctrain._threads import ThreadPool
 from asynctrain._types import Grads, Params
 from asynctrain.backends import SharedArrays
 from asynctrain.optim import apply_updates, global_norm
-from asynctrain.optim._flat import FlatArrays, buffers_in, flat_or_values, flat_zeros, freeze
+from asynctrain.optim._flat import (
+    FlatArrays,
+    buffers_in,
+    flat_or_values,
+    flat_zeros,
+    freeze,
+    one_buffer_layout,
+)
 from asynctrain.optim._tree import leaves
 
 T = TypeVar("T")
@@ -345,17 +352,12 @@ def next_params(params: Params, updates: Grads) -> Params:
     views are cut, so they are read-only too: none of apply_updates' per-array checks and
     flags. The bits are those of apply_updates (the same addition, element by element).
     """
-    if (
-        type(params) is FlatArrays
-        and type(updates) is FlatArrays
-        and params.flat is not None
-        and updates.flat is not None
-        and params.flat.dtype == updates.flat.dtype
-        and (params.layout is updates.layout or params.layout == updates.layout)
-    ):
-        flat = np.add(params.flat, updates.flat)
+    shared = one_buffer_layout(params, updates)
+    if shared is not None:
+        layout, param_flat, update_flat = shared
+        flat = np.add(param_flat, update_flat)
         flat.flags.writeable = False
-        return FlatArrays(flat, params.layout)
+        return FlatArrays(flat, layout)
     new = apply_updates(params, updates)
     freeze(new)
     return new

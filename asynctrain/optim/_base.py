@@ -18,7 +18,7 @@ import numpy as np
 
 from asynctrain._exceptions import ConfigError, ConfigTypeError
 from asynctrain._types import Array, Grads, Params
-from asynctrain.optim._flat import FlatArrays, buffers, flat_empty
+from asynctrain.optim._flat import buffers, flat_empty, one_buffer_layout
 
 OptState: TypeAlias = Any
 """An optimizer state: a NamedTuple (or, for :func:`chain`, a tuple) of plain data."""
@@ -263,13 +263,7 @@ def check_same_shapes(name: str, tree: Mapping[str, Any], reference: Mapping[str
     one layout need no look at their arrays (the trainer's every step).
     """
     check_same_keys(name, tree, reference)
-    if (
-        type(tree) is FlatArrays
-        and type(reference) is FlatArrays
-        and tree.flat is not None
-        and reference.flat is not None
-        and (tree.layout is reference.layout or tree.layout == reference.layout)
-    ):
+    if one_buffer_layout(tree, reference) is not None:
         return
     for key, value in reference.items():
         shape = getattr(tree[key], "shape", None)

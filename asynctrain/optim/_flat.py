@@ -110,6 +110,33 @@ def layout_of(arrays: Mapping[str, Any]) -> tuple[Layout, np.dtype[Any]] | None:
     return tuple((k, v.shape, v.size) for k, v in arrays.items()), dtype
 
 
+def one_buffer_layout(
+    a: Mapping[str, Any], b: Mapping[str, Any]
+) -> tuple[Layout, npt.NDArray[Any], npt.NDArray[Any]] | None:
+    """The layout and the buffers of ``a`` and ``b`` when both are :class:`FlatArrays`
+    whose buffers are live, of one layout and one dtype (element ``i`` of one buffer is
+    element ``i`` of the other's parameter); else None.
+
+    Example:
+        >>> like = {"w": np.ones(2), "b": np.ones(1)}
+        >>> a, b = flat_zeros(like), flat_zeros(like)
+        >>> one_buffer_layout(a, b)[0]
+        (('w', (2,), 2), ('b', (1,), 1))
+        >>> one_buffer_layout(a, dict(b)) is None
+        True
+    """
+    if (
+        type(a) is FlatArrays
+        and type(b) is FlatArrays
+        and a.flat is not None
+        and b.flat is not None
+        and (a.layout is b.layout or a.layout == b.layout)
+        and a.flat.dtype == b.flat.dtype
+    ):
+        return a.layout, a.flat, b.flat
+    return None
+
+
 def flat_empty(like: Mapping[str, Any]) -> dict[str, npt.NDArray[Any]]:
     """Uninitialised arrays shaped like ``like``: a :class:`FlatArrays` when they can
     share a buffer, else a dict of separate arrays."""
@@ -167,14 +194,10 @@ def buffers(*dicts: Mapping[str, npt.NDArray[Any]]) -> list[tuple[npt.NDArray[An
     if type(first) is FlatArrays and first.flat is not None:
         flats = [first.flat]
         for other in dicts[1:]:
-            if not (
-                type(other) is FlatArrays
-                and other.flat is not None
-                and (other.layout is first.layout or other.layout == first.layout)
-                and other.flat.dtype == first.flat.dtype
-            ):
+            shared = one_buffer_layout(first, other)
+            if shared is None:
                 break
-            flats.append(other.flat)
+            flats.append(shared[2])
         else:
             return _blocks(tuple(flats))
     found: list[tuple[npt.NDArray[Any], ...]] = []
