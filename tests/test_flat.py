@@ -201,3 +201,62 @@ def _flat_copy(arrays: dict[str, np.ndarray[Any, Any]]) -> FlatArrays:
     for key, value in arrays.items():
         out[key][...] = value
     return out
+
+
+def _adam_by_element(
+    settings: tuple[float, float, float, float], count: int, g: Any, mu: Any, nu: Any
+) -> None:
+    """Adam then the learning rate, in place, one element at a time in numpy scalars of
+    the arrays' dtype, each setting cast to that dtype as numpy 2 casts a Python float
+    (NEP 50): the oracle for the 0-d operands, rounding after every operation."""
+    b1, b2, eps, lr = settings
+    cast = g.dtype.type
+    square_factor = cast((1.0 - b2) / (1.0 - b1) ** 2)
+    correction1, correction2 = cast(1.0 - b1**count), cast(1.0 - b2**count)
+    for i in range(g.size):
+        scaled = g[i] * cast(1.0 - b1)
+        mu[i] = mu[i] * cast(b1) + scaled
+        nu[i] = nu[i] * cast(b2) + scaled * scaled * square_factor
+        denominator = np.sqrt(nu[i] / correction2) + cast(eps)
+        g[i] = mu[i] / denominator / correction1 * cast(-lr)
+
+
+# b1 = -0.0 right after 0.0: two settings one cache would confuse (the sign of a zero
+# factor shows in the bits of the moments).
+ADAM_SETTINGS = [(0.9, 0.999, 1e-8, 1e-3), (0.0, 0.5, 1e-3, 0.1), (-0.0, 0.5, 1e-3, 0.1)]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("settings", ADAM_SETTINGS, ids=["default", "b1=0", "b1=-0"])
+def test_settings_taken_as_0d_arrays_give_the_bits_of_python_floats(
+    dtype: Any, settings: tuple[float, float, float, float]
+) -> None:
+    b1, b2, eps, lr = settings
+    opt = optim.adam(lr, b1=b1, b2=b2, eps=eps)
+    rng = np.random.default_rng(3)
+    params = _on_one_buffer({k: np.zeros(s, dtype) for k, s in SHAPES.items()})
+    state = opt.init(params)
+    size = sum(int(np.prod(shape)) for shape in SHAPES.values())
+    mu, nu = np.zeros(size, dtype), np.zeros(size, dtype)
+    with np.errstate(all="ignore"):  # float16 squares overflow: the bits of inf count too
+        for count in range(1, 30):
+            scale = 10.0 ** rng.integers(-8, 8)
+            grads = {k: np.asarray(rng.normal(size=s) * scale, dtype) for k, s in SHAPES.items()}
+            expected = np.concatenate([g.ravel() for g in grads.values()])
+            _adam_by_element(settings, count, expected, mu, nu)
+            updates, state = opt.update(_on_one_buffer(grads), state, params)
+            assert updates.flat.tobytes() == expected.tobytes()
+            assert state[0].mu.flat.tobytes() == mu.tobytes()
+            assert state[0].nu.flat.tobytes() == nu.tobytes()
+
+
+@pytest.mark.parametrize("value", [0.0, -0.0, 0.1, -2.5])
+def test_constants_keep_the_value_and_the_sign_of_a_zero(value: float) -> None:
+    for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
+        for _ in range(2):  # the second time from the cache, if cached
+            (got,) = _flat.constants(dtype, value)
+            assert got.shape == ()
+            assert got.dtype == dtype
+            assert got.tobytes() == np.array(value, dtype).tobytes()
+    with pytest.raises(ValueError, match="read-only"):
+        _flat.constants(np.dtype(np.float32), 0.5)[0][()] = 1.0

@@ -18,7 +18,7 @@ import numpy as np
 
 from asynctrain._exceptions import ConfigError, ConfigTypeError
 from asynctrain._types import Array, Grads, Params
-from asynctrain.optim._flat import buffers, flat_empty, one_buffer_layout
+from asynctrain.optim._flat import blocks_of, buffers, flat_empty, one_buffer_layout, shared_buffers
 
 OptState: TypeAlias = Any
 """An optimizer state: a NamedTuple (or, for :func:`chain`, a tuple) of plain data."""
@@ -230,7 +230,8 @@ def global_norm(tree: Grads) -> float:
     """
     total = 0.0
     for x in tree.values():
-        total += _sum_of_squares(x)
+        square = float(np.vdot(x, x))  # in place: no squared temporary (every step: inline)
+        total += _sum_of_squares(x) if math.isinf(square) else square
     return math.sqrt(total)
 
 
@@ -273,3 +274,19 @@ def check_same_shapes(name: str, tree: Mapping[str, Any], reference: Mapping[str
                 f"{name} {key!r} {got}, the parameter has shape {value.shape}; pass "
                 "numpy arrays shaped like the parameters"
             )
+
+
+def checked_buffers(
+    name: str, grads: Grads, *states: Mapping[str, Array]
+) -> list[tuple[Array, ...]]:
+    """:func:`check_same_shapes` of ``grads`` against ``states[0]``, then the arrays to
+    work on element by element (:func:`~asynctrain.optim._flat.buffers`) of ``grads`` and
+    ``states``: a transform's first lines every step. Buffers of one layout (the
+    trainer's every step) are compared once, not once for the check and again for the
+    buffers.
+    """
+    flats = shared_buffers(grads, *states)
+    if flats is not None:
+        return blocks_of(flats)
+    check_same_shapes(name, grads, states[0])
+    return buffers(grads, *states)

@@ -15,8 +15,8 @@ import numpy as np
 
 from asynctrain._checks import check_float
 from asynctrain._types import Array, Grads, Params
-from asynctrain.optim._base import GradientTransformation, _call_label, _labelled, check_same_shapes
-from asynctrain.optim._flat import buffers
+from asynctrain.optim._base import GradientTransformation, _call_label, _labelled, checked_buffers
+from asynctrain.optim._flat import constants
 from asynctrain.optim._transforms import full_like
 from asynctrain.optim._validate import check_fraction, check_positive
 
@@ -86,24 +86,28 @@ def _adam_update(
     state: ScaleByAdamState,
     params: Params | None = None,
 ) -> tuple[Grads, ScaleByAdamState]:
-    check_same_shapes("gradient", grads, state.mu)
+    blocks = checked_buffers("gradient", grads, state.mu, state.nu)
     count = state.count + 1
     correction1, correction2 = 1.0 - b1**count, 1.0 - b2**count
     # g is scaled by (1 - b1) for the first moment; this turns its square into (1-b2)*g**2.
     square_factor = (1.0 - b2) / (1.0 - b1) ** 2
-    for g, mu, nu in buffers(grads, state.mu, state.nu):
-        np.multiply(mu, b1, out=mu)
-        np.multiply(g, 1.0 - b1, out=g)
+    for g, mu, nu in blocks:
+        # 0-d operands of the buffer's dtype: the bits of Python floats, in less time.
+        dtype = g.dtype
+        k1, k1_rest, k_square, k2, k_eps = constants(dtype, b1, 1.0 - b1, square_factor, b2, eps)
+        c1, c2 = np.array(correction1, dtype), np.array(correction2, dtype)
+        np.multiply(mu, k1, out=mu)
+        np.multiply(g, k1_rest, out=g)
         np.add(mu, g, out=mu)
         np.square(g, out=g)
-        np.multiply(g, square_factor, out=g)
-        np.multiply(nu, b2, out=nu)
+        np.multiply(g, k_square, out=g)
+        np.multiply(nu, k2, out=nu)
         np.add(nu, g, out=nu)
-        np.divide(nu, correction2, out=g)
+        np.divide(nu, c2, out=g)
         np.sqrt(g, out=g)
-        np.add(g, eps, out=g)
+        np.add(g, k_eps, out=g)
         np.divide(mu, g, out=g)
-        np.divide(g, correction1, out=g)
+        np.divide(g, c1, out=g)
     # Built directly: _replace leaves one tuple per step on CPython's free list.
     return grads, ScaleByAdamState(count, state.mu, state.nu)
 
@@ -146,8 +150,7 @@ def _rms_init(params: Params) -> ScaleByRmsState:
 def _rms_update(
     decay: float, eps: float, grads: Grads, state: ScaleByRmsState, params: Params | None = None
 ) -> tuple[Grads, ScaleByRmsState]:
-    check_same_shapes("gradient", grads, state.nu)
-    for g, nu in buffers(grads, state.nu):
+    for g, nu in checked_buffers("gradient", grads, state.nu):
         scratch = np.square(g, out=np.empty_like(g))  # out=: a 0-d g stays an array
         np.multiply(scratch, 1.0 - decay, out=scratch)
         np.multiply(nu, decay, out=nu)
@@ -197,8 +200,7 @@ def _adagrad_init(initial: float, params: Params) -> ScaleByAdagradState:
 def _adagrad_update(
     eps: float, grads: Grads, state: ScaleByAdagradState, params: Params | None = None
 ) -> tuple[Grads, ScaleByAdagradState]:
-    check_same_shapes("gradient", grads, state.sum_of_squares)
-    for g, total in buffers(grads, state.sum_of_squares):
+    for g, total in checked_buffers("gradient", grads, state.sum_of_squares):
         scratch = np.square(g, out=np.empty_like(g))  # out=: a 0-d g stays an array
         np.add(total, scratch, out=total)
         _divide_by_root(g, total, eps, scratch)

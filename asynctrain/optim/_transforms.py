@@ -23,9 +23,10 @@ from asynctrain.optim._base import (
     _call_label,
     _labelled,
     check_same_shapes,
+    checked_buffers,
     global_norm,
 )
-from asynctrain.optim._flat import buffers, flat_or_values, flat_zeros
+from asynctrain.optim._flat import constants, flat_or_values, flat_zeros
 from asynctrain.optim._validate import (
     check_floating,
     check_fraction,
@@ -85,7 +86,7 @@ def _scale_update(
     factor: float, grads: Grads, state: EmptyState, params: Params | None = None
 ) -> tuple[Grads, EmptyState]:
     for g in flat_or_values(grads):
-        np.multiply(g, factor, out=g)
+        np.multiply(g, constants(g.dtype, factor)[0], out=g)  # the bits of the float, sooner
     return grads, state
 
 
@@ -169,8 +170,7 @@ def _trace_init(params: Params) -> TraceState:
 def _trace_update(
     decay: float, nesterov: bool, grads: Grads, state: TraceState, params: Params | None = None
 ) -> tuple[Grads, TraceState]:
-    check_same_shapes("gradient", grads, state.trace)
-    for g, t in buffers(grads, state.trace):
+    for g, t in checked_buffers("gradient", grads, state.trace):
         np.multiply(t, decay, out=t)
         np.add(t, g, out=t)
         if nesterov:
