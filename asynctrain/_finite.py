@@ -11,7 +11,7 @@ element, a block of at most :data:`CHUNK_VALUES` values at a time.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import numpy as np
@@ -27,14 +27,18 @@ CHUNK_VALUES = 1 << 22
 block of an exact check: a block's mask is at most 4 MiB, whatever the array's size."""
 
 
-def all_finite(arrays: Iterable[npt.NDArray[Any]]) -> bool:
-    """Whether every element of every array is finite (int and bool arrays always are).
+def all_finite(arrays: Sequence[npt.NDArray[Any]]) -> bool:
+    """Whether every element of every array is finite (int and bool arrays always are);
+    ``arrays`` is read twice when a sum is not finite (a sequence, not an iterator).
 
     One read of each float array, in its memory order, with no temporary: the sum of
-    squares (``vdot``) is finite only if every element is. A sum that overflows although
-    every element is finite (values near 1e19 in float32) is settled by an exact
-    element-wise check, :data:`CHUNK_VALUES` at a time. A column-major array is read
-    through its transpose (``vdot`` would copy it into row order first).
+    squares (``vdot``) is finite only if every element is, and so is the sum of those
+    sums, added up over the arrays and tested once (the updater checks a step's new
+    parameters and optimizer state in one call: a test per array cost more than the
+    reads of small ones). A sum that overflows although every element is finite (values
+    near 1e19 in float32) is settled by an exact element-wise check of each array,
+    :data:`CHUNK_VALUES` at a time. A column-major array is read through its transpose
+    (``vdot`` would copy it into row order first).
 
     Example:
         >>> all_finite([np.ones(3), np.array([1, 2])]), all_finite([np.array([0.0, np.inf])])
@@ -42,13 +46,14 @@ def all_finite(arrays: Iterable[npt.NDArray[Any]]) -> bool:
         >>> all_finite([np.full(4, 1e30, np.float32)])  # the squares overflow; the values do not
         True
     """
+    total = 0.0
     for array in arrays:
-        if array.dtype.kind not in "fc":
-            continue
-        flat = array.T if array.flags.f_contiguous else array
-        if not math.isfinite(abs(np.vdot(flat, flat))) and not _exactly_finite(array):
-            return False
-    return True
+        if array.dtype.kind in "fc":
+            flat = array.T if array.ndim > 1 and array.flags.f_contiguous else array
+            total += float(abs(np.vdot(flat, flat)))
+    if math.isfinite(total):
+        return True
+    return all(_exactly_finite(array) for array in arrays if array.dtype.kind in "fc")
 
 
 def _exactly_finite(array: npt.NDArray[Any]) -> bool:

@@ -115,6 +115,28 @@ async def test_resume_is_exact_in_the_deterministic_modes(
     assert state_bits(resumed.state) == state_bits(reference.state)
 
 
+@pytest.mark.parametrize("resume_on", ["inline", "thread"])
+@pytest.mark.parametrize("shards", [1, 3])
+async def test_a_run_resumed_mid_epoch_ends_on_the_bits_of_the_whole_run(
+    shards: int, resume_on: str, tmp_path: Path, data: at.data.Dataset
+) -> None:
+    # One shard is the updater's shortest path (the gradient divided straight into its
+    # buffer); Adam takes its settings as 0-d arrays and the updater backs its state up
+    # into copies it keeps between steps. Interrupted after step 7 of 10, resumed from the
+    # checkpoint of step 6 (on the same backend, or on threads), the run ends on the bits
+    # of the run that was never interrupted.
+    reference = _softmax_trainer(shards=shards)
+    await reference.fit(data, epochs=2)
+    options = {"epochs": 2, "checkpoint_dir": tmp_path, "checkpoint_every": 3}
+    with pytest.raises(Interrupted):
+        await _softmax_trainer(shards=shards).fit(data, callbacks=[InterruptAt(7)], **options)
+    workers = None if resume_on == "inline" else 2
+    resumed = _softmax_trainer(shards=shards, backend=resume_on, workers=workers)
+    result = await resumed.fit(data, resume=True, **options)
+    assert result.steps == 4  # steps 6..9: it resumed, it did not start over
+    assert state_bits(resumed.state) == state_bits(reference.state)
+
+
 @pytest.fixture(scope="module")
 def data() -> at.data.Dataset:
     return synthetic("softmax", n=500, seed=2)

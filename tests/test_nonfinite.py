@@ -8,7 +8,8 @@ step; with ``"skip"`` the poisoned step must change nothing but the counters.
 from __future__ import annotations
 
 import functools
-from typing import Any
+import random
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -258,3 +259,112 @@ async def test_predict_on_overflowing_parameters_warns_nowhere() -> None:
         await job.result()
         prediction = await job.predict(data.X)
     assert np.array_equal(prediction.values, expected, equal_nan=True)
+
+
+# -- the updater's own path: a step refused at any step, on one shard or several -----------
+
+STEPS_PER_EPOCH = N // BATCH
+
+
+def _refused_at(when: str, salt: str) -> int:
+    """Step 0 (the state's first backup is taken there) or a random later step, seeded."""
+    return 0 if when == "first" else random.Random(salt).randrange(1, STEPS_PER_EPOCH)
+
+
+def _poisoned_at(target: str, step: int, shards: int) -> Poisoned:
+    sample = sample_of(step, shards - 1, n=N, batch_size=BATCH, shards=shards, seed=SEED)
+    return Poisoned(poison=frozenset({sample}), target=target)
+
+
+def _check_refused(nonfinite: str, trainer: at.Trainer, recorder: Recorder, step: int) -> None:
+    """The refused step left the parameters and the optimizer state as they were before it:
+    the copy the recorder took after the step before (the oracle)."""
+    before = recorder.states[step]
+    if nonfinite == "raise":
+        assert state_bits(trainer.state) == before
+        return
+    after = recorder.states[step + 1]
+    assert {k: after[k] for k in ("params", "opt", "opt_scalars")} == {
+        k: before[k] for k in ("params", "opt", "opt_scalars")
+    }
+    assert after["counters"][2] == 1  # one step skipped
+
+
+@pytest.mark.parametrize("when", ["first", "random"])
+@pytest.mark.parametrize("shards", [1, 3])
+@pytest.mark.parametrize("target", ["W", "huge"])
+@pytest.mark.parametrize("backend", ["inline", "thread"])
+@pytest.mark.parametrize("nonfinite", ["raise", "skip"])
+async def test_a_step_refused_at_any_step_leaves_parameters_and_state_as_they_were(
+    data: Dataset, nonfinite: str, backend: str, target: str, shards: int, when: str
+) -> None:
+    # "W": a NaN gradient, refused before the optimizer runs; "huge": a finite gradient
+    # whose square overflows Adam's second moment, refused after the optimizer has
+    # written its state in place (which the updater must undo).
+    step = _refused_at(when, f"{target}-{shards}-{backend}")
+    model = _poisoned_at(target, step, shards)
+    trainer = _one_epoch_trainer(model, backend, nonfinite, at.optim.adam(1e-2), shards)
+    recorder = Recorder(trainer)
+    if nonfinite == "raise":
+        problem = "gradient of 'W'" if target == "W" else "optimizer state"
+        with pytest.raises(at.NonFiniteError, match=f"step {step}: non-finite {problem}"):
+            await trainer.fit(data, callbacks=[recorder])
+    else:
+        result = await trainer.fit(data, callbacks=[recorder])
+        assert result.skipped_steps == 1
+    _check_refused(nonfinite, trainer, recorder, step)
+
+
+def _one_epoch_trainer(
+    model: Poisoned, backend: str, nonfinite: str, optimizer: Any, shards: int
+) -> at.Trainer:
+    workers = None if backend == "inline" else 2
+    return at.Trainer(
+        model, optimizer, backend=backend, workers=workers, batch_size=BATCH, shards=shards,
+        seed=SEED, nonfinite=nonfinite,
+    )  # fmt: skip
+
+
+class RebuiltState(NamedTuple):
+    """State of the optimizer below: steps taken, and a running sum of squared gradients."""
+
+    count: int  # type: ignore[assignment]  # shadows tuple.count, as in optax
+    squares: dict[str, np.ndarray]
+
+
+def _rebuilt_init(params: dict[str, np.ndarray]) -> RebuiltState:
+    return RebuiltState(0, {k: np.zeros_like(v) for k, v in params.items()})
+
+
+def _rebuilt_update(
+    grads: dict[str, np.ndarray], state: RebuiltState, params: Any = None
+) -> tuple[dict[str, np.ndarray], RebuiltState]:
+    # The sum in new arrays every other step and in place the others, so the updater's
+    # backup sees the state's arrays change from one step to the next. A gradient of 1e30
+    # squares to inf in float32: the state overflows, the parameters do not.
+    if state.count % 2:
+        squares = {k: s + grads[k] * grads[k] for k, s in state.squares.items()}
+    else:
+        squares = state.squares
+        for key, s in squares.items():
+            s += grads[key] * grads[key]
+    updates = {k: g * np.float32(-1e-2) for k, g in grads.items()}
+    return updates, RebuiltState(state.count + 1, squares)
+
+
+@pytest.mark.parametrize("when", ["first", "random"])
+@pytest.mark.parametrize("nonfinite", ["raise", "skip"])
+async def test_a_refused_step_of_an_optimizer_that_rebuilds_its_state_changes_nothing(
+    data: Dataset, nonfinite: str, when: str
+) -> None:
+    optimizer = at.optim.GradientTransformation(_rebuilt_init, _rebuilt_update)
+    for step in {_refused_at(when, f"rebuilt-{salt}") for salt in range(3)}:
+        model = _poisoned_at("huge", step, 1)
+        trainer = _one_epoch_trainer(model, "inline", nonfinite, optimizer, 1)
+        recorder = Recorder(trainer)
+        if nonfinite == "raise":
+            with pytest.raises(at.NonFiniteError, match=f"step {step}: non-finite optimizer state"):
+                await trainer.fit(data, callbacks=[recorder])
+        else:
+            await trainer.fit(data, callbacks=[recorder])
+        _check_refused(nonfinite, trainer, recorder, step)

@@ -46,6 +46,11 @@ from asynctrain.optim._tree import leaves
 
 T = TypeVar("T")
 
+_QUIET = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+"""numpy's overflow and invalid-value warnings off for an update: the updater looks for
+non-finite values itself. Used as a decorator, which sets numpy's error state per call
+without building a context manager each time (0.6 against 1.4 µs, interleaved)."""
+
 UPDATE_BUDGET = 500e-6
 """An optimizer update whose median time over the last :data:`UPDATE_WINDOW` is at most
 this many seconds runs on the event loop when the update thread is idle (see the module
@@ -203,6 +208,7 @@ class Updater:
         self.state, result = fn(self.state, *args)
         return result
 
+    @_QUIET  # overflow and NaN are looked for explicitly, not reported as they happen
     def _apply(
         self,
         results: Sequence[ShardResult],
@@ -212,15 +218,13 @@ class Updater:
         advance: int,
     ) -> StepStats:
         state, acc = self.state, self._scratch
-        # Overflow and NaN are looked for explicitly below, not reported as they happen.
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            loss_sum, n, weight = sum_in_order(results, grads, acc, mean=True)
-            norm = global_norm(acc)
-            # A finite norm means every gradient is finite: one pass, not a scan per array.
-            if math.isfinite(loss_sum) and math.isfinite(norm):
-                params, opt_state, problem = self._update(state, acc)
-            else:
-                problem = _first_nonfinite(loss_sum, acc, "gradient of", from_shards=True)
+        loss_sum, n, weight = sum_in_order(results, grads, acc, mean=True)
+        norm = global_norm(acc)
+        # A finite norm means every gradient is finite: one pass, not a scan per array.
+        if math.isfinite(loss_sum) and math.isfinite(norm):
+            params, opt_state, problem = self._update(state, acc)
+        else:
+            problem = _first_nonfinite(loss_sum, acc, "gradient of", from_shards=True)
         if problem is not None:
             return self._refuse(
                 results, grads, mean_loss(loss_sum, weight), n, weight, problem, advance
@@ -303,13 +307,18 @@ class StateBackup:
     """
 
     def __init__(self) -> None:
-        self._arrays: list[npt.NDArray[Any]] = []
+        self._arrays: list[npt.NDArray[Any]] = []  # what the copies were taken of
         self._copies: list[npt.NDArray[Any]] = []
         self._walked: tuple[object, list[npt.NDArray[Any]]] = (object(), [])
 
     def walk(self, opt_state: Any) -> list[npt.NDArray[Any]]:
-        """The arrays of ``opt_state`` (:func:`buffers_in`), remembered for :meth:`save`."""
+        """The arrays of ``opt_state`` (:func:`buffers_in`), remembered for :meth:`save`:
+        the very list saved last when they are the same array objects (the usual case:
+        the state updated in place), which :meth:`save` then copies without a look."""
         arrays = buffers_in(opt_state)
+        saved = self._arrays
+        if len(arrays) == len(saved) and all(map(operator.is_, arrays, saved)):
+            arrays = saved
         self._walked = (opt_state, arrays)
         return arrays
 
@@ -321,22 +330,19 @@ class StateBackup:
         its dicts), and every update's result is walked.
         """
         walked, arrays = self._walked
-        if walked is not opt_state:
-            arrays = buffers_in(opt_state)
-        copies, saved = self._copies, self._arrays
-        # The same array objects as last time (the usual case: state updated in place)
-        # fit the copies already; any other array list is checked and copied afresh.
-        same = len(arrays) == len(saved) and all(map(operator.is_, arrays, saved))
-        if not same:
-            self._arrays = arrays
-            if len(copies) != len(arrays) or any(
-                c.shape != a.shape or c.dtype != a.dtype
-                for c, a in zip(copies, arrays, strict=False)
-            ):
-                self._copies = [array.copy() for array in arrays]
-                return
-        for copy, array in zip(copies, arrays, strict=True):
+        if walked is not opt_state or arrays is not self._arrays:
+            self._adopt(arrays if walked is opt_state else buffers_in(opt_state))
+        for copy, array in zip(self._copies, self._arrays, strict=True):
             np.copyto(copy, array)
+
+    def _adopt(self, arrays: list[npt.NDArray[Any]]) -> None:
+        """Take copies of ``arrays`` from now on: in the copies there are when they fit."""
+        copies = self._copies
+        if len(copies) != len(arrays) or any(
+            c.shape != a.shape or c.dtype != a.dtype for c, a in zip(copies, arrays, strict=False)
+        ):
+            self._copies = [np.empty_like(array) for array in arrays]
+        self._arrays = arrays
 
     def restore(self) -> None:
         """Write the saved values back into the arrays they were copied from."""
@@ -356,7 +362,7 @@ def next_params(params: Params, updates: Grads) -> Params:
     if shared is not None:
         layout, param_flat, update_flat = shared
         flat = np.add(param_flat, update_flat)
-        flat.flags.writeable = False
+        flat.setflags(write=False)  # not .flags: a flags object made and dropped every step
         return FlatArrays(flat, layout)
     new = apply_updates(params, updates)
     freeze(new)
@@ -403,26 +409,29 @@ def sum_in_order(
     cast to ``out``'s dtype as it is read, as a shared-memory gradient slot does when a
     shard writes it.
     """
-    live = [result for result in results if result.n]
     loss, n, weight = 0.0, 0, 0.0
-    for result in live:
-        loss += result.loss
-        n += result.n
-        weight += result.weight
-    if not live:
+    shard_grads = []
+    for result in results:
+        if result.n:
+            loss += result.loss
+            n += result.n
+            weight += result.weight
+            shard_grads.append(grads.read(result.grad_slot))
+    if not shard_grads:
         return loss, n, weight
     divide = mean and weight != 0  # rows that all weigh 0: the zero sum stays zero
-    shard_grads = [grads.read(result.grad_slot) for result in live]
-    first, rest = shard_grads[0], shard_grads[1:]
-    for key, acc in out.items():
-        if not rest:
+    first = shard_grads[0]
+    if len(shard_grads) == 1:
+        for key, acc in out.items():
             if divide:
                 np.divide(first[key], weight, out=acc, dtype=acc.dtype)
             else:
                 np.copyto(acc, first[key])
-            continue
-        np.add(first[key], rest[0][key], out=acc, dtype=acc.dtype)
-        for more in rest[1:]:
+        return loss, n, weight
+    second, rest = shard_grads[1], shard_grads[2:]
+    for key, acc in out.items():
+        np.add(first[key], second[key], out=acc, dtype=acc.dtype)
+        for more in rest:
             np.add(acc, more[key], out=acc, dtype=acc.dtype)
         if divide:
             np.divide(acc, weight, out=acc)
