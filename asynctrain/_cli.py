@@ -27,6 +27,7 @@ from asynctrain._control import FitControl
 from asynctrain._curves import check_plotting, plot_curves
 from asynctrain._events import Callback, FitResult
 from asynctrain._exceptions import AsyncTrainError, ConfigError, DataError
+from asynctrain._inputs import predictions
 from asynctrain._offloop import off_loop
 from asynctrain._progress import Progress
 from asynctrain._runtime import run
@@ -99,7 +100,7 @@ class ModelSpec:
         if self.mean is None or self.scale is None:
             return X
         scaled = (np.asarray(X, dtype=np.float64) - self.mean) / self.scale
-        result: npt.NDArray[Any] = scaled.astype(dtype)
+        result: npt.NDArray[Any] = scaled.astype(dtype, copy=False)
         return result
 
     def decode(self, predictions: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -468,11 +469,13 @@ def _predict(args: argparse.Namespace) -> int:
     spec, params = _read_model(Path(args.model))
     model = spec.build()
     _check_params(Path(args.model), spec, model, params)
-    X = spec.features(_read_features(Path(args.data), spec), model.dtype)
-    predictions = spec.decode(model.predict(params, np.asarray(X, dtype=model.dtype)))
+    # Scaled in float64: the check of Trainer.predict's rows casts them to the model's
+    # dtype and refuses a value past its range, naming it.
+    X = spec.features(_read_features(Path(args.data), spec), np.float64)
+    values = spec.decode(predictions(model, params, X, None))
     # exactly this name (np.save on a name would append .npy)
-    replace_atomically(Path(args.out), lambda file: np.save(file, predictions, allow_pickle=False))
-    print(f"wrote {len(predictions)} predictions to {args.out}")
+    replace_atomically(Path(args.out), lambda file: np.save(file, values, allow_pickle=False))
+    print(f"wrote {len(values)} predictions to {args.out}")
     return 0
 
 

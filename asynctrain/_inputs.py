@@ -12,8 +12,8 @@ cannot weigh its rows.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterable
-from typing import Any
+from collections.abc import AsyncIterable, Callable
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -33,8 +33,12 @@ __all__ = [
     "predictions",
     "prepare",
     "prepare_validation",
+    "quietly",
     "rows_given",
 ]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 DataLike = (
     Dataset
@@ -278,18 +282,33 @@ def predictions(
     model: Model, params: Any, X: npt.ArrayLike, feature_names: FeatureNames | None
 ) -> npt.NDArray[Any]:
     """``model.predict(params, X)`` of ``X`` checked by :func:`prediction_inputs`, for
-    ``Trainer.predict`` and ``Job.predict``.
+    ``Trainer.predict``, ``Job.predict`` and ``asynctrain predict``.
 
-    The call runs with numpy's floating-point warnings off, as the model calls of a fit
-    and ``evaluate`` do (:func:`~asynctrain.models._protocol.quiet_float_errors`):
-    parameters that overflow on ``X`` show in what the model makes of it (``inf`` or
-    ``nan`` values, the class of an infinite score), not as a ``RuntimeWarning`` of the
-    caller's thread. A model's own ``np.errstate`` inside its call still applies.
+    The call runs :func:`quietly`: parameters that overflow on ``X`` show in what the
+    model makes of it (``inf`` or ``nan`` values, the class of an infinite score), not as
+    a ``RuntimeWarning`` of the caller's thread.
 
     Raises:
         DataError, DataTypeError: as :func:`prediction_inputs`.
     """
     rows = prediction_inputs(model, X, feature_names)
+    return quietly(model.predict, params, rows)
+
+
+def quietly(compute: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    """``compute(*args, **kwargs)`` with numpy's floating-point warnings off, as the model
+    calls of a fit and ``evaluate`` run (:func:`~asynctrain.models._protocol.quiet_float_errors`).
+
+    The one way an answer is computed from trained parameters outside a fit:
+    :func:`predictions` (``Trainer.predict``, ``Job.predict``, ``asynctrain predict``) and
+    the scikit-learn estimators' ``predict``, ``predict_proba``, ``decision_function``
+    and ``score``. An overflow shows in the answer, never as a ``RuntimeWarning`` (an
+    error under warnings-as-errors). A model's own ``np.errstate`` inside still applies.
+
+    Example:
+        >>> import numpy as np
+        >>> quietly(np.exp, np.float32(100)).item()
+        inf
+    """
     with quiet_float_errors():
-        result: npt.NDArray[Any] = model.predict(params, rows)
-    return result
+        return compute(*args, **kwargs)

@@ -83,6 +83,50 @@ def test_train_out_then_predict_reproduces_trainer_predict(
     np.testing.assert_array_equal(np.load(pred), trainer.predict(X))
 
 
+def test_predict_on_overflowing_parameters_warns_nowhere(
+    softmax_file: Path, tmp_path: Path
+) -> None:
+    # Trainer.predict calls the model with numpy's warnings off; `predict` did not:
+    # "overflow encountered in matmul", an error under warnings-as-errors (as here).
+    # The oracle: the model's own answer, computed with the warnings ignored.
+    out, pred = tmp_path / "model.npz", tmp_path / "pred.npy"
+    argv = ["train", str(softmax_file), "--model", "softmax", "--epochs", "1", "--no-progress"]
+    assert main([*argv, "--out", str(out)]) == 0
+    with np.load(out) as saved:
+        arrays = {key: saved[key] for key in saved.files}
+    params = {k: v * np.float32(1e37) for k, v in arrays.items() if v.dtype == np.float32}
+    np.savez(out, **{**arrays, **params})
+    X = np.load(softmax_file)["X"].astype(np.float32) * np.float32(100)
+    np.save(tmp_path / "X.npy", X)
+    assert main(["predict", str(out), str(tmp_path / "X.npy"), "--out", str(pred)]) == 0
+    model = at.models.SoftmaxRegression(X.shape[1], 10)
+    with np.errstate(all="ignore"):
+        logits = X @ params["W"] + params["b"]
+        assert not np.isfinite(logits).all()  # they do overflow
+        expected = model.predict(params, X)
+    np.testing.assert_array_equal(np.load(pred), expected)
+
+
+def test_predict_refuses_rows_its_model_cannot_hold_in_one_line(
+    softmax_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A value past float32's range was cast to inf with "overflow encountered in cast"
+    # and predicted on; it is refused as Trainer.predict refuses it, naming the value.
+    out, pred = tmp_path / "model.npz", tmp_path / "pred.npy"
+    argv = ["train", str(softmax_file), "--model", "softmax", "--epochs", "1", "--no-progress"]
+    for options in ([], ["--standardize"]):
+        assert main([*argv, *options, "--out", str(out)]) == 0
+        X = np.load(softmax_file)["X"].astype(np.float64)
+        X[3, 2] = 1e300
+        np.save(tmp_path / "X.npy", X)
+        capsys.readouterr()
+        assert main(["predict", str(out), str(tmp_path / "X.npy"), "--out", str(pred)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1
+        assert "row 3" in err, err
+        assert not pred.exists()
+
+
 def test_labels_are_encoded_and_decoded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rng = np.random.default_rng(1)
     X = rng.standard_normal((900, 4)).astype(np.float32)

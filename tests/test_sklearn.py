@@ -125,6 +125,66 @@ def test_mlp_regressor_outputs() -> None:
     assert reg.fit(X, two[:, :1]).predict(X).shape == (len(X),)
 
 
+def _overflowing(est: Any, X: npt.NDArray[Any], y: npt.NDArray[Any]) -> Any:
+    """``est`` fitted on ``(X, y)``, its parameters then scaled until they overflow."""
+    est.fit(X, y)
+    est.params_ = {key: value * np.float32(1e37) for key, value in est.params_.items()}
+    return est
+
+
+@pytest.mark.parametrize("centers", [2, 3])
+def test_classifiers_predict_on_overflowing_parameters_without_warnings(centers: int) -> None:
+    # Trainer.predict and Job.predict call the model with numpy's warnings off; the
+    # estimators warned ("overflow encountered in matmul", an error here). The oracles,
+    # computed with the warnings ignored: the logits, sigmoid and softmax by hand; the
+    # MLP's network.
+    X, y = blobs(centers=centers)
+    X32 = X.astype(np.float32) * np.float32(100)
+    logreg = _overflowing(ask.AsyncLogisticRegression(random_state=0, max_iter=2), X, y)
+    mlp = _overflowing(ask.AsyncMLPClassifier((8,), random_state=0, max_iter=2), X, y)
+    with np.errstate(all="ignore"):
+        params = logreg.params_
+        scores = X32 @ params["w" if centers == 2 else "W"] + params["b"]
+        if centers == 2:
+            index, positive = (scores > 0).astype(int), 1 / (1 + np.exp(-scores))
+            proba = np.column_stack([1 - positive, positive])
+        else:
+            index, shifted = scores.argmax(axis=1), np.exp(scores - scores.max(axis=1)[:, None])
+            proba = shifted / shifted.sum(axis=1)[:, None]
+        mlp_proba = mlp.model_.predict_proba(mlp.params_, X32)
+    assert not np.isfinite(scores).all()  # they do overflow
+    assert not np.isfinite(mlp_proba).all()
+    np.testing.assert_array_equal(logreg.decision_function(X32), scores)
+    np.testing.assert_allclose(logreg.predict_proba(X32), proba, rtol=1e-6)
+    for est, labels in ((logreg, logreg.classes_[index]), (mlp, mlp_proba.argmax(axis=1))):
+        np.testing.assert_array_equal(est.predict(X32), labels)
+        assert est.score(X32, y) == np.mean(labels == y)
+    np.testing.assert_array_equal(mlp.predict_proba(X32), mlp_proba)
+
+
+def test_regressors_predict_and_score_on_overflowing_values_without_warnings() -> None:
+    # As above for the regressors (oracle: the model's own predict), and their score
+    # squared finite predictions past float64's range ("overflow encountered in square").
+    X, _ = blobs()
+    y = X @ [1.0, 2.0, 0.0, -1.0]
+    X32 = X.astype(np.float32) * np.float32(100)
+    for est in (
+        ask.AsyncLinearRegression(random_state=0, max_iter=2),
+        ask.AsyncMLPRegressor((8,), random_state=0, max_iter=2),
+    ):
+        big = est.fit(X, y).predict(X * 1e300)
+        with np.errstate(all="ignore"):
+            r2 = 1 - np.sum((y - big) ** 2) / np.sum((y - y.mean()) ** 2)
+        assert np.isfinite(big).all()
+        assert r2 == -np.inf
+        assert est.score(X * 1e300, y) == r2
+        est = _overflowing(est, X, y)
+        with np.errstate(all="ignore"):
+            expected = est.model_.predict(est.params_, X32)
+        assert not np.isfinite(expected).all()  # they do overflow
+        np.testing.assert_array_equal(est.predict(X32), expected)
+
+
 # -- event loops --------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ import functools
 import math
 import numbers
 import warnings
+from collections.abc import Callable
 from typing import Any, Self
 
 import numpy as np
@@ -29,7 +30,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from asynctrain import optim
 from asynctrain._checks import check_choice, check_float, check_int
 from asynctrain._events import FitResult
-from asynctrain._inputs import prepare, prepare_validation
+from asynctrain._inputs import prepare, prepare_validation, quietly
 from asynctrain._offloop import off_loop
 from asynctrain._types import Params
 from asynctrain.data._frames import batch_as_table, check_table, is_table
@@ -330,6 +331,14 @@ class AsyncEstimator(TrainingParams, BaseEstimator):  # type: ignore[misc]
             )
 
     # -- predicting --------------------------------------------------------------------
+
+    def _predicted(
+        self, compute: Callable[[npt.NDArray[Any], Params], npt.NDArray[Any]], X: npt.ArrayLike
+    ) -> npt.NDArray[Any]:
+        """``compute(rows, params)`` of :meth:`_inputs`, run :func:`~asynctrain._inputs.quietly`
+        as ``Trainer.predict`` runs the model: parameters that overflow on ``X`` show in
+        the answer (``inf``, ``nan``), not as a ``RuntimeWarning``."""
+        return quietly(compute, *self._inputs(X))
 
     def _inputs(self, X: npt.ArrayLike) -> tuple[npt.NDArray[Any], Params]:
         """Validated ``X`` (float64 or float32; a scipy.sparse ``X`` as CSR, never

@@ -10,6 +10,7 @@ from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 
 from asynctrain._exceptions import DataError
+from asynctrain._inputs import quietly
 from asynctrain._types import Params
 from asynctrain.data._weights import class_weight_rows
 from asynctrain.sklearn._base import AsyncEstimator
@@ -211,6 +212,15 @@ class AsyncRegressor(RegressorMixin, AsyncEstimator):  # type: ignore[misc]
     ) -> Self:
         """Like :meth:`partial_fit`, on the caller's event loop (see :meth:`afit`)."""
         return await self._apartial_fit(X, y, None, sample_weight)
+
+    def score(
+        self, X: npt.ArrayLike, y: npt.ArrayLike, sample_weight: npt.ArrayLike | None = None
+    ) -> float:
+        """The coefficient of determination R² of :meth:`predict` on ``(X, y)``, as
+        scikit-learn's ``RegressorMixin.score``, computed
+        :func:`~asynctrain._inputs.quietly`: predictions too large to square give
+        ``-inf``, not a ``RuntimeWarning``."""
+        return float(quietly(super().score, X, y, sample_weight=sample_weight))
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

@@ -60,11 +60,7 @@ class AsyncLogisticRegression(LinearParams, AsyncClassifier):
     def decision_function(self, X: npt.ArrayLike) -> npt.NDArray[Any]:
         """Logits: (n_samples,) for two classes (positive means ``classes_[1]``), else
         (n_samples, n_classes)."""
-        X_arr, params = self._inputs(X)
-        if "w" in params:
-            scores: npt.NDArray[Any] = X_arr @ params["w"] + params["b"]
-            return scores
-        return X_arr @ params["W"] + params["b"]
+        return self._predicted(_scores, X)
 
     def predict(self, X: npt.ArrayLike) -> npt.NDArray[Any]:
         """The most probable class of each row, from ``classes_``."""
@@ -75,14 +71,7 @@ class AsyncLogisticRegression(LinearParams, AsyncClassifier):
 
     def predict_proba(self, X: npt.ArrayLike) -> npt.NDArray[Any]:
         """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
-        scores = self.decision_function(X)
-        if scores.ndim == 1:
-            positive = _sigmoid(scores)
-            return np.column_stack([1 - positive, positive])
-        scores -= scores.max(axis=1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=1, keepdims=True)
-        return scores
+        return self._predicted(_probabilities, X)
 
     def _build_model(self, attrs: dict[str, Any], batch_size: int) -> Model:
         n_features, n_classes = attrs["n_features_in_"], len(attrs["classes_"])
@@ -129,15 +118,31 @@ class AsyncLinearRegression(LinearParams, AsyncRegressor):
 
     def predict(self, X: npt.ArrayLike) -> npt.NDArray[Any]:
         """Predicted values, shape (n_samples,)."""
-        X_arr, params = self._inputs(X)
-        prediction: npt.NDArray[Any] = X_arr @ params["w"] + params["b"]
-        return prediction
+        return self._predicted(_scores, X)
 
     def _output_keys(self, params: Params) -> tuple[str, str]:
         return "w", "b"
 
     def _build_model(self, attrs: dict[str, Any], batch_size: int) -> Model:
         return LinearRegression(attrs["n_features_in_"], l2=self.alpha, dtype=self.dtype)
+
+
+def _scores(X: npt.NDArray[Any], params: Params) -> npt.NDArray[Any]:
+    """``X @ w + b`` (one column: (n,)) or ``X @ W + b`` (several: (n, k))."""
+    scores: npt.NDArray[Any] = X @ params["w" if "w" in params else "W"] + params["b"]
+    return scores
+
+
+def _probabilities(X: npt.NDArray[Any], params: Params) -> npt.NDArray[Any]:
+    """Class probabilities of the logits: a sigmoid for one column, else a softmax."""
+    scores = _scores(X, params)
+    if scores.ndim == 1:
+        positive = _sigmoid(scores)
+        return np.column_stack([1 - positive, positive])
+    scores -= scores.max(axis=1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=1, keepdims=True)
+    return scores
 
 
 def _sigmoid(z: npt.NDArray[Any]) -> npt.NDArray[Any]:

@@ -109,8 +109,10 @@ class AsyncMLPClassifier(_MLP, AsyncClassifier):
 
     def predict_proba(self, X: npt.ArrayLike) -> npt.NDArray[Any]:
         """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
-        X_arr, params = self._inputs(X)
-        proba: npt.NDArray[Any] = self._network(X_arr.dtype).predict_proba(params, X_arr)
+        return self._predicted(self._proba, X)
+
+    def _proba(self, X: npt.NDArray[Any], params: Params) -> npt.NDArray[Any]:
+        proba: npt.NDArray[Any] = self._network(X.dtype).predict_proba(params, X)
         return proba
 
     def predict(self, X: npt.ArrayLike) -> npt.NDArray[Any]:
@@ -147,8 +149,10 @@ class AsyncMLPRegressor(_MLP, AsyncRegressor):
 
     def predict(self, X: npt.ArrayLike) -> npt.NDArray[Any]:
         """Predictions: (n_samples,) for one target, else (n_samples, n_outputs_)."""
-        X_arr, params = self._inputs(X)
-        prediction: npt.NDArray[Any] = self._network(X_arr.dtype).predict(params, X_arr)
+        return self._predicted(self._values, X)
+
+    def _values(self, X: npt.NDArray[Any], params: Params) -> npt.NDArray[Any]:
+        prediction: npt.NDArray[Any] = self._network(X.dtype).predict(params, X)
         return prediction
 
     def _output_keys(self, params: Params) -> tuple[str, str]:
