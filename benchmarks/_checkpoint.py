@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from asynctrain import Trainer
-from asynctrain import run as run_loop
 from asynctrain.data import Dataset
 from asynctrain.models import MLP, SoftmaxRegression
 from asynctrain.optim import adam
+from benchmarks._command import run_alone
 from benchmarks._figure import Figure, Spread
 from benchmarks._scale import dataset
 
@@ -104,6 +104,4 @@ def _throughput(name: str, megabytes: float, seconds: list[float], what: str, cm
 
 
 if __name__ == "__main__":
-    for figure in run_loop(run(quick="--quick" in sys.argv[1:])):
-        spread = f"{figure.low:.3f}-{figure.high:.3f}"
-        print(f"{figure.name:24} {figure.value:8.3f} {figure.unit:5} ({spread}) {figure.details}")
+    sys.exit(run_alone("checkpoint"))

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from asynctrain import AsyncTrainError, ConfigError, run
 from benchmarks._machine import describe, machine
@@ -40,6 +41,7 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     parser.add_argument("--plot", metavar="DIR", help="write PNG charts here (needs matplotlib)")
     parser.add_argument("--markdown", metavar="PATH", help="write the table as Markdown here")
     parser.add_argument("--list", action="store_true", help="list the suites and exit")
+    parser.set_defaults(parts=[])  # a suite run alone may take parts (see run_alone)
     return parser
 
 
@@ -54,7 +56,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m benchmarks
         ...
         0
     """
-    args = build_parser(prog).parse_args(argv)
+    return _guarded(build_parser(prog).parse_args(argv), prog)
+
+
+def _guarded(args: argparse.Namespace, prog: str) -> int:
+    """:func:`bench_command`, asynctrain's own errors printed in one line (status 2)."""
     try:
         return bench_command(args)
     except AsyncTrainError as exc:
@@ -77,7 +83,8 @@ def bench_command(args: argparse.Namespace) -> int:
     info = machine()
     print(describe(info), flush=True)
     started = time.perf_counter()
-    outcomes = run(_run_all(names, quick, smoke_size=args.smoke))
+    parts = {"parts": tuple(args.parts)} if args.parts else {}
+    outcomes = run(_run_all(names, quick, smoke_size=args.smoke, options=parts))
     seconds = time.perf_counter() - started
     print(text_table(outcomes))
     print(f"{len(names)} suites in {seconds:.1f} s")
@@ -151,12 +158,14 @@ def _command_line(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
-async def _run_all(names: Sequence[str], quick: bool, *, smoke_size: bool) -> list[SuiteOutcome]:
+async def _run_all(
+    names: Sequence[str], quick: bool, *, smoke_size: bool, options: dict[str, Any]
+) -> list[SuiteOutcome]:
     outcomes = []
     for name in names:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         with smoke() if smoke_size else contextlib.nullcontext():
-            outcomes.append(await run_suite(name, SUITES[name], quick))
+            outcomes.append(await run_suite(name, SUITES[name], quick, **options))
     return outcomes
 
 
@@ -172,6 +181,22 @@ def _plot(outcomes: Sequence[SuiteOutcome], directory: str) -> None:
         print(f"wrote {path}")
 
 
-def run_alone(suite: str) -> int:
-    """``python -m benchmarks._<suite> [options]``: ``python -m benchmarks --only suite``."""
-    return main(["--only", suite, *sys.argv[1:]], prog=f"python -m benchmarks._{suite}")
+def run_alone(suite: str, *, parts: Sequence[str] = ()) -> int:
+    """``python -m benchmarks._<suite> [options]``: ``python -m benchmarks --only suite``,
+    with the bench's options (``--help``, ``--quick``, ``--json``, ...). A suite of
+    ``parts`` (``_dask``) also takes the names of those to run, passed to its
+    ``run(quick, parts=...)``; none runs them all.
+
+    Every suite module ends with ``sys.exit(run_alone("<suite>"))``.
+    """
+    prog = f"python -m benchmarks._{suite}"
+    parser = build_parser(prog)
+    if parts:
+        parser.add_argument(
+            "parts", nargs="*", metavar="PART", help=f"run only these: {', '.join(parts)}"
+        )
+    args = parser.parse_args(["--only", suite, *sys.argv[1:]])
+    unknown = [part for part in args.parts if part not in parts]
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(parts)}")
+    return _guarded(args, prog)

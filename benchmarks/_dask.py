@@ -52,10 +52,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from asynctrain import Trainer, optim
-from asynctrain import run as run_loop
 from asynctrain.backends import Backend, backend_names, get_backend
 from asynctrain.data import Dataset
 from asynctrain.models import MLP
+from benchmarks._command import run_alone
 from benchmarks._figure import Figure, Spread, ratio_figure
 from benchmarks._latency import lag_while
 from benchmarks._scale import dataset
@@ -352,14 +352,5 @@ async def run(quick: bool, parts: tuple[str, ...] = PARTS) -> list[Figure]:
     return figures
 
 
-def _print(figures: list[Figure]) -> None:
-    for figure in figures:
-        span = f"[{figure.low:.3g}-{figure.high:.3g}]"
-        extra = ", ".join(f"{k}={v:.4g}" for k, v in figure.details.items())
-        print(f"{figure.name:<34} {figure.value:9.3f} {figure.unit:<2} {span:<17} {extra}")
-    print(f"reference backend: {reference_backend()}; command: {figures[0].command}")
-
-
 if __name__ == "__main__":  # [--quick] [PART ...] with PART in PARTS
-    chosen = tuple(arg for arg in sys.argv[1:] if arg in PARTS) or PARTS
-    _print(run_loop(run("--quick" in sys.argv[1:], chosen)))
+    sys.exit(run_alone("dask", parts=PARTS))

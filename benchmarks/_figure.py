@@ -14,7 +14,7 @@ import operator
 import re
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -147,16 +147,3 @@ async def time_async(fn: Callable[[], Awaitable[Any]]) -> float:
     started = time.perf_counter()
     await fn()
     return time.perf_counter() - started
-
-
-def run_alone(
-    suite: Callable[[bool], Coroutine[Any, Any, list[Figure]]], argv: Sequence[str]
-) -> None:
-    """Run ``suite`` (a suite's ``run``) by itself and print each figure with its target
-    and details: ``python -m benchmarks._<name> [--quick]``."""
-    from asynctrain import run as run_loop
-
-    for figure in run_loop(suite("--quick" in argv)):
-        low, high = figure.low, figure.high
-        print(f"{figure.name}: {figure.value:.3f} {figure.unit} ({low:.3f}-{high:.3f})")
-        print(f"    target {figure.target}; {figure.details}")

@@ -19,11 +19,10 @@ Run on its own: ``python -m benchmarks._modes [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
-import json
 import math
+import sys
 import time
 from typing import Any
 
@@ -33,6 +32,7 @@ import asynctrain as at
 from asynctrain.backends import StragglerBackend
 from asynctrain.data import Dataset, synthetic
 from asynctrain.models import LogisticRegression, SoftmaxRegression
+from benchmarks._command import run_alone
 from benchmarks._figure import Figure, Spread
 from benchmarks._scale import dataset
 from benchmarks._workloads import head
@@ -230,16 +230,5 @@ def _sync_figure(figure: str, seconds: list[float], where: str) -> Figure:
     )
 
 
-def main() -> None:
-    """Run the suite and print one line per figure, then the figures as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller data, fewer repeats")
-    quick = parser.parse_args().quick
-    figures = at.run(run(quick))
-    for f in figures:
-        print(f"{f.name:<40} {f.value:8.3f}{f.unit}  [{f.low:.3f}, {f.high:.3f}]  vs {f.reference}")
-    print(json.dumps([f.as_dict() for f in figures], indent=1))
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(run_alone("modes"))

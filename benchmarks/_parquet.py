@@ -33,7 +33,8 @@ from asynctrain import FitResult, Trainer
 from asynctrain.backends import Backend, get_backend
 from asynctrain.data import Dataset, read_parquet
 from asynctrain.optim import adam
-from benchmarks._figure import Figure, Spread, run_alone
+from benchmarks._command import run_alone
+from benchmarks._figure import Figure, Spread
 from benchmarks._scale import command, dataset, repeats, samples
 from benchmarks._workloads import model_for
 
@@ -206,4 +207,4 @@ async def run(quick: bool) -> list[Figure]:
 
 
 if __name__ == "__main__":
-    run_alone(run, sys.argv[1:])
+    sys.exit(run_alone("parquet"))

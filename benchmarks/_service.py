@@ -18,7 +18,6 @@ Run: python -m benchmarks._service [--quick]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import importlib.util
@@ -29,11 +28,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from asynctrain import Callback, LagStats, LoopLagMonitor, StepEvent, Trainer, TrainingService
-from asynctrain import run as run_loop
 from asynctrain.backends import get_backend
 from asynctrain.data import Dataset
 from asynctrain.models import MLP
 from benchmarks import _http_client
+from benchmarks._command import run_alone
 from benchmarks._figure import Figure, Spread
 from benchmarks._http_client import RATE
 from benchmarks._scale import dataset
@@ -241,12 +240,5 @@ def _latency_figures(scenario: str, runs: Sequence[dict[str, Any]], command: str
     return figures
 
 
-async def _main(quick: bool) -> None:
-    for figure in await run(quick):
-        print(json.dumps(figure.as_dict()))
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="service latency benchmark")
-    parser.add_argument("--quick", action="store_true")
-    run_loop(_main(parser.parse_args().quick))
+    sys.exit(run_alone("service"))

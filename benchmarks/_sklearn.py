@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib.util
-import json
 import sys
 import time
 import warnings
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 import asynctrain as at
+from benchmarks._command import run_alone
 from benchmarks._figure import Figure, Spread
 
 COMMAND = "python -m benchmarks._sklearn"
@@ -193,13 +193,5 @@ async def run(quick: bool) -> list[Figure]:
     ]
 
 
-def main(argv: list[str]) -> None:
-    """Print each figure, then all of them as JSON."""
-    figures = at.run(run("--quick" in argv))
-    for f in figures:
-        print(f"{f.name:<44} {f.value:7.2f}{f.unit} [{f.low:.2f}-{f.high:.2f}] vs {f.reference}")
-    print(json.dumps([f.as_dict() for f in figures], indent=1))
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_alone("sklearn"))

@@ -34,7 +34,8 @@ from asynctrain.backends import Backend, backend_names, get_backend
 from asynctrain.data import Dataset, epoch_order
 from asynctrain.models import SoftmaxRegression
 from asynctrain.optim import adam
-from benchmarks._figure import Figure, Spread, run_alone
+from benchmarks._command import run_alone
+from benchmarks._figure import Figure, Spread
 from benchmarks._scale import dataset
 
 PIECE = 1_000  # rows per batch the producer yields (re-cut into the trainer's batch size)
@@ -206,4 +207,4 @@ async def run(quick: bool) -> list[Figure]:
 
 
 if __name__ == "__main__":
-    run_alone(run, sys.argv[1:])
+    sys.exit(run_alone("stream"))

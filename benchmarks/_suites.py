@@ -20,7 +20,7 @@ from typing import Any
 from asynctrain import ConfigError
 from benchmarks._figure import Figure
 
-SuiteFn = Callable[[bool], Awaitable[list[Figure]]]
+SuiteFn = Callable[..., Awaitable[list[Figure]]]
 
 
 @dataclass(frozen=True)
@@ -138,15 +138,16 @@ def _needs(module: str, install: str) -> str:
     return f"needs {module}" + (f": {install}" if install else "")
 
 
-async def run_suite(name: str, suite: Suite, quick: bool) -> SuiteOutcome:
-    """Import and run one suite; an exception becomes a failed outcome carrying its
-    traceback, a missing optional module a skipped one."""
+async def run_suite(name: str, suite: Suite, quick: bool, **options: Any) -> SuiteOutcome:
+    """Import and run one suite (``run(quick, **options)``: options only for a suite run
+    alone, see ``_command.run_alone``); an exception becomes a failed outcome carrying
+    its traceback, a missing optional module a skipped one."""
     run = load(name, suite)
     if isinstance(run, SuiteOutcome):
         return run
     started = time.perf_counter()
     try:
-        figures = list(await run(quick))
+        figures = list(await run(quick, **options))
     except Exception as exc:
         detail = "".join(traceback.format_exception(exc)[-3:]).strip()
         return SuiteOutcome(name, error=detail, seconds=time.perf_counter() - started)

@@ -8,10 +8,12 @@ Nothing here checks a speed: these tests check that every figure is produced and
 from __future__ import annotations
 
 import ast
+import importlib.util
 import inspect
 import json
 import math
 import runpy
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -91,6 +93,27 @@ def test_the_sparse_suite_runs_alone(
         runpy.run_path(path, run_name="__main__")
     assert exited.value.code == 0
     assert "usage: python -m benchmarks._sparse" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", list(suites.SUITES))
+def test_every_suite_module_answers_help_at_once(name: str) -> None:
+    """``python -m benchmarks._<suite> --help`` prints the bench's usage and exits 0 at
+    once: ``_stream``, ``_parquet``, ``_checkpoint``, ``_sklearn`` and ``_dask`` ran their
+    whole suite instead, and ``_modes`` had a parser of its own."""
+    suite = suites.SUITES[name]
+    missing = [m for m in suite.needs if importlib.util.find_spec(m) is None]
+    if missing or importlib.util.find_spec(suite.module) is None:
+        pytest.skip(f"{suite.module} cannot run here ({missing or 'not in this checkout'})")
+    done = subprocess.run(
+        [sys.executable, "-m", suite.module, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=BENCHMARKS.parent,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"usage: python -m {suite.module} "), done.stdout[:500]
+    assert "--quick" in done.stdout
 
 
 def _suite_file(directory: Path, name: str, body: str) -> suites.Suite:
