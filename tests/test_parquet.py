@@ -516,6 +516,29 @@ def test_the_largest_finite_values_are_read_as_they_are_and_inf_is_refused(
     assert all(b[0].flags.c_contiguous for b in batches)
 
 
+# -- chunks -------------------------------------------------------------------------------
+
+
+def test_the_batches_do_not_depend_on_the_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shuffled, with a holdout, over several files: chunks of a few rows give the batches
+    that chunks of whole row groups give, bit for bit (the shuffle buffer takes rows in
+    arrival order, whatever the chunks that bring them)."""
+    import asynctrain.data._parquet_files as files
+
+    X, y = _data()
+    _split_files(tmp_path / "parts", X, y, [300, 450, 250])
+    stream = read_parquet(
+        tmp_path / "parts", label="y", batch_size=BATCH, shuffle_buffer=200, epochs=2, holdout=0.2
+    )
+    whole = _batches(stream)
+    monkeypatch.setattr(files, "CHUNK_BYTES", 7 * 24)  # 7 rows of 4 float32 and a label
+    _same_batches(_batches(stream), whole)
+    kept = np.count_nonzero(~holdout_mask(np.arange(len(X), dtype=np.uint64), 0.2))
+    assert sum(len(batch) for batch, _ in whole) == 2 * kept  # two passes of the kept rows
+
+
 # -- reading ahead (what fit_stream does) -----------------------------------------------
 
 
@@ -606,6 +629,22 @@ async def test_a_bad_row_group_read_ahead_fails_after_the_same_batches(tmp_path:
             await read()
         await ahead.aclose()
     assert len(got) == 5  # row group 0's rows, as when read without reading ahead
+
+
+@pytest.mark.parametrize("backend", ["inline", "thread"])
+async def test_a_nan_in_a_file_fails_fit_stream_naming_its_file_column_and_row(
+    tmp_path: Path, backend: str
+) -> None:
+    """A NaN in a row group fails the fit with the stream's own message (file, row group,
+    column, row), after the steps on the rows before it, read ahead or not."""
+    X, y = _data(n=300)
+    X[177, 2] = np.nan
+    path = _write(tmp_path / "nan.parquet", X, y, row_group=100)
+    async with _trainer(backend) as trainer:
+        stream = read_parquet(path, label="y", batch_size=BATCH, shuffle=False)
+        with pytest.raises(at.DataError, match=r"nan\.parquet, row group 1: column 'f2' .*row 77"):
+            await trainer.fit_stream(stream)
+        assert trainer.state.step == 100 // BATCH  # the full batches before row group 1
 
 
 @pytest.mark.parametrize("backend", ["inline", "thread"])
