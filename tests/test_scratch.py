@@ -212,41 +212,49 @@ def test_the_model_pickles_as_before_it_computed() -> None:
     assert pickle.loads(before) == model
 
 
-@pytest.mark.parametrize(
-    ("rows", "inputs", "outputs", "slices"),
-    [(2048, 256, 10, 6), (1000, 64, 10, 1), (2048, 128, 256, 1), (100, 256, 10, 1)],
-)
-def test_a_narrow_product_runs_in_small_row_slices(
-    monkeypatch: pytest.MonkeyPatch, rows: int, inputs: int, outputs: int, slices: int
-) -> None:
-    rng = np.random.default_rng(4)
-    a = rng.standard_normal((rows, inputs), dtype=np.float32)
-    w = rng.standard_normal((inputs, outputs), dtype=np.float32)
-    calls: list[int] = []
+def _plain_numpy_gradient(
+    params: dict[str, Array], X: Array, y: Array
+) -> tuple[float, dict[str, Array]]:
+    """The oracle: loss and gradient of a one-hidden-layer relu MLP with softmax
+    cross-entropy, in float64 plain numpy over all rows at once."""
+    W0, b0, W1, b1 = (params[k].astype(np.float64) for k in ("W0", "b0", "W1", "b1"))
+    x = X.astype(np.float64)
+    h = np.maximum(x @ W0 + b0, 0)
+    z = h @ W1 + b1
+    z -= z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    rows = np.arange(len(y))
+    delta = np.exp(log_p)
+    delta[rows, y] -= 1
+    below = (delta @ W1.T) * (h > 0)
+    grads = {"W0": x.T @ below, "b0": below.sum(0), "W1": h.T @ delta, "b1": delta.sum(0)}
+    return float(-log_p[rows, y].sum()), grads
+
+
+def test_each_layer_product_of_a_shard_is_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two worker threads wait on each other's GIL at each numpy call of a shard, so a
+    layer's product is one call, not row slices (see _mlp.py); the gradient stays the
+    plain numpy one."""
+    model, params, X, y = _reference_shard()
+    calls: list[tuple[int, ...]] = []
     matmul = np.matmul
 
-    def counted(x: Array, y: Array, **kwargs: Any) -> Array:
-        calls.append(x.shape[0] * x.shape[1] * y.shape[1])
-        return matmul(x, y, **kwargs)
+    def counted(a: Array, b: Array, **kwargs: Any) -> Array:
+        calls.append((*a.shape, b.shape[-1]))
+        return matmul(a, b, **kwargs)
 
     monkeypatch.setattr(_mlp.np, "matmul", counted)
-    out = np.empty((rows, outputs), np.float32)
-    _mlp._sliced_product_into(a, w, out)
-    assert len(calls) == slices
-    assert slices == 1 or max(calls) <= _mlp._SMALL_PRODUCT  # each within the small kernel
-    np.testing.assert_allclose(out, a.astype(np.float64) @ w, rtol=1e-4, atol=1e-3)
+    loss, grads = model.loss_and_grad(params, X, y)
+    # forward: two products; backward: each layer's weight and bias gradients, one delta
+    assert len(calls) == 7, calls
+    assert all(2048 in shape for shape in calls)  # every product spans the whole shard
+    expected_loss, expected = _plain_numpy_gradient(params, X, y)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    for key, value in expected.items():
+        np.testing.assert_allclose(grads[key], value, rtol=1e-4, atol=1e-3)
 
 
-def test_a_sparse_input_is_one_product() -> None:
-    rng = np.random.default_rng(5)
-    dense = rng.standard_normal((2048, 256)) * (rng.random((2048, 256)) < 0.1)
-    w = rng.standard_normal((256, 10))
-    out = np.empty((2048, 10))
-    _mlp._sliced_product_into(scipy.sparse.csr_array(dense), w, out)
-    np.testing.assert_allclose(out, dense @ w, rtol=1e-12, atol=1e-12)
-
-
-def test_a_narrow_weight_gradient_sums_its_row_slices() -> None:
+def test_a_weight_gradient_is_written_or_added_whole() -> None:
     rng = np.random.default_rng(6)
     h = rng.standard_normal((2048, 256), dtype=np.float32)
     delta = rng.standard_normal((2048, 10), dtype=np.float32)
@@ -255,8 +263,9 @@ def test_a_narrow_weight_gradient_sums_its_row_slices() -> None:
     np.testing.assert_allclose(total, h.T.astype(np.float64) @ delta, rtol=1e-4, atol=1e-3)
     _mlp._product_into(total, h, delta, Workspace(), add=True)
     np.testing.assert_allclose(total, 2 * (h.T.astype(np.float64) @ delta), rtol=1e-4, atol=2e-3)
-    assert _mlp._slice_rows(h, 256 * 10) == 352  # 6 slices within the small-matrix size
-    assert _mlp._slice_rows(h, 128 * 256) == 2048  # a wide layer: one product
+    sparse = scipy.sparse.csr_array(h * (rng.random(h.shape) < 0.1))
+    _mlp._product_into(total, sparse, delta, Workspace(), add=False)
+    np.testing.assert_allclose(total, sparse.toarray().T @ delta, rtol=1e-4, atol=1e-3)
 
 
 def _whole_pass_proba(model: MLP, params: dict[str, Array], X: Array) -> Array:

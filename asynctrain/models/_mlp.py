@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -47,55 +46,19 @@ _TASKS = ("classification", "regression")
 # matrix kernel) made one thread's shard a few per cent faster, but a shard then makes
 # many more short numpy calls, and threads that share the GIL wait on each other at each
 # one: a 2-worker MLP epoch at batch 4096 took 15 % longer with 352-row blocks than with
-# one block per 2,048-row shard (interleaved, load average 1).
+# one block per 2,048-row shard (interleaved, load average 1). For the same reason each
+# layer's product is one call: with numpy 2.4.6 (OpenBLAS 0.3.31) the thin products into
+# and out of the 10 classes run no faster in row slices within OpenBLAS's small-matrix
+# size than whole (see docs/benchmarks.md).
 _BLOCK_BYTES = 2**23
 _MIN_BLOCK_ROWS = 64
-# OpenBLAS (numpy's wheels) computes a product of at most about 10**6 multiply-adds
-# (rows x inputs x outputs) with a kernel that does not pack its operands first. Into or
-# out of a narrow layer (the 10 classes of the reference MLP), a large product is mostly
-# that packing, so it runs in row slices within the small size: on a 2,048-row shard,
-# the forward 256 -> 10 product took 223 us in one call and 152 in slices of 352 rows
-# (same bits), its weight gradient 220 us and 144 (slices summed in order, so the bits
-# are the slices'; one thread, interleaved). A product whose slices would be under
-# _MIN_SLICE_ROWS rows (a wide layer) or that is small already is one call. The slices
-# depend on the block's rows alone, so every backend computes the same bits.
-_SMALL_PRODUCT = 10**6
-_MIN_SLICE_ROWS = 128
-
-
-def _slice_rows(a: Any, width: int) -> int:
-    """Rows per slice of a product over the rows of ``a`` with ``width`` multiply-adds a
-    row: within :data:`_SMALL_PRODUCT`, or all of them (see above; CSR: all)."""
-    n = int(a.shape[0])
-    return _rows_per_slice(n, width) if isinstance(a, np.ndarray) else max(1, n)
-
-
-@functools.lru_cache(maxsize=256)
-def _rows_per_slice(n: int, width: int) -> int:
-    """:func:`_slice_rows` of an array (cached: every step asks it of the same sizes)."""
-    most = _SMALL_PRODUCT // max(1, width)
-    if most < _MIN_SLICE_ROWS or n <= most:
-        return max(1, n)
-    return _even_rows(n, most // 32 * 32)
 
 
 def _product_into(
     total: npt.NDArray[Any], a: Any, delta: npt.NDArray[Any], work: Workspace, *, add: bool
 ) -> None:
     """``total = a.T @ delta``, or ``total += a.T @ delta`` if ``add`` (a weight's
-    gradient; ``a`` may be CSR), summed over row slices in order (:func:`_slice_rows`)."""
-    step = _slice_rows(a, a.shape[1] * delta.shape[1])
-    if step >= a.shape[0]:  # one product (and a CSR ``a`` is not sliced: no copy)
-        _one_product_into(total, a, delta, work, add=add)
-        return
-    for start in range(0, a.shape[0], step):
-        rows = slice(start, start + step)
-        _one_product_into(total, a[rows], delta[rows], work, add=add or start > 0)
-
-
-def _one_product_into(
-    total: npt.NDArray[Any], a: Any, delta: npt.NDArray[Any], work: Workspace, *, add: bool
-) -> None:
+    gradient; ``a`` may be CSR)."""
     if not isinstance(a, np.ndarray):
         product = t_product(a, delta)
     elif add:
@@ -107,16 +70,6 @@ def _one_product_into(
         total += product
     else:
         np.copyto(total, product)
-
-
-def _sliced_product_into(a: Any, w: npt.NDArray[Any], out: npt.NDArray[Any]) -> None:
-    """``out = a @ w``, in row slices (:func:`_slice_rows`; ``a`` may be CSR)."""
-    step = _slice_rows(a, w.size)
-    if step >= a.shape[0]:
-        matmul_into(a, w, out)
-        return
-    for start in range(0, a.shape[0], step):
-        np.matmul(a[start : start + step], w, out=out[start : start + step])
 
 
 def _even_rows(n: int, most: int) -> int:
@@ -256,7 +209,7 @@ class MLP:
         for i, (w_key, b_key) in enumerate(keys, start=1):
             kind = np.promote_types(outputs[-1].dtype, params[w_key].dtype)  # as ``@`` would
             z = work.array(f"z{i}", (X.shape[0], self.sizes[i]), kind)
-            _sliced_product_into(outputs[-1], params[w_key], z)
+            matmul_into(outputs[-1], params[w_key], z)
             z += params[b_key]
             if i < len(keys):
                 activate_(z, self.activation, work)
