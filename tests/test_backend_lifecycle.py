@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _loops import OPENERS, used_then_another_loop
-from conftest import LOOPS
+from conftest import LOOPS, _children
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import asynctrain as at
@@ -234,6 +234,33 @@ def test_aclose_on_another_loop_stops_the_workers_of_the_opening_one(
     assert backend.state == "closed"
     assert backend.pids == []
     assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+
+
+@pytest.mark.parametrize("new_loop", list(LOOPS.values()), ids=list(LOOPS))
+def test_aclose_after_the_opening_loop_closed_mid_start_leaves_no_worker(new_loop: Any) -> None:
+    # A worker starts on a thread of its own and joins the pool when its loop resumes the
+    # start. A loop closed while starts were under way (opened, then closed at once) never
+    # resumes them, and aclose from another loop killed only the workers that had joined:
+    # the processes those threads went on to start lived on, with their sockets.
+    before = _children()
+    backend = ProcessBackend(workers=2)
+
+    async def use() -> None:
+        await backend.share({"x": np.ones(4)})  # opens the pool: both starts under way
+
+    first = new_loop()
+    first.run_until_complete(use())
+    first.close()
+    second = new_loop()
+    try:
+        second.run_until_complete(asyncio.wait_for(backend.aclose(), 30))
+    finally:
+        second.close()
+    for thread in threading.enumerate():  # the starts' threads, which ran on meanwhile
+        if thread.name.startswith("asynctrain-off-loop-"):
+            thread.join(30)
+    assert _children() - before == set()
+    assert backend.state == "closed"
 
 
 @pytest.mark.parametrize("new_loop", list(LOOPS.values()), ids=list(LOOPS))

@@ -62,6 +62,11 @@ class Pool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._starts: set[asyncio.Task[BaseException | None]] = set()  # each: its error
         self._start_lock = threading.Lock()
+        # Started on a start's thread, not yet a Worker (the start's task adopts it when
+        # its loop resumes it): what abandon() must kill if that loop never does. Under
+        # _start_lock, as is _abandoned, after which no process starts.
+        self._unadopted: dict[BaseProcess, socket.socket] = {}
+        self._abandoned = False
         self._ids = itertools.count(1)
         # A pool never closed (no aclose) meets interpreter exit: multiprocessing then
         # SIGTERMs its daemonic workers and joins them, and a worker whose model ignored
@@ -168,6 +173,14 @@ class Pool:
         been closed (``asyncio.run`` returned): its callbacks, which :meth:`close` waits
         for, will never run. Blocks while the workers are reaped."""
         self.closing = True
+        with self._start_lock:  # waits for a start under way on its thread
+            self._abandoned = True
+            unadopted, self._unadopted = self._unadopted, {}
+        for process, sock in unadopted.items():  # started for a loop that never resumed
+            process.kill()
+            process.join()
+            process.close()
+            sock.close()
         for worker in list(self._workers):
             worker.abandon()
         self._workers.clear()
@@ -265,6 +278,8 @@ class Pool:
         # Starting a process blocks (the first start also launches the forkserver): a thread.
         try:
             process, sock = await off_loop(self._start_process)
+            with self._start_lock:
+                self._unadopted.pop(process, None)  # ours now (abandon() needs this loop closed)
         except Exception as exc:
             self._starts.discard(asyncio.current_task())  # no longer under way: the
             self._wake(2, error=exc)  # second task woken (the first hears why) starts anew
@@ -279,6 +294,8 @@ class Pool:
 
     def _start_process(self) -> tuple[BaseProcess, socket.socket]:
         with self._start_lock:
+            if self._abandoned:  # its loop is closed: nothing would ever adopt or stop it
+                raise StateError("the process pool was abandoned (its event loop closed)")
             parent, child = socket.socketpair()
             for end in (parent, child):  # fewer wake-ups per large frame; capped by the kernel
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
@@ -296,6 +313,7 @@ class Pool:
                 raise
             finally:
                 child.close()
+            self._unadopted[process] = parent
             return process, parent
 
     def _forget(self, worker: Worker) -> None:
@@ -313,5 +331,9 @@ class Pool:
 def _kill_at_exit(pool: weakref.ref[Pool]) -> None:
     """SIGKILL the workers of a pool still open at interpreter exit (see ``Pool``)."""
     owner = pool()
-    for worker in [] if owner is None else list(owner._workers):
+    if owner is None:
+        return
+    for process in list(owner._unadopted):
+        process.kill()
+    for worker in list(owner._workers):
         worker.kill()  # one already reaped is skipped: its pid may be another's now
