@@ -20,8 +20,12 @@ the machine's and the math's, not the hand-off's, so it is measured without asyn
 and subtracted: P is the time per shard of 2 bare threads each computing
 :data:`PENALTY_SHARDS` shards in a row (``model.loss_and_grad`` on the same rows) minus
 the time per shard of the same shards computed on the loop's thread. The bare threads run
-at the workers' priority (nice +5 on Linux, docs/backends.md), so that a neighbour's load
+at the workers' nice value (+5 on Linux, docs/backends.md), so that a neighbour's load
 weighs on P as on the workers; a thread start and join are amortised over the shards.
+They are not the workers' kind of thread in two ways (docs/benchmarks.md, "Why the rest
+are missed"): they keep the normal scheduling policy where the workers run
+``SCHED_BATCH``, and they compute their shards without sleeping, where a worker sleeps
+between shards and is woken for each.
 Like ``scaling/*``, the figure means something only where two cores are free: under a
 load average above the core count, threads that compute without a pause (P's) are starved
 more than workers that sleep between shards, P over-corrects and the figure can go
