@@ -230,6 +230,27 @@ def test_huge_logits_stay_finite(name: str, dtype: type) -> None:
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logistic_probabilities_of_infinite_logits(dtype: type) -> None:
+    # The sigmoid of +inf is 1: computed as exp(z - log(1 + e^z)) it was inf - inf, NaN,
+    # where the scikit-learn estimator's exp(-log(1 + e^-z)) gave 1 (the two disagreed).
+    from scipy.special import expit  # the independent oracle
+
+    model = LogisticRegression(2, dtype=dtype)
+    big = np.finfo(dtype).max
+    params = {"w": np.array([big, 0.0], dtype), "b": np.zeros(1, dtype)}
+    X = np.array([[10, 0], [-10, 0], [0, 30], [1e-30, 0], [0, 0]], dtype)
+    with np.errstate(over="ignore"):  # the products overflow, as they are meant to
+        logits = X @ params["w"] + params["b"]
+        proba = model.predict_proba(params, X)
+    assert np.isposinf(logits[0])
+    assert np.isneginf(logits[1])
+    assert np.isfinite(proba).all()
+    np.testing.assert_array_equal(proba[:2], [[0, 1], [1, 0]])
+    np.testing.assert_allclose(proba[:, 1], expit(logits.astype(np.float64)), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_predictions_have_the_right_shapes(name: str) -> None:
     model = CLASSIFIERS[name](np.float32)

@@ -143,10 +143,20 @@ def logistic_loss_(
     return loss
 
 
-def sigmoid_(z: npt.NDArray[Any]) -> None:
-    """Replace logits by their sigmoid in place, without overflow."""
-    np.subtract(z, np.logaddexp(0, z), out=z)
+def sigmoid_(z: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Replace logits by their sigmoid in place and return them: ``exp(-log(1 + e^-z))``,
+    which overflows nowhere and gives exactly 1 at ``+inf`` and 0 at ``-inf`` (the form
+    ``exp(z - log(1 + e^z))`` made ``inf - inf``, NaN, of ``+inf``).
+
+    Example:
+        >>> sigmoid_(np.array([-np.inf, 0.0, np.inf])).tolist()
+        [0.0, 0.5, 1.0]
+    """
+    np.negative(z, out=z)
+    np.logaddexp(0, z, out=z)
+    np.negative(z, out=z)
     np.exp(z, out=z)
+    return z
 
 
 def softmax_(logits: npt.NDArray[Any]) -> npt.NDArray[Any]:

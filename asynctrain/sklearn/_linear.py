@@ -9,6 +9,7 @@ import numpy.typing as npt
 
 from asynctrain._types import Params
 from asynctrain.models import LinearRegression, LogisticRegression, Model, SoftmaxRegression
+from asynctrain.models._common import sigmoid_, softmax_
 from asynctrain.sklearn._kinds import AsyncClassifier, AsyncRegressor
 from asynctrain.sklearn._params import (
     CLASS_WEIGHT,
@@ -137,15 +138,7 @@ def _probabilities(X: npt.NDArray[Any], params: Params) -> npt.NDArray[Any]:
     """Class probabilities of the logits: a sigmoid for one column, else a softmax."""
     scores = _scores(X, params)
     if scores.ndim == 1:
-        positive = _sigmoid(scores)
+        positive = sigmoid_(scores)  # the model's: the same probabilities as its own
         return np.column_stack([1 - positive, positive])
-    scores -= scores.max(axis=1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=1, keepdims=True)
+    softmax_(scores)
     return scores
-
-
-def _sigmoid(z: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """``1 / (1 + exp(-z))`` without overflow for large ``|z|``."""
-    out: npt.NDArray[Any] = np.exp(-np.logaddexp(0, -z))
-    return out
