@@ -230,18 +230,19 @@ def global_norm(tree: Grads) -> float:
     """
     total = 0.0
     for x in tree.values():
-        square = float(np.vdot(x, x))  # in place: no squared temporary (every step: inline)
-        total += _sum_of_squares(x) if math.isinf(square) else square
+        # vdot reads a contiguous array in place: no squared temporary is allocated.
+        square = float(np.vdot(x, x))
+        total += _widened_sum_of_squares(x) if math.isinf(square) else square
     return math.sqrt(total)
 
 
-def _sum_of_squares(x: Array) -> float:
-    # vdot reads a contiguous array in place: no squared temporary is allocated.
-    total = float(np.vdot(x, x))
-    if math.isinf(total) and x.dtype != np.float64:  # float32 overflows near 1.8e19
-        wide = x.astype(np.float64)
-        total = float(np.vdot(wide, wide))
-    return total
+def _widened_sum_of_squares(x: Array) -> float:
+    """The sum of squares of ``x`` whose own dtype overflowed (float32 near 1.8e19), in
+    float64; a float64 sum that overflowed stays infinite."""
+    if x.dtype == np.float64:
+        return math.inf
+    wide = x.astype(np.float64)
+    return float(np.vdot(wide, wide))
 
 
 def check_same_keys(name: str, tree: Mapping[str, Any], reference: Mapping[str, Any]) -> None:
