@@ -59,6 +59,12 @@ class _Call(Generic[T]):
         """True for the first caller only (any thread): it runs or drops the call."""
         return self._claim.acquire(blocking=False)
 
+    def cancel(self) -> None:
+        """Cancel the future (on the loop); drop the call unless a thread has taken it
+        (one that has runs to its end, its outcome dropped)."""
+        self.claim()
+        self.future.cancel()
+
     def run(self) -> None:
         """Run the call (on a worker, after claiming it); :meth:`deliver` hands the outcome
         to the loop."""
@@ -173,15 +179,7 @@ class ThreadPool:
         Raises:
             RuntimeError: the pool has been shut down.
         """
-        if self._shut:
-            raise RuntimeError(f"{self!r} is shut down")
-        loop = asyncio.get_running_loop()
-        inbox = self._inbox
-        if inbox is None or inbox.loop is not loop:
-            inbox = self._inbox = _Inbox(loop)
-        context = contextvars.copy_context()
-        future: asyncio.Future[T] = loop.create_future()
-        call = _Call(functools.partial(context.run, fn, *args), future, inbox)
+        call = self._call(fn, args)
         self._put(call)
         try:
             return await call.future
@@ -189,6 +187,33 @@ class ThreadPool:
             if not call.claim():  # started (or done, or dropped by shutdown): wait for it
                 await call.finish()
             raise
+
+    def submit(self, fn: Callable[..., T], /, *args: Any) -> _Call[T]:
+        """Start ``fn(*args)`` on a thread of the pool, as :meth:`run` does, and return
+        the call: its ``future`` settles with the outcome, with no coroutine around it,
+        so a caller that finds it done awaits it without a turn of the loop.
+
+        ``call.cancel()`` drops the call if no thread has taken it yet; one already
+        running runs to its end, its outcome dropped (:meth:`shutdown` waits for it). So
+        unlike :meth:`run`'s, a cancelled call's work may not be over.
+
+        Raises:
+            RuntimeError: the pool has been shut down.
+        """
+        call = self._call(fn, args)
+        self._put(call)
+        return call
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> _Call[T]:
+        """A call of ``fn(*args)`` in a copy of the caller's context, for the running loop."""
+        if self._shut:
+            raise RuntimeError(f"{self!r} is shut down")
+        loop = asyncio.get_running_loop()
+        inbox = self._inbox
+        if inbox is None or inbox.loop is not loop:
+            inbox = self._inbox = _Inbox(loop)
+        context = contextvars.copy_context()
+        return _Call(functools.partial(context.run, fn, *args), loop.create_future(), inbox)
 
     def shutdown(self, *, cancel: bool = False) -> None:
         """Let the threads end once the calls queued so far are done, and join them (blocks).

@@ -207,6 +207,51 @@ async def test_cancelling_at_random_points_leaves_no_call_running(
         assert [r.started.is_set() for r in records] == started
 
 
+async def test_submit_returns_the_calls_future_settled_with_its_outcome(pool: ThreadPool) -> None:
+    def where(base: int, exponent: int) -> tuple[int, str]:
+        return base**exponent, _request.get()
+
+    _request.set("mine")
+    call = pool.submit(where, 2, 10)
+    assert isinstance(call.future, asyncio.Future)
+    assert await call.future == (1024, "mine")
+    failing = pool.submit(operator_raises, Boom("boom"))
+    with pytest.raises(Boom):
+        await failing.future
+
+
+def operator_raises(error: BaseException) -> None:
+    raise error
+
+
+async def test_a_submitted_call_cancelled_before_it_starts_never_runs(pool: ThreadPool) -> None:
+    blockers = [_Record() for _ in range(2)]
+    busy = [pool.submit(b).future for b in blockers]
+    await _started(*blockers)
+    queued = _Record(seconds=0)
+    call = pool.submit(queued)
+    call.cancel()
+    assert call.future.cancelled()
+    for b in blockers:
+        b.release.set()
+    await asyncio.gather(*busy)
+    assert await pool.run(pow, 2, 3) == 8  # every queued call before this one is done
+    assert await pool.run(pow, 2, 3) == 8
+    assert not queued.started.is_set()
+
+
+async def test_a_submitted_call_cancelled_while_it_runs_ends_before_shutdown_returns() -> None:
+    pool = ThreadPool(1, name="asynctrain-test")
+    running = _Record(seconds=0.05)
+    call = pool.submit(running, "dropped")
+    await _started(running)
+    call.cancel()  # unlike run()'s caller, nothing waits: the call goes on ...
+    assert not running.finished
+    await asyncio.to_thread(pool.shutdown)  # ... and shutdown waits for it
+    assert running.finished
+    assert call.future.cancelled()
+
+
 async def test_shutdown_drops_queued_calls_and_lets_the_running_one_finish() -> None:
     pool = ThreadPool(1, name="asynctrain-test")
     running, queued = _Record(), _Record(seconds=0)

@@ -4,18 +4,20 @@ it ends."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from asynctrain._config import TrainConfig
+from asynctrain._engine._prefetch import Prefetch
 from asynctrain._engine._step import Mode, Partitions, StepContext, placement_for
 from asynctrain._engine._update import Updater, zeros_like
 from asynctrain._engine._work import ship_model
 from asynctrain._monitor import LoopLagMonitor
 from asynctrain._sparse import pack
 from asynctrain.backends import Backend, SharedArrays
-from asynctrain.data import Dataset
+from asynctrain.data import Dataset, shard_bounds
 from asynctrain.data._partition import shard_partitions
 
 
@@ -92,8 +94,22 @@ async def open_context(
                 shards=shards,
             ),
         )
+        if _gathers_ahead(ctx, data):
+            # A step's rows cut into its shards' as the step cuts them (shard_tasks)
+            split = functools.lru_cache(maxsize=4)(functools.partial(shard_bounds, shards=shards))
+            ctx.prefetch = prefetch = Prefetch(shared_data, split=split)
+            stack.push_async_callback(prefetch.aclose)
         val = None if validation is None else await share(arrays_of(validation))
         yield ctx, val
+
+
+def _gathers_ahead(ctx: StepContext, data: Mapping[str, Any] | SharedArrays) -> bool:
+    """Whether the fit's steps gather their next rows ahead (:mod:`._prefetch`): an
+    in-memory dataset (not a stream's ring, not partitioned) of dense features, whose
+    shards compute in this process."""
+    in_process = ctx.backend.inline or getattr(ctx.backend, "local", False)
+    dense = isinstance(data, Mapping) and "X" in data
+    return in_process and dense and ctx.partitions is None and not ctx.streaming
 
 
 def partition_arrays(dataset: Dataset, batch_size: int, shards: int, seed: int) -> list[Any]:

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from asynctrain._engine._update import mean_in_place
-from asynctrain._engine._work import Rows, ShardResult, features, resolve_model, weight_sum
+from asynctrain._engine._work import Indices, ShardResult, features, resolve_model, weight_sum
 from asynctrain.backends import SharedArrays
 from asynctrain.models._protocol import shard_loss_and_grad
 from asynctrain.optim import GradientTransformation, apply_updates
@@ -27,7 +27,7 @@ class LocalTask(NamedTuple):
     version: int
     param_slot: int
     grad_slot: int
-    parts: tuple[Rows, ...]
+    parts: tuple[Indices, ...]
     skeleton: Any
     seed: int = 0
     """The trainer's seed: local step ``i`` keys a model's randomness by

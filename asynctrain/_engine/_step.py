@@ -17,9 +17,10 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from asynctrain._engine._prefetch import Prefetch
 from asynctrain._engine._update import StepStats, Updater
 from asynctrain._engine._window import Window
-from asynctrain._engine._work import Rows, ShardResult, ShardTask, compute_shard
+from asynctrain._engine._work import Gathered, Indices, Rows, ShardResult, ShardTask, compute_shard
 from asynctrain._events import StepEvent
 from asynctrain.backends import Backend, SharedArrays
 from asynctrain.data import batch_bounds, shard_bounds
@@ -401,6 +402,10 @@ class StepContext:
     """Shares arrays with the backend until the fit ends (``await ctx.share(arrays,
     slots=n)``), for what a mode keeps per fit; None: the mode shares and releases its
     own."""
+    prefetch: Prefetch | None = None
+    """Where a sync step's shards are computed in this process on an in-memory dataset of
+    dense features: later steps' rows, gathered while a step computes (see
+    :mod:`._prefetch`); None: every shard gathers its own rows."""
     partitions: Partitions | None = None
     """With ``shuffle="shard"``: the shards' partitions (``data`` is then partition 0's
     handle; tasks read :meth:`data_of` their shard)."""
@@ -409,7 +414,14 @@ class StepContext:
         """The data shard ``shard``'s tasks read: its partition, or all of the data."""
         return self.data if self.partitions is None else self.partitions.handles[shard]
 
-    def rows_of(self, shard: int, rows: Rows) -> Rows:
+    def shards_of(self, indices: Indices) -> list[Indices]:
+        """A step's ``indices`` cut into its shards' rows (:meth:`rows_of` each), in
+        shard order; trailing ones may be empty."""
+        if self.shards == 1:  # one shard: the whole batch, no split
+            return [self.rows_of(0, indices)]
+        return [self.rows_of(s, part) for s, part in enumerate(split_indices(indices, self.shards))]
+
+    def rows_of(self, shard: int, rows: Indices) -> Indices:
         """``rows`` of an epoch's order (positions, with partitions) as rows of
         :meth:`data_of` ``shard``."""
         start = 0 if self.partitions is None else self.partitions.starts[shard]
@@ -483,24 +495,27 @@ class Mode(Protocol):
 
 
 def shard_tasks(
-    ctx: StepContext, indices: Rows, *, step: int, grad_base: int = 0, data_slot: int = 0
+    ctx: StepContext,
+    indices: Indices,
+    *,
+    step: int,
+    grad_base: int = 0,
+    data_slot: int = 0,
+    gathered: Sequence[Gathered] | None = None,
 ) -> list[ShardTask]:
     """The shard tasks of one step on the current parameters; shard s reads rows of data
     slot ``data_slot`` and writes gradient slot ``grad_base + s``. Empty shards (a batch
-    smaller than the shard count) get none.
+    smaller than the shard count) get none. ``gathered``: the shards' rows, gathered
+    ahead (:class:`._prefetch.Prefetch`, which cuts ``indices`` as :meth:`shards_of`
+    does), which the tasks carry instead of indices.
     """
     state = ctx.updater.state
     slot = state.version % ctx.params.slots
-    if ctx.shards == 1:  # one shard: the whole batch, no split
-        rows = ctx.rows_of(0, indices)
-        task = ShardTask(step, 0, state.version, slot, grad_base, rows, data_slot, ctx.seed)
-        return [task] if len(indices) else []
+    parts: Sequence[Rows] = ctx.shards_of(indices) if gathered is None else gathered
     return [
-        ShardTask(
-            step, s, state.version, slot, grad_base + s, ctx.rows_of(s, part), data_slot, ctx.seed
-        )
-        for s, part in enumerate(split_indices(indices, ctx.shards))
-        if len(part)
+        ShardTask(step, s, state.version, slot, grad_base + s, rows, data_slot, ctx.seed)
+        for s, rows in enumerate(parts)
+        if len(rows)
     ]
 
 
@@ -515,7 +530,7 @@ async def run_shard(ctx: StepContext, task: ShardTask, queue: asyncio.Queue[Shar
     queue.put_nowait(await compute(ctx, task))
 
 
-def split_indices(indices: Rows, shards: int) -> list[Rows]:
+def split_indices(indices: Indices, shards: int) -> list[Indices]:
     """Split a batch's rows into ``shards`` contiguous parts (trailing ones may be empty)."""
     return [indices[start:stop] for start, stop in _bounds(len(indices), shards)]
 

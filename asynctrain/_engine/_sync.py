@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +21,7 @@ from asynctrain._engine._step import (
 )
 from asynctrain._engine._tasks import gather_ordered, raise_unwrapped
 from asynctrain._engine._update import StepStats
-from asynctrain._engine._work import Rows, ShardGroup, ShardResult, ShardTask, compute_group
+from asynctrain._engine._work import Indices, ShardGroup, ShardResult, ShardTask, compute_group
 from asynctrain._events import StepEvent
 
 
@@ -54,17 +54,34 @@ class Sync:
     async def run_epoch(
         self, ctx: StepContext, epoch: int, order: npt.NDArray[np.int64], start_batch: int
     ) -> AsyncGenerator[StepEvent, None]:
-        """Run the epoch's remaining batches one lock-step at a time."""
-        for indices in batches_of(order, ctx.batch_size, start_batch):
+        """Run the epoch's remaining batches one lock-step at a time, each step's rows
+        gathered while the step before it computes (where ``ctx.prefetch`` is set)."""
+        batches = batches_of(order, ctx.batch_size, start_batch)
+        if ctx.prefetch is not None:
+            ctx.prefetch.begin(batches)
+        for indices in batches:
             stats = await self.step(ctx, indices)
             yield ctx.event(epoch, stats)
 
-    async def step(self, ctx: StepContext, indices: Rows, *, data_slot: int = 0) -> StepStats:
+    async def step(
+        self,
+        ctx: StepContext,
+        indices: Indices,
+        *,
+        data_slot: int = 0,
+    ) -> StepStats:
         """One step on rows ``indices`` of data slot ``data_slot``: all shards in flight
-        together, then one update."""
-        tasks = shard_tasks(ctx, indices, step=ctx.updater.state.step, data_slot=data_slot)
+        together, then one update. With ``ctx.prefetch``, its rows may have been gathered
+        while earlier steps computed, and it has later steps' gathered while it does."""
+        prefetch = ctx.prefetch
+        gathered = None if prefetch is None else await prefetch.take(indices)
+        step = ctx.updater.state.step
+        tasks = shard_tasks(ctx, indices, step=step, data_slot=data_slot, gathered=gathered)
+        gather_ahead = _nothing if prefetch is None else prefetch.ahead
+
         turn_taken = False
         if ctx.backend.inline or ctx.partitions is not None:
+            gather_ahead()
             # Partitioned data: a task per shard, so each reads only its own partition
             # (and a cluster backend runs it where that partition is kept).
             if len(tasks) == 1:
@@ -72,7 +89,7 @@ class Sync:
             else:
                 results = await _run_together(ctx, tasks)
         else:
-            results = await _run_placed(ctx, tasks)
+            results = await _run_placed(ctx, tasks, gather_ahead)
             # Computed on the loop, the step has just given the loop its turn: its update
             # needs no second one in a row.
             turn_taken = ctx.placement.on_loop
@@ -88,10 +105,20 @@ class Sync:
         return "Sync()"
 
 
-async def _run_placed(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardResult]:
+def _nothing() -> None:
+    """Where no rows are gathered ahead."""
+
+
+async def _run_placed(
+    ctx: StepContext, tasks: list[ShardTask], gather_ahead: Callable[[], None]
+) -> list[ShardResult]:
     """Run a step's shard tasks where the fit's placement puts them (see
     :class:`._step.Placement`): spread, grouped, or on the loop; their results in shard
-    order."""
+    order. ``gather_ahead`` starts gathering later steps' rows (see :mod:`._prefetch`)
+    when the shards compute on the loop, whose thread leaves the other cores free. Not
+    beside workers: there it took their cores and their GIL (the reference MLP's epoch
+    at batch 4,096 in 2 shards on 2 threads, side by side: 0.446 / 0.391 / 0.450 s
+    against 0.392 / 0.330 / 0.418 without), and the workers gather their own rows."""
     placement = ctx.placement
     local = getattr(ctx.backend, "local", False)
     k = placement.tasks(len(tasks), ctx.backend.workers, local=local)
@@ -100,6 +127,7 @@ async def _run_placed(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardRes
     ]
     started = time.perf_counter()
     if k == 0:  # too small to pay for a hand-off: computed here, as the inline backend would
+        gather_ahead()
         # (in a copy of the context, as a worker: the model's np.seterr stays in there)
         outcomes = [
             contextvars.copy_context().run(

@@ -37,8 +37,26 @@ from asynctrain.models._protocol import (
     shard_loss_and_grad,
 )
 
-Rows = npt.NDArray[np.int64] | range
-"""Rows of a shard: sample indices into the data, or a contiguous range of one data slot."""
+
+class Gathered:
+    """A shard's rows already gathered out of the data (:func:`gather`): what
+    :func:`compute_shard` would take out itself, taken ahead on another thread."""
+
+    __slots__ = ("X", "w", "y")
+
+    def __init__(self, X: Any, y: npt.NDArray[Any], w: npt.NDArray[Any] | None) -> None:
+        self.X, self.y, self.w = X, y, w
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+Indices = npt.NDArray[np.int64] | range
+"""Sample indices into the data, or a contiguous range of one data slot."""
+Rows = Indices | Gathered
+"""Rows of a shard: sample indices into the data, a contiguous range of one data slot, or
+the rows themselves, gathered ahead (in-process backends only: tasks that cross to
+another process carry indices)."""
 
 
 class ShardTask(NamedTuple):
@@ -84,8 +102,9 @@ def compute_shard(
 
     ``model`` is the model or its shipped handle (see :func:`resolve_model`).
     """
-    arrays, rows = data.read(task.data_slot), task.indices
-    X, y, w = features(arrays, rows), _rows(arrays["y"], rows), arrays.get("w")
+    rows = task.indices
+    shard = rows if isinstance(rows, Gathered) else gather(data.read(task.data_slot), rows)
+    X, y, w = shard.X, shard.y, shard.w
     key = (task.seed, task.step, task.shard)
     current = params.read(task.param_slot)
     model = resolve_model(model)
@@ -94,7 +113,6 @@ def compute_shard(
         loss, shard_grads = shard_loss_and_grad(model, current, X, y, key)
         weight = float(len(y))
     else:
-        w = _rows(w, rows)
         loss, shard_grads = shard_loss_and_grad(model, current, X, y, key, w)
         weight = weight_sum(w, len(y))
     grads.write(task.grad_slot, shard_grads)
@@ -103,7 +121,12 @@ def compute_shard(
     )
 
 
-def _weights(arrays: Mapping[str, npt.NDArray[Any]], rows: Rows) -> npt.NDArray[Any] | None:
+def gather(arrays: Mapping[str, npt.NDArray[Any]], rows: Indices) -> Gathered:
+    """The features, labels and (weighted data) sample weights of ``rows`` of ``arrays``."""
+    return Gathered(features(arrays, rows), _rows(arrays["y"], rows), _weights(arrays, rows))
+
+
+def _weights(arrays: Mapping[str, npt.NDArray[Any]], rows: Indices) -> npt.NDArray[Any] | None:
     """The sample weights of ``rows`` (data shared with a ``"w"`` array), else None."""
     weights = arrays.get("w")
     return None if weights is None else _rows(weights, rows)
@@ -114,7 +137,7 @@ def weight_sum(weights: npt.NDArray[Any] | None, n: int) -> float:
     return float(n) if weights is None else float(weights.sum(dtype=np.float64))
 
 
-def features(arrays: Mapping[str, npt.NDArray[Any]], rows: Rows) -> Any:
+def features(arrays: Mapping[str, npt.NDArray[Any]], rows: Indices) -> Any:
     """The rows of the shared features ``X``: an array, or CSR gathered as CSR (a sparse
     ``X`` travels as its three arrays, :func:`asynctrain._sparse.pack`; a fit shares only
     a Dataset's, whose index arrays were checked, so its rows are marked checked)."""
@@ -152,7 +175,7 @@ def compute_group(
     return GroupResult(results, time.perf_counter() - started)
 
 
-def _rows(array: npt.NDArray[Any], rows: Rows) -> npt.NDArray[Any]:
+def _rows(array: npt.NDArray[Any], rows: Indices) -> npt.NDArray[Any]:
     # A range (a stream's batch, already the feed's own copy) is viewed, not copied again:
     # a model modifies none of its inputs, and a contiguous view computes the same bits
     # as the fresh array gathered indices give (tests/test_stream.py holds it to that).

@@ -1,0 +1,174 @@
+"""Gathering ahead: the next steps' rows taken out of the data while a step computes.
+
+A shard's first work is a gather: its rows, scattered over the data by the epoch's order,
+copied into arrays of their own (``X.take(rows)``). That copy is a memory-bound pass the
+step's math waits for: 90 µs of a 0.45 ms softmax step (1,024 rows of 128 features), 100
+µs of a logistic step of 2,048 rows of 64, 160 µs of 2,048 MLP rows. The rows are known an
+epoch ahead, and numpy's ``take`` runs without the GIL, so a thread of the fit's own can
+copy them on another core while steps compute.
+
+Not a step at a time, though: every call to another thread costs the loop's thread two
+hand-offs of the GIL (the thread's start and its result), each a wake-up of a sleeping
+thread, which on the 2-core VMs measured here cost more than the 90 µs saved (a softmax
+quarter-epoch took 1.16× as long, a logistic one 1.25×). So the thread gathers *chunks*
+of consecutive steps, one ``take`` per array for a whole chunk: the epoch's order is cut
+into batches in order, so a chunk's rows are one slice of it. The first chunks are one
+step, then two, four, ... (up to :data:`CHUNK_BYTES` of features), each started while the
+steps before it compute, so a step rarely waits for its rows. A step's shards are then
+consecutive rows of its chunk: views (``Gathered``), each the same values in the same
+layout as the array the shard would have gathered, so the math gives the same bits (the
+bit-identity tests compare these backends with the process backend, which gathers per
+shard as before).
+
+Only where the gathered rows can be handed over as they are: a sync step of an in-memory
+dataset of dense features computed in this process (the inline and thread backends).
+Tasks for worker processes and clusters carry indices, and read their rows where they
+run. A sparse ``X`` is gathered by scipy, mostly under the GIL, so gathered ahead it would
+only take the loop's turn: its shards gather their own, as before. Streams assemble their
+batches on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from asynctrain._engine._work import Gathered, Indices, gather
+from asynctrain._offloop import off_loop
+from asynctrain._threads import ThreadPool, _Call
+from asynctrain.backends import SharedArrays
+
+CHUNK_BYTES = 8 << 20
+"""The features one chunk gathers at most (at least one step's): with the chunk being
+consumed and the next, a fit holds at most twice this ahead."""
+
+
+class Prefetch:
+    """The rows of an epoch's coming steps, gathered ahead in chunks on a thread of the fit.
+
+    :meth:`begin` hands it an epoch's batches (consecutive slices of the epoch's order);
+    each step calls :meth:`take` for its shards' rows (None: not gathered ahead, the step
+    gathers its own) and, once a core is free of its math, :meth:`ahead`, which starts the
+    next chunk when the steps gathered or under way run short. :meth:`aclose` drops what
+    is pending, waits for a gather under way (no work outlives the fit) and stops the
+    thread, which starts with the first chunk.
+
+    ``split`` cuts a step's rows into its shards' (the bounds the step's own split uses).
+
+    Example:
+        >>> import asynctrain, numpy as np
+        >>> from asynctrain.backends import LocalShared
+        >>> data = LocalShared({"X": np.arange(8.0).reshape(4, 2), "y": np.arange(4)}, 1)
+        >>> order = np.array([3, 1, 0, 2])
+        >>> async def demo():
+        ...     prefetch = Prefetch(data, split=lambda n: [(0, 1), (1, n)])
+        ...     batches = [order[:2], order[2:]]
+        ...     prefetch.begin(batches)
+        ...     first = await prefetch.take(batches[0])  # nothing was ahead of step 0
+        ...     prefetch.ahead()  # step 1's rows, while step 0 computes
+        ...     second = await prefetch.take(batches[1])
+        ...     await prefetch.aclose()
+        ...     return first, [shard.y for shard in second]
+        >>> asynctrain.run(demo())
+        (None, [array([0]), array([2])])
+    """
+
+    def __init__(
+        self, data: SharedArrays, *, split: Callable[[int], Sequence[tuple[int, int]]]
+    ) -> None:
+        self._arrays: Mapping[str, Any] = data.read(0)
+        self._split = split
+        X = self._arrays["X"]
+        row_bytes = max(1, X.dtype.itemsize * int(np.prod(X.shape[1:], dtype=np.int64)))
+        self._chunk_rows = max(1, CHUNK_BYTES // row_bytes)
+        self._pool: ThreadPool | None = None
+        self._batches: Sequence[Indices] = ()
+        self._taken = 0  # steps of the epoch taken so far
+        self._planned = 0  # steps of the epoch gathered or under way, from the first
+        self._size = 0  # steps in the last chunk started
+        # id of a step's indices -> (them, their chunk's call, their rows in it)
+        self._steps: dict[int, tuple[Indices, _Call[Gathered], int, int]] = {}
+        self._last: _Call[Gathered] | None = None  # the chunk started last
+
+    def begin(self, batches: Sequence[Indices]) -> None:
+        """Gather for an epoch's ``batches`` (each a slice of the epoch's order, in
+        order) from now on; what was gathered for another is dropped."""
+        self._drop()
+        self._batches, self._taken, self._planned, self._size = batches, 0, 1, 0
+
+    async def take(self, indices: Indices) -> list[Gathered] | None:
+        """The shards' rows of the step of ``indices`` (one of :meth:`begin`'s batches,
+        in order), if they were gathered ahead; None otherwise, at once."""
+        self._taken += 1
+        ahead = self._steps.pop(id(indices), None)
+        if ahead is None or ahead[0] is not indices:
+            return None
+        _, call, start, stop = ahead
+        chunk = await call.future
+        return [_rows(chunk, start + a, start + b) for a, b in self._split(stop - start)]
+
+    def ahead(self) -> None:
+        """Start the next chunk if the steps gathered or under way ahead of the next one
+        are fewer than the last chunk had: twice its steps, up to :data:`CHUNK_BYTES`
+        (one step at an epoch's start, or after steps that were not gathered ahead:
+        the next step waits for that chunk)."""
+        batches, first = self._batches, max(self._planned, self._taken)
+        lead = self._planned - self._taken  # steps gathered or under way, not yet taken
+        if first >= len(batches) or lead >= max(1, self._size):
+            return
+        if lead < 0:  # steps went to workers, ungathered: start again from one step
+            self._size = 0
+        rows = max(self._chunk_rows, len(batches[first]))
+        size, length = 0, 0
+        limit = max(1, 2 * self._size)
+        while first + size < len(batches) and size < limit:
+            step = len(batches[first + size])
+            if size and length + step > rows:
+                break
+            size, length = size + 1, length + step
+        steps = batches[first : first + size]
+        chunk_rows = np.concatenate(steps)  # a few µs: the steps' indices, in order
+        if self._pool is None:
+            self._pool = ThreadPool(1, name="asynctrain-gather")
+        # A bare future: a step that finds its chunk gathered takes it without a turn.
+        call = self._pool.submit(gather, self._arrays, chunk_rows)
+        call.future.add_done_callback(_retrieved)
+        self._last = call
+        offset = 0
+        for indices in steps:
+            self._steps[id(indices)] = (indices, call, offset, offset + len(indices))
+            offset += len(indices)
+        self._planned, self._size = first + size, size
+
+    async def aclose(self) -> None:
+        """Drop the gathers pending, wait for one under way and stop the thread."""
+        # Settled on the loop: the thread is done with it (a dropped future is not).
+        busy = self._last is not None and not self._last.finished
+        self._drop()
+        self._batches, self._last = (), None
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if busy:  # a chunk being gathered (milliseconds, for a large one): joined off the loop
+            await off_loop(functools.partial(pool.shutdown, cancel=True))
+        else:  # an idle thread ends at once: joined here, without a thread to join it
+            pool.shutdown(cancel=True)
+
+    def _drop(self) -> None:
+        for _, call, _, _ in self._steps.values():
+            call.cancel()  # not started: never runs; started: its outcome dropped
+        self._steps.clear()
+
+
+def _rows(chunk: Gathered, start: int, stop: int) -> Gathered:
+    w = None if chunk.w is None else chunk.w[start:stop]
+    return Gathered(chunk.X[start:stop], chunk.y[start:stop], w)
+
+
+def _retrieved(future: asyncio.Future[Gathered]) -> None:
+    if not future.cancelled():
+        future.exception()  # a dropped gather's error is nobody's: retrieved, not logged
