@@ -53,12 +53,11 @@ def _data(weighted: bool) -> Dataset:
     return Dataset(data.X, data.y, sample_weight=weights)
 
 
-async def _fit(model: Any, data: Dataset, backend: str, shards: int, batch: int) -> Any:
-    workers = 2 if backend == "thread" else None
+async def _fit(model: Any, data: Dataset, workers: int, shards: int, batch: int) -> Any:
     async with at.Trainer(
         model,
         at.optim.adam(0.01),
-        backend=backend,
+        backend="thread",
         workers=workers,
         shards=shards,
         batch_size=batch,
@@ -69,26 +68,26 @@ async def _fit(model: Any, data: Dataset, backend: str, shards: int, batch: int)
 
 
 CASES = [
-    ("inline", 1, 64),
-    ("inline", 3, 50),
-    ("inline", 4, 9),  # the last batch, 1 row, leaves 3 shards empty
-    ("thread", 1, 64),
-    ("thread", 4, 60),
+    (1, 1, 64),
+    (1, 3, 50),
+    (1, 4, 9),  # the last batch, 1 row, leaves 3 shards empty
+    (2, 1, 64),
+    (2, 4, 60),
 ]
 
 
-@pytest.mark.parametrize(("backend", "shards", "batch"), CASES)
+@pytest.mark.parametrize(("workers", "shards", "batch"), CASES)
 @pytest.mark.parametrize("weighted", [False, True])
 async def test_gathered_ahead_gives_the_bits_of_gathering_per_shard(
-    monkeypatch: pytest.MonkeyPatch, backend: str, shards: int, batch: int, weighted: bool
+    monkeypatch: pytest.MonkeyPatch, workers: int, shards: int, batch: int, weighted: bool
 ) -> None:
-    monkeypatch.setattr(step_module, "LOOP_BUDGET", 1.0)  # thread: every step on the loop
+    monkeypatch.setattr(step_module, "LOOP_BUDGET", 1.0)  # every step on the loop
     data, model = _data(weighted), SoftmaxRegression(128, 10)
     taken = Taken(monkeypatch)
-    ahead = await _fit(model, data, backend, shards, batch)
+    ahead = await _fit(model, data, workers, shards, batch)
     assert taken.gathered > 0
     monkeypatch.setattr(_context, "_gathers_ahead", lambda *args: False)
-    assert await _fit(model, data, backend, shards, batch) == ahead
+    assert await _fit(model, data, workers, shards, batch) == ahead
 
 
 async def test_rows_gathered_on_the_loop_reach_the_workers_as_they_are(
@@ -104,13 +103,13 @@ async def test_rows_gathered_on_the_loop_reach_the_workers_as_they_are(
     monkeypatch.setattr(step_module.Placement, "tasks", tasks)
     data, model = _data(weighted=True), MLP((128, 16, 10))
     taken = Taken(monkeypatch)
-    ahead = await _fit(model, data, "thread", 2, 40)
+    ahead = await _fit(model, data, 2, 2, 40)
     assert taken.gathered > 10
     monkeypatch.setattr(_context, "_gathers_ahead", lambda *args: False)
-    assert await _fit(model, data, "thread", 2, 40) == ahead
+    assert await _fit(model, data, 2, 2, 40) == ahead
 
 
-async def test_no_gathering_ahead_for_sparse_data_or_streams() -> None:
+async def test_no_gathering_ahead_for_sparse_data_streams_or_the_inline_backend() -> None:
     sparse = pytest.importorskip("scipy.sparse")
     data = synthetic("softmax", n=200, seed=1)
 
@@ -118,11 +117,14 @@ async def test_no_gathering_ahead_for_sparse_data_or_streams() -> None:
         for start in range(0, 200, 50):
             yield data.X[start : start + 50], data.y[start : start + 50]
 
-    async with at.Trainer(SoftmaxRegression(128, 10), backend="inline", batch_size=50) as trainer:
+    model = SoftmaxRegression(128, 10)
+    async with at.Trainer(model, backend="thread", workers=1, batch_size=50) as trainer:
         csr = Dataset(sparse.csr_array(data.X), data.y)
         assert await _gather_threads_during(trainer.fit(csr, epochs=2)) == set()
         assert await _gather_threads_during(trainer.fit_stream(stream())) == set()
         assert await _gather_threads_during(trainer.fit(data, epochs=2)) != set()  # the oracle
+    async with at.Trainer(model, backend="inline", batch_size=50) as trainer:
+        assert await _gather_threads_during(trainer.fit(data, epochs=2)) == set()
 
 
 async def _gather_threads_during(fit: Any) -> set[str]:
@@ -164,13 +166,14 @@ def slow_gathers(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     return third
 
 
-@pytest.mark.parametrize("backend", ["inline", "thread"])
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_a_fit_cancelled_while_a_chunk_is_gathered_stops_and_leaves_no_thread(
-    slow_gathers: threading.Event, backend: str
+    monkeypatch: pytest.MonkeyPatch, slow_gathers: threading.Event, workers: int
 ) -> None:
+    monkeypatch.setattr(step_module, "LOOP_BUDGET", 1.0)  # every step on the loop
     data = synthetic("softmax", n=2_000, seed=2)
     async with at.Trainer(
-        SoftmaxRegression(128, 10), backend=backend, batch_size=20, seed=1
+        SoftmaxRegression(128, 10), backend="thread", workers=workers, batch_size=20, seed=1
     ) as trainer:
         fit = asyncio.ensure_future(trainer.fit(data, epochs=1))
         assert await asyncio.to_thread(slow_gathers.wait, 10)
@@ -204,7 +207,9 @@ async def test_a_failed_gather_fails_its_step_with_the_error(
 
     monkeypatch.setattr(_prefetch, "gather", gather)
     data = synthetic("softmax", n=2_000, seed=2)
-    async with at.Trainer(SoftmaxRegression(128, 10), backend="inline", batch_size=20) as trainer:
+    async with at.Trainer(
+        SoftmaxRegression(128, 10), backend="thread", workers=1, batch_size=20
+    ) as trainer:
         with pytest.raises(MemoryError, match="no room"):
             await trainer.fit(data, epochs=1)
         assert trainer.state.step > 0
@@ -218,7 +223,7 @@ async def test_two_fits_at_once_each_gather_their_own_rows() -> None:
 
     async def fit(d: Dataset) -> Any:
         async with at.Trainer(
-            SoftmaxRegression(128, 10), backend="inline", batch_size=30, seed=3
+            SoftmaxRegression(128, 10), backend="thread", workers=1, batch_size=30, seed=3
         ) as trainer:
             await trainer.fit(d, epochs=2)
             return state_bits(trainer.state)

@@ -105,11 +105,12 @@ async def open_context(
 
 def _gathers_ahead(ctx: StepContext, data: Mapping[str, Any] | SharedArrays) -> bool:
     """Whether the fit's steps gather their next rows ahead (:mod:`._prefetch`): an
-    in-memory dataset (not a stream's ring, not partitioned) of dense features, whose
-    shards compute in this process."""
-    in_process = ctx.backend.inline or getattr(ctx.backend, "local", False)
+    in-memory dataset (not a stream's ring, not partitioned) of dense features, on a
+    backend of threads in this process. Not the inline backend: it runs a fit with no
+    thread of its own (docs/backends.md)."""
+    threads = getattr(ctx.backend, "local", False) and not ctx.backend.inline
     dense = isinstance(data, Mapping) and "X" in data
-    return in_process and dense and ctx.partitions is None and not ctx.streaming
+    return threads and dense and ctx.partitions is None and not ctx.streaming
 
 
 def partition_arrays(dataset: Dataset, batch_size: int, shards: int, seed: int) -> list[Any]:

@@ -81,7 +81,6 @@ class Sync:
 
         turn_taken = False
         if ctx.backend.inline or ctx.partitions is not None:
-            gather_ahead()
             # Partitioned data: a task per shard, so each reads only its own partition
             # (and a cluster backend runs it where that partition is kept).
             if len(tasks) == 1:
