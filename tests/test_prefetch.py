@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import threading
 import time
@@ -43,6 +44,18 @@ class Taken:
             return shards
 
         monkeypatch.setattr(Prefetch, "take", take)
+
+
+@pytest.fixture
+def any_shard_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gather ahead for steps of several shards too (the default is one-shard steps only:
+    ``_context._gathers_ahead``), so the machinery is held to the bits there as well."""
+    real = _context._gathers_ahead
+
+    def gathers_ahead(ctx: Any, data: Any) -> bool:
+        return bool(real(dataclasses.replace(ctx, shards=1), data))
+
+    monkeypatch.setattr(_context, "_gathers_ahead", gathers_ahead)
 
 
 def _data(weighted: bool) -> Dataset:
@@ -78,6 +91,7 @@ CASES = [
 
 @pytest.mark.parametrize(("workers", "shards", "batch"), CASES)
 @pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.usefixtures("any_shard_count")
 async def test_gathered_ahead_gives_the_bits_of_gathering_per_shard(
     monkeypatch: pytest.MonkeyPatch, workers: int, shards: int, batch: int, weighted: bool
 ) -> None:
@@ -90,6 +104,7 @@ async def test_gathered_ahead_gives_the_bits_of_gathering_per_shard(
     assert await _fit(model, data, workers, shards, batch) == ahead
 
 
+@pytest.mark.usefixtures("any_shard_count")
 async def test_rows_gathered_on_the_loop_reach_the_workers_as_they_are(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -118,12 +133,15 @@ async def test_no_gathering_ahead_for_sparse_data_streams_or_the_inline_backend(
             yield data.X[start : start + 50], data.y[start : start + 50]
 
     model = SoftmaxRegression(128, 10)
-    async with at.Trainer(model, backend="thread", workers=1, batch_size=50) as trainer:
+    async with at.Trainer(model, backend="thread", workers=1, batch_size=50, shards=1) as trainer:
         csr = Dataset(sparse.csr_array(data.X), data.y)
         assert await _gather_threads_during(trainer.fit(csr, epochs=2)) == set()
         assert await _gather_threads_during(trainer.fit_stream(stream())) == set()
         assert await _gather_threads_during(trainer.fit(data, epochs=2)) != set()  # the oracle
-    async with at.Trainer(model, backend="inline", batch_size=50) as trainer:
+    async with at.Trainer(model, backend="inline", batch_size=50, shards=1) as trainer:
+        assert await _gather_threads_during(trainer.fit(data, epochs=2)) == set()
+    async with at.Trainer(model, backend="thread", workers=1, batch_size=50) as trainer:
+        assert trainer.config.shards > 1  # the default: steps of several shards
         assert await _gather_threads_during(trainer.fit(data, epochs=2)) == set()
 
 
@@ -173,7 +191,12 @@ async def test_a_fit_cancelled_while_a_chunk_is_gathered_stops_and_leaves_no_thr
     monkeypatch.setattr(step_module, "LOOP_BUDGET", 1.0)  # every step on the loop
     data = synthetic("softmax", n=2_000, seed=2)
     async with at.Trainer(
-        SoftmaxRegression(128, 10), backend="thread", workers=workers, batch_size=20, seed=1
+        SoftmaxRegression(128, 10),
+        backend="thread",
+        workers=workers,
+        batch_size=20,
+        shards=1,
+        seed=1,
     ) as trainer:
         fit = asyncio.ensure_future(trainer.fit(data, epochs=1))
         assert await asyncio.to_thread(slow_gathers.wait, 10)
@@ -184,7 +207,7 @@ async def test_a_fit_cancelled_while_a_chunk_is_gathered_stops_and_leaves_no_thr
         step = trainer.state.step
     # The state is a whole step: the same fit, uninterrupted up to it, ends on its bits.
     async with at.Trainer(
-        SoftmaxRegression(128, 10), backend="inline", batch_size=20, seed=1
+        SoftmaxRegression(128, 10), backend="inline", batch_size=20, shards=1, seed=1
     ) as reference:
         steps = reference.steps(data, epochs=1)
         async with contextlib.aclosing(steps):
@@ -208,7 +231,7 @@ async def test_a_failed_gather_fails_its_step_with_the_error(
     monkeypatch.setattr(_prefetch, "gather", gather)
     data = synthetic("softmax", n=2_000, seed=2)
     async with at.Trainer(
-        SoftmaxRegression(128, 10), backend="thread", workers=1, batch_size=20
+        SoftmaxRegression(128, 10), backend="thread", workers=1, batch_size=20, shards=1
     ) as trainer:
         with pytest.raises(MemoryError, match="no room"):
             await trainer.fit(data, epochs=1)
@@ -223,7 +246,12 @@ async def test_two_fits_at_once_each_gather_their_own_rows() -> None:
 
     async def fit(d: Dataset) -> Any:
         async with at.Trainer(
-            SoftmaxRegression(128, 10), backend="thread", workers=1, batch_size=30, seed=3
+            SoftmaxRegression(128, 10),
+            backend="thread",
+            workers=1,
+            batch_size=30,
+            shards=1,
+            seed=3,
         ) as trainer:
             await trainer.fit(d, epochs=2)
             return state_bits(trainer.state)

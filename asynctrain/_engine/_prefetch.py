@@ -21,12 +21,14 @@ bit-identity tests compare these backends with the process backend, which gather
 shard as before).
 
 Only where the gathered rows can be handed over as they are, and a thread may be added: a
-sync step of an in-memory dataset of dense features that the thread backend computes on
-the loop (its "on the loop" placement). Not the inline backend, which runs a fit with no
-thread of its own (docs/backends.md). Tasks for worker processes and clusters carry
-indices, and read their rows where they run. A sparse ``X`` is gathered by scipy, mostly
-under the GIL, so gathered ahead it would only take the loop's turn: its shards gather
-their own, as before. Streams assemble their batches on their own.
+sync step of one shard on an in-memory dataset of dense features that the thread backend
+computes on the loop (its "on the loop" placement; why one shard: ``_context``'s
+``_gathers_ahead``). The class itself cuts a step into any number of shards. Not the
+inline backend, which runs a fit with no thread of its own (docs/backends.md). Tasks for
+worker processes and clusters carry indices, and read their rows where they run. A
+sparse ``X`` is gathered by scipy, mostly under the GIL, so gathered ahead it would only
+take the loop's turn: its shards gather their own, as before. Streams assemble their
+batches on their own.
 """
 
 from __future__ import annotations

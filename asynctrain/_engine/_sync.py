@@ -54,8 +54,8 @@ class Sync:
     async def run_epoch(
         self, ctx: StepContext, epoch: int, order: npt.NDArray[np.int64], start_batch: int
     ) -> AsyncGenerator[StepEvent, None]:
-        """Run the epoch's remaining batches one lock-step at a time, each step's rows
-        gathered while the step before it computes (where ``ctx.prefetch`` is set)."""
+        """Run the epoch's remaining batches one lock-step at a time (with
+        ``ctx.prefetch``, later steps' rows gathered ahead while steps compute)."""
         batches = batches_of(order, ctx.batch_size, start_batch)
         if ctx.prefetch is not None:
             ctx.prefetch.begin(batches)
