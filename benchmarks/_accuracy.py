@@ -47,16 +47,13 @@ class Setting(NamedTuple):
 # What a user would pick, from the grid in docs/benchmarks.md: the same optimizer, learning
 # rate and batch as the peers. The linear models reach the target at the first quarter-epoch
 # check, so the race is one of throughput. The linear models' small steps run fastest on
-# the loop itself (no task hand-offs), on one BLAS thread (softmax's small products lose
-# several times over on 2 threads when the machine is shared; races on 2026-12-07, nine
-# each, alternated: inline 0.88x the numpy loop's time, the thread backend with 1 worker
-# 1.30x). The thread backend computes such steps on the loop too, and gathers a one-shard
-# step's rows ahead on its other core, which logistic regression's 2,048-row steps pay
-# for and softmax's 1,024-row ones do not (the quarter-epoch race, 21 alternated, on the
-# thread backend with 1 worker against inline: logreg 0.91x, softmax 1.07x, 2026-12-07
-# afternoon). The MLP's larger steps pay for 2 workers.
+# the loop itself (no task hand-offs), on the one BLAS thread the inline backend holds
+# while open (softmax's small products lose several times over on 2 threads when the
+# machine is shared; races on 2026-12-07, nine each, alternated: inline 0.88x the numpy
+# loop's time, the thread backend with 1 worker 1.30x); the MLP's larger steps pay for 2
+# workers.
 BEST = {
-    "logreg": Setting("sgd", workers=1, backend="thread"),
+    "logreg": Setting("sgd"),
     "softmax": Setting("sgd"),
     "mlp": Setting("adam", shards=2, workers=2, backend="thread"),
 }
