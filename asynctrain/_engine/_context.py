@@ -110,8 +110,9 @@ def _gathers_ahead(ctx: StepContext, data: Mapping[str, Any] | SharedArrays) -> 
 
     Not the inline backend: it runs a fit with no thread of its own (docs/backends.md).
     Not steps of several shards: measured side by side (1 worker, the views against
-    gathering per shard), one-shard steps gained everywhere (logistic regression at
-    batch 512 0.80 and 0.87×, at 2,048 0.82×; softmax at 1,024 0.91-0.93×), but several
+    gathering per shard, 8 MiB chunks), one-shard steps gained everywhere (logistic
+    regression at batch 512 0.80 and 0.87×, at 2,048 0.82×; softmax at 1,024 0.91-0.93×;
+    with the 2 MiB chunks kept: 0.93×, 0.85× and 0.86×), but several
     shards a step gained on softmax (batch 512 in 4 shards 0.91×) and lost on logistic
     regression (batch 512 in 2 shards 1.08-1.16×, in 4 shards 1.09-1.17×, and no chunk
     size from 256 KiB to 32 MiB helped), for a reason not found.
