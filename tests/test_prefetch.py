@@ -241,8 +241,11 @@ async def test_a_failed_gather_fails_its_step_with_the_error(
     assert _gather_threads() == set()
 
 
-async def test_two_fits_at_once_each_gather_their_own_rows() -> None:
+async def test_two_fits_at_once_each_gather_their_own_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     data = [synthetic("softmax", n=600, seed=s) for s in (1, 2)]
+    taken = Taken(monkeypatch)
 
     async def fit(d: Dataset) -> Any:
         async with at.Trainer(
@@ -257,6 +260,7 @@ async def test_two_fits_at_once_each_gather_their_own_rows() -> None:
             return state_bits(trainer.state)
 
     together = await asyncio.gather(fit(data[0]), fit(data[1]))
+    assert taken.gathered > 0  # the two fits' steps took rows gathered ahead
     assert together == [await fit(data[0]), await fit(data[1])]
 
 

@@ -112,10 +112,10 @@ def _gathers_ahead(ctx: StepContext, data: Mapping[str, Any] | SharedArrays) -> 
     Not steps of several shards: measured side by side (1 worker, the views against
     gathering per shard, 8 MiB chunks), one-shard steps gained everywhere (logistic
     regression at batch 512 0.80 and 0.87×, at 2,048 0.82×; softmax at 1,024 0.91-0.93×;
-    with the 2 MiB chunks kept: 0.93×, 0.85× and 0.86×), but several
-    shards a step gained on softmax (batch 512 in 4 shards 0.91×) and lost on logistic
-    regression (batch 512 in 2 shards 1.08-1.16×, in 4 shards 1.09-1.17×, and no chunk
-    size from 256 KiB to 32 MiB helped), for a reason not found.
+    with the 2 MiB chunks kept: 0.93×, 0.85× and 0.86×), but several shards a step
+    gained on softmax (batch 512 in 4 shards 0.91×) and lost on logistic regression
+    (batch 512 in 2 shards 1.08-1.16×, in 4 shards 1.09-1.17×, and no chunk size from
+    256 KiB to 32 MiB helped), for a reason not found.
     """
     threads = getattr(ctx.backend, "local", False) and not ctx.backend.inline
     dense = isinstance(data, Mapping) and "X" in data

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from asynctrain._engine._update import mean_in_place
-from asynctrain._engine._work import Indices, ShardResult, features, resolve_model, weight_sum
+from asynctrain._engine._work import Indices, ShardResult, gather, resolve_model, weight_sum
 from asynctrain.backends import SharedArrays
 from asynctrain.models._protocol import shard_loss_and_grad
 from asynctrain.optim import GradientTransformation, apply_updates
@@ -68,9 +68,8 @@ def local_shard(
     for i, part in enumerate(task.parts):
         loss, weight = 0.0, 0.0
         if len(part):
-            X = features(arrays, part)
-            y = np.take(arrays["y"], part, axis=0)
-            w = None if "w" not in arrays else np.take(arrays["w"], part, axis=0)
+            rows = gather(arrays, part)
+            X, y, w = rows.X, rows.y, rows.w
             key = (task.seed, task.step + i, task.shard)
             loss, grads = shard_loss_and_grad(model, current, X, y, key, w)
             weight = weight_sum(w, len(part))

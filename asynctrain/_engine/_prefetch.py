@@ -139,11 +139,10 @@ class Prefetch:
                 break
             size, length = size + 1, length + step
         steps = batches[first : first + size]
-        chunk_rows = np.concatenate(steps)  # a few µs: the steps' indices, in order
         if self._pool is None:
             self._pool = ThreadPool(1, name="asynctrain-gather")
         # A bare future: a step that finds its chunk gathered takes it without a turn.
-        call = self._pool.submit(gather, self._arrays, chunk_rows)
+        call = self._pool.submit(_gather_chunk, self._arrays, steps)
         call.future.add_done_callback(_retrieved)
         self._last = call
         offset = 0
@@ -170,6 +169,11 @@ class Prefetch:
         for _, call, _, _ in self._steps.values():
             call.cancel()  # not started: never runs; started: its outcome dropped
         self._steps.clear()
+
+
+def _gather_chunk(arrays: Mapping[str, Any], steps: Sequence[Indices]) -> Gathered:
+    """On the gather thread: the rows of consecutive ``steps``, in one gather."""
+    return gather(arrays, np.concatenate(steps))
 
 
 def _rows(chunk: Gathered, start: int, stop: int) -> Gathered:

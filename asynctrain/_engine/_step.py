@@ -403,9 +403,9 @@ class StepContext:
     slots=n)``), for what a mode keeps per fit; None: the mode shares and releases its
     own."""
     prefetch: Prefetch | None = None
-    """Where a sync step's shards are computed in this process on an in-memory dataset of
-    dense features: later steps' rows, gathered while a step computes (see
-    :mod:`._prefetch`); None: every shard gathers its own rows."""
+    """Where the thread backend computes one-shard sync steps of an in-memory dataset of
+    dense features (``_context._gathers_ahead``): later steps' rows, gathered while steps
+    compute on the loop (see :mod:`._prefetch`); None: every shard gathers its own rows."""
     partitions: Partitions | None = None
     """With ``shuffle="shard"``: the shards' partitions (``data`` is then partition 0's
     handle; tasks read :meth:`data_of` their shard)."""

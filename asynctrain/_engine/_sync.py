@@ -63,13 +63,7 @@ class Sync:
             stats = await self.step(ctx, indices)
             yield ctx.event(epoch, stats)
 
-    async def step(
-        self,
-        ctx: StepContext,
-        indices: Indices,
-        *,
-        data_slot: int = 0,
-    ) -> StepStats:
+    async def step(self, ctx: StepContext, indices: Indices, *, data_slot: int = 0) -> StepStats:
         """One step on rows ``indices`` of data slot ``data_slot``: all shards in flight
         together, then one update. With ``ctx.prefetch``, its rows may have been gathered
         while earlier steps computed, and it has later steps' gathered while it does."""
