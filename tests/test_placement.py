@@ -76,6 +76,23 @@ def test_one_task_a_shard_while_warming_up_then_alternating() -> None:
         placement.record(seen[-1], 4, 1e-3)
     assert sorted(set(seen)) == [1, 2]
     assert seen.count(1) == seen.count(2)
+    assert seen == [2, 2, 1, 1] * (MEASURED // 4)  # two at a time: the second runs as its like
+
+
+def test_a_step_unlike_its_choices_steps_is_not_compared() -> None:
+    """A grouped step that gathered its own rows after spread ones (``timed=False``) does
+    not count against grouping; its math still counts."""
+    placement, grouped = Placement(), 0
+    for _ in range(WARM_UP + MEASURED):
+        k = placement.tasks(4, workers=2)
+        if k == 1:  # a switching step 10 times slower, not compared; then a fast one
+            placement.record(1, 4, 1e-3, math=1e-3, timed=False)
+            placement.record(1, 4, 100e-6, math=50e-6)
+            grouped += 2
+        else:
+            placement.record(k, 4, 300e-6)
+    assert placement.tasks(4, workers=2) == 1  # 100 us a step grouped against 300 spread
+    assert len(placement._math) == grouped  # every grouped step's math, compared or not
 
 
 def test_the_other_choice_is_tried_every_reprobe_steps_and_can_win() -> None:

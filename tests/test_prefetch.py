@@ -4,7 +4,8 @@ The oracle is the same fit with gathering ahead switched off, where every shard 
 its own rows (as the process backend's always do), compared bit for bit. Each test also
 checks that steps did take gathered rows, so a change that quietly stops gathering ahead
 fails here rather than passing on the old path. The autouse leak fixture fails a test
-that leaves the gather thread running.
+that leaves the gather thread running. Every test runs as on a machine of two cores
+(``two_cores``): gathering ahead needs a core the step leaves free.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ class Taken:
         monkeypatch.setattr(Prefetch, "take", take)
 
 
+@pytest.fixture(autouse=True)
+def two_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process may run on two cores, whatever this machine has."""
+    monkeypatch.setattr(_prefetch, "default_workers", lambda: 2)
+
+
 @pytest.fixture
 def any_shard_count(monkeypatch: pytest.MonkeyPatch) -> None:
     """Gather ahead for steps of several shards too (the default is one-shard steps only:
@@ -58,12 +65,21 @@ def any_shard_count(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_context, "_gathers_ahead", gathers_ahead)
 
 
-def _data(weighted: bool) -> Dataset:
+def _data(weighted: bool, csr: bool = False) -> Dataset:
     data = synthetic("softmax", n=1_000, seed=3)  # not a multiple of any batch below
-    if not weighted:
-        return data
-    weights = np.random.default_rng(4).uniform(0.0, 3.0, len(data)).astype(np.float32)
-    return Dataset(data.X, data.y, sample_weight=weights)
+    X = _sparse_rows(data.X) if csr else data.X
+    weights = None
+    if weighted:
+        weights = np.random.default_rng(4).uniform(0.0, 3.0, len(data)).astype(np.float32)
+    return Dataset(X, data.y, sample_weight=weights)
+
+
+def _sparse_rows(X: np.ndarray) -> Any:
+    """``X`` as CSR with about a tenth of its values kept, and some rows left empty."""
+    sparse = pytest.importorskip("scipy.sparse")
+    keep = np.random.default_rng(5).random(X.shape) < 0.1
+    keep[::7] = False
+    return sparse.csr_array(np.where(keep, X, 0.0))
 
 
 async def _fit(model: Any, data: Dataset, workers: int, shards: int, batch: int) -> Any:
@@ -124,8 +140,52 @@ async def test_rows_gathered_on_the_loop_reach_the_workers_as_they_are(
     assert await _fit(model, data, 2, 2, 40) == ahead
 
 
-async def test_no_gathering_ahead_for_sparse_data_streams_or_the_inline_backend() -> None:
-    sparse = pytest.importorskip("scipy.sparse")
+@pytest.mark.parametrize(("workers", "shards", "batch"), CASES)
+@pytest.mark.parametrize("on_loop", [True, False])
+async def test_csr_rows_gathered_ahead_give_the_bits_of_gathering_per_shard(
+    monkeypatch: pytest.MonkeyPatch, workers: int, shards: int, batch: int, on_loop: bool
+) -> None:
+    """Sparse rows are gathered ahead at every shard count, and cut into their shards as
+    views of the chunk: on the loop, or in one task on a worker thread (the other core is
+    free), with sample weights."""
+
+    def tasks(self: Any, shards: int, workers: int, *, local: bool = False) -> int:
+        return 0 if on_loop else 1
+
+    monkeypatch.setattr(step_module.Placement, "tasks", tasks)
+    data, model = _data(weighted=True, csr=True), SoftmaxRegression(128, 10)
+    taken = Taken(monkeypatch)
+    ahead = await _fit(model, data, workers, shards, batch)
+    assert taken.gathered > 0
+    monkeypatch.setattr(_context, "_gathers_ahead", lambda *args: False)
+    assert await _fit(model, data, workers, shards, batch) == ahead
+
+
+@pytest.mark.parametrize("csr", [False, True])
+async def test_steps_on_workers_gather_ahead_only_with_a_core_to_spare(
+    monkeypatch: pytest.MonkeyPatch, csr: bool
+) -> None:
+    """One worker thread leaves the second core to the gather thread; two spread over
+    both cores leave none, and their steps gather per shard."""
+    taken = Taken(monkeypatch)
+    data, model = _data(weighted=False, csr=csr), MLP((128, 16, 10))
+    monkeypatch.setattr(step_module, "LOOP_BUDGET", 0.0)  # every step to the workers
+    one = await _fit(model, data, 1, 1 if not csr else 2, 64)
+    assert taken.gathered > 0
+    taken.gathered = 0
+
+    def spread(self: Any, shards: int, workers: int, *, local: bool = False) -> int:
+        return min(shards, workers)
+
+    monkeypatch.setattr(step_module.Placement, "tasks", spread)
+    both = await _gather_threads_during(_fit(model, _data(False, csr), 2, 2, 64))
+    assert taken.gathered == 0
+    assert both == set()
+    monkeypatch.setattr(_context, "_gathers_ahead", lambda *args: False)
+    assert await _fit(model, data, 1, 1 if not csr else 2, 64) == one
+
+
+async def test_no_gathering_ahead_for_streams_the_inline_backend_or_dense_shards() -> None:
     data = synthetic("softmax", n=200, seed=1)
 
     def stream() -> Iterator[tuple[Any, Any]]:
@@ -134,8 +194,6 @@ async def test_no_gathering_ahead_for_sparse_data_streams_or_the_inline_backend(
 
     model = SoftmaxRegression(128, 10)
     async with at.Trainer(model, backend="thread", workers=1, batch_size=50, shards=1) as trainer:
-        csr = Dataset(sparse.csr_array(data.X), data.y)
-        assert await _gather_threads_during(trainer.fit(csr, epochs=2)) == set()
         assert await _gather_threads_during(trainer.fit_stream(stream())) == set()
         assert await _gather_threads_during(trainer.fit(data, epochs=2)) != set()  # the oracle
     async with at.Trainer(model, backend="inline", batch_size=50, shards=1) as trainer:
@@ -143,6 +201,10 @@ async def test_no_gathering_ahead_for_sparse_data_streams_or_the_inline_backend(
     async with at.Trainer(model, backend="thread", workers=1, batch_size=50) as trainer:
         assert trainer.config.shards > 1  # the default: steps of several shards
         assert await _gather_threads_during(trainer.fit(data, epochs=2)) == set()
+    async with at.Trainer(model, backend="thread", workers=1, batch_size=50, shards=1) as trainer:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_prefetch, "default_workers", lambda: 1)  # no core to spare
+            assert await _gather_threads_during(trainer.fit(data, epochs=2)) == set()
 
 
 async def _gather_threads_during(fit: Any) -> set[str]:
@@ -336,6 +398,24 @@ async def test_rows_not_begun_or_of_another_epoch_are_not_taken() -> None:
         assert shard is not None
         assert np.array_equal(shard.X, X[40:50])
         assert await prefetch.take(first[1]) is None
+    finally:
+        await prefetch.aclose()
+    assert _gather_threads() == set()
+
+
+async def test_a_step_on_every_core_leaves_none_spare() -> None:
+    prefetch, X = _prefetch_of(100, 3)  # two cores (two_cores)
+    batches = [np.arange(i, i + 10) for i in range(0, 100, 10)]
+    prefetch.begin(batches)
+    try:
+        await prefetch.take(batches[0])
+        assert not prefetch.spare(busy=2)  # two worker tasks: no core for the gather thread
+        assert await prefetch.take(batches[1]) is None
+        assert prefetch.spare(busy=1)
+        prefetch.ahead()
+        (shard,) = await prefetch.take(batches[2]) or [None]
+        assert shard is not None
+        assert np.array_equal(shard.X, X[20:30])
     finally:
         await prefetch.aclose()
     assert _gather_threads() == set()

@@ -104,23 +104,30 @@ async def open_context(
 
 
 def _gathers_ahead(ctx: StepContext, data: Mapping[str, Any] | SharedArrays) -> bool:
-    """Whether the fit's steps gather their next rows ahead (:mod:`._prefetch`): steps of
-    one shard on an in-memory dataset (not a stream's ring, not partitioned) of dense
-    features, on a backend of threads in this process.
+    """Whether the fit's steps gather their next rows ahead (:mod:`._prefetch`): on an
+    in-memory dataset (not a stream's ring, not partitioned), on a backend of threads in
+    this process; with dense features, steps of one shard.
 
     Not the inline backend: it runs a fit with no thread of its own (docs/backends.md).
-    Not steps of several shards: measured side by side (1 worker, the views against
+    Not dense steps of several shards: measured side by side (1 worker, the views against
     gathering per shard, 8 MiB chunks), one-shard steps gained everywhere (logistic
     regression at batch 512 0.80 and 0.87×, at 2,048 0.82×; softmax at 1,024 0.91-0.93×;
     with the 2 MiB chunks kept: 0.93×, 0.85× and 0.86×), but several shards a step
     gained on softmax (batch 512 in 4 shards 0.91×) and lost on logistic regression
     (batch 512 in 2 shards 1.08-1.16×, in 4 shards 1.09-1.17×, and no chunk size from
-    256 KiB to 32 MiB helped), for a reason not found.
+    256 KiB to 32 MiB helped), for a reason not found. CSR rows gain at every shard count
+    measured: their gather waits on memory row by row, and costs more than the products
+    that read them (sparse logistic regression on the RCV1-shaped benchmark data on 1
+    worker thread, an epoch's time, nine alternated: at batch 4,096 in 1 shard 0.71×, 2
+    shards 0.70×, 4 shards 0.76×; at batch 512 in 4 shards 0.88×; at batch 256 in 1
+    shard, on the loop, 1.00×).
     """
     threads = getattr(ctx.backend, "local", False) and not ctx.backend.inline
-    dense = isinstance(data, Mapping) and "X" in data
-    one_shard = ctx.shards == 1
-    return threads and dense and one_shard and ctx.partitions is None and not ctx.streaming
+    if not threads or not isinstance(data, Mapping) or ctx.partitions is not None or ctx.streaming:
+        return False
+    if "X" in data:  # dense
+        return ctx.shards == 1
+    return "X.data" in data  # CSR (``pack``)
 
 
 def partition_arrays(dataset: Dataset, batch_size: int, shards: int, seed: int) -> list[Any]:

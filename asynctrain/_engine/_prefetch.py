@@ -20,15 +20,26 @@ layout as the array the shard would have gathered, so the math gives the same bi
 bit-identity tests compare these backends with the process backend, which gathers per
 shard as before).
 
-Only where the gathered rows can be handed over as they are, and a thread may be added: a
-sync step of one shard on an in-memory dataset of dense features that the thread backend
-computes on the loop (its "on the loop" placement; why one shard: ``_context``'s
-``_gathers_ahead``). The class itself cuts a step into any number of shards. Not the
-inline backend, which runs a fit with no thread of its own (docs/backends.md). Tasks for
-worker processes and clusters carry indices, and read their rows where they run. A
-sparse ``X`` is gathered by scipy, mostly under the GIL, so gathered ahead it would only
-take the loop's turn: its shards gather their own, as before. Streams assemble their
-batches on their own.
+Only where the gathered rows can be handed over as they are, a thread may be added, and
+a core is free for it: sync steps on an in-memory dataset (which ones, and why one shard
+a step for dense features: ``_context``'s ``_gathers_ahead``) that the thread backend
+computes on the loop, or on fewer worker threads than the process has cores
+(:meth:`Prefetch.spare`). Not beside a worker on every core: there the gather thread took
+the workers' cores and their GIL (the reference MLP's epoch at batch 4,096 in 2 shards on
+2 threads, side by side: 0.446 / 0.391 / 0.450 s against 0.392 / 0.330 / 0.418 without).
+Not the inline backend, which runs a fit with no thread of its own (docs/backends.md).
+Tasks for worker processes and clusters carry indices, and read their rows where they
+run. Streams assemble their batches on their own.
+
+Sparse (CSR) rows are gathered by scipy's row-copy kernel, which waits on memory at every
+row: 0.3-0.7 ms for 2,048 rows of the RCV1-shaped benchmark data (800,000 rows, 0.16 %
+dense), more than the step's two products on them take. It holds the GIL only between its
+few numpy calls: a Python loop on another thread kept 81-99 % of its pace beside a thread
+gathering without pause. A chunk of CSR rows is cut into its shards as CSR over views of
+the chunk's arrays (:func:`asynctrain._sparse.take` of a row range): the same values and
+column indices in the same order as the shard's own gather, so the same bits. The cutting
+is done on the gather thread too (building a CSR costs about 0.1 ms), so a step takes its
+shards as they are.
 """
 
 from __future__ import annotations
@@ -42,8 +53,9 @@ import numpy as np
 
 from asynctrain._engine._work import Gathered, Indices, gather
 from asynctrain._offloop import off_loop
+from asynctrain._sparse import is_sparse, take
 from asynctrain._threads import ThreadPool, _Call
-from asynctrain.backends import SharedArrays
+from asynctrain.backends import SharedArrays, default_workers
 
 CHUNK_BYTES = 2 << 20
 """The features one chunk gathers at most (at least one step's): with the chunk being
@@ -60,12 +72,14 @@ class Prefetch:
 
     :meth:`begin` hands it an epoch's batches (consecutive slices of the epoch's order);
     each step calls :meth:`take` for its shards' rows (None: not gathered ahead, the step
-    gathers its own) and, once a core is free of its math, :meth:`ahead`, which starts the
-    next chunk when the steps gathered or under way run short. :meth:`aclose` drops what
-    is pending, waits for a gather under way (no work outlives the fit) and stops the
-    thread, which starts with the first chunk.
+    gathers its own) and, as its math starts, if it leaves a core :meth:`spare`,
+    :meth:`ahead`, which starts the next chunk when the steps gathered or under way run
+    short.
+    :meth:`aclose` drops what is pending, waits for a gather under way (no work outlives
+    the fit) and stops the thread, which starts with the first chunk.
 
-    ``split`` cuts a step's rows into its shards' (the bounds the step's own split uses).
+    ``split`` cuts a step's rows into its shards' (the bounds the step's own split uses);
+    ``cores``: the cores the process may run on (default: all it may).
 
     Example:
         >>> import asynctrain, numpy as np
@@ -73,7 +87,7 @@ class Prefetch:
         >>> data = LocalShared({"X": np.arange(8.0).reshape(4, 2), "y": np.arange(4)}, 1)
         >>> order = np.array([3, 1, 0, 2])
         >>> async def demo():
-        ...     prefetch = Prefetch(data, split=lambda n: [(0, 1), (1, n)])
+        ...     prefetch = Prefetch(data, split=lambda n: [(0, 1), (1, n)], cores=2)
         ...     batches = [order[:2], order[2:]]
         ...     prefetch.begin(batches)
         ...     first = await prefetch.take(batches[0])  # nothing was ahead of step 0
@@ -86,21 +100,24 @@ class Prefetch:
     """
 
     def __init__(
-        self, data: SharedArrays, *, split: Callable[[int], Sequence[tuple[int, int]]]
+        self,
+        data: SharedArrays,
+        *,
+        split: Callable[[int], Sequence[tuple[int, int]]],
+        cores: int | None = None,
     ) -> None:
         self._arrays: Mapping[str, Any] = data.read(0)
         self._split = split
-        X = self._arrays["X"]
-        row_bytes = max(1, X.dtype.itemsize * int(np.prod(X.shape[1:], dtype=np.int64)))
-        self._chunk_rows = max(1, CHUNK_BYTES // row_bytes)
+        self._cores = default_workers() if cores is None else cores
+        self._chunk_rows = max(1, CHUNK_BYTES // _row_bytes(self._arrays))
         self._pool: ThreadPool | None = None
         self._batches: Sequence[Indices] = ()
         self._taken = 0  # steps of the epoch taken so far
         self._planned = 0  # steps of the epoch gathered or under way, from the first
         self._size = 0  # steps in the last chunk started
-        # id of a step's indices -> (them, their chunk's call, their rows in it)
-        self._steps: dict[int, tuple[Indices, _Call[Gathered], int, int]] = {}
-        self._last: _Call[Gathered] | None = None  # the chunk started last
+        # id of a step's indices -> (them, their chunk's call, their place in it)
+        self._steps: dict[int, tuple[Indices, _Call[Chunk], int]] = {}
+        self._last: _Call[Chunk] | None = None  # the chunk started last
 
     def begin(self, batches: Sequence[Indices]) -> None:
         """Gather for an epoch's ``batches`` (each a slice of the epoch's order, in
@@ -115,9 +132,13 @@ class Prefetch:
         ahead = self._steps.pop(id(indices), None)
         if ahead is None or ahead[0] is not indices:
             return None
-        _, call, start, stop = ahead
-        chunk = await call.future
-        return [_rows(chunk, start + a, start + b) for a, b in self._split(stop - start)]
+        _, call, place = ahead
+        return (await call.future)[place]
+
+    def spare(self, busy: int) -> bool:
+        """Whether a step computing on ``busy`` threads (1: the loop's; else its worker
+        tasks) leaves a core to the gather thread: only then is :meth:`ahead` called."""
+        return busy < self._cores
 
     def ahead(self) -> None:
         """Start the next chunk if the steps gathered or under way ahead of the next one
@@ -142,13 +163,11 @@ class Prefetch:
         if self._pool is None:
             self._pool = ThreadPool(1, name="asynctrain-gather")
         # A bare future: a step that finds its chunk gathered takes it without a turn.
-        call = self._pool.submit(_gather_chunk, self._arrays, steps)
+        call = self._pool.submit(_gather_chunk, self._arrays, steps, self._split)
         call.future.add_done_callback(_retrieved)
         self._last = call
-        offset = 0
-        for indices in steps:
-            self._steps[id(indices)] = (indices, call, offset, offset + len(indices))
-            offset += len(indices)
+        for place, indices in enumerate(steps):
+            self._steps[id(indices)] = (indices, call, place)
         self._planned, self._size = first + size, size
 
     async def aclose(self) -> None:
@@ -166,21 +185,50 @@ class Prefetch:
             pool.shutdown(cancel=True)
 
     def _drop(self) -> None:
-        for _, call, _, _ in self._steps.values():
+        for _, call, _ in self._steps.values():
             call.cancel()  # not started: never runs; started: its outcome dropped
         self._steps.clear()
 
 
-def _gather_chunk(arrays: Mapping[str, Any], steps: Sequence[Indices]) -> Gathered:
-    """On the gather thread: the rows of consecutive ``steps``, in one gather."""
-    return gather(arrays, np.concatenate(steps))
+Chunk = list[list[Gathered]]
+"""The rows of a chunk's steps, each step's cut into its shards'."""
+
+
+def _gather_chunk(
+    arrays: Mapping[str, Any],
+    steps: Sequence[Indices],
+    split: Callable[[int], Sequence[tuple[int, int]]],
+) -> Chunk:
+    """On the gather thread: the rows of consecutive ``steps``, in one gather, cut into
+    each step's shards."""
+    chunk = gather(arrays, np.concatenate(steps))
+    shards: Chunk = []
+    start = 0
+    for indices in steps:
+        shards.append([_rows(chunk, start + a, start + b) for a, b in split(len(indices))])
+        start += len(indices)
+    return shards
 
 
 def _rows(chunk: Gathered, start: int, stop: int) -> Gathered:
+    """Rows ``start:stop`` of a chunk, as views of its arrays."""
+    X = chunk.X
+    # The chunk's CSR rows were checked as the data's were (``features``), so are these.
+    rows = take(X, range(start, stop), checked=True) if is_sparse(X) else X[start:stop]
     w = None if chunk.w is None else chunk.w[start:stop]
-    return Gathered(chunk.X[start:stop], chunk.y[start:stop], w)
+    return Gathered(rows, chunk.y[start:stop], w)
 
 
-def _retrieved(future: asyncio.Future[Gathered]) -> None:
+def _row_bytes(arrays: Mapping[str, Any]) -> int:
+    """The bytes of features a row holds: a dense row's, or a CSR row's values and column
+    indices on average (a sparse ``X`` is shared as its three arrays)."""
+    X = arrays.get("X")
+    if X is not None:
+        return max(1, int(X.dtype.itemsize) * int(np.prod(X.shape[1:], dtype=np.int64)))
+    rows = max(1, int(arrays["X.shape"][0]))
+    return max(1, int(arrays["X.data"].nbytes + arrays["X.indices"].nbytes) // rows)
+
+
+def _retrieved(future: asyncio.Future[Chunk]) -> None:
     if not future.cancelled():
         future.exception()  # a dropped gather's error is nobody's: retrieved, not logged

@@ -86,8 +86,9 @@ class Placement:
 
     * its first :data:`WARM_UP` steps run one task per shard, as a step always did, and
       are not timed (first-touch page faults, imports on the workers);
-    * the next :data:`MEASURED` steps alternate spread and grouped, timed on the loop's
-      clock (per shard, so a short last batch counts alike);
+    * the next :data:`MEASURED` steps alternate spread and grouped two at a time, timed
+      on the loop's clock (per shard, so a short last batch counts alike; the second of
+      a pair runs as steps of its choice run, after one like it: see ``timed``);
     * from then on a step takes the choice with the lower median time over its last
       :data:`WINDOW` steps (grouped on a tie), and now and then a step tries the other
       (for :data:`PROBE_STEPS` steps, timed afresh, after :data:`REPROBE` steps, then
@@ -177,8 +178,8 @@ class Placement:
         step = self._steps - WARM_UP
         if step < 0:
             return shards
-        if step < MEASURED:
-            return small if step % 2 else spread
+        if step < MEASURED:  # in pairs: a step after its like is timed as the choice runs
+            return small if step // 2 % 2 else spread
         if self._trying is not None:
             until, choice = self._trying
             if step < until:
@@ -220,10 +221,20 @@ class Placement:
             self._interval = min(self._interval, self._patience)
             self._probe_at = min(self._probe_at, step + self._patience)
 
-    def record(self, tasks: int, shards: int, seconds: float, *, math: float | None = None) -> None:
+    def record(
+        self,
+        tasks: int,
+        shards: int,
+        seconds: float,
+        *,
+        math: float | None = None,
+        timed: bool = True,
+    ) -> None:
         """Learn from a step that ran ``shards`` shards as ``tasks`` tasks (0: on the
         loop) in ``seconds`` (on the loop's clock, from handing them out to the last
-        result); ``math``: of which one task's own compute took that long (where it ran)."""
+        result); ``math``: of which one task's own compute took that long (where it ran).
+        ``timed=False``: ``seconds`` are not the choice's own but a switch's (only the
+        math counts)."""
         self._steps += 1
         self._last = tasks
         if shards < 1:
@@ -232,7 +243,7 @@ class Placement:
             math = seconds
         if math is not None and tasks <= 1:  # from the first step: first touches only err
             self._math.add(math / shards)  # towards the workers, and briefly
-        if tasks and self._steps > WARM_UP:
+        if tasks and timed and self._steps > WARM_UP:
             times = self._times.get(tasks)
             if times is None:
                 times = self._times[tasks] = Window(WINDOW)
@@ -403,9 +414,9 @@ class StepContext:
     slots=n)``), for what a mode keeps per fit; None: the mode shares and releases its
     own."""
     prefetch: Prefetch | None = None
-    """Where the thread backend computes one-shard sync steps of an in-memory dataset of
-    dense features (``_context._gathers_ahead``): later steps' rows, gathered while steps
-    compute on the loop (see :mod:`._prefetch`); None: every shard gathers its own rows."""
+    """Where the thread backend computes sync steps of an in-memory dataset
+    (``_context._gathers_ahead``): later steps' rows, gathered while steps compute with a
+    core to spare (see :mod:`._prefetch`); None: every shard gathers its own rows."""
     partitions: Partitions | None = None
     """With ``shuffle="shard"``: the shards' partitions (``data`` is then partition 0's
     handle; tasks read :meth:`data_of` their shard)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +21,14 @@ from asynctrain._engine._step import (
 )
 from asynctrain._engine._tasks import gather_ordered, raise_unwrapped
 from asynctrain._engine._update import StepStats
-from asynctrain._engine._work import Indices, ShardGroup, ShardResult, ShardTask, compute_group
+from asynctrain._engine._work import (
+    Gathered,
+    Indices,
+    ShardGroup,
+    ShardResult,
+    ShardTask,
+    compute_group,
+)
 from asynctrain._events import StepEvent
 
 
@@ -71,7 +78,6 @@ class Sync:
         gathered = None if prefetch is None else await prefetch.take(indices)
         step = ctx.updater.state.step
         tasks = shard_tasks(ctx, indices, step=step, data_slot=data_slot, gathered=gathered)
-        gather_ahead = _nothing if prefetch is None else prefetch.ahead
 
         turn_taken = False
         if ctx.backend.inline or ctx.partitions is not None:
@@ -82,7 +88,7 @@ class Sync:
             else:
                 results = await _run_together(ctx, tasks)
         else:
-            results = await _run_placed(ctx, tasks, gather_ahead)
+            results = await _run_placed(ctx, tasks)
             # Computed on the loop, the step has just given the loop its turn: its update
             # needs no second one in a row.
             turn_taken = ctx.placement.on_loop
@@ -98,29 +104,33 @@ class Sync:
         return "Sync()"
 
 
-def _nothing() -> None:
-    """Where no rows are gathered ahead."""
-
-
-async def _run_placed(
-    ctx: StepContext, tasks: list[ShardTask], gather_ahead: Callable[[], None]
-) -> list[ShardResult]:
+async def _run_placed(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardResult]:
     """Run a step's shard tasks where the fit's placement puts them (see
     :class:`._step.Placement`): spread, grouped, or on the loop; their results in shard
-    order. ``gather_ahead`` starts gathering later steps' rows (see :mod:`._prefetch`)
-    when the shards compute on the loop, whose thread leaves the other cores free. Not
-    beside workers: there it took their cores and their GIL (the reference MLP's epoch
-    at batch 4,096 in 2 shards on 2 threads, side by side: 0.446 / 0.391 / 0.450 s
-    against 0.392 / 0.330 / 0.418 without), and the workers gather their own rows."""
+    order. With ``ctx.prefetch``, later steps' rows are gathered meanwhile where the
+    threads the shards compute on leave a core free (see :mod:`._prefetch`).
+
+    Where the fit gathers ahead, a step of one task takes rows gathered ahead, and a step
+    spread over a worker on every core gathers its own, once each runs as its choice
+    does. A step that switches does not: the first step of one task after spread ones
+    gathers its own rows (the spread steps left no core to gather them), and the first
+    spread step after one of one task takes rows gathered for it. Its time is the
+    switch's, not its choice's, so the placement does not compare it (its math still
+    counts). Compared, every grouped step the placement tries between spread ones would
+    pay a gather that the choice, once taken, does not.
+    """
     placement = ctx.placement
     local = getattr(ctx.backend, "local", False)
     k = placement.tasks(len(tasks), ctx.backend.workers, local=local)
     groups = [
         ShardGroup(part[0].step, part[0].shard, tuple(part)) for part in contiguous(tasks, k or 1)
     ]
+    prefetch, spare = ctx.prefetch, False
     started = time.perf_counter()
+    if prefetch is not None and prefetch.spare(k or 1):
+        spare = True
+        prefetch.ahead()
     if k == 0:  # too small to pay for a hand-off: computed here, as the inline backend would
-        gather_ahead()
         # (in a copy of the context, as a worker: the model's np.seterr stays in there)
         outcomes = [
             contextvars.copy_context().run(
@@ -136,7 +146,8 @@ async def _run_placed(
             for group in groups
         )
     math = outcomes[0].seconds if len(outcomes) == 1 else None
-    placement.record(k, len(tasks), time.perf_counter() - started, math=math)
+    like_its_choice = prefetch is None or spare == isinstance(tasks[0].indices, Gathered)
+    placement.record(k, len(tasks), time.perf_counter() - started, math=math, timed=like_its_choice)
     return [result for outcome in outcomes for result in outcome.results]
 
 
