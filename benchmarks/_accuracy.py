@@ -67,8 +67,15 @@ TARGETS = {
 BUDGET = {"full": 15.0, "quick": 2.0, "smoke": 1.0}
 # Races a system runs (the median counts): three in a full run, so one slow race (a
 # process's first, or one a neighbour's load hit) does not set the figure; two gave
-# asynctrain's softmax race 1.05-1.65x the best peer in one run.
+# asynctrain's softmax race 1.05-1.65x the best peer in one run. A system whose races all
+# took under SHORT_RACE_S runs SHORT_ROUNDS: a race of a few dozen steps (the linear
+# problems' 25-80 ms) is moved 10-20 % by one burst of a neighbour's load, and the best of
+# up to ten peers' medians of three such races is the lucky one (in one run of the suite
+# alone, asynctrain's softmax races over the best peer's went 0.70-1.23, and four numpy
+# loops within 5 % of each other had medians of 26.7-30.5 ms).
 ROUNDS = {"full": 3, "quick": 1, "smoke": 1}
+SHORT_RACE_S = 0.25
+SHORT_ROUNDS = {"full": 9, "quick": 1, "smoke": 1}
 TEST_SAMPLES = {"full": 20_000, "quick": 10_000, "smoke": 1_000}
 
 
@@ -123,11 +130,13 @@ async def _problem(problem: str, quick: bool) -> list[Figure]:
     ours: list[Outcome] = []
     theirs: dict[str, list[Outcome]] = {}
     missing: dict[str, str] = {}
-    for _ in range(ROUNDS[size]):
+    for _ in range(SHORT_ROUNDS[size]):
+        if ours and not _again(ours, size, budget):
+            break
         await quiesce()
         ours.append(await race_asynctrain(problem, train, test, target, budget))
         for name, peer in peers_for(problem).items():
-            if name in missing or not _again(theirs.get(name, []), budget):
+            if name in missing or not _again(theirs.get(name, []), size, budget):
                 continue
             await quiesce()
             try:
@@ -151,9 +160,14 @@ async def _problem(problem: str, quick: bool) -> list[Figure]:
     return [_headline(problem, ours, theirs, target, cmd), *figures]
 
 
-def _again(outcomes: list[Outcome], budget: float) -> bool:
-    """Race once more unless out of the race already, or too slow to repeat in the budget."""
-    return all(o.seconds is not None and o.seconds < budget / 3 for o in outcomes)
+def _again(outcomes: list[Outcome], size: str, budget: float) -> bool:
+    """Race once more unless out of the race already, too slow to repeat in the budget, or
+    done with the rounds a system of its race times runs (``ROUNDS``, ``SHORT_ROUNDS``)."""
+    times = [o.seconds for o in outcomes]
+    if not all(t is not None and t < budget / 3 for t in times):
+        return False
+    short = all(t is not None and t < SHORT_RACE_S for t in times)
+    return len(outcomes) < (SHORT_ROUNDS if short else ROUNDS)[size]
 
 
 def _seconds(outcomes: list[Outcome]) -> float | None:

@@ -29,10 +29,11 @@ from asynctrain.data import Dataset, synthetic
 from benchmarks import Figure, ratio_figure, skipped_figure
 from benchmarks import _command as bench_command_module
 from benchmarks import _suites as suites
-from benchmarks._accuracy import optimizer_for
+from benchmarks._accuracy import SHORT_RACE_S, _again, optimizer_for
 from benchmarks._handwritten import SGD, train_epochs
 from benchmarks._overhead import relative_difference
 from benchmarks._peers import PEER_SETTINGS, PeerSetting, numpy_optimizer, peers_for
+from benchmarks._race import Outcome
 from benchmarks._report import text_table
 from benchmarks._scale import smoke
 from benchmarks._workloads import initial_params, model_for, timed_epochs
@@ -391,6 +392,20 @@ def test_plots_are_written(tmp_path: Path) -> None:
         "time_to_accuracy.png",
     ]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+
+
+def test_short_races_are_run_more_often_slow_or_lost_ones_not_again() -> None:
+    def raced(*seconds: float | None) -> list[Outcome]:
+        return [Outcome(s, 0.9, 0.25, "") for s in seconds]
+
+    short, long = SHORT_RACE_S / 2, SHORT_RACE_S * 2
+    assert _again(raced(short, short, short), "full", 15.0)  # the fourth of nine
+    assert not _again(raced(*[short] * 9), "full", 15.0)
+    assert not _again(raced(short, long, short), "full", 15.0)  # three, as a long race
+    assert _again(raced(long, long), "full", 15.0)
+    assert not _again(raced(short, None), "full", 15.0)  # out of the race
+    assert not _again(raced(6.0), "full", 15.0)  # too slow to repeat in the budget
+    assert not _again(raced(short), "quick", 2.0)  # one round at quick size
 
 
 def test_relative_difference() -> None:
