@@ -412,11 +412,13 @@ async def test_cancel_during_a_step_on_the_loop_leaves_a_whole_step(step: int) -
     reference = await _reference_states()
     backend = CountingThreads(2)
     trainer = await _cancelled_in(step, backend)
-    # Warming up: 4 tasks a step; measuring: 2 a spread step, and at most one a grouped
-    # one; every other step computed on the loop, or grouped into one task (where a
-    # loaded machine timed its math over the budget). Spreading them all would be 2 a step.
-    grouped_or_on_loop = MEASURED // 2 + step + 1 - WARM_UP - MEASURED
-    assert backend.runs <= 4 * WARM_UP + 2 * (MEASURED // 2) + grouped_or_on_loop
+    # Warming up: 4 tasks a step; then 2 a spread step, at most one a grouped one, none
+    # on the loop. Most steps computed on the loop, or grouped into one task (where a
+    # loaded machine timed its math over the budget); a loaded machine can also time a
+    # spread step below them and spread a few (seen twice in full runs of the suite
+    # under load: 49 and 50 tasks where the old bound allowed 47 and 48), so the bound
+    # is what spreading every step would take, less 4.
+    assert backend.runs <= 4 * WARM_UP + 2 * (step + 1 - WARM_UP) - 4
     # Wherever the step computed, the cancellation lands at a step boundary: before
     # the update (handed off), in the update, which finishes (computed on the loop),
     # or in the step after it.
