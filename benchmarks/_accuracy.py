@@ -69,7 +69,7 @@ BUDGET = {"full": 15.0, "quick": 2.0, "smoke": 1.0}
 # process's first, or one a neighbour's load hit) does not set the figure; two gave
 # asynctrain's softmax race 1.05-1.65x the best peer in one run. A system whose races all
 # took under SHORT_RACE_S runs SHORT_ROUNDS: a race of a few dozen steps (the linear
-# problems' 25-80 ms) is moved 10-20 % by one burst of a neighbour's load, and the best of
+# problems' 25-90 ms) is moved 10-20 % by one burst of a neighbour's load, and the best of
 # up to ten peers' medians of three such races is the lucky one (in one run of the suite
 # alone, asynctrain's softmax races over the best peer's went 0.70-1.23, and four numpy
 # loops within 5 % of each other had medians of 26.7-30.5 ms).
