@@ -247,18 +247,28 @@ def slow_gathers(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     return third
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    ("workers", "shards", "on_loop", "csr"),
+    [(1, 1, True, False), (2, 1, True, False), (1, 2, False, True)],  # the last on a worker
+)
 async def test_a_fit_cancelled_while_a_chunk_is_gathered_stops_and_leaves_no_thread(
-    monkeypatch: pytest.MonkeyPatch, slow_gathers: threading.Event, workers: int
+    monkeypatch: pytest.MonkeyPatch,
+    slow_gathers: threading.Event,
+    workers: int,
+    shards: int,
+    on_loop: bool,
+    csr: bool,
 ) -> None:
-    monkeypatch.setattr(step_module, "LOOP_BUDGET", 1.0)  # every step on the loop
+    monkeypatch.setattr(step_module, "LOOP_BUDGET", 1.0 if on_loop else 0.0)
     data = synthetic("softmax", n=2_000, seed=2)
+    if csr:
+        data = Dataset(_sparse_rows(data.X), data.y)
     async with at.Trainer(
         SoftmaxRegression(128, 10),
         backend="thread",
         workers=workers,
         batch_size=20,
-        shards=1,
+        shards=shards,
         seed=1,
     ) as trainer:
         fit = asyncio.ensure_future(trainer.fit(data, epochs=1))
@@ -270,7 +280,7 @@ async def test_a_fit_cancelled_while_a_chunk_is_gathered_stops_and_leaves_no_thr
         step = trainer.state.step
     # The state is a whole step: the same fit, uninterrupted up to it, ends on its bits.
     async with at.Trainer(
-        SoftmaxRegression(128, 10), backend="inline", batch_size=20, shards=1, seed=1
+        SoftmaxRegression(128, 10), backend="inline", batch_size=20, shards=shards, seed=1
     ) as reference:
         steps = reference.steps(data, epochs=1)
         async with contextlib.aclosing(steps):
