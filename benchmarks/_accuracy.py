@@ -71,8 +71,8 @@ BUDGET = {"full": 15.0, "quick": 2.0, "smoke": 1.0}
 # took under SHORT_RACE_S runs SHORT_ROUNDS: a race of a few dozen steps (the linear
 # problems' 25-90 ms) is moved 10-20 % by one burst of a neighbour's load, and the best of
 # up to ten peers' medians of three such races is the lucky one (in one run of the suite
-# alone, asynctrain's softmax races over the best peer's went 0.70-1.23, and four numpy
-# loops within 5 % of each other had medians of 26.7-30.5 ms).
+# alone, asynctrain's softmax races over the best peer's went 0.70-1.23, and the four numpy
+# loops, whose races differ in little but chance, had medians of 26.7-30.5 ms).
 ROUNDS = {"full": 3, "quick": 1, "smoke": 1}
 SHORT_RACE_S = 0.25
 SHORT_ROUNDS = {"full": 9, "quick": 1, "smoke": 1}

@@ -27,6 +27,7 @@ import asynctrain as at
 from asynctrain._engine import _context, _prefetch
 from asynctrain._engine import _step as step_module
 from asynctrain._engine._prefetch import Prefetch
+from asynctrain._sparse import pack
 from asynctrain.backends import LocalShared
 from asynctrain.data import Dataset, synthetic
 from asynctrain.models import MLP, SoftmaxRegression
@@ -171,7 +172,7 @@ async def test_steps_on_workers_gather_ahead_only_with_a_core_to_spare(
     taken = Taken(monkeypatch)
     data, model = _data(weighted=False, csr=csr), MLP((128, 16, 10))
     monkeypatch.setattr(step_module, "LOOP_BUDGET", 0.0)  # every step to the workers
-    one = await _fit(model, data, 1, 1 if not csr else 2, 64)
+    one = await _fit(model, data, 1, 2 if csr else 1, 64)
     assert taken.gathered > 0
     taken.gathered = 0
 
@@ -183,7 +184,7 @@ async def test_steps_on_workers_gather_ahead_only_with_a_core_to_spare(
     assert taken.gathered == 0
     assert both == set()
     monkeypatch.setattr(_context, "_gathers_ahead", lambda *args: False)
-    assert await _fit(model, data, 1, 1 if not csr else 2, 64) == one
+    assert await _fit(model, data, 1, 2 if csr else 1, 64) == one
 
 
 async def test_no_gathering_ahead_for_streams_the_inline_backend_or_dense_shards() -> None:
@@ -314,10 +315,13 @@ async def test_a_failed_gather_fails_its_step_with_the_error(
     assert _gather_threads() == set()
 
 
+@pytest.mark.parametrize("csr", [False, True])
 async def test_two_fits_at_once_each_gather_their_own_rows(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, csr: bool
 ) -> None:
     data = [synthetic("softmax", n=600, seed=s) for s in (1, 2)]
+    if csr:
+        data = [Dataset(_sparse_rows(d.X), d.y) for d in data]
     taken = Taken(monkeypatch)
 
     async def fit(d: Dataset) -> Any:
@@ -340,17 +344,28 @@ async def test_two_fits_at_once_each_gather_their_own_rows(
 # -- the schedule ----------------------------------------------------------------------
 
 
-def _prefetch_of(rows: int, features: int) -> tuple[Prefetch, np.ndarray]:
-    X = np.arange(rows * features, dtype=np.float32).reshape(rows, features)
-    data = LocalShared({"X": X, "y": np.arange(rows)}, 1)
+def _prefetch_of(rows: int, features: int, csr: bool = False) -> tuple[Prefetch, Any]:
+    """A prefetch of one shard a step over ``rows`` rows and the features it gathers from:
+    dense, or CSR storing half of each row (in float32 with int32 column indices, as many
+    bytes a row as the dense rows)."""
+    X: Any = np.arange(1, rows * features + 1, dtype=np.float32).reshape(rows, features)
+    if csr:
+        X[:, features // 2 :] = 0.0
+        X = pytest.importorskip("scipy.sparse").csr_array(X)
+    data = LocalShared({**pack(X), "y": np.arange(rows)}, 1)
     return Prefetch(data, split=lambda n: [(0, n)]), X
 
 
+def _dense(X: Any) -> np.ndarray:
+    return X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+
+
+@pytest.mark.parametrize("csr", [False, True])
 async def test_chunks_double_from_one_step_and_stop_at_the_byte_budget(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, csr: bool
 ) -> None:
     monkeypatch.setattr(_prefetch, "CHUNK_BYTES", 10 * 4 * 4 * 8)  # 8 steps of 10 rows
-    prefetch, X = _prefetch_of(1_000, 4)
+    prefetch, X = _prefetch_of(1_000, 4, csr)
     order = np.random.default_rng(0).permutation(1_000)
     batches = [order[i : i + 10] for i in range(0, 1_000, 10)]
     sizes = []
@@ -359,7 +374,7 @@ async def test_chunks_double_from_one_step_and_stop_at_the_byte_budget(
         for indices in batches:
             shards = await prefetch.take(indices)
             if shards is not None:
-                assert np.array_equal(shards[0].X, X[indices])
+                assert np.array_equal(_dense(shards[0].X), _dense(X[indices]))
                 assert np.array_equal(shards[0].y, indices)
             planned = prefetch._planned
             prefetch.ahead()

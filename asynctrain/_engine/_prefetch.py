@@ -53,7 +53,7 @@ import numpy as np
 
 from asynctrain._engine._work import Gathered, Indices, gather
 from asynctrain._offloop import off_loop
-from asynctrain._sparse import is_sparse, take
+from asynctrain._sparse import is_sparse, take, unpack
 from asynctrain._threads import ThreadPool, _Call
 from asynctrain.backends import SharedArrays, default_workers
 
@@ -221,12 +221,11 @@ def _rows(chunk: Gathered, start: int, stop: int) -> Gathered:
 
 def _row_bytes(arrays: Mapping[str, Any]) -> int:
     """The bytes of features a row holds: a dense row's, or a CSR row's values and column
-    indices on average (a sparse ``X`` is shared as its three arrays)."""
-    X = arrays.get("X")
-    if X is not None:
-        return max(1, int(X.dtype.itemsize) * int(np.prod(X.shape[1:], dtype=np.int64)))
-    rows = max(1, int(arrays["X.shape"][0]))
-    return max(1, int(arrays["X.data"].nbytes + arrays["X.indices"].nbytes) // rows)
+    indices on average."""
+    X = unpack(arrays)  # a sparse ``X`` is shared as its three arrays: rebuilt, no copy
+    if is_sparse(X):
+        return max(1, int(X.data.nbytes + X.indices.nbytes) // max(1, int(X.shape[0])))
+    return max(1, int(X.dtype.itemsize) * int(np.prod(X.shape[1:], dtype=np.int64)))
 
 
 def _retrieved(future: asyncio.Future[Chunk]) -> None:
