@@ -66,14 +66,24 @@ class Sync:
         batches = batches_of(order, ctx.batch_size, start_batch)
         if ctx.prefetch is not None:
             ctx.prefetch.begin(batches)
-        for indices in batches:
-            stats = await self.step(ctx, indices)
+        for i, indices in enumerate(batches):
+            upcoming = batches[i + 1] if i + 1 < len(batches) else None
+            stats = await self.step(ctx, indices, upcoming=upcoming)
             yield ctx.event(epoch, stats)
 
-    async def step(self, ctx: StepContext, indices: Indices, *, data_slot: int = 0) -> StepStats:
+    async def step(
+        self,
+        ctx: StepContext,
+        indices: Indices,
+        *,
+        data_slot: int = 0,
+        upcoming: Indices | None = None,
+    ) -> StepStats:
         """One step on rows ``indices`` of data slot ``data_slot``: all shards in flight
         together, then one update. With ``ctx.prefetch``, its rows may have been gathered
-        while earlier steps computed, and it has later steps' gathered while it does."""
+        while earlier steps computed, and it has later steps' gathered while it does.
+        ``upcoming``: the next step's rows, if known (process workers gather them once
+        they have replied: :class:`._work.KeptRows`)."""
         prefetch = ctx.prefetch
         gathered = None if prefetch is None else await prefetch.take(indices)
         step = ctx.updater.state.step
@@ -88,7 +98,7 @@ class Sync:
             else:
                 results = await _run_together(ctx, tasks)
         else:
-            results = await _run_placed(ctx, tasks)
+            results = await _run_placed(ctx, tasks, upcoming)
             # Computed on the loop, the step has just given the loop its turn: its update
             # needs no second one in a row.
             turn_taken = ctx.placement.on_loop
@@ -104,7 +114,9 @@ class Sync:
         return "Sync()"
 
 
-async def _run_placed(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardResult]:
+async def _run_placed(
+    ctx: StepContext, tasks: list[ShardTask], upcoming: Indices | None = None
+) -> list[ShardResult]:
     """Run a step's shard tasks where the fit's placement puts them (see
     :class:`._step.Placement`): spread, grouped, or on the loop; their results in shard
     order. With ``ctx.prefetch``, later steps' rows are gathered meanwhile where the
@@ -118,12 +130,24 @@ async def _run_placed(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardRes
     switch's, not its choice's, so the placement does not compare it (its math still
     counts). Compared, every grouped step the placement tries between spread ones would
     pay a gather that the choice, once taken, does not.
+
+    On a backend whose workers work after replying (``idle_work``: processes), each group
+    carries its shards' rows of the ``upcoming`` step, which its worker gathers in the
+    gap before its next task (:class:`._work.KeptRows`).
     """
     placement = ctx.placement
     local = getattr(ctx.backend, "local", False)
     k = placement.tasks(len(tasks), ctx.backend.workers, local=local)
+    parts = contiguous(tasks, k or 1)
+    ahead = _ahead(ctx, tasks, upcoming) if k else None
     groups = [
-        ShardGroup(part[0].step, part[0].shard, tuple(part)) for part in contiguous(tasks, k or 1)
+        ShardGroup(
+            part[0].step,
+            part[0].shard,
+            tuple(part),
+            None if ahead is None else tuple(ahead[task.shard] for task in part),
+        )
+        for part in parts
     ]
     prefetch, spare = ctx.prefetch, False
     started = time.perf_counter()
@@ -149,6 +173,19 @@ async def _run_placed(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardRes
     like_its_choice = prefetch is None or spare == isinstance(tasks[0].indices, Gathered)
     placement.record(k, len(tasks), time.perf_counter() - started, math=math, timed=like_its_choice)
     return [result for outcome in outcomes for result in outcome.results]
+
+
+def _ahead(
+    ctx: StepContext, tasks: list[ShardTask], upcoming: Indices | None
+) -> list[Indices] | None:
+    """The ``upcoming`` step's rows of each shard, for workers that gather them after
+    replying; None where there is no such step, no such worker, or the step's shards
+    are not indices into the fit's data (a stream's ranges, rows gathered here)."""
+    if upcoming is None or not getattr(ctx.backend, "idle_work", False):
+        return None
+    if not isinstance(tasks[0].indices, np.ndarray):
+        return None
+    return ctx.shards_of(upcoming)
 
 
 async def _run_together(ctx: StepContext, tasks: list[ShardTask]) -> list[ShardResult]:

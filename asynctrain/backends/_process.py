@@ -85,6 +85,8 @@ class ProcessBackend(Lifecycle):
 
     name = "process"
     inline = False
+    idle_work = True
+    """Tasks may leave work for their worker's idle time after the reply (``_idle``)."""
 
     def __init__(
         self,
@@ -173,12 +175,13 @@ class ProcessBackend(Lifecycle):
         """
         pool = await self._opened_pool()
         message = self._encode(fn, args)
+        shard = _shard_of(args)
         self._tasks += 1
         self._bytes += sum(map(len, message))
         failures: list[str] = []
         while True:
             try:
-                ok, value = await pool.call(message, kill_after=self.task_timeout)
+                ok, value = await pool.call(message, kill_after=self.task_timeout, shard=shard)
             except WorkerDied as died:
                 failures.append(str(died))
                 if pool.closing:
@@ -309,6 +312,16 @@ def _file_gone(backend: weakref.ref[ProcessBackend], ident: int) -> None:
     if loop is not None and not loop.is_closed():
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(owner._prune_file_maps)
+
+
+def _shard_of(args: tuple[Any, ...]) -> int | None:
+    """The shard a task computes: that of an argument with an ``int`` ``shard`` (a shard
+    task or group), if any; else None."""
+    for arg in args:
+        shard = getattr(arg, "shard", None)
+        if type(shard) is int:
+            return shard
+    return None
 
 
 def _exhausted(fn: Callable[..., Any], args: tuple[Any, ...], failures: list[str]) -> BackendError:

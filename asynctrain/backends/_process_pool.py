@@ -11,7 +11,10 @@ A task takes the idle worker that finished last (last in, first out): a step who
 run as one task keeps going to the same worker, whose caches, maps and decoded task head
 are warm and which has just run, rather than to each worker in turn (round robin had
 every such step wake a worker that had slept through the one before, and each worker's
-state go cold).
+state go cold). A shard's task goes first to the worker that ran that shard last, if it
+is idle: that worker holds the shard's rows gathered ahead (``_engine/_work.py``), where
+last in, first out would swap a step's two shards between two workers about every other
+step.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ class Pool:
         self._unadopted: dict[BaseProcess, socket.socket] = {}
         self._abandoned = False
         self._ids = itertools.count(1)
+        self._shards: dict[int, Worker] = {}  # shard -> the worker that ran it last
         # A pool never closed (no aclose) meets interpreter exit: multiprocessing then
         # SIGTERMs its daemonic workers and joins them, and a worker whose model ignored
         # SIGTERM held the exit for ever. This runs first (atexit runs the last registered
@@ -90,9 +94,14 @@ class Pool:
         while self._live() < self.size:
             self._start_one()
 
-    async def call(self, payload: Sequence[bytes], *, kill_after: float | None = None) -> Outcome:
-        """Run one encoded task on an idle worker; see :meth:`Worker.call`."""
-        worker = await self._acquire()
+    async def call(
+        self, payload: Sequence[bytes], *, kill_after: float | None = None, shard: int | None = None
+    ) -> Outcome:
+        """Run one encoded task on an idle worker; see :meth:`Worker.call`. ``shard``: the
+        shard the task computes, if any (its worker of last time is preferred)."""
+        worker = await self._acquire(shard)
+        if shard is not None:
+            self._shards[shard] = worker
         try:
             return await worker.call(next(self._ids), payload, kill_after=kill_after)
         finally:
@@ -165,6 +174,7 @@ class Pool:
                 await asyncio.wait(late)
         self._workers.clear()
         self._idle.clear()
+        self._shards.clear()
         atexit.unregister(self._at_exit)
         self._wake(len(self._waiters))  # every waiter sees ``closing``
 
@@ -185,10 +195,12 @@ class Pool:
             worker.abandon()
         self._workers.clear()
         self._idle.clear()
+        self._shards.clear()
         atexit.unregister(self._at_exit)
 
-    async def _acquire(self) -> Worker:
-        """The idle worker used last; else wait, starting a worker if the pool is short.
+    async def _acquire(self, shard: int | None = None) -> Worker:
+        """The idle worker that ran ``shard`` last, else the idle worker used last; else
+        wait, starting a worker if the pool is short.
 
         Raises:
             StateError: the pool is closing.
@@ -200,6 +212,10 @@ class Pool:
             if self.closing:
                 during = " while a task waited for a worker" if waited else ""
                 raise StateError(f"the process backend was closed{during}")
+            ran = None if shard is None else self._shards.get(shard)
+            if ran is not None and ran.alive and ran in self._idle:
+                self._idle.remove(ran)
+                return ran
             while self._idle:
                 if (worker := self._idle.pop()).alive:
                     return worker
@@ -321,6 +337,8 @@ class Pool:
         self._leaving.discard(worker)
         if worker in self._idle:
             self._idle.remove(worker)
+        for shard in [s for s, ran in self._shards.items() if ran is worker]:
+            del self._shards[shard]
         if not self.closing:
             self._wake()  # a waiter may start a replacement
 

@@ -9,7 +9,8 @@ that one which cannot be rebuilt in the parent still arrives with the worker's t
 Task id :data:`CONTROL` carries a message with no reply: the key of a shared segment to
 unmap (or :data:`PRUNE`: only drop the kept maps of shared files that are gone). Keeping
 the id outside the pickle lets a worker answer even when ``fn`` or its arguments fail to
-unpickle there.
+unpickle there. Once a reply is sent, the worker runs what the task deferred
+(``_idle``) before it reads the next message.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import traceback
 
 from threadpoolctl import threadpool_limits
 
+from asynctrain.backends._idle import run_deferred, serve
 from asynctrain.backends._malloc import keep_freed_memory
 from asynctrain.backends._priority import lower_process_priority
 from asynctrain.backends._process_pipe import recv_frame, send_frame
@@ -72,6 +74,7 @@ def main(sock: socket.socket, blas_threads: int, niceness: int) -> None:
     # Ctrl-C reaches the whole process group: the parent decides what to do about it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     decoder = _DECODER
+    serve()  # tasks may leave work for the gap before the next one (``_idle``)
     while True:
         try:
             message = recv_frame(sock)
@@ -87,6 +90,7 @@ def main(sock: socket.socket, blas_threads: int, niceness: int) -> None:
             send_frame(sock, _execute(decoder, task_id, memoryview(message)[8:]))
         except OSError:  # the parent closed the pipe while we worked: nobody to answer
             return
+        run_deferred()
 
 
 def _execute(decoder: TaskDecoder, task_id: int, payload: memoryview) -> bytes:
