@@ -277,6 +277,15 @@ async def test_a_fit_stopped_mid_epoch_leaves_nothing_to_the_next_fit(stop_at: i
     assert again == reference
 
 
+async def test_two_fits_at_once_on_one_worker_each_get_their_own_bits() -> None:
+    """Their tasks take turns on the one worker, each leaving it the next rows of its own
+    fit: a task that finds the other fit's rows there takes none and gathers its own."""
+    dense, csr = _data("dense"), _data("csr")
+    async with ProcessBackend(workers=1) as backend:
+        both = await asyncio.gather(_fit(backend, dense, 2, 64), _fit(backend, csr, 2, 64))
+    assert list(both) == [await _fit("inline", dense, 2, 64), await _fit("inline", csr, 2, 64)]
+
+
 # -- the pool's shard affinity --------------------------------------------------------------
 
 
