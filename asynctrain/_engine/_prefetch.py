@@ -17,8 +17,8 @@ step, then two, four, ... (up to :data:`CHUNK_BYTES` of features), each started 
 steps before it compute, so a step rarely waits for its rows. A step's shards are then
 consecutive rows of its chunk: views (``Gathered``), each the same values in the same
 layout as the array the shard would have gathered, so the math gives the same bits (the
-bit-identity tests compare these backends with the process backend, which gathers per
-shard as before).
+bit-identity tests compare these backends with the inline and process backends, whose
+shards gather their own rows, each into an array of its own).
 
 Only where the gathered rows can be handed over as they are, a thread may be added, and
 a core is free for it: sync steps on an in-memory dataset (which ones, and why one shard
@@ -29,7 +29,8 @@ the workers' cores and their GIL (the reference MLP's epoch at batch 4,096 in 2 
 2 threads, side by side: 0.446 / 0.391 / 0.450 s against 0.392 / 0.330 / 0.418 without).
 Not the inline backend, which runs a fit with no thread of its own (docs/backends.md).
 Tasks for worker processes and clusters carry indices, and read their rows where they
-run. Streams assemble their batches on their own.
+run (a process worker gathers its next task's rows once it has replied:
+``_work.KeptRows``). Streams assemble their batches on their own.
 
 Sparse (CSR) rows are gathered by scipy's row-copy kernel, which waits on memory at every
 row: 0.3-0.7 ms for 2,048 rows of the RCV1-shaped benchmark data (800,000 rows, 0.16 %
