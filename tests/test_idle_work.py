@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,14 +34,15 @@ from asynctrain.models import SoftmaxRegression
 # -- functions the workers run ------------------------------------------------------------
 
 
-def _write_later(path: str) -> None:
-    time.sleep(0.2)
+def _write_when_told(path: str, fifo: str) -> None:
+    Path(fifo).read_text()  # blocks until the test writes to it
     Path(path).write_text("done")
 
 
-def defer_a_note(path: str) -> int:
-    """Defer writing ``path`` (after 0.2 s) and reply at once with this worker's pid."""
-    assert defer(lambda: _write_later(path))
+def defer_a_note(path: str, fifo: str) -> int:
+    """Defer writing ``path`` until the test writes to ``fifo``; reply at once with this
+    worker's pid."""
+    assert defer(lambda: _write_when_told(path, fifo))
     return os.getpid()
 
 
@@ -101,11 +101,14 @@ async def test_no_work_is_deferred_where_no_worker_runs_it() -> None:
 async def test_deferred_work_runs_after_the_reply_and_before_the_next_task(
     tmp_path: Path,
 ) -> None:
-    note = tmp_path / "note"
+    note, fifo = tmp_path / "note", tmp_path / "go.fifo"
+    os.mkfifo(fifo)
     async with ProcessBackend(workers=1) as backend:
-        pid = await backend.run(defer_a_note, str(note))
-        assert not note.exists()  # the reply came before the work
-        assert await backend.run(read_note, str(note)) == (pid, "done")
+        pid = await backend.run(defer_a_note, str(note), str(fifo))
+        assert not note.exists()  # the reply came before the work, which waits for us
+        reading = asyncio.create_task(backend.run(read_note, str(note)))  # waits for it too
+        await asyncio.to_thread(fifo.write_text, "go")
+        assert await reading == (pid, "done")
 
 
 async def test_a_deferred_error_is_dropped_and_the_work_after_it_runs(tmp_path: Path) -> None:
