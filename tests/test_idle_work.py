@@ -261,7 +261,9 @@ async def test_rows_kept_by_two_workers_give_the_bits_of_gathering_per_task(
 @pytest.mark.parametrize("stop_at", [0, 3, 7])
 async def test_a_fit_stopped_mid_epoch_leaves_nothing_to_the_next_fit(stop_at: int) -> None:
     """The stopped fit's last task left its worker the next step's rows; the next fit, on
-    the same data with the same seed, gets the bits of a fit on a fresh backend."""
+    the same data with the same seed, gets the bits of the inline backend. (Its first task
+    asks for other rows, so this checks that a stop leaves the worker serving, not the fit
+    key: ``test_kept_rows_are_taken_by_the_same_fit_for_the_same_rows_only`` does that.)"""
     data = _data("csr")
     reference = await _fit("inline", data, 2, 64, epochs=1)
     async with ProcessBackend(workers=1) as backend:
@@ -294,8 +296,9 @@ async def test_two_fits_at_once_on_one_worker_each_get_their_own_bits() -> None:
 
 
 class Tagged(NamedTuple):
-    """An argument naming the shard its task computes, as shard tasks do."""
+    """An argument naming the step and shard its task computes, as shard tasks do."""
 
+    step: int
     shard: int
 
 
@@ -309,7 +312,7 @@ async def test_a_shard_goes_back_to_the_worker_that_ran_it() -> None:
         seen: dict[int, set[int]] = {0: set(), 1: set()}
         for round_ in range(8):  # submitted in turns: last in, first out would swap them
             order = [1, 0] if round_ % 2 else [0, 1]
-            pids = await asyncio.gather(*(backend.run(pid_for, Tagged(s)) for s in order))
+            pids = await asyncio.gather(*(backend.run(pid_for, Tagged(round_, s)) for s in order))
             for shard, pid in zip(order, pids, strict=True):
                 seen[shard].add(pid)
         assert [len(pids) for pids in seen.values()] == [1, 1]
@@ -323,10 +326,10 @@ async def test_a_shard_whose_worker_is_busy_goes_to_another(tmp_path: Path) -> N
     os.mkfifo(fifo)
     async with ProcessBackend(workers=2) as backend:
         await backend.resize(2)
-        ran = await backend.run(pid_for, Tagged(0))
+        ran = await backend.run(pid_for, Tagged(0, 0))
         busy = asyncio.create_task(backend.run(pid_when_told, str(fifo)))  # takes `ran`
         await asyncio.sleep(0.05)
-        other = await backend.run(pid_for, Tagged(0))  # not kept waiting for `ran`
+        other = await backend.run(pid_for, Tagged(0, 0))  # not kept waiting for `ran`
         await asyncio.to_thread(fifo.write_text, "go")
         assert await busy == ran
         assert other != ran

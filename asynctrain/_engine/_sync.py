@@ -138,7 +138,6 @@ async def _run_placed(
     placement = ctx.placement
     local = getattr(ctx.backend, "local", False)
     k = placement.tasks(len(tasks), ctx.backend.workers, local=local)
-    parts = contiguous(tasks, k or 1)
     ahead = _ahead(ctx, tasks, upcoming) if k else None
     groups = [
         ShardGroup(
@@ -147,7 +146,7 @@ async def _run_placed(
             tuple(part),
             None if ahead is None else tuple(ahead[task.shard] for task in part),
         )
-        for part in parts
+        for part in contiguous(tasks, k or 1)
     ]
     prefetch, spare = ctx.prefetch, False
     started = time.perf_counter()

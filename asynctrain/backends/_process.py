@@ -175,7 +175,8 @@ class ProcessBackend(Lifecycle):
         """
         pool = await self._opened_pool()
         message = self._encode(fn, args)
-        shard = _shard_of(args)
+        task = _shard_task(args)
+        shard = None if task is None else task.shard
         self._tasks += 1
         self._bytes += sum(map(len, message))
         failures: list[str] = []
@@ -314,20 +315,19 @@ def _file_gone(backend: weakref.ref[ProcessBackend], ident: int) -> None:
             loop.call_soon_threadsafe(owner._prune_file_maps)
 
 
-def _shard_of(args: tuple[Any, ...]) -> int | None:
-    """The shard a task computes: that of an argument with an ``int`` ``shard`` (a shard
-    task or group), if any; else None."""
+def _shard_task(args: tuple[Any, ...]) -> Any | None:
+    """The argument that names the step and shard a task computes (a shard task or
+    group: a ``step`` and an ``int`` ``shard``), if any; else None."""
     for arg in args:
-        shard = getattr(arg, "shard", None)
-        if type(shard) is int:
-            return shard
+        if type(getattr(arg, "shard", None)) is int and hasattr(arg, "step"):
+            return arg
     return None
 
 
 def _exhausted(fn: Callable[..., Any], args: tuple[Any, ...], failures: list[str]) -> BackendError:
     attempts = [f"attempt {i}: {failure}" for i, failure in enumerate(failures, 1)]
     listed = "; ".join(attempts)
-    task = next((a for a in args if hasattr(a, "step") and hasattr(a, "shard")), None)
+    task = _shard_task(args)
     if task is None:
         name = getattr(fn, "__qualname__", repr(fn))
         return BackendError(f"{name} lost its worker on all {len(failures)} attempts: {listed}")
