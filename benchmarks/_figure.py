@@ -88,6 +88,20 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
 }
 
 
+def at_most(bound: float) -> str:
+    """The target of a figure that must not exceed ``bound``, which is computed, not a
+    round number: written to three decimals and rounded up, so a value within the bound
+    never reads as missed (``"<= 5.2"`` for a bound of 5.237 did).
+
+    Example:
+        >>> at_most(5.23681)
+        '<= 5.237'
+        >>> Figure("m", 5.2017, 5.2, 5.21, "MB", "ref", 3, "cmd", target=at_most(5.23681)).met()
+        True
+    """
+    return f"<= {math.ceil(bound * 1000) / 1000:.3f}"
+
+
 def skipped_figure(name: str, note: str, **fields: Any) -> Figure:
     """A figure that could not be measured here, e.g. a peer that is not installed.
 

@@ -35,7 +35,7 @@ from asynctrain.data import Dataset, epoch_order
 from asynctrain.models import SoftmaxRegression
 from asynctrain.optim import adam
 from benchmarks._command import run_alone
-from benchmarks._figure import Figure, Spread
+from benchmarks._figure import Figure, Spread, at_most
 from benchmarks._scale import dataset
 
 PIECE = 1_000  # rows per batch the producer yields (re-cut into the trainer's batch size)
@@ -187,7 +187,7 @@ async def peak_memory(backend: str, quick: bool) -> Figure:
         reference="memory allocated during fit_stream (tracemalloc), producer 10× faster",
         repeats=len(peaks),
         command=_command(quick),
-        target=f"<= {bound:.1f}",
+        target=at_most(bound),
         details={
             "bound_mb": bound,
             "stream_mb": len(rows[0]) / PIECE * piece_mb,

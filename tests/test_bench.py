@@ -30,6 +30,7 @@ from benchmarks import Figure, ratio_figure, skipped_figure
 from benchmarks import _command as bench_command_module
 from benchmarks import _suites as suites
 from benchmarks._accuracy import SHORT_RACE_S, _again, optimizer_for
+from benchmarks._figure import at_most
 from benchmarks._handwritten import SGD, train_epochs
 from benchmarks._overhead import relative_difference
 from benchmarks._peers import PEER_SETTINGS, PeerSetting, numpy_optimizer, peers_for
@@ -280,6 +281,20 @@ def test_figure_targets_and_skips() -> None:
     assert skipped.met() is None
     assert skipped.as_dict()["value"] is None
     assert "torch is not installed" in text_table([suites.SuiteOutcome("s", [skipped, ok])])
+
+
+@pytest.mark.parametrize(
+    ("bound", "value", "met"),
+    [
+        (5.23681640625, 5.201668739318848, True),  # the run whose "<= 5.2" read as missed
+        (5.23681640625, 5.23681640625, True),  # at the bound
+        (5.23681640625, 5.2375, False),  # above it, past the rounding up
+        (24.0, 24.0, True),
+    ],
+)
+def test_a_computed_bound_is_met_by_values_within_it(bound: float, value: float, met: bool) -> None:
+    figure = Figure("m", value, value, value, "MB", "r", 1, "c", target=at_most(bound))
+    assert figure.met() is met
 
 
 def test_the_numpy_loop_is_the_same_math_as_asynctrain() -> None:
