@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import signal
 from typing import Any
 
 import numpy as np
+import pytest
 
+from asynctrain._engine._work import Gathered, ShardGroup, ShardTask
 from asynctrain.backends import ProcessBackend
 from asynctrain.backends._process_shared import Field, ProcessShared
 from asynctrain.backends._process_task import TaskDecoder, TaskEncoder
@@ -172,3 +175,78 @@ async def test_a_callable_object_is_sent_with_its_state_each_time() -> None:
         counter.calls = 10
         assert await backend.run(counter) == 11
         assert len(backend._encoder) == 0
+
+
+# -- shard tasks travel as one buffer of 64-bit words -------------------------------------
+
+_INDICES = np.array([7, 0, 2**40, 3], dtype=np.int64)
+
+
+def _same_task(got: ShardTask, sent: ShardTask) -> None:
+    assert got[:5] == sent[:5]
+    assert got[6:] == sent[6:]
+    assert all(type(field) is int for field in (*got[:5], *got[6:]))
+    if isinstance(sent.indices, range):
+        assert got.indices == sent.indices
+    else:
+        assert got.indices.dtype == sent.indices.dtype
+        np.testing.assert_array_equal(got.indices, sent.indices)
+
+
+@pytest.mark.parametrize(
+    "ahead", [None, (), (_INDICES[::-1].copy(), np.empty(0, np.int64))], ids=str
+)
+def test_a_shard_group_round_trips_packed(ahead: tuple[Any, ...] | None) -> None:
+    tasks = (
+        ShardTask(12, 3, 11, 1, 4, _INDICES, 0, 2**63 - 1),
+        ShardTask(12, 4, 11, 1, 5, range(10, 20), 2, 0),
+        ShardTask(12, 5, 11, 1, 6, np.empty(0, np.int64), 0, 0),
+    )
+    group = ShardGroup(12, 3, tasks, ahead if ahead is None else ahead[: len(tasks)])
+    assert group.__reduce__()[0] is not ShardGroup  # packed, not field by field
+    got = pickle.loads(pickle.dumps(group, protocol=pickle.HIGHEST_PROTOCOL))
+    assert (got.step, got.shard) == (12, 3)
+    for got_task, task in zip(got.tasks, tasks, strict=True):
+        _same_task(got_task, task)
+    if ahead is None:
+        assert got.ahead is None
+    else:
+        assert len(got.ahead) == len(group.ahead)
+        for got_rows, rows in zip(got.ahead, group.ahead, strict=True):
+            np.testing.assert_array_equal(got_rows, rows)
+    # Views of the one buffer: read-only, so nothing a worker does reaches another task's.
+    assert not got.tasks[0].indices.flags.writeable
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        ShardTask(1, 0, 1, 0, 0, _INDICES, 0, 2**64),  # a seed beyond 64 bits
+        ShardTask(1, 0, 1, 0, 0, _INDICES.astype(np.int32)),  # indices of another dtype
+        ShardTask(1, 0, 1, 0, 0, _INDICES.reshape(2, 2)),  # of another shape
+        ShardTask(1, 0, 1, 0, 0, range(0, 10, 2)),  # a range with a step
+        ShardTask(1, 0, 1, 0, 0, Gathered(np.ones((2, 2)), np.ones(2), None)),  # rows
+    ],
+    ids=["big-seed", "int32", "2d", "stepped-range", "gathered"],
+)
+def test_what_does_not_fit_is_pickled_field_by_field(task: ShardTask) -> None:
+    for sent in (task, ShardGroup(1, 0, (task,), None)):
+        assert sent.__reduce__()[0] is type(sent)
+        got = pickle.loads(pickle.dumps(sent, protocol=pickle.HIGHEST_PROTOCOL))
+        got_task = got if isinstance(got, ShardTask) else got.tasks[0]
+        assert got_task.seed == task.seed
+        if isinstance(task.indices, Gathered):
+            np.testing.assert_array_equal(got_task.indices.X, task.indices.X)
+        elif isinstance(task.indices, range):
+            assert got_task.indices == task.indices
+        else:
+            assert got_task.indices.dtype == task.indices.dtype
+            np.testing.assert_array_equal(got_task.indices, task.indices)
+
+
+def test_a_lone_shard_task_round_trips_packed() -> None:
+    task = ShardTask(5, 1, 4, 0, 1, _INDICES, 0, 9)
+    assert task.__reduce__()[0] is not ShardTask
+    _same_task(pickle.loads(pickle.dumps(task)), task)
+    ahead = ShardGroup(5, 1, (task,), (np.array([1, 2], np.int32),))  # ahead of another dtype
+    assert ahead.__reduce__()[0] is ShardGroup
