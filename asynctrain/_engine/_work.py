@@ -185,7 +185,7 @@ class GroupResult(NamedTuple):
 #
 # Every task a fit sends a process or Dask worker carries a ShardTask or a ShardGroup, whose
 # sample indices pickled by numpy (a reduce, a dtype and a buffer per array) cost the parent
-# 14 us a group to pickle and the worker 8.5 us to unpickle, whatever their length. Packed
+# 14 us a group to pickle and the worker 8.7 us to unpickle, whatever their length. Packed
 # as one buffer of 64-bit integers (the fields, then the index arrays' values), a group
 # pickles as that buffer and unpacks with one ``np.frombuffer``: its index arrays are
 # read-only views of it, with the values, and so the bits, of the arrays sent. Anything
