@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from asynctrain._engine import _work
 from asynctrain._engine._work import Gathered, ShardGroup, ShardTask
 from asynctrain.backends import ProcessBackend
 from asynctrain.backends._process_shared import Field, ProcessShared
@@ -244,6 +245,21 @@ def test_what_does_not_fit_is_pickled_field_by_field(task: ShardTask) -> None:
         else:
             assert got_task.indices.dtype == task.indices.dtype
             np.testing.assert_array_equal(got_task.indices, task.indices)
+
+
+def test_indices_beyond_the_packing_limit_are_pickled_by_numpy() -> None:
+    # Large index arrays cost more copied into one buffer than numpy's pickle saves.
+    limit = _work._PACK_WORDS
+    rows = np.arange(limit // 2, dtype=np.int64)
+    task = ShardTask(3, 0, 2, 0, 0, rows)
+    at_limit = ShardGroup(3, 0, (task,), (rows[::-1].copy(),))
+    beyond = ShardGroup(3, 0, (task,), (np.arange(limit // 2 + 1, dtype=np.int64),))
+    assert at_limit.__reduce__()[0] is not ShardGroup
+    assert beyond.__reduce__()[0] is ShardGroup
+    assert ShardTask(3, 0, 2, 0, 0, np.arange(limit + 1)).__reduce__()[0] is ShardTask
+    got = pickle.loads(pickle.dumps(beyond, protocol=pickle.HIGHEST_PROTOCOL))
+    _same_task(got.tasks[0], task)
+    np.testing.assert_array_equal(got.ahead[0], beyond.ahead[0])
 
 
 def test_a_lone_shard_task_round_trips_packed() -> None:
