@@ -19,8 +19,14 @@ import numpy as np
 import numpy.typing as npt
 
 from asynctrain._exceptions import ConfigError, ConfigTypeError, DataError
-from asynctrain.data import Dataset
-from asynctrain.data._frames import FeatureNames, as_features, is_table, match_feature_names
+from asynctrain.data import Dataset, ParquetStream
+from asynctrain.data._frames import (
+    FeatureNames,
+    as_features,
+    is_table,
+    match_feature_names,
+    refuse_lazy,
+)
 from asynctrain.data._weights import ClassWeight, check_weighted_classes, class_weight_rows
 from asynctrain.models import Model, check_data, check_inputs
 from asynctrain.models._protocol import quiet_float_errors, supports_sample_weight
@@ -112,6 +118,13 @@ def prepare(
     if isinstance(data, tuple) and len(data) in (2, 3):
         weights = data[2] if len(data) == 3 else None
         data = Dataset(data[0], data[1], sample_weight=weights, dtype=model.dtype)
+    if isinstance(data, ParquetStream):
+        raise ConfigTypeError(
+            f"{name} is a ParquetStream, a stream of batches; train on it with "
+            "fit_stream(), or read its rows into a Dataset first (validation, say) with "
+            "stream.to_dataset() (it reads files: off the event loop, e.g. "
+            "await asyncio.to_thread(stream.to_dataset))"
+        )
     if isinstance(data, AsyncIterable) or inspect.isgenerator(data):
         raise ConfigTypeError(
             f"{name} is a stream ({type(data).__name__}); fit() and steps() take a "
@@ -275,6 +288,7 @@ def prediction_inputs(
     if is_table(X):
         X, names = as_features(X, name="X", dtype=np.dtype(model.dtype))
         match_feature_names(feature_names, names, name="X")
+    refuse_lazy(X, "X")
     return check_inputs(model, X)
 
 

@@ -64,7 +64,7 @@ from asynctrain._streaming._stream import (
 from asynctrain._types import Params, State
 from asynctrain.backends import Backend, get_backend
 from asynctrain.backends._base import readonly
-from asynctrain.data import Dataset
+from asynctrain.data import Dataset, ParquetStream
 from asynctrain.data._frames import FeatureNames
 from asynctrain.models import Model
 from asynctrain.optim import GradientTransformation
@@ -640,6 +640,12 @@ class Trainer:
                     else await self._prepare(validation, "validation", features)
                 )
                 record = NameRecord(features if val is None else val.feature_names or features)
+                if isinstance(source, ParquetStream):
+                    # Its batches are plain arrays, but its columns have names: record
+                    # them, so a frame given to predict later is checked against them.
+                    read = source.feature_names
+                    names = read() if self._backend.inline else await off_loop(read)
+                    record.meet(names, name="X")
                 self._check_picklable()
                 await stack.enter_async_context(self._running_fit())
             except BaseException:

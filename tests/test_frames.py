@@ -601,3 +601,10 @@ async def test_any_arrow_stream_is_a_table() -> None:
         trainer.predict(reordered)
     with pytest.raises(at.DataTypeError, match="non-numeric column 'city'"):
         Dataset(_ArrowStream(pa.table({"city": ["a", "b"]})), [0, 1])
+
+
+async def test_predict_refuses_a_lazy_frame_as_fit_does() -> None:
+    async with _trainer(SoftmaxRegression(1, 2)) as trainer:
+        await trainer.fit((pl.DataFrame({"a": [0.0, 1.0]}), [0, 1]))
+        with pytest.raises(at.DataTypeError, match=r"LazyFrame.*X.collect\(\)"):
+            trainer.predict(pl.DataFrame({"a": [1.0]}).lazy())

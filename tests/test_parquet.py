@@ -975,3 +975,79 @@ def test_bad_weight_settings_fail_at_once(
 ) -> None:
     with pytest.raises(error, match=match):
         read_parquet("never-read.parquet", label="y", batch_size=BATCH, **settings)  # type: ignore[arg-type]
+
+
+def test_a_pandas_index_written_as_a_column_is_not_a_feature(tmp_path: Path) -> None:
+    # DataFrame.to_parquet of a filtered frame (its index no longer a plain range) writes
+    # the index as the column __index_level_0__: row labels, which pandas reads back as
+    # the index. They were taken for a feature, and predict(frame) then missed it.
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"a": np.arange(20.0), "b": -np.arange(20.0), "label": np.arange(20) % 2})
+    frame[frame.a % 3 != 0].to_parquet(tmp_path / "part-0.parquet")
+    frame.iloc[:5].to_parquet(tmp_path / "part-1.parquet")  # a RangeIndex: no column
+    assert "__index_level_0__" in pq.read_schema(tmp_path / "part-0.parquet").names
+    stream = read_parquet(tmp_path, label="label", batch_size=4, shuffle=False)
+    X, _ = next(iter(stream))
+    assert X.shape[1] == 2
+    data = stream.to_dataset()
+    assert data.feature_names == ("a", "b")
+    assert at.data.load(tmp_path / "part-0.parquet").feature_names == ("a", "b")
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_batch_larger_than_the_files_costs_the_files_rows_not_the_batch(
+    tmp_path: Path, shuffle: bool
+) -> None:
+    # The shuffle buffer (4 batches by default) kept an index per slot, written for all
+    # of them: a 100-row file read with batch_size=10**8 took 47 s and 14 GB, and 10**10
+    # raised numpy's MemoryError (the unshuffled batch's arrays too).
+    X, y = _data(100)
+    path = _write(tmp_path / "small.parquet", X, y)
+    stream = read_parquet(path, label="y", batch_size=10**10, shuffle=shuffle, epochs=2)
+    tracemalloc.start()
+    try:
+        batches = _batches(stream)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [len(b[0]) for b in batches] == [100, 100]
+    assert sorted(_ids(batches[:1]).tolist()) == list(range(100))
+    assert peak < 2**20
+
+
+@pytest.mark.parametrize("backend", ["inline", "thread"])
+async def test_a_parquet_stream_s_column_names_are_checked_at_predict(
+    tmp_path: Path, backend: str
+) -> None:
+    # fit(stream.to_dataset()) kept the columns' names, fit_stream(stream) did not: a
+    # frame with the columns in another order was then taken by position, in silence.
+    pd = pytest.importorskip("pandas")
+    X, y = _data(200)
+    path = _write(tmp_path / "train.parquet", X, y)
+    async with _trainer(backend) as trainer:
+        result = await trainer.fit_stream(read_parquet(path, label="y", batch_size=BATCH))
+        assert trainer.feature_names == result.feature_names == ("f0", "f1", "f2", "f3")
+        frame = pd.DataFrame(X[:5], columns=["f0", "f1", "f2", "f3"])
+        trainer.predict(frame)
+        with pytest.raises(at.DataError, match="another order"):
+            trainer.predict(frame[["f1", "f0", "f2", "f3"]])
+        narrower = read_parquet(path, label="y", features=["f0", "f1"], batch_size=BATCH)
+        with pytest.raises(at.DataError, match="misses"):  # other names: before any step
+            await trainer.fit_stream(narrower)
+
+
+@pytest.mark.parametrize(
+    ("path", "match"),
+    [
+        (None, "got None"),
+        (42, r"got 42 \(int\)"),
+        (b"train.parquet", r"\(bytes\)"),
+        (["a.parquet", "b.parquet"], "several files: pass their directory or a glob"),
+    ],
+)
+def test_a_path_that_is_not_one_fails_at_once(path: object, match: str) -> None:
+    # It failed only when read (in fit_stream, after the fit started), with Python's
+    # TypeError: "expected str, bytes or os.PathLike object, not list".
+    with pytest.raises(at.ConfigTypeError, match=match):
+        read_parquet(path, label="y", batch_size=BATCH)  # type: ignore[arg-type]
+    assert read_parquet(Path("p.parquet"), label="y", batch_size=BATCH).path == Path("p.parquet")

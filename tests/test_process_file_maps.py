@@ -136,3 +136,19 @@ async def test_a_closed_backend_stops_watching_the_files_it_shared() -> None:
             await _round(backend, data.X)
             assert _file_watches() == before + 1  # watched while the backend is open
     assert _file_watches() == before
+
+
+async def test_an_array_of_a_file_since_replaced_is_shared_as_its_own_values(
+    tmp_path: Path,
+) -> None:
+    # The array maps the old file; workers mapping the path would read the new one: the
+    # process backend trained on other data than the Dataset held (and the thread backend).
+    path = tmp_path / "x.npy"
+    np.save(path, np.ones((ROWS, COLS), np.float32))
+    X = np.load(path, mmap_mode="r")
+    replacement = tmp_path / "new.npy"
+    np.save(replacement, np.zeros((ROWS, COLS), np.float32))
+    os.replace(replacement, path)  # a re-save under a temporary name, then a rename
+    async with ProcessBackend(workers=1) as backend:
+        _, total, _ = await _round(backend, X)
+    assert total == ROWS * COLS * 1.0

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -681,6 +682,24 @@ async def test_streams_and_datasets_are_not_confused() -> None:
             await trainer.fit_stream((data.X, data.y))
         with pytest.raises(at.ConfigTypeError, match="iterable"):
             await trainer.fit_stream(42)  # type: ignore[arg-type]
+
+
+async def test_a_path_or_a_parquet_stream_in_the_wrong_place_says_where_it_goes(
+    tmp_path: Path,
+) -> None:
+    # A path iterated its characters ("stream batch 0: got str"), and a ParquetStream
+    # given to fit() or as validation got the message of any other object.
+    pytest.importorskip("pyarrow")
+    stream = at.data.read_parquet(tmp_path / "train.parquet", label="y", batch_size=BATCH)
+    data = _data()
+    async with _trainer("inline") as trainer:
+        for path in ("train.parquet", tmp_path / "train.parquet"):
+            with pytest.raises(at.ConfigTypeError, match="read_parquet"):
+                await trainer.fit_stream(path)  # type: ignore[arg-type]
+        with pytest.raises(at.ConfigTypeError, match="fit_stream"):
+            await trainer.fit(stream)  # type: ignore[arg-type]
+        with pytest.raises(at.ConfigTypeError, match=r"validation is a ParquetStream.*to_dataset"):
+            await trainer.fit_stream([(data.X, data.y)], validation=stream)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

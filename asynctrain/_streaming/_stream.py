@@ -9,6 +9,7 @@ metrics, so callbacks written for epochs (early stopping, checkpoints) work on s
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
@@ -75,6 +76,12 @@ def check_source(source: object) -> Source:
         raise ConfigTypeError(
             f"source is one dataset ({type(source).__name__}), not a stream of batches; "
             "use fit(data) for it, or wrap it: fit_stream([(X, y)])"
+        )
+    if isinstance(source, str | bytes | os.PathLike):
+        raise ConfigTypeError(
+            f"source is a path ({source!r}), not a stream of batches (a string iterates "
+            "its characters); stream Parquet files with "
+            "fit_stream(asynctrain.data.read_parquet(path, label=..., batch_size=...))"
         )
     if not isinstance(source, Iterable | AsyncIterable):
         raise ConfigTypeError(

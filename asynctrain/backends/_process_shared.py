@@ -286,7 +286,28 @@ def npy_source(value: npt.NDArray[Any]) -> tuple[str, int] | None:
     same = value.ctypes.data == base.ctypes.data and value.shape == base.shape
     if not (same and value.dtype == base.dtype and value.flags.c_contiguous):
         return None
+    if not _maps_file_at(base.ctypes.data, str(base.filename)):
+        return None  # another file under that name now: the workers would map it
     return _check_header(str(base.filename), base)
+
+
+def _maps_file_at(address: int, path: str) -> bool:
+    """Whether the memory at ``address`` maps the file now at ``path``: False once the
+    file mapped was replaced (``os.replace``, a re-save to a temporary name and a rename)
+    or unlinked, which workers mapping ``path`` would not see. Read from
+    ``/proc/self/maps`` (the mapping's device and inode); where that is missing, True."""
+    try:
+        with open("/proc/self/maps") as handle:
+            for line in handle:
+                fields = line.split(maxsplit=5)
+                start, _, stop = fields[0].partition("-")
+                if int(start, 16) <= address < int(stop, 16):
+                    major, _, minor = fields[3].partition(":")
+                    mapped = (os.makedev(int(major, 16), int(minor, 16)), int(fields[4]))
+                    return _file_identity(path) == mapped
+    except (OSError, ValueError, IndexError):
+        return True
+    return True
 
 
 def _check_header(path: str, array: np.memmap[Any, Any]) -> tuple[str, int] | None:

@@ -236,7 +236,8 @@ def _features(
                 f"{role}= one of them"
             )
     if features is None:
-        chosen = tuple(name for name in names if name not in (label, weight))
+        index = _pandas_index(schema)
+        chosen = tuple(name for name in names if name not in (label, weight, *index))
         if not chosen:
             taken = f"the label column {label!r}" + (
                 "" if weight is None else f" and the weight column {weight!r}"
@@ -250,6 +251,17 @@ def _features(
             "features=, or leave it out to use every column but the label"
         )
     return tuple(features)
+
+
+def _pandas_index(schema: Any) -> list[str]:
+    """The columns that hold a pandas index (``DataFrame.to_parquet`` of a frame whose
+    index is not a plain range writes it as a column, ``__index_level_0__``): row labels,
+    not features, which pandas and pyarrow read back as the index."""
+    try:
+        metadata = schema.pandas_metadata or {}
+    except (ValueError, TypeError):  # metadata that is not pandas' JSON
+        return []
+    return [name for name in metadata.get("index_columns", ()) if isinstance(name, str)]
 
 
 def _named_once(file: Path, schema: Any, columns: list[str]) -> None:
@@ -283,7 +295,7 @@ def _same_schema(
 ) -> None:
     _named_once(file, schema, list(types))
     names = list(schema.names)
-    if features is None and set(names) != {*types}:
+    if features is None and set(names) - set(_pandas_index(schema)) != {*types}:
         extra = sorted(set(names) - {*types})
         lacking = sorted({*types} - set(names))
         raise DataError(

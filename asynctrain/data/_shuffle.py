@@ -23,7 +23,8 @@ Batch = tuple[npt.NDArray[Any], ...]
 
 
 class InOrder:
-    """Batches of ``batch_size`` rows in the order the rows arrive (new arrays each).
+    """Batches of ``batch_size`` rows in the order the rows arrive (new arrays each);
+    ``rows``, if given, is the most rows that will arrive (a batch's arrays need no more).
 
     Example:
         >>> batcher = InOrder(4)
@@ -32,8 +33,10 @@ class InOrder:
         [[0, 1, 2, 3], [4, 5]]
     """
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, *, rows: int | None = None) -> None:
         self._cutter = BatchCutter(batch_size)
+        # A batch holds at most the rows that will arrive (``rows``, when known).
+        self._size = batch_size if rows is None else max(1, min(batch_size, rows))
         self._out: dict[str, npt.NDArray[Any]] | None = None
 
     def add(
@@ -43,7 +46,7 @@ class InOrder:
         they complete."""
         for cut in self._cutter.plan(len(X)):
             if self._out is None:
-                self._out = _empty(self._cutter.batch_size, X, y, w)
+                self._out = _empty(self._size, X, y, w)
             copy_rows(self._out, X, y, cut, w)
             if cut.full:
                 yield tuple(self._out.values())
