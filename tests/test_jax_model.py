@@ -41,6 +41,23 @@ def linear_apply(params: Any, X: Any) -> Any:
     return X @ params["w"] + params["b"]
 
 
+SCALE = np.float64(1.5)  # not a weak type: under 64-bit mode it makes the outputs float64
+
+
+def scaled_apply(params: Any, X: Any) -> Any:
+    return (
+        jnp.tanh(X @ params["hidden"]["w"] + params["hidden"]["b"]) * SCALE @ params["out"]["w"]
+        + params["out"]["b"]
+    )
+
+
+@jax.jit
+def jitted_apply(params: Any, X: Any) -> Any:
+    """A module-level function under @jax.jit: pickle takes the function it wraps, whose
+    name gives the wrapper, and refused it."""
+    return mlp_apply(params, X)
+
+
 TRACES: list[tuple[int, ...]] = []  # the input shapes counted_apply was traced on
 
 
@@ -129,6 +146,15 @@ def test_parameters_are_flattened_with_slashes_in_float32() -> None:
     assert (model.n_features, model.n_classes) == (6, 3)
 
 
+def test_bfloat16_parameters_are_taken_as_floats() -> None:
+    """bfloat16 (numpy kind "V", from ml_dtypes) was refused as "not floating point"."""
+    params = {"w": jnp.ones((4, 3), jnp.bfloat16), "b": jnp.zeros(3, jnp.float16)}
+    model = JaxModel(linear_apply, params, input_shape=(4,))
+    flat = model.init(np.random.default_rng(0))
+    assert {k: v.dtype for k, v in flat.items()} == {"w": np.float32, "b": np.float32}
+    np.testing.assert_array_equal(flat["w"], np.ones((4, 3), np.float32))
+
+
 def test_gradients_equal_the_numpy_mlp_softmax_and_logistic_models() -> None:
     rng = np.random.default_rng(1)
     X = rng.standard_normal((12, 6)).astype(np.float32)
@@ -197,6 +223,38 @@ async def test_bits_equal_on_every_backend_and_worker_count(
     async with backend:
         for mode, options in MODES:
             assert _bits(await _fit(backend, table, mode, **options)) == references[mode], mode
+
+
+async def test_a_model_built_in_64_bit_mode_computes_in_it_on_every_backend(
+    table: Dataset,
+) -> None:
+    """jax.enable_x64 is the building thread's setting (jax.config.update the building
+    process's): the model records it, so thread and process workers compute as the
+    building thread does, with the same bits."""
+
+    async def fit(name: str, workers: int) -> dict[str, bytes]:
+        model = JaxModel(scaled_apply, mlp_params(), input_shape=(6,))
+        settings = {"batch_size": 48, "shards": 4, "seed": 5, "workers": workers}
+        async with at.Trainer(model, at.optim.adam(1e-2), backend=name, **settings) as tr:
+            await tr.fit(table, epochs=1)
+            return _bits(tr.params)
+
+    with jax.enable_x64(True):
+        inline = await fit("inline", 1)
+        assert await fit("thread", 2) == inline
+        assert await fit("process", 1) == inline
+    assert await fit("inline", 1) != inline  # float32 throughout: other bits
+
+
+async def test_a_jitted_apply_fn_crosses_to_process_workers(table: Dataset) -> None:
+    async def fit(name: str) -> dict[str, bytes]:
+        model = JaxModel(jitted_apply, mlp_params(), input_shape=(6,))
+        settings = {"batch_size": 48, "shards": 4, "seed": 5, "workers": 2}
+        async with at.Trainer(model, at.optim.adam(1e-2), backend=name, **settings) as tr:
+            await tr.fit(table, epochs=1)
+            return _bits(tr.params)
+
+    assert await fit("process") == await fit("inline")
 
 
 @pytest.mark.dask

@@ -500,6 +500,20 @@ def test_estimators_in_joblib_workers_start_no_threads() -> None:
     assert [est.plan_ for est in fitted] == [Plan("thread", 1, 4)] * 2
 
 
+@pytest.mark.usefixtures("loky")
+def test_the_process_backend_runs_inside_joblib_workers() -> None:
+    """A joblib worker's default start method is loky's, which the workers it starts
+    cannot set: they died at start and every fit failed after its retries."""
+    X, y = blobs(n=200)
+    clf = ask.AsyncLogisticRegression(backend="process", workers=1, max_iter=3, random_state=0)
+    fitted = cross_validate(clf, X, y, cv=2, n_jobs=2, return_estimator=True)["estimator"]
+    assert [est.plan_.backend for est in fitted] == ["process"] * 2
+    inline = clone(clf).set_params(backend="inline")
+    expected = cross_validate(inline, X, y, cv=2, n_jobs=1, return_estimator=True)["estimator"]
+    for est, reference in zip(fitted, expected, strict=True):
+        np.testing.assert_array_equal(est.coef_, reference.coef_)
+
+
 def test_joblib_workers_are_detected() -> None:
     assert not in_joblib_worker()
     inside = Parallel(n_jobs=2, backend="threading")(delayed(in_joblib_worker)() for _ in "ab")

@@ -52,6 +52,31 @@ class SmallCNN(nn.Module):  # type: ignore[misc]
         return self.fc(self.drop(h.flatten(1)))
 
 
+class AttentionNet(nn.Module):  # type: ignore[misc]
+    """A transformer encoder layer (attention dropout inside nn.MultiheadAttention, drawn
+    from torch's generator) on rows of 3 tokens of 4 values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.5, batch_first=True)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x: Any) -> Any:
+        return self.fc(self.encoder(x).flatten(1))
+
+
+class StackedLSTM(nn.Module):  # type: ignore[misc]
+    """A two-layer LSTM whose dropout between layers draws from torch's generator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(4, 4, num_layers=2, dropout=0.5, batch_first=True)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x: Any) -> Any:
+        return self.fc(self.rnn(x)[0].flatten(1))
+
+
 class GradModeProbe(nn.Module):  # type: ignore[misc]
     """Records whether autograd was on in each forward pass."""
 
@@ -433,6 +458,80 @@ class AlwaysOnDropout(nn.Dropout):  # type: ignore[misc]
 
     def forward(self, x: Any) -> Any:
         return torch.nn.functional.dropout(x, self.p, training=True)
+
+
+def _spectral_module() -> Any:
+    return nn.Sequential(nn.Linear(3, 4), nn.utils.parametrizations.spectral_norm(nn.Linear(4, 2)))
+
+
+def _lazy_module() -> Any:
+    return nn.Sequential(nn.LazyLinear(4), nn.Linear(4, 2))
+
+
+def _old_weight_norm_module() -> Any:
+    with pytest.warns(FutureWarning):
+        return nn.Sequential(nn.Linear(3, 4), nn.utils.weight_norm(nn.Linear(4, 2)))
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: TorchModel(_spectral_module()),
+            r"buffer '1.parametrizations.weight.0._u' .* changes in the forward pass",
+        ),
+        (
+            lambda: TorchModel(_lazy_module(), input_shape=(3,)),
+            r"parameter '0.weight' is not initialised yet \(a lazy module",
+        ),
+        (lambda: TorchModel(_old_weight_norm_module()), "parametrizations.weight_norm"),
+    ],
+)
+def test_state_kept_outside_the_parameters_is_refused_at_construction(
+    build: Any, message: str
+) -> None:
+    """Buffers a training forward pass changes (spectral norm's power iteration) would
+    evolve in each pooled copy of the module, so results would depend on the workers;
+    lazy and uncopyable modules are named instead of failing deep inside torch."""
+    with pytest.raises(at.ConfigError, match=message):
+        build()
+
+
+@pytest.mark.parametrize("module_class", [AttentionNet, StackedLSTM])
+def test_attention_and_rnn_dropout_are_keyed_by_seed_step_and_shard(module_class: Any) -> None:
+    """nn.MultiheadAttention and stacked RNNs draw their dropout inside torch's forward,
+    from torch's global generator: the bridge seeds it by the shard's key."""
+    torch.manual_seed(0)
+    model = TorchModel(module_class(), input_shape=(3, 4))
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((8, 3, 4)).astype(np.float32), rng.integers(0, 3, 8)
+    params = model.init(rng)
+    state = torch.get_rng_state()
+    first = model.loss_and_grad(params, X, y, key=(1, 2, 3))
+    torch.manual_seed(123)  # the caller's generator plays no part
+    again = model.loss_and_grad(params, X, y, key=(1, 2, 3))
+    other = model.loss_and_grad(params, X, y, key=(1, 2, 4))
+    assert first[0] == again[0]
+    assert _bits(first[1]) == _bits(again[1])
+    assert first[0] != other[0]
+    torch.set_rng_state(state)
+
+
+async def test_attention_dropout_bits_equal_on_every_backend_and_worker_count() -> None:
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.standard_normal((96, 3, 4)).astype(np.float32), rng.integers(0, 3, 96))
+
+    async def fit(name: str, workers: int) -> dict[str, bytes]:
+        torch.manual_seed(0)
+        model = TorchModel(AttentionNet(), input_shape=(3, 4))
+        settings = {"batch_size": 32, "shards": 4, "seed": 5, "workers": workers}
+        async with at.Trainer(model, at.optim.adam(1e-2), backend=name, **settings) as tr:
+            await tr.fit(data, epochs=1)
+            return _bits(tr.params)
+
+    inline = await fit("inline", 1)
+    assert await fit("thread", 2) == inline
+    assert await fit("process", 2) == inline
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ class _Popen(popen_forkserver.Popen):
     ``_launch`` with the server swapped: the stock one is hard-wired to the global)."""
 
     def _launch(self, process_obj: Any) -> None:
-        prep_data = spawn.get_preparation_data(process_obj._name)
+        prep_data = preparation_data(process_obj._name)
         buf = io.BytesIO()
         multiprocessing.context.set_spawning_popen(self)
         try:
@@ -42,6 +42,20 @@ class _Popen(popen_forkserver.Popen):
         with open(w, "wb", closefd=True) as f:
             f.write(buf.getbuffer())
         self.pid = forkserver.read_signed(self.sentinel)
+
+
+def preparation_data(name: str) -> dict[str, Any]:
+    """``spawn.get_preparation_data(name)`` without a start method the child cannot set.
+
+    The child calls ``multiprocessing.set_start_method`` with the parent's default start
+    method before anything else; in a joblib worker that is ``"loky"``, a context the
+    child has not imported, so every worker died at start ("cannot find context for
+    'loky'") and a fit failed after its retries.
+    """
+    data: dict[str, Any] = spawn.get_preparation_data(name)
+    if data.get("start_method") not in multiprocessing.get_all_start_methods():
+        data.pop("start_method", None)
+    return data
 
 
 class _Process(process.BaseProcess):

@@ -190,8 +190,9 @@ def writable(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return view
 
 
-def shard_seed(key: tuple[int, int, int]) -> int:
-    """A 63-bit seed for the randomness of ``key = (seed, step, shard)``."""
+def shard_seed(key: tuple[int, ...]) -> int:
+    """A 63-bit seed for the randomness of ``key = (seed, step, shard)`` (an extra part
+    tells apart streams of one shard)."""
     state = np.random.SeedSequence([int(part) for part in key]).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 

@@ -8,8 +8,10 @@ jax is imported when a JaxModel is built (or unpickled in a worker), never by
 from __future__ import annotations
 
 import functools
+import importlib
+import types
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -89,6 +91,10 @@ class JaxModel(_bridge.Bridge):
         self.loss = _bridge.check_loss(loss)
         self.input_shape = _bridge.check_input_shape(input_shape)
         self.architecture = _bridge.qualified_name(apply_fn)
+        # JAX's 64-bit mode where the model is built: every call runs in it, whatever the
+        # mode of the thread or process that computes a shard (jax.enable_x64 is a
+        # thread's setting, jax.config.update a process's: neither reaches workers).
+        self._x64 = _x64_enabled()
         self._params = _flatten(params)
         self._head = self._probe(n_classes)
 
@@ -119,17 +125,22 @@ class JaxModel(_bridge.Bridge):
         """
         dtype = np.dtype(params[next(iter(self._params))].dtype)
         inputs = (_unflatten(params), np.asarray(X, dtype), self._targets(y, dtype))
-        if sample_weight is None:
-            value, grads = self._function("value_and_grad")(*inputs)
-        else:
-            weight = np.asarray(sample_weight, dtype).reshape(-1)
-            value, grads = self._function("weighted_value_and_grad")(*inputs, weight)
+        with _x64_mode(self._x64):
+            if sample_weight is None:
+                value, grads = self._function("value_and_grad")(*inputs)
+            else:
+                weight = np.asarray(sample_weight, dtype).reshape(-1)
+                value, grads = self._function("weighted_value_and_grad")(*inputs, weight)
         flat = _flatten(grads, dtype=dtype)
         return float(value), {name: flat[name] for name in params}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         _jax()
         self.__dict__.update(state)
+        self.__dict__.setdefault("_x64", False)  # pickled before it was recorded
+        for name in ("apply_fn", "loss"):
+            if isinstance(state[name], _Named):
+                self.__dict__[name] = state[name].resolve()
 
     def __repr__(self) -> str:
         loss = self.loss if isinstance(self.loss, str) else _bridge.qualified_name(self.loss)
@@ -145,7 +156,8 @@ class JaxModel(_bridge.Bridge):
 
     def _outputs(self, params: Params, X: npt.NDArray[Any]) -> npt.NDArray[Any]:
         dtype = np.dtype(params[next(iter(self._params))].dtype)
-        outputs = self._function("apply")(_unflatten(params), np.asarray(X, dtype))
+        with _x64_mode(self._x64):
+            outputs = self._function("apply")(_unflatten(params), np.asarray(X, dtype))
         return np.array(outputs, dtype)
 
     def _function(self, name: str) -> Any:
@@ -163,6 +175,8 @@ class JaxModel(_bridge.Bridge):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_own_compiled", None)  # compiled functions stay in their process
+        for name in ("apply_fn", "loss"):
+            state[name] = _reference(state[name])
         return state
 
     def _probe(self, n_classes: int | None) -> _bridge.Head:
@@ -191,6 +205,54 @@ class JaxModel(_bridge.Bridge):
                 raise ConfigError(f"the loss function cannot be traced by JAX: {exc}") from exc
             _bridge.check_loss_shape(tuple(getattr(losses, "shape", ())), rows)
         return head
+
+
+class _Named(NamedTuple):
+    """A module-level object pickled by its name: a ``@jax.jit`` function, which pickle
+    cannot take (it pickles the function it wraps, whose name now gives the wrapper)."""
+
+    module: str
+    qualname: str
+
+    def resolve(self) -> Any:
+        """The object the name gives once its module is imported."""
+        found: Any = importlib.import_module(self.module)
+        for part in self.qualname.split("."):
+            found = getattr(found, part)
+        return found
+
+
+def _reference(value: Any) -> Any:
+    """``value``, or a :class:`_Named` reference to it when it is neither a plain function
+    nor a loss name and importing its module by name gives it back."""
+    if isinstance(value, str | types.FunctionType) or not callable(value):
+        return value
+    module = getattr(value, "__module__", None)
+    qualname = getattr(value, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
+        return value
+    named = _Named(module, qualname)
+    try:
+        found = named.resolve()
+    except (ImportError, AttributeError):
+        return value
+    return named if found is value else value
+
+
+def _x64_enabled() -> bool:
+    """Whether JAX's 64-bit mode is on in this thread (``jax.config.update`` or a
+    ``jax.enable_x64`` block)."""
+    jax = _jax()
+    return bool(jax.dtypes.canonicalize_dtype(np.float64) == np.float64)
+
+
+def _x64_mode(enabled: bool) -> Any:
+    """A context running JAX in 64-bit mode or not, in this thread only."""
+    jax = _jax()
+    enable = getattr(jax, "enable_x64", None)
+    if enable is None:  # older jax: only jax.experimental has it
+        enable = importlib.import_module("jax.experimental").enable_x64
+    return enable(enabled)
 
 
 @functools.lru_cache(maxsize=COMPILED)
@@ -282,7 +344,7 @@ def _flatten(
                 "must be a dict of arrays, nested dicts allowed: key the items by position, "
                 f"as in {{{key!r}: {{'0': ..., '1': ...}}}}, and index them by those strings"
             )
-        if array.dtype.kind != "f":
+        if not _floating(array.dtype):
             raise ConfigError(
                 f"parameter {path!r} has dtype {array.dtype}; asynctrain trains floating "
                 "point parameters only: keep constants out of params (close over them)"
@@ -291,6 +353,15 @@ def _flatten(
     if not flat and not prefix:
         raise ConfigError("params holds no arrays: there is nothing to train")
     return flat
+
+
+def _floating(dtype: np.dtype[Any]) -> bool:
+    """Whether ``dtype`` is a float: numpy's, or one JAX adds (bfloat16, float8_*), whose
+    numpy kind is ``"V"``."""
+    if dtype.kind == "f":
+        return True
+    jnp = _jax().numpy
+    return bool(dtype.kind == "V" and jnp.issubdtype(dtype, jnp.floating))
 
 
 def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:

@@ -54,7 +54,10 @@ class TorchModel(_bridge.Bridge):
 
     Each call runs ``threads`` torch threads (``torch.set_num_threads``, process-wide;
     default 1, like BLAS in asynctrain's workers): workers × threads stay within the
-    cores, and the bits never depend on the number of threads splitting a sum.
+    cores, and the bits never depend on the machine's core count. They do depend on
+    ``threads`` itself: torch's kernels (convolutions, some matrix products) split their
+    sums by it, so ``threads=2`` gives other last bits than ``threads=1`` (the same on
+    every backend and worker count for one ``threads``).
 
     Args:
         module: an ``nn.Module`` with at least one floating-point parameter.
@@ -121,12 +124,17 @@ class TorchModel(_bridge.Bridge):
             else _infer_input_shape(torch, module)
         )
         self.architecture = _bridge.qualified_name(type(module))
-        self._module = copy.deepcopy(module).to(self.device, _torch_dtype(torch, self.dtype))
+        self._module = _deepcopy(module).to(self.device, _torch_dtype(torch, self.dtype))
+        # Layers that draw from torch's global generator inside their forward (attention
+        # and RNN dropout): their training forward runs with that generator seeded by the
+        # shard's key, one such forward at a time in the process.
+        self._global_random = _global_randomness(torch, self._module)
         # Untying shared parameters costs functional_call ~10 us a call: only when needed.
         every = list(module.named_parameters(remove_duplicate=False))
         self._tied = len(every) != len(list(module.named_parameters()))
         self._pools = _pools()
         self._head = self._probe(n_classes)
+        self._refuse_changing_buffers(torch)
 
     # -- the Model protocol --------------------------------------------------------------
 
@@ -176,7 +184,10 @@ class TorchModel(_bridge.Bridge):
         with self._borrowed(train=key is not None, dtype=dtype) as (module, generator):
             if key is not None and generator is not None:
                 generator.manual_seed(_bridge.shard_seed(key))
-            outputs = torch.func.functional_call(module, tensors, (inputs,), tie_weights=self._tied)
+            with self._seeded_global_generator(torch, key):
+                outputs = torch.func.functional_call(
+                    module, tensors, (inputs,), tie_weights=self._tied
+                )
         outputs = _one_tensor(torch, outputs)  # some modules return more in train mode only
         weight = None
         if sample_weight is not None:
@@ -237,6 +248,63 @@ class TorchModel(_bridge.Bridge):
             yield borrowed
         finally:
             pool.put(borrowed)
+
+    @contextlib.contextmanager
+    def _seeded_global_generator(
+        self, torch: Any, key: tuple[int, int, int] | None
+    ) -> Iterator[None]:
+        """Seed torch's global generator by ``key`` for a training forward pass of a module
+        whose layers draw from it (``nn.MultiheadAttention`` and multi-layer RNNs with
+        ``dropout > 0``), and restore it afterwards; nothing otherwise.
+
+        That generator is the process's, so such forward passes run one at a time (the
+        backward passes, and every other module's calls, still run concurrently).
+        """
+        if key is None or not self._global_random:
+            yield
+            return
+        devices = [] if self.device == "cpu" else [torch.device(self.device).index or 0]
+        seed = _bridge.shard_seed((*key, 1))  # not the keyed dropout's seed: other masks
+        with _holding_global_generator(), torch.random.fork_rng(devices=devices):
+            if self.device == "cpu":
+                torch.default_generator.manual_seed(seed)
+            else:
+                torch.cuda.default_generators[devices[0]].manual_seed(seed)
+            yield
+
+    def _refuse_changing_buffers(self, torch: Any) -> None:
+        """Run one training forward pass on a copy and refuse the module if a buffer
+        changed: state updated in the forward pass (spectral norm's power iteration,
+        running statistics of a layer of one's own) lives outside the parameters the
+        trainer reduces in shard order, and each pooled copy would evolve its own, so
+        results would depend on the backend, the workers and the thread that ran a shard.
+        """
+        before = {name: value.detach().clone() for name, value in self._module.named_buffers()}
+        if not before:
+            return
+        module, generator = _copy_module(
+            torch, self._module, train=True, device=self.device, dtype=self.dtype
+        )
+        if generator is not None:
+            generator.manual_seed(0)
+        rows = np.random.default_rng(0).standard_normal((_bridge.PROBE_ROWS, *self.input_shape))
+        try:
+            with torch.no_grad(), self._seeded_global_generator(torch, (0, 0, 0)):
+                module(self._tensor(rows, self.dtype))
+        except Exception:  # reported by its own message at the first step
+            return
+        after = dict(module.named_buffers())
+        for name, value in before.items():
+            now = after.get(name)
+            if now is None or not _same_values(torch, now, value):
+                raise ConfigError(
+                    f"buffer {name!r} of {type(self._module).__name__} changes in the forward "
+                    "pass in training mode (spectral_norm's power iteration, running "
+                    "statistics kept in a buffer): that state lives outside the parameters "
+                    "asynctrain reduces in shard order, so shards, backends and worker counts "
+                    "would disagree; use a layer without such state (e.g. "
+                    "torch.nn.utils.parametrizations.weight_norm instead of spectral_norm)"
+                )
 
     def _pin_threads(self, torch: Any) -> None:
         if torch.get_num_threads() != self.threads:
@@ -353,6 +421,62 @@ def _one_tensor(torch: Any, outputs: Any) -> Any:
             "(e.g. module(x)[0] or module(x)['logits'])"
         )
     return outputs
+
+
+_GLOBAL_GENERATOR: queue.SimpleQueue[None] = queue.SimpleQueue()
+"""One token, held by a training forward pass that seeds torch's global generator (see
+``TorchModel._seeded_global_generator``): a lock made of a queue, as the numpy layers
+import no concurrency module (tests/test_layering.py)."""
+_GLOBAL_GENERATOR.put(None)
+
+
+@contextlib.contextmanager
+def _holding_global_generator() -> Iterator[None]:
+    _GLOBAL_GENERATOR.get()
+    try:
+        yield
+    finally:
+        _GLOBAL_GENERATOR.put(None)
+
+
+def _global_randomness(torch: Any, module: Any) -> tuple[str, ...]:
+    """Names of the submodules that draw from torch's global generator in training mode,
+    where keyed dropout cannot replace them: ``nn.MultiheadAttention`` (inside
+    ``nn.Transformer*`` layers too) and ``nn.RNN/LSTM/GRU`` with ``dropout > 0``."""
+    nn = torch.nn
+
+    def draws(sub: Any) -> bool:
+        if isinstance(sub, nn.MultiheadAttention):
+            return bool(sub.dropout > 0)
+        return isinstance(sub, nn.RNNBase) and sub.dropout > 0 and sub.num_layers > 1
+
+    return tuple(name for name, sub in module.named_modules() if draws(sub))
+
+
+def _same_values(torch: Any, a: Any, b: Any) -> bool:
+    """Whether two tensors hold the same values, NaN equal to NaN (a buffer of NaNs that
+    the forward pass leaves alone has not changed)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    return bool(
+        a.is_floating_point()
+        and torch.equal(a.isnan(), b.isnan())
+        and torch.equal(a.nan_to_num(0.0, 0.0, 0.0), b.nan_to_num(0.0, 0.0, 0.0))
+    )
+
+
+def _deepcopy(module: Any) -> Any:
+    """A deep copy of ``module``; a ConfigError naming the cause if torch cannot copy it."""
+    try:
+        return copy.deepcopy(module)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"module {type(module).__name__} cannot be copied ({str(exc)[:200]}); a module "
+            "made with the deprecated torch.nn.utils.weight_norm cannot be: use "
+            "torch.nn.utils.parametrizations.weight_norm"
+        ) from exc
 
 
 def _pools() -> dict[tuple[bool, str], queue.SimpleQueue[tuple[Any, Any]]]:
@@ -479,6 +603,12 @@ def _refuse_running_stats(torch: Any, module: Any) -> None:
 def _parameter_names(torch: Any, module: Any) -> tuple[str, ...]:
     names = []
     for name, parameter in module.named_parameters():
+        if isinstance(parameter, torch.nn.parameter.UninitializedParameter):
+            raise ConfigError(
+                f"parameter {name!r} is not initialised yet (a lazy module, such as "
+                "nn.LazyLinear): run the module once on a batch, e.g. "
+                "module(torch.zeros(1, *input_shape)), before building the TorchModel"
+            )
         if not parameter.is_floating_point():
             raise ConfigError(
                 f"parameter {name!r} has dtype {parameter.dtype}; asynctrain trains floating "
