@@ -124,7 +124,41 @@ class ModelSpec:
             raise DataError(f"{where}: not a model description of asynctrain ({exc})") from None
         if spec.model not in _MODELS:
             raise DataError(f"{where}: unknown model {spec.model!r}")
+        problem = spec._problem()
+        if problem:
+            raise DataError(f"{where}: not a model description of asynctrain ({problem})")
         return spec
+
+    def _problem(self) -> str:
+        """What makes a parsed description unusable (an edited or damaged file), else "".
+
+        Its classes index predictions and its mean and scale transform every row: a
+        wrong one failed in predict with an IndexError or a broadcast error."""
+        n = self.n_features
+        if type(n) is not int or n < 1 or type(self.outputs) is not int or self.outputs < 1:
+            return f"n_features {n!r} and outputs {self.outputs!r} must be counts"
+        if self.classes is not None and (
+            not isinstance(self.classes, list) or len(self.classes) != self.outputs
+        ):
+            return f"classes must be a list of its {self.outputs} labels, got {self.classes!r:.80}"
+        for name in ("mean", "scale"):
+            values = getattr(self, name)
+            if values is not None and not (
+                isinstance(values, list)
+                and len(values) == n
+                and all(type(v) in (int, float) and math.isfinite(v) for v in values)
+            ):
+                return f"{name} must be a list of {n} finite numbers, got {values!r:.80}"
+        if (self.mean is None) != (self.scale is None) or (
+            self.scale is not None and not all(v > 0 for v in self.scale)
+        ):
+            return "mean and scale go together, and every scale is > 0"
+        names = self.feature_names
+        if names is not None and not (
+            isinstance(names, list) and len(names) == n and all(isinstance(x, str) for x in names)
+        ):
+            return f"feature_names must be a list of {n} names, got {names!r:.80}"
+        return ""
 
 
 def _add_training_options(parser: argparse.ArgumentParser, *, epochs: int, lr: float) -> None:
@@ -474,7 +508,7 @@ def _predict(args: argparse.Namespace) -> int:
     X = spec.features(_read_features(Path(args.data), spec), np.float64)
     values = spec.decode(predictions(model, params, X, None))
     # exactly this name (np.save on a name would append .npy)
-    replace_atomically(Path(args.out), lambda file: np.save(file, values, allow_pickle=False))
+    _write(Path(args.out), "--out", lambda file: np.save(file, values, allow_pickle=False))
     print(f"wrote {len(values)} predictions to {args.out}")
     return 0
 
@@ -637,7 +671,10 @@ def _fit_and_report(
         _save(Path(args.out), spec, result)
         summary["out"] = args.out
     if args.plot is not None:
-        summary["plot"] = str(plot_curves(result.history, Path(args.plot)))
+        try:
+            summary["plot"] = str(plot_curves(result.history, Path(args.plot)))
+        except OSError as exc:
+            raise _unwritten("--plot", Path(args.plot), exc) from None
     _print_summary(summary, as_json=args.json)
     return 0
 
@@ -736,7 +773,24 @@ def _save(path: Path, spec: ModelSpec, result: FitResult) -> None:
     """Write the parameters and the spec to exactly ``path`` (arrays only, no pickle)."""
     arrays = {**result.params, _SPEC_KEY: np.array(spec.to_json())}
     # exactly this name (np.savez on a name would append .npz)
-    replace_atomically(path, lambda file: np.savez(file, allow_pickle=False, **arrays))
+    _write(path, "--out", lambda file: np.savez(file, allow_pickle=False, **arrays))
+
+
+def _write(path: Path, option: str, fill: Callable[[Any], object]) -> None:
+    """:func:`replace_atomically`, a failed write (a full disk, a file size limit, a
+    directory gone read-only since the check before the work) one line, not a traceback
+    after the last epoch."""
+    try:
+        replace_atomically(path, fill)
+    except OSError as exc:
+        raise _unwritten(option, path, exc) from None
+
+
+def _unwritten(option: str, path: Path, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"{option} {path}: could not write it ({exc.strerror or exc}); free some space or "
+        f"pass another {option} (a file that was there is left as it was)"
+    )
 
 
 def _print_summary(summary: dict[str, Any], *, as_json: bool) -> None:

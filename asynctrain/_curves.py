@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from asynctrain._checkpoint._format import replace_atomically
 from asynctrain._events import EpochEvent
 from asynctrain._exceptions import ConfigError
 
@@ -30,6 +31,7 @@ def plot_curves(history: Sequence[EpochEvent], path: Path) -> Path:
 
     Raises:
         ConfigError: matplotlib is not installed.
+        OSError: the file could not be written (one that was there is intact).
     """
     check_plotting()
     import matplotlib
@@ -55,7 +57,10 @@ def plot_curves(history: Sequence[EpochEvent], path: Path) -> Path:
         right.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
     for axis in axes[0]:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
-    figure.tight_layout()
-    figure.savefig(path, format="png")
-    plt.close(figure)
+    try:
+        figure.tight_layout()
+        # Beside ``path``, then renamed over it: a full disk leaves the earlier plot whole.
+        replace_atomically(path, lambda file: figure.savefig(file, format="png"))
+    finally:
+        plt.close(figure)
     return path

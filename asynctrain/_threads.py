@@ -39,6 +39,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from asynctrain._exceptions import ConfigError
+
 T = TypeVar("T")
 
 
@@ -167,8 +169,19 @@ class ThreadPool:
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
             for i in range(size)
         ]
-        for thread in self._threads:
-            thread.start()
+        started = 0
+        try:
+            for thread in self._threads:
+                thread.start()
+                started += 1
+        except RuntimeError as exc:  # "can't start new thread": the OS's limit
+            # Those started would wait for calls for the life of the process.
+            self._threads = self._threads[:started]
+            self.shutdown()
+            raise ConfigError(
+                f"{name}: the system started {started} of the {size} threads asked for "
+                f"({exc}); ask for fewer workers"
+            ) from None
 
     async def run(self, fn: Callable[..., T], /, *args: Any) -> T:
         """Run ``fn(*args)`` on a thread of the pool, in a copy of the caller's context.

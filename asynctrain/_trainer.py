@@ -244,6 +244,12 @@ class Trainer:
             return
         if self._owns_backend and self._backend.state is State.CLOSED:  # closed by its user
             self._backend = self._next_backend()
+        if self._saved_state is None and not self._backend.inline:
+            # The first open draws the initial parameters and optimizer state (the
+            # ``state`` property): array math as large as the model (seconds for a wide
+            # one), off the loop so that a service keeps answering meanwhile. The inline
+            # backend does all its work on the loop.
+            await off_loop(_draw_state, self)
         await self._backend.__aenter__()
         self._updater = Updater(
             self.optimizer,
@@ -1091,3 +1097,8 @@ class Trainer:
             f"<Trainer step={self.state.step} mode={self.mode.name} backend={backend} "
             f"{self._state}{running}>"
         )
+
+
+def _draw_state(trainer: Trainer) -> None:
+    """Draw ``trainer``'s initial state, which its ``state`` property keeps."""
+    trainer.state  # noqa: B018 (a property that draws and keeps the state)

@@ -415,6 +415,36 @@ async def test_a_logger_shared_by_two_running_fits_refuses_the_second(
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 4
 
 
+@pytest.mark.parametrize("make", ["stopper", "reducer", "saver"])
+async def test_a_stateful_callback_shared_by_two_running_fits_refuses_the_second(
+    tmp_path: Path, make: str
+) -> None:
+    # The second fit's start took the callback over: an EarlyStopping(restore_best=True)
+    # gave the first fit the second fit's parameters (FitResult.params of one job were
+    # the other's), a ReduceLROnPlateau scaled the second fit's learning rate by the
+    # first fit's losses, a ModelCheckpoint saved the second fit under the first's epochs.
+    callback = {
+        "stopper": lambda: at.EarlyStopping(patience=100, monitor="loss", restore_best=True),
+        "reducer": lambda: at.ReduceLROnPlateau(monitor="loss", patience=100),
+        "saver": lambda: at.ModelCheckpoint(tmp_path / "epoch-{epoch}.ckpt"),
+    }[make]()
+    optimizer = at.optim.chain(at.optim.adam(1e-2), at.optim.scale_by_plateau())
+
+    async def fit(seed: int) -> at.FitResult:
+        data = at.data.synthetic("softmax", n=3000, seed=seed)
+        model = at.models.SoftmaxRegression(128, 10)
+        return await at.fit(
+            model, data, optimizer=optimizer, epochs=3, callbacks=[callback], seed=seed
+        )
+
+    first, second = await asyncio.gather(fit(1), fit(2), return_exceptions=True)
+    assert isinstance(first, at.FitResult)
+    assert isinstance(second, at.ConfigError)
+    assert "follows another fit already" in str(second)
+    alone = await fit(1)  # once the first fit ended, it follows another
+    assert all(np.array_equal(first.params[k], alone.params[k]) for k in alone.params)
+
+
 async def test_every_on_fit_end_runs_when_one_raises(tmp_path: Path) -> None:
     # The first callback's failing on_fit_end skipped the logger's: its file stayed open
     # and its asynctrain-log thread kept running.

@@ -226,6 +226,76 @@ def test_an_interrupted_write_keeps_the_earlier_model_whole(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "model.npz"]
 
 
+def test_a_full_disk_under_the_outputs_is_one_line(
+    softmax_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A full disk (or ``ulimit -f``) while ``--out`` or ``--plot`` is written was an
+    OSError traceback, exit 1, after the last epoch; the plot was left truncated."""
+    out, plot = tmp_path / "model.npz", tmp_path / "curves.png"
+    plot.write_bytes(b"earlier plot")
+    argv = ["train", str(softmax_file), "--model", "softmax", "--epochs", "1", "--json"]
+
+    def full(file: Any, *args: Any, **kwargs: Any) -> None:
+        file.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"asynctrain: error: --out {out}: could not write it (No space")
+    assert len(err.splitlines()) == 1
+    assert not out.exists()
+    monkeypatch.undo()
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    monkeypatch.setattr(Figure, "savefig", lambda figure, file, **kwargs: full(file))
+    assert main([*argv, "--plot", str(plot)]) == 2
+    assert "--plot" in capsys.readouterr().err
+    assert plot.read_bytes() == b"earlier plot"
+    monkeypatch.undo()
+    assert main([*argv, "--out", str(out)]) == 0
+    monkeypatch.setattr(np, "save", full)
+    predicted = tmp_path / "p.npy"
+    assert main(["predict", str(out), str(softmax_file), "--out", str(predicted)]) == 2
+    assert f"--out {predicted}: could not write it" in capsys.readouterr().err
+    assert not predicted.exists()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"classes": [0]},  # fewer labels than outputs: an IndexError in decode
+        {"classes": 5},
+        {"mean": [0.0, 1.0, 2.0], "scale": [1.0, 1.0, 1.0]},  # a broadcast ValueError
+        {"mean": "abc", "scale": "x"},  # a numpy UFuncNoLoopError
+        {"mean": [0.0] * 16, "scale": [0.0] * 16},  # "X has a non-finite value (-inf)"
+    ],
+)
+def test_a_damaged_model_description_is_one_line(
+    softmax_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    edit: dict[str, Any],
+) -> None:
+    out = tmp_path / "model.npz"
+    argv = ["train", str(softmax_file), "--model", "softmax", "--epochs", "1", "--out", str(out)]
+    assert main(argv) == 0
+    with np.load(out) as saved:
+        arrays = {key: saved[key] for key in saved.files}
+    spec = json.loads(str(arrays["__asynctrain_model__"]))
+    arrays["__asynctrain_model__"] = np.array(json.dumps({**spec, **edit}))
+    np.savez(out, **arrays)
+    capsys.readouterr()
+    assert main(["predict", str(out), str(softmax_file), "--out", str(tmp_path / "p.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"asynctrain: error: {out}: not a model description of asynctrain (")
+    assert len(err.splitlines()) == 1
+
+
 def test_dask_backend_without_dask_is_one_line(
     softmax_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

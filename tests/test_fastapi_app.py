@@ -207,6 +207,32 @@ async def test_a_setting_that_is_not_an_integer_is_one_line(tmp_path: Path, vari
     assert err.decode().splitlines()[-1] == f"{variable} must be an integer, got 'two'"
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("ASYNCTRAIN_WORKERS", "0", "workers must be >= 1, got 0"),
+        ("ASYNCTRAIN_MAX_RUNNING", "-1", "max_running must be >= 1, got -1"),
+        ("ASYNCTRAIN_BACKEND", "nope", "unknown backend 'nope'"),
+    ],
+)
+async def test_a_setting_the_service_refuses_is_one_line(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    # Refused only when the lifespan opened the service: a traceback, then uvicorn's
+    # "Application startup failed" (the aiohttp script refuses them in one line).
+    env = {**os.environ, "ASYNCTRAIN_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    env[variable] = value
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "examples" / "fastapi"),
+        "app:app", "--host", "127.0.0.1", "--port", "0",
+        env=env, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode != 0
+    assert b"Traceback" not in err
+    assert message in err.decode().splitlines()[-1]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_a_signal_stops_the_server_within_5_s_with_a_stream_open(
     server: Server, http: Any, signum: int

@@ -14,7 +14,7 @@ import threading
 import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -559,3 +559,62 @@ async def test_two_unfinished_jobs_never_share_a_checkpoint_dir(
     await running.wait()
     other = await service.start("b", _model(), data, checkpoint_dir=same, resume=True, **OPTIONS)
     assert await other.wait() == "done"
+
+
+class _InitThread(SoftmaxRegression):
+    """Records the thread its parameters are drawn in."""
+
+    threads: ClassVar[list[threading.Thread]] = []
+
+    def init(self, rng: np.random.Generator) -> Any:
+        _InitThread.threads.append(threading.current_thread())
+        return super().init(rng)
+
+
+async def test_a_jobs_initial_parameters_are_drawn_off_the_loop(data: Dataset) -> None:
+    # Trainer's open drew them (model.init, optimizer.init) on the loop: a 64 MB upload
+    # of wide rows with an MLP of 512 hidden units stopped the service's loop for 5 s.
+    _InitThread.threads.clear()
+    async with at.TrainingService(workers=1) as service:
+        job = await service.start("wide", _InitThread(128, 10), data, **OPTIONS)
+        assert await job.wait() == "done"
+    assert _InitThread.threads
+    assert threading.main_thread() not in _InitThread.threads
+
+
+async def test_a_running_job_predicts_while_its_trainer_opens(
+    service: at.TrainingService, data: Dataset
+) -> None:
+    # A job is "running" from the moment it takes a slot, but had parameters only once
+    # its trainer had opened: a predict just after start() raised "job 'a' is running
+    # and has no parameters yet" (a 409 from the example services, documented for
+    # queued jobs only).
+    job = await service.start("a", _model(), data, **OPTIONS)
+    assert job.status == "running"
+    prediction = await job.predict(np.asarray(data.X[:2]))
+    assert prediction.values.shape == (2,)
+    await job.wait()
+
+
+async def test_asking_a_failed_job_for_its_result_again_and_again_keeps_nothing(
+    service: at.TrainingService, data: Dataset
+) -> None:
+    # Each result() raised the same error object, and a raise appends the raising frames
+    # to its traceback: it grew by a caller's frames per call, keeping their locals (a
+    # handler polling a failed job: 200 calls held 160 MB of its requests' arrays).
+    _Flaky.calls = itertools.count()
+    job = await service.start("bad", _Flaky(128, 10), data, **OPTIONS)
+    assert await job.wait() == "failed"
+
+    def depth() -> int:
+        return len(traceback.extract_tb(job.error.__traceback__))  # type: ignore[union-attr]
+
+    async def handler() -> None:
+        with pytest.raises(ZeroDivisionError, match="model bug"):
+            await job.result()
+
+    await handler()
+    once = depth()
+    for _ in range(50):
+        await handler()
+    assert depth() == once

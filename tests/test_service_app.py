@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib.util
 import io
 import json
@@ -58,6 +59,7 @@ def _settings(data_dir: Path) -> Any:
         max_rows=100,
         max_queued=2,
         max_classes=50,
+        max_params=1_000_000,
     )
 
 
@@ -549,6 +551,31 @@ def test_the_script_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
                 process.kill()
 
 
+def test_the_script_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    # SIGTERM (systemd, Docker, Kubernetes) ended the process at once, status -15: jobs
+    # not cancelled, event streams cut without their final status.
+    command = [sys.executable, str(SERVICE_DIR / "app.py"), "--port", "0"]
+    command += ["--data-dir", str(tmp_path / "uploads"), "--workers", "1"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            url = process.stdout.readline().split()[-1]
+            body = json.dumps(LONG).encode()
+            request = urllib.request.Request(url + "/jobs", data=body, method="POST")
+            with urllib.request.urlopen(request, timeout=30) as response:
+                job_id = json.load(response)["id"]
+            with urllib.request.urlopen(f"{url}/jobs/{job_id}/events", timeout=30) as stream:
+                assert stream.readline().startswith(b"event: ")
+                process.send_signal(signal.SIGTERM)
+                lines = [line.decode().strip() for line in stream if line.strip()]
+            assert process.wait(timeout=30) == 0
+            assert lines[-2] == "event: status"
+            assert json.loads(lines[-1].removeprefix("data: "))["status"] == "cancelled"
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
 @pytest.mark.parametrize("option", [["--workers", "0"], ["--max-running", "0"], ["--port", "x"]])
 def test_the_script_refuses_a_bad_setting_in_one_line(tmp_path: Path, option: list[str]) -> None:
     # A setting the TrainingService refuses, or a port in use, ended in a traceback.
@@ -577,3 +604,34 @@ def _default_sigint() -> None:
     """In the child before exec: Ctrl-C as a terminal delivers it, even when this test run
     inherited SIGINT ignored (a background job of a shell without job control)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+async def test_a_model_beyond_the_parameter_limit_gets_400(http: Any) -> None:
+    # A 64 MB upload of 100 rows of 160,000 features, within every other limit, made an
+    # MLP of 512 hidden units: 82 M parameters, 3.6 GB of memory for one job.
+    X = np.zeros((20, 2000), np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, X=X, y=np.arange(20) % 2)
+    assert (await _call(http, "PUT", "/uploads/wide.npz", data=buffer.getvalue()))[0] == 201
+    job = {"file": "wide.npz", "model": "mlp", "hidden": 1024}
+    status, body = await _call(http, "POST", "/jobs", json=job)
+    assert status == 400
+    assert "at most 1000000 per job" in body["error"]
+    status, _ = await _call(http, "POST", "/jobs", json={**job, "hidden": 64})
+    assert status == 201
+
+
+async def test_an_upload_to_a_full_disk_is_a_json_507(
+    http: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The OSError went through json_errors unmapped: a plain-text 500, "Server got
+    # itself in trouble", where every error of the service is a JSON object.
+    def full(source: Any, target: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    status, body = await _call(http, "PUT", "/uploads/a.npz", data=b"x" * 1000)
+    assert (status, body["status"]) == (507, 507)
+    assert "no space left" in body["error"]
+    monkeypatch.undo()
+    assert not list(await asyncio.to_thread(tmp_path.glob, ".upload-*"))

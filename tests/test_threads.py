@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import asynctrain as at
 from asynctrain._threads import ThreadPool, _Call, _Inbox
 from asynctrain.backends import ThreadBackend
 
@@ -305,3 +306,24 @@ def test_a_result_for_a_closed_loop_does_not_cost_the_pool_its_thread() -> None:
     pool._put(_Call(lambda: 1, future, _Inbox(loop)))
     assert asyncio.run(pool.run(pow, 2, 5)) == 32  # the pool's one thread still serves
     pool.shutdown()
+
+
+def test_a_pool_the_system_refuses_threads_for_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `--workers 1000000` started threads until the OS refused one: a RuntimeError
+    # traceback ("can't start new thread"), the threads started so far left waiting for
+    # the life of the process.
+    start = threading.Thread.start
+    started: list[threading.Thread] = []
+
+    def limited(thread: threading.Thread) -> None:
+        if len(started) == 3:
+            raise RuntimeError("can't start new thread")
+        started.append(thread)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", limited)
+    with pytest.raises(at.ConfigError, match="started 3 of the 10 threads"):
+        ThreadPool(10, name="asynctrain-test")
+    assert not [thread for thread in started if thread.is_alive()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import tracemalloc
 from typing import Any
 
@@ -494,3 +495,35 @@ async def test_predict_refuses_non_finite_values_naming_the_first() -> None:
     # Finite values whose squares overflow the reduction: settled by the exact check.
     huge = np.full((100_000, 64), 1e20, np.float32)
     assert trainer.predict(huge).shape == (100_000,)
+
+
+class _DrawnWhere(SoftmaxRegression):
+    """Records the threads its parameters are drawn in."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        object.__setattr__(self, "drawn_in", [])
+
+    def init(self, rng: np.random.Generator) -> Any:
+        self.drawn_in.append(threading.current_thread())  # type: ignore[attr-defined]
+        return super().init(rng)
+
+
+@pytest.mark.parametrize(("backend", "on_loop"), [("thread", False), ("inline", True)])
+async def test_the_first_open_draws_the_initial_state_off_the_loop(
+    backend: str, on_loop: bool
+) -> None:
+    # Opening read `state`, which draws the parameters and the optimizer state, on the
+    # loop: seconds of array math for a wide model, in which a service did not answer.
+    model = _DrawnWhere(8, 3)
+    async with at.Trainer(model, at.optim.adam(1e-2), backend=backend, workers=1) as trainer:
+        if on_loop:  # the inline backend does all its work on the loop
+            assert model.drawn_in == [threading.current_thread()]
+        else:
+            assert len(model.drawn_in) == 1
+            assert model.drawn_in[0] is not threading.current_thread()
+        drawn = trainer.state.params
+    reference = SoftmaxRegression(8, 3).init(np.random.default_rng(trainer.config.seed))
+    assert {k: v.tobytes() for k, v in drawn.items()} == {
+        k: v.tobytes() for k, v in reference.items()
+    }

@@ -54,3 +54,17 @@ class Monitored:
     def reset(self) -> None:
         """Forget the best value (a new fit starts)."""
         self.best = math.inf
+
+
+def check_free(callback: object, following: object, fit: object) -> None:
+    """Refuse ``fit`` while ``callback`` follows another fit (``following``) still running.
+
+    Followed, the second fit's start took the callback over: the first fit's epochs then
+    drove the second's control (its saves, its learning-rate scale, the best parameters
+    restored at its end), silently.
+    """
+    if following is not None and following is not fit:
+        raise ConfigError(
+            f"{callback!r} follows another fit already; give each fit that runs at the "
+            f"same time its own {type(callback).__name__}"
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from asynctrain._callbacks._monitor import Monitored
+from asynctrain._callbacks._monitor import Monitored, check_free
 from asynctrain._control import FitControl
 from asynctrain._events import Callback, EpochEvent
 from asynctrain._exceptions import ConfigError
@@ -61,9 +61,19 @@ class ReduceLROnPlateau(Callback):
         self._fit: FitControl | None = None
 
     def on_fit_start(self, fit: FitControl) -> None:
-        """Check that the optimizer has a scale to lower; read it."""
+        """Check that the optimizer has a scale to lower; read it.
+
+        Raises:
+            ConfigError: it follows another fit that is still running.
+        """
+        check_free(self, self._fit, fit)
         self.scale = fit.plateau_scale()
         self._fit = fit
+
+    def on_fit_end(self, fit: FitControl) -> None:
+        """Let another fit be followed (the scale reached stays readable)."""
+        if fit is self._fit:
+            self._fit = None
 
     async def on_epoch(self, event: EpochEvent) -> None:
         """Feed the epoch's value to the rule; the scale may go down."""

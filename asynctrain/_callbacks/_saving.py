@@ -6,7 +6,7 @@ import os
 import string
 from pathlib import Path
 
-from asynctrain._callbacks._monitor import Monitored
+from asynctrain._callbacks._monitor import Monitored, check_free
 from asynctrain._control import FitControl
 from asynctrain._events import Callback, EpochEvent
 from asynctrain._exceptions import CheckpointError, ConfigError, ConfigTypeError
@@ -65,10 +65,12 @@ class ModelCheckpoint(Callback):
         """Keep the fit's control for saving; forget an earlier fit's best.
 
         Raises:
+            ConfigError: it follows another fit that is still running.
             CheckpointError: ``path`` would write ``step-<n>.ckpt`` files into the fit's
                 own ``checkpoint_dir``, or its directory does not exist (before the
                 first step; a directory named by the epoch's values is not known yet).
         """
+        check_free(self, self._fit, fit)
         fit.check_save(self.path.format(**_sample(self.path)))
         self._check_directory()
         self._fit = fit
@@ -97,6 +99,11 @@ class ModelCheckpoint(Callback):
         if self._fit is None:
             raise ConfigError("ModelCheckpoint runs inside a fit: pass it in callbacks=[...]")
         self.saved.append(await self._fit.save(self._format(event)))
+
+    def on_fit_end(self, fit: FitControl) -> None:
+        """Let another fit be followed (``saved`` stays readable)."""
+        if fit is self._fit:
+            self._fit = None
 
     def _check_directory(self) -> None:
         """Refuse now a ``path`` whose directory (one the epoch's values do not name) is

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from asynctrain._callbacks._monitor import Monitored
+from asynctrain._callbacks._monitor import Monitored, check_free
 from asynctrain._checks import check_int
 from asynctrain._control import FitControl
 from asynctrain._events import Callback, EpochEvent
@@ -63,7 +63,12 @@ class EarlyStopping(Callback):
         return self._monitored.best
 
     def on_fit_start(self, fit: FitControl) -> None:
-        """Start afresh: forget the best value of an earlier fit."""
+        """Start afresh: forget the best value of an earlier fit.
+
+        Raises:
+            ConfigError: it follows another fit that is still running.
+        """
+        check_free(self, self._fit, fit)
         self._fit = fit
         self._monitored.reset()
         self.waited, self.best_params, self.best_epoch = 0, None, None
@@ -109,6 +114,9 @@ class EarlyStopping(Callback):
 
     def on_fit_end(self, fit: FitControl) -> None:
         """With ``restore_best``, hand the best epoch's parameters to the trainer."""
+        if fit is not self._fit:  # a fit it refused to follow
+            return
+        self._fit = None
         if self.restore_best and fit.error is None and self.best_params is not None:
             fit.restore_params(self.best_params)
 

@@ -51,7 +51,7 @@ def settings_from_env() -> Settings:
     data_dir = Path(os.environ.get("ASYNCTRAIN_DATA_DIR", "uploads"))
     data_dir.mkdir(parents=True, exist_ok=True)
     workers = os.environ.get("ASYNCTRAIN_WORKERS")
-    return Settings(
+    settings = Settings(
         data_dir,
         backend=os.environ.get("ASYNCTRAIN_BACKEND", "thread"),
         workers=None if workers is None else _integer("ASYNCTRAIN_WORKERS", workers),
@@ -59,6 +59,18 @@ def settings_from_env() -> Settings:
             "ASYNCTRAIN_MAX_RUNNING", os.environ.get("ASYNCTRAIN_MAX_RUNNING", "2")
         ),
     )
+    # A value the TrainingService refuses (ASYNCTRAIN_WORKERS=0, an unknown backend) was
+    # refused only in the lifespan: uvicorn's "Application startup failed" after a
+    # traceback. Checked now (a service made and never opened: nothing starts), in one line.
+    try:
+        at.TrainingService(
+            backend=settings.backend, workers=settings.workers, max_running=settings.max_running
+        )
+    except at.ConfigError as exc:
+        raise SystemExit(
+            f"{exc} (ASYNCTRAIN_BACKEND, ASYNCTRAIN_WORKERS, ASYNCTRAIN_MAX_RUNNING)"
+        ) from None
+    return settings
 
 
 def _integer(name: str, value: str) -> int:

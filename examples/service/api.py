@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -233,10 +234,16 @@ async def save(chunks: AsyncIterable[bytes], path: Path, limit: int) -> int:
                     raise _too_large("the upload", limit)
                 await asyncio.to_thread(handle.write, chunk)
         await asyncio.to_thread(os.replace, temporary, path)
-    except BaseException:
+    except BaseException as exc:
         await asyncio.to_thread(_remove, temporary)
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            # The server's disk, not the request: a JSON 507 (was a plain-text 500).
+            raise HTTPError(507, f"no space left to store the upload ({exc.strerror})") from None
         raise
     return written
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def _too_large(what: str, limit: int) -> HTTPError:

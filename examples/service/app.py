@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -188,7 +189,13 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 
 async def serve(settings: Settings, host: str, port: int) -> None:
-    """Serve until cancelled (Ctrl-C), then shut down cleanly."""
+    """Serve until cancelled (Ctrl-C) or sent SIGTERM, then shut down cleanly."""
+    # SIGTERM is how a service manager (systemd, Docker, Kubernetes) stops a server: by
+    # default it ended the process at once, jobs not cancelled, event streams cut
+    # without their final status. It ends the wait below, as Ctrl-C's cancel does.
+    stopped = asyncio.Event()
+    with contextlib.suppress(NotImplementedError):  # no add_signal_handler on Windows
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
     # A client that hangs up cancels its handler: after an early 413 aiohttp otherwise keeps
     # reading the rest of the body ("lingering") for 10 s, past the runner's cleanup.
     runner = web.AppRunner(create_app(settings), handler_cancellation=True)
@@ -198,9 +205,11 @@ async def serve(settings: Settings, host: str, port: int) -> None:
         await site.start()
         bound = runner.addresses[0]
         print(f"listening on http://{bound[0]}:{bound[1]}", flush=True)
-        await asyncio.Event().wait()
+        await stopped.wait()
     finally:
         await runner.cleanup()
+        with contextlib.suppress(NotImplementedError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> None:

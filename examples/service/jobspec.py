@@ -50,6 +50,7 @@ class Settings:
     retry_after: int = 10  # seconds, sent with a 429
     keep_finished: int = 20  # finished jobs remembered (each keeps its parameters)
     max_classes: int = 1000  # classes of a classifier: a label of 1e5 would size the model
+    max_params: int = 10_000_000  # parameters of a job's model: features x hidden sizes it
     event_rate: float = 4.0  # step events a second per SSE stream, unless ?rate= says
     stream_grace: float = 2.0  # seconds, at shutdown, for SSE clients to read the end
     limits: dict[str, tuple[float, float]] = field(
@@ -141,8 +142,24 @@ def build(spec: JobSpec, settings: Settings) -> tuple[Any, at.data.Dataset, at.d
         raise BadRequest(f"file {spec.file!r} has {data.n_samples} rows; at most "
                          f"{settings.limits['n'][1]:g} per job")  # fmt: skip
     n_classes = _classes(data, settings) if kind in ("softmax", "mlp") else 2
+    params = parameter_count(kind, data.n_features, n_classes, spec.hidden)
+    if params > settings.max_params:
+        raise BadRequest(
+            f"a {kind} model of {data.n_features} features"
+            f"{f' and {spec.hidden} hidden units' if kind == 'mlp' else ''} has {params} "
+            f"parameters; at most {settings.max_params} per job (fewer features or hidden units)"
+        )
     train, validation = data.split(0.1, seed=spec.seed)
     return model_for(kind, data.n_features, n_classes, spec.hidden), train, validation
+
+
+def parameter_count(kind: str, n_features: int, n_classes: int, hidden: int) -> int:
+    """Parameters of the model :func:`model_for` builds (weights and biases)."""
+    if kind == "mlp":
+        return (n_features + 1) * hidden + (hidden + 1) * n_classes
+    if kind == "softmax":
+        return (n_features + 1) * n_classes
+    return n_features + 1
 
 
 def _classes(data: at.data.Dataset, settings: Settings) -> int:
