@@ -16,7 +16,7 @@ import contextlib
 import contextvars
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -51,6 +51,29 @@ async def await_without_orphans(
             if not waiter.cancelled() and waiter.exception() is None and discard is not None:
                 discard(waiter.result())
         raise
+
+
+async def to_the_end(work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work`` (a clean-up: a close, a release) to its end, through cancellations of
+    the caller too; a cancel that came meanwhile is raised once ``work`` is done.
+
+    Cut short at an ``await``, a close leaves what it had yet to free (a stopped worker
+    never killed, a segment never unlinked) and its owner marked closed or open wrongly;
+    a second cancel of a cancelled task, or a timeout expiring while a fit ends, did that.
+    """
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
 
 
 async def off_loop(

@@ -50,7 +50,7 @@ from asynctrain._inputs import (
     rows_given,
 )
 from asynctrain._monitor import TRAINING_INTERVAL, LoopLagMonitor
-from asynctrain._offloop import off_loop
+from asynctrain._offloop import off_loop, to_the_end
 from asynctrain._streaming._batch import NameRecord
 from asynctrain._streaming._sources import Reading, close_unread
 from asynctrain._streaming._stream import (
@@ -260,6 +260,14 @@ class Trainer:
         self._state = State.OPEN
 
     async def _release(self) -> None:
+        """Close the updater and a backend the trainer made, to the end whatever cancels
+        the caller meanwhile (a second cancel of a cancelled fit, a timeout expiring as a
+        fit ends): the cancel is raised once the release is done. Cut short, it left the
+        trainer marked open without an updater (its next fit failed on an assertion) and
+        its backend half-closed (a stopped worker never killed)."""
+        await to_the_end(self._release_now())
+
+    async def _release_now(self) -> None:
         updater, self._updater = self._updater, None
         if updater is not None:
             self._saved_state = updater.state

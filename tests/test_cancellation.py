@@ -30,6 +30,7 @@ import asynctrain as at
 from asynctrain._checkpoint import Checkpoint, list_checkpoints, temporaries
 from asynctrain._checkpoint import _format as checkpoint_format
 from asynctrain._engine._update import Updater
+from asynctrain._types import State
 from asynctrain.data import Dataset, synthetic
 from asynctrain.models import SoftmaxRegression
 
@@ -367,3 +368,41 @@ async def test_cancel_during_trainer_save(
         await patch.task
     assert first.read_bytes() == before  # the previous file is untouched
     assert temporaries(tmp_path) == []
+
+
+async def test_a_cancel_during_the_release_of_a_fit_lets_the_release_finish(
+    problem: tuple[Dataset, Dataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A trainer that made its backend closes it as each fit ends. A cancel that lands
+    # then (a second cancel of a cancelled fit, a timeout expiring as the fit ends) used to
+    # cut the release short: the trainer stayed marked open without its updater, so its
+    # next fit failed with "AssertionError: open the trainer first", and the backend was
+    # left half-closed (a process pool's stopped worker never killed).
+    closing, resume = asyncio.Event(), asyncio.Event()
+    real_close = at.backends.ThreadBackend._close
+
+    async def slow_close(self: at.backends.ThreadBackend) -> None:
+        closing.set()
+        await resume.wait()
+        await real_close(self)
+
+    monkeypatch.setattr(at.backends.ThreadBackend, "_close", slow_close)
+    trainer = at.Trainer(
+        SoftmaxRegression(128, 10), at.optim.adam(1e-2), backend="thread", workers=2,
+        batch_size=BATCH, shards=SHARDS,
+    )  # fmt: skip
+    fit = asyncio.create_task(trainer.fit(problem[0], epochs=1))
+    await closing.wait()  # the fit's steps are done: it is closing its backend
+    closed = trainer.backend
+    fit.cancel()
+    await asyncio.sleep(0)
+    resume.set()
+    with pytest.raises(asyncio.CancelledError):
+        await fit
+    assert trainer.state.step == STEPS_PER_EPOCH
+    assert closed.state is State.CLOSED  # closed to the end ...
+    assert trainer.backend is not closed
+    assert trainer.backend.state is State.UNOPENED
+    result = await trainer.fit(problem[0], epochs=1)  # ... and the trainer still usable
+    assert (result.steps, trainer.state.epoch) == (STEPS_PER_EPOCH, 2)
+    await trainer.aclose()

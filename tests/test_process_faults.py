@@ -102,6 +102,25 @@ class KillOnce:
         return True
 
 
+class KillAfterWriting(KillOnce):
+    """A model whose ``at_call``-th shard SIGKILLs its worker (once) as the task function
+    returns: after it wrote its results to shared memory, before its reply is sent."""
+
+    def loss_and_grad(self, params: Any, X: Any, y: Any) -> Any:
+        if self._is_the_call():
+            frame = sys._getframe(1)
+            while frame.f_back is not None and frame.f_code.co_name != "local_shard":
+                frame = frame.f_back
+            task_code = frame.f_code
+
+            def kill_on_return(frame: Any, event: str, arg: Any) -> None:
+                if event == "return" and frame.f_code is task_code:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            sys.setprofile(kill_on_return)
+        return self.model.loss_and_grad(params, X, y)
+
+
 class FailOnce(KillOnce):
     """A model that raises UserProblem on its ``at_call``-th shard (once), while its
     sibling shards are still running slowly."""
@@ -303,6 +322,26 @@ async def test_aclose_stops_busy_workers_and_fails_their_tasks(fifo: Path, tmp_p
         await backend.run(pow, 2, 2)
 
 
+async def test_a_cancelled_aclose_still_stops_every_worker_and_unlinks_every_segment() -> None:
+    # aclose gives an idle worker 2 s to exit on end-of-file, then kills it. A cancel in
+    # that wait (a second cancel of a task leaving `async with ProcessBackend()`) used to
+    # cut the close short: the stopped worker was never killed, the segments stayed in
+    # /dev/shm, and the backend, marked closed, never closed them.
+    backend = ProcessBackend(workers=2)
+    await backend.__aenter__()
+    handle = await backend.share({"x": np.zeros(1000)})
+    assert await asyncio.gather(*(backend.run(pow, 2, n) for n in range(4))) == [1, 2, 4, 8]
+    pids = backend.pids
+    os.kill(pids[0], signal.SIGSTOP)
+    closing = asyncio.create_task(backend.aclose())
+    await asyncio.sleep(0.2)  # in the wait for the stopped worker
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert wait_gone(pids, 0.0) == []
+    assert handle.key not in our_segments()
+
+
 # -- a real fit -----------------------------------------------------------------------------
 
 
@@ -338,6 +377,34 @@ async def test_a_worker_killed_in_epoch_2_of_5_changes_no_bit(tmp_path: Path) ->
     model = KillOnce(mlp, str(tmp_path / "calls"), str(tmp_path / "killed"), at_call=22)
     async with ProcessBackend(workers=2) as backend:
         params = await _fit(backend, model)
+        assert (tmp_path / "killed").exists()
+        assert backend.stats.retries == 1
+    for key, value in reference.items():
+        np.testing.assert_array_equal(params[key], value, err_msg=key)
+
+
+async def test_a_local_round_rerun_after_its_worker_wrote_its_state_changes_no_bit(
+    tmp_path: Path,
+) -> None:
+    # Local mode keeps each shard's optimizer state in a shared slot that the shard's task
+    # rewrites. A worker killed after that write but before its reply has its task re-run:
+    # the re-run must start from the committed state, not from the one the dead worker
+    # wrote (which would apply the shard's Adam steps twice).
+    async def fit(backend: Any, model: Any) -> dict[str, np.ndarray]:
+        data = at.data.synthetic("softmax", n=2048, seed=0)
+        async with at.Trainer(
+            model, at.optim.adam(1e-2), backend=backend, shards=2, batch_size=256,
+            mode="local", local_steps=2,
+        ) as trainer:  # fmt: skip
+            result = await trainer.fit(data, epochs=1)
+        return dict(result.params)
+
+    softmax = at.models.SoftmaxRegression(128, 10)
+    reference = await fit("inline", softmax)
+    # 2 shards x 2 local steps: calls 5..8 are round 2; call 6 ends shard 0's or 1's task.
+    model = KillAfterWriting(softmax, str(tmp_path / "calls"), str(tmp_path / "killed"), 6)
+    async with ProcessBackend(workers=2) as backend:
+        params = await fit(backend, model)
         assert (tmp_path / "killed").exists()
         assert backend.stats.retries == 1
     for key, value in reference.items():

@@ -45,8 +45,20 @@ class _Fit(NamedTuple):
     """What local mode shares once per fit: the shards' optimizer states and scratch."""
 
     skeleton: Any
-    states: SharedArrays | None  # slot s: shard s's optimizer state (None: stateless)
+    # Two slots per shard (None: stateless): ``committed[s]`` holds shard s's committed
+    # optimizer state, the other (``s`` or ``shards + s``) takes the state a round's task
+    # writes. A task never writes the slot it reads, so a task re-run after its worker
+    # died (having written its new state, but not replied) starts from the committed
+    # state again, and a refused or cancelled round leaves the committed states as they
+    # were.
+    states: SharedArrays | None
     scratch: Grads
+    committed: list[int]
+
+    def written(self, shard: int) -> int:
+        """The slot a round's task of ``shard`` writes its new state to."""
+        shards = len(self.committed)
+        return shard + shards if self.committed[shard] == shard else shard
 
 
 class Local:
@@ -120,8 +132,13 @@ class Local:
             arrays = to_arrays(per_shard.shards[0])
             # Released with the fit's other shared arrays when it ends.
             share = ctx.backend.share if ctx.share is None else ctx.share
-            states = await share(arrays, slots=ctx.shards) if arrays else None
-            fit = _Fit(skeleton(per_shard.shards[0]), states, zeros_like(ctx.updater.state.params))
+            states = await share(arrays, slots=2 * ctx.shards) if arrays else None
+            fit = _Fit(
+                skeleton(per_shard.shards[0]),
+                states,
+                zeros_like(ctx.updater.state.params),
+                list(range(ctx.shards)),
+            )
             await ctx.updater.call(_write_states, fit, per_shard)
             ctx.extra["local"] = fit
         result: _Fit = ctx.extra["local"]
@@ -145,6 +162,8 @@ class Local:
                 tuple(ctx.rows_of(s, part) for part in own),
                 fit.skeleton,
                 ctx.seed,
+                fit.committed[s],
+                fit.written(s),
             )
             for s, own in enumerate(streams)
             if any(len(part) for part in own)
@@ -187,7 +206,7 @@ def _write_states(fit: _Fit, per_shard: LocalOptState) -> None:
     """Publish each shard's committed optimizer state to its slot."""
     if fit.states is not None:
         for s, shard_state in enumerate(per_shard.shards):
-            fit.states.write(s, to_arrays(shard_state))
+            fit.states.write(fit.committed[s], to_arrays(shard_state))
 
 
 def _commit_round(
@@ -210,6 +229,9 @@ def _commit_round(
     if bad is not None:
         shard, problem = bad
         return _refuse(state, results, ctx, fit, steps, problem, shard=shard)
+    if fit.states is not None:  # the round's states are now the committed ones
+        for r in results:
+            fit.committed[r.result.shard] = fit.written(r.result.shard)
     version = state.version + 1
     params = readonly(params)
     ctx.params.write(version % ctx.params.slots, params)
@@ -246,7 +268,7 @@ def _read_states(old: LocalOptState, fit: _Fit, results: Sequence[LocalResult]) 
         return old
     shards = list(old.shards)
     for r in results:
-        shards[r.result.shard] = rebuild(fit.skeleton, fit.states.read(r.result.shard))
+        shards[r.result.shard] = rebuild(fit.skeleton, fit.states.read(fit.written(r.result.shard)))
     return LocalOptState(tuple(shards))
 
 
@@ -277,7 +299,7 @@ def _refuse(
             shard=shard,
             parameter=problem.parameter,
         )
-    _write_states(fit, state.opt_state)  # the workers' states went bad with the round
+    # The workers wrote their (bad) states to the other slots: the committed ones stand.
     new = state._replace(
         step=state.step + steps, skipped=state.skipped + steps, batch=state.batch + steps
     )

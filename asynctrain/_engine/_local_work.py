@@ -32,6 +32,11 @@ class LocalTask(NamedTuple):
     seed: int = 0
     """The trainer's seed: local step ``i`` keys a model's randomness by
     ``(seed, step + i, shard)``."""
+    state_in: int = -1
+    """The slot of the shard's committed optimizer state (-1: slot ``shard``)."""
+    state_out: int = -1
+    """The slot the shard's new optimizer state goes to, never ``state_in``: a task re-run
+    after its worker died must start from the committed state (-1: slot ``shard``)."""
 
 
 class LocalResult(NamedTuple):
@@ -63,7 +68,9 @@ def local_shard(
     model = resolve_model(model)
     arrays = data.read(0)
     start = params.read(task.param_slot)
-    state = rebuild(task.skeleton, {} if states is None else states.read(task.shard))
+    state_in = task.shard if task.state_in < 0 else task.state_in
+    state_out = task.shard if task.state_out < 0 else task.state_out
+    state = rebuild(task.skeleton, {} if states is None else states.read(state_in))
     current, losses, counts, weights = start, [], [], []
     for i, part in enumerate(task.parts):
         loss, weight = 0.0, 0.0
@@ -89,6 +96,6 @@ def local_shard(
         delta = {key: (current[key] - start[key]) * total for key in start}
     deltas.write(task.grad_slot, delta)
     if states is not None:
-        states.write(task.shard, to_arrays(state))
+        states.write(state_out, to_arrays(state))
     result = ShardResult(task.step, task.shard, task.version, task.grad_slot, n, sum(losses), total)
     return LocalResult(result, tuple(losses), tuple(counts), tuple(weights))

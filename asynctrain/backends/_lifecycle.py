@@ -10,7 +10,7 @@ from typing import Any, Self, TypeVar
 
 from asynctrain._checks import check_int
 from asynctrain._exceptions import ConfigError, StateError
-from asynctrain._offloop import off_loop
+from asynctrain._offloop import off_loop, to_the_end
 from asynctrain._types import State
 
 T = TypeVar("T")
@@ -113,7 +113,10 @@ class Lifecycle:
         StateError."""
         if self._state is State.OPEN:
             self._state = State.CLOSED
-            await self._close()
+            # To the end even if the caller is cancelled meanwhile: a close cut short left
+            # a stopped worker running and segments linked, and the backend, marked
+            # closed, never closed them.
+            await to_the_end(self._close())
         self._state = State.CLOSED
 
     async def __aenter__(self) -> Self:
