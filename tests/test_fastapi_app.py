@@ -191,25 +191,14 @@ async def test_the_documented_token_dependency_answers_401_to_any_header() -> No
         assert refused.value.status == 401
 
 
-@pytest.mark.parametrize("variable", ["ASYNCTRAIN_WORKERS", "ASYNCTRAIN_MAX_RUNNING"])
-async def test_a_setting_that_is_not_an_integer_is_one_line(tmp_path: Path, variable: str) -> None:
-    # int("two") raised a bare ValueError at import: a traceback naming no variable.
-    env = {**os.environ, "ASYNCTRAIN_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    env[variable] = "two"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "examples" / "fastapi"),
-        "app:app", "--host", "127.0.0.1", "--port", "0",
-        env=env, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode != 0
-    assert b"Traceback" not in err
-    assert err.decode().splitlines()[-1] == f"{variable} must be an integer, got 'two'"
-
-
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
+        # int("two") raised a bare ValueError at import: a traceback naming no variable.
+        ("ASYNCTRAIN_WORKERS", "two", "ASYNCTRAIN_WORKERS must be an integer, got 'two'"),
+        ("ASYNCTRAIN_MAX_RUNNING", "two", "ASYNCTRAIN_MAX_RUNNING must be an integer, got 'two'"),
+        # Refused only when the lifespan opened the service: a traceback, then uvicorn's
+        # "Application startup failed" (the aiohttp script refuses them in one line).
         ("ASYNCTRAIN_WORKERS", "0", "workers must be >= 1, got 0"),
         ("ASYNCTRAIN_MAX_RUNNING", "-1", "max_running must be >= 1, got -1"),
         ("ASYNCTRAIN_BACKEND", "nope", "unknown backend 'nope'"),
@@ -218,8 +207,6 @@ async def test_a_setting_that_is_not_an_integer_is_one_line(tmp_path: Path, vari
 async def test_a_setting_the_service_refuses_is_one_line(
     tmp_path: Path, variable: str, value: str, message: str
 ) -> None:
-    # Refused only when the lifespan opened the service: a traceback, then uvicorn's
-    # "Application startup failed" (the aiohttp script refuses them in one line).
     env = {**os.environ, "ASYNCTRAIN_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
     env[variable] = value
     process = await asyncio.create_subprocess_exec(
