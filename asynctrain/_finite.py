@@ -72,9 +72,12 @@ def check_finite(
     *,
     note: str = "",
     columns: Sequence[str] | None = None,
+    nulls: bool = False,
 ) -> None:
     """Raise :class:`DataError` naming the first NaN/Inf (row, and column when 2-D, by
-    name too when ``columns`` names them: a data frame's null is a NaN here).
+    name too when ``columns`` names them). ``nulls``: the values were read from a data
+    frame, whose nulls became NaN, so a NaN's message says a null reads as one (not an
+    Inf's, nor a NaN's from a file or an array, where no null becomes NaN).
 
     Scans :data:`CHUNK_ROWS` rows (at most :data:`CHUNK_VALUES` values) at a time, so a
     memory-mapped array is never loaded whole and no mask of more than a chunk is built.
@@ -104,7 +107,7 @@ def check_finite(
         finite = np.isfinite(chunk)
         if not finite.all():
             bad = np.logical_not(finite, out=finite)
-            _raise_non_finite(name, array, start, bad, note, columns)
+            _raise_non_finite(name, array, start, bad, note, columns, nulls)
         del finite  # before the next chunk's mask is made: one mask at a time
 
 
@@ -115,15 +118,18 @@ def _raise_non_finite(
     bad: npt.NDArray[np.bool_],
     note: str,
     columns: Sequence[str] | None,
+    nulls: bool,
 ) -> NoReturn:
     position = np.unravel_index(int(np.argmax(bad)), bad.shape)
     row = start + int(position[0])
     inner = tuple(int(i) for i in position[1:])
-    where = f"row {row}" + (f", column {inner[0]}" if bad.ndim == 2 else "")
-    if columns is not None and bad.ndim == 2:
-        where += f" ({columns[inner[0]]!r}; a null reads as NaN)"
-    where += f", position {inner}" if bad.ndim > 2 else ""
     value = array[(row, *position[1:])]
+    hints = [repr(columns[inner[0]])] if columns is not None and bad.ndim == 2 else []
+    if nulls and np.isnan(value):
+        hints.append("a null reads as NaN")
+    where = f"row {row}" + (f", column {inner[0]}" if bad.ndim == 2 else "")
+    where += f" ({'; '.join(hints)})" if hints else ""
+    where += f", position {inner}" if bad.ndim > 2 else ""
     raise DataError(
         f"{name} has a non-finite value ({value}) at {where}{note}; "
         f"drop or impute rows with NaN/Inf, e.g. keep = np.isfinite({name})"

@@ -575,6 +575,9 @@ def test_load_csv_tolerates_blank_lines_spaces_and_quotes(tmp_path: Path) -> Non
         ("1,2\n3,4\n", 2, DataError, "label=2 is out of range"),
         ("1\n2\n", None, DataError, "at least one feature and a label"),
         ("1,2\n3,nan\n", None, DataError, r"d.csv: y has a non-finite value \(nan\) at row 1"),
+        # a CSV has no nulls (an empty cell is refused above): no "a null reads as NaN"
+        ("a,b,y\n1,inf,0\n", None, DataError, r"\(inf\) at row 0, column 1 \('b'\) \(after"),
+        ("a,b,y\n1,nan,0\n", None, DataError, r"\(nan\) at row 0, column 1 \('b'\) \(after"),
     ],
 )
 def test_load_csv_bad_input(

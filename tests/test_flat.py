@@ -231,6 +231,8 @@ ADAM_SETTINGS = [(0.9, 0.999, 1e-8, 1e-3), (0.0, 0.5, 1e-3, 0.1), (-0.0, 0.5, 1e
 def test_settings_taken_as_0d_arrays_give_the_bits_of_python_floats(
     dtype: Any, settings: tuple[float, float, float, float]
 ) -> None:
+    if dtype is np.float16 and settings[2] < 1e-4:  # 1e-8 is 0 in float16: refused
+        settings = (*settings[:2], 1e-4, settings[3])
     b1, b2, eps, lr = settings
     opt = optim.adam(lr, b1=b1, b2=b2, eps=eps)
     rng = np.random.default_rng(3)

@@ -259,6 +259,20 @@ def test_nulls_and_nan_are_refused_with_row_and_column(frame: Any) -> None:
         Dataset(frame, [0, 1])
 
 
+@pytest.mark.parametrize(
+    ("value", "hint"), [(np.nan, "'b'; a null reads as NaN"), (np.inf, "'b'"), (-np.inf, "'b'")]
+)
+def test_only_a_nan_from_a_frame_is_said_to_be_maybe_a_null(value: float, hint: str) -> None:
+    # an Inf was said to be "a null read as NaN" too, and so was a NaN of a plain array
+    frame = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, value]})
+    with pytest.raises(at.DataError, match=rf"at row 1, column 1 \({re.escape(hint)}\);"):
+        Dataset(frame, [0, 1])
+    with pytest.raises(at.DataError, match=r"at row 1, column 1 \('b'\);"):
+        Dataset(frame.to_numpy(), [0, 1], feature_names=["a", "b"])
+    with pytest.raises(at.DataError, match=r"y has a non-finite value \(nan\) at row 1 \(a null"):
+        Dataset(frame.to_numpy()[:, :1], pd.Series([0, None], dtype="Int64"))
+
+
 def test_nullable_numbers_without_nulls_are_numbers() -> None:
     frame = pd.DataFrame(
         {

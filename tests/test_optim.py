@@ -564,6 +564,35 @@ def test_a_gradient_not_shaped_like_its_parameter_is_refused_naming_it(
         assert np.array_equal(was, now), path
 
 
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda eps: adam(1e-3, eps=eps),
+        lambda eps: adamw(1e-3, eps=eps),
+        lambda eps: rmsprop(1e-3, eps=eps),
+        lambda eps: adagrad(0.1, initial_accumulator_value=0.0, eps=eps),
+    ],
+    ids=["adam", "adamw", "rmsprop", "adagrad"],
+)
+def test_an_eps_lost_in_float16_is_refused_at_init_and_one_kept_stays_finite(
+    build: Callable[[float], GradientTransformation],
+) -> None:
+    # eps=1e-8 is 0 in float16: a zero gradient's update was NaN, a tiny one's -inf
+    params = {"w": np.zeros(3, np.float16)}
+    expected = r"eps=1e-08 \(scale_by_.*\) is 0 in float16.*at least 6.1e-05.*eps=1e-4"
+    with pytest.raises(ConfigError, match=expected):
+        build(1e-8).init(params)
+    opt = build(1e-4)
+    state = opt.init(params)
+    for _ in range(3):
+        grads = {"w": np.array([0.0, 1e-7, -1e-4], np.float16)}
+        updates, state = opt.update(grads, state, params)
+        assert np.isfinite(updates["w"]).all(), updates
+        assert all(np.isfinite(a).all() for a in walk_state(state))
+    build(1e-8).init({"w": np.zeros(3, np.float32)})  # float32 keeps 1e-8
+    adagrad(0.1).init(params)  # its default eps, 1e-7, is not 0 in float16
+
+
 def test_bad_use_raises() -> None:
     params = {"w": np.zeros(2)}
     with pytest.raises(ConfigTypeError, match="'w'"):

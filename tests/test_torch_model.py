@@ -4,6 +4,7 @@ per fit, crash recovery, checkpoints, and bad input refused before any work."""
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import signal
@@ -581,6 +582,26 @@ def test_bad_models_are_refused_at_construction(build: Any, message: str) -> Non
         pytest.skip("this machine has CUDA")
     with pytest.raises(at.ConfigError, match=message):
         build()
+
+
+def _weight_normed_module() -> Any:
+    return nn.Sequential(nn.Linear(3, 4), nn.utils.parametrizations.weight_norm(nn.Linear(4, 2)))
+
+
+async def test_a_parametrized_module_is_refused_by_the_process_backend_with_the_fix() -> None:
+    # torch cannot pickle a parametrized module: the message said to define it at module level
+    model = TorchModel(_weight_normed_module(), n_classes=2)
+    expected = (
+        r"parametrized tensors \(1\.weight: .*weight_norm.*backend='thread'.*"
+        r"remove_parametrizations\(layer, 'weight'\)"
+    )
+    with pytest.raises(at.ConfigTypeError, match=expected) as caught:
+        ProcessBackend(workers=1).check_picklable(model)
+    assert "module level" not in str(caught.value)
+    assert repr(copy.deepcopy(model)) == repr(model)  # copies, as torch copies the module
+    X, y = np.random.default_rng(0).normal(size=(16, 3)), np.arange(16) % 2
+    async with at.Trainer(model, backend="thread", workers=2, batch_size=8) as trainer:
+        assert (await trainer.fit((X, y))).steps == 2
 
 
 async def test_rows_of_the_wrong_shape_fail_before_any_step(images: Dataset) -> None:

@@ -291,6 +291,43 @@ async def test_user_model_errors_keep_their_type(softmax_data: tuple[Dataset, Da
             await at.fit(Broken(128, 10), softmax_data[0], backend=backend)
 
 
+class _LossAs(LogisticRegression):
+    """A logistic regression returning its loss sum converted by ``convert``."""
+
+    convert: Any = float
+
+    def loss_and_grad(self, params, X, y, **options):  # type: ignore[no-untyped-def]
+        loss, grads = super().loss_and_grad(params, X, y, **options)
+        return type(self).convert(loss), grads
+
+
+class _LossAsNumpyScalar(_LossAs):
+    convert = np.float64
+
+
+class _LossAs0d(_LossAs):
+    convert = np.asarray
+
+
+class _LossAsOneValue(_LossAs):
+    convert = staticmethod(lambda loss: np.array([loss]))
+
+
+async def test_a_loss_as_a_numpy_scalar_is_a_float_and_one_of_shape_1_is_named() -> None:
+    # a (1,) array failed in a worker with numpy's raw TypeError; a 0-d array or numpy
+    # scalar is the same number as the float, and so gives the same bits
+    train, val = synthetic("logreg", n=96, seed=0).split(0.25, seed=0)
+    fits = {}
+    for kind in (_LossAs, _LossAsNumpyScalar, _LossAs0d):
+        result = await at.fit(kind(64), train, validation=val, epochs=2, batch_size=16)
+        fits[kind] = (_bits(result.params), [(e.loss, e.val_loss) for e in result.history])
+    assert fits[_LossAsNumpyScalar] == fits[_LossAs0d] == fits[_LossAs]
+    expected = r"_LossAsOneValue.loss_and_grad returned a loss of shape \(1,\).*loss.item\(\)"
+    for backend in ("inline", "thread"):
+        with pytest.raises(at.ConfigError, match=expected):
+            await at.fit(_LossAsOneValue(64), train, backend=backend, batch_size=16)
+
+
 async def test_predict_and_repr(softmax_data: tuple[Dataset, Dataset]) -> None:
     train, val = softmax_data
     trainer = at.Trainer(SoftmaxRegression(128, 10), backend="inline")

@@ -370,6 +370,11 @@ async def test_partial_fit_takes_sample_weights() -> None:
         ([np.inf, 1.0, 1.0], at.DataError, r"sample_weight\[0\] = inf is not a finite"),
         ([1e300, 1.0, 1.0], at.DataError, r"sample_weight\[0\] = 1e\+300 is not a finite"),
         ([0, 0, 0], at.DataError, "zero for every row"),
+        # out of scale for float32: the total overflows (a NonFiniteError at step 0 once),
+        # or every weight is subnormal or rounds to 0 (nothing was trained, silently)
+        ([3e38, 3e38, 1.0], at.DataError, r"sums to 6e\+38, beyond the largest float32.*w / w.max"),
+        ([1e-45, 0.0, 1e-45], at.DataError, r"1.401e-45, is below the smallest normal float32"),
+        ([1e-50, 0.0, 0.0], at.DataError, r"1e-50, rounds to 0 in float32.*rescale"),
         ([1.0, 1.0], at.DataError, r"shape \(2,\) but the data has 3 rows"),
         ([[1.0], [1.0], [1.0]], at.DataError, r"shape \(3, 1\)"),
         (["a", "b", "c"], at.DataTypeError, "sample_weight has dtype <U1"),
@@ -378,6 +383,15 @@ async def test_partial_fit_takes_sample_weights() -> None:
 def test_bad_weights_are_refused_by_name(weights: Any, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         Dataset(np.zeros((3, 2), np.float32), [0, 1, 0], sample_weight=weights)
+
+
+def test_weights_in_scale_pass_and_the_check_is_in_the_models_dtype() -> None:
+    X, y = np.zeros((3, 2)), [0, 1, 0]
+    Dataset(X, y, sample_weight=[1e38, 1e38, 1e38], dtype=np.float32)  # 3e38: finite
+    Dataset(X, y, sample_weight=[2e-38, 0.0, 0.0], dtype=np.float32)  # normal
+    Dataset(X, y, sample_weight=[1e-45, 0.0, 3e38], dtype=np.float64)
+    with pytest.raises(at.DataError, match="overflow"):  # class weights multiply them
+        prepare(LogisticRegression(2), (X, y, [2e38, 2e38, 2e38]), class_weight={1: 0.5})
 
 
 def test_weights_are_copied_read_only_and_travel_with_the_rows() -> None:

@@ -36,6 +36,7 @@ from asynctrain.backends import LocalShared, SharedArrays
 from asynctrain.backends._idle import defer
 from asynctrain.models._protocol import (
     loss_and_predict_of,
+    loss_value,
     quiet_float_errors,
     shard_loss_and_grad,
 )
@@ -424,8 +425,9 @@ def evaluate_chunk(
     with quiet_float_errors():
         if together is not None:
             loss, predicted = together(current, X, y, **options)
+            loss = loss_value(model, loss, "loss_and_predict")
         else:
-            loss, _ = model.loss_and_grad(current, X, y, **options)
+            loss = loss_value(model, model.loss_and_grad(current, X, y, **options)[0])
             if n_classes is not None or metrics:
                 predicted = model.predict(current, X)
         if "auc" in metrics:

@@ -34,7 +34,13 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("DaskBackend needs Dask distributed: pip install 'asynctrain[dask]'") from exc
 
 from asynctrain._checks import check_int
-from asynctrain._exceptions import BackendError, ConfigError, ConfigTypeError, StateError
+from asynctrain._exceptions import (
+    AsyncTrainError,
+    BackendError,
+    ConfigError,
+    ConfigTypeError,
+    StateError,
+)
 from asynctrain._offloop import off_loop
 from asynctrain._types import State
 from asynctrain.backends._base import readonly
@@ -673,6 +679,10 @@ class DaskBackend(Lifecycle):
         for obj in objects:
             try:
                 _dumps(obj)
+            except AsyncTrainError as exc:  # the object says what is wrong and what to do
+                raise ConfigTypeError(
+                    f"{obj!r:.120} cannot be sent to a Dask worker: {exc}"
+                ) from exc
             except Exception as exc:
                 raise ConfigTypeError(
                     f"{obj!r:.120} cannot be sent to a Dask worker ({exc}); keep locks, open "

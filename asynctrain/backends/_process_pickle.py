@@ -6,7 +6,7 @@ import pickle
 import sys
 from typing import Any
 
-from asynctrain._exceptions import ConfigTypeError
+from asynctrain._exceptions import AsyncTrainError, ConfigTypeError
 
 _ADVICE = (
     "define it at module level in an importable module (not a lambda, a closure or a class "
@@ -44,7 +44,8 @@ def check_picklable(*objects: object) -> None:
 
     Raises:
         ConfigTypeError: naming the object and the reason, and saying to define it at module
-            level or use the thread backend.
+            level or use the thread backend; or, when the object's own pickling raised
+            an asynctrain error (a TorchModel of a parametrized module), what it says.
 
     Example:
         >>> check_picklable(len, (1, 2))
@@ -57,6 +58,10 @@ def check_picklable(*objects: object) -> None:
     for obj in objects:
         try:
             _Probe(_Discard(), protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        except AsyncTrainError as exc:  # the object says what is wrong and what to do
+            raise ConfigTypeError(
+                f"{_short_repr(obj)} cannot be sent to a worker process: {exc}"
+            ) from exc
         except Exception as exc:
             raise ConfigTypeError(
                 f"{_short_repr(obj)} cannot be sent to a worker process ({exc}); {_ADVICE}"

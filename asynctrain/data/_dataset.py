@@ -106,6 +106,7 @@ class Dataset:
         feature_names: Sequence[str] | None = None,
     ) -> None:
         target = v.resolve_dtype(dtype)
+        from_frames = _frames.is_table(X), _frames.is_table(y) or _frames.is_column(y)
         X, y, names = _from_frames(X, y, target, feature_names)
         targets = v.as_array("y", y)
         if _sparse.is_sparse(X):
@@ -128,9 +129,9 @@ class Dataset:
             # it): the process backend's workers map it with no copy per fit.
             converted = v.to_float(features, target, empty=empty)
             note = f" (after conversion from {features.dtype})" if converted is not features else ""
-            check_finite("X", converted, note=note, columns=names)
+            check_finite("X", converted, note=note, columns=names, nulls=from_frames[0])
         targets = v.to_targets(targets)
-        check_finite("y", targets)
+        check_finite("y", targets, nulls=from_frames[1])
         self._X = _read_only(converted)
         self._y = v.read_only(targets)
         self._names = names

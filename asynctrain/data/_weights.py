@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +28,9 @@ def check_sample_weight(weight: npt.ArrayLike, n: int, dtype: np.dtype[Any]) -> 
     Raises:
         DataTypeError: the weights are not real numbers.
         DataError: the shape is not ``(n,)``, or a weight is negative, NaN or Inf, or
-            every weight is zero.
+            every weight is zero; or the weights are out of scale for ``dtype``: their
+            total overflows it, or every positive weight is below its smallest normal
+            number (only the ratios of weights matter: rescale them).
 
     Example:
         >>> check_sample_weight([1, 2, 0], 3, np.dtype(np.float32))
@@ -61,11 +63,43 @@ def check_sample_weight(weight: npt.ArrayLike, n: int, dtype: np.dtype[Any]) -> 
             "weights must be finite and >= 0 (0 drops a row)"
         )
     if not converted.any():
+        if values.any():  # positive weights that round to 0 in dtype
+            _raise_scale(float(values.max()), dtype, f"rounds to 0 in {dtype}")
         raise DataError(
             "sample_weight is zero for every row, so there is nothing to train on; "
             "give at least one row a positive weight"
         )
+    _check_scale(converted, dtype)
     return converted
+
+
+def _check_scale(weights: npt.NDArray[Any], dtype: np.dtype[Any]) -> None:
+    """Raise unless ``weights`` (finite, >= 0, some positive) can be summed in ``dtype``
+    without overflow and hold a normal number: a step sums its rows' weights and weighted
+    losses in the model's dtype, so a total beyond the largest finite value failed at the
+    first step (a non-finite loss), and weights that are all subnormal trained nothing
+    (their products with the losses and gradients round to 0). Any batch's total is at
+    most the whole total, so it is checked once here."""
+    info = np.finfo(dtype)
+    largest = float(weights.max())
+    if largest < info.tiny:
+        _raise_scale(largest, dtype, f"is below the smallest normal {dtype} ({info.tiny:.4g})")
+    total = float(weights.sum(dtype=np.float64))
+    if total > float(info.max):
+        raise DataError(
+            f"sample_weight sums to {total:.4g}, beyond the largest {dtype} "
+            f"({float(info.max):.4g}): a batch's weighted loss and sum of weights would "
+            "overflow to inf; rescale the weights (only their ratios matter), e.g. "
+            "w / w.max()"
+        )
+
+
+def _raise_scale(largest: float, dtype: np.dtype[Any], what: str) -> NoReturn:
+    raise DataError(
+        f"the largest sample_weight, {largest:.4g}, {what}: the "
+        "weighted losses and gradients would round to 0 and nothing would be trained; "
+        "rescale the weights (only their ratios matter), e.g. w / w.max()"
+    )
 
 
 def check_weighted_classes(y: npt.NDArray[Any], weight: npt.NDArray[Any]) -> None:

@@ -111,7 +111,9 @@ class Model(Protocol):
             y: (n,) targets: int64 class labels or float values.
 
         Returns:
-            ``(loss_sum, grads)``: a Python float and new arrays keyed like ``params``.
+            ``(loss_sum, grads)``: a Python float (a numpy scalar or 0-d array is taken
+            as ``float(loss_sum)``; an array with a shape is refused) and new arrays
+            keyed like ``params``.
         """
         ...
 
@@ -199,7 +201,30 @@ def shard_loss_and_grad(
         else:
             result = model.loss_and_grad(params, X, y, sample_weight=sample_weight)
     check_grads(model, params, result[1])
-    return result  # type: ignore[no-any-return]
+    return loss_value(model, result[0]), result[1]
+
+
+def loss_value(model: Any, loss: Any, method: str = "loss_and_grad") -> float:
+    """``loss`` as a Python float: a float as it is, a numpy scalar or a 0-d array (or any
+    other scalar) by ``float()``, which keeps its value, so the bits are those of a float
+    returned. A ConfigError names the fix for anything else: an array with a shape (even
+    of one value, which numpy 2 no longer converts: a per-row loss of a one-row shard
+    would pass for a sum), a string or None.
+    """
+    if type(loss) is float:  # the common case: one type test
+        return loss
+    shape = getattr(loss, "shape", ())
+    problem = f"a loss of shape {tuple(shape)}" if shape != () else None
+    if problem is None:
+        try:
+            return float(loss)
+        except (TypeError, ValueError):
+            problem = "a loss that is not a number"
+    raise ConfigError(
+        f"{type(model).__name__}.{method} returned {problem} ({type(loss).__name__}); "
+        "return the loss summed over the rows as one number, a float: e.g. "
+        "float(losses.sum()), or loss.item() for an array of one value"
+    )
 
 
 def check_grads(model: Any, params: Params, grads: Any) -> None:

@@ -204,6 +204,17 @@ class TorchModel(_bridge.Bridge):
     # -- pickling: the module crosses once per fit (see asynctrain._engine._work) ----
 
     def __getstate__(self) -> dict[str, Any]:
+        _refuse_parametrizations(_torch(), self._module)
+        return self._state()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TorchModel:
+        # A copy is no pickle: torch deep-copies a parametrized module, never pickles one.
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__setstate__(copy.deepcopy(self._state(), memo))
+        return clone
+
+    def _state(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         del state["_pools"]  # each process makes its own copies
         return state
@@ -477,6 +488,29 @@ def _deepcopy(module: Any) -> Any:
             "made with the deprecated torch.nn.utils.weight_norm cannot be: use "
             "torch.nn.utils.parametrizations.weight_norm"
         ) from exc
+
+
+def _refuse_parametrizations(torch: Any, module: Any) -> None:
+    """ConfigTypeError naming the parametrized tensors of ``module``, if it has any: torch
+    refuses to pickle such a module (only its ``state_dict``), so it cannot reach a worker
+    process or a Dask worker, and torch's own message points nowhere useful."""
+    is_parametrized = torch.nn.utils.parametrize.is_parametrized
+    names = [
+        f"{prefix}.{name}" if prefix else name
+        for prefix, sub in module.named_modules()
+        if is_parametrized(sub)
+        for name in sub.parametrizations
+    ]
+    if names:
+        raise ConfigTypeError(
+            f"module {type(module).__name__} has parametrized tensors ({', '.join(names)}: "
+            "torch.nn.utils.parametrizations.weight_norm, say), and torch cannot pickle a "
+            "parametrized module, so the process and Dask backends cannot send it to "
+            "their workers; train it with backend='thread', or remove the parametrization "
+            "before building the TorchModel: "
+            "torch.nn.utils.parametrize.remove_parametrizations(layer, 'weight') keeps "
+            "the current weight as a plain parameter"
+        )
 
 
 def _pools() -> dict[tuple[bool, str], queue.SimpleQueue[tuple[Any, Any]]]:

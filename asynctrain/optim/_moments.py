@@ -18,7 +18,7 @@ from asynctrain._types import Array, Grads, Params
 from asynctrain.optim._base import GradientTransformation, _call_label, _labelled, checked_buffers
 from asynctrain.optim._flat import constants
 from asynctrain.optim._transforms import full_like
-from asynctrain.optim._validate import check_fraction, check_positive
+from asynctrain.optim._validate import check_eps, check_fraction, check_positive
 
 
 class ScaleByAdamState(NamedTuple):
@@ -57,7 +57,9 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
 
     Raises:
         ConfigTypeError: an argument is not a real number (or is a bool).
-        ConfigError: ``b1`` or ``b2`` is outside ``[0, 1)``, or ``eps <= 0``.
+        ConfigError: ``b1`` or ``b2`` is outside ``[0, 1)``, or ``eps <= 0``; at
+            ``init``, ``eps`` is below the smallest normal number of the parameters'
+            dtype (float16: 6.1e-05), where a zero gradient's update was NaN.
 
     Example:
         >>> import numpy as np
@@ -69,13 +71,16 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
     b1 = check_fraction("b1", b1)
     b2 = check_fraction("b2", b2)
     eps = check_positive("eps", eps)
+    init = functools.partial(_adam_init, eps)
     update = functools.partial(_adam_update, b1, b2, eps)
     label = _call_label("scale_by_adam", b1=b1, b2=b2, eps=eps)
-    return _labelled(label, GradientTransformation(_adam_init, update))
+    return _labelled(label, GradientTransformation(init, update))
 
 
-def _adam_init(params: Params) -> ScaleByAdamState:
-    return ScaleByAdamState(count=0, mu=full_like(params), nu=full_like(params))
+def _adam_init(eps: float, params: Params) -> ScaleByAdamState:
+    state = ScaleByAdamState(count=0, mu=full_like(params), nu=full_like(params))
+    check_eps("scale_by_adam: adam, adamw", eps, params, under_root=False)
+    return state
 
 
 def _adam_update(
@@ -127,7 +132,8 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8) -> GradientTransformatio
 
     Raises:
         ConfigTypeError: an argument is not a real number (or is a bool).
-        ConfigError: ``decay`` is outside ``[0, 1)`` or ``eps <= 0``.
+        ConfigError: ``decay`` is outside ``[0, 1)`` or ``eps <= 0``; at ``init``,
+            ``eps`` rounds to 0 in the parameters' dtype (float16: below 3e-08).
 
     Example:
         >>> import numpy as np
@@ -138,13 +144,16 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8) -> GradientTransformatio
     """
     decay = check_fraction("decay", decay)
     eps = check_positive("eps", eps)
+    init = functools.partial(_rms_init, eps)
     update = functools.partial(_rms_update, decay, eps)
     label = _call_label("scale_by_rms", decay=decay, eps=eps)
-    return _labelled(label, GradientTransformation(_rms_init, update))
+    return _labelled(label, GradientTransformation(init, update))
 
 
-def _rms_init(params: Params) -> ScaleByRmsState:
-    return ScaleByRmsState(nu=full_like(params))
+def _rms_init(eps: float, params: Params) -> ScaleByRmsState:
+    state = ScaleByRmsState(nu=full_like(params))
+    check_eps("scale_by_rms: rmsprop", eps, params, under_root=True)
+    return state
 
 
 def _rms_update(
@@ -176,7 +185,8 @@ def scale_by_adagrad(
 
     Raises:
         ConfigTypeError: an argument is not a real number (or is a bool).
-        ConfigError: ``initial_accumulator_value < 0`` or ``eps <= 0``.
+        ConfigError: ``initial_accumulator_value < 0`` or ``eps <= 0``; at ``init``,
+            ``eps`` rounds to 0 in the parameters' dtype (float16: below 3e-08).
 
     Example:
         >>> import numpy as np
@@ -187,14 +197,16 @@ def scale_by_adagrad(
     """
     initial = check_float("initial_accumulator_value", initial_accumulator_value)
     eps = check_positive("eps", eps)
-    init = functools.partial(_adagrad_init, initial)
+    init = functools.partial(_adagrad_init, initial, eps)
     update = functools.partial(_adagrad_update, eps)
     label = _call_label("scale_by_adagrad", initial_accumulator_value=initial, eps=eps)
     return _labelled(label, GradientTransformation(init, update))
 
 
-def _adagrad_init(initial: float, params: Params) -> ScaleByAdagradState:
-    return ScaleByAdagradState(sum_of_squares=full_like(params, initial))
+def _adagrad_init(initial: float, eps: float, params: Params) -> ScaleByAdagradState:
+    state = ScaleByAdagradState(sum_of_squares=full_like(params, initial))
+    check_eps("scale_by_adagrad: adagrad", eps, params, under_root=True)
+    return state
 
 
 def _adagrad_update(

@@ -55,3 +55,26 @@ def check_floating(params: Params) -> None:
                 f"parameter {key!r} must be a floating-point numpy array, got {kind}; "
                 "convert it with np.asarray(value, dtype=np.float32)"
             )
+
+
+def check_eps(transform: str, eps: float, params: Params, *, under_root: bool) -> None:
+    """Raise ConfigError unless ``eps`` keeps its use in the parameters' dtype.
+
+    ``eps`` guards a division by a root of the squared gradients, and is cast to the
+    parameters' dtype (float16's smallest normal number is 6.1e-05). Under the root
+    (RMS, Adagrad) it must not round to 0: a zero gradient gave 0/0 = NaN. Added to the
+    root (Adam) it must be a normal number: one that rounds to 0 or to a subnormal left
+    a zero gradient NaN and a tiny one (its square underflowing, not its moment) +-inf.
+    In float32 and float64 only an eps below their smallest normal numbers (1.2e-38,
+    2.2e-308) is refused, and only Adam's.
+    """
+    for dtype in {value.dtype for value in params.values()}:
+        cast = float(np.array(eps, dtype))
+        floor = float(np.finfo(dtype).tiny)
+        if (cast == 0.0) if under_root else (cast < floor):
+            raise ConfigError(
+                f"eps={eps:g} ({transform}) is {cast:.3g} in {dtype}, so a zero or tiny "
+                f"gradient would give a NaN or infinite update; pass an eps of at least "
+                f"{floor:.2g} ({dtype}'s smallest normal number, e.g. eps=1e-4) for "
+                f"{dtype} parameters, or keep the parameters in float32"
+            )
