@@ -422,6 +422,60 @@ async def test_an_existing_client_is_used_and_left_open(dask_cluster: Any) -> No
         assert client.status == "running"
 
 
+async def test_a_client_closed_by_its_owner_mid_fit_is_a_state_error_saying_so(
+    dask_cluster: Any, data: tuple[Dataset, Dataset]
+) -> None:
+    # The owner closing the client handed over: the step's calls failed with "could not
+    # read a batch of calls ... the workers need every module", then the fit's clean-up
+    # raised distributed's RuntimeError('ConnectionPool is closed') in its place.
+    client = await distributed.Client(
+        dask_cluster.scheduler_address, asynchronous=True, set_as_default=False
+    )
+
+    class CloseClient(at.Callback):
+        async def on_step(self, event: at.StepEvent) -> None:
+            if event.step == 3:
+                await client.close()
+
+    try:
+        async with DaskBackend(client=client) as backend:
+            with pytest.raises(at.StateError, match=r"Dask client .* was closed") as caught:
+                await _fit(backend, data, callbacks=[CloseClient()])
+            assert "could not read a batch" not in str(caught.value)
+            with pytest.raises(at.StateError, match="was closed"):
+                await backend.run(pow, 2, 3)
+    finally:
+        await client.close()
+
+
+@pytest.mark.slow
+async def test_a_scheduler_that_goes_away_mid_fit_is_a_backend_error_naming_it(
+    data: tuple[Dataset, Dataset],
+) -> None:
+    # Its workers leave with it, and the backend asks the scheduler for new ones: that
+    # raised distributed's own OSError ("Timed out trying to connect ...") or
+    # CommClosedError ("ConnectionPool closing.") out of the fit.
+    async with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        asynchronous=True,
+    ) as cluster:
+
+        class StopScheduler(at.Callback):
+            async def on_step(self, event: at.StepEvent) -> None:
+                if event.step == 3:
+                    await cluster.scheduler.close()
+
+        backend = DaskBackend(cluster.scheduler_address, connect_timeout=2, wait_for_workers=5)
+        async with backend:
+            with pytest.raises(at.BackendError, match="lost its Dask scheduler"):
+                await asyncio.wait_for(_fit(backend, data, callbacks=[StopScheduler()]), 60)
+
+
 async def test_a_step_ships_ids_and_indices_not_arrays(
     data: tuple[Dataset, Dataset], dask_cluster: Any
 ) -> None:

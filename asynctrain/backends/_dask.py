@@ -45,7 +45,7 @@ from asynctrain._offloop import off_loop
 from asynctrain._types import State
 from asynctrain.backends._base import readonly
 from asynctrain.backends._dask_address import check_address
-from asynctrain.backends._dask_lane import Lane, LaneLost, Traffic
+from asynctrain.backends._dask_lane import ClientClosed, Lane, LaneLost, Traffic
 from asynctrain.backends._dask_shared import DaskShared, content_id, nbytes, pack
 from asynctrain.backends._dask_worker import WorkerStore
 from asynctrain.backends._lifecycle import Lifecycle, on_opening_loop
@@ -436,6 +436,9 @@ class DaskBackend(Lifecycle):
                     self._stale = True
                     if isinstance(exc, Exception) and not isinstance(exc, StateError):
                         self._check_not_closing(cause=exc)  # the close broke the call
+                        self._check_client()
+                    if isinstance(exc, OSError):  # distributed's CommClosedError too
+                        raise self._scheduler_lost(repr(exc)) from exc
                     raise
                 for address in [a for a in self._lanes if a not in present]:
                     self._drop(address, "it is no longer in the cluster")
@@ -505,6 +508,7 @@ class DaskBackend(Lifecycle):
         and comes back here for another lane, and there is no client left to find one.
         """
         self._check_not_closing()
+        self._check_client()
         if self._stale:
             await self._sync_lanes(wait=False)  # a new worker takes calls once it is ready
         if not self._order:
@@ -554,6 +558,27 @@ class DaskBackend(Lifecycle):
         to ``cause``, the error the close made it meet)."""
         if self._closing:
             raise StateError(f"{self!r} was closed while {during}") from cause
+
+    def _check_client(self) -> None:
+        """Raise if the client in use is closed or closing: StateError for a client
+        handed over (its owner closed it under the backend), BackendError for the
+        backend's own (it lost its scheduler and gave up reconnecting)."""
+        client = self._client
+        if client is None or client.status not in ("closing", "closed"):
+            return
+        if client is self._given:
+            raise ClientClosed(
+                f"{self!r}: its Dask client {client!r} was closed while the backend used "
+                "it; close the DaskBackend (or let its fit end) before the client handed "
+                "to it"
+            )
+        raise self._scheduler_lost(f"its client is {client.status}")
+
+    def _scheduler_lost(self, why: object) -> BackendError:
+        return BackendError(
+            f"{self!r} lost its Dask scheduler {self._client.scheduler.address}: it stopped "
+            f"or cannot be reached ({why}); its workers went with it"
+        )
 
     async def resize(self, workers: int) -> None:
         """Scale the local cluster this backend started to ``workers`` processes.
@@ -761,6 +786,8 @@ class DaskBackend(Lifecycle):
             await lane.ask("forget", [token], keep, drop)
         except LaneLost as exc:  # the worker is gone, and what it kept with it
             self._drop(lane.address, repr(exc), lane)
+        except ClientClosed:  # the client was closed: its stores went with it
+            pass
 
     async def kept(self, *, later: bool = False) -> dict[str, int]:
         """Bytes of shared contents each worker keeps for this backend's handles, by

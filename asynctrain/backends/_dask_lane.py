@@ -16,7 +16,7 @@ from typing import Any
 
 from distributed.protocol.serialize import to_serialize
 
-from asynctrain._exceptions import BackendError
+from asynctrain._exceptions import BackendError, StateError
 from asynctrain.backends._dask_shared import Call, Content, DaskShared, Envelope, nbytes
 
 # distributed is only partly typed.
@@ -148,7 +148,11 @@ class Lane:
             # address) or refused the batch: it died or is leaving.
             self.lose(exc)
             return
-        except Exception as exc:  # the worker answered: the batch or its reply did not cross
+        except Exception as exc:
+            if pool_closed(self._rpc):  # the user closed the client: nothing can be sent
+                self._fail(items, exc, client_closed(self.address, exc))
+                return
+            # The worker answered: the batch or its reply did not cross.
             self._fail(items, exc)
             return
         self._flying = []
@@ -188,9 +192,13 @@ class Lane:
             reply: dict[str, Any] = task.result()
         except (OSError, KeyError) as exc:  # as for a batch: it died, or is a new worker
             raise LaneLost(f"Dask worker {self.address} did not answer: {exc!r}") from exc
+        except Exception as exc:
+            if pool_closed(self._rpc):
+                raise client_closed(self.address, exc) from exc
+            raise
         return reply
 
-    def _fail(self, items: list[_Item], why: Exception) -> None:
+    def _fail(self, items: list[_Item], why: Exception, error: BaseException | None = None) -> None:
         """Fail the calls of a batch that reached a worker still there, which could not
         read it (a module of the function missing there) or whose reply could not be read
         here: re-running them elsewhere would fail the same way, and cost a healthy
@@ -198,13 +206,16 @@ class Lane:
         self._flying = []
         for item in items:
             if not item.future.done():
-                error = BackendError(
-                    f"Dask worker {self.address} could not read a batch of calls, or this "
-                    f"process its reply: {why!r}; the workers need every module the "
-                    "function, its arguments and its result use"
-                )
-                error.__cause__ = why
-                item.future.set_exception(error)
+                if error is None:
+                    failed: BaseException = BackendError(
+                        f"Dask worker {self.address} could not read a batch of calls, or "
+                        f"this process its reply: {why!r}; the workers need every module the "
+                        "function, its arguments and its result use"
+                    )
+                else:
+                    failed = ClientClosed(str(error))
+                failed.__cause__ = why
+                item.future.set_exception(failed)
         if self._pending:
             self._schedule()
 
@@ -239,3 +250,22 @@ class Lane:
 
     def __repr__(self) -> str:
         return f"<Lane {self.address} outstanding={self.outstanding} sent={self.sent}>"
+
+
+class ClientClosed(StateError):
+    """The ``distributed.Client`` the backend uses was closed under it (by its owner)."""
+
+
+def pool_closed(rpc: Any) -> bool:
+    """Whether the client's connection pool ``rpc`` is closed (the client was closed)."""
+    status = getattr(rpc, "status", None)
+    return getattr(status, "name", None) == "closed"
+
+
+def client_closed(address: str, cause: BaseException) -> ClientClosed:
+    """The error of a call or question to ``address`` that met a closed client."""
+    return ClientClosed(
+        f"the Dask client was closed while a call to worker {address} ran or waited "
+        f"({cause!r}); close the DaskBackend (or let its fit end) before the client "
+        "handed to it"
+    )
